@@ -1,0 +1,182 @@
+// pyvision_fast._C: the CPU kernels. Every function checks its arguments (pointcloud_args.h) before
+// running a kernel, and releases the GIL while the kernel runs.
+#include <pybind11/pybind11.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "bindings/pointcloud_args.h"
+#include "bindings/py_tensor.h"
+#include "common/dispatch.h"
+#include "common/parallel.h"
+#include "pointcloud/pointcloud.h"
+
+namespace py = pybind11;
+using namespace pvf;
+namespace pa = pvf::pointcloud_args;
+namespace pc = pvf::pointcloud;
+
+namespace {
+
+const pa::Device& cpu() {
+  static const pa::Device dev{DeviceType::CPU, -1,
+                              [](const TensorView& v) {
+                                const int64_t* p = v.ptr<int64_t>();
+                                return std::vector<int64_t>(p, p + v.numel());
+                              },
+                              {DType::Float32, DType::Float64}};
+  return dev;
+}
+
+void check_indices(const Checker& ck, const TensorView& idx, int64_t hi, const char* what) {
+  const int64_t bad = pc::find_index_out_of_range_cpu(idx.ptr<int64_t>(), idx.numel(), 0, hi);
+  if (bad >= 0)
+    ck.value_error(str("idx[", bad, "] = ", idx.ptr<int64_t>()[bad], " is out of range for ", what, " (", hi, ")"));
+}
+
+void fps(py::handle points, py::handle lengths, py::handle start, int64_t K, py::handle idx, py::handle workspace) {
+  auto a = pa::fps(cpu(), points, lengths, start, K, idx, workspace, false);
+  pa::check_workspace_size(Checker("sample_farthest_points"), a.workspace, a.B * (a.D + 1) * a.N);
+  py::gil_scoped_release nogil;
+  dispatch_floating(a.points.dtype, "sample_farthest_points", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    pc::sample_farthest_points_cpu<T>(a.points.ptr<T>(), a.B, a.N, a.D, a.lengths.ptr<int64_t>(),
+                                      a.start.ptr<int64_t>(), a.K, a.idx.ptr<int64_t>(), a.workspace.ptr<T>());
+  });
+}
+
+void knn(py::handle p1, py::handle p2, py::handle lengths1, py::handle lengths2, int64_t K, py::handle dists,
+         py::handle idx, py::handle workspace) {
+  const char* op = "knn_points";
+  auto a = pa::query(cpu(), op, p1, p2, lengths1, lengths2, K, dists, idx);
+  Checker ck(op);
+  TensorView ws = pa::output(ck, cpu(), workspace, op, "workspace");
+  ck.same_dtype(ws, "workspace", a.c.p1, "p1");
+  pa::check_workspace_size(ck, ws, a.c.B * a.c.D * a.c.P2);
+  py::gil_scoped_release nogil;
+  dispatch_floating(a.c.p1.dtype, op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    pc::knn_cpu<T>(a.c.p1.ptr<T>(), a.c.p2.ptr<T>(), a.c.B, a.c.P1, a.c.P2, a.c.D, a.c.lengths1.ptr<int64_t>(),
+                   a.c.lengths2.ptr<int64_t>(), a.K, a.dists.ptr<T>(), a.idx.ptr<int64_t>(), ws.ptr<T>());
+  });
+}
+
+void ball_query(py::handle p1, py::handle p2, py::handle lengths1, py::handle lengths2, int64_t K, double radius,
+                py::handle dists, py::handle idx, py::handle workspace) {
+  const char* op = "ball_query";
+  Checker ck(op);
+  if (!(radius > 0) || !std::isfinite(radius)) ck.value_error(str("radius must be a positive number, got ", radius));
+  auto a = pa::query(cpu(), op, p1, p2, lengths1, lengths2, K, dists, idx);
+  TensorView ws = pa::output(ck, cpu(), workspace, op, "workspace");
+  ck.same_dtype(ws, "workspace", a.c.p1, "p1");
+  pa::check_workspace_size(ck, ws, a.c.B * a.c.D * a.c.P2);
+  py::gil_scoped_release nogil;
+  dispatch_floating(a.c.p1.dtype, op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    pc::ball_query_cpu<T>(a.c.p1.ptr<T>(), a.c.p2.ptr<T>(), a.c.B, a.c.P1, a.c.P2, a.c.D,
+                          a.c.lengths1.ptr<int64_t>(), a.c.lengths2.ptr<int64_t>(), a.K, radius, a.dists.ptr<T>(),
+                          a.idx.ptr<int64_t>(), ws.ptr<T>());
+  });
+}
+
+void gather_columns(py::handle features, py::handle idx, py::handle out) {
+  const char* op = "gather_points";
+  auto a = pa::gather(cpu(), op, features, idx, out, false);
+  check_indices(Checker(op), a.idx, a.N, "the number of points N");
+  py::gil_scoped_release nogil;
+  dispatch_floating(a.features.dtype, op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    pc::gather_columns_cpu<T>(a.features.ptr<T>(), a.B, a.C, a.N, a.idx.ptr<int64_t>(), a.M, a.out.ptr<T>());
+  });
+}
+
+void gather_columns_backward(py::handle grad_out, py::handle idx, py::handle grad_features) {
+  const char* op = "gather_points_backward";
+  auto a = pa::gather(cpu(), op, grad_features, idx, grad_out, true);
+  Checker ck(op);
+  ck.same_dtype(a.features, "grad_features", a.out, "grad_out");
+  check_indices(ck, a.idx, a.N, "the number of points N");
+  py::gil_scoped_release nogil;
+  dispatch_floating(a.out.dtype, op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    pc::gather_columns_backward_cpu<T>(a.out.ptr<T>(), a.B, a.C, a.N, a.idx.ptr<int64_t>(), a.M,
+                                       a.features.ptr<T>());
+  });
+}
+
+void three_interpolate(py::handle features, py::handle idx, py::handle weight, py::handle out) {
+  const char* op = "three_interpolate";
+  Checker ck(op);
+  auto a = pa::interpolate(ck, cpu(), op, features, idx, weight);
+  TensorView o = pa::output(ck, cpu(), out, op, "out");
+  pa::shape_is(ck, o, "out", {a.B, a.C, a.N});
+  ck.same_dtype(o, "out", a.features, "features");
+  check_indices(ck, a.idx, a.M, "the number of known points M");
+  py::gil_scoped_release nogil;
+  dispatch_floating(a.features.dtype, op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    pc::three_interpolate_cpu<T>(a.features.ptr<T>(), a.B, a.C, a.M, a.idx.ptr<int64_t>(), a.weight.ptr<T>(), a.N,
+                                 o.ptr<T>());
+  });
+}
+
+void three_interpolate_backward(py::handle grad_out, py::handle features, py::handle idx, py::handle weight,
+                                py::handle grad_features, py::handle grad_weight) {
+  const char* op = "three_interpolate_backward";
+  Checker ck(op);
+  auto a = pa::interpolate(ck, cpu(), op, features, idx, weight);
+  TensorView g = pa::input(ck, cpu(), grad_out, op, "grad_out");
+  pa::shape_is(ck, g, "grad_out", {a.B, a.C, a.N});
+  ck.same_dtype(g, "grad_out", a.features, "features");
+  OptionalTensor gf = optional_tensor_from_py(grad_features, op, "grad_features", true);
+  OptionalTensor gw = optional_tensor_from_py(grad_weight, op, "grad_weight", true);
+  if (gf.has_value) {
+    ck.device(gf.view, "grad_features", DeviceType::CPU);
+    ck.contiguous(gf.view, "grad_features");
+    pa::shape_is(ck, gf.view, "grad_features", {a.B, a.C, a.M});
+    ck.same_dtype(gf.view, "grad_features", a.features, "features");
+  }
+  if (gw.has_value) {
+    ck.device(gw.view, "grad_weight", DeviceType::CPU);
+    ck.contiguous(gw.view, "grad_weight");
+    pa::shape_is(ck, gw.view, "grad_weight", {a.B, a.N, 3});
+    ck.same_dtype(gw.view, "grad_weight", a.features, "features");
+  }
+  check_indices(ck, a.idx, a.M, "the number of known points M");
+  py::gil_scoped_release nogil;
+  dispatch_floating(a.features.dtype, op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    pc::three_interpolate_backward_cpu<T>(g.ptr<T>(), a.features.ptr<T>(), a.B, a.C, a.M, a.idx.ptr<int64_t>(),
+                                          a.weight.ptr<T>(), a.N, gf.ptr<T>(), gw.ptr<T>());
+  });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "pyvision_fast CPU kernels (raw-pointer kernels behind argument checks; see csrc/)";
+  register_exception_translators();
+  m.def("set_num_threads", &pvf::set_num_threads, py::arg("n"));
+  m.def("get_num_threads", &pvf::num_threads);
+#ifdef _OPENMP
+  m.attr("has_openmp") = true;
+#else
+  m.attr("has_openmp") = false;
+#endif
+  m.def("sample_farthest_points", &fps, py::arg("points"), py::arg("lengths"), py::arg("start"), py::arg("K"),
+        py::arg("idx"), py::arg("workspace"),
+        "Farthest point sampling into idx (B, K); workspace needs B*(D+1)*N elements of the points dtype.");
+  m.def("knn_points", &knn, py::arg("p1"), py::arg("p2"), py::arg("lengths1"), py::arg("lengths2"), py::arg("K"),
+        py::arg("dists"), py::arg("idx"), py::arg("workspace"),
+        "K nearest neighbours (squared distances, ascending); workspace needs B*D*P2 elements.");
+  m.def("ball_query", &ball_query, py::arg("p1"), py::arg("p2"), py::arg("lengths1"), py::arg("lengths2"),
+        py::arg("K"), py::arg("radius"), py::arg("dists"), py::arg("idx"), py::arg("workspace"),
+        "First K points within radius, in index order; workspace needs B*D*P2 elements.");
+  m.def("gather_columns", &gather_columns, py::arg("features"), py::arg("idx"), py::arg("out"));
+  m.def("gather_columns_backward", &gather_columns_backward, py::arg("grad_out"), py::arg("idx"),
+        py::arg("grad_features"));
+  m.def("three_interpolate", &three_interpolate, py::arg("features"), py::arg("idx"), py::arg("weight"),
+        py::arg("out"));
+  m.def("three_interpolate_backward", &three_interpolate_backward, py::arg("grad_out"), py::arg("features"),
+        py::arg("idx"), py::arg("weight"), py::arg("grad_features"), py::arg("grad_weight"));
+}

@@ -1,0 +1,207 @@
+// pyvision_fast._C_cuda: the CUDA kernels. Linked with the static CUDA runtime, so it imports on machines
+// without a GPU or driver; every entry point then raises RuntimeError saying no device is available.
+// Argument checks are shared with the CPU module (pointcloud_args.h); small int64 arrays that must be
+// validated (lengths, start indices) are copied to the host first, index arrays are range-checked on the
+// device before the kernel that uses them.
+#include <cuda_runtime.h>
+#include <pybind11/pybind11.h>
+
+#include <cmath>
+
+#include "bindings/pointcloud_args.h"
+#include "bindings/py_tensor.h"
+#include "pointcloud/pointcloud.h"
+
+namespace py = pybind11;
+using namespace pvf;
+namespace pa = pvf::pointcloud_args;
+namespace pc = pvf::pointcloud;
+
+namespace {
+
+void check_cuda(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    throw DeviceError(str(what, ": CUDA error ", static_cast<int>(err), " (", cudaGetErrorString(err), ")"));
+  }
+}
+
+// Returns (count, message); count is 0 with the runtime's reason when no usable device/driver exists.
+py::tuple device_status() {
+  int n = 0;
+  const cudaError_t err = cudaGetDeviceCount(&n);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    return py::make_tuple(0, str("CUDA error ", static_cast<int>(err), " (", cudaGetErrorString(err), ")"));
+  }
+  return py::make_tuple(n, std::string("ok"));
+}
+
+// The device all arguments of one call must share: that of the first tensor argument.
+struct CudaCall {
+  pa::Device dev;
+  explicit CudaCall(py::handle first, const char* op) {
+    int n = 0;
+    const cudaError_t err = cudaGetDeviceCount(&n);
+    if (err != cudaSuccess || n == 0) {
+      cudaGetLastError();
+      throw DeviceError(str(op, ": no CUDA device is available (", cudaGetErrorString(err), ")"));
+    }
+    TensorView v = tensor_from_py(first, op, "first argument");
+    if (v.device != DeviceType::CUDA) throw TypeError(str(op, ": the CUDA module was called with CPU tensors"));
+    check_cuda(cudaSetDevice(v.device_index), op);
+    dev = pa::Device{DeviceType::CUDA, v.device_index,
+                     [op](const TensorView& t) {
+                       std::vector<int64_t> host(t.numel());
+                       if (!host.empty())
+                         check_cuda(cudaMemcpy(host.data(), t.data, host.size() * sizeof(int64_t),
+                                               cudaMemcpyDeviceToHost),
+                                    op);
+                       return host;
+                     },
+                     {DType::Float32, DType::Float64, DType::Float16, DType::BFloat16}};
+  }
+};
+
+void* stream_ptr(uintptr_t s) { return reinterpret_cast<void*>(s); }
+
+void check_indices(const Checker& ck, const TensorView& idx, int64_t hi, const TensorView& flag, uintptr_t stream,
+                   const char* what) {
+  ck.dtype(flag, "flag", {DType::Int32});
+  if (flag.numel() < 1 || flag.device != DeviceType::CUDA) ck.value_error("flag must be a CUDA int32 tensor");
+  pc::index_out_of_range_cuda(idx.ptr<int64_t>(), idx.numel(), 0, hi, flag.ptr<int32_t>(), stream_ptr(stream));
+  int32_t host = 0;
+  check_cuda(cudaMemcpyAsync(&host, flag.data, sizeof(int32_t), cudaMemcpyDeviceToHost,
+                             static_cast<cudaStream_t>(stream_ptr(stream))),
+             "index check");
+  check_cuda(cudaStreamSynchronize(static_cast<cudaStream_t>(stream_ptr(stream))), "index check");
+  if (host) ck.value_error(str("idx has values out of range for ", what, " (", hi, ")"));
+}
+
+void fps(py::handle points, py::handle lengths, py::handle start, int64_t K, py::handle idx, py::handle workspace,
+         uintptr_t stream) {
+  CudaCall call(points, "sample_farthest_points");
+  auto a = pa::fps(call.dev, points, lengths, start, K, idx, workspace, false);
+  Checker ck("sample_farthest_points");
+  // workspace: B * N accumulators (float, or double for float64 points), given in the points' dtype or wider.
+  const int64_t acc_bytes = a.points.dtype == DType::Float64 ? 8 : 4;
+  if (a.workspace.numel() * dtype_size(a.workspace.dtype) < a.B * a.N * acc_bytes)
+    ck.value_error(str("workspace needs ", a.B * a.N * acc_bytes, " bytes"));
+  pc::sample_farthest_points_cuda(a.points.dtype, a.points.data, a.B, a.N, a.D, a.lengths.ptr<int64_t>(),
+                                  a.start.ptr<int64_t>(), a.K, a.idx.ptr<int64_t>(), a.workspace.data,
+                                  stream_ptr(stream));
+}
+
+void knn(py::handle p1, py::handle p2, py::handle lengths1, py::handle lengths2, int64_t K, py::handle dists,
+         py::handle idx, uintptr_t stream) {
+  CudaCall call(p1, "knn_points");
+  auto a = pa::query(call.dev, "knn_points", p1, p2, lengths1, lengths2, K, dists, idx);
+  pc::knn_cuda(a.c.p1.dtype, a.c.p1.data, a.c.p2.data, a.c.B, a.c.P1, a.c.P2, a.c.D, a.c.lengths1.ptr<int64_t>(),
+               a.c.lengths2.ptr<int64_t>(), a.K, a.dists.data, a.idx.ptr<int64_t>(), stream_ptr(stream));
+}
+
+void ball_query(py::handle p1, py::handle p2, py::handle lengths1, py::handle lengths2, int64_t K, double radius,
+                py::handle dists, py::handle idx, uintptr_t stream) {
+  CudaCall call(p1, "ball_query");
+  Checker ck("ball_query");
+  if (!(radius > 0) || !std::isfinite(radius)) ck.value_error(str("radius must be a positive number, got ", radius));
+  auto a = pa::query(call.dev, "ball_query", p1, p2, lengths1, lengths2, K, dists, idx);
+  pc::ball_query_cuda(a.c.p1.dtype, a.c.p1.data, a.c.p2.data, a.c.B, a.c.P1, a.c.P2, a.c.D,
+                      a.c.lengths1.ptr<int64_t>(), a.c.lengths2.ptr<int64_t>(), a.K, radius, a.dists.data,
+                      a.idx.ptr<int64_t>(), stream_ptr(stream));
+}
+
+void gather_columns(py::handle features, py::handle idx, py::handle out, py::handle flag, uintptr_t stream) {
+  CudaCall call(features, "gather_points");
+  auto a = pa::gather(call.dev, "gather_points", features, idx, out, false);
+  check_indices(Checker("gather_points"), a.idx, a.N, tensor_from_py(flag, "gather_points", "flag", true), stream,
+                "the number of points N");
+  pc::gather_columns_cuda(a.features.dtype, a.features.data, a.B, a.C, a.N, a.idx.ptr<int64_t>(), a.M, a.out.data,
+                          stream_ptr(stream));
+}
+
+void check_grad_buffer(const Checker& ck, const TensorView& buf, const char* name, DType input) {
+  const bool half = input == DType::Float16 || input == DType::BFloat16;
+  if (half) ck.dtype(buf, name, {DType::Float32});
+  else if (buf.dtype != input) ck.type_error(str("argument '", name, "' must have the dtype of the input"));
+}
+
+void gather_columns_backward(py::handle grad_out, py::handle idx, py::handle grad_features, py::handle flag,
+                             uintptr_t stream) {
+  const char* op = "gather_points_backward";
+  CudaCall call(grad_out, op);
+  auto a = pa::gather(call.dev, op, grad_features, idx, grad_out, true);
+  Checker ck(op);
+  check_grad_buffer(ck, a.features, "grad_features", a.out.dtype);
+  check_indices(ck, a.idx, a.N, tensor_from_py(flag, op, "flag", true), stream, "the number of points N");
+  pc::gather_columns_backward_cuda(a.out.dtype, a.out.data, a.B, a.C, a.N, a.idx.ptr<int64_t>(), a.M,
+                                   a.features.data, stream_ptr(stream));
+}
+
+void three_interpolate(py::handle features, py::handle idx, py::handle weight, py::handle out, py::handle flag,
+                       uintptr_t stream) {
+  const char* op = "three_interpolate";
+  CudaCall call(features, op);
+  Checker ck(op);
+  auto a = pa::interpolate(ck, call.dev, op, features, idx, weight);
+  TensorView o = pa::output(ck, call.dev, out, op, "out");
+  pa::shape_is(ck, o, "out", {a.B, a.C, a.N});
+  ck.same_dtype(o, "out", a.features, "features");
+  check_indices(ck, a.idx, a.M, tensor_from_py(flag, op, "flag", true), stream, "the number of known points M");
+  pc::three_interpolate_cuda(a.features.dtype, a.features.data, a.B, a.C, a.M, a.idx.ptr<int64_t>(), a.weight.data,
+                             a.N, o.data, stream_ptr(stream));
+}
+
+void three_interpolate_backward(py::handle grad_out, py::handle features, py::handle idx, py::handle weight,
+                                py::handle grad_features, py::handle grad_weight, py::handle flag, uintptr_t stream) {
+  const char* op = "three_interpolate_backward";
+  CudaCall call(features, op);
+  Checker ck(op);
+  auto a = pa::interpolate(ck, call.dev, op, features, idx, weight);
+  TensorView g = pa::input(ck, call.dev, grad_out, op, "grad_out");
+  pa::shape_is(ck, g, "grad_out", {a.B, a.C, a.N});
+  ck.same_dtype(g, "grad_out", a.features, "features");
+  OptionalTensor gf = optional_tensor_from_py(grad_features, op, "grad_features", true);
+  OptionalTensor gw = optional_tensor_from_py(grad_weight, op, "grad_weight", true);
+  if (gf.has_value) {
+    ck.device(gf.view, "grad_features", DeviceType::CUDA, call.dev.index);
+    ck.contiguous(gf.view, "grad_features");
+    pa::shape_is(ck, gf.view, "grad_features", {a.B, a.C, a.M});
+    check_grad_buffer(ck, gf.view, "grad_features", a.features.dtype);
+  }
+  if (gw.has_value) {
+    ck.device(gw.view, "grad_weight", DeviceType::CUDA, call.dev.index);
+    ck.contiguous(gw.view, "grad_weight");
+    pa::shape_is(ck, gw.view, "grad_weight", {a.B, a.N, 3});
+    ck.same_dtype(gw.view, "grad_weight", a.features, "features");
+  }
+  check_indices(ck, a.idx, a.M, tensor_from_py(flag, op, "flag", true), stream, "the number of known points M");
+  pc::three_interpolate_backward_cuda(a.features.dtype, g.data, a.features.data, a.B, a.C, a.M, a.idx.ptr<int64_t>(),
+                                      a.weight.data, a.N, gf.has_value ? gf.view.data : nullptr,
+                                      gw.has_value ? gw.view.data : nullptr, stream_ptr(stream));
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C_cuda, m) {
+  m.doc() = "pyvision_fast CUDA kernels (static CUDA runtime; raises RuntimeError when no device is available)";
+  register_exception_translators();
+  m.attr("compiled_archs") = PVF_CUDA_ARCHS_STRING;
+  m.attr("runtime_version") = CUDART_VERSION;
+  m.def("device_status", &device_status, "(device_count, message) as the CUDA runtime reports them");
+  m.def("sample_farthest_points", &fps, py::arg("points"), py::arg("lengths"), py::arg("start"), py::arg("K"),
+        py::arg("idx"), py::arg("workspace"), py::arg("stream"));
+  m.def("knn_points", &knn, py::arg("p1"), py::arg("p2"), py::arg("lengths1"), py::arg("lengths2"), py::arg("K"),
+        py::arg("dists"), py::arg("idx"), py::arg("stream"));
+  m.def("ball_query", &ball_query, py::arg("p1"), py::arg("p2"), py::arg("lengths1"), py::arg("lengths2"),
+        py::arg("K"), py::arg("radius"), py::arg("dists"), py::arg("idx"), py::arg("stream"));
+  m.def("gather_columns", &gather_columns, py::arg("features"), py::arg("idx"), py::arg("out"), py::arg("flag"),
+        py::arg("stream"));
+  m.def("gather_columns_backward", &gather_columns_backward, py::arg("grad_out"), py::arg("idx"),
+        py::arg("grad_features"), py::arg("flag"), py::arg("stream"));
+  m.def("three_interpolate", &three_interpolate, py::arg("features"), py::arg("idx"), py::arg("weight"),
+        py::arg("out"), py::arg("flag"), py::arg("stream"));
+  m.def("three_interpolate_backward", &three_interpolate_backward, py::arg("grad_out"), py::arg("features"),
+        py::arg("idx"), py::arg("weight"), py::arg("grad_features"), py::arg("grad_weight"), py::arg("flag"),
+        py::arg("stream"));
+}

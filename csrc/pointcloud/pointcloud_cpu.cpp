@@ -1,0 +1,355 @@
+// CPU point-cloud kernels. Parallel across batches / queries with OpenMP (common/parallel.h); the
+// distance loops run over a coordinate-major copy of each cloud so that they vectorise.
+#include <algorithm>
+#include <cstring>
+#include <limits>
+
+#include "common/parallel.h"
+#include "pointcloud/pointcloud.h"
+#include "pointcloud/pointcloud_math.h"
+
+namespace pvf {
+namespace pointcloud {
+namespace {
+
+// Copies cloud rows [0, n) of (P, D) row-major `src` into coordinate-major `dst` (D, P).
+template <typename T>
+void to_coordinate_major(const T* PVF_RESTRICT src, int64_t n, int64_t P, int64_t D, T* PVF_RESTRICT dst) {
+  for (int64_t d = 0; d < D; ++d) {
+    T* row = dst + d * P;
+    for (int64_t i = 0; i < n; ++i) row[i] = src[i * D + d];
+  }
+}
+
+// Squared distances from query q to points [j0, j0 + nb) of the coordinate-major cloud ct (D, P).
+// DC is D when known at compile time (2 or 3), 0 otherwise.
+template <typename T, int DC>
+inline void block_distances(const T* PVF_RESTRICT ct, int64_t P, int64_t D, const T* PVF_RESTRICT q, int64_t j0,
+                            int64_t nb, T* PVF_RESTRICT out) {
+  if constexpr (DC == 3) {
+    const T* x = ct + j0;
+    const T* y = ct + P + j0;
+    const T* z = ct + 2 * P + j0;
+    const T qx = q[0], qy = q[1], qz = q[2];
+#pragma omp simd
+    for (int64_t j = 0; j < nb; ++j) {
+      const T dx = x[j] - qx, dy = y[j] - qy, dz = z[j] - qz;
+      out[j] = dx * dx + dy * dy + dz * dz;
+    }
+  } else if constexpr (DC == 2) {
+    const T* x = ct + j0;
+    const T* y = ct + P + j0;
+    const T qx = q[0], qy = q[1];
+#pragma omp simd
+    for (int64_t j = 0; j < nb; ++j) {
+      const T dx = x[j] - qx, dy = y[j] - qy;
+      out[j] = dx * dx + dy * dy;
+    }
+  } else {
+    for (int64_t j = 0; j < nb; ++j) out[j] = T(0);
+    for (int64_t d = 0; d < D; ++d) {
+      const T* row = ct + d * P + j0;
+      const T qd = q[d];
+#pragma omp simd
+      for (int64_t j = 0; j < nb; ++j) {
+        const T diff = row[j] - qd;
+        out[j] += diff * diff;
+      }
+    }
+  }
+}
+
+template <typename T>
+inline T block_min(const T* PVF_RESTRICT v, int64_t n) {
+  T m = std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(min : m)
+  for (int64_t j = 0; j < n; ++j) m = v[j] < m ? v[j] : m;
+  return m;
+}
+
+// Transposes every cloud of p (B, P, D) into workspace (B, D, P), in parallel over batches.
+template <typename T>
+void clouds_to_coordinate_major(const T* p, int64_t B, int64_t P, int64_t D, const int64_t* lengths, T* ws) {
+  parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      to_coordinate_major(p + b * P * D, cloud_length(lengths, b, P), P, D, ws + b * D * P);
+  });
+}
+
+// ------------------------------------------------------------------ farthest point sampling
+
+template <typename T, int DC>
+void fps_one_cloud(const T* pts, int64_t N, int64_t D, int64_t n, int64_t first, int64_t K, int64_t* idx, T* ws) {
+  T* dist = ws;
+  T* ct = ws + N;
+  to_coordinate_major(pts, n, N, D, ct);
+  std::fill(dist, dist + n, std::numeric_limits<T>::infinity());
+  const int64_t k_valid = std::min(K, n);
+  int64_t sel = first;
+  constexpr int64_t kBlock = 1024;
+  alignas(64) T dbuf[kBlock];
+  for (int64_t k = 0; k < k_valid; ++k) {
+    idx[k] = sel;
+    if (k + 1 == k_valid) break;
+    const T* q = pts + sel * D;
+    T best = T(-1);
+    for (int64_t j0 = 0; j0 < n; j0 += kBlock) {
+      const int64_t nb = std::min(kBlock, n - j0);
+      block_distances<T, DC>(ct, N, D, q, j0, nb, dbuf);
+      T* dj = dist + j0;
+#pragma omp simd reduction(max : best)
+      for (int64_t j = 0; j < nb; ++j) {
+        const T m = dbuf[j] < dj[j] ? dbuf[j] : dj[j];
+        dj[j] = m;
+        best = m > best ? m : best;
+      }
+    }
+    sel = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      if (dist[j] == best) {
+        sel = j;
+        break;
+      }
+    }
+  }
+  for (int64_t k = k_valid; k < K; ++k) idx[k] = -1;
+}
+
+// ------------------------------------------------------------------ kNN and ball query
+
+template <typename T, int DC>
+void knn_queries(const T* p1b, const T* ct, int64_t P2, int64_t D, int64_t n2, int64_t i0, int64_t i1, int64_t K,
+                 T* dists, int64_t* idx) {
+  constexpr int64_t kBlock = 256;
+  constexpr int64_t kChunk = 16;
+  alignas(64) T dbuf[kBlock];
+  for (int64_t i = i0; i < i1; ++i) {
+    const T* q = p1b + i * D;
+    T* dr = dists + i * K;
+    int64_t* ir = idx + i * K;
+    int64_t count = 0;
+    for (int64_t j0 = 0; j0 < n2; j0 += kBlock) {
+      const int64_t nb = std::min(kBlock, n2 - j0);
+      block_distances<T, DC>(ct, P2, D, q, j0, nb, dbuf);
+      for (int64_t c0 = 0; c0 < nb; c0 += kChunk) {
+        const int64_t nc = std::min(kChunk, nb - c0);
+        // Skip whole chunks that cannot enter a full list (the common case once the list has settled).
+        if (count == K && !(block_min(dbuf + c0, nc) < dr[K - 1])) continue;
+        for (int64_t j = c0; j < c0 + nc; ++j) count = topk_insert<T, T>(dr, ir, count, K, dbuf[j], j0 + j);
+      }
+    }
+    for (int64_t k = count; k < K; ++k) {
+      dr[k] = T(0);
+      ir[k] = 0;
+    }
+  }
+}
+
+template <typename T, int DC>
+void ball_queries(const T* p1b, const T* ct, int64_t P2, int64_t D, int64_t n2, int64_t i0, int64_t i1, int64_t K,
+                  T r2, T* dists, int64_t* idx) {
+  constexpr int64_t kBlock = 64;
+  alignas(64) T dbuf[kBlock];
+  for (int64_t i = i0; i < i1; ++i) {
+    const T* q = p1b + i * D;
+    T* dr = dists + i * K;
+    int64_t* ir = idx + i * K;
+    int64_t count = 0;
+    for (int64_t j0 = 0; j0 < n2 && count < K; j0 += kBlock) {
+      const int64_t nb = std::min(kBlock, n2 - j0);
+      block_distances<T, DC>(ct, P2, D, q, j0, nb, dbuf);
+      for (int64_t j = 0; j < nb && count < K; ++j) {
+        if (dbuf[j] < r2) {
+          dr[count] = dbuf[j];
+          ir[count] = j0 + j;
+          ++count;
+        }
+      }
+    }
+    for (int64_t k = count; k < K; ++k) {
+      dr[k] = T(0);
+      ir[k] = -1;
+    }
+  }
+}
+
+template <typename T, typename Fn>
+void for_each_query(int64_t B, int64_t P1, int64_t K, const int64_t* lengths1, T* dists, int64_t* idx,
+                    int64_t pad_idx, Fn&& run) {
+  // Queries of a batch are independent: split the flattened (B * P1) range.
+  parallel_for_dynamic(0, B * P1, 64, [&](int64_t q0, int64_t q1) {
+    while (q0 < q1) {
+      const int64_t b = q0 / P1;
+      const int64_t i0 = q0 % P1;
+      const int64_t i1 = std::min(P1, i0 + (q1 - q0));
+      const int64_t n1 = cloud_length(lengths1, b, P1);
+      const int64_t valid_end = std::min(i1, std::max(i0, n1));
+      if (valid_end > i0) run(b, i0, valid_end);
+      for (int64_t i = std::max(i0, valid_end); i < i1; ++i) {
+        std::fill(dists + (b * P1 + i) * K, dists + (b * P1 + i + 1) * K, T(0));
+        std::fill(idx + (b * P1 + i) * K, idx + (b * P1 + i + 1) * K, pad_idx);
+      }
+      q0 += i1 - i0;
+    }
+  });
+}
+
+template <typename F>
+void with_static_dim(int64_t D, F&& f) {
+  if (D == 3) f(std::integral_constant<int, 3>{});
+  else if (D == 2) f(std::integral_constant<int, 2>{});
+  else f(std::integral_constant<int, 0>{});
+}
+
+}  // namespace
+
+template <typename T>
+void sample_farthest_points_cpu(const T* points, int64_t B, int64_t N, int64_t D, const int64_t* lengths,
+                                const int64_t* start, int64_t K, int64_t* idx, T* workspace) {
+  with_static_dim(D, [&](auto dc) {
+    constexpr int DC = decltype(dc)::value;
+    parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        fps_one_cloud<T, DC>(points + b * N * D, N, D, cloud_length(lengths, b, N), start ? start[b] : 0, K,
+                             idx + b * K, workspace + b * (D + 1) * N);
+    });
+  });
+}
+
+template <typename T>
+void knn_cpu(const T* p1, const T* p2, int64_t B, int64_t P1, int64_t P2, int64_t D, const int64_t* lengths1,
+             const int64_t* lengths2, int64_t K, T* dists, int64_t* idx, T* workspace) {
+  clouds_to_coordinate_major(p2, B, P2, D, lengths2, workspace);
+  with_static_dim(D, [&](auto dc) {
+    constexpr int DC = decltype(dc)::value;
+    for_each_query(B, P1, K, lengths1, dists, idx, 0, [&](int64_t b, int64_t i0, int64_t i1) {
+      knn_queries<T, DC>(p1 + b * P1 * D, workspace + b * D * P2, P2, D, cloud_length(lengths2, b, P2), i0, i1, K,
+                         dists + b * P1 * K, idx + b * P1 * K);
+    });
+  });
+}
+
+template <typename T>
+void ball_query_cpu(const T* p1, const T* p2, int64_t B, int64_t P1, int64_t P2, int64_t D, const int64_t* lengths1,
+                    const int64_t* lengths2, int64_t K, double radius, T* dists, int64_t* idx, T* workspace) {
+  clouds_to_coordinate_major(p2, B, P2, D, lengths2, workspace);
+  const T r2 = static_cast<T>(radius) * static_cast<T>(radius);
+  with_static_dim(D, [&](auto dc) {
+    constexpr int DC = decltype(dc)::value;
+    for_each_query(B, P1, K, lengths1, dists, idx, -1, [&](int64_t b, int64_t i0, int64_t i1) {
+      ball_queries<T, DC>(p1 + b * P1 * D, workspace + b * D * P2, P2, D, cloud_length(lengths2, b, P2), i0, i1, K,
+                          r2, dists + b * P1 * K, idx + b * P1 * K);
+    });
+  });
+}
+
+template <typename T>
+void gather_columns_cpu(const T* features, int64_t B, int64_t C, int64_t N, const int64_t* idx, int64_t M, T* out) {
+  parallel_for(0, B * C, std::max<int64_t>(1, 16384 / std::max<int64_t>(M, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* f = features + r * N;
+      const int64_t* ib = idx + (r / C) * M;
+      T* o = out + r * M;
+      for (int64_t m = 0; m < M; ++m) o[m] = f[ib[m]];
+    }
+  });
+}
+
+template <typename T>
+void gather_columns_backward_cpu(const T* grad_out, int64_t B, int64_t C, int64_t N, const int64_t* idx, int64_t M,
+                                 T* grad_features) {
+  // One (b, c) row per task: every row scatters only into its own row, so no atomics are needed.
+  parallel_for(0, B * C, std::max<int64_t>(1, 16384 / std::max<int64_t>(M + N, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      T* gf = grad_features + r * N;
+      std::fill(gf, gf + N, T(0));
+      const int64_t* ib = idx + (r / C) * M;
+      const T* g = grad_out + r * M;
+      for (int64_t m = 0; m < M; ++m) gf[ib[m]] += g[m];
+    }
+  });
+}
+
+template <typename T>
+void three_interpolate_cpu(const T* features, int64_t B, int64_t C, int64_t M, const int64_t* idx, const T* weight,
+                           int64_t N, T* out) {
+  parallel_for(0, B * C, std::max<int64_t>(1, 16384 / std::max<int64_t>(N, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / C;
+      const T* f = features + r * M;
+      const int64_t* ib = idx + b * N * 3;
+      const T* wb = weight + b * N * 3;
+      T* o = out + r * N;
+      for (int64_t n = 0; n < N; ++n)
+        o[n] = wb[3 * n] * f[ib[3 * n]] + wb[3 * n + 1] * f[ib[3 * n + 1]] + wb[3 * n + 2] * f[ib[3 * n + 2]];
+    }
+  });
+}
+
+template <typename T>
+void three_interpolate_backward_cpu(const T* grad_out, const T* features, int64_t B, int64_t C, int64_t M,
+                                    const int64_t* idx, const T* weight, int64_t N, T* grad_features, T* grad_weight) {
+  if (grad_features) {
+    parallel_for(0, B * C, std::max<int64_t>(1, 16384 / std::max<int64_t>(N + M, 1)), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t b = r / C;
+        T* gf = grad_features + r * M;
+        std::fill(gf, gf + M, T(0));
+        const int64_t* ib = idx + b * N * 3;
+        const T* wb = weight + b * N * 3;
+        const T* g = grad_out + r * N;
+        for (int64_t n = 0; n < N; ++n)
+          for (int j = 0; j < 3; ++j) gf[ib[3 * n + j]] += wb[3 * n + j] * g[n];
+      }
+    });
+  }
+  if (grad_weight) {
+    // grad_weight[b, n, j] = sum_c grad_out[b, c, n] * features[b, c, idx[b, n, j]]: split (b, n) ranges,
+    // walk channels outermost so that every row of grad_out and features is read contiguously.
+    constexpr int64_t kTile = 256;
+    const int64_t tiles = (N + kTile - 1) / kTile;
+    parallel_for(0, B * tiles, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t b = t / tiles;
+        const int64_t n0 = (t % tiles) * kTile;
+        const int64_t n1 = std::min(N, n0 + kTile);
+        T* gw = grad_weight + b * N * 3;
+        const int64_t* ib = idx + b * N * 3;
+        std::fill(gw + 3 * n0, gw + 3 * n1, T(0));
+        for (int64_t c = 0; c < C; ++c) {
+          const T* g = grad_out + (b * C + c) * N;
+          const T* f = features + (b * C + c) * M;
+          for (int64_t n = n0; n < n1; ++n)
+            for (int j = 0; j < 3; ++j) gw[3 * n + j] += g[n] * f[ib[3 * n + j]];
+        }
+      }
+    });
+  }
+}
+
+int64_t find_index_out_of_range_cpu(const int64_t* idx, int64_t n, int64_t lo, int64_t hi) {
+  for (int64_t i = 0; i < n; ++i)
+    if (idx[i] < lo || idx[i] >= hi) return i;
+  return -1;
+}
+
+#define PVF_INSTANTIATE(T)                                                                                         \
+  template void sample_farthest_points_cpu<T>(const T*, int64_t, int64_t, int64_t, const int64_t*, const int64_t*, \
+                                              int64_t, int64_t*, T*);                                              \
+  template void knn_cpu<T>(const T*, const T*, int64_t, int64_t, int64_t, int64_t, const int64_t*, const int64_t*, \
+                           int64_t, T*, int64_t*, T*);                                                             \
+  template void ball_query_cpu<T>(const T*, const T*, int64_t, int64_t, int64_t, int64_t, const int64_t*,          \
+                                  const int64_t*, int64_t, double, T*, int64_t*, T*);                              \
+  template void gather_columns_cpu<T>(const T*, int64_t, int64_t, int64_t, const int64_t*, int64_t, T*);           \
+  template void gather_columns_backward_cpu<T>(const T*, int64_t, int64_t, int64_t, const int64_t*, int64_t, T*);  \
+  template void three_interpolate_cpu<T>(const T*, int64_t, int64_t, int64_t, const int64_t*, const T*, int64_t,   \
+                                         T*);                                                                      \
+  template void three_interpolate_backward_cpu<T>(const T*, const T*, int64_t, int64_t, int64_t, const int64_t*,   \
+                                                  const T*, int64_t, T*, T*);
+
+PVF_INSTANTIATE(float)
+PVF_INSTANTIATE(double)
+#undef PVF_INSTANTIATE
+
+}  // namespace pointcloud
+}  // namespace pvf

@@ -1,0 +1,30 @@
+"""Public functional API. Every op dispatches to the best available backend (see ``pyvision_fast.use_backend``)."""
+from .pointcloud import (
+    KNN,
+    ball_query,
+    chamfer_distance,
+    furthest_point_sample,
+    gather_points,
+    grouping_operation,
+    knn_gather,
+    knn_points,
+    masked_gather,
+    sample_farthest_points,
+    three_interpolate,
+    three_nn,
+)
+
+__all__ = [
+    "KNN",
+    "ball_query",
+    "chamfer_distance",
+    "furthest_point_sample",
+    "gather_points",
+    "grouping_operation",
+    "knn_gather",
+    "knn_points",
+    "masked_gather",
+    "sample_farthest_points",
+    "three_interpolate",
+    "three_nn",
+]

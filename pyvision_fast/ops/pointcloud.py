@@ -1,0 +1,576 @@
+"""Point-cloud ops: farthest point sampling, kNN, ball query, gathers, three-point interpolation, chamfer.
+
+Signatures follow PyTorch3D (``sample_farthest_points``, ``knn_points``, ``knn_gather``, ``ball_query``,
+``chamfer_distance``) and mmcv / PointNet++ (``furthest_point_sample``, ``gather_points``,
+``grouping_operation``, ``three_nn``, ``three_interpolate``), so switching is one import.
+
+Each kernel is a ``torch.library.custom_op`` in the ``pvf`` namespace with a fake implementation (for
+``torch.compile`` / ``torch.export``) and, where differentiable, an autograd formula. Index outputs are int64;
+index inputs may be int32 or int64. Point clouds are float32/float64 on CPU, plus float16/bfloat16 on CUDA.
+"""
+from __future__ import annotations
+
+from collections import namedtuple
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+from .. import _ext
+from ..reference import pointcloud as ref
+from ._registry import as_index, as_int, dispatch
+
+KNN = namedtuple("KNN", ["dists", "idx", "knn"])
+KNN.__doc__ = "Result of knn_points / ball_query: dists (B, P1, K), idx (B, P1, K), knn (B, P1, K, D) or None."
+
+
+def _half_on_cuda(t: Tensor) -> bool:
+    return t.dtype in (torch.float16, torch.bfloat16)
+
+
+def _flag(device: torch.device) -> Tensor:
+    return torch.empty(1, dtype=torch.int32, device=device)
+
+
+# ============================================================== farthest point sampling
+
+def _fps_cpu(points: Tensor, lengths: Optional[Tensor], start: Optional[Tensor], K: int) -> Tensor:
+    B, N, D = points.shape
+    idx = torch.empty(B, K, dtype=torch.int64)
+    ws = torch.empty(B * (D + 1) * N, dtype=points.dtype)
+    _ext.cpu_module().sample_farthest_points(_ext.arg(points), _ext.opt(lengths), _ext.opt(start), K,
+                                             _ext.arg(idx), _ext.arg(ws))
+    return idx
+
+
+def _fps_cuda(points: Tensor, lengths: Optional[Tensor], start: Optional[Tensor], K: int) -> Tensor:
+    B, N, _ = points.shape
+    idx = torch.empty(B, K, dtype=torch.int64, device=points.device)
+    ws = torch.empty(B * N, dtype=torch.float64 if points.dtype == torch.float64 else torch.float32,
+                     device=points.device)
+    _ext.cuda_module().sample_farthest_points(_ext.arg(points), _ext.opt(lengths), _ext.opt(start), K,
+                                              _ext.arg(idx), _ext.arg(ws), _ext.stream(points.device))
+    return idx
+
+
+_FPS = {"cpu": _fps_cpu, "cuda": _fps_cuda, "reference": ref.sample_farthest_points_idx}
+
+
+@torch.library.custom_op("pvf::sample_farthest_points", mutates_args=())
+def _fps_op(points: Tensor, lengths: Optional[Tensor], start: Optional[Tensor], K: int) -> Tensor:
+    impl = dispatch("sample_farthest_points", points.device, _FPS)
+    return impl(points.contiguous(), lengths, start, K)
+
+
+@_fps_op.register_fake
+def _(points, lengths, start, K):
+    return points.new_empty((points.shape[0], K), dtype=torch.int64)
+
+
+def sample_farthest_points(points: Tensor, lengths: Optional[Tensor] = None, K: Union[int, Tensor] = 50,
+                           random_start_point: bool = False) -> tuple[Tensor, Tensor]:
+    """Iterative farthest point sampling (PyTorch3D's ``sample_farthest_points``).
+
+    Args:
+        points: (B, N, D) float tensor.
+        lengths: optional (B,) int tensor, the number of valid points of each cloud.
+        K: number of samples (an int; a (B,) tensor is accepted when all its entries are equal).
+        random_start_point: start each cloud at a random valid point (drawn with torch's RNG) instead of 0.
+
+    Returns:
+        (sampled points (B, K, D), idx (B, K) int64). Distances start at +inf, ties go to the lowest index;
+        where K exceeds a cloud's length the extra idx are -1 and the extra points 0.
+    """
+    if isinstance(K, Tensor):
+        if K.numel() == 0 or not bool((K == K.reshape(-1)[0]).all()):
+            raise ValueError("sample_farthest_points: a per-cloud K must be the same for every cloud")
+        K = int(K.reshape(-1)[0])
+    K = as_int(K, "K")
+    if lengths is not None:
+        lengths = as_index(lengths, "lengths")
+    start = None
+    if random_start_point and points.dim() == 3:
+        B, N = points.shape[:2]
+        lens = lengths.to(points.device) if lengths is not None else torch.full((B,), N, device=points.device)
+        start = (torch.rand(B, device=points.device) * lens.clamp(min=1)).floor().to(torch.int64)
+        start = torch.minimum(start, (lens - 1).clamp(min=0))
+    idx = _fps_op(points, lengths, start, K)
+    return masked_gather(points, idx), idx
+
+
+def furthest_point_sample(xyz: Tensor, num_points: int) -> Tensor:
+    """mmcv / PointNet++ ``furthest_point_sample``: xyz (B, N, 3) -> idx (B, num_points) int64."""
+    return _fps_op(xyz, None, None, as_int(num_points, "num_points"))
+
+
+def masked_gather(points: Tensor, idx: Tensor) -> Tensor:
+    """points (B, N, D), idx (B, ...) with -1 for missing -> (B, ..., D), zeros where idx is -1."""
+    B, N, D = points.shape
+    flat = idx.reshape(B, -1)
+    missing = flat < 0
+    gathered = torch.gather(points, 1, flat.clamp(min=0)[:, :, None].expand(B, flat.shape[1], D))
+    gathered = gathered.masked_fill(missing[:, :, None], 0.0)
+    return gathered.view(*idx.shape, D)
+
+
+# ============================================================== kNN
+
+def _knn_cpu(p1, p2, lengths1, lengths2, K):
+    B, P1, D = p1.shape
+    dists = torch.empty(B, P1, K, dtype=p1.dtype)
+    idx = torch.empty(B, P1, K, dtype=torch.int64)
+    ws = torch.empty(B * D * p2.shape[1], dtype=p1.dtype)
+    _ext.cpu_module().knn_points(_ext.arg(p1), _ext.arg(p2), _ext.opt(lengths1), _ext.opt(lengths2), K,
+                                 _ext.arg(dists), _ext.arg(idx), _ext.arg(ws))
+    return dists, idx
+
+
+def _knn_cuda(p1, p2, lengths1, lengths2, K):
+    B, P1, _ = p1.shape
+    dists = torch.empty(B, P1, K, dtype=p1.dtype, device=p1.device)
+    idx = torch.empty(B, P1, K, dtype=torch.int64, device=p1.device)
+    _ext.cuda_module().knn_points(_ext.arg(p1), _ext.arg(p2), _ext.opt(lengths1), _ext.opt(lengths2), K,
+                                  _ext.arg(dists), _ext.arg(idx), _ext.stream(p1.device))
+    return dists, idx
+
+
+_KNN_IMPLS = {"cpu": _knn_cpu, "cuda": _knn_cuda, "reference": ref.knn_points_idx}
+
+
+@torch.library.custom_op("pvf::knn_points", mutates_args=())
+def _knn_op(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor], lengths2: Optional[Tensor],
+            K: int) -> tuple[Tensor, Tensor]:
+    impl = dispatch("knn_points", p1.device, _KNN_IMPLS)
+    return impl(p1.contiguous(), p2.contiguous(), lengths1, lengths2, K)
+
+
+@_knn_op.register_fake
+def _(p1, p2, lengths1, lengths2, K):
+    shape = (p1.shape[0], p1.shape[1], K)
+    return p1.new_empty(shape), p1.new_empty(shape, dtype=torch.int64)
+
+
+def _neighbour_dists_backward(p1: Tensor, p2: Tensor, idx: Tensor, valid: Tensor,
+                              grad_dists: Tensor) -> tuple[Tensor, Tensor]:
+    """Gradient of dists[b, i, k] = |p1[b, i] - p2[b, idx[b, i, k]]|^2 where ``valid``; 0 elsewhere."""
+    B, P1, K = idx.shape
+    D = p1.shape[2]
+    flat = idx.clamp(min=0).reshape(B, P1 * K, 1).expand(B, P1 * K, D)
+    diff = p1[:, :, None, :] - torch.gather(p2, 1, flat).view(B, P1, K, D)
+    g = (grad_dists * valid).to(diff.dtype)[..., None] * diff * 2
+    grad_p1 = g.sum(2)
+    grad_p2 = torch.zeros_like(p2).scatter_add_(1, flat, -g.reshape(B, P1 * K, D))
+    return grad_p1, grad_p2
+
+
+def _valid_slots(idx: Tensor, lengths1: Optional[Tensor], lengths2: Optional[Tensor], P1: int, P2: int) -> Tensor:
+    B, _, K = idx.shape
+    l1 = lengths1 if lengths1 is not None else torch.full((B,), P1, device=idx.device, dtype=torch.int64)
+    l2 = lengths2 if lengths2 is not None else torch.full((B,), P2, device=idx.device, dtype=torch.int64)
+    k = torch.arange(K, device=idx.device)[None, None, :]
+    i = torch.arange(idx.shape[1], device=idx.device)[None, :, None]
+    return (k < l2[:, None, None]) & (i < l1[:, None, None])
+
+
+def _knn_setup(ctx, inputs, output):
+    p1, p2, lengths1, lengths2, _ = inputs
+    ctx.save_for_backward(p1, p2, output[1], _valid_slots(output[1], lengths1, lengths2, p1.shape[1], p2.shape[1]))
+
+
+def _knn_backward(ctx, grad_dists, grad_idx):
+    p1, p2, idx, valid = ctx.saved_tensors
+    grad_p1, grad_p2 = _neighbour_dists_backward(p1, p2, idx, valid, grad_dists)
+    return grad_p1, grad_p2, None, None, None
+
+
+_knn_op.register_autograd(_knn_backward, setup_context=_knn_setup)
+
+
+def knn_points(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor] = None, lengths2: Optional[Tensor] = None,
+               norm: int = 2, K: int = 1, version: int = -1, return_nn: bool = False,
+               return_sorted: bool = True) -> KNN:
+    """K nearest neighbours of each p1 point among the points of p2 (PyTorch3D's ``knn_points``).
+
+    Args:
+        p1: (B, P1, D), p2: (B, P2, D) float tensors; lengths1 / lengths2: optional (B,) valid-point counts.
+        norm: 2 (squared Euclidean) is the only distance supported.
+        K: neighbours per point (>= 1, any size; memory is O(B * P1 * K), no P1 x P2 matrix).
+        version: accepted for PyTorch3D compatibility and ignored.
+        return_nn: also return the neighbour coordinates (B, P1, K, D).
+        return_sorted: results are always sorted ascending (ties by index), which satisfies either value.
+
+    Returns:
+        KNN(dists (B, P1, K) squared distances, idx (B, P1, K) int64, knn or None). Padding (p2 clouds with
+        fewer than K points, p1 rows past lengths1) is 0 in dists and idx. dists is differentiable in p1, p2.
+    """
+    if norm != 2:
+        raise ValueError(f"knn_points: only norm=2 (squared Euclidean) is supported, got norm={norm}")
+    K = as_int(K, "K")
+    if lengths1 is not None:
+        lengths1 = as_index(lengths1, "lengths1")
+    if lengths2 is not None:
+        lengths2 = as_index(lengths2, "lengths2")
+    dists, idx = _knn_op(p1, p2, lengths1, lengths2, K)
+    nn = knn_gather(p2, idx, lengths2) if return_nn else None
+    return KNN(dists=dists, idx=idx, knn=nn)
+
+
+def knn_gather(x: Tensor, idx: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
+    """PyTorch3D's ``knn_gather``: x (B, M, U), idx (B, L, K) -> (B, L, K, U); entries whose k is past
+    ``lengths`` (the valid sizes of x) are 0."""
+    B, M, U = x.shape
+    _, L, K = idx.shape
+    idx = as_index(idx, "idx")
+    flat = idx.reshape(B, L * K, 1).expand(B, L * K, U)
+    out = torch.gather(x, 1, flat).view(B, L, K, U)
+    if lengths is not None:
+        short = torch.arange(K, device=x.device)[None, :] >= lengths.to(x.device)[:, None]  # (B, K)
+        out = out.masked_fill(short[:, None, :, None], 0.0)
+    return out
+
+
+# ============================================================== ball query
+
+def _ball_cpu(p1, p2, lengths1, lengths2, K, radius):
+    B, P1, D = p1.shape
+    dists = torch.empty(B, P1, K, dtype=p1.dtype)
+    idx = torch.empty(B, P1, K, dtype=torch.int64)
+    ws = torch.empty(B * D * p2.shape[1], dtype=p1.dtype)
+    _ext.cpu_module().ball_query(_ext.arg(p1), _ext.arg(p2), _ext.opt(lengths1), _ext.opt(lengths2), K, radius,
+                                 _ext.arg(dists), _ext.arg(idx), _ext.arg(ws))
+    return dists, idx
+
+
+def _ball_cuda(p1, p2, lengths1, lengths2, K, radius):
+    B, P1, _ = p1.shape
+    dists = torch.empty(B, P1, K, dtype=p1.dtype, device=p1.device)
+    idx = torch.empty(B, P1, K, dtype=torch.int64, device=p1.device)
+    _ext.cuda_module().ball_query(_ext.arg(p1), _ext.arg(p2), _ext.opt(lengths1), _ext.opt(lengths2), K, radius,
+                                  _ext.arg(dists), _ext.arg(idx), _ext.stream(p1.device))
+    return dists, idx
+
+
+_BALL = {"cpu": _ball_cpu, "cuda": _ball_cuda, "reference": ref.ball_query_idx}
+
+
+@torch.library.custom_op("pvf::ball_query", mutates_args=())
+def _ball_op(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor], lengths2: Optional[Tensor], K: int,
+             radius: float) -> tuple[Tensor, Tensor]:
+    impl = dispatch("ball_query", p1.device, _BALL)
+    return impl(p1.contiguous(), p2.contiguous(), lengths1, lengths2, K, radius)
+
+
+@_ball_op.register_fake
+def _(p1, p2, lengths1, lengths2, K, radius):
+    shape = (p1.shape[0], p1.shape[1], K)
+    return p1.new_empty(shape), p1.new_empty(shape, dtype=torch.int64)
+
+
+def _ball_setup(ctx, inputs, output):
+    p1, p2 = inputs[0], inputs[1]
+    ctx.save_for_backward(p1, p2, output[1], output[1] >= 0)
+
+
+_ball_op.register_autograd(_knn_backward, setup_context=_ball_setup)
+
+
+def ball_query(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor] = None, lengths2: Optional[Tensor] = None,
+               K: int = 500, radius: float = 0.2, return_nn: bool = True) -> KNN:
+    """The first K points of p2, in index order, within ``radius`` of each p1 point (PyTorch3D semantics:
+    squared distance < radius^2).
+
+    Returns KNN(dists (B, P1, K) squared, 0-padded; idx (B, P1, K) int64, -1-padded; knn (B, P1, K, D) with
+    zeros for padding, or None). dists is differentiable in p1, p2.
+    """
+    K = as_int(K, "K")
+    if isinstance(radius, bool) or not isinstance(radius, (int, float)):
+        raise TypeError(f"ball_query: radius must be a number, got {type(radius).__name__}")
+    if lengths1 is not None:
+        lengths1 = as_index(lengths1, "lengths1")
+    if lengths2 is not None:
+        lengths2 = as_index(lengths2, "lengths2")
+    dists, idx = _ball_op(p1, p2, lengths1, lengths2, K, float(radius))
+    nn = masked_gather(p2, idx) if return_nn else None
+    return KNN(dists=dists, idx=idx, knn=nn)
+
+
+# ============================================================== gather_points / grouping_operation
+
+def _gather_cpu(features, idx):
+    B, C, _ = features.shape
+    out = torch.empty(B, C, idx.shape[1], dtype=features.dtype)
+    _ext.cpu_module().gather_columns(_ext.arg(features), _ext.arg(idx), _ext.arg(out))
+    return out
+
+
+def _gather_cuda(features, idx):
+    B, C, _ = features.shape
+    out = torch.empty(B, C, idx.shape[1], dtype=features.dtype, device=features.device)
+    _ext.cuda_module().gather_columns(_ext.arg(features), _ext.arg(idx), _ext.arg(out), _ext.arg(_flag(out.device)),
+                                      _ext.stream(out.device))
+    return out
+
+
+def _gather_backward_cpu(grad_out, idx, N):
+    B, C, _ = grad_out.shape
+    grad = torch.empty(B, C, N, dtype=grad_out.dtype)
+    _ext.cpu_module().gather_columns_backward(_ext.arg(grad_out), _ext.arg(idx), _ext.arg(grad))
+    return grad
+
+
+def _gather_backward_cuda(grad_out, idx, N):
+    B, C, _ = grad_out.shape
+    buf_dtype = torch.float32 if _half_on_cuda(grad_out) else grad_out.dtype
+    grad = torch.empty(B, C, N, dtype=buf_dtype, device=grad_out.device)
+    _ext.cuda_module().gather_columns_backward(_ext.arg(grad_out), _ext.arg(idx), _ext.arg(grad),
+                                               _ext.arg(_flag(grad.device)), _ext.stream(grad.device))
+    return grad.to(grad_out.dtype)
+
+
+def _gather_backward_ref(grad_out, idx, N):
+    B, C, M = grad_out.shape
+    return grad_out.new_zeros(B, C, N).scatter_add_(2, idx[:, None, :].expand(B, C, M), grad_out)
+
+
+_GATHER = {"cpu": _gather_cpu, "cuda": _gather_cuda, "reference": ref.gather_columns}
+_GATHER_BWD = {"cpu": _gather_backward_cpu, "cuda": _gather_backward_cuda, "reference": _gather_backward_ref}
+
+
+@torch.library.custom_op("pvf::gather_points", mutates_args=())
+def _gather_op(features: Tensor, idx: Tensor) -> Tensor:
+    """features (B, C, N), idx (B, M) int64 -> (B, C, M)."""
+    return dispatch("gather_points", features.device, _GATHER)(features.contiguous(), idx.contiguous())
+
+
+@_gather_op.register_fake
+def _(features, idx):
+    return features.new_empty((features.shape[0], features.shape[1], idx.shape[1]))
+
+
+@torch.library.custom_op("pvf::gather_points_backward", mutates_args=())
+def _gather_backward_op(grad_out: Tensor, idx: Tensor, N: int) -> Tensor:
+    impl = dispatch("gather_points_backward", grad_out.device, _GATHER_BWD)
+    return impl(grad_out.contiguous(), idx.contiguous(), N)
+
+
+@_gather_backward_op.register_fake
+def _(grad_out, idx, N):
+    return grad_out.new_empty((grad_out.shape[0], grad_out.shape[1], N))
+
+
+def _gather_setup(ctx, inputs, output):
+    features, idx = inputs
+    ctx.save_for_backward(idx)
+    ctx.num_points = features.shape[2]
+
+
+def _gather_backward(ctx, grad_out):
+    (idx,) = ctx.saved_tensors
+    return _gather_backward_op(grad_out, idx, ctx.num_points), None
+
+
+_gather_op.register_autograd(_gather_backward, setup_context=_gather_setup)
+
+
+def gather_points(features: Tensor, idx: Tensor) -> Tensor:
+    """mmcv ``gather_points``: features (B, C, N), idx (B, M) int32/int64 in [0, N) -> (B, C, M)."""
+    return _gather_op(features, as_index(idx, "idx"))
+
+
+def grouping_operation(features: Tensor, idx: Tensor) -> Tensor:
+    """mmcv ``grouping_operation``: features (B, C, N), idx (B, M, S) in [0, N) -> (B, C, M, S)."""
+    idx = as_index(idx, "idx")
+    if idx.dim() != 3:
+        raise ValueError(f"grouping_operation: idx must have shape (B, M, S), got {tuple(idx.shape)}")
+    B, M, S = idx.shape
+    out = _gather_op(features, idx.reshape(B, M * S))
+    return out.view(out.shape[0], out.shape[1], M, S)
+
+
+# ============================================================== three_nn / three_interpolate
+
+def three_nn(unknown: Tensor, known: Tensor) -> tuple[Tensor, Tensor]:
+    """mmcv ``three_nn``: unknown (B, n, 3), known (B, m, 3) -> (dist (B, n, 3) Euclidean, idx (B, n, 3) int64),
+    nearest first. Built on the kNN kernel, so ``dist`` is differentiable in both clouds."""
+    dists, idx = _knn_op(unknown, known, None, None, 3)
+    return dists.clamp(min=0).sqrt(), idx
+
+
+def _interp_cpu(features, idx, weight):
+    B, C, _ = features.shape
+    out = torch.empty(B, C, idx.shape[1], dtype=features.dtype)
+    _ext.cpu_module().three_interpolate(_ext.arg(features), _ext.arg(idx), _ext.arg(weight), _ext.arg(out))
+    return out
+
+
+def _interp_cuda(features, idx, weight):
+    B, C, _ = features.shape
+    out = torch.empty(B, C, idx.shape[1], dtype=features.dtype, device=features.device)
+    _ext.cuda_module().three_interpolate(_ext.arg(features), _ext.arg(idx), _ext.arg(weight), _ext.arg(out),
+                                         _ext.arg(_flag(out.device)), _ext.stream(out.device))
+    return out
+
+
+def _interp_backward_cpu(grad_out, features, idx, weight, need_features, need_weight):
+    gf = torch.empty_like(features) if need_features else None
+    gw = torch.empty_like(weight) if need_weight else None
+    _ext.cpu_module().three_interpolate_backward(_ext.arg(grad_out), _ext.arg(features), _ext.arg(idx),
+                                                 _ext.arg(weight), _ext.opt(gf), _ext.opt(gw))
+    return gf, gw
+
+
+def _interp_backward_cuda(grad_out, features, idx, weight, need_features, need_weight):
+    gf = (torch.empty(features.shape, dtype=torch.float32 if _half_on_cuda(features) else features.dtype,
+                      device=features.device) if need_features else None)
+    gw = torch.empty_like(weight) if need_weight else None
+    _ext.cuda_module().three_interpolate_backward(_ext.arg(grad_out), _ext.arg(features), _ext.arg(idx),
+                                                  _ext.arg(weight), _ext.opt(gf), _ext.opt(gw),
+                                                  _ext.arg(_flag(features.device)), _ext.stream(features.device))
+    return (gf.to(features.dtype) if gf is not None else None), gw
+
+
+def _interp_backward_ref(grad_out, features, idx, weight, need_features, need_weight):
+    B, C, M = features.shape
+    N = idx.shape[1]
+    gf = gw = None
+    if need_features:
+        contrib = (grad_out[..., None] * weight[:, None]).reshape(B, C, N * 3)
+        gf = _gather_backward_ref(contrib, idx.reshape(B, N * 3), M)
+    if need_weight:
+        gathered = ref.gather_columns(features, idx.reshape(B, N * 3)).view(B, C, N, 3)
+        gw = (gathered * grad_out[..., None]).sum(1)
+    return gf, gw
+
+
+_INTERP = {"cpu": _interp_cpu, "cuda": _interp_cuda, "reference": ref.three_interpolate}
+_INTERP_BWD = {"cpu": _interp_backward_cpu, "cuda": _interp_backward_cuda, "reference": _interp_backward_ref}
+
+
+@torch.library.custom_op("pvf::three_interpolate", mutates_args=())
+def _interp_op(features: Tensor, idx: Tensor, weight: Tensor) -> Tensor:
+    impl = dispatch("three_interpolate", features.device, _INTERP)
+    return impl(features.contiguous(), idx.contiguous(), weight.contiguous())
+
+
+@_interp_op.register_fake
+def _(features, idx, weight):
+    return features.new_empty((features.shape[0], features.shape[1], idx.shape[1]))
+
+
+@torch.library.custom_op("pvf::three_interpolate_backward", mutates_args=())
+def _interp_backward_op(grad_out: Tensor, features: Tensor, idx: Tensor, weight: Tensor, need_features: bool,
+                        need_weight: bool) -> tuple[Tensor, Tensor]:
+    impl = dispatch("three_interpolate_backward", features.device, _INTERP_BWD)
+    gf, gw = impl(grad_out.contiguous(), features.contiguous(), idx.contiguous(), weight.contiguous(),
+                  need_features, need_weight)
+    # custom ops return tensors, not None: an unrequested gradient comes back empty.
+    return (gf if gf is not None else features.new_empty(0)), (gw if gw is not None else weight.new_empty(0))
+
+
+@_interp_backward_op.register_fake
+def _(grad_out, features, idx, weight, need_features, need_weight):
+    return (features.new_empty(features.shape if need_features else (0,)),
+            weight.new_empty(weight.shape if need_weight else (0,)))
+
+
+def _interp_setup(ctx, inputs, output):
+    features, idx, weight = inputs
+    ctx.save_for_backward(features, idx, weight)
+
+
+def _interp_backward(ctx, grad_out):
+    features, idx, weight = ctx.saved_tensors
+    need_f, _, need_w = ctx.needs_input_grad
+    gf, gw = _interp_backward_op(grad_out, features, idx, weight, need_f, need_w)
+    return (gf if need_f else None), None, (gw if need_w else None)
+
+
+_interp_op.register_autograd(_interp_backward, setup_context=_interp_setup)
+
+
+def three_interpolate(features: Tensor, idx: Tensor, weight: Tensor) -> Tensor:
+    """mmcv ``three_interpolate``: features (B, C, m), idx (B, n, 3) in [0, m), weight (B, n, 3) -> (B, C, n).
+    Differentiable in features and weight."""
+    return _interp_op(features, as_index(idx, "idx"), weight)
+
+
+# ============================================================== chamfer distance
+
+def chamfer_distance(x: Tensor, y: Tensor, x_lengths: Optional[Tensor] = None, y_lengths: Optional[Tensor] = None,
+                     x_normals: Optional[Tensor] = None, y_normals: Optional[Tensor] = None,
+                     weights: Optional[Tensor] = None, batch_reduction: Optional[str] = "mean",
+                     point_reduction: Optional[str] = "mean", norm: int = 2, single_directional: bool = False,
+                     abs_cosine: bool = True) -> tuple[Tensor, Optional[Tensor]]:
+    """Chamfer distance between point clouds x (B, N, D) and y (B, M, D) (PyTorch3D's ``chamfer_distance``),
+    on the kNN kernel (K=1, squared Euclidean).
+
+    Returns (distance, normal term or None). point_reduction: "mean" | "sum" | None (per-point terms, summed
+    over the two directions only when reduced); batch_reduction: "mean" | "sum" | None.
+    """
+    if norm != 2:
+        raise ValueError(f"chamfer_distance: only norm=2 is supported, got {norm}")
+    if batch_reduction not in ("mean", "sum", None):
+        raise ValueError(f"chamfer_distance: batch_reduction must be 'mean', 'sum' or None, got {batch_reduction!r}")
+    if point_reduction not in ("mean", "sum", None):
+        raise ValueError(f"chamfer_distance: point_reduction must be 'mean', 'sum' or None, got {point_reduction!r}")
+    if point_reduction is None and batch_reduction is not None:
+        raise ValueError("chamfer_distance: batch_reduction must be None when point_reduction is None")
+    if (x_normals is None) != (y_normals is None):
+        raise ValueError("chamfer_distance: give both x_normals and y_normals, or neither")
+    if x.dim() != 3 or y.dim() != 3:
+        raise ValueError(f"chamfer_distance: x and y must be (B, N, D) and (B, M, D), got {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")
+    B, N, _ = x.shape
+    M = y.shape[1]
+    xl = as_index(x_lengths, "x_lengths").to(x.device) if x_lengths is not None else torch.full(
+        (B,), N, dtype=torch.int64, device=x.device)
+    yl = as_index(y_lengths, "y_lengths").to(x.device) if y_lengths is not None else torch.full(
+        (B,), M, dtype=torch.int64, device=x.device)
+    if weights is not None:
+        if weights.shape != (B,):
+            raise ValueError(f"chamfer_distance: weights must have shape ({B},), got {tuple(weights.shape)}")
+        if bool((weights < 0).any()):
+            raise ValueError("chamfer_distance: weights must be non-negative")
+
+    def one_direction(a, b, al, bl, a_normals, b_normals, P):
+        nn = knn_points(a, b, lengths1=al, lengths2=bl, K=1)
+        mask = torch.arange(P, device=a.device)[None, :] >= al[:, None]  # padded points of a
+        dist = nn.dists[..., 0].masked_fill(mask, 0.0)
+        cos = None
+        if a_normals is not None:
+            nb = knn_gather(b_normals, nn.idx, bl)[..., 0, :]
+            c = torch.nn.functional.cosine_similarity(a_normals, nb, dim=2, eps=1e-6)
+            cos = (1 - (c.abs() if abs_cosine else c)).masked_fill(mask, 0.0)
+        if weights is not None:
+            dist = dist * weights.view(B, 1)
+            cos = cos * weights.view(B, 1) if cos is not None else None
+        if point_reduction is None:
+            return dist, cos
+        dist = dist.sum(1)
+        cos = cos.sum(1) if cos is not None else None
+        if point_reduction == "mean":
+            denom = al.clamp(min=1).to(dist.dtype)
+            dist = dist / denom
+            cos = cos / denom if cos is not None else None
+        return dist, cos
+
+    dx, nx = one_direction(x, y, xl, yl, x_normals, y_normals, N)
+    if single_directional:
+        dist, normals = dx, nx
+    else:
+        dy, ny = one_direction(y, x, yl, xl, y_normals, x_normals, M)
+        if point_reduction is None:
+            dist, normals = (dx, dy), ((nx, ny) if nx is not None else None)
+            return dist, normals
+        dist = dx + dy
+        normals = nx + ny if nx is not None else None
+    if point_reduction is None:
+        return dist, normals
+    if batch_reduction is not None:
+        dist = dist.sum()
+        normals = normals.sum() if normals is not None else None
+        if batch_reduction == "mean":
+            div = weights.sum().clamp(min=1e-12) if weights is not None else max(B, 1)
+            dist = dist / div
+            normals = normals / div if normals is not None else None
+    return dist, normals
