@@ -98,6 +98,7 @@ def to_onnx(module: torch.nn.Module, example_inputs: Union[torch.Tensor, Sequenc
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*axis name.*will not be used")  # lengths share the batch dim
         program = torch.onnx.export(module, example_inputs, dynamo=True, opset_version=opset,
                                     custom_translation_table=translation_table(), dynamic_shapes=dynamic_shapes,
                                     verbose=verbose, report=False)

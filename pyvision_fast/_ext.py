@@ -91,3 +91,13 @@ def opt(t: Optional[torch.Tensor]):
 def stream(device: torch.device) -> int:
     """The current CUDA stream of ``device`` as an integer handle."""
     return torch.cuda.current_stream(device).cuda_stream
+
+
+def dims(t: torch.Tensor, ndim: int) -> tuple[int, ...]:
+    """``t.shape`` when it has ``ndim`` dimensions, else ``ndim`` zeros.
+
+    Outputs are allocated before the kernel call; with a wrongly shaped input this lets the allocation
+    succeed so that the C++ argument checks raise their precise error (naming the argument) instead of a
+    Python unpacking error.
+    """
+    return tuple(t.shape) if t.dim() == ndim else (0,) * ndim

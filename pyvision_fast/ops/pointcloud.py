@@ -35,8 +35,8 @@ def _flag(device: torch.device) -> Tensor:
 # ============================================================== farthest point sampling
 
 def _fps_cpu(points: Tensor, lengths: Optional[Tensor], start: Optional[Tensor], K: int) -> Tensor:
-    B, N, D = points.shape
-    idx = torch.empty(B, K, dtype=torch.int64)
+    B, N, D = _ext.dims(points, 3)
+    idx = torch.empty(B, max(K, 0), dtype=torch.int64)
     ws = torch.empty(B * (D + 1) * N, dtype=points.dtype)
     _ext.cpu_module().sample_farthest_points(_ext.arg(points), _ext.opt(lengths), _ext.opt(start), K,
                                              _ext.arg(idx), _ext.arg(ws))
@@ -44,8 +44,8 @@ def _fps_cpu(points: Tensor, lengths: Optional[Tensor], start: Optional[Tensor],
 
 
 def _fps_cuda(points: Tensor, lengths: Optional[Tensor], start: Optional[Tensor], K: int) -> Tensor:
-    B, N, _ = points.shape
-    idx = torch.empty(B, K, dtype=torch.int64, device=points.device)
+    B, N, _ = _ext.dims(points, 3)
+    idx = torch.empty(B, max(K, 0), dtype=torch.int64, device=points.device)
     ws = torch.empty(B * N, dtype=torch.float64 if points.dtype == torch.float64 else torch.float32,
                      device=points.device)
     _ext.cuda_module().sample_farthest_points(_ext.arg(points), _ext.opt(lengths), _ext.opt(start), K,
@@ -106,7 +106,7 @@ def furthest_point_sample(xyz: Tensor, num_points: int) -> Tensor:
 def masked_gather(points: Tensor, idx: Tensor) -> Tensor:
     """points (B, N, D), idx (B, ...) with -1 for missing -> (B, ..., D), zeros where idx is -1."""
     B, N, D = points.shape
-    flat = idx.reshape(B, -1)
+    flat = idx.reshape(B, idx[0].numel() if B else 0)
     # Row gather from the flattened batch plus one zero row that every -1 maps to (index_select copies
     # whole D-rows: much faster than gather followed by a masked fill).
     table = torch.cat([points.reshape(B * N, D), points.new_zeros(1, D)])
@@ -118,19 +118,19 @@ def masked_gather(points: Tensor, idx: Tensor) -> Tensor:
 # ============================================================== kNN
 
 def _knn_cpu(p1, p2, lengths1, lengths2, K):
-    B, P1, D = p1.shape
-    dists = torch.empty(B, P1, K, dtype=p1.dtype)
-    idx = torch.empty(B, P1, K, dtype=torch.int64)
-    ws = torch.empty(B * D * p2.shape[1], dtype=p1.dtype)
+    B, P1, D = _ext.dims(p1, 3)
+    dists = torch.empty(B, P1, max(K, 0), dtype=p1.dtype)
+    idx = torch.empty(B, P1, max(K, 0), dtype=torch.int64)
+    ws = torch.empty(B * D * _ext.dims(p2, 3)[1], dtype=p1.dtype)
     _ext.cpu_module().knn_points(_ext.arg(p1), _ext.arg(p2), _ext.opt(lengths1), _ext.opt(lengths2), K,
                                  _ext.arg(dists), _ext.arg(idx), _ext.arg(ws))
     return dists, idx
 
 
 def _knn_cuda(p1, p2, lengths1, lengths2, K):
-    B, P1, _ = p1.shape
-    dists = torch.empty(B, P1, K, dtype=p1.dtype, device=p1.device)
-    idx = torch.empty(B, P1, K, dtype=torch.int64, device=p1.device)
+    B, P1, _ = _ext.dims(p1, 3)
+    dists = torch.empty(B, P1, max(K, 0), dtype=p1.dtype, device=p1.device)
+    idx = torch.empty(B, P1, max(K, 0), dtype=torch.int64, device=p1.device)
     _ext.cuda_module().knn_points(_ext.arg(p1), _ext.arg(p2), _ext.opt(lengths1), _ext.opt(lengths2), K,
                                   _ext.arg(dists), _ext.arg(idx), _ext.stream(p1.device))
     return dists, idx
@@ -234,19 +234,19 @@ def knn_gather(x: Tensor, idx: Tensor, lengths: Optional[Tensor] = None) -> Tens
 # ============================================================== ball query
 
 def _ball_cpu(p1, p2, lengths1, lengths2, K, radius):
-    B, P1, D = p1.shape
-    dists = torch.empty(B, P1, K, dtype=p1.dtype)
-    idx = torch.empty(B, P1, K, dtype=torch.int64)
-    ws = torch.empty(B * D * p2.shape[1], dtype=p1.dtype)
+    B, P1, D = _ext.dims(p1, 3)
+    dists = torch.empty(B, P1, max(K, 0), dtype=p1.dtype)
+    idx = torch.empty(B, P1, max(K, 0), dtype=torch.int64)
+    ws = torch.empty(B * D * _ext.dims(p2, 3)[1], dtype=p1.dtype)
     _ext.cpu_module().ball_query(_ext.arg(p1), _ext.arg(p2), _ext.opt(lengths1), _ext.opt(lengths2), K, radius,
                                  _ext.arg(dists), _ext.arg(idx), _ext.arg(ws))
     return dists, idx
 
 
 def _ball_cuda(p1, p2, lengths1, lengths2, K, radius):
-    B, P1, _ = p1.shape
-    dists = torch.empty(B, P1, K, dtype=p1.dtype, device=p1.device)
-    idx = torch.empty(B, P1, K, dtype=torch.int64, device=p1.device)
+    B, P1, _ = _ext.dims(p1, 3)
+    dists = torch.empty(B, P1, max(K, 0), dtype=p1.dtype, device=p1.device)
+    idx = torch.empty(B, P1, max(K, 0), dtype=torch.int64, device=p1.device)
     _ext.cuda_module().ball_query(_ext.arg(p1), _ext.arg(p2), _ext.opt(lengths1), _ext.opt(lengths2), K, radius,
                                   _ext.arg(dists), _ext.arg(idx), _ext.stream(p1.device))
     return dists, idx
@@ -273,7 +273,11 @@ def _ball_setup(ctx, inputs, output):
     ctx.save_for_backward(p1, p2, output[1], output[1] >= 0)
 
 
-_ball_op.register_autograd(_knn_backward, setup_context=_ball_setup)
+def _ball_backward(ctx, grad_dists, grad_idx):
+    return (*_knn_backward(ctx, grad_dists, grad_idx), None)
+
+
+_ball_op.register_autograd(_ball_backward, setup_context=_ball_setup)
 
 
 def ball_query(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor] = None, lengths2: Optional[Tensor] = None,
@@ -299,29 +303,29 @@ def ball_query(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor] = None, length
 # ============================================================== gather_points / grouping_operation
 
 def _gather_cpu(features, idx):
-    B, C, _ = features.shape
-    out = torch.empty(B, C, idx.shape[1], dtype=features.dtype)
+    B, C, _ = _ext.dims(features, 3)
+    out = torch.empty(B, C, _ext.dims(idx, 2)[1], dtype=features.dtype)
     _ext.cpu_module().gather_columns(_ext.arg(features), _ext.arg(idx), _ext.arg(out))
     return out
 
 
 def _gather_cuda(features, idx):
-    B, C, _ = features.shape
-    out = torch.empty(B, C, idx.shape[1], dtype=features.dtype, device=features.device)
+    B, C, _ = _ext.dims(features, 3)
+    out = torch.empty(B, C, _ext.dims(idx, 2)[1], dtype=features.dtype, device=features.device)
     _ext.cuda_module().gather_columns(_ext.arg(features), _ext.arg(idx), _ext.arg(out), _ext.arg(_flag(out.device)),
                                       _ext.stream(out.device))
     return out
 
 
 def _gather_backward_cpu(grad_out, idx, N):
-    B, C, _ = grad_out.shape
+    B, C, _ = _ext.dims(grad_out, 3)
     grad = torch.empty(B, C, N, dtype=grad_out.dtype)
     _ext.cpu_module().gather_columns_backward(_ext.arg(grad_out), _ext.arg(idx), _ext.arg(grad))
     return grad
 
 
 def _gather_backward_cuda(grad_out, idx, N):
-    B, C, _ = grad_out.shape
+    B, C, _ = _ext.dims(grad_out, 3)
     buf_dtype = torch.float32 if _half_on_cuda(grad_out) else grad_out.dtype
     grad = torch.empty(B, C, N, dtype=buf_dtype, device=grad_out.device)
     _ext.cuda_module().gather_columns_backward(_ext.arg(grad_out), _ext.arg(idx), _ext.arg(grad),
@@ -399,15 +403,15 @@ def three_nn(unknown: Tensor, known: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _interp_cpu(features, idx, weight):
-    B, C, _ = features.shape
-    out = torch.empty(B, C, idx.shape[1], dtype=features.dtype)
+    B, C, _ = _ext.dims(features, 3)
+    out = torch.empty(B, C, _ext.dims(idx, 3)[1], dtype=features.dtype)
     _ext.cpu_module().three_interpolate(_ext.arg(features), _ext.arg(idx), _ext.arg(weight), _ext.arg(out))
     return out
 
 
 def _interp_cuda(features, idx, weight):
-    B, C, _ = features.shape
-    out = torch.empty(B, C, idx.shape[1], dtype=features.dtype, device=features.device)
+    B, C, _ = _ext.dims(features, 3)
+    out = torch.empty(B, C, _ext.dims(idx, 3)[1], dtype=features.dtype, device=features.device)
     _ext.cuda_module().three_interpolate(_ext.arg(features), _ext.arg(idx), _ext.arg(weight), _ext.arg(out),
                                          _ext.arg(_flag(out.device)), _ext.stream(out.device))
     return out

@@ -1,0 +1,149 @@
+"""The ``pvf`` command (also ``python -m pyvision_fast``): info, bench, export."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+
+def info_dict() -> dict:
+    """What this installation has: versions, compiled modules, usable backends, CUDA architectures."""
+    import torch
+
+    import pyvision_fast
+    from pyvision_fast import _backend, _ext
+    from pyvision_fast import triton as pvf_triton
+
+    cpu_mod = _ext.cpu_module()
+    cuda_mod = _ext.cuda_module()
+    count, message = _ext.cuda_device_status()
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    backends = {}
+    for name in _backend.BACKENDS:
+        backends[name] = [d.type for d in devices if _backend.available(name, d)]
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {
+        "pyvision_fast": pyvision_fast.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "compiled": {
+            "_C": {"loaded": cpu_mod is not None, "error": _ext.load_error("_C"),
+                   "openmp": bool(getattr(cpu_mod, "has_openmp", False))},
+            "_C_cuda": {"loaded": cuda_mod is not None, "error": _ext.load_error("_C_cuda"),
+                        "cuda_archs": getattr(cuda_mod, "compiled_archs", None),
+                        "cuda_runtime": getattr(cuda_mod, "runtime_version", None),
+                        "devices": count, "device_status": message},
+        },
+        "torch_cuda_available": torch.cuda.is_available(),
+        "triton_interpreter": pvf_triton.available(torch.device("cpu")),
+        "backends": backends,
+        "forced_backend": _backend.forced_backend(),
+    }
+
+
+def _print_info(args) -> int:
+    info = info_dict()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    c, g = info["compiled"]["_C"], info["compiled"]["_C_cuda"]
+    print(f"pyvision_fast {info['pyvision_fast']}  (python {info['python']}, torch {info['torch']}, "
+          f"triton {info['triton'] or 'not installed'})")
+    print(f"_C       {'built' if c['loaded'] else 'NOT loaded: ' + str(c['error'])}"
+          f"{' (OpenMP)' if c['openmp'] else ''}")
+    if g["loaded"]:
+        runtime = g["cuda_runtime"]
+        print(f"_C_cuda  built for sm {g['cuda_archs']}, CUDA runtime {runtime // 1000}.{runtime % 1000 // 10} "
+              f"(static); devices: {g['devices']} ({g['device_status']})")
+    else:
+        print(f"_C_cuda  NOT loaded: {g['error']}")
+    for name, devices in info["backends"].items():
+        print(f"backend {name:<9} {'usable on ' + ', '.join(devices) if devices else 'not usable here'}")
+    if info["forced_backend"]:
+        print(f"PVF_BACKEND forces '{info['forced_backend']}'")
+    return 0
+
+
+def _bench(args) -> int:
+    """Runs the benchmark suite of a source checkout (``python -m benchmarks``)."""
+    root = Path(args.root) if args.root else Path.cwd()
+    if not (root / "benchmarks" / "__main__.py").exists():
+        print("pvf bench: no benchmarks/ here; run it from a pyvision_fast checkout or pass --root", file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, "-m", "benchmarks", *args.rest], cwd=root)
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.lower().split("x"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"shape must look like 2x3x224x224, got {text!r}") from exc
+
+
+def _export(args) -> int:
+    import torch
+
+    from pyvision_fast.export import build_engine, to_onnx
+
+    module_name, _, attr = args.model.partition(":")
+    if not attr:
+        print("pvf export: give the model as package.module:factory", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(Path.cwd()))
+    factory = getattr(importlib.import_module(module_name), attr)
+    model = factory() if not isinstance(factory, torch.nn.Module) else factory
+    torch.manual_seed(args.seed)
+    inputs = tuple(torch.rand(shape) for shape in args.input)
+    report = to_onnx(model, inputs, args.output, dynamic_batch=not args.static_batch)
+    print(report)
+    if args.engine:
+        import onnx
+
+        names = [i.name for i in onnx.load(str(args.output)).graph.input]
+        max_shapes = {n: (args.max_batch, *s[1:]) for n, s in zip(names, args.input)}
+        min_shapes = {n: (1, *s[1:]) for n, s in zip(names, args.input)}
+        opt_shapes = {n: tuple(s) for n, s in zip(names, args.input)}
+        path = build_engine(args.output, args.engine, fp16=args.fp16, workspace=args.workspace << 20,
+                            min_shapes=min_shapes, opt_shapes=opt_shapes, max_shapes=max_shapes)
+        print(f"TensorRT engine: {path}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="pvf", description="pyvision_fast command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="versions, compiled modules, usable backends")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_print_info)
+    p = sub.add_parser("bench", help="run the benchmark suite (python -m benchmarks) of a checkout")
+    p.add_argument("--root", help="the pyvision_fast checkout (default: current directory)")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for python -m benchmarks")
+    p.set_defaults(func=_bench)
+    p = sub.add_parser("export", help="export a model to ONNX (checked with ONNX Runtime) and optionally TensorRT")
+    p.add_argument("model", help="package.module:factory returning an nn.Module")
+    p.add_argument("--input", type=_parse_shape, action="append", required=True,
+                   help="example input shape, e.g. 2x3x224x224 (repeat for several inputs)")
+    p.add_argument("-o", "--output", default="model.onnx")
+    p.add_argument("--static-batch", action="store_true", help="do not make the batch dimension dynamic")
+    p.add_argument("--engine", help="also build a TensorRT engine at this path")
+    p.add_argument("--fp16", action="store_true")
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--workspace", type=int, default=1024, help="TensorRT workspace in MiB")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_export)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Backend selection: automatic choice, PVF_BACKEND, the context manager, and the fallback warning."""
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+import pyvision_fast
+from pyvision_fast import _backend, _ext, ops, use_backend
+from pyvision_fast.ops import pointcloud as pc
+
+
+def test_automatic_choice_on_cpu():
+    assert _backend.select("knn_points", torch.device("cpu"), pc._KNN_IMPLS)[0] == "cpu"
+
+
+def test_context_manager_forces_and_restores():
+    with use_backend("reference"):
+        assert pyvision_fast.forced_backend() == "reference"
+        assert _backend.select("knn_points", torch.device("cpu"), pc._KNN_IMPLS)[0] == "reference"
+    assert pyvision_fast.forced_backend() is None
+
+
+def test_environment_variable(monkeypatch):
+    monkeypatch.setenv("PVF_BACKEND", "reference")
+    assert _backend.select("knn_points", torch.device("cpu"), pc._KNN_IMPLS)[0] == "reference"
+    monkeypatch.setenv("PVF_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match="unknown backend 'nonsense'"):
+        _backend.forced_backend()
+
+
+def test_unknown_backend_name():
+    with pytest.raises(ValueError, match="unknown backend"):
+        with use_backend("fortran"):
+            pass
+
+
+def test_forced_backend_an_op_lacks_falls_back_with_one_warning():
+    _backend._warned.clear()
+    with use_backend("triton"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        name1, _ = _backend.select("knn_points", torch.device("cpu"), pc._KNN_IMPLS)
+        name2, _ = _backend.select("knn_points", torch.device("cpu"), pc._KNN_IMPLS)
+    assert name1 == name2 == "cpu"
+    assert len([w for w in caught if "no usable 'triton' backend" in str(w.message)]) == 1
+
+
+def test_missing_compiled_module_falls_back_to_reference_with_one_warning():
+    code = """
+import sys, warnings, torch
+sys.modules['pyvision_fast._C'] = None          # as if the extension had not been built
+from pyvision_fast import ops
+from pyvision_fast.reference import pointcloud as ref
+p1, p2 = torch.rand(2, 20, 3), torch.rand(2, 30, 3)
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter('always')
+    a = ops.knn_points(p1, p2, K=3).dists
+    b = ops.knn_points(p1, p2, K=3).dists
+msgs = [str(x.message) for x in w if 'falls back' in str(x.message)]
+assert len(msgs) == 1, msgs
+assert torch.allclose(a, ref.knn_points_idx(p1, p2, None, None, 3)[0])
+print('ok')
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

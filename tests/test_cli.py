@@ -1,0 +1,40 @@
+"""The pvf command line."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "pyvision_fast", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_info_reports_modules_and_backends():
+    out = _run("info")
+    assert out.returncode == 0, out.stderr
+    assert "_C       built" in out.stdout
+    assert "_C_cuda  built for sm" in out.stdout
+    assert "backend cpu       usable on cpu" in out.stdout
+    data = json.loads(_run("info", "--json").stdout)
+    assert data["compiled"]["_C"]["loaded"] and data["backends"]["reference"]
+
+
+def test_export_command(tmp_path):
+    (tmp_path / "my_model.py").write_text(
+        "import torch\n"
+        "from pyvision_fast import ops\n"
+        "class Net(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        d, i, _ = ops.knn_points(x, x, K=4)\n"
+        "        return d.mean(-1)\n"
+        "def build():\n"
+        "    return Net()\n")
+    out = _run("export", "my_model:build", "--input", "2x50x3", "-o", str(tmp_path / "net.onnx"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "TensorRT operator check: all nodes supported" in out.stdout
+    assert Path(tmp_path / "net.onnx").stat().st_size > 0
+
+
+def test_bench_outside_a_checkout_says_so(tmp_path):
+    out = _run("bench", cwd=tmp_path)
+    assert out.returncode == 2 and "no benchmarks/" in out.stderr

@@ -1,0 +1,154 @@
+"""sample_farthest_points / furthest_point_sample against the reference loop and by definition."""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from op_harness import DEVICES, BadInput, check_compiled, check_onnx, float_dtypes, opcheck, random_lengths
+from op_harness import run_bad_input
+from pyvision_fast import ops, use_backend
+from pyvision_fast.reference import pointcloud as ref
+
+
+def _brute_force_fps(points: torch.Tensor, K: int, start: int = 0) -> list[int]:
+    """FPS by its definition, one cloud, float64, Python loops."""
+    pts = points.double()
+    chosen = [start]
+    dist = ((pts - pts[start]) ** 2).sum(-1)
+    while len(chosen) < min(K, len(pts)):
+        nxt = int(torch.argmax(dist))
+        chosen.append(nxt)
+        dist = torch.minimum(dist, ((pts - pts[nxt]) ** 2).sum(-1))
+    return chosen + [-1] * (K - len(chosen))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@settings(max_examples=25, deadline=None)
+@given(B=st.integers(1, 3), N=st.integers(1, 80), D=st.integers(1, 5), K=st.integers(1, 90),
+       use_lengths=st.booleans(), seed=st.integers(0, 2**16))
+def test_matches_reference(device, B, N, D, K, use_lengths, seed):
+    g = torch.Generator().manual_seed(seed)
+    for dtype in float_dtypes(device):
+        pts = torch.rand(B, N, D, generator=g, dtype=torch.float64).to(device, dtype)
+        lengths = random_lengths(B, N, g).to(device) if use_lengths else None
+        sampled, idx = ops.sample_farthest_points(pts, lengths, K=K)
+        expected = ref.sample_farthest_points_idx(pts.double(), lengths, None, K)
+        assert idx.shape == (B, K) and idx.dtype == torch.int64
+        if dtype in (torch.float32, torch.float64):
+            assert torch.equal(idx, expected)
+        assert torch.equal(sampled, ops.masked_gather(pts, idx))
+        assert (sampled[idx < 0] == 0).all()
+
+
+def test_matches_definition():
+    torch.manual_seed(3)
+    pts = torch.randn(1, 200, 3, dtype=torch.float64)
+    _, idx = ops.sample_farthest_points(pts, K=40)
+    assert idx[0].tolist() == _brute_force_fps(pts[0], 40)
+
+
+def test_k_exceeds_length_pads_with_minus_one():
+    pts = torch.rand(2, 10, 3)
+    sampled, idx = ops.sample_farthest_points(pts, lengths=torch.tensor([4, 10]), K=6)
+    assert (idx[0, 4:] == -1).all() and (idx[0, :4] >= 0).all() and (idx[0, :4] < 4).all()
+    assert sorted(idx[0, :4].tolist()) == [0, 1, 2, 3]
+    assert (sampled[0, 4:] == 0).all()
+    assert (idx[1] >= 0).all()
+
+
+def test_random_start_point_is_seeded_and_valid():
+    pts = torch.rand(4, 50, 3, dtype=torch.float64)
+    lengths = torch.tensor([50, 1, 20, 7])
+    torch.manual_seed(5)
+    _, a = ops.sample_farthest_points(pts, lengths, K=5, random_start_point=True)
+    torch.manual_seed(5)
+    _, b = ops.sample_farthest_points(pts, lengths, K=5, random_start_point=True)
+    assert torch.equal(a, b)
+    assert (a[:, 0] < lengths).all() and (a[:, 0] >= 0).all()
+    for cloud in range(4):
+        assert a[cloud].tolist()[: min(5, int(lengths[cloud]))] == _brute_force_fps(
+            pts[cloud, : lengths[cloud]], 5, int(a[cloud, 0]))[: min(5, int(lengths[cloud]))]
+
+
+def test_duplicates_and_degenerate_clouds():
+    pts = torch.zeros(1, 6, 3)  # every distance is 0: picks the lowest remaining index each time
+    _, idx = ops.sample_farthest_points(pts, K=3)
+    assert idx.tolist() == ref.sample_farthest_points_idx(pts, None, None, 3).tolist()
+    _, idx = ops.sample_farthest_points(torch.rand(2, 0, 3), K=3)
+    assert (idx == -1).all()
+    _, idx = ops.sample_farthest_points(torch.rand(0, 5, 3), K=3)
+    assert idx.shape == (0, 3)
+
+
+def test_mmcv_name():
+    pts = torch.rand(2, 64, 3)
+    assert torch.equal(ops.furthest_point_sample(pts, 16), ops.sample_farthest_points(pts, K=16)[1])
+
+
+def test_tensor_k():
+    pts = torch.rand(2, 30, 3)
+    assert torch.equal(ops.sample_farthest_points(pts, K=torch.tensor([5, 5]))[1],
+                       ops.sample_farthest_points(pts, K=5)[1])
+    with pytest.raises(ValueError, match="same for every cloud"):
+        ops.sample_farthest_points(pts, K=torch.tensor([5, 6]))
+
+
+def test_gradient_flows_to_sampled_points():
+    pts = torch.rand(2, 20, 3, dtype=torch.float64, requires_grad=True)
+    sampled, idx = ops.sample_farthest_points(pts, K=5)
+    sampled.sum().backward()
+    expected = torch.zeros_like(pts)
+    for b in range(2):
+        expected[b, idx[b]] = 1.0
+    assert torch.equal(pts.grad, expected)
+
+
+def test_backends_agree():
+    pts = torch.rand(3, 100, 3)
+    with use_backend("reference"):
+        expected = ops.furthest_point_sample(pts, 20)
+    assert torch.equal(ops.furthest_point_sample(pts, 20), expected)
+
+
+def test_non_contiguous():
+    pts = torch.rand(2, 3, 40).transpose(1, 2)
+    assert torch.equal(ops.furthest_point_sample(pts, 10), ref.sample_farthest_points_idx(pts, None, None, 10))
+
+
+def test_opcheck():
+    pts = torch.rand(2, 30, 3)
+    opcheck(torch.ops.pvf.sample_farthest_points.default, (pts, None, None, 8))
+    opcheck(torch.ops.pvf.sample_farthest_points.default, (pts, torch.tensor([30, 5]), torch.tensor([3, 1]), 8))
+
+
+def test_torch_compile():
+    pts = torch.rand(2, 40, 3)
+    check_compiled(lambda p: ops.sample_farthest_points(p, K=10), pts)
+
+
+def test_onnx_export(tmp_path):
+    class M(torch.nn.Module):
+        def forward(self, p, lengths):
+            return ops.sample_farthest_points(p, lengths, K=12)
+
+    check_onnx(M(), (torch.rand(2, 40, 3), torch.tensor([40, 9])), tmp_path, exact_outputs=(1,))
+
+
+def _bad_cases():
+    pts = torch.rand(2, 10, 3)
+    return [
+        BadInput("rank", lambda: ops.sample_farthest_points(pts[0], K=2), ValueError, "must have 3 dimensions"),
+        BadInput("K zero", lambda: ops.sample_farthest_points(pts, K=0), ValueError, "K must be >= 1"),
+        BadInput("K negative", lambda: ops.furthest_point_sample(pts, -3), ValueError, "K must be >= 1"),
+        BadInput("lengths out of range", lambda: ops.sample_farthest_points(pts, torch.tensor([11, 2]), K=2),
+                 ValueError, "outside"),
+        BadInput("int points", lambda: ops.sample_farthest_points(pts.int(), K=2), TypeError, "float32 or float64"),
+        BadInput("D zero", lambda: ops.sample_farthest_points(torch.rand(2, 10, 0), K=2), ValueError, "D >= 1"),
+        BadInput("bad start", lambda: torch.ops.pvf.sample_farthest_points(pts, None, torch.tensor([0, 10]), 2),
+                 ValueError, "start index 10"),
+    ]
+
+
+@pytest.mark.parametrize("case", _bad_cases(), ids=str)
+def test_bad_inputs(case):
+    run_bad_input(case)

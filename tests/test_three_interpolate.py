@@ -1,0 +1,109 @@
+"""three_nn and three_interpolate (mmcv / PointNet++ feature propagation) against the reference."""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from op_harness import DEVICES, BadInput, assert_close, check_compiled, check_onnx, float_dtypes, gradcheck, opcheck
+from op_harness import run_bad_input
+from pyvision_fast import ops, use_backend
+from pyvision_fast.reference import pointcloud as ref
+
+
+def _weights(dist):
+    w = 1.0 / (dist + 1e-8)
+    return w / w.sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@settings(max_examples=25, deadline=None)
+@given(B=st.integers(1, 3), C=st.integers(1, 8), n=st.integers(1, 40), m=st.integers(3, 30), seed=st.integers(0, 2**16))
+def test_matches_reference(device, B, C, n, m, seed):
+    g = torch.Generator().manual_seed(seed)
+    for dtype in float_dtypes(device):
+        unknown = torch.rand(B, n, 3, generator=g, dtype=torch.float64).to(device, dtype)
+        known = torch.rand(B, m, 3, generator=g, dtype=torch.float64).to(device, dtype)
+        dist, idx = ops.three_nn(unknown, known)
+        rd, ri = ref.knn_points_idx(unknown, known, None, None, 3)
+        assert_close(dist, rd.sqrt(), dtype)
+        if dtype in (torch.float32, torch.float64):
+            assert torch.equal(idx, ri)
+        f = torch.randn(B, C, m, generator=g, dtype=torch.float64).to(device, dtype).requires_grad_()
+        w = _weights(dist).detach().requires_grad_()
+        out = ops.three_interpolate(f, idx, w)
+        expected = ref.three_interpolate(f, idx, w)
+        assert_close(out, expected, dtype)
+        go = torch.randn_like(out)
+        grads = torch.autograd.grad(out, (f, w), go)
+        rgrads = torch.autograd.grad(expected, (f, w), go)
+        for a, b in zip(grads, rgrads):
+            assert_close(a, b, dtype)
+
+
+def test_gradcheck():
+    f = torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(2, 6, 3, dtype=torch.float64, requires_grad=True)
+    idx = torch.randint(0, 8, (2, 6, 3))
+    gradcheck(lambda a, b: ops.three_interpolate(a, idx, b), (f, w))
+    u = torch.rand(2, 5, 3, dtype=torch.float64, requires_grad=True)
+    k = torch.rand(2, 9, 3, dtype=torch.float64, requires_grad=True)
+    gradcheck(lambda a, b: ops.three_nn(a, b)[0], (u, k))
+
+
+def test_only_feature_gradient_requested():
+    f = torch.randn(2, 3, 8, requires_grad=True)
+    w = torch.rand(2, 6, 3)
+    idx = torch.randint(0, 8, (2, 6, 3))
+    ops.three_interpolate(f, idx, w).sum().backward()
+    with use_backend("reference"):
+        expected = torch.autograd.grad(ops.three_interpolate(f, idx, w).sum(), f)[0]
+    assert_close(f.grad, expected)
+
+
+def test_opcheck():
+    f = torch.randn(2, 3, 8, requires_grad=True)
+    w = torch.rand(2, 6, 3, requires_grad=True)
+    idx = torch.randint(0, 8, (2, 6, 3))
+    opcheck(torch.ops.pvf.three_interpolate.default, (f, idx, w))
+    opcheck(torch.ops.pvf.three_interpolate_backward.default, (torch.randn(2, 3, 6), f.detach(), idx, w.detach(),
+                                                               True, False))
+
+
+def test_torch_compile():
+    u, k = torch.rand(2, 20, 3), torch.rand(2, 10, 3)
+    f = torch.randn(2, 4, 10, requires_grad=True)
+
+    def fn(u, k, f):
+        d, i = ops.three_nn(u, k)
+        return ops.three_interpolate(f, i, _weights(d))
+
+    check_compiled(fn, u, k, f)
+
+
+def test_onnx_export(tmp_path):
+    class FeaturePropagation(torch.nn.Module):
+        def forward(self, unknown, known, features):
+            d, i = ops.three_nn(unknown, known)
+            return ops.three_interpolate(features, i, _weights(d)), i
+
+    inputs = (torch.rand(2, 30, 3), torch.rand(2, 12, 3), torch.randn(2, 5, 12))
+    check_onnx(FeaturePropagation(), inputs, tmp_path, atol=1e-4, exact_outputs=(1,))
+
+
+def _bad_cases():
+    f = torch.randn(2, 3, 8)
+    w = torch.rand(2, 6, 3)
+    idx = torch.randint(0, 8, (2, 6, 3))
+    return [
+        BadInput("index out of range", lambda: ops.three_interpolate(f, idx + 8, w), ValueError, "out of range"),
+        BadInput("weight shape", lambda: ops.three_interpolate(f, idx, w[:, :5]), ValueError, "'weight' must have shape"),
+        BadInput("idx last dim", lambda: ops.three_interpolate(f, idx[..., :2], w), ValueError, "neighbours"),
+        BadInput("weight dtype", lambda: ops.three_interpolate(f, idx, w.double()), TypeError, "same dtype"),
+        BadInput("three_nn rank", lambda: ops.three_nn(torch.rand(5, 3), torch.rand(2, 5, 3)), ValueError,
+                 "3 dimensions"),
+    ]
+
+
+@pytest.mark.parametrize("case", _bad_cases(), ids=str)
+def test_bad_inputs(case):
+    run_bad_input(case)
