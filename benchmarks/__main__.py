@@ -1,0 +1,52 @@
+"""python -m benchmarks [--family F] [--device cpu|cuda] [--quick] [--out DIR]"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+import torch
+
+from .harness import format_table, machine_description, measure_ceilings, run_case, write_reports
+
+FAMILIES = ["pointcloud"]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--family", choices=FAMILIES, action="append", help="families to run (default: all)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="small shapes and short budgets (smoke test)")
+    parser.add_argument("--budget", type=float, default=None, help="seconds of timed runs per implementation")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--tag", default=None, help="report file name (default: <device>-<families>)")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("benchmarks: --device cuda but no GPU is available", file=sys.stderr)
+        return 2
+    families = args.family or FAMILIES
+    budget = args.budget if args.budget is not None else (0.3 if args.quick else 2.0)
+
+    machine = machine_description(args.device)
+    print(f"machine: {machine.get('gpu') or machine.get('cpu')} | torch {machine['torch']} | "
+          f"{machine['threads']} threads")
+    ceilings = measure_ceilings(args.device, quick=args.quick)
+    print(f"ceilings: copy {ceilings['copy_GBps']:.1f} GB/s, float32 matmul {ceilings['matmul_fp32_GFLOPps']:.1f} "
+          f"GFLOP/s")
+    rows = []
+    for family in families:
+        module = importlib.import_module(f".{family}", __package__)
+        for case in module.cases(args.device, args.quick):
+            print(f"running {case.family}/{case.name} {case.params} ...", flush=True)
+            rows.append((case, run_case(case, args.device, ceilings, budget)))
+    print()
+    print(format_table(rows))
+    tag = args.tag or f"{args.device}-{'-'.join(families)}{'-quick' if args.quick else ''}"
+    paths = write_reports(rows, ceilings, machine, args.out, tag)
+    print("\nwrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

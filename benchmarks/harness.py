@@ -1,0 +1,263 @@
+"""Timing, machine ceilings, memory measurement and reports for the benchmark suite.
+
+Every case runs all its implementations side by side in one process: warm-up, then repeated runs until
+a time budget or a run count is reached, reporting the median (CUDA timed with events). Each case states
+its useful work (FLOPs and/or bytes) and which ceiling bounds it, so the report shows achieved GFLOP/s or
+GB/s as a share of the machine's measured matmul rate or copy bandwidth.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+
+@dataclasses.dataclass
+class Impl:
+    name: str
+    fn: Callable[[], Any]
+    kind: str = "peer"  # "ours" | "reference" | "peer"
+
+
+@dataclasses.dataclass
+class Case:
+    family: str
+    name: str
+    params: dict
+    impls: list[Impl]
+    flops: Optional[float] = None  # useful floating-point work of one call
+    bytes: Optional[float] = None  # minimal bytes moved by one call
+    bound: str = "compute"  # "compute" (vs matmul rate) or "memory" (vs copy bandwidth)
+    goal: Optional[tuple[str, float]] = None  # (implementation, required speedup of ours over it)
+    measure_memory: bool = False
+    note: str = ""
+
+
+@dataclasses.dataclass
+class Result:
+    impl: str
+    kind: str
+    median_ms: float
+    runs: int
+    gflops: Optional[float]
+    gbytes: Optional[float]
+    ceiling_share: Optional[float]
+    peak_mb: Optional[float]
+    error: Optional[str] = None
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_fn(fn: Callable[[], Any], device: str, warmup: int = 1, min_runs: int = 3, max_runs: int = 50,
+            budget_s: float = 2.0) -> tuple[float, int]:
+    """Median wall time in milliseconds of ``fn()`` and the number of timed runs."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times: list[float] = []
+    start_all = time.perf_counter()
+    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start_all < budget_s):
+        if device == "cuda":
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(begin.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times), len(times)
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_memory_mb(fn: Callable[[], Any], device: str) -> Optional[float]:
+    """Extra memory at the peak of one call: CUDA allocator peak on GPU; on Linux CPUs the resident-set
+    high-water mark above the level before the call (reset through /proc/self/clear_refs)."""
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        out = fn()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+        del out
+        return peak / 2**20
+    try:
+        base = _status_kb("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        out = fn()
+        peak = _status_kb("VmHWM") - base
+        del out
+        return max(peak, 0) / 1024
+    except OSError:
+        return None
+
+
+def measure_ceilings(device: str, quick: bool = False) -> dict:
+    """The machine's copy bandwidth (GB/s, read + write) and float32 matmul rate (GFLOP/s)."""
+    n = (16 if quick else 64) * 2**20
+    src = torch.rand(n, device=device)
+    dst = torch.empty_like(src)
+    ms, _ = time_fn(lambda: dst.copy_(src), device, budget_s=0.5)
+    copy_gbs = 2 * n * 4 / (ms * 1e-3) / 1e9
+    m = 1024 if quick else 2048
+    a = torch.rand(m, m, device=device)
+    b = torch.rand(m, m, device=device)
+    ms, _ = time_fn(lambda: a @ b, device, budget_s=0.5)
+    matmul_gflops = 2 * m**3 / (ms * 1e-3) / 1e9
+    del src, dst, a, b
+    return {"copy_GBps": copy_gbs, "matmul_fp32_GFLOPps": matmul_gflops}
+
+
+def run_case(case: Case, device: str, ceilings: dict, budget_s: float) -> list[Result]:
+    results = []
+    for impl in case.impls:
+        try:
+            ms, runs = time_fn(impl.fn, device, budget_s=budget_s)
+        except Exception as exc:  # a peer that fails on this shape is reported, not fatal
+            results.append(Result(impl.name, impl.kind, math.nan, 0, None, None, None, None, error=repr(exc)[:200]))
+            continue
+        gflops = case.flops / (ms * 1e-3) / 1e9 if case.flops else None
+        gbytes = case.bytes / (ms * 1e-3) / 1e9 if case.bytes else None
+        if case.bound == "memory" and gbytes is not None:
+            share = gbytes / ceilings["copy_GBps"]
+        elif case.bound == "compute" and gflops is not None:
+            share = gflops / ceilings["matmul_fp32_GFLOPps"]
+        else:
+            share = None
+        peak = peak_memory_mb(impl.fn, device) if case.measure_memory else None
+        results.append(Result(impl.name, impl.kind, ms, runs, gflops, gbytes, share, peak))
+    return results
+
+
+def machine_description(device: str) -> dict:
+    desc = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "python": platform.python_version(), "machine": platform.machine()}
+    if device == "cuda":
+        desc["gpu"] = torch.cuda.get_device_name()
+    else:
+        try:
+            with open("/proc/cpuinfo") as f:
+                names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+            desc["cpu"] = f"{names[0]} ({os.cpu_count()} logical cores)" if names else platform.processor()
+        except OSError:
+            desc["cpu"] = platform.processor()
+    return desc
+
+
+def speedup_of_ours(case: Case, results: list[Result], against: str) -> Optional[float]:
+    ours = next((r for r in results if r.kind == "ours"), None)
+    other = next((r for r in results if r.impl == against), None)
+    if ours is None or other is None or math.isnan(ours.median_ms) or math.isnan(other.median_ms):
+        return None
+    return other.median_ms / ours.median_ms
+
+
+def format_table(rows: list[tuple[Case, list[Result]]]) -> str:
+    lines = []
+    header = f"{'case':<44} {'implementation':<36} {'median ms':>10} {'x ours':>8} {'GFLOP/s':>9} {'GB/s':>8} " \
+             f"{'ceiling':>8} {'peak MB':>8}"
+    lines.append(header)
+    lines.append("-" * len(header))
+    for case, results in rows:
+        ours = next((r for r in results if r.kind == "ours"), None)
+        for i, r in enumerate(results):
+            label = f"{case.family}/{case.name}" if i == 0 else ""
+            if r.error:
+                lines.append(f"{label:<44} {r.impl:<36} failed: {r.error}")
+                continue
+            rel = r.median_ms / ours.median_ms if ours and not math.isnan(ours.median_ms) else float("nan")
+            lines.append(
+                f"{label:<44} {r.impl:<36} {r.median_ms:>10.3f} {rel:>8.2f} "
+                f"{(f'{r.gflops:.1f}' if r.gflops else '-'):>9} {(f'{r.gbytes:.1f}' if r.gbytes else '-'):>8} "
+                f"{(f'{100 * r.ceiling_share:.1f}%' if r.ceiling_share else '-'):>8} "
+                f"{(f'{r.peak_mb:.1f}' if r.peak_mb is not None else '-'):>8}")
+        if case.goal:
+            s = speedup_of_ours(case, results, case.goal[0])
+            verdict = "n/a" if s is None else ("met" if s >= case.goal[1] else "NOT met")
+            lines.append(f"{'':<44} goal: >= {case.goal[1]:g}x faster than {case.goal[0]}: "
+                         f"{'-' if s is None else f'{s:.1f}x'} ({verdict})")
+    return "\n".join(lines)
+
+
+def write_reports(rows: list[tuple[Case, list[Result]]], ceilings: dict, machine: dict, out_dir: Path,
+                  tag: str) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "machine": machine,
+        "ceilings": ceilings,
+        "cases": [
+            {"family": c.family, "name": c.name, "params": c.params, "bound": c.bound, "flops": c.flops,
+             "bytes": c.bytes, "note": c.note,
+             "goal": None if c.goal is None else {"against": c.goal[0], "speedup": c.goal[1],
+                                                  "achieved": speedup_of_ours(c, rs, c.goal[0])},
+             "results": [dataclasses.asdict(r) for r in rs]}
+            for c, rs in rows
+        ],
+    }
+    paths = {"json": out_dir / f"{tag}.json", "md": out_dir / f"{tag}.md", "png": out_dir / f"{tag}.png"}
+    paths["json"].write_text(json.dumps(payload, indent=2, default=float))
+    md = [f"# Benchmarks: {tag}", "",
+          f"Machine: {machine.get('gpu') or machine.get('cpu')}; torch {machine['torch']}, {machine['threads']} threads.",
+          f"Ceilings: copy {ceilings['copy_GBps']:.1f} GB/s, float32 matmul {ceilings['matmul_fp32_GFLOPps']:.1f} GFLOP/s.",
+          "", "```", format_table(rows), "```", ""]
+    for c, _ in rows:
+        if c.note:
+            md.append(f"- {c.family}/{c.name}: {c.note}")
+    paths["md"].write_text("\n".join(md) + "\n")
+    try:
+        _chart(rows, paths["png"], tag)
+    except ImportError:
+        paths.pop("png")
+    return paths
+
+
+def _chart(rows, path: Path, tag: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 4.5))
+    names = sorted({r.impl for _, rs in rows for r in rs if not r.error})
+    width = 0.8 / max(len(names), 1)
+    for j, name in enumerate(names):
+        xs, ys = [], []
+        for i, (case, rs) in enumerate(rows):
+            r = next((r for r in rs if r.impl == name and not r.error), None)
+            if r is not None:
+                xs.append(i + j * width)
+                ys.append(r.median_ms)
+        ax.bar(xs, ys, width, label=name)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))])
+    ax.set_xticklabels([c.name for c, _ in rows], rotation=20, ha="right", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("median time per call (ms, log scale)")
+    ax.set_title(f"pyvision_fast benchmarks: {tag}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
