@@ -30,8 +30,11 @@ class CMakeBuild(build_ext):
     def run(self):
         import pybind11
 
-        build_dir = Path(self.build_temp).resolve() / "cmake"
+        # A persistent build folder in the checkout keeps rebuilds incremental (pip's editable builds
+        # otherwise start from an empty temporary folder each time).
+        build_dir = ROOT / "build" / f"cmake-py{sys.version_info.major}{sys.version_info.minor}"
         out_dir = build_dir / "out"
+        shutil.rmtree(out_dir, ignore_errors=True)  # a module CMake no longer builds must not be picked up
         build_dir.mkdir(parents=True, exist_ok=True)
         cuda = os.environ.get("PVF_CUDA", "")
         args = [

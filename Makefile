@@ -1,0 +1,37 @@
+# make bench: set up .venv, build the extension, run the benchmark suite on this machine.
+# make test:  set up .venv, build the extension, run the test suite.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+DEPS   := $(VENV)/.deps-stamp
+BUILT  := $(VENV)/.build-stamp
+SOURCES := $(shell find csrc -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu') CMakeLists.txt setup.py
+
+.PHONY: all build test bench clean
+
+all: test
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(DEPS): requirements-dev.txt | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+$(BUILT): $(DEPS) $(SOURCES) pyproject.toml
+	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(BUILT)
+
+test: $(BUILT)
+	$(PY) -m pyvision_fast info
+	$(PY) -m pytest -q tests
+
+bench: $(BUILT)
+	$(PY) -m pyvision_fast info
+	$(PY) -m benchmarks $(BENCH_ARGS)
+
+clean:
+	rm -rf build *.egg-info pyvision_fast/_C*.so $(BUILT)
