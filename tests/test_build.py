@@ -51,7 +51,8 @@ def test_numpy_arrays_through_the_array_interface():
     dists = np.empty((2, 20, 4), np.float32)
     idx = np.empty((2, 20, 4), np.int64)
     ws = np.empty(2 * 3 * 30, np.float32)
-    _ext.cpu_module().knn_points(p1, p2, None, None, 4, dists, idx, ws)
+    iws = np.empty(2 * _ext.cpu_module().knn_index_workspace(30), np.int64)
+    _ext.cpu_module().knn_points(p1, p2, None, None, 4, dists, idx, ws, iws)
     d_ref = ((p1[:, :, None] - p2[:, None]) ** 2).sum(-1)
     np.testing.assert_allclose(dists, np.sort(d_ref, -1)[..., :4], rtol=1e-6)
     np.testing.assert_array_equal(idx, np.argsort(d_ref, -1, kind="stable")[..., :4])
@@ -63,7 +64,7 @@ def test_read_only_output_is_rejected():
     dists.setflags(write=False)
     with pytest.raises(ValueError, match="read-only"):
         _ext.cpu_module().knn_points(p, p, None, None, 2, dists, np.empty((1, 5, 2), np.int64),
-                                     np.empty(15, np.float32))
+                                     np.empty(15, np.float32), np.empty(100, np.int64))
 
 
 @pytest.mark.parametrize("bad,error,match", [
@@ -77,18 +78,20 @@ def test_malformed_descriptions_raise(bad, error, match):
     p = torch.rand(1, 4, 3)
     with pytest.raises(error, match=match):
         _ext.cpu_module().knn_points(bad, _ext.arg(p), None, None, 1, _ext.arg(torch.empty(1, 4, 1)),
-                                     _ext.arg(torch.empty(1, 4, 1, dtype=torch.int64)), _ext.arg(torch.empty(12)))
+                                     _ext.arg(torch.empty(1, 4, 1, dtype=torch.int64)), _ext.arg(torch.empty(12)),
+                                     _ext.arg(torch.empty(100, dtype=torch.int64)))
 
 
 def test_wrong_output_shape_and_small_workspace_raise():
     p = torch.rand(1, 4, 3)
     mod = _ext.cpu_module()
+    iws = _ext.arg(torch.empty(mod.knn_index_workspace(4), dtype=torch.int64))
     with pytest.raises(ValueError, match="'dists' must have shape"):
         mod.knn_points(_ext.arg(p), _ext.arg(p), None, None, 2, _ext.arg(torch.empty(1, 4, 3)),
-                       _ext.arg(torch.empty(1, 4, 2, dtype=torch.int64)), _ext.arg(torch.empty(12)))
+                       _ext.arg(torch.empty(1, 4, 2, dtype=torch.int64)), _ext.arg(torch.empty(12)), iws)
     with pytest.raises(ValueError, match="workspace has 5 elements"):
         mod.knn_points(_ext.arg(p), _ext.arg(p), None, None, 2, _ext.arg(torch.empty(1, 4, 2)),
-                       _ext.arg(torch.empty(1, 4, 2, dtype=torch.int64)), _ext.arg(torch.empty(5)))
+                       _ext.arg(torch.empty(1, 4, 2, dtype=torch.int64)), _ext.arg(torch.empty(5)), iws)
 
 
 def test_kernels_follow_torch_thread_count():

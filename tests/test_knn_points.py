@@ -174,3 +174,48 @@ def test_device_mix_raises():
     p1 = torch.rand(2, 5, 3, device="cuda")
     with pytest.raises(TypeError, match="is on cpu"):
         ops.knn_points(p1, torch.rand(2, 6, 3), K=2)
+
+
+def _cloud(kind: str, B: int, P: int, g: torch.Generator) -> torch.Tensor:
+    if kind == "uniform":
+        return torch.rand(B, P, 3, generator=g, dtype=torch.float64)
+    if kind == "lattice":  # many exactly equal distances: exercises the (distance, index) tie order
+        return torch.randint(0, 4, (B, P, 3), generator=g).double()
+    if kind == "plane":
+        pts = torch.rand(B, P, 3, generator=g, dtype=torch.float64)
+        pts[..., 2] = 0.5
+        return pts
+    if kind == "line":
+        return torch.rand(B, P, 1, generator=g, dtype=torch.float64).expand(B, P, 3).clone()
+    if kind == "same":
+        return torch.full((B, P, 3), 0.25, dtype=torch.float64)
+    if kind == "clusters":
+        centers = torch.rand(B, 4, 3, generator=g, dtype=torch.float64) * 100
+        pick = torch.randint(0, 4, (B, P), generator=g)
+        return torch.gather(centers, 1, pick[..., None].expand(B, P, 3)) + 0.01 * torch.randn(
+            B, P, 3, generator=g, dtype=torch.float64)
+    raise ValueError(kind)
+
+
+@settings(max_examples=30, deadline=None)
+@given(kind=st.sampled_from(["uniform", "lattice", "plane", "line", "same", "clusters"]),
+       P1=st.integers(1, 50), P2=st.integers(64, 300), K=st.integers(1, 40), use_lengths=st.booleans(),
+       outside=st.booleans(), seed=st.integers(0, 2**16))
+def test_spatial_grid_search_equals_brute_force(kind, P1, P2, K, use_lengths, outside, seed):
+    """3-D clouds of >= 64 points use the grid search: it must give exactly the brute-force answer."""
+    g = torch.Generator().manual_seed(seed)
+    B = 2
+    p2 = _cloud(kind, B, P2, g)
+    p1 = _cloud(kind, B, P1, g)
+    if outside:  # queries outside the cloud's bounding box, some far away
+        p1 = p1 * 3 - 1
+        p1[:, ::2] += 1e4
+    l1 = random_lengths(B, P1, g) if use_lengths else None
+    l2 = random_lengths(B, P2, g) if use_lengths else None
+    d, idx, _ = ops.knn_points(p1, p2, l1, l2, K=K)
+    rd, ri = ref.knn_points_idx(p1, p2, l1, l2, K)
+    assert torch.equal(idx, ri)
+    assert_close(d, rd)
+    d32, idx32, _ = ops.knn_points(p1.float(), p2.float(), l1, l2, K=K)
+    rd32, _ = ref.knn_points_idx(p1.float(), p2.float(), l1, l2, K)
+    assert_close(d32, rd32)

@@ -46,18 +46,22 @@ void fps(py::handle points, py::handle lengths, py::handle start, int64_t K, py:
 }
 
 void knn(py::handle p1, py::handle p2, py::handle lengths1, py::handle lengths2, int64_t K, py::handle dists,
-         py::handle idx, py::handle workspace) {
+         py::handle idx, py::handle workspace, py::handle index_workspace) {
   const char* op = "knn_points";
   auto a = pa::query(cpu(), op, p1, p2, lengths1, lengths2, K, dists, idx);
   Checker ck(op);
   TensorView ws = pa::output(ck, cpu(), workspace, op, "workspace");
   ck.same_dtype(ws, "workspace", a.c.p1, "p1");
   pa::check_workspace_size(ck, ws, a.c.B * a.c.D * a.c.P2);
+  TensorView iws = pa::output(ck, cpu(), index_workspace, op, "index_workspace");
+  ck.dtype(iws, "index_workspace", {DType::Int64});
+  pa::check_workspace_size(ck, iws, a.c.B * pc::knn_index_workspace(a.c.P2));
   py::gil_scoped_release nogil;
   dispatch_floating(a.c.p1.dtype, op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     pc::knn_cpu<T>(a.c.p1.ptr<T>(), a.c.p2.ptr<T>(), a.c.B, a.c.P1, a.c.P2, a.c.D, a.c.lengths1.ptr<int64_t>(),
-                   a.c.lengths2.ptr<int64_t>(), a.K, a.dists.ptr<T>(), a.idx.ptr<int64_t>(), ws.ptr<T>());
+                   a.c.lengths2.ptr<int64_t>(), a.K, a.dists.ptr<T>(), a.idx.ptr<int64_t>(), ws.ptr<T>(),
+                   iws.ptr<int64_t>());
   });
 }
 
@@ -167,8 +171,10 @@ PYBIND11_MODULE(_C, m) {
         py::arg("idx"), py::arg("workspace"),
         "Farthest point sampling into idx (B, K); workspace needs B*(D+1)*N elements of the points dtype.");
   m.def("knn_points", &knn, py::arg("p1"), py::arg("p2"), py::arg("lengths1"), py::arg("lengths2"), py::arg("K"),
-        py::arg("dists"), py::arg("idx"), py::arg("workspace"),
-        "K nearest neighbours (squared distances, ascending); workspace needs B*D*P2 elements.");
+        py::arg("dists"), py::arg("idx"), py::arg("workspace"), py::arg("index_workspace"),
+        "K nearest neighbours (squared distances, ascending); workspace needs B*D*P2 elements of the points'\n"
+        "dtype, index_workspace B * knn_index_workspace(P2) int64.");
+  m.def("knn_index_workspace", &pc::knn_index_workspace, py::arg("P2"));
   m.def("ball_query", &ball_query, py::arg("p1"), py::arg("p2"), py::arg("lengths1"), py::arg("lengths2"),
         py::arg("K"), py::arg("radius"), py::arg("dists"), py::arg("idx"), py::arg("workspace"),
         "First K points within radius, in index order; workspace needs B*D*P2 elements.");

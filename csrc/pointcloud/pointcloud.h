@@ -32,9 +32,18 @@ void sample_farthest_points_cpu(const T* points, int64_t B, int64_t N, int64_t D
 // distance. p1 (B, P1, D), p2 (B, P2, D) -> dists (B, P1, K) ascending, idx (B, P1, K); equal distances
 // keep index order. Where a cloud of p2 has fewer than K points, and for p1 rows past lengths1, the
 // outputs are 0 (PyTorch3D's padding). workspace: B * D * P2 elements.
+//
+// For D == 3 and clouds of at least kGridMinPoints points the search runs on a uniform grid over each p2
+// cloud (counting-sorted, rings of cells around the query until the K-th distance is inside the searched
+// box); results are identical to the brute-force search. index_workspace: B * knn_index_workspace(P2) int64.
 template <typename T>
 void knn_cpu(const T* p1, const T* p2, int64_t B, int64_t P1, int64_t P2, int64_t D, const int64_t* lengths1,
-             const int64_t* lengths2, int64_t K, T* dists, int64_t* idx, T* workspace);
+             const int64_t* lengths2, int64_t K, T* dists, int64_t* idx, T* workspace, int64_t* index_workspace);
+
+constexpr int64_t kGridMinPoints = 64;
+// int64 workspace of the grid over one cloud of P points: cell starts and cursors (at most 2P + 8 cells),
+// the sorted order and each point's cell.
+inline int64_t knn_index_workspace(int64_t P) { return 2 * (2 * P + 9) + 2 * P; }
 
 // Ball query: for every p1 point, the first K points of p2 in index order with squared distance
 // < radius^2. dists (B, P1, K) squared distances, idx (B, P1, K); unused slots are dists 0, idx -1.

@@ -1,6 +1,7 @@
 // CPU point-cloud kernels. Parallel across batches / queries with OpenMP (common/parallel.h); the
 // distance loops run over a coordinate-major copy of each cloud so that they vectorise.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 
@@ -150,6 +151,7 @@ void ball_queries(const T* p1b, const T* ct, int64_t P2, int64_t D, int64_t n2, 
                   T r2, T* dists, int64_t* idx) {
   constexpr int64_t kBlock = 64;
   alignas(64) T dbuf[kBlock];
+  int32_t hits[kBlock];
   for (int64_t i = i0; i < i1; ++i) {
     const T* q = p1b + i * D;
     T* dr = dists + i * K;
@@ -158,13 +160,18 @@ void ball_queries(const T* p1b, const T* ct, int64_t P2, int64_t D, int64_t n2, 
     for (int64_t j0 = 0; j0 < n2 && count < K; j0 += kBlock) {
       const int64_t nb = std::min(kBlock, n2 - j0);
       block_distances<T, DC>(ct, P2, D, q, j0, nb, dbuf);
-      for (int64_t j = 0; j < nb && count < K; ++j) {
-        if (dbuf[j] < r2) {
-          dr[count] = dbuf[j];
-          ir[count] = j0 + j;
-          ++count;
-        }
+      // Branch-free compaction of the in-radius positions (hits are rare and unpredictable).
+      int64_t nh = 0;
+      for (int64_t j = 0; j < nb; ++j) {
+        hits[nh] = static_cast<int32_t>(j);
+        nh += dbuf[j] < r2;
       }
+      const int64_t take = std::min(nh, K - count);
+      for (int64_t h = 0; h < take; ++h) {
+        dr[count + h] = dbuf[hits[h]];
+        ir[count + h] = j0 + hits[h];
+      }
+      count += take;
     }
     for (int64_t k = count; k < K; ++k) {
       dr[k] = T(0);
@@ -194,6 +201,163 @@ void for_each_query(int64_t B, int64_t P1, int64_t K, const int64_t* lengths1, T
   });
 }
 
+
+// ------------------------------------------------------------------ uniform grid for 3-D kNN
+
+// A uniform grid over one cloud. Cells are numbered x-fastest, so the cells x0..x1 of one (y, z) row hold
+// one contiguous range of the sorted points.
+template <typename T>
+struct Grid {
+  T lo[3];
+  T h;        // cell edge
+  T inv_h;
+  int64_t dims[3];
+  const int64_t* start;  // dims[0]*dims[1]*dims[2] + 1 cell starts
+  const int64_t* order;  // original index of each sorted point
+  const T* xyz;          // sorted coordinates, coordinate-major (3, P)
+  int64_t P;
+
+  int64_t cell_id(int64_t x, int64_t y, int64_t z) const { return (z * dims[1] + y) * dims[0] + x; }
+  int64_t cell_of(T v, int a) const {
+    const T f = std::floor((v - lo[a]) * inv_h);
+    if (!(f > T(0))) return 0;  // also NaN
+    if (f >= static_cast<T>(dims[a] - 1)) return dims[a] - 1;  // compared before the cast: no overflow
+    return static_cast<int64_t>(f);
+  }
+};
+
+// Builds the grid over the first n points of cloud p (P, 3). `xyz` receives the sorted coordinates (3 * P),
+// `iws` is knn_index_workspace(P) int64s. points_per_cell sets the cell size from the cloud's density.
+template <typename T>
+Grid<T> build_grid(const T* p, int64_t n, int64_t P, double points_per_cell, T* xyz, int64_t* iws) {
+  Grid<T> g;
+  const int64_t max_cells = 2 * P + 8;
+  int64_t* start = iws;
+  int64_t* cursor = iws + max_cells + 1;
+  int64_t* order = cursor + max_cells + 1;
+  int64_t* cell = order + P;
+  T lo[3], hi[3];
+  for (int a = 0; a < 3; ++a) {
+    lo[a] = n ? p[a] : T(0);
+    hi[a] = lo[a];
+  }
+  for (int64_t i = 0; i < n; ++i)
+    for (int a = 0; a < 3; ++a) {
+      lo[a] = std::min(lo[a], p[i * 3 + a]);
+      hi[a] = std::max(hi[a], p[i * 3 + a]);
+    }
+  T ext[3];
+  T max_ext = T(0);
+  for (int a = 0; a < 3; ++a) {
+    ext[a] = hi[a] - lo[a];
+    max_ext = std::max(max_ext, ext[a]);
+  }
+  const double target = std::max(1.0, static_cast<double>(n) / points_per_cell);
+  // Flat or degenerate clouds: axes thinner than a cell count as one cell, not as zero volume.
+  double h = max_ext > T(0) ? static_cast<double>(max_ext) / std::cbrt(target) : 1.0;
+  for (int iter = 0; iter < 64 && max_ext > T(0); ++iter) {
+    double vol = 1.0;
+    for (int a = 0; a < 3; ++a) vol *= std::max(static_cast<double>(ext[a]), h);
+    const double h_new = std::cbrt(vol / target);
+    if (std::abs(h_new - h) <= 1e-3 * h) break;
+    h = h_new;
+  }
+  if (!(h > 0) || !std::isfinite(h)) h = 1.0;
+  while (true) {
+    int64_t cells = 1;
+    for (int a = 0; a < 3; ++a) {
+      g.dims[a] = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(static_cast<double>(ext[a]) / h)));
+      cells *= g.dims[a];
+    }
+    if (cells <= max_cells) break;
+    h *= 1.25;
+  }
+  for (int a = 0; a < 3; ++a) g.lo[a] = lo[a];
+  g.h = static_cast<T>(h);
+  g.inv_h = static_cast<T>(1.0 / h);
+  const int64_t ncells = g.dims[0] * g.dims[1] * g.dims[2];
+  std::fill(start, start + ncells + 1, int64_t(0));
+  for (int64_t i = 0; i < n; ++i) {
+    const T* q = p + i * 3;
+    const int64_t c = g.cell_id(g.cell_of(q[0], 0), g.cell_of(q[1], 1), g.cell_of(q[2], 2));
+    cell[i] = c;
+    ++start[c + 1];
+  }
+  for (int64_t c = 0; c < ncells; ++c) start[c + 1] += start[c];
+  std::copy(start, start + ncells, cursor);
+  for (int64_t i = 0; i < n; ++i) order[cursor[cell[i]]++] = i;
+  for (int64_t k = 0; k < n; ++k)
+    for (int a = 0; a < 3; ++a) xyz[a * P + k] = p[order[k] * 3 + a];
+  g.start = start;
+  g.order = order;
+  g.xyz = xyz;
+  g.P = P;
+  return g;
+}
+
+// kNN of queries [i0, i1) of cloud p1b against the grid: rings of cells around the query's cell until the
+// K-th distance is smaller than the distance to anything outside the searched box.
+template <typename T>
+void knn_grid_queries(const T* p1b, const Grid<T>& g, int64_t i0, int64_t i1, int64_t K, T* dists, int64_t* idx) {
+  constexpr int64_t kBuf = 256;
+  alignas(64) T dbuf[kBuf];
+  const T* xs = g.xyz;
+  const T* ys = g.xyz + g.P;
+  const T* zs = g.xyz + 2 * g.P;
+  for (int64_t i = i0; i < i1; ++i) {
+    const T* q = p1b + i * 3;
+    T* dr = dists + i * K;
+    int64_t* ir = idx + i * K;
+    int64_t count = 0;
+    const int64_t c[3] = {g.cell_of(q[0], 0), g.cell_of(q[1], 1), g.cell_of(q[2], 2)};
+    auto scan = [&](int64_t b, int64_t e) {
+      for (int64_t j0 = b; j0 < e; j0 += kBuf) {
+        const int64_t nb = std::min(kBuf, e - j0);
+#pragma omp simd
+        for (int64_t j = 0; j < nb; ++j) {
+          const T dx = xs[j0 + j] - q[0], dy = ys[j0 + j] - q[1], dz = zs[j0 + j] - q[2];
+          dbuf[j] = dx * dx + dy * dy + dz * dz;
+        }
+        for (int64_t j = 0; j < nb; ++j)
+          if (count < K || dbuf[j] <= dr[K - 1]) count = topk_insert_lex(dr, ir, count, K, dbuf[j], g.order[j0 + j]);
+      }
+    };
+    const int64_t max_r = std::max({g.dims[0], g.dims[1], g.dims[2]});
+    for (int64_t r = 0; r <= max_r; ++r) {
+      const int64_t z0 = std::max<int64_t>(0, c[2] - r), z1 = std::min(g.dims[2] - 1, c[2] + r);
+      const int64_t y0 = std::max<int64_t>(0, c[1] - r), y1 = std::min(g.dims[1] - 1, c[1] + r);
+      const int64_t x0 = std::max<int64_t>(0, c[0] - r), x1 = std::min(g.dims[0] - 1, c[0] + r);
+      for (int64_t z = z0; z <= z1; ++z) {
+        for (int64_t y = y0; y <= y1; ++y) {
+          if (std::abs(z - c[2]) == r || std::abs(y - c[1]) == r) {
+            scan(g.start[g.cell_id(x0, y, z)], g.start[g.cell_id(x1, y, z) + 1]);
+          } else {
+            if (c[0] - r >= 0) scan(g.start[g.cell_id(c[0] - r, y, z)], g.start[g.cell_id(c[0] - r, y, z) + 1]);
+            if (r > 0 && c[0] + r < g.dims[0])
+              scan(g.start[g.cell_id(c[0] + r, y, z)], g.start[g.cell_id(c[0] + r, y, z) + 1]);
+          }
+        }
+      }
+      if (x0 == 0 && y0 == 0 && z0 == 0 && x1 == g.dims[0] - 1 && y1 == g.dims[1] - 1 && z1 == g.dims[2] - 1) break;
+      if (count == K) {
+        // Distance from q to the nearest point that could lie outside the searched box; sides at the grid's
+        // edge are open (no points beyond). A small margin covers the rounding of the cell assignment.
+        T bound = std::numeric_limits<T>::infinity();
+        for (int a = 0; a < 3; ++a) {
+          if (c[a] - r > 0) bound = std::min(bound, q[a] - (g.lo[a] + static_cast<T>(c[a] - r) * g.h));
+          if (c[a] + r < g.dims[a] - 1) bound = std::min(bound, g.lo[a] + static_cast<T>(c[a] + r + 1) * g.h - q[a]);
+        }
+        bound -= g.h * T(1e-4);
+        if (bound > T(0) && dr[K - 1] < bound * bound) break;
+      }
+    }
+    for (int64_t k = count; k < K; ++k) {
+      dr[k] = T(0);
+      ir[k] = 0;
+    }
+  }
+}
+
 template <typename F>
 void with_static_dim(int64_t D, F&& f) {
   if (D == 3) f(std::integral_constant<int, 3>{});
@@ -218,7 +382,24 @@ void sample_farthest_points_cpu(const T* points, int64_t B, int64_t N, int64_t D
 
 template <typename T>
 void knn_cpu(const T* p1, const T* p2, int64_t B, int64_t P1, int64_t P2, int64_t D, const int64_t* lengths1,
-             const int64_t* lengths2, int64_t K, T* dists, int64_t* idx, T* workspace) {
+             const int64_t* lengths2, int64_t K, T* dists, int64_t* idx, T* workspace, int64_t* index_workspace) {
+  if (D == 3 && P2 >= kGridMinPoints) {
+    // One cloud at a time: the O(P2) grid build is serial, the queries run in parallel.
+    const double points_per_cell = std::clamp(0.2 * static_cast<double>(K), 1.0, 32.0);
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t n1 = cloud_length(lengths1, b, P1);
+      const Grid<T> grid = build_grid(p2 + b * P2 * 3, cloud_length(lengths2, b, P2), P2, points_per_cell,
+                                      workspace + b * 3 * P2, index_workspace + b * knn_index_workspace(P2));
+      T* db = dists + b * P1 * K;
+      int64_t* ib = idx + b * P1 * K;
+      parallel_for_dynamic(0, n1, 64, [&](int64_t i0, int64_t i1) {
+        knn_grid_queries<T>(p1 + b * P1 * 3, grid, i0, i1, K, db, ib);
+      });
+      std::fill(db + n1 * K, db + P1 * K, T(0));
+      std::fill(ib + n1 * K, ib + P1 * K, int64_t(0));
+    }
+    return;
+  }
   clouds_to_coordinate_major(p2, B, P2, D, lengths2, workspace);
   with_static_dim(D, [&](auto dc) {
     constexpr int DC = decltype(dc)::value;
@@ -337,7 +518,7 @@ int64_t find_index_out_of_range_cpu(const int64_t* idx, int64_t n, int64_t lo, i
   template void sample_farthest_points_cpu<T>(const T*, int64_t, int64_t, int64_t, const int64_t*, const int64_t*, \
                                               int64_t, int64_t*, T*);                                              \
   template void knn_cpu<T>(const T*, const T*, int64_t, int64_t, int64_t, int64_t, const int64_t*, const int64_t*, \
-                           int64_t, T*, int64_t*, T*);                                                             \
+                           int64_t, T*, int64_t*, T*, int64_t*);                                                   \
   template void ball_query_cpu<T>(const T*, const T*, int64_t, int64_t, int64_t, int64_t, const int64_t*,          \
                                   const int64_t*, int64_t, double, T*, int64_t*, T*);                              \
   template void gather_columns_cpu<T>(const T*, int64_t, int64_t, int64_t, const int64_t*, int64_t, T*);           \

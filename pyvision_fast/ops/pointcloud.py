@@ -121,9 +121,12 @@ def _knn_cpu(p1, p2, lengths1, lengths2, K):
     B, P1, D = _ext.dims(p1, 3)
     dists = torch.empty(B, P1, max(K, 0), dtype=p1.dtype)
     idx = torch.empty(B, P1, max(K, 0), dtype=torch.int64)
-    ws = torch.empty(B * D * _ext.dims(p2, 3)[1], dtype=p1.dtype)
-    _ext.cpu_module().knn_points(_ext.arg(p1), _ext.arg(p2), _ext.opt(lengths1), _ext.opt(lengths2), K,
-                                 _ext.arg(dists), _ext.arg(idx), _ext.arg(ws))
+    P2 = _ext.dims(p2, 3)[1]
+    mod = _ext.cpu_module()
+    ws = torch.empty(B * D * P2, dtype=p1.dtype)
+    iws = torch.empty(B * mod.knn_index_workspace(P2), dtype=torch.int64)
+    mod.knn_points(_ext.arg(p1), _ext.arg(p2), _ext.opt(lengths1), _ext.opt(lengths2), K, _ext.arg(dists),
+                   _ext.arg(idx), _ext.arg(ws), _ext.arg(iws))
     return dists, idx
 
 
