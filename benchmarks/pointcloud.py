@@ -20,16 +20,9 @@ def _interp_weights(dist):
     return w / w.sum(-1, keepdim=True)
 
 
-def cases(device: str, quick: bool) -> list[Case]:
-    g = torch.Generator().manual_seed(0)
-
-    def cloud(*shape):
-        return torch.rand(*shape, generator=g).to(device)
-
-    out: list[Case] = []
+def _fps_case(device: str, quick: bool, cloud, g) -> Case:
+    """Farthest point sampling (PointNet++ sampling layer sizes)."""
     gpu = device == "cuda"
-
-    # ------------------------------------------------------------------ farthest point sampling
     B, N, K = (4, 1024, 256) if quick else ((32, 8192, 2048) if gpu else (16, 4096, 1024))
     pts = cloud(B, N, 3)
     impls = [Impl("pvf.sample_farthest_points", lambda: ops.sample_farthest_points(pts, K=K), "ours"),
@@ -45,11 +38,14 @@ def cases(device: str, quick: bool) -> list[Case]:
         from pytorch3d.ops import sample_farthest_points as p3d_fps
 
         impls.append(Impl("pytorch3d.sample_farthest_points", lambda: p3d_fps(pts, K=K)))
-    out.append(Case("pointcloud", "sample_farthest_points", dict(B=B, N=N, K=K, D=3), impls,
-                    flops=B * K * N * 3 * 3.0, bound="compute", goal=("reference (vectorised loop)", 50.0),
-                    note="FLOPs: one 3-D distance update (3 sub, 3 mul/add) per point per sample."))
+    return Case("pointcloud", "sample_farthest_points", dict(B=B, N=N, K=K, D=3), impls,
+                   flops=B * K * N * 3 * 3.0, bound="compute", goal=("reference (vectorised loop)", 50.0),
+                   note="FLOPs: one 3-D distance update (3 sub, 3 mul/add) per point per sample.")
 
-    # ------------------------------------------------------------------ kNN
+
+def _knn_case(device: str, quick: bool, cloud, g) -> Case:
+    """k nearest neighbours, and the cdist + topk idiom it replaces."""
+    gpu = device == "cuda"
     B, P, K = (2, 1024, 16) if quick else ((16, 8192, 16) if gpu else (8, 4096, 16))
     p1, p2 = cloud(B, P, 3), cloud(B, P, 3)
     impls = [Impl("pvf.knn_points", lambda: ops.knn_points(p1, p2, K=K), "ours"),
@@ -65,13 +61,16 @@ def cases(device: str, quick: bool) -> list[Case]:
         from pytorch3d.ops import knn_points as p3d_knn
 
         impls.append(Impl("pytorch3d.knn_points", lambda: p3d_knn(p1, p2, K=K)))
-    out.append(Case("pointcloud", "knn_points", dict(B=B, P1=P, P2=P, K=K, D=3), impls,
-                    flops=B * P * P * 3 * 3.0, bound="compute", goal=("torch.cdist + topk", 12.0),
-                    measure_memory=True,
-                    note="FLOPs are brute-force equivalent (B*P1*P2*9); a spatial index does less work, so "
-                         "the share of the matmul ceiling can exceed what brute force could reach."))
+    return Case("pointcloud", "knn_points", dict(B=B, P1=P, P2=P, K=K, D=3), impls,
+                   flops=B * P * P * 3 * 3.0, bound="compute", goal=("torch.cdist + topk", 12.0),
+                   measure_memory=True,
+                   note="FLOPs are brute-force equivalent (B*P1*P2*9); a spatial index does less work, so "
+                        "the share of the matmul ceiling can exceed what brute force could reach.")
 
-    # ------------------------------------------------------------------ ball query
+
+def _ball_query_case(device: str, quick: bool, cloud, g) -> Case:
+    """Ball query with neighbour coordinates."""
+    gpu = device == "cuda"
     B, P1, P2, K, r = (2, 256, 1024, 32, 0.2) if quick else ((16, 2048, 8192, 32, 0.2) if gpu else
                                                               (8, 1024, 4096, 32, 0.2))
     q, p = cloud(B, P1, 3), cloud(B, P2, 3)
@@ -88,11 +87,14 @@ def cases(device: str, quick: bool) -> list[Case]:
         from pytorch3d.ops import ball_query as p3d_ball
 
         impls.append(Impl("pytorch3d.ball_query", lambda: p3d_ball(q, p, K=K, radius=r)))
-    out.append(Case("pointcloud", "ball_query", dict(B=B, P1=P1, P2=P2, K=K, radius=r), impls,
-                    flops=B * P1 * P2 * 3 * 3.0, bound="compute", goal=("reference (cdist, mask, sort)", 60.0),
-                    note="Includes the neighbour coordinates (return_nn=True). FLOPs brute-force equivalent."))
+    return Case("pointcloud", "ball_query", dict(B=B, P1=P1, P2=P2, K=K, radius=r), impls,
+                   flops=B * P1 * P2 * 3 * 3.0, bound="compute", goal=("reference (cdist, mask, sort)", 60.0),
+                   note="Includes the neighbour coordinates (return_nn=True). FLOPs brute-force equivalent.")
 
-    # ------------------------------------------------------------------ three_nn + three_interpolate
+
+def _feature_propagation_case(device: str, quick: bool, cloud, g) -> Case:
+    """Feature propagation: three_nn + inverse-distance weights + three_interpolate."""
+    gpu = device == "cuda"
     B, n, m, C = (2, 1024, 256, 32) if quick else ((16, 8192, 2048, 128) if gpu else (8, 4096, 1024, 128))
     unknown, known = cloud(B, n, 3), cloud(B, m, 3)
     feats = torch.randn(B, C, m, generator=g).to(device)
@@ -111,25 +113,31 @@ def cases(device: str, quick: bool) -> list[Case]:
         gathered = torch.gather(feats, 2, i.reshape(B, 1, n * 3).expand(B, C, n * 3)).view(B, C, n, 3)
         return (gathered * w[:, None]).sum(-1)
 
-    out.append(Case("pointcloud", "three_nn+three_interpolate", dict(B=B, n=n, m=m, C=C),
-                    [Impl("pvf.three_nn + three_interpolate", ours_fp, "ours"),
-                     Impl("reference (diff^2 + sort, gather)", ref_fp, "reference"),
-                     Impl("torch.cdist + topk + gather", cdist_fp)],
-                    bytes=4.0 * B * C * (m + n) + 4.0 * B * (n + m) * 3, bound="memory",
-                    goal=("reference (diff^2 + sort, gather)", 5.0),
-                    note="Bytes: features in, interpolated features out, both clouds."))
+    return Case("pointcloud", "three_nn+three_interpolate", dict(B=B, n=n, m=m, C=C),
+                   [Impl("pvf.three_nn + three_interpolate", ours_fp, "ours"),
+                    Impl("reference (diff^2 + sort, gather)", ref_fp, "reference"),
+                    Impl("torch.cdist + topk + gather", cdist_fp)],
+                   bytes=4.0 * B * C * (m + n) + 4.0 * B * (n + m) * 3, bound="memory",
+                   goal=("reference (diff^2 + sort, gather)", 5.0),
+                   note="Bytes: features in, interpolated features out, both clouds.")
 
-    # ------------------------------------------------------------------ grouping (memory bound)
+
+def _grouping_case(device: str, quick: bool, cloud, g) -> Case:
+    """grouping_operation: memory bound."""
+    gpu = device == "cuda"
     B, C, N, M, S = (2, 32, 1024, 256, 16) if quick else ((16, 128, 8192, 2048, 32) if gpu else (8, 64, 4096, 1024, 32))
     feats = torch.randn(B, C, N, generator=g).to(device)
     gidx = torch.randint(0, N, (B, M, S), generator=g).to(device)
-    out.append(Case("pointcloud", "grouping_operation", dict(B=B, C=C, N=N, M=M, S=S),
-                    [Impl("pvf.grouping_operation", lambda: ops.grouping_operation(feats, gidx), "ours"),
-                     Impl("torch.gather", lambda: torch.gather(feats, 2, gidx.view(B, 1, M * S).expand(B, C, M * S))
-                          .view(B, C, M, S), "reference")],
-                    bytes=4.0 * B * C * M * S * 2 + 8.0 * B * M * S, bound="memory"))
+    return Case("pointcloud", "grouping_operation", dict(B=B, C=C, N=N, M=M, S=S),
+                   [Impl("pvf.grouping_operation", lambda: ops.grouping_operation(feats, gidx), "ours"),
+                    Impl("torch.gather", lambda: torch.gather(feats, 2, gidx.view(B, 1, M * S).expand(B, C, M * S))
+                         .view(B, C, M, S), "reference")],
+                   bytes=4.0 * B * C * M * S * 2 + 8.0 * B * M * S, bound="memory")
 
-    # ------------------------------------------------------------------ chamfer (training loss)
+
+def _chamfer_case(device: str, quick: bool, cloud, g) -> Case:
+    """Chamfer distance as a training loss (forward + backward)."""
+    gpu = device == "cuda"
     B, P = (2, 1024) if quick else ((16, 8192) if gpu else (8, 4096))
     x = cloud(B, P, 3).requires_grad_()
     y = cloud(B, P, 3).requires_grad_()
@@ -141,8 +149,18 @@ def cases(device: str, quick: bool) -> list[Case]:
         d = torch.cdist(x, y) ** 2
         (d.min(2).values.mean(1) + d.min(1).values.mean(1)).mean().backward()
 
-    out.append(Case("pointcloud", "chamfer_distance fwd+bwd", dict(B=B, P=P),
-                    [Impl("pvf.chamfer_distance", ours_chamfer, "ours"),
-                     Impl("torch.cdist chamfer", cdist_chamfer, "reference")],
-                    flops=2 * B * P * P * 9.0, bound="compute", measure_memory=True))
-    return out
+    return Case("pointcloud", "chamfer_distance fwd+bwd", dict(B=B, P=P),
+                   [Impl("pvf.chamfer_distance", ours_chamfer, "ours"),
+                    Impl("torch.cdist chamfer", cdist_chamfer, "reference")],
+                   flops=2 * B * P * P * 9.0, bound="compute", measure_memory=True)
+
+
+def cases(device: str, quick: bool) -> list[Case]:
+    g = torch.Generator().manual_seed(0)
+
+    def cloud(*shape):
+        return torch.rand(*shape, generator=g).to(device)
+
+    # One function per case, so that every implementation closes over its own case's tensors and sizes.
+    return [make(device, quick, cloud, g) for make in (_fps_case, _knn_case, _ball_query_case,
+                                                       _feature_propagation_case, _grouping_case, _chamfer_case)]

@@ -152,3 +152,18 @@ def _bad_cases():
 @pytest.mark.parametrize("case", _bad_cases(), ids=str)
 def test_bad_inputs(case):
     run_bad_input(case)
+
+
+@pytest.mark.parametrize("D", [2, 3, 5])
+@pytest.mark.parametrize("kind", ["uniform", "lattice"])
+def test_large_clouds_span_several_blocks(D, kind):
+    """Clouds larger than the kernel's 256-point blocks; lattice points make maxima tie across blocks."""
+    g = torch.Generator().manual_seed(D)
+    if kind == "uniform":
+        pts = torch.rand(3, 1500, D, generator=g, dtype=torch.float64)
+    else:
+        pts = torch.randint(0, 5, (3, 1500, D), generator=g).double()
+    lengths = torch.tensor([1500, 700, 257])
+    for dtype in (torch.float32, torch.float64):
+        _, idx = ops.sample_farthest_points(pts.to(dtype), lengths, K=300)
+        assert torch.equal(idx, ref.sample_farthest_points_idx(pts.to(dtype), lengths, None, 300))

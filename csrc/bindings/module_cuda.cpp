@@ -37,9 +37,16 @@ py::tuple device_status() {
   return py::make_tuple(n, std::string("ok"));
 }
 
-// The device all arguments of one call must share: that of the first tensor argument.
+// The device all arguments of one call must share: that of the first tensor argument. Makes it current
+// for the call and restores the caller's current device afterwards.
 struct CudaCall {
   pa::Device dev;
+  int previous_device = -1;
+  CudaCall(const CudaCall&) = delete;
+  CudaCall& operator=(const CudaCall&) = delete;
+  ~CudaCall() {
+    if (previous_device >= 0) cudaSetDevice(previous_device);
+  }
   explicit CudaCall(py::handle first, const char* op) {
     int n = 0;
     const cudaError_t err = cudaGetDeviceCount(&n);
@@ -49,7 +56,12 @@ struct CudaCall {
     }
     TensorView v = tensor_from_py(first, op, "first argument");
     if (v.device != DeviceType::CUDA) throw TypeError(str(op, ": the CUDA module was called with CPU tensors"));
-    check_cuda(cudaSetDevice(v.device_index), op);
+    int current = 0;
+    check_cuda(cudaGetDevice(&current), op);
+    if (current != v.device_index) {
+      check_cuda(cudaSetDevice(v.device_index), op);
+      previous_device = current;
+    }
     dev = pa::Device{DeviceType::CUDA, v.device_index,
                      [op](const TensorView& t) {
                        std::vector<int64_t> host(t.numel());

@@ -87,26 +87,48 @@ void fps_one_cloud(const T* pts, int64_t N, int64_t D, int64_t n, int64_t first,
   std::fill(dist, dist + n, std::numeric_limits<T>::infinity());
   const int64_t k_valid = std::min(K, n);
   int64_t sel = first;
-  constexpr int64_t kBlock = 1024;
+  // Blocks small enough that finding the first maximum inside the winning block is cheap.
+  constexpr int64_t kBlock = 256;
   alignas(64) T dbuf[kBlock];
   for (int64_t k = 0; k < k_valid; ++k) {
     idx[k] = sel;
     if (k + 1 == k_valid) break;
     const T* q = pts + sel * D;
     T best = T(-1);
+    int64_t best_block = 0;
     for (int64_t j0 = 0; j0 < n; j0 += kBlock) {
       const int64_t nb = std::min(kBlock, n - j0);
-      block_distances<T, DC>(ct, N, D, q, j0, nb, dbuf);
       T* dj = dist + j0;
-#pragma omp simd reduction(max : best)
-      for (int64_t j = 0; j < nb; ++j) {
-        const T m = dbuf[j] < dj[j] ? dbuf[j] : dj[j];
-        dj[j] = m;
-        best = m > best ? m : best;
+      T block_max = T(-1);
+      if constexpr (DC == 3) {  // fused: distance, running minimum and block maximum in one pass
+        const T* x = ct + j0;
+        const T* y = ct + N + j0;
+        const T* z = ct + 2 * N + j0;
+        const T qx = q[0], qy = q[1], qz = q[2];
+#pragma omp simd reduction(max : block_max)
+        for (int64_t j = 0; j < nb; ++j) {
+          const T dx = x[j] - qx, dy = y[j] - qy, dz = z[j] - qz;
+          const T d = dx * dx + dy * dy + dz * dz;
+          const T m = d < dj[j] ? d : dj[j];
+          dj[j] = m;
+          block_max = m > block_max ? m : block_max;
+        }
+      } else {
+        block_distances<T, DC>(ct, N, D, q, j0, nb, dbuf);
+#pragma omp simd reduction(max : block_max)
+        for (int64_t j = 0; j < nb; ++j) {
+          const T m = dbuf[j] < dj[j] ? dbuf[j] : dj[j];
+          dj[j] = m;
+          block_max = m > block_max ? m : block_max;
+        }
+      }
+      if (block_max > best) {  // strict: the first block holding the maximum wins ties
+        best = block_max;
+        best_block = j0;
       }
     }
-    sel = 0;
-    for (int64_t j = 0; j < n; ++j) {
+    sel = best_block;
+    for (int64_t j = best_block; j < std::min(n, best_block + kBlock); ++j) {
       if (dist[j] == best) {
         sel = j;
         break;
