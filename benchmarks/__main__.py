@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .harness import format_table, machine_description, measure_ceilings, run_case, write_reports
+from .harness import format_table, machine_description, measure_ceilings, measure_memory, run_case, write_reports
 
 FAMILIES = ["pointcloud"]
 
@@ -40,6 +40,7 @@ def main(argv=None) -> int:
         for case in module.cases(args.device, args.quick):
             print(f"running {case.family}/{case.name} {case.params} ...", flush=True)
             rows.append((case, run_case(case, args.device, ceilings, budget)))
+    measure_memory(rows, args.device, args.quick)
     print()
     print(format_table(rows))
     tag = args.tag or f"{args.device}-{'-'.join(families)}{'-quick' if args.quick else ''}"

@@ -148,9 +148,30 @@ def run_case(case: Case, device: str, ceilings: dict, budget_s: float) -> list[R
             share = gflops / ceilings["matmul_fp32_GFLOPps"]
         else:
             share = None
-        peak = peak_memory_mb(impl.fn, device) if case.measure_memory else None
-        results.append(Result(impl.name, impl.kind, ms, runs, gflops, gbytes, share, peak))
+        results.append(Result(impl.name, impl.kind, ms, runs, gflops, gbytes, share, None))
     return results
+
+
+def measure_memory(rows: list[tuple[Case, list[Result]]], device: str, quick: bool) -> None:
+    """Fills in peak_mb for the cases that ask for it: in-process allocator statistics on CUDA, one fresh
+    process per implementation on the CPU (see benchmarks/memory.py)."""
+    import subprocess
+    import sys
+
+    for case, results in rows:
+        if not case.measure_memory:
+            continue
+        for impl, result in zip(case.impls, results):
+            if result.error is not None:
+                continue
+            if device == "cuda":
+                result.peak_mb = peak_memory_mb(impl.fn, device)
+                continue
+            cmd = [sys.executable, "-m", "benchmarks.memory", case.family, case.name, impl.name]
+            out = subprocess.run(cmd + (["--quick"] if quick else []), capture_output=True, text=True,
+                                 cwd=Path(__file__).resolve().parent.parent)
+            if out.returncode == 0:
+                result.peak_mb = float(out.stdout.strip().splitlines()[-1])
 
 
 def machine_description(device: str) -> dict:
