@@ -73,7 +73,7 @@ def run_onnxruntime(path: Union[str, Path], inputs: Sequence[torch.Tensor]) -> l
 
 def to_onnx(module: torch.nn.Module, example_inputs: Union[torch.Tensor, Sequence[torch.Tensor]],
             path: Union[str, Path], dynamic_batch: bool = True, opset: int = DEFAULT_OPSET, check: bool = True,
-            verbose: bool = False) -> ExportReport:
+            optimize: bool = False, verbose: bool = False) -> ExportReport:
     """Export ``module`` to ONNX at ``path`` and check the result.
 
     Uses ``torch.onnx.export(dynamo=True)`` with the library's translation table (standard ONNX operators
@@ -81,6 +81,11 @@ def to_onnx(module: torch.nn.Module, example_inputs: Union[torch.Tensor, Sequenc
     With ``check``: runs ``onnx.checker`` (full check), lists the nodes TensorRT would need a plugin for, runs
     ONNX Runtime on ``example_inputs`` and records the largest absolute difference from PyTorch per output.
     Returns an ``ExportReport`` (``print`` it for a summary).
+
+    ``optimize`` runs the exporter's ONNX optimizer. It is off by default: with onnxscript 0.7 that optimizer
+    deletes ``Add`` nodes whose constant is as small as 1e-8 (``1 / (d + 1e-8)`` becomes ``1 / d``, turning the
+    inverse-distance weights of coincident points into NaN). ONNX Runtime and TensorRT fold constants
+    themselves when they load the model.
     """
     import onnx
 
@@ -101,7 +106,7 @@ def to_onnx(module: torch.nn.Module, example_inputs: Union[torch.Tensor, Sequenc
         warnings.filterwarnings("ignore", message=".*axis name.*will not be used")  # lengths share the batch dim
         program = torch.onnx.export(module, example_inputs, dynamo=True, opset_version=opset,
                                     custom_translation_table=translation_table(), dynamic_shapes=dynamic_shapes,
-                                    verbose=verbose, report=False)
+                                    optimize=optimize, verbose=verbose, report=False)
     program.save(str(path))
     model = onnx.load(str(path))
     op_types = sorted({n.op_type for n in model.graph.node})

@@ -15,6 +15,8 @@ The distance matrices are O(P1 * P2): fine for inference graphs, and what Tensor
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import onnx_ir as ir
 import torch
@@ -127,14 +129,22 @@ def _const(array) -> ir.Node:
     return ir.Node("", "Constant", [], [ir.AttrTensor("value", ir.tensor(np.asarray(array)))])
 
 
+_loop_ids = itertools.count()
+
+
 def _fps_body(points, n1, state_type: ir.DataType) -> ir.Graph:
-    """Loop body: state (B, N + K) = [distances | selected indices as floats]; select, record, update."""
-    k = ir.Value(name="k", type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([]))
-    cond = ir.Value(name="cond_in", type=ir.TensorType(ir.DataType.BOOL), shape=ir.Shape([]))
-    state_in = ir.Value(name="state_in", type=ir.TensorType(state_type), shape=ir.Shape([None, None]))
+    """Loop body: state (B, N + K) = [distances | selected indices as floats]; select, record, update.
+
+    Every value gets a name unique in the model (ONNX requires single assignment across subgraphs too)."""
+    prefix = f"pvf_fps{next(_loop_ids)}_"
+    k = ir.Value(name=prefix + "k", type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([]))
+    cond = ir.Value(name=prefix + "cond_in", type=ir.TensorType(ir.DataType.BOOL), shape=ir.Shape([]))
+    state_in = ir.Value(name=prefix + "state_in", type=ir.TensorType(state_type), shape=ir.Shape([None, None]))
     nodes: list[ir.Node] = []
 
     def add(node: ir.Node) -> ir.Node:
+        for out in node.outputs:
+            out.name = f"{prefix}{len(nodes)}"
         nodes.append(node)
         return node
 

@@ -167,3 +167,15 @@ def test_large_clouds_span_several_blocks(D, kind):
     for dtype in (torch.float32, torch.float64):
         _, idx = ops.sample_farthest_points(pts.to(dtype), lengths, K=300)
         assert torch.equal(idx, ref.sample_farthest_points_idx(pts.to(dtype), lengths, None, 300))
+
+
+def test_two_sampling_stages_export(tmp_path):
+    """Two Loop subgraphs in one model: their value names must stay unique."""
+
+    class TwoStages(torch.nn.Module):
+        def forward(self, p):
+            first, _ = ops.sample_farthest_points(p, K=20)
+            second, idx = ops.sample_farthest_points(first, K=5)
+            return second, idx
+
+    check_onnx(TwoStages(), (torch.rand(2, 60, 3),), tmp_path, exact_outputs=(1,))

@@ -436,7 +436,7 @@ template <typename T>
 void ball_query_cpu(const T* p1, const T* p2, int64_t B, int64_t P1, int64_t P2, int64_t D, const int64_t* lengths1,
                     const int64_t* lengths2, int64_t K, double radius, T* dists, int64_t* idx, T* workspace) {
   clouds_to_coordinate_major(p2, B, P2, D, lengths2, workspace);
-  const T r2 = static_cast<T>(radius) * static_cast<T>(radius);
+  const T r2 = static_cast<T>(radius * radius);  // squared in double, rounded once (as torch compares)
   with_static_dim(D, [&](auto dc) {
     constexpr int DC = decltype(dc)::value;
     for_each_query(B, P1, K, lengths1, dists, idx, -1, [&](int64_t b, int64_t i0, int64_t i1) {

@@ -268,9 +268,9 @@ void ball_query_cuda(DType dtype, const void* p1, const void* p2, int64_t B, int
   if (B * P1 == 0) return;
   dispatch_floating_and_half(dtype, "ball_query", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    const acc_t<T> r = static_cast<acc_t<T>>(radius);
+    const acc_t<T> r2 = static_cast<acc_t<T>>(radius * radius);
     ball_query_kernel<T><<<grid_for(B * P1, kThreads), kThreads, 0, as_stream(stream)>>>(
-        static_cast<const T*>(p1), static_cast<const T*>(p2), B, P1, P2, D, lengths1, lengths2, K, r * r,
+        static_cast<const T*>(p1), static_cast<const T*>(p2), B, P1, P2, D, lengths1, lengths2, K, r2,
         static_cast<T*>(dists), idx);
   });
   PVF_CUDA_CHECK_LAUNCH("ball_query");
