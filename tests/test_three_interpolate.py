@@ -102,6 +102,8 @@ def _bad_cases():
         BadInput("weight shape", lambda: ops.three_interpolate(f, idx, w[:, :5]), ValueError, "'weight' must have shape"),
         BadInput("idx last dim", lambda: ops.three_interpolate(f, idx[..., :2], w), ValueError, "neighbours"),
         BadInput("weight dtype", lambda: ops.three_interpolate(f, idx, w.double()), TypeError, "same dtype"),
+        BadInput("too few known points", lambda: ops.three_nn(torch.rand(2, 5, 3), torch.rand(2, 2, 3)), ValueError,
+                 "at least 3 points"),
         BadInput("three_nn rank", lambda: ops.three_nn(torch.rand(5, 3), torch.rand(2, 5, 3)), ValueError,
                  "3 dimensions"),
     ]

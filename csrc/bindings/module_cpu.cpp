@@ -97,9 +97,7 @@ void gather_columns(py::handle features, py::handle idx, py::handle out) {
 void gather_columns_backward(py::handle grad_out, py::handle idx, py::handle grad_features) {
   const char* op = "gather_points_backward";
   auto a = pa::gather(cpu(), op, grad_features, idx, grad_out, true);
-  Checker ck(op);
-  ck.same_dtype(a.features, "grad_features", a.out, "grad_out");
-  check_indices(ck, a.idx, a.N, "the number of points N");
+  check_indices(Checker(op), a.idx, a.N, "the number of points N");
   py::gil_scoped_release nogil;
   dispatch_floating(a.out.dtype, op, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -110,48 +108,28 @@ void gather_columns_backward(py::handle grad_out, py::handle idx, py::handle gra
 
 void three_interpolate(py::handle features, py::handle idx, py::handle weight, py::handle out) {
   const char* op = "three_interpolate";
-  Checker ck(op);
-  auto a = pa::interpolate(ck, cpu(), op, features, idx, weight);
-  TensorView o = pa::output(ck, cpu(), out, op, "out");
-  pa::shape_is(ck, o, "out", {a.B, a.C, a.N});
-  ck.same_dtype(o, "out", a.features, "features");
-  check_indices(ck, a.idx, a.M, "the number of known points M");
+  auto a = pa::interpolate(cpu(), op, features, idx, weight, out);
+  check_indices(Checker(op), a.idx, a.M, "the number of known points M");
   py::gil_scoped_release nogil;
   dispatch_floating(a.features.dtype, op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     pc::three_interpolate_cpu<T>(a.features.ptr<T>(), a.B, a.C, a.M, a.idx.ptr<int64_t>(), a.weight.ptr<T>(), a.N,
-                                 o.ptr<T>());
+                                 a.out.ptr<T>());
   });
 }
 
 void three_interpolate_backward(py::handle grad_out, py::handle features, py::handle idx, py::handle weight,
                                 py::handle grad_features, py::handle grad_weight) {
   const char* op = "three_interpolate_backward";
-  Checker ck(op);
-  auto a = pa::interpolate(ck, cpu(), op, features, idx, weight);
-  TensorView g = pa::input(ck, cpu(), grad_out, op, "grad_out");
-  pa::shape_is(ck, g, "grad_out", {a.B, a.C, a.N});
-  ck.same_dtype(g, "grad_out", a.features, "features");
-  OptionalTensor gf = optional_tensor_from_py(grad_features, op, "grad_features", true);
-  OptionalTensor gw = optional_tensor_from_py(grad_weight, op, "grad_weight", true);
-  if (gf.has_value) {
-    ck.device(gf.view, "grad_features", DeviceType::CPU);
-    ck.contiguous(gf.view, "grad_features");
-    pa::shape_is(ck, gf.view, "grad_features", {a.B, a.C, a.M});
-    ck.same_dtype(gf.view, "grad_features", a.features, "features");
-  }
-  if (gw.has_value) {
-    ck.device(gw.view, "grad_weight", DeviceType::CPU);
-    ck.contiguous(gw.view, "grad_weight");
-    pa::shape_is(ck, gw.view, "grad_weight", {a.B, a.N, 3});
-    ck.same_dtype(gw.view, "grad_weight", a.features, "features");
-  }
-  check_indices(ck, a.idx, a.M, "the number of known points M");
+  auto g = pa::interpolate_backward(cpu(), op, grad_out, features, idx, weight, grad_features, grad_weight);
+  const auto& a = g.a;
+  check_indices(Checker(op), a.idx, a.M, "the number of known points M");
   py::gil_scoped_release nogil;
   dispatch_floating(a.features.dtype, op, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    pc::three_interpolate_backward_cpu<T>(g.ptr<T>(), a.features.ptr<T>(), a.B, a.C, a.M, a.idx.ptr<int64_t>(),
-                                          a.weight.ptr<T>(), a.N, gf.ptr<T>(), gw.ptr<T>());
+    pc::three_interpolate_backward_cpu<T>(g.grad_out.ptr<T>(), a.features.ptr<T>(), a.B, a.C, a.M,
+                                          a.idx.ptr<int64_t>(), a.weight.ptr<T>(), a.N, g.grad_features.ptr<T>(),
+                                          g.grad_weight.ptr<T>());
   });
 }
 

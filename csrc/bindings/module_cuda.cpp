@@ -71,7 +71,8 @@ struct CudaCall {
                                     op);
                        return host;
                      },
-                     {DType::Float32, DType::Float64, DType::Float16, DType::BFloat16}};
+                     {DType::Float32, DType::Float64, DType::Float16, DType::BFloat16},
+                     /*half_grads_in_float32=*/true};
   }
 };
 
@@ -132,20 +133,12 @@ void gather_columns(py::handle features, py::handle idx, py::handle out, py::han
                           stream_ptr(stream));
 }
 
-void check_grad_buffer(const Checker& ck, const TensorView& buf, const char* name, DType input) {
-  const bool half = input == DType::Float16 || input == DType::BFloat16;
-  if (half) ck.dtype(buf, name, {DType::Float32});
-  else if (buf.dtype != input) ck.type_error(str("argument '", name, "' must have the dtype of the input"));
-}
-
 void gather_columns_backward(py::handle grad_out, py::handle idx, py::handle grad_features, py::handle flag,
                              uintptr_t stream) {
   const char* op = "gather_points_backward";
   CudaCall call(grad_out, op);
   auto a = pa::gather(call.dev, op, grad_features, idx, grad_out, true);
-  Checker ck(op);
-  check_grad_buffer(ck, a.features, "grad_features", a.out.dtype);
-  check_indices(ck, a.idx, a.N, tensor_from_py(flag, op, "flag", true), stream, "the number of points N");
+  check_indices(Checker(op), a.idx, a.N, tensor_from_py(flag, op, "flag", true), stream, "the number of points N");
   pc::gather_columns_backward_cuda(a.out.dtype, a.out.data, a.B, a.C, a.N, a.idx.ptr<int64_t>(), a.M,
                                    a.features.data, stream_ptr(stream));
 }
@@ -154,43 +147,26 @@ void three_interpolate(py::handle features, py::handle idx, py::handle weight, p
                        uintptr_t stream) {
   const char* op = "three_interpolate";
   CudaCall call(features, op);
-  Checker ck(op);
-  auto a = pa::interpolate(ck, call.dev, op, features, idx, weight);
-  TensorView o = pa::output(ck, call.dev, out, op, "out");
-  pa::shape_is(ck, o, "out", {a.B, a.C, a.N});
-  ck.same_dtype(o, "out", a.features, "features");
-  check_indices(ck, a.idx, a.M, tensor_from_py(flag, op, "flag", true), stream, "the number of known points M");
+  auto a = pa::interpolate(call.dev, op, features, idx, weight, out);
+  check_indices(Checker(op), a.idx, a.M, tensor_from_py(flag, op, "flag", true), stream,
+                "the number of known points M");
   pc::three_interpolate_cuda(a.features.dtype, a.features.data, a.B, a.C, a.M, a.idx.ptr<int64_t>(), a.weight.data,
-                             a.N, o.data, stream_ptr(stream));
+                             a.N, a.out.data, stream_ptr(stream));
 }
 
 void three_interpolate_backward(py::handle grad_out, py::handle features, py::handle idx, py::handle weight,
                                 py::handle grad_features, py::handle grad_weight, py::handle flag, uintptr_t stream) {
   const char* op = "three_interpolate_backward";
   CudaCall call(features, op);
-  Checker ck(op);
-  auto a = pa::interpolate(ck, call.dev, op, features, idx, weight);
-  TensorView g = pa::input(ck, call.dev, grad_out, op, "grad_out");
-  pa::shape_is(ck, g, "grad_out", {a.B, a.C, a.N});
-  ck.same_dtype(g, "grad_out", a.features, "features");
-  OptionalTensor gf = optional_tensor_from_py(grad_features, op, "grad_features", true);
-  OptionalTensor gw = optional_tensor_from_py(grad_weight, op, "grad_weight", true);
-  if (gf.has_value) {
-    ck.device(gf.view, "grad_features", DeviceType::CUDA, call.dev.index);
-    ck.contiguous(gf.view, "grad_features");
-    pa::shape_is(ck, gf.view, "grad_features", {a.B, a.C, a.M});
-    check_grad_buffer(ck, gf.view, "grad_features", a.features.dtype);
-  }
-  if (gw.has_value) {
-    ck.device(gw.view, "grad_weight", DeviceType::CUDA, call.dev.index);
-    ck.contiguous(gw.view, "grad_weight");
-    pa::shape_is(ck, gw.view, "grad_weight", {a.B, a.N, 3});
-    ck.same_dtype(gw.view, "grad_weight", a.features, "features");
-  }
-  check_indices(ck, a.idx, a.M, tensor_from_py(flag, op, "flag", true), stream, "the number of known points M");
-  pc::three_interpolate_backward_cuda(a.features.dtype, g.data, a.features.data, a.B, a.C, a.M, a.idx.ptr<int64_t>(),
-                                      a.weight.data, a.N, gf.has_value ? gf.view.data : nullptr,
-                                      gw.has_value ? gw.view.data : nullptr, stream_ptr(stream));
+  auto g = pa::interpolate_backward(call.dev, op, grad_out, features, idx, weight, grad_features, grad_weight);
+  const auto& a = g.a;
+  check_indices(Checker(op), a.idx, a.M, tensor_from_py(flag, op, "flag", true), stream,
+                "the number of known points M");
+  pc::three_interpolate_backward_cuda(a.features.dtype, g.grad_out.data, a.features.data, a.B, a.C, a.M,
+                                      a.idx.ptr<int64_t>(), a.weight.data, a.N,
+                                      g.grad_features.has_value ? g.grad_features.view.data : nullptr,
+                                      g.grad_weight.has_value ? g.grad_weight.view.data : nullptr,
+                                      stream_ptr(stream));
 }
 
 }  // namespace

@@ -22,7 +22,18 @@ struct Device {
   int index;  // -1: any (CPU)
   std::function<std::vector<int64_t>(const TensorView&)> read_int64;
   std::vector<DType> float_dtypes;
+  // Scatter-add gradients of half/bfloat16 inputs accumulate in a float32 buffer (CUDA atomics).
+  bool half_grads_in_float32 = false;
 };
+
+// The dtype a scatter-add gradient buffer must have for inputs of dtype `input`.
+inline void grad_buffer(const Checker& ck, const Device& dev, const TensorView& buf, const char* name, DType input) {
+  const bool half = input == DType::Float16 || input == DType::BFloat16;
+  if (half && dev.half_grads_in_float32) ck.dtype(buf, name, {DType::Float32});
+  else if (buf.dtype != input)
+    ck.type_error(str("argument '", name, "' must have the dtype of the input (", dtype_name(input), "), got ",
+                      dtype_name(buf.dtype)));
+}
 
 inline TensorView input(const Checker& ck, const Device& dev, py::handle h, const char* op, const char* name) {
   TensorView v = tensor_from_py(h, op, name);
@@ -193,8 +204,12 @@ inline GatherArgs gather(const Device& dev, const char* op, py::handle features,
   a.M = a.idx.size(1);
   ck.dim_size(a.idx, "idx", 0, a.B, "the batch size of features");
   shape_is(ck, o, oname, {a.B, a.C, a.M});
-  if (backward) floating(ck, dev, o, oname);
-  else ck.same_dtype(o, oname, f, fname);
+  if (backward) {
+    floating(ck, dev, o, oname);
+    grad_buffer(ck, dev, f, fname, o.dtype);
+  } else {
+    ck.same_dtype(o, oname, f, fname);
+  }
   if (a.N == 0 && a.M > 0 && a.B * a.C > 0) ck.value_error("cannot gather from features with N = 0 points");
   a.features = f;
   a.out = o;
@@ -202,12 +217,12 @@ inline GatherArgs gather(const Device& dev, const char* op, py::handle features,
 }
 
 struct InterpArgs {
-  TensorView features, idx, weight, out;
+  TensorView features, idx, weight, out;  // out: set by interpolate()
   int64_t B, C, M, N;
 };
 
-inline InterpArgs interpolate(const Checker& ck, const Device& dev, const char* op, py::handle features,
-                              py::handle idx, py::handle weight) {
+inline InterpArgs interpolate_inputs(const Checker& ck, const Device& dev, const char* op, py::handle features,
+                                     py::handle idx, py::handle weight) {
   InterpArgs a;
   a.features = input(ck, dev, features, op, "features");
   a.idx = input(ck, dev, idx, op, "idx");
@@ -226,6 +241,52 @@ inline InterpArgs interpolate(const Checker& ck, const Device& dev, const char* 
   ck.same_dtype(a.weight, "weight", a.features, "features");
   if (a.M == 0 && a.N > 0 && a.B * a.C > 0) ck.value_error("cannot interpolate from features with M = 0 points");
   return a;
+}
+
+// three_interpolate: inputs plus the output (B, C, N).
+inline InterpArgs interpolate(const Device& dev, const char* op, py::handle features, py::handle idx,
+                              py::handle weight, py::handle out) {
+  Checker ck(op);
+  InterpArgs a = interpolate_inputs(ck, dev, op, features, idx, weight);
+  a.out = output(ck, dev, out, op, "out");
+  shape_is(ck, a.out, "out", {a.B, a.C, a.N});
+  ck.same_dtype(a.out, "out", a.features, "features");
+  return a;
+}
+
+// three_interpolate_backward: inputs, grad_out (B, C, N), and the optional gradient buffers.
+struct InterpGrads {
+  InterpArgs a;
+  TensorView grad_out;
+  OptionalTensor grad_features, grad_weight;
+};
+
+inline InterpGrads interpolate_backward(const Device& dev, const char* op, py::handle grad_out, py::handle features,
+                                        py::handle idx, py::handle weight, py::handle grad_features,
+                                        py::handle grad_weight) {
+  Checker ck(op);
+  InterpGrads g;
+  g.a = interpolate_inputs(ck, dev, op, features, idx, weight);
+  g.grad_out = input(ck, dev, grad_out, op, "grad_out");
+  shape_is(ck, g.grad_out, "grad_out", {g.a.B, g.a.C, g.a.N});
+  ck.same_dtype(g.grad_out, "grad_out", g.a.features, "features");
+  g.grad_features = optional_tensor_from_py(grad_features, op, "grad_features", true);
+  g.grad_weight = optional_tensor_from_py(grad_weight, op, "grad_weight", true);
+  if (g.grad_features.has_value) {
+    const TensorView& v = g.grad_features.view;
+    ck.device(v, "grad_features", dev.type, dev.index);
+    ck.contiguous(v, "grad_features");
+    shape_is(ck, v, "grad_features", {g.a.B, g.a.C, g.a.M});
+    grad_buffer(ck, dev, v, "grad_features", g.a.features.dtype);
+  }
+  if (g.grad_weight.has_value) {
+    const TensorView& v = g.grad_weight.view;
+    ck.device(v, "grad_weight", dev.type, dev.index);
+    ck.contiguous(v, "grad_weight");
+    shape_is(ck, v, "grad_weight", {g.a.B, g.a.N, 3});
+    ck.same_dtype(v, "grad_weight", g.a.features, "features");
+  }
+  return g;
 }
 
 }  // namespace pointcloud_args

@@ -24,7 +24,7 @@ KNN = namedtuple("KNN", ["dists", "idx", "knn"])
 KNN.__doc__ = "Result of knn_points / ball_query: dists (B, P1, K), idx (B, P1, K), knn (B, P1, K, D) or None."
 
 
-def _half_on_cuda(t: Tensor) -> bool:
+def _is_half(t: Tensor) -> bool:
     return t.dtype in (torch.float16, torch.bfloat16)
 
 
@@ -329,7 +329,7 @@ def _gather_backward_cpu(grad_out, idx, N):
 
 def _gather_backward_cuda(grad_out, idx, N):
     B, C, _ = _ext.dims(grad_out, 3)
-    buf_dtype = torch.float32 if _half_on_cuda(grad_out) else grad_out.dtype
+    buf_dtype = torch.float32 if _is_half(grad_out) else grad_out.dtype
     grad = torch.empty(B, C, N, dtype=buf_dtype, device=grad_out.device)
     _ext.cuda_module().gather_columns_backward(_ext.arg(grad_out), _ext.arg(idx), _ext.arg(grad),
                                                _ext.arg(_flag(grad.device)), _ext.stream(grad.device))
@@ -401,6 +401,8 @@ def grouping_operation(features: Tensor, idx: Tensor) -> Tensor:
 def three_nn(unknown: Tensor, known: Tensor) -> tuple[Tensor, Tensor]:
     """mmcv ``three_nn``: unknown (B, n, 3), known (B, m, 3) -> (dist (B, n, 3) Euclidean, idx (B, n, 3) int64),
     nearest first. Built on the kNN kernel, so ``dist`` is differentiable in both clouds."""
+    if known.dim() == 3 and known.shape[1] < 3:
+        raise ValueError(f"three_nn: known must hold at least 3 points, got {known.shape[1]}")
     dists, idx = _knn_op(unknown, known, None, None, 3)
     return dists.clamp(min=0).sqrt(), idx
 
@@ -429,7 +431,7 @@ def _interp_backward_cpu(grad_out, features, idx, weight, need_features, need_we
 
 
 def _interp_backward_cuda(grad_out, features, idx, weight, need_features, need_weight):
-    gf = (torch.empty(features.shape, dtype=torch.float32 if _half_on_cuda(features) else features.dtype,
+    gf = (torch.empty(features.shape, dtype=torch.float32 if _is_half(features) else features.dtype,
                       device=features.device) if need_features else None)
     gw = torch.empty_like(weight) if need_weight else None
     _ext.cuda_module().three_interpolate_backward(_ext.arg(grad_out), _ext.arg(features), _ext.arg(idx),

@@ -2,7 +2,8 @@
 
 They take the op-level arguments of ``pyvision_fast.ops.pointcloud`` (int64 indices, optional int64
 ``lengths`` of shape (B,)) and are differentiable by autograd where the ops are. Index ties resolve to the
-lowest index, as in the kernels.
+lowest index, as in the kernels. They do not validate their arguments (the compiled backends do): they are
+meant for correct inputs, as test oracles and as the fallback where no compiled module exists.
 """
 from __future__ import annotations
 
