@@ -106,3 +106,20 @@ def test_kernels_follow_torch_thread_count():
         assert mod.get_num_threads() == 2
     finally:
         torch.set_num_threads(old)
+
+
+@pytest.mark.slow
+def test_wheel_holds_the_compiled_modules_and_the_export_package(tmp_path):
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", str(root), "-q", "-w", str(tmp_path),
+                          "--no-build-isolation", "--no-deps"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (wheel,) = tmp_path.glob("pyvision_fast-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert any(n.startswith("pyvision_fast/_C.") and n.endswith(".so") for n in names)
+    assert "pyvision_fast/export/onnx_export.py" in names and "pyvision_fast/export/pointcloud.py" in names
+    assert "pyvision_fast/nn/pointnet2.py" in names
+    assert any(n.endswith("entry_points.txt") for n in names)
