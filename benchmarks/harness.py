@@ -257,28 +257,30 @@ def write_reports(rows: list[tuple[Case, list[Result]]], ceilings: dict, machine
 
 
 def _chart(rows, path: Path, tag: str) -> None:
+    """Horizontal bars, one per (case, implementation), median time on a log axis, coloured by role."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 4.5))
-    names = sorted({r.impl for _, rs in rows for r in rs if not r.error})
-    width = 0.8 / max(len(names), 1)
-    for j, name in enumerate(names):
-        xs, ys = [], []
-        for i, (case, rs) in enumerate(rows):
-            r = next((r for r in rs if r.impl == name and not r.error), None)
-            if r is not None:
-                xs.append(i + j * width)
-                ys.append(r.median_ms)
-        ax.bar(xs, ys, width, label=name)
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))])
-    ax.set_xticklabels([c.name for c, _ in rows], rotation=20, ha="right", fontsize=8)
-    ax.set_yscale("log")
-    ax.set_ylabel("median time per call (ms, log scale)")
+    colours = {"ours": "#1f77b4", "reference": "#7f7f7f", "peer": "#ff7f0e"}
+    labels, times, colour = [], [], []
+    for case, results in rows:
+        for r in results:
+            if r.error is None and not math.isnan(r.median_ms):
+                labels.append(f"{case.name}: {r.impl}")
+                times.append(r.median_ms)
+                colour.append(colours.get(r.kind, "#2ca02c"))
+    fig, ax = plt.subplots(figsize=(10, 0.32 * len(labels) + 1.2))
+    y = list(range(len(labels)))[::-1]
+    ax.barh(y, times, color=colour)
+    ax.set_yticks(y)
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("median time per call (ms, log scale); blue: pyvision_fast, grey: reference, orange: peers")
     ax.set_title(f"pyvision_fast benchmarks: {tag}")
-    ax.legend(fontsize=7)
+    for yi, t in zip(y, times):
+        ax.text(t, yi, f" {t:.3g}", va="center", fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
