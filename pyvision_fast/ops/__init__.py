@@ -1,4 +1,5 @@
 """Public functional API. Every op dispatches to the best available backend (see ``pyvision_fast.use_backend``)."""
+from .attention import attention
 from .pointcloud import (
     KNN,
     ball_query,
@@ -15,6 +16,7 @@ from .pointcloud import (
 )
 
 __all__ = [
+    "attention",
     "KNN",
     "ball_query",
     "chamfer_distance",

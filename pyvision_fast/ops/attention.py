@@ -1,0 +1,111 @@
+"""Fused scaled dot-product attention with the semantics of ``F.scaled_dot_product_attention``.
+
+Backends: ``triton`` (FlashAttention-2-style kernels, ``pyvision_fast.triton.attention``) on GPUs, and on CPU
+tensors when forced with ``PVF_BACKEND=triton`` under ``TRITON_INTERPRET=1``; ``cpu``: torch's own fused CPU
+attention (``F.scaled_dot_product_attention``), which is already the best implementation there, so the CPU
+path adds nothing but identical semantics; ``reference``: the attention written out.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import _backend
+from ..reference import attention as ref
+
+MAX_HEAD_DIM = 256
+
+
+def _check(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], dropout_p: float) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"attention: {name} must be a tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"attention: {name} must be (B, H, L, D), got shape {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise TypeError(f"attention: {name} must be a floating-point tensor, got {t.dtype}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"attention: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise TypeError(f"attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if q.shape[:2] != k.shape[:2] or k.shape[:3] != v.shape[:3]:
+        raise ValueError(f"attention: batch/head/length mismatch: q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"attention: q and k head dims differ ({q.shape[-1]} vs {k.shape[-1]})")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"attention: dropout_p must be in [0, 1), got {dropout_p}")
+    if attn_mask is not None:
+        if attn_mask.device != q.device:
+            raise TypeError(f"attention: attn_mask is on {attn_mask.device}, q on {q.device}")
+        target = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+        try:
+            torch.broadcast_shapes(attn_mask.shape, target)
+        except RuntimeError:
+            raise ValueError(f"attention: attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to "
+                             f"(B, H, L, S) = {target}") from None
+        if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
+            raise TypeError(f"attention: attn_mask must be bool or floating point, got {attn_mask.dtype}")
+
+
+def _triton(q, k, v, attn_mask, dropout_p, is_causal, scale):
+    from ..triton import attention as tri
+
+    seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if dropout_p > 0 else 0
+    if q.device.type == "cpu":
+        # Triton's interpreter crashes on arguments that share one storage (q, k, v views of a qkv projection):
+        # give it separate copies. Native GPU launches use the views in place.
+        q, k, v = q.clone(), k.clone(), v.clone()
+    mask = attn_mask
+    if mask is not None and mask.dim() < 4:
+        mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
+    return tri.flash_attention_fwd(q, k, v, mask, is_causal, scale, dropout_p, seed)[0]
+
+
+def _sdpa(q, k, v, attn_mask, dropout_p, is_causal, scale):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                                          scale=scale)
+
+
+def _reference(q, k, v, attn_mask, dropout_p, is_causal, scale):
+    return ref.attention(q, k, v, attn_mask, dropout_p, is_causal, scale)
+
+
+_IMPLS = {"triton": _triton, "cpu": _sdpa, "reference": _reference}
+
+
+def _triton_supported(q: Tensor, attn_mask: Optional[Tensor], is_causal: bool) -> bool:
+    return (q.shape[-1] <= MAX_HEAD_DIM and (attn_mask is None or not attn_mask.requires_grad)
+            and not (is_causal and attn_mask is not None))
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = None, dropout_p: float = 0.0,
+              is_causal: bool = False, scale: Optional[float] = None) -> Tensor:
+    """Scaled dot-product attention, ``F.scaled_dot_product_attention`` semantics.
+
+    Args:
+        q: (B, H, L, D); k: (B, H, S, D); v: (B, H, S, Dv) with Dv == D on the Triton path.
+        attn_mask: bool (True = may attend) or additive float mask broadcastable to (B, H, L, S), e.g. a
+            key-padding mask of shape (B, 1, 1, S).
+        dropout_p: dropout on the attention probabilities (pass 0 in eval). The Triton path draws its seed from
+            torch's generator, so ``torch.manual_seed`` makes calls reproducible.
+        is_causal: top-left aligned causal mask (query i attends keys j <= i).
+        scale: score scale, default 1/sqrt(D).
+
+    Returns (B, H, L, Dv) in the input dtype. Differentiable in q, k, v (the mask receives no gradient on the
+    Triton path; a mask that requires grad is routed to SDPA, as are is_causal together with a mask).
+    """
+    _check(q, k, v, attn_mask, dropout_p)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    device = q.device
+    implemented = dict(_IMPLS)
+    if not _triton_supported(q, attn_mask, is_causal) or v.shape[-1] != q.shape[-1]:
+        implemented.pop("triton")
+    if device.type == "cuda" and not ("triton" in implemented and _backend.available("triton", device)):
+        implemented["cuda"] = _sdpa  # cases the Triton kernels do not cover, or no Triton: torch's own kernels
+    _, impl = _backend.select("attention", device, implemented)
+    return impl(q, k, v, attn_mask, dropout_p, is_causal, scale)

@@ -1,0 +1,164 @@
+"""ops.attention: the Triton kernels (interpreter on CPU, native on GPU) and the CPU path against a float64
+reference and against F.scaled_dot_product_attention."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from op_harness import BadInput, run_bad_input
+from pyvision_fast import ops, use_backend
+from pyvision_fast.reference import attention as ref
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# Tolerances against the float64 reference, per input dtype.
+ATOL = {torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 6e-2}
+# Under the interpreter bfloat16 is not available (NumPy has no bfloat16).
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
+
+
+def _inputs(B, H, L, S, D, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, H, n, D, generator=g).to(DEVICE, dtype).requires_grad_() for n in (L, S, S)]
+
+
+def _mask(kind, B, H, L, S):
+    g = torch.Generator().manual_seed(1)
+    if kind == "key_padding":  # (B, 1, 1, S) bool, every row keeps at least one key
+        m = torch.rand(B, 1, 1, S, generator=g) > 0.3
+        m[..., 0] = True
+        return m.to(DEVICE)
+    if kind == "bool_full":
+        return (torch.rand(B, H, L, S, generator=g) > 0.5).to(DEVICE)
+    if kind == "additive":
+        return torch.randn(1, H, L, S, generator=g).to(DEVICE)
+    if kind == "additive_2d":
+        return torch.randn(L, S, generator=g).to(DEVICE)
+    return None
+
+
+def _check_against_reference(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.0, keep=None):
+    dtype = q.dtype
+    with use_backend("triton"):
+        out = ops.attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale, dropout_p=dropout_p)
+    go = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), go)
+    q64, k64, v64 = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    m64 = mask.double() if mask is not None and mask.dtype != torch.bool else mask
+    expected = ref.attention(q64, k64, v64, m64, dropout_p, causal, scale, dropout_mask=keep)
+    rgrads = torch.autograd.grad(expected, (q64, k64, v64), go.double())
+    tol = ATOL[dtype] * max(1.0, math.sqrt(q.shape[-1] / 32))
+    torch.testing.assert_close(out.double(), expected, atol=tol, rtol=tol)
+    for got, want in zip(grads, rgrads):
+        torch.testing.assert_close(got.double(), want, atol=4 * tol, rtol=4 * tol)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("D", [32, 64, 80, 96, 128])
+def test_head_dims_odd_lengths(D):
+    _check_against_reference(*_inputs(1, 2, 37, 37, D, torch.float32))
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("L,S", [(1, 1), (50, 50), (19, 45), (45, 19), (33, 1)])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_lengths_and_dtypes(L, S, dtype):
+    _check_against_reference(*_inputs(2, 2, L, S, 32, dtype, seed=L * 100 + S))
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("kind", ["key_padding", "bool_full", "additive", "additive_2d"])
+def test_masks(kind):
+    q, k, v = _inputs(2, 2, 21, 27, 32, torch.float32, seed=3)
+    _check_against_reference(q, k, v, mask=_mask(kind, 2, 2, 21, 27))
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("L,S", [(24, 24), (17, 40), (40, 17)])
+def test_causal_and_scale(L, S):
+    _check_against_reference(*_inputs(1, 2, L, S, 64, torch.float32, seed=L + S), causal=True, scale=0.3)
+
+
+@pytest.mark.triton
+def test_fully_masked_rows_give_zeros_like_sdpa():
+    q, k, v = _inputs(1, 1, 5, 6, 32, torch.float32)
+    mask = torch.ones(5, 6, dtype=torch.bool, device=DEVICE)
+    mask[2] = False
+    with use_backend("triton"):
+        out = ops.attention(q, k, v, attn_mask=mask)
+    assert (out[0, 0, 2] == 0).all()
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), atol=2e-5, rtol=2e-5)
+    out.sum().backward()
+    assert torch.isfinite(q.grad).all() and torch.isfinite(k.grad).all()
+
+
+@pytest.mark.triton
+def test_dropout_is_reproducible_and_matches_its_mask():
+    from pyvision_fast.triton import attention as tri
+
+    q, k, v = _inputs(2, 2, 23, 29, 32, torch.float32, seed=4)
+    p = 0.25
+    torch.manual_seed(11)
+    seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+    keep = tri.dropout_mask(seed, p, 2, 2, 23, 29, DEVICE)
+    assert 0.6 < keep.float().mean() < 0.9
+    torch.manual_seed(11)
+    _check_against_reference(q, k, v, dropout_p=p, keep=keep)
+    with use_backend("triton"):
+        torch.manual_seed(11)
+        a = ops.attention(q, k, v, dropout_p=p)
+        torch.manual_seed(11)
+        b = ops.attention(q, k, v, dropout_p=p)
+        c = ops.attention(q, k, v, dropout_p=p)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.triton
+def test_non_contiguous_inputs():
+    """(B, L, H, D) projections viewed as (B, H, L, D) are used in place, with their strides."""
+    g = torch.Generator().manual_seed(5)
+    q, k, v = [torch.randn(2, 30, 4, 32, generator=g).to(DEVICE).transpose(1, 2).requires_grad_() for _ in range(3)]
+    assert not q.is_contiguous()
+    _check_against_reference(q, k, v)
+
+
+def test_cpu_path_is_sdpa():
+    q, k, v = [torch.randn(2, 3, 17, 40) for _ in range(3)]
+    mask = torch.rand(2, 1, 1, 17) > 0.2
+    mask[..., 0] = True
+    torch.testing.assert_close(ops.attention(q, k, v, attn_mask=mask),
+                               F.scaled_dot_product_attention(q, k, v, attn_mask=mask), atol=0, rtol=0)
+
+
+def test_reference_matches_sdpa():
+    q, k, v = [torch.randn(2, 3, 11, 16, dtype=torch.float64) for _ in range(3)]
+    for causal in (False, True):
+        torch.testing.assert_close(ref.attention(q, k, v, is_causal=causal),
+                                   F.scaled_dot_product_attention(q, k, v, is_causal=causal))
+
+
+def test_gradcheck_cpu_path():
+    q, k, v = [torch.randn(1, 2, 5, 8, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    assert torch.autograd.gradcheck(lambda a, b, c: ops.attention(a, b, c, is_causal=True), (q, k, v))
+
+
+def _bad_cases():
+    q = torch.randn(1, 2, 5, 8)
+    return [
+        BadInput("rank", lambda: ops.attention(q[0], q, q), ValueError, r"must be \(B, H, L, D\)"),
+        BadInput("dtype mix", lambda: ops.attention(q, q.double(), q), TypeError, "share a dtype"),
+        BadInput("int", lambda: ops.attention(q.long(), q.long(), q.long()), TypeError, "floating-point"),
+        BadInput("head dim", lambda: ops.attention(q, torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4)), ValueError,
+                 "head dims differ"),
+        BadInput("kv length", lambda: ops.attention(q, q, torch.randn(1, 2, 6, 8)), ValueError, "mismatch"),
+        BadInput("mask shape", lambda: ops.attention(q, q, q, attn_mask=torch.ones(3, 5, dtype=torch.bool)),
+                 ValueError, "does not broadcast"),
+        BadInput("mask dtype", lambda: ops.attention(q, q, q, attn_mask=torch.ones(5, 5, dtype=torch.long)),
+                 TypeError, "bool or floating point"),
+        BadInput("dropout", lambda: ops.attention(q, q, q, dropout_p=1.0), ValueError, "dropout_p"),
+    ]
+
+
+@pytest.mark.parametrize("case", _bad_cases(), ids=str)
+def test_bad_inputs(case):
+    run_bad_input(case)
