@@ -128,8 +128,16 @@ def measure_ceilings(device: str, quick: bool = False) -> dict:
     b = torch.rand(m, m, device=device)
     ms, _ = time_fn(lambda: a @ b, device, budget_s=0.5)
     matmul_gflops = 2 * m**3 / (ms * 1e-3) / 1e9
+    ceilings = {"copy_GBps": copy_gbs, "matmul_fp32_GFLOPps": matmul_gflops}
+    if device == "cuda":  # half-precision cases are compared with the bf16 tensor-core rate
+        m = 8192
+        a16, b16 = torch.rand(m, m, device=device, dtype=torch.bfloat16), torch.rand(m, m, device=device,
+                                                                                   dtype=torch.bfloat16)
+        ms, _ = time_fn(lambda: a16 @ b16, device, budget_s=0.5)
+        ceilings["matmul_bf16_GFLOPps"] = 2 * m**3 / (ms * 1e-3) / 1e9
+        del a16, b16
     del src, dst, a, b
-    return {"copy_GBps": copy_gbs, "matmul_fp32_GFLOPps": matmul_gflops}
+    return ceilings
 
 
 def run_case(case: Case, device: str, ceilings: dict, budget_s: float) -> list[Result]:
@@ -145,7 +153,9 @@ def run_case(case: Case, device: str, ceilings: dict, budget_s: float) -> list[R
         if case.bound == "memory" and gbytes is not None:
             share = gbytes / ceilings["copy_GBps"]
         elif case.bound == "compute" and gflops is not None:
-            share = gflops / ceilings["matmul_fp32_GFLOPps"]
+            half = str(case.params.get("dtype", "")) in ("bfloat16", "float16")
+            share = gflops / ceilings.get("matmul_bf16_GFLOPps" if half else "matmul_fp32_GFLOPps",
+                                          ceilings["matmul_fp32_GFLOPps"])
         else:
             share = None
         results.append(Result(impl.name, impl.kind, ms, runs, gflops, gbytes, share, None))

@@ -162,3 +162,53 @@ def _bad_cases():
 @pytest.mark.parametrize("case", _bad_cases(), ids=str)
 def test_bad_inputs(case):
     run_bad_input(case)
+
+
+def test_onnx_export_with_key_padding_mask(tmp_path):
+    from op_harness import check_onnx
+    from pyvision_fast.nn import FusedAttention
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = FusedAttention(64, num_heads=4)
+
+        def forward(self, x, keep):  # keep: (B, N) bool, True = token present
+            return self.attn(x, attn_mask=keep[:, None, None, :])
+
+    torch.manual_seed(0)
+    keep = torch.ones(2, 13, dtype=torch.bool)
+    keep[1, 9:] = False
+    report = check_onnx(Block().eval(), (torch.randn(2, 13, 64), keep), tmp_path)
+    assert {"MatMul", "Softmax"} <= set(report.op_types)
+
+
+@pytest.mark.triton
+def test_export_under_forced_triton_backend_records_sdpa(tmp_path):
+    from pyvision_fast.export import to_onnx
+    from pyvision_fast.nn import FusedAttention
+
+    with use_backend("triton"):
+        report = to_onnx(FusedAttention(32, num_heads=2).eval(), (torch.randn(2, 9, 32),), tmp_path / "a.onnx")
+    assert report.max_abs_diff < 1e-4 and report.tensorrt_compatible
+
+
+@pytest.mark.cuda
+def test_triton_op_opcheck_and_compile_on_gpu():
+    q, k, v = [torch.randn(2, 3, 50, 64, device="cuda", dtype=torch.float16, requires_grad=True) for _ in range(3)]
+    results = torch.library.opcheck(torch.ops.pvf.flash_attention_fwd.default, (q, k, v, None, False, 0.125, 0.0, 0))
+    assert all(v == "SUCCESS" for v in results.values()), results
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda a, b, c: ops.attention(a, b, c, is_causal=True), fullgraph=True)
+    torch.testing.assert_close(compiled(q, k, v), ops.attention(q, k, v, is_causal=True), atol=2e-3, rtol=2e-3)
+    compiled(q, k, v).sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
+@pytest.mark.cuda
+def test_gpu_default_backend_is_triton():
+    from pyvision_fast import _backend
+    from pyvision_fast.ops import attention as att
+
+    name, _ = _backend.select("attention", torch.device("cuda"), att._IMPLS)
+    assert name == "triton"

@@ -101,7 +101,13 @@ def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = Non
     """
     _check(q, k, v, attn_mask, dropout_p)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if torch.compiler.is_exporting():
+        # Export (ONNX, torch.export) records SDPA, which exporters lower to the MatMul/Softmax pattern
+        # that TensorRT fuses into its own attention kernel.
+        return _sdpa(q, k, v, attn_mask, dropout_p, is_causal, scale)
     device = q.device
+    if device.type == "cpu" and _backend.forced_backend() is None:
+        return _sdpa(q, k, v, attn_mask, dropout_p, is_causal, scale)  # the automatic CPU choice, without lookups
     implemented = dict(_IMPLS)
     if not _triton_supported(q, attn_mask, is_causal) or v.shape[-1] != q.shape[-1]:
         implemented.pop("triton")

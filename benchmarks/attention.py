@@ -1,0 +1,93 @@
+"""Attention cases: ViT-S/B/L/H at 224 and 384, PAVER's 393-token ERP frames and its temporal attention
+over 5 frames; forward and forward+backward; ours, SDPA (and its flash backend on GPU) and the naive math."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from pyvision_fast import ops
+from pyvision_fast.reference import attention as ref
+
+from .harness import Case, Impl
+
+# (name, heads, head dim, tokens)
+_VITS = [("ViT-S/16", 6, 64), ("ViT-B/16", 12, 64), ("ViT-L/16", 16, 64), ("ViT-H/14", 16, 80)]
+_TOKENS = {224: {"ViT-H/14": 257}, 384: {"ViT-H/14": 730}}
+
+
+def _tokens(name: str, res: int) -> int:
+    return _TOKENS[res].get(name, (res // 16) ** 2 + 1)
+
+
+def _workloads(device: str, quick: bool):
+    gpu = device == "cuda"
+    if quick:
+        return [("ViT-S/16 224", 2, 6, 197, 64), ("PAVER temporal (5 frames)", 64, 12, 5, 64)]
+    out = []
+    for name, heads, dim in _VITS:
+        for res in (224, 384):
+            if not gpu and res == 384 and name in ("ViT-L/16", "ViT-H/14"):
+                continue
+            big = name in ("ViT-L/16", "ViT-H/14") or res == 384
+            batch = (32 if big else 128) if gpu else (2 if big else 8)
+            out.append((f"{name} {res}", batch, heads, _tokens(name, res), dim))
+    out.append(("PAVER ERP frame 224x448 (393 tokens)", 64 if gpu else 4, 12, 393, 64))
+    out.append(("PAVER temporal (5 frames)", (64 if gpu else 4) * 393, 12, 5, 64))
+    return out
+
+
+def _flash_context():
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:
+        return None
+    return lambda: sdpa_kernel(SDPBackend.FLASH_ATTENTION)
+
+
+def cases(device: str, quick: bool) -> list[Case]:
+    g = torch.Generator().manual_seed(0)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    out = []
+    for name, B, H, L, D in _workloads(device, quick):
+        q, k, v = [torch.randn(B, H, L, D, generator=g).to(device, dtype).requires_grad_() for _ in range(3)]
+        flops = 4.0 * B * H * L * L * D
+        naive_ok = B * H * L * L * 4 < 2**31  # the score matrix of the naive math must fit comfortably
+
+        def fwd(fn):
+            def run():
+                with torch.no_grad():
+                    return fn(q, k, v)
+            return run
+
+        def fwd_bwd(fn):
+            def run():
+                out_ = fn(q, k, v)
+                out_.backward(torch.ones_like(out_))
+            return run
+
+        impls = {
+            "pvf.attention": lambda a, b, c: ops.attention(a, b, c),
+            "F.scaled_dot_product_attention": lambda a, b, c: F.scaled_dot_product_attention(a, b, c),
+        }
+        flash = _flash_context() if device == "cuda" else None
+        if flash is not None:
+            def sdpa_flash(a, b, c):
+                with flash():
+                    return F.scaled_dot_product_attention(a, b, c)
+            impls["SDPA flash backend"] = sdpa_flash
+        if naive_ok:
+            impls["naive math (reference)"] = lambda a, b, c: ref.attention(a, b, c)
+        kinds = {"pvf.attention": "ours", "naive math (reference)": "reference"}
+        params = dict(B=B, H=H, L=L, S=L, D=D, dtype=str(dtype).replace("torch.", ""))
+        goal_fwd = ("SDPA flash backend", 0.9) if flash is not None and name.startswith("ViT-B/16 224") else None
+        goal_bwd = ("SDPA flash backend", 0.8) if goal_fwd else None
+        out.append(Case("attention", f"{name} fwd", params,
+                        [Impl(n, fwd(f), kinds.get(n, "peer")) for n, f in impls.items()],
+                        flops=flops, bound="compute", goal=goal_fwd, measure_memory=device == "cuda"))
+        out.append(Case("attention", f"{name} fwd+bwd", params,
+                        [Impl(n, fwd_bwd(f), kinds.get(n, "peer")) for n, f in impls.items()],
+                        flops=3.5 * flops, bound="compute", goal=goal_bwd,
+                        note="FLOPs: 4*B*H*L*S*D forward, 2.5x that backward."))
+    return out
