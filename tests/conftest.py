@@ -5,6 +5,8 @@ import torch
 # Without a GPU the Triton kernels run in Triton's interpreter; this must be set before any kernel is defined.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Tests check correctness: one Triton configuration instead of autotuning every shape they draw.
+os.environ.setdefault("PVF_TRITON_AUTOTUNE", "0")
 
 import pytest  # noqa: E402
 

@@ -31,7 +31,7 @@ echo "built in $(( $(date +%s) - start )) s"
 "$PY" -m pyvision_fast info | tee "$OUT/info.txt"
 
 section "tests: -m 'cuda or triton'"
-timeout 240 "$PY" -m pytest -q -m "cuda or triton" -p no:cacheprovider tests --junitxml="$OUT/tests.xml" \
+timeout 180 "$PY" -m pytest -q -m "cuda or triton" -p no:cacheprovider tests --junitxml="$OUT/tests.xml" \
   2>&1 | tee "$OUT/tests.log" | tail -n 40
 test_status=${PIPESTATUS[0]}
 [ "$test_status" -eq 0 ] || status=1

@@ -55,7 +55,7 @@ def _check(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], dropout
 def _triton(q, k, v, attn_mask, dropout_p, is_causal, scale):
     from ..triton import attention as tri
 
-    seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if dropout_p > 0 else 0
+    seed = int(torch.randint(0, 2**30, (1,)).item()) if dropout_p > 0 else 0  # + b*H+h stays in int32
     if q.device.type == "cpu":
         # Triton's interpreter crashes on arguments that share one storage (q, k, v views of a qkv projection):
         # give it separate copies. Native GPU launches use the views in place.
@@ -76,6 +76,11 @@ def _reference(q, k, v, attn_mask, dropout_p, is_causal, scale):
 
 
 _IMPLS = {"triton": _triton, "cpu": _sdpa, "reference": _reference}
+
+
+def _is_exporting() -> bool:
+    check = getattr(torch.compiler, "is_exporting", None)
+    return bool(check and check())
 
 
 def _triton_supported(q: Tensor, attn_mask: Optional[Tensor], is_causal: bool) -> bool:
@@ -101,7 +106,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = Non
     """
     _check(q, k, v, attn_mask, dropout_p)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    if torch.compiler.is_exporting():
+    if _is_exporting():
         # Export (ONNX, torch.export) records SDPA, which exporters lower to the MatMul/Softmax pattern
         # that TensorRT fuses into its own attention kernel.
         return _sdpa(q, k, v, attn_mask, dropout_p, is_causal, scale)

@@ -12,7 +12,7 @@ Dropout draws Philox numbers from (seed + b * H + h, m * S + n), so a call is re
 ``torch.backends.cuda.matmul.allow_tf32`` is set, IEEE float32 otherwise; float16/bfloat16 accumulate in float32.
 
 On CPU tensors these kernels run only under ``TRITON_INTERPRET=1`` (how CI tests them); configurations are
-autotuned per (L, S, D, dtype) on GPUs, with Triton's cache.
+autotuned per (L, S, D, dtype) on GPUs, with Triton's cache (``PVF_TRITON_AUTOTUNE=0`` uses one configuration).
 """
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 def _configs(backward: bool = False):
     if _INTERPRET:  # one small configuration: the interpreter is slow and does not benefit from tuning
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
+    if os.environ.get("PVF_TRITON_AUTOTUNE") == "0":  # tests: correctness only, no tuning time per shape
+        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2)]
     # A few configurations only: every new (L, S, D, dtype) key compiles and times each of them once.
     sizes = [(64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 4, 3)]
     if backward:
