@@ -18,10 +18,10 @@ def translation_table() -> dict:
     """The ONNX translation of every pvf:: op, gathered from the op families."""
     import pyvision_fast  # noqa: F401  (registers torch.ops.pvf.*)
 
-    from . import pointcloud
+    from . import mvf, pointcloud
 
     table = {}
-    for family in (pointcloud,):
+    for family in (pointcloud, mvf):
         table.update(family.translations())
     return table
 

@@ -5,10 +5,12 @@
 #include <cmath>
 #include <cstring>
 
+#include "bindings/mvf_args.h"
 #include "bindings/pointcloud_args.h"
 #include "bindings/py_tensor.h"
 #include "common/dispatch.h"
 #include "common/parallel.h"
+#include "mvf/mvf.h"
 #include "pointcloud/pointcloud.h"
 
 namespace py = pybind11;
@@ -133,6 +135,33 @@ void three_interpolate_backward(py::handle grad_out, py::handle features, py::ha
   });
 }
 
+void mvf_forward(py::handle x, py::handle wt, py::handle wh, py::handle ww, py::handle scale, py::handle shift,
+                 bool hardswish, int64_t fused, py::handle out) {
+  const char* op = "multi_view_fusion";
+  auto a = pvf::mvf_args::parse(cpu(), op, x, wt, wh, ww, scale, shift, fused, out, true);
+  py::gil_scoped_release nogil;
+  dispatch_floating(a.x.dtype, op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    pvf::mvf::mvf_forward_cpu<T>(a.g, a.x.ptr<T>(), a.wt.ptr<T>(), a.wh.ptr<T>(), a.ww.ptr<T>(), a.scale.ptr<T>(),
+                                 a.shift.ptr<T>(), hardswish, a.out.ptr<T>());
+  });
+}
+
+void mvf_backward(py::handle x, py::handle grad_out, py::handle wt, py::handle wh, py::handle ww, py::handle scale,
+                  py::handle shift, bool hardswish, int64_t fused, py::handle grad_x, py::handle gwt, py::handle gwh,
+                  py::handle gww, py::handle workspace) {
+  const char* op = "multi_view_fusion_backward";
+  auto a = pvf::mvf_args::parse(cpu(), op, x, wt, wh, ww, scale, shift, fused, grad_out, false);
+  auto r = pvf::mvf_args::parse_grads(cpu(), op, a, grad_x, gwt, gwh, gww, workspace, a.x.dtype, a.x.dtype);
+  py::gil_scoped_release nogil;
+  dispatch_floating(a.x.dtype, op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    pvf::mvf::mvf_backward_cpu<T>(a.g, a.x.ptr<T>(), a.out.ptr<T>(), a.wt.ptr<T>(), a.wh.ptr<T>(), a.ww.ptr<T>(),
+                                  a.scale.ptr<T>(), a.shift.ptr<T>(), hardswish, r.gx.ptr<T>(), r.gwt.ptr<T>(),
+                                  r.gwh.ptr<T>(), r.gww.ptr<T>(), r.gy.ptr<T>());
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -163,4 +192,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("out"));
   m.def("three_interpolate_backward", &three_interpolate_backward, py::arg("grad_out"), py::arg("features"),
         py::arg("idx"), py::arg("weight"), py::arg("grad_features"), py::arg("grad_weight"));
+  m.def("mvf_forward", &mvf_forward, py::arg("x"), py::arg("weight_t"), py::arg("weight_h"), py::arg("weight_w"),
+        py::arg("bn_scale"), py::arg("bn_shift"), py::arg("hardswish"), py::arg("fused_channels"), py::arg("out"),
+        "Multi-view fusion of x (N, C, T, H, W) into out (same sizes, any strides with W stride 1).");
+  m.def("mvf_backward", &mvf_backward, py::arg("x"), py::arg("grad_out"), py::arg("weight_t"), py::arg("weight_h"),
+        py::arg("weight_w"), py::arg("bn_scale"), py::arg("bn_shift"), py::arg("hardswish"),
+        py::arg("fused_channels"), py::arg("grad_x"), py::arg("grad_weight_t"), py::arg("grad_weight_h"),
+        py::arg("grad_weight_w"), py::arg("workspace"));
 }

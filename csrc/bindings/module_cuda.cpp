@@ -8,8 +8,10 @@
 
 #include <cmath>
 
+#include "bindings/mvf_args.h"
 #include "bindings/pointcloud_args.h"
 #include "bindings/py_tensor.h"
+#include "mvf/mvf.h"
 #include "pointcloud/pointcloud.h"
 
 namespace py = pybind11;
@@ -169,6 +171,32 @@ void three_interpolate_backward(py::handle grad_out, py::handle features, py::ha
                                       stream_ptr(stream));
 }
 
+void mvf_forward(py::handle x, py::handle wt, py::handle wh, py::handle ww, py::handle scale, py::handle shift,
+                 bool hardswish, int64_t fused, py::handle out, uintptr_t stream) {
+  const char* op = "multi_view_fusion";
+  CudaCall call(x, op);
+  auto a = pvf::mvf_args::parse(call.dev, op, x, wt, wh, ww, scale, shift, fused, out, true);
+  pvf::mvf::mvf_forward_cuda(a.x.dtype, a.g, a.x.data, a.wt.data, a.wh.data, a.ww.data,
+                             a.scale.has_value ? a.scale.view.data : nullptr,
+                             a.shift.has_value ? a.shift.view.data : nullptr, hardswish, a.out.data,
+                             stream_ptr(stream));
+}
+
+void mvf_backward(py::handle x, py::handle grad_out, py::handle wt, py::handle wh, py::handle ww, py::handle scale,
+                  py::handle shift, bool hardswish, int64_t fused, py::handle grad_x, py::handle gwt, py::handle gwh,
+                  py::handle gww, py::handle workspace, uintptr_t stream) {
+  const char* op = "multi_view_fusion_backward";
+  CudaCall call(x, op);
+  auto a = pvf::mvf_args::parse(call.dev, op, x, wt, wh, ww, scale, shift, fused, grad_out, false);
+  const bool half = a.x.dtype == DType::Float16 || a.x.dtype == DType::BFloat16;
+  const DType acc = half ? DType::Float32 : a.x.dtype;
+  auto r = pvf::mvf_args::parse_grads(call.dev, op, a, grad_x, gwt, gwh, gww, workspace, acc, acc);
+  pvf::mvf::mvf_backward_cuda(a.x.dtype, a.g, a.x.data, a.out.data, a.wt.data, a.wh.data, a.ww.data,
+                              a.scale.has_value ? a.scale.view.data : nullptr,
+                              a.shift.has_value ? a.shift.view.data : nullptr, hardswish, r.gx.data, r.gwt.data,
+                              r.gwh.data, r.gww.data, r.gy.data, stream_ptr(stream));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C_cuda, m) {
@@ -192,4 +220,11 @@ PYBIND11_MODULE(_C_cuda, m) {
   m.def("three_interpolate_backward", &three_interpolate_backward, py::arg("grad_out"), py::arg("features"),
         py::arg("idx"), py::arg("weight"), py::arg("grad_features"), py::arg("grad_weight"), py::arg("flag"),
         py::arg("stream"));
+  m.def("mvf_forward", &mvf_forward, py::arg("x"), py::arg("weight_t"), py::arg("weight_h"), py::arg("weight_w"),
+        py::arg("bn_scale"), py::arg("bn_shift"), py::arg("hardswish"), py::arg("fused_channels"), py::arg("out"),
+        py::arg("stream"));
+  m.def("mvf_backward", &mvf_backward, py::arg("x"), py::arg("grad_out"), py::arg("weight_t"), py::arg("weight_h"),
+        py::arg("weight_w"), py::arg("bn_scale"), py::arg("bn_shift"), py::arg("hardswish"),
+        py::arg("fused_channels"), py::arg("grad_x"), py::arg("grad_weight_t"), py::arg("grad_weight_h"),
+        py::arg("grad_weight_w"), py::arg("workspace"), py::arg("stream"));
 }

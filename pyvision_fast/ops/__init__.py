@@ -1,5 +1,6 @@
 """Public functional API. Every op dispatches to the best available backend (see ``pyvision_fast.use_backend``)."""
 from .attention import attention
+from .mvf import multi_view_fusion
 from .pointcloud import (
     KNN,
     ball_query,
@@ -26,6 +27,7 @@ __all__ = [
     "knn_gather",
     "knn_points",
     "masked_gather",
+    "multi_view_fusion",
     "sample_farthest_points",
     "three_interpolate",
     "three_nn",

@@ -1,0 +1,45 @@
+// Multi-view fusion (MVFNet): the sum of three depthwise 3-tap convolutions along T, H and W with zero
+// padding, in one pass, with an optional inference epilogue (folded BatchNorm scale/shift, HardSwish) and
+// pass-through channels.
+//
+// Layout: x is (N, C, T, H, W) with arbitrary element strides for N, C, T, H and stride 1 along W (both the
+// (N, C, T, H, W)-contiguous layout and the (N*T, C, H, W) frame layout of 2-D video networks qualify).
+// Channels c < F ("fused" channels) are convolved; channels F <= c < C are copied. Kernels are (F, 3),
+// tap k reading offset k - 1. out has the strides `so` (same sizes as x).
+#pragma once
+#include <cstdint>
+
+#include "common/tensor_view.h"
+
+namespace pvf {
+namespace mvf {
+
+struct Geometry {
+  int64_t N, C, T, H, W;   // sizes
+  int64_t F;               // fused channels
+  int64_t sx[4];           // strides of x for n, c, t, h (w stride is 1)
+  int64_t so[4];           // strides of out / grad_out
+};
+
+// y = wT*x(t-1..t+1) + wH*x(h-1..h+1) + wW*x(w-1..w+1); with scale: z = scale*y + shift; hardswish: z*relu6(z+3)/6.
+template <typename T>
+void mvf_forward_cpu(const Geometry& g, const T* x, const T* wt, const T* wh, const T* ww, const T* scale,
+                     const T* shift, bool hardswish, T* out);
+
+// Gradients. grad_out has strides g.so; grad_x has the strides of x (g.sx). gy_workspace holds N*F*T*H*W
+// elements (the gradient before the epilogue, contiguous (N, F, T, H, W)). grad_w* are (F, 3), overwritten.
+template <typename T>
+void mvf_backward_cpu(const Geometry& g, const T* x, const T* grad_out, const T* wt, const T* wh, const T* ww,
+                      const T* scale, const T* shift, bool hardswish, T* grad_x, T* grad_wt, T* grad_wh, T* grad_ww,
+                      T* gy_workspace);
+
+// CUDA: float32/float64/float16/bfloat16 (float accumulation). grad_w* are float32 for half inputs
+// (atomic accumulation), the input dtype otherwise; zeroed by the launcher.
+void mvf_forward_cuda(DType dtype, const Geometry& g, const void* x, const void* wt, const void* wh, const void* ww,
+                      const void* scale, const void* shift, bool hardswish, void* out, void* stream);
+void mvf_backward_cuda(DType dtype, const Geometry& g, const void* x, const void* grad_out, const void* wt,
+                       const void* wh, const void* ww, const void* scale, const void* shift, bool hardswish,
+                       void* grad_x, void* grad_wt, void* grad_wh, void* grad_ww, void* gy_workspace, void* stream);
+
+}  // namespace mvf
+}  // namespace pvf

@@ -1,0 +1,218 @@
+// CUDA multi-view fusion: one thread per output element for the stencils, one block per channel for the
+// kernel gradients (block reduction, no atomics).
+#include <cuda_runtime.h>
+
+#include "common/cuda_dispatch.cuh"
+#include "common/cuda_utils.cuh"
+#include "mvf/mvf.h"
+#include "mvf/mvf_math.h"
+
+namespace pvf {
+namespace mvf {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T> struct WBuf { using type = T; };
+template <> struct WBuf<__half> { using type = float; };
+template <> struct WBuf<__nv_bfloat16> { using type = float; };
+
+struct Index {
+  int64_t n, c, t, h, w;
+};
+
+__device__ __forceinline__ Index decompose(int64_t i, const Geometry& g, int64_t C) {
+  Index r;
+  r.w = i % g.W;
+  i /= g.W;
+  r.h = i % g.H;
+  i /= g.H;
+  r.t = i % g.T;
+  i /= g.T;
+  r.c = i % C;
+  r.n = i / C;
+  return r;
+}
+
+// Stencil value at (n, c, t, h, w) of a tensor with strides s (w stride 1), taps a[3] (T), b[3] (H), d[3] (W).
+template <typename T, typename A>
+__device__ __forceinline__ A stencil(const T* p, const int64_t* s, const Index& q, const Geometry& g, const A* a,
+                                     const A* b, const A* d) {
+  const T* base = p + q.n * s[0] + q.c * s[1] + q.t * s[2] + q.h * s[3] + q.w;
+  A y = (a[1] + b[1] + d[1]) * to_acc(base[0]);
+  if (q.t > 0) y += a[0] * to_acc(base[-s[2]]);
+  if (q.t + 1 < g.T) y += a[2] * to_acc(base[s[2]]);
+  if (q.h > 0) y += b[0] * to_acc(base[-s[3]]);
+  if (q.h + 1 < g.H) y += b[2] * to_acc(base[s[3]]);
+  if (q.w > 0) y += d[0] * to_acc(base[-1]);
+  if (q.w + 1 < g.W) y += d[2] * to_acc(base[1]);
+  return y;
+}
+
+template <typename T>
+__global__ void forward_kernel(Geometry g, const T* x, const T* wt, const T* wh, const T* ww, const T* scale,
+                               const T* shift, bool hs, T* out) {
+  using A = acc_t<T>;
+  const int64_t total = g.N * g.C * g.T * g.H * g.W;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const Index q = decompose(i, g, g.C);
+    T* o = out + q.n * g.so[0] + q.c * g.so[1] + q.t * g.so[2] + q.h * g.so[3] + q.w;
+    const T* xi = x + q.n * g.sx[0] + q.c * g.sx[1] + q.t * g.sx[2] + q.h * g.sx[3] + q.w;
+    if (q.c >= g.F) {
+      *o = *xi;
+      continue;
+    }
+    A a[3], b[3], d[3];
+    for (int k = 0; k < 3; ++k) {
+      a[k] = to_acc(wt[3 * q.c + k]);
+      b[k] = to_acc(wh[3 * q.c + k]);
+      d[k] = to_acc(ww[3 * q.c + k]);
+    }
+    A z = stencil(x, g.sx, q, g, a, b, d);
+    if (scale) z = to_acc(scale[q.c]) * z + to_acc(shift[q.c]);
+    if (hs) z = hardswish(z);
+    *o = from_acc<T>(z);
+  }
+}
+
+// gy (contiguous (N, F, T, H, W), accumulation type) and the pass-through part of grad_x.
+template <typename T>
+__global__ void grad_pre_kernel(Geometry g, const T* x, const T* go, const T* wt, const T* wh, const T* ww,
+                                const T* scale, const T* shift, bool hs, T* gx, acc_t<T>* gy) {
+  using A = acc_t<T>;
+  const int64_t total = g.N * g.C * g.T * g.H * g.W;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const Index q = decompose(i, g, g.C);
+    const A gv = to_acc(go[q.n * g.so[0] + q.c * g.so[1] + q.t * g.so[2] + q.h * g.so[3] + q.w]);
+    if (q.c >= g.F) {
+      gx[q.n * g.sx[0] + q.c * g.sx[1] + q.t * g.sx[2] + q.h * g.sx[3] + q.w] = from_acc<T>(gv);
+      continue;
+    }
+    A val = gv;
+    if (scale || hs) {
+      A a[3], b[3], d[3];
+      for (int k = 0; k < 3; ++k) {
+        a[k] = to_acc(wt[3 * q.c + k]);
+        b[k] = to_acc(wh[3 * q.c + k]);
+        d[k] = to_acc(ww[3 * q.c + k]);
+      }
+      const A s = scale ? to_acc(scale[q.c]) : A(1);
+      const A z = s * stencil(x, g.sx, q, g, a, b, d) + (scale ? to_acc(shift[q.c]) : A(0));
+      val = gv * (hs ? hardswish_grad(z) : A(1)) * s;
+    }
+    gy[(((q.n * g.F + q.c) * g.T + q.t) * g.H + q.h) * g.W + q.w] = val;
+  }
+}
+
+template <typename T>
+__global__ void grad_x_kernel(Geometry g, const acc_t<T>* gy, const T* wt, const T* wh, const T* ww, T* gx) {
+  using A = acc_t<T>;
+  const int64_t total = g.N * g.F * g.T * g.H * g.W;
+  const int64_t sy[4] = {g.F * g.T * g.H * g.W, g.T * g.H * g.W, g.H * g.W, g.W};
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const Index q = decompose(i, g, g.F);
+    A a[3], b[3], d[3];
+    for (int k = 0; k < 3; ++k) {  // mirrored taps
+      a[k] = to_acc(wt[3 * q.c + 2 - k]);
+      b[k] = to_acc(wh[3 * q.c + 2 - k]);
+      d[k] = to_acc(ww[3 * q.c + 2 - k]);
+    }
+    gx[q.n * g.sx[0] + q.c * g.sx[1] + q.t * g.sx[2] + q.h * g.sx[3] + q.w] =
+        from_acc<T>(stencil(gy, sy, q, g, a, b, d));
+  }
+}
+
+template <typename T>
+__global__ void grad_w_kernel(Geometry g, const T* x, const acc_t<T>* gy, typename WBuf<T>::type* gwt,
+                              typename WBuf<T>::type* gwh, typename WBuf<T>::type* gww) {
+  using A = acc_t<T>;
+  __shared__ A partial[9][kThreads];
+  const int64_t c = blockIdx.x;
+  A s[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+  const int64_t per_channel = g.N * g.T * g.H * g.W;
+  for (int64_t i = threadIdx.x; i < per_channel; i += blockDim.x) {
+    int64_t r = i;
+    const int64_t w = r % g.W;
+    r /= g.W;
+    const int64_t h = r % g.H;
+    r /= g.H;
+    const int64_t t = r % g.T;
+    const int64_t n = r / g.T;
+    const A gv = gy[(((n * g.F + c) * g.T + t) * g.H + h) * g.W + w];
+    const T* base = x + n * g.sx[0] + c * g.sx[1] + t * g.sx[2] + h * g.sx[3] + w;
+    const A xc = to_acc(base[0]);
+    s[1] += gv * xc;
+    if (t > 0) s[0] += gv * to_acc(base[-g.sx[2]]);
+    if (t + 1 < g.T) s[2] += gv * to_acc(base[g.sx[2]]);
+    if (h > 0) s[3] += gv * to_acc(base[-g.sx[3]]);
+    if (h + 1 < g.H) s[5] += gv * to_acc(base[g.sx[3]]);
+    if (w > 0) s[6] += gv * to_acc(base[-1]);
+    if (w + 1 < g.W) s[8] += gv * to_acc(base[1]);
+  }
+  s[4] = s[1];
+  s[7] = s[1];
+  for (int k = 0; k < 9; ++k) partial[k][threadIdx.x] = s[k];
+  __syncthreads();
+  for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
+    if (threadIdx.x < stride)
+      for (int k = 0; k < 9; ++k) partial[k][threadIdx.x] += partial[k][threadIdx.x + stride];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    using G = typename WBuf<T>::type;
+    for (int k = 0; k < 3; ++k) {
+      gwt[3 * c + k] = static_cast<G>(partial[k][0]);
+      gwh[3 * c + k] = static_cast<G>(partial[3 + k][0]);
+      gww[3 * c + k] = static_cast<G>(partial[6 + k][0]);
+    }
+  }
+}
+
+}  // namespace
+
+void mvf_forward_cuda(DType dtype, const Geometry& g, const void* x, const void* wt, const void* wh, const void* ww,
+                      const void* scale, const void* shift, bool hardswish, void* out, void* stream) {
+  const int64_t total = g.N * g.C * g.T * g.H * g.W;
+  if (total == 0) return;
+  dispatch_floating_and_half(dtype, "multi_view_fusion", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    forward_kernel<T><<<grid_for(total, kThreads), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+        g, static_cast<const T*>(x), static_cast<const T*>(wt), static_cast<const T*>(wh), static_cast<const T*>(ww),
+        static_cast<const T*>(scale), static_cast<const T*>(shift), hardswish, static_cast<T*>(out));
+  });
+  PVF_CUDA_CHECK_LAUNCH("multi_view_fusion");
+}
+
+void mvf_backward_cuda(DType dtype, const Geometry& g, const void* x, const void* grad_out, const void* wt,
+                       const void* wh, const void* ww, const void* scale, const void* shift, bool hardswish,
+                       void* grad_x, void* grad_wt, void* grad_wh, void* grad_ww, void* gy_workspace, void* stream) {
+  const int64_t total = g.N * g.C * g.T * g.H * g.W;
+  auto s = static_cast<cudaStream_t>(stream);
+  dispatch_floating_and_half(dtype, "multi_view_fusion_backward", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using A = acc_t<T>;
+    using G = typename WBuf<T>::type;
+    if (g.F > 0) {
+      cuda_check(cudaMemsetAsync(grad_wt, 0, sizeof(G) * g.F * 3, s), "multi_view_fusion_backward");
+      cuda_check(cudaMemsetAsync(grad_wh, 0, sizeof(G) * g.F * 3, s), "multi_view_fusion_backward");
+      cuda_check(cudaMemsetAsync(grad_ww, 0, sizeof(G) * g.F * 3, s), "multi_view_fusion_backward");
+    }
+    if (total == 0) return;
+    A* gy = static_cast<A*>(gy_workspace);
+    grad_pre_kernel<T><<<grid_for(total, kThreads), kThreads, 0, s>>>(
+        g, static_cast<const T*>(x), static_cast<const T*>(grad_out), static_cast<const T*>(wt),
+        static_cast<const T*>(wh), static_cast<const T*>(ww), static_cast<const T*>(scale),
+        static_cast<const T*>(shift), hardswish, static_cast<T*>(grad_x), gy);
+    const int64_t fused = g.N * g.F * g.T * g.H * g.W;
+    if (fused == 0) return;
+    grad_x_kernel<T><<<grid_for(fused, kThreads), kThreads, 0, s>>>(
+        g, gy, static_cast<const T*>(wt), static_cast<const T*>(wh), static_cast<const T*>(ww),
+        static_cast<T*>(grad_x));
+    grad_w_kernel<T><<<static_cast<unsigned>(g.F), kThreads, 0, s>>>(
+        g, static_cast<const T*>(x), gy, static_cast<G*>(grad_wt), static_cast<G*>(grad_wh), static_cast<G*>(grad_ww));
+  });
+  PVF_CUDA_CHECK_LAUNCH("multi_view_fusion_backward");
+}
+
+}  // namespace mvf
+}  // namespace pvf

@@ -1,0 +1,106 @@
+"""MVFNet's multi-view fusion module (Wu et al., AAAI 2021) on ``ops.multi_view_fusion``.
+
+``MVF`` has the official module's constructor, forward semantics and state_dict keys (``net.*``,
+``shift_conv.weight``, ``h_conv.weight``, ``w_conv.weight``, ``bn.*``; Conv3d-shaped kernels), so official
+checkpoints load unchanged. Input and output are (N*T, C, H, W) frames, as in TSN-style 2-D video networks.
+
+Cost: in eval mode (and with ``use_hs=False``) the split, the three views, the folded BatchNorm, HardSwish
+and the concatenation are one pass that reads the input once and writes the wrapped conv's input once. In
+training mode BatchNorm needs the batch statistics of the fused channels first: one pass computes the fused
+views (alpha*C channels), BatchNorm and HardSwish run on those channels, and the concatenation is the one
+full-tensor write.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import ops
+
+
+class MVF(nn.Module):
+    """Wraps ``net`` (a ResNet Bottleneck's conv1); fuses T/H/W views on the first ``int(in_channels*alpha)``
+    channels. ``mode``: "THW" (default), "TH" or "T" (a learnable temporal shift); ``share=True`` applies the
+    temporal kernel along H and W too; ``use_hs`` adds BatchNorm + HardSwish on the fused channels (without it
+    the views are summed only, as in the official code). ``alpha=0`` is the identity wrapper."""
+
+    def __init__(self, net: nn.Module, n_segment: int, in_channels: int, alpha: float = 0.125, use_hs: bool = True,
+                 share: bool = False, mode: str = "THW"):
+        super().__init__()
+        if mode not in ("THW", "TH", "T"):
+            raise ValueError(f"MVF: mode must be 'THW', 'TH' or 'T', got {mode!r}")
+        if n_segment < 1:
+            raise ValueError(f"MVF: n_segment must be >= 1, got {n_segment}")
+        self.net = net
+        self.n_segment = n_segment
+        self.num_shift_channel = int(in_channels * alpha)
+        self.share, self.mode, self.use_hs = share, mode, use_hs
+        c = self.num_shift_channel
+        if c == 0:
+            return
+        self.split_sizes = [c, in_channels - c]
+        self.shift_conv = nn.Conv3d(c, c, (3, 1, 1), padding=(1, 0, 0), groups=c, bias=False)
+        self.bn = nn.BatchNorm3d(c)
+        if not share and mode in ("THW", "TH"):
+            self.h_conv = nn.Conv3d(c, c, (1, 3, 1), padding=(0, 1, 0), groups=c, bias=False)
+        if not share and mode == "THW":
+            self.w_conv = nn.Conv3d(c, c, (1, 1, 3), padding=(0, 0, 1), groups=c, bias=False)
+        for m in self.modules():
+            if isinstance(m, nn.Conv3d):
+                n = m.kernel_size[0] * m.kernel_size[1] * m.kernel_size[2] * m.out_channels
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / n))
+        nn.init.ones_(self.bn.weight)
+        nn.init.zeros_(self.bn.bias)
+
+    def kernels(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The (C_fused, 3) taps along T, H and W for the current mode (zeros for views the mode lacks)."""
+        c = self.num_shift_channel
+        wt = self.shift_conv.weight.reshape(c, 3)
+        zeros = torch.zeros_like(wt)
+        if self.share:
+            wh = wt if self.mode in ("THW", "TH") else zeros
+            ww = wt if self.mode == "THW" else zeros
+        else:
+            wh = self.h_conv.weight.reshape(c, 3) if self.mode in ("THW", "TH") else zeros
+            ww = self.w_conv.weight.reshape(c, 3) if self.mode == "THW" else zeros
+        return wt, wh, ww
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = self.num_shift_channel
+        if c == 0:
+            return self.net(x)
+        nt, C, H, W = x.shape
+        if nt % self.n_segment:
+            raise ValueError(f"MVF: batch of {nt} frames is not a multiple of n_segment={self.n_segment}")
+        n = nt // self.n_segment
+        x5 = x.view(n, self.n_segment, C, H, W).transpose(1, 2)  # (N, C, T, H, W) view of the frames
+        wt, wh, ww = self.kernels()
+        if not self.use_hs:
+            out = ops.multi_view_fusion(x5, wt, wh, ww, fused_channels=c)
+        elif not self.bn.training and self.bn.track_running_stats:
+            scale = self.bn.weight / torch.sqrt(self.bn.running_var + self.bn.eps)
+            shift = self.bn.bias - self.bn.running_mean * scale
+            out = ops.multi_view_fusion(x5, wt, wh, ww, scale, shift, hardswish=True, fused_channels=c)
+        else:
+            fused = ops.multi_view_fusion(x5[:, :c], wt, wh, ww)
+            fused = F.hardswish(self.bn(fused))
+            frames = fused.transpose(1, 2).reshape(nt, c, H, W)
+            return self.net(torch.cat([frames, x[:, c:]], dim=1))
+        return self.net(out.transpose(1, 2).reshape(nt, C, H, W))
+
+
+def insert_mvf(resnet: nn.Module, n_segment: int, alpha: float = 0.125, stages=(0, 0, 1, 1), use_hs: bool = True,
+               share: bool = False, mode: str = "THW") -> int:
+    """Wrap the conv1 of every Bottleneck/BasicBlock of the selected stages (``layer1``..``layer4`` of a
+    torchvision ResNet) in ``MVF``, as MVFNet does (default: layer3 and layer4). Returns how many were wrapped."""
+    count = 0
+    for i, enabled in enumerate(stages):
+        if not enabled:
+            continue
+        for block in getattr(resnet, f"layer{i + 1}").children():
+            block.conv1 = MVF(block.conv1, n_segment, block.conv1.in_channels, alpha, use_hs, share, mode)
+            count += 1
+    return count

@@ -1,0 +1,165 @@
+"""Multi-view fusion (MVFNet): the sum of depthwise 3-tap convolutions along T, H and W in one pass, with an
+optional fused inference epilogue (folded BatchNorm, HardSwish) and pass-through channels."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import _ext
+from ..reference import mvf as ref
+from ._registry import as_int, dispatch
+
+
+def _output_like(x: Tensor) -> Tensor:
+    """A new tensor with x's layout when x is (N, C, T, H, W)-contiguous or in the (N*T, C, H, W) frame layout,
+    the frame layout otherwise (what 2-D video networks consume)."""
+    if x.is_contiguous() or x.transpose(1, 2).is_contiguous():
+        return torch.empty_like(x)
+    N, C, T, H, W = x.shape
+    return torch.empty(N, T, C, H, W, dtype=x.dtype, device=x.device).transpose(1, 2)
+
+
+def _w_contiguous(x: Tensor) -> Tensor:
+    return x if x.shape[-1] <= 1 or x.stride(-1) == 1 else x.contiguous()
+
+
+def _fwd_cpu(x, wt, wh, ww, scale, shift, hardswish, fused):
+    out = _output_like(x)
+    _ext.cpu_module().mvf_forward(_ext.arg(x), _ext.arg(wt), _ext.arg(wh), _ext.arg(ww), _ext.opt(scale),
+                                  _ext.opt(shift), hardswish, fused, _ext.arg(out))
+    return out
+
+
+def _fwd_cuda(x, wt, wh, ww, scale, shift, hardswish, fused):
+    out = _output_like(x)
+    _ext.cuda_module().mvf_forward(_ext.arg(x), _ext.arg(wt), _ext.arg(wh), _ext.arg(ww), _ext.opt(scale),
+                                   _ext.opt(shift), hardswish, fused, _ext.arg(out), _ext.stream(x.device))
+    return out
+
+
+def _fwd_ref(x, wt, wh, ww, scale, shift, hardswish, fused):
+    return ref.multi_view_fusion(x, wt, wh, ww, scale, shift, hardswish, fused)
+
+
+def _bwd_native(grad, x, wt, wh, ww, scale, shift, hardswish, fused, cuda: bool):
+    N, C, T, H, W = x.shape
+    acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) and cuda else x.dtype
+    gx = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
+    gw = [torch.empty(fused, 3, dtype=acc, device=x.device) for _ in range(3)]
+    ws = torch.empty(N * fused * T * H * W, dtype=acc, device=x.device)
+    args = [_ext.arg(x), _ext.arg(grad), _ext.arg(wt), _ext.arg(wh), _ext.arg(ww), _ext.opt(scale), _ext.opt(shift),
+            hardswish, fused, _ext.arg(gx), *(_ext.arg(g) for g in gw), _ext.arg(ws)]
+    if cuda:
+        _ext.cuda_module().mvf_backward(*args, _ext.stream(x.device))
+    else:
+        _ext.cpu_module().mvf_backward(*args)
+    return (gx, *(g.to(x.dtype) for g in gw))
+
+
+def _bwd_ref(grad, x, wt, wh, ww, scale, shift, hardswish, fused):
+    with torch.enable_grad():
+        xs = [t.detach().requires_grad_() for t in (x, wt, wh, ww)]
+        out = ref.multi_view_fusion(*xs, scale, shift, hardswish, fused)
+        return torch.autograd.grad(out, xs, grad)
+
+
+_FWD = {"cpu": _fwd_cpu, "cuda": _fwd_cuda, "reference": _fwd_ref}
+_BWD = {"cpu": lambda *a: _bwd_native(*a, cuda=False), "cuda": lambda *a: _bwd_native(*a, cuda=True),
+        "reference": _bwd_ref}
+
+
+@torch.library.custom_op("pvf::multi_view_fusion", mutates_args=())
+def _mvf_op(x: Tensor, weight_t: Tensor, weight_h: Tensor, weight_w: Tensor, bn_scale: Optional[Tensor],
+            bn_shift: Optional[Tensor], hardswish: bool, fused_channels: int) -> Tensor:
+    impl = dispatch("multi_view_fusion", x.device, _FWD)
+    return impl(_w_contiguous(x), weight_t.contiguous(), weight_h.contiguous(), weight_w.contiguous(),
+                None if bn_scale is None else bn_scale.contiguous(), None if bn_shift is None else bn_shift.contiguous(),
+                hardswish, fused_channels)
+
+
+@_mvf_op.register_fake
+def _(x, weight_t, weight_h, weight_w, bn_scale, bn_shift, hardswish, fused_channels):
+    return _output_like(x)
+
+
+@torch.library.custom_op("pvf::multi_view_fusion_backward", mutates_args=())
+def _mvf_backward_op(grad: Tensor, x: Tensor, weight_t: Tensor, weight_h: Tensor, weight_w: Tensor,
+                     bn_scale: Optional[Tensor], bn_shift: Optional[Tensor], hardswish: bool,
+                     fused_channels: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    impl = dispatch("multi_view_fusion_backward", x.device, _BWD)
+    x = _w_contiguous(x)
+    return tuple(impl(_w_contiguous(grad), x, weight_t.contiguous(), weight_h.contiguous(), weight_w.contiguous(),
+                      None if bn_scale is None else bn_scale.contiguous(),
+                      None if bn_shift is None else bn_shift.contiguous(), hardswish, fused_channels))
+
+
+@_mvf_backward_op.register_fake
+def _(grad, x, weight_t, weight_h, weight_w, bn_scale, bn_shift, hardswish, fused_channels):
+    gx = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
+    return gx, torch.empty_like(weight_t), torch.empty_like(weight_h), torch.empty_like(weight_w)
+
+
+def _setup(ctx, inputs, output):
+    x, wt, wh, ww, scale, shift, hardswish, fused = inputs
+    ctx.save_for_backward(x, wt, wh, ww, scale, shift)
+    ctx.hardswish, ctx.fused = hardswish, fused
+
+
+def _backward(ctx, grad):
+    x, wt, wh, ww, scale, shift = ctx.saved_tensors
+    gx, gwt, gwh, gww = _mvf_backward_op(grad, x, wt, wh, ww, scale, shift, ctx.hardswish, ctx.fused)
+    g_scale = g_shift = None
+    if scale is not None and (ctx.needs_input_grad[4] or ctx.needs_input_grad[5]):
+        # The folded BatchNorm's parameters (eval-mode fine-tuning): recompute the views, differentiate
+        # z = scale * y + shift (and HardSwish) with plain tensor ops.
+        Fc = ctx.fused
+        y = _mvf_op(x[:, :Fc], wt, wh, ww, None, None, False, Fc)
+        z = y * scale.view(1, -1, 1, 1, 1) + shift.view(1, -1, 1, 1, 1)
+        gz = grad[:, :Fc]
+        if ctx.hardswish:
+            gz = gz * torch.where(z < -3, 0.0, torch.where(z > 3, 1.0, (2 * z + 3) / 6))
+        g_shift = gz.sum(dim=(0, 2, 3, 4))
+        g_scale = (gz * y).sum(dim=(0, 2, 3, 4))
+    return gx, gwt, gwh, gww, g_scale, g_shift, None, None
+
+
+_mvf_op.register_autograd(_backward, setup_context=_setup)
+
+
+def _kernel(w: Tensor, name: str) -> Tensor:
+    """(F, 3) from (F, 3) or a depthwise Conv3d weight (F, 1, 3, 1, 1) / (F, 1, 1, 3, 1) / (F, 1, 1, 1, 3)."""
+    if not isinstance(w, Tensor):
+        raise TypeError(f"multi_view_fusion: {name} must be a tensor")
+    if w.dim() == 2:
+        return w
+    if w.dim() == 5 and w.shape[1] == 1 and sorted(w.shape[2:]) == [1, 1, 3]:
+        return w.reshape(w.shape[0], 3)
+    raise ValueError(f"multi_view_fusion: {name} must be (C, 3) or a depthwise Conv3d weight with one 3-tap axis, "
+                     f"got {tuple(w.shape)}")
+
+
+def multi_view_fusion(x: Tensor, weight_t: Tensor, weight_h: Tensor, weight_w: Tensor,
+                      bn_scale: Optional[Tensor] = None, bn_shift: Optional[Tensor] = None, hardswish: bool = False,
+                      fused_channels: Optional[int] = None) -> Tensor:
+    """Sum of three depthwise 3-tap convolutions of x along T, H and W (zero padding 1), in one pass.
+
+    Args:
+        x: (N, C, T, H, W) float tensor, any strides with stride 1 along W (the (N*T, C, H, W) frame layout of
+            2-D video networks viewed as (N, C, T, H, W) is used in place).
+        weight_t, weight_h, weight_w: (F, 3) taps, or the matching depthwise Conv3d weights; F = fused_channels.
+        bn_scale, bn_shift: optional (F,) folded inference BatchNorm applied to the sum.
+        hardswish: apply HardSwish after the (optional) BatchNorm.
+        fused_channels: F, default C; channels F..C-1 are copied unchanged (MVFNet's channel split, in the same
+            pass).
+
+    Returns a tensor of x's shape (x's layout when x is dense). Differentiable in x, the three kernels and
+    the epilogue's scale and shift.
+    """
+    if not isinstance(x, Tensor) or x.dim() != 5:
+        raise ValueError(f"multi_view_fusion: x must be (N, C, T, H, W), got "
+                         f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+    fused = x.shape[1] if fused_channels is None else as_int(fused_channels, "fused_channels")
+    return _mvf_op(x, _kernel(weight_t, "weight_t"), _kernel(weight_h, "weight_h"), _kernel(weight_w, "weight_w"),
+                   bn_scale, bn_shift, bool(hardswish), fused)

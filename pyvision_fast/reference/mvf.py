@@ -1,0 +1,30 @@
+"""Plain-PyTorch multi-view fusion: the official MVFNet formulation (three depthwise Conv3d, then
+BatchNorm and HardSwish, then concatenation with the untouched channels)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def multi_view_fusion(x: Tensor, weight_t: Tensor, weight_h: Tensor, weight_w: Tensor,
+                      bn_scale: Optional[Tensor] = None, bn_shift: Optional[Tensor] = None, hardswish: bool = False,
+                      fused_channels: Optional[int] = None) -> Tensor:
+    """x (N, C, T, H, W); kernels (F, 3); channels >= F pass through unchanged."""
+    C = x.shape[1]
+    Fc = C if fused_channels is None else fused_channels
+    if Fc == 0:
+        return x.clone()
+    xf, xp = x[:, :Fc], x[:, Fc:]
+    wt = weight_t.reshape(Fc, 1, 3, 1, 1)
+    wh = weight_h.reshape(Fc, 1, 1, 3, 1)
+    ww = weight_w.reshape(Fc, 1, 1, 1, 3)
+    y = (F.conv3d(xf, wt, padding=(1, 0, 0), groups=Fc) + F.conv3d(xf, wh, padding=(0, 1, 0), groups=Fc)
+         + F.conv3d(xf, ww, padding=(0, 0, 1), groups=Fc))
+    if bn_scale is not None:
+        y = y * bn_scale.view(1, Fc, 1, 1, 1) + bn_shift.view(1, Fc, 1, 1, 1)
+    if hardswish:
+        y = F.hardswish(y)
+    return torch.cat([y, xp], dim=1)

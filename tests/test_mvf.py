@@ -1,0 +1,203 @@
+"""multi_view_fusion and the MVF module against the official three-Conv3d formulation."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from op_harness import DEVICES, BadInput, assert_close, check_compiled, check_onnx, float_dtypes, gradcheck, opcheck
+from op_harness import run_bad_input
+from pyvision_fast import ops
+from pyvision_fast.nn import MVF, insert_mvf
+from pyvision_fast.reference import mvf as ref
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@settings(max_examples=25, deadline=None)
+@given(N=st.integers(1, 2), C=st.integers(1, 6), T=st.integers(1, 5), H=st.integers(1, 6), W=st.integers(1, 7),
+       frames=st.booleans(), epilogue=st.sampled_from(["none", "bn", "bn+hs", "hs"]), seed=st.integers(0, 2**16))
+def test_matches_reference(device, N, C, T, H, W, frames, epilogue, seed):
+    g = torch.Generator().manual_seed(seed)
+    Fc = int(torch.randint(0, C + 1, (1,), generator=g))
+    for dtype in float_dtypes(device):
+        if frames:  # the (N*T, C, H, W) frame layout viewed as (N, C, T, H, W)
+            x = torch.randn(N, T, C, H, W, generator=g, dtype=torch.float64).transpose(1, 2)
+        else:
+            x = torch.randn(N, C, T, H, W, generator=g, dtype=torch.float64)
+        x = x.to(device, dtype).requires_grad_()
+        w = [torch.randn(Fc, 3, generator=g, dtype=torch.float64).to(device, dtype).requires_grad_() for _ in range(3)]
+        scale = shift = None
+        if "bn" in epilogue:
+            scale = (torch.rand(Fc, generator=g, dtype=torch.float64) + 0.5).to(device, dtype)
+            shift = torch.randn(Fc, generator=g, dtype=torch.float64).to(device, dtype)
+        hs = "hs" in epilogue
+        out = ops.multi_view_fusion(x, *w, scale, shift, hardswish=hs, fused_channels=Fc)
+        x64, w64 = x.detach().double().requires_grad_(), [t.detach().double().requires_grad_() for t in w]
+        expected = ref.multi_view_fusion(x64, *w64, None if scale is None else scale.double(),
+                                         None if shift is None else shift.double(), hs, Fc)
+        assert out.shape == x.shape
+        assert_close(out, expected, dtype)
+        go = torch.randn(out.shape, generator=g, dtype=torch.float64).to(device)
+        grads = torch.autograd.grad(out, [x, *w], go.to(dtype))
+        rgrads = torch.autograd.grad(expected, [x64, *w64], go, allow_unused=True)
+        rgrads = [torch.zeros_like(t) if r is None else r for r, t in zip(rgrads, [x64, *w64])]
+        loose = {"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else {}  # kernel sums over N*T*H*W
+        for a, b in zip(grads, rgrads):
+            assert_close(a, b, dtype, **loose)
+
+
+def test_gradcheck():
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    w = [torch.randn(3, 3, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    scale, shift = torch.rand(3, dtype=torch.float64) + 0.5, torch.randn(3, dtype=torch.float64)
+    gradcheck(lambda a, b, c, d: ops.multi_view_fusion(a, b, c, d, fused_channels=3), (x, *w))
+    gradcheck(lambda a, b, c, d: ops.multi_view_fusion(a, b, c, d, scale, shift, True, 3), (x, *w))
+
+
+def test_opcheck_and_compile():
+    x = torch.randn(2, 4, 3, 4, 5, requires_grad=True)
+    w = [torch.randn(4, 3, requires_grad=True) for _ in range(3)]
+    opcheck(torch.ops.pvf.multi_view_fusion.default, (x, *w, None, None, False, 4))
+    w2 = [t[:2].detach().requires_grad_() for t in w]
+    opcheck(torch.ops.pvf.multi_view_fusion.default, (x, *w2, torch.rand(2), torch.rand(2), True, 2))
+    check_compiled(lambda a, b, c, d: ops.multi_view_fusion(a, b, c, d, hardswish=True), x, *w)
+
+
+def _bad_cases():
+    x = torch.randn(1, 4, 3, 5, 5)
+    w = torch.randn(4, 3)
+    return [
+        BadInput("rank", lambda: ops.multi_view_fusion(x[0], w, w, w), ValueError, r"\(N, C, T, H, W\)"),
+        BadInput("kernel shape", lambda: ops.multi_view_fusion(x, torch.randn(4, 2), w, w), ValueError, "weight_t"),
+        BadInput("kernel channels", lambda: ops.multi_view_fusion(x, w[:3], w[:3], w[:3]), ValueError,
+                 "'weight_t' must have shape"),
+        BadInput("fused too many", lambda: ops.multi_view_fusion(x, w, w, w, fused_channels=5), ValueError,
+                 "fused_channels"),
+        BadInput("dtype", lambda: ops.multi_view_fusion(x, w.double(), w, w), TypeError, "same dtype"),
+        BadInput("half on cpu", lambda: ops.multi_view_fusion(x.half(), w.half(), w.half(), w.half()), TypeError,
+                 "float32 or float64"),
+        BadInput("scale without shift", lambda: ops.multi_view_fusion(x, w, w, w, torch.ones(4)), ValueError,
+                 "bn_shift"),
+    ]
+
+
+@pytest.mark.parametrize("case", _bad_cases(), ids=str)
+def test_bad_inputs(case):
+    run_bad_input(case)
+
+
+# ------------------------------------------------------------------------------------------ module
+
+
+class OfficialMVF(torch.nn.Module):
+    """The official module's forward, re-expressed: three depthwise Conv3d, BN + HardSwish, concat."""
+
+    def __init__(self, ours: MVF):
+        super().__init__()
+        self.m = ours
+
+    def forward(self, x):
+        m = self.m
+        nt, c, h, w = x.shape
+        x = x.view(nt // m.n_segment, m.n_segment, c, h, w).transpose(1, 2)
+        x = list(x.split(m.split_sizes, dim=1))
+        if m.mode in ("THW", "TH"):
+            if m.share:
+                tmp_h = m.shift_conv(x[0].transpose(2, 3)).transpose(2, 3)
+            else:
+                tmp_h = m.h_conv(x[0])
+        if m.mode == "THW":
+            tmp_w = m.shift_conv(x[0].permute(0, 1, 4, 2, 3)).permute(0, 1, 3, 4, 2) if m.share else m.w_conv(x[0])
+            x[0] = m.shift_conv(x[0]) + tmp_h + tmp_w
+        elif m.mode == "TH":
+            x[0] = m.shift_conv(x[0]) + tmp_h
+        else:
+            x[0] = m.shift_conv(x[0])
+        if m.use_hs:
+            x[0] = F.hardswish(m.bn(x[0]))
+        x = torch.cat(x, dim=1).transpose(1, 2).contiguous().view(nt, c, h, w)
+        return m.net(x)
+
+
+@pytest.mark.parametrize("mode", ["THW", "TH", "T"])
+@pytest.mark.parametrize("share", [False, True])
+@pytest.mark.parametrize("use_hs", [True, False])
+@pytest.mark.parametrize("training", [True, False])
+def test_module_matches_official_formulation(mode, share, use_hs, training):
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(16, 8, 1, bias=False)
+    ours = MVF(net, n_segment=4, in_channels=16, alpha=0.25, use_hs=use_hs, share=share, mode=mode).double()
+    with torch.no_grad():  # non-trivial BN statistics for the eval path
+        ours.bn.running_mean.uniform_(-0.5, 0.5)
+        ours.bn.running_var.uniform_(0.5, 2.0)
+        ours.bn.weight.uniform_(0.5, 1.5)
+        ours.bn.bias.uniform_(-0.3, 0.3)
+    official = OfficialMVF(ours)
+    ours.train(training)
+    x = torch.randn(2 * 4, 16, 5, 6, dtype=torch.float64, requires_grad=True)
+    state = {k: v.clone() for k, v in ours.state_dict().items()}
+    got = ours(x)
+    grads = torch.autograd.grad(got.sum(), [x, *ours.parameters()], allow_unused=True)
+    ours.load_state_dict(state)  # undo the running-stat update before the official pass
+    want = official(x)
+    rgrads = torch.autograd.grad(want.sum(), [x, *ours.parameters()], allow_unused=True)
+    assert_close(got, want)
+    for a, b in zip(grads, rgrads):
+        assert (a is None) == (b is None)
+        if b is not None:
+            assert_close(a, b)
+
+
+def test_official_state_dict_keys_and_loading():
+    torch.manual_seed(1)
+    ours = MVF(torch.nn.Conv2d(32, 8, 1), n_segment=8, in_channels=32)
+    keys = set(ours.state_dict())
+    assert {"net.weight", "net.bias", "shift_conv.weight", "h_conv.weight", "w_conv.weight", "bn.weight", "bn.bias",
+            "bn.running_mean", "bn.running_var", "bn.num_batches_tracked"} == keys
+    assert ours.shift_conv.weight.shape == (4, 1, 3, 1, 1) and ours.w_conv.weight.shape == (4, 1, 1, 1, 3)
+    other = MVF(torch.nn.Conv2d(32, 8, 1), n_segment=8, in_channels=32)
+    other.load_state_dict(ours.state_dict())
+    x = torch.randn(16, 32, 7, 7)
+    torch.testing.assert_close(other.eval()(x), ours.eval()(x))
+
+
+def test_alpha_zero_is_identity_wrapper_and_temporal_shift():
+    net = torch.nn.Identity()
+    x = torch.randn(8, 16, 3, 3)
+    assert torch.equal(MVF(net, 4, 16, alpha=0.0)(x), x)
+    m = MVF(net, 4, 16, alpha=0.25, mode="T", use_hs=False)
+    with torch.no_grad():
+        m.shift_conv.weight.zero_()
+        m.shift_conv.weight[:, 0, 2] = 1.0  # [0, 0, 1]: out[t] = x[t + 1]
+    out = m(x).view(2, 4, 16, 3, 3)
+    xv = x.view(2, 4, 16, 3, 3)
+    assert torch.equal(out[:, :3, :4], xv[:, 1:, :4]) and (out[:, 3, :4] == 0).all()
+    assert torch.equal(out[:, :, 4:], xv[:, :, 4:])
+
+
+def test_insert_mvf_into_resnet50():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet50()
+    assert insert_mvf(resnet, n_segment=2) == 6 + 3  # every Bottleneck of layer3 and layer4
+    assert isinstance(resnet.layer3[0].conv1, MVF) and not isinstance(resnet.layer2[0].conv1, MVF)
+    resnet.eval()
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        ours = resnet(x)
+        for block in list(resnet.layer3) + list(resnet.layer4):
+            block.conv1 = OfficialMVF(block.conv1)
+        official = resnet(x)
+    torch.testing.assert_close(ours, official, atol=1e-4, rtol=1e-4)
+
+
+def test_onnx_export(tmp_path):
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(MVF(torch.nn.Conv2d(16, 8, 1), n_segment=4, in_channels=16, alpha=0.25)).eval()
+    with torch.no_grad():
+        block[0].bn.running_var.uniform_(0.5, 2)
+    report = check_onnx(block, (torch.randn(8, 16, 6, 6),), tmp_path, atol=1e-5)
+    assert "Conv" in report.op_types and "HardSwish" in report.op_types
