@@ -82,6 +82,7 @@ inline Args parse(const Device& dev, const char* op, py::handle x, py::handle wt
   for (int d = 0; d < 4; ++d) {
     a.g.sx[d] = a.x.strides[d];
     a.g.so[d] = a.out.strides[d];
+    a.g.sg[d] = a.x.strides[d];
   }
   return a;
 }
@@ -91,16 +92,14 @@ struct Grads {
   TensorView gx, gwt, gwh, gww, gy;
 };
 
-inline Grads parse_grads(const Device& dev, const char* op, const Args& a, py::handle gx, py::handle gwt,
+inline Grads parse_grads(const Device& dev, const char* op, Args& a, py::handle gx, py::handle gwt,
                          py::handle gwh, py::handle gww, py::handle gy, DType weight_grad_dtype, DType gy_dtype) {
   Checker ck(op);
   Grads r;
   r.gx = volume(ck, dev, gx, op, "grad_x", true);
   same_sizes(ck, r.gx, "grad_x", a.x);
   ck.same_dtype(r.gx, "grad_x", a.x, "x");
-  for (int d = 0; d < 4; ++d)
-    if (r.gx.strides[d] != a.x.strides[d] && r.gx.sizes[d] > 1)
-      ck.value_error("argument 'grad_x' must have the strides of x");
+  for (int d = 0; d < 4; ++d) a.g.sg[d] = r.gx.strides[d];
   TensorView* outs[3] = {&r.gwt, &r.gwh, &r.gww};
   py::handle hs[3] = {gwt, gwh, gww};
   const char* names[3] = {"grad_weight_t", "grad_weight_h", "grad_weight_w"};

@@ -19,6 +19,7 @@ struct Geometry {
   int64_t F;               // fused channels
   int64_t sx[4];           // strides of x for n, c, t, h (w stride is 1)
   int64_t so[4];           // strides of out / grad_out
+  int64_t sg[4];           // strides of grad_x (backward only)
 };
 
 // y = wT*x(t-1..t+1) + wH*x(h-1..h+1) + wW*x(w-1..w+1); with scale: z = scale*y + shift; hardswish: z*relu6(z+3)/6.
@@ -26,7 +27,7 @@ template <typename T>
 void mvf_forward_cpu(const Geometry& g, const T* x, const T* wt, const T* wh, const T* ww, const T* scale,
                      const T* shift, bool hardswish, T* out);
 
-// Gradients. grad_out has strides g.so; grad_x has the strides of x (g.sx). gy_workspace holds N*F*T*H*W
+// Gradients. grad_out has strides g.so; grad_x has strides g.sg. gy_workspace holds N*F*T*H*W
 // elements (the gradient before the epilogue, contiguous (N, F, T, H, W)). grad_w* are (F, 3), overwritten.
 template <typename T>
 void mvf_backward_cpu(const Geometry& g, const T* x, const T* grad_out, const T* wt, const T* wh, const T* ww,

@@ -48,6 +48,36 @@ inline void stencil_plane(const T* x_prev, const T* x_cur, const T* x_next, int6
   }
 }
 
+// Copies channels F..C-1 of src (strides ss) to dst (strides sd). When both hold each (n, t) slab of those
+// channels as one contiguous block (the frame layout), it is one memcpy per slab; otherwise row by row.
+template <typename T>
+void copy_passthrough(const Geometry& g, const T* src, const int64_t* ss, T* dst, const int64_t* sd) {
+  const int64_t pc = g.C - g.F;
+  if (pc <= 0 || g.H * g.W == 0) return;
+  const int64_t HW = g.H * g.W;
+  const bool blocks = ss[1] == HW && sd[1] == HW && ss[3] == g.W && sd[3] == g.W;
+  if (blocks) {
+    parallel_for(0, g.N * g.T, 1, [&](int64_t s0, int64_t s1) {
+      for (int64_t s = s0; s < s1; ++s) {
+        const int64_t n = s / g.T, t = s % g.T;
+        std::memcpy(dst + n * sd[0] + g.F * sd[1] + t * sd[2], src + n * ss[0] + g.F * ss[1] + t * ss[2],
+                    sizeof(T) * pc * HW);
+      }
+    });
+    return;
+  }
+  parallel_for(0, g.N * pc * g.T, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t t = p % g.T;
+      const int64_t c = g.F + (p / g.T) % pc;
+      const int64_t n = p / (g.T * pc);
+      const T* sp = src + n * ss[0] + c * ss[1] + t * ss[2];
+      T* dp = dst + n * sd[0] + c * sd[1] + t * sd[2];
+      for (int64_t h = 0; h < g.H; ++h) std::memcpy(dp + h * sd[3], sp + h * ss[3], sizeof(T) * g.W);
+    }
+  });
+}
+
 template <typename T>
 inline T epilogue(T y, const T* scale, const T* shift, int64_t c, bool hs) {
   T z = scale ? scale[c] * y + shift[c] : y;
@@ -59,18 +89,15 @@ inline T epilogue(T y, const T* scale, const T* shift, int64_t c, bool hs) {
 template <typename T>
 void mvf_forward_cpu(const Geometry& g, const T* x, const T* wt, const T* wh, const T* ww, const T* scale,
                      const T* shift, bool hardswish, T* out) {
-  const int64_t planes = g.N * g.C * g.T;
+  copy_passthrough(g, x, g.sx, out, g.so);
+  const int64_t planes = g.N * g.F * g.T;
   parallel_for(0, planes, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t t = p % g.T;
-      const int64_t c = (p / g.T) % g.C;
-      const int64_t n = p / (g.T * g.C);
+      const int64_t c = (p / g.T) % g.F;
+      const int64_t n = p / (g.T * g.F);
       const T* xp = x + n * g.sx[0] + c * g.sx[1] + t * g.sx[2];
       T* op = out + n * g.so[0] + c * g.so[1] + t * g.so[2];
-      if (c >= g.F) {  // pass-through channel
-        for (int64_t h = 0; h < g.H; ++h) std::memcpy(op + h * g.so[3], xp + h * g.sx[3], sizeof(T) * g.W);
-        continue;
-      }
       stencil_plane(t > 0 ? xp - g.sx[2] : nullptr, xp, t + 1 < g.T ? xp + g.sx[2] : nullptr, g.H, g.W, g.sx[3],
                     wt + 3 * c, wh + 3 * c, ww + 3 * c, op, g.so[3]);
       if (scale || hardswish) {
@@ -89,18 +116,14 @@ void mvf_backward_cpu(const Geometry& g, const T* x, const T* grad_out, const T*
                       T* gy) {
   const int64_t HW = g.H * g.W;
   // Pass 1: gy = gradient before the epilogue, contiguous (N, F, T, H, W); pass-through channels copy grad_out.
-  const int64_t planes = g.N * g.C * g.T;
+  copy_passthrough(g, grad_out, g.so, grad_x, g.sg);
+  const int64_t planes = g.N * g.F * g.T;
   parallel_for(0, planes, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t t = p % g.T;
-      const int64_t c = (p / g.T) % g.C;
-      const int64_t n = p / (g.T * g.C);
+      const int64_t c = (p / g.T) % g.F;
+      const int64_t n = p / (g.T * g.F);
       const T* gp = grad_out + n * g.so[0] + c * g.so[1] + t * g.so[2];
-      if (c >= g.F) {
-        T* gxp = grad_x + n * g.sx[0] + c * g.sx[1] + t * g.sx[2];
-        for (int64_t h = 0; h < g.H; ++h) std::memcpy(gxp + h * g.sx[3], gp + h * g.so[3], sizeof(T) * g.W);
-        continue;
-      }
       T* gyp = gy + ((n * g.F + c) * g.T + t) * HW;
       if (!scale && !hardswish) {
         for (int64_t h = 0; h < g.H; ++h) std::memcpy(gyp + h * g.W, gp + h * g.so[3], sizeof(T) * g.W);
@@ -133,7 +156,7 @@ void mvf_backward_cpu(const Geometry& g, const T* x, const T* grad_out, const T*
       const T mh[3] = {wh[3 * c + 2], wh[3 * c + 1], wh[3 * c]};
       const T mw[3] = {ww[3 * c + 2], ww[3 * c + 1], ww[3 * c]};
       stencil_plane(t > 0 ? gyp - HW : nullptr, gyp, t + 1 < g.T ? gyp + HW : nullptr, g.H, g.W, g.W, mt, mh, mw,
-                    grad_x + n * g.sx[0] + c * g.sx[1] + t * g.sx[2], g.sx[3]);
+                    grad_x + n * g.sg[0] + c * g.sg[1] + t * g.sg[2], g.sg[3]);
     }
   });
   // Pass 3: kernel gradients, one channel per task (sums over n, t, h, w; no atomics).

@@ -85,7 +85,7 @@ __global__ void grad_pre_kernel(Geometry g, const T* x, const T* go, const T* wt
     const Index q = decompose(i, g, g.C);
     const A gv = to_acc(go[q.n * g.so[0] + q.c * g.so[1] + q.t * g.so[2] + q.h * g.so[3] + q.w]);
     if (q.c >= g.F) {
-      gx[q.n * g.sx[0] + q.c * g.sx[1] + q.t * g.sx[2] + q.h * g.sx[3] + q.w] = from_acc<T>(gv);
+      gx[q.n * g.sg[0] + q.c * g.sg[1] + q.t * g.sg[2] + q.h * g.sg[3] + q.w] = from_acc<T>(gv);
       continue;
     }
     A val = gv;
@@ -117,7 +117,7 @@ __global__ void grad_x_kernel(Geometry g, const acc_t<T>* gy, const T* wt, const
       b[k] = to_acc(wh[3 * q.c + 2 - k]);
       d[k] = to_acc(ww[3 * q.c + 2 - k]);
     }
-    gx[q.n * g.sx[0] + q.c * g.sx[1] + q.t * g.sx[2] + q.h * g.sx[3] + q.w] =
+    gx[q.n * g.sg[0] + q.c * g.sg[1] + q.t * g.sg[2] + q.h * g.sg[3] + q.w] =
         from_acc<T>(stencil(gy, sy, q, g, a, b, d));
   }
 }

@@ -6,9 +6,8 @@ checkpoints load unchanged. Input and output are (N*T, C, H, W) frames, as in TS
 
 Cost: in eval mode (and with ``use_hs=False``) the split, the three views, the folded BatchNorm, HardSwish
 and the concatenation are one pass that reads the input once and writes the wrapped conv's input once. In
-training mode BatchNorm needs the batch statistics of the fused channels first: one pass computes the fused
-views (alpha*C channels), BatchNorm and HardSwish run on those channels, and the concatenation is the one
-full-tensor write.
+training mode BatchNorm needs the batch statistics of the fused channels first: the same one pass writes the
+views before BatchNorm, which then rewrites the alpha*C fused channels in place.
 """
 from __future__ import annotations
 
@@ -85,10 +84,10 @@ class MVF(nn.Module):
             shift = self.bn.bias - self.bn.running_mean * scale
             out = ops.multi_view_fusion(x5, wt, wh, ww, scale, shift, hardswish=True, fused_channels=c)
         else:
-            fused = ops.multi_view_fusion(x5[:, :c], wt, wh, ww)
-            fused = F.hardswish(self.bn(fused))
-            frames = fused.transpose(1, 2).reshape(nt, c, H, W)
-            return self.net(torch.cat([frames, x[:, c:]], dim=1))
+            # Training: one pass builds the conv input with the pre-BatchNorm views in the fused channels, then
+            # BatchNorm (batch statistics) and HardSwish rewrite those alpha*C channels in place.
+            out = ops.multi_view_fusion(x5, wt, wh, ww, fused_channels=c)
+            out[:, :c] = F.hardswish(self.bn(out[:, :c].clone()))  # BatchNorm keeps its input for backward
         return self.net(out.transpose(1, 2).reshape(nt, C, H, W))
 
 

@@ -46,7 +46,7 @@ def _fwd_ref(x, wt, wh, ww, scale, shift, hardswish, fused):
 def _bwd_native(grad, x, wt, wh, ww, scale, shift, hardswish, fused, cuda: bool):
     N, C, T, H, W = x.shape
     acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) and cuda else x.dtype
-    gx = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
+    gx = _output_like(x)  # dense even when x is a slice of a larger tensor
     gw = [torch.empty(fused, 3, dtype=acc, device=x.device) for _ in range(3)]
     ws = torch.empty(N * fused * T * H * W, dtype=acc, device=x.device)
     args = [_ext.arg(x), _ext.arg(grad), _ext.arg(wt), _ext.arg(wh), _ext.arg(ww), _ext.opt(scale), _ext.opt(shift),
@@ -97,8 +97,7 @@ def _mvf_backward_op(grad: Tensor, x: Tensor, weight_t: Tensor, weight_h: Tensor
 
 @_mvf_backward_op.register_fake
 def _(grad, x, weight_t, weight_h, weight_w, bn_scale, bn_shift, hardswish, fused_channels):
-    gx = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
-    return gx, torch.empty_like(weight_t), torch.empty_like(weight_h), torch.empty_like(weight_w)
+    return _output_like(x), torch.empty_like(weight_t), torch.empty_like(weight_h), torch.empty_like(weight_w)
 
 
 def _setup(ctx, inputs, output):

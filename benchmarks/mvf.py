@@ -1,0 +1,57 @@
+"""Multi-view fusion at MVFNet's shapes (ResNet-50 layer3/layer4 inputs, N=8 clips of T=8 frames)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pyvision_fast.nn import MVF
+
+from .harness import Case, Impl
+
+
+def _official_forward(m: MVF, x: torch.Tensor) -> torch.Tensor:
+    """The official module's forward (three depthwise Conv3d, BN, HardSwish, concat), re-expressed."""
+    nt, c, h, w = x.shape
+    x5 = x.view(nt // m.n_segment, m.n_segment, c, h, w).transpose(1, 2)
+    parts = list(x5.split(m.split_sizes, dim=1))
+    parts[0] = m.shift_conv(parts[0]) + m.h_conv(parts[0]) + m.w_conv(parts[0])
+    parts[0] = F.hardswish(m.bn(parts[0]))
+    return m.net(torch.cat(parts, dim=1).transpose(1, 2).contiguous().view(nt, c, h, w))
+
+
+def cases(device: str, quick: bool) -> list[Case]:
+    shapes = [(2, 4, 256, 14)] if quick else [(8, 8, 1024, 14), (8, 8, 2048, 7)]
+    out = []
+    for N, T, C, S in shapes:
+        torch.manual_seed(0)
+        m = MVF(torch.nn.Identity(), n_segment=T, in_channels=C, alpha=0.125).to(device).train()
+        x = torch.randn(N * T, C, S, S, device=device, requires_grad=True)
+        grad = torch.randn_like(x)
+
+        def ours():
+            m(x).backward(grad)
+
+        def official():
+            _official_forward(m, x).backward(grad)
+
+        def ours_eval():
+            with torch.no_grad():
+                return m.eval()(x)
+
+        def official_eval():
+            with torch.no_grad():
+                return _official_forward(m.eval(), x)
+
+        size = 4.0 * x.numel()
+        params = dict(N=N, T=T, C=C, H=S, W=S, alpha=0.125)
+        out.append(Case("mvf", f"MVF fwd+bwd C={C} {S}x{S}", params,
+                        [Impl("pvf.nn.MVF", lambda: (m.train(), ours()), "ours"),
+                         Impl("official (3x depthwise Conv3d)", lambda: (m.train(), official()), "reference")],
+                        bytes=4 * size, bound="memory", goal=("official (3x depthwise Conv3d)", 10.0),
+                        note="Bytes: input read + output write forward, gradient read + write backward."))
+        out.append(Case("mvf", f"MVF inference C={C} {S}x{S}", params,
+                        [Impl("pvf.nn.MVF (eval, one pass)", ours_eval, "ours"),
+                         Impl("official (3x depthwise Conv3d)", official_eval, "reference"),
+                         Impl("copy of the input (x.clone)", lambda: x.detach().clone())],
+                        bytes=2 * size, bound="memory"))
+    return out
