@@ -79,6 +79,14 @@ void copy_passthrough(const Geometry& g, const T* src, const int64_t* ss, T* dst
 }
 
 template <typename T>
+inline T dot(const T* PVF_RESTRICT a, const T* PVF_RESTRICT b, int64_t n) {
+  T s = T(0);
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+template <typename T>
 inline T epilogue(T y, const T* scale, const T* shift, int64_t c, bool hs) {
   T z = scale ? scale[c] * y + shift[c] : y;
   return hs ? hardswish(z) : z;
@@ -170,33 +178,13 @@ void mvf_backward_cpu(const Geometry& g, const T* x, const T* grad_out, const T*
           for (int64_t h = 0; h < g.H; ++h) {
             const T* gr = gyp + h * g.W;
             const T* row = xp + h * g.sx[3];
-            T s_c = 0, s_tp = 0, s_tn = 0, s_hu = 0, s_hd = 0, s_wl = 0, s_wr = 0;
-#pragma omp simd reduction(+ : s_c)
-            for (int64_t w = 0; w < g.W; ++w) s_c += gr[w] * row[w];
-            if (t > 0) {
-              const T* r = row - g.sx[2];
-#pragma omp simd reduction(+ : s_tp)
-              for (int64_t w = 0; w < g.W; ++w) s_tp += gr[w] * r[w];
-            }
-            if (t + 1 < g.T) {
-              const T* r = row + g.sx[2];
-#pragma omp simd reduction(+ : s_tn)
-              for (int64_t w = 0; w < g.W; ++w) s_tn += gr[w] * r[w];
-            }
-            if (h > 0) {
-              const T* r = row - g.sx[3];
-#pragma omp simd reduction(+ : s_hu)
-              for (int64_t w = 0; w < g.W; ++w) s_hu += gr[w] * r[w];
-            }
-            if (h + 1 < g.H) {
-              const T* r = row + g.sx[3];
-#pragma omp simd reduction(+ : s_hd)
-              for (int64_t w = 0; w < g.W; ++w) s_hd += gr[w] * r[w];
-            }
-#pragma omp simd reduction(+ : s_wl)
-            for (int64_t w = 1; w < g.W; ++w) s_wl += gr[w] * row[w - 1];
-#pragma omp simd reduction(+ : s_wr)
-            for (int64_t w = 0; w < g.W - 1; ++w) s_wr += gr[w] * row[w + 1];
+            const T s_c = dot(gr, row, g.W);
+            const T s_tp = t > 0 ? dot(gr, row - g.sx[2], g.W) : T(0);
+            const T s_tn = t + 1 < g.T ? dot(gr, row + g.sx[2], g.W) : T(0);
+            const T s_hu = h > 0 ? dot(gr, row - g.sx[3], g.W) : T(0);
+            const T s_hd = h + 1 < g.H ? dot(gr, row + g.sx[3], g.W) : T(0);
+            const T s_wl = g.W > 1 ? dot(gr + 1, row, g.W - 1) : T(0);   // gy[w] * x[w - 1]
+            const T s_wr = g.W > 1 ? dot(gr, row + 1, g.W - 1) : T(0);   // gy[w] * x[w + 1]
             at[0] += s_tp; at[1] += s_c; at[2] += s_tn;
             ah[0] += s_hu; ah[1] += s_c; ah[2] += s_hd;
             aw[0] += s_wl; aw[1] += s_c; aw[2] += s_wr;
