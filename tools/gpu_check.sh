@@ -10,8 +10,9 @@ PY="${PYTHON:-python3}"
 export PVF_CUDA=1
 # Compile only for the GPU at hand (fast builds); override with PVF_CUDA_ARCHS.
 if [ -z "${PVF_CUDA_ARCHS:-}" ]; then
-  cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n1 | tr -d '.')
-  export PVF_CUDA_ARCHS="${cap:-90}"
+  cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n1 | tr -d '. ')
+  [[ "$cap" =~ ^[0-9]+$ ]] || cap=90
+  export PVF_CUDA_ARCHS="$cap"
 fi
 status=0
 section() { printf '\n==== %s ====\n' "$1"; }
