@@ -1,0 +1,128 @@
+"""Scale-space convolution for SCAN-CNN (Shi et al., arXiv 2209.08788).
+
+No code of the paper is public: this layer is **our reconstruction** from its abstract ("the conv layer learns a
+set of scales from data, each fulfilled by a conv kernel", "zero increase of inference cost") and from
+scale-space theory (Gaussian derivative bases, Koenderink & van Doorn; scale-normalised derivatives, Lindeberg).
+
+``ScaleSpaceConv2d`` splits its output channels among S scale groups. Every kernel of group s is a learned
+linear combination of the 2-D Gaussian derivatives of orders 0..``order`` at scale sigma_s, sampled on the
+layer's k x k support; sigma_s is learned in log space and kept within what the support represents
+([0.5, (k - 1) / 2] pixels, so that the kernel is neither sub-pixel nor truncated below one sigma). ``fuse()``
+materialises the kernels into one plain ``nn.Conv2d`` of the same size: the same output, no added cost.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_SIGMA_MIN = 0.5
+
+
+def _hermite(n: int, u: Tensor) -> Tensor:
+    """Probabilists' Hermite polynomial He_n(u): d^n/du^n exp(-u^2/2) = (-1)^n He_n(u) exp(-u^2/2)."""
+    h0, h1 = torch.ones_like(u), u
+    if n == 0:
+        return h0
+    for k in range(1, n):
+        h0, h1 = h1, u * h1 - k * h0
+    return h1
+
+
+def gaussian_derivative_basis(sigma: Tensor, kernel_size: int, order: int) -> Tensor:
+    """Sampled, scale-normalised 2-D Gaussian derivative filters.
+
+    sigma: (S,) scales in pixels -> (S, n_basis, k, k) with n_basis = (order + 1) (order + 2) / 2, derivative
+    orders (i, j), i + j <= order, in the order (0,0), (1,0), (0,1), (2,0), (1,1), (0,2), ... The order-(i, j)
+    filter is sigma^(i+j) d^i/dy^i d^j/dx^j of the Gaussian normalised to unit sum on the support
+    (Lindeberg's gamma = 1 normalisation), so responses of different scales are comparable.
+    """
+    r = (kernel_size - 1) / 2
+    pos = torch.arange(kernel_size, dtype=sigma.dtype, device=sigma.device) - r  # (k,)
+    u = pos[None, :] / sigma[:, None]  # (S, k)
+    g = torch.exp(-0.5 * u * u)
+    g = g / g.sum(dim=1, keepdim=True)
+    # 1-D derivative of order n, scale-normalised: sigma^n d^n/dx^n g = (-1)^n He_n(u) g
+    d1 = [((-1) ** n) * _hermite(n, u) * g for n in range(order + 1)]  # each (S, k)
+    basis = []
+    for total in range(order + 1):
+        for i in range(total, -1, -1):  # i along y, j along x
+            j = total - i
+            basis.append(d1[i][:, :, None] * d1[j][:, None, :])
+    return torch.stack(basis, dim=1)
+
+
+class ScaleSpaceConv2d(nn.Module):
+    """Conv2d whose kernels are learned combinations of Gaussian derivatives at learned scales.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, bias: as ``nn.Conv2d`` (square kernels).
+        num_scales: S scale groups; output channels are split among them as evenly as possible (group s holds
+            channels [offsets[s], offsets[s+1])).
+        order: highest derivative order of the basis (0: Gaussian blobs only; 2: blobs, edges and ridges).
+
+    Parameters: ``coeff`` (out_channels, in_channels, n_basis), ``log_sigma`` (S,), ``bias``.
+    forward(x (B, in_channels, H, W)) -> (B, out_channels, H', W'), differentiable in every parameter incl. sigma.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, num_scales: int = 4, order: int = 2,
+                 stride: int = 1, padding: int = 0, bias: bool = True):
+        super().__init__()
+        if kernel_size < 3 or kernel_size % 2 == 0:
+            raise ValueError(f"ScaleSpaceConv2d: kernel_size must be odd and >= 3, got {kernel_size}")
+        if not 1 <= num_scales <= out_channels:
+            raise ValueError(f"ScaleSpaceConv2d: num_scales must be in [1, out_channels], got {num_scales}")
+        if order < 0:
+            raise ValueError(f"ScaleSpaceConv2d: order must be >= 0, got {order}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.num_scales, self.order = num_scales, order
+        self.n_basis = (order + 1) * (order + 2) // 2
+        self.sigma_max = (kernel_size - 1) / 2
+        sizes = [out_channels // num_scales + (1 if s < out_channels % num_scales else 0) for s in range(num_scales)]
+        self.register_buffer("group_of_channel", torch.repeat_interleave(torch.arange(num_scales), torch.tensor(sizes)),
+                             persistent=False)
+        self.group_sizes = sizes
+        init = torch.logspace(math.log10(_SIGMA_MIN * 1.2), math.log10(self.sigma_max), num_scales) \
+            if num_scales > 1 else torch.tensor([math.sqrt(_SIGMA_MIN * self.sigma_max)])
+        self.log_sigma = nn.Parameter(init.log())
+        self.coeff = nn.Parameter(torch.empty(out_channels, in_channels, self.n_basis))
+        # He-style initialisation of the equivalent kernel: std of the kernel entries ~ sqrt(2 / fan_in).
+        nn.init.normal_(self.coeff, 0.0, math.sqrt(2.0 / (in_channels * self.n_basis)))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+
+    def sigma(self) -> Tensor:
+        """The current scales (S,), kept within [0.5, (k - 1) / 2] pixels."""
+        return self.log_sigma.clamp(math.log(_SIGMA_MIN), math.log(self.sigma_max)).exp()
+
+    def weight(self) -> Tensor:
+        """The equivalent Conv2d weight (out_channels, in_channels, k, k): one small matrix product per scale
+        group, coefficients (channels * in_channels, n_basis) times basis (n_basis, k * k)."""
+        k = self.kernel_size
+        basis = gaussian_derivative_basis(self.sigma(), k, self.order).to(self.coeff.dtype)  # (S, nb, k, k)
+        parts, start = [], 0
+        for s, size in enumerate(self.group_sizes):
+            coeff = self.coeff[start:start + size].reshape(size * self.in_channels, self.n_basis)
+            parts.append((coeff @ basis[s].reshape(self.n_basis, k * k)).view(size, self.in_channels, k, k))
+            start += size
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight(), self.bias, self.stride, self.padding)
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` with the materialised kernels (same output as this layer, no added cost)."""
+        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                         bias=self.bias is not None)
+        conv = conv.to(device=self.coeff.device, dtype=self.coeff.dtype)
+        conv.weight.copy_(self.weight())
+        if self.bias is not None:
+            conv.bias.copy_(self.bias)
+        return conv
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"num_scales={self.num_scales}, order={self.order}, stride={self.stride}, padding={self.padding}")
