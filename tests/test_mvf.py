@@ -48,6 +48,22 @@ def test_matches_reference(device, N, C, T, H, W, frames, epilogue, seed):
             assert_close(a, b, dtype, **loose)
 
 
+def test_reference_backend_gradients_agree():
+    from pyvision_fast import use_backend
+
+    torch.manual_seed(4)
+    x = torch.randn(2, 5, 3, 4, 6, dtype=torch.float64, requires_grad=True)
+    w = [torch.randn(3, 3, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    scale, shift = torch.rand(3, dtype=torch.float64) + 0.5, torch.randn(3, dtype=torch.float64)
+    grads = []
+    for backend in ("cpu", "reference"):
+        with use_backend(backend):
+            out = ops.multi_view_fusion(x, *w, scale, shift, hardswish=True, fused_channels=3)
+            grads.append(torch.autograd.grad(out.pow(2).sum(), [x, *w]))
+    for a, b in zip(*grads):
+        assert_close(a, b)
+
+
 def test_gradcheck():
     torch.manual_seed(0)
     x = torch.randn(2, 4, 3, 4, 5, dtype=torch.float64, requires_grad=True)

@@ -57,11 +57,12 @@ def test_gradcheck_in_coefficients_and_log_sigma():
     torch.manual_seed(1)
     layer = ScaleSpaceConv2d(2, 3, 3, num_scales=3, order=2, padding=1).double()
     x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
+    group_of_channel = torch.repeat_interleave(torch.arange(3), torch.tensor(layer.group_sizes))
 
     def run(coeff, log_sigma):
         layer.coeff.data, layer.log_sigma.data = coeff, log_sigma
         return F.conv2d(x, torch.einsum("oib,obyx->oiyx", coeff, gaussian_derivative_basis(
-            log_sigma.exp(), 3, 2)[layer.group_of_channel]), None, 1, 1)
+            log_sigma.exp(), 3, 2)[group_of_channel]), None, 1, 1)
 
     sigma = torch.tensor([0.6, 0.75, 0.9], dtype=torch.float64).log().requires_grad_()
     gradcheck(run, (layer.coeff.detach().clone().requires_grad_(), sigma))

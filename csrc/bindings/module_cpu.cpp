@@ -37,8 +37,10 @@ void check_indices(const Checker& ck, const TensorView& idx, int64_t hi, const c
 }
 
 void fps(py::handle points, py::handle lengths, py::handle start, int64_t K, py::handle idx, py::handle workspace) {
-  auto a = pa::fps(cpu(), points, lengths, start, K, idx, workspace, false);
-  pa::check_workspace_size(Checker("sample_farthest_points"), a.workspace, a.B * (a.D + 1) * a.N);
+  auto a = pa::fps(cpu(), points, lengths, start, K, idx, workspace);
+  Checker ck("sample_farthest_points");
+  ck.same_dtype(a.workspace, "workspace", a.points, "points");
+  pa::check_workspace_size(ck, a.workspace, a.B * (a.D + 1) * a.N);
   py::gil_scoped_release nogil;
   dispatch_floating(a.points.dtype, "sample_farthest_points", [&](auto tag) {
     using T = typename decltype(tag)::type;

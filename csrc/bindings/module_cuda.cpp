@@ -96,12 +96,11 @@ void check_indices(const Checker& ck, const TensorView& idx, int64_t hi, const T
 void fps(py::handle points, py::handle lengths, py::handle start, int64_t K, py::handle idx, py::handle workspace,
          uintptr_t stream) {
   CudaCall call(points, "sample_farthest_points");
-  auto a = pa::fps(call.dev, points, lengths, start, K, idx, workspace, false);
+  auto a = pa::fps(call.dev, points, lengths, start, K, idx, workspace);
   Checker ck("sample_farthest_points");
-  // workspace: B * N accumulators (float, or double for float64 points), given in the points' dtype or wider.
-  const int64_t acc_bytes = a.points.dtype == DType::Float64 ? 8 : 4;
-  if (a.workspace.numel() * dtype_size(a.workspace.dtype) < a.B * a.N * acc_bytes)
-    ck.value_error(str("workspace needs ", a.B * a.N * acc_bytes, " bytes"));
+  // workspace: B * N accumulators, float64 for float64 points, float32 otherwise (half types included).
+  ck.dtype(a.workspace, "workspace", {a.points.dtype == DType::Float64 ? DType::Float64 : DType::Float32});
+  pa::check_workspace_size(ck, a.workspace, a.B * a.N);
   pc::sample_farthest_points_cuda(a.points.dtype, a.points.data, a.B, a.N, a.D, a.lengths.ptr<int64_t>(),
                                   a.start.ptr<int64_t>(), a.K, a.idx.ptr<int64_t>(), a.workspace.data,
                                   stream_ptr(stream));

@@ -20,8 +20,11 @@ inline TensorView volume(const Checker& ck, const Device& dev, py::handle h, con
   ck.device(v, name, dev.type, dev.index);
   ck.ndim(v, name, 5, "(N, C, T, H, W)");
   if (v.sizes[4] > 1 && v.strides[4] != 1) ck.value_error(str("argument '", name, "' must have stride 1 along W"));
-  for (int d = 0; d < 4; ++d)
+  for (int d = 0; d < 4; ++d) {
     if (v.strides[d] < 0) ck.value_error(str("argument '", name, "' has a negative stride"));
+    if (writable && v.strides[d] == 0 && v.sizes[d] > 1)
+      ck.value_error(str("argument '", name, "' is written to but has overlapping (stride 0) elements"));
+  }
   if (v.numel() > 0 && v.data == nullptr) ck.value_error(str("argument '", name, "' has no data"));
   return v;
 }

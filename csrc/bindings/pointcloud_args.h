@@ -114,10 +114,9 @@ struct FpsArgs {
   int64_t B, N, D, K;
 };
 
-// The workspace's dtype is float32 when workspace_is_float32, else that of points; its size is checked by
-// the caller, which knows what its kernel needs.
+// The workspace's dtype and size are checked by the caller, which knows what its kernel needs.
 inline FpsArgs fps(const Device& dev, py::handle points, py::handle lengths, py::handle start, int64_t K,
-                   py::handle idx, py::handle workspace, bool workspace_is_float32) {
+                   py::handle idx, py::handle workspace) {
   const char* op = "sample_farthest_points";
   Checker ck(op);
   FpsArgs a;
@@ -148,8 +147,6 @@ inline FpsArgs fps(const Device& dev, py::handle points, py::handle lengths, py:
   ck.dtype(a.idx, "idx", {DType::Int64});
   shape_is(ck, a.idx, "idx", {a.B, a.K});
   a.workspace = output(ck, dev, workspace, op, "workspace");
-  if (workspace_is_float32) ck.dtype(a.workspace, "workspace", {DType::Float32});
-  else ck.same_dtype(a.workspace, "workspace", a.points, "points");
   return a;
 }
 

@@ -50,6 +50,12 @@ inline void stencil_plane(const T* x_prev, const T* x_cur, const T* x_next, int6
 
 // Copies channels F..C-1 of src (strides ss) to dst (strides sd). When both hold each (n, t) slab of those
 // channels as one contiguous block (the frame layout), it is one memcpy per slab; otherwise row by row.
+// Plane p of a (N, channels, T) range of planes, T fastest.
+struct Plane {
+  int64_t n, c, t;
+};
+inline Plane plane_of(int64_t p, int64_t channels, int64_t T) { return {p / (T * channels), (p / T) % channels, p % T}; }
+
 template <typename T>
 void copy_passthrough(const Geometry& g, const T* src, const int64_t* ss, T* dst, const int64_t* sd) {
   const int64_t pc = g.C - g.F;
@@ -68,9 +74,8 @@ void copy_passthrough(const Geometry& g, const T* src, const int64_t* ss, T* dst
   }
   parallel_for(0, g.N * pc * g.T, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
-      const int64_t t = p % g.T;
-      const int64_t c = g.F + (p / g.T) % pc;
-      const int64_t n = p / (g.T * pc);
+      const Plane q = plane_of(p, pc, g.T);
+      const int64_t n = q.n, c = g.F + q.c, t = q.t;
       const T* sp = src + n * ss[0] + c * ss[1] + t * ss[2];
       T* dp = dst + n * sd[0] + c * sd[1] + t * sd[2];
       for (int64_t h = 0; h < g.H; ++h) std::memcpy(dp + h * sd[3], sp + h * ss[3], sizeof(T) * g.W);
@@ -101,9 +106,7 @@ void mvf_forward_cpu(const Geometry& g, const T* x, const T* wt, const T* wh, co
   const int64_t planes = g.N * g.F * g.T;
   parallel_for(0, planes, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
-      const int64_t t = p % g.T;
-      const int64_t c = (p / g.T) % g.F;
-      const int64_t n = p / (g.T * g.F);
+      const auto [n, c, t] = plane_of(p, g.F, g.T);
       const T* xp = x + n * g.sx[0] + c * g.sx[1] + t * g.sx[2];
       T* op = out + n * g.so[0] + c * g.so[1] + t * g.so[2];
       stencil_plane(t > 0 ? xp - g.sx[2] : nullptr, xp, t + 1 < g.T ? xp + g.sx[2] : nullptr, g.H, g.W, g.sx[3],
@@ -128,9 +131,7 @@ void mvf_backward_cpu(const Geometry& g, const T* x, const T* grad_out, const T*
   const int64_t planes = g.N * g.F * g.T;
   parallel_for(0, planes, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
-      const int64_t t = p % g.T;
-      const int64_t c = (p / g.T) % g.F;
-      const int64_t n = p / (g.T * g.F);
+      const auto [n, c, t] = plane_of(p, g.F, g.T);
       const T* gp = grad_out + n * g.so[0] + c * g.so[1] + t * g.so[2];
       T* gyp = gy + ((n * g.F + c) * g.T + t) * HW;
       if (!scale && !hardswish) {
@@ -156,9 +157,7 @@ void mvf_backward_cpu(const Geometry& g, const T* x, const T* grad_out, const T*
   const int64_t fused_planes = g.N * g.F * g.T;
   parallel_for(0, fused_planes, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
-      const int64_t t = p % g.T;
-      const int64_t c = (p / g.T) % g.F;
-      const int64_t n = p / (g.T * g.F);
+      const auto [n, c, t] = plane_of(p, g.F, g.T);
       const T* gyp = gy + p * HW;
       const T mt[3] = {wt[3 * c + 2], wt[3 * c + 1], wt[3 * c]};
       const T mh[3] = {wh[3 * c + 2], wh[3 * c + 1], wh[3 * c]};

@@ -82,8 +82,6 @@ class ScaleSpaceConv2d(nn.Module):
         self.n_basis = (order + 1) * (order + 2) // 2
         self.sigma_max = (kernel_size - 1) / 2
         sizes = [out_channels // num_scales + (1 if s < out_channels % num_scales else 0) for s in range(num_scales)]
-        self.register_buffer("group_of_channel", torch.repeat_interleave(torch.arange(num_scales), torch.tensor(sizes)),
-                             persistent=False)
         self.group_sizes = sizes
         init = torch.logspace(math.log10(_SIGMA_MIN * 1.2), math.log10(self.sigma_max), num_scales) \
             if num_scales > 1 else torch.tensor([math.sqrt(_SIGMA_MIN * self.sigma_max)])

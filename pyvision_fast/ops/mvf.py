@@ -59,10 +59,27 @@ def _bwd_native(grad, x, wt, wh, ww, scale, shift, hardswish, fused, cuda: bool)
 
 
 def _bwd_ref(grad, x, wt, wh, ww, scale, shift, hardswish, fused):
-    with torch.enable_grad():
-        xs = [t.detach().requires_grad_() for t in (x, wt, wh, ww)]
-        out = ref.multi_view_fusion(*xs, scale, shift, hardswish, fused)
-        return torch.autograd.grad(out, xs, grad)
+    """The gradients written out with convolutions (custom-op implementations run below autograd, so they
+    cannot differentiate the reference with autograd)."""
+    import torch.nn.functional as F
+    from torch.nn.grad import conv3d_weight
+
+    Fc = fused
+    views = [(wt, (Fc, 1, 3, 1, 1), (1, 0, 0)), (wh, (Fc, 1, 1, 3, 1), (0, 1, 0)), (ww, (Fc, 1, 1, 1, 3), (0, 0, 1))]
+    xf = x[:, :Fc]
+    gy = grad[:, :Fc]
+    if scale is not None or hardswish:
+        y = ref.multi_view_fusion(xf, wt, wh, ww, None, None, False, Fc)
+        s = scale.view(1, -1, 1, 1, 1) if scale is not None else torch.ones((), dtype=x.dtype, device=x.device)
+        z = y * s + (shift.view(1, -1, 1, 1, 1) if scale is not None else 0)
+        d = torch.where(z < -3, 0.0, torch.where(z > 3, 1.0, (2 * z + 3) / 6)) if hardswish else 1.0
+        gy = gy * d * s
+    gx = grad.clone()
+    gx[:, :Fc] = sum(F.conv_transpose3d(gy, w.reshape(shape), padding=pad, groups=Fc) for w, shape, pad in views) \
+        if Fc else gx[:, :Fc]
+    gws = [conv3d_weight(xf, shape, gy, padding=pad, groups=Fc).reshape(Fc, 3) if Fc else w.new_zeros(0, 3)
+           for w, shape, pad in views]
+    return (gx, *gws)
 
 
 _FWD = {"cpu": _fwd_cpu, "cuda": _fwd_cuda, "reference": _fwd_ref}
