@@ -1,10 +1,13 @@
 """Scale-space convolution (SCAN-CNN reconstruction): a training step of ScaleSpaceConv2d against a plain
-nn.Conv2d of the same size, and the fused layer at inference."""
+nn.Conv2d of the same size, the fused layer at inference, the Gaussian scale space (forward + backward in x and
+sigma) against per-scale separable convolutions, and scale attention against its plain-PyTorch formulation."""
 from __future__ import annotations
 
 import torch
 
+from pyvision_fast import ops
 from pyvision_fast.nn import ScaleSpaceConv2d
+from pyvision_fast.reference import scale_space as ref
 
 from .harness import Case, Impl
 
@@ -42,4 +45,71 @@ def cases(device: str, quick: bool) -> list[Case]:
                         [Impl("pvf ScaleSpaceConv2d.fuse()", infer(fused), "ours"),
                          Impl("nn.Conv2d (same size)", infer(plain), "reference")],
                         flops=flops, bound="compute"))
+    out += _gaussian_cases(device, quick)
+    return out
+
+
+def _gaussian_cases(device: str, quick: bool) -> list[Case]:
+    from torchvision.transforms.v2 import functional as TF
+
+    B, C, S = (2, 8, 32) if quick else (16, 64, 112)
+    sigmas = [1.0, 2.0, 3.0, 4.0] if not quick else [0.5, 1.0, 2.0, 3.0]
+    torch.manual_seed(0)
+    x = torch.randn(B, C, S, S, device=device, requires_grad=True)
+    sigma = torch.tensor(sigmas, device=device, requires_grad=True)
+    grad = torch.randn(B, len(sigmas), C, S, S, device=device)
+
+    def train(fn):
+        def run():
+            x.grad = sigma.grad = None
+            fn(x, sigma).backward(grad)
+        return run
+
+    def infer(fn):
+        def run():
+            with torch.no_grad():
+                return fn(x, sigma)
+        return run
+
+    def torchvision_blur(a, s):
+        outs = []
+        for v in s.tolist():
+            r = ref.radius_for(v, 3.0)
+            outs.append(TF.gaussian_blur(a, [2 * r + 1, 2 * r + 1], [v, v]))
+        return torch.stack(outs, dim=1)
+
+    taps = sum(2 * (2 * ref.radius_for(v, 3.0) + 1) for v in sigmas)
+    params = dict(B=B, C=C, H=S, W=S, sigma=sigmas, truncate=3.0, padding="reflect")
+    out = [
+        Case("scale_space", "gaussian_scale_space fwd+bwd (x, sigma)", params,
+             [Impl("pvf.ops.gaussian_scale_space", train(ops.gaussian_scale_space), "ours"),
+              Impl("per-scale separable conv2d (reference)", train(ref.gaussian_scale_space), "reference")],
+             flops=3 * 2.0 * B * C * S * S * taps, bound="compute",
+             goal=("per-scale separable conv2d (reference)", 3.0),
+             note="FLOPs: the separable taps of every scale, forward and twice that backward."),
+        Case("scale_space", "gaussian_scale_space forward", params,
+             [Impl("pvf.ops.gaussian_scale_space", infer(ops.gaussian_scale_space), "ours"),
+              Impl("per-scale separable conv2d (reference)", infer(ref.gaussian_scale_space), "reference"),
+              Impl("torchvision gaussian_blur per scale", infer(torchvision_blur))],
+             flops=2.0 * B * C * S * S * taps, bound="compute"),
+    ]
+    G, Sa, HW = (4, 4, 16) if quick else (16, 4, 56)
+    y = torch.randn(B, Sa, G, HW, HW, device=device, requires_grad=True)
+    gain = torch.full((Sa,), 0.5, device=device, requires_grad=True)
+    gy = torch.randn_like(y)
+
+    def attention(fn):
+        def run():
+            y.grad = gain.grad = None
+            fn(y, gain).backward(gy)
+        return run
+
+    def plain(a, g):
+        return ref.scale_attention(a.reshape(B, Sa, -1), g).view(a.shape)
+
+    out.append(Case("scale_space", "scale_attention fwd+bwd", dict(B=B, S=Sa, G=G, H=HW, W=HW),
+                    [Impl("pvf.ops.scale_attention", attention(ops.scale_attention), "ours"),
+                     Impl("softmax in PyTorch (reference)", attention(plain), "reference")],
+                    bytes=4.0 * 5 * y.numel(), bound="memory",
+                    note="Bytes: y read and out written forward; y, grad read and grad_y written backward."))
     return out

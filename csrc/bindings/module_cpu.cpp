@@ -2,16 +2,19 @@
 // running a kernel, and releases the GIL while the kernel runs.
 #include <pybind11/pybind11.h>
 
+#include <climits>
 #include <cmath>
 #include <cstring>
 
 #include "bindings/mvf_args.h"
 #include "bindings/pointcloud_args.h"
+#include "bindings/scale_space_args.h"
 #include "bindings/py_tensor.h"
 #include "common/dispatch.h"
 #include "common/parallel.h"
 #include "mvf/mvf.h"
 #include "pointcloud/pointcloud.h"
+#include "scale_space/scale_space.h"
 
 namespace py = pybind11;
 using namespace pvf;
@@ -164,6 +167,68 @@ void mvf_backward(py::handle x, py::handle grad_out, py::handle wt, py::handle w
   });
 }
 
+namespace ss = pvf::scale_space;
+namespace ssa = pvf::scale_space_args;
+constexpr int64_t kAnyNumberOfScales = INT64_MAX;
+
+void filter_bank_forward(py::handle x, py::handle kernels, const std::vector<int64_t>& radii, int64_t boundary,
+                         py::handle out) {
+  const char* op = "gaussian_scale_space";
+  auto a = ssa::parse_bank(cpu(), op, x, kernels, radii, boundary, out, true, kAnyNumberOfScales);
+  py::gil_scoped_release nogil;
+  dispatch_floating(a.x.dtype, op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    ss::filter_bank_forward_cpu<T>(a.g, a.x.ptr<T>(), a.kernels.ptr<T>(), a.y.ptr<T>());
+  });
+}
+
+void filter_bank_backward(py::handle x, py::handle grad_out, py::handle kernels, const std::vector<int64_t>& radii,
+                          int64_t boundary, py::handle grad_x, py::handle grad_kernels) {
+  const char* op = "gaussian_scale_space_backward";
+  auto a = ssa::parse_bank(cpu(), op, x, kernels, radii, boundary, grad_out, false, kAnyNumberOfScales);
+  Checker ck(op);
+  TensorView gx = pa::output(ck, cpu(), grad_x, op, "grad_x");
+  pa::shape_is(ck, gx, "grad_x", {a.g.B, a.g.C, a.g.H, a.g.W});
+  ck.same_dtype(gx, "grad_x", a.x, "x");
+  TensorView gk = pa::output(ck, cpu(), grad_kernels, op, "grad_kernels");
+  pa::shape_is(ck, gk, "grad_kernels", {a.g.S, 2 * a.g.R + 1});
+  ck.same_dtype(gk, "grad_kernels", a.x, "x");
+  py::gil_scoped_release nogil;
+  dispatch_floating(a.x.dtype, op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    ss::filter_bank_backward_cpu<T>(a.g, a.x.ptr<T>(), a.y.ptr<T>(), a.kernels.ptr<T>(), gx.ptr<T>(), gk.ptr<T>());
+  });
+}
+
+void scale_attention_forward(py::handle y, py::handle gain, py::handle out) {
+  const char* op = "scale_attention";
+  auto a = ssa::parse_attention(cpu(), op, y, gain, out, true, kAnyNumberOfScales);
+  py::gil_scoped_release nogil;
+  dispatch_floating(a.y.dtype, op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    ss::scale_attention_forward_cpu<T>(a.B, a.S, a.P, a.y.ptr<T>(), a.gain.ptr<T>(), a.out.ptr<T>());
+  });
+}
+
+void scale_attention_backward(py::handle y, py::handle gain, py::handle grad_out, py::handle grad_y,
+                              py::handle grad_gain) {
+  const char* op = "scale_attention_backward";
+  auto a = ssa::parse_attention(cpu(), op, y, gain, grad_out, false, kAnyNumberOfScales);
+  Checker ck(op);
+  TensorView gy = pa::output(ck, cpu(), grad_y, op, "grad_y");
+  pa::shape_is(ck, gy, "grad_y", {a.B, a.S, a.P});
+  ck.same_dtype(gy, "grad_y", a.y, "y");
+  TensorView gg = pa::output(ck, cpu(), grad_gain, op, "grad_gain");
+  pa::shape_is(ck, gg, "grad_gain", {a.S});
+  ck.same_dtype(gg, "grad_gain", a.y, "y");
+  py::gil_scoped_release nogil;
+  dispatch_floating(a.y.dtype, op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    ss::scale_attention_backward_cpu<T>(a.B, a.S, a.P, a.y.ptr<T>(), a.gain.ptr<T>(), a.out.ptr<T>(), gy.ptr<T>(),
+                                        gg.ptr<T>());
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -201,4 +266,13 @@ PYBIND11_MODULE(_C, m) {
         py::arg("weight_w"), py::arg("bn_scale"), py::arg("bn_shift"), py::arg("hardswish"),
         py::arg("fused_channels"), py::arg("grad_x"), py::arg("grad_weight_t"), py::arg("grad_weight_h"),
         py::arg("grad_weight_w"), py::arg("workspace"));
+  m.def("filter_bank_forward", &filter_bank_forward, py::arg("x"), py::arg("kernels"), py::arg("radii"),
+        py::arg("boundary"), py::arg("out"),
+        "Separable filtering of x (B, C, H, W) at S scales into out (B, S, C, H, W); see scale_space.h.");
+  m.def("filter_bank_backward", &filter_bank_backward, py::arg("x"), py::arg("grad_out"), py::arg("kernels"),
+        py::arg("radii"), py::arg("boundary"), py::arg("grad_x"), py::arg("grad_kernels"));
+  m.def("scale_attention_forward", &scale_attention_forward, py::arg("y"), py::arg("gain"), py::arg("out"),
+        "Softmax re-weighting of y (B, S, P) across its S scale groups; see scale_space.h.");
+  m.def("scale_attention_backward", &scale_attention_backward, py::arg("y"), py::arg("gain"), py::arg("grad_out"),
+        py::arg("grad_y"), py::arg("grad_gain"));
 }

@@ -10,9 +10,11 @@
 
 #include "bindings/mvf_args.h"
 #include "bindings/pointcloud_args.h"
+#include "bindings/scale_space_args.h"
 #include "bindings/py_tensor.h"
 #include "mvf/mvf.h"
 #include "pointcloud/pointcloud.h"
+#include "scale_space/scale_space.h"
 
 namespace py = pybind11;
 using namespace pvf;
@@ -196,6 +198,67 @@ void mvf_backward(py::handle x, py::handle grad_out, py::handle wt, py::handle w
                               r.gwh.data, r.gww.data, r.gy.data, stream_ptr(stream));
 }
 
+namespace ss = pvf::scale_space;
+namespace ssa = pvf::scale_space_args;
+
+DType accumulation_dtype(DType d) { return d == DType::Float16 || d == DType::BFloat16 ? DType::Float32 : d; }
+
+void filter_bank_forward(py::handle x, py::handle kernels, const std::vector<int64_t>& radii, int64_t boundary,
+                         py::handle out, py::handle workspace, uintptr_t stream) {
+  const char* op = "gaussian_scale_space";
+  CudaCall call(x, op);
+  auto a = ssa::parse_bank(call.dev, op, x, kernels, radii, boundary, out, true, ss::kMaxScales);
+  Checker ck(op);
+  TensorView ws = pa::output(ck, call.dev, workspace, op, "workspace");
+  ck.dtype(ws, "workspace", {accumulation_dtype(a.x.dtype)});
+  pa::check_workspace_size(ck, ws, a.y.numel());
+  ss::filter_bank_forward_cuda(a.x.dtype, a.g, a.x.data, a.kernels.data, a.y.data, ws.data, stream_ptr(stream));
+}
+
+void filter_bank_backward(py::handle x, py::handle grad_out, py::handle kernels, const std::vector<int64_t>& radii,
+                          int64_t boundary, py::handle grad_x, py::handle grad_kernels, py::handle workspace,
+                          uintptr_t stream) {
+  const char* op = "gaussian_scale_space_backward";
+  CudaCall call(x, op);
+  auto a = ssa::parse_bank(call.dev, op, x, kernels, radii, boundary, grad_out, false, ss::kMaxScales);
+  Checker ck(op);
+  const DType acc = accumulation_dtype(a.x.dtype);
+  TensorView gx = pa::output(ck, call.dev, grad_x, op, "grad_x");
+  pa::shape_is(ck, gx, "grad_x", {a.g.B, a.g.C, a.g.H, a.g.W});
+  ck.same_dtype(gx, "grad_x", a.x, "x");
+  TensorView gk = pa::output(ck, call.dev, grad_kernels, op, "grad_kernels");
+  pa::shape_is(ck, gk, "grad_kernels", {a.g.S, 2 * a.g.R + 1});
+  ck.dtype(gk, "grad_kernels", {acc});
+  TensorView ws = pa::output(ck, call.dev, workspace, op, "workspace");
+  ck.dtype(ws, "workspace", {acc});
+  pa::check_workspace_size(ck, ws, 2 * a.y.numel());
+  ss::filter_bank_backward_cuda(a.x.dtype, a.g, a.x.data, a.y.data, a.kernels.data, gx.data, gk.data, ws.data,
+                                stream_ptr(stream));
+}
+
+void scale_attention_forward(py::handle y, py::handle gain, py::handle out, uintptr_t stream) {
+  const char* op = "scale_attention";
+  CudaCall call(y, op);
+  auto a = ssa::parse_attention(call.dev, op, y, gain, out, true, ss::kMaxScales);
+  ss::scale_attention_forward_cuda(a.y.dtype, a.B, a.S, a.P, a.y.data, a.gain.data, a.out.data, stream_ptr(stream));
+}
+
+void scale_attention_backward(py::handle y, py::handle gain, py::handle grad_out, py::handle grad_y,
+                              py::handle grad_gain, uintptr_t stream) {
+  const char* op = "scale_attention_backward";
+  CudaCall call(y, op);
+  auto a = ssa::parse_attention(call.dev, op, y, gain, grad_out, false, ss::kMaxScales);
+  Checker ck(op);
+  TensorView gy = pa::output(ck, call.dev, grad_y, op, "grad_y");
+  pa::shape_is(ck, gy, "grad_y", {a.B, a.S, a.P});
+  ck.same_dtype(gy, "grad_y", a.y, "y");
+  TensorView gg = pa::output(ck, call.dev, grad_gain, op, "grad_gain");
+  pa::shape_is(ck, gg, "grad_gain", {a.S});
+  ck.dtype(gg, "grad_gain", {accumulation_dtype(a.y.dtype)});
+  ss::scale_attention_backward_cuda(a.y.dtype, a.B, a.S, a.P, a.y.data, a.gain.data, a.out.data, gy.data, gg.data,
+                                    stream_ptr(stream));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C_cuda, m) {
@@ -226,4 +289,13 @@ PYBIND11_MODULE(_C_cuda, m) {
         py::arg("weight_w"), py::arg("bn_scale"), py::arg("bn_shift"), py::arg("hardswish"),
         py::arg("fused_channels"), py::arg("grad_x"), py::arg("grad_weight_t"), py::arg("grad_weight_h"),
         py::arg("grad_weight_w"), py::arg("workspace"), py::arg("stream"));
+  m.def("filter_bank_forward", &filter_bank_forward, py::arg("x"), py::arg("kernels"), py::arg("radii"),
+        py::arg("boundary"), py::arg("out"), py::arg("workspace"), py::arg("stream"));
+  m.def("filter_bank_backward", &filter_bank_backward, py::arg("x"), py::arg("grad_out"), py::arg("kernels"),
+        py::arg("radii"), py::arg("boundary"), py::arg("grad_x"), py::arg("grad_kernels"), py::arg("workspace"),
+        py::arg("stream"));
+  m.def("scale_attention_forward", &scale_attention_forward, py::arg("y"), py::arg("gain"), py::arg("out"),
+        py::arg("stream"));
+  m.def("scale_attention_backward", &scale_attention_backward, py::arg("y"), py::arg("gain"), py::arg("grad_out"),
+        py::arg("grad_y"), py::arg("grad_gain"), py::arg("stream"));
 }

@@ -2,7 +2,7 @@
 from .attention import FusedAttention, MultiheadAttention, patch_timm
 from .mvf import MVF, insert_mvf
 from .pointnet2 import PointNetFeaturePropagation, PointNetSetAbstraction
-from .scale_space import ScaleSpaceConv2d, gaussian_derivative_basis
+from .scale_space import ScaleAttention, ScaleSpaceConv2d, gaussian_derivative_basis
 
 __all__ = ["MVF", "FusedAttention", "MultiheadAttention", "PointNetFeaturePropagation", "PointNetSetAbstraction",
-           "ScaleSpaceConv2d", "gaussian_derivative_basis", "insert_mvf", "patch_timm"]
+           "ScaleAttention", "ScaleSpaceConv2d", "gaussian_derivative_basis", "insert_mvf", "patch_timm"]

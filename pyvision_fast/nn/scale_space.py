@@ -9,6 +9,11 @@ linear combination of the 2-D Gaussian derivatives of orders 0..``order`` at sca
 layer's k x k support; sigma_s is learned in log space and kept within what the support represents
 ([0.5, (k - 1) / 2] pixels, so that the kernel is neither sub-pixel nor truncated below one sigma). ``fuse()``
 materialises the kernels into one plain ``nn.Conv2d`` of the same size: the same output, no added cost.
+
+``ScaleAttention`` (also our reconstruction of the paper's "hierarchical scale attention") re-weights the S scale
+groups of such a layer's output per channel and location with a softmax across the groups of their
+scale-normalised response magnitudes; stacking ScaleSpaceConv2d + ScaleAttention layers makes the attention
+hierarchical. It runs as one fused pass (``pyvision_fast.ops.scale_attention``).
 """
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..ops import scale_attention
 
 _SIGMA_MIN = 0.5
 
@@ -124,3 +131,35 @@ class ScaleSpaceConv2d(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"num_scales={self.num_scales}, order={self.order}, stride={self.stride}, padding={self.padding}")
+
+
+class ScaleAttention(nn.Module):
+    """Softmax attention across the scale groups of a scale-space layer's output (our reconstruction).
+
+    For an input (B, S * G, H, W) whose channels are S consecutive groups of G (the layout of
+    ``ScaleSpaceConv2d`` with out_channels divisible by num_scales), every channel g and location (h, w) gets
+    weights p_s = softmax_s(gain_s * |y_s,g,h,w|) over the S groups, and the output is S * p_s * y_s: responses
+    at the scale that dominates a location are amplified, the others damped. The responses are comparable
+    across scales because ``ScaleSpaceConv2d``'s Gaussian-derivative basis is scale-normalised (gamma = 1);
+    ``gain`` (S,) is learned and starts at ``init_gain`` (0: uniform weights, the layer starts as the identity).
+
+    forward(y (B, S * G, H, W)) -> same shape and dtype; differentiable in y and gain.
+    """
+
+    def __init__(self, num_scales: int, init_gain: float = 0.0):
+        super().__init__()
+        if num_scales < 1:
+            raise ValueError(f"ScaleAttention: num_scales must be >= 1, got {num_scales}")
+        self.num_scales = num_scales
+        self.gain = nn.Parameter(torch.full((num_scales,), float(init_gain)))
+
+    def forward(self, y: Tensor) -> Tensor:
+        if y.dim() < 2 or y.shape[1] % self.num_scales:
+            raise ValueError(f"ScaleAttention: the channels of y {tuple(y.shape)} must split into "
+                             f"{self.num_scales} equal scale groups")
+        B, C = y.shape[:2]
+        grouped = y.reshape(B, self.num_scales, C // self.num_scales, *y.shape[2:])
+        return scale_attention(grouped, self.gain.to(y.dtype)).reshape(y.shape)
+
+    def extra_repr(self) -> str:
+        return f"num_scales={self.num_scales}"

@@ -1,6 +1,7 @@
 """Public functional API. Every op dispatches to the best available backend (see ``pyvision_fast.use_backend``)."""
 from .attention import attention
 from .mvf import multi_view_fusion
+from .scale_space import gaussian_scale_space, scale_attention
 from .pointcloud import (
     KNN,
     ball_query,
@@ -21,6 +22,7 @@ __all__ = [
     "KNN",
     "ball_query",
     "chamfer_distance",
+    "gaussian_scale_space",
     "furthest_point_sample",
     "gather_points",
     "grouping_operation",
@@ -29,6 +31,7 @@ __all__ = [
     "masked_gather",
     "multi_view_fusion",
     "sample_farthest_points",
+    "scale_attention",
     "three_interpolate",
     "three_nn",
 ]
