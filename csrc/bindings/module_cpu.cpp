@@ -6,12 +6,14 @@
 #include <cmath>
 #include <cstring>
 
+#include "bindings/deform_conv_args.h"
 #include "bindings/mvf_args.h"
 #include "bindings/pointcloud_args.h"
 #include "bindings/scale_space_args.h"
 #include "bindings/py_tensor.h"
 #include "common/dispatch.h"
 #include "common/parallel.h"
+#include "deform_conv/deform_conv.h"
 #include "mvf/mvf.h"
 #include "pointcloud/pointcloud.h"
 #include "scale_space/scale_space.h"
@@ -229,6 +231,48 @@ void scale_attention_backward(py::handle y, py::handle gain, py::handle grad_out
   });
 }
 
+namespace dc = pvf::deform_conv;
+namespace dca = pvf::deform_conv_args;
+
+void deform_im2col(py::handle input, py::handle offset, py::handle mask, const py::tuple& conv, py::handle columns) {
+  const char* op = "deform_conv2d";
+  auto a = dca::parse(cpu(), op, input, offset, mask, conv);
+  Checker ck(op);
+  TensorView cols = dca::columns(ck, cpu(), a, columns, op, "columns", true);
+  py::gil_scoped_release nogil;
+  dispatch_floating(a.input.dtype, op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    dc::im2col_cpu<T>(a.g, a.input.ptr<T>(), a.offset.ptr<T>(), a.mask.ptr<T>(), cols.ptr<T>());
+  });
+}
+
+void deform_col2im(py::handle input, py::handle offset, py::handle mask, const py::tuple& conv,
+                   py::handle grad_columns, py::handle grad_input, py::handle grad_offset, py::handle grad_mask) {
+  const char* op = "deform_conv2d_backward";
+  auto a = dca::parse(cpu(), op, input, offset, mask, conv);
+  Checker ck(op);
+  TensorView gc = dca::columns(ck, cpu(), a, grad_columns, op, "grad_columns", false);
+  TensorView gi = pa::output(ck, cpu(), grad_input, op, "grad_input");
+  pa::shape_is(ck, gi, "grad_input", {a.g.B, a.g.C, a.g.H, a.g.W});
+  ck.same_dtype(gi, "grad_input", a.input, "input");
+  TensorView go = pa::output(ck, cpu(), grad_offset, op, "grad_offset");
+  pa::shape_is(ck, go, "grad_offset", {a.g.B, 2 * a.g.OG * a.g.K(), a.g.Ho, a.g.Wo});
+  ck.same_dtype(go, "grad_offset", a.input, "input");
+  OptionalTensor gm = optional_tensor_from_py(grad_mask, op, "grad_mask", true);
+  if (gm.has_value != a.mask.has_value) ck.value_error("grad_mask must be given exactly when mask is");
+  if (gm.has_value) {
+    ck.contiguous(gm.view, "grad_mask");
+    pa::shape_is(ck, gm.view, "grad_mask", {a.g.B, a.g.OG * a.g.K(), a.g.Ho, a.g.Wo});
+    ck.same_dtype(gm.view, "grad_mask", a.input, "input");
+  }
+  py::gil_scoped_release nogil;
+  dispatch_floating(a.input.dtype, op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    dc::col2im_cpu<T>(a.g, a.input.ptr<T>(), a.offset.ptr<T>(), a.mask.ptr<T>(), gc.ptr<T>(), gi.ptr<T>(),
+                      go.ptr<T>(), gm.ptr<T>());
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -275,4 +319,8 @@ PYBIND11_MODULE(_C, m) {
         "Softmax re-weighting of y (B, S, P) across its S scale groups; see scale_space.h.");
   m.def("scale_attention_backward", &scale_attention_backward, py::arg("y"), py::arg("gain"), py::arg("grad_out"),
         py::arg("grad_y"), py::arg("grad_gain"));
+  m.def("deform_im2col", &deform_im2col, py::arg("input"), py::arg("offset"), py::arg("mask"), py::arg("conv"),
+        py::arg("columns"), "Deformable-convolution columns (B, C*kh*kw, Ho*Wo); see deform_conv.h.");
+  m.def("deform_col2im", &deform_col2im, py::arg("input"), py::arg("offset"), py::arg("mask"), py::arg("conv"),
+        py::arg("grad_columns"), py::arg("grad_input"), py::arg("grad_offset"), py::arg("grad_mask"));
 }

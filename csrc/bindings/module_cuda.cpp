@@ -8,10 +8,12 @@
 
 #include <cmath>
 
+#include "bindings/deform_conv_args.h"
 #include "bindings/mvf_args.h"
 #include "bindings/pointcloud_args.h"
 #include "bindings/scale_space_args.h"
 #include "bindings/py_tensor.h"
+#include "deform_conv/deform_conv.h"
 #include "mvf/mvf.h"
 #include "pointcloud/pointcloud.h"
 #include "scale_space/scale_space.h"
@@ -259,6 +261,46 @@ void scale_attention_backward(py::handle y, py::handle gain, py::handle grad_out
                                     stream_ptr(stream));
 }
 
+namespace dc = pvf::deform_conv;
+namespace dca = pvf::deform_conv_args;
+
+void deform_im2col(py::handle input, py::handle offset, py::handle mask, const py::tuple& conv, py::handle columns,
+                   uintptr_t stream) {
+  const char* op = "deform_conv2d";
+  CudaCall call(input, op);
+  auto a = dca::parse(call.dev, op, input, offset, mask, conv);
+  Checker ck(op);
+  TensorView cols = dca::columns(ck, call.dev, a, columns, op, "columns", true);
+  dc::im2col_cuda(a.input.dtype, a.g, a.input.data, a.offset.data, a.mask.has_value ? a.mask.view.data : nullptr,
+                  cols.data, stream_ptr(stream));
+}
+
+void deform_col2im(py::handle input, py::handle offset, py::handle mask, const py::tuple& conv,
+                   py::handle grad_columns, py::handle grad_input, py::handle grad_offset, py::handle grad_mask,
+                   uintptr_t stream) {
+  const char* op = "deform_conv2d_backward";
+  CudaCall call(input, op);
+  auto a = dca::parse(call.dev, op, input, offset, mask, conv);
+  Checker ck(op);
+  TensorView gc = dca::columns(ck, call.dev, a, grad_columns, op, "grad_columns", false);
+  TensorView gi = pa::output(ck, call.dev, grad_input, op, "grad_input");
+  pa::shape_is(ck, gi, "grad_input", {a.g.B, a.g.C, a.g.H, a.g.W});
+  ck.dtype(gi, "grad_input", {accumulation_dtype(a.input.dtype)});
+  TensorView go = pa::output(ck, call.dev, grad_offset, op, "grad_offset");
+  pa::shape_is(ck, go, "grad_offset", {a.g.B, 2 * a.g.OG * a.g.K(), a.g.Ho, a.g.Wo});
+  ck.same_dtype(go, "grad_offset", a.input, "input");
+  OptionalTensor gm = optional_tensor_from_py(grad_mask, op, "grad_mask", true);
+  if (gm.has_value != a.mask.has_value) ck.value_error("grad_mask must be given exactly when mask is");
+  if (gm.has_value) {
+    ck.device(gm.view, "grad_mask", call.dev.type, call.dev.index);
+    ck.contiguous(gm.view, "grad_mask");
+    pa::shape_is(ck, gm.view, "grad_mask", {a.g.B, a.g.OG * a.g.K(), a.g.Ho, a.g.Wo});
+    ck.same_dtype(gm.view, "grad_mask", a.input, "input");
+  }
+  dc::col2im_cuda(a.input.dtype, a.g, a.input.data, a.offset.data, a.mask.has_value ? a.mask.view.data : nullptr,
+                  gc.data, gi.data, go.data, gm.has_value ? gm.view.data : nullptr, stream_ptr(stream));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C_cuda, m) {
@@ -298,4 +340,9 @@ PYBIND11_MODULE(_C_cuda, m) {
         py::arg("stream"));
   m.def("scale_attention_backward", &scale_attention_backward, py::arg("y"), py::arg("gain"), py::arg("grad_out"),
         py::arg("grad_y"), py::arg("grad_gain"), py::arg("stream"));
+  m.def("deform_im2col", &deform_im2col, py::arg("input"), py::arg("offset"), py::arg("mask"), py::arg("conv"),
+        py::arg("columns"), py::arg("stream"));
+  m.def("deform_col2im", &deform_col2im, py::arg("input"), py::arg("offset"), py::arg("mask"), py::arg("conv"),
+        py::arg("grad_columns"), py::arg("grad_input"), py::arg("grad_offset"), py::arg("grad_mask"),
+        py::arg("stream"));
 }

@@ -1,8 +1,22 @@
 """Drop-in ``nn.Module`` layers built on ``pyvision_fast.ops``."""
 from .attention import FusedAttention, MultiheadAttention, patch_timm
+from .deform_conv import DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack
 from .mvf import MVF, insert_mvf
 from .pointnet2 import PointNetFeaturePropagation, PointNetSetAbstraction
 from .scale_space import ScaleAttention, ScaleSpaceConv2d, gaussian_derivative_basis
 
-__all__ = ["MVF", "FusedAttention", "MultiheadAttention", "PointNetFeaturePropagation", "PointNetSetAbstraction",
-           "ScaleAttention", "ScaleSpaceConv2d", "gaussian_derivative_basis", "insert_mvf", "patch_timm"]
+__all__ = [
+    "MVF",
+    "DeformConv2d",
+    "DeformConv2dPack",
+    "FusedAttention",
+    "ModulatedDeformConv2dPack",
+    "MultiheadAttention",
+    "PointNetFeaturePropagation",
+    "PointNetSetAbstraction",
+    "ScaleAttention",
+    "ScaleSpaceConv2d",
+    "gaussian_derivative_basis",
+    "insert_mvf",
+    "patch_timm",
+]

@@ -1,5 +1,6 @@
 """Public functional API. Every op dispatches to the best available backend (see ``pyvision_fast.use_backend``)."""
 from .attention import attention
+from .deform_conv import deform_conv2d
 from .mvf import multi_view_fusion
 from .scale_space import gaussian_scale_space, scale_attention
 from .pointcloud import (
@@ -22,6 +23,7 @@ __all__ = [
     "KNN",
     "ball_query",
     "chamfer_distance",
+    "deform_conv2d",
     "gaussian_scale_space",
     "furthest_point_sample",
     "gather_points",

@@ -1,0 +1,223 @@
+"""Deformable convolution v1/v2 with torchvision's semantics (``torchvision.ops.deform_conv2d``).
+
+The compiled kernels (csrc/deform_conv) build the bilinear sampling columns (B, C*kh*kw, Ho*Wo) and their
+transposes (gradients of input, offset and mask); the matrix products with the weight run in torch (MKL /
+cuBLAS), over chunks of the batch whose columns fit a cache-sized budget.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional, Union
+
+import torch
+from torch import Tensor
+
+from .. import _ext
+from ..reference import deform_conv as ref
+from ._registry import dispatch
+
+# Columns of one chunk stay below this many bytes: large enough for efficient GEMMs, small enough to stay in
+# the last-level cache share of a core group rather than streaming through memory.
+COLUMN_BUDGET_BYTES = 8 << 20
+
+
+class _Kernels(NamedTuple):
+    im2col: Callable
+    col2im: Callable
+
+
+def _im2col_cpu(input, offset, mask, conv):
+    B, C, H, W = input.shape
+    cols = input.new_empty(B, C * conv[0] * conv[1], offset.shape[2] * offset.shape[3])
+    _ext.cpu_module().deform_im2col(_ext.arg(input), _ext.arg(offset), _ext.opt(mask), tuple(conv), _ext.arg(cols))
+    return cols
+
+
+def _col2im_cpu(input, offset, mask, conv, grad_columns):
+    gi, go = torch.empty_like(input), torch.empty_like(offset)
+    gm = None if mask is None else torch.empty_like(mask)
+    _ext.cpu_module().deform_col2im(_ext.arg(input), _ext.arg(offset), _ext.opt(mask), tuple(conv),
+                                    _ext.arg(grad_columns), _ext.arg(gi), _ext.arg(go), _ext.opt(gm))
+    return gi, go, gm
+
+
+def _im2col_cuda(input, offset, mask, conv):
+    B, C, H, W = input.shape
+    cols = input.new_empty(B, C * conv[0] * conv[1], offset.shape[2] * offset.shape[3])
+    _ext.cuda_module().deform_im2col(_ext.arg(input), _ext.arg(offset), _ext.opt(mask), tuple(conv),
+                                     _ext.arg(cols), _ext.stream(input.device))
+    return cols
+
+
+def _col2im_cuda(input, offset, mask, conv, grad_columns):
+    acc = torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype
+    gi = torch.empty(input.shape, dtype=acc, device=input.device)
+    go = torch.empty_like(offset)
+    gm = None if mask is None else torch.empty_like(mask)
+    _ext.cuda_module().deform_col2im(_ext.arg(input), _ext.arg(offset), _ext.opt(mask), tuple(conv),
+                                     _ext.arg(grad_columns), _ext.arg(gi), _ext.arg(go), _ext.opt(gm),
+                                     _ext.stream(input.device))
+    return gi.to(input.dtype), go, gm
+
+
+_KERNELS = {"cpu": _Kernels(_im2col_cpu, _col2im_cpu), "cuda": _Kernels(_im2col_cuda, _col2im_cuda),
+            "reference": _Kernels(ref.im2col, ref.col2im)}
+
+
+def _chunks(input: Tensor, offset: Tensor, conv) -> range:
+    B, C = input.shape[:2]
+    per_image = C * conv[0] * conv[1] * offset.shape[2] * offset.shape[3] * input.element_size()
+    step = max(1, min(B, COLUMN_BUDGET_BYTES // max(per_image, 1)))
+    return range(0, B, step) if B else range(0)
+
+
+def _forward(k: _Kernels, input, weight, offset, mask, bias, conv):
+    B, C = input.shape[:2]
+    Cout, Cg = weight.shape[:2]
+    groups = C // Cg
+    Ho, Wo = offset.shape[2:]
+    Kc = Cg * conv[0] * conv[1]
+    w = weight.reshape(groups, Cout // groups, Kc)
+    out = input.new_empty(B, Cout, Ho, Wo)
+    chunks = _chunks(input, offset, conv)
+    for b0 in chunks:
+        sl = slice(b0, b0 + chunks.step)
+        cols = k.im2col(input[sl], offset[sl], None if mask is None else mask[sl], conv)
+        n = cols.shape[0]
+        out[sl] = torch.matmul(w, cols.view(n, groups, Kc, Ho * Wo)).view(n, Cout, Ho, Wo)
+    if bias is not None:
+        out += bias.view(1, Cout, 1, 1)
+    return out
+
+
+def _backward(k: _Kernels, grad, input, weight, offset, mask, bias, conv):
+    B, C = input.shape[:2]
+    Cout, Cg = weight.shape[:2]
+    groups = C // Cg
+    Ho, Wo = offset.shape[2:]
+    P, Kc = Ho * Wo, Cg * conv[0] * conv[1]
+    w = weight.reshape(groups, Cout // groups, Kc)
+    grad_input, grad_offset = torch.empty_like(input), torch.empty_like(offset)
+    grad_mask = None if mask is None else torch.empty_like(mask)
+    grad_weight = torch.zeros_like(w)
+    chunks = _chunks(input, offset, conv)
+    for b0 in chunks:
+        sl = slice(b0, b0 + chunks.step)
+        m = None if mask is None else mask[sl]
+        g = grad[sl].reshape(-1, groups, Cout // groups, P)
+        n = g.shape[0]
+        grad_cols = torch.matmul(w.transpose(1, 2), g).view(n, C * Kc // Cg, P)
+        gi, go, gm = k.col2im(input[sl], offset[sl], m, conv, grad_cols)
+        grad_input[sl], grad_offset[sl] = gi, go
+        if gm is not None:
+            grad_mask[sl] = gm
+        cols = k.im2col(input[sl], offset[sl], m, conv).view(n, groups, Kc, P)
+        grad_weight += torch.matmul(g, cols.transpose(-1, -2)).sum(0)
+    grad_bias = None if bias is None else grad.sum(dim=(0, 2, 3))
+    return grad_input, grad_weight.view(weight.shape), grad_offset, grad_mask, grad_bias
+
+
+def _conv(stride, padding, dilation, weight) -> list[int]:
+    return [weight.shape[2], weight.shape[3], *stride, *padding, *dilation]
+
+
+@torch.library.custom_op("pvf::deform_conv2d", mutates_args=())
+def _deform_conv2d_op(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor], bias: Optional[Tensor],
+                      stride: list[int], padding: list[int], dilation: list[int]) -> Tensor:
+    k = dispatch("deform_conv2d", input.device, _KERNELS)
+    c = lambda t: None if t is None else t.contiguous()  # noqa: E731
+    return _forward(k, c(input), c(weight), c(offset), c(mask), c(bias), _conv(stride, padding, dilation, weight))
+
+
+@_deform_conv2d_op.register_fake
+def _(input, weight, offset, mask, bias, stride, padding, dilation):
+    return input.new_empty(input.shape[0], weight.shape[0], offset.shape[2], offset.shape[3])
+
+
+@torch.library.custom_op("pvf::deform_conv2d_backward", mutates_args=())
+def _deform_conv2d_backward_op(grad: Tensor, input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor],
+                               bias: Optional[Tensor], stride: list[int], padding: list[int],
+                               dilation: list[int]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of input, weight, offset, mask and bias (empty tensors for an absent mask or bias)."""
+    k = dispatch("deform_conv2d_backward", input.device, _KERNELS)
+    c = lambda t: None if t is None else t.contiguous()  # noqa: E731
+    gi, gw, go, gm, gb = _backward(k, c(grad), c(input), c(weight), c(offset), c(mask), c(bias),
+                                   _conv(stride, padding, dilation, weight))
+    return gi, gw, go, input.new_empty(0) if gm is None else gm, input.new_empty(0) if gb is None else gb
+
+
+@_deform_conv2d_backward_op.register_fake
+def _(grad, input, weight, offset, mask, bias, stride, padding, dilation):
+    return (torch.empty_like(input), torch.empty_like(weight), torch.empty_like(offset),
+            input.new_empty(0) if mask is None else torch.empty_like(mask),
+            input.new_empty(0) if bias is None else torch.empty_like(bias))
+
+
+def _setup(ctx, inputs, output):
+    input, weight, offset, mask, bias, stride, padding, dilation = inputs
+    ctx.save_for_backward(input, weight, offset, mask, bias)
+    ctx.conv = (stride, padding, dilation)
+
+
+def _autograd_backward(ctx, grad):
+    input, weight, offset, mask, bias = ctx.saved_tensors
+    gi, gw, go, gm, gb = _deform_conv2d_backward_op(grad, input, weight, offset, mask, bias, *ctx.conv)
+    return gi, gw, go, None if mask is None else gm, None if bias is None else gb, None, None, None
+
+
+_deform_conv2d_op.register_autograd(_autograd_backward, setup_context=_setup)
+
+
+def _pair(v: Union[int, tuple, list], name: str) -> list[int]:
+    if isinstance(v, bool) or not isinstance(v, (int, tuple, list)):
+        raise TypeError(f"deform_conv2d: {name} must be an int or a pair of ints, got {type(v).__name__}")
+    pair = [v, v] if isinstance(v, int) else list(v)
+    if len(pair) != 2 or not all(isinstance(p, int) and not isinstance(p, bool) for p in pair):
+        raise TypeError(f"deform_conv2d: {name} must be an int or a pair of ints, got {v!r}")
+    return pair
+
+
+def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                  stride: Union[int, tuple[int, int]] = 1, padding: Union[int, tuple[int, int]] = 0,
+                  dilation: Union[int, tuple[int, int]] = 1, mask: Optional[Tensor] = None) -> Tensor:
+    """Deformable convolution (DCNv1, and DCNv2 with ``mask``), a drop-in for ``torchvision.ops.deform_conv2d``.
+
+    Args:
+        input: (B, C_in, H, W).
+        offset: (B, 2 * offset_groups * kh * kw, Ho, Wo); channel 2 (g kh kw + k) is the y offset and the next
+            one the x offset of tap k = i * kw + j of offset group g (channels are split into offset_groups
+            consecutive groups).
+        weight: (C_out, C_in / groups, kh, kw); groups = C_in / weight.shape[1].
+        bias: (C_out,) or None.
+        stride, padding, dilation: ints or pairs (padding is zero padding: samples outside the image read 0).
+        mask: (B, offset_groups * kh * kw, Ho, Wo) modulation (DCNv2) or None.
+
+    Returns (B, C_out, Ho, Wo), Ho = (H + 2 ph - dh (kh - 1) - 1) // sh + 1 (likewise Wo). Differentiable in
+    input, offset, weight, mask and bias. float32/float64 on CPU; also float16/bfloat16 on CUDA (sampling in
+    float32).
+    """
+    for name, t in (("input", input), ("offset", offset), ("weight", weight)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"deform_conv2d: {name} must be a tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"deform_conv2d: {name} must have 4 dimensions, got shape {tuple(t.shape)}")
+    stride, padding, dilation = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    C, Cout, Cg = input.shape[1], weight.shape[0], weight.shape[1]
+    if Cg == 0 or C % Cg:
+        raise ValueError(f"deform_conv2d: input channels ({C}) must be a multiple of weight.shape[1] ({Cg})")
+    groups = C // Cg
+    if Cout % groups:
+        raise ValueError(f"deform_conv2d: output channels ({Cout}) must be divisible by groups ({groups})")
+    for name, t in (("offset", offset), ("weight", weight), ("bias", bias), ("mask", mask)):
+        if t is None:
+            continue
+        if not isinstance(t, Tensor):
+            raise TypeError(f"deform_conv2d: {name} must be a tensor, got {type(t).__name__}")
+        if t.dtype != input.dtype:
+            raise TypeError(f"deform_conv2d: {name} ({t.dtype}) and input ({input.dtype}) must have the same dtype")
+        if t.device != input.device:
+            raise TypeError(f"deform_conv2d: {name} is on {t.device} but input is on {input.device}")
+    if bias is not None and tuple(bias.shape) != (Cout,):
+        raise ValueError(f"deform_conv2d: bias must have shape ({Cout},), got {tuple(bias.shape)}")
+    return _deform_conv2d_op(input, weight, offset, mask, bias, stride, padding, dilation)
+
+

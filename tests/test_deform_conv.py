@@ -1,0 +1,200 @@
+"""deform_conv2d and the DeformConv2d layers against torchvision.ops.deform_conv2d (values and every gradient)."""
+import math
+
+import pytest
+import torch
+import torchvision
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from op_harness import DEVICES, BadInput, assert_close, check_compiled, check_onnx, float_dtypes, gradcheck, opcheck
+from op_harness import run_bad_input
+from pyvision_fast import ops, use_backend
+from pyvision_fast.nn import DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack
+
+
+def _case(g, B, C_per, Cout_per, groups, og, kh, kw, H, W, stride, padding, dilation, use_mask, spread):
+    C = C_per * groups * og // math.gcd(groups, og)
+    Cout = Cout_per * groups
+    Ho = (H + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    Wo = (W + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    x = torch.randn(B, C, H, W, generator=g, dtype=torch.float64)
+    # offsets large enough that many samples fall outside the image and on its border
+    offset = torch.randn(B, 2 * og * kh * kw, Ho, Wo, generator=g, dtype=torch.float64) * spread
+    weight = torch.randn(Cout, C // groups, kh, kw, generator=g, dtype=torch.float64)
+    bias = torch.randn(Cout, generator=g, dtype=torch.float64)
+    mask = torch.rand(B, og * kh * kw, Ho, Wo, generator=g, dtype=torch.float64) if use_mask else None
+    return x, offset, weight, bias, mask
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@settings(max_examples=30, deadline=None)
+@given(B=st.integers(0, 3), C_per=st.integers(1, 3), Cout_per=st.integers(1, 3), groups=st.sampled_from([1, 2]),
+       og=st.sampled_from([1, 2, 3]), kh=st.integers(1, 3), kw=st.integers(1, 3), H=st.integers(1, 7),
+       W=st.integers(1, 8), stride=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       padding=st.tuples(st.integers(0, 2), st.integers(0, 2)), dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       use_mask=st.booleans(), use_bias=st.booleans(), spread=st.sampled_from([0.5, 3.0]), seed=st.integers(0, 2**16))
+def test_matches_torchvision(device, B, C_per, Cout_per, groups, og, kh, kw, H, W, stride, padding, dilation,
+                             use_mask, use_bias, spread, seed):
+    if H + 2 * padding[0] < dilation[0] * (kh - 1) + 1 or W + 2 * padding[1] < dilation[1] * (kw - 1) + 1:
+        return  # empty output: covered by the bad-input table
+    g = torch.Generator().manual_seed(seed)
+    x, offset, weight, bias, mask = _case(g, B, C_per, Cout_per, groups, og, kh, kw, H, W, stride, padding, dilation,
+                                          use_mask, spread)
+    bias = bias if use_bias else None
+    ref_in = [t for t in (x, offset, weight, bias, mask) if t is not None]
+    ref_in = [t.clone().requires_grad_() for t in ref_in]
+    it = iter(ref_in)
+    rx, roff, rw = next(it), next(it), next(it)
+    rb = next(it) if use_bias else None
+    rm = next(it) if use_mask else None
+    expected = torchvision.ops.deform_conv2d(rx, roff, rw, rb, stride, padding, dilation, rm)
+    go = torch.randn(expected.shape, generator=g, dtype=torch.float64)
+    want = torch.autograd.grad(expected, ref_in, go) if expected.numel() else [torch.zeros_like(t) for t in ref_in]
+    for dtype in float_dtypes(device):
+        ins = [t.detach().to(device, dtype).requires_grad_() for t in ref_in]
+        it = iter(ins)
+        tx, toff, tw = next(it), next(it), next(it)
+        tb = next(it) if use_bias else None
+        tm = next(it) if use_mask else None
+        out = ops.deform_conv2d(tx, toff, tw, tb, stride, padding, dilation, tm)
+        assert out.shape == expected.shape and out.dtype == dtype
+        assert_close(out, expected, dtype)
+        got = torch.autograd.grad(out, ins, go.to(device, dtype), allow_unused=True)
+        tol = {"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else {}  # sums over batch and positions
+        for a, b in zip(got, want):
+            assert_close(torch.zeros_like(b) if a is None else a, b, dtype, **tol)
+
+
+def test_gradcheck_all_inputs():
+    g = torch.Generator().manual_seed(0)
+    x, offset, weight, bias, mask = _case(g, 2, 1, 2, 2, 2, 2, 3, 5, 6, (1, 2), (1, 0), (1, 2), True, 1.5)
+    ins = [t.requires_grad_() for t in (x, offset, weight, bias, mask)]
+    gradcheck(lambda a, o, w, b, m: ops.deform_conv2d(a, o, w, b, (1, 2), (1, 0), (1, 2), m), ins)
+
+
+def test_reference_backend_agrees_with_cpu():
+    g = torch.Generator().manual_seed(1)
+    ins = [t.requires_grad_() for t in _case(g, 3, 2, 2, 2, 1, 3, 3, 6, 7, (2, 1), (1, 1), (1, 1), True, 2.0)]
+    results = []
+    for backend in ("cpu", "reference"):
+        with use_backend(backend):
+            out = ops.deform_conv2d(ins[0], ins[1], ins[2], ins[3], (2, 1), 1, 1, ins[4])
+            results.append((out, *torch.autograd.grad(out, ins, torch.ones_like(out))))
+    for a, b in zip(*results):
+        assert_close(a, b)
+
+
+def test_batches_that_span_several_chunks(monkeypatch):
+    import pyvision_fast.ops.deform_conv as dc
+
+    g = torch.Generator().manual_seed(2)
+    ins = [t.requires_grad_() for t in _case(g, 7, 2, 2, 1, 1, 3, 3, 5, 5, (1, 1), (1, 1), (1, 1), True, 1.0)]
+    expected = torchvision.ops.deform_conv2d(ins[0], ins[1], ins[2], ins[3], 1, 1, 1, ins[4])
+    want = torch.autograd.grad(expected, ins, torch.ones_like(expected))
+    per_image = 2 * 9 * 25 * 8
+    monkeypatch.setattr(dc, "COLUMN_BUDGET_BYTES", 3 * per_image)  # chunks of 3, 3 and 1 images
+    out = ops.deform_conv2d(ins[0], ins[1], ins[2], ins[3], 1, 1, 1, ins[4])
+    assert_close(out, expected)
+    for a, b in zip(torch.autograd.grad(out, ins, torch.ones_like(out)), want):
+        assert_close(a, b)
+
+
+def test_opcheck_and_compile():
+    g = torch.Generator().manual_seed(3)
+    x, offset, weight, bias, mask = _case(g, 2, 2, 2, 1, 2, 3, 3, 6, 6, (1, 1), (1, 1), (1, 1), True, 1.0)
+    x, offset, weight, bias, mask = (t.float().requires_grad_() for t in (x, offset, weight, bias, mask))
+    opcheck(torch.ops.pvf.deform_conv2d.default, (x, weight, offset, mask, bias, [1, 1], [1, 1], [1, 1]))
+    opcheck(torch.ops.pvf.deform_conv2d.default, (x, weight, offset, None, None, [1, 1], [1, 1], [1, 1]))
+    check_compiled(lambda a, o, w, b, m: ops.deform_conv2d(a, o, w, b, 1, 1, 1, m), x, offset, weight, bias, mask)
+
+
+def test_bad_inputs():
+    x = torch.randn(2, 4, 6, 6)
+    w = torch.randn(6, 4, 3, 3)
+    off = torch.randn(2, 18, 6, 6)
+    cases = [
+        BadInput("input rank", lambda: ops.deform_conv2d(x[0], off, w, padding=1), ValueError, "input must have 4"),
+        BadInput("weight channels", lambda: ops.deform_conv2d(x, off, torch.randn(6, 3, 3, 3), padding=1), ValueError,
+                 "multiple of weight.shape"),
+        BadInput("groups vs out", lambda: ops.deform_conv2d(x, off, torch.randn(5, 2, 3, 3), padding=1), ValueError,
+                 "divisible by groups"),
+        BadInput("offset channels", lambda: ops.deform_conv2d(x, off[:, :17], w, padding=1), ValueError,
+                 "multiple of 2 \\* kh \\* kw"),
+        BadInput("offset groups", lambda: ops.deform_conv2d(x, torch.randn(2, 54, 6, 6), w, padding=1), ValueError,
+                 "divisible by offset groups"),
+        BadInput("offset size", lambda: ops.deform_conv2d(x, off, w), ValueError, "offset"),
+        BadInput("mask shape", lambda: ops.deform_conv2d(x, off, w, padding=1, mask=torch.rand(2, 8, 6, 6)),
+                 ValueError, "mask"),
+        BadInput("bias shape", lambda: ops.deform_conv2d(x, off, w, torch.zeros(5), padding=1), ValueError, "bias"),
+        BadInput("dtype", lambda: ops.deform_conv2d(x, off.double(), w, padding=1), TypeError, "same dtype"),
+        BadInput("int input", lambda: ops.deform_conv2d(x.int(), off.int(), w.int(), padding=1), TypeError,
+                 "float32 or float64"),
+        BadInput("stride 0", lambda: ops.deform_conv2d(x, off, w, stride=0, padding=1), ValueError, "stride"),
+        BadInput("negative padding", lambda: ops.deform_conv2d(x, off, w, padding=-1), ValueError, "padding"),
+        BadInput("stride type", lambda: ops.deform_conv2d(x, off, w, stride=1.5), TypeError, "stride"),
+        BadInput("empty output", lambda: ops.deform_conv2d(x[:, :, :1, :1], off[:, :, :1, :1], w), ValueError,
+                 "empty"),
+        BadInput("batch", lambda: ops.deform_conv2d(x, off[:1], w, padding=1), ValueError, "offset"),
+    ]
+    for case in cases:
+        run_bad_input(case)
+
+
+def test_empty_batch():
+    x = torch.randn(0, 4, 6, 6, requires_grad=True)
+    w = torch.randn(6, 4, 3, 3, requires_grad=True)
+    out = ops.deform_conv2d(x, torch.randn(0, 18, 6, 6), w, torch.zeros(6), padding=1)
+    assert out.shape == (0, 6, 6, 6)
+    out.sum().backward()
+    assert torch.equal(w.grad, torch.zeros_like(w))
+
+
+def test_module_matches_torchvision_and_loads_its_state_dict():
+    torch.manual_seed(4)
+    tv = torchvision.ops.DeformConv2d(4, 6, 3, stride=1, padding=1, dilation=1, groups=2)
+    ours = DeformConv2d(4, 6, 3, stride=1, padding=1, dilation=1, groups=2)
+    assert set(ours.state_dict()) == set(tv.state_dict())
+    ours.load_state_dict(tv.state_dict())
+    x, off, m = torch.randn(2, 4, 7, 7), torch.randn(2, 18, 7, 7), torch.rand(2, 9, 7, 7)
+    assert_close(ours(x, off, m), tv(x, off, m))
+
+
+def test_pack_layers_start_as_plain_convolutions():
+    torch.manual_seed(5)
+    x = torch.randn(2, 4, 9, 9)
+    pack = DeformConv2dPack(4, 6, 3, padding=1, deform_groups=2)
+    assert set(pack.state_dict()) == {"weight", "conv_offset.weight", "conv_offset.bias"}
+    assert pack.conv_offset.out_channels == 2 * 2 * 9
+    assert_close(pack(x), torch.nn.functional.conv2d(x, pack.weight, None, 1, 1))
+    mod = ModulatedDeformConv2dPack(4, 6, 3, padding=1, deform_groups=1)
+    assert set(mod.state_dict()) == {"weight", "bias", "conv_offset.weight", "conv_offset.bias"}
+    assert mod.conv_offset.out_channels == 3 * 9
+    torch.nn.init.normal_(mod.bias)
+    # zero offsets, mask sigmoid(0) = 0.5
+    assert_close(mod(x), 0.5 * torch.nn.functional.conv2d(x, mod.weight, None, 1, 1) + mod.bias.view(1, -1, 1, 1))
+
+
+def test_modulated_pack_splits_offsets_and_mask_like_mmcv():
+    torch.manual_seed(6)
+    mod = ModulatedDeformConv2dPack(3, 4, 3, padding=1)
+    torch.nn.init.normal_(mod.conv_offset.weight, 0, 0.3)
+    x = torch.randn(1, 3, 6, 6)
+    out = mod.conv_offset(x)
+    o1, o2, m = out[:, :9], out[:, 9:18], out[:, 18:]
+    expected = torchvision.ops.deform_conv2d(x, torch.cat([o1, o2], 1), mod.weight, mod.bias, 1, 1, 1, m.sigmoid())
+    assert_close(mod(x), expected)
+    mod(x).sum().backward()
+    assert mod.conv_offset.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("cls,kwargs", [
+    (DeformConv2dPack, dict(deform_groups=2, groups=2, stride=2, padding=1)),
+    (ModulatedDeformConv2dPack, dict(padding=2, dilation=2)),
+])
+def test_onnx_export(cls, kwargs, tmp_path):
+    torch.manual_seed(7)
+    layer = cls(4, 6, 3, **kwargs).eval()
+    torch.nn.init.normal_(layer.conv_offset.weight, 0, 0.5)  # offsets that move samples across the border
+    report = check_onnx(layer, (torch.randn(2, 4, 9, 11),), tmp_path, atol=1e-4)
+    assert "GridSample" in report.op_types and "MatMul" in report.op_types
