@@ -10,7 +10,7 @@ import torch
 
 from .harness import format_table, machine_description, measure_ceilings, measure_memory, run_case, write_reports
 
-FAMILIES = ["pointcloud", "attention", "mvf", "scale_space", "deform_conv"]
+FAMILIES = ["pointcloud", "attention", "mvf", "scale_space", "deform_conv", "sphere"]
 
 
 def main(argv=None) -> int:

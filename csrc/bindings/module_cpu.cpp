@@ -10,6 +10,7 @@
 #include "bindings/mvf_args.h"
 #include "bindings/pointcloud_args.h"
 #include "bindings/scale_space_args.h"
+#include "bindings/sphere_args.h"
 #include "bindings/py_tensor.h"
 #include "common/dispatch.h"
 #include "common/parallel.h"
@@ -17,6 +18,7 @@
 #include "mvf/mvf.h"
 #include "pointcloud/pointcloud.h"
 #include "scale_space/scale_space.h"
+#include "sphere/sphere.h"
 
 namespace py = pybind11;
 using namespace pvf;
@@ -273,6 +275,45 @@ void deform_col2im(py::handle input, py::handle offset, py::handle mask, const p
   });
 }
 
+namespace sa = pvf::sphere_args;
+
+std::vector<int32_t> read_int32_cpu(const TensorView& v, int64_t first, int64_t count) {
+  const int32_t* p = v.ptr<int32_t>() + first;
+  return std::vector<int32_t>(p, p + count);
+}
+
+void sphere_im2col(py::handle input, py::handle index, py::handle weight, int64_t r0, int64_t r1,
+                   py::handle columns) {
+  const char* op = "sphere_conv2d";
+  Checker ck(op);
+  TensorView in = sa::image_input(ck, cpu(), input, op);
+  ck.dtype(in, "input", cpu().float_dtypes);
+  auto a = sa::parse(cpu(), op, in, "input", in.dtype, index, weight, r0, r1, read_int32_cpu);
+  TensorView cols = sa::columns(ck, cpu(), a, in.dtype, columns, op, "columns", true, r1 - r0);
+  py::gil_scoped_release nogil;
+  dispatch_floating(in.dtype, op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    pvf::sphere::table_im2col_cpu<T>(a.g, in.ptr<T>(), a.index.ptr<int32_t>(), a.weight.ptr<T>(), r0, r1,
+                                     cols.ptr<T>());
+  });
+}
+
+void sphere_col2im(py::handle grad_columns, py::handle index, py::handle weight, int64_t r0, int64_t r1,
+                   py::handle grad_input) {
+  const char* op = "sphere_conv2d_backward";
+  Checker ck(op);
+  TensorView gi = pa::output(ck, cpu(), grad_input, op, "grad_input");
+  ck.dtype(gi, "grad_input", cpu().float_dtypes);
+  auto a = sa::parse(cpu(), op, gi, "grad_input", gi.dtype, index, weight, r0, r1, read_int32_cpu);
+  TensorView gc = sa::columns(ck, cpu(), a, gi.dtype, grad_columns, op, "grad_columns", false, r1 - r0);
+  py::gil_scoped_release nogil;
+  dispatch_floating(gi.dtype, op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    pvf::sphere::table_col2im_cpu<T>(a.g, gc.ptr<T>(), a.index.ptr<int32_t>(), a.weight.ptr<T>(), r0, r1,
+                                     gi.ptr<T>());
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -323,4 +364,9 @@ PYBIND11_MODULE(_C, m) {
         py::arg("columns"), "Deformable-convolution columns (B, C*kh*kw, Ho*Wo); see deform_conv.h.");
   m.def("deform_col2im", &deform_col2im, py::arg("input"), py::arg("offset"), py::arg("mask"), py::arg("conv"),
         py::arg("grad_columns"), py::arg("grad_input"), py::arg("grad_offset"), py::arg("grad_mask"));
+  m.def("sphere_im2col", &sphere_im2col, py::arg("input"), py::arg("table_index"), py::arg("table_weight"),
+        py::arg("r0"), py::arg("r1"), py::arg("columns"),
+        "Channels-last columns (r1 - r0, K, C) of a sampling-table convolution; see sphere.h.");
+  m.def("sphere_col2im", &sphere_col2im, py::arg("grad_columns"), py::arg("table_index"), py::arg("table_weight"),
+        py::arg("r0"), py::arg("r1"), py::arg("grad_input"));
 }

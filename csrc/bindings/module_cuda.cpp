@@ -12,11 +12,13 @@
 #include "bindings/mvf_args.h"
 #include "bindings/pointcloud_args.h"
 #include "bindings/scale_space_args.h"
+#include "bindings/sphere_args.h"
 #include "bindings/py_tensor.h"
 #include "deform_conv/deform_conv.h"
 #include "mvf/mvf.h"
 #include "pointcloud/pointcloud.h"
 #include "scale_space/scale_space.h"
+#include "sphere/sphere.h"
 
 namespace py = pybind11;
 using namespace pvf;
@@ -301,6 +303,47 @@ void deform_col2im(py::handle input, py::handle offset, py::handle mask, const p
                   gc.data, gi.data, go.data, gm.has_value ? gm.view.data : nullptr, stream_ptr(stream));
 }
 
+namespace sa = pvf::sphere_args;
+
+sa::ReadInt32 read_int32_cuda(const char* op) {
+  return [op](const TensorView& t, int64_t first, int64_t count) {
+    std::vector<int32_t> host(count);
+    if (!host.empty())
+      check_cuda(cudaMemcpy(host.data(), t.ptr<int32_t>() + first, host.size() * sizeof(int32_t),
+                            cudaMemcpyDeviceToHost),
+                 op);
+    return host;
+  };
+}
+
+void sphere_im2col(py::handle input, py::handle index, py::handle weight, int64_t r0, int64_t r1,
+                   py::handle columns, uintptr_t stream) {
+  const char* op = "sphere_conv2d";
+  CudaCall call(input, op);
+  Checker ck(op);
+  TensorView in = sa::image_input(ck, call.dev, input, op);
+  ck.dtype(in, "input", call.dev.float_dtypes);
+  auto a = sa::parse(call.dev, op, in, "input", in.dtype, index, weight, r0, r1, read_int32_cuda(op));
+  TensorView cols = sa::columns(ck, call.dev, a, in.dtype, columns, op, "columns", true, r1 - r0);
+  pvf::sphere::table_im2col_cuda(in.dtype, a.g, in.data, a.index.ptr<int32_t>(), a.weight.data, r0, r1, cols.data,
+                                 stream_ptr(stream));
+}
+
+void sphere_col2im(py::handle grad_columns, py::handle index, py::handle weight, int64_t r0, int64_t r1,
+                   py::handle grad_input, uintptr_t stream) {
+  const char* op = "sphere_conv2d_backward";
+  CudaCall call(grad_columns, op);
+  Checker ck(op);
+  TensorView gc0 = pa::input(ck, call.dev, grad_columns, op, "grad_columns");
+  ck.dtype(gc0, "grad_columns", call.dev.float_dtypes);
+  TensorView gi = pa::output(ck, call.dev, grad_input, op, "grad_input");
+  ck.dtype(gi, "grad_input", {accumulation_dtype(gc0.dtype)});
+  auto a = sa::parse(call.dev, op, gi, "grad_input", gc0.dtype, index, weight, r0, r1, read_int32_cuda(op));
+  TensorView gc = sa::columns(ck, call.dev, a, gc0.dtype, grad_columns, op, "grad_columns", false, r1 - r0);
+  pvf::sphere::table_col2im_cuda(gc.dtype, a.g, gc.data, a.index.ptr<int32_t>(), a.weight.data, r0, r1, gi.data,
+                                 stream_ptr(stream));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C_cuda, m) {
@@ -345,4 +388,8 @@ PYBIND11_MODULE(_C_cuda, m) {
   m.def("deform_col2im", &deform_col2im, py::arg("input"), py::arg("offset"), py::arg("mask"), py::arg("conv"),
         py::arg("grad_columns"), py::arg("grad_input"), py::arg("grad_offset"), py::arg("grad_mask"),
         py::arg("stream"));
+  m.def("sphere_im2col", &sphere_im2col, py::arg("input"), py::arg("table_index"), py::arg("table_weight"),
+        py::arg("r0"), py::arg("r1"), py::arg("columns"), py::arg("stream"));
+  m.def("sphere_col2im", &sphere_col2im, py::arg("grad_columns"), py::arg("table_index"), py::arg("table_weight"),
+        py::arg("r0"), py::arg("r1"), py::arg("grad_input"), py::arg("stream"));
 }

@@ -4,6 +4,7 @@ from .deform_conv import DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPa
 from .mvf import MVF, insert_mvf
 from .pointnet2 import PointNetFeaturePropagation, PointNetSetAbstraction
 from .scale_space import ScaleAttention, ScaleSpaceConv2d, gaussian_derivative_basis
+from .sphere import SphereConv2d, SpherePatchEmbed
 
 __all__ = [
     "MVF",
@@ -16,6 +17,8 @@ __all__ = [
     "PointNetSetAbstraction",
     "ScaleAttention",
     "ScaleSpaceConv2d",
+    "SphereConv2d",
+    "SpherePatchEmbed",
     "gaussian_derivative_basis",
     "insert_mvf",
     "patch_timm",

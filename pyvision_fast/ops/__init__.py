@@ -3,6 +3,7 @@ from .attention import attention
 from .deform_conv import deform_conv2d
 from .mvf import multi_view_fusion
 from .scale_space import gaussian_scale_space, scale_attention
+from .sphere import sphere_conv2d
 from .pointcloud import (
     KNN,
     ball_query,
@@ -34,6 +35,7 @@ __all__ = [
     "multi_view_fusion",
     "sample_farthest_points",
     "scale_attention",
+    "sphere_conv2d",
     "three_interpolate",
     "three_nn",
 ]

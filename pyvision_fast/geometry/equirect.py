@@ -1,0 +1,197 @@
+"""Equirectangular (ERP) geometry: where a kernel on the sphere samples an H x W panorama.
+
+Pixel convention (PAVER's): pixel row h is at polar angle phi = h * pi / H (0 at the north pole), pixel column w
+at longitude theta = w * 2 pi / W, both measured at the pixel index itself. A kernel centred on a point of the
+sphere samples the plane tangent there (gnomonic projection): tap (r, c) of a k x k kernel sits at plane
+coordinates (tan((c - (k-1)/2) dtheta), -tan((r - (k-1)/2) dphi)) east and north of the centre, with dtheta = 2 pi / W
+and dphi = pi / H the angular pixel size, so that at the equator the kernel's centre row and column land exactly on
+the regular pixel grid. Longitudes wrap across the 360 degree seam; a row crossing a pole continues on the
+opposite meridian (it is a straight line on the tangent plane).
+
+``paver_offsets`` reproduces the deformable-convolution offsets of PAVER (Yun et al., ECCV 2022, geometry of its
+public code) for its patch embedding, including its patch order.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple, Union
+
+import torch
+from torch import Tensor
+
+_Pair = Union[int, tuple[int, int]]
+
+
+def _pair(v: _Pair, name: str) -> tuple[int, int]:
+    p = (v, v) if isinstance(v, int) else tuple(v)
+    if len(p) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in p):
+        raise ValueError(f"{name} must be a positive int or a pair of them, got {v!r}")
+    return p
+
+
+def _directions_to_pixels(d: Tensor, height: int, width: int) -> Tensor:
+    """Unit vectors (..., 3) -> (h, w) pixel positions (..., 2), w in [0, W)."""
+    lat = torch.asin(d[..., 2].clamp(-1, 1))
+    lon = torch.atan2(d[..., 1], d[..., 0])
+    h = (math.pi / 2 - lat) * (height / math.pi)
+    w = torch.remainder(lon * (width / (2 * math.pi)), width)
+    return torch.stack([h, w], dim=-1)
+
+
+def tangent_sampling(height: int, width: int, kernel_size: _Pair, stride: _Pair = 1) -> Tensor:
+    """Absolute (h, w) pixel positions (Ho, Wo, kh, kw, 2), float64, of every tap of a kernel laid on the tangent
+    plane at each output location. Output (i, j) is centred at pixel (i * sh + (sh - 1) / 2, j * sw + (sw - 1) / 2)
+    (the centre of its stride cell: with stride = kernel size, the centre of patch (i, j)); Ho = ceil(H / sh),
+    Wo = ceil(W / sw). w is wrapped into [0, W); h lies in [0, H]."""
+    kh, kw = _pair(kernel_size, "kernel_size")
+    sh, sw = _pair(stride, "stride")
+    if height < 1 or width < 1:
+        raise ValueError(f"height and width must be >= 1, got {height}x{width}")
+    Ho, Wo = -(-height // sh), -(-width // sw)
+    f64 = torch.float64
+    dphi, dtheta = math.pi / height, 2 * math.pi / width
+    phi0 = (torch.arange(Ho, dtype=f64) * sh + (sh - 1) / 2) * dphi  # polar angle of the centres
+    theta0 = (torch.arange(Wo, dtype=f64) * sw + (sw - 1) / 2) * dtheta
+    lat0 = math.pi / 2 - phi0
+    east = (torch.arange(kw, dtype=f64) - (kw - 1) / 2) * dtheta  # (kw,) plane coordinates
+    north = -(torch.arange(kh, dtype=f64) - (kh - 1) / 2) * dphi  # (kh,)
+    cl, sl = torch.cos(lat0)[:, None], torch.sin(lat0)[:, None]  # (Ho, 1)
+    ct, st = torch.cos(theta0)[None, :], torch.sin(theta0)[None, :]  # (1, Wo)
+    centre = torch.stack([cl * ct, cl * st, sl.expand(Ho, Wo)], dim=-1)  # (Ho, Wo, 3)
+    e_east = torch.stack([-st, ct, torch.zeros_like(ct)], dim=-1).expand(Ho, Wo, 3)
+    e_north = torch.stack([-sl * ct, -sl * st, cl.expand(Ho, Wo)], dim=-1)
+    d = (centre[:, :, None, None] + north[None, None, :, None, None] * e_north[:, :, None, None]
+         + east[None, None, None, :, None] * e_east[:, :, None, None])  # (Ho, Wo, kh, kw, 3)
+    d = d / d.norm(dim=-1, keepdim=True)
+    return _directions_to_pixels(d, height, width)
+
+
+def _roty(a: float) -> Tensor:
+    c, s = math.cos(a), math.sin(a)
+    return torch.tensor([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]], dtype=torch.float64)
+
+
+def _rotz(a: float) -> Tensor:
+    c, s = math.cos(a), math.sin(a)
+    return torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+
+
+def paver_positions(height: int = 224, patch_size: int = 16) -> Tensor:
+    """PAVER's sampling positions (n, 2n, R, R, 2) as (h, w), float64, for an H x 2H panorama: patch row i is the
+    latitude step 7 - i (for n = 14), patch column j the longitude step 2n - 1 - j (its columns run right to left);
+    tap plane coordinates span [-P, P] with P = arctan(pi / 2n), rotated by P (2 lat - 1) about y and P (2 lon + 1)
+    about z, and wrapped once into [0, H] x [0, W] as PAVER does."""
+    if patch_size < 1 or height % patch_size or (height // patch_size) % 2:
+        raise ValueError(f"height ({height}) must be an even multiple of patch_size ({patch_size})")
+    n, R = height // patch_size, patch_size
+    H, W = height, 2 * height
+    P = math.atan(math.pi / (2 * n))
+    t = torch.linspace(-P, P, R, dtype=torch.float64)
+    yy, xx = torch.meshgrid(-t, t, indexing="ij")  # rows run from +P to -P: upright patches
+    plane = torch.stack([torch.ones_like(xx), xx, yy], dim=-1)  # (R, R, 3) row vectors (1, x, y)
+    rad = W / (2 * math.pi)
+    rows = []
+    for lat in range(n // 2, -n // 2, -1):
+        cols = []
+        for lon in range(2 * n - 1, -1, -1):
+            p = plane @ _roty(P * (2 * lat - 1)) @ _rotz(P * (2 * lon + 1))
+            p = p / p.norm(dim=-1, keepdim=True)
+            theta = torch.atan2(p[..., 1], p[..., 0])
+            phi = torch.atan2(torch.sqrt(p[..., 0] ** 2 + p[..., 1] ** 2), p[..., 2])
+            h, w = rad * phi, rad * theta
+            h = torch.where(h > H, h - H, h)
+            h = torch.where(h < 0, h + H, h)
+            w = torch.where(w > W, w - W, w)
+            w = torch.where(w < 0, w + W, w)
+            cols.append(torch.stack([h, w], dim=-1))
+        rows.append(torch.stack(cols))
+    return torch.stack(rows)
+
+
+def paver_offsets(height: int = 224, patch_size: int = 16) -> Tensor:
+    """PAVER's deformable patch-embedding offsets (2 R^2, n, 2n), float64, in torchvision's layout (dy, dx per tap
+    r * R + c): the positions of ``paver_positions`` minus each patch's own regular pixel grid."""
+    pos = paver_positions(height, patch_size)  # (n, 2n, R, R, 2)
+    n, n2, R = pos.shape[0], pos.shape[1], patch_size
+    i = torch.arange(n, dtype=torch.float64)[:, None, None, None] * R + torch.arange(R, dtype=torch.float64)[:, None]
+    j = torch.arange(n2, dtype=torch.float64)[None, :, None, None] * R + torch.arange(R, dtype=torch.float64)
+    src = torch.stack(torch.broadcast_tensors(i, j), dim=-1)  # (n, 2n, R, R, 2)
+    return (pos - src).permute(2, 3, 4, 0, 1).reshape(2 * R * R, n, n2)
+
+
+def patch_positions(height: int, width: int, patch_size: int, layout: str = "natural") -> Tensor:
+    """Sampling positions (Ho, Wo, R, R, 2) of a spherical patch embedding: ``layout="paver"`` (PAVER's, H x 2H
+    only) or ``"natural"`` (``tangent_sampling`` with kernel = stride = patch_size: patch column j centred at the
+    longitude of pixel column j R + (R - 1) / 2)."""
+    if layout == "paver":
+        if width != 2 * height:
+            raise ValueError(f"layout='paver' needs a 2:1 panorama, got {height}x{width}")
+        return paver_positions(height, patch_size)
+    if layout == "natural":
+        return tangent_sampling(height, width, patch_size, patch_size)
+    raise ValueError(f"layout must be 'paver' or 'natural', got {layout!r}")
+
+
+class SamplingTable(NamedTuple):
+    """For each output location p (row-major over (Ho, Wo)) and tap k (row-major over (kh, kw)): four source pixel
+    indices (h * W + w, int32) and four bilinear weights. Rows clamp to [0, H - 1] (the poles), columns wrap around
+    the seam. Batch-invariant: one table serves every image."""
+
+    index: Tensor  # (Ho * Wo, K, 4) int32
+    weight: Tensor  # (Ho * Wo, K, 4)
+    in_size: tuple[int, int]
+    out_size: tuple[int, int]
+    kernel_size: tuple[int, int]
+
+
+def table_from_positions(positions: Tensor, height: int, width: int, discrete: bool = False,
+                         dtype: torch.dtype = torch.float32, device: Union[str, torch.device] = "cpu") -> SamplingTable:
+    """Bilinear sampling table of absolute positions (Ho, Wo, kh, kw, 2); ``discrete`` takes the integer part of
+    each position (PAVER's ``is_discrete``) instead of interpolating."""
+    Ho, Wo, kh, kw, _ = positions.shape
+    h = positions[..., 0].reshape(Ho * Wo, kh * kw).clamp(0, height - 1)
+    w = torch.remainder(positions[..., 1].reshape(Ho * Wo, kh * kw), width)
+    if discrete:
+        h, w = h.floor(), w.floor()
+    h0, w0 = h.floor(), w.floor()
+    lh, lw = h - h0, w - w0
+    h0 = h0.long().clamp(0, height - 1)
+    h1 = (h0 + 1).clamp(max=height - 1)
+    w0 = w0.long() % width
+    w1 = (w0 + 1) % width
+    index = torch.stack([h0 * width + w0, h0 * width + w1, h1 * width + w0, h1 * width + w1], dim=-1)
+    weight = torch.stack([(1 - lh) * (1 - lw), (1 - lh) * lw, lh * (1 - lw), lh * lw], dim=-1)
+    return SamplingTable(index.to(device=device, dtype=torch.int32), weight.to(device=device, dtype=dtype),
+                         (height, width), (Ho, Wo), (kh, kw))
+
+
+def sampling_table(height: int, width: int, kernel_size: _Pair, stride: _Pair = 1, layout: str = "natural",
+                   dtype: torch.dtype = torch.float32, device: Union[str, torch.device] = "cpu",
+                   discrete: bool = False) -> SamplingTable:
+    """The cached table of a spherical convolution (``layout="natural"``: ``tangent_sampling``) or of a spherical
+    patch embedding (``layout="paver"``, kernel = stride = patch size). One table per (H, W, kernel, stride, layout,
+    dtype, device, discrete), shared by every batch; built from real tensors even while torch.export traces."""
+    kernel_size = _pair(kernel_size, "kernel_size")
+    stride = _pair(stride, "stride")
+    # Under torch.export the table must be a constant, not traced arithmetic: build it outside the tracing modes.
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+    from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
+
+    with unset_fake_temporarily(), disable_proxy_modes_tracing():
+        return _cached_table(height, width, kernel_size, stride, layout, dtype, str(torch.device(device)), discrete)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_table(height: int, width: int, kernel_size: tuple[int, int], stride: tuple[int, int], layout: str,
+                  dtype: torch.dtype, device: str, discrete: bool) -> SamplingTable:
+    if layout == "paver":
+        k, s = _pair(kernel_size, "kernel_size"), _pair(stride, "stride")
+        if k != s or k[0] != k[1]:
+            raise ValueError("layout='paver' is PAVER's patch embedding: square kernel_size equal to stride")
+        positions = patch_positions(height, width, k[0], "paver")
+    else:
+        if layout != "natural":
+            raise ValueError(f"layout must be 'paver' or 'natural', got {layout!r}")
+        positions = tangent_sampling(height, width, kernel_size, stride)
+    return table_from_positions(positions, height, width, discrete, dtype, torch.device(device))

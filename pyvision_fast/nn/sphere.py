@@ -1,0 +1,110 @@
+"""Spherical layers for equirectangular (ERP) feature maps: a convolution whose kernel lies on the tangent plane
+around each output location, and PAVER's deformable patch embedding for ViTs, both on a fixed, cached sampling
+table (``pyvision_fast.geometry.equirect``) and ``pyvision_fast.ops.sphere_conv2d``."""
+from __future__ import annotations
+
+import math
+from typing import Union
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
+
+from ..geometry import equirect
+from ..ops import sphere_conv2d
+
+_IntPair = Union[int, tuple[int, int]]
+
+
+class SphereConv2d(nn.Module):
+    """Convolution on ERP images with the k x k kernel laid on the tangent plane around each output location
+    (``equirect.tangent_sampling``): longitude wraps across the seam, rows crossing a pole continue on the opposite
+    meridian. Parameters as ``nn.Conv2d`` (``weight`` (C_out, C_in, kh, kw), ``bias``), same initialisation.
+
+    forward(x (B, C_in, H, W)) -> (B, C_out, ceil(H / stride), ceil(W / stride)). The sampling table is built once
+    per (H, W, dtype, device) and shared by all layers and batches."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: _IntPair, stride: _IntPair = 1,
+                 bias: bool = True):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(in_channels * self.kernel_size[0] * self.kernel_size[1])
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"SphereConv2d: x must be (B, C, H, W), got {tuple(x.shape)}")
+        table = equirect.sampling_table(x.shape[2], x.shape[3], self.kernel_size, self.stride, "natural", x.dtype,
+                                        x.device)
+        return sphere_conv2d(x, self.weight, self.bias, table)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"bias={self.bias is not None}")
+
+
+class SpherePatchEmbed(nn.Module):
+    """ViT patch embedding for ERP images, like timm's ``PatchEmbed`` (``proj`` is an ``nn.Conv2d`` with timm's
+    keys), each patch sampled on the tangent plane of its centre.
+
+    ``layout="paver"`` reproduces PAVER's deformable patch embedding exactly (its offsets, its patch order with
+    columns running right to left, bilinear sampling; ``discrete=True`` takes the integer positions as PAVER's
+    ``DeformViT`` does); ``layout="natural"`` puts patch (i, j) on the tangent plane at the centre of the regular
+    patch (i, j), so at the equator it samples nearly the regular grid.
+
+    forward(x (B, in_chans, H, W)) -> (B, N, embed_dim) tokens, N = (H / R) (W / R), row-major; or
+    (B, embed_dim, H / R, W / R) with ``flatten=False``.
+    """
+
+    def __init__(self, img_size: _IntPair = (224, 448), patch_size: int = 16, in_chans: int = 3,
+                 embed_dim: int = 768, layout: str = "paver", flatten: bool = True, bias: bool = True,
+                 discrete: bool = False):
+        super().__init__()
+        self.img_size = _pair(img_size)
+        H, W = self.img_size
+        if H % patch_size or W % patch_size:
+            raise ValueError(f"SpherePatchEmbed: img_size {self.img_size} must be a multiple of patch_size "
+                             f"{patch_size}")
+        self.patch_size, self.layout, self.flatten, self.discrete = patch_size, layout, flatten, discrete
+        self.grid_size = (H // patch_size, W // patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, patch_size, bias=bias)
+        table = equirect.sampling_table(H, W, patch_size, patch_size, layout, torch.float64, "cpu", discrete)
+        # Fixed geometry: buffers follow .to(device) and become constants on export; not in the state_dict. The
+        # weights are kept in float64 and cast to the projection's dtype when used.
+        self.register_buffer("table_index", table.index.clone(), persistent=False)
+        self.register_buffer("table_weight", table.weight.clone(), persistent=False)
+
+    def table(self) -> equirect.SamplingTable:
+        return equirect.SamplingTable(self.table_index, self.table_weight.to(self.proj.weight.dtype), self.img_size,
+                                      self.grid_size, (self.patch_size, self.patch_size))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or tuple(x.shape[2:]) != self.img_size:
+            raise ValueError(f"SpherePatchEmbed: expected (B, C, {self.img_size[0]}, {self.img_size[1]}), got "
+                             f"{tuple(x.shape)}")
+        out = sphere_conv2d(x, self.proj.weight, self.proj.bias, self.table())
+        return out.flatten(2).transpose(1, 2) if self.flatten else out
+
+    @classmethod
+    def from_patch_embed(cls, patch_embed: nn.Module, img_size: _IntPair = (224, 448), layout: str = "paver",
+                         flatten: bool = True, discrete: bool = False) -> "SpherePatchEmbed":
+        """A SpherePatchEmbed with the weights of a pretrained ``nn.Conv2d`` patch projection or of a timm
+        ``PatchEmbed`` (its ``proj``), without retraining."""
+        conv = getattr(patch_embed, "proj", patch_embed)
+        if not isinstance(conv, nn.Conv2d) or conv.kernel_size != conv.stride or conv.kernel_size[0] != \
+                conv.kernel_size[1]:
+            raise TypeError("from_patch_embed needs an nn.Conv2d patch projection (kernel_size == stride, square) "
+                            "or a module with one as .proj")
+        layer = cls(img_size, conv.kernel_size[0], conv.in_channels, conv.out_channels, layout, flatten,
+                    conv.bias is not None, discrete)
+        layer.proj.load_state_dict(conv.state_dict())
+        return layer.to(device=conv.weight.device, dtype=conv.weight.dtype)
+
+    def extra_repr(self) -> str:
+        return f"img_size={self.img_size}, patch_size={self.patch_size}, layout={self.layout!r}"

@@ -1,0 +1,204 @@
+"""Spherical convolution with a fixed sampling table (``pyvision_fast.geometry.equirect``), channels last.
+
+The columns are gathered through a batch-invariant table of four source pixels and bilinear weights per (output
+location, tap) from the channels-last image, so every table entry serves all channels at once, and each chunk of
+output rows is one GEMM with the weight as (kh kw C_in, C_out); the output comes out channels last (an
+``(B, C_out, Ho, Wo)`` tensor in ``torch.channels_last`` layout). Gradients for the input, the weight and the bias;
+the table is fixed geometry (no gradient).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import _ext
+from ..geometry.equirect import SamplingTable
+from ._registry import dispatch
+
+# Columns of one chunk of output rows stay below this many bytes (one buffer, rewritten for every chunk): large
+# enough that each chunk is one efficient GEMM, small next to the activations.
+COLUMN_BUDGET_BYTES = 32 << 20
+
+
+def _im2col_cpu(image, index, weight, r0, r1, out):
+    _ext.cpu_module().sphere_im2col(_ext.arg(image), _ext.arg(index), _ext.arg(weight), r0, r1, _ext.arg(out))
+
+
+def _col2im_cpu(grad_columns, index, weight, r0, r1, grad_image):
+    _ext.cpu_module().sphere_col2im(_ext.arg(grad_columns), _ext.arg(index), _ext.arg(weight), r0, r1,
+                                    _ext.arg(grad_image))
+
+
+def _im2col_cuda(image, index, weight, r0, r1, out):
+    _ext.cuda_module().sphere_im2col(_ext.arg(image), _ext.arg(index), _ext.arg(weight), r0, r1, _ext.arg(out),
+                                     _ext.stream(image.device))
+
+
+def _col2im_cuda(grad_columns, index, weight, r0, r1, grad_image):
+    _ext.cuda_module().sphere_col2im(_ext.arg(grad_columns), _ext.arg(index), _ext.arg(weight), r0, r1,
+                                     _ext.arg(grad_image), _ext.stream(grad_columns.device))
+
+
+def _rows(P: int, r0: int, r1: int, device) -> tuple[Tensor, Tensor]:
+    r = torch.arange(r0, r1, device=device)
+    return r // P, r % P
+
+
+def _im2col_ref(image, index, weight, r0, r1, out):
+    B, H, W, C = image.shape
+    b, p = _rows(index.shape[0], r0, r1, image.device)
+    flat = image.reshape(B, H * W, C)
+    corners = flat[b[:, None, None], index[p].long()]  # (n, K, 4, C)
+    out.copy_((corners * weight[p][..., None]).sum(2))
+
+
+def _col2im_ref(grad_columns, index, weight, r0, r1, grad_image):
+    B, H, W, C = grad_image.shape
+    b, p = _rows(index.shape[0], r0, r1, grad_columns.device)
+    contrib = grad_columns[:, :, None, :] * weight[p][..., None]  # (n, K, 4, C)
+    target = (b[:, None, None] * (H * W) + index[p].long()).reshape(-1)
+    grad_image.view(B * H * W, C).index_add_(0, target, contrib.reshape(-1, C).to(grad_image.dtype))
+
+
+_IMPLS = {"cpu": (_im2col_cpu, _col2im_cpu), "cuda": (_im2col_cuda, _col2im_cuda),
+          "reference": (_im2col_ref, _col2im_ref)}
+
+
+def _pixels_channels(x: Tensor) -> Tensor:
+    """(B, C, H, W) -> a (B, H, W, C) view the kernels read directly (channels_last: contiguous channels; the plain
+    layout: strided channels); other layouts are copied to channels_last."""
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x.permute(0, 2, 3, 1)
+
+
+def _chunk_rows(K: int, C: int, element_size: int) -> int:
+    return max(1, COLUMN_BUDGET_BYTES // max(K * C * element_size, 1))
+
+
+def _weight_rows(weight: Tensor) -> Tensor:
+    """(C_out, C_in, kh, kw) -> (kh kw C_in, C_out): the column layout's row order (tap-major, channel-minor)."""
+    return weight.permute(2, 3, 1, 0).reshape(-1, weight.shape[0])
+
+
+def _forward(impl, input, weight, bias, index, tweight, out_h, out_w):
+    B, C = input.shape[:2]
+    Cout, P, K = weight.shape[0], index.shape[0], index.shape[1]
+    image = _pixels_channels(input)
+    w = _weight_rows(weight)
+    out = input.new_empty(B, out_h, out_w, Cout)
+    rows = out.view(B * P, Cout)
+    step = _chunk_rows(K, C, input.element_size())
+    cols = input.new_empty(min(step, B * P), K, C)
+    for r0 in range(0, B * P, step):
+        r1 = min(B * P, r0 + step)
+        impl[0](image, index, tweight, r0, r1, cols[:r1 - r0])
+        torch.matmul(cols[:r1 - r0].view(r1 - r0, K * C), w, out=rows[r0:r1])
+    if bias is not None:
+        rows += bias
+    return out.permute(0, 3, 1, 2)
+
+
+def _backward(impl, grad, input, weight, index, tweight, has_bias):
+    B, C, H, W = input.shape
+    Cout, P, K = weight.shape[0], index.shape[0], index.shape[1]
+    image = _pixels_channels(input)
+    w = _weight_rows(weight)
+    g = grad.permute(0, 2, 3, 1).contiguous().view(B * P, Cout)
+    half = input.is_cuda and input.dtype in (torch.float16, torch.bfloat16)
+    grad_image = torch.zeros(B, H, W, C, dtype=torch.float32 if half else input.dtype, device=input.device)
+    grad_w = torch.zeros_like(w)
+    step = _chunk_rows(K, C, input.element_size())
+    cols = input.new_empty(min(step, B * P), K, C)
+    for r0 in range(0, B * P, step):
+        r1 = min(B * P, r0 + step)
+        gc = torch.matmul(g[r0:r1], w.t()).view(r1 - r0, K, C)
+        impl[1](gc, index, tweight, r0, r1, grad_image)
+        impl[0](image, index, tweight, r0, r1, cols[:r1 - r0])
+        grad_w.addmm_(cols[:r1 - r0].view(r1 - r0, K * C).t(), g[r0:r1])
+    kh_kw = weight.shape[2:]
+    grad_weight = grad_w.view(*kh_kw, C, Cout).permute(3, 2, 0, 1).contiguous()
+    grad_bias = g.sum(0) if has_bias else input.new_empty(0)
+    return grad_image.to(input.dtype).permute(0, 3, 1, 2), grad_weight, grad_bias
+
+
+def _channels_last_empty(B: int, C: int, H: int, W: int, like: Tensor) -> Tensor:
+    return like.new_empty(B, H, W, C).permute(0, 3, 1, 2)
+
+
+@torch.library.custom_op("pvf::sphere_conv2d", mutates_args=())
+def _sphere_conv2d_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], table_index: Tensor,
+                      table_weight: Tensor, out_h: int, out_w: int) -> Tensor:
+    impl = dispatch("sphere_conv2d", input.device, _IMPLS)
+    return _forward(impl, input, weight, bias, table_index.contiguous(), table_weight.contiguous(), out_h, out_w)
+
+
+@_sphere_conv2d_op.register_fake
+def _(input, weight, bias, table_index, table_weight, out_h, out_w):
+    return _channels_last_empty(input.shape[0], weight.shape[0], out_h, out_w, input)
+
+
+@torch.library.custom_op("pvf::sphere_conv2d_backward", mutates_args=())
+def _sphere_conv2d_backward_op(grad: Tensor, input: Tensor, weight: Tensor, table_index: Tensor,
+                               table_weight: Tensor, has_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
+    impl = dispatch("sphere_conv2d_backward", input.device, _IMPLS)
+    return _backward(impl, grad, input, weight.contiguous(), table_index.contiguous(), table_weight.contiguous(),
+                     has_bias)
+
+
+@_sphere_conv2d_backward_op.register_fake
+def _(grad, input, weight, table_index, table_weight, has_bias):
+    return (_channels_last_empty(*input.shape, like=input), torch.empty_like(weight, memory_format=torch.contiguous_format),
+            input.new_empty(weight.shape[0] if has_bias else 0))
+
+
+def _setup(ctx, inputs, output):
+    input, weight, bias, table_index, table_weight, _, _ = inputs
+    ctx.save_for_backward(input, weight, table_index, table_weight)
+    ctx.has_bias = bias is not None
+
+
+def _autograd_backward(ctx, grad):
+    input, weight, table_index, table_weight = ctx.saved_tensors
+    gi, gw, gb = _sphere_conv2d_backward_op(grad, input, weight, table_index, table_weight, ctx.has_bias)
+    return gi, gw, gb if ctx.has_bias else None, None, None, None, None
+
+
+_sphere_conv2d_op.register_autograd(_autograd_backward, setup_context=_setup)
+
+
+def sphere_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor], table: SamplingTable) -> Tensor:
+    """Convolution of an ERP image whose taps are read through ``table`` (see
+    ``pyvision_fast.geometry.equirect.sampling_table``).
+
+    Args:
+        input: (B, C_in, H, W) with (H, W) = table.in_size (channels_last layout avoids a copy).
+        weight: (C_out, C_in, kh, kw) with (kh, kw) = table.kernel_size.
+        bias: (C_out,) or None.
+        table: a SamplingTable on input's device, its weights in input's dtype.
+
+    Returns (B, C_out, Ho, Wo) in channels_last layout, (Ho, Wo) = table.out_size; differentiable in input,
+    weight and bias. float32/float64 on CPU; also float16/bfloat16 on CUDA.
+    """
+    if not isinstance(input, Tensor) or input.dim() != 4:
+        raise ValueError(f"sphere_conv2d: input must be (B, C, H, W), got "
+                         f"{tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__}")
+    if not isinstance(table, SamplingTable):
+        raise TypeError(f"sphere_conv2d: table must be a SamplingTable, got {type(table).__name__}")
+    if tuple(input.shape[2:]) != tuple(table.in_size):
+        raise ValueError(f"sphere_conv2d: the table was built for {table.in_size[0]}x{table.in_size[1]} images, "
+                         f"got {input.shape[2]}x{input.shape[3]}")
+    kh, kw = table.kernel_size
+    if not isinstance(weight, Tensor) or tuple(weight.shape[1:]) != (input.shape[1], kh, kw):
+        raise ValueError(f"sphere_conv2d: weight must be (C_out, {input.shape[1]}, {kh}, {kw}), got "
+                         f"{tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__}")
+    for name, t in (("weight", weight), ("bias", bias), ("table.weight", table.weight)):
+        if t is not None and (t.dtype != input.dtype or t.device != input.device):
+            raise TypeError(f"sphere_conv2d: {name} ({t.dtype}, {t.device}) must match input ({input.dtype}, "
+                            f"{input.device})")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"sphere_conv2d: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    Ho, Wo = table.out_size
+    return _sphere_conv2d_op(input, weight, bias, table.index, table.weight, Ho, Wo)

@@ -1,0 +1,256 @@
+"""Spherical convolution on ERP images: PAVER's geometry, the tangent-plane sampling, sphere_conv2d against the
+reference backend and torchvision's deform_conv2d, SphereConv2d and SpherePatchEmbed."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from op_harness import DEVICES, BadInput, assert_close, check_compiled, check_onnx, float_dtypes, gradcheck, opcheck
+from op_harness import run_bad_input
+from pyvision_fast import ops, use_backend
+from pyvision_fast.geometry import equirect
+from pyvision_fast.nn import SphereConv2d, SpherePatchEmbed
+
+
+def _paver_offsets_from_the_spec(height, R, patches=None):
+    """PAVER's offsets point by point, as papers.md section 2.1 states them (numpy, one tap at a time)."""
+    n, W = height // R, 2 * height
+    P = math.atan(math.pi / (2 * n))
+    rad = W / (2 * math.pi)
+    xs, ys = np.linspace(-P, P, R), np.linspace(P, -P, R)
+
+    def roty(a):
+        return np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
+
+    def rotz(a):
+        return np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
+
+    out = {}
+    for i, lat in enumerate(range(n // 2, -n // 2, -1)):
+        for j, lon in enumerate(range(2 * n - 1, -1, -1)):
+            if patches is not None and (i, j) not in patches:
+                continue
+            for r in range(R):
+                for c in range(R):
+                    v = np.array([1.0, xs[c], ys[r]]) @ roty(P * (2 * lat - 1)) @ rotz(P * (2 * lon + 1))
+                    v = v / np.linalg.norm(v)
+                    h = rad * math.atan2(math.hypot(v[0], v[1]), v[2])
+                    w = rad * math.atan2(v[1], v[0])
+                    h = h - height if h > height else h
+                    h = h + height if h < 0 else h
+                    w = w - W if w > W else w
+                    w = w + W if w < 0 else w
+                    out[(2 * (r * R + c), i, j)] = h - (R * i + r)
+                    out[(2 * (r * R + c) + 1, i, j)] = w - (R * j + c)
+    return out
+
+
+def test_paver_offsets_equal_the_published_construction():
+    small = equirect.paver_offsets(64, 8)
+    assert small.shape == (2 * 64, 8, 16)
+    for (ch, i, j), v in _paver_offsets_from_the_spec(64, 8).items():
+        assert abs(float(small[ch, i, j]) - v) < 1e-9
+    full = equirect.paver_offsets()  # PAVER's configuration: 224 x 448, 16 x 16 patches
+    assert full.shape == (512, 14, 28) and full.dtype == torch.float64
+    for (ch, i, j), v in _paver_offsets_from_the_spec(224, 16, {(0, 0), (6, 13), (13, 27), (7, 5)}).items():
+        assert abs(float(full[ch, i, j]) - v) < 1e-9
+
+
+def test_paver_layout_equals_torchvision_deform_conv_away_from_the_border():
+    """Property (a): SpherePatchEmbed(layout='paver') is DeformConv2d with PAVER's repeated offsets."""
+    torch.manual_seed(0)
+    H, R = 64, 8
+    embed = SpherePatchEmbed((H, 2 * H), R, 3, 24, layout="paver").double()
+    x = torch.randn(2, 3, H, 2 * H, dtype=torch.float64)
+    offsets = equirect.paver_offsets(H, R).repeat(2, 1, 1, 1)
+    expected = torchvision.ops.deform_conv2d(x, offsets, embed.proj.weight, embed.proj.bias, stride=R)
+    got = embed(x)  # (B, N, C)
+    pos = equirect.paver_positions(H, R)
+    inside = ((pos[..., 0] >= 0) & (pos[..., 0] <= H - 1) & (pos[..., 1] >= 0) & (pos[..., 1] <= 2 * H - 1))
+    inside = inside.flatten(2).all(-1).flatten()  # (N,) patches with no sample across the border
+    assert inside.float().mean() > 0.7
+    assert_close(got[:, inside], expected.flatten(2).transpose(1, 2)[:, inside])
+
+
+def test_patch_embedding_equals_plain_embedding_of_the_gathered_tangent_patches():
+    """Property (b), PAVER's own unit test: a ViT patch embedding through SpherePatchEmbed (integer positions)
+    equals the plain patch embedding of the mosaic of gathered tangent-plane pixels."""
+    import timm
+
+    torch.manual_seed(1)
+    H, R = 64, 8
+    plain = timm.layers.PatchEmbed(img_size=(H, 2 * H), patch_size=R, in_chans=3, embed_dim=32)
+    sphere = SpherePatchEmbed.from_patch_embed(plain, (H, 2 * H), layout="paver", discrete=True)
+    x = torch.rand(2, 3, H, 2 * H)
+    pos = equirect.paver_positions(H, R).floor().long()  # (n, 2n, R, R, 2)
+    h, w = pos[..., 0] % H, pos[..., 1] % (2 * H)
+    mosaic = x[:, :, h, w]  # (B, 3, n, 2n, R, R)
+    mosaic = mosaic.permute(0, 1, 2, 4, 3, 5).reshape(2, 3, H, 2 * H)
+    expected = plain(mosaic)
+    got = sphere(x)
+    assert got.shape == expected.shape == (2, 2 * (H // R) ** 2, 32)
+    assert (got - expected).abs().max() < 1e-4 * expected.abs().max()
+
+
+def _unit(h, w, H, W):
+    lat = math.pi / 2 - h * math.pi / H
+    lon = w * 2 * math.pi / W
+    return torch.stack([torch.cos(lat) * torch.cos(lon), torch.cos(lat) * torch.sin(lon), torch.sin(lat)], -1)
+
+
+def test_natural_layout_is_a_regular_tangent_grid_close_to_the_pixel_grid_at_the_equator():
+    """Property (c)."""
+    H, W, R = 64, 128, 8
+    pos = equirect.tangent_sampling(H, W, R, R)  # (8, 16, R, R, 2)
+    n = H // R
+    for i in (n // 2 - 1, n // 2):  # the two patch rows next to the equator
+        for j in (0, 5, 15):
+            regular_h = (torch.arange(R, dtype=torch.float64) + i * R)[:, None]
+            regular_w = (torch.arange(R, dtype=torch.float64) + j * R)[None, :]
+            assert (pos[i, j, ..., 0] - regular_h).abs().max() < 0.25  # a quarter pixel
+            dw = torch.remainder(pos[i, j, ..., 1] - regular_w + W / 2, W) - W / 2
+            assert dw.abs().max() < 0.25
+    # every patch (poles included): the samples, projected on the patch's tangent plane, form a regular grid
+    for i in range(n):
+        for j in (0, 7):
+            ch, cw = torch.tensor(i * R + (R - 1) / 2, dtype=torch.float64), torch.tensor(j * R + (R - 1) / 2,
+                                                                                            dtype=torch.float64)
+            c0 = _unit(ch, cw, H, W)
+            lat0, lon0 = math.pi / 2 - float(ch) * math.pi / H, float(cw) * 2 * math.pi / W
+            east = torch.tensor([-math.sin(lon0), math.cos(lon0), 0.0], dtype=torch.float64)
+            north = torch.tensor([-math.sin(lat0) * math.cos(lon0), -math.sin(lat0) * math.sin(lon0),
+                                  math.cos(lat0)], dtype=torch.float64)
+            d = _unit(pos[i, j, ..., 0], pos[i, j, ..., 1], H, W)  # (R, R, 3)
+            x = (d @ east) / (d @ c0)
+            y = (d @ north) / (d @ c0)
+            grid = torch.arange(R, dtype=torch.float64) - (R - 1) / 2
+            assert_close(x, (grid * 2 * math.pi / W)[None, :].expand(R, R), atol=1e-9, rtol=0)
+            assert_close(y, (-grid * math.pi / H)[:, None].expand(R, R), atol=1e-9, rtol=0)
+
+
+def test_rolling_by_whole_patches_rolls_the_natural_layout_output():
+    """Property (d)."""
+    torch.manual_seed(2)
+    H, R = 32, 8
+    embed = SpherePatchEmbed((H, 2 * H), R, 3, 16, layout="natural", flatten=False).double()
+    x = torch.randn(2, 3, H, 2 * H, dtype=torch.float64)
+    for m in (1, 3):
+        rolled = embed(torch.roll(x, shifts=m * R, dims=3))
+        assert_close(rolled, torch.roll(embed(x), shifts=m, dims=3), atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_sphere_conv_equals_deform_conv_with_the_table_offsets(stride):
+    torch.manual_seed(3)
+    H, W = 16, 32
+    layer = SphereConv2d(4, 5, 3, stride=stride).double()
+    x = torch.randn(2, 4, H, W, dtype=torch.float64)
+    pos = equirect.tangent_sampling(H, W, 3, stride)  # (Ho, Wo, 3, 3, 2)
+    Ho, Wo = pos.shape[:2]
+    assert layer(x).shape == (2, 5, math.ceil(H / stride), math.ceil(W / stride))
+    # torchvision's regular grid for padding 1: (ho * s - 1 + i, wo * s - 1 + j)
+    ho = torch.arange(Ho, dtype=torch.float64)[:, None, None, None] * stride - 1
+    wo = torch.arange(Wo, dtype=torch.float64)[None, :, None, None] * stride - 1
+    i = torch.arange(3, dtype=torch.float64)
+    offsets = torch.stack([pos[..., 0] - (ho + i[:, None]), pos[..., 1] - (wo + i[None, :])], -1)
+    offsets = offsets.permute(2, 3, 4, 0, 1).reshape(1, 18, Ho, Wo).expand(2, -1, -1, -1)
+    # the deform conv's output grid must match ours: same Ho, Wo with padding 1
+    expected = torchvision.ops.deform_conv2d(x, offsets.contiguous(), layer.weight, layer.bias, stride, 1)
+    assert expected.shape[2:] == (Ho, Wo)
+    inside = ((pos[..., 0] >= 0) & (pos[..., 0] <= H - 1) & (pos[..., 1] >= 0) & (pos[..., 1] <= W - 1))
+    inside = inside.flatten(2).all(-1)  # (Ho, Wo)
+    assert inside.float().mean() > 0.5
+    assert_close(layer(x)[:, :, inside], expected[:, :, inside])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backends_agree_values_and_gradients(device):
+    torch.manual_seed(4)
+    for dtype in float_dtypes(device):
+        table = equirect.sampling_table(10, 20, 3, 2, "natural", dtype, device)
+        layouts = {"plain": torch.randn(3, 4, 10, 20), "channels_last": torch.randn(3, 4, 10, 20).contiguous(
+            memory_format=torch.channels_last), "strided": torch.randn(3, 4, 20, 10).transpose(2, 3)}
+        for x in layouts.values():
+            x = x.to(device, dtype).requires_grad_()
+            w = torch.randn(6, 4, 3, 3, device=device, dtype=dtype, requires_grad=True)
+            b = torch.randn(6, device=device, dtype=dtype, requires_grad=True)
+            out = ops.sphere_conv2d(x, w, b, table)
+            go = torch.randn_like(out)
+            got = torch.autograd.grad(out, [x, w, b], go)
+            x64, w64, b64 = (t.detach().double().cpu().requires_grad_() for t in (x, w, b))
+            with use_backend("reference"):
+                ref_table = equirect.sampling_table(10, 20, 3, 2, "natural", torch.float64)
+                expected = ops.sphere_conv2d(x64, w64, b64, ref_table)
+                want = torch.autograd.grad(expected, [x64, w64, b64], go.double().cpu())
+            assert_close(out.cpu(), expected, dtype)
+            tol = {"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else {}
+            for a, e in zip(got, want):
+                assert_close(a.cpu(), e, dtype, **tol)
+
+
+def test_gradcheck_opcheck_compile_and_cache():
+    torch.manual_seed(5)
+    table = equirect.sampling_table(6, 12, 3, 1, "natural", torch.float64)
+    assert table is equirect.sampling_table(6, 12, (3, 3), (1, 1), "natural", torch.float64, "cpu")
+    assert table.index.shape == (72, 9, 4) and table.index.dtype == torch.int32
+    assert_close(table.weight.sum(-1), torch.ones(72, 9, dtype=torch.float64))
+    x = torch.randn(2, 3, 6, 12, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    gradcheck(lambda a, c, d: ops.sphere_conv2d(a, c, d, table), (x, w, b))
+    t32 = equirect.sampling_table(6, 12, 3, 1, "natural", torch.float32)
+    x32, w32, b32 = (t.detach().float().requires_grad_() for t in (x, w, b))
+    opcheck(torch.ops.pvf.sphere_conv2d.default, (x32, w32, b32, t32.index, t32.weight, 6, 12))
+    opcheck(torch.ops.pvf.sphere_conv2d.default, (x32, w32, None, t32.index, t32.weight, 6, 12))
+    check_compiled(lambda a, c, d: ops.sphere_conv2d(a, c, d, t32), x32, w32, b32)
+
+
+def test_bad_inputs():
+    table = equirect.sampling_table(8, 16, 3, 1)
+    x, w = torch.randn(2, 3, 8, 16), torch.randn(4, 3, 3, 3)
+    broken = equirect.SamplingTable(table.index.clone(), table.weight, table.in_size, table.out_size,
+                                    table.kernel_size)
+    broken.index[5, 2, 1] = 8 * 16
+    cases = [
+        BadInput("image size", lambda: ops.sphere_conv2d(torch.randn(2, 3, 8, 15), w, None, table), ValueError,
+                 "built for 8x16"),
+        BadInput("weight shape", lambda: ops.sphere_conv2d(x, torch.randn(4, 2, 3, 3), None, table), ValueError,
+                 "weight must be"),
+        BadInput("table dtype", lambda: ops.sphere_conv2d(x.double(), w.double(), None, table), TypeError,
+                 "table.weight"),
+        BadInput("not a table", lambda: ops.sphere_conv2d(x, w, None, (table.index, table.weight)), TypeError,
+                 "SamplingTable"),
+        BadInput("index out of range", lambda: ops.sphere_conv2d(x, w, None, broken), ValueError, "outside the 8x16"),
+        BadInput("int input", lambda: ops.sphere_conv2d(x.int(), w.int(), None, table), TypeError, "must match"),
+        BadInput("layout", lambda: equirect.sampling_table(8, 16, 3, 1, "cubemap"), ValueError, "layout"),
+        BadInput("paver needs 2:1", lambda: SpherePatchEmbed((64, 64), 8), ValueError, "2:1"),
+        BadInput("patch multiple", lambda: SpherePatchEmbed((60, 120), 8), ValueError, "multiple"),
+        BadInput("embed input size", lambda: SpherePatchEmbed((32, 64), 8, 3, 8)(torch.randn(1, 3, 32, 32)),
+                 ValueError, "expected"),
+        BadInput("from_patch_embed", lambda: SpherePatchEmbed.from_patch_embed(torch.nn.Linear(3, 4)), TypeError,
+                 "nn.Conv2d"),
+        BadInput("kernel", lambda: equirect.tangent_sampling(8, 16, 0), ValueError, "kernel_size"),
+    ]
+    for case in cases:
+        run_bad_input(case)
+
+
+def test_state_dict_matches_timm_patch_embed():
+    import timm
+
+    plain = timm.layers.PatchEmbed(img_size=(32, 64), patch_size=8, in_chans=3, embed_dim=16)
+    sphere = SpherePatchEmbed((32, 64), 8, 3, 16)
+    assert set(sphere.state_dict()) == set(plain.state_dict()) == {"proj.weight", "proj.bias"}
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda: SpherePatchEmbed((32, 64), 8, 3, 16, layout="paver"), (2, 3, 32, 64)),
+    (lambda: SpherePatchEmbed((32, 64), 8, 3, 16, layout="natural", flatten=False), (2, 3, 32, 64)),
+    (lambda: SphereConv2d(3, 5, 3, stride=2), (2, 3, 12, 24)),
+])
+def test_onnx_export(make, shape, tmp_path):
+    torch.manual_seed(6)
+    report = check_onnx(make().eval(), (torch.randn(*shape),), tmp_path, atol=1e-5)
+    assert {"Gather", "MatMul"} <= set(report.op_types) and "Asin" not in report.op_types
