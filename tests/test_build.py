@@ -113,7 +113,11 @@ def test_wheel_holds_the_compiled_modules_and_the_export_package(tmp_path):
     import zipfile
     from pathlib import Path
 
+    import shutil
+
     root = Path(__file__).resolve().parent.parent
+    for stale in (root / "build").glob("lib.*"):  # setuptools would ship stale copies of removed packages
+        shutil.rmtree(stale, ignore_errors=True)
     out = subprocess.run([sys.executable, "-m", "pip", "wheel", str(root), "-q", "-w", str(tmp_path),
                           "--no-build-isolation", "--no-deps"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -122,4 +126,8 @@ def test_wheel_holds_the_compiled_modules_and_the_export_package(tmp_path):
     assert any(n.startswith("pyvision_fast/_C.") and n.endswith(".so") for n in names)
     assert "pyvision_fast/export/onnx_export.py" in names and "pyvision_fast/export/pointcloud.py" in names
     assert "pyvision_fast/nn/pointnet2.py" in names
+    for source in [*(root / "pyvision_fast").rglob("*.py"), *(root / "export").glob("*.py")]:  # every module ships
+        rel = source.relative_to(root).as_posix()
+        rel = "pyvision_fast/" + rel if rel.startswith("export/") else rel
+        assert rel in names, rel
     assert any(n.endswith("entry_points.txt") for n in names)
