@@ -9,6 +9,24 @@
 namespace pvf {
 namespace sphere {
 
+namespace {
+
+// One row's columns when the channel count is a small constant (RGB input of a patch embedding): the channel
+// loop unrolled, every table entry read once.
+template <int NC, typename T>
+inline void im2col_row_small(const Geometry& g, const T* image, const int32_t* ix, const T* wt, T* col) {
+  for (int64_t k = 0; k < g.K; ++k, ix += 4, wt += 4, col += NC) {
+    const T *s0 = image + ix[0] * g.sp, *s1 = image + ix[1] * g.sp, *s2 = image + ix[2] * g.sp,
+            *s3 = image + ix[3] * g.sp;
+    for (int c = 0; c < NC; ++c) {
+      const int64_t o = c * g.sc;
+      col[c] = wt[0] * s0[o] + wt[1] * s1[o] + wt[2] * s2[o] + wt[3] * s3[o];
+    }
+  }
+}
+
+}  // namespace
+
 template <typename T>
 void table_im2col_cpu(const Geometry& g, const T* input, const int32_t* index, const T* weight, int64_t r0,
                       int64_t r1, T* columns) {
@@ -17,13 +35,22 @@ void table_im2col_cpu(const Geometry& g, const T* input, const int32_t* index, c
     for (int64_t r = a; r < e; ++r) {
       const int64_t b = r / g.P, p = r % g.P;
       const T* image = input + b * g.sb;
+      T* row = columns + (r - r0) * K * C;
+      if (C == 3) {
+        im2col_row_small<3>(g, image, index + p * K * 4, weight + p * K * 4, row);
+        continue;
+      }
+      if (C == 1) {
+        im2col_row_small<1>(g, image, index + p * K * 4, weight + p * K * 4, row);
+        continue;
+      }
       for (int64_t k = 0; k < K; ++k) {
         const int32_t* ix = index + (p * K + k) * 4;
         const T* wt = weight + (p * K + k) * 4;
         const T *s0 = image + ix[0] * g.sp, *s1 = image + ix[1] * g.sp, *s2 = image + ix[2] * g.sp,
                 *s3 = image + ix[3] * g.sp;
         const T w0 = wt[0], w1 = wt[1], w2 = wt[2], w3 = wt[3];
-        T* col = columns + ((r - r0) * K + k) * C;
+        T* col = row + k * C;
         if (g.sc == 1) {
 #pragma omp simd
           for (int64_t c = 0; c < C; ++c) col[c] = w0 * s0[c] + w1 * s1[c] + w2 * s2[c] + w3 * s3[c];

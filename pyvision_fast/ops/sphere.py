@@ -95,9 +95,10 @@ def _forward(impl, input, weight, bias, index, tweight, out_h, out_w):
     for r0 in range(0, B * P, step):
         r1 = min(B * P, r0 + step)
         impl[0](image, index, tweight, r0, r1, cols[:r1 - r0])
-        torch.matmul(cols[:r1 - r0].view(r1 - r0, K * C), w, out=rows[r0:r1])
-    if bias is not None:
-        rows += bias
+        if bias is None:
+            torch.mm(cols[:r1 - r0].view(r1 - r0, K * C), w, out=rows[r0:r1])
+        else:
+            torch.addmm(bias, cols[:r1 - r0].view(r1 - r0, K * C), w, out=rows[r0:r1])
     return out.permute(0, 3, 1, 2)
 
 
