@@ -157,14 +157,35 @@ def test_module_matches_official_formulation(mode, share, use_hs, training):
     state = {k: v.clone() for k, v in ours.state_dict().items()}
     got = ours(x)
     grads = torch.autograd.grad(got.sum(), [x, *ours.parameters()], allow_unused=True)
+    after_ours = {k: v.clone() for k, v in ours.state_dict().items()}
     ours.load_state_dict(state)  # undo the running-stat update before the official pass
     want = official(x)
     rgrads = torch.autograd.grad(want.sum(), [x, *ours.parameters()], allow_unused=True)
     assert_close(got, want)
+    for k, v in ours.state_dict().items():  # the same running statistics (and batch count) afterwards
+        assert_close(after_ours[k].double(), v.double())
     for a, b in zip(grads, rgrads):
         assert (a is None) == (b is None)
         if b is not None:
             assert_close(a, b)
+
+
+def test_training_batchnorm_with_cumulative_average_and_without_running_stats():
+    torch.manual_seed(5)
+    for kwargs in (dict(momentum=None), dict(track_running_stats=False)):
+        ours = MVF(torch.nn.Conv2d(16, 8, 1, bias=False), n_segment=2, in_channels=16, alpha=0.25).double().train()
+        ours.bn = torch.nn.BatchNorm3d(4, **kwargs).double().train()
+        official = OfficialMVF(ours)
+        x = torch.randn(4, 16, 5, 6, dtype=torch.float64, requires_grad=True)
+        for step in range(2):
+            state = {k: v.clone() for k, v in ours.state_dict().items()}
+            got = ours(x * (step + 1))
+            after = {k: v.clone() for k, v in ours.state_dict().items()}
+            ours.load_state_dict(state)
+            want = official(x * (step + 1))
+            assert_close(got, want)
+            for k, v in ours.state_dict().items():
+                assert_close(after[k].double(), v.double())
 
 
 def test_official_state_dict_keys_and_loading():
@@ -217,3 +238,20 @@ def test_onnx_export(tmp_path):
         block[0].bn.running_var.uniform_(0.5, 2)
     report = check_onnx(block, (torch.randn(8, 16, 6, 6),), tmp_path, atol=1e-5)
     assert "Conv" in report.op_types and "HardSwish" in report.op_types
+
+
+def test_training_path_on_the_reference_backend_agrees():
+    """The fused-channel gradient handed to the backward op (grad_fused) on both backends."""
+    from pyvision_fast import use_backend
+
+    results = []
+    for backend in ("cpu", "reference"):
+        torch.manual_seed(6)  # the same module weights for both backends
+        ours = MVF(torch.nn.Conv2d(16, 8, 1, bias=False), n_segment=2, in_channels=16, alpha=0.25).double().train()
+        x = torch.randn(4, 16, 5, 6, dtype=torch.float64, requires_grad=True,
+                        generator=torch.Generator().manual_seed(7))
+        with use_backend(backend):
+            out = ours(x)
+            results.append((out, *torch.autograd.grad(out.square().sum(), [x, *ours.parameters()])))
+    for a, b in zip(*results):
+        assert_close(a, b)

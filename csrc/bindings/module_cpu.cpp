@@ -158,7 +158,7 @@ void mvf_forward(py::handle x, py::handle wt, py::handle wh, py::handle ww, py::
 
 void mvf_backward(py::handle x, py::handle grad_out, py::handle wt, py::handle wh, py::handle ww, py::handle scale,
                   py::handle shift, bool hardswish, int64_t fused, py::handle grad_x, py::handle gwt, py::handle gwh,
-                  py::handle gww, py::handle workspace) {
+                  py::handle gww, py::handle workspace, bool workspace_holds_grad) {
   const char* op = "multi_view_fusion_backward";
   auto a = pvf::mvf_args::parse(cpu(), op, x, wt, wh, ww, scale, shift, fused, grad_out, false);
   auto r = pvf::mvf_args::parse_grads(cpu(), op, a, grad_x, gwt, gwh, gww, workspace, a.x.dtype, a.x.dtype);
@@ -167,7 +167,7 @@ void mvf_backward(py::handle x, py::handle grad_out, py::handle wt, py::handle w
     using T = typename decltype(tag)::type;
     pvf::mvf::mvf_backward_cpu<T>(a.g, a.x.ptr<T>(), a.out.ptr<T>(), a.wt.ptr<T>(), a.wh.ptr<T>(), a.ww.ptr<T>(),
                                   a.scale.ptr<T>(), a.shift.ptr<T>(), hardswish, r.gx.ptr<T>(), r.gwt.ptr<T>(),
-                                  r.gwh.ptr<T>(), r.gww.ptr<T>(), r.gy.ptr<T>());
+                                  r.gwh.ptr<T>(), r.gww.ptr<T>(), r.gy.ptr<T>(), workspace_holds_grad);
   });
 }
 
@@ -350,7 +350,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("mvf_backward", &mvf_backward, py::arg("x"), py::arg("grad_out"), py::arg("weight_t"), py::arg("weight_h"),
         py::arg("weight_w"), py::arg("bn_scale"), py::arg("bn_shift"), py::arg("hardswish"),
         py::arg("fused_channels"), py::arg("grad_x"), py::arg("grad_weight_t"), py::arg("grad_weight_h"),
-        py::arg("grad_weight_w"), py::arg("workspace"));
+        py::arg("grad_weight_w"), py::arg("workspace"), py::arg("workspace_holds_grad"),
+        "workspace_holds_grad: the workspace already holds the fused channels' gradient before the epilogue.");
   m.def("filter_bank_forward", &filter_bank_forward, py::arg("x"), py::arg("kernels"), py::arg("radii"),
         py::arg("boundary"), py::arg("out"),
         "Separable filtering of x (B, C, H, W) at S scales into out (B, S, C, H, W); see scale_space.h.");

@@ -189,7 +189,7 @@ void mvf_forward(py::handle x, py::handle wt, py::handle wh, py::handle ww, py::
 
 void mvf_backward(py::handle x, py::handle grad_out, py::handle wt, py::handle wh, py::handle ww, py::handle scale,
                   py::handle shift, bool hardswish, int64_t fused, py::handle grad_x, py::handle gwt, py::handle gwh,
-                  py::handle gww, py::handle workspace, uintptr_t stream) {
+                  py::handle gww, py::handle workspace, bool workspace_holds_grad, uintptr_t stream) {
   const char* op = "multi_view_fusion_backward";
   CudaCall call(x, op);
   auto a = pvf::mvf_args::parse(call.dev, op, x, wt, wh, ww, scale, shift, fused, grad_out, false);
@@ -199,7 +199,7 @@ void mvf_backward(py::handle x, py::handle grad_out, py::handle wt, py::handle w
   pvf::mvf::mvf_backward_cuda(a.x.dtype, a.g, a.x.data, a.out.data, a.wt.data, a.wh.data, a.ww.data,
                               a.scale.has_value ? a.scale.view.data : nullptr,
                               a.shift.has_value ? a.shift.view.data : nullptr, hardswish, r.gx.data, r.gwt.data,
-                              r.gwh.data, r.gww.data, r.gy.data, stream_ptr(stream));
+                              r.gwh.data, r.gww.data, r.gy.data, workspace_holds_grad, stream_ptr(stream));
 }
 
 namespace ss = pvf::scale_space;
@@ -373,7 +373,7 @@ PYBIND11_MODULE(_C_cuda, m) {
   m.def("mvf_backward", &mvf_backward, py::arg("x"), py::arg("grad_out"), py::arg("weight_t"), py::arg("weight_h"),
         py::arg("weight_w"), py::arg("bn_scale"), py::arg("bn_shift"), py::arg("hardswish"),
         py::arg("fused_channels"), py::arg("grad_x"), py::arg("grad_weight_t"), py::arg("grad_weight_h"),
-        py::arg("grad_weight_w"), py::arg("workspace"), py::arg("stream"));
+        py::arg("grad_weight_w"), py::arg("workspace"), py::arg("workspace_holds_grad"), py::arg("stream"));
   m.def("filter_bank_forward", &filter_bank_forward, py::arg("x"), py::arg("kernels"), py::arg("radii"),
         py::arg("boundary"), py::arg("out"), py::arg("workspace"), py::arg("stream"));
   m.def("filter_bank_backward", &filter_bank_backward, py::arg("x"), py::arg("grad_out"), py::arg("kernels"),

@@ -29,10 +29,13 @@ void mvf_forward_cpu(const Geometry& g, const T* x, const T* wt, const T* wh, co
 
 // Gradients. grad_out has strides g.so; grad_x has strides g.sg. gy_workspace holds N*F*T*H*W
 // elements (the gradient before the epilogue, contiguous (N, F, T, H, W)). grad_w* are (F, 3), overwritten.
+// gy_given: gy_workspace already holds the fused channels' gradient before the epilogue (computed by the caller,
+// e.g. through a training-mode BatchNorm); grad_out is then read for the pass-through channels only and the
+// epilogue arguments are ignored.
 template <typename T>
 void mvf_backward_cpu(const Geometry& g, const T* x, const T* grad_out, const T* wt, const T* wh, const T* ww,
                       const T* scale, const T* shift, bool hardswish, T* grad_x, T* grad_wt, T* grad_wh, T* grad_ww,
-                      T* gy_workspace);
+                      T* gy_workspace, bool gy_given);
 
 // CUDA: float32/float64/float16/bfloat16 (float accumulation). grad_w* are float32 for half inputs
 // (atomic accumulation), the input dtype otherwise; zeroed by the launcher.
@@ -40,7 +43,8 @@ void mvf_forward_cuda(DType dtype, const Geometry& g, const void* x, const void*
                       const void* scale, const void* shift, bool hardswish, void* out, void* stream);
 void mvf_backward_cuda(DType dtype, const Geometry& g, const void* x, const void* grad_out, const void* wt,
                        const void* wh, const void* ww, const void* scale, const void* shift, bool hardswish,
-                       void* grad_x, void* grad_wt, void* grad_wh, void* grad_ww, void* gy_workspace, void* stream);
+                       void* grad_x, void* grad_wt, void* grad_wh, void* grad_ww, void* gy_workspace, bool gy_given,
+                       void* stream);
 
 }  // namespace mvf
 }  // namespace pvf

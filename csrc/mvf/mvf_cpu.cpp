@@ -124,11 +124,11 @@ void mvf_forward_cpu(const Geometry& g, const T* x, const T* wt, const T* wh, co
 template <typename T>
 void mvf_backward_cpu(const Geometry& g, const T* x, const T* grad_out, const T* wt, const T* wh, const T* ww,
                       const T* scale, const T* shift, bool hardswish, T* grad_x, T* grad_wt, T* grad_wh, T* grad_ww,
-                      T* gy) {
+                      T* gy, bool gy_given) {
   const int64_t HW = g.H * g.W;
   // Pass 1: gy = gradient before the epilogue, contiguous (N, F, T, H, W); pass-through channels copy grad_out.
   copy_passthrough(g, grad_out, g.so, grad_x, g.sg);
-  const int64_t planes = g.N * g.F * g.T;
+  const int64_t planes = gy_given ? 0 : g.N * g.F * g.T;
   parallel_for(0, planes, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const auto [n, c, t] = plane_of(p, g.F, g.T);
@@ -205,10 +205,10 @@ template void mvf_forward_cpu<double>(const Geometry&, const double*, const doub
                                       const double*, const double*, bool, double*);
 template void mvf_backward_cpu<float>(const Geometry&, const float*, const float*, const float*, const float*,
                                       const float*, const float*, const float*, bool, float*, float*, float*, float*,
-                                      float*);
+                                      float*, bool);
 template void mvf_backward_cpu<double>(const Geometry&, const double*, const double*, const double*, const double*,
                                        const double*, const double*, const double*, bool, double*, double*, double*,
-                                       double*, double*);
+                                       double*, double*, bool);
 
 }  // namespace mvf
 }  // namespace pvf

@@ -78,11 +78,12 @@ __global__ void forward_kernel(Geometry g, const T* x, const T* wt, const T* wh,
 // gy (contiguous (N, F, T, H, W), accumulation type) and the pass-through part of grad_x.
 template <typename T>
 __global__ void grad_pre_kernel(Geometry g, const T* x, const T* go, const T* wt, const T* wh, const T* ww,
-                                const T* scale, const T* shift, bool hs, T* gx, acc_t<T>* gy) {
+                                const T* scale, const T* shift, bool hs, T* gx, acc_t<T>* gy, bool gy_given) {
   using A = acc_t<T>;
   const int64_t total = g.N * g.C * g.T * g.H * g.W;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const Index q = decompose(i, g, g.C);
+    if (gy_given && q.c < g.F) continue;  // the caller computed the fused channels' gradient
     const A gv = to_acc(go[q.n * g.so[0] + q.c * g.so[1] + q.t * g.so[2] + q.h * g.so[3] + q.w]);
     if (q.c >= g.F) {
       gx[q.n * g.sg[0] + q.c * g.sg[1] + q.t * g.sg[2] + q.h * g.sg[3] + q.w] = from_acc<T>(gv);
@@ -185,7 +186,8 @@ void mvf_forward_cuda(DType dtype, const Geometry& g, const void* x, const void*
 
 void mvf_backward_cuda(DType dtype, const Geometry& g, const void* x, const void* grad_out, const void* wt,
                        const void* wh, const void* ww, const void* scale, const void* shift, bool hardswish,
-                       void* grad_x, void* grad_wt, void* grad_wh, void* grad_ww, void* gy_workspace, void* stream) {
+                       void* grad_x, void* grad_wt, void* grad_wh, void* grad_ww, void* gy_workspace, bool gy_given,
+                       void* stream) {
   const int64_t total = g.N * g.C * g.T * g.H * g.W;
   auto s = static_cast<cudaStream_t>(stream);
   dispatch_floating_and_half(dtype, "multi_view_fusion_backward", [&](auto tag) {
@@ -202,7 +204,7 @@ void mvf_backward_cuda(DType dtype, const Geometry& g, const void* x, const void
     grad_pre_kernel<T><<<grid_for(total, kThreads), kThreads, 0, s>>>(
         g, static_cast<const T*>(x), static_cast<const T*>(grad_out), static_cast<const T*>(wt),
         static_cast<const T*>(wh), static_cast<const T*>(ww), static_cast<const T*>(scale),
-        static_cast<const T*>(shift), hardswish, static_cast<T*>(grad_x), gy);
+        static_cast<const T*>(shift), hardswish, static_cast<T*>(grad_x), gy, gy_given);
     const int64_t fused = g.N * g.F * g.T * g.H * g.W;
     if (fused == 0) return;
     grad_x_kernel<T><<<grid_for(fused, kThreads), kThreads, 0, s>>>(

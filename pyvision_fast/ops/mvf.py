@@ -43,14 +43,17 @@ def _fwd_ref(x, wt, wh, ww, scale, shift, hardswish, fused):
     return ref.multi_view_fusion(x, wt, wh, ww, scale, shift, hardswish, fused)
 
 
-def _bwd_native(grad, x, wt, wh, ww, scale, shift, hardswish, fused, cuda: bool):
+def _bwd_native(grad, x, wt, wh, ww, scale, shift, hardswish, fused, grad_fused, cuda: bool):
     N, C, T, H, W = x.shape
     acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) and cuda else x.dtype
     gx = _output_like(x)  # dense even when x is a slice of a larger tensor
     gw = [torch.empty(fused, 3, dtype=acc, device=x.device) for _ in range(3)]
-    ws = torch.empty(N * fused * T * H * W, dtype=acc, device=x.device)
+    if grad_fused is None:
+        ws = torch.empty(N * fused * T * H * W, dtype=acc, device=x.device)
+    else:  # the fused channels' gradient before the epilogue, given: it is the workspace
+        ws = grad_fused.to(acc).contiguous().view(-1)
     args = [_ext.arg(x), _ext.arg(grad), _ext.arg(wt), _ext.arg(wh), _ext.arg(ww), _ext.opt(scale), _ext.opt(shift),
-            hardswish, fused, _ext.arg(gx), *(_ext.arg(g) for g in gw), _ext.arg(ws)]
+            hardswish, fused, _ext.arg(gx), *(_ext.arg(g) for g in gw), _ext.arg(ws), grad_fused is not None]
     if cuda:
         _ext.cuda_module().mvf_backward(*args, _ext.stream(x.device))
     else:
@@ -58,7 +61,7 @@ def _bwd_native(grad, x, wt, wh, ww, scale, shift, hardswish, fused, cuda: bool)
     return (gx, *(g.to(x.dtype) for g in gw))
 
 
-def _bwd_ref(grad, x, wt, wh, ww, scale, shift, hardswish, fused):
+def _bwd_ref(grad, x, wt, wh, ww, scale, shift, hardswish, fused, grad_fused):
     """The gradients written out with convolutions (custom-op implementations run below autograd, so they
     cannot differentiate the reference with autograd)."""
     import torch.nn.functional as F
@@ -67,8 +70,8 @@ def _bwd_ref(grad, x, wt, wh, ww, scale, shift, hardswish, fused):
     Fc = fused
     views = [(wt, (Fc, 1, 3, 1, 1), (1, 0, 0)), (wh, (Fc, 1, 1, 3, 1), (0, 1, 0)), (ww, (Fc, 1, 1, 1, 3), (0, 0, 1))]
     xf = x[:, :Fc]
-    gy = grad[:, :Fc]
-    if scale is not None or hardswish:
+    gy = grad[:, :Fc] if grad_fused is None else grad_fused
+    if grad_fused is None and (scale is not None or hardswish):
         y = ref.multi_view_fusion(xf, wt, wh, ww, None, None, False, Fc)
         s = scale.view(1, -1, 1, 1, 1) if scale is not None else torch.ones((), dtype=x.dtype, device=x.device)
         z = y * s + (shift.view(1, -1, 1, 1, 1) if scale is not None else 0)
@@ -104,16 +107,19 @@ def _(x, weight_t, weight_h, weight_w, bn_scale, bn_shift, hardswish, fused_chan
 @torch.library.custom_op("pvf::multi_view_fusion_backward", mutates_args=())
 def _mvf_backward_op(grad: Tensor, x: Tensor, weight_t: Tensor, weight_h: Tensor, weight_w: Tensor,
                      bn_scale: Optional[Tensor], bn_shift: Optional[Tensor], hardswish: bool,
-                     fused_channels: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                     fused_channels: int, grad_fused: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of x and the three kernels. grad_fused (N, F, T, H, W), when given, is the fused channels'
+    gradient before the epilogue (the caller differentiated it, e.g. through a training-mode BatchNorm): grad is
+    then read for the pass-through channels only and the epilogue arguments are ignored."""
     impl = dispatch("multi_view_fusion_backward", x.device, _BWD)
     x = _w_contiguous(x)
     return tuple(impl(_w_contiguous(grad), x, weight_t.contiguous(), weight_h.contiguous(), weight_w.contiguous(),
                       None if bn_scale is None else bn_scale.contiguous(),
-                      None if bn_shift is None else bn_shift.contiguous(), hardswish, fused_channels))
+                      None if bn_shift is None else bn_shift.contiguous(), hardswish, fused_channels, grad_fused))
 
 
 @_mvf_backward_op.register_fake
-def _(grad, x, weight_t, weight_h, weight_w, bn_scale, bn_shift, hardswish, fused_channels):
+def _(grad, x, weight_t, weight_h, weight_w, bn_scale, bn_shift, hardswish, fused_channels, grad_fused=None):
     return _output_like(x), torch.empty_like(weight_t), torch.empty_like(weight_h), torch.empty_like(weight_w)
 
 
