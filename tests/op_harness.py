@@ -26,9 +26,10 @@ def float_dtypes(device: str) -> list[torch.dtype]:
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: Optional[torch.dtype] = None, **override):
+    """actual against expected (often a float64 CPU reference), compared on actual's device and dtype."""
     tol = dict(TOLERANCES[dtype or expected.dtype])
     tol.update(override)
-    torch.testing.assert_close(actual, expected.to(actual.dtype), **tol)
+    torch.testing.assert_close(actual, expected.to(device=actual.device, dtype=actual.dtype), **tol)
 
 
 def gradcheck(fn: Callable, inputs: Sequence[torch.Tensor], **kwargs) -> None:
