@@ -198,3 +198,19 @@ def test_onnx_export(cls, kwargs, tmp_path):
     torch.nn.init.normal_(layer.conv_offset.weight, 0, 0.5)  # offsets that move samples across the border
     report = check_onnx(layer, (torch.randn(2, 4, 9, 11),), tmp_path, atol=1e-4)
     assert "GridSample" in report.op_types and "MatMul" in report.op_types
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_samples_outside_the_image_never_read_it(backend):
+    """Outside samples are zeros, as in torchvision, even when the image holds inf at the corner they index."""
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
+    x[0, :, 0, 0] = float("inf")
+    offset = torch.full((1, 18, 5, 5), -40.0, dtype=torch.float64, requires_grad=True)  # every tap far outside
+    weight = torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(1, 9, 5, 5, dtype=torch.float64, requires_grad=True)
+    expected = torchvision.ops.deform_conv2d(x, offset, weight, None, 1, 1, 1, mask)
+    with use_backend(backend):
+        out = ops.deform_conv2d(x, offset, weight, None, 1, 1, 1, mask)
+        grads = torch.autograd.grad(out.sum(), [offset, weight, mask])
+    assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads)
+    assert_close(out, expected)

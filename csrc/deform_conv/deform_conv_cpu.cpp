@@ -16,7 +16,8 @@ namespace {
 // Samples of one (b, o, k) row: idx[4p + i] and weights w[4p + i] (times the mask), valid[4p + i] in {0, 1}.
 template <typename T>
 void sample_row(const Geometry& g, const T* offset, const T* mask, int64_t b, int64_t o, int64_t k, int32_t* idx,
-                T* w, T* valid, T* ly, T* lx) {
+                T* w, T* valid, T* ly, T* lx, std::vector<int32_t>& outside) {
+  outside.clear();
   const int64_t K = g.K(), P = g.P();
   const int64_t i = k / g.kw, j = k % g.kw;
   const T* dy = offset + ((b * g.OG + o) * K + k) * 2 * P;
@@ -28,8 +29,15 @@ void sample_row(const Geometry& g, const T* offset, const T* mask, int64_t b, in
     const T x = T(wo * g.sw - g.pw + j * g.dw) + dx[p];
     const Sample<T> s = bilinear_sample<T>(y, x, g.H, g.W);
     const T scale = m ? m[p] : T(1);
+    // A corner outside the image has weight 0; it indexes a corner of the same sample that is inside, so that
+    // 0 * pixel never meets an inf / NaN the sample does not touch. Samples entirely outside index pixel 0 and
+    // are listed in `outside`: the caller overwrites their results with zeros.
+    if (!s.inside) outside.push_back(static_cast<int32_t>(p));
+    int64_t inside_corner = 0;
+    for (int c = 3; c >= 0; --c)
+      if (s.valid[c]) inside_corner = s.idx[c];
     for (int c = 0; c < 4; ++c) {
-      idx[4 * p + c] = static_cast<int32_t>(s.idx[c]);
+      idx[4 * p + c] = static_cast<int32_t>(s.valid[c] ? s.idx[c] : inside_corner);
       w[4 * p + c] = s.w[c] * scale;
       if (valid) valid[4 * p + c] = s.valid[c] ? T(1) : T(0);
     }
@@ -53,10 +61,12 @@ void im2col_cpu(const Geometry& g, const T* input, const T* offset, const T* mas
   const int64_t rows = g.B * g.OG * K;
   std::vector<int32_t> idx(rows * P * 4);
   std::vector<T> w(rows * P * 4);
+  std::vector<std::vector<int32_t>> outside(rows);
   parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r)
       sample_row(g, offset, mask, r / (g.OG * K), (r / K) % g.OG, r % K, idx.data() + r * P * 4,
-                 w.data() + r * P * 4, static_cast<T*>(nullptr), static_cast<T*>(nullptr), static_cast<T*>(nullptr));
+                 w.data() + r * P * 4, static_cast<T*>(nullptr), static_cast<T*>(nullptr), static_cast<T*>(nullptr),
+                 outside[r]);
   });
   parallel_for(0, g.B * g.C, 1, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
@@ -70,6 +80,7 @@ void im2col_cpu(const Geometry& g, const T* input, const T* offset, const T* mas
         for (int64_t p = 0; p < P; ++p)
           col[p] = wr[4 * p] * plane[ir[4 * p]] + wr[4 * p + 1] * plane[ir[4 * p + 1]] +
                    wr[4 * p + 2] * plane[ir[4 * p + 2]] + wr[4 * p + 3] * plane[ir[4 * p + 3]];
+        for (int32_t p : outside[r]) col[p] = T(0);
       }
     }
   });
@@ -87,9 +98,11 @@ void col2im_cpu(const Geometry& g, const T* input, const T* offset, const T* mas
   std::vector<int32_t> idx(rows * P * 4);
   std::vector<T> w(rows * P * 4);
   parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<int32_t> outside;  // the scatter adds weight * gradient: zero weights need no special case
     for (int64_t r = r0; r < r1; ++r)
       sample_row(g, offset, mask, r / (g.OG * K), (r / K) % g.OG, r % K, idx.data() + r * P * 4,
-                 w.data() + r * P * 4, static_cast<T*>(nullptr), static_cast<T*>(nullptr), static_cast<T*>(nullptr));
+                 w.data() + r * P * 4, static_cast<T*>(nullptr), static_cast<T*>(nullptr), static_cast<T*>(nullptr),
+                 outside);
   });
   // grad_input: each (b, c) plane gathers the scatter of its own columns.
   parallel_for(0, g.B * g.C, 1, [&](int64_t q0, int64_t q1) {
@@ -115,10 +128,11 @@ void col2im_cpu(const Geometry& g, const T* input, const T* offset, const T* mas
   parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
     std::vector<int32_t> ir(P * 4);
     std::vector<T> wr(P * 4), valid(P * 4), ly(P), lx(P), gy(P), gx(P), gm(P);
+    std::vector<int32_t> outside;
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / (g.OG * K), o = (r / K) % g.OG, k = r % K;
       sample_row(g, offset, static_cast<const T*>(nullptr), b, o, k, ir.data(), wr.data(), valid.data(), ly.data(),
-                 lx.data());
+                 lx.data(), outside);
       std::fill(gy.begin(), gy.end(), T(0));
       std::fill(gx.begin(), gx.end(), T(0));
       std::fill(gm.begin(), gm.end(), T(0));
@@ -134,6 +148,7 @@ void col2im_cpu(const Geometry& g, const T* input, const T* offset, const T* mas
           gm[p] += gv * (wr[4 * p] * v0 + wr[4 * p + 1] * v1 + wr[4 * p + 2] * v2 + wr[4 * p + 3] * v3);
         }
       }
+      for (int32_t p : outside) gy[p] = gx[p] = gm[p] = T(0);
       T* goy = grad_offset + ((b * g.OG + o) * K + k) * 2 * P;
       T* gox = goy + P;
       const T* m = mask ? mask + ((b * g.OG + o) * K + k) * P : nullptr;

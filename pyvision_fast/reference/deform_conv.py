@@ -59,7 +59,8 @@ def im2col(input: Tensor, offset: Tensor, mask: Optional[Tensor], conv: tuple) -
     idx, valid, wts, _, _ = _samples(input, offset, conv)
     if mask is not None:
         wts = wts * mask.reshape(B, OG, K, P, 1)
-    cols = (_corner_values(input, idx, OG) * wts[:, :, None]).sum(-1)  # (B, OG, Cg, K, P)
+    corners = _corner_values(input, idx, OG)  # corners outside the image must read 0, never inf / NaN
+    cols = (torch.where(valid[:, :, None] > 0, corners, torch.zeros_like(corners)) * wts[:, :, None]).sum(-1)
     return cols.reshape(B, C * K, P)
 
 
@@ -81,7 +82,8 @@ def col2im(input: Tensor, offset: Tensor, mask: Optional[Tensor], conv: tuple,
     grad_input = input.new_zeros(B, OG, Cg, H * W)
     grad_input.scatter_add_(3, idx.reshape(B, OG, 1, -1).expand(B, OG, Cg, K * P * 4),
                             contrib.reshape(B, OG, Cg, -1))
-    v = _corner_values(input, idx, OG) * valid[:, :, None]  # (B, OG, Cg, K, P, 4)
+    v = _corner_values(input, idx, OG)
+    v = torch.where(valid[:, :, None] > 0, v, torch.zeros_like(v))  # (B, OG, Cg, K, P, 4)
     v0, v1, v2, v3 = v.unbind(-1)
     lyc, lxc = ly[:, :, None], lx[:, :, None]
     gy = (gc * ((1 - lxc) * (v2 - v0) + lxc * (v3 - v1))).sum(2) * m  # (B, OG, K, P)
