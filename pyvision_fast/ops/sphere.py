@@ -18,8 +18,10 @@ from ..geometry.equirect import SamplingTable
 from ._registry import dispatch
 
 # Columns of one chunk of output rows stay below this many bytes (one buffer, rewritten for every chunk): large
-# enough that each chunk is one efficient GEMM, small next to the activations.
+# enough that each chunk is one efficient GEMM, small next to the activations. GPUs take far larger chunks (each
+# chunk also re-validates the table rows it uses on the host).
 COLUMN_BUDGET_BYTES = 32 << 20
+CUDA_COLUMN_BUDGET_BYTES = 512 << 20
 
 
 def _im2col_cpu(image, index, weight, r0, r1, out):
@@ -74,8 +76,9 @@ def _pixels_channels(x: Tensor) -> Tensor:
     return x.permute(0, 2, 3, 1)
 
 
-def _chunk_rows(K: int, C: int, element_size: int) -> int:
-    return max(1, COLUMN_BUDGET_BYTES // max(K * C * element_size, 1))
+def _chunk_rows(K: int, C: int, x: Tensor) -> int:
+    budget = CUDA_COLUMN_BUDGET_BYTES if x.is_cuda else COLUMN_BUDGET_BYTES
+    return max(1, budget // max(K * C * x.element_size(), 1))
 
 
 def _weight_rows(weight: Tensor) -> Tensor:
@@ -90,7 +93,7 @@ def _forward(impl, input, weight, bias, index, tweight, out_h, out_w):
     w = _weight_rows(weight)
     out = input.new_empty(B, out_h, out_w, Cout)
     rows = out.view(B * P, Cout)
-    step = _chunk_rows(K, C, input.element_size())
+    step = _chunk_rows(K, C, input)
     cols = input.new_empty(min(step, B * P), K, C)
     for r0 in range(0, B * P, step):
         r1 = min(B * P, r0 + step)
@@ -111,7 +114,7 @@ def _backward(impl, grad, input, weight, index, tweight, has_bias):
     half = input.is_cuda and input.dtype in (torch.float16, torch.bfloat16)
     grad_image = torch.zeros(B, H, W, C, dtype=torch.float32 if half else input.dtype, device=input.device)
     grad_w = torch.zeros_like(w)
-    step = _chunk_rows(K, C, input.element_size())
+    step = _chunk_rows(K, C, input)
     cols = input.new_empty(min(step, B * P), K, C)
     for r0 in range(0, B * P, step):
         r1 = min(B * P, r0 + step)
