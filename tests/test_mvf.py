@@ -1,6 +1,4 @@
 """multi_view_fusion and the MVF module against the official three-Conv3d formulation."""
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F

@@ -30,10 +30,28 @@ __device__ __forceinline__ Row decompose(int64_t t, const Geometry& g) {
   return r;
 }
 
+// The sample of thread t: its (image, group, tap, position), the (b, o, k) row index into offset and mask,
+// the bilinear sample and the mask value.
 template <typename A>
-__device__ __forceinline__ Sample<A> sample_at(const Geometry& g, const Row& r, A dy, A dx) {
-  const int64_t i = r.k / g.kw, j = r.k % g.kw, ho = r.p / g.Wo, wo = r.p % g.Wo;
-  return bilinear_sample<A>(A(ho * g.sh - g.ph + i * g.dh) + dy, A(wo * g.sw - g.pw + j * g.dw) + dx, g.H, g.W);
+struct TapSample {
+  Row r;
+  int64_t row;
+  Sample<A> s;
+  A m;
+};
+
+template <typename T, typename A = acc_t<T>>
+__device__ __forceinline__ TapSample<A> tap_sample(int64_t t, const Geometry& g, const T* offset, const T* mask) {
+  const int64_t P = g.Ho * g.Wo;
+  TapSample<A> ts;
+  ts.r = decompose(t, g);
+  ts.row = (ts.r.b * g.OG + ts.r.o) * g.kh * g.kw + ts.r.k;
+  const T* off = offset + ts.row * 2 * P + ts.r.p;
+  const int64_t i = ts.r.k / g.kw, j = ts.r.k % g.kw, ho = ts.r.p / g.Wo, wo = ts.r.p % g.Wo;
+  ts.s = bilinear_sample<A>(A(ho * g.sh - g.ph + i * g.dh) + to_acc(off[0]),
+                            A(wo * g.sw - g.pw + j * g.dw) + to_acc(off[P]), g.H, g.W);
+  ts.m = mask ? to_acc(mask[ts.row * P + ts.r.p]) : A(1);
+  return ts;
 }
 
 template <typename T>
@@ -42,11 +60,10 @@ __global__ void im2col_kernel(Geometry g, const T* input, const T* offset, const
   const int64_t P = g.Ho * g.Wo, K = g.kh * g.kw, HW = g.H * g.W, Cg = g.C / g.OG;
   const int64_t total = g.B * g.OG * K * P;
   for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < total; t += int64_t(gridDim.x) * blockDim.x) {
-    const Row r = decompose(t, g);
-    const int64_t row = (r.b * g.OG + r.o) * K + r.k;
-    const T* off = offset + row * 2 * P + r.p;
-    const Sample<A> s = sample_at<A>(g, r, to_acc(off[0]), to_acc(off[P]));
-    const A m = mask ? to_acc(mask[row * P + r.p]) : A(1);
+    const TapSample<A> ts = tap_sample<T>(t, g, offset, mask);
+    const Row& r = ts.r;
+    const Sample<A>& s = ts.s;
+    const A m = ts.m;
     for (int64_t c = r.o * Cg; c < (r.o + 1) * Cg; ++c) {
       const T* plane = input + (r.b * g.C + c) * HW;
       A v = 0;
@@ -65,11 +82,11 @@ __global__ void col2im_kernel(Geometry g, const T* input, const T* offset, const
   const int64_t P = g.Ho * g.Wo, K = g.kh * g.kw, HW = g.H * g.W, Cg = g.C / g.OG;
   const int64_t total = g.B * g.OG * K * P;
   for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < total; t += int64_t(gridDim.x) * blockDim.x) {
-    const Row r = decompose(t, g);
-    const int64_t row = (r.b * g.OG + r.o) * K + r.k;
-    const T* off = offset + row * 2 * P + r.p;
-    const Sample<A> s = sample_at<A>(g, r, to_acc(off[0]), to_acc(off[P]));
-    const A m = mask ? to_acc(mask[row * P + r.p]) : A(1);
+    const TapSample<A> ts = tap_sample<T>(t, g, offset, mask);
+    const Row& r = ts.r;
+    const Sample<A>& s = ts.s;
+    const int64_t row = ts.row;
+    const A m = ts.m;
     A gy = 0, gx = 0, gm = 0;
     if (s.inside) {
       for (int64_t c = r.o * Cg; c < (r.o + 1) * Cg; ++c) {

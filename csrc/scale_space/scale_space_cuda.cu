@@ -49,15 +49,21 @@ __device__ __forceinline__ Pos decompose(int64_t i, const Dims& d) {
   return q;
 }
 
+// The 2 r_s + 1 taps of scale s (its kernel row, centred on tap R).
+template <typename T>
+__device__ __forceinline__ const T* taps(const Dims& d, const T* kernels, int64_t s) {
+  return kernels + s * (2 * d.R + 1) + (d.R - d.radii.r[s]);
+}
+
 // u[b, s, c, h, w] = sum_t k_s[t] x[b, c, h, w + t - r_s]   (accumulation type)
 template <typename T>
 __global__ void rows_kernel(Dims d, const T* x, const T* kernels, acc_t<T>* u) {
   using A = acc_t<T>;
-  const int64_t total = d.B * d.S * d.C * d.H * d.W, L = 2 * d.R + 1;
+  const int64_t total = d.B * d.S * d.C * d.H * d.W;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const Pos q = decompose(i, d);
     const int64_t r = d.radii.r[q.s];
-    const T* k = kernels + q.s * L + (d.R - r);
+    const T* k = taps(d, kernels, q.s);
     const T* row = x + ((q.b * d.C + q.c) * d.H + q.h) * d.W;
     A acc = 0;
     for (int64_t t = 0; t <= 2 * r; ++t) {
@@ -72,12 +78,12 @@ __global__ void rows_kernel(Dims d, const T* x, const T* kernels, acc_t<T>* u) {
 template <typename T>
 __global__ void columns_kernel(Dims d, const acc_t<T>* u, const T* kernels, T* out) {
   using A = acc_t<T>;
-  const int64_t total = d.B * d.S * d.C * d.H * d.W, L = 2 * d.R + 1;
+  const int64_t total = d.B * d.S * d.C * d.H * d.W;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const Pos q = decompose(i, d);
     const int64_t r = d.radii.r[q.s];
-    const T* k = kernels + q.s * L + (d.R - r);
-    const A* col = u + (i - q.h * d.W - q.w) + q.w;
+    const T* k = taps(d, kernels, q.s);
+    const A* col = u + (i - q.h * d.W);  // column w of the plane
     A acc = 0;
     for (int64_t t = 0; t <= 2 * r; ++t) {
       const int64_t src = boundary_index(q.h + t - r, d.H, d.boundary);
@@ -91,12 +97,12 @@ __global__ void columns_kernel(Dims d, const acc_t<T>* u, const T* kernels, T* o
 template <typename T>
 __global__ void columns_transposed_kernel(Dims d, const T* grad_out, const T* kernels, acc_t<T>* tt) {
   using A = acc_t<T>;
-  const int64_t total = d.B * d.S * d.C * d.H * d.W, L = 2 * d.R + 1;
+  const int64_t total = d.B * d.S * d.C * d.H * d.W;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const Pos q = decompose(i, d);
     const int64_t r = d.radii.r[q.s];
-    const T* k = kernels + q.s * L + (d.R - r);
-    const T* col = grad_out + (i - q.h * d.W - q.w) + q.w;
+    const T* k = taps(d, kernels, q.s);
+    const T* col = grad_out + (i - q.h * d.W);
     A acc = 0;
     visit_preimages(q.h, d.H, r, d.boundary, [&](int64_t j) {
       for (int64_t t = 0; t <= 2 * r; ++t) {
@@ -112,13 +118,13 @@ __global__ void columns_transposed_kernel(Dims d, const T* grad_out, const T* ke
 template <typename T>
 __global__ void grad_x_kernel(Dims d, const acc_t<T>* tt, const T* kernels, T* grad_x) {
   using A = acc_t<T>;
-  const int64_t total = d.B * d.C * d.H * d.W, L = 2 * d.R + 1;
+  const int64_t total = d.B * d.C * d.H * d.W;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t x = i % d.W, h = (i / d.W) % d.H, c = (i / (d.W * d.H)) % d.C, b = i / (d.W * d.H * d.C);
     A acc = 0;
     for (int64_t s = 0; s < d.S; ++s) {
       const int64_t r = d.radii.r[s];
-      const T* k = kernels + s * L + (d.R - r);
+      const T* k = taps(d, kernels, s);
       const A* row = tt + (((b * d.S + s) * d.C + c) * d.H + h) * d.W;
       visit_preimages(x, d.W, r, d.boundary, [&](int64_t j) {
         for (int64_t t = 0; t <= 2 * r; ++t) {

@@ -20,10 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
-
-
-def _hardswish_grad(z: Tensor) -> Tensor:
-    return torch.where(z < -3, 0.0, torch.where(z > 3, 1.0, (2 * z + 3) / 6)).to(z.dtype)
+from ..reference.mvf import hardswish_grad
 
 
 class _ViewsBatchNormHardswish(torch.autograd.Function):
@@ -55,7 +52,7 @@ class _ViewsBatchNormHardswish(torch.autograd.Function):
     def backward(ctx, grad):
         x5, wt, wh, ww, gamma, y_hat, invstd, z = ctx.saved_tensors
         c, dims, shape = ctx.c, (0, 2, 3, 4), (1, ctx.c, 1, 1, 1)
-        gz = grad[:, :c] * _hardswish_grad(z)
+        gz = grad[:, :c] * hardswish_grad(z)
         g_beta = gz.sum(dims)
         g_gamma = (gz * y_hat).sum(dims)
         g_hat = gz * gamma.view(shape)

@@ -116,6 +116,10 @@ def _backward(k: _Kernels, grad, input, weight, offset, mask, bias, conv):
     return grad_input, grad_weight.view(weight.shape), grad_offset, grad_mask, grad_bias
 
 
+def _contiguous(*tensors):
+    return [None if t is None else t.contiguous() for t in tensors]
+
+
 def _conv(stride, padding, dilation, weight) -> list[int]:
     return [weight.shape[2], weight.shape[3], *stride, *padding, *dilation]
 
@@ -124,8 +128,7 @@ def _conv(stride, padding, dilation, weight) -> list[int]:
 def _deform_conv2d_op(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor], bias: Optional[Tensor],
                       stride: list[int], padding: list[int], dilation: list[int]) -> Tensor:
     k = dispatch("deform_conv2d", input.device, _KERNELS)
-    c = lambda t: None if t is None else t.contiguous()  # noqa: E731
-    return _forward(k, c(input), c(weight), c(offset), c(mask), c(bias), _conv(stride, padding, dilation, weight))
+    return _forward(k, *_contiguous(input, weight, offset, mask, bias), _conv(stride, padding, dilation, weight))
 
 
 @_deform_conv2d_op.register_fake
@@ -139,8 +142,7 @@ def _deform_conv2d_backward_op(grad: Tensor, input: Tensor, weight: Tensor, offs
                                dilation: list[int]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of input, weight, offset, mask and bias (empty tensors for an absent mask or bias)."""
     k = dispatch("deform_conv2d_backward", input.device, _KERNELS)
-    c = lambda t: None if t is None else t.contiguous()  # noqa: E731
-    gi, gw, go, gm, gb = _backward(k, c(grad), c(input), c(weight), c(offset), c(mask), c(bias),
+    gi, gw, go, gm, gb = _backward(k, *_contiguous(grad, input, weight, offset, mask, bias),
                                    _conv(stride, padding, dilation, weight))
     return gi, gw, go, input.new_empty(0) if gm is None else gm, input.new_empty(0) if gb is None else gb
 

@@ -75,7 +75,7 @@ def _bwd_ref(grad, x, wt, wh, ww, scale, shift, hardswish, fused, grad_fused):
         y = ref.multi_view_fusion(xf, wt, wh, ww, None, None, False, Fc)
         s = scale.view(1, -1, 1, 1, 1) if scale is not None else torch.ones((), dtype=x.dtype, device=x.device)
         z = y * s + (shift.view(1, -1, 1, 1, 1) if scale is not None else 0)
-        d = torch.where(z < -3, 0.0, torch.where(z > 3, 1.0, (2 * z + 3) / 6)) if hardswish else 1.0
+        d = ref.hardswish_grad(z) if hardswish else 1.0
         gy = gy * d * s
     gx = grad.clone()
     gx[:, :Fc] = sum(F.conv_transpose3d(gy, w.reshape(shape), padding=pad, groups=Fc) for w, shape, pad in views) \
@@ -141,7 +141,7 @@ def _backward(ctx, grad):
         z = y * scale.view(1, -1, 1, 1, 1) + shift.view(1, -1, 1, 1, 1)
         gz = grad[:, :Fc]
         if ctx.hardswish:
-            gz = gz * torch.where(z < -3, 0.0, torch.where(z > 3, 1.0, (2 * z + 3) / 6))
+            gz = gz * ref.hardswish_grad(z)
         g_shift = gz.sum(dim=(0, 2, 3, 4))
         g_scale = (gz * y).sum(dim=(0, 2, 3, 4))
     return gx, gwt, gwh, gww, g_scale, g_shift, None, None

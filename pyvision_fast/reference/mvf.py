@@ -28,3 +28,8 @@ def multi_view_fusion(x: Tensor, weight_t: Tensor, weight_h: Tensor, weight_w: T
     if hardswish:
         y = F.hardswish(y)
     return torch.cat([y, xp], dim=1)
+
+
+def hardswish_grad(z: Tensor) -> Tensor:
+    """d/dz HardSwish(z) = 0 below -3, 1 above 3, (2 z + 3) / 6 between (z's dtype)."""
+    return torch.where(z < -3, 0.0, torch.where(z > 3, 1.0, (2 * z + 3) / 6)).to(z.dtype)
