@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from .harness import format_table, machine_description, measure_ceilings, measure_memory, run_case, write_reports
+from .harness import (format_table, keep_freed_memory, machine_description, measure_ceilings, measure_memory,
+                      run_case, write_reports)
 
 FAMILIES = ["pointcloud", "attention", "mvf", "scale_space", "deform_conv", "sphere"]
 
@@ -21,7 +22,12 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", type=float, default=None, help="seconds of timed runs per implementation")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--tag", default=None, help="report file name (default: <device>-<families>)")
+    parser.add_argument("--system-allocator", action="store_true",
+                        help="leave glibc's defaults (fresh pages for every block above 32 MiB: each call then pays "
+                             "page faults); by default freed memory is kept, as in a training loop")
     args = parser.parse_args(argv)
+    allocator = "system default" if args.system_allocator else (
+        "glibc keeping freed memory (mallopt)" if keep_freed_memory() else "system default (mallopt unavailable)")
     if args.device == "cuda" and not torch.cuda.is_available():
         print("benchmarks: --device cuda but no GPU is available", file=sys.stderr)
         return 2
@@ -29,8 +35,9 @@ def main(argv=None) -> int:
     budget = args.budget if args.budget is not None else (0.3 if args.quick else 2.0)
 
     machine = machine_description(args.device)
+    machine["allocator"] = allocator
     print(f"machine: {machine.get('gpu') or machine.get('cpu')} | torch {machine['torch']} | "
-          f"{machine['threads']} threads")
+          f"{machine['threads']} threads | allocator: {allocator}")
     ceilings = measure_ceilings(args.device, quick=args.quick)
     print(f"ceilings: copy {ceilings['copy_GBps']:.1f} GB/s, float32 matmul {ceilings['matmul_fp32_GFLOPps']:.1f} "
           f"GFLOP/s")

@@ -83,6 +83,24 @@ def time_fn(fn: Callable[[], Any], device: str, warmup: int = 1, min_runs: int =
     return statistics.median(times), len(times)
 
 
+def keep_freed_memory() -> bool:
+    """Tell glibc to keep freed memory in the process: no mmap/munmap per large block, no trimming of the heap.
+
+    By default glibc serves every block above 32 MiB with fresh pages and returns them on free, so each call that
+    allocates a large tensor pays its page faults (on the 2-core VM this suite was written on, about 25 ms per
+    51 MB tensor: more than most of the ops measured here). A training loop does not pay them, because the
+    allocator it runs with keeps memory (PyTorch's CUDA allocator, jemalloc or tcmalloc on CPUs). Applies to
+    every implementation alike; returns False where it could not be set (not glibc)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
 def _status_kb(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -254,6 +272,7 @@ def write_reports(rows: list[tuple[Case, list[Result]]], ceilings: dict, machine
     md = [f"# Benchmarks: {tag}", "",
           f"Machine: {machine.get('gpu') or machine.get('cpu')}; torch {machine['torch']}, {machine['threads']} threads.",
           f"Ceilings: copy {ceilings['copy_GBps']:.1f} GB/s, float32 matmul {ceilings['matmul_fp32_GFLOPps']:.1f} GFLOP/s.",
+          f"Allocator: {machine.get('allocator', 'system default')}.",
           "", "```", format_table(rows), "```", ""]
     for c, _ in rows:
         if c.note:

@@ -28,10 +28,14 @@ def cases(device: str, quick: bool) -> list[Case]:
         x = torch.randn(N * T, C, S, S, device=device, requires_grad=True)
         grad = torch.randn_like(x)
 
+        # x stands for the activation MVF receives inside a network: its gradient is handed on, not added to a
+        # leaf's .grad, so each step starts with x.grad = None (as zero_grad(set_to_none=True) does).
         def ours():
+            x.grad = None
             m(x).backward(grad)
 
         def official():
+            x.grad = None
             _official_forward(m, x).backward(grad)
 
         def ours_eval():
@@ -48,7 +52,8 @@ def cases(device: str, quick: bool) -> list[Case]:
                         [Impl("pvf.nn.MVF", lambda: (m.train(), ours()), "ours"),
                          Impl("official (3x depthwise Conv3d)", lambda: (m.train(), official()), "reference")],
                         bytes=4 * size, bound="memory", goal=("official (3x depthwise Conv3d)", 10.0),
-                        note="Bytes: input read + output write forward, gradient read + write backward."))
+                        note="Bytes: input read + output write forward, gradient read + write backward. x.grad is reset "
+                             "to None before each step (the input is an activation inside a network)."))
         out.append(Case("mvf", f"MVF inference C={C} {S}x{S}", params,
                         [Impl("pvf.nn.MVF (eval, one pass)", ours_eval, "ours"),
                          Impl("official (3x depthwise Conv3d)", official_eval, "reference"),

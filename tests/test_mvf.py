@@ -103,6 +103,108 @@ def test_bad_inputs(case):
     run_bad_input(case)
 
 
+# ------------------------------------------------------------------ training-mode BatchNorm (batch statistics)
+
+
+def _bn_inputs(g, N, C, T, H, W, Fc, frames, device, dtype):
+    shape = (N, T, C, H, W) if frames else (N, C, T, H, W)
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    x = (x.transpose(1, 2) if frames else x).to(device, dtype).requires_grad_()
+    w = [torch.randn(Fc, 3, generator=g, dtype=torch.float64).to(device, dtype).requires_grad_() for _ in range(3)]
+    gamma = (torch.rand(Fc, generator=g, dtype=torch.float64) + 0.5).to(device, dtype).requires_grad_()
+    beta = torch.randn(Fc, generator=g, dtype=torch.float64).to(device, dtype).requires_grad_()
+    return x, w, gamma, beta
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@settings(max_examples=25, deadline=None)
+@given(N=st.integers(1, 2), C=st.integers(1, 6), T=st.integers(1, 4), H=st.integers(1, 6), W=st.integers(1, 17),
+       frames=st.booleans(), hs=st.booleans(), seed=st.integers(0, 2**16))
+def test_batchnorm_matches_reference(device, N, C, T, H, W, frames, hs, seed):
+    """Views, batch statistics, normalisation and HardSwish against F.batch_norm on the reference views; all six
+    gradients against autograd through that reference (W up to 17 covers full vectors and tails)."""
+    g = torch.Generator().manual_seed(seed)
+    Fc = int(torch.randint(0, C + 1, (1,), generator=g))
+    for dtype in float_dtypes(device):
+        x, w, gamma, beta = _bn_inputs(g, N, C, T, H, W, Fc, frames, device, dtype)
+        out, mean, var = ops.multi_view_fusion_batchnorm(x, *w, gamma, beta, 1e-3, hs, Fc)
+        inputs64 = [t.detach().double().requires_grad_() for t in (x, *w, gamma, beta)]
+        expected, emean, evar = ref.multi_view_fusion_batchnorm(*inputs64, 1e-3, hs, Fc)
+        assert out.shape == x.shape and mean.shape == var.shape == (Fc,)
+        loose = {"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else {}  # normalised values, sums
+        assert_close(out, expected, dtype, **loose)
+        assert_close(mean, emean, dtype, **loose)
+        assert_close(var, evar, dtype, **loose)
+        go = torch.randn(out.shape, generator=g, dtype=torch.float64).to(device)
+        grads = torch.autograd.grad(out, [x, *w, gamma, beta], go.to(dtype))
+        rgrads = torch.autograd.grad(expected, inputs64, go, allow_unused=True)
+        rgrads = [torch.zeros_like(t) if r is None else r for r, t in zip(rgrads, inputs64)]
+        loose = {"atol": 1e-3, "rtol": 1e-3} if dtype == torch.float32 else {}  # through 1/std of small batches
+        for a, b in zip(grads, rgrads):
+            assert_close(a, b, dtype, **loose)
+
+
+def test_batchnorm_gradcheck_and_backends():
+    from pyvision_fast import use_backend
+
+    g = torch.Generator().manual_seed(3)
+    x, w, gamma, beta = _bn_inputs(g, 2, 5, 3, 4, 9, 3, True, "cpu", torch.float64)
+    for hs in (True, False):
+        gradcheck(lambda *a: ops.multi_view_fusion_batchnorm(*a, 1e-5, hs, 3)[0], (x, *w, gamma, beta))
+    results = []
+    for backend in ("cpu", "reference"):
+        with use_backend(backend):
+            out, mean, var = ops.multi_view_fusion_batchnorm(x, *w, gamma, beta, 1e-5, True, 3)
+            results.append((out, mean, var, *torch.autograd.grad(out.square().sum(), [x, *w, gamma, beta])))
+    for a, b in zip(*results):
+        assert_close(a, b)
+
+
+def test_batchnorm_opcheck_and_compile():
+    g = torch.Generator().manual_seed(2)
+    x, w, gamma, beta = _bn_inputs(g, 2, 4, 3, 4, 5, 2, False, "cpu", torch.float32)
+    opcheck(torch.ops.pvf.multi_view_fusion_batchnorm.default, (x, *w, gamma, beta, 1e-5, True, 2))
+    out, mean, var = ops.multi_view_fusion_batchnorm(x, *w, gamma, beta, 1e-5, True, 2)
+    opcheck(torch.ops.pvf.multi_view_fusion_batchnorm_backward.default,
+            (torch.randn_like(out), x.detach(), *(t.detach() for t in (*w, gamma, beta)), mean, var, 1e-5, True, 2))
+    check_compiled(lambda *a: ops.multi_view_fusion_batchnorm(*a, 1e-5, True, 2)[0], x, *w, gamma, beta)
+
+
+def test_views_backward_with_a_given_fused_gradient():
+    """multi_view_fusion_backward with grad_fused (what the CUDA training path hands it) against the reference."""
+    from pyvision_fast.ops import mvf as mvf_ops
+
+    g = torch.Generator().manual_seed(8)
+    x, w, _, _ = _bn_inputs(g, 2, 6, 3, 5, 11, 4, True, "cpu", torch.float64)
+    x, w = x.detach(), [t.detach() for t in w]
+    grad = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    grad_fused = torch.randn(2, 4, 3, 5, 11, generator=g, dtype=torch.float64)
+    got = torch.ops.pvf.multi_view_fusion_backward(grad, x, *w, None, None, False, 4, grad_fused)
+    want = mvf_ops._bwd_ref(grad, x, *w, None, None, False, 4, grad_fused)
+    for a, b in zip(got, want):
+        assert_close(a, b)
+
+
+def _bad_batchnorm_cases():
+    x = torch.randn(1, 4, 3, 5, 5)
+    w, gamma, beta = torch.randn(2, 3), torch.ones(2), torch.zeros(2)
+    bn = ops.multi_view_fusion_batchnorm
+    return [
+        BadInput("eps zero", lambda: bn(x, w, w, w, gamma, beta, 0.0, True, 2), ValueError, "eps"),
+        BadInput("eps negative", lambda: bn(x, w, w, w, gamma, beta, -1e-5, True, 2), ValueError, "eps"),
+        BadInput("no weight", lambda: bn(x, w, w, w, None, beta, 1e-5, True, 2), TypeError, "bn_weight"),
+        BadInput("weight shape", lambda: bn(x, w, w, w, torch.ones(3), beta, 1e-5, True, 2), ValueError,
+                 "'bn_weight' must have shape"),
+        BadInput("bias dtype", lambda: bn(x, w, w, w, gamma, beta.double(), 1e-5, True, 2), TypeError, "same dtype"),
+        BadInput("rank", lambda: bn(x[0], w, w, w, gamma, beta, 1e-5, True, 2), ValueError, r"\(N, C, T, H, W\)"),
+    ]
+
+
+@pytest.mark.parametrize("case", _bad_batchnorm_cases(), ids=str)
+def test_batchnorm_bad_inputs(case):
+    run_bad_input(case)
+
+
 # ------------------------------------------------------------------------------------------ module
 
 
@@ -170,9 +272,14 @@ def test_module_matches_official_formulation(mode, share, use_hs, training):
 
 def test_training_batchnorm_with_cumulative_average_and_without_running_stats():
     torch.manual_seed(5)
-    for kwargs in (dict(momentum=None), dict(track_running_stats=False)):
-        ours = MVF(torch.nn.Conv2d(16, 8, 1, bias=False), n_segment=2, in_channels=16, alpha=0.25).double().train()
-        ours.bn = torch.nn.BatchNorm3d(4, **kwargs).double().train()
+    for kwargs, training in [(dict(momentum=None), True), (dict(track_running_stats=False), True),
+                             (dict(affine=False), True), (dict(affine=False), False),
+                             (dict(track_running_stats=False), False)]:
+        ours = MVF(torch.nn.Conv2d(16, 8, 1, bias=False), n_segment=2, in_channels=16, alpha=0.25).double()
+        ours.bn = torch.nn.BatchNorm3d(4, **kwargs).double()
+        if not training and ours.bn.track_running_stats:
+            ours.bn.running_var.uniform_(0.5, 2.0)
+        ours.train(training)
         official = OfficialMVF(ours)
         x = torch.randn(4, 16, 5, 6, dtype=torch.float64, requires_grad=True)
         for step in range(2):
@@ -184,6 +291,23 @@ def test_training_batchnorm_with_cumulative_average_and_without_running_stats():
             assert_close(got, want)
             for k, v in ours.state_dict().items():
                 assert_close(after[k].double(), v.double())
+
+
+def test_training_batchnorm_on_empty_and_single_value_batches():
+    """As nn.BatchNorm3d: an empty batch counts a step but leaves the statistics; one value per channel fails."""
+    ours = MVF(torch.nn.Identity(), n_segment=2, in_channels=8, alpha=0.5).train()
+    official = MVF(torch.nn.Identity(), n_segment=2, in_channels=8, alpha=0.5).train()
+    official.load_state_dict(ours.state_dict())
+    x = torch.randn(0, 8, 3, 3)
+    assert ours(x).shape == OfficialMVF(official)(x).shape == (0, 8, 3, 3)
+    for key, value in official.state_dict().items():
+        assert torch.equal(ours.state_dict()[key], value), key
+    assert int(ours.bn.num_batches_tracked) == 1
+    single = MVF(torch.nn.Identity(), n_segment=1, in_channels=8, alpha=0.5).train()
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        single(torch.randn(1, 8, 1, 1))
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        OfficialMVF(single)(torch.randn(1, 8, 1, 1))
 
 
 def test_official_state_dict_keys_and_loading():
@@ -239,7 +363,7 @@ def test_onnx_export(tmp_path):
 
 
 def test_training_path_on_the_reference_backend_agrees():
-    """The fused-channel gradient handed to the backward op (grad_fused) on both backends."""
+    """A training step of the module (views, batch statistics, running statistics, gradients) on both backends."""
     from pyvision_fast import use_backend
 
     results = []

@@ -171,6 +171,59 @@ void mvf_backward(py::handle x, py::handle grad_out, py::handle wt, py::handle w
   });
 }
 
+void mvf_forward_bn_train(py::handle x, py::handle wt, py::handle wh, py::handle ww, py::handle gamma,
+                          py::handle beta, double eps, bool hardswish, int64_t fused, py::handle out, py::handle mean,
+                          py::handle var) {
+  const char* op = "multi_view_fusion_batchnorm";
+  auto a = pvf::mvf_args::parse(cpu(), op, x, wt, wh, ww, gamma, beta, fused, out, true, "bn_weight", "bn_bias");
+  pvf::mvf_args::require_epilogue(op, a);
+  pvf::mvf_args::check_eps(op, eps);
+  auto m = pvf::mvf_args::channel_vector(cpu(), op, mean, "mean", a, true);
+  auto v = pvf::mvf_args::channel_vector(cpu(), op, var, "var", a, true);
+  py::gil_scoped_release nogil;
+  dispatch_floating(a.x.dtype, op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    pvf::mvf::mvf_forward_bn_train_cpu<T>(a.g, a.x.ptr<T>(), a.wt.ptr<T>(), a.wh.ptr<T>(), a.ww.ptr<T>(),
+                                          a.scale.ptr<T>(), a.shift.ptr<T>(), eps, hardswish, a.out.ptr<T>(),
+                                          m.ptr<T>(), v.ptr<T>());
+  });
+}
+
+void mvf_backward_bn_train(py::handle x, py::handle grad_out, py::handle wt, py::handle wh, py::handle ww,
+                           py::handle gamma, py::handle beta, py::handle mean, py::handle var, double eps,
+                           bool hardswish, int64_t fused, py::handle grad_x, py::handle gwt, py::handle gwh,
+                           py::handle gww, py::handle grad_gamma, py::handle grad_beta) {
+  const char* op = "multi_view_fusion_batchnorm_backward";
+  auto a = pvf::mvf_args::parse(cpu(), op, x, wt, wh, ww, gamma, beta, fused, grad_out, false, "bn_weight", "bn_bias");
+  pvf::mvf_args::require_epilogue(op, a);
+  pvf::mvf_args::check_eps(op, eps);
+  auto m = pvf::mvf_args::channel_vector(cpu(), op, mean, "mean", a, false);
+  auto v = pvf::mvf_args::channel_vector(cpu(), op, var, "var", a, false);
+  auto gg = pvf::mvf_args::channel_vector(cpu(), op, grad_gamma, "grad_bn_weight", a, true);
+  auto gb = pvf::mvf_args::channel_vector(cpu(), op, grad_beta, "grad_bn_bias", a, true);
+  Checker ck(op);
+  auto gx = pvf::mvf_args::volume(ck, cpu(), grad_x, op, "grad_x", true);
+  pvf::mvf_args::same_sizes(ck, gx, "grad_x", a.x);
+  ck.same_dtype(gx, "grad_x", a.x, "x");
+  for (int d = 0; d < 4; ++d) a.g.sg[d] = gx.strides[d];
+  TensorView gw[3];
+  py::handle hs[3] = {gwt, gwh, gww};
+  const char* names[3] = {"grad_weight_t", "grad_weight_h", "grad_weight_w"};
+  for (int i = 0; i < 3; ++i) {
+    gw[i] = pvf::pointcloud_args::output(ck, cpu(), hs[i], op, names[i]);
+    pvf::pointcloud_args::shape_is(ck, gw[i], names[i], {a.g.F, 3});
+    ck.same_dtype(gw[i], names[i], a.x, "x");
+  }
+  py::gil_scoped_release nogil;
+  dispatch_floating(a.x.dtype, op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    pvf::mvf::mvf_backward_bn_train_cpu<T>(a.g, a.x.ptr<T>(), a.out.ptr<T>(), a.wt.ptr<T>(), a.wh.ptr<T>(),
+                                           a.ww.ptr<T>(), a.scale.ptr<T>(), a.shift.ptr<T>(), m.ptr<T>(),
+                                           v.ptr<T>(), eps, hardswish, gx.ptr<T>(), gw[0].ptr<T>(), gw[1].ptr<T>(),
+                                           gw[2].ptr<T>(), gg.ptr<T>(), gb.ptr<T>());
+  });
+}
+
 namespace ss = pvf::scale_space;
 namespace ssa = pvf::scale_space_args;
 constexpr int64_t kAnyNumberOfScales = INT64_MAX;
@@ -352,6 +405,16 @@ PYBIND11_MODULE(_C, m) {
         py::arg("fused_channels"), py::arg("grad_x"), py::arg("grad_weight_t"), py::arg("grad_weight_h"),
         py::arg("grad_weight_w"), py::arg("workspace"), py::arg("workspace_holds_grad"),
         "workspace_holds_grad: the workspace already holds the fused channels' gradient before the epilogue.");
+  m.def("mvf_forward_bn_train", &mvf_forward_bn_train, py::arg("x"), py::arg("weight_t"), py::arg("weight_h"),
+        py::arg("weight_w"), py::arg("bn_weight"), py::arg("bn_bias"), py::arg("eps"), py::arg("hardswish"),
+        py::arg("fused_channels"), py::arg("out"), py::arg("mean"), py::arg("var"),
+        "Multi-view fusion with training-mode BatchNorm (batch statistics) on the fused channels; writes the "
+        "batch mean and biased variance.");
+  m.def("mvf_backward_bn_train", &mvf_backward_bn_train, py::arg("x"), py::arg("grad_out"), py::arg("weight_t"),
+        py::arg("weight_h"), py::arg("weight_w"), py::arg("bn_weight"), py::arg("bn_bias"), py::arg("mean"),
+        py::arg("var"), py::arg("eps"), py::arg("hardswish"), py::arg("fused_channels"), py::arg("grad_x"),
+        py::arg("grad_weight_t"), py::arg("grad_weight_h"), py::arg("grad_weight_w"), py::arg("grad_bn_weight"),
+        py::arg("grad_bn_bias"));
   m.def("filter_bank_forward", &filter_bank_forward, py::arg("x"), py::arg("kernels"), py::arg("radii"),
         py::arg("boundary"), py::arg("out"),
         "Separable filtering of x (B, C, H, W) at S scales into out (B, S, C, H, W); see scale_space.h.");

@@ -2,6 +2,8 @@
 #pragma once
 #include <pybind11/pybind11.h>
 
+#include <cmath>
+
 #include "bindings/pointcloud_args.h"
 #include "bindings/py_tensor.h"
 #include "common/checks.h"
@@ -50,8 +52,11 @@ inline TensorView kernel_arg(const Checker& ck, const Device& dev, py::handle h,
 }
 
 // Parses x, the kernels, the optional epilogue and the output-like tensor `out` (its strides become g.so).
+// scale_name / shift_name: what the per-channel pair is called in errors (the training-mode kernels take
+// BatchNorm's weight and bias in their place).
 inline Args parse(const Device& dev, const char* op, py::handle x, py::handle wt, py::handle wh, py::handle ww,
-                  py::handle scale, py::handle shift, int64_t fused, py::handle out, bool out_is_output) {
+                  py::handle scale, py::handle shift, int64_t fused, py::handle out, bool out_is_output,
+                  const char* scale_name = "bn_scale", const char* shift_name = "bn_shift") {
   Checker ck(op);
   Args a;
   a.x = volume(ck, dev, x, op, "x", false);
@@ -61,12 +66,13 @@ inline Args parse(const Device& dev, const char* op, py::handle x, py::handle wt
   a.wt = kernel_arg(ck, dev, wt, op, "weight_t", a.x, fused);
   a.wh = kernel_arg(ck, dev, wh, op, "weight_h", a.x, fused);
   a.ww = kernel_arg(ck, dev, ww, op, "weight_w", a.x, fused);
-  a.scale = optional_tensor_from_py(scale, op, "bn_scale");
-  a.shift = optional_tensor_from_py(shift, op, "bn_shift");
-  if (a.scale.has_value != a.shift.has_value) ck.value_error("give both bn_scale and bn_shift, or neither");
+  a.scale = optional_tensor_from_py(scale, op, scale_name);
+  a.shift = optional_tensor_from_py(shift, op, shift_name);
+  if (a.scale.has_value != a.shift.has_value)
+    ck.value_error(str("give both ", scale_name, " and ", shift_name, ", or neither"));
   if (a.scale.has_value) {
     for (auto* o : {&a.scale, &a.shift}) {
-      const char* name = o == &a.scale ? "bn_scale" : "bn_shift";
+      const char* name = o == &a.scale ? scale_name : shift_name;
       ck.device(o->view, name, dev.type, dev.index);
       ck.contiguous(o->view, name);
       pointcloud_args::shape_is(ck, o->view, name, {fused});
@@ -115,6 +121,24 @@ inline Grads parse_grads(const Device& dev, const char* op, Args& a, py::handle 
   ck.dtype(r.gy, "workspace", {gy_dtype});
   pointcloud_args::check_workspace_size(ck, r.gy, a.g.N * a.g.F * a.g.T * a.g.H * a.g.W);
   return r;
+}
+
+// A per-channel (F,) tensor of x's dtype: BatchNorm statistics and parameter gradients of the training kernels.
+inline TensorView channel_vector(const Device& dev, const char* op, py::handle h, const char* name,
+                                 const Args& a, bool writable) {
+  Checker ck(op);
+  TensorView v = writable ? pointcloud_args::output(ck, dev, h, op, name) : pointcloud_args::input(ck, dev, h, op, name);
+  pointcloud_args::shape_is(ck, v, name, {a.g.F});
+  ck.same_dtype(v, name, a.x, "x");
+  return v;
+}
+
+inline void require_epilogue(const char* op, const Args& a) {
+  if (!a.scale.has_value) Checker(op).value_error("bn_weight and bn_bias are required");
+}
+
+inline void check_eps(const char* op, double eps) {
+  if (!(eps > 0.0) || !std::isfinite(eps)) Checker(op).value_error(str("eps must be a positive number, got ", eps));
 }
 
 }  // namespace mvf_args

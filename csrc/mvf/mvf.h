@@ -28,7 +28,8 @@ void mvf_forward_cpu(const Geometry& g, const T* x, const T* wt, const T* wh, co
                      const T* shift, bool hardswish, T* out);
 
 // Gradients. grad_out has strides g.so; grad_x has strides g.sg. gy_workspace holds N*F*T*H*W
-// elements (the gradient before the epilogue, contiguous (N, F, T, H, W)). grad_w* are (F, 3), overwritten.
+// elements (the gradient before the epilogue, contiguous (N, F, T, H, W); the CPU kernel reads it only when
+// gy_given). grad_w* are (F, 3), overwritten.
 // gy_given: gy_workspace already holds the fused channels' gradient before the epilogue (computed by the caller,
 // e.g. through a training-mode BatchNorm); grad_out is then read for the pass-through channels only and the
 // epilogue arguments are ignored.
@@ -36,6 +37,21 @@ template <typename T>
 void mvf_backward_cpu(const Geometry& g, const T* x, const T* grad_out, const T* wt, const T* wh, const T* ww,
                       const T* scale, const T* shift, bool hardswish, T* grad_x, T* grad_wt, T* grad_wh, T* grad_ww,
                       T* gy_workspace, bool gy_given);
+
+// Training-mode BatchNorm on the fused channels (statistics over N, T, H, W of the views' sum y), then HardSwish
+// if asked: out[:, c] = act(gamma[c] * (y - mean[c]) / sqrt(var[c] + eps) + beta[c]) for c < F; channels
+// F..C-1 copied. Writes the batch mean and the biased variance (F,). Statistics in double, two-pass.
+template <typename T>
+void mvf_forward_bn_train_cpu(const Geometry& g, const T* x, const T* wt, const T* wh, const T* ww, const T* gamma,
+                              const T* beta, double eps, bool hardswish, T* out, T* mean, T* var);
+
+// Its gradients for x, the kernels, gamma and beta (all (F,) / (F, 3) outputs overwritten), from the forward's
+// mean and var; the views are recomputed, nothing else is kept from the forward.
+template <typename T>
+void mvf_backward_bn_train_cpu(const Geometry& g, const T* x, const T* grad_out, const T* wt, const T* wh,
+                               const T* ww, const T* gamma, const T* beta, const T* mean, const T* var, double eps,
+                               bool hardswish, T* grad_x, T* grad_wt, T* grad_wh, T* grad_ww, T* grad_gamma,
+                               T* grad_beta);
 
 // CUDA: float32/float64/float16/bfloat16 (float accumulation). grad_w* are float32 for half inputs
 // (atomic accumulation), the input dtype otherwise; zeroed by the launcher.

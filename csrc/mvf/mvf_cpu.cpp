@@ -1,9 +1,17 @@
-// CPU multi-view fusion: parallel over (n, c, t) planes; rows of W vectorise, with the two edge columns
-// handled apart.
+// CPU multi-view fusion. Planes (n, c, t) whose rows are packed (row stride W, true of the (N, C, T, H, W) and
+// frame layouts) are processed as one flat vector of H*W elements: all seven taps in one pass over the inner
+// rows, the W-edges masked, the first and last rows apart; other strides go row by row. The pass-through channels are copied with streaming stores when the output exceeds the cache.
+// The training-mode BatchNorm kernels work one fused channel at a time, so that a channel's views stay in the
+// core's cache between the statistics and the normalisation (forward) and between the BatchNorm backward and
+// the views' backward.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "common/parallel.h"
+#include "common/simd.h"
+#include "common/stream_copy.h"
 #include "mvf/mvf.h"
 #include "mvf/mvf_math.h"
 
@@ -11,11 +19,78 @@ namespace pvf {
 namespace mvf {
 namespace {
 
-// Stencil of one (n, c, t) plane of a fused channel into `out` rows of stride `out_row`.
+// Plane p of a (N, channels, T) range of planes, T fastest.
+struct Plane {
+  int64_t n, c, t;
+};
+inline Plane plane_of(int64_t p, int64_t channels, int64_t T) { return {p / (T * channels), (p / T) % channels, p % T}; }
+
+// Per-plane constants of the packed paths: 1 where a flat index has a left / right neighbour in its row, and a
+// zero plane that stands in for the missing neighbour planes at the T edges.
 template <typename T>
-inline void stencil_plane(const T* x_prev, const T* x_cur, const T* x_next, int64_t H, int64_t W, int64_t sh,
-                          const T* wt, const T* wh, const T* ww, T* out, int64_t out_row) {
+struct EdgeMasks {
+  std::vector<T> has_left, has_right, zeros;
+  EdgeMasks(int64_t H, int64_t W) : has_left(H * W), has_right(H * W), zeros(H * W, T(0)) {
+    for (int64_t i = 0; i < H * W; ++i) {
+      has_left[i] = T(i % W != 0);
+      has_right[i] = T(i % W != W - 1);
+    }
+  }
+};
+
+// f(flat index, h, w) for the elements of a packed H x W plane that the vector pass over rows 1..H-2 left:
+// the first row, and from flat index `done` (where the vector pass stopped, >= W) to the end.
+template <typename Fn>
+inline void for_edge_elements(int64_t H, int64_t W, int64_t done, const Fn& f) {
+  for (int64_t w = 0; w < W && H > 0; ++w) f(w, 0, w);
+  int64_t j = std::max(done, W);
+  for (int64_t h = j / W, w = j % W; j < H * W; ++j) {
+    f(j, h, w);
+    if (++w == W) {
+      w = 0;
+      ++h;
+    }
+  }
+}
+
+// The three views' sum on one plane: o = wT*(x_prev, x, x_next) + wH*(up, x, down) + wW*(left, x, right), zero
+// outside. x_prev / x_next are null at the T edges. Rows of x are sh apart, rows of o out_row apart.
+template <typename T>
+void stencil_plane(const T* x_prev, const T* x_cur, const T* x_next, int64_t H, int64_t W, int64_t sh,
+                   const T* wt, const T* wh, const T* ww, T* out, int64_t out_row, const EdgeMasks<T>& m) {
   const T center = wt[1] + wh[1] + ww[1];
+  if (sh == W && out_row == W) {
+    using V = typename simd::Vec<T>::type;
+    constexpr int L = simd::Vec<T>::lanes;
+    const int64_t n = H * W;
+    const T* x = x_cur;
+    const T* tp = x_prev ? x_prev : m.zeros.data();
+    const T* tn = x_next ? x_next : m.zeros.data();
+    const T t0 = wt[0], t2 = wt[2], h0 = wh[0], h2 = wh[2], w0 = ww[0], w2 = ww[2];
+    // Rows 1..H-2 in one pass with every neighbour in memory; the products across a row edge are formed,
+    // then dropped by the masks.
+    const V cv = V{} + center, t0v = V{} + t0, t2v = V{} + t2, h0v = V{} + h0, h2v = V{} + h2, w0v = V{} + w0,
+            w2v = V{} + w2;
+    int64_t i = W;
+    for (; i + L <= n - W; i += L) {
+      V v = cv * simd::load(x + i) + t0v * simd::load(tp + i) + t2v * simd::load(tn + i) +
+            h0v * simd::load(x + i - W) + h2v * simd::load(x + i + W);
+      const V l = w0v * simd::load(x + i - 1), r = w2v * simd::load(x + i + 1);
+      v += simd::load(m.has_left.data() + i) != V{} ? l : V{};
+      v += simd::load(m.has_right.data() + i) != V{} ? r : V{};
+      simd::store(out + i, v);
+    }
+    const auto one = [&](int64_t j, int64_t h, int64_t w) {
+      T v = center * x[j] + t0 * tp[j] + t2 * tn[j];
+      if (h > 0) v += h0 * x[j - W];
+      if (h + 1 < H) v += h2 * x[j + W];
+      if (w > 0) v += w0 * x[j - 1];
+      if (w + 1 < W) v += w2 * x[j + 1];
+      out[j] = v;
+    };
+    for_edge_elements(H, W, i, one);
+    return;
+  }
   for (int64_t h = 0; h < H; ++h) {
     const T* row = x_cur + h * sh;
     const T* up = h > 0 ? row - sh : nullptr;
@@ -48,27 +123,91 @@ inline void stencil_plane(const T* x_prev, const T* x_cur, const T* x_next, int6
   }
 }
 
-// Copies channels F..C-1 of src (strides ss) to dst (strides sd). When both hold each (n, t) slab of those
-// channels as one contiguous block (the frame layout), it is one memcpy per slab; otherwise row by row.
-// Plane p of a (N, channels, T) range of planes, T fastest.
-struct Plane {
-  int64_t n, c, t;
-};
-inline Plane plane_of(int64_t p, int64_t channels, int64_t T) { return {p / (T * channels), (p / T) % channels, p % T}; }
+using simd::dot;
 
+// Adds one plane's share of the kernel gradients: acc[0..2] taps along T, [3..5] along H, [6..8] along W.
+// gy is a packed plane; x rows are sh apart; x_prev / x_next are null at the T edges.
+template <typename T>
+void kernel_grads_plane(const T* gy, const T* x_prev, const T* x, const T* x_next, int64_t H, int64_t W, int64_t sh,
+                        const EdgeMasks<T>& m, double* acc) {
+  T s_c = 0, s_tp = 0, s_tn = 0, s_hu = 0, s_hd = 0, s_wl = 0, s_wr = 0;
+  if (sh == W) {
+    using V = typename simd::Vec<T>::type;
+    constexpr int L = simd::Vec<T>::lanes;
+    const int64_t n = H * W;
+    const T* tp = x_prev ? x_prev : m.zeros.data();
+    const T* tn = x_next ? x_next : m.zeros.data();
+    V vc = V{}, vtp = V{}, vtn = V{}, vhu = V{}, vhd = V{}, vwl = V{}, vwr = V{};
+    int64_t i = W;  // rows 1..H-2 as in stencil_plane
+    for (; i + L <= n - W; i += L) {
+      const V gv = simd::load(gy + i);
+      vc += gv * simd::load(x + i);
+      vtp += gv * simd::load(tp + i);
+      vtn += gv * simd::load(tn + i);
+      vhu += gv * simd::load(x + i - W);
+      vhd += gv * simd::load(x + i + W);
+      const V l = gv * simd::load(x + i - 1), r = gv * simd::load(x + i + 1);
+      vwl += simd::load(m.has_left.data() + i) != V{} ? l : V{};
+      vwr += simd::load(m.has_right.data() + i) != V{} ? r : V{};
+    }
+    s_c = simd::horizontal_sum<T>(vc);
+    s_tp = simd::horizontal_sum<T>(vtp);
+    s_tn = simd::horizontal_sum<T>(vtn);
+    s_hu = simd::horizontal_sum<T>(vhu);
+    s_hd = simd::horizontal_sum<T>(vhd);
+    s_wl = simd::horizontal_sum<T>(vwl);
+    s_wr = simd::horizontal_sum<T>(vwr);
+    const auto one = [&](int64_t j, int64_t h, int64_t w) {
+      const T gv = gy[j];
+      s_c += gv * x[j];
+      s_tp += gv * tp[j];
+      s_tn += gv * tn[j];
+      if (h > 0) s_hu += gv * x[j - W];      // gy[h] * x[h - 1]
+      if (h + 1 < H) s_hd += gv * x[j + W];  // gy[h] * x[h + 1]
+      if (w > 0) s_wl += gv * x[j - 1];      // gy[w] * x[w - 1]
+      if (w + 1 < W) s_wr += gv * x[j + 1];  // gy[w] * x[w + 1]
+    };
+    for_edge_elements(H, W, i, one);
+  } else {
+    for (int64_t h = 0; h < H; ++h) {
+      const T* gr = gy + h * W;
+      const T* row = x + h * sh;
+      s_c += dot(gr, row, W);
+      if (x_prev) s_tp += dot(gr, x_prev + h * sh, W);
+      if (x_next) s_tn += dot(gr, x_next + h * sh, W);
+      if (h > 0) s_hu += dot(gr, row - sh, W);
+      if (h + 1 < H) s_hd += dot(gr, row + sh, W);
+      if (W > 1) {
+        s_wl += dot(gr + 1, row, W - 1);
+        s_wr += dot(gr, row + 1, W - 1);
+      }
+    }
+  }
+  acc[0] += s_tp; acc[1] += s_c; acc[2] += s_tn;
+  acc[3] += s_hu; acc[4] += s_c; acc[5] += s_hd;
+  acc[6] += s_wl; acc[7] += s_c; acc[8] += s_wr;
+}
+
+// Copies channels F..C-1 of src (strides ss) to dst (strides sd). When both hold each (n, t) slab of those
+// channels as one contiguous block (the frame layout), it is one copy per slab; otherwise row by row.
 template <typename T>
 void copy_passthrough(const Geometry& g, const T* src, const int64_t* ss, T* dst, const int64_t* sd) {
   const int64_t pc = g.C - g.F;
   if (pc <= 0 || g.H * g.W == 0) return;
   const int64_t HW = g.H * g.W;
+  const bool streaming = static_cast<size_t>(g.N * g.T * pc * HW) * sizeof(T) >= streaming_threshold_bytes();
+  const auto copy = [streaming](T* d, const T* s, int64_t n) {
+    if (streaming) stream_copy(d, s, sizeof(T) * n);
+    else std::memcpy(d, s, sizeof(T) * n);
+  };
   const bool blocks = ss[1] == HW && sd[1] == HW && ss[3] == g.W && sd[3] == g.W;
   if (blocks) {
     parallel_for(0, g.N * g.T, 1, [&](int64_t s0, int64_t s1) {
       for (int64_t s = s0; s < s1; ++s) {
         const int64_t n = s / g.T, t = s % g.T;
-        std::memcpy(dst + n * sd[0] + g.F * sd[1] + t * sd[2], src + n * ss[0] + g.F * ss[1] + t * ss[2],
-                    sizeof(T) * pc * HW);
+        copy(dst + n * sd[0] + g.F * sd[1] + t * sd[2], src + n * ss[0] + g.F * ss[1] + t * ss[2], pc * HW);
       }
+      if (streaming) stream_fence();
     });
     return;
   }
@@ -78,17 +217,20 @@ void copy_passthrough(const Geometry& g, const T* src, const int64_t* ss, T* dst
       const int64_t n = q.n, c = g.F + q.c, t = q.t;
       const T* sp = src + n * ss[0] + c * ss[1] + t * ss[2];
       T* dp = dst + n * sd[0] + c * sd[1] + t * sd[2];
-      for (int64_t h = 0; h < g.H; ++h) std::memcpy(dp + h * sd[3], sp + h * ss[3], sizeof(T) * g.W);
+      for (int64_t h = 0; h < g.H; ++h) copy(dp + h * sd[3], sp + h * ss[3], g.W);
     }
+    if (streaming) stream_fence();
   });
 }
 
-template <typename T>
-inline T dot(const T* PVF_RESTRICT a, const T* PVF_RESTRICT b, int64_t n) {
-  T s = T(0);
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
+// f(row pointer, length) over the rows of a plane; a plane with packed rows is one row of H*W elements.
+template <typename T, typename Fn>
+inline void for_rows(T* p, int64_t H, int64_t W, int64_t row_stride, const Fn& f) {
+  if (row_stride == W) {
+    f(p, H * W);
+    return;
+  }
+  for (int64_t h = 0; h < H; ++h) f(p + h * row_stride, W);
 }
 
 template <typename T>
@@ -103,22 +245,51 @@ template <typename T>
 void mvf_forward_cpu(const Geometry& g, const T* x, const T* wt, const T* wh, const T* ww, const T* scale,
                      const T* shift, bool hardswish, T* out) {
   copy_passthrough(g, x, g.sx, out, g.so);
-  const int64_t planes = g.N * g.F * g.T;
-  parallel_for(0, planes, 1, [&](int64_t p0, int64_t p1) {
+  const EdgeMasks<T> masks(g.H, g.W);
+  parallel_for(0, g.N * g.F * g.T, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const auto [n, c, t] = plane_of(p, g.F, g.T);
       const T* xp = x + n * g.sx[0] + c * g.sx[1] + t * g.sx[2];
       T* op = out + n * g.so[0] + c * g.so[1] + t * g.so[2];
       stencil_plane(t > 0 ? xp - g.sx[2] : nullptr, xp, t + 1 < g.T ? xp + g.sx[2] : nullptr, g.H, g.W, g.sx[3],
-                    wt + 3 * c, wh + 3 * c, ww + 3 * c, op, g.so[3]);
+                    wt + 3 * c, wh + 3 * c, ww + 3 * c, op, g.so[3], masks);
       if (scale || hardswish) {
-        for (int64_t h = 0; h < g.H; ++h) {
-          T* o = op + h * g.so[3];
-          for (int64_t w = 0; w < g.W; ++w) o[w] = epilogue(o[w], scale, shift, c, hardswish);
-        }
+        for_rows(op, g.H, g.W, g.so[3], [&](T* o, int64_t len) {
+          for (int64_t i = 0; i < len; ++i) o[i] = epilogue(o[i], scale, shift, c, hardswish);
+        });
       }
     }
   });
+}
+
+// The views' backward on one fused channel c from its packed gradient planes gy (N*T planes, (n, t) order,
+// plane p at gy + p*HW): grad_x planes (the stencil with mirrored taps) and the nine kernel-gradient sums.
+template <typename T>
+void views_backward_channel(const Geometry& g, int64_t c, const T* x, const T* gy_channel, const T* wt,
+                            const T* wh, const T* ww, T* grad_x, const EdgeMasks<T>& masks, double* acc) {
+  const int64_t HW = g.H * g.W;
+  const T mt[3] = {wt[3 * c + 2], wt[3 * c + 1], wt[3 * c]};
+  const T mh[3] = {wh[3 * c + 2], wh[3 * c + 1], wh[3 * c]};
+  const T mw[3] = {ww[3 * c + 2], ww[3 * c + 1], ww[3 * c]};
+  for (int64_t n = 0; n < g.N; ++n) {
+    for (int64_t t = 0; t < g.T; ++t) {
+      const T* gyp = gy_channel + (n * g.T + t) * HW;
+      stencil_plane(t > 0 ? gyp - HW : nullptr, gyp, t + 1 < g.T ? gyp + HW : nullptr, g.H, g.W, g.W, mt, mh, mw,
+                    grad_x + n * g.sg[0] + c * g.sg[1] + t * g.sg[2], g.sg[3], masks);
+      const T* xp = x + n * g.sx[0] + c * g.sx[1] + t * g.sx[2];
+      kernel_grads_plane(gyp, t > 0 ? xp - g.sx[2] : nullptr, xp, t + 1 < g.T ? xp + g.sx[2] : nullptr, g.H, g.W,
+                         g.sx[3], masks, acc);
+    }
+  }
+}
+
+template <typename T>
+void store_kernel_grads(const double* acc, int64_t c, T* grad_wt, T* grad_wh, T* grad_ww) {
+  for (int k = 0; k < 3; ++k) {
+    grad_wt[3 * c + k] = static_cast<T>(acc[k]);
+    grad_wh[3 * c + k] = static_cast<T>(acc[3 + k]);
+    grad_ww[3 * c + k] = static_cast<T>(acc[6 + k]);
+  }
 }
 
 template <typename T>
@@ -126,89 +297,196 @@ void mvf_backward_cpu(const Geometry& g, const T* x, const T* grad_out, const T*
                       const T* scale, const T* shift, bool hardswish, T* grad_x, T* grad_wt, T* grad_wh, T* grad_ww,
                       T* gy, bool gy_given) {
   const int64_t HW = g.H * g.W;
-  // Pass 1: gy = gradient before the epilogue, contiguous (N, F, T, H, W); pass-through channels copy grad_out.
   copy_passthrough(g, grad_out, g.so, grad_x, g.sg);
-  const int64_t planes = gy_given ? 0 : g.N * g.F * g.T;
-  parallel_for(0, planes, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const auto [n, c, t] = plane_of(p, g.F, g.T);
-      const T* gp = grad_out + n * g.so[0] + c * g.so[1] + t * g.so[2];
-      T* gyp = gy + ((n * g.F + c) * g.T + t) * HW;
-      if (!scale && !hardswish) {
-        for (int64_t h = 0; h < g.H; ++h) std::memcpy(gyp + h * g.W, gp + h * g.so[3], sizeof(T) * g.W);
-        continue;
-      }
-      // Recompute the pre-activation to differentiate the epilogue.
-      const T* xp = x + n * g.sx[0] + c * g.sx[1] + t * g.sx[2];
-      stencil_plane(t > 0 ? xp - g.sx[2] : nullptr, xp, t + 1 < g.T ? xp + g.sx[2] : nullptr, g.H, g.W, g.sx[3],
-                    wt + 3 * c, wh + 3 * c, ww + 3 * c, gyp, g.W);
-      const T s = scale ? scale[c] : T(1);
-      const T b = scale ? shift[c] : T(0);
-      for (int64_t h = 0; h < g.H; ++h) {
-        for (int64_t w = 0; w < g.W; ++w) {
-          const T z = s * gyp[h * g.W + w] + b;
-          const T d = hardswish ? hardswish_grad(z) : T(1);
-          gyp[h * g.W + w] = gp[h * g.so[3] + w] * d * s;
-        }
-      }
-    }
-  });
-  // Pass 2: grad_x of fused channels = the stencil with mirrored taps applied to gy.
-  const int64_t fused_planes = g.N * g.F * g.T;
-  parallel_for(0, fused_planes, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const auto [n, c, t] = plane_of(p, g.F, g.T);
-      const T* gyp = gy + p * HW;
-      const T mt[3] = {wt[3 * c + 2], wt[3 * c + 1], wt[3 * c]};
-      const T mh[3] = {wh[3 * c + 2], wh[3 * c + 1], wh[3 * c]};
-      const T mw[3] = {ww[3 * c + 2], ww[3 * c + 1], ww[3 * c]};
-      stencil_plane(t > 0 ? gyp - HW : nullptr, gyp, t + 1 < g.T ? gyp + HW : nullptr, g.H, g.W, g.W, mt, mh, mw,
-                    grad_x + n * g.sg[0] + c * g.sg[1] + t * g.sg[2], g.sg[3]);
-    }
-  });
-  // Pass 3: kernel gradients, one channel per task (sums over n, t, h, w; no atomics).
+  const EdgeMasks<T> masks(g.H, g.W);
+  // One fused channel per task: the gradient before the epilogue of its planes (computed, or gathered from the
+  // workspace when given), then the views' backward while they are in the cache.
   parallel_for(0, g.F, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<T> channel(g.N * g.T * HW);
     for (int64_t c = c0; c < c1; ++c) {
-      double at[3] = {0, 0, 0}, ah[3] = {0, 0, 0}, aw[3] = {0, 0, 0};
-      for (int64_t n = 0; n < g.N; ++n) {
-        for (int64_t t = 0; t < g.T; ++t) {
-          const T* gyp = gy + ((n * g.F + c) * g.T + t) * HW;
-          const T* xp = x + n * g.sx[0] + c * g.sx[1] + t * g.sx[2];
-          for (int64_t h = 0; h < g.H; ++h) {
-            const T* gr = gyp + h * g.W;
-            const T* row = xp + h * g.sx[3];
-            const T s_c = dot(gr, row, g.W);
-            const T s_tp = t > 0 ? dot(gr, row - g.sx[2], g.W) : T(0);
-            const T s_tn = t + 1 < g.T ? dot(gr, row + g.sx[2], g.W) : T(0);
-            const T s_hu = h > 0 ? dot(gr, row - g.sx[3], g.W) : T(0);
-            const T s_hd = h + 1 < g.H ? dot(gr, row + g.sx[3], g.W) : T(0);
-            const T s_wl = g.W > 1 ? dot(gr + 1, row, g.W - 1) : T(0);   // gy[w] * x[w - 1]
-            const T s_wr = g.W > 1 ? dot(gr, row + 1, g.W - 1) : T(0);   // gy[w] * x[w + 1]
-            at[0] += s_tp; at[1] += s_c; at[2] += s_tn;
-            ah[0] += s_hu; ah[1] += s_c; ah[2] += s_hd;
-            aw[0] += s_wl; aw[1] += s_c; aw[2] += s_wr;
+      if (gy_given) {
+        // The workspace is (N, F, T, H, W): gather the channel's planes into the packed (n, t) order.
+        for (int64_t n = 0; n < g.N; ++n)
+          std::memcpy(channel.data() + n * g.T * HW, gy + (n * g.F + c) * g.T * HW, sizeof(T) * g.T * HW);
+      } else {
+        for (int64_t n = 0; n < g.N; ++n) {
+          for (int64_t t = 0; t < g.T; ++t) {
+            const T* gp = grad_out + n * g.so[0] + c * g.so[1] + t * g.so[2];
+            T* gyp = channel.data() + (n * g.T + t) * HW;
+            if (!scale && !hardswish) {
+              for (int64_t h = 0; h < g.H; ++h) std::memcpy(gyp + h * g.W, gp + h * g.so[3], sizeof(T) * g.W);
+              continue;
+            }
+            // Recompute the pre-activation to differentiate the epilogue.
+            const T* xp = x + n * g.sx[0] + c * g.sx[1] + t * g.sx[2];
+            stencil_plane(t > 0 ? xp - g.sx[2] : nullptr, xp, t + 1 < g.T ? xp + g.sx[2] : nullptr, g.H, g.W,
+                          g.sx[3], wt + 3 * c, wh + 3 * c, ww + 3 * c, gyp, g.W, masks);
+            const T s = scale ? scale[c] : T(1);
+            const T b = scale ? shift[c] : T(0);
+            for (int64_t h = 0; h < g.H; ++h) {
+              for (int64_t w = 0; w < g.W; ++w) {
+                const T z = s * gyp[h * g.W + w] + b;
+                const T d = hardswish ? hardswish_grad(z) : T(1);
+                gyp[h * g.W + w] = gp[h * g.so[3] + w] * d * s;
+              }
+            }
           }
         }
       }
-      for (int k = 0; k < 3; ++k) {
-        grad_wt[3 * c + k] = static_cast<T>(at[k]);
-        grad_wh[3 * c + k] = static_cast<T>(ah[k]);
-        grad_ww[3 * c + k] = static_cast<T>(aw[k]);
-      }
+      double acc[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+      views_backward_channel(g, c, x, channel.data(), wt, wh, ww, grad_x, masks, acc);
+      store_kernel_grads(acc, c, grad_wt, grad_wh, grad_ww);
     }
   });
 }
 
-template void mvf_forward_cpu<float>(const Geometry&, const float*, const float*, const float*, const float*,
-                                     const float*, const float*, bool, float*);
-template void mvf_forward_cpu<double>(const Geometry&, const double*, const double*, const double*, const double*,
-                                      const double*, const double*, bool, double*);
-template void mvf_backward_cpu<float>(const Geometry&, const float*, const float*, const float*, const float*,
-                                      const float*, const float*, const float*, bool, float*, float*, float*, float*,
-                                      float*, bool);
-template void mvf_backward_cpu<double>(const Geometry&, const double*, const double*, const double*, const double*,
-                                       const double*, const double*, const double*, bool, double*, double*, double*,
-                                       double*, double*, bool);
+// On one packed plane: gz *= HardSwish'(a*y + b) (when hardswish), and the sums of gz and of gz * (y - mu).
+template <typename T>
+inline void batchnorm_hardswish_grad_plane(const T* y, T* gz, int64_t n, T a, T b, T mu, bool hardswish, T* sum_gz,
+                                           T* sum_gz_centred) {
+  using V = typename simd::Vec<T>::type;
+  constexpr int L = simd::Vec<T>::lanes;
+  const V av = V{} + a, bv = V{} + b, muv = V{} + mu, three = V{} + T(3), sixth = V{} + T(1) / T(6);
+  V s = V{}, sc = V{};
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    const V yv = simd::load(y + i);
+    V g = simd::load(gz + i);
+    if (hardswish) {
+      const V z = av * yv + bv;
+      const V mid = (z + z + three) * sixth;
+      g = z < -three ? V{} : (z > three ? g : g * mid);
+      simd::store(gz + i, g);
+    }
+    s += g;
+    sc += g * (yv - muv);
+  }
+  T s_tail = simd::horizontal_sum<T>(s), sc_tail = simd::horizontal_sum<T>(sc);
+  for (; i < n; ++i) {
+    if (hardswish) gz[i] *= hardswish_grad(a * y[i] + b);
+    s_tail += gz[i];
+    sc_tail += gz[i] * (y[i] - mu);
+  }
+  *sum_gz = s_tail;
+  *sum_gz_centred = sc_tail;
+}
+
+template <typename T>
+void mvf_forward_bn_train_cpu(const Geometry& g, const T* x, const T* wt, const T* wh, const T* ww, const T* gamma,
+                              const T* beta, double eps, bool hardswish, T* out, T* mean, T* var) {
+  copy_passthrough(g, x, g.sx, out, g.so);
+  const EdgeMasks<T> masks(g.H, g.W);
+  const int64_t count = g.N * g.T * g.H * g.W;
+  parallel_for(0, g.F, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const auto plane = [&](int64_t n, int64_t t) { return out + n * g.so[0] + c * g.so[1] + t * g.so[2]; };
+      double sum = 0;
+      for (int64_t n = 0; n < g.N; ++n) {
+        for (int64_t t = 0; t < g.T; ++t) {
+          const T* xp = x + n * g.sx[0] + c * g.sx[1] + t * g.sx[2];
+          T* op = plane(n, t);
+          stencil_plane(t > 0 ? xp - g.sx[2] : nullptr, xp, t + 1 < g.T ? xp + g.sx[2] : nullptr, g.H, g.W,
+                        g.sx[3], wt + 3 * c, wh + 3 * c, ww + 3 * c, op, g.so[3], masks);
+          for_rows(op, g.H, g.W, g.so[3], [&](T* o, int64_t len) { sum += simd::sum(o, len); });
+        }
+      }
+      // Two passes over the channel's views (still in the cache): the mean, then the centred squares.
+      const T mu = count > 0 ? static_cast<T>(sum / count) : T(0);
+      double m2 = 0;
+      for (int64_t n = 0; n < g.N; ++n) {
+        for (int64_t t = 0; t < g.T; ++t) {
+          for_rows(plane(n, t), g.H, g.W, g.so[3],
+                   [&](T* o, int64_t len) { m2 += simd::centred_sum_of_squares(o, mu, len); });
+        }
+      }
+      const double v = count > 0 ? m2 / count : 0.0;
+      const double invstd = 1.0 / std::sqrt(v + eps);
+      const T a = static_cast<T>(gamma[c] * invstd);
+      const T b = static_cast<T>(beta[c] - mu * (gamma[c] * invstd));
+      for (int64_t n = 0; n < g.N; ++n) {
+        for (int64_t t = 0; t < g.T; ++t) {
+          for_rows(plane(n, t), g.H, g.W, g.so[3], [&](T* o, int64_t len) {
+            if (hardswish) {
+#pragma omp simd
+              for (int64_t i = 0; i < len; ++i) o[i] = mvf::hardswish(a * o[i] + b);
+            } else {
+#pragma omp simd
+              for (int64_t i = 0; i < len; ++i) o[i] = a * o[i] + b;
+            }
+          });
+        }
+      }
+      mean[c] = mu;
+      var[c] = static_cast<T>(v);
+    }
+  });
+}
+
+template <typename T>
+void mvf_backward_bn_train_cpu(const Geometry& g, const T* x, const T* grad_out, const T* wt, const T* wh,
+                               const T* ww, const T* gamma, const T* beta, const T* mean, const T* var, double eps,
+                               bool hardswish, T* grad_x, T* grad_wt, T* grad_wh, T* grad_ww, T* grad_gamma,
+                               T* grad_beta) {
+  const int64_t HW = g.H * g.W;
+  const int64_t count = g.N * g.T * HW;
+  copy_passthrough(g, grad_out, g.so, grad_x, g.sg);
+  const EdgeMasks<T> masks(g.H, g.W);
+  parallel_for(0, g.F, 1, [&](int64_t c0, int64_t c1) {
+    // The channel's views y and, in place of the incoming gradient, the gradient of y: packed (n, t) planes.
+    std::vector<T> ys(count), gs(count);
+    for (int64_t c = c0; c < c1; ++c) {
+      const double invstd = 1.0 / std::sqrt(static_cast<double>(var[c]) + eps);
+      const T mu = mean[c];
+      const T a = static_cast<T>(gamma[c] * invstd);
+      const T b = static_cast<T>(beta[c] - mu * (gamma[c] * invstd));
+      double sum_gz = 0, sum_gz_centred = 0;
+      for (int64_t n = 0; n < g.N; ++n) {
+        for (int64_t t = 0; t < g.T; ++t) {
+          const T* xp = x + n * g.sx[0] + c * g.sx[1] + t * g.sx[2];
+          T* y = ys.data() + (n * g.T + t) * HW;
+          T* gz = gs.data() + (n * g.T + t) * HW;
+          stencil_plane(t > 0 ? xp - g.sx[2] : nullptr, xp, t + 1 < g.T ? xp + g.sx[2] : nullptr, g.H, g.W,
+                        g.sx[3], wt + 3 * c, wh + 3 * c, ww + 3 * c, y, g.W, masks);
+          const T* gp = grad_out + n * g.so[0] + c * g.so[1] + t * g.so[2];
+          if (g.so[3] == g.W) std::memcpy(gz, gp, sizeof(T) * HW);
+          else for (int64_t h = 0; h < g.H; ++h) std::memcpy(gz + h * g.W, gp + h * g.so[3], sizeof(T) * g.W);
+          T s, sc;
+          batchnorm_hardswish_grad_plane(y, gz, HW, a, b, mu, hardswish, &s, &sc);
+          sum_gz += s;
+          sum_gz_centred += sc;
+        }
+      }
+      grad_beta[c] = static_cast<T>(sum_gz);
+      grad_gamma[c] = static_cast<T>(sum_gz_centred * invstd);
+      // d loss / d y = gamma * invstd * (gz - mean(gz) - y_hat * mean(gz * y_hat)).
+      const T k_mean = count > 0 ? static_cast<T>(sum_gz / count) : T(0);
+      const T k_centred = count > 0 ? static_cast<T>(sum_gz_centred / count * invstd * invstd) : T(0);
+      {
+        T* PVF_RESTRICT gz = gs.data();
+        const T* PVF_RESTRICT y = ys.data();
+#pragma omp simd
+        for (int64_t i = 0; i < count; ++i) gz[i] = a * (gz[i] - k_mean - (y[i] - mu) * k_centred);
+      }
+      double acc[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+      views_backward_channel(g, c, x, gs.data(), wt, wh, ww, grad_x, masks, acc);
+      store_kernel_grads(acc, c, grad_wt, grad_wh, grad_ww);
+    }
+  });
+}
+
+#define PVF_MVF_INSTANTIATE(T)                                                                                     \
+  template void mvf_forward_cpu<T>(const Geometry&, const T*, const T*, const T*, const T*, const T*, const T*,  \
+                                   bool, T*);                                                                    \
+  template void mvf_backward_cpu<T>(const Geometry&, const T*, const T*, const T*, const T*, const T*, const T*, \
+                                    const T*, bool, T*, T*, T*, T*, T*, bool);                                   \
+  template void mvf_forward_bn_train_cpu<T>(const Geometry&, const T*, const T*, const T*, const T*, const T*,   \
+                                            const T*, double, bool, T*, T*, T*);                                 \
+  template void mvf_backward_bn_train_cpu<T>(const Geometry&, const T*, const T*, const T*, const T*, const T*,  \
+                                             const T*, const T*, const T*, const T*, double, bool, T*, T*, T*,   \
+                                             T*, T*, T*);
+PVF_MVF_INSTANTIATE(float)
+PVF_MVF_INSTANTIATE(double)
+#undef PVF_MVF_INSTANTIATE
 
 }  // namespace mvf
 }  // namespace pvf

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common/parallel.h"
+#include "common/simd.h"
 #include "scale_space/scale_space.h"
 
 namespace pvf {
@@ -25,13 +26,9 @@ inline void pad_row(const T* row, int64_t W, int64_t r, Boundary b, T* buf) {
   }
 }
 
-// 32-byte vectors (GCC/Clang vector extensions): compilers vectorise the weighted-row sum across the taps
-// (with gathers) unless told which loop is the vector one.
-template <typename T>
-struct Vec {
-  typedef T type __attribute__((vector_size(32)));
-  static constexpr int lanes = 32 / sizeof(T);
-};
+// The weighted-row sums use explicit 32-byte vectors (common/simd.h): compilers otherwise vectorise across the
+// taps (with gathers).
+using simd::Vec;
 
 // out[o + j] = sum_i wts[i] * rows[i][o + j] for NV vectors of j, the accumulators held in registers.
 template <int NV, typename T>

@@ -4,62 +4,31 @@
 ``shift_conv.weight``, ``h_conv.weight``, ``w_conv.weight``, ``bn.*``; Conv3d-shaped kernels), so official
 checkpoints load unchanged. Input and output are (N*T, C, H, W) frames, as in TSN-style 2-D video networks.
 
-Cost: in eval mode (and with ``use_hs=False``) the split, the three views, the folded BatchNorm, HardSwish
-and the concatenation are one pass that reads the input once and writes the wrapped conv's input once. In
-training mode BatchNorm needs the batch statistics of the fused channels first: the same one pass writes the
-views before BatchNorm, which then rewrites the alpha*C fused channels in place; the backward differentiates
-BatchNorm and HardSwish on those channels only and hands their gradient to the kernel, which reads the incoming
-gradient once and writes the input's gradient once (no full-tensor copies beyond those two).
+Cost: the split, the three views, BatchNorm, HardSwish and the concatenation are one pass that reads the input
+once and writes the wrapped conv's input once (``ops.multi_view_fusion`` with the folded BatchNorm in eval mode,
+``ops.multi_view_fusion_batchnorm`` with batch statistics in training mode). The backward reads the incoming
+gradient once and writes the input's gradient once; it recomputes the fused channels' views instead of keeping
+them, so the module saves nothing for backward beyond its input and the per-channel statistics.
 """
 from __future__ import annotations
 
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
-from ..reference.mvf import hardswish_grad
 
 
-class _ViewsBatchNormHardswish(torch.autograd.Function):
-    """Training-mode MVF on (N, C, T, H, W): views of the first c channels, BatchNorm with batch statistics
-    (updating the running ones like nn.BatchNorm3d), HardSwish; the other channels pass through."""
-
-    @staticmethod
-    def forward(ctx, x5, wt, wh, ww, gamma, beta, bn: nn.BatchNorm3d, c: int):
-        out = ops.multi_view_fusion(x5, wt, wh, ww, fused_channels=c)  # one pass: views + pass-through copy
-        y = out[:, :c]
-        dims = (0, 2, 3, 4)
-        var, mean = torch.var_mean(y, dim=dims, correction=0)
-        if bn.track_running_stats and bn.running_mean is not None:
-            bn.num_batches_tracked.add_(1)
-            momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-            count = y.numel() // max(c, 1)
-            bn.running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
-            bn.running_var.mul_(1 - momentum).add_(var * (count / max(count - 1, 1)), alpha=momentum)
-        shape = (1, c, 1, 1, 1)
-        invstd = torch.rsqrt(var + bn.eps)
-        y_hat = (y - mean.view(shape)) * invstd.view(shape)
-        z = y_hat * gamma.view(shape) + beta.view(shape)
-        out[:, :c] = F.hardswish(z)
-        ctx.save_for_backward(x5, wt, wh, ww, gamma, y_hat, invstd, z)
-        ctx.c = c
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        x5, wt, wh, ww, gamma, y_hat, invstd, z = ctx.saved_tensors
-        c, dims, shape = ctx.c, (0, 2, 3, 4), (1, ctx.c, 1, 1, 1)
-        gz = grad[:, :c] * hardswish_grad(z)
-        g_beta = gz.sum(dims)
-        g_gamma = (gz * y_hat).sum(dims)
-        g_hat = gz * gamma.view(shape)
-        g_y = (g_hat - g_hat.mean(dims, keepdim=True) - y_hat * (g_hat * y_hat).mean(dims, keepdim=True)) \
-            * invstd.view(shape)
-        gx, gwt, gwh, gww = torch.ops.pvf.multi_view_fusion_backward(grad, x5, wt, wh, ww, None, None, False, c, g_y)
-        return gx, gwt, gwh, gww, g_gamma, g_beta, None, None
+def _update_running_stats(bn: nn.BatchNorm3d, mean: Tensor, var: Tensor, count: int) -> None:
+    """nn.BatchNorm3d's running-statistics update from a batch's mean and biased variance over count values."""
+    with torch.no_grad():
+        bn.num_batches_tracked.add_(1)
+        if count == 0:  # as torch: an empty batch leaves the statistics alone
+            return
+        momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        bn.running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+        bn.running_var.mul_(1 - momentum).add_(var * (count / max(count - 1, 1)), alpha=momentum)
 
 
 class MVF(nn.Module):
@@ -109,6 +78,13 @@ class MVF(nn.Module):
             ww = self.w_conv.weight.reshape(c, 3) if self.mode == "THW" else zeros
         return wt, wh, ww
 
+    def _bn_affine(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """BatchNorm's weight and bias (ones and zeros for a non-affine BatchNorm)."""
+        if self.bn.affine:
+            return self.bn.weight, self.bn.bias
+        c = self.num_shift_channel
+        return torch.ones(c, dtype=x.dtype, device=x.device), torch.zeros(c, dtype=x.dtype, device=x.device)
+
     def forward(self, x: Tensor) -> Tensor:
         c = self.num_shift_channel
         if c == 0:
@@ -122,16 +98,20 @@ class MVF(nn.Module):
         if not self.use_hs:
             out = ops.multi_view_fusion(x5, wt, wh, ww, fused_channels=c)
         elif not self.bn.training and self.bn.track_running_stats:
-            scale = self.bn.weight / torch.sqrt(self.bn.running_var + self.bn.eps)
-            shift = self.bn.bias - self.bn.running_mean * scale
+            gamma, beta = self._bn_affine(x)
+            scale = gamma / torch.sqrt(self.bn.running_var + self.bn.eps)
+            shift = beta - self.bn.running_mean * scale
             out = ops.multi_view_fusion(x5, wt, wh, ww, scale, shift, hardswish=True, fused_channels=c)
-        elif self.bn.affine:
-            # Training: one pass builds the conv input with the pre-BatchNorm views in the fused channels, then
-            # BatchNorm (batch statistics) and HardSwish rewrite those alpha*C channels in place.
-            out = _ViewsBatchNormHardswish.apply(x5, wt, wh, ww, self.bn.weight, self.bn.bias, self.bn, c)
-        else:
-            out = ops.multi_view_fusion(x5, wt, wh, ww, fused_channels=c)
-            out[:, :c] = F.hardswish(self.bn(out[:, :c].clone()))  # BatchNorm keeps its input for backward
+        else:  # batch statistics: training, or a BatchNorm that tracks no running statistics
+            count = n * self.n_segment * H * W
+            if count == 1:
+                raise ValueError(f"MVF: BatchNorm expects more than 1 value per channel when training, got input "
+                                 f"size {tuple(x.shape)}")
+            bn = self.bn
+            gamma, beta = self._bn_affine(x)
+            out, mean, var = ops.multi_view_fusion_batchnorm(x5, wt, wh, ww, gamma, beta, bn.eps, True, c)
+            if bn.training and bn.track_running_stats:
+                _update_running_stats(bn, mean, var, count)
         return self.net(out.transpose(1, 2).reshape(nt, C, H, W))
 
 

@@ -1,7 +1,7 @@
 """Public functional API. Every op dispatches to the best available backend (see ``pyvision_fast.use_backend``)."""
 from .attention import attention
 from .deform_conv import deform_conv2d
-from .mvf import multi_view_fusion
+from .mvf import multi_view_fusion, multi_view_fusion_batchnorm
 from .scale_space import gaussian_scale_space, scale_attention
 from .sphere import sphere_conv2d
 from .pointcloud import (
@@ -33,6 +33,7 @@ __all__ = [
     "knn_points",
     "masked_gather",
     "multi_view_fusion",
+    "multi_view_fusion_batchnorm",
     "sample_farthest_points",
     "scale_attention",
     "sphere_conv2d",

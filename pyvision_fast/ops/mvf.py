@@ -185,3 +185,157 @@ def multi_view_fusion(x: Tensor, weight_t: Tensor, weight_h: Tensor, weight_w: T
     fused = x.shape[1] if fused_channels is None else as_int(fused_channels, "fused_channels")
     return _mvf_op(x, _kernel(weight_t, "weight_t"), _kernel(weight_h, "weight_h"), _kernel(weight_w, "weight_w"),
                    bn_scale, bn_shift, bool(hardswish), fused)
+
+
+# Training-mode BatchNorm on the fused channels -------------------------------------------------------------
+
+_DIMS = (0, 2, 3, 4)
+
+
+def _bn_fwd_cpu(x, wt, wh, ww, gamma, beta, eps, hardswish, fused):
+    out = _output_like(x)
+    mean, var = x.new_empty(fused), x.new_empty(fused)
+    _ext.cpu_module().mvf_forward_bn_train(_ext.arg(x), _ext.arg(wt), _ext.arg(wh), _ext.arg(ww), _ext.arg(gamma),
+                                           _ext.arg(beta), eps, hardswish, fused, _ext.arg(out), _ext.arg(mean),
+                                           _ext.arg(var))
+    return out, mean, var
+
+
+def _bn_fwd_cuda(x, wt, wh, ww, gamma, beta, eps, hardswish, fused):
+    """The views kernel, then BatchNorm with batch statistics in torch on the fused channels (float32 math for
+    half inputs)."""
+    out = _fwd_cuda(x, wt, wh, ww, None, None, False, fused)
+    y = out[:, :fused]
+    if y.numel() == 0:
+        return out, x.new_zeros(fused), x.new_zeros(fused)
+    acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    yf = y.to(acc)
+    var, mean = torch.var_mean(yf, dim=_DIMS, correction=0)
+    shape = (1, fused, 1, 1, 1)
+    scale = gamma.to(acc) * torch.rsqrt(var + eps)
+    z = yf * scale.view(shape) + (beta.to(acc) - mean * scale).view(shape)
+    out[:, :fused] = (torch.nn.functional.hardswish(z) if hardswish else z).to(x.dtype)
+    return out, mean.to(x.dtype), var.to(x.dtype)
+
+
+def _bn_fwd_ref(x, wt, wh, ww, gamma, beta, eps, hardswish, fused):
+    return ref.multi_view_fusion_batchnorm(x, wt, wh, ww, gamma, beta, eps, hardswish, fused)
+
+
+def _bn_bwd_cpu(grad, x, wt, wh, ww, gamma, beta, mean, var, eps, hardswish, fused):
+    gx = _output_like(x)
+    grads = [x.new_empty(fused, 3) for _ in range(3)] + [x.new_empty(fused), x.new_empty(fused)]
+    _ext.cpu_module().mvf_backward_bn_train(_ext.arg(x), _ext.arg(grad), _ext.arg(wt), _ext.arg(wh), _ext.arg(ww),
+                                            _ext.arg(gamma), _ext.arg(beta), _ext.arg(mean), _ext.arg(var), eps,
+                                            hardswish, fused, _ext.arg(gx), *(_ext.arg(g) for g in grads))
+    return (gx, *grads)
+
+
+def _bn_bwd_composite(grad, x, wt, wh, ww, gamma, beta, mean, var, eps, hardswish, fused, backend: str):
+    """BatchNorm (and HardSwish) differentiated in torch on the fused channels, on views recomputed by the
+    backend (float32 math for half inputs), then the backend's views backward given that gradient."""
+    y = _FWD[backend](x[:, :fused], wt, wh, ww, None, None, False, fused)
+    acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    shape = (1, fused, 1, 1, 1)
+    invstd = torch.rsqrt(var.to(acc) + eps).view(shape)
+    y_hat = (y.to(acc) - mean.to(acc).view(shape)) * invstd
+    gz = grad[:, :fused].to(acc)
+    if hardswish:
+        gz = gz * ref.hardswish_grad(y_hat * gamma.to(acc).view(shape) + beta.to(acc).view(shape))
+    g_beta = gz.sum(_DIMS)
+    g_gamma = (gz * y_hat).sum(_DIMS)
+    if y.numel():
+        g_y = (gz - gz.mean(_DIMS, keepdim=True) - y_hat * (gz * y_hat).mean(_DIMS, keepdim=True)) \
+            * (gamma.to(acc).view(shape) * invstd)
+    else:
+        g_y = gz
+    # The CUDA kernel takes the float32 gradient of half inputs as it is; the reference convolves in x's dtype.
+    g_y = g_y if backend == "cuda" else g_y.to(x.dtype)
+    gx, gwt, gwh, gww = _BWD[backend](grad, x, wt, wh, ww, None, None, False, fused, g_y)
+    return gx, gwt, gwh, gww, g_gamma.to(x.dtype), g_beta.to(x.dtype)
+
+
+_BN_FWD = {"cpu": _bn_fwd_cpu, "cuda": _bn_fwd_cuda, "reference": _bn_fwd_ref}
+_BN_BWD = {"cpu": _bn_bwd_cpu, "cuda": lambda *a: _bn_bwd_composite(*a, backend="cuda"),
+           "reference": lambda *a: _bn_bwd_composite(*a, backend="reference")}
+
+
+def _channel_args(gamma, beta, mean=None, var=None):
+    return tuple(None if t is None else t.contiguous() for t in (gamma, beta, mean, var))
+
+
+@torch.library.custom_op("pvf::multi_view_fusion_batchnorm", mutates_args=())
+def _mvf_bn_op(x: Tensor, weight_t: Tensor, weight_h: Tensor, weight_w: Tensor, bn_weight: Tensor,
+               bn_bias: Tensor, eps: float, hardswish: bool, fused_channels: int) -> tuple[Tensor, Tensor, Tensor]:
+    impl = dispatch("multi_view_fusion_batchnorm", x.device, _BN_FWD)
+    gamma, beta, _, _ = _channel_args(bn_weight, bn_bias)
+    return impl(_w_contiguous(x), weight_t.contiguous(), weight_h.contiguous(), weight_w.contiguous(), gamma, beta,
+                eps, hardswish, fused_channels)
+
+
+@_mvf_bn_op.register_fake
+def _(x, weight_t, weight_h, weight_w, bn_weight, bn_bias, eps, hardswish, fused_channels):
+    return _output_like(x), x.new_empty(fused_channels), x.new_empty(fused_channels)
+
+
+@torch.library.custom_op("pvf::multi_view_fusion_batchnorm_backward", mutates_args=())
+def _mvf_bn_backward_op(grad: Tensor, x: Tensor, weight_t: Tensor, weight_h: Tensor, weight_w: Tensor,
+                        bn_weight: Tensor, bn_bias: Tensor, mean: Tensor, var: Tensor, eps: float, hardswish: bool,
+                        fused_channels: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of x, the three kernels, bn_weight and bn_bias from the forward's batch mean and variance."""
+    impl = dispatch("multi_view_fusion_batchnorm_backward", x.device, _BN_BWD)
+    gamma, beta, mean, var = _channel_args(bn_weight, bn_bias, mean, var)
+    return tuple(impl(_w_contiguous(grad), _w_contiguous(x), weight_t.contiguous(), weight_h.contiguous(),
+                      weight_w.contiguous(), gamma, beta, mean, var, eps, hardswish, fused_channels))
+
+
+@_mvf_bn_backward_op.register_fake
+def _(grad, x, weight_t, weight_h, weight_w, bn_weight, bn_bias, mean, var, eps, hardswish, fused_channels):
+    return (_output_like(x), torch.empty_like(weight_t), torch.empty_like(weight_h), torch.empty_like(weight_w),
+            torch.empty_like(bn_weight), torch.empty_like(bn_bias))
+
+
+def _bn_setup(ctx, inputs, output):
+    x, wt, wh, ww, gamma, beta, eps, hardswish, fused = inputs
+    _, mean, var = output
+    ctx.save_for_backward(x, wt, wh, ww, gamma, beta, mean, var)
+    ctx.eps, ctx.hardswish, ctx.fused = eps, hardswish, fused
+    ctx.mark_non_differentiable(mean, var)
+
+
+def _bn_backward(ctx, grad, grad_mean, grad_var):
+    x, wt, wh, ww, gamma, beta, mean, var = ctx.saved_tensors
+    grads = _mvf_bn_backward_op(grad, x, wt, wh, ww, gamma, beta, mean, var, ctx.eps, ctx.hardswish, ctx.fused)
+    return (*grads, None, None, None)
+
+
+_mvf_bn_op.register_autograd(_bn_backward, setup_context=_bn_setup)
+
+
+def multi_view_fusion_batchnorm(x: Tensor, weight_t: Tensor, weight_h: Tensor, weight_w: Tensor, bn_weight: Tensor,
+                                bn_bias: Tensor, eps: float = 1e-5, hardswish: bool = True,
+                                fused_channels: Optional[int] = None) -> tuple[Tensor, Tensor, Tensor]:
+    """MVFNet's training-time fusion: the views' sum on the first F channels, BatchNorm with the batch's
+    statistics (over N, T, H, W), optional HardSwish; channels F..C-1 copied.
+
+    Args:
+        x, weight_t, weight_h, weight_w, fused_channels: as in ``multi_view_fusion``.
+        bn_weight, bn_bias: (F,) BatchNorm affine parameters (pass ones / zeros for a non-affine BatchNorm).
+        eps: BatchNorm's epsilon (> 0).
+
+    Returns ``(out, mean, var)``: out like ``multi_view_fusion``'s; mean and the biased variance (F,) of the
+    views, for the caller's running statistics (not differentiable). out is differentiable in x, the kernels,
+    bn_weight and bn_bias. On the CPU one kernel computes the views, the statistics and the normalisation
+    channel by channel, and the backward recomputes the views instead of keeping them.
+    """
+    if not isinstance(x, Tensor) or x.dim() != 5:
+        raise ValueError(f"multi_view_fusion_batchnorm: x must be (N, C, T, H, W), got "
+                         f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+    fused = x.shape[1] if fused_channels is None else as_int(fused_channels, "fused_channels")
+    for name, t in (("bn_weight", bn_weight), ("bn_bias", bn_bias)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"multi_view_fusion_batchnorm: {name} must be a tensor")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        raise ValueError(f"multi_view_fusion_batchnorm: eps must be a positive number, got {eps!r}")
+    return _mvf_bn_op(x, _kernel(weight_t, "weight_t"), _kernel(weight_h, "weight_h"), _kernel(weight_w, "weight_w"),
+                      bn_weight, bn_bias, float(eps), bool(hardswish), fused)

@@ -33,3 +33,22 @@ def multi_view_fusion(x: Tensor, weight_t: Tensor, weight_h: Tensor, weight_w: T
 def hardswish_grad(z: Tensor) -> Tensor:
     """d/dz HardSwish(z) = 0 below -3, 1 above 3, (2 z + 3) / 6 between (z's dtype)."""
     return torch.where(z < -3, 0.0, torch.where(z > 3, 1.0, (2 * z + 3) / 6)).to(z.dtype)
+
+
+def multi_view_fusion_batchnorm(x: Tensor, weight_t: Tensor, weight_h: Tensor, weight_w: Tensor, bn_weight: Tensor,
+                                bn_bias: Tensor, eps: float = 1e-5, hardswish: bool = True,
+                                fused_channels: Optional[int] = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The views' sum on the first F channels, training-mode BatchNorm (batch statistics, F.batch_norm), optional
+    HardSwish; returns (out, batch mean, biased batch variance)."""
+    Fc = x.shape[1] if fused_channels is None else fused_channels
+    y = multi_view_fusion(x[:, :Fc], weight_t, weight_h, weight_w, fused_channels=Fc)
+    if y.numel() == 0:
+        mean = var = torch.zeros(Fc, dtype=x.dtype, device=x.device)
+    else:
+        var, mean = torch.var_mean(y.float() if y.dtype in (torch.float16, torch.bfloat16) else y,
+                                   dim=(0, 2, 3, 4), correction=0)
+        mean, var = mean.to(x.dtype), var.to(x.dtype)
+    z = F.batch_norm(y, None, None, bn_weight, bn_bias, training=True, eps=eps) if y.numel() else y
+    if hardswish:
+        z = F.hardswish(z)
+    return torch.cat([z, x[:, Fc:]], dim=1), mean, var
