@@ -5,6 +5,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 
 #if defined(__SSE2__)
@@ -16,16 +17,32 @@
 
 namespace pvf {
 
-// Bytes above which an output is written with streaming stores: half the last-level cache (32 MiB when the
-// system does not say), so that outputs a consumer could still find in the cache keep normal stores.
-inline size_t streaming_threshold_bytes() {
-  static const size_t threshold = [] {
-    long l3 = 0;
-#if defined(__linux__) && defined(_SC_LEVEL3_CACHE_SIZE)
-    l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+// The last-level cache of the core we run on, in bytes: Linux's sysfs entry for cpu0's level-3 cache (the cache
+// one core complex shares: sysconf reports the whole socket's on AMD EPYC), else sysconf, else 32 MiB.
+inline size_t last_level_cache_bytes() {
+  size_t bytes = 0;
+#if defined(__linux__)
+  if (std::FILE* f = std::fopen("/sys/devices/system/cpu/cpu0/cache/index3/size", "r")) {
+    unsigned long value = 0;
+    char unit = 0;
+    if (std::fscanf(f, "%lu%c", &value, &unit) >= 1)
+      bytes = value * (unit == 'K' ? 1024UL : unit == 'M' ? 1024UL * 1024 : 1UL);
+    std::fclose(f);
+  }
+#if defined(_SC_LEVEL3_CACHE_SIZE)
+  if (bytes == 0) {
+    const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    bytes = l3 > 0 ? static_cast<size_t>(l3) : 0;
+  }
 #endif
-    return static_cast<size_t>(l3 > 0 ? l3 : 32L << 20) / 2;
-  }();
+#endif
+  return bytes > 0 ? bytes : size_t(32) << 20;
+}
+
+// Bytes above which an output is written with streaming stores: half the last-level cache, so that outputs a
+// consumer could still find in the cache keep normal stores.
+inline size_t streaming_threshold_bytes() {
+  static const size_t threshold = last_level_cache_bytes() / 2;
   return threshold;
 }
 

@@ -188,24 +188,36 @@ void kernel_grads_plane(const T* gy, const T* x_prev, const T* x, const T* x_nex
   acc[6] += s_wl; acc[7] += s_c; acc[8] += s_wr;
 }
 
-// Copies channels F..C-1 of src (strides ss) to dst (strides sd). When both hold each (n, t) slab of those
-// channels as one contiguous block (the frame layout), it is one copy per slab; otherwise row by row.
+// Copies channels F..C-1 of src (strides ss) to dst (strides sd) in the largest contiguous runs both layouts
+// allow: one per n when those channels' (C-F, T, H, W) block is dense (the (N, C, T, H, W) layout), one per
+// (n, t) when their (C-F, H, W) slab is (the frame layout), else row by row. Runs of at least a page are
+// streamed when the whole copy exceeds half the last-level cache.
 template <typename T>
 void copy_passthrough(const Geometry& g, const T* src, const int64_t* ss, T* dst, const int64_t* sd) {
   const int64_t pc = g.C - g.F;
-  if (pc <= 0 || g.H * g.W == 0) return;
+  if (pc <= 0 || g.N * g.T * g.H * g.W == 0) return;
   const int64_t HW = g.H * g.W;
-  const bool streaming = static_cast<size_t>(g.N * g.T * pc * HW) * sizeof(T) >= streaming_threshold_bytes();
+  const bool rows_packed = ss[3] == g.W && sd[3] == g.W;
+  const bool slabs = rows_packed && ss[1] == HW && sd[1] == HW;
+  const bool blocks = rows_packed && ss[2] == HW && sd[2] == HW && ss[1] == g.T * HW && sd[1] == g.T * HW;
+  const int64_t run = blocks ? pc * g.T * HW : slabs ? pc * HW : g.W;
+  const bool streaming = static_cast<size_t>(g.N * g.T * pc * HW) * sizeof(T) >= streaming_threshold_bytes() &&
+                         run * static_cast<int64_t>(sizeof(T)) >= 4096;
   const auto copy = [streaming](T* d, const T* s, int64_t n) {
     if (streaming) stream_copy(d, s, sizeof(T) * n);
     else std::memcpy(d, s, sizeof(T) * n);
   };
-  const bool blocks = ss[1] == HW && sd[1] == HW && ss[3] == g.W && sd[3] == g.W;
-  if (blocks) {
-    parallel_for(0, g.N * g.T, 1, [&](int64_t s0, int64_t s1) {
-      for (int64_t s = s0; s < s1; ++s) {
-        const int64_t n = s / g.T, t = s % g.T;
-        copy(dst + n * sd[0] + g.F * sd[1] + t * sd[2], src + n * ss[0] + g.F * ss[1] + t * ss[2], pc * HW);
+  if (blocks || slabs) {
+    const int64_t runs = blocks ? g.N : g.N * g.T;
+    // Runs are split into pieces of about 256 KiB so that both threads get work when there are few runs.
+    const int64_t piece = std::max<int64_t>(1, (256 << 10) / static_cast<int64_t>(sizeof(T)));
+    const int64_t pieces = (run + piece - 1) / piece;
+    parallel_for(0, runs * pieces, 1, [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q) {
+        const int64_t r = q / pieces, k = q % pieces;
+        const int64_t n = blocks ? r : r / g.T, t = blocks ? 0 : r % g.T;
+        const int64_t off = k * piece, len = std::min(piece, run - off);
+        copy(dst + n * sd[0] + g.F * sd[1] + t * sd[2] + off, src + n * ss[0] + g.F * ss[1] + t * ss[2] + off, len);
       }
       if (streaming) stream_fence();
     });
@@ -217,9 +229,8 @@ void copy_passthrough(const Geometry& g, const T* src, const int64_t* ss, T* dst
       const int64_t n = q.n, c = g.F + q.c, t = q.t;
       const T* sp = src + n * ss[0] + c * ss[1] + t * ss[2];
       T* dp = dst + n * sd[0] + c * sd[1] + t * sd[2];
-      for (int64_t h = 0; h < g.H; ++h) copy(dp + h * sd[3], sp + h * ss[3], g.W);
+      for (int64_t h = 0; h < g.H; ++h) std::memcpy(dp + h * sd[3], sp + h * ss[3], sizeof(T) * g.W);
     }
-    if (streaming) stream_fence();
   });
 }
 
