@@ -351,10 +351,11 @@ void mvf_backward_cpu(const Geometry& g, const T* x, const T* grad_out, const T*
   });
 }
 
-// On one packed plane: gz *= HardSwish'(a*y + b) (when hardswish), and the sums of gz and of gz * (y - mu).
+// On one packed plane: gz = grad * HardSwish'(a*y + b) (grad alone without hardswish; grad may be gz), and the
+// sums of gz and of gz * (y - mu).
 template <typename T>
-inline void batchnorm_hardswish_grad_plane(const T* y, T* gz, int64_t n, T a, T b, T mu, bool hardswish, T* sum_gz,
-                                           T* sum_gz_centred) {
+inline void batchnorm_hardswish_grad_plane(const T* y, const T* grad, T* gz, int64_t n, T a, T b, T mu,
+                                           bool hardswish, T* sum_gz, T* sum_gz_centred) {
   using V = typename simd::Vec<T>::type;
   constexpr int L = simd::Vec<T>::lanes;
   const V av = V{} + a, bv = V{} + b, muv = V{} + mu, three = V{} + T(3), sixth = V{} + T(1) / T(6);
@@ -362,19 +363,19 @@ inline void batchnorm_hardswish_grad_plane(const T* y, T* gz, int64_t n, T a, T 
   int64_t i = 0;
   for (; i + L <= n; i += L) {
     const V yv = simd::load(y + i);
-    V g = simd::load(gz + i);
+    V g = simd::load(grad + i);
     if (hardswish) {
       const V z = av * yv + bv;
       const V mid = (z + z + three) * sixth;
       g = z < -three ? V{} : (z > three ? g : g * mid);
-      simd::store(gz + i, g);
     }
+    simd::store(gz + i, g);
     s += g;
     sc += g * (yv - muv);
   }
   T s_tail = simd::horizontal_sum<T>(s), sc_tail = simd::horizontal_sum<T>(sc);
   for (; i < n; ++i) {
-    if (hardswish) gz[i] *= hardswish_grad(a * y[i] + b);
+    gz[i] = hardswish ? grad[i] * hardswish_grad(a * y[i] + b) : grad[i];
     s_tail += gz[i];
     sc_tail += gz[i] * (y[i] - mu);
   }
@@ -459,10 +460,13 @@ void mvf_backward_bn_train_cpu(const Geometry& g, const T* x, const T* grad_out,
           stencil_plane(t > 0 ? xp - g.sx[2] : nullptr, xp, t + 1 < g.T ? xp + g.sx[2] : nullptr, g.H, g.W,
                         g.sx[3], wt + 3 * c, wh + 3 * c, ww + 3 * c, y, g.W, masks);
           const T* gp = grad_out + n * g.so[0] + c * g.so[1] + t * g.so[2];
-          if (g.so[3] == g.W) std::memcpy(gz, gp, sizeof(T) * HW);
-          else for (int64_t h = 0; h < g.H; ++h) std::memcpy(gz + h * g.W, gp + h * g.so[3], sizeof(T) * g.W);
+          const T* grad_plane = gp;  // read in place when its rows are packed, else gathered into gz first
+          if (g.so[3] != g.W) {
+            for (int64_t h = 0; h < g.H; ++h) std::memcpy(gz + h * g.W, gp + h * g.so[3], sizeof(T) * g.W);
+            grad_plane = gz;
+          }
           T s, sc;
-          batchnorm_hardswish_grad_plane(y, gz, HW, a, b, mu, hardswish, &s, &sc);
+          batchnorm_hardswish_grad_plane(y, grad_plane, gz, HW, a, b, mu, hardswish, &s, &sc);
           sum_gz += s;
           sum_gz_centred += sc;
         }
