@@ -1,6 +1,6 @@
 // CPU multi-view fusion. Planes (n, c, t) whose rows are packed (row stride W, true of the (N, C, T, H, W) and
-// frame layouts) are processed as one flat vector of H*W elements: all seven taps in one pass over the inner
-// rows, the W-edges masked, the first and last rows apart; other strides go row by row. The pass-through channels are copied with streaming stores when the output exceeds the cache.
+// frame layouts) are processed as one flat vector of H*W elements: all seven taps in one vector pass over a
+// zero-padded copy of the plane, the W-edges masked; other strides go row by row. The pass-through channels are copied with streaming stores when the output exceeds the cache.
 // The training-mode BatchNorm kernels work one fused channel at a time, so that a channel's views stay in the
 // core's cache between the statistics and the normalisation (forward) and between the BatchNorm backward and
 // the views' backward.
@@ -38,19 +38,19 @@ struct EdgeMasks {
   }
 };
 
-// f(flat index, h, w) for the elements of a packed H x W plane that the vector pass over rows 1..H-2 left:
-// the first row, and from flat index `done` (where the vector pass stopped, >= W) to the end.
-template <typename Fn>
-inline void for_edge_elements(int64_t H, int64_t W, int64_t done, const Fn& f) {
-  for (int64_t w = 0; w < W && H > 0; ++w) f(w, 0, w);
-  int64_t j = std::max(done, W);
-  for (int64_t h = j / W, w = j % W; j < H * W; ++j) {
-    f(j, h, w);
-    if (++w == W) {
-      w = 0;
-      ++h;
-    }
-  }
+// A copy of a packed plane of n elements with W + (vector lanes) zeros on both sides: every tap of every element
+// is then a plain load (the row above the first and the row below the last read zeros, as zero padding does).
+// One buffer per thread, reused.
+template <typename T>
+const T* zero_padded(const T* plane, int64_t n, int64_t W) {
+  thread_local std::vector<T> buffer;
+  const int64_t pad = W + simd::Vec<T>::lanes;
+  if (static_cast<int64_t>(buffer.size()) < n + 2 * pad) buffer.resize(n + 2 * pad);
+  T* b = buffer.data();
+  std::fill(b, b + pad, T(0));
+  std::memcpy(b + pad, plane, sizeof(T) * n);
+  std::fill(b + pad + n, b + n + 2 * pad, T(0));
+  return b + pad;
 }
 
 // The three views' sum on one plane: o = wT*(x_prev, x, x_next) + wH*(up, x, down) + wW*(left, x, right), zero
@@ -63,32 +63,29 @@ void stencil_plane(const T* x_prev, const T* x_cur, const T* x_next, int64_t H, 
     using V = typename simd::Vec<T>::type;
     constexpr int L = simd::Vec<T>::lanes;
     const int64_t n = H * W;
-    const T* x = x_cur;
+    const T* x = zero_padded(x_cur, n, W);
     const T* tp = x_prev ? x_prev : m.zeros.data();
     const T* tn = x_next ? x_next : m.zeros.data();
+    const T* ml = m.has_left.data();
+    const T* mr = m.has_right.data();
     const T t0 = wt[0], t2 = wt[2], h0 = wh[0], h2 = wh[2], w0 = ww[0], w2 = ww[2];
-    // Rows 1..H-2 in one pass with every neighbour in memory; the products across a row edge are formed,
-    // then dropped by the masks.
+    // All seven taps per vector; the products across a row edge are formed, then dropped by the masks.
     const V cv = V{} + center, t0v = V{} + t0, t2v = V{} + t2, h0v = V{} + h0, h2v = V{} + h2, w0v = V{} + w0,
             w2v = V{} + w2;
-    int64_t i = W;
-    for (; i + L <= n - W; i += L) {
+    int64_t i = 0;
+    for (; i + L <= n; i += L) {
       V v = cv * simd::load(x + i) + t0v * simd::load(tp + i) + t2v * simd::load(tn + i) +
             h0v * simd::load(x + i - W) + h2v * simd::load(x + i + W);
       const V l = w0v * simd::load(x + i - 1), r = w2v * simd::load(x + i + 1);
-      v += simd::load(m.has_left.data() + i) != V{} ? l : V{};
-      v += simd::load(m.has_right.data() + i) != V{} ? r : V{};
+      v += simd::load(ml + i) != V{} ? l : V{};
+      v += simd::load(mr + i) != V{} ? r : V{};
       simd::store(out + i, v);
     }
-    const auto one = [&](int64_t j, int64_t h, int64_t w) {
-      T v = center * x[j] + t0 * tp[j] + t2 * tn[j];
-      if (h > 0) v += h0 * x[j - W];
-      if (h + 1 < H) v += h2 * x[j + W];
-      if (w > 0) v += w0 * x[j - 1];
-      if (w + 1 < W) v += w2 * x[j + 1];
-      out[j] = v;
-    };
-    for_edge_elements(H, W, i, one);
+    for (; i < n; ++i) {
+      const T l = w0 * x[i - 1], r = w2 * x[i + 1];
+      out[i] = center * x[i] + t0 * tp[i] + t2 * tn[i] + h0 * x[i - W] + h2 * x[i + W] + (ml[i] != T(0) ? l : T(0)) +
+               (mr[i] != T(0) ? r : T(0));
+    }
     return;
   }
   for (int64_t h = 0; h < H; ++h) {
@@ -135,20 +132,23 @@ void kernel_grads_plane(const T* gy, const T* x_prev, const T* x, const T* x_nex
     using V = typename simd::Vec<T>::type;
     constexpr int L = simd::Vec<T>::lanes;
     const int64_t n = H * W;
+    const T* xz = zero_padded(x, n, W);
     const T* tp = x_prev ? x_prev : m.zeros.data();
     const T* tn = x_next ? x_next : m.zeros.data();
+    const T* ml = m.has_left.data();
+    const T* mr = m.has_right.data();
     V vc = V{}, vtp = V{}, vtn = V{}, vhu = V{}, vhd = V{}, vwl = V{}, vwr = V{};
-    int64_t i = W;  // rows 1..H-2 as in stencil_plane
-    for (; i + L <= n - W; i += L) {
+    int64_t i = 0;
+    for (; i + L <= n; i += L) {
       const V gv = simd::load(gy + i);
-      vc += gv * simd::load(x + i);
+      vc += gv * simd::load(xz + i);
       vtp += gv * simd::load(tp + i);
       vtn += gv * simd::load(tn + i);
-      vhu += gv * simd::load(x + i - W);
-      vhd += gv * simd::load(x + i + W);
-      const V l = gv * simd::load(x + i - 1), r = gv * simd::load(x + i + 1);
-      vwl += simd::load(m.has_left.data() + i) != V{} ? l : V{};
-      vwr += simd::load(m.has_right.data() + i) != V{} ? r : V{};
+      vhu += gv * simd::load(xz + i - W);  // gy[h] * x[h - 1]
+      vhd += gv * simd::load(xz + i + W);  // gy[h] * x[h + 1]
+      const V l = gv * simd::load(xz + i - 1), r = gv * simd::load(xz + i + 1);
+      vwl += simd::load(ml + i) != V{} ? l : V{};  // gy[w] * x[w - 1]
+      vwr += simd::load(mr + i) != V{} ? r : V{};  // gy[w] * x[w + 1]
     }
     s_c = simd::horizontal_sum<T>(vc);
     s_tp = simd::horizontal_sum<T>(vtp);
@@ -157,17 +157,16 @@ void kernel_grads_plane(const T* gy, const T* x_prev, const T* x, const T* x_nex
     s_hd = simd::horizontal_sum<T>(vhd);
     s_wl = simd::horizontal_sum<T>(vwl);
     s_wr = simd::horizontal_sum<T>(vwr);
-    const auto one = [&](int64_t j, int64_t h, int64_t w) {
-      const T gv = gy[j];
-      s_c += gv * x[j];
-      s_tp += gv * tp[j];
-      s_tn += gv * tn[j];
-      if (h > 0) s_hu += gv * x[j - W];      // gy[h] * x[h - 1]
-      if (h + 1 < H) s_hd += gv * x[j + W];  // gy[h] * x[h + 1]
-      if (w > 0) s_wl += gv * x[j - 1];      // gy[w] * x[w - 1]
-      if (w + 1 < W) s_wr += gv * x[j + 1];  // gy[w] * x[w + 1]
-    };
-    for_edge_elements(H, W, i, one);
+    for (; i < n; ++i) {
+      const T gv = gy[i];
+      s_c += gv * xz[i];
+      s_tp += gv * tp[i];
+      s_tn += gv * tn[i];
+      s_hu += gv * xz[i - W];
+      s_hd += gv * xz[i + W];
+      s_wl += ml[i] != T(0) ? gv * xz[i - 1] : T(0);
+      s_wr += mr[i] != T(0) ? gv * xz[i + 1] : T(0);
+    }
   } else {
     for (int64_t h = 0; h < H; ++h) {
       const T* gr = gy + h * W;
