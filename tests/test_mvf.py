@@ -186,6 +186,27 @@ def test_views_backward_with_a_given_fused_gradient():
         assert_close(a, b)
 
 
+@pytest.mark.parametrize("hardswish", [True, False])
+def test_rows_that_are_not_packed(hardswish):
+    """x a W-slice of a wider tensor (row stride > W): values and gradients of both ops against the reference."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(2, 5, 3, 6, 9, generator=g, dtype=torch.float64)[..., 1:8].requires_grad_()
+    w = [torch.randn(3, 3, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    gamma = (torch.rand(3, generator=g, dtype=torch.float64) + 0.5).requires_grad_()
+    beta = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
+    scale, shift = torch.rand(3, generator=g, dtype=torch.float64) + 0.5, torch.randn(3, generator=g,
+                                                                                       dtype=torch.float64)
+    pairs = [(ops.multi_view_fusion(x, *w, scale, shift, hardswish, 3),
+              ref.multi_view_fusion(x, *w, scale, shift, hardswish, 3), [x, *w]),
+             (ops.multi_view_fusion_batchnorm(x, *w, gamma, beta, 1e-5, hardswish, 3)[0],
+              ref.multi_view_fusion_batchnorm(x, *w, gamma, beta, 1e-5, hardswish, 3)[0], [x, *w, gamma, beta])]
+    for got, want, inputs in pairs:
+        assert_close(got, want)
+        go = torch.randn(got.shape, generator=g, dtype=torch.float64)
+        for a, b in zip(torch.autograd.grad(got, inputs, go), torch.autograd.grad(want, inputs, go)):
+            assert_close(a, b)
+
+
 def _bad_batchnorm_cases():
     x = torch.randn(1, 4, 3, 5, 5)
     w, gamma, beta = torch.randn(2, 3), torch.ones(2), torch.zeros(2)
