@@ -57,13 +57,14 @@ const T* zero_padded(const T* plane, int64_t n, int64_t W) {
 // outside. x_prev / x_next are null at the T edges. Rows of x are sh apart, rows of o out_row apart.
 template <typename T>
 void stencil_plane(const T* x_prev, const T* x_cur, const T* x_next, int64_t H, int64_t W, int64_t sh,
-                   const T* wt, const T* wh, const T* ww, T* out, int64_t out_row, const EdgeMasks<T>& m) {
+                   const T* wt, const T* wh, const T* ww, T* out, int64_t out_row, const EdgeMasks<T>& m,
+                   bool cur_padded = false) {
   const T center = wt[1] + wh[1] + ww[1];
   if (sh == W && out_row == W) {
     using V = typename simd::Vec<T>::type;
     constexpr int L = simd::Vec<T>::lanes;
     const int64_t n = H * W;
-    const T* x = zero_padded(x_cur, n, W);
+    const T* x = cur_padded ? x_cur : zero_padded(x_cur, n, W);
     const T* tp = x_prev ? x_prev : m.zeros.data();
     const T* tn = x_next ? x_next : m.zeros.data();
     const T* ml = m.has_left.data();
@@ -126,13 +127,13 @@ using simd::dot;
 // gy is a packed plane; x rows are sh apart; x_prev / x_next are null at the T edges.
 template <typename T>
 void kernel_grads_plane(const T* gy, const T* x_prev, const T* x, const T* x_next, int64_t H, int64_t W, int64_t sh,
-                        const EdgeMasks<T>& m, double* acc) {
+                        const EdgeMasks<T>& m, double* acc, bool x_padded = false) {
   T s_c = 0, s_tp = 0, s_tn = 0, s_hu = 0, s_hd = 0, s_wl = 0, s_wr = 0;
   if (sh == W) {
     using V = typename simd::Vec<T>::type;
     constexpr int L = simd::Vec<T>::lanes;
     const int64_t n = H * W;
-    const T* xz = zero_padded(x, n, W);
+    const T* xz = x_padded ? x : zero_padded(x, n, W);
     const T* tp = x_prev ? x_prev : m.zeros.data();
     const T* tn = x_next ? x_next : m.zeros.data();
     const T* ml = m.has_left.data();
@@ -443,46 +444,64 @@ void mvf_backward_bn_train_cpu(const Geometry& g, const T* x, const T* grad_out,
   copy_passthrough(g, grad_out, g.so, grad_x, g.sg);
   const EdgeMasks<T> masks(g.H, g.W);
   parallel_for(0, g.F, 1, [&](int64_t c0, int64_t c1) {
-    // The channel's views y and, in place of the incoming gradient, the gradient of y: packed (n, t) planes.
-    std::vector<T> ys(count), gs(count);
+    // Per channel: its input planes xs and the gradient gs (first of the BatchNorm output, then of y), each
+    // plane with zeros around it (the stencils read them in place); its views y, packed.
+    const int64_t pad = g.W + simd::Vec<T>::lanes, ps = HW + pad, planes = g.N * g.T;
+    std::vector<T> xs(pad + planes * ps, T(0)), gs(pad + planes * ps, T(0)), ys(count);
+    const auto xs_plane = [&](int64_t p) { return xs.data() + pad + p * ps; };
+    const auto gs_plane = [&](int64_t p) { return gs.data() + pad + p * ps; };
+    T k[3][3], mirrored[3][3];
     for (int64_t c = c0; c < c1; ++c) {
       const double invstd = 1.0 / std::sqrt(static_cast<double>(var[c]) + eps);
       const T mu = mean[c];
       const T a = static_cast<T>(gamma[c] * invstd);
       const T b = static_cast<T>(beta[c] - mu * (gamma[c] * invstd));
+      const T* taps[3] = {wt + 3 * c, wh + 3 * c, ww + 3 * c};
+      for (int v = 0; v < 3; ++v)
+        for (int j = 0; j < 3; ++j) k[v][j] = taps[v][j], mirrored[v][j] = taps[v][2 - j];
+      for (int64_t p = 0; p < planes; ++p) {
+        const T* xp = x + (p / g.T) * g.sx[0] + c * g.sx[1] + (p % g.T) * g.sx[2];
+        for (int64_t h = 0; h < g.H; ++h) std::memcpy(xs_plane(p) + h * g.W, xp + h * g.sx[3], sizeof(T) * g.W);
+      }
       double sum_gz = 0, sum_gz_centred = 0;
-      for (int64_t n = 0; n < g.N; ++n) {
-        for (int64_t t = 0; t < g.T; ++t) {
-          const T* xp = x + n * g.sx[0] + c * g.sx[1] + t * g.sx[2];
-          T* y = ys.data() + (n * g.T + t) * HW;
-          T* gz = gs.data() + (n * g.T + t) * HW;
-          stencil_plane(t > 0 ? xp - g.sx[2] : nullptr, xp, t + 1 < g.T ? xp + g.sx[2] : nullptr, g.H, g.W,
-                        g.sx[3], wt + 3 * c, wh + 3 * c, ww + 3 * c, y, g.W, masks);
-          const T* gp = grad_out + n * g.so[0] + c * g.so[1] + t * g.so[2];
-          const T* grad_plane = gp;  // read in place when its rows are packed, else gathered into gz first
-          if (g.so[3] != g.W) {
-            for (int64_t h = 0; h < g.H; ++h) std::memcpy(gz + h * g.W, gp + h * g.so[3], sizeof(T) * g.W);
-            grad_plane = gz;
-          }
-          T s, sc;
-          batchnorm_hardswish_grad_plane(y, grad_plane, gz, HW, a, b, mu, hardswish, &s, &sc);
-          sum_gz += s;
-          sum_gz_centred += sc;
+      for (int64_t p = 0; p < planes; ++p) {
+        const int64_t t = p % g.T;
+        T* y = ys.data() + p * HW;
+        T* gz = gs_plane(p);
+        stencil_plane(t > 0 ? xs_plane(p - 1) : nullptr, xs_plane(p), t + 1 < g.T ? xs_plane(p + 1) : nullptr, g.H,
+                      g.W, g.W, k[0], k[1], k[2], y, g.W, masks, true);
+        const T* gp = grad_out + (p / g.T) * g.so[0] + c * g.so[1] + t * g.so[2];
+        const T* grad_plane = gp;  // read in place when its rows are packed, else gathered into gz first
+        if (g.so[3] != g.W) {
+          for (int64_t h = 0; h < g.H; ++h) std::memcpy(gz + h * g.W, gp + h * g.so[3], sizeof(T) * g.W);
+          grad_plane = gz;
         }
+        T s, sc;
+        batchnorm_hardswish_grad_plane(y, grad_plane, gz, HW, a, b, mu, hardswish, &s, &sc);
+        sum_gz += s;
+        sum_gz_centred += sc;
       }
       grad_beta[c] = static_cast<T>(sum_gz);
       grad_gamma[c] = static_cast<T>(sum_gz_centred * invstd);
       // d loss / d y = gamma * invstd * (gz - mean(gz) - y_hat * mean(gz * y_hat)).
       const T k_mean = count > 0 ? static_cast<T>(sum_gz / count) : T(0);
       const T k_centred = count > 0 ? static_cast<T>(sum_gz_centred / count * invstd * invstd) : T(0);
-      {
-        T* PVF_RESTRICT gz = gs.data();
-        const T* PVF_RESTRICT y = ys.data();
+      for (int64_t p = 0; p < planes; ++p) {
+        T* PVF_RESTRICT gz = gs_plane(p);
+        const T* PVF_RESTRICT y = ys.data() + p * HW;
 #pragma omp simd
-        for (int64_t i = 0; i < count; ++i) gz[i] = a * (gz[i] - k_mean - (y[i] - mu) * k_centred);
+        for (int64_t i = 0; i < HW; ++i) gz[i] = a * (gz[i] - k_mean - (y[i] - mu) * k_centred);
       }
+      // The views' backward: grad_x planes (the stencil with mirrored taps) and the kernel-gradient sums.
       double acc[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
-      views_backward_channel(g, c, x, gs.data(), wt, wh, ww, grad_x, masks, acc);
+      for (int64_t p = 0; p < planes; ++p) {
+        const int64_t n = p / g.T, t = p % g.T;
+        stencil_plane(t > 0 ? gs_plane(p - 1) : nullptr, gs_plane(p), t + 1 < g.T ? gs_plane(p + 1) : nullptr, g.H,
+                      g.W, g.W, mirrored[0], mirrored[1], mirrored[2],
+                      grad_x + n * g.sg[0] + c * g.sg[1] + t * g.sg[2], g.sg[3], masks, true);
+        kernel_grads_plane(gs_plane(p), t > 0 ? xs_plane(p - 1) : nullptr, xs_plane(p),
+                           t + 1 < g.T ? xs_plane(p + 1) : nullptr, g.H, g.W, g.W, masks, acc, true);
+      }
       store_kernel_grads(acc, c, grad_wt, grad_wh, grad_ww);
     }
   });
