@@ -190,6 +190,25 @@ def test_backends_agree_values_and_gradients(device):
                 assert_close(a.cpu(), e, dtype, **tol)
 
 
+def test_column_chunks_that_split_images(monkeypatch):
+    """Chunks of output rows that start and end inside an image (a small column budget) give the one-chunk
+    result, forward and backward."""
+    from pyvision_fast.ops import sphere as sphere_ops
+
+    torch.manual_seed(5)
+    table = equirect.sampling_table(10, 20, 3, 2, "natural", torch.float64)
+    x = torch.randn(3, 4, 10, 20, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    results = []
+    for budget in (sphere_ops.COLUMN_BUDGET_BYTES, 7 * 9 * 4 * 8):  # the second: 7 rows of 50 per chunk
+        monkeypatch.setattr(sphere_ops, "COLUMN_BUDGET_BYTES", budget)
+        out = ops.sphere_conv2d(x, w, b, table)
+        results.append((out, *torch.autograd.grad(out, [x, w, b], torch.ones_like(out))))
+    for a, e in zip(*results):
+        assert_close(a, e)
+
+
 def test_gradcheck_opcheck_compile_and_cache():
     torch.manual_seed(5)
     table = equirect.sampling_table(6, 12, 3, 1, "natural", torch.float64)

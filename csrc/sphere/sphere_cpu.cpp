@@ -31,9 +31,13 @@ template <typename T>
 void table_im2col_cpu(const Geometry& g, const T* input, const int32_t* index, const T* weight, int64_t r0,
                       int64_t r1, T* columns) {
   const int64_t C = g.C, K = g.K;
-  parallel_for(r0, r1, 16, [&](int64_t a, int64_t e) {
-    for (int64_t r = a; r < e; ++r) {
-      const int64_t b = r / g.P, p = r % g.P;
+  // Rows are visited location-major (all images of one output location in turn), so that a location's table
+  // entries are read from memory once and then from L1 for every image of the chunk.
+  const int64_t b0 = r0 / g.P, nb = (r1 - 1) / g.P + 1 - b0;
+  parallel_for(0, g.P * nb, 16, [&](int64_t a, int64_t e) {
+    for (int64_t q = a; q < e; ++q) {
+      const int64_t p = q / nb, b = b0 + q % nb, r = b * g.P + p;
+      if (r < r0 || r >= r1) continue;
       const T* image = input + b * g.sb;
       T* row = columns + (r - r0) * K * C;
       if (C == 3) {
