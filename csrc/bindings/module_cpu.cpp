@@ -161,7 +161,9 @@ void mvf_backward(py::handle x, py::handle grad_out, py::handle wt, py::handle w
                   py::handle gww, py::handle workspace, bool workspace_holds_grad) {
   const char* op = "multi_view_fusion_backward";
   auto a = pvf::mvf_args::parse(cpu(), op, x, wt, wh, ww, scale, shift, fused, grad_out, false);
-  auto r = pvf::mvf_args::parse_grads(cpu(), op, a, grad_x, gwt, gwh, gww, workspace, a.x.dtype, a.x.dtype);
+  // The CPU kernel reads the workspace only when it holds the fused channels' gradient.
+  auto r = pvf::mvf_args::parse_grads(cpu(), op, a, grad_x, gwt, gwh, gww, workspace, a.x.dtype, a.x.dtype,
+                                      workspace_holds_grad);
   py::gil_scoped_release nogil;
   dispatch_floating(a.x.dtype, op, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -201,26 +203,15 @@ void mvf_backward_bn_train(py::handle x, py::handle grad_out, py::handle wt, py:
   auto v = pvf::mvf_args::channel_vector(cpu(), op, var, "var", a, false);
   auto gg = pvf::mvf_args::channel_vector(cpu(), op, grad_gamma, "grad_bn_weight", a, true);
   auto gb = pvf::mvf_args::channel_vector(cpu(), op, grad_beta, "grad_bn_bias", a, true);
-  Checker ck(op);
-  auto gx = pvf::mvf_args::volume(ck, cpu(), grad_x, op, "grad_x", true);
-  pvf::mvf_args::same_sizes(ck, gx, "grad_x", a.x);
-  ck.same_dtype(gx, "grad_x", a.x, "x");
-  for (int d = 0; d < 4; ++d) a.g.sg[d] = gx.strides[d];
-  TensorView gw[3];
-  py::handle hs[3] = {gwt, gwh, gww};
-  const char* names[3] = {"grad_weight_t", "grad_weight_h", "grad_weight_w"};
-  for (int i = 0; i < 3; ++i) {
-    gw[i] = pvf::pointcloud_args::output(ck, cpu(), hs[i], op, names[i]);
-    pvf::pointcloud_args::shape_is(ck, gw[i], names[i], {a.g.F, 3});
-    ck.same_dtype(gw[i], names[i], a.x, "x");
-  }
+  auto r = pvf::mvf_args::parse_grads(cpu(), op, a, grad_x, gwt, gwh, gww, py::none(), a.x.dtype, a.x.dtype,
+                                       /*needs_workspace=*/false);
   py::gil_scoped_release nogil;
   dispatch_floating(a.x.dtype, op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     pvf::mvf::mvf_backward_bn_train_cpu<T>(a.g, a.x.ptr<T>(), a.out.ptr<T>(), a.wt.ptr<T>(), a.wh.ptr<T>(),
                                            a.ww.ptr<T>(), a.scale.ptr<T>(), a.shift.ptr<T>(), m.ptr<T>(),
-                                           v.ptr<T>(), eps, hardswish, gx.ptr<T>(), gw[0].ptr<T>(), gw[1].ptr<T>(),
-                                           gw[2].ptr<T>(), gg.ptr<T>(), gb.ptr<T>());
+                                           v.ptr<T>(), eps, hardswish, r.gx.ptr<T>(), r.gwt.ptr<T>(), r.gwh.ptr<T>(),
+                                           r.gww.ptr<T>(), gg.ptr<T>(), gb.ptr<T>());
   });
 }
 

@@ -96,13 +96,15 @@ inline Args parse(const Device& dev, const char* op, py::handle x, py::handle wt
   return a;
 }
 
-// Backward outputs: grad_x with the strides of x, kernel gradients (F, 3) and the gy workspace.
+// Backward outputs: grad_x with the strides of x, kernel gradients (F, 3) and, for the kernels that take one,
+// the gy workspace.
 struct Grads {
   TensorView gx, gwt, gwh, gww, gy;
 };
 
 inline Grads parse_grads(const Device& dev, const char* op, Args& a, py::handle gx, py::handle gwt,
-                         py::handle gwh, py::handle gww, py::handle gy, DType weight_grad_dtype, DType gy_dtype) {
+                         py::handle gwh, py::handle gww, py::handle gy, DType weight_grad_dtype, DType gy_dtype,
+                         bool needs_workspace = true) {
   Checker ck(op);
   Grads r;
   r.gx = volume(ck, dev, gx, op, "grad_x", true);
@@ -117,6 +119,7 @@ inline Grads parse_grads(const Device& dev, const char* op, Args& a, py::handle 
     pointcloud_args::shape_is(ck, *outs[i], names[i], {a.g.F, 3});
     ck.dtype(*outs[i], names[i], {weight_grad_dtype});
   }
+  if (!needs_workspace) return r;
   r.gy = pointcloud_args::output(ck, dev, gy, op, "workspace");
   ck.dtype(r.gy, "workspace", {gy_dtype});
   pointcloud_args::check_workspace_size(ck, r.gy, a.g.N * a.g.F * a.g.T * a.g.H * a.g.W);

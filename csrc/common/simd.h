@@ -50,22 +50,6 @@ inline T dot(const T* a, const T* b, int64_t n) {
   return s;
 }
 
-// sum_i a[i] * b[i] over the i with mask[i] != 0 (the products elsewhere are computed, then dropped)
-template <typename T>
-inline T masked_dot(const T* a, const T* b, const T* mask, int64_t n) {
-  using V = typename Vec<T>::type;
-  constexpr int L = Vec<T>::lanes;
-  V s = V{};
-  int64_t i = 0;
-  for (; i + L <= n; i += L) {
-    const V p = load(a + i) * load(b + i);
-    s += load(mask + i) != V{} ? p : V{};
-  }
-  T r = horizontal_sum<T>(s);
-  for (; i < n; ++i) r += mask[i] != T(0) ? a[i] * b[i] : T(0);
-  return r;
-}
-
 // sum_i a[i]
 template <typename T>
 inline T sum(const T* a, int64_t n) {

@@ -29,7 +29,7 @@ void mvf_forward_cpu(const Geometry& g, const T* x, const T* wt, const T* wh, co
 
 // Gradients. grad_out has strides g.so; grad_x has strides g.sg. gy_workspace holds N*F*T*H*W
 // elements (the gradient before the epilogue, contiguous (N, F, T, H, W); the CPU kernel reads it only when
-// gy_given). grad_w* are (F, 3), overwritten.
+// gy_given and needs none otherwise). grad_w* are (F, 3), overwritten.
 // gy_given: gy_workspace already holds the fused channels' gradient before the epilogue (computed by the caller,
 // e.g. through a training-mode BatchNorm); grad_out is then read for the pass-through channels only and the
 // epilogue arguments are ignored.

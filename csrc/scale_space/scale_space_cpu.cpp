@@ -29,6 +29,7 @@ inline void pad_row(const T* row, int64_t W, int64_t r, Boundary b, T* buf) {
 // The weighted-row sums use explicit 32-byte vectors (common/simd.h): compilers otherwise vectorise across the
 // taps (with gathers).
 using simd::Vec;
+using simd::dot;
 
 // out[o + j] = sum_i wts[i] * rows[i][o + j] for NV vectors of j, the accumulators held in registers.
 template <int NV, typename T>
@@ -109,14 +110,6 @@ void filter_columns_transposed(const T* g, int64_t H, int64_t W, const T* k, int
     });
     weighted_rows(rows, wts, m, W, tt + y * W);
   }
-}
-
-template <typename T>
-inline T dot(const T* a, const T* b, int64_t n) {
-  T acc = 0;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
-  return acc;
 }
 
 }  // namespace

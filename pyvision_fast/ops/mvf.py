@@ -48,12 +48,14 @@ def _bwd_native(grad, x, wt, wh, ww, scale, shift, hardswish, fused, grad_fused,
     acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) and cuda else x.dtype
     gx = _output_like(x)  # dense even when x is a slice of a larger tensor
     gw = [torch.empty(fused, 3, dtype=acc, device=x.device) for _ in range(3)]
-    if grad_fused is None:
-        ws = torch.empty(N * fused * T * H * W, dtype=acc, device=x.device)
-    else:  # the fused channels' gradient before the epilogue, given: it is the workspace
+    if grad_fused is not None:  # the fused channels' gradient before the epilogue, given: it is the workspace
         ws = grad_fused.to(acc).contiguous().view(-1)
+    elif cuda:
+        ws = torch.empty(N * fused * T * H * W, dtype=acc, device=x.device)
+    else:  # the CPU kernel needs none
+        ws = None
     args = [_ext.arg(x), _ext.arg(grad), _ext.arg(wt), _ext.arg(wh), _ext.arg(ww), _ext.opt(scale), _ext.opt(shift),
-            hardswish, fused, _ext.arg(gx), *(_ext.arg(g) for g in gw), _ext.arg(ws), grad_fused is not None]
+            hardswish, fused, _ext.arg(gx), *(_ext.arg(g) for g in gw), _ext.opt(ws), grad_fused is not None]
     if cuda:
         _ext.cuda_module().mvf_backward(*args, _ext.stream(x.device))
     else:
