@@ -75,13 +75,13 @@ def arg(t: torch.Tensor) -> tuple:
     code = _DTYPE_CODES.get(t.dtype)
     if code is None:
         raise TypeError(f"unsupported dtype {t.dtype}")
-    if t.device.type == "cpu":
-        dev = 0
-    elif t.device.type == "cuda":
-        dev = 1
+    if t.is_cpu:  # the properties, not t.device: this runs for every tensor of every kernel call
+        dev, index = 0, 0
+    elif t.is_cuda:
+        dev, index = 1, t.get_device()
     else:
         raise TypeError(f"unsupported device {t.device}")
-    return (t.data_ptr(), code, dev, t.device.index or 0, tuple(t.shape), tuple(t.stride()))
+    return (t.data_ptr(), code, dev, index, t.shape, t.stride())  # torch.Size is a tuple
 
 
 def opt(t: Optional[torch.Tensor]):

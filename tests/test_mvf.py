@@ -171,6 +171,62 @@ def test_batchnorm_opcheck_and_compile():
     check_compiled(lambda *a: ops.multi_view_fusion_batchnorm(*a, 1e-5, True, 2)[0], x, *w, gamma, beta)
 
 
+def _both_ops(batchnorm: bool):
+    """The two inputs sets and calls of one op: through ops.* (eager: an autograd.Function) and through the
+    registered custom op (what torch.compile, torch.export and dispatch modes see)."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 6, 3, 4, 5, dtype=torch.float64, generator=g).requires_grad_()
+    w = [torch.randn(2, 3, dtype=torch.float64, generator=g).requires_grad_() for _ in range(3)]
+    gamma = (torch.rand(2, dtype=torch.float64, generator=g) + 0.5).requires_grad_()
+    beta = torch.randn(2, dtype=torch.float64, generator=g).requires_grad_()
+    if batchnorm:
+        return ([x, *w, gamma, beta], lambda: ops.multi_view_fusion_batchnorm(x, *w, gamma, beta, 1e-5, True, 2)[0],
+                lambda: torch.ops.pvf.multi_view_fusion_batchnorm(x, *w, gamma, beta, 1e-5, True, 2)[0])
+    return ([x, *w, gamma, beta], lambda: ops.multi_view_fusion(x, *w, gamma, beta, hardswish=True, fused_channels=2),
+            lambda: torch.ops.pvf.multi_view_fusion(x, *w, gamma, beta, True, 2))
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_eager_calls_skip_the_custom_op_and_agree_with_it(batchnorm):
+    inputs, eager, custom = _both_ops(batchnorm)
+    grad = torch.randn(2, 6, 3, 4, 5, dtype=torch.float64)
+    results = []
+    for call, backward_name in ((eager, "_MVF"), (custom, "pvf_multi_view_fusion")):
+        out = call()
+        assert backward_name in type(out.grad_fn).__name__
+        results.append((out, *torch.autograd.grad(out, inputs, grad)))
+    for a, b in zip(*results):  # the same kernels on the same inputs: bit-identical
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_eager_calls_have_no_double_backward_and_modes_see_the_custom_op(batchnorm):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    inputs, eager, _ = _both_ops(batchnorm)
+    # A second derivative is an error, never a silently wrong value: with a constant incoming gradient the first
+    # derivative has no graph; with one that requires grad, its graph raises once_differentiable's error.
+    (gx,) = torch.autograd.grad(eager().sum(), inputs[0], create_graph=True)
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        gx.sum().backward()
+    out = eager()
+    (gx,) = torch.autograd.grad(out, inputs[0], torch.ones_like(out, requires_grad=True), create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gx.sum().backward()
+
+    seen = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        eager()
+    name = "pvf.multi_view_fusion_batchnorm.default" if batchnorm else "pvf.multi_view_fusion.default"
+    assert name in seen
+
+
 def test_views_backward_with_a_given_fused_gradient():
     """multi_view_fusion_backward with grad_fused (what the CUDA training path hands it) against the reference."""
     from pyvision_fast.ops import mvf as mvf_ops

@@ -27,8 +27,8 @@ def _update_running_stats(bn: nn.BatchNorm3d, mean: Tensor, var: Tensor, count: 
         if count == 0:  # as torch: an empty batch leaves the statistics alone
             return
         momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-        bn.running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
-        bn.running_var.mul_(1 - momentum).add_(var * (count / max(count - 1, 1)), alpha=momentum)
+        bn.running_mean.lerp_(mean, momentum)
+        bn.running_var.lerp_(var * (count / max(count - 1, 1)), momentum)
 
 
 class MVF(nn.Module):

@@ -4,8 +4,37 @@ from __future__ import annotations
 from typing import Callable, Mapping
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .. import _backend
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def eager(*tensors) -> bool:
+    """Whether an op call may skip its torch.library custom op and run as a plain autograd.Function: plain
+    tensors, no torch.compile / torch.export tracing, no dispatch or torch-function modes (fake tensors,
+    opcheck, meta-device contexts) and no functorch transform. Those all go through the custom op, whose
+    eager dispatch costs hundreds of microseconds per call on a CPU."""
+    return (not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
+            and not torch._C._is_torch_function_mode_enabled() and not torch._C._are_functorch_transforms_active()
+            and all(t is None or type(t) in _PLAIN for t in tensors))
+
+
+def eager_function(name: str, forward: Callable, setup_context: Callable, backward: Callable) -> type:
+    """An autograd.Function from a custom op's implementation, setup_context and backward (the functions its
+    register_autograd takes), for ``eager`` calls. once_differentiable: like the custom op, it has no double
+    backward, and it raises instead of returning wrong second derivatives."""
+    def forward_with_context(ctx, *inputs):  # one function, not forward + setup_context: apply() then binds no signature
+        output = forward(*inputs)
+        setup_context(ctx, inputs, output)
+        return output
+
+    return type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(forward_with_context),
+        "backward": staticmethod(once_differentiable(backward)),
+    })
 
 
 def dispatch(op: str, device: torch.device, implemented: Mapping[str, Callable]) -> Callable:

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .. import _ext
 from ..reference import mvf as ref
-from ._registry import as_int, dispatch
+from ._registry import as_int, dispatch, eager, eager_function
 
 
 def _output_like(x: Tensor) -> Tensor:
@@ -92,13 +92,15 @@ _BWD = {"cpu": lambda *a: _bwd_native(*a, cuda=False), "cuda": lambda *a: _bwd_n
         "reference": _bwd_ref}
 
 
-@torch.library.custom_op("pvf::multi_view_fusion", mutates_args=())
-def _mvf_op(x: Tensor, weight_t: Tensor, weight_h: Tensor, weight_w: Tensor, bn_scale: Optional[Tensor],
-            bn_shift: Optional[Tensor], hardswish: bool, fused_channels: int) -> Tensor:
+def _mvf_impl(x: Tensor, weight_t: Tensor, weight_h: Tensor, weight_w: Tensor, bn_scale: Optional[Tensor],
+              bn_shift: Optional[Tensor], hardswish: bool, fused_channels: int) -> Tensor:
     impl = dispatch("multi_view_fusion", x.device, _FWD)
     return impl(_w_contiguous(x), weight_t.contiguous(), weight_h.contiguous(), weight_w.contiguous(),
                 None if bn_scale is None else bn_scale.contiguous(), None if bn_shift is None else bn_shift.contiguous(),
                 hardswish, fused_channels)
+
+
+_mvf_op = torch.library.custom_op("pvf::multi_view_fusion", mutates_args=())(_mvf_impl)
 
 
 @_mvf_op.register_fake
@@ -106,8 +108,7 @@ def _(x, weight_t, weight_h, weight_w, bn_scale, bn_shift, hardswish, fused_chan
     return _output_like(x)
 
 
-@torch.library.custom_op("pvf::multi_view_fusion_backward", mutates_args=())
-def _mvf_backward_op(grad: Tensor, x: Tensor, weight_t: Tensor, weight_h: Tensor, weight_w: Tensor,
+def _mvf_backward_impl(grad: Tensor, x: Tensor, weight_t: Tensor, weight_h: Tensor, weight_w: Tensor,
                      bn_scale: Optional[Tensor], bn_shift: Optional[Tensor], hardswish: bool,
                      fused_channels: int, grad_fused: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients of x and the three kernels. grad_fused (N, F, T, H, W), when given, is the fused channels'
@@ -118,6 +119,9 @@ def _mvf_backward_op(grad: Tensor, x: Tensor, weight_t: Tensor, weight_h: Tensor
     return tuple(impl(_w_contiguous(grad), x, weight_t.contiguous(), weight_h.contiguous(), weight_w.contiguous(),
                       None if bn_scale is None else bn_scale.contiguous(),
                       None if bn_shift is None else bn_shift.contiguous(), hardswish, fused_channels, grad_fused))
+
+
+_mvf_backward_op = torch.library.custom_op("pvf::multi_view_fusion_backward", mutates_args=())(_mvf_backward_impl)
 
 
 @_mvf_backward_op.register_fake
@@ -131,25 +135,36 @@ def _setup(ctx, inputs, output):
     ctx.hardswish, ctx.fused = hardswish, fused
 
 
-def _backward(ctx, grad):
+def _backward_with(backward_op, forward_op):
+    """The autograd backward on the given backward and forward (custom ops, or their implementations)."""
+
+    def backward(ctx, grad):
+        x, wt, wh, ww, scale, shift = ctx.saved_tensors
+        gx, gwt, gwh, gww = backward_op(grad, x, wt, wh, ww, scale, shift, ctx.hardswish, ctx.fused)
+        return (gx, gwt, gwh, gww, *_epilogue_grads(ctx, grad, forward_op), None, None)
+
+    return backward
+
+
+def _epilogue_grads(ctx, grad, forward_op):
     x, wt, wh, ww, scale, shift = ctx.saved_tensors
-    gx, gwt, gwh, gww = _mvf_backward_op(grad, x, wt, wh, ww, scale, shift, ctx.hardswish, ctx.fused)
     g_scale = g_shift = None
     if scale is not None and (ctx.needs_input_grad[4] or ctx.needs_input_grad[5]):
         # The folded BatchNorm's parameters (eval-mode fine-tuning): recompute the views, differentiate
         # z = scale * y + shift (and HardSwish) with plain tensor ops.
         Fc = ctx.fused
-        y = _mvf_op(x[:, :Fc], wt, wh, ww, None, None, False, Fc)
+        y = forward_op(x[:, :Fc], wt, wh, ww, None, None, False, Fc)
         z = y * scale.view(1, -1, 1, 1, 1) + shift.view(1, -1, 1, 1, 1)
         gz = grad[:, :Fc]
         if ctx.hardswish:
             gz = gz * ref.hardswish_grad(z)
         g_shift = gz.sum(dim=(0, 2, 3, 4))
         g_scale = (gz * y).sum(dim=(0, 2, 3, 4))
-    return gx, gwt, gwh, gww, g_scale, g_shift, None, None
+    return g_scale, g_shift
 
 
-_mvf_op.register_autograd(_backward, setup_context=_setup)
+_mvf_op.register_autograd(_backward_with(_mvf_backward_op, _mvf_op), setup_context=_setup)
+_MVFFunction = eager_function("_MVFFunction", _mvf_impl, _setup, _backward_with(_mvf_backward_impl, _mvf_impl))
 
 
 def _kernel(w: Tensor, name: str) -> Tensor:
@@ -185,8 +200,9 @@ def multi_view_fusion(x: Tensor, weight_t: Tensor, weight_h: Tensor, weight_w: T
         raise ValueError(f"multi_view_fusion: x must be (N, C, T, H, W), got "
                          f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
     fused = x.shape[1] if fused_channels is None else as_int(fused_channels, "fused_channels")
-    return _mvf_op(x, _kernel(weight_t, "weight_t"), _kernel(weight_h, "weight_h"), _kernel(weight_w, "weight_w"),
-                   bn_scale, bn_shift, bool(hardswish), fused)
+    args = (x, _kernel(weight_t, "weight_t"), _kernel(weight_h, "weight_h"), _kernel(weight_w, "weight_w"), bn_scale,
+            bn_shift, bool(hardswish), fused)
+    return _MVFFunction.apply(*args) if eager(*args[:6]) else _mvf_op(*args)
 
 
 # Training-mode BatchNorm on the fused channels -------------------------------------------------------------
@@ -266,8 +282,7 @@ def _channel_args(gamma, beta, mean=None, var=None):
     return tuple(None if t is None else t.contiguous() for t in (gamma, beta, mean, var))
 
 
-@torch.library.custom_op("pvf::multi_view_fusion_batchnorm", mutates_args=())
-def _mvf_bn_op(x: Tensor, weight_t: Tensor, weight_h: Tensor, weight_w: Tensor, bn_weight: Tensor,
+def _mvf_bn_impl(x: Tensor, weight_t: Tensor, weight_h: Tensor, weight_w: Tensor, bn_weight: Tensor,
                bn_bias: Tensor, eps: float, hardswish: bool, fused_channels: int) -> tuple[Tensor, Tensor, Tensor]:
     impl = dispatch("multi_view_fusion_batchnorm", x.device, _BN_FWD)
     gamma, beta, _, _ = _channel_args(bn_weight, bn_bias)
@@ -275,13 +290,15 @@ def _mvf_bn_op(x: Tensor, weight_t: Tensor, weight_h: Tensor, weight_w: Tensor, 
                 eps, hardswish, fused_channels)
 
 
+_mvf_bn_op = torch.library.custom_op("pvf::multi_view_fusion_batchnorm", mutates_args=())(_mvf_bn_impl)
+
+
 @_mvf_bn_op.register_fake
 def _(x, weight_t, weight_h, weight_w, bn_weight, bn_bias, eps, hardswish, fused_channels):
     return _output_like(x), x.new_empty(fused_channels), x.new_empty(fused_channels)
 
 
-@torch.library.custom_op("pvf::multi_view_fusion_batchnorm_backward", mutates_args=())
-def _mvf_bn_backward_op(grad: Tensor, x: Tensor, weight_t: Tensor, weight_h: Tensor, weight_w: Tensor,
+def _mvf_bn_backward_impl(grad: Tensor, x: Tensor, weight_t: Tensor, weight_h: Tensor, weight_w: Tensor,
                         bn_weight: Tensor, bn_bias: Tensor, mean: Tensor, var: Tensor, eps: float, hardswish: bool,
                         fused_channels: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of x, the three kernels, bn_weight and bn_bias from the forward's batch mean and variance."""
@@ -289,6 +306,10 @@ def _mvf_bn_backward_op(grad: Tensor, x: Tensor, weight_t: Tensor, weight_h: Ten
     gamma, beta, mean, var = _channel_args(bn_weight, bn_bias, mean, var)
     return tuple(impl(_w_contiguous(grad), _w_contiguous(x), weight_t.contiguous(), weight_h.contiguous(),
                       weight_w.contiguous(), gamma, beta, mean, var, eps, hardswish, fused_channels))
+
+
+_mvf_bn_backward_op = torch.library.custom_op("pvf::multi_view_fusion_batchnorm_backward",
+                                              mutates_args=())(_mvf_bn_backward_impl)
 
 
 @_mvf_bn_backward_op.register_fake
@@ -305,13 +326,18 @@ def _bn_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(mean, var)
 
 
-def _bn_backward(ctx, grad, grad_mean, grad_var):
-    x, wt, wh, ww, gamma, beta, mean, var = ctx.saved_tensors
-    grads = _mvf_bn_backward_op(grad, x, wt, wh, ww, gamma, beta, mean, var, ctx.eps, ctx.hardswish, ctx.fused)
-    return (*grads, None, None, None)
+def _bn_backward_with(backward_op):
+    def backward(ctx, grad, grad_mean, grad_var):
+        x, wt, wh, ww, gamma, beta, mean, var = ctx.saved_tensors
+        grads = backward_op(grad, x, wt, wh, ww, gamma, beta, mean, var, ctx.eps, ctx.hardswish, ctx.fused)
+        return (*grads, None, None, None)
+
+    return backward
 
 
-_mvf_bn_op.register_autograd(_bn_backward, setup_context=_bn_setup)
+_mvf_bn_op.register_autograd(_bn_backward_with(_mvf_bn_backward_op), setup_context=_bn_setup)
+_MVFBatchNormFunction = eager_function("_MVFBatchNormFunction", _mvf_bn_impl, _bn_setup,
+                                       _bn_backward_with(_mvf_bn_backward_impl))
 
 
 def multi_view_fusion_batchnorm(x: Tensor, weight_t: Tensor, weight_h: Tensor, weight_w: Tensor, bn_weight: Tensor,
@@ -339,5 +365,6 @@ def multi_view_fusion_batchnorm(x: Tensor, weight_t: Tensor, weight_h: Tensor, w
             raise TypeError(f"multi_view_fusion_batchnorm: {name} must be a tensor")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
         raise ValueError(f"multi_view_fusion_batchnorm: eps must be a positive number, got {eps!r}")
-    return _mvf_bn_op(x, _kernel(weight_t, "weight_t"), _kernel(weight_h, "weight_h"), _kernel(weight_w, "weight_w"),
-                      bn_weight, bn_bias, float(eps), bool(hardswish), fused)
+    args = (x, _kernel(weight_t, "weight_t"), _kernel(weight_h, "weight_h"), _kernel(weight_w, "weight_w"), bn_weight,
+            bn_bias, float(eps), bool(hardswish), fused)
+    return _MVFBatchNormFunction.apply(*args) if eager(*args[:6]) else _mvf_bn_op(*args)
