@@ -172,18 +172,19 @@ def test_batchnorm_opcheck_and_compile():
 
 
 def _both_ops(batchnorm: bool):
-    """The two inputs sets and calls of one op: through ops.* (eager: an autograd.Function) and through the
+    """The inputs and the two calls of one op: through ops.* (eager: an autograd.Function) and through the
     registered custom op (what torch.compile, torch.export and dispatch modes see)."""
     g = torch.Generator().manual_seed(5)
     x = torch.randn(2, 6, 3, 4, 5, dtype=torch.float64, generator=g).requires_grad_()
     w = [torch.randn(2, 3, dtype=torch.float64, generator=g).requires_grad_() for _ in range(3)]
     gamma = (torch.rand(2, dtype=torch.float64, generator=g) + 0.5).requires_grad_()
     beta = torch.randn(2, dtype=torch.float64, generator=g).requires_grad_()
+    inputs = [x, *w, gamma, beta]
     if batchnorm:
-        return ([x, *w, gamma, beta], lambda: ops.multi_view_fusion_batchnorm(x, *w, gamma, beta, 1e-5, True, 2)[0],
-                lambda: torch.ops.pvf.multi_view_fusion_batchnorm(x, *w, gamma, beta, 1e-5, True, 2)[0])
-    return ([x, *w, gamma, beta], lambda: ops.multi_view_fusion(x, *w, gamma, beta, hardswish=True, fused_channels=2),
-            lambda: torch.ops.pvf.multi_view_fusion(x, *w, gamma, beta, True, 2))
+        return (inputs, lambda: ops.multi_view_fusion_batchnorm(*inputs, 1e-5, True, 2)[0],
+                lambda: torch.ops.pvf.multi_view_fusion_batchnorm(*inputs, 1e-5, True, 2)[0])
+    return (inputs, lambda: ops.multi_view_fusion(*inputs, hardswish=True, fused_channels=2),
+            lambda: torch.ops.pvf.multi_view_fusion(*inputs, True, 2))
 
 
 @pytest.mark.parametrize("batchnorm", [False, True])
@@ -204,8 +205,8 @@ def test_eager_calls_have_no_double_backward_and_modes_see_the_custom_op(batchno
     from torch.utils._python_dispatch import TorchDispatchMode
 
     inputs, eager, _ = _both_ops(batchnorm)
-    # A second derivative is an error, never a silently wrong value: with a constant incoming gradient the first
-    # derivative has no graph; with one that requires grad, its graph raises once_differentiable's error.
+    # A second derivative is an error, never a silently wrong value: with a constant incoming gradient the
+    # first derivative has no graph; with one that requires grad, its graph raises once_differentiable's error.
     (gx,) = torch.autograd.grad(eager().sum(), inputs[0], create_graph=True)
     with pytest.raises(RuntimeError, match="does not require grad"):
         gx.sum().backward()

@@ -18,7 +18,8 @@ def eager(*tensors) -> bool:
     opcheck, meta-device contexts) and no functorch transform. Those all go through the custom op, whose
     eager dispatch costs hundreds of microseconds per call on a CPU."""
     return (not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
-            and not torch._C._is_torch_function_mode_enabled() and not torch._C._are_functorch_transforms_active()
+            and not torch._C._is_torch_function_mode_enabled()
+            and not torch._C._are_functorch_transforms_active()
             and all(t is None or type(t) in _PLAIN for t in tensors))
 
 
@@ -26,7 +27,9 @@ def eager_function(name: str, forward: Callable, setup_context: Callable, backwa
     """An autograd.Function from a custom op's implementation, setup_context and backward (the functions its
     register_autograd takes), for ``eager`` calls. once_differentiable: like the custom op, it has no double
     backward, and it raises instead of returning wrong second derivatives."""
-    def forward_with_context(ctx, *inputs):  # one function, not forward + setup_context: apply() then binds no signature
+    # One forward that sets up the context itself: with a separate setup_context, apply() binds the forward's
+    # signature on every call.
+    def forward_with_context(ctx, *inputs):
         output = forward(*inputs)
         setup_context(ctx, inputs, output)
         return output

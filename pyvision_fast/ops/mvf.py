@@ -109,8 +109,8 @@ def _(x, weight_t, weight_h, weight_w, bn_scale, bn_shift, hardswish, fused_chan
 
 
 def _mvf_backward_impl(grad: Tensor, x: Tensor, weight_t: Tensor, weight_h: Tensor, weight_w: Tensor,
-                     bn_scale: Optional[Tensor], bn_shift: Optional[Tensor], hardswish: bool,
-                     fused_channels: int, grad_fused: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                       bn_scale: Optional[Tensor], bn_shift: Optional[Tensor], hardswish: bool, fused_channels: int,
+                       grad_fused: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients of x and the three kernels. grad_fused (N, F, T, H, W), when given, is the fused channels'
     gradient before the epilogue (the caller differentiated it, e.g. through a training-mode BatchNorm): grad is
     then read for the pass-through channels only and the epilogue arguments are ignored."""
@@ -121,7 +121,8 @@ def _mvf_backward_impl(grad: Tensor, x: Tensor, weight_t: Tensor, weight_h: Tens
                       None if bn_shift is None else bn_shift.contiguous(), hardswish, fused_channels, grad_fused))
 
 
-_mvf_backward_op = torch.library.custom_op("pvf::multi_view_fusion_backward", mutates_args=())(_mvf_backward_impl)
+_mvf_backward_op = torch.library.custom_op("pvf::multi_view_fusion_backward",
+                                           mutates_args=())(_mvf_backward_impl)
 
 
 @_mvf_backward_op.register_fake
@@ -136,35 +137,35 @@ def _setup(ctx, inputs, output):
 
 
 def _backward_with(backward_op, forward_op):
-    """The autograd backward on the given backward and forward (custom ops, or their implementations)."""
+    """The autograd backward on the given backward and forward (the custom ops, or their implementations)."""
 
     def backward(ctx, grad):
         x, wt, wh, ww, scale, shift = ctx.saved_tensors
         gx, gwt, gwh, gww = backward_op(grad, x, wt, wh, ww, scale, shift, ctx.hardswish, ctx.fused)
-        return (gx, gwt, gwh, gww, *_epilogue_grads(ctx, grad, forward_op), None, None)
+        g_scale = g_shift = None
+        if scale is not None and (ctx.needs_input_grad[4] or ctx.needs_input_grad[5]):
+            # The folded BatchNorm's parameters (eval-mode fine-tuning): recompute the views, differentiate
+            # z = scale * y + shift (and HardSwish) with plain tensor ops.
+            Fc = ctx.fused
+            y = forward_op(x[:, :Fc], wt, wh, ww, None, None, False, Fc)
+            z = y * scale.view(1, -1, 1, 1, 1) + shift.view(1, -1, 1, 1, 1)
+            gz = grad[:, :Fc]
+            if ctx.hardswish:
+                gz = gz * ref.hardswish_grad(z)
+            g_shift = gz.sum(dim=(0, 2, 3, 4))
+            g_scale = (gz * y).sum(dim=(0, 2, 3, 4))
+        return gx, gwt, gwh, gww, g_scale, g_shift, None, None
 
     return backward
 
 
-def _epilogue_grads(ctx, grad, forward_op):
-    x, wt, wh, ww, scale, shift = ctx.saved_tensors
-    g_scale = g_shift = None
-    if scale is not None and (ctx.needs_input_grad[4] or ctx.needs_input_grad[5]):
-        # The folded BatchNorm's parameters (eval-mode fine-tuning): recompute the views, differentiate
-        # z = scale * y + shift (and HardSwish) with plain tensor ops.
-        Fc = ctx.fused
-        y = forward_op(x[:, :Fc], wt, wh, ww, None, None, False, Fc)
-        z = y * scale.view(1, -1, 1, 1, 1) + shift.view(1, -1, 1, 1, 1)
-        gz = grad[:, :Fc]
-        if ctx.hardswish:
-            gz = gz * ref.hardswish_grad(z)
-        g_shift = gz.sum(dim=(0, 2, 3, 4))
-        g_scale = (gz * y).sum(dim=(0, 2, 3, 4))
-    return g_scale, g_shift
-
-
 _mvf_op.register_autograd(_backward_with(_mvf_backward_op, _mvf_op), setup_context=_setup)
-_MVFFunction = eager_function("_MVFFunction", _mvf_impl, _setup, _backward_with(_mvf_backward_impl, _mvf_impl))
+_MVFFunction = eager_function("_MVFFunction", _mvf_impl, _setup,
+                              _backward_with(_mvf_backward_impl, _mvf_impl))
+
+
+def _kernels(weight_t, weight_h, weight_w) -> tuple[Tensor, Tensor, Tensor]:
+    return _kernel(weight_t, "weight_t"), _kernel(weight_h, "weight_h"), _kernel(weight_w, "weight_w")
 
 
 def _kernel(w: Tensor, name: str) -> Tensor:
@@ -200,8 +201,7 @@ def multi_view_fusion(x: Tensor, weight_t: Tensor, weight_h: Tensor, weight_w: T
         raise ValueError(f"multi_view_fusion: x must be (N, C, T, H, W), got "
                          f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
     fused = x.shape[1] if fused_channels is None else as_int(fused_channels, "fused_channels")
-    args = (x, _kernel(weight_t, "weight_t"), _kernel(weight_h, "weight_h"), _kernel(weight_w, "weight_w"), bn_scale,
-            bn_shift, bool(hardswish), fused)
+    args = (x, *_kernels(weight_t, weight_h, weight_w), bn_scale, bn_shift, bool(hardswish), fused)
     return _MVFFunction.apply(*args) if eager(*args[:6]) else _mvf_op(*args)
 
 
@@ -283,7 +283,7 @@ def _channel_args(gamma, beta, mean=None, var=None):
 
 
 def _mvf_bn_impl(x: Tensor, weight_t: Tensor, weight_h: Tensor, weight_w: Tensor, bn_weight: Tensor,
-               bn_bias: Tensor, eps: float, hardswish: bool, fused_channels: int) -> tuple[Tensor, Tensor, Tensor]:
+                 bn_bias: Tensor, eps: float, hardswish: bool, fused_channels: int) -> tuple[Tensor, Tensor, Tensor]:
     impl = dispatch("multi_view_fusion_batchnorm", x.device, _BN_FWD)
     gamma, beta, _, _ = _channel_args(bn_weight, bn_bias)
     return impl(_w_contiguous(x), weight_t.contiguous(), weight_h.contiguous(), weight_w.contiguous(), gamma, beta,
@@ -299,8 +299,8 @@ def _(x, weight_t, weight_h, weight_w, bn_weight, bn_bias, eps, hardswish, fused
 
 
 def _mvf_bn_backward_impl(grad: Tensor, x: Tensor, weight_t: Tensor, weight_h: Tensor, weight_w: Tensor,
-                        bn_weight: Tensor, bn_bias: Tensor, mean: Tensor, var: Tensor, eps: float, hardswish: bool,
-                        fused_channels: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                          bn_weight: Tensor, bn_bias: Tensor, mean: Tensor, var: Tensor, eps: float, hardswish: bool,
+                          fused_channels: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of x, the three kernels, bn_weight and bn_bias from the forward's batch mean and variance."""
     impl = dispatch("multi_view_fusion_batchnorm_backward", x.device, _BN_BWD)
     gamma, beta, mean, var = _channel_args(bn_weight, bn_bias, mean, var)
@@ -365,6 +365,5 @@ def multi_view_fusion_batchnorm(x: Tensor, weight_t: Tensor, weight_h: Tensor, w
             raise TypeError(f"multi_view_fusion_batchnorm: {name} must be a tensor")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
         raise ValueError(f"multi_view_fusion_batchnorm: eps must be a positive number, got {eps!r}")
-    args = (x, _kernel(weight_t, "weight_t"), _kernel(weight_h, "weight_h"), _kernel(weight_w, "weight_w"), bn_weight,
-            bn_bias, float(eps), bool(hardswish), fused)
+    args = (x, *_kernels(weight_t, weight_h, weight_w), bn_weight, bn_bias, float(eps), bool(hardswish), fused)
     return _MVFBatchNormFunction.apply(*args) if eager(*args[:6]) else _mvf_bn_op(*args)
