@@ -5,6 +5,10 @@
 #include <cstdint>
 #include <cstring>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 namespace pvf {
 namespace simd {
 
@@ -24,6 +28,28 @@ inline typename Vec<T>::type load(const T* p) {
 template <typename T>
 inline void store(T* p, typename Vec<T>::type v) {
   std::memcpy(p, &v, sizeof(v));
+}
+
+// p[0..n) in the first n lanes, zeros in the others (0 <= n <= lanes); reads nothing past p + n.
+template <typename T>
+inline typename Vec<T>::type load_first(const T* p, int64_t n) {
+  typename Vec<T>::type v{};
+#if defined(__AVX2__)
+  alignas(32) static constexpr int32_t kMask[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+  if constexpr (sizeof(T) == 4 && Vec<T>::lanes == 8) {
+    const __m256i m = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMask + 8 - n));
+    const __m256 r = _mm256_maskload_ps(reinterpret_cast<const float*>(p), m);
+    std::memcpy(&v, &r, sizeof(v));
+    return v;
+  } else if constexpr (sizeof(T) == 8 && Vec<T>::lanes == 4) {
+    const __m256i m = _mm256_cvtepi32_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kMask + 8 - n)));
+    const __m256d r = _mm256_maskload_pd(reinterpret_cast<const double*>(p), m);
+    std::memcpy(&v, &r, sizeof(v));
+    return v;
+  }
+#endif
+  for (int64_t i = 0; i < n; ++i) v[i] = p[i];
+  return v;
 }
 
 template <typename T>

@@ -1,9 +1,11 @@
 // CPU multi-view fusion. Planes (n, c, t) whose rows are packed (row stride W, true of the (N, C, T, H, W) and
 // frame layouts) are processed as one flat vector of H*W elements: all seven taps in one vector pass over a
-// zero-padded copy of the plane, the W-edges masked; other strides go row by row. The pass-through channels are copied with streaming stores when the output exceeds the cache.
-// The training-mode BatchNorm kernels work one fused channel at a time, so that a channel's views stay in the
-// core's cache between the statistics and the normalisation (forward) and between the BatchNorm backward and
-// the views' backward.
+// zero-padded copy of the plane, the W-edges masked; other strides go row by row. The pass-through channels are
+// copied with streaming stores when the output exceeds the cache.
+// The training-mode BatchNorm kernels work one fused channel at a time (BatchNorm's unit of statistics): the
+// channel's planes are gathered into buffers with zero gaps (channel_planes.h), which stay in the core's cache
+// between the statistics and the normalisation (forward) and between the BatchNorm backward and the views'
+// backward, and whose loops have no scalar tails or per-plane sums.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -12,6 +14,7 @@
 #include "common/parallel.h"
 #include "common/simd.h"
 #include "common/stream_copy.h"
+#include "mvf/channel_planes.h"
 #include "mvf/mvf.h"
 #include "mvf/mvf_math.h"
 
@@ -57,14 +60,13 @@ const T* zero_padded(const T* plane, int64_t n, int64_t W) {
 // outside. x_prev / x_next are null at the T edges. Rows of x are sh apart, rows of o out_row apart.
 template <typename T>
 void stencil_plane(const T* x_prev, const T* x_cur, const T* x_next, int64_t H, int64_t W, int64_t sh,
-                   const T* wt, const T* wh, const T* ww, T* out, int64_t out_row, const EdgeMasks<T>& m,
-                   bool cur_padded = false) {
+                   const T* wt, const T* wh, const T* ww, T* out, int64_t out_row, const EdgeMasks<T>& m) {
   const T center = wt[1] + wh[1] + ww[1];
   if (sh == W && out_row == W) {
     using V = typename simd::Vec<T>::type;
     constexpr int L = simd::Vec<T>::lanes;
     const int64_t n = H * W;
-    const T* x = cur_padded ? x_cur : zero_padded(x_cur, n, W);
+    const T* x = zero_padded(x_cur, n, W);
     const T* tp = x_prev ? x_prev : m.zeros.data();
     const T* tn = x_next ? x_next : m.zeros.data();
     const T* ml = m.has_left.data();
@@ -127,13 +129,13 @@ using simd::dot;
 // gy is a packed plane; x rows are sh apart; x_prev / x_next are null at the T edges.
 template <typename T>
 void kernel_grads_plane(const T* gy, const T* x_prev, const T* x, const T* x_next, int64_t H, int64_t W, int64_t sh,
-                        const EdgeMasks<T>& m, double* acc, bool x_padded = false) {
+                        const EdgeMasks<T>& m, double* acc) {
   T s_c = 0, s_tp = 0, s_tn = 0, s_hu = 0, s_hd = 0, s_wl = 0, s_wr = 0;
   if (sh == W) {
     using V = typename simd::Vec<T>::type;
     constexpr int L = simd::Vec<T>::lanes;
     const int64_t n = H * W;
-    const T* xz = x_padded ? x : zero_padded(x, n, W);
+    const T* xz = zero_padded(x, n, W);
     const T* tp = x_prev ? x_prev : m.zeros.data();
     const T* tn = x_next ? x_next : m.zeros.data();
     const T* ml = m.has_left.data();
@@ -351,83 +353,82 @@ void mvf_backward_cpu(const Geometry& g, const T* x, const T* grad_out, const T*
   });
 }
 
-// On one packed plane: gz = grad * HardSwish'(a*y + b) (grad alone without hardswish; grad may be gz), and the
-// sums of gz and of gz * (y - mu).
+namespace {
+
 template <typename T>
-inline void batchnorm_hardswish_grad_plane(const T* y, const T* grad, T* gz, int64_t n, T a, T b, T mu,
-                                           bool hardswish, T* sum_gz, T* sum_gz_centred) {
+inline typename simd::Vec<T>::type hardswish_vec(typename simd::Vec<T>::type z) {
   using V = typename simd::Vec<T>::type;
-  constexpr int L = simd::Vec<T>::lanes;
-  const V av = V{} + a, bv = V{} + b, muv = V{} + mu, three = V{} + T(3), sixth = V{} + T(1) / T(6);
-  V s = V{}, sc = V{};
-  int64_t i = 0;
-  for (; i + L <= n; i += L) {
-    const V yv = simd::load(y + i);
-    V g = simd::load(grad + i);
-    if (hardswish) {
-      const V z = av * yv + bv;
-      const V mid = (z + z + three) * sixth;
-      g = z < -three ? V{} : (z > three ? g : g * mid);
-    }
-    simd::store(gz + i, g);
-    s += g;
-    sc += g * (yv - muv);
-  }
-  T s_tail = simd::horizontal_sum<T>(s), sc_tail = simd::horizontal_sum<T>(sc);
-  for (; i < n; ++i) {
-    gz[i] = hardswish ? grad[i] * hardswish_grad(a * y[i] + b) : grad[i];
-    s_tail += gz[i];
-    sc_tail += gz[i] * (y[i] - mu);
-  }
-  *sum_gz = s_tail;
-  *sum_gz_centred = sc_tail;
+  const V r = z + T(3);
+  return z * (r < T(0) ? V{} : (r > T(6) ? V{} + T(6) : r)) * (T(1) / T(6));
 }
+
+// g * HardSwish'(z) (0 where g is 0).
+template <typename T>
+inline typename simd::Vec<T>::type hardswish_grad_times(typename simd::Vec<T>::type z,
+                                                        typename simd::Vec<T>::type g) {
+  using V = typename simd::Vec<T>::type;
+  return z < T(-3) ? V{} : (z > T(3) ? g : g * ((z + z + T(3)) * (T(1) / T(6))));
+}
+
+}  // namespace
 
 template <typename T>
 void mvf_forward_bn_train_cpu(const Geometry& g, const T* x, const T* wt, const T* wh, const T* ww, const T* gamma,
                               const T* beta, double eps, bool hardswish, T* out, T* mean, T* var) {
+  using V = typename simd::Vec<T>::type;
+  constexpr int L = simd::Vec<T>::lanes;
+  using simd::load;
+  using simd::store;
   copy_passthrough(g, x, g.sx, out, g.so);
-  const EdgeMasks<T> masks(g.H, g.W);
-  const int64_t count = g.N * g.T * g.H * g.W;
+  const ChannelPlanes<T> lay(g.N, g.T, g.H, g.W);
+  const int64_t count = g.N * g.T * g.H * g.W, S = lay.stride;
+  const T* valid = lay.valid();
   parallel_for(0, g.F, 1, [&](int64_t c0, int64_t c1) {
+    auto xbuf = lay.buffer(), ybuf = lay.buffer();
+    T* xs = xbuf.data();
+    T* ys = ybuf.data();
     for (int64_t c = c0; c < c1; ++c) {
-      const auto plane = [&](int64_t n, int64_t t) { return out + n * g.so[0] + c * g.so[1] + t * g.so[2]; };
+      lay.for_planes([&](int64_t o, int64_t n, int64_t t) {
+        lay.load_plane(xs + o, x + n * g.sx[0] + c * g.sx[1] + t * g.sx[2], g.sx[3]);
+      });
+      // The views (zero on the gaps), their mean, then their centred sum of squares: vector sums per clip,
+      // combined in double.
+      const ChannelStencil<T> k(wt + 3 * c, wh + 3 * c, ww + 3 * c, lay, false);
       double sum = 0;
       for (int64_t n = 0; n < g.N; ++n) {
-        for (int64_t t = 0; t < g.T; ++t) {
-          const T* xp = x + n * g.sx[0] + c * g.sx[1] + t * g.sx[2];
-          T* op = plane(n, t);
-          stencil_plane(t > 0 ? xp - g.sx[2] : nullptr, xp, t + 1 < g.T ? xp + g.sx[2] : nullptr, g.H, g.W,
-                        g.sx[3], wt + 3 * c, wh + 3 * c, ww + 3 * c, op, g.so[3], masks);
-          for_rows(op, g.H, g.W, g.so[3], [&](T* o, int64_t len) { sum += simd::sum(o, len); });
+        V s{};
+        for (int64_t o = lay.at(n, 0); o < lay.at(n, g.T); o += S) {
+          for (int64_t i = 0; i < S; i += L) {
+            const V y = k(xs + o, i) * load(valid + i);
+            store(ys + o + i, y);
+            s += y;
+          }
         }
+        sum += simd::horizontal_sum<T>(s);
       }
-      // Two passes over the channel's views (still in the cache): the mean, then the centred squares.
       const T mu = count > 0 ? static_cast<T>(sum / count) : T(0);
+      const V muv = V{} + mu;
       double m2 = 0;
       for (int64_t n = 0; n < g.N; ++n) {
-        for (int64_t t = 0; t < g.T; ++t) {
-          for_rows(plane(n, t), g.H, g.W, g.so[3],
-                   [&](T* o, int64_t len) { m2 += simd::centred_sum_of_squares(o, mu, len); });
+        V s{};
+        for (int64_t o = lay.at(n, 0); o < lay.at(n, g.T); o += S) {
+          for (int64_t i = 0; i < S; i += L) {
+            const V d = (load(ys + o + i) - muv) * load(valid + i);
+            s += d * d;
+          }
         }
+        m2 += simd::horizontal_sum<T>(s);
       }
       const double v = count > 0 ? m2 / count : 0.0;
       const double invstd = 1.0 / std::sqrt(v + eps);
-      const T a = static_cast<T>(gamma[c] * invstd);
-      const T b = static_cast<T>(beta[c] - mu * (gamma[c] * invstd));
-      for (int64_t n = 0; n < g.N; ++n) {
-        for (int64_t t = 0; t < g.T; ++t) {
-          for_rows(plane(n, t), g.H, g.W, g.so[3], [&](T* o, int64_t len) {
-            if (hardswish) {
-#pragma omp simd
-              for (int64_t i = 0; i < len; ++i) o[i] = mvf::hardswish(a * o[i] + b);
-            } else {
-#pragma omp simd
-              for (int64_t i = 0; i < len; ++i) o[i] = a * o[i] + b;
-            }
-          });
-        }
-      }
+      const V a = V{} + static_cast<T>(gamma[c] * invstd);
+      const V b = V{} + static_cast<T>(beta[c] - mu * (gamma[c] * invstd));
+      lay.for_planes([&](int64_t o, int64_t n, int64_t t) {
+        lay.store_plane(out + n * g.so[0] + c * g.so[1] + t * g.so[2], g.so[3], [&](int64_t i) {
+          const V z = a * load(ys + o + i) + b;
+          return hardswish ? hardswish_vec<T>(z) : z;
+        });
+      });
       mean[c] = mu;
       var[c] = static_cast<T>(v);
     }
@@ -439,70 +440,86 @@ void mvf_backward_bn_train_cpu(const Geometry& g, const T* x, const T* grad_out,
                                const T* ww, const T* gamma, const T* beta, const T* mean, const T* var, double eps,
                                bool hardswish, T* grad_x, T* grad_wt, T* grad_wh, T* grad_ww, T* grad_gamma,
                                T* grad_beta) {
-  const int64_t HW = g.H * g.W;
-  const int64_t count = g.N * g.T * HW;
+  using V = typename simd::Vec<T>::type;
+  constexpr int L = simd::Vec<T>::lanes;
+  using simd::load;
+  using simd::store;
   copy_passthrough(g, grad_out, g.so, grad_x, g.sg);
-  const EdgeMasks<T> masks(g.H, g.W);
+  const ChannelPlanes<T> lay(g.N, g.T, g.H, g.W);
+  const int64_t count = g.N * g.T * g.H * g.W, S = lay.stride, R = lay.W;
+  const T* valid = lay.valid();
+  const T* has_left = lay.has_left();
+  const T* has_right = lay.has_right();
   parallel_for(0, g.F, 1, [&](int64_t c0, int64_t c1) {
-    // Per channel: its input planes xs and the gradient gs (first of the BatchNorm output, then of y), each
-    // plane with zeros around it (the stencils read them in place); its views y, packed.
-    const int64_t pad = g.W + simd::Vec<T>::lanes, ps = HW + pad, planes = g.N * g.T;
-    std::vector<T> xs(pad + planes * ps, T(0)), gs(pad + planes * ps, T(0)), ys(count);
-    const auto xs_plane = [&](int64_t p) { return xs.data() + pad + p * ps; };
-    const auto gs_plane = [&](int64_t p) { return gs.data() + pad + p * ps; };
-    T k[3][3], mirrored[3][3];
+    // xs: the input; gs: the incoming gradient, then gz, then d loss / d y; ys: the views.
+    auto xbuf = lay.buffer(), gbuf = lay.buffer(), ybuf = lay.buffer();
+    T* xs = xbuf.data();
+    T* gs = gbuf.data();
+    T* ys = ybuf.data();
     for (int64_t c = c0; c < c1; ++c) {
+      lay.for_planes([&](int64_t o, int64_t n, int64_t t) {
+        lay.load_plane(xs + o, x + n * g.sx[0] + c * g.sx[1] + t * g.sx[2], g.sx[3]);
+        lay.load_plane(gs + o, grad_out + n * g.so[0] + c * g.so[1] + t * g.so[2], g.so[3]);
+      });
       const double invstd = 1.0 / std::sqrt(static_cast<double>(var[c]) + eps);
       const T mu = mean[c];
-      const T a = static_cast<T>(gamma[c] * invstd);
-      const T b = static_cast<T>(beta[c] - mu * (gamma[c] * invstd));
-      const T* taps[3] = {wt + 3 * c, wh + 3 * c, ww + 3 * c};
-      for (int v = 0; v < 3; ++v)
-        for (int j = 0; j < 3; ++j) k[v][j] = taps[v][j], mirrored[v][j] = taps[v][2 - j];
-      for (int64_t p = 0; p < planes; ++p) {
-        const T* xp = x + (p / g.T) * g.sx[0] + c * g.sx[1] + (p % g.T) * g.sx[2];
-        for (int64_t h = 0; h < g.H; ++h) std::memcpy(xs_plane(p) + h * g.W, xp + h * g.sx[3], sizeof(T) * g.W);
-      }
+      const V muv = V{} + mu;
+      const V a = V{} + static_cast<T>(gamma[c] * invstd);
+      // gz = grad * HardSwish'(z) (zero on the gaps, where grad is) and the sums of gz and gz * (y - mean).
       double sum_gz = 0, sum_gz_centred = 0;
-      for (int64_t p = 0; p < planes; ++p) {
-        const int64_t t = p % g.T;
-        T* y = ys.data() + p * HW;
-        T* gz = gs_plane(p);
-        stencil_plane(t > 0 ? xs_plane(p - 1) : nullptr, xs_plane(p), t + 1 < g.T ? xs_plane(p + 1) : nullptr, g.H,
-                      g.W, g.W, k[0], k[1], k[2], y, g.W, masks, true);
-        const T* gp = grad_out + (p / g.T) * g.so[0] + c * g.so[1] + t * g.so[2];
-        const T* grad_plane = gp;  // read in place when its rows are packed, else gathered into gz first
-        if (g.so[3] != g.W) {
-          for (int64_t h = 0; h < g.H; ++h) std::memcpy(gz + h * g.W, gp + h * g.so[3], sizeof(T) * g.W);
-          grad_plane = gz;
+      {
+        const ChannelStencil<T> k(wt + 3 * c, wh + 3 * c, ww + 3 * c, lay, false);
+        const V b = V{} + static_cast<T>(beta[c] - mu * (gamma[c] * invstd));
+        for (int64_t n = 0; n < g.N; ++n) {
+          V s{}, sc{};
+          for (int64_t o = lay.at(n, 0); o < lay.at(n, g.T); o += S) {
+            for (int64_t i = 0; i < S; i += L) {
+              const V y = k(xs + o, i);
+              const V gz = hardswish ? hardswish_grad_times<T>(a * y + b, load(gs + o + i)) : load(gs + o + i);
+              store(gs + o + i, gz);
+              store(ys + o + i, y);
+              s += gz;
+              sc += gz * (y - muv);
+            }
+          }
+          sum_gz += simd::horizontal_sum<T>(s);
+          sum_gz_centred += simd::horizontal_sum<T>(sc);
         }
-        T s, sc;
-        batchnorm_hardswish_grad_plane(y, grad_plane, gz, HW, a, b, mu, hardswish, &s, &sc);
-        sum_gz += s;
-        sum_gz_centred += sc;
       }
       grad_beta[c] = static_cast<T>(sum_gz);
       grad_gamma[c] = static_cast<T>(sum_gz_centred * invstd);
-      // d loss / d y = gamma * invstd * (gz - mean(gz) - y_hat * mean(gz * y_hat)).
-      const T k_mean = count > 0 ? static_cast<T>(sum_gz / count) : T(0);
-      const T k_centred = count > 0 ? static_cast<T>(sum_gz_centred / count * invstd * invstd) : T(0);
-      for (int64_t p = 0; p < planes; ++p) {
-        T* PVF_RESTRICT gz = gs_plane(p);
-        const T* PVF_RESTRICT y = ys.data() + p * HW;
-#pragma omp simd
-        for (int64_t i = 0; i < HW; ++i) gz[i] = a * (gz[i] - k_mean - (y[i] - mu) * k_centred);
+      // d loss / d y = gamma * invstd * (gz - mean(gz) - y_hat * mean(gz * y_hat)) (zero on the gaps), and the
+      // kernel-gradient sums: d loss / d y times the input at each tap's offset.
+      const V k_mean = V{} + (count > 0 ? static_cast<T>(sum_gz / count) : T(0));
+      const V k_centred = V{} + (count > 0 ? static_cast<T>(sum_gz_centred / count * invstd * invstd) : T(0));
+      double acc[7] = {0, 0, 0, 0, 0, 0, 0};
+      for (int64_t n = 0; n < g.N; ++n) {
+        V s_c{}, s_tp{}, s_tn{}, s_up{}, s_down{}, s_left{}, s_right{};
+        for (int64_t o = lay.at(n, 0); o < lay.at(n, g.T); o += S) {
+          for (int64_t i = 0; i < S; i += L) {
+            const V dy = a * (load(gs + o + i) - k_mean - (load(ys + o + i) - muv) * k_centred) * load(valid + i);
+            store(gs + o + i, dy);
+            const T* xi = xs + o + i;
+            s_c += dy * load(xi);
+            s_tp += dy * load(xi - S);
+            s_tn += dy * load(xi + S);
+            s_up += dy * load(xi - R);
+            s_down += dy * load(xi + R);
+            s_left += dy * load(has_left + i) * load(xi - 1);
+            s_right += dy * load(has_right + i) * load(xi + 1);
+          }
+        }
+        const V sums[7] = {s_tp, s_c, s_tn, s_up, s_down, s_left, s_right};
+        for (int q = 0; q < 7; ++q) acc[q] += simd::horizontal_sum<T>(sums[q]);
       }
-      // The views' backward: grad_x planes (the stencil with mirrored taps) and the kernel-gradient sums.
-      double acc[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
-      for (int64_t p = 0; p < planes; ++p) {
-        const int64_t n = p / g.T, t = p % g.T;
-        stencil_plane(t > 0 ? gs_plane(p - 1) : nullptr, gs_plane(p), t + 1 < g.T ? gs_plane(p + 1) : nullptr, g.H,
-                      g.W, g.W, mirrored[0], mirrored[1], mirrored[2],
-                      grad_x + n * g.sg[0] + c * g.sg[1] + t * g.sg[2], g.sg[3], masks, true);
-        kernel_grads_plane(gs_plane(p), t > 0 ? xs_plane(p - 1) : nullptr, xs_plane(p),
-                           t + 1 < g.T ? xs_plane(p + 1) : nullptr, g.H, g.W, g.W, masks, acc, true);
-      }
-      store_kernel_grads(acc, c, grad_wt, grad_wh, grad_ww);
+      const double kernel_grads[9] = {acc[0], acc[1], acc[2], acc[3], acc[1], acc[4], acc[5], acc[1], acc[6]};
+      store_kernel_grads(kernel_grads, c, grad_wt, grad_wh, grad_ww);
+      // grad_x: the stencil of d loss / d y with mirrored taps.
+      const ChannelStencil<T> mirrored(wt + 3 * c, wh + 3 * c, ww + 3 * c, lay, true);
+      lay.for_planes([&](int64_t o, int64_t n, int64_t t) {
+        lay.store_plane(grad_x + n * g.sg[0] + c * g.sg[1] + t * g.sg[2], g.sg[3],
+                        [&](int64_t i) { return mirrored(gs + o, i); });
+      });
     }
   });
 }
