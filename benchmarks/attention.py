@@ -3,6 +3,7 @@ over 5 frames; forward and forward+backward; ours, SDPA (and its flash backend o
 from __future__ import annotations
 
 import contextlib
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -46,48 +47,55 @@ def _flash_context():
     return lambda: sdpa_kernel(SDPBackend.FLASH_ATTENTION)
 
 
-def cases(device: str, quick: bool) -> list[Case]:
+def _cases_for(device: str, dtype: torch.dtype, g: torch.Generator, name: str, B: int, H: int, L: int,
+               D: int) -> list[Case]:
+    """The forward and forward+backward cases of one workload. (One function per workload: closures made in a
+    loop would all see the loop's last q, k, v.)"""
+    q, k, v = [torch.randn(B, H, L, D, generator=g).to(device, dtype).requires_grad_() for _ in range(3)]
+    flops = 4.0 * B * H * L * L * D
+    naive_ok = B * H * L * L * 4 < 2**31  # the score matrix of the naive math must fit comfortably
+
+    def fwd(fn):
+        def run():
+            with torch.no_grad():
+                return fn(q, k, v)
+        return run
+
+    def fwd_bwd(fn):
+        def run():
+            out_ = fn(q, k, v)
+            out_.backward(torch.ones_like(out_))
+        return run
+
+    impls = {
+        "pvf.attention": lambda a, b, c: ops.attention(a, b, c),
+        "F.scaled_dot_product_attention": lambda a, b, c: F.scaled_dot_product_attention(a, b, c),
+    }
+    flash = _flash_context() if device == "cuda" else None
+    if flash is not None:
+        def sdpa_flash(a, b, c):
+            with flash():
+                return F.scaled_dot_product_attention(a, b, c)
+        impls["SDPA flash backend"] = sdpa_flash
+    if naive_ok:
+        impls["naive math (reference)"] = lambda a, b, c: ref.attention(a, b, c)
+    kinds = {"pvf.attention": "ours", "naive math (reference)": "reference"}
+    params = dict(B=B, H=H, L=L, S=L, D=D, dtype=str(dtype).replace("torch.", ""))
+    goal_fwd = ("SDPA flash backend", 0.9) if flash is not None and name.startswith("ViT-B/16 224") else None
+    goal_bwd = ("SDPA flash backend", 0.8) if goal_fwd else None
+    return [Case("attention", f"{name} fwd", params,
+                 [Impl(n, fwd(f), kinds.get(n, "peer")) for n, f in impls.items()],
+                 flops=flops, bound="compute", goal=goal_fwd, measure_memory=device == "cuda"),
+            Case("attention", f"{name} fwd+bwd", params,
+                 [Impl(n, fwd_bwd(f), kinds.get(n, "peer")) for n, f in impls.items()],
+                 flops=3.5 * flops, bound="compute", goal=goal_bwd,
+                 note="FLOPs: 4*B*H*L*S*D forward, 2.5x that backward.")]
+
+
+def cases(device: str, quick: bool, workloads: Optional[list[tuple[str, int, int, int, int]]] = None) -> list[Case]:
+    """workloads: (name, B, H, L, D) per workload; default the ViT and PAVER shapes above."""
     g = torch.Generator().manual_seed(0)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    out = []
-    for name, B, H, L, D in _workloads(device, quick):
-        q, k, v = [torch.randn(B, H, L, D, generator=g).to(device, dtype).requires_grad_() for _ in range(3)]
-        flops = 4.0 * B * H * L * L * D
-        naive_ok = B * H * L * L * 4 < 2**31  # the score matrix of the naive math must fit comfortably
-
-        def fwd(fn):
-            def run():
-                with torch.no_grad():
-                    return fn(q, k, v)
-            return run
-
-        def fwd_bwd(fn):
-            def run():
-                out_ = fn(q, k, v)
-                out_.backward(torch.ones_like(out_))
-            return run
-
-        impls = {
-            "pvf.attention": lambda a, b, c: ops.attention(a, b, c),
-            "F.scaled_dot_product_attention": lambda a, b, c: F.scaled_dot_product_attention(a, b, c),
-        }
-        flash = _flash_context() if device == "cuda" else None
-        if flash is not None:
-            def sdpa_flash(a, b, c):
-                with flash():
-                    return F.scaled_dot_product_attention(a, b, c)
-            impls["SDPA flash backend"] = sdpa_flash
-        if naive_ok:
-            impls["naive math (reference)"] = lambda a, b, c: ref.attention(a, b, c)
-        kinds = {"pvf.attention": "ours", "naive math (reference)": "reference"}
-        params = dict(B=B, H=H, L=L, S=L, D=D, dtype=str(dtype).replace("torch.", ""))
-        goal_fwd = ("SDPA flash backend", 0.9) if flash is not None and name.startswith("ViT-B/16 224") else None
-        goal_bwd = ("SDPA flash backend", 0.8) if goal_fwd else None
-        out.append(Case("attention", f"{name} fwd", params,
-                        [Impl(n, fwd(f), kinds.get(n, "peer")) for n, f in impls.items()],
-                        flops=flops, bound="compute", goal=goal_fwd, measure_memory=device == "cuda"))
-        out.append(Case("attention", f"{name} fwd+bwd", params,
-                        [Impl(n, fwd_bwd(f), kinds.get(n, "peer")) for n, f in impls.items()],
-                        flops=3.5 * flops, bound="compute", goal=goal_bwd,
-                        note="FLOPs: 4*B*H*L*S*D forward, 2.5x that backward."))
-    return out
+    if workloads is None:
+        workloads = _workloads(device, quick)
+    return [case for workload in workloads for case in _cases_for(device, dtype, g, *workload)]

@@ -1,7 +1,11 @@
 """The benchmark harness: timing, ceilings, reports (the suite itself runs in `make bench`)."""
+import importlib
 import json
 
+import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from benchmarks.harness import Case, Impl, format_table, measure_ceilings, run_case, time_fn, write_reports
 
@@ -29,3 +33,31 @@ def test_reports_are_written(tmp_path):
     assert data["cases"][0]["results"][0]["gbytes"] > 0
     assert "demo/copy" in paths["md"].read_text()
     assert paths["png"].stat().st_size > 0
+
+
+class _ShapesSeen(TorchDispatchMode):
+    """Records the shape of every tensor an operator receives."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.shapes.update(tuple(t.shape) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("family, kwargs, input_shape", [
+    ("mvf", dict(shapes=[(1, 2, 16, 4), (1, 3, 24, 3)]), lambda p: (p["N"] * p["T"], p["C"], p["H"], p["W"])),
+    ("attention", dict(workloads=[("a", 1, 2, 5, 8), ("b", 2, 1, 7, 4)]), lambda p: (p["B"], p["H"], p["L"], p["D"])),
+])
+def test_every_case_runs_on_its_own_shape(family, kwargs, input_shape):
+    """Cases of several shapes built by one function: every implementation of a case runs on a tensor of the shape
+    its parameters report, not on another case's (closures made in a loop would all see its last tensors)."""
+    cases = importlib.import_module(f"benchmarks.{family}").cases("cpu", True, **kwargs)
+    assert len({input_shape(case.params) for case in cases}) == 2
+    for case in cases:
+        for impl in case.impls:
+            with _ShapesSeen() as seen:
+                impl.fn()
+            assert input_shape(case.params) in seen.shapes, (case.name, impl.name)
