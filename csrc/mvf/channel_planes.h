@@ -81,6 +81,24 @@ class ChannelPlanes {
     }
   }
 
+  // A hint that the tensor plane at `p` (packed rows) will be read, or written (`write`), soon: fetch(j) asks for
+  // its j-th cache line. The loops over a plane's vectors fetch one line per vector (a plane spans no more lines
+  // than its loop has vectors), so the next channel's memory traffic overlaps this channel's arithmetic instead
+  // of following it. A null plane fetches nothing.
+  template <bool write = false>
+  class Fetch {
+   public:
+    Fetch(const T* p, const ChannelPlanes& lay)
+        : p_(reinterpret_cast<const char*>(p)), lines_((lay.HW * static_cast<int64_t>(sizeof(T)) + 63) / 64 + 1) {}
+    void operator()(int64_t j) const {
+      if (p_ != nullptr && j < lines_) __builtin_prefetch(p_ + 64 * j, write, 3);
+    }
+
+   private:
+    const char* p_;
+    int64_t lines_;
+  };
+
   // A 64-byte-aligned zeroed buffer of size() elements.
   class Buffer {
    public:

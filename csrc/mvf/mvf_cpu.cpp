@@ -5,7 +5,9 @@
 // The training-mode BatchNorm kernels work one fused channel at a time (BatchNorm's unit of statistics): the
 // channel's planes are gathered into buffers with zero gaps (channel_planes.h), which stay in the core's cache
 // between the statistics and the normalisation (forward) and between the BatchNorm backward and the views'
-// backward, and whose loops have no scalar tails or per-plane sums.
+// backward, and whose loops have no scalar tails or per-plane sums. While a channel's first pass computes, it
+// prefetches the next channel's planes (spread over the pass, one cache line per vector); a later pass prefetches
+// the output planes it is about to write.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -381,24 +383,27 @@ void mvf_forward_bn_train_cpu(const Geometry& g, const T* x, const T* wt, const 
   using simd::store;
   copy_passthrough(g, x, g.sx, out, g.so);
   const ChannelPlanes<T> lay(g.N, g.T, g.H, g.W);
+  using Fetch = typename ChannelPlanes<T>::template Fetch<false>;
+  using WriteFetch = typename ChannelPlanes<T>::template Fetch<true>;
   const int64_t count = g.N * g.T * g.H * g.W, S = lay.stride;
   const T* valid = lay.valid();
+  const auto x_plane = [&](int64_t n, int64_t c, int64_t t) { return x + n * g.sx[0] + c * g.sx[1] + t * g.sx[2]; };
   parallel_for(0, g.F, 1, [&](int64_t c0, int64_t c1) {
     auto xbuf = lay.buffer(), ybuf = lay.buffer();
     T* xs = xbuf.data();
     T* ys = ybuf.data();
     for (int64_t c = c0; c < c1; ++c) {
-      lay.for_planes([&](int64_t o, int64_t n, int64_t t) {
-        lay.load_plane(xs + o, x + n * g.sx[0] + c * g.sx[1] + t * g.sx[2], g.sx[3]);
-      });
+      lay.for_planes([&](int64_t o, int64_t n, int64_t t) { lay.load_plane(xs + o, x_plane(n, c, t), g.sx[3]); });
       // The views (zero on the gaps), their mean, then their centred sum of squares: vector sums per clip,
       // combined in double.
       const ChannelStencil<T> k(wt + 3 * c, wh + 3 * c, ww + 3 * c, lay, false);
       double sum = 0;
       for (int64_t n = 0; n < g.N; ++n) {
         V s{};
-        for (int64_t o = lay.at(n, 0); o < lay.at(n, g.T); o += S) {
+        for (int64_t t = 0, o = lay.at(n, 0); t < g.T; ++t, o += S) {
+          const Fetch next_x(c + 1 < c1 ? x_plane(n, c + 1, t) : nullptr, lay);
           for (int64_t i = 0; i < S; i += L) {
+            next_x(i / L);
             const V y = k(xs + o, i) * load(valid + i);
             store(ys + o + i, y);
             s += y;
@@ -411,8 +416,10 @@ void mvf_forward_bn_train_cpu(const Geometry& g, const T* x, const T* wt, const 
       double m2 = 0;
       for (int64_t n = 0; n < g.N; ++n) {
         V s{};
-        for (int64_t o = lay.at(n, 0); o < lay.at(n, g.T); o += S) {
+        for (int64_t t = 0, o = lay.at(n, 0); t < g.T; ++t, o += S) {
+          const WriteFetch out_plane(out + n * g.so[0] + c * g.so[1] + t * g.so[2], lay);
           for (int64_t i = 0; i < S; i += L) {
+            out_plane(i / L);
             const V d = (load(ys + o + i) - muv) * load(valid + i);
             s += d * d;
           }
@@ -446,7 +453,13 @@ void mvf_backward_bn_train_cpu(const Geometry& g, const T* x, const T* grad_out,
   using simd::store;
   copy_passthrough(g, grad_out, g.so, grad_x, g.sg);
   const ChannelPlanes<T> lay(g.N, g.T, g.H, g.W);
+  using Fetch = typename ChannelPlanes<T>::template Fetch<false>;
+  using WriteFetch = typename ChannelPlanes<T>::template Fetch<true>;
   const int64_t count = g.N * g.T * g.H * g.W, S = lay.stride, R = lay.W;
+  const auto x_plane = [&](int64_t n, int64_t c, int64_t t) { return x + n * g.sx[0] + c * g.sx[1] + t * g.sx[2]; };
+  const auto grad_plane = [&](int64_t n, int64_t c, int64_t t) {
+    return grad_out + n * g.so[0] + c * g.so[1] + t * g.so[2];
+  };
   const T* valid = lay.valid();
   const T* has_left = lay.has_left();
   const T* has_right = lay.has_right();
@@ -458,8 +471,8 @@ void mvf_backward_bn_train_cpu(const Geometry& g, const T* x, const T* grad_out,
     T* ys = ybuf.data();
     for (int64_t c = c0; c < c1; ++c) {
       lay.for_planes([&](int64_t o, int64_t n, int64_t t) {
-        lay.load_plane(xs + o, x + n * g.sx[0] + c * g.sx[1] + t * g.sx[2], g.sx[3]);
-        lay.load_plane(gs + o, grad_out + n * g.so[0] + c * g.so[1] + t * g.so[2], g.so[3]);
+        lay.load_plane(xs + o, x_plane(n, c, t), g.sx[3]);
+        lay.load_plane(gs + o, grad_plane(n, c, t), g.so[3]);
       });
       const double invstd = 1.0 / std::sqrt(static_cast<double>(var[c]) + eps);
       const T mu = mean[c];
@@ -472,8 +485,12 @@ void mvf_backward_bn_train_cpu(const Geometry& g, const T* x, const T* grad_out,
         const V b = V{} + static_cast<T>(beta[c] - mu * (gamma[c] * invstd));
         for (int64_t n = 0; n < g.N; ++n) {
           V s{}, sc{};
-          for (int64_t o = lay.at(n, 0); o < lay.at(n, g.T); o += S) {
+          for (int64_t t = 0, o = lay.at(n, 0); t < g.T; ++t, o += S) {
+            const Fetch next_x(c + 1 < c1 ? x_plane(n, c + 1, t) : nullptr, lay);
+            const Fetch next_grad(c + 1 < c1 ? grad_plane(n, c + 1, t) : nullptr, lay);
             for (int64_t i = 0; i < S; i += L) {
+              next_x(i / L);
+              next_grad(i / L);
               const V y = k(xs + o, i);
               const V gz = hardswish ? hardswish_grad_times<T>(a * y + b, load(gs + o + i)) : load(gs + o + i);
               store(gs + o + i, gz);
@@ -495,8 +512,10 @@ void mvf_backward_bn_train_cpu(const Geometry& g, const T* x, const T* grad_out,
       double acc[7] = {0, 0, 0, 0, 0, 0, 0};
       for (int64_t n = 0; n < g.N; ++n) {
         V s_c{}, s_tp{}, s_tn{}, s_up{}, s_down{}, s_left{}, s_right{};
-        for (int64_t o = lay.at(n, 0); o < lay.at(n, g.T); o += S) {
+        for (int64_t t = 0, o = lay.at(n, 0); t < g.T; ++t, o += S) {
+          const WriteFetch grad_x_plane(grad_x + n * g.sg[0] + c * g.sg[1] + t * g.sg[2], lay);
           for (int64_t i = 0; i < S; i += L) {
+            grad_x_plane(i / L);
             const V dy = a * (load(gs + o + i) - k_mean - (load(ys + o + i) - muv) * k_centred) * load(valid + i);
             store(gs + o + i, dy);
             const T* xi = xs + o + i;
