@@ -357,6 +357,7 @@ void mvf_backward_cpu(const Geometry& g, const T* x, const T* grad_out, const T*
 
 namespace {
 
+// Vector forms of mvf_math.h's HardSwish and its derivative, on simd::Vec lanes.
 template <typename T>
 inline typename simd::Vec<T>::type hardswish_vec(typename simd::Vec<T>::type z) {
   using V = typename simd::Vec<T>::type;
