@@ -280,6 +280,26 @@ def test_large_outputs_take_the_streaming_copy():
     assert torch.equal(gx[:, 3:], grad[:, 3:])
 
 
+@pytest.mark.parametrize("shape", [(0, 4, 3, 5, 5), (2, 4, 0, 5, 5), (2, 4, 3, 0, 5), (2, 4, 3, 5, 0)])
+def test_empty_batches(shape):
+    """Any of N, T, H, W zero: both ops give an empty output, zero statistics and zero parameter gradients, also
+    through the expanded (stride 0) gradient of out.sum()."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True)
+    w = [torch.randn(2, 3, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    gamma = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    beta = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    out, mean, var = ops.multi_view_fusion_batchnorm(x, *w, gamma, beta, 1e-5, True, 2)
+    assert out.shape == x.shape and torch.equal(mean, torch.zeros(2, dtype=torch.float64)) and torch.equal(var, mean)
+    plain = ops.multi_view_fusion(x, *w, fused_channels=2)
+    assert plain.shape == x.shape
+    for result, params in ((out, [*w, gamma, beta]), (plain, w)):
+        grad_x, *grads = torch.autograd.grad(result.sum(), [x, *params])
+        assert grad_x.shape == x.shape
+        for t in grads:
+            assert torch.equal(t, torch.zeros_like(t))
+
+
 def _bad_batchnorm_cases():
     x = torch.randn(1, 4, 3, 5, 5)
     w, gamma, beta = torch.randn(2, 3), torch.ones(2), torch.zeros(2)

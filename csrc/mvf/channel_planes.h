@@ -25,6 +25,7 @@ class ChannelPlanes {
 
   int64_t N, frames, H, W, HW, stride;
 
+  // Sizes at least 1 (the kernels return before building one for an empty batch).
   ChannelPlanes(int64_t clips, int64_t frames_per_clip, int64_t height, int64_t width)
       : N(clips), frames(frames_per_clip), H(height), W(width), HW(height * width),
         stride((height * width + width + L - 1) / L * L), valid_(stride, T(0)), left_(stride, T(0)),

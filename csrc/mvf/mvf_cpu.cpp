@@ -382,6 +382,11 @@ void mvf_forward_bn_train_cpu(const Geometry& g, const T* x, const T* wt, const 
   constexpr int L = simd::Vec<T>::lanes;
   using simd::load;
   using simd::store;
+  if (g.N * g.T * g.H * g.W == 0) {  // an empty batch: no views, and the statistics of no values are zero
+    std::fill(mean, mean + g.F, T(0));
+    std::fill(var, var + g.F, T(0));
+    return;
+  }
   copy_passthrough(g, x, g.sx, out, g.so);
   const ChannelPlanes<T> lay(g.N, g.T, g.H, g.W);
   using Fetch = typename ChannelPlanes<T>::template Fetch<false>;
@@ -452,6 +457,12 @@ void mvf_backward_bn_train_cpu(const Geometry& g, const T* x, const T* grad_out,
   constexpr int L = simd::Vec<T>::lanes;
   using simd::load;
   using simd::store;
+  if (g.N * g.T * g.H * g.W == 0) {  // an empty batch: nothing to differentiate, the parameters' gradients are zero
+    for (T* p : {grad_wt, grad_wh, grad_ww}) std::fill(p, p + 3 * g.F, T(0));
+    std::fill(grad_gamma, grad_gamma + g.F, T(0));
+    std::fill(grad_beta, grad_beta + g.F, T(0));
+    return;
+  }
   copy_passthrough(g, grad_out, g.so, grad_x, g.sg);
   const ChannelPlanes<T> lay(g.N, g.T, g.H, g.W);
   using Fetch = typename ChannelPlanes<T>::template Fetch<false>;
