@@ -40,7 +40,8 @@ void mvf_backward_cpu(const Geometry& g, const T* x, const T* grad_out, const T*
 
 // Training-mode BatchNorm on the fused channels (statistics over N, T, H, W of the views' sum y), then HardSwish
 // if asked: out[:, c] = act(gamma[c] * (y - mean[c]) / sqrt(var[c] + eps) + beta[c]) for c < F; channels
-// F..C-1 copied. Writes the batch mean and the biased variance (F,). Statistics in double, two-pass.
+// F..C-1 copied. Writes the batch mean and the biased variance (F,): two passes (mean, then centred squares),
+// vector sums per clip combined in double.
 template <typename T>
 void mvf_forward_bn_train_cpu(const Geometry& g, const T* x, const T* wt, const T* wh, const T* ww, const T* gamma,
                               const T* beta, double eps, bool hardswish, T* out, T* mean, T* var);

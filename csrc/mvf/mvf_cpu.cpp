@@ -30,6 +30,12 @@ struct Plane {
 };
 inline Plane plane_of(int64_t p, int64_t channels, int64_t T) { return {p / (T * channels), (p / T) % channels, p % T}; }
 
+// The first element of plane (n, c, t) of a tensor with strides s (n, c, t, h).
+template <typename T>
+inline T* plane_at(T* base, const int64_t* s, int64_t n, int64_t c, int64_t t) {
+  return base + n * s[0] + c * s[1] + t * s[2];
+}
+
 // Per-plane constants of the packed paths: 1 where a flat index has a left / right neighbour in its row, and a
 // zero plane that stands in for the missing neighbour planes at the T edges.
 template <typename T>
@@ -393,13 +399,12 @@ void mvf_forward_bn_train_cpu(const Geometry& g, const T* x, const T* wt, const 
   using WriteFetch = typename ChannelPlanes<T>::template Fetch<true>;
   const int64_t count = g.N * g.T * g.H * g.W, S = lay.stride;
   const T* valid = lay.valid();
-  const auto x_plane = [&](int64_t n, int64_t c, int64_t t) { return x + n * g.sx[0] + c * g.sx[1] + t * g.sx[2]; };
   parallel_for(0, g.F, 1, [&](int64_t c0, int64_t c1) {
     auto xbuf = lay.buffer(), ybuf = lay.buffer();
     T* xs = xbuf.data();
     T* ys = ybuf.data();
     for (int64_t c = c0; c < c1; ++c) {
-      lay.for_planes([&](int64_t o, int64_t n, int64_t t) { lay.load_plane(xs + o, x_plane(n, c, t), g.sx[3]); });
+      lay.for_planes([&](int64_t o, int64_t n, int64_t t) { lay.load_plane(xs + o, plane_at(x, g.sx, n, c, t), g.sx[3]); });
       // The views (zero on the gaps), their mean, then their centred sum of squares: vector sums per clip,
       // combined in double.
       const ChannelStencil<T> k(wt + 3 * c, wh + 3 * c, ww + 3 * c, lay, false);
@@ -407,7 +412,7 @@ void mvf_forward_bn_train_cpu(const Geometry& g, const T* x, const T* wt, const 
       for (int64_t n = 0; n < g.N; ++n) {
         V s{};
         for (int64_t t = 0, o = lay.at(n, 0); t < g.T; ++t, o += S) {
-          const Fetch next_x(c + 1 < c1 ? x_plane(n, c + 1, t) : nullptr, lay);
+          const Fetch next_x(c + 1 < c1 ? plane_at(x, g.sx, n, c + 1, t) : nullptr, lay);
           for (int64_t i = 0; i < S; i += L) {
             next_x(i / L);
             const V y = k(xs + o, i) * load(valid + i);
@@ -423,7 +428,7 @@ void mvf_forward_bn_train_cpu(const Geometry& g, const T* x, const T* wt, const 
       for (int64_t n = 0; n < g.N; ++n) {
         V s{};
         for (int64_t t = 0, o = lay.at(n, 0); t < g.T; ++t, o += S) {
-          const WriteFetch out_plane(out + n * g.so[0] + c * g.so[1] + t * g.so[2], lay);
+          const WriteFetch out_plane(plane_at(out, g.so, n, c, t), lay);
           for (int64_t i = 0; i < S; i += L) {
             out_plane(i / L);
             const V d = (load(ys + o + i) - muv) * load(valid + i);
@@ -437,7 +442,7 @@ void mvf_forward_bn_train_cpu(const Geometry& g, const T* x, const T* wt, const 
       const V a = V{} + static_cast<T>(gamma[c] * invstd);
       const V b = V{} + static_cast<T>(beta[c] - mu * (gamma[c] * invstd));
       lay.for_planes([&](int64_t o, int64_t n, int64_t t) {
-        lay.store_plane(out + n * g.so[0] + c * g.so[1] + t * g.so[2], g.so[3], [&](int64_t i) {
+        lay.store_plane(plane_at(out, g.so, n, c, t), g.so[3], [&](int64_t i) {
           const V z = a * load(ys + o + i) + b;
           return hardswish ? hardswish_vec<T>(z) : z;
         });
@@ -468,10 +473,6 @@ void mvf_backward_bn_train_cpu(const Geometry& g, const T* x, const T* grad_out,
   using Fetch = typename ChannelPlanes<T>::template Fetch<false>;
   using WriteFetch = typename ChannelPlanes<T>::template Fetch<true>;
   const int64_t count = g.N * g.T * g.H * g.W, S = lay.stride, R = lay.W;
-  const auto x_plane = [&](int64_t n, int64_t c, int64_t t) { return x + n * g.sx[0] + c * g.sx[1] + t * g.sx[2]; };
-  const auto grad_plane = [&](int64_t n, int64_t c, int64_t t) {
-    return grad_out + n * g.so[0] + c * g.so[1] + t * g.so[2];
-  };
   const T* valid = lay.valid();
   const T* has_left = lay.has_left();
   const T* has_right = lay.has_right();
@@ -483,8 +484,8 @@ void mvf_backward_bn_train_cpu(const Geometry& g, const T* x, const T* grad_out,
     T* ys = ybuf.data();
     for (int64_t c = c0; c < c1; ++c) {
       lay.for_planes([&](int64_t o, int64_t n, int64_t t) {
-        lay.load_plane(xs + o, x_plane(n, c, t), g.sx[3]);
-        lay.load_plane(gs + o, grad_plane(n, c, t), g.so[3]);
+        lay.load_plane(xs + o, plane_at(x, g.sx, n, c, t), g.sx[3]);
+        lay.load_plane(gs + o, plane_at(grad_out, g.so, n, c, t), g.so[3]);
       });
       const double invstd = 1.0 / std::sqrt(static_cast<double>(var[c]) + eps);
       const T mu = mean[c];
@@ -498,8 +499,8 @@ void mvf_backward_bn_train_cpu(const Geometry& g, const T* x, const T* grad_out,
         for (int64_t n = 0; n < g.N; ++n) {
           V s{}, sc{};
           for (int64_t t = 0, o = lay.at(n, 0); t < g.T; ++t, o += S) {
-            const Fetch next_x(c + 1 < c1 ? x_plane(n, c + 1, t) : nullptr, lay);
-            const Fetch next_grad(c + 1 < c1 ? grad_plane(n, c + 1, t) : nullptr, lay);
+            const Fetch next_x(c + 1 < c1 ? plane_at(x, g.sx, n, c + 1, t) : nullptr, lay);
+            const Fetch next_grad(c + 1 < c1 ? plane_at(grad_out, g.so, n, c + 1, t) : nullptr, lay);
             for (int64_t i = 0; i < S; i += L) {
               next_x(i / L);
               next_grad(i / L);
@@ -525,7 +526,7 @@ void mvf_backward_bn_train_cpu(const Geometry& g, const T* x, const T* grad_out,
       for (int64_t n = 0; n < g.N; ++n) {
         V s_c{}, s_tp{}, s_tn{}, s_up{}, s_down{}, s_left{}, s_right{};
         for (int64_t t = 0, o = lay.at(n, 0); t < g.T; ++t, o += S) {
-          const WriteFetch grad_x_plane(grad_x + n * g.sg[0] + c * g.sg[1] + t * g.sg[2], lay);
+          const WriteFetch grad_x_plane(plane_at(grad_x, g.sg, n, c, t), lay);
           for (int64_t i = 0; i < S; i += L) {
             grad_x_plane(i / L);
             const V dy = a * (load(gs + o + i) - k_mean - (load(ys + o + i) - muv) * k_centred) * load(valid + i);
@@ -548,7 +549,7 @@ void mvf_backward_bn_train_cpu(const Geometry& g, const T* x, const T* grad_out,
       // grad_x: the stencil of d loss / d y with mirrored taps.
       const ChannelStencil<T> mirrored(wt + 3 * c, wh + 3 * c, ww + 3 * c, lay, true);
       lay.for_planes([&](int64_t o, int64_t n, int64_t t) {
-        lay.store_plane(grad_x + n * g.sg[0] + c * g.sg[1] + t * g.sg[2], g.sg[3],
+        lay.store_plane(plane_at(grad_x, g.sg, n, c, t), g.sg[3],
                         [&](int64_t i) { return mirrored(gs + o, i); });
       });
     }
