@@ -48,28 +48,34 @@ def test_semantics_by_hand():
     torch.testing.assert_close(d[0, 0, :4], torch.tensor([0.0, 0.01, 0.04, 0.09]))
 
 
-def test_gradcheck():
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck(device):
     torch.manual_seed(4)
-    p1 = torch.rand(2, 6, 3, dtype=torch.float64, requires_grad=True)
-    p2 = torch.rand(2, 12, 3, dtype=torch.float64, requires_grad=True)
+    p1 = torch.rand(2, 6, 3, dtype=torch.float64, device=device, requires_grad=True)
+    p2 = torch.rand(2, 12, 3, dtype=torch.float64, device=device, requires_grad=True)
     gradcheck(lambda a, b: ops.ball_query(a, b, K=5, radius=0.6, return_nn=False).dists, (p1, p2))
 
 
-def test_empty():
-    d, idx, nn = ops.ball_query(torch.rand(2, 3, 3), torch.rand(2, 0, 3), K=4, radius=1.0)
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty(device):
+    d, idx, nn = ops.ball_query(torch.rand(2, 3, 3, device=device), torch.rand(2, 0, 3, device=device), K=4,
+                                radius=1.0)
     assert (idx == -1).all() and (d == 0).all()
-    d, idx, nn = ops.ball_query(torch.rand(0, 3, 3), torch.rand(0, 5, 3), K=4, radius=1.0)
+    d, idx, nn = ops.ball_query(torch.rand(0, 3, 3, device=device), torch.rand(0, 5, 3, device=device), K=4,
+                                radius=1.0)
     assert idx.shape == (0, 3, 4)
 
 
-def test_opcheck():
-    p1 = torch.rand(2, 9, 3, requires_grad=True)
-    p2 = torch.rand(2, 11, 3, requires_grad=True)
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    p1 = torch.rand(2, 9, 3, device=device, requires_grad=True)
+    p2 = torch.rand(2, 11, 3, device=device, requires_grad=True)
     opcheck(torch.ops.pvf.ball_query.default, (p1, p2, None, None, 4, 0.5))
 
 
-def test_torch_compile():
-    p1, p2 = torch.rand(2, 20, 3), torch.rand(2, 30, 3)
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile(device):
+    p1, p2 = torch.rand(2, 20, 3, device=device), torch.rand(2, 30, 3, device=device)
     check_compiled(lambda a, b: tuple(ops.ball_query(a, b, K=6, radius=0.4)), p1, p2)
 
 

@@ -66,10 +66,11 @@ def test_matches_torchvision(device, B, C_per, Cout_per, groups, og, kh, kw, H, 
             assert_close(torch.zeros_like(b) if a is None else a, b, dtype, **tol)
 
 
-def test_gradcheck_all_inputs():
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck_all_inputs(device):
     g = torch.Generator().manual_seed(0)
     x, offset, weight, bias, mask = _case(g, 2, 1, 2, 2, 2, 2, 3, 5, 6, (1, 2), (1, 0), (1, 2), True, 1.5)
-    ins = [t.requires_grad_() for t in (x, offset, weight, bias, mask)]
+    ins = [t.to(device).requires_grad_() for t in (x, offset, weight, bias, mask)]
     gradcheck(lambda a, o, w, b, m: ops.deform_conv2d(a, o, w, b, (1, 2), (1, 0), (1, 2), m), ins)
 
 
@@ -85,11 +86,13 @@ def test_reference_backend_agrees_with_cpu():
         assert_close(a, b)
 
 
-def test_batches_that_span_several_chunks(monkeypatch):
+@pytest.mark.parametrize("device", DEVICES)
+def test_batches_that_span_several_chunks(monkeypatch, device):
     import pyvision_fast.ops.deform_conv as dc
 
     g = torch.Generator().manual_seed(2)
-    ins = [t.requires_grad_() for t in _case(g, 7, 2, 2, 1, 1, 3, 3, 5, 5, (1, 1), (1, 1), (1, 1), True, 1.0)]
+    ins = [t.to(device).requires_grad_()
+           for t in _case(g, 7, 2, 2, 1, 1, 3, 3, 5, 5, (1, 1), (1, 1), (1, 1), True, 1.0)]
     expected = torchvision.ops.deform_conv2d(ins[0], ins[1], ins[2], ins[3], 1, 1, 1, ins[4])
     want = torch.autograd.grad(expected, ins, torch.ones_like(expected))
     per_image = 2 * 9 * 25 * 8
@@ -100,10 +103,12 @@ def test_batches_that_span_several_chunks(monkeypatch):
         assert_close(a, b)
 
 
-def test_opcheck_and_compile():
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_and_compile(device):
     g = torch.Generator().manual_seed(3)
     x, offset, weight, bias, mask = _case(g, 2, 2, 2, 1, 2, 3, 3, 6, 6, (1, 1), (1, 1), (1, 1), True, 1.0)
-    x, offset, weight, bias, mask = (t.float().requires_grad_() for t in (x, offset, weight, bias, mask))
+    x, offset, weight, bias, mask = (t.to(device, torch.float32).requires_grad_()
+                                     for t in (x, offset, weight, bias, mask))
     opcheck(torch.ops.pvf.deform_conv2d.default, (x, weight, offset, mask, bias, [1, 1], [1, 1], [1, 1]))
     opcheck(torch.ops.pvf.deform_conv2d.default, (x, weight, offset, None, None, [1, 1], [1, 1], [1, 1]))
     check_compiled(lambda a, o, w, b, m: ops.deform_conv2d(a, o, w, b, 1, 1, 1, m), x, offset, weight, bias, mask)
@@ -141,10 +146,11 @@ def test_bad_inputs():
         run_bad_input(case)
 
 
-def test_empty_batch():
-    x = torch.randn(0, 4, 6, 6, requires_grad=True)
-    w = torch.randn(6, 4, 3, 3, requires_grad=True)
-    out = ops.deform_conv2d(x, torch.randn(0, 18, 6, 6), w, torch.zeros(6), padding=1)
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_batch(device):
+    x = torch.randn(0, 4, 6, 6, device=device, requires_grad=True)
+    w = torch.randn(6, 4, 3, 3, device=device, requires_grad=True)
+    out = ops.deform_conv2d(x, torch.randn(0, 18, 6, 6, device=device), w, torch.zeros(6, device=device), padding=1)
     assert out.shape == (0, 6, 6, 6)
     out.sum().backward()
     assert torch.equal(w.grad, torch.zeros_like(w))
@@ -200,14 +206,15 @@ def test_onnx_export(cls, kwargs, tmp_path):
     assert "GridSample" in report.op_types and "MatMul" in report.op_types
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("backend", ["cpu", "reference", pytest.param("cuda", marks=pytest.mark.cuda)])
 def test_samples_outside_the_image_never_read_it(backend):
     """Outside samples are zeros, as in torchvision, even when the image holds inf at the corner they index."""
-    x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
+    device = "cuda" if backend == "cuda" else "cpu"
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64, device=device)
     x[0, :, 0, 0] = float("inf")
-    offset = torch.full((1, 18, 5, 5), -40.0, dtype=torch.float64, requires_grad=True)  # every tap far outside
-    weight = torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
-    mask = torch.rand(1, 9, 5, 5, dtype=torch.float64, requires_grad=True)
+    offset = torch.full((1, 18, 5, 5), -40.0, dtype=torch.float64, device=device, requires_grad=True)  # far outside
+    weight = torch.randn(3, 2, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
+    mask = torch.rand(1, 9, 5, 5, dtype=torch.float64, device=device, requires_grad=True)
     expected = torchvision.ops.deform_conv2d(x, offset, weight, None, 1, 1, 1, mask)
     with use_backend(backend):
         out = ops.deform_conv2d(x, offset, weight, None, 1, 1, 1, mask)

@@ -37,9 +37,10 @@ def test_matches_reference(device, B, C, N, M, S, int32, seed):
         assert_close(gf, rf, dtype)
 
 
-def test_gradcheck():
-    f = torch.randn(2, 4, 10, dtype=torch.float64, requires_grad=True)
-    idx = torch.randint(0, 10, (2, 7))
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck(device):
+    f = torch.randn(2, 4, 10, dtype=torch.float64, device=device, requires_grad=True)
+    idx = torch.randint(0, 10, (2, 7), device=device)
     gradcheck(lambda x: ops.gather_points(x, idx), (f,))
     gradcheck(lambda x: ops.grouping_operation(x, idx.view(2, 7, 1).expand(2, 7, 3).contiguous()), (f,))
 
@@ -55,22 +56,25 @@ def test_backends_agree_on_backward():
     assert_close(g, f.grad)
 
 
-def test_non_contiguous():
-    f = torch.randn(2, 30, 5).transpose(1, 2)
-    idx = torch.randint(0, 30, (2, 8))
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_contiguous(device):
+    f = torch.randn(2, 30, 5, device=device).transpose(1, 2)
+    idx = torch.randint(0, 30, (2, 8), device=device)
     assert torch.equal(ops.gather_points(f, idx), ref.gather_columns(f, idx))
 
 
-def test_opcheck():
-    f = torch.randn(2, 4, 10, requires_grad=True)
-    idx = torch.randint(0, 10, (2, 6))
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    f = torch.randn(2, 4, 10, device=device, requires_grad=True)
+    idx = torch.randint(0, 10, (2, 6), device=device)
     opcheck(torch.ops.pvf.gather_points.default, (f, idx))
-    opcheck(torch.ops.pvf.gather_points_backward.default, (torch.randn(2, 4, 6), idx, 10))
+    opcheck(torch.ops.pvf.gather_points_backward.default, (torch.randn(2, 4, 6, device=device), idx, 10))
 
 
-def test_torch_compile():
-    f = torch.randn(2, 4, 10, requires_grad=True)
-    idx = torch.randint(0, 10, (2, 6, 3))
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile(device):
+    f = torch.randn(2, 4, 10, device=device, requires_grad=True)
+    idx = torch.randint(0, 10, (2, 6, 3), device=device)
     check_compiled(lambda x: ops.grouping_operation(x, idx).sum(-1), f)
 
 

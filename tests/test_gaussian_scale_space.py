@@ -63,11 +63,12 @@ def test_constant_image_is_preserved(mode):
     assert_close(out, torch.full((2, 3, 3, 6, 7), 2.5, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", MODES)
-def test_gradcheck_in_x_and_sigma(mode):
+def test_gradcheck_in_x_and_sigma(mode, device):
     torch.manual_seed(0)
-    x = torch.randn(2, 2, 6, 7, dtype=torch.float64, requires_grad=True)
-    sigma = torch.tensor([0.6, 1.2], dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 2, 6, 7, dtype=torch.float64).to(device).requires_grad_()
+    sigma = torch.tensor([0.6, 1.2], dtype=torch.float64, device=device, requires_grad=True)
     # a fixed radius: the kernels' support must not change under the finite-difference perturbation of sigma
     gradcheck(lambda a, s: ops.gaussian_scale_space(a, s, padding_mode=mode, radius=[2, 4]), (x, sigma))
 
@@ -90,12 +91,13 @@ def test_reference_backend_agrees_with_cpu():
             assert_close(a, b)
 
 
-def test_opcheck_and_compile():
-    x = torch.randn(2, 3, 7, 8, requires_grad=True)
-    kernels = ref.gaussian_kernels(torch.tensor([0.5, 1.0, 1.5]), [1, 3, 4])
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_and_compile(device):
+    x = torch.randn(2, 3, 7, 8, device=device, requires_grad=True)
+    kernels = ref.gaussian_kernels(torch.tensor([0.5, 1.0, 1.5], device=device), [1, 3, 4])
     for boundary in (0, 1, 2):
         opcheck(torch.ops.pvf.filter_bank.default, (x, kernels.requires_grad_(), [1, 3, 4], boundary))
-    sigma = torch.tensor([0.8, 1.6], requires_grad=True)
+    sigma = torch.tensor([0.8, 1.6], device=device, requires_grad=True)
     check_compiled(lambda a, s: ops.gaussian_scale_space(a, s, radius=[2, 5]), x, sigma)
 
 
@@ -126,13 +128,15 @@ def test_bad_inputs():
         run_bad_input(case)
 
 
-def test_empty_and_replicate_beyond_the_image():
-    out = ops.gaussian_scale_space(torch.randn(0, 3, 5, 5), [1.0, 2.0])
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_and_replicate_beyond_the_image(device):
+    out = ops.gaussian_scale_space(torch.randn(0, 3, 5, 5, device=device), [1.0, 2.0])
     assert out.shape == (0, 2, 3, 5, 5)
-    x = torch.randn(1, 2, 3, 4, dtype=torch.float64)  # radius 9 > size: fine with replicate and zeros
+    x = torch.randn(1, 2, 3, 4, dtype=torch.float64).to(device)  # radius 9 > size: fine with replicate and zeros
     for mode in ("replicate", "zeros"):
         assert_close(ops.gaussian_scale_space(x, [3.0], padding_mode=mode),
-                     ref.gaussian_scale_space(x, torch.tensor([3.0], dtype=torch.float64), padding_mode=mode))
+                     ref.gaussian_scale_space(x, torch.tensor([3.0], dtype=torch.float64, device=device),
+                                              padding_mode=mode))
 
 
 class _Blur(torch.nn.Module):

@@ -77,28 +77,33 @@ def test_gradients_match_reference(device):
     assert_close(g2, p2.grad)
 
 
-def test_gradcheck():
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck(device):
     torch.manual_seed(2)
-    p1 = torch.rand(2, 8, 3, dtype=torch.float64, requires_grad=True)
-    p2 = torch.rand(2, 10, 3, dtype=torch.float64, requires_grad=True)
+    p1 = torch.rand(2, 8, 3, dtype=torch.float64, device=device, requires_grad=True)
+    p2 = torch.rand(2, 10, 3, dtype=torch.float64, device=device, requires_grad=True)
+    l1, l2 = torch.tensor([8, 5], device=device), torch.tensor([3, 10], device=device)
     gradcheck(lambda a, b: ops.knn_points(a, b, K=4).dists, (p1, p2))
-    gradcheck(lambda a, b: ops.knn_points(a, b, torch.tensor([8, 5]), torch.tensor([3, 10]), K=4).dists, (p1, p2))
+    gradcheck(lambda a, b: ops.knn_points(a, b, l1, l2, K=4).dists, (p1, p2))
 
 
-def test_non_contiguous_inputs():
-    p1 = torch.rand(2, 3, 20).transpose(1, 2)
-    p2 = torch.rand(2, 3, 30).transpose(1, 2)
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_contiguous_inputs(device):
+    p1 = torch.rand(2, 3, 20, device=device).transpose(1, 2)
+    p2 = torch.rand(2, 3, 30, device=device).transpose(1, 2)
     d, idx, _ = ops.knn_points(p1, p2, K=5)
     rd, ri = ref.knn_points_idx(p1, p2, None, None, 5)
     assert_close(d, rd)
 
 
-def test_empty_inputs():
-    d, idx, _ = ops.knn_points(torch.rand(0, 5, 3), torch.rand(0, 7, 3), K=2)
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_inputs(device):
+    d, idx, _ = ops.knn_points(torch.rand(0, 5, 3, device=device), torch.rand(0, 7, 3, device=device), K=2)
     assert d.shape == (0, 5, 2)
-    d, idx, _ = ops.knn_points(torch.rand(2, 0, 3), torch.rand(2, 7, 3), K=2)
+    d, idx, _ = ops.knn_points(torch.rand(2, 0, 3, device=device), torch.rand(2, 7, 3, device=device), K=2)
     assert d.shape == (2, 0, 2)
-    d, idx, _ = ops.knn_points(torch.rand(2, 4, 3), torch.rand(2, 0, 3), K=2)  # no candidates: all padding
+    # no candidates: all padding
+    d, idx, _ = ops.knn_points(torch.rand(2, 4, 3, device=device), torch.rand(2, 0, 3, device=device), K=2)
     assert (d == 0).all() and (idx == 0).all()
 
 
@@ -112,16 +117,19 @@ def test_backends_agree():
     assert torch.equal(i, ri)
 
 
-def test_opcheck():
-    p1 = torch.rand(2, 9, 3, requires_grad=True)
-    p2 = torch.rand(2, 11, 3, requires_grad=True)
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    p1 = torch.rand(2, 9, 3, device=device, requires_grad=True)
+    p2 = torch.rand(2, 11, 3, device=device, requires_grad=True)
     opcheck(torch.ops.pvf.knn_points.default, (p1, p2, None, None, 4))
-    opcheck(torch.ops.pvf.knn_points.default, (p1, p2, torch.tensor([9, 3]), torch.tensor([2, 11]), 4))
+    opcheck(torch.ops.pvf.knn_points.default,
+            (p1, p2, torch.tensor([9, 3], device=device), torch.tensor([2, 11], device=device), 4))
 
 
-def test_torch_compile():
-    p1 = torch.rand(2, 20, 3, requires_grad=True)
-    p2 = torch.rand(2, 25, 3, requires_grad=True)
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile(device):
+    p1 = torch.rand(2, 20, 3, device=device, requires_grad=True)
+    p2 = torch.rand(2, 25, 3, device=device, requires_grad=True)
 
     def fn(a, b):
         r = ops.knn_points(a, b, K=5, return_nn=True)

@@ -62,21 +62,24 @@ def test_reference_backend_gradients_agree():
         assert_close(a, b)
 
 
-def test_gradcheck():
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck(device):
     torch.manual_seed(0)
-    x = torch.randn(2, 4, 3, 4, 5, dtype=torch.float64, requires_grad=True)
-    w = [torch.randn(3, 3, dtype=torch.float64, requires_grad=True) for _ in range(3)]
-    scale, shift = torch.rand(3, dtype=torch.float64) + 0.5, torch.randn(3, dtype=torch.float64)
+    x = torch.randn(2, 4, 3, 4, 5, dtype=torch.float64).to(device).requires_grad_()
+    w = [torch.randn(3, 3, dtype=torch.float64).to(device).requires_grad_() for _ in range(3)]
+    scale, shift = (torch.rand(3, dtype=torch.float64) + 0.5).to(device), torch.randn(3, dtype=torch.float64).to(device)
     gradcheck(lambda a, b, c, d: ops.multi_view_fusion(a, b, c, d, fused_channels=3), (x, *w))
     gradcheck(lambda a, b, c, d: ops.multi_view_fusion(a, b, c, d, scale, shift, True, 3), (x, *w))
 
 
-def test_opcheck_and_compile():
-    x = torch.randn(2, 4, 3, 4, 5, requires_grad=True)
-    w = [torch.randn(4, 3, requires_grad=True) for _ in range(3)]
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_and_compile(device):
+    x = torch.randn(2, 4, 3, 4, 5, device=device, requires_grad=True)
+    w = [torch.randn(4, 3, device=device, requires_grad=True) for _ in range(3)]
     opcheck(torch.ops.pvf.multi_view_fusion.default, (x, *w, None, None, False, 4))
     w2 = [t[:2].detach().requires_grad_() for t in w]
-    opcheck(torch.ops.pvf.multi_view_fusion.default, (x, *w2, torch.rand(2), torch.rand(2), True, 2))
+    opcheck(torch.ops.pvf.multi_view_fusion.default,
+            (x, *w2, torch.rand(2, device=device), torch.rand(2, device=device), True, 2))
     check_compiled(lambda a, b, c, d: ops.multi_view_fusion(a, b, c, d, hardswish=True), x, *w)
 
 
@@ -161,9 +164,10 @@ def test_batchnorm_gradcheck_and_backends():
         assert_close(a, b)
 
 
-def test_batchnorm_opcheck_and_compile():
+@pytest.mark.parametrize("device", DEVICES)
+def test_batchnorm_opcheck_and_compile(device):
     g = torch.Generator().manual_seed(2)
-    x, w, gamma, beta = _bn_inputs(g, 2, 4, 3, 4, 5, 2, False, "cpu", torch.float32)
+    x, w, gamma, beta = _bn_inputs(g, 2, 4, 3, 4, 5, 2, False, device, torch.float32)
     opcheck(torch.ops.pvf.multi_view_fusion_batchnorm.default, (x, *w, gamma, beta, 1e-5, True, 2))
     out, mean, var = ops.multi_view_fusion_batchnorm(x, *w, gamma, beta, 1e-5, True, 2)
     opcheck(torch.ops.pvf.multi_view_fusion_batchnorm_backward.default,
@@ -243,23 +247,29 @@ def test_views_backward_with_a_given_fused_gradient():
         assert_close(a, b)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("hardswish", [True, False])
-def test_rows_that_are_not_packed(hardswish):
+def test_rows_that_are_not_packed(hardswish, device):
     """x a W-slice of a wider tensor (row stride > W): values and gradients of both ops against the reference."""
     g = torch.Generator().manual_seed(9)
-    x = torch.randn(2, 5, 3, 6, 9, generator=g, dtype=torch.float64)[..., 1:8].requires_grad_()
-    w = [torch.randn(3, 3, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
-    gamma = (torch.rand(3, generator=g, dtype=torch.float64) + 0.5).requires_grad_()
-    beta = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
-    scale, shift = torch.rand(3, generator=g, dtype=torch.float64) + 0.5, torch.randn(3, generator=g,
-                                                                                       dtype=torch.float64)
+
+    def make(*shape, leaf=True):
+        t = torch.randn(*shape, generator=g, dtype=torch.float64).to(device)
+        return t.requires_grad_() if leaf else t
+
+    x = make(2, 5, 3, 6, 9, leaf=False)[..., 1:8].requires_grad_()
+    w = [make(3, 3) for _ in range(3)]
+    gamma = (torch.rand(3, generator=g, dtype=torch.float64) + 0.5).to(device).requires_grad_()
+    beta = make(3)
+    scale = (torch.rand(3, generator=g, dtype=torch.float64) + 0.5).to(device)
+    shift = make(3, leaf=False)
     pairs = [(ops.multi_view_fusion(x, *w, scale, shift, hardswish, 3),
               ref.multi_view_fusion(x, *w, scale, shift, hardswish, 3), [x, *w]),
              (ops.multi_view_fusion_batchnorm(x, *w, gamma, beta, 1e-5, hardswish, 3)[0],
               ref.multi_view_fusion_batchnorm(x, *w, gamma, beta, 1e-5, hardswish, 3)[0], [x, *w, gamma, beta])]
     for got, want, inputs in pairs:
         assert_close(got, want)
-        go = torch.randn(got.shape, generator=g, dtype=torch.float64)
+        go = torch.randn(got.shape, generator=g, dtype=torch.float64).to(device)
         for a, b in zip(torch.autograd.grad(got, inputs, go), torch.autograd.grad(want, inputs, go)):
             assert_close(a, b)
 
@@ -280,17 +290,46 @@ def test_large_outputs_take_the_streaming_copy():
     assert torch.equal(gx[:, 3:], grad[:, 3:])
 
 
+@pytest.mark.cuda
+def test_cuda_tensors_larger_than_one_grid():
+    """More elements (148 M) than one launch has threads (the grid is capped at 65535 * 8 blocks of 256): the
+    grid-stride loops of both ops, forward and backward, against the reference on the GPU."""
+    g = torch.Generator(device="cuda").manual_seed(12)
+    x = torch.randn(2, 8, 16, 760, 760, device="cuda", generator=g).transpose(1, 2).requires_grad_()  # 591 MB
+    w = [torch.randn(2, 3, device="cuda", generator=g, requires_grad=True) for _ in range(3)]
+    gamma, beta = torch.rand(2, device="cuda", generator=g) + 0.5, torch.randn(2, device="cuda", generator=g)
+    grad = torch.randn(x.shape, device="cuda", generator=g)
+    for out in (ops.multi_view_fusion(x, *w, gamma, beta, True, 2),
+                ops.multi_view_fusion_batchnorm(x, *w, gamma, beta, 1e-5, True, 2)[0]):
+        assert torch.equal(out[:, 2:], x[:, 2:])
+        gx, *gw = torch.autograd.grad(out, [x, *w], grad)
+        assert torch.equal(gx[:, 2:], grad[:, 2:])
+        del out
+    x2 = x[:, :2].detach().double().requires_grad_()
+    w2 = [t.detach().double().requires_grad_() for t in w]
+    want = ref.multi_view_fusion_batchnorm(x2, *w2, gamma.double(), beta.double(), 1e-5, True)[0]
+    got = ops.multi_view_fusion_batchnorm(x, *w, gamma, beta, 1e-5, True, 2)[0][:, :2]
+    assert_close(got, want, torch.float32, atol=1e-4, rtol=1e-4)
+    gx, *gw = torch.autograd.grad(got, [x, *w], grad[:, :2])
+    rgx, *rgw = torch.autograd.grad(want, [x2, *w2], grad[:, :2].double())
+    assert_close(gx[:, :2], rgx, torch.float32, atol=1e-4, rtol=1e-4)
+    for a, b in zip(gw, rgw):  # sums over 9.2 M values per channel
+        assert_close(a, b, torch.float32, atol=1e-2, rtol=1e-3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", [(0, 4, 3, 5, 5), (2, 4, 0, 5, 5), (2, 4, 3, 0, 5), (2, 4, 3, 5, 0)])
-def test_empty_batches(shape):
+def test_empty_batches(shape, device):
     """Any of N, T, H, W zero: both ops give an empty output, zero statistics and zero parameter gradients, also
     through the expanded (stride 0) gradient of out.sum()."""
     g = torch.Generator().manual_seed(11)
-    x = torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True)
-    w = [torch.randn(2, 3, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
-    gamma = torch.ones(2, dtype=torch.float64, requires_grad=True)
-    beta = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(shape, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    w = [torch.randn(2, 3, generator=g, dtype=torch.float64).to(device).requires_grad_() for _ in range(3)]
+    gamma = torch.ones(2, dtype=torch.float64, device=device, requires_grad=True)
+    beta = torch.zeros(2, dtype=torch.float64, device=device, requires_grad=True)
     out, mean, var = ops.multi_view_fusion_batchnorm(x, *w, gamma, beta, 1e-5, True, 2)
-    assert out.shape == x.shape and torch.equal(mean, torch.zeros(2, dtype=torch.float64)) and torch.equal(var, mean)
+    zeros = torch.zeros(2, dtype=torch.float64, device=device)
+    assert out.shape == x.shape and torch.equal(mean, zeros) and torch.equal(var, zeros)
     plain = ops.multi_view_fusion(x, *w, fused_channels=2)
     assert plain.shape == x.shape
     for result, params in ((out, [*w, gamma, beta]), (plain, w)):
@@ -357,10 +396,12 @@ class OfficialMVF(torch.nn.Module):
 @pytest.mark.parametrize("share", [False, True])
 @pytest.mark.parametrize("use_hs", [True, False])
 @pytest.mark.parametrize("training", [True, False])
-def test_module_matches_official_formulation(mode, share, use_hs, training):
+@pytest.mark.parametrize("device", DEVICES)
+def test_module_matches_official_formulation(mode, share, use_hs, training, device):
     torch.manual_seed(0)
     net = torch.nn.Conv2d(16, 8, 1, bias=False)
     ours = MVF(net, n_segment=4, in_channels=16, alpha=0.25, use_hs=use_hs, share=share, mode=mode).double()
+    ours = ours.to(device)
     with torch.no_grad():  # non-trivial BN statistics for the eval path
         ours.bn.running_mean.uniform_(-0.5, 0.5)
         ours.bn.running_var.uniform_(0.5, 2.0)
@@ -368,7 +409,7 @@ def test_module_matches_official_formulation(mode, share, use_hs, training):
         ours.bn.bias.uniform_(-0.3, 0.3)
     official = OfficialMVF(ours)
     ours.train(training)
-    x = torch.randn(2 * 4, 16, 5, 6, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2 * 4, 16, 5, 6, dtype=torch.float64).to(device).requires_grad_()
     state = {k: v.clone() for k, v in ours.state_dict().items()}
     got = ours(x)
     grads = torch.autograd.grad(got.sum(), [x, *ours.parameters()], allow_unused=True)

@@ -47,9 +47,10 @@ def test_matches_definition():
     assert idx[0].tolist() == _brute_force_fps(pts[0], 40)
 
 
-def test_k_exceeds_length_pads_with_minus_one():
-    pts = torch.rand(2, 10, 3)
-    sampled, idx = ops.sample_farthest_points(pts, lengths=torch.tensor([4, 10]), K=6)
+@pytest.mark.parametrize("device", DEVICES)
+def test_k_exceeds_length_pads_with_minus_one(device):
+    pts = torch.rand(2, 10, 3, device=device)
+    sampled, idx = ops.sample_farthest_points(pts, lengths=torch.tensor([4, 10], device=device), K=6)
     assert (idx[0, 4:] == -1).all() and (idx[0, :4] >= 0).all() and (idx[0, :4] < 4).all()
     assert sorted(idx[0, :4].tolist()) == [0, 1, 2, 3]
     assert (sampled[0, 4:] == 0).all()
@@ -70,13 +71,14 @@ def test_random_start_point_is_seeded_and_valid():
             pts[cloud, : lengths[cloud]], 5, int(a[cloud, 0]))[: min(5, int(lengths[cloud]))]
 
 
-def test_duplicates_and_degenerate_clouds():
-    pts = torch.zeros(1, 6, 3)  # every distance is 0: picks the lowest remaining index each time
+@pytest.mark.parametrize("device", DEVICES)
+def test_duplicates_and_degenerate_clouds(device):
+    pts = torch.zeros(1, 6, 3, device=device)  # every distance is 0: picks the lowest remaining index each time
     _, idx = ops.sample_farthest_points(pts, K=3)
     assert idx.tolist() == ref.sample_farthest_points_idx(pts, None, None, 3).tolist()
-    _, idx = ops.sample_farthest_points(torch.rand(2, 0, 3), K=3)
+    _, idx = ops.sample_farthest_points(torch.rand(2, 0, 3, device=device), K=3)
     assert (idx == -1).all()
-    _, idx = ops.sample_farthest_points(torch.rand(0, 5, 3), K=3)
+    _, idx = ops.sample_farthest_points(torch.rand(0, 5, 3, device=device), K=3)
     assert idx.shape == (0, 3)
 
 
@@ -115,14 +117,17 @@ def test_non_contiguous():
     assert torch.equal(ops.furthest_point_sample(pts, 10), ref.sample_farthest_points_idx(pts, None, None, 10))
 
 
-def test_opcheck():
-    pts = torch.rand(2, 30, 3)
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    pts = torch.rand(2, 30, 3, device=device)
     opcheck(torch.ops.pvf.sample_farthest_points.default, (pts, None, None, 8))
-    opcheck(torch.ops.pvf.sample_farthest_points.default, (pts, torch.tensor([30, 5]), torch.tensor([3, 1]), 8))
+    opcheck(torch.ops.pvf.sample_farthest_points.default,
+            (pts, torch.tensor([30, 5], device=device), torch.tensor([3, 1], device=device), 8))
 
 
-def test_torch_compile():
-    pts = torch.rand(2, 40, 3)
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile(device):
+    pts = torch.rand(2, 40, 3, device=device)
     check_compiled(lambda p: ops.sample_farthest_points(p, K=10), pts)
 
 
@@ -156,7 +161,8 @@ def test_bad_inputs(case):
 
 @pytest.mark.parametrize("D", [2, 3, 5])
 @pytest.mark.parametrize("kind", ["uniform", "lattice"])
-def test_large_clouds_span_several_blocks(D, kind):
+@pytest.mark.parametrize("device", DEVICES)
+def test_large_clouds_span_several_blocks(D, kind, device):
     """Clouds larger than the kernel's 256-point blocks; lattice points make maxima tie across blocks."""
     g = torch.Generator().manual_seed(D)
     if kind == "uniform":
@@ -165,8 +171,8 @@ def test_large_clouds_span_several_blocks(D, kind):
         pts = torch.randint(0, 5, (3, 1500, D), generator=g).double()
     lengths = torch.tensor([1500, 700, 257])
     for dtype in (torch.float32, torch.float64):
-        _, idx = ops.sample_farthest_points(pts.to(dtype), lengths, K=300)
-        assert torch.equal(idx, ref.sample_farthest_points_idx(pts.to(dtype), lengths, None, 300))
+        _, idx = ops.sample_farthest_points(pts.to(device, dtype), lengths.to(device), K=300)
+        assert torch.equal(idx.cpu(), ref.sample_farthest_points_idx(pts.to(dtype), lengths, None, 300))
 
 
 def test_two_sampling_stages_export(tmp_path):

@@ -44,12 +44,13 @@ def test_weights_are_a_softmax_over_scales_and_zero_gain_is_identity():
     assert torch.equal(w.argmax(dim=1), (gain.view(1, 4, 1, 1, 1) * y.abs()).argmax(dim=1))
 
 
-def test_gradcheck_and_reference_backend():
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck_and_reference_backend(device):
     torch.manual_seed(1)
-    y = torch.randn(2, 3, 7, dtype=torch.float64, requires_grad=True)
-    gain = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(2, 3, 7, dtype=torch.float64).to(device).requires_grad_()
+    gain = torch.randn(3, dtype=torch.float64).to(device).requires_grad_()
     gradcheck(ops.scale_attention, (y, gain))
-    go = torch.randn(2, 3, 7, dtype=torch.float64)
+    go = torch.randn(2, 3, 7, dtype=torch.float64).to(device)
     native = torch.autograd.grad(ops.scale_attention(y, gain), [y, gain], go)
     with use_backend("reference"):
         reference = torch.autograd.grad(ops.scale_attention(y, gain), [y, gain], go)
@@ -57,13 +58,14 @@ def test_gradcheck_and_reference_backend():
         assert_close(a, b)
 
 
-def test_opcheck_and_compile():
-    y = torch.randn(2, 3, 10, requires_grad=True)
-    gain = torch.randn(3, requires_grad=True)
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_and_compile(device):
+    y = torch.randn(2, 3, 10, device=device, requires_grad=True)
+    gain = torch.randn(3, device=device, requires_grad=True)
     opcheck(torch.ops.pvf.scale_attention.default, (y, gain))
     check_compiled(ops.scale_attention, y, gain)
-    layer = ScaleAttention(3, init_gain=0.5)
-    check_compiled(layer, torch.randn(2, 6, 4, 4))
+    layer = ScaleAttention(3, init_gain=0.5).to(device)
+    check_compiled(layer, torch.randn(2, 6, 4, 4, device=device))
 
 
 def test_bad_inputs():

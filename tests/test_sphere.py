@@ -209,17 +209,19 @@ def test_column_chunks_that_split_images(monkeypatch):
         assert_close(a, e)
 
 
-def test_gradcheck_opcheck_compile_and_cache():
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck_opcheck_compile_and_cache(device):
     torch.manual_seed(5)
-    table = equirect.sampling_table(6, 12, 3, 1, "natural", torch.float64)
-    assert table is equirect.sampling_table(6, 12, (3, 3), (1, 1), "natural", torch.float64, "cpu")
+    table = equirect.sampling_table(6, 12, 3, 1, "natural", torch.float64, device)
+    assert table is equirect.sampling_table(6, 12, (3, 3), (1, 1), "natural", torch.float64, device)
     assert table.index.shape == (72, 9, 4) and table.index.dtype == torch.int32
+    assert table.index.device.type == device
     assert_close(table.weight.sum(-1), torch.ones(72, 9, dtype=torch.float64))
-    x = torch.randn(2, 3, 6, 12, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 3, 6, 12, dtype=torch.float64).to(device).requires_grad_()
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64).to(device).requires_grad_()
+    b = torch.randn(4, dtype=torch.float64).to(device).requires_grad_()
     gradcheck(lambda a, c, d: ops.sphere_conv2d(a, c, d, table), (x, w, b))
-    t32 = equirect.sampling_table(6, 12, 3, 1, "natural", torch.float32)
+    t32 = equirect.sampling_table(6, 12, 3, 1, "natural", torch.float32, device)
     x32, w32, b32 = (t.detach().float().requires_grad_() for t in (x, w, b))
     opcheck(torch.ops.pvf.sphere_conv2d.default, (x32, w32, b32, t32.index, t32.weight, 6, 12))
     opcheck(torch.ops.pvf.sphere_conv2d.default, (x32, w32, None, t32.index, t32.weight, 6, 12))

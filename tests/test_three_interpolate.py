@@ -43,38 +43,42 @@ def test_matches_reference(device, B, C, n, m, seed):
             assert_close(a, b, dtype)
 
 
-def test_gradcheck():
-    f = torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
-    w = torch.rand(2, 6, 3, dtype=torch.float64, requires_grad=True)
-    idx = torch.randint(0, 8, (2, 6, 3))
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck(device):
+    f = torch.randn(2, 3, 8, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.rand(2, 6, 3, dtype=torch.float64, device=device, requires_grad=True)
+    idx = torch.randint(0, 8, (2, 6, 3), device=device)
     gradcheck(lambda a, b: ops.three_interpolate(a, idx, b), (f, w))
-    u = torch.rand(2, 5, 3, dtype=torch.float64, requires_grad=True)
-    k = torch.rand(2, 9, 3, dtype=torch.float64, requires_grad=True)
+    u = torch.rand(2, 5, 3, dtype=torch.float64, device=device, requires_grad=True)
+    k = torch.rand(2, 9, 3, dtype=torch.float64, device=device, requires_grad=True)
     gradcheck(lambda a, b: ops.three_nn(a, b)[0], (u, k))
 
 
-def test_only_feature_gradient_requested():
-    f = torch.randn(2, 3, 8, requires_grad=True)
-    w = torch.rand(2, 6, 3)
-    idx = torch.randint(0, 8, (2, 6, 3))
+@pytest.mark.parametrize("device", DEVICES)
+def test_only_feature_gradient_requested(device):
+    f = torch.randn(2, 3, 8, device=device, requires_grad=True)
+    w = torch.rand(2, 6, 3, device=device)
+    idx = torch.randint(0, 8, (2, 6, 3), device=device)
     ops.three_interpolate(f, idx, w).sum().backward()
     with use_backend("reference"):
         expected = torch.autograd.grad(ops.three_interpolate(f, idx, w).sum(), f)[0]
     assert_close(f.grad, expected)
 
 
-def test_opcheck():
-    f = torch.randn(2, 3, 8, requires_grad=True)
-    w = torch.rand(2, 6, 3, requires_grad=True)
-    idx = torch.randint(0, 8, (2, 6, 3))
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    f = torch.randn(2, 3, 8, device=device, requires_grad=True)
+    w = torch.rand(2, 6, 3, device=device, requires_grad=True)
+    idx = torch.randint(0, 8, (2, 6, 3), device=device)
     opcheck(torch.ops.pvf.three_interpolate.default, (f, idx, w))
-    opcheck(torch.ops.pvf.three_interpolate_backward.default, (torch.randn(2, 3, 6), f.detach(), idx, w.detach(),
-                                                               True, False))
+    opcheck(torch.ops.pvf.three_interpolate_backward.default,
+            (torch.randn(2, 3, 6, device=device), f.detach(), idx, w.detach(), True, False))
 
 
-def test_torch_compile():
-    u, k = torch.rand(2, 20, 3), torch.rand(2, 10, 3)
-    f = torch.randn(2, 4, 10, requires_grad=True)
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile(device):
+    u, k = torch.rand(2, 20, 3, device=device), torch.rand(2, 10, 3, device=device)
+    f = torch.randn(2, 4, 10, device=device, requires_grad=True)
 
     def fn(u, k, f):
         d, i = ops.three_nn(u, k)

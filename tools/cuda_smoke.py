@@ -1,0 +1,114 @@
+"""Every CUDA kernel of pyvision_fast once, forward and backward, on small shapes with ragged sizes and in
+every dtype it takes: a short program to run under ``compute-sanitizer`` (memcheck, racecheck), which
+reports any out-of-bounds or uninitialised access that the value tests cannot see.
+
+    compute-sanitizer --tool memcheck --error-exitcode 1 python tools/cuda_smoke.py
+
+It asserts nothing about values (the test suite does that): it exits 0 when every call returned, and
+prints one line per op.
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from pyvision_fast import ops
+from pyvision_fast.geometry import equirect
+
+DEVICE = "cuda"  # "--device cpu" runs the same calls on the CPU backends (a dry run of this script)
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+def _leaf(*shape, dtype, scale=1.0):
+    return (torch.randn(*shape, device=DEVICE, dtype=torch.float32) * scale).to(dtype).requires_grad_()
+
+
+def _backward(out, inputs):
+    outs = [o for o in (out if isinstance(out, (tuple, list)) else (out,)) if o is not None and o.is_floating_point()]
+    loss = sum(o.float().sum() for o in outs if o.requires_grad)
+    if isinstance(loss, torch.Tensor):
+        torch.autograd.grad(loss, [t for t in inputs if t.requires_grad], allow_unused=True)
+
+
+def mvf(dtype):
+    for frames in (False, True):  # (N, C, T, H, W) contiguous, and the (N*T, C, H, W) frame layout
+        x = torch.randn(2, 3, 6, 5, 7, device=DEVICE).to(dtype)
+        x = (x.transpose(1, 2) if frames else x.reshape(2, 6, 3, 5, 7)).requires_grad_()
+        w = [_leaf(4, 3, dtype=dtype) for _ in range(3)]
+        gamma, beta = _leaf(4, dtype=dtype), _leaf(4, dtype=dtype)
+        _backward(ops.multi_view_fusion(x, *w, gamma.detach(), beta.detach(), True, 4), [x, *w])
+        _backward(ops.multi_view_fusion_batchnorm(x, *w, gamma, beta, 1e-5, True, 4)[0], [x, *w, gamma, beta])
+
+
+def scale_space(dtype):
+    x = _leaf(2, 3, 9, 11, dtype=dtype)
+    sigma = torch.tensor([0.6, 1.3, 2.1], device=DEVICE, dtype=dtype, requires_grad=True)
+    for mode in ("reflect", "replicate", "zeros"):
+        _backward(ops.gaussian_scale_space(x, sigma, padding_mode=mode), [x, sigma])
+    y, gain = _leaf(2, 3, 37, dtype=dtype), _leaf(3, dtype=dtype)
+    _backward(ops.scale_attention(y, gain), [y, gain])
+
+
+def deform_conv(dtype):
+    x = _leaf(2, 4, 7, 9, dtype=dtype)
+    offset = _leaf(2, 2 * 2 * 9, 7, 9, dtype=dtype, scale=3.0)
+    weight, bias = _leaf(6, 2, 3, 3, dtype=dtype), _leaf(6, dtype=dtype)
+    mask = torch.rand(2, 2 * 9, 7, 9, device=DEVICE).to(dtype).requires_grad_()
+    _backward(ops.deform_conv2d(x, offset, weight, bias, 1, 1, 1, mask), [x, offset, weight, bias, mask])
+
+
+def sphere(dtype):
+    table = equirect.sampling_table(10, 20, 3, 2, "natural", dtype, DEVICE)
+    x = _leaf(2, 3, 10, 20, dtype=dtype)
+    w, b = _leaf(5, 3, 3, 3, dtype=dtype), _leaf(5, dtype=dtype)
+    _backward(ops.sphere_conv2d(x, w, b, table), [x, w, b])
+
+
+def pointcloud(dtype):
+    p1, p2 = _leaf(3, 37, 3, dtype=dtype), _leaf(3, 300, 3, dtype=dtype)
+    l1, l2 = torch.tensor([37, 5, 0], device=DEVICE), torch.tensor([300, 2, 129], device=DEVICE)
+    _backward(ops.knn_points(p1, p2, l1, l2, K=5, return_nn=True), [p1, p2])
+    _backward(ops.ball_query(p1, p2, l1, l2, K=7, radius=0.8), [p1, p2])
+    _backward(ops.sample_farthest_points(p2, l2, K=40), [p2])
+    f = _leaf(3, 6, 300, dtype=dtype)
+    idx = torch.randint(0, 300, (3, 37), device=DEVICE)
+    _backward(ops.gather_points(f, idx), [f])
+    _backward(ops.grouping_operation(f, torch.randint(0, 300, (3, 37, 4), device=DEVICE)), [f])
+    d, i = ops.three_nn(p1, p2)
+    weight = (1.0 / (d.detach().float() + 1e-8)).to(dtype)
+    weight = (weight / weight.sum(-1, keepdim=True)).requires_grad_()
+    _backward(ops.three_interpolate(f, i, weight), [f, weight])
+    _backward(ops.chamfer_distance(p1, p2, l1, l2)[0], [p1, p2])
+
+
+def bad_indices():
+    """Out-of-range indices must be refused before a kernel reads with them."""
+    f = torch.randn(2, 3, 10, device=DEVICE)
+    for idx in (torch.full((2, 4), 10, device=DEVICE), torch.full((2, 4), -1, device=DEVICE)):
+        try:
+            ops.gather_points(f, idx)
+        except ValueError:
+            continue
+        raise AssertionError("gather_points accepted an index out of range")
+
+
+def main(argv: list[str]) -> int:
+    global DEVICE, DTYPES
+    if argv[:2] == ["--device", "cpu"]:
+        DEVICE, DTYPES = "cpu", [torch.float32, torch.float64]
+    torch.manual_seed(0)
+    for name, fn in [("mvf", mvf), ("scale_space", scale_space), ("deform_conv", deform_conv), ("sphere", sphere),
+                     ("pointcloud", pointcloud)]:
+        for dtype in DTYPES:
+            fn(dtype)
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+        print(f"{name}: ok ({', '.join(str(d).replace('torch.', '') for d in DTYPES)})", flush=True)
+    bad_indices()
+    print("bad indices: refused", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
