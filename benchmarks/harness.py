@@ -163,8 +163,11 @@ def run_case(case: Case, device: str, ceilings: dict, budget_s: float) -> list[R
     for impl in case.impls:
         try:
             ms, runs = time_fn(impl.fn, device, budget_s=budget_s)
+            _sync(device)  # a kernel fault surfaces here, attributed to the implementation that caused it
         except Exception as exc:  # a peer that fails on this shape is reported, not fatal
             results.append(Result(impl.name, impl.kind, math.nan, 0, None, None, None, None, error=repr(exc)[:200]))
+            print(f"  {impl.name}: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}",
+                  flush=True)
             continue
         gflops = case.flops / (ms * 1e-3) / 1e9 if case.flops else None
         gbytes = case.bytes / (ms * 1e-3) / 1e9 if case.bytes else None
@@ -193,7 +196,10 @@ def measure_memory(rows: list[tuple[Case, list[Result]]], device: str, quick: bo
             if result.error is not None:
                 continue
             if device == "cuda":
-                result.peak_mb = peak_memory_mb(impl.fn, device)
+                try:
+                    result.peak_mb = peak_memory_mb(impl.fn, device)
+                except Exception as exc:  # e.g. the context lost to an earlier kernel fault: keep the timings
+                    result.error = result.error or f"memory measurement: {exc!r}"[:200]
                 continue
             cmd = [sys.executable, "-m", "benchmarks.memory", case.family, case.name, impl.name]
             out = subprocess.run(cmd + (["--quick"] if quick else []), capture_output=True, text=True,

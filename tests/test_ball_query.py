@@ -33,8 +33,9 @@ def test_matches_reference(device, B, P1, P2, D, K, radius, use_lengths, seed):
             found = idx >= 0
             assert (true_d[found] < radius**2 * 1.02 + 1e-3).all()
             assert_close(dists.double()[found], true_d[found], dtype)
-            nxt = torch.where(found, idx, torch.iinfo(torch.int64).max)
-            assert (nxt[..., 1:] > nxt[..., :-1]).all() or K == 1
+            assert not (found[..., 1:] & ~found[..., :-1]).any()  # the -1 padding only after what was found
+            both = found[..., 1:] & found[..., :-1]
+            assert (idx[..., 1:] > idx[..., :-1])[both].all()
 
 
 def test_semantics_by_hand():

@@ -32,18 +32,25 @@ def test_matches_reference(device, N, C, T, H, W, frames, epilogue, seed):
             shift = torch.randn(Fc, generator=g, dtype=torch.float64).to(device, dtype)
         hs = "hs" in epilogue
         out = ops.multi_view_fusion(x, *w, scale, shift, hardswish=hs, fused_channels=Fc)
-        x64, w64 = x.detach().double().requires_grad_(), [t.detach().double().requires_grad_() for t in w]
-        expected = ref.multi_view_fusion(x64, *w64, None if scale is None else scale.double(),
-                                         None if shift is None else shift.double(), hs, Fc)
+        # The reference runs on the CPU in float64 (torch's CUDA HardSwish scales by 1/6 rounded to float32).
+        x64, w64 = _cpu64(x), [_cpu64(t) for t in w]
+        expected = ref.multi_view_fusion(x64, *w64, None if scale is None else _cpu64(scale, False),
+                                         None if shift is None else _cpu64(shift, False), hs, Fc)
         assert out.shape == x.shape
         assert_close(out, expected, dtype)
-        go = torch.randn(out.shape, generator=g, dtype=torch.float64).to(device)
-        grads = torch.autograd.grad(out, [x, *w], go.to(dtype))
+        go = torch.randn(out.shape, generator=g, dtype=torch.float64)
+        grads = torch.autograd.grad(out, [x, *w], go.to(device, dtype))
         rgrads = torch.autograd.grad(expected, [x64, *w64], go, allow_unused=True)
         rgrads = [torch.zeros_like(t) if r is None else r for r, t in zip(rgrads, [x64, *w64])]
         loose = {"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else {}  # kernel sums over N*T*H*W
         for a, b in zip(grads, rgrads):
             assert_close(a, b, dtype, **loose)
+
+
+def _cpu64(t: torch.Tensor, grad: bool = True) -> torch.Tensor:
+    """t's values as a float64 CPU leaf (the reference side of a comparison)."""
+    t = t.detach().cpu().double()
+    return t.requires_grad_() if grad else t
 
 
 def test_reference_backend_gradients_agree():
@@ -132,15 +139,15 @@ def test_batchnorm_matches_reference(device, N, C, T, H, W, frames, hs, seed):
     for dtype in float_dtypes(device):
         x, w, gamma, beta = _bn_inputs(g, N, C, T, H, W, Fc, frames, device, dtype)
         out, mean, var = ops.multi_view_fusion_batchnorm(x, *w, gamma, beta, 1e-3, hs, Fc)
-        inputs64 = [t.detach().double().requires_grad_() for t in (x, *w, gamma, beta)]
+        inputs64 = [_cpu64(t) for t in (x, *w, gamma, beta)]
         expected, emean, evar = ref.multi_view_fusion_batchnorm(*inputs64, 1e-3, hs, Fc)
         assert out.shape == x.shape and mean.shape == var.shape == (Fc,)
         loose = {"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else {}  # normalised values, sums
         assert_close(out, expected, dtype, **loose)
         assert_close(mean, emean, dtype, **loose)
         assert_close(var, evar, dtype, **loose)
-        go = torch.randn(out.shape, generator=g, dtype=torch.float64).to(device)
-        grads = torch.autograd.grad(out, [x, *w, gamma, beta], go.to(dtype))
+        go = torch.randn(out.shape, generator=g, dtype=torch.float64)
+        grads = torch.autograd.grad(out, [x, *w, gamma, beta], go.to(device, dtype))
         rgrads = torch.autograd.grad(expected, inputs64, go, allow_unused=True)
         rgrads = [torch.zeros_like(t) if r is None else r for r, t in zip(rgrads, inputs64)]
         loose = {"atol": 1e-3, "rtol": 1e-3} if dtype == torch.float32 else {}  # through 1/std of small batches
@@ -263,14 +270,15 @@ def test_rows_that_are_not_packed(hardswish, device):
     beta = make(3)
     scale = (torch.rand(3, generator=g, dtype=torch.float64) + 0.5).to(device)
     shift = make(3, leaf=False)
+    c = [_cpu64(t) for t in (x, *w, gamma, beta)]  # the reference's inputs, on the CPU
     pairs = [(ops.multi_view_fusion(x, *w, scale, shift, hardswish, 3),
-              ref.multi_view_fusion(x, *w, scale, shift, hardswish, 3), [x, *w]),
+              ref.multi_view_fusion(*c[:4], scale.cpu(), shift.cpu(), hardswish, 3), [x, *w], c[:4]),
              (ops.multi_view_fusion_batchnorm(x, *w, gamma, beta, 1e-5, hardswish, 3)[0],
-              ref.multi_view_fusion_batchnorm(x, *w, gamma, beta, 1e-5, hardswish, 3)[0], [x, *w, gamma, beta])]
-    for got, want, inputs in pairs:
+              ref.multi_view_fusion_batchnorm(*c, 1e-5, hardswish, 3)[0], [x, *w, gamma, beta], c)]
+    for got, want, inputs, ref_inputs in pairs:
         assert_close(got, want)
-        go = torch.randn(got.shape, generator=g, dtype=torch.float64).to(device)
-        for a, b in zip(torch.autograd.grad(got, inputs, go), torch.autograd.grad(want, inputs, go)):
+        go = torch.randn(got.shape, generator=g, dtype=torch.float64)
+        for a, b in zip(torch.autograd.grad(got, inputs, go.to(device)), torch.autograd.grad(want, ref_inputs, go)):
             assert_close(a, b)
 
 
@@ -398,28 +406,30 @@ class OfficialMVF(torch.nn.Module):
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("device", DEVICES)
 def test_module_matches_official_formulation(mode, share, use_hs, training, device):
+    import copy
+
     torch.manual_seed(0)
     net = torch.nn.Conv2d(16, 8, 1, bias=False)
     ours = MVF(net, n_segment=4, in_channels=16, alpha=0.25, use_hs=use_hs, share=share, mode=mode).double()
-    ours = ours.to(device)
     with torch.no_grad():  # non-trivial BN statistics for the eval path
         ours.bn.running_mean.uniform_(-0.5, 0.5)
         ours.bn.running_var.uniform_(0.5, 2.0)
         ours.bn.weight.uniform_(0.5, 1.5)
         ours.bn.bias.uniform_(-0.3, 0.3)
-    official = OfficialMVF(ours)
-    ours.train(training)
-    x = torch.randn(2 * 4, 16, 5, 6, dtype=torch.float64).to(device).requires_grad_()
-    state = {k: v.clone() for k, v in ours.state_dict().items()}
-    got = ours(x)
-    grads = torch.autograd.grad(got.sum(), [x, *ours.parameters()], allow_unused=True)
-    after_ours = {k: v.clone() for k, v in ours.state_dict().items()}
-    ours.load_state_dict(state)  # undo the running-stat update before the official pass
-    want = official(x)
-    rgrads = torch.autograd.grad(want.sum(), [x, *ours.parameters()], allow_unused=True)
+    # The official formulation runs on a CPU copy taken before any step (torch's CUDA HardSwish scales by 1/6
+    # rounded to float32, so a float64 comparison needs the CPU's).
+    official = OfficialMVF(copy.deepcopy(ours)).train(training)
+    ours = ours.to(device).train(training)
+    x = torch.randn(2 * 4, 16, 5, 6, dtype=torch.float64)
+    x_ours, x_official = x.to(device).requires_grad_(), x.clone().requires_grad_()
+    got = ours(x_ours)
+    grads = torch.autograd.grad(got.sum(), [x_ours, *ours.parameters()], allow_unused=True)
+    want = official(x_official)
+    rgrads = torch.autograd.grad(want.sum(), [x_official, *official.m.parameters()], allow_unused=True)
     assert_close(got, want)
-    for k, v in ours.state_dict().items():  # the same running statistics (and batch count) afterwards
-        assert_close(after_ours[k].double(), v.double())
+    for (k, v), (k2, v2) in zip(ours.state_dict().items(), official.m.state_dict().items()):
+        assert k == k2  # the same running statistics (and batch count) afterwards
+        assert_close(v.double(), v2.double())
     for a, b in zip(grads, rgrads):
         assert (a is None) == (b is None)
         if b is not None:

@@ -31,7 +31,7 @@ mkdir -p "$OUT/bench"
 
 section "machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$OUT/gpu.txt"
-"$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" 2>&1 | tee -a "$OUT/gpu.txt"
+"$PY" -c "import torch, triton, pybind11; print('torch', torch.__version__, 'triton', triton.__version__, 'pybind11', pybind11.__version__)" 2>&1 | tee -a "$OUT/gpu.txt"
 
 section "build (PVF_CUDA_ARCHS=$PVF_CUDA_ARCHS)"
 start=$(date +%s)
@@ -60,6 +60,11 @@ timeout "$(at_most 240)" "$PY" -m pytest -q -m "cuda or triton" -p no:cacheprovi
   --junitxml="$OUT/tests.xml" 2>&1 | tee "$OUT/tests.log" | tail -n 40
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
+section "bad-input tables (errors raised through the compiled modules built here)"
+timeout "$(at_most 60)" "$PY" -m pytest -q -k "bad_input or device_mix" -p no:cacheprovider tests 2>&1 \
+  | tee "$OUT/tests-bad-inputs.log" | tail -n 5
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
 section "memcheck: tools/cuda_smoke.py"
 [ -n "$sanitizer_pid" ] && wait "$sanitizer_pid"
 tail -n 25 "$OUT/memcheck.log"
@@ -86,6 +91,8 @@ gpu = (out / "gpu.txt").read_text().strip().splitlines()
 print("card:", gpu[1] if len(gpu) > 1 else "?")
 tests = (out / "tests.log").read_text().strip().splitlines() if (out / "tests.log").exists() else []
 print("tests:", tests[-1] if tests else "not run")
+bad = (out / "tests-bad-inputs.log").read_text().strip().splitlines() if (out / "tests-bad-inputs.log").exists() else []
+print("bad-input tables:", bad[-1] if bad else "not run")
 memcheck = (out / "memcheck.log").read_text().strip().splitlines()
 print("memcheck:", next((l for l in memcheck if "ERROR SUMMARY" in l), memcheck[-1] if memcheck else "not run"))
 print(f"{'case':<44} {'ours ms':>9} {'best other':>30} {'speedup':>8}")

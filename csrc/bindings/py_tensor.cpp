@@ -111,8 +111,11 @@ OptionalTensor optional_tensor_from_py(py::handle obj, const char* op, const cha
   return o;
 }
 
+// Module-local: pybind11 tries a module's own translators before the process-wide list, which every pybind11
+// module loaded with the same internals version shares (torch, triton, ...). A translator of ours is then
+// never looked for in, nor depends on, what other libraries registered there.
 void register_exception_translators() {
-  py::register_exception_translator([](std::exception_ptr p) {
+  py::register_local_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const ValueError& e) {

@@ -1,6 +1,8 @@
-// CUDA multi-view fusion: one thread per output element for the stencils, one block per channel for the
-// kernel gradients (block reduction, no atomics).
+// CUDA multi-view fusion: the pass-through channels as one strided copy where the layout allows, one thread per
+// output element for the stencils, one block per channel for the kernel gradients (block reduction, no atomics).
 #include <cuda_runtime.h>
+
+#include <cstdint>
 
 #include "common/cuda_dispatch.cuh"
 #include "common/cuda_utils.cuh"
@@ -169,16 +171,63 @@ __global__ void grad_w_kernel(Geometry g, const T* x, const acc_t<T>* gy, typena
   }
 }
 
+// Copies the pass-through channels [F, C) of src (strides ss, in elements) to dst (strides sd) with one
+// cudaMemcpy2DAsync when, in both, that block is rows of one contiguous run at a fixed pitch: the (N*T, C, H, W)
+// frame layout (N*T rows of (C-F)*H*W) and the contiguous (N, C, T, H, W) layout (N rows of (C-F)*T*H*W) are.
+// Returns false, copying nothing, for other layouts.
+bool copy_passthrough_rows(const Geometry& g, const int64_t* ss, const int64_t* sd, const void* src, void* dst,
+                           size_t item, cudaStream_t stream) {
+  struct Dim {
+    int64_t size, a, b;  // size, stride in src, stride in dst
+  };
+  const Dim all[5] = {{g.N, ss[0], sd[0]}, {g.C - g.F, ss[1], sd[1]}, {g.T, ss[2], sd[2]}, {g.H, ss[3], sd[3]},
+                      {g.W, 1, 1}};
+  Dim d[5];
+  int n = 0;
+  for (const Dim& x : all)
+    if (x.size != 1) d[n++] = x;
+  for (int i = 1; i < n; ++i)  // innermost (smallest src stride) first
+    for (int j = i; j > 0 && d[j].a < d[j - 1].a; --j) {
+      const Dim t = d[j];
+      d[j] = d[j - 1];
+      d[j - 1] = t;
+    }
+  int i = 0;
+  int64_t run = 1;  // elements of the contiguous run
+  while (i < n && d[i].a == run && d[i].b == run) run *= d[i++].size;
+  int64_t rows = 1, pitch_a = run, pitch_b = run;
+  if (i < n) {
+    pitch_a = d[i].a;
+    pitch_b = d[i].b;
+    rows = d[i++].size;
+    while (i < n && d[i].a == pitch_a * rows && d[i].b == pitch_b * rows) rows *= d[i++].size;
+  }
+  const int64_t max_pitch = INT32_MAX / static_cast<int64_t>(item);  // cudaMemcpy2D's pitch limit, in elements
+  if (i < n || pitch_a < run || pitch_b < run || pitch_a > max_pitch || pitch_b > max_pitch) return false;
+  const char* from = static_cast<const char*>(src) + g.F * ss[1] * static_cast<int64_t>(item);
+  char* to = static_cast<char*>(dst) + g.F * sd[1] * static_cast<int64_t>(item);
+  cuda_check(cudaMemcpy2DAsync(to, pitch_b * item, from, pitch_a * item, run * item, rows, cudaMemcpyDeviceToDevice,
+                               stream),
+             "multi_view_fusion (pass-through channels)");
+  return true;
+}
+
 }  // namespace
 
 void mvf_forward_cuda(DType dtype, const Geometry& g, const void* x, const void* wt, const void* wh, const void* ww,
                       const void* scale, const void* shift, bool hardswish, void* out, void* stream) {
-  const int64_t total = g.N * g.C * g.T * g.H * g.W;
-  if (total == 0) return;
+  if (g.N * g.C * g.T * g.H * g.W == 0) return;
+  auto s = static_cast<cudaStream_t>(stream);
   dispatch_floating_and_half(dtype, "multi_view_fusion", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    forward_kernel<T><<<grid_for(total, kThreads), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-        g, static_cast<const T*>(x), static_cast<const T*>(wt), static_cast<const T*>(wh), static_cast<const T*>(ww),
+    // The pass-through channels as one strided copy where the layout allows; the kernel then covers the fused
+    // channels only (a Geometry with C = F), else every channel.
+    Geometry k = g;
+    if (g.F == g.C || copy_passthrough_rows(g, g.sx, g.so, x, out, sizeof(T), s)) k.C = g.F;
+    const int64_t total = k.N * k.C * k.T * k.H * k.W;
+    if (total == 0) return;
+    forward_kernel<T><<<grid_for(total, kThreads), kThreads, 0, s>>>(
+        k, static_cast<const T*>(x), static_cast<const T*>(wt), static_cast<const T*>(wh), static_cast<const T*>(ww),
         static_cast<const T*>(scale), static_cast<const T*>(shift), hardswish, static_cast<T*>(out));
   });
   PVF_CUDA_CHECK_LAUNCH("multi_view_fusion");
@@ -201,10 +250,15 @@ void mvf_backward_cuda(DType dtype, const Geometry& g, const void* x, const void
     }
     if (total == 0) return;
     A* gy = static_cast<A*>(gy_workspace);
-    grad_pre_kernel<T><<<grid_for(total, kThreads), kThreads, 0, s>>>(
-        g, static_cast<const T*>(x), static_cast<const T*>(grad_out), static_cast<const T*>(wt),
-        static_cast<const T*>(wh), static_cast<const T*>(ww), static_cast<const T*>(scale),
-        static_cast<const T*>(shift), hardswish, static_cast<T*>(grad_x), gy, gy_given);
+    // The pass-through part of grad_x as one strided copy where the layouts allow (as in the forward).
+    Geometry k = g;
+    if (g.F == g.C || copy_passthrough_rows(g, g.so, g.sg, grad_out, grad_x, sizeof(T), s)) k.C = g.F;
+    const int64_t pre = gy_given && k.C == g.F ? 0 : k.N * k.C * k.T * k.H * k.W;
+    if (pre > 0)
+      grad_pre_kernel<T><<<grid_for(pre, kThreads), kThreads, 0, s>>>(
+          k, static_cast<const T*>(x), static_cast<const T*>(grad_out), static_cast<const T*>(wt),
+          static_cast<const T*>(wh), static_cast<const T*>(ww), static_cast<const T*>(scale),
+          static_cast<const T*>(shift), hardswish, static_cast<T*>(grad_x), gy, gy_given);
     const int64_t fused = g.N * g.F * g.T * g.H * g.W;
     if (fused == 0) return;
     grad_x_kernel<T><<<grid_for(fused, kThreads), kThreads, 0, s>>>(

@@ -55,7 +55,7 @@ def _check(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], dropout
 def _triton(q, k, v, attn_mask, dropout_p, is_causal, scale):
     from ..triton import attention as tri
 
-    seed = int(torch.randint(0, 2**30, (1,)).item()) if dropout_p > 0 else 0  # + b*H+h stays in int32
+    seed = int(torch.randint(0, 2**30, (1,)).item()) if dropout_p > 0 else 0  # the kernels add b*H + h
     if q.device.type == "cpu":
         # Triton's interpreter crashes on arguments that share one storage (q, k, v views of a qkv projection):
         # give it separate copies. Native GPU launches use the views in place.

@@ -219,20 +219,39 @@ def _bn_fwd_cpu(x, wt, wh, ww, gamma, beta, eps, hardswish, fused):
     return out, mean, var
 
 
+def _hardswish(z: Tensor) -> Tensor:
+    """F.hardswish, but exact in float64: torch's CUDA kernel scales by 1/6 rounded to float32 (relative error
+    3e-8), which a float64 op must not inherit."""
+    return z * (z + 3).clamp(0, 6) / 6 if z.dtype == torch.float64 else torch.nn.functional.hardswish(z)
+
+
+def _views_in(acc: torch.dtype, backend: str, x, wt, wh, ww, fused):
+    """The views' sum y of the fused channels (N, F, T, H, W) in dtype acc: half inputs are widened first, so
+    that y (whose batch statistics are then taken) is not rounded to a half type."""
+    xf = x[:, :fused]
+    if acc != x.dtype:
+        xf, wt, wh, ww = (t.to(acc) for t in (xf, wt, wh, ww))
+    return _FWD[backend](xf, wt, wh, ww, None, None, False, fused)
+
+
 def _bn_fwd_cuda(x, wt, wh, ww, gamma, beta, eps, hardswish, fused):
     """The views kernel, then BatchNorm with batch statistics in torch on the fused channels (float32 math for
-    half inputs)."""
-    out = _fwd_cuda(x, wt, wh, ww, None, None, False, fused)
-    y = out[:, :fused]
-    if y.numel() == 0:
-        return out, x.new_zeros(fused), x.new_zeros(fused)
+    half inputs, from views computed in float32)."""
     acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    yf = y.to(acc)
+    if acc == x.dtype:  # one kernel writes the views and copies the pass-through channels
+        out = _fwd_cuda(x, wt, wh, ww, None, None, False, fused)
+        yf = out[:, :fused]
+    else:
+        out = _output_like(x)
+        out[:, fused:] = x[:, fused:]
+        yf = _views_in(acc, "cuda", x, wt, wh, ww, fused)
+    if yf.numel() == 0:
+        return out, x.new_zeros(fused), x.new_zeros(fused)
     var, mean = torch.var_mean(yf, dim=_DIMS, correction=0)
     shape = (1, fused, 1, 1, 1)
     scale = gamma.to(acc) * torch.rsqrt(var + eps)
     z = yf * scale.view(shape) + (beta.to(acc) - mean * scale).view(shape)
-    out[:, :fused] = (torch.nn.functional.hardswish(z) if hardswish else z).to(x.dtype)
+    out[:, :fused] = (_hardswish(z) if hardswish else z).to(x.dtype)
     return out, mean.to(x.dtype), var.to(x.dtype)
 
 
@@ -252,8 +271,11 @@ def _bn_bwd_cpu(grad, x, wt, wh, ww, gamma, beta, mean, var, eps, hardswish, fus
 def _bn_bwd_composite(grad, x, wt, wh, ww, gamma, beta, mean, var, eps, hardswish, fused, backend: str):
     """BatchNorm (and HardSwish) differentiated in torch on the fused channels, on views recomputed by the
     backend (float32 math for half inputs), then the backend's views backward given that gradient."""
-    y = _FWD[backend](x[:, :fused], wt, wh, ww, None, None, False, fused)
     acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    y = _views_in(acc if backend == "cuda" else x.dtype, backend, x, wt, wh, ww, fused)
+    if acc != x.dtype and backend == "cuda" and y.numel():
+        # the statistics the forward used, from the float32 views: the saved ones are rounded to x's dtype
+        var, mean = torch.var_mean(y, dim=_DIMS, correction=0)
     shape = (1, fused, 1, 1, 1)
     invstd = torch.rsqrt(var.to(acc) + eps).view(shape)
     y_hat = (y.to(acc) - mean.to(acc).view(shape)) * invstd

@@ -60,6 +60,16 @@ def _scores(q, k, offs_m, offs_n, b, h, L, S, qk_scale, mask_ptr, s_mb, s_mh, s_
 
 
 @triton.jit
+def _tile_and_head(SIZE, BLOCK: tl.constexpr):
+    """(tile index, b * H + h) of this program in a 1-D grid of cdiv(SIZE, BLOCK) * B * H programs. The tiles
+    of one head are consecutive, so they run together while that head's K and V are in L2; and B * H is not
+    bound by the 65535 limit of a grid's second dimension (PAVER's temporal attention has B * H = 301824)."""
+    tiles = tl.cdiv(SIZE, BLOCK)
+    pid = tl.program_id(0)
+    return pid % tiles, pid // tiles
+
+
+@triton.jit
 def _keep(seed, b, h, H, offs_m, offs_n, S, p_drop):
     """Dropout keep-mask of a tile: Philox stream per (b, h), offset m * S + n."""
     return tl.rand(seed + b * H + h, offs_m[:, None] * S + offs_n[None, :]) >= p_drop
@@ -73,9 +83,8 @@ def _attn_fwd(Q, K, V, O, LSE, MASK, sm_scale, seed, p_drop,
               H, L, S, HEAD_DIM,
               BLOCK_D: tl.constexpr, HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr, IS_CAUSAL: tl.constexpr,
               DROPOUT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
+    pid_m, pid_bh = _tile_and_head(L, BLOCK_M)
+    b = (pid_bh // H).to(tl.int64)  # 64-bit offsets: b * s_qb may pass 2**31 elements
     h = pid_bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -120,9 +129,8 @@ def _attn_fwd(Q, K, V, O, LSE, MASK, sm_scale, seed, p_drop,
 def _attn_bwd_delta(O, DO, DELTA, s_ob, s_oh, s_om, s_od, s_gb, s_gh, s_gm, s_gd, H, L, HEAD_DIM,
                     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """delta[b, h, m] = sum_d dO * O (the row term of the softmax gradient)."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
+    pid_m, pid_bh = _tile_and_head(L, BLOCK_M)
+    b = (pid_bh // H).to(tl.int64)  # 64-bit offsets: b * s_qb may pass 2**31 elements
     h = pid_bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -141,9 +149,8 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, MASK, sm_scale, seed, p_drop
                    BLOCK_D: tl.constexpr, HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr, IS_CAUSAL: tl.constexpr,
                    DROPOUT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One block of keys: dV = P'^T dO and dK = dS^T Q * scale, looping over all query blocks."""
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
+    pid_n, pid_bh = _tile_and_head(S, BLOCK_N)
+    b = (pid_bh // H).to(tl.int64)  # 64-bit offsets: b * s_qb may pass 2**31 elements
     h = pid_bh % H
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -197,9 +204,8 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, MASK, sm_scale, seed, p_drop,
                  BLOCK_D: tl.constexpr, HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr, IS_CAUSAL: tl.constexpr,
                  DROPOUT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One block of queries: dQ = dS K * scale, looping over all key blocks."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
+    pid_m, pid_bh = _tile_and_head(L, BLOCK_M)
+    b = (pid_bh // H).to(tl.int64)  # 64-bit offsets: b * s_qb may pass 2**31 elements
     h = pid_bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -237,15 +243,15 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, MASK, sm_scale, seed, p_drop,
 
 @triton.jit
 def _dropout_mask_kernel(OUT, seed, p_drop, H, L, S, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    pid_bh = tl.program_id(2)
-    b = pid_bh // H
+    pid_bh = tl.program_id(0)  # B * H in the grid's first dimension (up to 2**31 - 1, the others 65535)
+    pid_m = tl.program_id(1)
+    pid_n = tl.program_id(2)
+    b = (pid_bh // H).to(tl.int64)  # as in the attention kernels: the same Philox seeds
     h = pid_bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     keep = _keep(seed, b, h, H, offs_m, offs_n, S, p_drop)
-    tl.store(OUT + pid_bh * L * S + offs_m[:, None] * S + offs_n[None, :], keep.to(tl.int8),
+    tl.store(OUT + (b * H + h) * L * S + offs_m[:, None] * S + offs_n[None, :], keep.to(tl.int8),
              mask=(offs_m[:, None] < L) & (offs_n[None, :] < S))
 
 
@@ -281,7 +287,7 @@ def flash_attention_fwd(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor],
     m, ms, mask_bool = _mask_args(mask, B, H, L, S)
 
     def grid(meta):
-        return (triton.cdiv(L, meta["BLOCK_M"]), B * H)
+        return (triton.cdiv(L, meta["BLOCK_M"]) * B * H,)
 
     wrap_triton(_attn_fwd)[grid](
         q, k, v, out, lse, m if m is not None else q, scale, seed, dropout_p,
@@ -301,7 +307,7 @@ def flash_attention_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: 
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     delta = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
     bd = _head_block(D)
-    wrap_triton(_attn_bwd_delta)[(triton.cdiv(L, 16), B * H)](
+    wrap_triton(_attn_bwd_delta)[(triton.cdiv(L, 16) * B * H,)](
         out, grad_out, delta, *out.stride(), *grad_out.stride(), H, L, D, BLOCK_M=16, BLOCK_D=bd)
     m, ms, mask_bool = _mask_args(mask, B, H, L, S)
     common = dict(BLOCK_D=bd, HAS_MASK=m is not None, MASK_BOOL=mask_bool, IS_CAUSAL=is_causal,
@@ -309,10 +315,10 @@ def flash_attention_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: 
     mask_arg = m if m is not None else q
 
     def grid_n(meta):
-        return (triton.cdiv(S, meta["BLOCK_N"]), B * H)
+        return (triton.cdiv(S, meta["BLOCK_N"]) * B * H,)
 
     def grid_m(meta):
-        return (triton.cdiv(L, meta["BLOCK_M"]), B * H)
+        return (triton.cdiv(L, meta["BLOCK_M"]) * B * H,)
 
     # dK/dV and dQ share strides: dk/dv are allocated like k/v, dq like q.
     wrap_triton(_attn_bwd_dkdv)[grid_n](
@@ -344,6 +350,6 @@ flash_attention_fwd.register_autograd(_backward, setup_context=_setup)
 def dropout_mask(seed: int, dropout_p: float, B: int, H: int, L: int, S: int, device) -> Tensor:
     """The keep-mask (B, H, L, S) bool that a call with this seed and dropout_p applies."""
     out = torch.empty(B, H, L, S, dtype=torch.int8, device=device)
-    _dropout_mask_kernel[(triton.cdiv(L, 16), triton.cdiv(S, 16), B * H)](out, seed, dropout_p, H, L, S,
+    _dropout_mask_kernel[(B * H, triton.cdiv(L, 16), triton.cdiv(S, 16))](out, seed, dropout_p, H, L, S,
                                                                            BLOCK_M=16, BLOCK_N=16)
     return out.bool()
