@@ -1,9 +1,10 @@
 """Timing, machine ceilings, memory measurement and reports for the benchmark suite.
 
-Every case runs all its implementations side by side in one process: warm-up, then repeated runs until
-a time budget or a run count is reached, reporting the median (CUDA timed with events). Each case states
-its useful work (FLOPs and/or bytes) and which ceiling bounds it, so the report shows achieved GFLOP/s or
-GB/s as a share of the machine's measured matmul rate or copy bandwidth.
+Every case runs all its implementations side by side in one process: warm-up, then turns in which each
+implementation runs for an equal slice of time, until the case's time budget is spent; the report gives each
+one's median (CUDA timed with events). Each case states its useful work (FLOPs and/or bytes) and which ceiling
+bounds it, so the report shows achieved GFLOP/s or GB/s as a share of the machine's measured matmul rate or copy
+bandwidth.
 """
 from __future__ import annotations
 
@@ -69,18 +70,61 @@ def time_fn(fn: Callable[[], Any], device: str, warmup: int = 1, min_runs: int =
     times: list[float] = []
     start_all = time.perf_counter()
     while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start_all < budget_s):
-        if device == "cuda":
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(begin.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
+        times.append(_timed_call(fn, device))
     return statistics.median(times), len(times)
+
+
+def _timed_call(fn: Callable[[], Any], device: str) -> float:
+    """Milliseconds of one call (CUDA: between events around it, waited for)."""
+    if device == "cuda":
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return begin.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def time_side_by_side(fns: list[Callable[[], Any]], device: str, warmup: int = 1, min_runs: int = 3,
+                      budget_s: float = 2.0, rounds: int = 10) -> list:
+    """The median milliseconds and run count of each of ``fns``, timed in turns: each round gives every function
+    an equal slice of time (budget_s / rounds, at least one call), so all of them are measured across the same
+    stretch of the machine's life. (On a VM whose memory bandwidth drifts by tens of percent within minutes,
+    timing them one after another would compare different phases.) The case takes about
+    ``budget_s * len(fns)`` seconds. A function that raises gets its exception in place of the pair."""
+    times: list[list[float]] = [[] for _ in fns]
+    errors: list[Optional[BaseException]] = [None] * len(fns)
+    for i, fn in enumerate(fns):
+        try:
+            for _ in range(warmup):
+                fn()
+            _sync(device)
+        except Exception as exc:  # noqa: BLE001 - reported in the results
+            errors[i] = exc
+    slice_s = budget_s / rounds
+    start = time.perf_counter()
+    while True:
+        active = [i for i in range(len(fns)) if errors[i] is None]
+        if not active:
+            break
+        for i in active:
+            until = time.perf_counter() + slice_s
+            try:
+                while True:
+                    times[i].append(_timed_call(fns[i], device))
+                    if time.perf_counter() >= until:
+                        break
+                _sync(device)  # a kernel fault surfaces here, attributed to the function that caused it
+            except Exception as exc:  # noqa: BLE001
+                errors[i] = exc
+        if (time.perf_counter() - start >= budget_s * len(fns)
+                and all(len(times[i]) >= min_runs for i in active if errors[i] is None)):
+            break
+    return [errors[i] if errors[i] is not None else (statistics.median(times[i]), len(times[i]))
+            for i in range(len(fns))]
 
 
 def keep_freed_memory() -> bool:
@@ -160,15 +204,15 @@ def measure_ceilings(device: str, quick: bool = False) -> dict:
 
 def run_case(case: Case, device: str, ceilings: dict, budget_s: float) -> list[Result]:
     results = []
-    for impl in case.impls:
-        try:
-            ms, runs = time_fn(impl.fn, device, budget_s=budget_s)
-            _sync(device)  # a kernel fault surfaces here, attributed to the implementation that caused it
-        except Exception as exc:  # a peer that fails on this shape is reported, not fatal
+    timings = time_side_by_side([impl.fn for impl in case.impls], device, budget_s=budget_s)
+    for impl, timing in zip(case.impls, timings):
+        if isinstance(timing, BaseException):  # a peer that fails on this shape is reported, not fatal
+            exc = timing
             results.append(Result(impl.name, impl.kind, math.nan, 0, None, None, None, None, error=repr(exc)[:200]))
             print(f"  {impl.name}: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}",
                   flush=True)
             continue
+        ms, runs = timing
         gflops = case.flops / (ms * 1e-3) / 1e9 if case.flops else None
         gbytes = case.bytes / (ms * 1e-3) / 1e9 if case.bytes else None
         if case.bound == "memory" and gbytes is not None:

@@ -7,12 +7,28 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from benchmarks.harness import Case, Impl, format_table, measure_ceilings, run_case, time_fn, write_reports
+from benchmarks.harness import (Case, Impl, format_table, measure_ceilings, run_case, time_fn, time_side_by_side,
+                                write_reports)
 
 
 def test_time_fn_reports_a_median_of_several_runs():
     ms, runs = time_fn(lambda: torch.rand(1000).sum(), "cpu", budget_s=0.05)
     assert ms > 0 and runs >= 3
+
+
+def test_implementations_are_timed_in_turns():
+    """Every function runs in every round (so all of them see the same stretch of the machine's life); one that
+    raises is reported by its exception and the others go on."""
+    import time
+
+    calls = []
+    fns = [lambda: calls.append("fast"), lambda: (calls.append("slow"), time.sleep(0.003)), lambda: 1 / 0]
+    fast, slow, broken = time_side_by_side(fns, "cpu", budget_s=0.06, rounds=6)
+    assert isinstance(broken, ZeroDivisionError)
+    assert fast[1] >= 6 and slow[1] >= 6 and slow[0] > 2.5 > fast[0]
+    timed = calls[2:]  # after the warm-up call of each
+    switches = sum(a != b for a, b in zip(timed, timed[1:]))
+    assert switches >= 2 * 6 - 1  # fast, slow, fast, slow, ...: one switch at least per turn
 
 
 def test_reports_are_written(tmp_path):
