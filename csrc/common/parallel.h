@@ -3,6 +3,7 @@
 // torch.set_num_threads. f(chunk_begin, chunk_end) must not throw.
 #pragma once
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 
 #ifdef _OPENMP
@@ -58,6 +59,46 @@ void parallel_for_dynamic(int64_t begin, int64_t end, int64_t chunk, const F& f)
   }
 #else
   f(begin, end);
+#endif
+}
+
+// Two lists of work on the same threads: items [0, na) done by a(i) and [0, nb) by b(i), each list handed out one
+// item at a time from its own shared counter. Even-numbered threads start on list a, odd ones on list b, and each
+// turns to the other list when its own is empty: with two threads, a memory-bound list (a copy) runs beside a
+// compute-bound one instead of before it. make_b() runs once per thread and returns that thread's b (which may
+// own buffers). a and b must not throw.
+template <typename A, typename MakeB>
+void parallel_two_lists(int64_t na, int64_t nb, const A& a, const MakeB& make_b) {
+  std::atomic<int64_t> next_a{0}, next_b{0};
+  const auto work = [&](bool b_first) {
+    auto b = make_b();
+    const auto take = [](std::atomic<int64_t>& next, int64_t n) {
+      const int64_t i = next.fetch_add(1, std::memory_order_relaxed);
+      return i < n ? i : int64_t(-1);
+    };
+    for (;;) {
+      int64_t i;
+      if (b_first && (i = take(next_b, nb)) >= 0) {
+        b(i);
+      } else if ((i = take(next_a, na)) >= 0) {
+        a(i);
+      } else if ((i = take(next_b, nb)) >= 0) {
+        b(i);
+      } else {
+        break;
+      }
+    }
+  };
+  const int threads = static_cast<int>(std::min<int64_t>(num_threads(), std::max<int64_t>(na + nb, 1)));
+  if (threads <= 1) {
+    work(false);
+    return;
+  }
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+  work(omp_get_thread_num() % 2 == 1);
+#else
+  work(false);
 #endif
 }
 

@@ -41,7 +41,9 @@ void mvf_backward_cpu(const Geometry& g, const T* x, const T* grad_out, const T*
 // Training-mode BatchNorm on the fused channels (statistics over N, T, H, W of the views' sum y), then HardSwish
 // if asked: out[:, c] = act(gamma[c] * (y - mean[c]) / sqrt(var[c] + eps) + beta[c]) for c < F; channels
 // F..C-1 copied. Writes the batch mean and the biased variance (F,): two passes (mean, then centred squares),
-// vector sums per clip combined in double.
+// vector sums per clip combined in double. The copy of channels F..C-1 runs beside the fused channels, not before
+// them: with two threads one streams the copy while the other computes (PVF_MVF_OVERLAP=0: copy first). The
+// backward does the same with the pass-through part of grad_x.
 template <typename T>
 void mvf_forward_bn_train_cpu(const Geometry& g, const T* x, const T* wt, const T* wh, const T* ww, const T* gamma,
                               const T* beta, double eps, bool hardswish, T* out, T* mean, T* var);

@@ -10,6 +10,7 @@
 // the output planes it is about to write.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -198,49 +199,107 @@ void kernel_grads_plane(const T* gy, const T* x_prev, const T* x, const T* x_nex
   acc[6] += s_wl; acc[7] += s_c; acc[8] += s_wr;
 }
 
-// Copies channels F..C-1 of src (strides ss) to dst (strides sd) in the largest contiguous runs both layouts
-// allow: one per n when those channels' (C-F, T, H, W) block is dense (the (N, C, T, H, W) layout), one per
-// (n, t) when their (C-F, H, W) slab is (the frame layout), else row by row. Runs of at least a page are
-// streamed when the whole copy exceeds half the last-level cache.
+// The copy of channels F..C-1 of src (strides ss) to dst (strides sd), in pieces that threads can share: the
+// largest contiguous runs both layouts allow (one per n when those channels' (C-F, T, H, W) block is dense, the
+// (N, C, T, H, W) layout; one per (n, t) when their (C-F, H, W) slab is, the frame layout), cut into pieces of
+// about 256 KiB; else one plane per piece, row by row. Runs of at least a page are streamed when the whole copy
+// exceeds half the last-level cache (each piece then ends with a fence).
+template <typename T>
+class PassthroughCopy {
+ public:
+  PassthroughCopy(const Geometry& g, const T* src, const int64_t* ss, T* dst, const int64_t* sd)
+      : g_(g), src_(src), ss_(ss), dst_(dst), sd_(sd), pc_(g.C - g.F) {
+    if (pc_ <= 0 || g.N * g.T * g.H * g.W == 0) return;
+    const int64_t HW = g.H * g.W;
+    const bool rows_packed = ss[3] == g.W && sd[3] == g.W;
+    const bool slabs = rows_packed && ss[1] == HW && sd[1] == HW;
+    blocks_ = rows_packed && ss[2] == HW && sd[2] == HW && ss[1] == g.T * HW && sd[1] == g.T * HW;
+    runs_mode_ = blocks_ || slabs;
+    run_ = blocks_ ? pc_ * g.T * HW : slabs ? pc_ * HW : g.W;
+    streaming_ = static_cast<size_t>(g.N * g.T * pc_ * HW) * sizeof(T) >= streaming_threshold_bytes() &&
+                 run_ * static_cast<int64_t>(sizeof(T)) >= 4096;
+    piece_ = std::max<int64_t>(1, (256 << 10) / static_cast<int64_t>(sizeof(T)));
+    per_run_ = (run_ + piece_ - 1) / piece_;
+    pieces_ = runs_mode_ ? (blocks_ ? g.N : g.N * g.T) * per_run_ : g.N * pc_ * g.T;
+  }
+  int64_t pieces() const { return pieces_; }
+  void piece(int64_t q) const {
+    if (runs_mode_) {
+      const int64_t r = q / per_run_, k = q % per_run_;
+      const int64_t n = blocks_ ? r : r / g_.T, t = blocks_ ? 0 : r % g_.T;
+      const int64_t off = k * piece_, len = std::min(piece_, run_ - off);
+      T* d = dst_ + n * sd_[0] + g_.F * sd_[1] + t * sd_[2] + off;
+      const T* s = src_ + n * ss_[0] + g_.F * ss_[1] + t * ss_[2] + off;
+      if (streaming_) {
+        stream_copy(d, s, sizeof(T) * len);
+        stream_fence();
+      } else {
+        std::memcpy(d, s, sizeof(T) * len);
+      }
+      return;
+    }
+    const Plane p = plane_of(q, pc_, g_.T);
+    const T* sp = src_ + p.n * ss_[0] + (g_.F + p.c) * ss_[1] + p.t * ss_[2];
+    T* dp = dst_ + p.n * sd_[0] + (g_.F + p.c) * sd_[1] + p.t * sd_[2];
+    for (int64_t h = 0; h < g_.H; ++h) std::memcpy(dp + h * sd_[3], sp + h * ss_[3], sizeof(T) * g_.W);
+  }
+
+ private:
+  const Geometry& g_;
+  const T* src_;
+  const int64_t* ss_;
+  T* dst_;
+  const int64_t* sd_;
+  int64_t pc_, run_ = 0, piece_ = 1, per_run_ = 1, pieces_ = 0;
+  bool blocks_ = false, runs_mode_ = false, streaming_ = false;
+};
+
 template <typename T>
 void copy_passthrough(const Geometry& g, const T* src, const int64_t* ss, T* dst, const int64_t* sd) {
-  const int64_t pc = g.C - g.F;
-  if (pc <= 0 || g.N * g.T * g.H * g.W == 0) return;
-  const int64_t HW = g.H * g.W;
-  const bool rows_packed = ss[3] == g.W && sd[3] == g.W;
-  const bool slabs = rows_packed && ss[1] == HW && sd[1] == HW;
-  const bool blocks = rows_packed && ss[2] == HW && sd[2] == HW && ss[1] == g.T * HW && sd[1] == g.T * HW;
-  const int64_t run = blocks ? pc * g.T * HW : slabs ? pc * HW : g.W;
-  const bool streaming = static_cast<size_t>(g.N * g.T * pc * HW) * sizeof(T) >= streaming_threshold_bytes() &&
-                         run * static_cast<int64_t>(sizeof(T)) >= 4096;
-  const auto copy = [streaming](T* d, const T* s, int64_t n) {
-    if (streaming) stream_copy(d, s, sizeof(T) * n);
-    else std::memcpy(d, s, sizeof(T) * n);
-  };
-  if (blocks || slabs) {
-    const int64_t runs = blocks ? g.N : g.N * g.T;
-    // Runs are split into pieces of about 256 KiB so that both threads get work when there are few runs.
-    const int64_t piece = std::max<int64_t>(1, (256 << 10) / static_cast<int64_t>(sizeof(T)));
-    const int64_t pieces = (run + piece - 1) / piece;
-    parallel_for(0, runs * pieces, 1, [&](int64_t q0, int64_t q1) {
-      for (int64_t q = q0; q < q1; ++q) {
-        const int64_t r = q / pieces, k = q % pieces;
-        const int64_t n = blocks ? r : r / g.T, t = blocks ? 0 : r % g.T;
-        const int64_t off = k * piece, len = std::min(piece, run - off);
-        copy(dst + n * sd[0] + g.F * sd[1] + t * sd[2] + off, src + n * ss[0] + g.F * ss[1] + t * ss[2] + off, len);
-      }
-      if (streaming) stream_fence();
+  const PassthroughCopy<T> copy(g, src, ss, dst, sd);
+  parallel_for(0, copy.pieces(), 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) copy.piece(q);
+  });
+}
+
+// Per-thread channel buffers of a training-mode BatchNorm kernel: `count` buffers of one channel's planes.
+template <typename T>
+struct ChannelBuffers {
+  std::vector<typename ChannelPlanes<T>::Buffer> owned;
+  T* ptr[3] = {nullptr, nullptr, nullptr};
+  ChannelBuffers(const ChannelPlanes<T>& lay, int count) {
+    owned.reserve(count);
+    for (int i = 0; i < count; ++i) owned.push_back(lay.buffer());
+    for (int i = 0; i < count; ++i) ptr[i] = owned[i].data();  // heap storage: stays put when this is moved
+  }
+};
+
+inline bool copy_beside_channels() {
+  const char* v = std::getenv("PVF_MVF_OVERLAP");
+  return !(v && v[0] == '0');
+}
+
+// The pass-through copy and the fused channels of a training-mode BatchNorm kernel. channel(c, buffers, next)
+// does channel c in its thread's `buffers`, prefetching channel `next` (or none when -1). The copy's pieces and
+// the channels run side by side (parallel_two_lists: with two threads, one streams the copy, bound by memory,
+// while the other computes channels); PVF_MVF_OVERLAP=0 runs the copy first, then the channels in contiguous
+// ranges, one range per thread.
+template <typename T, typename Channel>
+void run_channels_beside_copy(const Geometry& g, const T* src, const int64_t* ss, T* dst, const int64_t* sd,
+                              const ChannelPlanes<T>& lay, const Channel& channel, int buffers) {
+  const PassthroughCopy<T> copy(g, src, ss, dst, sd);
+  if (copy_beside_channels()) {
+    parallel_two_lists(copy.pieces(), g.F, [&](int64_t q) { copy.piece(q); }, [&] {
+      return [&, b = ChannelBuffers<T>(lay, buffers)](int64_t c) { channel(c, b.ptr, c + 1 < g.F ? c + 1 : -1); };
     });
     return;
   }
-  parallel_for(0, g.N * pc * g.T, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const Plane q = plane_of(p, pc, g.T);
-      const int64_t n = q.n, c = g.F + q.c, t = q.t;
-      const T* sp = src + n * ss[0] + c * ss[1] + t * ss[2];
-      T* dp = dst + n * sd[0] + c * sd[1] + t * sd[2];
-      for (int64_t h = 0; h < g.H; ++h) std::memcpy(dp + h * sd[3], sp + h * ss[3], sizeof(T) * g.W);
-    }
+  parallel_for(0, copy.pieces(), 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) copy.piece(q);
+  });
+  parallel_for(0, g.F, 1, [&](int64_t c0, int64_t c1) {
+    const ChannelBuffers<T> b(lay, buffers);
+    for (int64_t c = c0; c < c1; ++c) channel(c, b.ptr, c + 1 < c1 ? c + 1 : -1);
   });
 }
 
@@ -393,65 +452,64 @@ void mvf_forward_bn_train_cpu(const Geometry& g, const T* x, const T* wt, const 
     std::fill(var, var + g.F, T(0));
     return;
   }
-  copy_passthrough(g, x, g.sx, out, g.so);
   const ChannelPlanes<T> lay(g.N, g.T, g.H, g.W);
   using Fetch = typename ChannelPlanes<T>::template Fetch<false>;
   using WriteFetch = typename ChannelPlanes<T>::template Fetch<true>;
   const int64_t count = g.N * g.T * g.H * g.W, S = lay.stride;
   const T* valid = lay.valid();
-  parallel_for(0, g.F, 1, [&](int64_t c0, int64_t c1) {
-    auto xbuf = lay.buffer(), ybuf = lay.buffer();
-    T* xs = xbuf.data();
-    T* ys = ybuf.data();
-    for (int64_t c = c0; c < c1; ++c) {
-      lay.for_planes([&](int64_t o, int64_t n, int64_t t) { lay.load_plane(xs + o, plane_at(x, g.sx, n, c, t), g.sx[3]); });
-      // The views (zero on the gaps), their mean, then their centred sum of squares: vector sums per clip,
-      // combined in double.
-      const ChannelStencil<T> k(wt + 3 * c, wh + 3 * c, ww + 3 * c, lay, false);
-      double sum = 0;
-      for (int64_t n = 0; n < g.N; ++n) {
-        V s{};
-        for (int64_t t = 0, o = lay.at(n, 0); t < g.T; ++t, o += S) {
-          const Fetch next_x(c + 1 < c1 ? plane_at(x, g.sx, n, c + 1, t) : nullptr, lay);
-          for (int64_t i = 0; i < S; i += L) {
-            next_x(i / L);
-            const V y = k(xs + o, i) * load(valid + i);
-            store(ys + o + i, y);
-            s += y;
-          }
+  // One fused channel, in buffers xs and ys; `next`: the channel whose planes to prefetch meanwhile (or -1).
+  const auto channel = [&](int64_t c, T* xs, T* ys, int64_t next) {
+    lay.for_planes(
+        [&](int64_t o, int64_t n, int64_t t) { lay.load_plane(xs + o, plane_at(x, g.sx, n, c, t), g.sx[3]); });
+    // The views (zero on the gaps), their mean, then their centred sum of squares: vector sums per clip,
+    // combined in double.
+    const ChannelStencil<T> k(wt + 3 * c, wh + 3 * c, ww + 3 * c, lay, false);
+    double sum = 0;
+    for (int64_t n = 0; n < g.N; ++n) {
+      V s{};
+      for (int64_t t = 0, o = lay.at(n, 0); t < g.T; ++t, o += S) {
+        const Fetch next_x(next >= 0 ? plane_at(x, g.sx, n, next, t) : nullptr, lay);
+        for (int64_t i = 0; i < S; i += L) {
+          next_x(i / L);
+          const V y = k(xs + o, i) * load(valid + i);
+          store(ys + o + i, y);
+          s += y;
         }
-        sum += simd::horizontal_sum<T>(s);
       }
-      const T mu = count > 0 ? static_cast<T>(sum / count) : T(0);
-      const V muv = V{} + mu;
-      double m2 = 0;
-      for (int64_t n = 0; n < g.N; ++n) {
-        V s{};
-        for (int64_t t = 0, o = lay.at(n, 0); t < g.T; ++t, o += S) {
-          const WriteFetch out_plane(plane_at(out, g.so, n, c, t), lay);
-          for (int64_t i = 0; i < S; i += L) {
-            out_plane(i / L);
-            const V d = (load(ys + o + i) - muv) * load(valid + i);
-            s += d * d;
-          }
-        }
-        m2 += simd::horizontal_sum<T>(s);
-      }
-      const double v = count > 0 ? m2 / count : 0.0;
-      const double invstd = 1.0 / std::sqrt(v + eps);
-      const V a = V{} + static_cast<T>(gamma[c] * invstd);
-      const V b = V{} + static_cast<T>(beta[c] - mu * (gamma[c] * invstd));
-      lay.for_planes([&](int64_t o, int64_t n, int64_t t) {
-        lay.store_plane(plane_at(out, g.so, n, c, t), g.so[3], [&](int64_t i) {
-          const V z = a * load(ys + o + i) + b;
-          return hardswish ? hardswish_vec<T>(z) : z;
-        });
-      });
-      mean[c] = mu;
-      var[c] = static_cast<T>(v);
+      sum += simd::horizontal_sum<T>(s);
     }
-  });
+    const T mu = count > 0 ? static_cast<T>(sum / count) : T(0);
+    const V muv = V{} + mu;
+    double m2 = 0;
+    for (int64_t n = 0; n < g.N; ++n) {
+      V s{};
+      for (int64_t t = 0, o = lay.at(n, 0); t < g.T; ++t, o += S) {
+        const WriteFetch out_plane(plane_at(out, g.so, n, c, t), lay);
+        for (int64_t i = 0; i < S; i += L) {
+          out_plane(i / L);
+          const V d = (load(ys + o + i) - muv) * load(valid + i);
+          s += d * d;
+        }
+      }
+      m2 += simd::horizontal_sum<T>(s);
+    }
+    const double v = count > 0 ? m2 / count : 0.0;
+    const double invstd = 1.0 / std::sqrt(v + eps);
+    const V a = V{} + static_cast<T>(gamma[c] * invstd);
+    const V b = V{} + static_cast<T>(beta[c] - mu * (gamma[c] * invstd));
+    lay.for_planes([&](int64_t o, int64_t n, int64_t t) {
+      lay.store_plane(plane_at(out, g.so, n, c, t), g.so[3], [&](int64_t i) {
+        const V z = a * load(ys + o + i) + b;
+        return hardswish ? hardswish_vec<T>(z) : z;
+      });
+    });
+    mean[c] = mu;
+    var[c] = static_cast<T>(v);
+  };
+  run_channels_beside_copy(
+      g, x, g.sx, out, g.so, lay, [&](int64_t c, T* const* b, int64_t next) { channel(c, b[0], b[1], next); }, 2);
 }
+
 
 template <typename T>
 void mvf_backward_bn_train_cpu(const Geometry& g, const T* x, const T* grad_out, const T* wt, const T* wh,
@@ -468,7 +526,6 @@ void mvf_backward_bn_train_cpu(const Geometry& g, const T* x, const T* grad_out,
     std::fill(grad_beta, grad_beta + g.F, T(0));
     return;
   }
-  copy_passthrough(g, grad_out, g.so, grad_x, g.sg);
   const ChannelPlanes<T> lay(g.N, g.T, g.H, g.W);
   using Fetch = typename ChannelPlanes<T>::template Fetch<false>;
   using WriteFetch = typename ChannelPlanes<T>::template Fetch<true>;
@@ -476,84 +533,82 @@ void mvf_backward_bn_train_cpu(const Geometry& g, const T* x, const T* grad_out,
   const T* valid = lay.valid();
   const T* has_left = lay.has_left();
   const T* has_right = lay.has_right();
-  parallel_for(0, g.F, 1, [&](int64_t c0, int64_t c1) {
-    // xs: the input; gs: the incoming gradient, then gz, then d loss / d y; ys: the views.
-    auto xbuf = lay.buffer(), gbuf = lay.buffer(), ybuf = lay.buffer();
-    T* xs = xbuf.data();
-    T* gs = gbuf.data();
-    T* ys = ybuf.data();
-    for (int64_t c = c0; c < c1; ++c) {
-      lay.for_planes([&](int64_t o, int64_t n, int64_t t) {
-        lay.load_plane(xs + o, plane_at(x, g.sx, n, c, t), g.sx[3]);
-        lay.load_plane(gs + o, plane_at(grad_out, g.so, n, c, t), g.so[3]);
-      });
-      const double invstd = 1.0 / std::sqrt(static_cast<double>(var[c]) + eps);
-      const T mu = mean[c];
-      const V muv = V{} + mu;
-      const V a = V{} + static_cast<T>(gamma[c] * invstd);
-      // gz = grad * HardSwish'(z) (zero on the gaps, where grad is) and the sums of gz and gz * (y - mean).
-      double sum_gz = 0, sum_gz_centred = 0;
-      {
-        const ChannelStencil<T> k(wt + 3 * c, wh + 3 * c, ww + 3 * c, lay, false);
-        const V b = V{} + static_cast<T>(beta[c] - mu * (gamma[c] * invstd));
-        for (int64_t n = 0; n < g.N; ++n) {
-          V s{}, sc{};
-          for (int64_t t = 0, o = lay.at(n, 0); t < g.T; ++t, o += S) {
-            const Fetch next_x(c + 1 < c1 ? plane_at(x, g.sx, n, c + 1, t) : nullptr, lay);
-            const Fetch next_grad(c + 1 < c1 ? plane_at(grad_out, g.so, n, c + 1, t) : nullptr, lay);
-            for (int64_t i = 0; i < S; i += L) {
-              next_x(i / L);
-              next_grad(i / L);
-              const V y = k(xs + o, i);
-              const V gz = hardswish ? hardswish_grad_times<T>(a * y + b, load(gs + o + i)) : load(gs + o + i);
-              store(gs + o + i, gz);
-              store(ys + o + i, y);
-              s += gz;
-              sc += gz * (y - muv);
-            }
-          }
-          sum_gz += simd::horizontal_sum<T>(s);
-          sum_gz_centred += simd::horizontal_sum<T>(sc);
-        }
-      }
-      grad_beta[c] = static_cast<T>(sum_gz);
-      grad_gamma[c] = static_cast<T>(sum_gz_centred * invstd);
-      // d loss / d y = gamma * invstd * (gz - mean(gz) - y_hat * mean(gz * y_hat)) (zero on the gaps), and the
-      // kernel-gradient sums: d loss / d y times the input at each tap's offset.
-      const V k_mean = V{} + (count > 0 ? static_cast<T>(sum_gz / count) : T(0));
-      const V k_centred = V{} + (count > 0 ? static_cast<T>(sum_gz_centred / count * invstd * invstd) : T(0));
-      double acc[7] = {0, 0, 0, 0, 0, 0, 0};
+  // One fused channel. xs: the input; gs: the incoming gradient, then gz, then d loss / d y; ys: the views.
+  // `next`: the channel whose planes to prefetch meanwhile (or -1).
+  const auto channel = [&](int64_t c, T* xs, T* gs, T* ys, int64_t next) {
+    lay.for_planes([&](int64_t o, int64_t n, int64_t t) {
+      lay.load_plane(xs + o, plane_at(x, g.sx, n, c, t), g.sx[3]);
+      lay.load_plane(gs + o, plane_at(grad_out, g.so, n, c, t), g.so[3]);
+    });
+    const double invstd = 1.0 / std::sqrt(static_cast<double>(var[c]) + eps);
+    const T mu = mean[c];
+    const V muv = V{} + mu;
+    const V a = V{} + static_cast<T>(gamma[c] * invstd);
+    // gz = grad * HardSwish'(z) (zero on the gaps, where grad is) and the sums of gz and gz * (y - mean).
+    double sum_gz = 0, sum_gz_centred = 0;
+    {
+      const ChannelStencil<T> k(wt + 3 * c, wh + 3 * c, ww + 3 * c, lay, false);
+      const V b = V{} + static_cast<T>(beta[c] - mu * (gamma[c] * invstd));
       for (int64_t n = 0; n < g.N; ++n) {
-        V s_c{}, s_tp{}, s_tn{}, s_up{}, s_down{}, s_left{}, s_right{};
+        V s{}, sc{};
         for (int64_t t = 0, o = lay.at(n, 0); t < g.T; ++t, o += S) {
-          const WriteFetch grad_x_plane(plane_at(grad_x, g.sg, n, c, t), lay);
+          const Fetch next_x(next >= 0 ? plane_at(x, g.sx, n, next, t) : nullptr, lay);
+          const Fetch next_grad(next >= 0 ? plane_at(grad_out, g.so, n, next, t) : nullptr, lay);
           for (int64_t i = 0; i < S; i += L) {
-            grad_x_plane(i / L);
-            const V dy = a * (load(gs + o + i) - k_mean - (load(ys + o + i) - muv) * k_centred) * load(valid + i);
-            store(gs + o + i, dy);
-            const T* xi = xs + o + i;
-            s_c += dy * load(xi);
-            s_tp += dy * load(xi - S);
-            s_tn += dy * load(xi + S);
-            s_up += dy * load(xi - R);
-            s_down += dy * load(xi + R);
-            s_left += dy * load(has_left + i) * load(xi - 1);
-            s_right += dy * load(has_right + i) * load(xi + 1);
+            next_x(i / L);
+            next_grad(i / L);
+            const V y = k(xs + o, i);
+            const V gz = hardswish ? hardswish_grad_times<T>(a * y + b, load(gs + o + i)) : load(gs + o + i);
+            store(gs + o + i, gz);
+            store(ys + o + i, y);
+            s += gz;
+            sc += gz * (y - muv);
           }
         }
-        const V sums[7] = {s_tp, s_c, s_tn, s_up, s_down, s_left, s_right};
-        for (int q = 0; q < 7; ++q) acc[q] += simd::horizontal_sum<T>(sums[q]);
+        sum_gz += simd::horizontal_sum<T>(s);
+        sum_gz_centred += simd::horizontal_sum<T>(sc);
       }
-      const double kernel_grads[9] = {acc[0], acc[1], acc[2], acc[3], acc[1], acc[4], acc[5], acc[1], acc[6]};
-      store_kernel_grads(kernel_grads, c, grad_wt, grad_wh, grad_ww);
-      // grad_x: the stencil of d loss / d y with mirrored taps.
-      const ChannelStencil<T> mirrored(wt + 3 * c, wh + 3 * c, ww + 3 * c, lay, true);
-      lay.for_planes([&](int64_t o, int64_t n, int64_t t) {
-        lay.store_plane(plane_at(grad_x, g.sg, n, c, t), g.sg[3],
-                        [&](int64_t i) { return mirrored(gs + o, i); });
-      });
     }
-  });
+    grad_beta[c] = static_cast<T>(sum_gz);
+    grad_gamma[c] = static_cast<T>(sum_gz_centred * invstd);
+    // d loss / d y = gamma * invstd * (gz - mean(gz) - y_hat * mean(gz * y_hat)) (zero on the gaps), and the
+    // kernel-gradient sums: d loss / d y times the input at each tap's offset.
+    const V k_mean = V{} + (count > 0 ? static_cast<T>(sum_gz / count) : T(0));
+    const V k_centred = V{} + (count > 0 ? static_cast<T>(sum_gz_centred / count * invstd * invstd) : T(0));
+    double acc[7] = {0, 0, 0, 0, 0, 0, 0};
+    for (int64_t n = 0; n < g.N; ++n) {
+      V s_c{}, s_tp{}, s_tn{}, s_up{}, s_down{}, s_left{}, s_right{};
+      for (int64_t t = 0, o = lay.at(n, 0); t < g.T; ++t, o += S) {
+        const WriteFetch grad_x_plane(plane_at(grad_x, g.sg, n, c, t), lay);
+        for (int64_t i = 0; i < S; i += L) {
+          grad_x_plane(i / L);
+          const V dy = a * (load(gs + o + i) - k_mean - (load(ys + o + i) - muv) * k_centred) * load(valid + i);
+          store(gs + o + i, dy);
+          const T* xi = xs + o + i;
+          s_c += dy * load(xi);
+          s_tp += dy * load(xi - S);
+          s_tn += dy * load(xi + S);
+          s_up += dy * load(xi - R);
+          s_down += dy * load(xi + R);
+          s_left += dy * load(has_left + i) * load(xi - 1);
+          s_right += dy * load(has_right + i) * load(xi + 1);
+        }
+      }
+      const V sums[7] = {s_tp, s_c, s_tn, s_up, s_down, s_left, s_right};
+      for (int q = 0; q < 7; ++q) acc[q] += simd::horizontal_sum<T>(sums[q]);
+    }
+    const double kernel_grads[9] = {acc[0], acc[1], acc[2], acc[3], acc[1], acc[4], acc[5], acc[1], acc[6]};
+    store_kernel_grads(kernel_grads, c, grad_wt, grad_wh, grad_ww);
+    // grad_x: the stencil of d loss / d y with mirrored taps.
+    const ChannelStencil<T> mirrored(wt + 3 * c, wh + 3 * c, ww + 3 * c, lay, true);
+    lay.for_planes([&](int64_t o, int64_t n, int64_t t) {
+      lay.store_plane(plane_at(grad_x, g.sg, n, c, t), g.sg[3],
+                      [&](int64_t i) { return mirrored(gs + o, i); });
+    });
+  };
+  run_channels_beside_copy(
+      g, grad_out, g.so, grad_x, g.sg, lay,
+      [&](int64_t c, T* const* b, int64_t next) { channel(c, b[0], b[1], b[2], next); }, 3);
 }
 
 #define PVF_MVF_INSTANTIATE(T)                                                                                     \
