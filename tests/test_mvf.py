@@ -298,6 +298,22 @@ def test_large_outputs_take_the_streaming_copy():
     assert torch.equal(gx[:, 3:], grad[:, 3:])
 
 
+@pytest.mark.parametrize("frames", [True, False])
+def test_copy_beside_channels_and_copy_first_agree(frames, monkeypatch):
+    """The training-mode kernels' two schedules (pass-through copy beside the fused channels, the default; or
+    first, PVF_MVF_OVERLAP=0) give bit-identical outputs, statistics and gradients; the copy has several pieces."""
+    g = torch.Generator().manual_seed(13)
+    x, w, gamma, beta = _bn_inputs(g, 2, 24, 3, 40, 40, 5, frames, "cpu", torch.float32)
+    grad = torch.randn(x.shape, generator=g)
+    results = []
+    for setting in ("1", "0"):
+        monkeypatch.setenv("PVF_MVF_OVERLAP", setting)
+        out, mean, var = ops.multi_view_fusion_batchnorm(x, *w, gamma, beta, 1e-5, True, 5)
+        results.append((out, mean, var, *torch.autograd.grad(out, [x, *w, gamma, beta], grad)))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 @pytest.mark.cuda
 def test_cuda_tensors_larger_than_one_grid():
     """More elements (148 M) than one launch has threads (the grid is capped at 65535 * 8 blocks of 256): the

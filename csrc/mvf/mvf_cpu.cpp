@@ -287,16 +287,14 @@ inline bool copy_beside_channels() {
 template <typename T, typename Channel>
 void run_channels_beside_copy(const Geometry& g, const T* src, const int64_t* ss, T* dst, const int64_t* sd,
                               const ChannelPlanes<T>& lay, const Channel& channel, int buffers) {
-  const PassthroughCopy<T> copy(g, src, ss, dst, sd);
   if (copy_beside_channels()) {
+    const PassthroughCopy<T> copy(g, src, ss, dst, sd);
     parallel_two_lists(copy.pieces(), g.F, [&](int64_t q) { copy.piece(q); }, [&] {
       return [&, b = ChannelBuffers<T>(lay, buffers)](int64_t c) { channel(c, b.ptr, c + 1 < g.F ? c + 1 : -1); };
     });
     return;
   }
-  parallel_for(0, copy.pieces(), 1, [&](int64_t q0, int64_t q1) {
-    for (int64_t q = q0; q < q1; ++q) copy.piece(q);
-  });
+  copy_passthrough(g, src, ss, dst, sd);
   parallel_for(0, g.F, 1, [&](int64_t c0, int64_t c1) {
     const ChannelBuffers<T> b(lay, buffers);
     for (int64_t c = c0; c < c1; ++c) channel(c, b.ptr, c + 1 < c1 ? c + 1 : -1);
