@@ -3,6 +3,13 @@
 The choice is automatic by device and availability. ``PVF_BACKEND=<name>`` in the environment, or the
 ``use_backend(name)`` context manager, forces one for every op that implements it. A missing compiled
 module, or a forced backend an op does not implement, falls back with one warning per op and backend.
+
+Candidates: a new GPU implementation of an op that has not yet run correct and faster on a GPU is registered
+with ``register_candidate(op, key)`` under an implementation key of its own (``"triton"``, or a variant of a
+backend such as ``"cuda:next"``). The automatic choice takes it only where candidates are enabled for that op:
+``PVF_CANDIDATES=all`` or ``PVF_CANDIDATES=op1,op2`` in the environment, or ``use_candidates()``. The GPU
+check runs the tests and benchmarks with and without them; a candidate that wins there becomes the op's
+default (``prefer``) in the change that records that run.
 """
 from __future__ import annotations
 
@@ -19,7 +26,10 @@ from . import _ext
 BACKENDS = ("cuda", "triton", "cpu", "reference")
 
 _forced: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("pvf_backend", default=None)
+_candidates_on: contextvars.ContextVar[Optional[frozenset]] = contextvars.ContextVar("pvf_candidates", default=None)
 _warned: set[tuple[str, str]] = set()
+_CANDIDATES: dict[str, str] = {}  # op -> implementation key of its unverified GPU candidate
+_PREFERRED: dict[str, str] = {}  # op -> implementation key chosen first on GPUs (a verified former candidate)
 
 
 def _check_name(name: str) -> str:
@@ -47,6 +57,51 @@ def use_backend(name: Optional[str]):
         _forced.reset(token)
 
 
+def register_candidate(op: str, key: str) -> None:
+    """Declare ``key`` of ``op``'s implementation table a GPU candidate: chosen automatically only where
+    candidates are enabled (see the module docstring)."""
+    base_backend(key)
+    _CANDIDATES[op] = key
+
+
+def prefer(op: str, key: str) -> None:
+    """Make ``key`` the first automatic choice for ``op`` on GPUs (a candidate a GPU run verified)."""
+    base_backend(key)
+    _CANDIDATES.pop(op, None)
+    _PREFERRED[op] = key
+
+
+def candidates() -> dict[str, str]:
+    """The registered candidates, op -> implementation key."""
+    return dict(_CANDIDATES)
+
+
+def base_backend(key: str) -> str:
+    """The backend an implementation key runs on: ``"cuda:next"`` -> ``"cuda"``."""
+    return _check_name(key.split(":", 1)[0])
+
+
+def candidates_enabled(op: str) -> bool:
+    """Whether ``op``'s candidate may be chosen: ``use_candidates`` or ``PVF_CANDIDATES`` (all, or op names)."""
+    names = _candidates_on.get()
+    if names is None:
+        env = os.environ.get("PVF_CANDIDATES", "").strip()
+        names = frozenset(n.strip() for n in env.split(",") if n.strip())
+    return "all" in names or op in names or op.removesuffix("_backward") in names
+
+
+@contextlib.contextmanager
+def use_candidates(ops="all"):
+    """Enable the candidates of ``ops`` (an op name, a list of them, or "all"; None disables every one) for
+    the calls inside the block."""
+    names = frozenset() if ops is None else frozenset([ops] if isinstance(ops, str) else ops)
+    token = _candidates_on.set(names)
+    try:
+        yield
+    finally:
+        _candidates_on.reset(token)
+
+
 def _warn_once(op: str, key: str, message: str) -> None:
     if (op, key) not in _warned:
         _warned.add((op, key))
@@ -54,7 +109,8 @@ def _warn_once(op: str, key: str, message: str) -> None:
 
 
 def available(name: str, device: torch.device) -> bool:
-    """Whether backend ``name`` can run on ``device`` in this process."""
+    """Whether backend (or implementation key) ``name`` can run on ``device`` in this process."""
+    name = base_backend(name)
     if name == "reference":
         return True
     if name == "cpu":
@@ -68,8 +124,13 @@ def available(name: str, device: torch.device) -> bool:
     return False
 
 
-def automatic(device: torch.device, implemented: Mapping[str, Callable]) -> str:
-    """The backend chosen without forcing: the compiled one for the device, else Triton on GPU, else reference."""
+def automatic(device: torch.device, implemented: Mapping[str, Callable], op: str = "") -> str:
+    """The implementation chosen without forcing: on GPUs an enabled candidate, then a preferred key; else the
+    compiled backend of the device, else Triton on GPU, else the reference."""
+    if device.type == "cuda":
+        for key in (_CANDIDATES.get(op) if candidates_enabled(op) else None, _PREFERRED.get(op)):
+            if key is not None and key in implemented and available(key, device):
+                return key
     native = "cuda" if device.type == "cuda" else "cpu"
     if native in implemented and available(native, device):
         return native
@@ -84,11 +145,11 @@ def select(op: str, device: torch.device, implemented: Mapping[str, Callable]) -
     if forced is not None:
         if forced in implemented and available(forced, device):
             return forced, implemented[forced]
-        choice = automatic(device, implemented)
+        choice = automatic(device, implemented, op)
         _warn_once(op, f"forced:{forced}", f"pyvision_fast: {op} has no usable '{forced}' backend on {device.type}; "
                    f"using '{choice}'")
         return choice, implemented[choice]
-    choice = automatic(device, implemented)
+    choice = automatic(device, implemented, op)
     if choice == "reference":
         native = "cuda" if device.type == "cuda" else "cpu"
         module = "_C_cuda" if native == "cuda" else "_C"

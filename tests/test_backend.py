@@ -65,3 +65,49 @@ print('ok')
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def _pretend_gpu(monkeypatch):
+    """Every backend counts as available, so the GPU order of the automatic choice can be tested on a CPU."""
+    monkeypatch.setattr(_backend, "available", lambda name, device: True)
+    monkeypatch.delenv("PVF_CANDIDATES", raising=False)
+    return torch.device("cuda")
+
+
+def test_candidate_is_chosen_only_where_enabled(monkeypatch):
+    gpu = _pretend_gpu(monkeypatch)
+    table = {"cuda": "old", "cuda:next": "new", "reference": "ref"}
+    monkeypatch.setitem(_backend._CANDIDATES, "toy_op", "cuda:next")
+    assert _backend.select("toy_op", gpu, table)[0] == "cuda"
+    with pyvision_fast.use_candidates("toy_op"):
+        assert _backend.select("toy_op", gpu, table)[0] == "cuda:next"
+        assert _backend.select("toy_op_backward", gpu, {**table})[0] == "cuda"  # not registered for it
+    with pyvision_fast.use_candidates("other_op"):
+        assert _backend.select("toy_op", gpu, table)[0] == "cuda"
+    monkeypatch.setenv("PVF_CANDIDATES", "all")
+    assert _backend.select("toy_op", gpu, table)[0] == "cuda:next"
+    with pyvision_fast.use_candidates(None):  # the context manager overrides the environment
+        assert _backend.select("toy_op", gpu, table)[0] == "cuda"
+    # candidates are GPU implementations: the CPU choice never changes
+    assert _backend.select("toy_op", torch.device("cpu"), {"cpu": 1, "cuda:next": 2})[0] == "cpu"
+
+
+def test_backward_op_follows_its_forward_candidate_switch(monkeypatch):
+    gpu = _pretend_gpu(monkeypatch)
+    monkeypatch.setitem(_backend._CANDIDATES, "toy_op_backward", "triton")
+    with pyvision_fast.use_candidates("toy_op"):
+        assert _backend.select("toy_op_backward", gpu, {"cuda": 1, "triton": 2})[0] == "triton"
+
+
+def test_preferred_key_and_forced_backend(monkeypatch):
+    gpu = _pretend_gpu(monkeypatch)
+    monkeypatch.setitem(_backend._PREFERRED, "toy_op", "triton")
+    table = {"cuda": 1, "triton": 2, "reference": 3}
+    assert _backend.select("toy_op", gpu, table)[0] == "triton"
+    with use_backend("cuda"):
+        assert _backend.select("toy_op", gpu, table)[0] == "cuda"
+
+
+def test_candidate_keys_name_a_backend():
+    with pytest.raises(ValueError, match="unknown backend"):
+        _backend.register_candidate("toy_op", "vulkan:next")
