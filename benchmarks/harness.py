@@ -2,9 +2,15 @@
 
 Every case runs all its implementations side by side in one process: warm-up, then turns in which each
 implementation runs for an equal slice of time, until the case's time budget is spent; the report gives each
-one's median (CUDA timed with events). Each case states its useful work (FLOPs and/or bytes) and which ceiling
-bounds it, so the report shows achieved GFLOP/s or GB/s as a share of the machine's measured matmul rate or copy
-bandwidth.
+one's median. Each case states its useful work (FLOPs and/or bytes) and which ceiling bounds it, so the report
+shows achieved GFLOP/s or GB/s as a share of the machine's measured matmul rate (the bf16 tensor-core rate for
+half-precision cases) or copy bandwidth.
+
+On a GPU a turn is a batch of calls queued behind a sleep kernel, each call preceded by an L2 flush and timed
+between CUDA events: the GPU runs the batch back to back, so a call's time is its kernels' time (Triton's
+do_bench measures the same way), and the host time of each call (what Python, dispatch and launches cost)
+is reported beside it. An implementation whose host time exceeds its device time is marked host-bound: in a
+real network it would starve the GPU.
 """
 from __future__ import annotations
 
@@ -29,6 +35,9 @@ class Impl:
     kind: str = "peer"  # "ours" | "reference" | "peer"
 
 
+Goal = tuple  # (implementation name, required speedup of ours over it)
+
+
 @dataclasses.dataclass
 class Case:
     family: str
@@ -41,6 +50,11 @@ class Case:
     goal: Optional[tuple[str, float]] = None  # (implementation, required speedup of ours over it)
     measure_memory: bool = False
     note: str = ""
+    goals: list = dataclasses.field(default_factory=list)  # more (implementation, speedup) goals
+
+    def all_goals(self) -> list[tuple[str, float]]:
+        """``goal`` and ``goals`` together: every (implementation, required speedup of ours over it)."""
+        return ([self.goal] if self.goal else []) + [g for g in self.goals if g != self.goal]
 
 
 @dataclasses.dataclass
@@ -54,6 +68,18 @@ class Result:
     ceiling_share: Optional[float]
     peak_mb: Optional[float]
     error: Optional[str] = None
+    host_ms: Optional[float] = None  # GPU: median host (Python + launch) time per call
+
+
+class Timing(tuple):
+    """(median ms, runs, host ms or None): what time_side_by_side reports for one function."""
+
+    def __new__(cls, median_ms: float, runs: int, host_ms: Optional[float] = None):
+        return super().__new__(cls, (median_ms, runs, host_ms))
+
+    median_ms = property(lambda self: self[0])
+    runs = property(lambda self: self[1])
+    host_ms = property(lambda self: self[2])
 
 
 def _sync(device: str) -> None:
@@ -88,33 +114,106 @@ def _timed_call(fn: Callable[[], Any], device: str) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+class CudaTimer:
+    """Device time of calls on the current CUDA device, free of host overhead (see the module docstring)."""
+
+    FLUSH_BYTES = 256 << 20  # several times any GPU's L2
+
+    def __init__(self):
+        self.flush = torch.empty(self.FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
+        cycles = 20_000_000
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(1000)
+        begin.record()
+        torch.cuda._sleep(cycles)
+        end.record()
+        end.synchronize()
+        self.cycles_per_ms = cycles / max(begin.elapsed_time(end), 1e-3)
+
+    def batch(self, fn: Callable[[], Any], n: int, host_ms: float) -> tuple[list[float], list[float], bool]:
+        """Times n calls queued behind a sleep long enough to queue them all: (device ms per call, host ms per
+        call, whether the sleep ran out before the last call was queued, i.e. the device may have idled)."""
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        gate = torch.cuda.Event()
+        sleep_ms = min(max(1.5 * n * (host_ms + 0.1), 0.5), 250.0)
+        torch.cuda._sleep(int(sleep_ms * self.cycles_per_ms))
+        gate.record()
+        hosts = []
+        for i in range(n):
+            self.flush.zero_()
+            starts[i].record()
+            t0 = time.perf_counter()
+            fn()
+            hosts.append((time.perf_counter() - t0) * 1e3)
+            ends[i].record()
+        ran_out = gate.query()
+        ends[-1].synchronize()
+        return [b.elapsed_time(e) for b, e in zip(starts, ends)], hosts, ran_out
+
+
+_cuda_timer: Optional[CudaTimer] = None
+
+
+def cuda_timer() -> CudaTimer:
+    global _cuda_timer
+    if _cuda_timer is None:
+        _cuda_timer = CudaTimer()
+    return _cuda_timer
+
+
 def time_side_by_side(fns: list[Callable[[], Any]], device: str, warmup: int = 1, min_runs: int = 3,
-                      budget_s: float = 2.0, rounds: int = 10) -> list:
-    """The median milliseconds and run count of each of ``fns``, timed in turns: each round gives every function
+                      budget_s: float = 2.0, rounds: int = 10, slow_s: Optional[float] = None) -> list:
+    """A Timing (median ms, runs, host ms) for each of ``fns``, timed in turns: each round gives every function
     an equal slice of time (budget_s / rounds, at least one call), so all of them are measured across the same
     stretch of the machine's life. (On a VM whose memory bandwidth drifts by tens of percent within minutes,
     timing them one after another would compare different phases.) The case takes about
-    ``budget_s * len(fns)`` seconds. A function that raises gets its exception in place of the pair."""
+    ``budget_s * len(fns)`` seconds. A function whose warm-up call took longer than ``slow_s`` (default
+    ``budget_s``) is timed once, outside the rounds (slow references). A function that raises gets its
+    exception in place of the timing."""
+    slow_s = budget_s if slow_s is None else slow_s
     times: list[list[float]] = [[] for _ in fns]
+    hosts: list[list[float]] = [[] for _ in fns]
     errors: list[Optional[BaseException]] = [None] * len(fns)
+    estimate = [0.0] * len(fns)  # wall ms of one call (warm-up), sizes the CUDA batches
+    once = [False] * len(fns)
     for i, fn in enumerate(fns):
         try:
             for _ in range(warmup):
                 fn()
             _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            estimate[i] = (time.perf_counter() - t0) * 1e3
         except Exception as exc:  # noqa: BLE001 - reported in the results
             errors[i] = exc
+            continue
+        if estimate[i] > slow_s * 1e3:
+            once[i] = True
+            try:
+                times[i].append(_timed_call(fn, device))
+            except Exception as exc:  # noqa: BLE001
+                errors[i] = exc
+    timer = cuda_timer() if device == "cuda" else None
     slice_s = budget_s / rounds
     start = time.perf_counter()
     while True:
-        active = [i for i in range(len(fns)) if errors[i] is None]
+        active = [i for i in range(len(fns)) if errors[i] is None and not once[i]]
         if not active:
             break
         for i in active:
             until = time.perf_counter() + slice_s
             try:
                 while True:
-                    times[i].append(_timed_call(fns[i], device))
+                    if timer is not None:
+                        host = statistics.median(hosts[i]) if hosts[i] else estimate[i]
+                        n = max(1, min(32, int(slice_s * 1e3 / max(estimate[i], 1e-3))))
+                        dev, host_ms, _ = timer.batch(fns[i], n, host)
+                        times[i] += dev
+                        hosts[i] += host_ms
+                    else:
+                        times[i].append(_timed_call(fns[i], device))
                     if time.perf_counter() >= until:
                         break
                 _sync(device)  # a kernel fault surfaces here, attributed to the function that caused it
@@ -123,7 +222,8 @@ def time_side_by_side(fns: list[Callable[[], Any]], device: str, warmup: int = 1
         if (time.perf_counter() - start >= budget_s * len(fns)
                 and all(len(times[i]) >= min_runs for i in active if errors[i] is None)):
             break
-    return [errors[i] if errors[i] is not None else (statistics.median(times[i]), len(times[i]))
+    return [errors[i] if errors[i] is not None else
+            Timing(statistics.median(times[i]), len(times[i]), statistics.median(hosts[i]) if hosts[i] else None)
             for i in range(len(fns))]
 
 
@@ -212,7 +312,7 @@ def run_case(case: Case, device: str, ceilings: dict, budget_s: float) -> list[R
             print(f"  {impl.name}: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}",
                   flush=True)
             continue
-        ms, runs = timing
+        ms, runs, host_ms = timing
         gflops = case.flops / (ms * 1e-3) / 1e9 if case.flops else None
         gbytes = case.bytes / (ms * 1e-3) / 1e9 if case.bytes else None
         if case.bound == "memory" and gbytes is not None:
@@ -223,7 +323,7 @@ def run_case(case: Case, device: str, ceilings: dict, budget_s: float) -> list[R
                                           ceilings["matmul_fp32_GFLOPps"])
         else:
             share = None
-        results.append(Result(impl.name, impl.kind, ms, runs, gflops, gbytes, share, None))
+        results.append(Result(impl.name, impl.kind, ms, runs, gflops, gbytes, share, None, host_ms=host_ms))
     return results
 
 
@@ -267,18 +367,35 @@ def machine_description(device: str) -> dict:
     return desc
 
 
-def speedup_of_ours(case: Case, results: list[Result], against: str) -> Optional[float]:
-    ours = next((r for r in results if r.kind == "ours"), None)
+def candidate_of(results: list[Result]) -> Optional[Result]:
+    """The row of an unverified candidate implementation (named "<ours> (candidate)"), if the case has one."""
+    return next((r for r in results if r.impl.endswith("(candidate)") and r.error is None), None)
+
+
+def speedup_of_ours(case: Case, results: list[Result], against: str, use_candidate: bool = False) -> Optional[float]:
+    """How many times faster ours (or, with use_candidate, the candidate row) is than ``against``."""
+    ours = candidate_of(results) if use_candidate else next((r for r in results if r.kind == "ours"), None)
     other = next((r for r in results if r.impl == against), None)
     if ours is None or other is None or math.isnan(ours.median_ms) or math.isnan(other.median_ms):
         return None
     return other.median_ms / ours.median_ms
 
 
+def goal_verdicts(case: Case, results: list[Result]) -> list[dict]:
+    """One entry per goal: against, required speedup, achieved by ours and by the candidate, met or not."""
+    out = []
+    for against, need in case.all_goals():
+        s = speedup_of_ours(case, results, against)
+        c = speedup_of_ours(case, results, against, use_candidate=True)
+        out.append({"against": against, "speedup": need, "achieved": s, "met": None if s is None else s >= need,
+                    "candidate_achieved": c, "candidate_met": None if c is None else c >= need})
+    return out
+
+
 def format_table(rows: list[tuple[Case, list[Result]]]) -> str:
     lines = []
-    header = f"{'case':<44} {'implementation':<36} {'median ms':>10} {'x ours':>8} {'GFLOP/s':>9} {'GB/s':>8} " \
-             f"{'ceiling':>8} {'peak MB':>8}"
+    header = f"{'case':<44} {'implementation':<36} {'median ms':>10} {'host ms':>8} {'x ours':>8} {'GFLOP/s':>9} " \
+             f"{'GB/s':>8} {'ceiling':>8} {'peak MB':>8}"
     lines.append(header)
     lines.append("-" * len(header))
     for case, results in rows:
@@ -289,16 +406,25 @@ def format_table(rows: list[tuple[Case, list[Result]]]) -> str:
                 lines.append(f"{label:<44} {r.impl:<36} failed: {r.error}")
                 continue
             rel = r.median_ms / ours.median_ms if ours and not math.isnan(ours.median_ms) else float("nan")
+            bound = "*" if r.host_ms is not None and r.host_ms > r.median_ms else " "
             lines.append(
-                f"{label:<44} {r.impl:<36} {r.median_ms:>10.3f} {rel:>8.2f} "
+                f"{label:<44} {r.impl:<36} {r.median_ms:>10.3f} "
+                f"{(f'{r.host_ms:.3f}{bound}' if r.host_ms is not None else '-'):>8} {rel:>8.2f} "
                 f"{(f'{r.gflops:.1f}' if r.gflops else '-'):>9} {(f'{r.gbytes:.1f}' if r.gbytes else '-'):>8} "
                 f"{(f'{100 * r.ceiling_share:.1f}%' if r.ceiling_share else '-'):>8} "
                 f"{(f'{r.peak_mb:.1f}' if r.peak_mb is not None else '-'):>8}")
-        if case.goal:
-            s = speedup_of_ours(case, results, case.goal[0])
-            verdict = "n/a" if s is None else ("met" if s >= case.goal[1] else "NOT met")
-            lines.append(f"{'':<44} goal: >= {case.goal[1]:g}x faster than {case.goal[0]}: "
-                         f"{'-' if s is None else f'{s:.1f}x'} ({verdict})")
+        for v in goal_verdicts(case, results):
+            verdict = "n/a" if v["met"] is None else ("met" if v["met"] else "NOT met")
+            achieved = "-" if v["achieved"] is None else f"{v['achieved']:.2f}x"
+            line = (f"{'':<44} goal: >= {v['speedup']:g}x faster than {v['against']}: {achieved} ({verdict})")
+            if v["candidate_achieved"] is not None:
+                line += (f"; candidate {v['candidate_achieved']:.2f}x "
+                         f"({'met' if v['candidate_met'] else 'NOT met'})")
+            lines.append(line)
+    if any(r.host_ms is not None for _, rs in rows for r in rs):
+        lines.append("")
+        lines.append("median ms: device time per call (back-to-back calls, L2 flushed before each); host ms: Python "
+                     "and launch time per call; * host-bound (host time above device time).")
     return "\n".join(lines)
 
 
@@ -313,6 +439,7 @@ def write_reports(rows: list[tuple[Case, list[Result]]], ceilings: dict, machine
              "bytes": c.bytes, "note": c.note,
              "goal": None if c.goal is None else {"against": c.goal[0], "speedup": c.goal[1],
                                                   "achieved": speedup_of_ours(c, rs, c.goal[0])},
+             "goals": goal_verdicts(c, rs),
              "results": [dataclasses.asdict(r) for r in rs]}
             for c, rs in rows
         ],

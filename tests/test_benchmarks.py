@@ -77,3 +77,43 @@ def test_every_case_runs_on_its_own_shape(family, kwargs, input_shape):
             with _ShapesSeen() as seen:
                 impl.fn()
             assert input_shape(case.params) in seen.shapes, (case.name, impl.name)
+
+
+def test_slow_functions_are_timed_once():
+    import time
+
+    calls = []
+    fast, slow = time_side_by_side([lambda: calls.append(0), lambda: (calls.append(1), time.sleep(0.03))], "cpu",
+                                   budget_s=0.02, rounds=2)
+    assert slow.runs == 1 and calls.count(1) == 3  # warm-up, estimate, the one timed call
+    assert fast.runs >= 3 and slow.median_ms >= 30
+
+
+def test_several_goals_and_the_candidate_row_are_judged():
+    x = torch.rand(1 << 14)
+    case = Case("demo", "goals", {}, [Impl("ours", lambda: x.clone(), "ours"),
+                                      Impl("ours (candidate)", lambda: x.clone()),
+                                      Impl("slow peer", lambda: [x.clone() for _ in range(20)])],
+                goals=[("slow peer", 2.0), ("ours", 1000.0)])
+    rows = [(case, run_case(case, "cpu", {"copy_GBps": 1.0, "matmul_fp32_GFLOPps": 1.0}, budget_s=0.05))]
+    table = format_table(rows)
+    assert "goal: >= 2x faster than slow peer" in table and "goal: >= 1000x faster than ours: 1.00x (NOT met)" in table
+    assert "candidate" in table.split("goal: >= 2x")[1].splitlines()[0]
+
+
+@pytest.mark.cuda
+def test_cuda_timer_measures_device_time_not_host_time():
+    """A call that sleeps 2 ms on the host and launches a 0.1-ms kernel takes ~0.1 ms of device time (the batch is
+    queued behind a sleep kernel) and ~2 ms of host time; a 1-ms kernel takes ~1 ms."""
+    import time
+
+    from benchmarks.harness import cuda_timer
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    timer = cuda_timer()
+    short, long = int(0.1 * timer.cycles_per_ms), int(1.0 * timer.cycles_per_ms)
+    dev, host, _ = timer.batch(lambda: (time.sleep(0.002), torch.cuda._sleep(short)), 8, 2.0)
+    assert max(dev) < 0.5 and min(host) >= 2.0
+    dev, _, ran_out = timer.batch(lambda: torch.cuda._sleep(long), 8, 0.05)
+    assert not ran_out and all(0.8 < d < 1.3 for d in dev)
