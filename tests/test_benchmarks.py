@@ -117,3 +117,26 @@ def test_cuda_timer_measures_device_time_not_host_time():
     assert max(dev) < 0.5 and min(host) >= 2.0
     dev, _, ran_out = timer.batch(lambda: torch.cuda._sleep(long), 8, 0.05)
     assert not ran_out and all(0.8 < d < 1.3 for d in dev)
+
+
+def test_gpu_summary_reads_the_goals_of_written_reports(tmp_path, capsys):
+    """tools/gpu_summary.py (the last table of the GPU check) reads goals, ratios and candidate verdicts back."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    import gpu_summary
+
+    x = torch.rand(1 << 14)
+    case = Case("demo", "summary", {}, [Impl("ours", lambda: x.clone(), "ours"),
+                                        Impl("ours (candidate)", lambda: x.clone()),
+                                        Impl("slow peer", lambda: [x.clone() for _ in range(20)])],
+                goals=[("slow peer", 1000.0)])
+    rows = [(case, run_case(case, "cpu", {"copy_GBps": 1.0, "matmul_fp32_GFLOPps": 1.0}, budget_s=0.03))]
+    write_reports(rows, {"copy_GBps": 1.0, "matmul_fp32_GFLOPps": 1.0},
+                  {"device": "cpu", "torch": torch.__version__, "threads": 1, "cpu": "x"}, tmp_path / "bench", "gpu-demo")
+    (row,) = gpu_summary.goal_rows(tmp_path / "bench")
+    assert row["case"] == "demo/summary" and row["against"] == "slow peer" and row["met"] is False
+    assert row["ratio"] > 1 and row["candidate_ratio"] > 1 and row["candidate_met"] is False
+    gpu_summary.main(tmp_path)
+    assert "demo/summary" in capsys.readouterr().out
