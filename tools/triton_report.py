@@ -7,7 +7,8 @@ Each launch is recorded by calling the family's host launcher with CPU tensors o
 autotuner's configurations are pruned as at run time, and each survivor is compiled with ``triton.compile`` for
 ``GPUTarget("cuda", arch, 32)``. Arguments are specialised as Triton does at launch (integers equal to 1 become
 constants, pointers and integers divisible by 16 carry that hint). Registers and spills come from running ptxas
--v on the generated PTX; shared memory from the compiled kernel's metadata.
+-v on the generated PTX; shared memory from the compiled kernel's metadata; wgmma/mma counts the Hopper
+warpgroup and the older warp-level tensor-core instructions in the PTX.
 """
 from __future__ import annotations
 
@@ -144,7 +145,8 @@ def report(families, shapes, dtype, arch: int) -> list[dict]:
                         c = triton.compile(ASTSource(fn, sig, constexprs, attrs), target=target,
                                            options={"num_warps": warps, "num_stages": stages})
                         regs, st, ld = _ptxas_stats(c.asm["ptx"], arch)
-                        row.update(regs=regs, spill_stores=st, spill_loads=ld, shared=c.metadata.shared)
+                        row.update(regs=regs, spill_stores=st, spill_loads=ld, shared=c.metadata.shared,
+                                   wgmma=c.asm["ptx"].count("wgmma.mma_async"), mma=c.asm["ptx"].count("mma.sync"))
                     except Exception as exc:  # noqa: BLE001 - reported in the table
                         row.update(error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
                     rows.append(row)
@@ -157,7 +159,7 @@ def _format(row: dict) -> str:
     if "error" in row:
         return head + " ERROR " + row["error"]
     return head + f" regs {row['regs']:4d}  spills st/ld {row['spill_stores']:5d}/{row['spill_loads']:<5d}" \
-                  f" smem {row['shared'] / 1024:6.1f} KiB"
+                  f" smem {row['shared'] / 1024:6.1f} KiB  wgmma/mma {row['wgmma']}/{row['mma']}"
 
 
 def main(argv=None) -> int:

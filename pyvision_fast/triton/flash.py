@@ -69,7 +69,7 @@ def forward(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], is_causal: 
         BH = B * H
         bd = triton.next_power_of_2(D)
         wrap(flash_small._small_fwd)[lambda meta: (triton.cdiv(BH, meta["HEADS"]),)](
-            *args, BH, H, L, S, D, BLOCK_L=max(2, triton.next_power_of_2(L)), BLOCK_D=bd, PAD_D=bd != D,
+            *args, BH, H, L, S, D, BLOCK_L=max(2, triton.next_power_of_2(L)), S_KEYS=S, BLOCK_D=bd, PAD_D=bd != D,
             HAS_MASK=has_mask, MASK_BOOL=mask_bool, IS_CAUSAL=is_causal, DROPOUT=dropout_p > 0)
         return out, lse
     d_pow, d_hi, d_lo = head_dims(D)
@@ -102,7 +102,7 @@ def backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
         wrap(flash_small._small_bwd)[lambda meta: (triton.cdiv(BH, meta["HEADS"]),)](
             q, k, v, out, grad_out, dq, dk, dv, lse, mask_arg, scale, seed, dropout_p, *strides, *out.stride(),
             *grad_out.stride(), *ms, *dq.stride(), *dk.stride(), *dv.stride(), BH, H, L, S, D,
-            BLOCK_L=max(2, triton.next_power_of_2(L)), BLOCK_D=bd, PAD_D=bd != D, **common)
+            BLOCK_L=max(2, triton.next_power_of_2(L)), S_KEYS=S, BLOCK_D=bd, PAD_D=bd != D, **common)
         return dq, dk, dv
     d_pow, d_hi, d_lo = head_dims(D)
     delta = torch.empty(B, H, L, device=q.device, dtype=torch.float32)

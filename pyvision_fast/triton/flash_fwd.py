@@ -66,7 +66,7 @@ def _configs(kind: str) -> list[triton.Config]:
         return [_cfg(*one), _cfg(*one, split=True)]
     tiles = {
         "fwd": [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 64, 8, 4)],
-        "dkdv": [(32, 128, 4, 3), (64, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 4)],
+        "dkdv": [(32, 128, 8, 3), (64, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 4)],
         "dq": [(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 4)],
     }[kind]
     return [_cfg(*t) for t in tiles] + [_cfg(*t, split=True) for t in tiles[:2]]
@@ -84,9 +84,25 @@ def head_dims(D: int) -> tuple[int, int, int]:
     return pow2, hi, lo
 
 
+# float32 values per thread above which a configuration spilled registers on sm_90 (tools/triton_report.py)
+_REG_LIMIT = {"fwd": 208, "dq": 256, "dkdv": 304}
+
+
+def _values_per_thread(kind: str, m: int, n: int, bd: int, warps: int) -> float:
+    """A rough register model: accumulators (float32), resident operands (two half values per register) and
+    the score-sized tiles (S, P, dP, dS) of one step."""
+    threads = 32 * warps
+    if kind == "fwd":
+        return (m * bd + 2 * m * n) / threads
+    if kind == "dq":
+        return (m * bd + m * bd + 3 * m * n) / threads  # dQ; Q and dO; S, dP, dS
+    return (2 * n * bd + n * bd + 3 * n * m) / threads  # dK, dV; K and V; S^T, dP^T, dS^T
+
+
 def _prune(kind: str):
-    """early_config_prune: drops split-head configurations where D cannot be split, and tiles whose pipelined
-    operands do not fit in shared memory; in single-configuration modes keeps exactly one."""
+    """early_config_prune: drops split-head configurations where D cannot be split, tiles whose pipelined
+    operands do not fit in shared memory and tiles that would spill registers; in single-configuration modes
+    keeps exactly one."""
     def prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}
         d_pow, d_lo, mode = args["D_POW"], args["D_LO"], args.get("D_MODE", 0)
@@ -102,11 +118,12 @@ def _prune(kind: str):
             m, n = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
             streamed, resident = (n, m) if kind != "dkdv" else (m, n)  # rows loaded per step / once
             smem = (c.num_stages * 2 * streamed + 2 * resident) * bd * elem
-            if smem > _SMEM_LIMIT and not _INTERPRET:
+            regs = _values_per_thread(kind, m, n, bd, c.num_warps) * (elem / 2 if elem > 2 else 1)
+            if not _INTERPRET and (smem > _SMEM_LIMIT or regs > _REG_LIMIT[kind]):
                 continue
             keep.append(c)
-        if not keep:
-            keep = [c for c in configs if not c.kwargs["SPLIT_D"]][-1:]
+        if not keep:  # large head dims: a small unpipelined tile that fits
+            keep = [_cfg(32, 32, 4, 1) if kind == "dkdv" else _cfg(64, 32, 4, 1)]
         if _single() is not None:  # one configuration: no benchmarking (split where it is possible)
             keep = sorted(keep, key=lambda c: not c.kwargs["SPLIT_D"])[:1]
         return keep
