@@ -41,6 +41,7 @@ class Case:
     goal: Optional[tuple[str, float]] = None  # (implementation, required speedup of ours over it)
     measure_memory: bool = False
     note: str = ""
+    goals: list = dataclasses.field(default_factory=list)  # more (implementation, speedup) goals
 
 
 @dataclasses.dataclass
