@@ -29,6 +29,11 @@ MAX_HEAD_DIM = 256
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], dropout_p: float) -> None:
+    if (attn_mask is None and type(q) is Tensor and type(k) is Tensor and type(v) is Tensor  # the common case,
+            and q.dim() == 4 and k.dim() == 4 and v.dim() == 4 and q.dtype == k.dtype == v.dtype  # checked fast
+            and q.is_floating_point() and q.device == k.device == v.device and q.shape[:2] == k.shape[:2]
+            and k.shape[:3] == v.shape[:3] and q.shape[3] == k.shape[3] and 0.0 <= dropout_p < 1.0):
+        return
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor):
             raise TypeError(f"attention: {name} must be a tensor, got {type(t).__name__}")
@@ -118,6 +123,7 @@ def _reference(q, k, v, attn_mask, dropout_p, is_causal, scale):
 
 
 _IMPLS = {"triton": _triton, "triton:next": _triton_next, "cpu": _sdpa, "reference": _reference}
+_IMPLS_NO_TRITON = {"cpu": _sdpa, "reference": _reference}
 _backend.register_candidate("attention", "triton:next")
 
 
@@ -157,11 +163,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = Non
     device = q.device
     if device.type == "cpu" and _backend.forced_backend() is None:
         return _sdpa(q, k, v, attn_mask, dropout_p, is_causal, scale)  # the automatic CPU choice, without lookups
-    implemented = dict(_IMPLS)
-    if not _triton_supported(q, attn_mask, is_causal) or v.shape[-1] != q.shape[-1]:
-        implemented.pop("triton")
-        implemented.pop("triton:next")
-    if device.type == "cuda" and not ("triton" in implemented and _backend.available("triton", device)):
-        implemented["cuda"] = _sdpa  # cases the Triton kernels do not cover, or no Triton: torch's own kernels
+    supported = _triton_supported(q, attn_mask, is_causal) and v.shape[-1] == q.shape[-1]
+    implemented = _IMPLS if supported else _IMPLS_NO_TRITON
+    if device.type == "cuda" and not (supported and _backend.available("triton", device)):
+        implemented = {**implemented, "cuda": _sdpa}  # cases the Triton kernels do not cover, or no Triton
     _, impl = _backend.select("attention", device, implemented)
     return impl(q, k, v, attn_mask, dropout_p, is_causal, scale)

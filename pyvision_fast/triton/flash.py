@@ -17,6 +17,7 @@ autograd.Function in eager mode); ``flash_next_fwd`` / ``flash_next_bwd`` are th
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -33,6 +34,26 @@ def _direct(kernel):
     return kernel
 
 
+_CHOSEN: dict = {}  # (kernel, launch key) -> launch kwargs of the configuration its autotuner chose
+
+
+def _launch(wrap, kernel, key, grid_of, args, kwargs) -> None:
+    """Launches an autotuned kernel. Through ``wrap_triton`` (the custom op) as it is; eagerly, the first call of
+    a key goes through the autotuner and later calls launch the jitted function with the configuration it
+    chose, without the autotuner's per-call processing of every argument."""
+    if wrap is not _direct:
+        wrap(kernel)[grid_of](*args, **kwargs)
+        return
+    chosen = _CHOSEN.get((kernel, key))
+    if chosen is not None:
+        kernel.fn[grid_of(chosen)](*args, **kwargs, **chosen)
+        return
+    kernel[grid_of](*args, **kwargs)
+    best = getattr(kernel, "best_config", None)
+    if best is not None:
+        _CHOSEN[(kernel, key)] = best.all_kwargs()
+
+
 def _empty_heads(t: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
     """An uninitialised (B, H, L, D) tensor in t's layout: (B, L, H, D) memory viewed as (B, H, L, D) when t is
     such a view (a qkv projection's heads), so FusedAttention's transpose back to (B, L, H * D) is free."""
@@ -43,8 +64,24 @@ def _empty_heads(t: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
     return torch.empty(B, H, L, D, device=t.device, dtype=dtype)
 
 
-def _small(L: int, S: int) -> bool:
-    return L <= SMALL_MAX and S <= SMALL_MAX
+@functools.lru_cache(maxsize=None)
+def _plan(L: int, S: int, D: int, dtype: torch.dtype, is_causal: bool, mask_bool: Optional[bool], dropout: bool,
+          d_mode: int, precision: str) -> tuple[bool, dict]:
+    """(one-tile kernels?, constexpr arguments) of a launch; the tuple of arguments is also its cache key."""
+    common = dict(HAS_MASK=mask_bool is not None, MASK_BOOL=bool(mask_bool), IS_CAUSAL=is_causal, DROPOUT=dropout)
+    if L <= SMALL_MAX and S <= SMALL_MAX:
+        bd = triton.next_power_of_2(D)
+        return True, dict(BLOCK_L=max(2, triton.next_power_of_2(L)), S_KEYS=S, BLOCK_D=bd, PAD_D=bd != D, **common)
+    d_pow, d_hi, d_lo = head_dims(D)
+    return False, dict(D_POW=d_pow, D_HI=d_hi, D_LO=d_lo, D_MODE=d_mode, PAD_D=d_pow != D, PRECISION=precision,
+                       TAIL_N=TAIL, **common)
+
+
+def _mask_view(mask: Optional[Tensor], B: int, H: int, L: int, S: int):
+    """(mask argument, its (B, H, L, S) strides, bool?) without copying (broadcast dims get stride 0)."""
+    if mask is None:
+        return None, (0, 0, 0, 0), None
+    return _mask_args(mask, B, H, L, S)
 
 
 def forward(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], is_causal: bool, scale: float,
@@ -61,22 +98,18 @@ def forward(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], is_causal: 
         return out, lse
     if S == 0:  # no keys: zeros, as SDPA gives
         return out.zero_(), lse.fill_(float("inf"))
-    m, ms, mask_bool = _mask_args(mask, B, H, L, S)
-    has_mask = m is not None
-    args = (q, k, v, out, lse, m if has_mask else q, scale, seed, dropout_p,
+    m, ms, mask_bool = _mask_view(mask, B, H, L, S)
+    key = (L, S, D, q.dtype, is_causal, mask_bool, dropout_p > 0, flash_fwd.D_MODE, _precision(q.dtype))
+    small, constexprs = _plan(*key)
+    args = (q, k, v, out, lse, q if m is None else m, scale, seed, dropout_p,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(), *ms)
-    if _small(L, S):
+    if small:
         BH = B * H
-        bd = triton.next_power_of_2(D)
-        wrap(flash_small._small_fwd)[lambda meta: (triton.cdiv(BH, meta["HEADS"]),)](
-            *args, BH, H, L, S, D, BLOCK_L=max(2, triton.next_power_of_2(L)), S_KEYS=S, BLOCK_D=bd, PAD_D=bd != D,
-            HAS_MASK=has_mask, MASK_BOOL=mask_bool, IS_CAUSAL=is_causal, DROPOUT=dropout_p > 0)
-        return out, lse
-    d_pow, d_hi, d_lo = head_dims(D)
-    wrap(flash_fwd._fwd)[lambda meta: (triton.cdiv(L, meta["BLOCK_M"]) * B * H,)](
-        *args, H, L, S, D, D_POW=d_pow, D_HI=d_hi, D_LO=d_lo, D_MODE=flash_fwd.D_MODE, PAD_D=d_pow != D,
-        HAS_MASK=has_mask, MASK_BOOL=mask_bool, IS_CAUSAL=is_causal, DROPOUT=dropout_p > 0,
-        PRECISION=_precision(q.dtype), TAIL_N=TAIL)
+        _launch(wrap, flash_small._small_fwd, key, lambda meta: (triton.cdiv(BH, meta["HEADS"]),),
+                (*args, BH, H, L, S, D), constexprs)
+    else:
+        _launch(wrap, flash_fwd._fwd, key, lambda meta: (triton.cdiv(L, meta["BLOCK_M"]) * B * H,),
+                (*args, H, L, S, D), constexprs)
     return out, lse
 
 
@@ -91,32 +124,28 @@ def backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
     dq, dk, dv = _empty_heads(q), _empty_heads(k), _empty_heads(v)
     if B * H * L == 0 or S == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
-    m, ms, mask_bool = _mask_args(mask, B, H, L, S)
-    has_mask = m is not None
-    common = dict(HAS_MASK=has_mask, MASK_BOOL=mask_bool, IS_CAUSAL=is_causal, DROPOUT=dropout_p > 0)
+    m, ms, mask_bool = _mask_view(mask, B, H, L, S)
+    key = (L, S, D, q.dtype, is_causal, mask_bool, dropout_p > 0, flash_fwd.D_MODE, _precision(q.dtype))
+    small, constexprs = _plan(*key)
+    mask_arg = q if m is None else m
     strides = (*q.stride(), *k.stride(), *v.stride())
-    mask_arg = m if has_mask else q
-    if _small(L, S):
+    if small:
         BH = B * H
-        bd = triton.next_power_of_2(D)
-        wrap(flash_small._small_bwd)[lambda meta: (triton.cdiv(BH, meta["HEADS"]),)](
-            q, k, v, out, grad_out, dq, dk, dv, lse, mask_arg, scale, seed, dropout_p, *strides, *out.stride(),
-            *grad_out.stride(), *ms, *dq.stride(), *dk.stride(), *dv.stride(), BH, H, L, S, D,
-            BLOCK_L=max(2, triton.next_power_of_2(L)), S_KEYS=S, BLOCK_D=bd, PAD_D=bd != D, **common)
+        _launch(wrap, flash_small._small_bwd, key, lambda meta: (triton.cdiv(BH, meta["HEADS"]),),
+                (q, k, v, out, grad_out, dq, dk, dv, lse, mask_arg, scale, seed, dropout_p, *strides, *out.stride(),
+                 *grad_out.stride(), *ms, *dq.stride(), *dk.stride(), *dv.stride(), BH, H, L, S, D), constexprs)
         return dq, dk, dv
-    d_pow, d_hi, d_lo = head_dims(D)
+    d_pow = constexprs["D_POW"]
     delta = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
     wrap(flash_bwd._bwd_delta)[(triton.cdiv(L, 64) * B * H,)](
         out, grad_out, delta, *out.stride(), *grad_out.stride(), H, L, D, BLOCK_M=64, BLOCK_D=d_pow,
         PAD_D=d_pow != D)
-    tiled = dict(D_POW=d_pow, D_HI=d_hi, D_LO=d_lo, D_MODE=flash_fwd.D_MODE, PAD_D=d_pow != D,
-                 PRECISION=_precision(q.dtype), TAIL_N=TAIL, **common)
-    wrap(flash_bwd._dkdv)[lambda meta: (triton.cdiv(S, meta["BLOCK_N"]) * B * H,)](
-        q, k, v, grad_out, dk, dv, lse, delta, mask_arg, scale, seed, dropout_p, *strides, *grad_out.stride(), *ms,
-        *dk.stride(), *dv.stride(), H, L, S, D, **tiled)
-    wrap(flash_bwd._dq)[lambda meta: (triton.cdiv(L, meta["BLOCK_M"]) * B * H,)](
-        q, k, v, grad_out, dq, lse, delta, mask_arg, scale, seed, dropout_p, *strides, *grad_out.stride(), *ms,
-        *dq.stride(), H, L, S, D, **tiled)
+    _launch(wrap, flash_bwd._dkdv, key, lambda meta: (triton.cdiv(S, meta["BLOCK_N"]) * B * H,),
+            (q, k, v, grad_out, dk, dv, lse, delta, mask_arg, scale, seed, dropout_p, *strides, *grad_out.stride(),
+             *ms, *dk.stride(), *dv.stride(), H, L, S, D), constexprs)
+    _launch(wrap, flash_bwd._dq, key, lambda meta: (triton.cdiv(L, meta["BLOCK_M"]) * B * H,),
+            (q, k, v, grad_out, dq, lse, delta, mask_arg, scale, seed, dropout_p, *strides, *grad_out.stride(), *ms,
+             *dq.stride(), H, L, S, D), constexprs)
     return dq, dk, dv
 
 
