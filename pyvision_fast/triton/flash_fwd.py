@@ -1,26 +1,16 @@
-"""FlashAttention-2 kernels, second generation: the "triton:next" candidate of op ``attention``.
+"""Forward kernel of the second-generation FlashAttention family (see ``flash``), with the configuration lists,
+pruning and tile helpers its backward kernels (``flash_bwd``) share.
 
-Same semantics, arguments and dropout stream as ``pyvision_fast.triton.attention`` (the verified default), with
-what that family lacks on Hopper:
-
-- Only boundary tiles are masked. Each loop runs its full tiles without bounds, causal or padding masks and then
-  one masked tail of 16-wide tiles (ViT's 197 = 3 * 64 + 5 tokens costs 3 full tiles and one 16-wide tail
-  instead of a fourth 64-wide one). Query rows past L are clamped to row L - 1 for loading (never stored),
-  so the forward and dQ kernels load Q without predicates.
-- Separate tile shapes and configuration lists for the forward, dK/dV (a block of keys per program iterating
-  over queries) and dQ (a block of queries iterating over keys); Hopper's configurations (BLOCK_M 128,
-  8 warps, 3-4 stages) autotuned per (L, S, D, dtype, causal, mask, dropout); configurations whose tiles do
-  not fit in shared memory are pruned before compiling.
-- No transpose of a computed tile: dK/dV compute S^T = K Q^T directly, so P^T and dS^T are the left operands
-  of their dots (only loaded Q / dO tiles are transposed, which is free for shared-memory operands).
-- Head dims that are a power of two plus a power of two (ViT-H/14's 80 = 64 + 16, 96 = 64 + 32, 48 = 32 + 16)
-  may run as two exact chunks instead of one masked power-of-two tile (80 padded to 128 wastes 37% of the
-  dots); the autotuner chooses (``SPLIT_D`` in the configurations).
-- L, S <= 16 (PAVER's temporal attention over 5 frames) runs the one-tile kernels of ``flash_small``: many
-  heads per program and no 16-wide padding of the 5 x 5 score tiles.
-
-The host side (``forward`` / ``backward``) launches the kernels directly; ``pyvision_fast.ops.attention`` calls
-them from a plain autograd.Function in eager mode and through the ``pvf::flash_next_fwd`` custom op otherwise.
+- Only boundary tiles are masked: each loop runs its full tiles without bounds, causal or padding masks and then
+  a masked tail of 16-wide tiles (ViT's 197 = 3 * 64 + 5 tokens costs 3 full tiles and one 16-wide tail instead
+  of a fourth 64-wide tile). Query rows past L are clamped to row L - 1 for loading (never stored), so Q is
+  loaded without predicates.
+- Hopper configurations (BLOCK_M 128, 4-8 warps, 3-4 stages), autotuned per (L, S, D, dtype, causal, mask,
+  dropout); configurations whose tiles do not fit in shared memory or would spill registers (a model calibrated
+  on sm_90 compiles, tools/triton_report.py) are pruned before compiling.
+- Head dims that are a power of two plus a power of two >= 16 (ViT-H/14's 80 = 64 + 16, 96, 48) may run as two
+  exact chunks instead of one masked power-of-two tile (80 padded to 128 wastes 37% of the dot work); the
+  autotuner chooses (``SPLIT_D`` in the configurations; ``D_MODE`` forces one for tests).
 """
 from __future__ import annotations
 
@@ -85,7 +75,7 @@ def head_dims(D: int) -> tuple[int, int, int]:
 
 
 # float32 values per thread above which a configuration spilled registers on sm_90 (tools/triton_report.py)
-_REG_LIMIT = {"fwd": 208, "dq": 256, "dkdv": 304}
+_REG_LIMIT = {"fwd": 208, "dq": 256, "dkdv": 256}
 
 
 def _values_per_thread(kind: str, m: int, n: int, bd: int, warps: int) -> float:
