@@ -1,5 +1,7 @@
 """Attention cases: ViT-S/B/L/H at 224 and 384, PAVER's 393-token ERP frames and its temporal attention
-over 5 frames; forward and forward+backward; ours, SDPA (and its flash backend on GPU) and the naive math."""
+over 5 frames, forward and forward+backward, and the per-call overhead at a tiny shape; ours (the verified Triton
+kernels), the candidate kernels (``use_candidates("attention")``), what the nn layers' dispatch runs for the
+same q, k, v, SDPA (and its flash backend on GPU) and the naive math."""
 from __future__ import annotations
 
 import contextlib
@@ -8,7 +10,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+import pyvision_fast
 from pyvision_fast import ops
+from pyvision_fast.nn import attention_dispatch
 from pyvision_fast.reference import attention as ref
 
 from .harness import Case, Impl
@@ -69,6 +73,8 @@ def _cases_for(device: str, dtype: torch.dtype, g: torch.Generator, name: str, B
 
     impls = {
         "pvf.attention": lambda a, b, c: ops.attention(a, b, c),
+        "pvf.attention (candidate)": _candidate,
+        "pvf.nn.FusedAttention dispatch": lambda a, b, c: attention_dispatch.attention(a, b, c),
         "F.scaled_dot_product_attention": lambda a, b, c: F.scaled_dot_product_attention(a, b, c),
     }
     flash = _flash_context() if device == "cuda" else None
@@ -85,22 +91,60 @@ def _cases_for(device: str, dtype: torch.dtype, g: torch.Generator, name: str, B
         impls["naive math (reference)"] = lambda a, b, c: ref.attention(a, b, c)
     kinds = {"pvf.attention": "ours", "naive math (reference)": "reference"}
     params = dict(B=B, H=H, L=L, S=L, D=D, dtype=str(dtype).replace("torch.", ""))
-    goal_fwd = ("SDPA flash backend", 0.9) if "SDPA flash backend" in impls and name.startswith("ViT-B/16 224") \
-        else None
-    goal_bwd = ("SDPA flash backend", 0.8) if goal_fwd else None
+    gpu = device == "cuda"
+    goals_fwd, goals_bwd = [], []
+    if name.startswith("ViT") and "SDPA flash backend" in impls:
+        goals_fwd, goals_bwd = [("SDPA flash backend", 1.0)], [("SDPA flash backend", 0.9)]
+    if name.startswith("PAVER temporal"):
+        goals_fwd = [("F.scaled_dot_product_attention", 2.0)] + ([("naive math (reference)", 1.5)] if naive_ok else [])
+    memory = "peak MB: the allocator's peak above the inputs during one call." if gpu else ""
     return [Case("attention", f"{name} fwd", params,
                  [Impl(n, fwd(f), kinds.get(n, "peer")) for n, f in impls.items()],
-                 flops=flops, bound="compute", goal=goal_fwd, measure_memory=device == "cuda"),
+                 flops=flops, bound="compute", goals=goals_fwd, measure_memory=gpu, note=memory),
             Case("attention", f"{name} fwd+bwd", params,
                  [Impl(n, fwd_bwd(f), kinds.get(n, "peer")) for n, f in impls.items()],
-                 flops=3.5 * flops, bound="compute", goal=goal_bwd,
-                 note="FLOPs: 4*B*H*L*S*D forward, 2.5x that backward.")]
+                 flops=3.5 * flops, bound="compute", goals=goals_bwd, measure_memory=gpu,
+                 note="FLOPs: 4*B*H*L*S*D forward, 2.5x that backward. " + memory)]
+
+
+def _candidate(q, k, v):
+    with pyvision_fast.use_candidates("attention"):
+        return ops.attention(q, k, v)
+
+
+def _overhead_case(device: str, dtype: torch.dtype) -> Case:
+    """One head of 16 tokens: a few microseconds of GPU work, so the time is the host's per-call overhead (argument
+    checks, dispatch, launch) against SDPA's."""
+    g = torch.Generator().manual_seed(1)
+    q, k, v = [torch.randn(1, 1, 16, 64, generator=g).to(device, dtype) for _ in range(3)]
+    impls = {
+        "pvf.attention": lambda: ops.attention(q, k, v),
+        "pvf.attention (candidate)": lambda: _candidate(q, k, v),
+        "pvf.nn.FusedAttention dispatch": lambda: attention_dispatch.attention(q, k, v),
+        "F.scaled_dot_product_attention": lambda: F.scaled_dot_product_attention(q, k, v),
+    }
+
+    def no_grad(fn):
+        def run():
+            with torch.no_grad():
+                return fn()
+        return run
+
+    return Case("attention", "per-call overhead (1 head, 16 tokens) fwd",
+                dict(B=1, H=1, L=16, S=16, D=64, dtype=str(dtype).replace("torch.", "")),
+                [Impl(n, no_grad(f), "ours" if n == "pvf.attention" else "peer") for n, f in impls.items()],
+                flops=4.0 * 16 * 16 * 64, bound="compute",
+                note="Host-bound: the GPU work is about a microsecond; the time is each call's host overhead.")
 
 
 def cases(device: str, quick: bool, workloads: Optional[list[tuple[str, int, int, int, int]]] = None) -> list[Case]:
     """workloads: (name, B, H, L, D) per workload; default the ViT and PAVER shapes above."""
     g = torch.Generator().manual_seed(0)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    if workloads is None:
+    default = workloads is None
+    if default:
         workloads = _workloads(device, quick)
-    return [case for workload in workloads for case in _cases_for(device, dtype, g, *workload)]
+    out = [case for workload in workloads for case in _cases_for(device, dtype, g, *workload)]
+    if default:
+        out.append(_overhead_case(device, dtype))
+    return out

@@ -1,5 +1,6 @@
 """ops.attention: the Triton kernels (interpreter on CPU, native on GPU) and the CPU path against a float64
-reference and against F.scaled_dot_product_attention."""
+reference and against F.scaled_dot_product_attention. Every Triton test runs both kernel families: "current"
+(the verified default) and "next" (the candidate, ``use_candidates("attention")``)."""
 import math
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from op_harness import BadInput, run_bad_input
-from pyvision_fast import ops, use_backend
+from pyvision_fast import ops, use_backend, use_candidates
 from pyvision_fast.reference import attention as ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -15,6 +16,13 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ATOL = {torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 6e-2}
 # Under the interpreter bfloat16 is not available (NumPy has no bfloat16).
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
+
+
+@pytest.fixture(params=["current", "next"])
+def family(request):
+    """The Triton kernel family a test runs: the default kernels, or the candidate."""
+    with use_candidates("attention" if request.param == "next" else None):
+        yield request.param
 
 
 def _inputs(B, H, L, S, D, dtype, seed=0):
@@ -55,32 +63,32 @@ def _check_against_reference(q, k, v, mask=None, causal=False, scale=None, dropo
 
 @pytest.mark.triton
 @pytest.mark.parametrize("D", [32, 64, 80, 96, 128])
-def test_head_dims_odd_lengths(D):
+def test_head_dims_odd_lengths(D, family):
     _check_against_reference(*_inputs(1, 2, 37, 37, D, torch.float32))
 
 
 @pytest.mark.triton
 @pytest.mark.parametrize("L,S", [(1, 1), (50, 50), (19, 45), (45, 19), (33, 1)])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_lengths_and_dtypes(L, S, dtype):
+def test_lengths_and_dtypes(L, S, dtype, family):
     _check_against_reference(*_inputs(2, 2, L, S, 32, dtype, seed=L * 100 + S))
 
 
 @pytest.mark.triton
 @pytest.mark.parametrize("kind", ["key_padding", "bool_full", "additive", "additive_2d"])
-def test_masks(kind):
+def test_masks(kind, family):
     q, k, v = _inputs(2, 2, 21, 27, 32, torch.float32, seed=3)
     _check_against_reference(q, k, v, mask=_mask(kind, 2, 2, 21, 27))
 
 
 @pytest.mark.triton
 @pytest.mark.parametrize("L,S", [(24, 24), (17, 40), (40, 17)])
-def test_causal_and_scale(L, S):
+def test_causal_and_scale(L, S, family):
     _check_against_reference(*_inputs(1, 2, L, S, 64, torch.float32, seed=L + S), causal=True, scale=0.3)
 
 
 @pytest.mark.triton
-def test_fully_masked_rows_give_zeros_like_sdpa():
+def test_fully_masked_rows_give_zeros_like_sdpa(family):
     q, k, v = _inputs(1, 1, 5, 6, 32, torch.float32)
     mask = torch.ones(5, 6, dtype=torch.bool, device=DEVICE)
     mask[2] = False
@@ -93,7 +101,7 @@ def test_fully_masked_rows_give_zeros_like_sdpa():
 
 
 @pytest.mark.triton
-def test_dropout_is_reproducible_and_matches_its_mask():
+def test_dropout_is_reproducible_and_matches_its_mask(family):
     from pyvision_fast.triton import attention as tri
 
     q, k, v = _inputs(2, 2, 23, 29, 32, torch.float32, seed=4)
@@ -114,7 +122,7 @@ def test_dropout_is_reproducible_and_matches_its_mask():
 
 
 @pytest.mark.triton
-def test_non_contiguous_inputs():
+def test_non_contiguous_inputs(family):
     """(B, L, H, D) projections viewed as (B, H, L, D) are used in place, with their strides."""
     g = torch.Generator().manual_seed(5)
     q, k, v = [torch.randn(2, 30, 4, 32, generator=g).to(DEVICE).transpose(1, 2).requires_grad_() for _ in range(3)]
@@ -194,14 +202,20 @@ def test_export_under_forced_triton_backend_records_sdpa(tmp_path):
 
 
 @pytest.mark.cuda
-def test_triton_op_opcheck_and_compile_on_gpu():
+@pytest.mark.parametrize("causal", [True, False])
+def test_triton_op_opcheck_and_compile_on_gpu(family, causal):
+    from pyvision_fast.triton import flash  # noqa: F401 - registers pvf::flash_next_fwd
+
     q, k, v = [torch.randn(2, 3, 50, 64, device="cuda", dtype=torch.float16, requires_grad=True) for _ in range(3)]
-    results = torch.library.opcheck(torch.ops.pvf.flash_attention_fwd.default, (q, k, v, None, False, 0.125, 0.0, 0))
+    op = torch.ops.pvf.flash_next_fwd if family == "next" else torch.ops.pvf.flash_attention_fwd
+    results = torch.library.opcheck(op.default, (q, k, v, None, causal, 0.125, 0.0, 0))
     assert all(v == "SUCCESS" for v in results.values()), results
     torch._dynamo.reset()
-    compiled = torch.compile(lambda a, b, c: ops.attention(a, b, c, is_causal=True), fullgraph=True)
-    torch.testing.assert_close(compiled(q, k, v), ops.attention(q, k, v, is_causal=True), atol=2e-3, rtol=2e-3)
-    compiled(q, k, v).sum().backward()
+    with use_backend("triton"):
+        compiled = torch.compile(lambda a, b, c: ops.attention(a, b, c, is_causal=causal), fullgraph=True)
+        torch.testing.assert_close(compiled(q, k, v), ops.attention(q, k, v, is_causal=causal), atol=2e-3,
+                                   rtol=2e-3)
+        compiled(q, k, v).sum().backward()
     assert q.grad is not None and torch.isfinite(q.grad).all()
 
 
@@ -213,11 +227,11 @@ def test_gpu_default_backend_is_triton():
 
     att = importlib.import_module("pyvision_fast.ops.attention")  # the module, not the function ops.attention
     name, _ = _backend.select("attention", torch.device("cuda"), att._IMPLS)
-    assert name == "triton"
+    assert name == ("triton:next" if _backend.candidates_enabled("attention") else "triton")
 
 
 @pytest.mark.cuda
-def test_more_heads_than_a_grid_dimension_holds():
+def test_more_heads_than_a_grid_dimension_holds(family):
     """B * H = 72000 > 65535 (PAVER's temporal attention over 5 frames has 301824): forward and backward on the
     Triton path against the math of SDPA in float32."""
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import ops
+from . import attention_dispatch
 
 
 class FusedAttention(nn.Module):
@@ -17,6 +17,10 @@ class FusedAttention(nn.Module):
 
     forward(x (B, N, dim), attn_mask=None, is_causal=False) -> (B, N, dim); ``attn_mask`` as in
     ``ops.attention`` (bool True = attend, or additive), broadcastable to (B, num_heads, N, N).
+
+    The attention itself runs ``ops.attention``'s Triton kernels or torch's SDPA, whichever the first call of
+    each shape measured faster on this GPU (``pyvision_fast.nn.attention_dispatch``;
+    ``PVF_ATTENTION_DISPATCH=triton|sdpa`` forces one).
     """
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, attn_drop: float = 0.0,
@@ -35,8 +39,8 @@ class FusedAttention(nn.Module):
     def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False) -> Tensor:
         B, N, C = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        x = ops.attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
-                          dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale)
+        x = attention_dispatch.attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                         dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
 
 
@@ -78,7 +82,8 @@ def patch_timm(model: nn.Module) -> int:
 
 class MultiheadAttention(nn.MultiheadAttention):
     """Drop-in ``torch.nn.MultiheadAttention`` (same constructor, parameters and state_dict) whose
-    ``need_weights=False`` path runs ``ops.attention`` (fused; Triton on GPU).
+    ``need_weights=False`` path runs fused attention: ``ops.attention``'s Triton kernels or torch's SDPA, whichever
+    measured faster for the shape (see ``FusedAttention``).
 
     The fused path covers equal query/key/value widths without ``add_bias_kv`` / ``add_zero_attn``, both
     ``batch_first`` layouts, ``key_padding_mask`` and ``attn_mask`` (bool True = masked out, or additive, as in
@@ -115,7 +120,7 @@ class MultiheadAttention(nn.MultiheadAttention):
 
         q, k, v = heads(query, w_q, b_q, L), heads(key, w_k, b_k, S), heads(value, w_v, b_v, S)
         mask = self._merged_mask(key_padding_mask, attn_mask, B, L, S, q.dtype)
-        out = ops.attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        out = attention_dispatch.attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         out = out.permute(2, 0, 1, 3).reshape(L, B, E)
         out = F.linear(out, self.out_proj.weight, self.out_proj.bias)
         if not batched:

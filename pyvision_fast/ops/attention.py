@@ -1,12 +1,19 @@
 """Fused scaled dot-product attention with the semantics of ``F.scaled_dot_product_attention``.
 
 Backends: ``triton`` (FlashAttention-2-style kernels, ``pyvision_fast.triton.attention``) on GPUs, and on CPU
-tensors when forced with ``PVF_BACKEND=triton`` under ``TRITON_INTERPRET=1``; ``cpu``: torch's own fused CPU
-attention (``F.scaled_dot_product_attention``), which is already the best implementation there, so the CPU
-path adds nothing but identical semantics; ``reference``: the attention written out.
+tensors when forced with ``PVF_BACKEND=triton`` under ``TRITON_INTERPRET=1``; ``triton:next``, its candidate
+successor (``pyvision_fast.triton.flash``), where candidates are enabled for ``attention``
+(``use_candidates("attention")`` / ``PVF_CANDIDATES=attention``), also under a forced ``triton`` backend;
+``cpu``: torch's own fused CPU attention (``F.scaled_dot_product_attention``), which is already the best
+implementation there, so the CPU path adds nothing but identical semantics; ``reference``: the attention written
+out.
+
+In eager mode the Triton kernels are launched from a plain autograd.Function; under torch.compile, torch.export,
+dispatch modes and fake tensors they run as the ``pvf::flash_attention_fwd`` / ``pvf::flash_next_fwd`` custom ops.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -16,11 +23,17 @@ from torch import Tensor
 
 from .. import _backend
 from ..reference import attention as ref
+from . import _registry
 
 MAX_HEAD_DIM = 256
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], dropout_p: float) -> None:
+    if (attn_mask is None and type(q) is Tensor and type(k) is Tensor and type(v) is Tensor  # the common case,
+            and q.dim() == 4 and k.dim() == 4 and v.dim() == 4 and q.dtype == k.dtype == v.dtype  # checked fast
+            and q.is_floating_point() and q.device == k.device == v.device and q.shape[:2] == k.shape[:2]
+            and k.shape[:3] == v.shape[:3] and q.shape[3] == k.shape[3] and 0.0 <= dropout_p < 1.0):
+        return
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor):
             raise TypeError(f"attention: {name} must be a tensor, got {type(t).__name__}")
@@ -52,18 +65,52 @@ def _check(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], dropout
             raise TypeError(f"attention: attn_mask must be bool or floating point, got {attn_mask.dtype}")
 
 
-def _triton(q, k, v, attn_mask, dropout_p, is_causal, scale):
-    from ..triton import attention as tri
+def _seed(dropout_p: float) -> int:
+    """The dropout seed of a call (the kernels add b * H + h): drawn from torch's CPU generator, so that
+    ``torch.manual_seed`` reproduces it and drawing it never waits for the GPU."""
+    return int(torch.randint(0, 2**30, (1,), device="cpu")) if dropout_p > 0 else 0
 
-    seed = int(torch.randint(0, 2**30, (1,)).item()) if dropout_p > 0 else 0  # the kernels add b*H + h
-    if q.device.type == "cpu":
+
+@functools.lru_cache(maxsize=None)
+def _family(name: str):
+    """(eager autograd.Function, custom op) of a Triton kernel family: "current" (the verified default kernels,
+    ``triton.attention``) or "next" (the candidate, ``triton.flash``)."""
+    if name == "next":
+        from ..triton import flash as mod
+
+        fwd, op = mod.forward, mod.flash_next_fwd
+    else:
+        from ..triton import attention as mod
+
+        fwd, op = mod._forward_launch, mod.flash_attention_fwd
+    return _registry.eager_function(f"_FlashAttention_{name}", fwd, mod.setup_context, mod.eager_backward), op
+
+
+def _run_triton(family: str, q, k, v, attn_mask, dropout_p, is_causal, scale):
+    seed = _seed(dropout_p)
+    if q.device.type == "cpu" and len({t.untyped_storage().data_ptr() for t in (q, k, v)}) < 3:
         # Triton's interpreter crashes on arguments that share one storage (q, k, v views of a qkv projection):
         # give it separate copies. Native GPU launches use the views in place.
         q, k, v = q.clone(), k.clone(), v.clone()
     mask = attn_mask
     if mask is not None and mask.dim() < 4:
         mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
-    return tri.flash_attention_fwd(q, k, v, mask, is_causal, scale, dropout_p, seed)[0]
+    function, op = _family(family)
+    args = (q, k, v, mask, is_causal, scale, dropout_p, seed)
+    if _registry.eager(q, k, v, mask):
+        return function.apply(*args)[0]
+    return op(*args)[0]
+
+
+def _triton(q, k, v, attn_mask, dropout_p, is_causal, scale):
+    """The "triton" backend: the verified kernels, or the candidate family where candidates are enabled for
+    ``attention`` (so that ``use_backend("triton")`` with ``use_candidates("attention")`` runs the candidate)."""
+    family = "next" if _backend.candidates_enabled("attention") else "current"
+    return _run_triton(family, q, k, v, attn_mask, dropout_p, is_causal, scale)
+
+
+def _triton_next(q, k, v, attn_mask, dropout_p, is_causal, scale):
+    return _run_triton("next", q, k, v, attn_mask, dropout_p, is_causal, scale)
 
 
 def _sdpa(q, k, v, attn_mask, dropout_p, is_causal, scale):
@@ -75,7 +122,9 @@ def _reference(q, k, v, attn_mask, dropout_p, is_causal, scale):
     return ref.attention(q, k, v, attn_mask, dropout_p, is_causal, scale)
 
 
-_IMPLS = {"triton": _triton, "cpu": _sdpa, "reference": _reference}
+_IMPLS = {"triton": _triton, "triton:next": _triton_next, "cpu": _sdpa, "reference": _reference}
+_IMPLS_NO_TRITON = {"cpu": _sdpa, "reference": _reference}
+_backend.register_candidate("attention", "triton:next")
 
 
 def _is_exporting() -> bool:
@@ -97,7 +146,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = Non
         attn_mask: bool (True = may attend) or additive float mask broadcastable to (B, H, L, S), e.g. a
             key-padding mask of shape (B, 1, 1, S).
         dropout_p: dropout on the attention probabilities (pass 0 in eval). The Triton path draws its seed from
-            torch's generator, so ``torch.manual_seed`` makes calls reproducible.
+            torch's CPU generator (without waiting for the GPU), so ``torch.manual_seed`` makes calls
+            reproducible.
         is_causal: top-left aligned causal mask (query i attends keys j <= i).
         scale: score scale, default 1/sqrt(D).
 
@@ -113,10 +163,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = Non
     device = q.device
     if device.type == "cpu" and _backend.forced_backend() is None:
         return _sdpa(q, k, v, attn_mask, dropout_p, is_causal, scale)  # the automatic CPU choice, without lookups
-    implemented = dict(_IMPLS)
-    if not _triton_supported(q, attn_mask, is_causal) or v.shape[-1] != q.shape[-1]:
-        implemented.pop("triton")
-    if device.type == "cuda" and not ("triton" in implemented and _backend.available("triton", device)):
-        implemented["cuda"] = _sdpa  # cases the Triton kernels do not cover, or no Triton: torch's own kernels
+    supported = _triton_supported(q, attn_mask, is_causal) and v.shape[-1] == q.shape[-1]
+    implemented = _IMPLS if supported else _IMPLS_NO_TRITON
+    if device.type == "cuda" and not (supported and _backend.available("triton", device)):
+        implemented = {**implemented, "cuda": _sdpa}  # cases the Triton kernels do not cover, or no Triton
     _, impl = _backend.select("attention", device, implemented)
     return impl(q, k, v, attn_mask, dropout_p, is_causal, scale)

@@ -13,6 +13,11 @@ Dropout draws Philox numbers from (seed + b * H + h, m * S + n), so a call is re
 
 On CPU tensors these kernels run only under ``TRITON_INTERPRET=1`` (how CI tests them); configurations are
 autotuned per (L, S, D, dtype) on GPUs, with Triton's cache (``PVF_TRITON_AUTOTUNE=0`` uses one configuration).
+
+``_forward_launch`` / ``_backward_launch`` launch the kernels directly (``ops.attention``'s eager path, a plain
+autograd.Function); ``flash_attention_fwd`` / ``flash_attention_bwd`` are the same launchers as
+``torch.library.triton_op`` custom ops, for torch.compile, torch.export and fake tensors. The second-generation
+kernels (``flash``) are this module's candidate successor.
 """
 from __future__ import annotations
 
@@ -276,10 +281,14 @@ def _head_block(D: int) -> int:
     return max(16, triton.next_power_of_2(D))
 
 
-@triton_op("pvf::flash_attention_fwd", mutates_args={})
-def flash_attention_fwd(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], is_causal: bool, scale: float,
-                        dropout_p: float, seed: int) -> tuple[Tensor, Tensor]:
-    """Returns (out (B, H, L, D), lse (B, H, L) float32)."""
+def _direct(kernel):
+    return kernel
+
+
+def _forward_launch(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], is_causal: bool, scale: float,
+                    dropout_p: float, seed: int, wrap=_direct) -> tuple[Tensor, Tensor]:
+    """Returns (out (B, H, L, D), lse (B, H, L) float32). wrap: how kernels are launched (``wrap_triton`` inside
+    the custom op, directly on the eager path)."""
     B, H, L, D = q.shape
     S = k.shape[2]
     out = torch.empty_like(q)
@@ -289,7 +298,7 @@ def flash_attention_fwd(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor],
     def grid(meta):
         return (triton.cdiv(L, meta["BLOCK_M"]) * B * H,)
 
-    wrap_triton(_attn_fwd)[grid](
+    wrap(_attn_fwd)[grid](
         q, k, v, out, lse, m if m is not None else q, scale, seed, dropout_p,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *ms,
         H, L, S, D, BLOCK_D=_head_block(D), HAS_MASK=m is not None, MASK_BOOL=mask_bool, IS_CAUSAL=is_causal,
@@ -297,17 +306,19 @@ def flash_attention_fwd(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor],
     return out, lse
 
 
-@triton_op("pvf::flash_attention_bwd", mutates_args={})
-def flash_attention_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
-                        mask: Optional[Tensor], is_causal: bool, scale: float, dropout_p: float,
-                        seed: int) -> tuple[Tensor, Tensor, Tensor]:
+def _backward_launch(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                     mask: Optional[Tensor], is_causal: bool, scale: float, dropout_p: float, seed: int,
+                     wrap=_direct) -> tuple[Tensor, Tensor, Tensor]:
     B, H, L, D = q.shape
     S = k.shape[2]
     grad_out = grad_out.contiguous()
+    # The kernels write dQ, dK, dV with the strides of q, k, v. A view that is not dense (the heads of a qkv
+    # projection) has strides no gradient buffer of its size can take: such inputs are made dense first.
+    q, k, v = (t if torch.empty_like(t).stride() == t.stride() else t.contiguous() for t in (q, k, v))
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     delta = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
     bd = _head_block(D)
-    wrap_triton(_attn_bwd_delta)[(triton.cdiv(L, 16) * B * H,)](
+    wrap(_attn_bwd_delta)[(triton.cdiv(L, 16) * B * H,)](
         out, grad_out, delta, *out.stride(), *grad_out.stride(), H, L, D, BLOCK_M=16, BLOCK_D=bd)
     m, ms, mask_bool = _mask_args(mask, B, H, L, S)
     common = dict(BLOCK_D=bd, HAS_MASK=m is not None, MASK_BOOL=mask_bool, IS_CAUSAL=is_causal,
@@ -321,30 +332,46 @@ def flash_attention_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: 
         return (triton.cdiv(L, meta["BLOCK_M"]) * B * H,)
 
     # dK/dV and dQ share strides: dk/dv are allocated like k/v, dq like q.
-    wrap_triton(_attn_bwd_dkdv)[grid_n](
+    wrap(_attn_bwd_dkdv)[grid_n](
         q, k, v, grad_out, dk, dv, lse, delta, mask_arg, scale, seed, dropout_p,
         *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *ms, H, L, S, D, **common)
-    wrap_triton(_attn_bwd_dq)[grid_m](
+    wrap(_attn_bwd_dq)[grid_m](
         q, k, v, grad_out, dq, lse, delta, mask_arg, scale, seed, dropout_p,
         *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *ms, H, L, S, D, **common)
     return dq, dk, dv
 
 
-def _setup(ctx, inputs, output):
+@triton_op("pvf::flash_attention_fwd", mutates_args={})
+def flash_attention_fwd(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], is_causal: bool, scale: float,
+                        dropout_p: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Returns (out (B, H, L, D), lse (B, H, L) float32)."""
+    return _forward_launch(q, k, v, mask, is_causal, scale, dropout_p, seed, wrap=wrap_triton)
+
+
+@triton_op("pvf::flash_attention_bwd", mutates_args={})
+def flash_attention_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                        mask: Optional[Tensor], is_causal: bool, scale: float, dropout_p: float,
+                        seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    return _backward_launch(grad_out, q, k, v, out, lse, mask, is_causal, scale, dropout_p, seed, wrap=wrap_triton)
+
+
+def setup_context(ctx, inputs, output):
     q, k, v, mask, is_causal, scale, dropout_p, seed = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, mask)
     ctx.args = (is_causal, scale, dropout_p, seed)
 
 
-def _backward(ctx, grad_out, grad_lse):
-    q, k, v, out, lse, mask = ctx.saved_tensors
-    is_causal, scale, dropout_p, seed = ctx.args
-    dq, dk, dv = flash_attention_bwd(grad_out, q, k, v, out, lse, mask, is_causal, scale, dropout_p, seed)
-    return dq, dk, dv, None, None, None, None, None
+def _backward_with(bwd):
+    def backward(ctx, grad_out, grad_lse):
+        q, k, v, out, lse, mask = ctx.saved_tensors
+        dq, dk, dv = bwd(grad_out, q, k, v, out, lse, mask, *ctx.args)
+        return dq, dk, dv, None, None, None, None, None
+    return backward
 
 
-flash_attention_fwd.register_autograd(_backward, setup_context=_setup)
+eager_backward = _backward_with(_backward_launch)
+flash_attention_fwd.register_autograd(_backward_with(flash_attention_bwd), setup_context=setup_context)
 
 
 def dropout_mask(seed: int, dropout_p: float, B: int, H: int, L: int, S: int, device) -> Tensor:
