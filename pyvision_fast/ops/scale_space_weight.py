@@ -21,11 +21,20 @@ from ._registry import as_int, dispatch, eager, eager_function
 OP = "scale_space_weight"
 
 
-@functools.lru_cache(maxsize=32)
 def _pair_index(order: int, device: torch.device) -> Tensor:
-    """Index of each basis filter (i, j) in the (order + 1)^2 outer products of the 1-D factors."""
+    """Index of each basis filter (i, j) in the (order + 1)^2 outer products of the 1-D factors; cached per
+    device in eager calls (a pageable copy, never waited for), made afresh under tracing."""
+    if eager():
+        return _cached_pair_index(order, device)
+    return _make_pair_index(order, device)
+
+
+def _make_pair_index(order: int, device: torch.device) -> Tensor:
     index = torch.tensor([i * (order + 1) + j for i, j in ref.basis_orders(order)], dtype=torch.int64)
-    return index.to(device, non_blocking=True)  # built once per device: a pageable copy, never waited for
+    return index.to(device, non_blocking=True)
+
+
+_cached_pair_index = functools.lru_cache(maxsize=32)(_make_pair_index)
 
 
 def _runs(O: int, S: int) -> list[tuple[int, int, int, int]]:

@@ -31,7 +31,8 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 @functools.lru_cache(maxsize=64)
 def _bounds(lo: float, hi: float, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """(2,) clamp bounds on the device, built once: a pageable copy that is not waited for."""
+    """(2,) clamp bounds on the device, built once: a pageable copy that is not waited for. (Only real tensors
+    reach here: the kernels run inside the custom op's implementation, never under tracing.)"""
     return torch.tensor([lo, hi], dtype=dtype).to(device, non_blocking=True)
 
 
