@@ -62,12 +62,20 @@ def _outer(a: Tensor, b: Tensor, order: int) -> Tensor:
     return outer.index_select(1, _pair_index(order, a.device))
 
 
+def _bmm(a: Tensor, b: Tensor) -> Tensor:
+    """torch.bmm, but one mm per matrix on CPUs: torch's CPU bmm splits these few small products across threads,
+    and on a loaded machine each split waits for a descheduled thread (tens of ms); single mm calls do not."""
+    if a.device.type != "cpu":
+        return torch.bmm(a, b)
+    return torch.stack([a[i] @ b[i] for i in range(a.shape[0])])
+
+
 def _weight_torch(coeff, log_sigma, kernel_size, order, sigma_min, sigma_max):
     O, I, nb = coeff.shape
     k = kernel_size
     f, _ = _tables(log_sigma, k, order, math.log(sigma_min), math.log(sigma_max), False)
     basis = _outer(f, f, order).to(coeff.dtype)  # (S, nb, k*k)
-    parts = [torch.bmm(coeff[c0:c0 + n * g].reshape(n, g * I, nb), basis[s0:s0 + n]).view(n * g, I, k, k)
+    parts = [_bmm(coeff[c0:c0 + n * g].reshape(n, g * I, nb), basis[s0:s0 + n]).view(n * g, I, k, k)
              for c0, s0, n, g in _runs(O, log_sigma.shape[0])]
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
@@ -83,8 +91,8 @@ def _weight_backward_torch(grad, coeff, log_sigma, kernel_size, order, sigma_min
     for c0, s0, n, g in _runs(O, log_sigma.shape[0]):
         gw = grad[c0:c0 + n * g].reshape(n, g * I, k * k)
         c = coeff[c0:c0 + n * g].reshape(n, g * I, nb)
-        g_coeff.append(torch.bmm(gw, basis[s0:s0 + n].transpose(1, 2)).view(n * g, I, nb))
-        g_basis.append(torch.bmm(c.transpose(1, 2), gw))
+        g_coeff.append(_bmm(gw, basis[s0:s0 + n].transpose(1, 2)).view(n * g, I, nb))
+        g_basis.append(_bmm(c.transpose(1, 2), gw))
     g_coeff = g_coeff[0] if len(g_coeff) == 1 else torch.cat(g_coeff)
     g_basis = g_basis[0] if len(g_basis) == 1 else torch.cat(g_basis)
     g_log_sigma = (g_basis.to(dbasis.dtype) * dbasis).sum(dim=(1, 2))
