@@ -353,10 +353,14 @@ PVF_TILE_FN void backward_block(const Ctx& ctx, const Geometry& g, const T* __re
         const A u3 = up[(i + 3) * kLdU];
         const A gv = gs[(Rm + i) * ld + Rm + j], tv = ts[i * ld + Rm + j];
         const A* xr = xs + (Rm + i) * ld + j + off + t;
-        acc[0] += gv * u0 + tv * xr[0];
-        acc[1] += gv * u1 + tv * xr[1];
-        acc[2] += gv * u2 + tv * xr[2];
-        acc[3] += gv * u3 + tv * xr[3];
+        acc[0] += gv * u0;  // one FMA per product (a sum of products first would add a multiply and an add)
+        acc[0] += tv * xr[0];
+        acc[1] += gv * u1;
+        acc[1] += tv * xr[1];
+        acc[2] += gv * u2;
+        acc[2] += tv * xr[2];
+        acc[3] += gv * u3;
+        acc[3] += tv * xr[3];
         u0 = u1;
         u1 = u2;
         u2 = u3;
