@@ -319,7 +319,8 @@ NextPlan plan_next(DType dtype, const BankGeometry& g, bool backward) {
     const int64_t bytes = tiled::layout(tg, backward).total * acc;
     int device = 0, optin = 0;
     cuda_check(cudaGetDevice(&device), "gaussian_scale_space");
-    cuda_check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "gaussian_scale_space");
+    cuda_check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+               "gaussian_scale_space");
     if (bytes <= optin && tg.blocks < (int64_t(1) << 31))
       return {true, backward ? tiled::backward_workspace(tg) : 0, bytes};
   }

@@ -80,7 +80,8 @@ def _normaliser(inv, K: tl.constexpr):
 
 @triton.jit
 def _factor(u, g, m2, N: tl.constexpr, DERIV: tl.constexpr):
-    """The 1-D factor (-1)^N He_N(u) g and (DERIV) its log-sigma derivative (-1)^N g (He_N (u^2 - m2) - N u He_{N-1})."""
+    """The 1-D factor (-1)^N He_N(u) g and (DERIV) its log-sigma derivative
+    (-1)^N g (He_N (u^2 - m2) - N u He_{N-1})."""
     he, he_prev = _hermite(u, N)
     sign = 1.0 - 2.0 * (N % 2)
     f = sign * he * g
