@@ -206,11 +206,11 @@ def _emulate(lib, x, kernels, radii, boundary, grad, threads):
 
 
 # (B, C, H, W, radii, R): one tile and several, ragged edges, radius 0, R above every radius, radii beyond a
-# small image (replicate / zeros), images thinner than a tile in one direction
+# small image (replicate / zeros), images thinner than a tile in one direction, a halo wider than the tile
 EMULATED = [
     (1, 1, 5, 7, [1], None), (1, 2, 37, 41, [3, 1], None), (2, 1, 33, 70, [2, 5, 0], None), (1, 1, 3, 4, [2], 6),
     (1, 1, 66, 9, [6, 3], None), (1, 1, 12, 13, [9, 3], None), (2, 2, 64, 64, [12, 9, 6, 3], None),
-    (1, 1, 1, 40, [0, 0], 2),
+    (1, 1, 1, 40, [0, 0], 2), (1, 1, 45, 90, [40, 7], None),
 ]
 
 
