@@ -154,3 +154,237 @@ def test_onnx_export(mode, tmp_path):
     torch.manual_seed(2)
     report = check_onnx(_Blur(mode).eval(), (torch.randn(2, 3, 12, 13),), tmp_path, atol=1e-5)
     assert {"Pad", "Conv"} <= set(report.op_types)
+
+
+# The tiled CUDA kernels ("cuda:next"), run here by the host emulator ------------------------------------------
+
+import ctypes  # noqa: E402
+import hashlib  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pyvision_fast  # noqa: E402
+
+_ROOT = Path(__file__).resolve().parent.parent
+_EMULATOR = _ROOT / "tests" / "cuda_emulation" / "filter_bank_tiled_host.cpp"
+_KERNELS = _ROOT / "csrc" / "scale_space" / "filter_bank_tiled.h"
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    """The tiled kernels' block bodies built for the host (tests/cuda_emulation), loaded with ctypes."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no host C++ compiler")
+    sources = [_EMULATOR, _KERNELS, _ROOT / "csrc" / "scale_space" / "scale_space.h"]
+    digest = hashlib.sha1(b"".join(p.read_bytes() for p in sources)).hexdigest()[:16]
+    lib = Path(tempfile.gettempdir()) / f"pvf_filter_bank_tiled_{digest}.so"
+    if not lib.exists():
+        tmp = lib.with_suffix(f".{digest}.tmp")
+        out = subprocess.run([cxx, "-std=c++20", "-O2", "-pthread", "-shared", "-fPIC", f"-I{_ROOT / 'csrc'}",
+                              str(_EMULATOR), "-o", str(tmp)], capture_output=True, text=True)
+        if out.returncode != 0:
+            pytest.skip(f"the emulator does not build here (needs C++20 <barrier>): {out.stderr[-500:]}")
+        tmp.replace(lib)
+    return ctypes.CDLL(str(lib))
+
+
+def _emulate(lib, x, kernels, radii, boundary, grad, threads):
+    B, C, H, W = x.shape
+    S, R = kernels.shape[0], (kernels.shape[1] - 1) // 2
+    dt = 1 if x.dtype == torch.float64 else 0
+    rad = (ctypes.c_int64 * max(S, 1))(*radii)
+    dims = [ctypes.c_int64(v) for v in (B, C, H, W, S, R)]
+    ptr = lambda t: ctypes.c_void_p(t.data_ptr())  # noqa: E731
+    out = torch.empty(B, S, C, H, W, dtype=x.dtype)
+    lib.pvf_emul_forward(dt, *dims, rad, boundary, ptr(x), ptr(kernels), ptr(out), threads)
+    gx, gk = torch.empty_like(x), torch.empty_like(kernels)
+    lib.pvf_emul_backward(dt, *dims, rad, boundary, ptr(x), ptr(grad), ptr(kernels), ptr(gx), ptr(gk), threads)
+    return out, gx, gk
+
+
+# (B, C, H, W, radii, R): one tile and several, ragged edges, radius 0, R above every radius, radii beyond a
+# small image (replicate / zeros), images thinner than a tile in one direction, a halo wider than the tile
+EMULATED = [
+    (1, 1, 5, 7, [1], None), (1, 2, 37, 41, [3, 1], None), (2, 1, 33, 70, [2, 5, 0], None), (1, 1, 3, 4, [2], 6),
+    (1, 1, 66, 9, [6, 3], None), (1, 1, 12, 13, [9, 3], None), (2, 2, 64, 64, [12, 9, 6, 3], None),
+    (1, 1, 1, 40, [0, 0], 2), (1, 1, 45, 90, [40, 7], None),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", EMULATED, ids=str)
+def test_tiled_kernels_emulated_match_reference(emulator, case, mode, dtype):
+    B, C, H, W, radii, R = case
+    boundary = ref.PADDING_MODES[mode]
+    if boundary == 1 and max(radii) >= min(H, W):
+        pytest.skip("reflect needs every radius below the image size")
+    R = max(radii) if R is None else R
+    g = torch.Generator().manual_seed(sum(radii) + H * W)
+    x = torch.randn(B, C, H, W, generator=g, dtype=dtype)
+    kernels = torch.randn(len(radii), 2 * R + 1, generator=g, dtype=dtype)  # any taps, beyond-radius ones too
+    grad = torch.randn(B, len(radii), C, H, W, generator=g, dtype=dtype)
+    got = _emulate(emulator, x, kernels, radii, boundary, grad, threads=64)
+    want = (ref.filter_bank(x.double(), kernels.double(), radii, boundary),
+            *ref.filter_bank_backward(grad.double(), x.double(), kernels.double(), radii, boundary))
+    loose = {"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 1e-9, "rtol": 1e-9}
+    for a, b in zip(got, want):
+        assert_close(a, b, dtype, **loose)
+
+
+def test_tiled_kernels_emulated_with_the_gpu_block_size(emulator):
+    """256 threads per block, as launched on the GPU (the other tests use 64 to run faster)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 1, 40, 45, generator=g, dtype=torch.float64)
+    kernels = ref.gaussian_kernels(torch.tensor([1.0, 1.7], dtype=torch.float64), [3, 5])
+    grad = torch.randn(1, 2, 1, 40, 45, generator=g, dtype=torch.float64)
+    got = _emulate(emulator, x, kernels, [3, 5], 1, grad, threads=256)
+    want = (ref.filter_bank(x, kernels, [3, 5], 1), *ref.filter_bank_backward(grad, x, kernels, [3, 5], 1))
+    for a, b in zip(got, want):
+        assert_close(a, b)
+
+
+# Eager path and custom op --------------------------------------------------------------------------------
+
+def test_eager_calls_equal_the_custom_op_and_modes_see_it():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 3, 8, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    sigma = torch.tensor([0.7, 1.4], dtype=torch.float64, requires_grad=True)
+    y = torch.randn(2, 3, 10, generator=g, dtype=torch.float64, requires_grad=True)
+    gain = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
+    kernels = ref.gaussian_kernels(sigma, [2, 4])
+    calls = [
+        ((lambda: ops.gaussian_scale_space(x, sigma, radius=[2, 4])), "_FilterBank",
+         (lambda: torch.ops.pvf.filter_bank(x, kernels, [2, 4], 1)), "pvf_filter_bank", [x, sigma]),
+        ((lambda: ops.scale_attention(y, gain)), "_ScaleAttention",
+         (lambda: torch.ops.pvf.scale_attention(y, gain)), "pvf_scale_attention", [y, gain]),
+    ]
+    for eager_call, eager_name, op_call, op_name, inputs in calls:
+        results = []
+        for call, name in ((eager_call, eager_name), (op_call, op_name)):
+            out = call()
+            assert any(name in type(n).__name__ for n in _graph(out.grad_fn)), (name, type(out.grad_fn).__name__)
+            results.append((out, *torch.autograd.grad(out, inputs, torch.ones_like(out), retain_graph=True)))
+        for a, b in zip(*results):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    seen = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        ops.gaussian_scale_space(x, sigma, radius=[2, 4])
+        ops.scale_attention(y, gain)
+    assert "pvf.filter_bank.default" in seen and "pvf.scale_attention.default" in seen
+
+
+def _graph(node, depth=3):
+    """The autograd nodes within a few steps of node (the op's node may sit under a view)."""
+    found, frontier = [], [node]
+    for _ in range(depth):
+        found += [n for n in frontier if n is not None]
+        frontier = [f for n in frontier if n is not None for f, _ in n.next_functions]
+    return found
+
+
+def test_sigma_numbers_and_cpu_tensors_build_the_same_kernels():
+    x = torch.randn(1, 2, 9, 10, dtype=torch.float64)
+    a = ops.gaussian_scale_space(x, [0.8, 1.5])
+    b = ops.gaussian_scale_space(x, torch.tensor([0.8, 1.5], dtype=torch.float64))
+    assert_close(a, b)
+    assert_close(a, ref.gaussian_scale_space(x, torch.tensor([0.8, 1.5], dtype=torch.float64)))
+
+
+# GPU: the current kernels and the candidate ----------------------------------------------------------------
+
+IMPLS = [pytest.param(None, id="current"), pytest.param("gaussian_scale_space", id="candidate")]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("candidates", IMPLS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", [(2, 3, 9, 11), (1, 2, 37, 70), (2, 1, 64, 33), (1, 1, 1, 50)], ids=str)
+def test_gpu_paths_match_reference(candidates, mode, shape):
+    g = torch.Generator().manual_seed(7)
+    sigma = torch.tensor([0.4, 1.0, 2.3] if min(shape[2:]) > 7 or mode != "reflect" else [0.3], dtype=torch.float64)
+    if mode == "reflect" and shape[2] == 1:
+        sigma = torch.tensor([0.1], dtype=torch.float64)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64)
+    x64, s64 = x.clone().requires_grad_(), sigma.clone().requires_grad_()
+    want = ref.gaussian_scale_space(x64, s64, padding_mode=mode)
+    go = torch.randn(want.shape, generator=g, dtype=torch.float64)
+    want_grads = torch.autograd.grad(want, [x64, s64], go)
+    with pyvision_fast.use_candidates(candidates):
+        for dtype in float_dtypes("cuda"):
+            xd = x.to("cuda", dtype).requires_grad_()
+            sd = sigma.to("cuda", dtype).requires_grad_()
+            out = ops.gaussian_scale_space(xd, sd, padding_mode=mode)
+            grads = torch.autograd.grad(out, [xd, sd], go.to("cuda", dtype))
+            loose = {"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else {}
+            half = dtype in (torch.float16, torch.bfloat16)
+            assert_close(out, want, dtype)
+            assert_close(grads[0], want_grads[0], dtype, **loose)
+            if not half:  # sigma's gradient sums every position: half inputs' rounding dominates it
+                assert_close(grads[1], want_grads[1], dtype, **loose)
+        if shape[2] * shape[3] > 100:
+            return  # gradcheck's Jacobians: small images only
+        xd = x.cuda().requires_grad_()
+        sd = sigma.cuda().requires_grad_()
+        radii = [ref.radius_for(float(v), 3.0) for v in sigma]
+        gradcheck(lambda a, s: ops.gaussian_scale_space(a, s, padding_mode=mode, radius=radii), (xd, sd))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("candidates", IMPLS)
+def test_gpu_paths_benchmark_shape_and_wide_radius(candidates):
+    """A slice of the benchmark's case (sigma 1..4) and radii whose tiles exceed shared memory (the candidate
+    then runs the untiled kernels)."""
+    g = torch.Generator().manual_seed(8)
+    for shape, sigma, mode in (((2, 8, 112, 112), [1.0, 2.0, 3.0, 4.0], "reflect"),
+                               ((1, 2, 40, 300), [30.0], "replicate")):
+        x = torch.randn(*shape, generator=g).cuda().requires_grad_()
+        s = torch.tensor(sigma, device="cuda", requires_grad=True)
+        go = torch.randn(shape[0], len(sigma), *shape[1:], generator=g).cuda()
+        with pyvision_fast.use_candidates(candidates):
+            out = ops.gaussian_scale_space(x, s, padding_mode=mode)
+            got = (out, *torch.autograd.grad(out, [x, s], go))
+        x64, s64 = x.detach().double().requires_grad_(), s.detach().double().requires_grad_()
+        want = ref.gaussian_scale_space(x64, s64, padding_mode=mode)
+        wants = (want, *torch.autograd.grad(want, [x64, s64], go.double()))
+        for a, b, tol in zip(got, wants, (1e-5, 1e-5, 1e-3)):
+            assert_close(a, b, torch.float32, atol=tol, rtol=tol)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("candidates", IMPLS)
+def test_gpu_steady_state_has_no_host_sync(candidates):
+    x = torch.randn(2, 3, 20, 21, device="cuda", requires_grad=True)
+    sigma = torch.tensor([0.7, 1.6], device="cuda", requires_grad=True)
+    y = torch.randn(2, 3, 4, 50, device="cuda", requires_grad=True)
+    gain = torch.randn(3, device="cuda", requires_grad=True)
+
+    def step():
+        ops.gaussian_scale_space(x, sigma).sum().backward()  # sigma read once, then reused
+        ops.gaussian_scale_space(x, sigma, radius=[2, 5]).sum().backward()
+        ops.gaussian_scale_space(x, [0.5, 1.2], padding_mode="zeros").sum().backward()
+        ops.scale_attention(y, gain).sum().backward()
+
+    with pyvision_fast.use_candidates(candidates):
+        step()
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        with torch.no_grad():
+            sigma.mul_(1.5)  # a new version: read again, with the radii of the new values
+        out = ops.gaussian_scale_space(x, sigma)
+    assert_close(out, ref.gaussian_scale_space(x.detach(), sigma.detach()), torch.float32)

@@ -42,12 +42,20 @@ def mvf(dtype):
 
 
 def scale_space(dtype):
-    x = _leaf(2, 3, 9, 11, dtype=dtype)
-    sigma = torch.tensor([0.6, 1.3, 2.1], device=DEVICE, dtype=dtype, requires_grad=True)
-    for mode in ("reflect", "replicate", "zeros"):
-        _backward(ops.gaussian_scale_space(x, sigma, padding_mode=mode), [x, sigma])
-    y, gain = _leaf(2, 3, 37, dtype=dtype), _leaf(3, dtype=dtype)
-    _backward(ops.scale_attention(y, gain), [y, gain])
+    import pyvision_fast
+
+    for candidates in (None, "all"):  # the current kernels, then the candidates (tiled filter bank, Triton weight)
+        with pyvision_fast.use_candidates(candidates):
+            for shape in ((2, 3, 9, 11), (1, 2, 37, 70)):  # one tile; several, ragged
+                x = _leaf(*shape, dtype=dtype)
+                sigma = torch.tensor([0.6, 1.3, 2.1], device=DEVICE, dtype=dtype, requires_grad=True)
+                for mode in ("reflect", "replicate", "zeros"):
+                    _backward(ops.gaussian_scale_space(x, sigma, padding_mode=mode), [x, sigma])
+            if dtype in (torch.float32, torch.float64):
+                coeff, log_sigma = _leaf(7, 3, 6, dtype=dtype), _leaf(3, dtype=dtype, scale=0.3)
+                _backward(ops.scale_space_weight(coeff, log_sigma, 5, 2), [coeff, log_sigma])
+            y, gain = _leaf(2, 3, 37, dtype=dtype), _leaf(3, dtype=dtype)
+            _backward(ops.scale_attention(y, gain), [y, gain])
 
 
 def deform_conv(dtype):

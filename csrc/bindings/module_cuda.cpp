@@ -240,6 +240,49 @@ void filter_bank_backward(py::handle x, py::handle grad_out, py::handle kernels,
                                 stream_ptr(stream));
 }
 
+// The tiled filter bank (candidate): the workspace a call needs, then forward and backward.
+int64_t filter_bank_next_workspace(py::handle x, py::handle kernels, const std::vector<int64_t>& radii,
+                                   int64_t boundary, bool backward) {
+  const char* op = backward ? "gaussian_scale_space_backward" : "gaussian_scale_space";
+  CudaCall call(x, op);
+  auto a = ssa::parse_bank_inputs(call.dev, op, x, kernels, radii, boundary, ss::kMaxScales);
+  return ss::filter_bank_next_workspace(a.x.dtype, a.g, backward);
+}
+
+void filter_bank_forward_next(py::handle x, py::handle kernels, const std::vector<int64_t>& radii, int64_t boundary,
+                              py::handle out, py::handle workspace, uintptr_t stream) {
+  const char* op = "gaussian_scale_space";
+  CudaCall call(x, op);
+  auto a = ssa::parse_bank(call.dev, op, x, kernels, radii, boundary, out, true, ss::kMaxScales);
+  Checker ck(op);
+  TensorView ws = pa::output(ck, call.dev, workspace, op, "workspace");
+  ck.dtype(ws, "workspace", {accumulation_dtype(a.x.dtype)});
+  pa::check_workspace_size(ck, ws, ss::filter_bank_next_workspace(a.x.dtype, a.g, false));
+  ss::filter_bank_forward_next_cuda(a.x.dtype, a.g, a.x.data, a.kernels.data, a.y.data, ws.data,
+                                    stream_ptr(stream));
+}
+
+void filter_bank_backward_next(py::handle x, py::handle grad_out, py::handle kernels,
+                               const std::vector<int64_t>& radii, int64_t boundary, py::handle grad_x,
+                               py::handle grad_kernels, py::handle workspace, uintptr_t stream) {
+  const char* op = "gaussian_scale_space_backward";
+  CudaCall call(x, op);
+  auto a = ssa::parse_bank(call.dev, op, x, kernels, radii, boundary, grad_out, false, ss::kMaxScales);
+  Checker ck(op);
+  const DType acc = accumulation_dtype(a.x.dtype);
+  TensorView gx = pa::output(ck, call.dev, grad_x, op, "grad_x");
+  pa::shape_is(ck, gx, "grad_x", {a.g.B, a.g.C, a.g.H, a.g.W});
+  ck.same_dtype(gx, "grad_x", a.x, "x");
+  TensorView gk = pa::output(ck, call.dev, grad_kernels, op, "grad_kernels");
+  pa::shape_is(ck, gk, "grad_kernels", {a.g.S, 2 * a.g.R + 1});
+  ck.dtype(gk, "grad_kernels", {acc});
+  TensorView ws = pa::output(ck, call.dev, workspace, op, "workspace");
+  ck.dtype(ws, "workspace", {acc});
+  pa::check_workspace_size(ck, ws, ss::filter_bank_next_workspace(a.x.dtype, a.g, true));
+  ss::filter_bank_backward_next_cuda(a.x.dtype, a.g, a.x.data, a.y.data, a.kernels.data, gx.data, gk.data, ws.data,
+                                     stream_ptr(stream));
+}
+
 void scale_attention_forward(py::handle y, py::handle gain, py::handle out, uintptr_t stream) {
   const char* op = "scale_attention";
   CudaCall call(y, op);
@@ -379,6 +422,13 @@ PYBIND11_MODULE(_C_cuda, m) {
   m.def("filter_bank_backward", &filter_bank_backward, py::arg("x"), py::arg("grad_out"), py::arg("kernels"),
         py::arg("radii"), py::arg("boundary"), py::arg("grad_x"), py::arg("grad_kernels"), py::arg("workspace"),
         py::arg("stream"));
+  m.def("filter_bank_next_workspace", &filter_bank_next_workspace, py::arg("x"), py::arg("kernels"),
+        py::arg("radii"), py::arg("boundary"), py::arg("backward"));
+  m.def("filter_bank_forward_next", &filter_bank_forward_next, py::arg("x"), py::arg("kernels"), py::arg("radii"),
+        py::arg("boundary"), py::arg("out"), py::arg("workspace"), py::arg("stream"));
+  m.def("filter_bank_backward_next", &filter_bank_backward_next, py::arg("x"), py::arg("grad_out"),
+        py::arg("kernels"), py::arg("radii"), py::arg("boundary"), py::arg("grad_x"), py::arg("grad_kernels"),
+        py::arg("workspace"), py::arg("stream"));
   m.def("scale_attention_forward", &scale_attention_forward, py::arg("y"), py::arg("gain"), py::arg("out"),
         py::arg("stream"));
   m.def("scale_attention_backward", &scale_attention_backward, py::arg("y"), py::arg("gain"), py::arg("grad_out"),

@@ -25,10 +25,9 @@ struct Bank {
   TensorView x, kernels, y;    // y: out (forward) or grad_out (backward)
 };
 
-// x (B, C, H, W), kernels (S, 2R + 1), radii (S values in [0, R]), boundary 0/1/2, y (B, S, C, H, W).
-inline Bank parse_bank(const Device& dev, const char* op, py::handle x, py::handle kernels,
-                       const std::vector<int64_t>& radii, int64_t boundary, py::handle y, bool y_is_output,
-                       int64_t max_scales) {
+// x (B, C, H, W), kernels (S, 2R + 1), radii (S values in [0, R]), boundary 0/1/2 (a.y is left empty).
+inline Bank parse_bank_inputs(const Device& dev, const char* op, py::handle x, py::handle kernels,
+                              const std::vector<int64_t>& radii, int64_t boundary, int64_t max_scales) {
   Checker ck(op);
   Bank a;
   a.x = input(ck, dev, x, op, "x");
@@ -59,9 +58,19 @@ inline Bank parse_bank(const Device& dev, const char* op, py::handle x, py::hand
   }
   a.radii = radii;
   a.g.radii = a.radii.data();
+  return a;
+}
+
+// parse_bank_inputs, and y (B, S, C, H, W): out (forward) or grad_out (backward).
+inline Bank parse_bank(const Device& dev, const char* op, py::handle x, py::handle kernels,
+                       const std::vector<int64_t>& radii, int64_t boundary, py::handle y, bool y_is_output,
+                       int64_t max_scales) {
+  Bank a = parse_bank_inputs(dev, op, x, kernels, radii, boundary, max_scales);
+  a.g.radii = a.radii.data();  // the copy's own vector
+  Checker ck(op);
   const char* yname = y_is_output ? "out" : "grad_out";
   a.y = y_is_output ? output(ck, dev, y, op, yname) : input(ck, dev, y, op, yname);
-  shape_is(ck, a.y, yname, {a.g.B, S, a.g.C, a.g.H, a.g.W});
+  shape_is(ck, a.y, yname, {a.g.B, a.g.S, a.g.C, a.g.H, a.g.W});
   ck.same_dtype(a.y, yname, a.x, "x");
   return a;
 }

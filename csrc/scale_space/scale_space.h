@@ -88,6 +88,16 @@ void filter_bank_forward_cuda(DType dtype, const BankGeometry& g, const void* x,
                               void* workspace, void* stream);
 void filter_bank_backward_cuda(DType dtype, const BankGeometry& g, const void* x, const void* grad_out,
                                const void* kernels, void* grad_x, void* grad_kernels, void* workspace, void* stream);
+// The tiled filter bank (filter_bank_tiled.h), the "cuda:next" candidate: same arguments and results as the two
+// above. Its backward's workspace holds the kernel-tap partials of every block; filter_bank_next_workspace gives
+// the accumulation-type elements a call needs (sizes whose tiles do not fit shared memory run the kernels above,
+// with their workspace). Call it with the tensors' device current.
+int64_t filter_bank_next_workspace(DType dtype, const BankGeometry& g, bool backward);
+void filter_bank_forward_next_cuda(DType dtype, const BankGeometry& g, const void* x, const void* kernels, void* out,
+                                   void* workspace, void* stream);
+void filter_bank_backward_next_cuda(DType dtype, const BankGeometry& g, const void* x, const void* grad_out,
+                                    const void* kernels, void* grad_x, void* grad_kernels, void* workspace,
+                                    void* stream);
 void scale_attention_forward_cuda(DType dtype, int64_t B, int64_t S, int64_t P, const void* y, const void* gain,
                                   void* out, void* stream);
 void scale_attention_backward_cuda(DType dtype, int64_t B, int64_t S, int64_t P, const void* y, const void* gain,

@@ -8,6 +8,7 @@
 
 #include "common/cuda_dispatch.cuh"
 #include "common/cuda_utils.cuh"
+#include "scale_space/filter_bank_tiled.cuh"
 #include "scale_space/scale_space.h"
 
 namespace pvf {
@@ -296,6 +297,91 @@ void scale_attention_backward_cuda(DType dtype, int64_t B, int64_t S, int64_t P,
         static_cast<T*>(grad_y), static_cast<A*>(grad_gain));
   });
   PVF_CUDA_CHECK_LAUNCH("scale_attention_backward");
+}
+
+// The tiled candidate ----------------------------------------------------------------------------------------
+
+namespace {
+
+struct NextPlan {
+  bool tiled;
+  int64_t workspace;   // accumulation-type elements
+  int64_t smem_bytes;  // dynamic shared memory of a tiled block
+};
+
+// Tiled where its shared memory fits the device and its 32-bit index math holds, else the untiled kernels.
+NextPlan plan_next(DType dtype, const BankGeometry& g, bool backward) {
+  const int64_t total = g.B * g.S * g.C * g.H * g.W;
+  if (total == 0) return {true, 0, 0};
+  const int64_t acc = dtype == DType::Float64 ? 8 : 4;
+  if (tiled::fits_32bit(g)) {
+    const tiled::Geometry tg = tiled::make_geometry(g);
+    const int64_t bytes = tiled::layout(tg, backward).total * acc;
+    int device = 0, optin = 0;
+    cuda_check(cudaGetDevice(&device), "gaussian_scale_space");
+    cuda_check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+               "gaussian_scale_space");
+    if (bytes <= optin && tg.blocks < (int64_t(1) << 31))
+      return {true, backward ? tiled::backward_workspace(tg) : 0, bytes};
+  }
+  return {false, backward ? 2 * total : total, 0};
+}
+
+template <typename K>
+void allow_smem(K kernel, int64_t bytes, const char* op) {
+  if (bytes > 48 * 1024)
+    cuda_check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)), op);
+}
+
+}  // namespace
+
+int64_t filter_bank_next_workspace(DType dtype, const BankGeometry& g, bool backward) {
+  return plan_next(dtype, g, backward).workspace;
+}
+
+void filter_bank_forward_next_cuda(DType dtype, const BankGeometry& g, const void* x, const void* kernels, void* out,
+                                   void* workspace, void* stream) {
+  const NextPlan plan = plan_next(dtype, g, false);
+  if (!plan.tiled) return filter_bank_forward_cuda(dtype, g, x, kernels, out, workspace, stream);
+  if (g.B * g.S * g.C * g.H * g.W == 0) return;
+  const tiled::Geometry tg = tiled::make_geometry(g);
+  auto st = static_cast<cudaStream_t>(stream);
+  dispatch_floating_and_half(dtype, "gaussian_scale_space", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    allow_smem(tiled::forward_kernel<T>, plan.smem_bytes, "gaussian_scale_space");
+    tiled::forward_kernel<T><<<static_cast<unsigned>(tg.blocks), tiled::kThreads, plan.smem_bytes, st>>>(
+        tg, static_cast<const T*>(x), static_cast<const T*>(kernels), static_cast<T*>(out));
+  });
+  PVF_CUDA_CHECK_LAUNCH("gaussian_scale_space");
+}
+
+void filter_bank_backward_next_cuda(DType dtype, const BankGeometry& g, const void* x, const void* grad_out,
+                                    const void* kernels, void* grad_x, void* grad_kernels, void* workspace,
+                                    void* stream) {
+  const NextPlan plan = plan_next(dtype, g, true);
+  if (!plan.tiled)
+    return filter_bank_backward_cuda(dtype, g, x, grad_out, kernels, grad_x, grad_kernels, workspace, stream);
+  const int64_t L = 2 * g.R + 1, nx = g.B * g.C * g.H * g.W;
+  auto st = static_cast<cudaStream_t>(stream);
+  dispatch_floating_and_half(dtype, "gaussian_scale_space_backward", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using A = acc_t<T>;
+    if (nx == 0 || g.S == 0) {  // nothing to filter: zero gradients
+      cuda_check(cudaMemsetAsync(grad_kernels, 0, sizeof(A) * g.S * L, st), "gaussian_scale_space_backward");
+      if (nx > 0) cuda_check(cudaMemsetAsync(grad_x, 0, sizeof(T) * nx, st), "gaussian_scale_space_backward");
+      return;
+    }
+    const tiled::Geometry tg = tiled::make_geometry(g);
+    auto* partial = static_cast<A*>(workspace);
+    allow_smem(tiled::backward_kernel<T>, plan.smem_bytes, "gaussian_scale_space_backward");
+    tiled::backward_kernel<T><<<static_cast<unsigned>(tg.blocks), tiled::kThreads, plan.smem_bytes, st>>>(
+        tg, static_cast<const T*>(x), static_cast<const T*>(grad_out), static_cast<const T*>(kernels),
+        static_cast<T*>(grad_x), partial);
+    PVF_CUDA_CHECK_LAUNCH("gaussian_scale_space_backward");
+    tiled::reduce_kernel<A><<<static_cast<unsigned>(g.S * L), tiled::kReduceThreads, 0, st>>>(
+        tg.blocks, partial, static_cast<A*>(grad_kernels));
+  });
+  PVF_CUDA_CHECK_LAUNCH("gaussian_scale_space_backward");
 }
 
 }  // namespace scale_space

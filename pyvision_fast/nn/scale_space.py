@@ -24,41 +24,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops import scale_attention
+from ..ops.scale_space_weight import scale_space_weight
+from ..reference import scale_space as ref
+from ..reference.scale_space import gaussian_derivative_basis
+
+__all__ = ["ScaleAttention", "ScaleSpaceConv2d", "gaussian_derivative_basis"]
 
 _SIGMA_MIN = 0.5
-
-
-def _hermite(n: int, u: Tensor) -> Tensor:
-    """Probabilists' Hermite polynomial He_n(u): d^n/du^n exp(-u^2/2) = (-1)^n He_n(u) exp(-u^2/2)."""
-    h0, h1 = torch.ones_like(u), u
-    if n == 0:
-        return h0
-    for k in range(1, n):
-        h0, h1 = h1, u * h1 - k * h0
-    return h1
-
-
-def gaussian_derivative_basis(sigma: Tensor, kernel_size: int, order: int) -> Tensor:
-    """Sampled, scale-normalised 2-D Gaussian derivative filters.
-
-    sigma: (S,) scales in pixels -> (S, n_basis, k, k) with n_basis = (order + 1) (order + 2) / 2, derivative
-    orders (i, j), i + j <= order, in the order (0,0), (1,0), (0,1), (2,0), (1,1), (0,2), ... The order-(i, j)
-    filter is sigma^(i+j) d^i/dy^i d^j/dx^j of the Gaussian normalised to unit sum on the support
-    (Lindeberg's gamma = 1 normalisation), so responses of different scales are comparable.
-    """
-    r = (kernel_size - 1) / 2
-    pos = torch.arange(kernel_size, dtype=sigma.dtype, device=sigma.device) - r  # (k,)
-    u = pos[None, :] / sigma[:, None]  # (S, k)
-    g = torch.exp(-0.5 * u * u)
-    g = g / g.sum(dim=1, keepdim=True)
-    # 1-D derivative of order n, scale-normalised: sigma^n d^n/dx^n g = (-1)^n He_n(u) g
-    d1 = [((-1) ** n) * _hermite(n, u) * g for n in range(order + 1)]  # each (S, k)
-    basis = []
-    for total in range(order + 1):
-        for i in range(total, -1, -1):  # i along y, j along x
-            j = total - i
-            basis.append(d1[i][:, :, None] * d1[j][:, None, :])
-    return torch.stack(basis, dim=1)
 
 
 class ScaleSpaceConv2d(nn.Module):
@@ -88,8 +60,7 @@ class ScaleSpaceConv2d(nn.Module):
         self.num_scales, self.order = num_scales, order
         self.n_basis = (order + 1) * (order + 2) // 2
         self.sigma_max = (kernel_size - 1) / 2
-        sizes = [out_channels // num_scales + (1 if s < out_channels % num_scales else 0) for s in range(num_scales)]
-        self.group_sizes = sizes
+        self.group_sizes = ref.group_sizes(out_channels, num_scales)
         init = torch.logspace(math.log10(_SIGMA_MIN * 1.2), math.log10(self.sigma_max), num_scales) \
             if num_scales > 1 else torch.tensor([math.sqrt(_SIGMA_MIN * self.sigma_max)])
         self.log_sigma = nn.Parameter(init.log())
@@ -103,16 +74,14 @@ class ScaleSpaceConv2d(nn.Module):
         return self.log_sigma.clamp(math.log(_SIGMA_MIN), math.log(self.sigma_max)).exp()
 
     def weight(self) -> Tensor:
-        """The equivalent Conv2d weight (out_channels, in_channels, k, k): one small matrix product per scale
-        group, coefficients (channels * in_channels, n_basis) times basis (n_basis, k * k)."""
-        k = self.kernel_size
-        basis = gaussian_derivative_basis(self.sigma(), k, self.order).to(self.coeff.dtype)  # (S, nb, k, k)
-        parts, start = [], 0
-        for s, size in enumerate(self.group_sizes):
-            coeff = self.coeff[start:start + size].reshape(size * self.in_channels, self.n_basis)
-            parts.append((coeff @ basis[s].reshape(self.n_basis, k * k)).view(size, self.in_channels, k, k))
-            start += size
-        return torch.cat(parts) if len(parts) > 1 else parts[0]
+        """The equivalent Conv2d weight (out_channels, in_channels, k, k), built by one op
+        (``pyvision_fast.ops.scale_space_weight``: one kernel each way on GPUs). While torch.export traces the
+        layer (ONNX export) it is written with plain torch ops, which export to standard ONNX operators."""
+        args = (self.coeff, self.log_sigma.to(self.coeff.dtype), self.kernel_size, self.order, _SIGMA_MIN,
+                self.sigma_max)
+        if torch.compiler.is_exporting():
+            return ref.scale_space_weight(*args)
+        return scale_space_weight(*args)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(x, self.weight(), self.bias, self.stride, self.padding)

@@ -3,6 +3,7 @@ from .attention import attention
 from .deform_conv import deform_conv2d
 from .mvf import multi_view_fusion, multi_view_fusion_batchnorm
 from .scale_space import gaussian_scale_space, scale_attention
+from .scale_space_weight import scale_space_weight
 from .sphere import sphere_conv2d
 from .pointcloud import (
     KNN,
@@ -36,6 +37,7 @@ __all__ = [
     "multi_view_fusion_batchnorm",
     "sample_farthest_points",
     "scale_attention",
+    "scale_space_weight",
     "sphere_conv2d",
     "three_interpolate",
     "three_nn",

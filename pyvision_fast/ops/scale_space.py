@@ -1,19 +1,23 @@
 """Gaussian scale space (separable smoothing of an image at S scales in one call, differentiable in the image
 and in sigma) and scale attention (a softmax re-weighting of scale groups), for SCAN-CNN's scale-space layers.
 
-Both run on the compiled kernels of csrc/scale_space (CPU and CUDA), or on the plain-PyTorch reference.
+Both run on the compiled kernels of csrc/scale_space (CPU and CUDA), or on the plain-PyTorch reference. The
+filter bank has a GPU candidate, "cuda:next" (csrc/scale_space/filter_bank_tiled.h: shared-memory tiles with
+their halo, every scale per tile, a one-pass backward with block partials of the kernel gradient).
 """
 from __future__ import annotations
 
+import functools
 import math
+import weakref
 from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
-from .. import _ext
+from .. import _backend, _ext
 from ..reference import scale_space as ref
-from ._registry import as_int, dispatch
+from ._registry import as_int, dispatch, eager, eager_function
 
 # The filter bank -------------------------------------------------------------------------------------------
 
@@ -57,27 +61,64 @@ def _bank_bwd_cuda(grad, x, kernels, radii, boundary):
     return gx, gk.to(kernels.dtype)
 
 
-_BANK = {"cpu": _bank_cpu, "cuda": _bank_cuda, "reference": ref.filter_bank}
-_BANK_BWD = {"cpu": _bank_bwd_cpu, "cuda": _bank_bwd_cuda, "reference": ref.filter_bank_backward}
+_next_workspaces: dict = {}
 
 
-@torch.library.custom_op("pvf::filter_bank", mutates_args=())
-def _filter_bank_op(x: Tensor, kernels: Tensor, radii: list[int], boundary: int) -> Tensor:
+def _next_workspace(x, kernels, radii, boundary, backward: bool) -> Tensor:
+    """The tiled kernels' workspace (accumulation type): sizes asked of the CUDA module once per shape."""
+    key = (x.shape, x.dtype, x.device, kernels.shape[1], tuple(radii), boundary, backward)
+    n = _next_workspaces.get(key)
+    if n is None:
+        if len(_next_workspaces) > 256:
+            _next_workspaces.clear()
+        n = _next_workspaces[key] = _ext.cuda_module().filter_bank_next_workspace(
+            _ext.arg(x), _ext.arg(kernels), list(radii), boundary, backward)
+    return torch.empty(n, dtype=_acc(x.dtype), device=x.device)
+
+
+def _bank_cuda_next(x, kernels, radii, boundary):
+    out = x.new_empty(_bank_shape(x, kernels))
+    ws = _next_workspace(x, kernels, radii, boundary, False)
+    _ext.cuda_module().filter_bank_forward_next(_ext.arg(x), _ext.arg(kernels), radii, boundary, _ext.arg(out),
+                                                _ext.arg(ws), _ext.stream(x.device))
+    return out
+
+
+def _bank_bwd_cuda_next(grad, x, kernels, radii, boundary):
+    gx = torch.empty_like(x)
+    gk = torch.empty(kernels.shape, dtype=_acc(x.dtype), device=x.device)
+    ws = _next_workspace(x, kernels, radii, boundary, True)
+    _ext.cuda_module().filter_bank_backward_next(_ext.arg(x), _ext.arg(grad), _ext.arg(kernels), radii, boundary,
+                                                 _ext.arg(gx), _ext.arg(gk), _ext.arg(ws), _ext.stream(x.device))
+    return gx, gk.to(kernels.dtype)
+
+
+_BANK = {"cpu": _bank_cpu, "cuda": _bank_cuda, "cuda:next": _bank_cuda_next, "reference": ref.filter_bank}
+_BANK_BWD = {"cpu": _bank_bwd_cpu, "cuda": _bank_bwd_cuda, "cuda:next": _bank_bwd_cuda_next,
+             "reference": ref.filter_bank_backward}
+_backend.register_candidate("gaussian_scale_space", "cuda:next")
+
+
+def _filter_bank_impl(x: Tensor, kernels: Tensor, radii: list[int], boundary: int) -> Tensor:
     impl = dispatch("gaussian_scale_space", x.device, _BANK)
     return impl(x.contiguous(), kernels.contiguous(), list(radii), boundary)
+
+
+def _filter_bank_backward_impl(grad: Tensor, x: Tensor, kernels: Tensor, radii: list[int],
+                               boundary: int) -> tuple[Tensor, Tensor]:
+    impl = dispatch("gaussian_scale_space_backward", x.device, _BANK_BWD)
+    gx, gk = impl(grad.contiguous(), x.contiguous(), kernels.contiguous(), list(radii), boundary)
+    return gx, gk
+
+
+_filter_bank_op = torch.library.custom_op("pvf::filter_bank", mutates_args=())(_filter_bank_impl)
+_filter_bank_backward_op = torch.library.custom_op("pvf::filter_bank_backward",
+                                                   mutates_args=())(_filter_bank_backward_impl)
 
 
 @_filter_bank_op.register_fake
 def _(x, kernels, radii, boundary):
     return x.new_empty(_bank_shape(x, kernels))
-
-
-@torch.library.custom_op("pvf::filter_bank_backward", mutates_args=())
-def _filter_bank_backward_op(grad: Tensor, x: Tensor, kernels: Tensor, radii: list[int],
-                             boundary: int) -> tuple[Tensor, Tensor]:
-    impl = dispatch("gaussian_scale_space_backward", x.device, _BANK_BWD)
-    gx, gk = impl(grad.contiguous(), x.contiguous(), kernels.contiguous(), list(radii), boundary)
-    return gx, gk
 
 
 @_filter_bank_backward_op.register_fake
@@ -91,13 +132,76 @@ def _bank_setup(ctx, inputs, output):
     ctx.radii, ctx.boundary = radii, boundary
 
 
-def _bank_backward(ctx, grad):
-    x, kernels = ctx.saved_tensors
-    gx, gk = _filter_bank_backward_op(grad, x, kernels, ctx.radii, ctx.boundary)
-    return gx, gk, None, None
+def _bank_backward_with(backward_op):
+    def backward(ctx, grad):
+        x, kernels = ctx.saved_tensors
+        gx, gk = backward_op(grad, x, kernels, ctx.radii, ctx.boundary)
+        return gx, gk, None, None
+
+    return backward
 
 
-_filter_bank_op.register_autograd(_bank_backward, setup_context=_bank_setup)
+_filter_bank_op.register_autograd(_bank_backward_with(_filter_bank_backward_op), setup_context=_bank_setup)
+_FilterBankFunction = eager_function("_FilterBankFunction", _filter_bank_impl, _bank_setup,
+                                     _bank_backward_with(_filter_bank_backward_impl))
+
+
+def filter_bank(x: Tensor, kernels: Tensor, radii: Sequence[int], boundary: int) -> Tensor:
+    """The filter-bank op under ``gaussian_scale_space`` (see csrc/scale_space/scale_space.h): x (B, C, H, W),
+    kernels (S, 2R + 1) centred on tap R, radii (S,) ints <= R, boundary 0 zeros / 1 reflect / 2 replicate ->
+    (B, S, C, H, W). Differentiable in x and kernels."""
+    args = (x, kernels, list(radii), boundary)
+    return _FilterBankFunction.apply(*args) if eager(x, kernels) else _filter_bank_op(*args)
+
+
+# Gaussian kernels without host synchronisation -----------------------------------------------------------
+
+_sigma_reads: dict = {}
+
+
+def _sigma_values(sigma: Tensor) -> list[float]:
+    """sigma's values on the host. A CPU tensor is read as it is; a GPU tensor is read (one host synchronisation)
+    once per tensor and version: calls with the same, unmodified sigma reuse the values."""
+    if sigma.device.type == "cpu":
+        return sigma.detach().tolist()
+    try:
+        key = (id(sigma), sigma.data_ptr(), sigma._version)
+    except RuntimeError:  # inference tensors have no version counter
+        return sigma.detach().cpu().tolist()
+    hit = _sigma_reads.get(key)
+    if hit is not None and hit[0]() is sigma:
+        return hit[1]
+    if len(_sigma_reads) > 64:
+        _sigma_reads.clear()
+    values = sigma.detach().cpu().tolist()
+    _sigma_reads[key] = (weakref.ref(sigma), values)
+    return values
+
+
+def _support(radii: tuple, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Tap positions (2R + 1,) and which taps each scale keeps (S, 2R + 1), made on the device."""
+    R = max(radii)
+    pos = torch.arange(-R, R + 1, dtype=dtype, device=device)
+    return pos, torch.stack([pos.abs() <= r for r in radii])
+
+
+_cached_support = functools.lru_cache(maxsize=64)(_support)
+
+
+def _gaussian_kernels(sigma: Tensor, radii: list[int]) -> Tensor:
+    """reference.gaussian_kernels (the same operations, so the same values) with the support cached per device
+    in eager calls (no host-to-device copy per call; tracing makes its tensors afresh)."""
+    support = _cached_support if eager(sigma) else _support
+    pos, inside = support(tuple(radii), sigma.dtype, sigma.device)
+    g = torch.exp(-0.5 * (pos[None, :] / sigma[:, None]) ** 2) * inside
+    return g / g.sum(dim=1, keepdim=True)
+
+
+@functools.lru_cache(maxsize=64)
+def _constant_kernels(values: tuple, radii: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The kernels of sigma given as numbers, built once on the host and copied without waiting."""
+    kernels = ref.gaussian_kernels(torch.tensor(values, dtype=torch.float64), list(radii)).to(dtype)
+    return kernels.to(device, non_blocking=True)
 
 
 def gaussian_scale_space(x: Tensor, sigma: Union[Tensor, Sequence[float], float], truncate: float = 3.0,
@@ -111,8 +215,10 @@ def gaussian_scale_space(x: Tensor, sigma: Union[Tensor, Sequence[float], float]
         truncate: the kernels are cut at radius round(truncate * sigma) (scipy.ndimage's rule), renormalised
             to unit sum.
         padding_mode: "reflect" (mirror without repeating the edge: scipy's "mirror"), "replicate" or "zeros".
-        radius: the half-width of every scale (an int or S ints) instead of round(truncate * sigma). Reading
-            sigma's values costs a host synchronisation; pass radius to avoid it (e.g. under torch.compile).
+        radius: the half-width of every scale (an int or S ints) instead of round(truncate * sigma). Without it
+            a sigma tensor on a GPU is read to the host (one synchronisation) the first time that tensor is seen
+            unmodified (same object and version); pass radius to never read it (e.g. learned sigmas, which change
+            every step, or under torch.compile).
 
     Returns (B, S, C, H, W) in x's dtype, differentiable in x and sigma (d/dsigma through the sampled,
     normalised kernels). S <= 16 per call on CUDA.
@@ -122,15 +228,22 @@ def gaussian_scale_space(x: Tensor, sigma: Union[Tensor, Sequence[float], float]
     if padding_mode not in ref.PADDING_MODES:
         raise ValueError(f"gaussian_scale_space: padding_mode must be one of {sorted(ref.PADDING_MODES)}, "
                          f"got {padding_mode!r}")
-    if not isinstance(sigma, Tensor):
-        sigma = torch.as_tensor([sigma] if isinstance(sigma, (int, float)) else list(sigma), dtype=torch.float64)
-    if sigma.dim() != 1:
-        raise ValueError(f"gaussian_scale_space: sigma must be (S,), got shape {tuple(sigma.shape)}")
-    if not sigma.is_floating_point():
-        raise TypeError(f"gaussian_scale_space: sigma must be a float tensor, got {sigma.dtype}")
-    S = sigma.shape[0]
+    constant = not isinstance(sigma, Tensor)
+    if constant:
+        values = [sigma] if isinstance(sigma, (int, float)) else list(sigma)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise TypeError(f"gaussian_scale_space: sigma must be a tensor or numbers, got {sigma!r}")
+        values = [float(v) for v in values]
+        S = len(values)
+    else:
+        if sigma.dim() != 1:
+            raise ValueError(f"gaussian_scale_space: sigma must be (S,), got shape {tuple(sigma.shape)}")
+        if not sigma.is_floating_point():
+            raise TypeError(f"gaussian_scale_space: sigma must be a float tensor, got {sigma.dtype}")
+        S = sigma.shape[0]
     if radius is None:
-        values = sigma.detach().cpu().tolist()
+        if not constant:
+            values = _sigma_values(sigma)
         if not all(math.isfinite(v) and v > 0 for v in values):
             raise ValueError(f"gaussian_scale_space: every sigma must be a positive number, got {values}")
         if not (isinstance(truncate, (int, float)) and math.isfinite(truncate) and truncate > 0):
@@ -144,8 +257,17 @@ def gaussian_scale_space(x: Tensor, sigma: Union[Tensor, Sequence[float], float]
         if len(radii) != S or any(r < 0 for r in radii):
             raise ValueError(f"gaussian_scale_space: radius must be one int >= 0 or S = {S} of them, got {radius!r}")
     kernel_dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
-    kernels = ref.gaussian_kernels(sigma.to(device=x.device, dtype=kernel_dtype), radii).to(x.dtype)
-    return _filter_bank_op(x, kernels, radii, ref.PADDING_MODES[padding_mode])
+    if S == 0:
+        kernels = x.new_zeros(0, 1)
+    elif constant:
+        if not all(math.isfinite(v) and v > 0 for v in values):
+            raise ValueError(f"gaussian_scale_space: every sigma must be a positive number, got {values}")
+        make = _constant_kernels if eager(x) else _constant_kernels.__wrapped__
+        kernels = make(tuple(values), tuple(radii), kernel_dtype, x.device).to(x.dtype)
+    else:
+        kernels = _gaussian_kernels(sigma.to(device=x.device, dtype=kernel_dtype, non_blocking=True), radii)
+        kernels = kernels.to(x.dtype)
+    return filter_bank(x, kernels, radii, ref.PADDING_MODES[padding_mode])
 
 
 # Scale attention -------------------------------------------------------------------------------------------
@@ -182,21 +304,24 @@ _ATT = {"cpu": _att_cpu, "cuda": _att_cuda, "reference": ref.scale_attention}
 _ATT_BWD = {"cpu": _att_bwd_cpu, "cuda": _att_bwd_cuda, "reference": ref.scale_attention_backward}
 
 
-@torch.library.custom_op("pvf::scale_attention", mutates_args=())
-def _scale_attention_op(y: Tensor, gain: Tensor) -> Tensor:
+def _scale_attention_impl(y: Tensor, gain: Tensor) -> Tensor:
     return dispatch("scale_attention", y.device, _ATT)(y.contiguous(), gain.contiguous())
+
+
+def _scale_attention_backward_impl(grad: Tensor, y: Tensor, gain: Tensor) -> tuple[Tensor, Tensor]:
+    gy, gg = dispatch("scale_attention_backward", y.device, _ATT_BWD)(grad.contiguous(), y.contiguous(),
+                                                                       gain.contiguous())
+    return gy, gg
+
+
+_scale_attention_op = torch.library.custom_op("pvf::scale_attention", mutates_args=())(_scale_attention_impl)
+_scale_attention_backward_op = torch.library.custom_op("pvf::scale_attention_backward",
+                                                       mutates_args=())(_scale_attention_backward_impl)
 
 
 @_scale_attention_op.register_fake
 def _(y, gain):
     return torch.empty_like(y)
-
-
-@torch.library.custom_op("pvf::scale_attention_backward", mutates_args=())
-def _scale_attention_backward_op(grad: Tensor, y: Tensor, gain: Tensor) -> tuple[Tensor, Tensor]:
-    gy, gg = dispatch("scale_attention_backward", y.device, _ATT_BWD)(grad.contiguous(), y.contiguous(),
-                                                                       gain.contiguous())
-    return gy, gg
 
 
 @_scale_attention_backward_op.register_fake
@@ -208,12 +333,17 @@ def _att_setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
 
-def _att_backward(ctx, grad):
-    y, gain = ctx.saved_tensors
-    return _scale_attention_backward_op(grad, y, gain)
+def _att_backward_with(backward_op):
+    def backward(ctx, grad):
+        y, gain = ctx.saved_tensors
+        return backward_op(grad, y, gain)
+
+    return backward
 
 
-_scale_attention_op.register_autograd(_att_backward, setup_context=_att_setup)
+_scale_attention_op.register_autograd(_att_backward_with(_scale_attention_backward_op), setup_context=_att_setup)
+_ScaleAttentionFunction = eager_function("_ScaleAttentionFunction", _scale_attention_impl, _att_setup,
+                                         _att_backward_with(_scale_attention_backward_impl))
 
 
 def scale_attention(y: Tensor, gain: Tensor) -> Tensor:
@@ -230,4 +360,5 @@ def scale_attention(y: Tensor, gain: Tensor) -> Tensor:
     if y.dim() < 2:
         raise ValueError(f"scale_attention: y must be (B, S, ...), got shape {tuple(y.shape)}")
     flat = y.reshape(y.shape[0], y.shape[1], math.prod(y.shape[2:]))
-    return _scale_attention_op(flat, gain).view(y.shape)
+    out = _ScaleAttentionFunction.apply(flat, gain) if eager(flat, gain) else _scale_attention_op(flat, gain)
+    return out.view(y.shape)

@@ -1,11 +1,14 @@
-"""Plain-PyTorch Gaussian scale space and scale attention.
+"""Plain-PyTorch Gaussian scale space, scale attention and ScaleSpaceConv2d's weight.
 
 ``gaussian_scale_space`` is what one writes without this library: for every scale, generate the sampled
 Gaussian, pad the image, and run two depthwise convolutions (along W, then H). ``filter_matrix`` gives the same
 1-D filtering as an explicit (n, n) matrix, which the reference backend uses to write the gradients out.
+``scale_space_weight`` is ScaleSpaceConv2d's weight as the layer first built it (basis per scale, one matrix
+product per scale group), with its gradients written out.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -119,3 +122,128 @@ def scale_attention_backward(grad: Tensor, y: Tensor, gain: Tensor) -> tuple[Ten
     return S * grad * p + gain.view(1, S, 1) * torch.sign(y) * da, (da * y.abs()).sum(dim=(0, 2))
 
 
+
+
+# ScaleSpaceConv2d's weight -------------------------------------------------------------------------------
+
+
+def hermite(n: int, u: Tensor) -> Tensor:
+    """Probabilists' Hermite polynomial He_n(u): d^n/du^n exp(-u^2/2) = (-1)^n He_n(u) exp(-u^2/2)."""
+    h0, h1 = torch.ones_like(u), u
+    if n == 0:
+        return h0
+    for k in range(1, n):
+        h0, h1 = h1, u * h1 - k * h0
+    return h1
+
+
+def basis_orders(order: int) -> list[tuple[int, int]]:
+    """The derivative orders (i along y, j along x) of the basis filters: (0,0), (1,0), (0,1), (2,0), (1,1), ..."""
+    return [(i, total - i) for total in range(order + 1) for i in range(total, -1, -1)]
+
+
+def gaussian_derivative_basis(sigma: Tensor, kernel_size: int, order: int) -> Tensor:
+    """Sampled, scale-normalised 2-D Gaussian derivative filters.
+
+    sigma: (S,) scales in pixels -> (S, n_basis, k, k) with n_basis = (order + 1) (order + 2) / 2, derivative
+    orders (i, j), i + j <= order, in the order (0,0), (1,0), (0,1), (2,0), (1,1), (0,2), ... The order-(i, j)
+    filter is sigma^(i+j) d^i/dy^i d^j/dx^j of the Gaussian normalised to unit sum on the support
+    (Lindeberg's gamma = 1 normalisation), so responses of different scales are comparable.
+    """
+    r = (kernel_size - 1) / 2
+    pos = torch.arange(kernel_size, dtype=sigma.dtype, device=sigma.device) - r  # (k,)
+    u = pos[None, :] / sigma[:, None]  # (S, k)
+    g = torch.exp(-0.5 * u * u)
+    g = g / g.sum(dim=1, keepdim=True)
+    # 1-D derivative of order n, scale-normalised: sigma^n d^n/dx^n g = (-1)^n He_n(u) g
+    d1 = [((-1) ** n) * hermite(n, u) * g for n in range(order + 1)]  # each (S, k)
+    return torch.stack([d1[i][:, :, None] * d1[j][:, None, :] for i, j in basis_orders(order)], dim=1)
+
+
+def _clamp_grad_at_bounds() -> bool:
+    """Whether this torch's clamp passes the gradient at its bounds (>= / <=: torch up to mid-2026) or not (the
+    minimum-norm subgradient, > / <: later releases). The weight op's gradient follows the installed torch."""
+    with torch.enable_grad():
+        x = torch.zeros(2, requires_grad=True)
+        (g,) = torch.autograd.grad(x.clamp(0.0, 1.0).sum(), x)
+    return bool(g[0] == 1)
+
+
+CLAMP_GRAD_AT_BOUNDS = _clamp_grad_at_bounds()
+
+
+def clamp_passes(log_sigma: Tensor, lo: float, hi: float) -> Tensor:
+    """Where autograd's clamp(lo, hi) passes log_sigma's gradient (see CLAMP_GRAD_AT_BOUNDS)."""
+    if CLAMP_GRAD_AT_BOUNDS:
+        return (log_sigma >= lo) & (log_sigma <= hi)
+    return (log_sigma > lo) & (log_sigma < hi)
+
+
+def group_sizes(out_channels: int, num_scales: int) -> list[int]:
+    """Output channels per scale group: as even as possible, the first out_channels % num_scales one larger."""
+    return [out_channels // num_scales + (1 if s < out_channels % num_scales else 0) for s in range(num_scales)]
+
+
+def scale_space_weight(coeff: Tensor, log_sigma: Tensor, kernel_size: int, order: int, sigma_min: float,
+                       sigma_max: float) -> Tensor:
+    """ScaleSpaceConv2d's Conv2d weight, written as the layer first did: sigma = exp(clamp(log_sigma)), the
+    basis of every scale, then one matrix product per scale group (coefficients (channels * C_in, n_basis)
+    times basis (n_basis, k * k)) and a concatenation.
+
+    coeff (C_out, C_in, n_basis), log_sigma (S,) -> (C_out, C_in, k, k) in coeff's dtype."""
+    k = kernel_size
+    sigma = log_sigma.clamp(math.log(sigma_min), math.log(sigma_max)).exp()
+    basis = gaussian_derivative_basis(sigma, k, order).to(coeff.dtype)  # (S, nb, k, k)
+    O, I, nb = coeff.shape
+    parts, start = [], 0
+    for s, size in enumerate(group_sizes(O, log_sigma.shape[0])):
+        c = coeff[start:start + size].reshape(size * I, nb)
+        parts.append((c @ basis[s].reshape(nb, k * k)).view(size, I, k, k))
+        start += size
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def derivative_tables(sigma: Tensor, kernel_size: int, order: int) -> tuple[Tensor, Tensor]:
+    """The 1-D factors of the basis and their log-sigma derivatives: (S, order + 1, k) each.
+
+    f_n = (-1)^n He_n(u) g(u) / Z with u = x / sigma and Z = sum of g over the support. With m2 = sum g u^2 / Z,
+    d g/Z / d log(sigma) = g/Z (u^2 - m2) and du / d log(sigma) = -u, so
+    d f_n / d log(sigma) = (-1)^n g/Z (He_n(u) (u^2 - m2) - n u He_{n-1}(u))."""
+    r = (kernel_size - 1) / 2
+    pos = torch.arange(kernel_size, dtype=sigma.dtype, device=sigma.device) - r
+    u = pos[None, :] / sigma[:, None]
+    u2 = u * u
+    g = torch.exp(-0.5 * u2)
+    g = g / g.sum(dim=1, keepdim=True)
+    dg = g * (u2 - (g * u2).sum(dim=1, keepdim=True))
+    he = [hermite(n, u) for n in range(order + 1)]
+    f = [((-1) ** n) * he[n] * g for n in range(order + 1)]
+    df = [((-1) ** n) * (he[n] * dg - (n * u * he[n - 1] * g if n else 0)) for n in range(order + 1)]
+    return torch.stack(f, dim=1), torch.stack(df, dim=1)
+
+
+def scale_space_weight_backward(grad: Tensor, coeff: Tensor, log_sigma: Tensor, kernel_size: int, order: int,
+                                sigma_min: float, sigma_max: float) -> tuple[Tensor, Tensor]:
+    """Gradients of ``scale_space_weight`` in coeff and log_sigma, written out per scale group (custom-op
+    implementations run below autograd). log_sigma's gradient is zero where the clamp holds it, as autograd's
+    clamp gives (at the bounds themselves: see CLAMP_GRAD_AT_BOUNDS)."""
+    k = kernel_size
+    lo, hi = math.log(sigma_min), math.log(sigma_max)
+    sigma = log_sigma.clamp(lo, hi).exp()
+    f, df = derivative_tables(sigma, k, order)
+    O, I, nb = coeff.shape
+    g_coeff = torch.empty_like(coeff)
+    g_log_sigma = torch.zeros_like(log_sigma)
+    start = 0
+    for s, size in enumerate(group_sizes(O, log_sigma.shape[0])):
+        basis = torch.stack([f[s, i][:, None] * f[s, j][None, :] for i, j in basis_orders(order)])  # (nb, k, k)
+        dbasis = torch.stack([df[s, i][:, None] * f[s, j][None, :] + f[s, i][:, None] * df[s, j][None, :]
+                              for i, j in basis_orders(order)])
+        gw = grad[start:start + size].reshape(size * I, k * k)
+        c = coeff[start:start + size].reshape(size * I, nb)
+        g_coeff[start:start + size] = (gw @ basis.to(gw.dtype).reshape(nb, k * k).T).view(size, I, nb)
+        g_basis = c.T @ gw  # (nb, k * k)
+        g_log_sigma[s] = (g_basis.to(dbasis.dtype) * dbasis.reshape(nb, k * k)).sum()
+        start += size
+    inside = clamp_passes(log_sigma, lo, hi)
+    return g_coeff, torch.where(inside, g_log_sigma, torch.zeros_like(g_log_sigma))
