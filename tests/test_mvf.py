@@ -492,6 +492,33 @@ def test_training_batchnorm_on_empty_and_single_value_batches():
         OfficialMVF(single)(torch.randn(1, 8, 1, 1))
 
 
+def test_eval_folds_batchnorm_once_and_refolds_after_changes():
+    """Inference reuses the folded BatchNorm while its tensors are unchanged; in-place updates, loading a state
+    dict and a dtype change all refold (the output always equals the official formulation's)."""
+    torch.manual_seed(2)
+    ours = MVF(torch.nn.Identity(), n_segment=2, in_channels=16, alpha=0.25).eval()
+    official = OfficialMVF(ours)
+    x = torch.randn(4, 16, 5, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), official(x))
+        folded = ours.__dict__["_folded"]
+        ours(x)
+        assert ours.__dict__["_folded"] is folded
+        ours.bn.running_var.mul_(3.0)
+        ours.bn.weight.add_(0.5)
+        torch.testing.assert_close(ours(x), official(x))
+        assert ours.__dict__["_folded"] is not folded
+        state = {k: v * 2 if v.is_floating_point() else v for k, v in ours.state_dict().items()}
+        ours.load_state_dict(state)
+        torch.testing.assert_close(ours(x), official(x))
+        ours.double()
+        torch.testing.assert_close(ours(x.double()), official(x.double()))
+    ours.bn.weight.requires_grad_(True)
+    out = ours(x.double())  # grad enabled: the fold is differentiable, not cached
+    (g,) = torch.autograd.grad(out.sum(), [ours.bn.weight])
+    assert g.abs().sum() > 0
+
+
 def test_official_state_dict_keys_and_loading():
     torch.manual_seed(1)
     ours = MVF(torch.nn.Conv2d(32, 8, 1), n_segment=8, in_channels=32)

@@ -21,12 +21,17 @@ from .. import ops
 
 
 def _update_running_stats(bn: nn.BatchNorm3d, mean: Tensor, var: Tensor, count: int) -> None:
-    """nn.BatchNorm3d's running-statistics update from a batch's mean and biased variance over count values."""
+    """nn.BatchNorm3d's running-statistics update from a batch's mean and biased variance over count values,
+    without synchronising with the device (the cumulative average's weight 1 / num_batches_tracked stays a
+    tensor)."""
     with torch.no_grad():
         bn.num_batches_tracked.add_(1)
         if count == 0:  # as torch: an empty batch leaves the statistics alone
             return
-        momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        if bn.momentum is None:
+            momentum = (1.0 / bn.num_batches_tracked.double()).to(bn.running_mean.dtype)
+        else:
+            momentum = bn.momentum
         bn.running_mean.lerp_(mean, momentum)
         bn.running_var.lerp_(var * (count / max(count - 1, 1)), momentum)
 
@@ -69,6 +74,8 @@ class MVF(nn.Module):
         """The (C_fused, 3) taps along T, H and W for the current mode (zeros for views the mode lacks)."""
         c = self.num_shift_channel
         wt = self.shift_conv.weight.reshape(c, 3)
+        if self.mode == "THW" and not self.share:  # the common case: no zeros allocated
+            return wt, self.h_conv.weight.reshape(c, 3), self.w_conv.weight.reshape(c, 3)
         zeros = torch.zeros_like(wt)
         if self.share:
             wh = wt if self.mode in ("THW", "TH") else zeros
@@ -85,6 +92,27 @@ class MVF(nn.Module):
         c = self.num_shift_channel
         return torch.ones(c, dtype=x.dtype, device=x.device), torch.zeros(c, dtype=x.dtype, device=x.device)
 
+    def _folded_bn(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The eval-mode BatchNorm folded into (scale, shift) (F,). Folded once and reused while BatchNorm's
+        tensors are the same objects with the same storage and version counter (in-place updates, optimizer
+        steps, load_state_dict and .to() all show there; writes through ``.data`` do not: call the module in
+        training mode, or ``bn.running_var.add_(0)``, after those). Not cached when the fold must be
+        differentiable (grad enabled and BatchNorm's affine parameters require grad)."""
+        bn = self.bn
+        tensors = (bn.weight, bn.bias, bn.running_mean, bn.running_var)
+        differentiable = torch.is_grad_enabled() and bn.affine and (bn.weight.requires_grad or bn.bias.requires_grad)
+        if not differentiable:
+            state = (bn.eps, x.dtype, x.device, *(None if t is None else (t._version, t.data_ptr()) for t in tensors))
+            cached = self.__dict__.get("_folded")
+            if cached is not None and cached[0] == state and all(a is b for a, b in zip(cached[1], tensors)):
+                return cached[2], cached[3]
+        gamma, beta = self._bn_affine(x)
+        scale = gamma / torch.sqrt(bn.running_var + bn.eps)
+        shift = beta - bn.running_mean * scale
+        if not differentiable:
+            self.__dict__["_folded"] = (state, tensors, scale, shift)
+        return scale, shift
+
     def forward(self, x: Tensor) -> Tensor:
         c = self.num_shift_channel
         if c == 0:
@@ -98,9 +126,7 @@ class MVF(nn.Module):
         if not self.use_hs:
             out = ops.multi_view_fusion(x5, wt, wh, ww, fused_channels=c)
         elif not self.bn.training and self.bn.track_running_stats:
-            gamma, beta = self._bn_affine(x)
-            scale = gamma / torch.sqrt(self.bn.running_var + self.bn.eps)
-            shift = beta - self.bn.running_mean * scale
+            scale, shift = self._folded_bn(x)
             out = ops.multi_view_fusion(x5, wt, wh, ww, scale, shift, hardswish=True, fused_channels=c)
         else:  # batch statistics: training, or a BatchNorm that tracks no running statistics
             count = n * self.n_segment * H * W
