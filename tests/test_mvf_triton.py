@@ -166,6 +166,8 @@ def test_layouts(device, path, layout):
         go = torch.randn(shape, generator=g, dtype=torch.float64)
         for a, b in zip(torch.autograd.grad(out, [x, *w], go.to(device)), torch.autograd.grad(want, c, go)):
             assert_close(a, b)
+        # no fused channel: nothing for the kernel to do when the caller copies
+        assert torch.equal(ops.multi_view_fusion(x, *[t[:0] for t in w], fused_channels=0), x)
 
 
 @pytest.mark.parametrize("device,path", PATHS)

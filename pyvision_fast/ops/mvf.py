@@ -91,11 +91,17 @@ def _native(x: Tensor) -> str:
     return "cuda" if x.is_cuda else "cpu"
 
 
+_triton_mvf = None
+
+
 def _tri():
     """pyvision_fast.triton.mvf, imported on first use (Triton is optional)."""
-    from ..triton import mvf  # noqa: PLC0415
+    global _triton_mvf
+    if _triton_mvf is None:
+        from ..triton import mvf  # noqa: PLC0415
 
-    return mvf
+        _triton_mvf = mvf
+    return _triton_mvf
 
 
 def _acc_dtype(x: Tensor) -> torch.dtype:
@@ -446,10 +452,13 @@ def _bn_setup(ctx, inputs, output):
     ctx.save_for_backward(x, wt, wh, ww, gamma, beta, mean, var)
     ctx.eps, ctx.hardswish, ctx.fused = eps, hardswish, fused
     ctx.mark_non_differentiable(mean, var)
+    ctx.set_materialize_grads(False)  # mean and var have no gradient: no zero tensors for them per step
 
 
 def _bn_backward_with(backward_op):
     def backward(ctx, grad, grad_mean, grad_var):
+        if grad is None:  # no gradient reached out (gradients are not materialised: see _bn_setup)
+            return (None,) * 9
         x, wt, wh, ww, gamma, beta, mean, var = ctx.saved_tensors
         grads = backward_op(grad, x, wt, wh, ww, gamma, beta, mean, var, ctx.eps, ctx.hardswish, ctx.fused)
         return (*grads, None, None, None)

@@ -220,7 +220,7 @@ def _backward_kernel(X, GO, GX, WS, WT, WH, WW, P0, P1, MEAN, VAR, GWT, GWH, GWW
             gamma = tl.load(P0 + c).to(ACC)
             beta = tl.load(P1 + c).to(ACC)
             # dz = grad * HardSwish'(z); its sum and its sum against xhat give the BatchNorm backward. y goes to
-            # the workspace, where the next pass (the same thread, the same element) reads it back.
+            # the workspace, where the next pass reads it back instead of recomputing the views.
             acc_dz = tl.zeros([BLOCK_R, BLOCK_P], ACC)
             acc_dz_xhat = tl.zeros([BLOCK_R, BLOCK_P], ACC)
             for r0 in range(0, R, BLOCK_R):
@@ -244,6 +244,7 @@ def _backward_kernel(X, GO, GX, WS, WT, WH, WW, P0, P1, MEAN, VAR, GWT, GWH, GWW
             k_mean = sum_dz / count
             k_xhat = sum_dz_xhat / count
             g_scale = gamma * invstd
+            tl.debug_barrier()  # y is read back by whichever thread the next loop's layout gives the element
         # gy, the gradient of y, into the workspace.
         for r0 in range(0, R, BLOCK_R):
             for p0 in range(0, HW, BLOCK_P):
@@ -252,7 +253,7 @@ def _backward_kernel(X, GO, GX, WS, WT, WH, WW, P0, P1, MEAN, VAR, GWT, GWH, GWW
                 goff = c * so_c + ((r // T) * so_n + t * so_t)[:, None] + (h * so_h + w)[None, :]
                 gy = tl.load(GO + goff, mask=ok, other=0.0).to(ACC)
                 if EPI == 2:
-                    xhat = (tl.load(WS + woff, mask=ok, other=0.0) - mean) * invstd
+                    xhat = (_ws_load(WS, woff, ok) - mean) * invstd
                     if HS:
                         gy = gy * _hardswish_grad(gamma * xhat + beta)
                     gy = g_scale * (gy - k_mean - xhat * k_xhat)
@@ -327,37 +328,34 @@ def check(op: str, x: Tensor, tensors: list, fused: int, pair_names: tuple = (),
     """The preconditions the C++ bindings check for the CUDA kernels, with the same errors: x (N, C, T, H, W) of
     a float dtype with non-negative strides, 0 <= fused <= C, every (name, tensor, shape) of ``tensors`` (None
     skipped) on x's device in x's dtype with that shape, the pair named ``pair_names`` given together, grad
-    like x, eps > 0."""
-    def fail(message: str, error: type = ValueError):
-        raise error(f"{op}: {message}")
-
+    like x, eps > 0. (It runs on every call: attribute reads only.)"""
     if x.dim() != 5:
-        fail(f"argument 'x' must have 5 dimensions (N, C, T, H, W), got shape {tuple(x.shape)}")
-    if x.dtype not in _FLOATS:
-        fail(f"argument 'x' must be float32, float64, float16 or bfloat16, got {x.dtype}", TypeError)
+        raise ValueError(f"{op}: argument 'x' must have 5 dimensions (N, C, T, H, W), got shape {tuple(x.shape)}")
+    dtype, device = x.dtype, x.get_device()
+    if dtype not in _FLOATS:
+        raise TypeError(f"{op}: argument 'x' must be float32, float64, float16 or bfloat16, got {dtype}")
     if not 0 <= fused <= x.shape[1]:
-        fail(f"fused_channels must be in [0, {x.shape[1]}], got {fused}")
+        raise ValueError(f"{op}: fused_channels must be in [0, {x.shape[1]}], got {fused}")
     if pair_names and (tensors[3][1] is None) != (tensors[4][1] is None):
-        fail(f"give both {pair_names[0]} and {pair_names[1]}, or neither")
+        raise ValueError(f"{op}: give both {pair_names[0]} and {pair_names[1]}, or neither")
     for name, t, shape in tensors:
         if t is None:
             continue
-        if t.device != x.device:
-            fail(f"argument '{name}' is on {t.device} but this call runs on {x.device}", TypeError)
-        if tuple(t.shape) != shape:
-            fail(f"argument '{name}' must have shape {shape}, got {tuple(t.shape)}")
-        if t.dtype != x.dtype:
-            fail(f"arguments '{name}' ({t.dtype}) and 'x' ({x.dtype}) must have the same dtype", TypeError)
+        if t.get_device() != device or t.is_cuda != x.is_cuda:
+            raise TypeError(f"{op}: argument '{name}' is on {t.device} but this call runs on {x.device}")
+        if t.shape != shape:
+            raise ValueError(f"{op}: argument '{name}' must have shape {shape}, got {tuple(t.shape)}")
+        if t.dtype is not dtype:
+            raise TypeError(f"{op}: arguments '{name}' ({t.dtype}) and 'x' ({dtype}) must have the same dtype")
+    if grad is not None and (grad.shape != x.shape or grad.dtype is not dtype or grad.get_device() != device
+                             or grad.is_cuda != x.is_cuda):
+        raise ValueError(f"{op}: argument 'grad_out' must be like x {tuple(x.shape)} {dtype} on {x.device}, got "
+                         f"{tuple(grad.shape)} {grad.dtype} on {grad.device}")
     for name, t in (("x", x), ("grad_out", grad)):
-        if t is None:
-            continue
-        if name == "grad_out" and (t.shape != x.shape or t.dtype != x.dtype or t.device != x.device):
-            fail(f"argument 'grad_out' must be like x {tuple(x.shape)} {x.dtype} on {x.device}, got "
-                 f"{tuple(t.shape)} {t.dtype} on {t.device}")
-        if t.numel() and any(st < 0 for st in t.stride()):
-            fail(f"argument '{name}' has a negative stride")
+        if t is not None and t.numel() and min(t.stride()) < 0:
+            raise ValueError(f"{op}: argument '{name}' has a negative stride")
     if eps is not None and not (eps > 0 and math.isfinite(eps)):
-        fail(f"eps must be a positive number, got {eps}")
+        raise ValueError(f"{op}: eps must be a positive number, got {eps}")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -421,6 +419,8 @@ def _eps_parts(eps: float) -> tuple[float, float]:
 
 
 def _launch(kernel, grid: int, device: torch.device, args: tuple, meta: dict) -> None:
+    if grid == 0:  # no fused channel, and the pass-through block copied by the caller
+        return
     if device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device():
         with torch.cuda.device(device):
             kernel[(grid,)](*args, **meta)
