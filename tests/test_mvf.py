@@ -513,6 +513,13 @@ def test_eval_folds_batchnorm_once_and_refolds_after_changes():
         torch.testing.assert_close(ours(x), official(x))
         ours.double()
         torch.testing.assert_close(ours(x.double()), official(x.double()))
+    with torch.inference_mode():
+        ours.bn.running_var.add_(0.5)
+        ours(x.double())
+    xg = x.double().requires_grad_()
+    ours.bn.weight.requires_grad_(False)
+    ours.bn.bias.requires_grad_(False)
+    torch.autograd.grad(ours(xg).sum(), [xg])  # not the fold made in inference mode (autograd refuses those)
     ours.bn.weight.requires_grad_(True)
     out = ours(x.double())  # grad enabled: the fold is differentiable, not cached
     (g,) = torch.autograd.grad(out.sum(), [ours.bn.weight])

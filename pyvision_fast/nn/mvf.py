@@ -102,7 +102,9 @@ class MVF(nn.Module):
         tensors = (bn.weight, bn.bias, bn.running_mean, bn.running_var)
         differentiable = torch.is_grad_enabled() and bn.affine and (bn.weight.requires_grad or bn.bias.requires_grad)
         if not differentiable:
-            state = (bn.eps, x.dtype, x.device, *(None if t is None else (t._version, t.data_ptr()) for t in tensors))
+            # inference-mode tensors must not reach autograd outside inference mode: the mode is part of the key
+            state = (bn.eps, x.dtype, x.device, torch.is_inference_mode_enabled(),
+                     *(None if t is None else (t._version, t.data_ptr()) for t in tensors))
             cached = self.__dict__.get("_folded")
             if cached is not None and cached[0] == state and all(a is b for a, b in zip(cached[1], tensors)):
                 return cached[2], cached[3]

@@ -37,9 +37,10 @@ import triton.language as tl
 from torch import Tensor
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-# Launch shape (8 warps): channel tiles of 1024 elements (2048 in the forward where the plane block is >= 256
-# wide), which keep float32 / half kernels at <= 128 registers per thread (ptxas, sm_90): two programs per SM, so
-# that pass-through copy programs run beside a channel program. Copy chunks of 8192 elements (32 per thread).
+# Launch shape (8 warps): channel tiles of 1024 elements (2048 in the training forward where the plane block
+# is >= 256 wide), which keep float32 / half kernels at <= 128 registers per thread (ptxas, sm_90): two
+# programs per SM, so that pass-through copy programs run beside a channel program. Copy chunks of 8192
+# elements (32 per thread).
 _COPY_BLOCK = 8192
 _NUM_WARPS = 8
 _INT32 = 2**31 - 1
@@ -400,10 +401,11 @@ def _copy_plan(sizes: tuple, fused: int, src: tuple, dst: tuple) -> Optional[tup
     return rows, run, pa, pb, fused * src[1], fused * dst[1]
 
 
-def _blocks(HW: int, dtype: torch.dtype, forward: bool) -> tuple[int, int]:
-    """(BLOCK_R, BLOCK_P): the plane block is HW rounded up to a power of two (32 to 1024)."""
+def _blocks(HW: int, dtype: torch.dtype, wide: bool) -> tuple[int, int]:
+    """(BLOCK_R, BLOCK_P): the plane block is HW rounded up to a power of two (32 to 1024); wide: 2048-element
+    tiles where that stays at <= 128 registers (the two-pass training forward: half the steps per pass)."""
     block_p = min(max(triton.next_power_of_2(HW), 32), 1024)
-    tile = 2048 if forward and block_p >= 256 and dtype != torch.float64 else 1024
+    tile = 2048 if wide and block_p >= 256 and dtype != torch.float64 else 1024
     return max(tile // block_p, 1), block_p
 
 
@@ -445,7 +447,7 @@ def forward(x: Tensor, wt: Tensor, wh: Tensor, ww: Tensor, p0: Optional[Tensor],
         plan = (0, 0, 0, 0, 0, 0)
     rows, run, pa, pb, oa, ob = plan
     chunks = triton.cdiv(run, _COPY_BLOCK)
-    block_r, block_p = _blocks(H * W, x.dtype, True)
+    block_r, block_p = _blocks(H * W, x.dtype, epilogue == 2)
     eps_hi, eps_lo = _eps_parts(eps)
     p0 = x if p0 is None else p0
     p1 = x if p1 is None else p1
