@@ -501,13 +501,13 @@ def test_eval_folds_batchnorm_once_and_refolds_after_changes():
     x = torch.randn(4, 16, 5, 6)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), official(x))
-        folded = ours.__dict__["_folded"]
+        folded = ours.__dict__["_inference"]
         ours(x)
-        assert ours.__dict__["_folded"] is folded
+        assert ours.__dict__["_inference"] is folded
         ours.bn.running_var.mul_(3.0)
         ours.bn.weight.add_(0.5)
         torch.testing.assert_close(ours(x), official(x))
-        assert ours.__dict__["_folded"] is not folded
+        assert ours.__dict__["_inference"] is not folded
         state = {k: v * 2 if v.is_floating_point() else v for k, v in ours.state_dict().items()}
         ours.load_state_dict(state)
         torch.testing.assert_close(ours(x), official(x))

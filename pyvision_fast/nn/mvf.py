@@ -92,28 +92,45 @@ class MVF(nn.Module):
         c = self.num_shift_channel
         return torch.ones(c, dtype=x.dtype, device=x.device), torch.zeros(c, dtype=x.dtype, device=x.device)
 
-    def _folded_bn(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The eval-mode BatchNorm folded into (scale, shift) (F,). Folded once and reused while BatchNorm's
-        tensors are the same objects with the same storage and version counter (in-place updates, optimizer
-        steps, load_state_dict and .to() all show there; writes through ``.data`` do not: call the module in
-        training mode, or ``bn.running_var.add_(0)``, after those). Not cached when the fold must be
-        differentiable (grad enabled and BatchNorm's affine parameters require grad)."""
-        bn = self.bn
-        tensors = (bn.weight, bn.bias, bn.running_mean, bn.running_var)
-        differentiable = torch.is_grad_enabled() and bn.affine and (bn.weight.requires_grad or bn.bias.requires_grad)
-        if not differentiable:
-            # inference-mode tensors must not reach autograd outside inference mode: the mode is part of the key
-            state = (bn.eps, x.dtype, x.device, torch.is_inference_mode_enabled(),
-                     *(None if t is None else (t._version, t.data_ptr()) for t in tensors))
-            cached = self.__dict__.get("_folded")
-            if cached is not None and cached[0] == state and all(a is b for a, b in zip(cached[1], tensors)):
-                return cached[2], cached[3]
+    def _cached(self, slot: str, x: Tensor, tensors: tuple, make):
+        """make()'s result, reused while ``tensors`` are the same objects with the same storage and version
+        counter (in-place updates, optimizer steps, load_state_dict and .to() all show there; writes through
+        ``.data`` do not: after those, run the module once in training mode or bump a version, e.g.
+        ``bn.running_var.add_(0)``) and x's dtype, device and the inference mode are those it was made for
+        (tensors made under inference_mode must not reach autograd outside it)."""
+        state = (self.bn.eps, x.dtype, x.device, torch.is_inference_mode_enabled(),
+                 *(None if t is None else (t._version, t.data_ptr()) for t in tensors))
+        cached = self.__dict__.get(slot)
+        if cached is not None and cached[0] == state and all(a is b for a, b in zip(cached[1], tensors)):
+            return cached[2]
+        value = make()
+        self.__dict__[slot] = (state, tensors, value)
+        return value
+
+    def _bn_tensors(self) -> tuple:
+        bn = self._modules["bn"]
+        return (bn._parameters["weight"], bn._parameters["bias"], bn._buffers["running_mean"],
+                bn._buffers["running_var"])
+
+    def _fold_bn(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The eval-mode BatchNorm as (scale, shift) (F,)."""
         gamma, beta = self._bn_affine(x)
-        scale = gamma / torch.sqrt(bn.running_var + bn.eps)
-        shift = beta - bn.running_mean * scale
-        if not differentiable:
-            self.__dict__["_folded"] = (state, tensors, scale, shift)
-        return scale, shift
+        scale = gamma / torch.sqrt(self.bn.running_var + self.bn.eps)
+        return scale, beta - self.bn.running_mean * scale
+
+    def _folded_bn(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(scale, shift), folded once (see ``_cached``) unless the fold must be differentiable (grad enabled and
+        BatchNorm's affine parameters require grad)."""
+        bn = self.bn
+        if torch.is_grad_enabled() and bn.affine and (bn.weight.requires_grad or bn.bias.requires_grad):
+            return self._fold_bn(x)
+        return self._cached("_folded", x, self._bn_tensors(), lambda: self._fold_bn(x))
+
+    def _inference_args(self, x: Tensor) -> tuple:
+        """(wt, wh, ww, scale, shift) for eval mode without autograd, made once (see ``_cached``)."""
+        mods = self._modules
+        convs = tuple(mods[k]._parameters["weight"] if k in mods else None for k in ("shift_conv", "h_conv", "w_conv"))
+        return self._cached("_inference", x, convs + self._bn_tensors(), lambda: (*self.kernels(), *self._fold_bn(x)))
 
     def forward(self, x: Tensor) -> Tensor:
         c = self.num_shift_channel
@@ -124,10 +141,14 @@ class MVF(nn.Module):
             raise ValueError(f"MVF: batch of {nt} frames is not a multiple of n_segment={self.n_segment}")
         n = nt // self.n_segment
         x5 = x.view(n, self.n_segment, C, H, W).transpose(1, 2)  # (N, C, T, H, W) view of the frames
+        bn = self.bn
+        if self.use_hs and not bn.training and bn.track_running_stats and not torch.is_grad_enabled():
+            out = ops.multi_view_fusion(x5, *self._inference_args(x), hardswish=True, fused_channels=c)
+            return self.net(out.transpose(1, 2).reshape(nt, C, H, W))
         wt, wh, ww = self.kernels()
         if not self.use_hs:
             out = ops.multi_view_fusion(x5, wt, wh, ww, fused_channels=c)
-        elif not self.bn.training and self.bn.track_running_stats:
+        elif not bn.training and bn.track_running_stats:
             scale, shift = self._folded_bn(x)
             out = ops.multi_view_fusion(x5, wt, wh, ww, scale, shift, hardswish=True, fused_channels=c)
         else:  # batch statistics: training, or a BatchNorm that tracks no running statistics
@@ -135,7 +156,6 @@ class MVF(nn.Module):
             if count == 1:
                 raise ValueError(f"MVF: BatchNorm expects more than 1 value per channel when training, got input "
                                  f"size {tuple(x.shape)}")
-            bn = self.bn
             gamma, beta = self._bn_affine(x)
             out, mean, var = ops.multi_view_fusion_batchnorm(x5, wt, wh, ww, gamma, beta, bn.eps, True, c)
             if bn.training and bn.track_running_stats:

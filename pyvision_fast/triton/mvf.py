@@ -369,7 +369,12 @@ def _span(shape: tuple, stride: tuple) -> int:
 
 def supported(*tensors: Optional[Tensor], size: int = 0) -> bool:
     """Whether 32-bit element offsets reach every element of these tensors (and of a workspace of size)."""
-    return size <= _INT32 and all(t is None or _span(t.shape, t.stride()) <= _INT32 for t in tensors)
+    if size > _INT32:
+        return False
+    for t in tensors:
+        if t is not None and _span(t.shape, t.stride()) > _INT32:
+            return False
+    return True
 
 
 @functools.lru_cache(maxsize=512)
@@ -401,10 +406,11 @@ def _copy_plan(sizes: tuple, fused: int, src: tuple, dst: tuple) -> Optional[tup
     return rows, run, pa, pb, fused * src[1], fused * dst[1]
 
 
+@functools.lru_cache(maxsize=256)
 def _blocks(HW: int, dtype: torch.dtype, wide: bool) -> tuple[int, int]:
     """(BLOCK_R, BLOCK_P): the plane block is HW rounded up to a power of two (32 to 1024); wide: 2048-element
     tiles where that stays at <= 128 registers (the two-pass training forward: half the steps per pass)."""
-    block_p = min(max(triton.next_power_of_2(HW), 32), 1024)
+    block_p = min(max(1 << (HW - 1).bit_length(), 32), 1024)
     tile = 2048 if wide and block_p >= 256 and dtype != torch.float64 else 1024
     return max(tile // block_p, 1), block_p
 
@@ -441,18 +447,19 @@ def forward(x: Tensor, wt: Tensor, wh: Tensor, ww: Tensor, p0: Optional[Tensor],
     N, C, T, H, W = x.shape
     if x.numel() == 0:
         return
-    plan = _copy_plan(tuple(x.shape), fused, x.stride()[:4], out.stride()[:4])
+    sx, so = x.stride(), out.stride()
+    plan = _copy_plan(x.shape, fused, sx[:4], so[:4])
     if plan is None:
         out[:, fused:].copy_(x[:, fused:])
         plan = (0, 0, 0, 0, 0, 0)
     rows, run, pa, pb, oa, ob = plan
-    chunks = triton.cdiv(run, _COPY_BLOCK)
+    chunks = -(-run // _COPY_BLOCK)  # (triton.cdiv is slow to call)
     block_r, block_p = _blocks(H * W, x.dtype, epilogue == 2)
     eps_hi, eps_lo = _eps_parts(eps)
     p0 = x if p0 is None else p0
     p1 = x if p1 is None else p1
     args = (x, out, wt, wh, ww, p0, p1, x if mean is None else mean, x if var is None else var,
-            fused, N * T, T, H, W, H * W, *x.stride()[:4], *out.stride()[:4], eps_hi, eps_lo,
+            fused, N * T, T, H, W, H * W, *sx[:4], *so[:4], eps_hi, eps_lo,
             oa, ob, pa, pb, run, max(chunks, 1))
     meta = dict(EPI=epilogue, HS=hardswish, ACC=_acc(x.dtype), BLOCK_R=block_r, BLOCK_P=block_p,
                 COPY_BLOCK=_COPY_BLOCK, num_warps=_NUM_WARPS, num_stages=1)
@@ -468,18 +475,19 @@ def backward(grad: Tensor, x: Tensor, wt: Tensor, wh: Tensor, ww: Tensor, p0: Op
     N, C, T, H, W = x.shape
     if x.numel() == 0:
         return
-    plan = _copy_plan(tuple(x.shape), fused, grad.stride()[:4], grad_x.stride()[:4])
+    sg, sgx = grad.stride(), grad_x.stride()
+    plan = _copy_plan(x.shape, fused, sg[:4], sgx[:4])
     if plan is None:
         grad_x[:, fused:].copy_(grad[:, fused:])
         plan = (0, 0, 0, 0, 0, 0)
     rows, run, pa, pb, oa, ob = plan
-    chunks = triton.cdiv(run, _COPY_BLOCK)
+    chunks = -(-run // _COPY_BLOCK)  # (triton.cdiv is slow to call)
     block_r, block_p = _blocks(H * W, x.dtype, False)
     eps_hi, eps_lo = _eps_parts(eps)
     gp0, gp1 = grad_p if grad_p else (x, x)
     args = (x, grad, grad_x, workspace, wt, wh, ww, x if p0 is None else p0, x if p1 is None else p1,
             x if mean is None else mean, x if var is None else var, *grad_w, gp0, gp1,
-            fused, N * T, T, H, W, H * W, *x.stride()[:4], *grad.stride()[:4], *grad_x.stride()[:4],
+            fused, N * T, T, H, W, H * W, *x.stride()[:4], *sg[:4], *sgx[:4],
             eps_hi, eps_lo, oa, ob, pa, pb, run, max(chunks, 1))
     meta = dict(EPI=epilogue, HS=hardswish, RECOMPUTE=x.dtype in (torch.float16, torch.bfloat16),
                 ACC=_acc(x.dtype), BLOCK_R=block_r, BLOCK_P=block_p, COPY_BLOCK=_COPY_BLOCK, num_warps=_NUM_WARPS,
