@@ -45,8 +45,11 @@ _COPY_BLOCK = 8192
 _NUM_WARPS = 8
 _INT32 = 2**31 - 1
 
+# Sizes and strides are not specialised on (divisibility by 16, == 1): each shape would compile its own kernels.
+# The copy's alignment comes from VEC instead.
 _SHAPE_ARGS = ["F", "R", "T", "H", "W", "HW", "s_n", "s_c", "s_t", "s_h", "so_n", "so_c", "so_t", "so_h",
-               "sg_n", "sg_c", "sg_t", "sg_h"]
+               "sg_n", "sg_c", "sg_t", "sg_h", "cp_src_off", "cp_dst_off", "cp_src_pitch", "cp_dst_pitch", "cp_run",
+               "cp_chunks"]
 
 
 @triton.jit
@@ -139,13 +142,21 @@ def _stats(X, base, R, T, H, W, HW, s_n, s_t, s_h, a0, ctr, a2, b0, b2, d0, d2,
 
 
 @triton.jit
-def _copy_chunk(SRC, DST, j, src_off, dst_off, src_pitch, dst_pitch, run, chunks, COPY_BLOCK: tl.constexpr):
-    """Chunk j of the pass-through block: row j // chunks, elements [k * COPY_BLOCK, (k + 1) * COPY_BLOCK)."""
+def _copy_chunk(SRC, DST, j, src_off, dst_off, src_pitch, dst_pitch, run, chunks, COPY_BLOCK: tl.constexpr,
+                VEC: tl.constexpr):
+    """Chunk j of the pass-through block: row j // chunks, elements [k * COPY_BLOCK, (k + 1) * COPY_BLOCK).
+    VEC: the row starts are multiples of VEC elements (16-byte vectors where VEC fills one); full chunks
+    take unmasked vector loads and stores, the row's last one masked ones."""
     row = j // chunks
-    offs = (j - row * chunks) * COPY_BLOCK + tl.arange(0, COPY_BLOCK)
-    m = offs < run
-    v = tl.load(SRC + src_off + row * src_pitch + offs, mask=m, eviction_policy="evict_first")
-    tl.store(DST + dst_off + row * dst_pitch + offs, v, mask=m)
+    start = (j - row * chunks) * COPY_BLOCK
+    src = SRC + tl.multiple_of(src_off + row * src_pitch, VEC)
+    dst = DST + tl.multiple_of(dst_off + row * dst_pitch, VEC)
+    offs = tl.max_contiguous(tl.multiple_of(start + tl.arange(0, COPY_BLOCK), COPY_BLOCK), COPY_BLOCK)
+    if start + COPY_BLOCK <= run:
+        tl.store(dst + offs, tl.load(src + offs, eviction_policy="evict_first"))
+    else:
+        m = offs < run
+        tl.store(dst + offs, tl.load(src + offs, mask=m, eviction_policy="evict_first"), mask=m)
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS)
@@ -153,7 +164,8 @@ def _forward_kernel(X, OUT, WT, WH, WW, P0, P1, MEAN, VAR,
                     F, R, T, H, W, HW, s_n, s_c, s_t, s_h, so_n, so_c, so_t, so_h, eps_hi, eps_lo,
                     cp_src_off, cp_dst_off, cp_src_pitch, cp_dst_pitch, cp_run, cp_chunks,
                     EPI: tl.constexpr, HS: tl.constexpr, ACC: tl.constexpr,
-                    BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, COPY_BLOCK: tl.constexpr):
+                    BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, COPY_BLOCK: tl.constexpr,
+                    VEC: tl.constexpr):
     pid = tl.program_id(0)
     if pid < F:
         c = pid
@@ -186,7 +198,7 @@ def _forward_kernel(X, OUT, WT, WH, WW, P0, P1, MEAN, VAR,
                 tl.store(OUT + off, z.to(OUT.dtype.element_ty), mask=ok)
     else:
         _copy_chunk(X, OUT, pid - F, cp_src_off, cp_dst_off, cp_src_pitch, cp_dst_pitch, cp_run, cp_chunks,
-                    COPY_BLOCK)
+                    COPY_BLOCK, VEC)
 
 
 @triton.jit
@@ -199,7 +211,8 @@ def _backward_kernel(X, GO, GX, WS, WT, WH, WW, P0, P1, MEAN, VAR, GWT, GWH, GWW
                      F, R, T, H, W, HW, s_n, s_c, s_t, s_h, so_n, so_c, so_t, so_h, sg_n, sg_c, sg_t, sg_h,
                      eps_hi, eps_lo, cp_src_off, cp_dst_off, cp_src_pitch, cp_dst_pitch, cp_run, cp_chunks,
                      EPI: tl.constexpr, HS: tl.constexpr, RECOMPUTE: tl.constexpr, ACC: tl.constexpr,
-                     BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, COPY_BLOCK: tl.constexpr):
+                     BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, COPY_BLOCK: tl.constexpr,
+                     VEC: tl.constexpr):
     pid = tl.program_id(0)
     if pid < F:
         c = pid
@@ -315,7 +328,7 @@ def _backward_kernel(X, GO, GX, WS, WT, WH, WW, P0, P1, MEAN, VAR, GWT, GWH, GWW
         tl.store(GWW + 3 * c + 2, _tile_sum(acc_w2).to(GWW.dtype.element_ty))
     else:
         _copy_chunk(GO, GX, pid - F, cp_src_off, cp_dst_off, cp_src_pitch, cp_dst_pitch, cp_run, cp_chunks,
-                    COPY_BLOCK)
+                    COPY_BLOCK, VEC)
 
 
 # ----------------------------------------------------------------------------------------------- host side
@@ -408,15 +421,21 @@ def _copy_plan(sizes: tuple, fused: int, src: tuple, dst: tuple) -> Optional[tup
 
 @functools.lru_cache(maxsize=256)
 def _blocks(HW: int, dtype: torch.dtype, wide: bool) -> tuple[int, int]:
-    """(BLOCK_R, BLOCK_P): the plane block is HW rounded up to a power of two (32 to 1024); wide: 2048-element
+    """(BLOCK_R, BLOCK_P): the plane block is HW rounded up to a power of two (64 to 1024); wide: 2048-element
     tiles where that stays at <= 128 registers (the two-pass training forward: half the steps per pass)."""
-    block_p = min(max(1 << (HW - 1).bit_length(), 32), 1024)
+    block_p = min(max(1 << (HW - 1).bit_length(), 64), 1024)
     tile = 2048 if wide and block_p >= 256 and dtype != torch.float64 else 1024
     return max(tile // block_p, 1), block_p
 
 
 def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _vec(plan: tuple, item: int) -> int:
+    """VEC of _copy_chunk: 16 bytes of elements when the row starts and pitches allow, else 1."""
+    vec = max(16 // item, 1)
+    return vec if all(v % vec == 0 for v in plan[2:]) else 1
 
 
 @functools.lru_cache(maxsize=64)
@@ -462,7 +481,7 @@ def forward(x: Tensor, wt: Tensor, wh: Tensor, ww: Tensor, p0: Optional[Tensor],
             fused, N * T, T, H, W, H * W, *sx[:4], *so[:4], eps_hi, eps_lo,
             oa, ob, pa, pb, run, max(chunks, 1))
     meta = dict(EPI=epilogue, HS=hardswish, ACC=_acc(x.dtype), BLOCK_R=block_r, BLOCK_P=block_p,
-                COPY_BLOCK=_COPY_BLOCK, num_warps=_NUM_WARPS, num_stages=1)
+                COPY_BLOCK=_COPY_BLOCK, VEC=_vec(plan, x.element_size()), num_warps=_NUM_WARPS, num_stages=1)
     _launch(_forward_kernel, fused + rows * chunks, x.device, args, meta)
 
 
@@ -490,6 +509,6 @@ def backward(grad: Tensor, x: Tensor, wt: Tensor, wh: Tensor, ww: Tensor, p0: Op
             fused, N * T, T, H, W, H * W, *x.stride()[:4], *sg[:4], *sgx[:4],
             eps_hi, eps_lo, oa, ob, pa, pb, run, max(chunks, 1))
     meta = dict(EPI=epilogue, HS=hardswish, RECOMPUTE=x.dtype in (torch.float16, torch.bfloat16),
-                ACC=_acc(x.dtype), BLOCK_R=block_r, BLOCK_P=block_p, COPY_BLOCK=_COPY_BLOCK, num_warps=_NUM_WARPS,
-                num_stages=1)
+                ACC=_acc(x.dtype), BLOCK_R=block_r, BLOCK_P=block_p, COPY_BLOCK=_COPY_BLOCK,
+                VEC=_vec(plan, x.element_size()), num_warps=_NUM_WARPS, num_stages=1)
     _launch(_backward_kernel, fused + rows * chunks, x.device, args, meta)
