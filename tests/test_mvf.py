@@ -315,9 +315,19 @@ def test_copy_beside_channels_and_copy_first_agree(frames, monkeypatch):
 
 
 @pytest.mark.cuda
-def test_cuda_tensors_larger_than_one_grid():
+@pytest.mark.parametrize("candidates", [None, ["multi_view_fusion", "multi_view_fusion_batchnorm"]],
+                         ids=["current", "candidate"])
+def test_cuda_tensors_larger_than_one_grid(candidates):
     """More elements (148 M) than one launch has threads (the grid is capped at 65535 * 8 blocks of 256): the
-    grid-stride loops of both ops, forward and backward, against the reference on the GPU."""
+    grid-stride loops of both ops, forward and backward, against the reference on the GPU. (Candidate: the
+    Triton kernels, 9.2 M values per channel program.)"""
+    from pyvision_fast import use_candidates
+
+    with use_candidates(candidates):
+        _check_large_tensors()
+
+
+def _check_large_tensors():
     g = torch.Generator(device="cuda").manual_seed(12)
     x = torch.randn(2, 8, 16, 760, 760, device="cuda", generator=g).transpose(1, 2).requires_grad_()  # 591 MB
     w = [torch.randn(2, 3, device="cuda", generator=g, requires_grad=True) for _ in range(3)]

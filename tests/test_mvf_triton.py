@@ -8,7 +8,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from op_harness import BadInput, assert_close, float_dtypes, gradcheck, run_bad_input
+from op_harness import BadInput, assert_close, check_compiled, float_dtypes, gradcheck, opcheck, run_bad_input
 from pyvision_fast import _backend, ops, use_backend, use_candidates
 from pyvision_fast import triton as pvf_triton
 from pyvision_fast.nn import MVF
@@ -236,6 +236,26 @@ def test_module_training_and_eval_steps(device, path):
             assert_close(v.double(), v2.double()), k
         with torch.no_grad():
             assert_close(ours.eval()(x.to(device)), official.eval()(x))
+
+
+@pytest.mark.cuda
+@pytest.mark.triton
+def test_opcheck_and_compile_on_the_gpu():
+    """The custom ops with the candidate inside them: opcheck (fake tensors, autograd registration) and
+    torch.compile(fullgraph=True)."""
+    g = torch.Generator().manual_seed(6)
+    x = _volume(g, (2, 4, 3, 4, 5), False, "cuda", torch.float32)
+    w = _params(g, 2, "cuda", torch.float32, 3)
+    gamma = (torch.rand(2, generator=g) + 0.5).cuda().requires_grad_()
+    beta = torch.randn(2, generator=g).cuda().requires_grad_()
+    with on_path("cuda", "candidate"):
+        opcheck(torch.ops.pvf.multi_view_fusion_batchnorm.default, (x, *w, gamma, beta, 1e-5, True, 2))
+        out, mean, var = ops.multi_view_fusion_batchnorm(x, *w, gamma, beta, 1e-5, True, 2)
+        opcheck(torch.ops.pvf.multi_view_fusion_batchnorm_backward.default,
+                (torch.randn_like(out), x.detach(), *(t.detach() for t in (*w, gamma, beta)), mean, var, 1e-5, True,
+                 2))
+        opcheck(torch.ops.pvf.multi_view_fusion.default, (x, *w, gamma.detach(), beta.detach(), True, 2))
+        check_compiled(lambda *a: ops.multi_view_fusion_batchnorm(*a, 1e-5, True, 2)[0], x, *w, gamma, beta)
 
 
 @pytest.mark.triton

@@ -8,7 +8,9 @@ Cost: the split, the three views, BatchNorm, HardSwish and the concatenation are
 once and writes the wrapped conv's input once (``ops.multi_view_fusion`` with the folded BatchNorm in eval mode,
 ``ops.multi_view_fusion_batchnorm`` with batch statistics in training mode). The backward reads the incoming
 gradient once and writes the input's gradient once; it recomputes the fused channels' views instead of keeping
-them, so the module saves nothing for backward beyond its input and the per-channel statistics.
+them, so the module saves nothing for backward beyond its input and the per-channel statistics. In eval mode
+without autograd the kernels' views and the folded BatchNorm are made once and reused until the module's tensors
+change (see ``MVF._cached``).
 """
 from __future__ import annotations
 

@@ -485,7 +485,9 @@ def multi_view_fusion_batchnorm(x: Tensor, weight_t: Tensor, weight_h: Tensor, w
     Returns ``(out, mean, var)``: out like ``multi_view_fusion``'s; mean and the biased variance (F,) of the
     views, for the caller's running statistics (not differentiable). out is differentiable in x, the kernels,
     bn_weight and bn_bias. On the CPU one kernel computes the views, the statistics and the normalisation
-    channel by channel, and the backward recomputes the views instead of keeping them.
+    channel by channel, and the backward recomputes the views instead of keeping them. On GPUs the Triton
+    candidate (``pyvision_fast.use_candidates("multi_view_fusion_batchnorm")``) does the same in one launch per
+    direction, with the pass-through copy in that launch.
     """
     if not isinstance(x, Tensor) or x.dim() != 5:
         raise ValueError(f"multi_view_fusion_batchnorm: x must be (N, C, T, H, W), got "
