@@ -8,7 +8,7 @@ memory once). Epilogues (``EPI``):
 - 0: none, 1: ``z = scale * y + shift`` (a folded inference BatchNorm), 2: training-mode BatchNorm: a first
   pass over the channel takes the batch mean and biased variance of y (per-tile mean and centred sum of squares,
   combined with Chan's formula), a second recomputes y and writes ``(y - mean) * gamma / std + beta``.
-- HardSwish after any of them (``HS``).
+- HardSwish after any of them (``HS``, a runtime switch).
 
 The pass-through channels F..C-1 are a strided copy done by the same launch: the programs after the F channel
 programs each copy one chunk of one row of that block, which the host describes as rows of one contiguous run
@@ -45,11 +45,11 @@ _COPY_BLOCK = 8192
 _NUM_WARPS = 8
 _INT32 = 2**31 - 1
 
-# Sizes and strides are not specialised on (divisibility by 16, == 1): each shape would compile its own kernels.
-# The copy's alignment comes from VEC instead.
+# Sizes, strides and the HardSwish switch are not specialised on (divisibility by 16, == 1): each shape would
+# compile its own kernels. The copy's alignment comes from VEC instead.
 _SHAPE_ARGS = ["F", "R", "T", "H", "W", "HW", "s_n", "s_c", "s_t", "s_h", "so_n", "so_c", "so_t", "so_h",
                "sg_n", "sg_c", "sg_t", "sg_h", "cp_src_off", "cp_dst_off", "cp_src_pitch", "cp_dst_pitch", "cp_run",
-               "cp_chunks"]
+               "cp_chunks", "HS"]
 
 
 @triton.jit
@@ -162,8 +162,8 @@ def _copy_chunk(SRC, DST, j, src_off, dst_off, src_pitch, dst_pitch, run, chunks
 @triton.jit(do_not_specialize=_SHAPE_ARGS)
 def _forward_kernel(X, OUT, WT, WH, WW, P0, P1, MEAN, VAR,
                     F, R, T, H, W, HW, s_n, s_c, s_t, s_h, so_n, so_c, so_t, so_h, eps_hi, eps_lo,
-                    cp_src_off, cp_dst_off, cp_src_pitch, cp_dst_pitch, cp_run, cp_chunks,
-                    EPI: tl.constexpr, HS: tl.constexpr, ACC: tl.constexpr,
+                    cp_src_off, cp_dst_off, cp_src_pitch, cp_dst_pitch, cp_run, cp_chunks, HS,
+                    EPI: tl.constexpr, ACC: tl.constexpr,
                     BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, COPY_BLOCK: tl.constexpr,
                     VEC: tl.constexpr):
     pid = tl.program_id(0)
@@ -192,7 +192,7 @@ def _forward_kernel(X, OUT, WT, WH, WW, P0, P1, MEAN, VAR,
                     z = scale * y + shift
                 if EPI == 2:
                     z = (y - mean) * scale + shift
-                if HS:
+                if HS != 0:
                     z = _hardswish(z)
                 off = c * so_c + ((r // T) * so_n + t * so_t)[:, None] + (h * so_h + w)[None, :]
                 tl.store(OUT + off, z.to(OUT.dtype.element_ty), mask=ok)
@@ -209,8 +209,8 @@ def _ws_load(WS, off, mask):
 @triton.jit(do_not_specialize=_SHAPE_ARGS)
 def _backward_kernel(X, GO, GX, WS, WT, WH, WW, P0, P1, MEAN, VAR, GWT, GWH, GWW, GP0, GP1,
                      F, R, T, H, W, HW, s_n, s_c, s_t, s_h, so_n, so_c, so_t, so_h, sg_n, sg_c, sg_t, sg_h,
-                     eps_hi, eps_lo, cp_src_off, cp_dst_off, cp_src_pitch, cp_dst_pitch, cp_run, cp_chunks,
-                     EPI: tl.constexpr, HS: tl.constexpr, RECOMPUTE: tl.constexpr, ACC: tl.constexpr,
+                     eps_hi, eps_lo, cp_src_off, cp_dst_off, cp_src_pitch, cp_dst_pitch, cp_run, cp_chunks, HS,
+                     EPI: tl.constexpr, RECOMPUTE: tl.constexpr, ACC: tl.constexpr,
                      BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, COPY_BLOCK: tl.constexpr,
                      VEC: tl.constexpr):
     pid = tl.program_id(0)
@@ -246,7 +246,7 @@ def _backward_kernel(X, GO, GX, WS, WT, WH, WW, P0, P1, MEAN, VAR, GWT, GWH, GWW
                     xhat = (y - mean) * invstd
                     goff = c * so_c + ((r // T) * so_n + t * so_t)[:, None] + (h * so_h + w)[None, :]
                     dz = tl.load(GO + goff, mask=ok, other=0.0).to(ACC)
-                    if HS:
+                    if HS != 0:
                         dz = dz * _hardswish_grad(gamma * xhat + beta)
                     acc_dz += dz
                     acc_dz_xhat += tl.where(ok, dz * xhat, 0.0)
@@ -268,11 +268,11 @@ def _backward_kernel(X, GO, GX, WS, WT, WH, WW, P0, P1, MEAN, VAR, GWT, GWH, GWW
                 gy = tl.load(GO + goff, mask=ok, other=0.0).to(ACC)
                 if EPI == 2:
                     xhat = (_ws_load(WS, woff, ok) - mean) * invstd
-                    if HS:
+                    if HS != 0:
                         gy = gy * _hardswish_grad(gamma * xhat + beta)
                     gy = g_scale * (gy - k_mean - xhat * k_xhat)
                 else:
-                    if HS:
+                    if HS != 0:
                         y, xc, xt0, xt2, xh0, xh2, xw0, xw2 = _views(X, base, r, t, h, w, ok, T, H, W, s_n, s_t,
                                                                      s_h, a0, ctr, a2, b0, b2, d0, d2, ACC)
                         if EPI == 1:
@@ -479,8 +479,8 @@ def forward(x: Tensor, wt: Tensor, wh: Tensor, ww: Tensor, p0: Optional[Tensor],
     p1 = x if p1 is None else p1
     args = (x, out, wt, wh, ww, p0, p1, x if mean is None else mean, x if var is None else var,
             fused, N * T, T, H, W, H * W, *sx[:4], *so[:4], eps_hi, eps_lo,
-            oa, ob, pa, pb, run, max(chunks, 1))
-    meta = dict(EPI=epilogue, HS=hardswish, ACC=_acc(x.dtype), BLOCK_R=block_r, BLOCK_P=block_p,
+            oa, ob, pa, pb, run, max(chunks, 1), int(hardswish))
+    meta = dict(EPI=epilogue, ACC=_acc(x.dtype), BLOCK_R=block_r, BLOCK_P=block_p,
                 COPY_BLOCK=_COPY_BLOCK, VEC=_vec(plan, x.element_size()), num_warps=_NUM_WARPS, num_stages=1)
     _launch(_forward_kernel, fused + rows * chunks, x.device, args, meta)
 
@@ -507,8 +507,8 @@ def backward(grad: Tensor, x: Tensor, wt: Tensor, wh: Tensor, ww: Tensor, p0: Op
     args = (x, grad, grad_x, workspace, wt, wh, ww, x if p0 is None else p0, x if p1 is None else p1,
             x if mean is None else mean, x if var is None else var, *grad_w, gp0, gp1,
             fused, N * T, T, H, W, H * W, *x.stride()[:4], *sg[:4], *sgx[:4],
-            eps_hi, eps_lo, oa, ob, pa, pb, run, max(chunks, 1))
-    meta = dict(EPI=epilogue, HS=hardswish, RECOMPUTE=x.dtype in (torch.float16, torch.bfloat16),
+            eps_hi, eps_lo, oa, ob, pa, pb, run, max(chunks, 1), int(hardswish))
+    meta = dict(EPI=epilogue, RECOMPUTE=x.dtype in (torch.float16, torch.bfloat16),
                 ACC=_acc(x.dtype), BLOCK_R=block_r, BLOCK_P=block_p, COPY_BLOCK=_COPY_BLOCK,
                 VEC=_vec(plan, x.element_size()), num_warps=_NUM_WARPS, num_stages=1)
     _launch(_backward_kernel, fused + rows * chunks, x.device, args, meta)
