@@ -315,9 +315,19 @@ def test_copy_beside_channels_and_copy_first_agree(frames, monkeypatch):
 
 
 @pytest.mark.cuda
-def test_cuda_tensors_larger_than_one_grid():
+@pytest.mark.parametrize("candidates", [None, ["multi_view_fusion", "multi_view_fusion_batchnorm"]],
+                         ids=["current", "candidate"])
+def test_cuda_tensors_larger_than_one_grid(candidates):
     """More elements (148 M) than one launch has threads (the grid is capped at 65535 * 8 blocks of 256): the
-    grid-stride loops of both ops, forward and backward, against the reference on the GPU."""
+    grid-stride loops of both ops, forward and backward, against the reference on the GPU. (Candidate: the
+    Triton kernels, 9.2 M values per channel program.)"""
+    from pyvision_fast import use_candidates
+
+    with use_candidates(candidates):
+        _check_large_tensors()
+
+
+def _check_large_tensors():
     g = torch.Generator(device="cuda").manual_seed(12)
     x = torch.randn(2, 8, 16, 760, 760, device="cuda", generator=g).transpose(1, 2).requires_grad_()  # 591 MB
     w = [torch.randn(2, 3, device="cuda", generator=g, requires_grad=True) for _ in range(3)]
@@ -490,6 +500,40 @@ def test_training_batchnorm_on_empty_and_single_value_batches():
         single(torch.randn(1, 8, 1, 1))
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         OfficialMVF(single)(torch.randn(1, 8, 1, 1))
+
+
+def test_eval_folds_batchnorm_once_and_refolds_after_changes():
+    """Inference reuses the folded BatchNorm while its tensors are unchanged; in-place updates, loading a state
+    dict and a dtype change all refold (the output always equals the official formulation's)."""
+    torch.manual_seed(2)
+    ours = MVF(torch.nn.Identity(), n_segment=2, in_channels=16, alpha=0.25).eval()
+    official = OfficialMVF(ours)
+    x = torch.randn(4, 16, 5, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), official(x))
+        folded = ours.__dict__["_inference"]
+        ours(x)
+        assert ours.__dict__["_inference"] is folded
+        ours.bn.running_var.mul_(3.0)
+        ours.bn.weight.add_(0.5)
+        torch.testing.assert_close(ours(x), official(x))
+        assert ours.__dict__["_inference"] is not folded
+        state = {k: v * 2 if v.is_floating_point() else v for k, v in ours.state_dict().items()}
+        ours.load_state_dict(state)
+        torch.testing.assert_close(ours(x), official(x))
+        ours.double()
+        torch.testing.assert_close(ours(x.double()), official(x.double()))
+    with torch.inference_mode():
+        ours.bn.running_var.add_(0.5)
+        ours(x.double())
+    xg = x.double().requires_grad_()
+    ours.bn.weight.requires_grad_(False)
+    ours.bn.bias.requires_grad_(False)
+    torch.autograd.grad(ours(xg).sum(), [xg])  # not the fold made in inference mode (autograd refuses those)
+    ours.bn.weight.requires_grad_(True)
+    out = ours(x.double())  # grad enabled: the fold is differentiable, not cached
+    (g,) = torch.autograd.grad(out.sum(), [ours.bn.weight])
+    assert g.abs().sum() > 0
 
 
 def test_official_state_dict_keys_and_loading():

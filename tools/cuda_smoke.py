@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from pyvision_fast import ops
+from pyvision_fast import ops, use_candidates
 from pyvision_fast.geometry import equirect
 
 DEVICE = "cuda"  # "--device cpu" runs the same calls on the CPU backends (a dry run of this script)
@@ -32,13 +32,23 @@ def _backward(out, inputs):
 
 
 def mvf(dtype):
-    for frames in (False, True):  # (N, C, T, H, W) contiguous, and the (N*T, C, H, W) frame layout
-        x = torch.randn(2, 3, 6, 5, 7, device=DEVICE).to(dtype)
-        x = (x.transpose(1, 2) if frames else x.reshape(2, 6, 3, 5, 7)).requires_grad_()
-        w = [_leaf(4, 3, dtype=dtype) for _ in range(3)]
-        gamma, beta = _leaf(4, dtype=dtype), _leaf(4, dtype=dtype)
-        _backward(ops.multi_view_fusion(x, *w, gamma.detach(), beta.detach(), True, 4), [x, *w])
-        _backward(ops.multi_view_fusion_batchnorm(x, *w, gamma, beta, 1e-5, True, 4)[0], [x, *w, gamma, beta])
+    # The current kernels, then the Triton candidates (pyvision_fast.triton.mvf); CPU tensors ignore candidates.
+    for candidates in (None, ["multi_view_fusion", "multi_view_fusion_batchnorm"]):
+        with use_candidates(candidates):
+            # (N, C, T, H, W) contiguous, the (N*T, C, H, W) frame layout, and rows that are not packed
+            for layout in ("contiguous", "frames", "sliced"):
+                x = torch.randn(2, 3, 6, 5, 9, device=DEVICE).to(dtype)
+                if layout == "sliced":
+                    x = x.reshape(2, 6, 3, 5, 9)[..., 1:8]
+                else:
+                    x = x[..., :7].contiguous()
+                    x = x.transpose(1, 2) if layout == "frames" else x.reshape(2, 6, 3, 5, 7)
+                x = x.requires_grad_()
+                w = [_leaf(4, 3, dtype=dtype) for _ in range(3)]
+                gamma, beta = _leaf(4, dtype=dtype), _leaf(4, dtype=dtype)
+                _backward(ops.multi_view_fusion(x, *w, gamma.detach(), beta.detach(), True, 4), [x, *w])
+                _backward(ops.multi_view_fusion_batchnorm(x, *w, gamma, beta, 1e-5, True, 4)[0],
+                          [x, *w, gamma, beta])
 
 
 def scale_space(dtype):

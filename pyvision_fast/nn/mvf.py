@@ -8,7 +8,9 @@ Cost: the split, the three views, BatchNorm, HardSwish and the concatenation are
 once and writes the wrapped conv's input once (``ops.multi_view_fusion`` with the folded BatchNorm in eval mode,
 ``ops.multi_view_fusion_batchnorm`` with batch statistics in training mode). The backward reads the incoming
 gradient once and writes the input's gradient once; it recomputes the fused channels' views instead of keeping
-them, so the module saves nothing for backward beyond its input and the per-channel statistics.
+them, so the module saves nothing for backward beyond its input and the per-channel statistics. In eval mode
+without autograd the kernels' views and the folded BatchNorm are made once and reused until the module's tensors
+change (see ``MVF._cached``).
 """
 from __future__ import annotations
 
@@ -21,12 +23,17 @@ from .. import ops
 
 
 def _update_running_stats(bn: nn.BatchNorm3d, mean: Tensor, var: Tensor, count: int) -> None:
-    """nn.BatchNorm3d's running-statistics update from a batch's mean and biased variance over count values."""
+    """nn.BatchNorm3d's running-statistics update from a batch's mean and biased variance over count values,
+    without synchronising with the device (the cumulative average's weight 1 / num_batches_tracked stays a
+    tensor)."""
     with torch.no_grad():
         bn.num_batches_tracked.add_(1)
         if count == 0:  # as torch: an empty batch leaves the statistics alone
             return
-        momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        if bn.momentum is None:
+            momentum = (1.0 / bn.num_batches_tracked.double()).to(bn.running_mean.dtype)
+        else:
+            momentum = bn.momentum
         bn.running_mean.lerp_(mean, momentum)
         bn.running_var.lerp_(var * (count / max(count - 1, 1)), momentum)
 
@@ -69,6 +76,8 @@ class MVF(nn.Module):
         """The (C_fused, 3) taps along T, H and W for the current mode (zeros for views the mode lacks)."""
         c = self.num_shift_channel
         wt = self.shift_conv.weight.reshape(c, 3)
+        if self.mode == "THW" and not self.share:  # the common case: no zeros allocated
+            return wt, self.h_conv.weight.reshape(c, 3), self.w_conv.weight.reshape(c, 3)
         zeros = torch.zeros_like(wt)
         if self.share:
             wh = wt if self.mode in ("THW", "TH") else zeros
@@ -85,6 +94,46 @@ class MVF(nn.Module):
         c = self.num_shift_channel
         return torch.ones(c, dtype=x.dtype, device=x.device), torch.zeros(c, dtype=x.dtype, device=x.device)
 
+    def _cached(self, slot: str, x: Tensor, tensors: tuple, make):
+        """make()'s result, reused while ``tensors`` are the same objects with the same storage and version
+        counter (in-place updates, optimizer steps, load_state_dict and .to() all show there; writes through
+        ``.data`` do not: after those, run the module once in training mode or bump a version, e.g.
+        ``bn.running_var.add_(0)``) and x's dtype, device and the inference mode are those it was made for
+        (tensors made under inference_mode must not reach autograd outside it)."""
+        state = (self.bn.eps, x.dtype, x.device, torch.is_inference_mode_enabled(),
+                 *(None if t is None else (t._version, t.data_ptr()) for t in tensors))
+        cached = self.__dict__.get(slot)
+        if cached is not None and cached[0] == state and all(a is b for a, b in zip(cached[1], tensors)):
+            return cached[2]
+        value = make()
+        self.__dict__[slot] = (state, tensors, value)
+        return value
+
+    def _bn_tensors(self) -> tuple:
+        bn = self._modules["bn"]
+        return (bn._parameters["weight"], bn._parameters["bias"], bn._buffers["running_mean"],
+                bn._buffers["running_var"])
+
+    def _fold_bn(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The eval-mode BatchNorm as (scale, shift) (F,)."""
+        gamma, beta = self._bn_affine(x)
+        scale = gamma / torch.sqrt(self.bn.running_var + self.bn.eps)
+        return scale, beta - self.bn.running_mean * scale
+
+    def _folded_bn(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(scale, shift), folded once (see ``_cached``) unless the fold must be differentiable (grad enabled and
+        BatchNorm's affine parameters require grad)."""
+        bn = self.bn
+        if torch.is_grad_enabled() and bn.affine and (bn.weight.requires_grad or bn.bias.requires_grad):
+            return self._fold_bn(x)
+        return self._cached("_folded", x, self._bn_tensors(), lambda: self._fold_bn(x))
+
+    def _inference_args(self, x: Tensor) -> tuple:
+        """(wt, wh, ww, scale, shift) for eval mode without autograd, made once (see ``_cached``)."""
+        mods = self._modules
+        convs = tuple(mods[k]._parameters["weight"] if k in mods else None for k in ("shift_conv", "h_conv", "w_conv"))
+        return self._cached("_inference", x, convs + self._bn_tensors(), lambda: (*self.kernels(), *self._fold_bn(x)))
+
     def forward(self, x: Tensor) -> Tensor:
         c = self.num_shift_channel
         if c == 0:
@@ -94,20 +143,21 @@ class MVF(nn.Module):
             raise ValueError(f"MVF: batch of {nt} frames is not a multiple of n_segment={self.n_segment}")
         n = nt // self.n_segment
         x5 = x.view(n, self.n_segment, C, H, W).transpose(1, 2)  # (N, C, T, H, W) view of the frames
+        bn = self.bn
+        if self.use_hs and not bn.training and bn.track_running_stats and not torch.is_grad_enabled():
+            out = ops.multi_view_fusion(x5, *self._inference_args(x), hardswish=True, fused_channels=c)
+            return self.net(out.transpose(1, 2).reshape(nt, C, H, W))
         wt, wh, ww = self.kernels()
         if not self.use_hs:
             out = ops.multi_view_fusion(x5, wt, wh, ww, fused_channels=c)
-        elif not self.bn.training and self.bn.track_running_stats:
-            gamma, beta = self._bn_affine(x)
-            scale = gamma / torch.sqrt(self.bn.running_var + self.bn.eps)
-            shift = beta - self.bn.running_mean * scale
+        elif not bn.training and bn.track_running_stats:
+            scale, shift = self._folded_bn(x)
             out = ops.multi_view_fusion(x5, wt, wh, ww, scale, shift, hardswish=True, fused_channels=c)
         else:  # batch statistics: training, or a BatchNorm that tracks no running statistics
             count = n * self.n_segment * H * W
             if count == 1:
                 raise ValueError(f"MVF: BatchNorm expects more than 1 value per channel when training, got input "
                                  f"size {tuple(x.shape)}")
-            bn = self.bn
             gamma, beta = self._bn_affine(x)
             out, mean, var = ops.multi_view_fusion_batchnorm(x5, wt, wh, ww, gamma, beta, bn.eps, True, c)
             if bn.training and bn.track_running_stats:

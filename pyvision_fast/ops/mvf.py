@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import _ext
+from .. import _backend, _ext
 from ..reference import mvf as ref
 from ._registry import as_int, dispatch, eager, eager_function
 
@@ -87,9 +87,71 @@ def _bwd_ref(grad, x, wt, wh, ww, scale, shift, hardswish, fused, grad_fused):
     return (gx, *gws)
 
 
-_FWD = {"cpu": _fwd_cpu, "cuda": _fwd_cuda, "reference": _fwd_ref}
+def _native(x: Tensor) -> str:
+    return "cuda" if x.is_cuda else "cpu"
+
+
+_triton_mvf = None
+
+
+def _tri():
+    """pyvision_fast.triton.mvf, imported on first use (Triton is optional)."""
+    global _triton_mvf
+    if _triton_mvf is None:
+        from ..triton import mvf  # noqa: PLC0415
+
+        _triton_mvf = mvf
+    return _triton_mvf
+
+
+def _acc_dtype(x: Tensor) -> torch.dtype:
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
+def _views_args(x, wt, wh, ww, p0, p1, fused, pair=("bn_scale", "bn_shift")) -> list:
+    """(name, tensor, expected shape) of the kernels and the per-channel pair, for the Triton path's checks."""
+    return [("weight_t", wt, (fused, 3)), ("weight_h", wh, (fused, 3)), ("weight_w", ww, (fused, 3)),
+            (pair[0], p0, (fused,)), (pair[1], p1, (fused,))]
+
+
+def _fwd_triton(x, wt, wh, ww, scale, shift, hardswish, fused):
+    """One Triton launch: the fused channels' views and epilogue, and the pass-through copy."""
+    tri = _tri()
+    tri.check("multi_view_fusion", x, _views_args(x, wt, wh, ww, scale, shift, fused), fused,
+              ("bn_scale", "bn_shift"))
+    out = _output_like(x)
+    if not tri.supported(x, out):
+        return _FWD[_native(x)](x, wt, wh, ww, scale, shift, hardswish, fused)
+    tri.forward(x, wt, wh, ww, scale, shift, 0.0, 0 if scale is None else 1, hardswish, fused, out)
+    return out
+
+
+def _grad_buffers(x: Tensor, fused: int, count: int) -> list[Tensor]:
+    """count (F, 3) kernel gradients, zero when x is empty (no program writes them then)."""
+    make = torch.zeros if x.numel() == 0 else torch.empty
+    return [make(fused, 3, dtype=x.dtype, device=x.device) for _ in range(count)]
+
+
+def _bwd_triton(grad, x, wt, wh, ww, scale, shift, hardswish, fused, grad_fused):
+    """One Triton launch: gy into a workspace, the kernel gradients, grad_x of the fused channels and the
+    pass-through copy of grad. A given grad_fused goes to the native kernels."""
+    tri = _tri()
+    tri.check("multi_view_fusion_backward", x, _views_args(x, wt, wh, ww, scale, shift, fused), fused,
+              ("bn_scale", "bn_shift"), grad)
+    N, C, T, H, W = x.shape
+    gx = _output_like(x)
+    if grad_fused is not None or not tri.supported(x, grad, gx, size=fused * N * T * H * W):
+        return _BWD[_native(x)](grad, x, wt, wh, ww, scale, shift, hardswish, fused, grad_fused)
+    gw = _grad_buffers(x, fused, 3)
+    ws = torch.empty(fused * N * T * H * W, dtype=_acc_dtype(x), device=x.device)
+    tri.backward(grad, x, wt, wh, ww, scale, shift, None, None, 0.0, 0 if scale is None else 1, hardswish, fused,
+                 gx, gw, (), ws)
+    return (gx, *gw)
+
+
+_FWD = {"cpu": _fwd_cpu, "cuda": _fwd_cuda, "triton": _fwd_triton, "reference": _fwd_ref}
 _BWD = {"cpu": lambda *a: _bwd_native(*a, cuda=False), "cuda": lambda *a: _bwd_native(*a, cuda=True),
-        "reference": _bwd_ref}
+        "triton": _bwd_triton, "reference": _bwd_ref}
 
 
 def _mvf_impl(x: Tensor, weight_t: Tensor, weight_h: Tensor, weight_w: Tensor, bn_scale: Optional[Tensor],
@@ -202,7 +264,9 @@ def multi_view_fusion(x: Tensor, weight_t: Tensor, weight_h: Tensor, weight_w: T
                          f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
     fused = x.shape[1] if fused_channels is None else as_int(fused_channels, "fused_channels")
     args = (x, *_kernels(weight_t, weight_h, weight_w), bn_scale, bn_shift, bool(hardswish), fused)
-    return _MVFFunction.apply(*args) if eager(*args[:6]) else _mvf_op(*args)
+    if not eager(*args[:6]):
+        return _mvf_op(*args)
+    return _MVFFunction.apply(*args) if torch.is_grad_enabled() else _mvf_impl(*args)
 
 
 # Training-mode BatchNorm on the fused channels -------------------------------------------------------------
@@ -295,9 +359,51 @@ def _bn_bwd_composite(grad, x, wt, wh, ww, gamma, beta, mean, var, eps, hardswis
     return gx, gwt, gwh, gww, g_gamma.to(x.dtype), g_beta.to(x.dtype)
 
 
-_BN_FWD = {"cpu": _bn_fwd_cpu, "cuda": _bn_fwd_cuda, "reference": _bn_fwd_ref}
+_BN_PAIR = ("bn_weight", "bn_bias")
+
+
+def _bn_fwd_triton(x, wt, wh, ww, gamma, beta, eps, hardswish, fused):
+    """One Triton launch: per fused channel the views, their batch statistics, BatchNorm and HardSwish (the
+    views recomputed for the second pass, not stored), beside the pass-through copy."""
+    tri = _tri()
+    tri.check("multi_view_fusion_batchnorm", x, _views_args(x, wt, wh, ww, gamma, beta, fused, _BN_PAIR), fused,
+              eps=eps)
+    out = _output_like(x)
+    if x.numel() == 0:
+        return out, x.new_zeros(fused), x.new_zeros(fused)
+    if not tri.supported(x, out):
+        return _BN_FWD[_native(x)](x, wt, wh, ww, gamma, beta, eps, hardswish, fused)
+    mean, var = x.new_empty(fused), x.new_empty(fused)
+    tri.forward(x, wt, wh, ww, gamma, beta, eps, 2, hardswish, fused, out, mean, var)
+    return out, mean, var
+
+
+def _bn_bwd_triton(grad, x, wt, wh, ww, gamma, beta, mean, var, eps, hardswish, fused):
+    """One Triton launch: per fused channel the BatchNorm + HardSwish backward sums, gy into a workspace and the
+    kernel gradients, then grad_x through the transposed stencil; beside it the pass-through copy of grad."""
+    tri = _tri()
+    tri.check("multi_view_fusion_batchnorm_backward", x,
+              _views_args(x, wt, wh, ww, gamma, beta, fused, _BN_PAIR) + [("mean", mean, (fused,)),
+                                                                          ("var", var, (fused,))],
+              fused, grad=grad, eps=eps)
+    N, C, T, H, W = x.shape
+    gx = _output_like(x)
+    if not tri.supported(x, grad, gx, size=fused * N * T * H * W):
+        return _BN_BWD[_native(x)](grad, x, wt, wh, ww, gamma, beta, mean, var, eps, hardswish, fused)
+    gw = _grad_buffers(x, fused, 3)
+    gp = [(torch.zeros if x.numel() == 0 else torch.empty)(fused, dtype=x.dtype, device=x.device) for _ in range(2)]
+    ws = torch.empty(fused * N * T * H * W, dtype=_acc_dtype(x), device=x.device)
+    tri.backward(grad, x, wt, wh, ww, gamma, beta, mean, var, eps, 2, hardswish, fused, gx, gw, gp, ws)
+    return (gx, *gw, *gp)
+
+
+_BN_FWD = {"cpu": _bn_fwd_cpu, "cuda": _bn_fwd_cuda, "triton": _bn_fwd_triton, "reference": _bn_fwd_ref}
 _BN_BWD = {"cpu": _bn_bwd_cpu, "cuda": lambda *a: _bn_bwd_composite(*a, backend="cuda"),
-           "reference": lambda *a: _bn_bwd_composite(*a, backend="reference")}
+           "triton": _bn_bwd_triton, "reference": lambda *a: _bn_bwd_composite(*a, backend="reference")}
+# The Triton kernels are GPU candidates until a GPU run verifies them (pyvision_fast._backend).
+for _op_name in ("multi_view_fusion", "multi_view_fusion_backward", "multi_view_fusion_batchnorm",
+                 "multi_view_fusion_batchnorm_backward"):
+    _backend.register_candidate(_op_name, "triton")
 
 
 def _channel_args(gamma, beta, mean=None, var=None):
@@ -346,10 +452,13 @@ def _bn_setup(ctx, inputs, output):
     ctx.save_for_backward(x, wt, wh, ww, gamma, beta, mean, var)
     ctx.eps, ctx.hardswish, ctx.fused = eps, hardswish, fused
     ctx.mark_non_differentiable(mean, var)
+    ctx.set_materialize_grads(False)  # mean and var have no gradient: no zero tensors for them per step
 
 
 def _bn_backward_with(backward_op):
     def backward(ctx, grad, grad_mean, grad_var):
+        if grad is None:  # no gradient reached out (gradients are not materialised: see _bn_setup)
+            return (None,) * 9
         x, wt, wh, ww, gamma, beta, mean, var = ctx.saved_tensors
         grads = backward_op(grad, x, wt, wh, ww, gamma, beta, mean, var, ctx.eps, ctx.hardswish, ctx.fused)
         return (*grads, None, None, None)
@@ -376,7 +485,9 @@ def multi_view_fusion_batchnorm(x: Tensor, weight_t: Tensor, weight_h: Tensor, w
     Returns ``(out, mean, var)``: out like ``multi_view_fusion``'s; mean and the biased variance (F,) of the
     views, for the caller's running statistics (not differentiable). out is differentiable in x, the kernels,
     bn_weight and bn_bias. On the CPU one kernel computes the views, the statistics and the normalisation
-    channel by channel, and the backward recomputes the views instead of keeping them.
+    channel by channel, and the backward recomputes the views instead of keeping them. On GPUs the Triton
+    candidate (``pyvision_fast.use_candidates("multi_view_fusion_batchnorm")``) does the same in one launch per
+    direction, with the pass-through copy in that launch.
     """
     if not isinstance(x, Tensor) or x.dim() != 5:
         raise ValueError(f"multi_view_fusion_batchnorm: x must be (N, C, T, H, W), got "
@@ -388,4 +499,6 @@ def multi_view_fusion_batchnorm(x: Tensor, weight_t: Tensor, weight_h: Tensor, w
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
         raise ValueError(f"multi_view_fusion_batchnorm: eps must be a positive number, got {eps!r}")
     args = (x, *_kernels(weight_t, weight_h, weight_w), bn_weight, bn_bias, float(eps), bool(hardswish), fused)
-    return _MVFBatchNormFunction.apply(*args) if eager(*args[:6]) else _mvf_bn_op(*args)
+    if not eager(*args[:6]):
+        return _mvf_bn_op(*args)
+    return _MVFBatchNormFunction.apply(*args) if torch.is_grad_enabled() else _mvf_bn_impl(*args)
