@@ -70,7 +70,7 @@ inline int gather_group(int64_t C, int64_t N, int64_t M, int elem) {
 }
 
 inline bool gather_supported(int64_t B, int64_t C, int64_t N, int64_t M) {
-  return N < INT_MAX && M < INT_MAX && C < INT_MAX && B * C * div_up(M, kGatherThreads) <= INT_MAX;
+  return N < INT_MAX && M < INT_MAX && C < INT_MAX && B * C * div_up(M, 256) <= INT_MAX;  // global path's grid
 }
 
 // out (B, C, M) = features (B, C, N) gathered along idx (B, M); an index outside [0, N) gives 0.

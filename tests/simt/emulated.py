@@ -139,3 +139,71 @@ def neighbour_dists_backward(p1, p2, lengths1, lengths2, idx, grad):
                                           _ptr(lengths1), _ptr(lengths2), _ptr(idx), *_i64(K), _ptr(grad), _ptr(g1),
                                           _ptr(g2))
     return (g1, g2) if ok else None
+
+
+class EmulatedCudaModule:
+    """Stands in for ``pyvision_fast._C_cuda``'s candidate entry points (``*_next``), with the bindings'
+    signatures (tensor descriptions from ``_ext.arg``), running the emulated kernels on CPU memory: lets the
+    Python side of the candidate path (wrappers, autograd, eager functions) run end to end without a GPU.
+    ``calls`` lists the entry points called."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattribute__(self, name):
+        if name.endswith("_next"):
+            object.__getattribute__(self, "calls").append(name)
+        return object.__getattribute__(self, name)
+
+    @staticmethod
+    def _t(desc):
+        """A CPU tensor aliasing the described memory (contiguous, as the bindings require)."""
+        if desc is None:
+            return None
+        ptr, code, _, _, shape, stride = desc
+        dtype = {0: torch.float32, 1: torch.float64, 5: torch.int64}[code]
+        n = 1
+        for s in shape:
+            n *= s
+        if n == 0:
+            return torch.empty(tuple(shape), dtype=dtype)
+        storage = (ctypes.c_byte * (n * torch.empty((), dtype=dtype).element_size())).from_address(ptr)
+        return torch.frombuffer(storage, dtype=dtype).view(tuple(shape))
+
+    def sample_farthest_points_next(self, points, lengths, start, K, idx, workspace, stream):
+        p, out = self._t(points), self._t(idx)
+        r = sample_farthest_points(p, self._t(lengths), self._t(start), K)
+        out.copy_(r)
+
+    def knn_points_next(self, p1, p2, lengths1, lengths2, K, dists, idx, stream):
+        d, i = knn_points(self._t(p1), self._t(p2), self._t(lengths1), self._t(lengths2), K)
+        self._t(dists).copy_(d)
+        self._t(idx).copy_(i)
+
+    def ball_query_next(self, p1, p2, lengths1, lengths2, K, radius, dists, idx, stream):
+        d, i = ball_query(self._t(p1), self._t(p2), self._t(lengths1), self._t(lengths2), K, radius)
+        self._t(dists).copy_(d)
+        self._t(idx).copy_(i)
+
+    def gather_columns_next(self, features, idx, out, stream):
+        self._t(out).copy_(gather_columns(self._t(features), self._t(idx)))
+
+    def gather_columns_backward_next(self, grad_out, idx, grad_features, stream):
+        gf = self._t(grad_features)
+        gf.copy_(gather_columns_backward(self._t(grad_out), self._t(idx), gf.shape[2]))
+
+    def three_interpolate_next(self, features, idx, weight, out, stream):
+        self._t(out).copy_(three_interpolate(self._t(features), self._t(idx), self._t(weight)))
+
+    def three_interpolate_backward_next(self, grad_out, features, idx, weight, grad_features, grad_weight, stream):
+        gf, gw = three_interpolate_backward(self._t(grad_out), self._t(features), self._t(idx), self._t(weight))
+        if grad_features is not None:
+            self._t(grad_features).copy_(gf)
+        if grad_weight is not None:
+            self._t(grad_weight).copy_(gw)
+
+    def neighbour_dists_backward_next(self, p1, p2, lengths1, lengths2, idx, grad_dists, grad_p1, grad_p2, stream):
+        g1, g2 = neighbour_dists_backward(self._t(p1), self._t(p2), self._t(lengths1), self._t(lengths2),
+                                          self._t(idx), self._t(grad_dists))
+        self._t(grad_p1).copy_(g1)
+        self._t(grad_p2).copy_(g2)
