@@ -308,3 +308,23 @@ def test_candidates_are_cuda_graph_capturable(device):
     torch.cuda.synchronize()
     for a, b in zip(captured, expected):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------ registers
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("shutil").which("nvcc") is None, reason="needs nvcc")
+def test_candidate_kernels_compile_for_sm90_without_spills(tmp_path):
+    """Every instantiation of the candidate kernels keeps its state in registers (no local-memory spills)."""
+    import re
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(["nvcc", "-std=c++17", "-O3", "--use_fast_math", "--expt-relaxed-constexpr",
+                          f"-I{root / 'csrc'}", "-arch=sm_90", "-Xptxas", "-v", "-c",
+                          str(root / "csrc/pointcloud/pointcloud_next_cuda.cu"), "-o", str(tmp_path / "x.o")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    frames = re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", out.stderr)
+    assert len(frames) >= 100
+    assert all(f == ("0", "0", "0") for f in frames), [f for f in frames if f != ("0", "0", "0")]

@@ -24,7 +24,7 @@ __device__ __forceinline__ bool index_ok(int64_t j, int n) {
 // (G * N values, contiguous) into shared memory, then reads each index once for all G channels: the random
 // reads hit shared memory, the index reads are shared by G channels, and the writes are coalesced rows.
 template <typename T, int G>
-__global__ void __launch_bounds__(kGatherThreads)
+__global__ void __launch_bounds__(kGatherThreads, 1)
     gather_smem_kernel(const T* __restrict__ f, int C, int N, const int64_t* __restrict__ idx, int M, int groups,
                        T* __restrict__ out) {
   PVF_DYNAMIC_SMEM(T, s_rows);
@@ -106,7 +106,7 @@ bool gather_launch(const T* f, int64_t B, int64_t C, int64_t N, const int64_t* i
 // Shared-memory path: the block accumulates its G gradient rows in shared memory (shared atomics), then
 // writes them whole: no memset and no global atomics.
 template <typename T, int G>
-__global__ void __launch_bounds__(kGatherThreads)
+__global__ void __launch_bounds__(kGatherThreads, 1)
     scatter_smem_kernel(const T* __restrict__ grad, int C, int N, const int64_t* __restrict__ idx, int M, int groups,
                         acc_t<T>* __restrict__ grad_features) {
   using A = acc_t<T>;

@@ -44,6 +44,10 @@ __device__ __forceinline__ void fps_block_argmax(A best, unsigned cand, typename
   buf ^= 1;
 }
 
+// min(d, old) keeping old when d is NaN: what `d < old ? d : old` computes, in one instruction.
+__device__ __forceinline__ float keep_min(float d, float old) { return fminf(d, old); }
+__device__ __forceinline__ double keep_min(double d, double old) { return fmin(d, old); }
+
 __device__ __forceinline__ int fps_start(const int64_t* start, int b, int n) {
   if (start == nullptr || n == 0) return 0;
   const int64_t s = start[b];
@@ -51,7 +55,7 @@ __device__ __forceinline__ int fps_start(const int64_t* start, int b, int n) {
 }
 
 template <typename T, int PPT>
-__global__ void __launch_bounds__(kFpsMaxThreads)
+__global__ void __launch_bounds__(kFpsMaxThreads, 1)
     fps_registers_kernel(const T* __restrict__ points, int N, const int64_t* __restrict__ lengths,
                          const int64_t* __restrict__ start, int K, int64_t* __restrict__ idx) {
   using A = acc_t<T>;
@@ -93,7 +97,7 @@ __global__ void __launch_bounds__(kFpsMaxThreads)
       d += dx * dx;
       d += dy * dy;
       d += dz * dz;
-      const A m = d < dist[j] ? d : dist[j];
+      const A m = keep_min(d, dist[j]);
       dist[j] = m;
       if (m > best) {
         best = m;
@@ -107,7 +111,7 @@ __global__ void __launch_bounds__(kFpsMaxThreads)
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kFpsMaxThreads)
+__global__ void __launch_bounds__(kFpsMaxThreads, 1)
     fps_global_kernel(const T* __restrict__ points, int N, int D, const int64_t* __restrict__ lengths,
                       const int64_t* __restrict__ start, int K, int64_t* __restrict__ idx,
                       acc_t<T>* __restrict__ workspace) {
@@ -139,7 +143,7 @@ __global__ void __launch_bounds__(kFpsMaxThreads)
         const A diff = to_acc(pi[c]) - to_acc(q[c]);
         d += diff * diff;
       }
-      const A m = d < dist[i] ? d : dist[i];
+      const A m = keep_min(d, dist[i]);
       dist[i] = m;
       if (m > best) {
         best = m;
@@ -251,8 +255,16 @@ struct KnnSmem<A, false> {
   static constexpr int kElems = kKnnRawTileBytes / static_cast<int>(sizeof(A));
 };
 
+// Minimum blocks per SM for the register budget: 0 (unspecified: ptxas sizes it, which fits the float D == 3
+// kernels in 36-104 registers without spilling) for float accumulation and D == 3; 1 otherwise (up to 255
+// registers), where ptxas' own choice of a tighter budget spills.
+template <typename A, int MAXK, bool D3>
+constexpr int knn_min_blocks() {
+  return sizeof(A) == 4 && D3 ? 0 : 1;
+}
+
 template <typename T, int MAXK, bool D3>
-__global__ void __launch_bounds__(kKnnThreads)
+__global__ void __launch_bounds__(kKnnThreads, (knn_min_blocks<acc_t<T>, MAXK, D3>()))
     knn_registers_kernel(const T* __restrict__ p1, const T* __restrict__ p2, int P1, int P2, int D,
                          const int64_t* __restrict__ lengths1, const int64_t* __restrict__ lengths2, int K,
                          int tiles_per_cloud, T* __restrict__ dists, int64_t* __restrict__ idx) {
@@ -380,7 +392,7 @@ __global__ void __launch_bounds__(kKnnThreads)
 // float accumulation the idx row holds (key << 32 | j) until the end (the order (distance, index) exactly);
 // for float64 the dists row holds the distances and the idx row the indices.
 template <typename T>
-__global__ void __launch_bounds__(kKnnThreads)
+__global__ void __launch_bounds__(kKnnThreads, 1)
     knn_rows_kernel(const T* __restrict__ p1, const T* __restrict__ p2, int B, int P1, int P2, int D,
                     const int64_t* __restrict__ lengths1, const int64_t* __restrict__ lengths2, int K,
                     T* __restrict__ dists, int64_t* __restrict__ idx) {
@@ -493,7 +505,7 @@ bool knn_launch(const T* p1, const T* p2, int64_t B, int64_t P1, int64_t P2, int
 constexpr int kBallThreads = 256;
 
 template <typename T, bool D3>
-__global__ void __launch_bounds__(kBallThreads)
+__global__ void __launch_bounds__(kBallThreads, 1)
     ball_query_warp_kernel(const T* __restrict__ p1, const T* __restrict__ p2, int B, int P1, int P2, int D,
                            const int64_t* __restrict__ lengths1, const int64_t* __restrict__ lengths2, int K,
                            acc_t<T> r2, T* __restrict__ dists, int64_t* __restrict__ idx) {

@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
+#include <math.h>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
