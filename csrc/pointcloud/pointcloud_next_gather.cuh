@@ -15,8 +15,25 @@ namespace next {
 constexpr int kGatherThreads = 512;
 constexpr int kGatherSmemBudget = 100 * 1024;  // per block: keeps two blocks per SM
 
+constexpr int kGatherUnroll = 4;  // independent loads in flight per thread
+
 __device__ __forceinline__ bool index_ok(int64_t j, int n) {
   return static_cast<uint64_t>(j) < static_cast<uint64_t>(n);
+}
+
+// dst[e] = src[e] for e < n, by the block, kGatherUnroll loads in flight per thread.
+template <typename S, typename D>
+__device__ __forceinline__ void block_copy(const S* __restrict__ src, D* __restrict__ dst, int n) {
+  const int nt = blockDim.x;
+  int e = threadIdx.x;
+  for (; e + (kGatherUnroll - 1) * nt < n; e += kGatherUnroll * nt) {
+    S v[kGatherUnroll];
+#pragma unroll
+    for (int u = 0; u < kGatherUnroll; ++u) v[u] = src[e + u * nt];
+#pragma unroll
+    for (int u = 0; u < kGatherUnroll; ++u) dst[e + u * nt] = static_cast<D>(v[u]);
+  }
+  for (; e < n; e += nt) dst[e] = static_cast<D>(src[e]);
 }
 
 // -------------------------------------------------------------------- column gather
@@ -31,19 +48,26 @@ __global__ void __launch_bounds__(kGatherThreads, 1)
   const int b = blockIdx.x / groups;
   const int c0 = (blockIdx.x - b * groups) * G;
   const int rows = imin(G, C - c0);
-  const T* src = f + (static_cast<int64_t>(b) * C + c0) * N;
-  for (int e = threadIdx.x; e < rows * N; e += blockDim.x) s_rows[e] = src[e];
+  block_copy(f + (static_cast<int64_t>(b) * C + c0) * N, s_rows, rows * N);
   __syncthreads();
   const int64_t* ib = idx + static_cast<int64_t>(b) * M;
   T* ob = out + (static_cast<int64_t>(b) * C + c0) * M;
   const T zero = from_acc<T>(acc_t<T>(0));
-  for (int m = threadIdx.x; m < M; m += blockDim.x) {
-    const int64_t j = ib[m];
-    const bool ok = index_ok(j, N);
-    const int jj = ok ? static_cast<int>(j) : 0;
+  const int nt = blockDim.x;
+  for (int m0 = threadIdx.x; m0 < M; m0 += kGatherUnroll * nt) {
+    int64_t j[kGatherUnroll];
 #pragma unroll
-    for (int g = 0; g < G; ++g)
-      if (g < rows) ob[static_cast<int64_t>(g) * M + m] = ok ? s_rows[g * N + jj] : zero;
+    for (int u = 0; u < kGatherUnroll; ++u) j[u] = m0 + u * nt < M ? ib[m0 + u * nt] : -1;
+#pragma unroll
+    for (int u = 0; u < kGatherUnroll; ++u) {
+      const int m = m0 + u * nt;
+      if (m >= M) break;
+      const bool ok = index_ok(j[u], N);
+      const int jj = ok ? static_cast<int>(j[u]) : 0;
+#pragma unroll
+      for (int g = 0; g < G; ++g)
+        if (g < rows) ob[static_cast<int64_t>(g) * M + m] = ok ? s_rows[g * N + jj] : zero;
+    }
   }
 }
 
@@ -118,16 +142,27 @@ __global__ void __launch_bounds__(kGatherThreads, 1)
   __syncthreads();
   const int64_t* ib = idx + static_cast<int64_t>(b) * M;
   const T* gb = grad + (static_cast<int64_t>(b) * C + c0) * M;
-  for (int m = threadIdx.x; m < M; m += blockDim.x) {
-    const int64_t j = ib[m];
-    if (!index_ok(j, N)) continue;
+  const int nt = blockDim.x;
+  for (int m0 = threadIdx.x; m0 < M; m0 += kGatherUnroll * nt) {
+    int64_t j[kGatherUnroll];
+    A v[kGatherUnroll][G];
 #pragma unroll
-    for (int g = 0; g < G; ++g)
-      if (g < rows) atomicAdd(s_acc + g * N + static_cast<int>(j), to_acc(gb[static_cast<int64_t>(g) * M + m]));
+    for (int u = 0; u < kGatherUnroll; ++u) {
+      const int m = m0 + u * nt;
+      j[u] = m < M ? ib[m] : -1;
+#pragma unroll
+      for (int g = 0; g < G; ++g) v[u][g] = m < M && g < rows ? to_acc(gb[static_cast<int64_t>(g) * M + m]) : A(0);
+    }
+#pragma unroll
+    for (int u = 0; u < kGatherUnroll; ++u) {
+      if (!index_ok(j[u], N)) continue;
+#pragma unroll
+      for (int g = 0; g < G; ++g)
+        if (g < rows) atomicAdd(s_acc + g * N + static_cast<int>(j[u]), v[u][g]);
+    }
   }
   __syncthreads();
-  A* dst = grad_features + (static_cast<int64_t>(b) * C + c0) * N;
-  for (int e = threadIdx.x; e < rows * N; e += blockDim.x) dst[e] = s_acc[e];
+  block_copy(s_acc, grad_features + (static_cast<int64_t>(b) * C + c0) * N, rows * N);
 }
 
 template <typename T>
