@@ -262,7 +262,7 @@ def _every_op(device, random_start=True):
     l1, l2 = torch.tensor([40, 13], device=device), torch.tensor([90, 30], device=device)
     f = torch.randn(2, 8, 90, generator=g).to(device).requires_grad_()
     idx = torch.randint(0, 90, (2, 16, 4), generator=g).to(device)
-    weights = torch.rand(2, device=device)
+    weights = torch.rand(2, generator=g).to(device)
     outs = [ops.knn_points(p1, p2, l1, l2, K=16, return_nn=True).dists,
             ops.knn_points(p1, p2, K=1).dists,
             ops.ball_query(p1, p2, l1, l2, K=8, radius=0.3).dists,
