@@ -112,3 +112,15 @@ def test_search_backward_is_a_custom_op_under_tracing():
     with Record():
         torch.ops.pvf.knn_points(p1, p2, None, None, 3)[0].sum().backward()
     assert "pvf.neighbour_dists_backward.default" in seen
+
+
+@pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
+def test_neighbour_dists_backward_opcheck(device):
+    from op_harness import opcheck
+
+    p1, p2 = torch.rand(2, 7, 3, device=device), torch.rand(2, 9, 3, device=device)
+    dists, idx, _ = ops.knn_points(p1, p2, K=4)
+    lengths = (torch.tensor([7, 3], device=device), torch.tensor([9, 2], device=device))
+    for l1, l2 in ((None, None), lengths):
+        opcheck(torch.ops.pvf.neighbour_dists_backward.default,
+                (p1, p2, idx, l1, l2, torch.randn_like(dists), "knn_points"))
