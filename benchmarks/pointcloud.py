@@ -5,6 +5,7 @@ import importlib.util
 
 import torch
 
+import pyvision_fast
 from pyvision_fast import ops
 from pyvision_fast.reference import pointcloud as ref
 
@@ -13,6 +14,15 @@ from .harness import Case, Impl
 
 def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
+
+
+def _candidate(name: str, op_names: list[str], fn) -> Impl:
+    """The GPU candidates' row (cuda:next), ``name`` + " (candidate)": a peer of the current row."""
+    def run():
+        with pyvision_fast.use_candidates(op_names):
+            return fn()
+
+    return Impl(name + " (candidate)", run, "peer")
 
 
 def _interp_weights(dist):
@@ -26,6 +36,8 @@ def _fps_case(device: str, quick: bool, cloud, g) -> Case:
     B, N, K = (4, 1024, 256) if quick else ((32, 8192, 2048) if gpu else (16, 4096, 1024))
     pts = cloud(B, N, 3)
     impls = [Impl("pvf.sample_farthest_points", lambda: ops.sample_farthest_points(pts, K=K), "ours"),
+             _candidate("pvf.sample_farthest_points", ["sample_farthest_points"],
+                        lambda: ops.sample_farthest_points(pts, K=K)),
              Impl("reference (vectorised loop)", lambda: ref.sample_farthest_points_idx(pts, None, None, K),
                   "reference")]
     if _has("torch_cluster"):
@@ -39,7 +51,7 @@ def _fps_case(device: str, quick: bool, cloud, g) -> Case:
 
         impls.append(Impl("pytorch3d.sample_farthest_points", lambda: p3d_fps(pts, K=K)))
     return Case("pointcloud", "sample_farthest_points", dict(B=B, N=N, K=K, D=3), impls,
-                   flops=B * K * N * 3 * 3.0, bound="compute", goal=("reference (vectorised loop)", 50.0),
+                   flops=B * K * N * 3 * 3.0, bound="compute", goals=[("reference (vectorised loop)", 100.0)],
                    note="FLOPs: one 3-D distance update (3 sub, 3 mul/add) per point per sample.")
 
 
@@ -49,6 +61,7 @@ def _knn_case(device: str, quick: bool, cloud, g) -> Case:
     B, P, K = (2, 1024, 16) if quick else ((16, 8192, 16) if gpu else (8, 4096, 16))
     p1, p2 = cloud(B, P, 3), cloud(B, P, 3)
     impls = [Impl("pvf.knn_points", lambda: ops.knn_points(p1, p2, K=K), "ours"),
+             _candidate("pvf.knn_points", ["knn_points"], lambda: ops.knn_points(p1, p2, K=K)),
              Impl("torch.cdist + topk", lambda: torch.cdist(p1, p2).topk(K, dim=2, largest=False)),
              Impl("reference (diff^2 + sort)", lambda: ref.knn_points_idx(p1, p2, None, None, K), "reference")]
     if _has("torch_cluster"):
@@ -62,7 +75,7 @@ def _knn_case(device: str, quick: bool, cloud, g) -> Case:
 
         impls.append(Impl("pytorch3d.knn_points", lambda: p3d_knn(p1, p2, K=K)))
     return Case("pointcloud", "knn_points", dict(B=B, P1=P, P2=P, K=K, D=3), impls,
-                   flops=B * P * P * 3 * 3.0, bound="compute", goal=("torch.cdist + topk", 12.0),
+                   flops=B * P * P * 3 * 3.0, bound="compute", goals=[("torch.cdist + topk", 12.0)],
                    measure_memory=True,
                    note="FLOPs are brute-force equivalent (B*P1*P2*9); a spatial index does less work, so "
                         "the share of the matmul ceiling can exceed what brute force could reach.")
@@ -75,6 +88,7 @@ def _ball_query_case(device: str, quick: bool, cloud, g) -> Case:
                                                               (8, 1024, 4096, 32, 0.2))
     q, p = cloud(B, P1, 3), cloud(B, P2, 3)
     impls = [Impl("pvf.ball_query", lambda: ops.ball_query(q, p, K=K, radius=r), "ours"),
+             _candidate("pvf.ball_query", ["ball_query"], lambda: ops.ball_query(q, p, K=K, radius=r)),
              Impl("reference (cdist, mask, sort)", lambda: ref.ball_query_idx(q, p, None, None, K, r), "reference")]
     if _has("torch_cluster"):
         import torch_cluster
@@ -88,7 +102,8 @@ def _ball_query_case(device: str, quick: bool, cloud, g) -> Case:
 
         impls.append(Impl("pytorch3d.ball_query", lambda: p3d_ball(q, p, K=K, radius=r)))
     return Case("pointcloud", "ball_query", dict(B=B, P1=P1, P2=P2, K=K, radius=r), impls,
-                   flops=B * P1 * P2 * 3 * 3.0, bound="compute", goal=("reference (cdist, mask, sort)", 60.0),
+                   flops=B * P1 * P2 * 3 * 3.0, bound="compute",
+                   goals=[("reference (cdist, mask, sort)", 80.0)],
                    note="Includes the neighbour coordinates (return_nn=True). FLOPs brute-force equivalent.")
 
 
@@ -115,10 +130,12 @@ def _feature_propagation_case(device: str, quick: bool, cloud, g) -> Case:
 
     return Case("pointcloud", "three_nn+three_interpolate", dict(B=B, n=n, m=m, C=C),
                    [Impl("pvf.three_nn + three_interpolate", ours_fp, "ours"),
+                    _candidate("pvf.three_nn + three_interpolate", ["knn_points", "three_interpolate"],
+                               ours_fp),
                     Impl("reference (diff^2 + sort, gather)", ref_fp, "reference"),
                     Impl("torch.cdist + topk + gather", cdist_fp)],
                    bytes=4.0 * B * C * (m + n) + 4.0 * B * (n + m) * 3, bound="memory",
-                   goal=("reference (diff^2 + sort, gather)", 5.0),
+                   goals=[("reference (diff^2 + sort, gather)", 5.0)],
                    note="Bytes: features in, interpolated features out, both clouds.")
 
 
@@ -130,9 +147,12 @@ def _grouping_case(device: str, quick: bool, cloud, g) -> Case:
     gidx = torch.randint(0, N, (B, M, S), generator=g).to(device)
     return Case("pointcloud", "grouping_operation", dict(B=B, C=C, N=N, M=M, S=S),
                    [Impl("pvf.grouping_operation", lambda: ops.grouping_operation(feats, gidx), "ours"),
+                    _candidate("pvf.grouping_operation", ["gather_points"],
+                               lambda: ops.grouping_operation(feats, gidx)),
                     Impl("torch.gather", lambda: torch.gather(feats, 2, gidx.view(B, 1, M * S).expand(B, C, M * S))
                          .view(B, C, M, S), "reference")],
-                   bytes=4.0 * B * C * M * S * 2 + 8.0 * B * M * S, bound="memory")
+                   bytes=4.0 * B * C * M * S * 2 + 8.0 * B * M * S, bound="memory",
+                   goals=[("torch.gather", 1.0)])
 
 
 def _chamfer_case(device: str, quick: bool, cloud, g) -> Case:
@@ -151,8 +171,10 @@ def _chamfer_case(device: str, quick: bool, cloud, g) -> Case:
 
     return Case("pointcloud", "chamfer_distance fwd+bwd", dict(B=B, P=P),
                    [Impl("pvf.chamfer_distance", ours_chamfer, "ours"),
+                    _candidate("pvf.chamfer_distance", ["knn_points"], ours_chamfer),
                     Impl("torch.cdist chamfer", cdist_chamfer, "reference")],
-                   flops=2 * B * P * P * 9.0, bound="compute", measure_memory=True)
+                   flops=2 * B * P * P * 9.0, bound="compute", measure_memory=True,
+                   goals=[("torch.cdist chamfer", 10.0)])
 
 
 def cases(device: str, quick: bool) -> list[Case]:

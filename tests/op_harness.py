@@ -19,6 +19,24 @@ TOLERANCES = {
 
 DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.cuda)]
 
+# For ops with a registered GPU candidate: the CUDA tests run twice, on the current kernels ("cuda") and on the
+# candidates ("cuda-candidate"); a module using this list imports the ``candidate_switch`` fixture below.
+DEVICES_AND_CANDIDATES = DEVICES + [pytest.param("cuda", id="cuda-candidate", marks=pytest.mark.cuda)]
+
+
+@pytest.fixture(autouse=True)
+def candidate_switch(request):
+    """Runs the tests parametrised with the "cuda-candidate" device under ``pyvision_fast.use_candidates()``
+    (autouse in the modules that import it)."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is None or "cuda-candidate" not in callspec.id:
+        yield
+        return
+    from pyvision_fast import use_candidates
+
+    with use_candidates():
+        yield
+
 
 def float_dtypes(device: str) -> list[torch.dtype]:
     base = [torch.float32, torch.float64]

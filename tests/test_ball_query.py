@@ -4,13 +4,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from op_harness import DEVICES, BadInput, assert_close, check_compiled, check_onnx, float_dtypes, gradcheck, opcheck
+from op_harness import BadInput, assert_close, check_compiled, check_onnx, float_dtypes, gradcheck, opcheck
+from op_harness import DEVICES_AND_CANDIDATES, candidate_switch  # noqa: F401 - autouse fixture
 from op_harness import random_lengths, run_bad_input
 from pyvision_fast import ops
 from pyvision_fast.reference import pointcloud as ref
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
 @settings(max_examples=25, deadline=None)
 @given(B=st.integers(1, 3), P1=st.integers(1, 30), P2=st.integers(1, 60), D=st.integers(1, 4),
        K=st.integers(1, 40), radius=st.floats(0.05, 1.5), use_lengths=st.booleans(), seed=st.integers(0, 2**16))
@@ -49,7 +50,7 @@ def test_semantics_by_hand():
     torch.testing.assert_close(d[0, 0, :4], torch.tensor([0.0, 0.01, 0.04, 0.09]))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
 def test_gradcheck(device):
     torch.manual_seed(4)
     p1 = torch.rand(2, 6, 3, dtype=torch.float64, device=device, requires_grad=True)
@@ -57,7 +58,7 @@ def test_gradcheck(device):
     gradcheck(lambda a, b: ops.ball_query(a, b, K=5, radius=0.6, return_nn=False).dists, (p1, p2))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
 def test_empty(device):
     d, idx, nn = ops.ball_query(torch.rand(2, 3, 3, device=device), torch.rand(2, 0, 3, device=device), K=4,
                                 radius=1.0)
@@ -67,14 +68,14 @@ def test_empty(device):
     assert idx.shape == (0, 3, 4)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
 def test_opcheck(device):
     p1 = torch.rand(2, 9, 3, device=device, requires_grad=True)
     p2 = torch.rand(2, 11, 3, device=device, requires_grad=True)
     opcheck(torch.ops.pvf.ball_query.default, (p1, p2, None, None, 4, 0.5))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
 def test_torch_compile(device):
     p1, p2 = torch.rand(2, 20, 3, device=device), torch.rand(2, 30, 3, device=device)
     check_compiled(lambda a, b: tuple(ops.ball_query(a, b, K=6, radius=0.4)), p1, p2)

@@ -4,13 +4,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from op_harness import DEVICES, BadInput, assert_close, check_compiled, check_onnx, float_dtypes, gradcheck, opcheck
+from op_harness import BadInput, assert_close, check_compiled, check_onnx, float_dtypes, gradcheck, opcheck
+from op_harness import DEVICES_AND_CANDIDATES, candidate_switch  # noqa: F401 - autouse fixture
 from op_harness import run_bad_input
 from pyvision_fast import ops, use_backend
 from pyvision_fast.reference import pointcloud as ref
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
 @settings(max_examples=25, deadline=None)
 @given(B=st.integers(1, 3), C=st.integers(1, 9), N=st.integers(1, 50), M=st.integers(0, 40), S=st.integers(1, 5),
        int32=st.booleans(), seed=st.integers(0, 2**16))
@@ -37,7 +38,7 @@ def test_matches_reference(device, B, C, N, M, S, int32, seed):
         assert_close(gf, rf, dtype)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
 def test_gradcheck(device):
     f = torch.randn(2, 4, 10, dtype=torch.float64, device=device, requires_grad=True)
     idx = torch.randint(0, 10, (2, 7), device=device)
@@ -56,14 +57,14 @@ def test_backends_agree_on_backward():
     assert_close(g, f.grad)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
 def test_non_contiguous(device):
     f = torch.randn(2, 30, 5, device=device).transpose(1, 2)
     idx = torch.randint(0, 30, (2, 8), device=device)
     assert torch.equal(ops.gather_points(f, idx), ref.gather_columns(f, idx))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
 def test_opcheck(device):
     f = torch.randn(2, 4, 10, device=device, requires_grad=True)
     idx = torch.randint(0, 10, (2, 6), device=device)
@@ -71,7 +72,7 @@ def test_opcheck(device):
     opcheck(torch.ops.pvf.gather_points_backward.default, (torch.randn(2, 4, 6, device=device), idx, 10))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
 def test_torch_compile(device):
     f = torch.randn(2, 4, 10, device=device, requires_grad=True)
     idx = torch.randint(0, 10, (2, 6, 3), device=device)

@@ -4,13 +4,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from op_harness import DEVICES, BadInput, assert_close, check_compiled, check_onnx, float_dtypes, gradcheck, opcheck
+from op_harness import BadInput, assert_close, check_compiled, check_onnx, float_dtypes, gradcheck, opcheck
+from op_harness import DEVICES_AND_CANDIDATES, candidate_switch  # noqa: F401 - autouse fixture
 from op_harness import random_lengths, run_bad_input
 from pyvision_fast import ops, use_backend
 from pyvision_fast.reference import pointcloud as ref
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
 @settings(max_examples=25, deadline=None)
 @given(B=st.integers(1, 3), P1=st.integers(1, 40), P2=st.integers(1, 60), D=st.integers(1, 6),
        K=st.integers(1, 70), use_lengths=st.booleans(), seed=st.integers(0, 2**16))
@@ -61,7 +62,7 @@ def test_large_k_and_memory_shape():
     assert (idx == ri).float().mean() > 0.999  # float32 ties aside
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
 def test_gradients_match_reference(device):
     torch.manual_seed(1)
     p1 = torch.rand(2, 30, 3, dtype=torch.float64, device=device, requires_grad=True)
@@ -77,7 +78,7 @@ def test_gradients_match_reference(device):
     assert_close(g2, p2.grad)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
 def test_gradcheck(device):
     torch.manual_seed(2)
     p1 = torch.rand(2, 8, 3, dtype=torch.float64, device=device, requires_grad=True)
@@ -87,7 +88,7 @@ def test_gradcheck(device):
     gradcheck(lambda a, b: ops.knn_points(a, b, l1, l2, K=4).dists, (p1, p2))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
 def test_non_contiguous_inputs(device):
     p1 = torch.rand(2, 3, 20, device=device).transpose(1, 2)
     p2 = torch.rand(2, 3, 30, device=device).transpose(1, 2)
@@ -96,7 +97,7 @@ def test_non_contiguous_inputs(device):
     assert_close(d, rd)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
 def test_empty_inputs(device):
     d, idx, _ = ops.knn_points(torch.rand(0, 5, 3, device=device), torch.rand(0, 7, 3, device=device), K=2)
     assert d.shape == (0, 5, 2)
@@ -117,7 +118,7 @@ def test_backends_agree():
     assert torch.equal(i, ri)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
 def test_opcheck(device):
     p1 = torch.rand(2, 9, 3, device=device, requires_grad=True)
     p2 = torch.rand(2, 11, 3, device=device, requires_grad=True)
@@ -126,7 +127,7 @@ def test_opcheck(device):
             (p1, p2, torch.tensor([9, 3], device=device), torch.tensor([2, 11], device=device), 4))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
 def test_torch_compile(device):
     p1 = torch.rand(2, 20, 3, device=device, requires_grad=True)
     p2 = torch.rand(2, 25, 3, device=device, requires_grad=True)

@@ -4,7 +4,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from op_harness import DEVICES, BadInput, check_compiled, check_onnx, float_dtypes, opcheck, random_lengths
+from op_harness import BadInput, check_compiled, check_onnx, float_dtypes, opcheck, random_lengths
+from op_harness import DEVICES_AND_CANDIDATES, candidate_switch  # noqa: F401 - autouse fixture
 from op_harness import run_bad_input
 from pyvision_fast import ops, use_backend
 from pyvision_fast.reference import pointcloud as ref
@@ -22,7 +23,7 @@ def _brute_force_fps(points: torch.Tensor, K: int, start: int = 0) -> list[int]:
     return chosen + [-1] * (K - len(chosen))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
 @settings(max_examples=25, deadline=None)
 @given(B=st.integers(1, 3), N=st.integers(1, 80), D=st.integers(1, 5), K=st.integers(1, 90),
        use_lengths=st.booleans(), seed=st.integers(0, 2**16))
@@ -47,7 +48,7 @@ def test_matches_definition():
     assert idx[0].tolist() == _brute_force_fps(pts[0], 40)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
 def test_k_exceeds_length_pads_with_minus_one(device):
     pts = torch.rand(2, 10, 3, device=device)
     sampled, idx = ops.sample_farthest_points(pts, lengths=torch.tensor([4, 10], device=device), K=6)
@@ -71,7 +72,7 @@ def test_random_start_point_is_seeded_and_valid():
             pts[cloud, : lengths[cloud]], 5, int(a[cloud, 0]))[: min(5, int(lengths[cloud]))]
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
 def test_duplicates_and_degenerate_clouds(device):
     pts = torch.zeros(1, 6, 3, device=device)  # every distance is 0: picks the lowest remaining index each time
     _, idx = ops.sample_farthest_points(pts, K=3)
@@ -117,7 +118,7 @@ def test_non_contiguous():
     assert torch.equal(ops.furthest_point_sample(pts, 10), ref.sample_farthest_points_idx(pts, None, None, 10))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
 def test_opcheck(device):
     pts = torch.rand(2, 30, 3, device=device)
     opcheck(torch.ops.pvf.sample_farthest_points.default, (pts, None, None, 8))
@@ -125,7 +126,7 @@ def test_opcheck(device):
             (pts, torch.tensor([30, 5], device=device), torch.tensor([3, 1], device=device), 8))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
 def test_torch_compile(device):
     pts = torch.rand(2, 40, 3, device=device)
     check_compiled(lambda p: ops.sample_farthest_points(p, K=10), pts)
@@ -161,7 +162,7 @@ def test_bad_inputs(case):
 
 @pytest.mark.parametrize("D", [2, 3, 5])
 @pytest.mark.parametrize("kind", ["uniform", "lattice"])
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
 def test_large_clouds_span_several_blocks(D, kind, device):
     """Clouds larger than the kernel's 256-point blocks; lattice points make maxima tie across blocks."""
     g = torch.Generator().manual_seed(D)

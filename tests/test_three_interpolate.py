@@ -4,7 +4,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from op_harness import DEVICES, BadInput, assert_close, check_compiled, check_onnx, float_dtypes, gradcheck, opcheck
+from op_harness import BadInput, assert_close, check_compiled, check_onnx, float_dtypes, gradcheck, opcheck
+from op_harness import DEVICES_AND_CANDIDATES, candidate_switch  # noqa: F401 - autouse fixture
 from op_harness import run_bad_input
 from pyvision_fast import ops, use_backend
 from pyvision_fast.reference import pointcloud as ref
@@ -15,7 +16,7 @@ def _weights(dist):
     return w / w.sum(-1, keepdim=True)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
 @settings(max_examples=25, deadline=None)
 @given(B=st.integers(1, 3), C=st.integers(1, 8), n=st.integers(1, 40), m=st.integers(3, 30), seed=st.integers(0, 2**16))
 def test_matches_reference(device, B, C, n, m, seed):
@@ -43,7 +44,7 @@ def test_matches_reference(device, B, C, n, m, seed):
             assert_close(a, b, dtype)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
 def test_gradcheck(device):
     f = torch.randn(2, 3, 8, dtype=torch.float64, device=device, requires_grad=True)
     w = torch.rand(2, 6, 3, dtype=torch.float64, device=device, requires_grad=True)
@@ -54,7 +55,7 @@ def test_gradcheck(device):
     gradcheck(lambda a, b: ops.three_nn(a, b)[0], (u, k))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
 def test_only_feature_gradient_requested(device):
     f = torch.randn(2, 3, 8, device=device, requires_grad=True)
     w = torch.rand(2, 6, 3, device=device)
@@ -65,7 +66,7 @@ def test_only_feature_gradient_requested(device):
     assert_close(f.grad, expected)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
 def test_opcheck(device):
     f = torch.randn(2, 3, 8, device=device, requires_grad=True)
     w = torch.rand(2, 6, 3, device=device, requires_grad=True)
@@ -75,7 +76,7 @@ def test_opcheck(device):
             (torch.randn(2, 3, 6, device=device), f.detach(), idx, w.detach(), True, False))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
 def test_torch_compile(device):
     u, k = torch.rand(2, 20, 3, device=device), torch.rand(2, 10, 3, device=device)
     f = torch.randn(2, 4, 10, device=device, requires_grad=True)

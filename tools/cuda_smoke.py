@@ -84,6 +84,15 @@ def sphere(dtype):
 
 
 def pointcloud(dtype):
+    """Every point-cloud op on the current kernels, then on the candidates (cuda:next), whose extra calls reach
+    each of their launch plans: every kNN list size and K > 32, D != 3, FPS with 1 and 2 points per thread and
+    the global path, gathers through shared memory and the global path."""
+    for candidates in (None, "all"):
+        with use_candidates(candidates):
+            _pointcloud_calls(dtype, extra=candidates is not None)
+
+
+def _pointcloud_calls(dtype, extra: bool):
     p1, p2 = _leaf(3, 37, 3, dtype=dtype), _leaf(3, 300, 3, dtype=dtype)
     l1, l2 = torch.tensor([37, 5, 0], device=DEVICE), torch.tensor([300, 2, 129], device=DEVICE)
     _backward(ops.knn_points(p1, p2, l1, l2, K=5, return_nn=True), [p1, p2])
@@ -98,17 +107,39 @@ def pointcloud(dtype):
     weight = (weight / weight.sum(-1, keepdim=True)).requires_grad_()
     _backward(ops.three_interpolate(f, i, weight), [f, weight])
     _backward(ops.chamfer_distance(p1, p2, l1, l2)[0], [p1, p2])
+    if not extra:
+        return
+    for K in (1, 2, 3, 8, 16, 32, 40):
+        _backward(ops.knn_points(p1, p2, l1, l2, K=K), [p1, p2])
+    q1, q2 = _leaf(2, 37, 2, dtype=dtype), _leaf(2, 300, 2, dtype=dtype)
+    _backward(ops.knn_points(q1, q2, K=4), [q1, q2])
+    _backward(ops.ball_query(q1, q2, K=40, radius=0.9), [q1, q2])
+    _backward(ops.sample_farthest_points(q2, K=9), [q2])
+    big = _leaf(2, 1100, 3, dtype=dtype)
+    _backward(ops.sample_farthest_points(big, torch.tensor([1100, 3], device=DEVICE), K=9), [big])
+    _backward(ops.gather_points(f, torch.randint(0, 300, (3, 7), device=DEVICE)), [f])  # few indices: global path
 
 
 def bad_indices():
-    """Out-of-range indices must be refused before a kernel reads with them."""
+    """Out-of-range indices: the current kernels refuse them before a kernel reads with them; the candidates
+    skip them without a host-side check (memcheck verifies that nothing outside the tensors is touched)."""
     f = torch.randn(2, 3, 10, device=DEVICE)
-    for idx in (torch.full((2, 4), 10, device=DEVICE), torch.full((2, 4), -1, device=DEVICE)):
+    bad = (torch.full((2, 4), 10, device=DEVICE), torch.full((2, 4), -1, device=DEVICE))
+    for idx in bad:
         try:
             ops.gather_points(f, idx)
         except ValueError:
             continue
         raise AssertionError("gather_points accepted an index out of range")
+    if DEVICE == "cuda":
+        g = f.clone().requires_grad_()
+        w = torch.rand(2, 4, 3, device=DEVICE, requires_grad=True)
+        with use_candidates():
+            for idx in bad:
+                out = ops.gather_points(g, idx)
+                _backward(out, [g])
+                assert bool((out == 0).all())
+                _backward(ops.three_interpolate(g, idx[:, :, None].expand(2, 4, 3).contiguous(), w), [g, w])
 
 
 def main(argv: list[str]) -> int:
@@ -124,7 +155,7 @@ def main(argv: list[str]) -> int:
             torch.cuda.synchronize()
         print(f"{name}: ok ({', '.join(str(d).replace('torch.', '') for d in DTYPES)})", flush=True)
     bad_indices()
-    print("bad indices: refused", flush=True)
+    print("bad indices: refused (current kernels), skipped (candidates)", flush=True)
     return 0
 
 

@@ -176,6 +176,128 @@ void three_interpolate_backward(py::handle grad_out, py::handle features, py::ha
                                       stream_ptr(stream));
 }
 
+// ---------------------------------------------------------------- point-cloud candidates ("cuda:next")
+// No call reads device data back to the host: lengths and start indices are clamped by the kernels, index
+// inputs are not range-checked (an out-of-range index is skipped; see pointcloud.h). Only where the sizes
+// exceed the candidates' 32-bit plans do the search ops validate lengths on the host and run the kernels
+// above; the gathers then refuse the call.
+
+// The device of `call` without host reads of lengths / start values.
+pa::Device without_reads(const pa::Device& dev) {
+  pa::Device d = dev;
+  d.read_int64 = nullptr;
+  return d;
+}
+
+void fps_next(py::handle points, py::handle lengths, py::handle start, int64_t K, py::handle idx,
+              py::handle workspace, uintptr_t stream) {
+  const char* op = "sample_farthest_points";
+  CudaCall call(points, op);
+  auto a = pa::fps(without_reads(call.dev), points, lengths, start, K, idx, workspace);
+  Checker ck(op);
+  ck.dtype(a.workspace, "workspace", {a.points.dtype == DType::Float64 ? DType::Float64 : DType::Float32});
+  pa::check_workspace_size(ck, a.workspace, a.B * a.N);
+  if (pc::sample_farthest_points_cuda_next(a.points.dtype, a.points.data, a.B, a.N, a.D, a.lengths.ptr<int64_t>(),
+                                           a.start.ptr<int64_t>(), a.K, a.idx.ptr<int64_t>(), a.workspace.data,
+                                           stream_ptr(stream)))
+    return;
+  pa::fps(call.dev, points, lengths, start, K, idx, workspace);  // validates lengths and start on the host
+  pc::sample_farthest_points_cuda(a.points.dtype, a.points.data, a.B, a.N, a.D, a.lengths.ptr<int64_t>(),
+                                  a.start.ptr<int64_t>(), a.K, a.idx.ptr<int64_t>(), a.workspace.data,
+                                  stream_ptr(stream));
+}
+
+void knn_next(py::handle p1, py::handle p2, py::handle lengths1, py::handle lengths2, int64_t K, py::handle dists,
+              py::handle idx, uintptr_t stream) {
+  const char* op = "knn_points";
+  CudaCall call(p1, op);
+  auto a = pa::query(without_reads(call.dev), op, p1, p2, lengths1, lengths2, K, dists, idx);
+  if (pc::knn_cuda_next(a.c.p1.dtype, a.c.p1.data, a.c.p2.data, a.c.B, a.c.P1, a.c.P2, a.c.D,
+                        a.c.lengths1.ptr<int64_t>(), a.c.lengths2.ptr<int64_t>(), a.K, a.dists.data,
+                        a.idx.ptr<int64_t>(), stream_ptr(stream)))
+    return;
+  pa::query(call.dev, op, p1, p2, lengths1, lengths2, K, dists, idx);  // validates lengths on the host
+  pc::knn_cuda(a.c.p1.dtype, a.c.p1.data, a.c.p2.data, a.c.B, a.c.P1, a.c.P2, a.c.D, a.c.lengths1.ptr<int64_t>(),
+               a.c.lengths2.ptr<int64_t>(), a.K, a.dists.data, a.idx.ptr<int64_t>(), stream_ptr(stream));
+}
+
+void ball_query_next(py::handle p1, py::handle p2, py::handle lengths1, py::handle lengths2, int64_t K,
+                     double radius, py::handle dists, py::handle idx, uintptr_t stream) {
+  const char* op = "ball_query";
+  CudaCall call(p1, op);
+  Checker ck(op);
+  if (!(radius > 0) || !std::isfinite(radius)) ck.value_error(str("radius must be a positive number, got ", radius));
+  auto a = pa::query(without_reads(call.dev), op, p1, p2, lengths1, lengths2, K, dists, idx);
+  if (pc::ball_query_cuda_next(a.c.p1.dtype, a.c.p1.data, a.c.p2.data, a.c.B, a.c.P1, a.c.P2, a.c.D,
+                               a.c.lengths1.ptr<int64_t>(), a.c.lengths2.ptr<int64_t>(), a.K, radius, a.dists.data,
+                               a.idx.ptr<int64_t>(), stream_ptr(stream)))
+    return;
+  pa::query(call.dev, op, p1, p2, lengths1, lengths2, K, dists, idx);  // validates lengths on the host
+  pc::ball_query_cuda(a.c.p1.dtype, a.c.p1.data, a.c.p2.data, a.c.B, a.c.P1, a.c.P2, a.c.D,
+                      a.c.lengths1.ptr<int64_t>(), a.c.lengths2.ptr<int64_t>(), a.K, radius, a.dists.data,
+                      a.idx.ptr<int64_t>(), stream_ptr(stream));
+}
+
+void refuse_size(const char* op) {
+  Checker(op).value_error("sizes beyond 2^31 values per row or index are not supported by the candidate kernels");
+}
+
+void gather_columns_next(py::handle features, py::handle idx, py::handle out, uintptr_t stream) {
+  const char* op = "gather_points";
+  CudaCall call(features, op);
+  auto a = pa::gather(call.dev, op, features, idx, out, false);
+  if (!pc::gather_columns_cuda_next(a.features.dtype, a.features.data, a.B, a.C, a.N, a.idx.ptr<int64_t>(), a.M,
+                                    a.out.data, stream_ptr(stream)))
+    refuse_size(op);
+}
+
+void gather_columns_backward_next(py::handle grad_out, py::handle idx, py::handle grad_features, uintptr_t stream) {
+  const char* op = "gather_points_backward";
+  CudaCall call(grad_out, op);
+  auto a = pa::gather(call.dev, op, grad_features, idx, grad_out, true);
+  if (!pc::gather_columns_backward_cuda_next(a.out.dtype, a.out.data, a.B, a.C, a.N, a.idx.ptr<int64_t>(), a.M,
+                                             a.features.data, stream_ptr(stream)))
+    refuse_size(op);
+}
+
+void three_interpolate_next(py::handle features, py::handle idx, py::handle weight, py::handle out,
+                            uintptr_t stream) {
+  const char* op = "three_interpolate";
+  CudaCall call(features, op);
+  auto a = pa::interpolate(call.dev, op, features, idx, weight, out);
+  if (!pc::three_interpolate_cuda_next(a.features.dtype, a.features.data, a.B, a.C, a.M, a.idx.ptr<int64_t>(),
+                                       a.weight.data, a.N, a.out.data, stream_ptr(stream)))
+    refuse_size(op);
+}
+
+void three_interpolate_backward_next(py::handle grad_out, py::handle features, py::handle idx, py::handle weight,
+                                     py::handle grad_features, py::handle grad_weight, uintptr_t stream) {
+  const char* op = "three_interpolate_backward";
+  CudaCall call(features, op);
+  auto g = pa::interpolate_backward(call.dev, op, grad_out, features, idx, weight, grad_features, grad_weight);
+  const auto& a = g.a;
+  if (!pc::three_interpolate_backward_cuda_next(a.features.dtype, g.grad_out.data, a.features.data, a.B, a.C, a.M,
+                                                a.idx.ptr<int64_t>(), a.weight.data, a.N,
+                                                g.grad_features.has_value ? g.grad_features.view.data : nullptr,
+                                                g.grad_weight.has_value ? g.grad_weight.view.data : nullptr,
+                                                stream_ptr(stream)))
+    refuse_size(op);
+}
+
+void neighbour_dists_backward_next(py::handle p1, py::handle p2, py::handle lengths1, py::handle lengths2,
+                                   py::handle idx, py::handle grad_dists, py::handle grad_p1, py::handle grad_p2,
+                                   uintptr_t stream) {
+  const char* op = "knn_points_backward";
+  CudaCall call(p1, op);
+  auto g = pa::neighbour_backward(without_reads(call.dev), op, p1, p2, lengths1, lengths2, idx, grad_dists, grad_p1,
+                                  grad_p2);
+  if (!pc::neighbour_dists_backward_cuda_next(g.c.p1.dtype, g.c.p1.data, g.c.p2.data, g.c.B, g.c.P1, g.c.P2, g.c.D,
+                                              g.c.lengths1.ptr<int64_t>(), g.c.lengths2.ptr<int64_t>(),
+                                              g.idx.ptr<int64_t>(), g.K, g.grad.data, g.grad_p1.data,
+                                              g.grad_p2.data, stream_ptr(stream)))
+    refuse_size(op);
+}
+
 void mvf_forward(py::handle x, py::handle wt, py::handle wh, py::handle ww, py::handle scale, py::handle shift,
                  bool hardswish, int64_t fused, py::handle out, uintptr_t stream) {
   const char* op = "multi_view_fusion";
@@ -410,6 +532,24 @@ PYBIND11_MODULE(_C_cuda, m) {
   m.def("three_interpolate_backward", &three_interpolate_backward, py::arg("grad_out"), py::arg("features"),
         py::arg("idx"), py::arg("weight"), py::arg("grad_features"), py::arg("grad_weight"), py::arg("flag"),
         py::arg("stream"));
+  m.def("sample_farthest_points_next", &fps_next, py::arg("points"), py::arg("lengths"), py::arg("start"),
+        py::arg("K"), py::arg("idx"), py::arg("workspace"), py::arg("stream"));
+  m.def("knn_points_next", &knn_next, py::arg("p1"), py::arg("p2"), py::arg("lengths1"), py::arg("lengths2"),
+        py::arg("K"), py::arg("dists"), py::arg("idx"), py::arg("stream"));
+  m.def("ball_query_next", &ball_query_next, py::arg("p1"), py::arg("p2"), py::arg("lengths1"), py::arg("lengths2"),
+        py::arg("K"), py::arg("radius"), py::arg("dists"), py::arg("idx"), py::arg("stream"));
+  m.def("gather_columns_next", &gather_columns_next, py::arg("features"), py::arg("idx"), py::arg("out"),
+        py::arg("stream"));
+  m.def("gather_columns_backward_next", &gather_columns_backward_next, py::arg("grad_out"), py::arg("idx"),
+        py::arg("grad_features"), py::arg("stream"));
+  m.def("three_interpolate_next", &three_interpolate_next, py::arg("features"), py::arg("idx"), py::arg("weight"),
+        py::arg("out"), py::arg("stream"));
+  m.def("three_interpolate_backward_next", &three_interpolate_backward_next, py::arg("grad_out"),
+        py::arg("features"), py::arg("idx"), py::arg("weight"), py::arg("grad_features"), py::arg("grad_weight"),
+        py::arg("stream"));
+  m.def("neighbour_dists_backward_next", &neighbour_dists_backward_next, py::arg("p1"), py::arg("p2"),
+        py::arg("lengths1"), py::arg("lengths2"), py::arg("idx"), py::arg("grad_dists"), py::arg("grad_p1"),
+        py::arg("grad_p2"), py::arg("stream"));
   m.def("mvf_forward", &mvf_forward, py::arg("x"), py::arg("weight_t"), py::arg("weight_h"), py::arg("weight_w"),
         py::arg("bn_scale"), py::arg("bn_shift"), py::arg("hardswish"), py::arg("fused_channels"), py::arg("out"),
         py::arg("stream"));

@@ -20,6 +20,8 @@ namespace py = pybind11;
 struct Device {
   DeviceType type;
   int index;  // -1: any (CPU)
+  // Empty: values are not read, only shapes and dtypes checked (the candidate CUDA kernels clamp lengths and
+  // start indices themselves, so that no call copies device data to the host).
   std::function<std::vector<int64_t>(const TensorView&)> read_int64;
   std::vector<DType> float_dtypes;
   // Scatter-add gradients of half/bfloat16 inputs accumulate in a float32 buffer (CUDA atomics).
@@ -63,8 +65,9 @@ inline OptionalTensor lengths_arg(const Checker& ck, const Device& dev, py::hand
   ck.dtype(o.view, name, {DType::Int64});
   ck.ndim(o.view, name, 1, "(B,)");
   ck.dim_size(o.view, name, 0, B, "the batch size");
-  for (int64_t v : dev.read_int64(o.view))
-    if (v < 0 || v > P) ck.value_error(str("argument '", name, "' has a length ", v, " outside [0, ", P, "]"));
+  if (dev.read_int64)
+    for (int64_t v : dev.read_int64(o.view))
+      if (v < 0 || v > P) ck.value_error(str("argument '", name, "' has a length ", v, " outside [0, ", P, "]"));
   return o;
 }
 
@@ -136,6 +139,8 @@ inline FpsArgs fps(const Device& dev, py::handle points, py::handle lengths, py:
     ck.contiguous(a.start.view, "start");
     ck.dtype(a.start.view, "start", {DType::Int64});
     shape_is(ck, a.start.view, "start", {a.B});
+  }
+  if (a.start.has_value && dev.read_int64) {
     const std::vector<int64_t> starts = dev.read_int64(a.start.view);
     const std::vector<int64_t> lens =
         a.lengths.has_value ? dev.read_int64(a.lengths.view) : std::vector<int64_t>(a.B, a.N);
@@ -283,6 +288,38 @@ inline InterpGrads interpolate_backward(const Device& dev, const char* op, py::h
     shape_is(ck, v, "grad_weight", {g.a.B, g.a.N, 3});
     ck.same_dtype(v, "grad_weight", g.a.features, "features");
   }
+  return g;
+}
+
+// Gradient of neighbour distances (knn_points / ball_query backward): p1 (B, P1, D), p2 (B, P2, D), optional
+// lengths, idx (B, P1, K) int64, grad_dists (B, P1, K) -> grad_p1 (B, P1, D), grad_p2 (B, P2, D) (the
+// scatter-add buffer: float32 for half inputs on CUDA).
+struct NeighbourGrads {
+  CloudPair c;
+  TensorView idx, grad, grad_p1, grad_p2;
+  int64_t K;
+};
+
+inline NeighbourGrads neighbour_backward(const Device& dev, const char* op, py::handle p1, py::handle p2,
+                                         py::handle lengths1, py::handle lengths2, py::handle idx, py::handle grad,
+                                         py::handle grad_p1, py::handle grad_p2) {
+  Checker ck(op);
+  NeighbourGrads g;
+  g.c = cloud_pair(ck, dev, op, p1, p2, lengths1, lengths2);
+  g.idx = input(ck, dev, idx, op, "idx");
+  ck.ndim(g.idx, "idx", 3, "(B, P1, K)");
+  ck.dtype(g.idx, "idx", {DType::Int64});
+  g.K = g.idx.size(2);
+  shape_is(ck, g.idx, "idx", {g.c.B, g.c.P1, g.K});
+  g.grad = input(ck, dev, grad, op, "grad_dists");
+  shape_is(ck, g.grad, "grad_dists", {g.c.B, g.c.P1, g.K});
+  ck.same_dtype(g.grad, "grad_dists", g.c.p1, "p1");
+  g.grad_p1 = output(ck, dev, grad_p1, op, "grad_p1");
+  shape_is(ck, g.grad_p1, "grad_p1", {g.c.B, g.c.P1, g.c.D});
+  ck.same_dtype(g.grad_p1, "grad_p1", g.c.p1, "p1");
+  g.grad_p2 = output(ck, dev, grad_p2, op, "grad_p2");
+  shape_is(ck, g.grad_p2, "grad_p2", {g.c.B, g.c.P2, g.c.D});
+  grad_buffer(ck, dev, g.grad_p2, "grad_p2", g.c.p1.dtype);
   return g;
 }
 

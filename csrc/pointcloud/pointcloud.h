@@ -100,5 +100,41 @@ void three_interpolate_backward_cuda(DType dtype, const void* grad_out, const vo
 // Writes 1 to *flag if any idx value lies outside [lo, hi) (flag is a device int32, zeroed here).
 void index_out_of_range_cuda(const int64_t* idx, int64_t n, int64_t lo, int64_t hi, int32_t* flag, void* stream);
 
+// ---------------------------------------------------------------- CUDA candidates ("cuda:next")
+// The same contracts as the CUDA functions above, with these differences (so that no call needs to read
+// device data back to the host):
+//  * lengths are clamped to [0, P] and FPS start indices to [0, n - 1] instead of being validated by the caller;
+//  * index inputs are not range-checked by the caller: an index outside its valid range is skipped (a gathered
+//    or interpolated value reads it as 0, a scatter-add drops it);
+//  * knn: the order is (squared distance, index) on the exact bits of the accumulated distance, NaN after +inf.
+// Each returns false, launching nothing, where the sizes exceed what its 32-bit index math handles (over 2^31
+// points or outputs); the caller then validates on the host and uses the functions above.
+bool sample_farthest_points_cuda_next(DType dtype, const void* points, int64_t B, int64_t N, int64_t D,
+                                      const int64_t* lengths, const int64_t* start, int64_t K, int64_t* idx,
+                                      void* workspace, void* stream);
+bool knn_cuda_next(DType dtype, const void* p1, const void* p2, int64_t B, int64_t P1, int64_t P2, int64_t D,
+                   const int64_t* lengths1, const int64_t* lengths2, int64_t K, void* dists, int64_t* idx,
+                   void* stream);
+bool ball_query_cuda_next(DType dtype, const void* p1, const void* p2, int64_t B, int64_t P1, int64_t P2, int64_t D,
+                          const int64_t* lengths1, const int64_t* lengths2, int64_t K, double radius, void* dists,
+                          int64_t* idx, void* stream);
+bool gather_columns_cuda_next(DType dtype, const void* features, int64_t B, int64_t C, int64_t N, const int64_t* idx,
+                              int64_t M, void* out, void* stream);
+// grad_features: float32 for half/bfloat16 inputs, the input dtype otherwise; overwritten.
+bool gather_columns_backward_cuda_next(DType dtype, const void* grad_out, int64_t B, int64_t C, int64_t N,
+                                       const int64_t* idx, int64_t M, void* grad_features, void* stream);
+bool three_interpolate_cuda_next(DType dtype, const void* features, int64_t B, int64_t C, int64_t M,
+                                 const int64_t* idx, const void* weight, int64_t N, void* out, void* stream);
+bool three_interpolate_backward_cuda_next(DType dtype, const void* grad_out, const void* features, int64_t B,
+                                          int64_t C, int64_t M, const int64_t* idx, const void* weight, int64_t N,
+                                          void* grad_features, void* grad_weight, void* stream);
+// Gradient of neighbour distances dists[b, i, k] = |p1[b, i] - p2[b, idx[b, i, k]]|^2 (knn_points, ball_query)
+// over the slots with i < lengths1[b], k < lengths2[b] and idx in [0, P2): grad_p1 (B, P1, D) in the input
+// dtype, grad_p2 (B, P2, D) float32 for half/bfloat16 inputs, the input dtype otherwise; both overwritten.
+bool neighbour_dists_backward_cuda_next(DType dtype, const void* p1, const void* p2, int64_t B, int64_t P1,
+                                        int64_t P2, int64_t D, const int64_t* lengths1, const int64_t* lengths2,
+                                        const int64_t* idx, int64_t K, const void* grad_dists, void* grad_p1,
+                                        void* grad_p2, void* stream);
+
 }  // namespace pointcloud
 }  // namespace pvf

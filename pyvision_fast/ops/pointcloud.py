@@ -5,8 +5,14 @@ Signatures follow PyTorch3D (``sample_farthest_points``, ``knn_points``, ``knn_g
 ``grouping_operation``, ``three_nn``, ``three_interpolate``), so switching is one import.
 
 Each kernel is a ``torch.library.custom_op`` in the ``pvf`` namespace with a fake implementation (for
-``torch.compile`` / ``torch.export``) and, where differentiable, an autograd formula. Index outputs are int64;
-index inputs may be int32 or int64. Point clouds are float32/float64 on CPU, plus float16/bfloat16 on CUDA.
+``torch.compile`` / ``torch.export``) and, where differentiable, an autograd formula; plain eager calls skip the
+custom op's dispatch and run the same implementation through a ``torch.autograd.Function``. Index outputs are
+int64; index inputs may be int32 or int64. Point clouds are float32/float64 on CPU, plus float16/bfloat16 on CUDA.
+
+Validation: on CPU tensors, lengths outside [0, P], FPS start indices outside a cloud and out-of-range indices
+raise ValueError. On CUDA the current kernels check the same on the host (one synchronisation per call); the
+candidate kernels (``"cuda:next"``, opt-in until verified on a GPU) never synchronise: they clamp lengths and start
+indices and skip out-of-range indices (``_pointcloud_cuda`` has the details).
 """
 from __future__ import annotations
 
@@ -16,20 +22,14 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from .. import _ext
+from .. import _backend, _ext
 from ..reference import pointcloud as ref
-from ._registry import as_index, as_int, dispatch
+from . import _pointcloud_cuda as cu
+from ._registry import as_index, as_int, dispatch, eager, eager_function
+from .pointcloud_gather import gather_points, grouping_operation, three_interpolate  # noqa: F401 - re-exported
 
 KNN = namedtuple("KNN", ["dists", "idx", "knn"])
 KNN.__doc__ = "Result of knn_points / ball_query: dists (B, P1, K), idx (B, P1, K), knn (B, P1, K, D) or None."
-
-
-def _is_half(t: Tensor) -> bool:
-    return t.dtype in (torch.float16, torch.bfloat16)
-
-
-def _flag(device: torch.device) -> Tensor:
-    return torch.empty(1, dtype=torch.int32, device=device)
 
 
 # ============================================================== farthest point sampling
@@ -43,28 +43,26 @@ def _fps_cpu(points: Tensor, lengths: Optional[Tensor], start: Optional[Tensor],
     return idx
 
 
-def _fps_cuda(points: Tensor, lengths: Optional[Tensor], start: Optional[Tensor], K: int) -> Tensor:
-    B, N, _ = _ext.dims(points, 3)
-    idx = torch.empty(B, max(K, 0), dtype=torch.int64, device=points.device)
-    ws = torch.empty(B * N, dtype=torch.float64 if points.dtype == torch.float64 else torch.float32,
-                     device=points.device)
-    _ext.cuda_module().sample_farthest_points(_ext.arg(points), _ext.opt(lengths), _ext.opt(start), K,
-                                              _ext.arg(idx), _ext.arg(ws), _ext.stream(points.device))
-    return idx
+_FPS = {"cpu": _fps_cpu, "cuda": cu.fps, "cuda:next": cu.fps_next, "reference": ref.sample_farthest_points_idx}
+_backend.register_candidate("sample_farthest_points", "cuda:next")
 
 
-_FPS = {"cpu": _fps_cpu, "cuda": _fps_cuda, "reference": ref.sample_farthest_points_idx}
-
-
-@torch.library.custom_op("pvf::sample_farthest_points", mutates_args=())
-def _fps_op(points: Tensor, lengths: Optional[Tensor], start: Optional[Tensor], K: int) -> Tensor:
+def _fps_impl(points: Tensor, lengths: Optional[Tensor], start: Optional[Tensor], K: int) -> Tensor:
     impl = dispatch("sample_farthest_points", points.device, _FPS)
     return impl(points.contiguous(), lengths, start, K)
+
+
+_fps_op = torch.library.custom_op("pvf::sample_farthest_points", mutates_args=())(_fps_impl)
 
 
 @_fps_op.register_fake
 def _(points, lengths, start, K):
     return points.new_empty((points.shape[0], K), dtype=torch.int64)
+
+
+def _fps(points, lengths, start, K):
+    """The op without autograd (its output is an index): the implementation itself on eager calls."""
+    return _fps_impl(points, lengths, start, K) if eager(points, lengths, start) else _fps_op(points, lengths, start, K)
 
 
 def sample_farthest_points(points: Tensor, lengths: Optional[Tensor] = None, K: Union[int, Tensor] = 50,
@@ -74,7 +72,8 @@ def sample_farthest_points(points: Tensor, lengths: Optional[Tensor] = None, K: 
     Args:
         points: (B, N, D) float tensor.
         lengths: optional (B,) int tensor, the number of valid points of each cloud.
-        K: number of samples (an int; a (B,) tensor is accepted when all its entries are equal).
+        K: number of samples (an int; a (B,) tensor is accepted when all its entries are equal; a CUDA tensor
+            is read back to the host, which synchronises: pass an int in training loops).
         random_start_point: start each cloud at a random valid point (drawn with torch's RNG) instead of 0.
 
     Returns:
@@ -94,13 +93,13 @@ def sample_farthest_points(points: Tensor, lengths: Optional[Tensor] = None, K: 
         lens = lengths.to(points.device) if lengths is not None else torch.full((B,), N, device=points.device)
         start = (torch.rand(B, device=points.device) * lens.clamp(min=1)).floor().to(torch.int64)
         start = torch.minimum(start, (lens - 1).clamp(min=0))
-    idx = _fps_op(points, lengths, start, K)
+    idx = _fps(points, lengths, start, K)
     return masked_gather(points, idx), idx
 
 
 def furthest_point_sample(xyz: Tensor, num_points: int) -> Tensor:
     """mmcv / PointNet++ ``furthest_point_sample``: xyz (B, N, 3) -> idx (B, num_points) int64."""
-    return _fps_op(xyz, None, None, as_int(num_points, "num_points"))
+    return _fps(xyz, None, None, as_int(num_points, "num_points"))
 
 
 def masked_gather(points: Tensor, idx: Tensor) -> Tensor:
@@ -113,6 +112,70 @@ def masked_gather(points: Tensor, idx: Tensor) -> Tensor:
     offsets = torch.arange(B, device=idx.device)[:, None] * N
     rows = torch.where(flat < 0, B * N, flat + offsets).reshape(-1)
     return table.index_select(0, rows).view(*idx.shape, D)
+
+
+# ============================================================== gradient of neighbour distances
+
+def _valid_slots(idx: Tensor, lengths1: Optional[Tensor], lengths2: Optional[Tensor], P1: int, P2: int) -> Tensor:
+    B, _, K = idx.shape
+    l1 = lengths1 if lengths1 is not None else torch.full((B,), P1, device=idx.device, dtype=torch.int64)
+    l2 = lengths2 if lengths2 is not None else torch.full((B,), P2, device=idx.device, dtype=torch.int64)
+    k = torch.arange(K, device=idx.device)[None, None, :]
+    i = torch.arange(idx.shape[1], device=idx.device)[None, :, None]
+    return (k < l2[:, None, None]) & (i < l1[:, None, None])
+
+
+def _neighbour_backward_torch(p1: Tensor, p2: Tensor, idx: Tensor, lengths1: Optional[Tensor],
+                              lengths2: Optional[Tensor], grad_dists: Tensor) -> tuple[Tensor, Tensor]:
+    """Gradient of dists[b, i, k] = |p1[b, i] - p2[b, idx[b, i, k]]|^2 over the slots with i < lengths1[b],
+    k < lengths2[b] and idx >= 0 (knn_points pads with idx 0 past the lengths, ball_query with -1)."""
+    B, P1, K = idx.shape
+    D = p1.shape[2]
+    valid = _valid_slots(idx, lengths1, lengths2, P1, p2.shape[1]) & (idx >= 0)
+    flat = idx.clamp(min=0).reshape(B, P1 * K, 1).expand(B, P1 * K, D)
+    diff = p1[:, :, None, :] - torch.gather(p2, 1, flat).view(B, P1, K, D)
+    g = (grad_dists * valid).to(diff.dtype)[..., None] * diff * 2
+    grad_p1 = g.sum(2)
+    grad_p2 = torch.zeros_like(p2).scatter_add_(1, flat, -g.reshape(B, P1 * K, D))
+    return grad_p1, grad_p2
+
+
+_NEIGHBOUR_BWD = {"cpu": _neighbour_backward_torch, "cuda": _neighbour_backward_torch,
+                  "cuda:next": cu.neighbour_backward_next, "reference": _neighbour_backward_torch}
+# The backward of each search op follows that op's candidate switch.
+_backend.register_candidate("knn_points_backward", "cuda:next")
+_backend.register_candidate("ball_query_backward", "cuda:next")
+
+
+def _neighbour_backward_impl(p1: Tensor, p2: Tensor, idx: Tensor, lengths1: Optional[Tensor],
+                             lengths2: Optional[Tensor], grad_dists: Tensor, op: str) -> tuple[Tensor, Tensor]:
+    impl = dispatch(op + "_backward", p1.device, _NEIGHBOUR_BWD)
+    return impl(p1.contiguous(), p2.contiguous(), idx.contiguous(), lengths1, lengths2, grad_dists.contiguous())
+
+
+_neighbour_backward_op = torch.library.custom_op("pvf::neighbour_dists_backward",
+                                                 mutates_args=())(_neighbour_backward_impl)
+
+
+@_neighbour_backward_op.register_fake
+def _(p1, p2, idx, lengths1, lengths2, grad_dists, op):
+    return torch.empty_like(p1), torch.empty_like(p2)
+
+
+def _search_setup(ctx, inputs, output):
+    p1, p2, lengths1, lengths2 = inputs[:4]
+    ctx.save_for_backward(p1, p2, output[1], lengths1, lengths2)
+
+
+def _search_backward_with(backward_op, op: str, extra_inputs: int):
+    def backward(ctx, grad_dists, grad_idx):
+        p1, p2, idx, lengths1, lengths2 = ctx.saved_tensors
+        if grad_dists is None:
+            grad_dists = torch.zeros(idx.shape, dtype=p1.dtype, device=p1.device)
+        grad_p1, grad_p2 = backward_op(p1, p2, idx, lengths1, lengths2, grad_dists, op)
+        return (grad_p1, grad_p2, None, None) + (None,) * extra_inputs
+
+    return backward
 
 
 # ============================================================== kNN
@@ -130,23 +193,17 @@ def _knn_cpu(p1, p2, lengths1, lengths2, K):
     return dists, idx
 
 
-def _knn_cuda(p1, p2, lengths1, lengths2, K):
-    B, P1, _ = _ext.dims(p1, 3)
-    dists = torch.empty(B, P1, max(K, 0), dtype=p1.dtype, device=p1.device)
-    idx = torch.empty(B, P1, max(K, 0), dtype=torch.int64, device=p1.device)
-    _ext.cuda_module().knn_points(_ext.arg(p1), _ext.arg(p2), _ext.opt(lengths1), _ext.opt(lengths2), K,
-                                  _ext.arg(dists), _ext.arg(idx), _ext.stream(p1.device))
-    return dists, idx
+_KNN_IMPLS = {"cpu": _knn_cpu, "cuda": cu.knn, "cuda:next": cu.knn_next, "reference": ref.knn_points_idx}
+_backend.register_candidate("knn_points", "cuda:next")
 
 
-_KNN_IMPLS = {"cpu": _knn_cpu, "cuda": _knn_cuda, "reference": ref.knn_points_idx}
-
-
-@torch.library.custom_op("pvf::knn_points", mutates_args=())
-def _knn_op(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor], lengths2: Optional[Tensor],
-            K: int) -> tuple[Tensor, Tensor]:
+def _knn_impl(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor], lengths2: Optional[Tensor],
+              K: int) -> tuple[Tensor, Tensor]:
     impl = dispatch("knn_points", p1.device, _KNN_IMPLS)
     return impl(p1.contiguous(), p2.contiguous(), lengths1, lengths2, K)
+
+
+_knn_op = torch.library.custom_op("pvf::knn_points", mutates_args=())(_knn_impl)
 
 
 @_knn_op.register_fake
@@ -155,40 +212,15 @@ def _(p1, p2, lengths1, lengths2, K):
     return p1.new_empty(shape), p1.new_empty(shape, dtype=torch.int64)
 
 
-def _neighbour_dists_backward(p1: Tensor, p2: Tensor, idx: Tensor, valid: Tensor,
-                              grad_dists: Tensor) -> tuple[Tensor, Tensor]:
-    """Gradient of dists[b, i, k] = |p1[b, i] - p2[b, idx[b, i, k]]|^2 where ``valid``; 0 elsewhere."""
-    B, P1, K = idx.shape
-    D = p1.shape[2]
-    flat = idx.clamp(min=0).reshape(B, P1 * K, 1).expand(B, P1 * K, D)
-    diff = p1[:, :, None, :] - torch.gather(p2, 1, flat).view(B, P1, K, D)
-    g = (grad_dists * valid).to(diff.dtype)[..., None] * diff * 2
-    grad_p1 = g.sum(2)
-    grad_p2 = torch.zeros_like(p2).scatter_add_(1, flat, -g.reshape(B, P1 * K, D))
-    return grad_p1, grad_p2
+_knn_op.register_autograd(_search_backward_with(_neighbour_backward_op, "knn_points", 1), setup_context=_search_setup)
+_KNNFunction = eager_function("_KNNFunction", _knn_impl, _search_setup,
+                              _search_backward_with(_neighbour_backward_impl, "knn_points", 1))
 
 
-def _valid_slots(idx: Tensor, lengths1: Optional[Tensor], lengths2: Optional[Tensor], P1: int, P2: int) -> Tensor:
-    B, _, K = idx.shape
-    l1 = lengths1 if lengths1 is not None else torch.full((B,), P1, device=idx.device, dtype=torch.int64)
-    l2 = lengths2 if lengths2 is not None else torch.full((B,), P2, device=idx.device, dtype=torch.int64)
-    k = torch.arange(K, device=idx.device)[None, None, :]
-    i = torch.arange(idx.shape[1], device=idx.device)[None, :, None]
-    return (k < l2[:, None, None]) & (i < l1[:, None, None])
-
-
-def _knn_setup(ctx, inputs, output):
-    p1, p2, lengths1, lengths2, _ = inputs
-    ctx.save_for_backward(p1, p2, output[1], _valid_slots(output[1], lengths1, lengths2, p1.shape[1], p2.shape[1]))
-
-
-def _knn_backward(ctx, grad_dists, grad_idx):
-    p1, p2, idx, valid = ctx.saved_tensors
-    grad_p1, grad_p2 = _neighbour_dists_backward(p1, p2, idx, valid, grad_dists)
-    return grad_p1, grad_p2, None, None, None
-
-
-_knn_op.register_autograd(_knn_backward, setup_context=_knn_setup)
+def _knn(p1, p2, lengths1, lengths2, K):
+    if eager(p1, p2, lengths1, lengths2):
+        return _KNNFunction.apply(p1, p2, lengths1, lengths2, K)
+    return _knn_op(p1, p2, lengths1, lengths2, K)
 
 
 def knn_points(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor] = None, lengths2: Optional[Tensor] = None,
@@ -215,7 +247,7 @@ def knn_points(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor] = None, length
         lengths1 = as_index(lengths1, "lengths1")
     if lengths2 is not None:
         lengths2 = as_index(lengths2, "lengths2")
-    dists, idx = _knn_op(p1, p2, lengths1, lengths2, K)
+    dists, idx = _knn(p1, p2, lengths1, lengths2, K)
     nn = knn_gather(p2, idx, lengths2) if return_nn else None
     return KNN(dists=dists, idx=idx, knn=nn)
 
@@ -246,23 +278,17 @@ def _ball_cpu(p1, p2, lengths1, lengths2, K, radius):
     return dists, idx
 
 
-def _ball_cuda(p1, p2, lengths1, lengths2, K, radius):
-    B, P1, _ = _ext.dims(p1, 3)
-    dists = torch.empty(B, P1, max(K, 0), dtype=p1.dtype, device=p1.device)
-    idx = torch.empty(B, P1, max(K, 0), dtype=torch.int64, device=p1.device)
-    _ext.cuda_module().ball_query(_ext.arg(p1), _ext.arg(p2), _ext.opt(lengths1), _ext.opt(lengths2), K, radius,
-                                  _ext.arg(dists), _ext.arg(idx), _ext.stream(p1.device))
-    return dists, idx
+_BALL = {"cpu": _ball_cpu, "cuda": cu.ball, "cuda:next": cu.ball_next, "reference": ref.ball_query_idx}
+_backend.register_candidate("ball_query", "cuda:next")
 
 
-_BALL = {"cpu": _ball_cpu, "cuda": _ball_cuda, "reference": ref.ball_query_idx}
-
-
-@torch.library.custom_op("pvf::ball_query", mutates_args=())
-def _ball_op(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor], lengths2: Optional[Tensor], K: int,
-             radius: float) -> tuple[Tensor, Tensor]:
+def _ball_impl(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor], lengths2: Optional[Tensor], K: int,
+               radius: float) -> tuple[Tensor, Tensor]:
     impl = dispatch("ball_query", p1.device, _BALL)
     return impl(p1.contiguous(), p2.contiguous(), lengths1, lengths2, K, radius)
+
+
+_ball_op = torch.library.custom_op("pvf::ball_query", mutates_args=())(_ball_impl)
 
 
 @_ball_op.register_fake
@@ -271,16 +297,10 @@ def _(p1, p2, lengths1, lengths2, K, radius):
     return p1.new_empty(shape), p1.new_empty(shape, dtype=torch.int64)
 
 
-def _ball_setup(ctx, inputs, output):
-    p1, p2 = inputs[0], inputs[1]
-    ctx.save_for_backward(p1, p2, output[1], output[1] >= 0)
-
-
-def _ball_backward(ctx, grad_dists, grad_idx):
-    return (*_knn_backward(ctx, grad_dists, grad_idx), None)
-
-
-_ball_op.register_autograd(_ball_backward, setup_context=_ball_setup)
+_ball_op.register_autograd(_search_backward_with(_neighbour_backward_op, "ball_query", 2),
+                           setup_context=_search_setup)
+_BallFunction = eager_function("_BallFunction", _ball_impl, _search_setup,
+                               _search_backward_with(_neighbour_backward_impl, "ball_query", 2))
 
 
 def ball_query(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor] = None, lengths2: Optional[Tensor] = None,
@@ -298,211 +318,21 @@ def ball_query(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor] = None, length
         lengths1 = as_index(lengths1, "lengths1")
     if lengths2 is not None:
         lengths2 = as_index(lengths2, "lengths2")
-    dists, idx = _ball_op(p1, p2, lengths1, lengths2, K, float(radius))
+    args = (p1, p2, lengths1, lengths2, K, float(radius))
+    dists, idx = _BallFunction.apply(*args) if eager(*args[:4]) else _ball_op(*args)
     nn = masked_gather(p2, idx) if return_nn else None
     return KNN(dists=dists, idx=idx, knn=nn)
 
 
-# ============================================================== gather_points / grouping_operation
-
-def _gather_cpu(features, idx):
-    B, C, _ = _ext.dims(features, 3)
-    out = torch.empty(B, C, _ext.dims(idx, 2)[1], dtype=features.dtype)
-    _ext.cpu_module().gather_columns(_ext.arg(features), _ext.arg(idx), _ext.arg(out))
-    return out
-
-
-def _gather_cuda(features, idx):
-    B, C, _ = _ext.dims(features, 3)
-    out = torch.empty(B, C, _ext.dims(idx, 2)[1], dtype=features.dtype, device=features.device)
-    _ext.cuda_module().gather_columns(_ext.arg(features), _ext.arg(idx), _ext.arg(out), _ext.arg(_flag(out.device)),
-                                      _ext.stream(out.device))
-    return out
-
-
-def _gather_backward_cpu(grad_out, idx, N):
-    B, C, _ = _ext.dims(grad_out, 3)
-    grad = torch.empty(B, C, N, dtype=grad_out.dtype)
-    _ext.cpu_module().gather_columns_backward(_ext.arg(grad_out), _ext.arg(idx), _ext.arg(grad))
-    return grad
-
-
-def _gather_backward_cuda(grad_out, idx, N):
-    B, C, _ = _ext.dims(grad_out, 3)
-    buf_dtype = torch.float32 if _is_half(grad_out) else grad_out.dtype
-    grad = torch.empty(B, C, N, dtype=buf_dtype, device=grad_out.device)
-    _ext.cuda_module().gather_columns_backward(_ext.arg(grad_out), _ext.arg(idx), _ext.arg(grad),
-                                               _ext.arg(_flag(grad.device)), _ext.stream(grad.device))
-    return grad.to(grad_out.dtype)
-
-
-def _gather_backward_ref(grad_out, idx, N):
-    B, C, M = grad_out.shape
-    return grad_out.new_zeros(B, C, N).scatter_add_(2, idx[:, None, :].expand(B, C, M), grad_out)
-
-
-_GATHER = {"cpu": _gather_cpu, "cuda": _gather_cuda, "reference": ref.gather_columns}
-_GATHER_BWD = {"cpu": _gather_backward_cpu, "cuda": _gather_backward_cuda, "reference": _gather_backward_ref}
-
-
-@torch.library.custom_op("pvf::gather_points", mutates_args=())
-def _gather_op(features: Tensor, idx: Tensor) -> Tensor:
-    """features (B, C, N), idx (B, M) int64 -> (B, C, M)."""
-    return dispatch("gather_points", features.device, _GATHER)(features.contiguous(), idx.contiguous())
-
-
-@_gather_op.register_fake
-def _(features, idx):
-    return features.new_empty((features.shape[0], features.shape[1], idx.shape[1]))
-
-
-@torch.library.custom_op("pvf::gather_points_backward", mutates_args=())
-def _gather_backward_op(grad_out: Tensor, idx: Tensor, N: int) -> Tensor:
-    impl = dispatch("gather_points_backward", grad_out.device, _GATHER_BWD)
-    return impl(grad_out.contiguous(), idx.contiguous(), N)
-
-
-@_gather_backward_op.register_fake
-def _(grad_out, idx, N):
-    return grad_out.new_empty((grad_out.shape[0], grad_out.shape[1], N))
-
-
-def _gather_setup(ctx, inputs, output):
-    features, idx = inputs
-    ctx.save_for_backward(idx)
-    ctx.num_points = features.shape[2]
-
-
-def _gather_backward(ctx, grad_out):
-    (idx,) = ctx.saved_tensors
-    return _gather_backward_op(grad_out, idx, ctx.num_points), None
-
-
-_gather_op.register_autograd(_gather_backward, setup_context=_gather_setup)
-
-
-def gather_points(features: Tensor, idx: Tensor) -> Tensor:
-    """mmcv ``gather_points``: features (B, C, N), idx (B, M) int32/int64 in [0, N) -> (B, C, M)."""
-    return _gather_op(features, as_index(idx, "idx"))
-
-
-def grouping_operation(features: Tensor, idx: Tensor) -> Tensor:
-    """mmcv ``grouping_operation``: features (B, C, N), idx (B, M, S) in [0, N) -> (B, C, M, S)."""
-    idx = as_index(idx, "idx")
-    if idx.dim() != 3:
-        raise ValueError(f"grouping_operation: idx must have shape (B, M, S), got {tuple(idx.shape)}")
-    B, M, S = idx.shape
-    out = _gather_op(features, idx.reshape(B, M * S))
-    return out.view(out.shape[0], out.shape[1], M, S)
-
-
-# ============================================================== three_nn / three_interpolate
+# ============================================================== three_nn
 
 def three_nn(unknown: Tensor, known: Tensor) -> tuple[Tensor, Tensor]:
     """mmcv ``three_nn``: unknown (B, n, 3), known (B, m, 3) -> (dist (B, n, 3) Euclidean, idx (B, n, 3) int64),
     nearest first. Built on the kNN kernel, so ``dist`` is differentiable in both clouds."""
     if known.dim() == 3 and known.shape[1] < 3:
         raise ValueError(f"three_nn: known must hold at least 3 points, got {known.shape[1]}")
-    dists, idx = _knn_op(unknown, known, None, None, 3)
+    dists, idx = _knn(unknown, known, None, None, 3)
     return dists.clamp(min=0).sqrt(), idx
-
-
-def _interp_cpu(features, idx, weight):
-    B, C, _ = _ext.dims(features, 3)
-    out = torch.empty(B, C, _ext.dims(idx, 3)[1], dtype=features.dtype)
-    _ext.cpu_module().three_interpolate(_ext.arg(features), _ext.arg(idx), _ext.arg(weight), _ext.arg(out))
-    return out
-
-
-def _interp_cuda(features, idx, weight):
-    B, C, _ = _ext.dims(features, 3)
-    out = torch.empty(B, C, _ext.dims(idx, 3)[1], dtype=features.dtype, device=features.device)
-    _ext.cuda_module().three_interpolate(_ext.arg(features), _ext.arg(idx), _ext.arg(weight), _ext.arg(out),
-                                         _ext.arg(_flag(out.device)), _ext.stream(out.device))
-    return out
-
-
-def _interp_backward_cpu(grad_out, features, idx, weight, need_features, need_weight):
-    gf = torch.empty_like(features) if need_features else None
-    gw = torch.empty_like(weight) if need_weight else None
-    _ext.cpu_module().three_interpolate_backward(_ext.arg(grad_out), _ext.arg(features), _ext.arg(idx),
-                                                 _ext.arg(weight), _ext.opt(gf), _ext.opt(gw))
-    return gf, gw
-
-
-def _interp_backward_cuda(grad_out, features, idx, weight, need_features, need_weight):
-    gf = (torch.empty(features.shape, dtype=torch.float32 if _is_half(features) else features.dtype,
-                      device=features.device) if need_features else None)
-    gw = torch.empty_like(weight) if need_weight else None
-    _ext.cuda_module().three_interpolate_backward(_ext.arg(grad_out), _ext.arg(features), _ext.arg(idx),
-                                                  _ext.arg(weight), _ext.opt(gf), _ext.opt(gw),
-                                                  _ext.arg(_flag(features.device)), _ext.stream(features.device))
-    return (gf.to(features.dtype) if gf is not None else None), gw
-
-
-def _interp_backward_ref(grad_out, features, idx, weight, need_features, need_weight):
-    B, C, M = features.shape
-    N = idx.shape[1]
-    gf = gw = None
-    if need_features:
-        contrib = (grad_out[..., None] * weight[:, None]).reshape(B, C, N * 3)
-        gf = _gather_backward_ref(contrib, idx.reshape(B, N * 3), M)
-    if need_weight:
-        gathered = ref.gather_columns(features, idx.reshape(B, N * 3)).view(B, C, N, 3)
-        gw = (gathered * grad_out[..., None]).sum(1)
-    return gf, gw
-
-
-_INTERP = {"cpu": _interp_cpu, "cuda": _interp_cuda, "reference": ref.three_interpolate}
-_INTERP_BWD = {"cpu": _interp_backward_cpu, "cuda": _interp_backward_cuda, "reference": _interp_backward_ref}
-
-
-@torch.library.custom_op("pvf::three_interpolate", mutates_args=())
-def _interp_op(features: Tensor, idx: Tensor, weight: Tensor) -> Tensor:
-    impl = dispatch("three_interpolate", features.device, _INTERP)
-    return impl(features.contiguous(), idx.contiguous(), weight.contiguous())
-
-
-@_interp_op.register_fake
-def _(features, idx, weight):
-    return features.new_empty((features.shape[0], features.shape[1], idx.shape[1]))
-
-
-@torch.library.custom_op("pvf::three_interpolate_backward", mutates_args=())
-def _interp_backward_op(grad_out: Tensor, features: Tensor, idx: Tensor, weight: Tensor, need_features: bool,
-                        need_weight: bool) -> tuple[Tensor, Tensor]:
-    impl = dispatch("three_interpolate_backward", features.device, _INTERP_BWD)
-    gf, gw = impl(grad_out.contiguous(), features.contiguous(), idx.contiguous(), weight.contiguous(),
-                  need_features, need_weight)
-    # custom ops return tensors, not None: an unrequested gradient comes back empty.
-    return (gf if gf is not None else features.new_empty(0)), (gw if gw is not None else weight.new_empty(0))
-
-
-@_interp_backward_op.register_fake
-def _(grad_out, features, idx, weight, need_features, need_weight):
-    return (features.new_empty(features.shape if need_features else (0,)),
-            weight.new_empty(weight.shape if need_weight else (0,)))
-
-
-def _interp_setup(ctx, inputs, output):
-    features, idx, weight = inputs
-    ctx.save_for_backward(features, idx, weight)
-
-
-def _interp_backward(ctx, grad_out):
-    features, idx, weight = ctx.saved_tensors
-    need_f, _, need_w = ctx.needs_input_grad
-    gf, gw = _interp_backward_op(grad_out, features, idx, weight, need_f, need_w)
-    return (gf if need_f else None), None, (gw if need_w else None)
-
-
-_interp_op.register_autograd(_interp_backward, setup_context=_interp_setup)
-
-
-def three_interpolate(features: Tensor, idx: Tensor, weight: Tensor) -> Tensor:
-    """mmcv ``three_interpolate``: features (B, C, m), idx (B, n, 3) in [0, m), weight (B, n, 3) -> (B, C, n).
-    Differentiable in features and weight."""
-    return _interp_op(features, as_index(idx, "idx"), weight)
 
 
 # ============================================================== chamfer distance
@@ -516,7 +346,8 @@ def chamfer_distance(x: Tensor, y: Tensor, x_lengths: Optional[Tensor] = None, y
     on the kNN kernel (K=1, squared Euclidean).
 
     Returns (distance, normal term or None). point_reduction: "mean" | "sum" | None (per-point terms, summed
-    over the two directions only when reduced); batch_reduction: "mean" | "sum" | None.
+    over the two directions only when reduced); batch_reduction: "mean" | "sum" | None. weights (B,) must be
+    non-negative (checked for CPU tensors; on CUDA not, as the check would synchronise the host).
     """
     if norm != 2:
         raise ValueError(f"chamfer_distance: only norm=2 is supported, got {norm}")
@@ -540,7 +371,7 @@ def chamfer_distance(x: Tensor, y: Tensor, x_lengths: Optional[Tensor] = None, y
     if weights is not None:
         if weights.shape != (B,):
             raise ValueError(f"chamfer_distance: weights must have shape ({B},), got {tuple(weights.shape)}")
-        if bool((weights < 0).any()):
+        if not weights.is_cuda and bool((weights < 0).any()):  # on a GPU the check would synchronise
             raise ValueError("chamfer_distance: weights must be non-negative")
 
     def one_direction(a, b, al, bl, a_normals, b_normals, P):
