@@ -324,7 +324,7 @@ _TRITON_CASES = {
     "groups_offset_groups": (1, 6, 4, 2, 3, (2, 3), 5, 6, (2, 1), (1, 0), (1, 2), False, False),
     "groups_mask": (2, 4, 6, 2, 1, (3, 3), 5, 5, (1, 1), (0, 0), (1, 1), True, True),
     "offset_groups_split_groups": (1, 8, 8, 2, 4, (1, 1), 4, 5, (1, 1), (0, 0), (1, 1), True, False),
-    "unfused_weight_gradient": (1, 3, 130, 1, 1, (3, 3), 4, 5, (1, 1), (1, 1), (1, 1), True, True),
+    "wide_output": (1, 3, 130, 1, 1, (3, 3), 4, 5, (1, 1), (1, 1), (1, 1), True, True),
     "many_channels": (1, 40, 24, 1, 2, (3, 3), 4, 4, (1, 1), (1, 1), (1, 1), True, True),
 }
 
@@ -412,7 +412,7 @@ CANDIDATE = [pytest.param(None, id="current"), pytest.param("deform_conv2d", id=
 @pytest.mark.cuda
 @pytest.mark.parametrize("candidate", CANDIDATE)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64], ids=str)
-@pytest.mark.parametrize("case", ["3x3", "groups_offset_groups", "unfused_weight_gradient", "many_channels"])
+@pytest.mark.parametrize("case", ["3x3", "groups_offset_groups", "wide_output", "many_channels"])
 def test_gpu_paths_match_torchvision(case, dtype, candidate):
     t, conv = _triton_inputs(_TRITON_CASES[case], dtype, seed=4)
     with use_candidates(candidate):

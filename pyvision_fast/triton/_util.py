@@ -33,6 +33,13 @@ def precision(dtype: torch.dtype) -> str:
     return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
+def tuned_pair(dtype: torch.dtype) -> str:
+    """Which configuration list a dot of this dtype tunes over: "fma" (IEEE float32: FMA loops, which hold the
+    reduction slice in registers and want narrow chunks) or "mma" (tensor cores: tf32, float16, bfloat16; and
+    float64 under the interpreter)."""
+    return "fma" if precision(dtype) == "ieee" and dtype == torch.float32 else "mma"
+
+
 def accumulator(dtype: torch.dtype):
     """The kernels' accumulation and sampling type: float64 for float64 (the interpreter's gradient checks), float32
     otherwise (float16 and bfloat16 accumulate in float32)."""

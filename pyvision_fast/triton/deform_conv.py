@@ -5,17 +5,18 @@ and fed to ``tl.dot``; no columns are written, forward or backward.
 Forward: one program per (row tile, output-channel tile, group) accumulates
     out[r, :] = sum_k sum_c mask[r, k] bilinear(x[b, :, :, c], y_rk, x_rk) W[:, c, k]
 over the taps k and the group's channels c, rows r = b Ho Wo + p.
-Backward: one program per (channel chunk, tap, range of rows) recomputes the samples and forms the columns'
-gradient tile ``grad_cols = g @ W_k`` (g: the output gradient, C_out of the group) in registers; from it the input
-gradient is scattered with atomics into a float32 channels-last buffer (DCNv4's way; offsets are data, so there
-is no fixed transpose to gather through), and the offset and mask gradients (sums over the offset group's
-channels) are added with atomics. The weight gradient ``sum_r cols^T g`` is the same program's second product when
-one tile spans the group's output channels (C_out / groups <= ``FUSED_MAX_OUT``), else a second launch of the
-kernel; either way one partial per range of rows, summed after.
+Backward, two kernels over (channel chunk, tap, range of rows), both recomputing the samples:
+- data: the columns' gradient tile ``grad_cols = g @ W_k`` (g: the output gradient over the group's C_out) from
+  one dot; the input gradient scattered from it with atomics into a float32 channels-last buffer (DCNv4's way:
+  offsets are data, so there is no fixed transpose to gather through), and the offset and mask gradients (sums
+  over the offset group's channels) added with atomics;
+- weight: ``grad_W_k = sum_r cols^T g`` per output-channel block, one partial per range of rows (summed after).
 
 Sampling is in float32 (float64 for float64); float32 dots are tf32 where
 ``torch.backends.cuda.matmul.allow_tf32`` allows, IEEE otherwise; float16/bfloat16 use tensor cores with float32
 accumulation. float64 runs only under the interpreter (on GPUs ``supported`` routes it to the CUDA kernels).
+IEEE float32 dots are FMA loops that hold a dot's whole reduction slice in registers, so they get their own
+configurations (narrow channel chunks); every configuration listed compiles for sm_90 without spills.
 """
 from __future__ import annotations
 
@@ -27,16 +28,20 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._util import INTERPRET, accumulation_dtype, accumulator, configs, fits, precision, target_programs
+from ._util import (INTERPRET, accumulation_dtype, accumulator, configs, fits, precision, target_programs,
+                    tuned_pair)
 
-# The weight gradient rides along the data-gradient kernel when the group's output channels fit one tile.
-FUSED_MAX_OUT = 128
-
-_FWD_CONFIGS = configs([(64, 64, 32, 4, 2), (128, 64, 32, 4, 2), (128, 64, 64, 8, 2), (64, 128, 32, 4, 2),
-                        (128, 128, 32, 8, 2)], ("BLOCK_M", "BLOCK_N", "BLOCK_C"), (64, 64, 32, 4, 2),
-                       (64, 16, 16, 1, 1))
-_BWD_CONFIGS = configs([(64, 32, 4, 2), (128, 32, 4, 2), (64, 64, 4, 2), (128, 32, 8, 2)],
-                       ("BLOCK_M", "BLOCK_C"), (64, 32, 4, 2), (64, 16, 1, 1))
+_NAMES = ("BLOCK_M", "BLOCK_C")
+_INTERPRET_CONFIG = (64, 16, 1, 1)  # the interpreter: one configuration, few programs
+# (BLOCK_M, BLOCK_C, num_warps, num_stages); "fma": IEEE float32, "mma": tensor-core dots (tf32, float16,
+# bfloat16). Each compiles for sm_90 (Triton 3.8) without spills in float32, bfloat16 and float16.
+_FWD = {"fma": [(64, 16, 8, 2), (64, 16, 4, 1), (128, 16, 8, 1), (32, 32, 4, 1)],
+        "mma": [(64, 32, 8, 2), (128, 16, 8, 2), (64, 16, 4, 2), (64, 16, 8, 3)]}
+_DATA = {"fma": [(64, 16, 8, 2), (64, 16, 4, 1), (64, 16, 8, 1), (32, 16, 4, 2)],
+         "mma": [(64, 16, 8, 2), (32, 16, 4, 2), (64, 16, 8, 1)]}
+_WEIGHT = {"fma": [(64, 16, 8, 2), (128, 16, 8, 2), (64, 32, 8, 2)],
+           "mma": [(64, 32, 8, 2), (128, 32, 8, 2), (64, 16, 8, 2)]}
+_DEFAULT = {"fma": (64, 16, 8, 2), "mma": (64, 16, 8, 2)}  # PVF_TRITON_AUTOTUNE=0
 
 
 @triton.jit
@@ -80,24 +85,23 @@ def _sample_point(OFF, MSK, b, p, row_ok, ho, wo, og, k, ki, kj, P, H, W, K, OG,
 
 
 @triton.jit
-def _corner_values(X, pix, c, c_ok, v00, v01, v10, v11, W, C, ACC: tl.constexpr):
-    """The four corners' values (BLOCK_M, BLOCK_C) of channels c, zero outside the image; pix = the flat
-    channels-last offset of corner (h0, w0)'s channel 0 (b H W C + (h0 W + w0) C)."""
-    ptr = X + pix[:, None] + c[None, :]
-    cm = c_ok[None, :]
-    a = tl.load(ptr, mask=v00[:, None] & cm, other=0).to(ACC)
-    bb = tl.load(ptr + C, mask=v01[:, None] & cm, other=0).to(ACC)
-    cc = tl.load(ptr + W * C, mask=v10[:, None] & cm, other=0).to(ACC)
-    d = tl.load(ptr + (W + 1) * C, mask=v11[:, None] & cm, other=0).to(ACC)
-    return a, bb, cc, d
+def _corner(X, pix, c, c_ok, valid, ACC: tl.constexpr):
+    """One corner's values (BLOCK_M, BLOCK_C) of channels c, zero where the corner is not valid; pix = the flat
+    channels-last offset of the corner's channel 0 (b H W C + (h W + w) C)."""
+    return tl.load(X + (pix[:, None] + c[None, :]), mask=valid[:, None] & c_ok[None, :], other=0).to(ACC)
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=["R", "C", "Cout", "K", "OG", "HAS_MASK"])
+def _tuned(kernel, table: dict, key: list, reset: Optional[list] = None) -> dict:
+    """The kernel autotuned over each precision's configurations: {"fma": ..., "mma": ...}."""
+    return {kind: triton.autotune(configs=configs(cfgs, _NAMES, _DEFAULT[kind], _INTERPRET_CONFIG), key=key,
+                                  reset_to_zero=reset)(kernel) for kind, cfgs in table.items()}
+
+
 @triton.jit
-def _dcn_fwd(X, OFF, MSK, WT, BIAS, OUT, R, P, Wo, H, W, C, Cg, Cog, S, Cout, Cout_g, K, kw, OG,
-             sh, sw, ph, pw, dh, dw,
-             HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
-             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+def _dcn_fwd_kernel(X, OFF, MSK, WT, BIAS, OUT, R, P, Wo, H, W, C, Cg, Cog, S, Cout, Cout_g, K, kw, OG,
+                    sh, sw, ph, pw, dh, dw,
+                    HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     """OUT (B, C_out, Ho, Wo) from X (B, H, W, C) channels last, offsets and mask as torchvision's, WT the weight
     as (groups, K, C/groups, C_out/groups). Channels are visited in units of S = gcd(C/groups, C/OG) channels,
     each inside one group and one offset group."""
@@ -123,17 +127,16 @@ def _dcn_fwd(X, OFF, MSK, WT, BIAS, OUT, R, P, Wo, H, W, C, Cg, Cog, S, Cout, Co
             og = cb // Cog
             h0, w0, ly, lx, inside, w00, w01, w10, w11, v00, v01, v10, v11, m = _sample_point(
                 OFF, MSK, b, p, row_ok, ho, wo, og, k, ki, kj, P, H, W, K, OG, sh, sw, ph, pw, dh, dw, HAS_MASK, ACC)
-            v00 = v00 & inside
-            v01 = v01 & inside
-            v10 = v10 & inside
-            v11 = v11 & inside
             pix = xb + (h0 * W + w0) * C
             for c0 in range(0, S, BLOCK_C):
                 cl = c0 + cr
                 c_ok = cl < S
                 c = cb + cl
-                a, bb, cc, d = _corner_values(X, pix, c, c_ok, v00, v01, v10, v11, W, C, ACC)
-                val = (w00[:, None] * a + w01[:, None] * bb + w10[:, None] * cc + w11[:, None] * d) * m[:, None]
+                val = w00[:, None] * _corner(X, pix, c, c_ok, v00 & inside, ACC)
+                val += w01[:, None] * _corner(X, pix + C, c, c_ok, v01 & inside, ACC)
+                val += w10[:, None] * _corner(X, pix + W * C, c, c_ok, v10 & inside, ACC)
+                val += w11[:, None] * _corner(X, pix + (W + 1) * C, c, c_ok, v11 & inside, ACC)
+                val = val * m[:, None]
                 wt = tl.load(WT + ((gi * K + k) * Cg + (c - gi * Cg))[:, None] * Cout_g + co[None, :],
                              mask=c_ok[:, None] & co_ok[None, :], other=0)
                 acc += tl.dot(val.to(WT.dtype.element_ty), wt, input_precision=PRECISION)
@@ -143,37 +146,93 @@ def _dcn_fwd(X, OFF, MSK, WT, BIAS, OUT, R, P, Wo, H, W, C, Cg, Cog, S, Cout, Co
     tl.store(out, acc.to(OUT.dtype.element_ty), mask=row_ok[:, None] & co_ok[None, :])
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=["R", "C", "Cout", "K", "OG", "HAS_MASK", "DATA", "WGRAD", "BLOCK_N"],
-                 reset_to_zero=["GI", "GOFF", "GM"])
 @triton.jit
-def _dcn_bwd(X, OFF, MSK, WT, G, GI, GOFF, GM, GW, R, P, Wo, H, W, C, Cg, Cog, S, Cout, Cout_g, K, kw, OG,
-             sh, sw, ph, pw, dh, dw,
-             HAS_MASK: tl.constexpr, DATA: tl.constexpr, WGRAD: tl.constexpr, ACC: tl.constexpr,
-             PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Grid (channel chunks x output blocks, K, row ranges). DATA: grad_cols = G @ WT_k^T per tile, scattered to
-    GI (B, H, W, C) float32 and reduced into GOFF / GM (float32, like offset / mask) with atomics. WGRAD: the
-    partial GW[range, c, k, :] = sum_r cols[r, k, c] G[r, :] of one output block (with DATA: the whole group,
-    BLOCK_N >= C_out / groups)."""
-    pid = tl.program_id(0)
+def _chunk(pid, S, Cg, Cog, BLOCK_C: tl.constexpr):
+    """Channels c (BLOCK_C,) of channel chunk pid (chunks of BLOCK_C inside units of S channels), their mask,
+    and the group and offset group of the unit."""
+    n_sub = tl.cdiv(S, BLOCK_C)
+    unit = pid // n_sub
+    cl = (pid % n_sub) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return unit * S + cl, cl < S, (unit * S) // Cg, (unit * S) // Cog
+
+
+@triton.jit
+def _dcn_data_kernel(X, OFF, MSK, WT, G, GI, GOFF, GM, R, P, Wo, H, W, C, Cg, Cog, S, Cout, Cout_g, K, kw, OG,
+                     sh, sw, ph, pw, dh, dw,
+                     HAS_MASK: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Grid (channel chunks, K, row ranges): grad_cols = G @ WT_k^T per row tile, scattered to GI (B, H, W, C)
+    and reduced into GOFF / GM (like offset / mask), all float32 (float64 for float64), with atomics."""
+    c, c_ok, gi, og = _chunk(tl.program_id(0), S, Cg, Cog, BLOCK_C)
     k = tl.program_id(1)
     split = tl.program_id(2)
-    n_split = tl.num_programs(2)
-    n_co = 1 if DATA else tl.cdiv(Cout_g, BLOCK_N)
-    chunk = pid // n_co
-    co_w = (pid % n_co) * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_sub = tl.cdiv(S, BLOCK_C)
-    unit = chunk // n_sub
-    cl = (chunk % n_sub) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = cl < S
-    c = unit * S + cl
-    gi = (unit * S) // Cg
-    og = (unit * S) // Cog
     ki = k // kw
     kj = k - ki * kw
     tiles = tl.cdiv(R, BLOCK_M)
-    per = tl.cdiv(tiles, n_split)
+    per = tl.cdiv(tiles, tl.num_programs(2))
     wrow = ((gi * K + k) * Cg + (c - gi * Cg)) * Cout_g  # (BLOCK_C,) rows of WT for these channels
-    accw = tl.zeros((BLOCK_C, BLOCK_N), dtype=ACC)
+    for t in range(split * per, tl.minimum(tiles, split * per + per)):
+        rows = t * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rows < R
+        b = rows // P
+        p = rows - b * P
+        ho = p // Wo
+        wo = p - ho * Wo
+        grow = b * (Cout * P) + p  # (BLOCK_M,) G[b, 0, p]
+        # the columns' gradient first (it does not depend on the sample)
+        gc = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC)
+        for n0 in range(0, Cout_g, BLOCK_N):
+            co = n0 + tl.arange(0, BLOCK_N)
+            co_ok = co < Cout_g
+            g = tl.load(G + grow[:, None] + ((gi * Cout_g + co) * P)[None, :],
+                        mask=row_ok[:, None] & co_ok[None, :], other=0)
+            wt = tl.load(WT + wrow[None, :] + co[:, None], mask=co_ok[:, None] & c_ok[None, :], other=0)
+            gc += tl.dot(g, wt, input_precision=PRECISION)
+        h0, w0, ly, lx, inside, w00, w01, w10, w11, v00, v01, v10, v11, m = _sample_point(
+            OFF, MSK, b, p, row_ok, ho, wo, og, k, ki, kj, P, H, W, K, OG, sh, sw, ph, pw, dh, dw, HAS_MASK, ACC)
+        pix = b * (H * W * C) + (h0 * W + w0) * C
+        # each corner in turn: its row sums t = sum_c gc v give the offset and mask gradients, gc its input
+        # gradient (torchvision's offset gradient reads the corners without the outside test)
+        gcm = gc * m[:, None]
+        into = c_ok[None, :] & inside[:, None]
+        t00 = tl.sum(gc * _corner(X, pix, c, c_ok, v00, ACC), axis=1)
+        tl.atomic_add(GI + (pix[:, None] + c[None, :]), w00[:, None] * gcm, mask=v00[:, None] & into)
+        t01 = tl.sum(gc * _corner(X, pix + C, c, c_ok, v01, ACC), axis=1)
+        tl.atomic_add(GI + ((pix + C)[:, None] + c[None, :]), w01[:, None] * gcm, mask=v01[:, None] & into)
+        t10 = tl.sum(gc * _corner(X, pix + W * C, c, c_ok, v10, ACC), axis=1)
+        tl.atomic_add(GI + ((pix + W * C)[:, None] + c[None, :]), w10[:, None] * gcm, mask=v10[:, None] & into)
+        t11 = tl.sum(gc * _corner(X, pix + (W + 1) * C, c, c_ok, v11, ACC), axis=1)
+        tl.atomic_add(GI + ((pix + (W + 1) * C)[:, None] + c[None, :]), w11[:, None] * gcm,
+                      mask=v11[:, None] & into)
+        gy = m * ((1 - lx) * (t10 - t00) + lx * (t11 - t01))
+        gx = m * ((1 - ly) * (t01 - t00) + ly * (t11 - t10))
+        o = b * (2 * OG * K * P) + (2 * (og * K + k)) * P + p
+        tl.atomic_add(GOFF + o, gy.to(GOFF.dtype.element_ty), mask=row_ok)
+        tl.atomic_add(GOFF + o + P, gx.to(GOFF.dtype.element_ty), mask=row_ok)
+        if HAS_MASK:
+            gm = w00 * t00 + w01 * t01 + w10 * t10 + w11 * t11
+            tl.atomic_add(GM + b * (OG * K * P) + (og * K + k) * P + p, gm.to(GM.dtype.element_ty), mask=row_ok)
+
+
+@triton.jit
+def _dcn_weight_kernel(X, OFF, MSK, G, GW, R, P, Wo, H, W, C, Cg, Cog, S, Cout, Cout_g, K, kw, OG,
+                       sh, sw, ph, pw, dh, dw,
+                       HAS_MASK: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Grid (channel chunks x output blocks, K, row ranges): GW[range, c, k, co] = sum over the range's rows of
+    cols[r, k, c] G[r, co] (the group's output channels co of one block). Every program writes its whole tile."""
+    n_co = tl.cdiv(Cout_g, BLOCK_N)
+    pid = tl.program_id(0)
+    c, c_ok, gi, og = _chunk(pid // n_co, S, Cg, Cog, BLOCK_C)
+    co = (pid % n_co) * BLOCK_N + tl.arange(0, BLOCK_N)
+    co_ok = co < Cout_g
+    k = tl.program_id(1)
+    split = tl.program_id(2)
+    ki = k // kw
+    kj = k - ki * kw
+    tiles = tl.cdiv(R, BLOCK_M)
+    per = tl.cdiv(tiles, tl.num_programs(2))
+    acc = tl.zeros((BLOCK_C, BLOCK_N), dtype=ACC)
     for t in range(split * per, tl.minimum(tiles, split * per + per)):
         rows = t * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rows < R
@@ -183,51 +242,22 @@ def _dcn_bwd(X, OFF, MSK, WT, G, GI, GOFF, GM, GW, R, P, Wo, H, W, C, Cg, Cog, S
         wo = p - ho * Wo
         h0, w0, ly, lx, inside, w00, w01, w10, w11, v00, v01, v10, v11, m = _sample_point(
             OFF, MSK, b, p, row_ok, ho, wo, og, k, ki, kj, P, H, W, K, OG, sh, sw, ph, pw, dh, dw, HAS_MASK, ACC)
-        if not DATA:  # the corner values serve only the samples: none needed outside
-            v00 = v00 & inside
-            v01 = v01 & inside
-            v10 = v10 & inside
-            v11 = v11 & inside
         pix = b * (H * W * C) + (h0 * W + w0) * C
-        a, bb, cc, d = _corner_values(X, pix, c, c_ok, v00, v01, v10, v11, W, C, ACC)
-        val = w00[:, None] * a + w01[:, None] * bb + w10[:, None] * cc + w11[:, None] * d
-        cols = (val * m[:, None]).to(G.dtype.element_ty)
-        grow = b * (Cout * P) + p  # (BLOCK_M,) G[b, 0, p]
-        if DATA:
-            gc = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC)
-            for n0 in range(0, Cout_g, BLOCK_N):
-                co = n0 + tl.arange(0, BLOCK_N)
-                co_ok = co < Cout_g
-                g = tl.load(G + grow[:, None] + ((gi * Cout_g + co) * P)[None, :],
-                            mask=row_ok[:, None] & co_ok[None, :], other=0)
-                wt = tl.load(WT + wrow[None, :] + co[:, None], mask=co_ok[:, None] & c_ok[None, :], other=0)
-                gc += tl.dot(g, wt, input_precision=PRECISION)
-                if WGRAD:
-                    accw += tl.dot(tl.trans(cols), g, input_precision=PRECISION)
-            gcm = gc * m[:, None]
-            cm = row_ok[:, None] & c_ok[None, :]
-            gptr = GI + pix[:, None] + c[None, :]
-            cm = cm & inside[:, None]
-            tl.atomic_add(gptr, w00[:, None] * gcm, mask=v00[:, None] & cm)
-            tl.atomic_add(gptr + C, w01[:, None] * gcm, mask=v01[:, None] & cm)
-            tl.atomic_add(gptr + W * C, w10[:, None] * gcm, mask=v10[:, None] & cm)
-            tl.atomic_add(gptr + (W + 1) * C, w11[:, None] * gcm, mask=v11[:, None] & cm)
-            gy = tl.sum(gcm * ((1 - lx)[:, None] * (cc - a) + lx[:, None] * (d - bb)), axis=1)
-            gx = tl.sum(gcm * ((1 - ly)[:, None] * (bb - a) + ly[:, None] * (d - cc)), axis=1)
-            o = b * (2 * OG * K * P) + (2 * (og * K + k)) * P + p
-            tl.atomic_add(GOFF + o, gy.to(GOFF.dtype.element_ty), mask=row_ok)
-            tl.atomic_add(GOFF + o + P, gx.to(GOFF.dtype.element_ty), mask=row_ok)
-            if HAS_MASK:
-                tl.atomic_add(GM + b * (OG * K * P) + (og * K + k) * P + p, tl.sum(gc * val, axis=1).to(GM.dtype.element_ty),
-                              mask=row_ok)
-        else:
-            co_ok = co_w < Cout_g
-            g = tl.load(G + grow[:, None] + ((gi * Cout_g + co_w) * P)[None, :],
-                        mask=row_ok[:, None] & co_ok[None, :], other=0)
-            accw += tl.dot(tl.trans(cols), g, input_precision=PRECISION)
-    if WGRAD:
-        tl.store(GW + ((split * C + c) * K + k)[:, None] * Cout_g + co_w[None, :], accw.to(GW.dtype.element_ty),
-                 mask=c_ok[:, None] & (co_w < Cout_g)[None, :])
+        val = w00[:, None] * _corner(X, pix, c, c_ok, v00 & inside, ACC)
+        val += w01[:, None] * _corner(X, pix + C, c, c_ok, v01 & inside, ACC)
+        val += w10[:, None] * _corner(X, pix + W * C, c, c_ok, v10 & inside, ACC)
+        val += w11[:, None] * _corner(X, pix + (W + 1) * C, c, c_ok, v11 & inside, ACC)
+        g = tl.load(G + (b * (Cout * P) + p)[:, None] + ((gi * Cout_g + co) * P)[None, :],
+                    mask=row_ok[:, None] & co_ok[None, :], other=0)
+        acc += tl.dot(tl.trans((val * m[:, None]).to(G.dtype.element_ty)), g, input_precision=PRECISION)
+    tl.store(GW + ((split * C + c) * K + k)[:, None] * Cout_g + co[None, :], acc.to(GW.dtype.element_ty),
+             mask=c_ok[:, None] & co_ok[None, :])
+
+
+_KEY = ["R", "C", "Cout", "K", "OG", "HAS_MASK", "BLOCK_N"]
+_dcn_fwd = _tuned(_dcn_fwd_kernel, _FWD, _KEY + ["HAS_BIAS"])
+_dcn_data = _tuned(_dcn_data_kernel, _DATA, _KEY, reset=["GI", "GOFF", "GM"])
+_dcn_weight = _tuned(_dcn_weight_kernel, _WEIGHT, _KEY)
 
 
 class _Shape:
@@ -279,14 +309,21 @@ def forward(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor
         return out
     x = input.permute(0, 2, 3, 1).contiguous()
     wt = _weight_tiles(weight, s)
+    block_n = _block_n(s.Cout_g)
 
     def grid(meta):
-        return triton.cdiv(s.R, meta["BLOCK_M"]), triton.cdiv(s.Cout_g, meta["BLOCK_N"]), s.G
+        return triton.cdiv(s.R, meta["BLOCK_M"]), triton.cdiv(s.Cout_g, block_n), s.G
 
-    _dcn_fwd[grid](x, offset, offset if mask is None else mask, wt, wt if bias is None else bias, out, *s.args(),
-                   HAS_MASK=mask is not None, HAS_BIAS=bias is not None, ACC=accumulator(input.dtype),
-                   PRECISION=precision(input.dtype))
+    kind = tuned_pair(input.dtype)
+    _dcn_fwd[kind][grid](x, offset, offset if mask is None else mask, wt, wt if bias is None else bias, out,
+                         *s.args(), HAS_MASK=mask is not None, HAS_BIAS=bias is not None,
+                         ACC=accumulator(input.dtype), PRECISION=precision(input.dtype), BLOCK_N=block_n)
     return out
+
+
+def _block_n(n: int) -> int:
+    """The output-channel block: the channels rounded up to a power of two, 16 to 64."""
+    return min(64, max(16, triton.next_power_of_2(n)))
 
 
 def backward(grad: Tensor, input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor],
@@ -298,30 +335,27 @@ def backward(grad: Tensor, input: Tensor, weight: Tensor, offset: Tensor, mask: 
     gi = torch.zeros(s.B, s.H, s.W, s.C, dtype=acc, device=dev)
     goff = torch.zeros(offset.shape, dtype=acc, device=dev)
     gm = torch.zeros(mask.shape, dtype=acc, device=dev) if mask is not None else None
-    fused = s.Cout_g <= FUSED_MAX_OUT
-    block_n = max(16, triton.next_power_of_2(s.Cout_g)) if fused else 64
     units = s.C // s.S
+    block_n = _block_n(s.Cout_g)
     n_split = max(1, min(triton.cdiv(max(s.R, 1), 64),
                          triton.cdiv(target_programs(dev), s.K * units * triton.cdiv(s.S, 32))))
     gw = torch.empty(n_split, s.C, s.K, s.Cout_g, dtype=acc, device=dev)
     if gw.numel():
         x = input.permute(0, 2, 3, 1).contiguous()
-        wt = _weight_tiles(weight, s)
-        common = dict(HAS_MASK=mask is not None, ACC=accumulator(dtype), PRECISION=precision(dtype))
+        kind = tuned_pair(dtype)
+        common = dict(HAS_MASK=mask is not None, ACC=accumulator(dtype), PRECISION=precision(dtype), BLOCK_N=block_n)
         msk = offset if mask is None else mask
+        if s.R:
+            def grid_data(meta):
+                return units * triton.cdiv(s.S, meta["BLOCK_C"]), s.K, n_split
 
-        def grid_data(meta):
-            return units * triton.cdiv(s.S, meta["BLOCK_C"]), s.K, n_split
+            _dcn_data[kind][grid_data](x, offset, msk, _weight_tiles(weight, s), grad, gi, goff,
+                                       goff if gm is None else gm, *s.args(), **common)
 
-        _dcn_bwd[grid_data](x, offset, msk, wt, grad, gi, goff, goff if gm is None else gm, gw, *s.args(),
-                            DATA=True, WGRAD=fused, BLOCK_N=block_n, **common)
-        if not fused:
-            def grid_w(meta):
-                return units * triton.cdiv(s.S, meta["BLOCK_C"]) * triton.cdiv(s.Cout_g, block_n), s.K, n_split
+        def grid_weight(meta):
+            return units * triton.cdiv(s.S, meta["BLOCK_C"]) * triton.cdiv(s.Cout_g, block_n), s.K, n_split
 
-            scratch = gw.new_zeros(1)  # the data gradients are done: the tuner must not reset them
-            _dcn_bwd[grid_w](x, offset, msk, wt, grad, scratch, scratch, scratch, gw, *s.args(),
-                             DATA=False, WGRAD=True, BLOCK_N=block_n, **common)
+        _dcn_weight[kind][grid_weight](x, offset, msk, grad, gw, *s.args(), **common)
     grad_input = torch.empty(input.shape, dtype=dtype, device=dev)
     grad_input.copy_(gi.permute(0, 3, 1, 2))
     grad_weight = gw.sum(0).view(s.G, s.Cg, s.K, s.Cout_g).permute(0, 3, 1, 2).reshape(weight.shape).to(dtype)

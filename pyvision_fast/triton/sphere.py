@@ -11,7 +11,8 @@ after); the samples are recomputed, never stored.
 
 float32 runs tf32 dots where ``torch.backends.cuda.matmul.allow_tf32`` allows them, IEEE float32 otherwise;
 float16/bfloat16 use tensor cores with float32 accumulation; float64 only under the interpreter (the GPU path routes
-it to the CUDA kernels, see ``supported``). Block sizes are autotuned per shape on GPUs.
+it to the CUDA kernels, see ``supported``). Block sizes are autotuned per shape on GPUs, over separate lists for
+IEEE float32 (FMA) and tensor-core dots.
 """
 from __future__ import annotations
 
@@ -20,22 +21,39 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._util import INTERPRET, accumulation_dtype, accumulator, configs, fits, precision, target_programs
+from ._util import (INTERPRET, accumulation_dtype, accumulator, configs, fits, precision, target_programs,
+                    tuned_pair)
 
 # Below this many input channels the sampled tile would be mostly padding (tl.dot needs 16): the column kernels
 # (one GEMM) serve such layers, e.g. the RGB patch embedding.
 MIN_CHANNELS = 16
 
-_NAMES = ("BLOCK_M", "BLOCK_N", "BLOCK_C")
-_GEMM_CONFIGS = configs([(128, 64, 32, 4, 2), (64, 64, 64, 4, 2), (128, 64, 64, 8, 2), (64, 128, 32, 4, 2),
-                         (128, 128, 32, 8, 2)], _NAMES, (64, 64, 32, 4, 2), (64, 16, 16, 1, 1))
-_WGRAD_CONFIGS = configs([(64, 64, 32, 4, 2), (128, 64, 32, 4, 2), (64, 64, 64, 4, 2), (128, 64, 64, 8, 2)],
-                         _NAMES, (64, 64, 32, 4, 2), (64, 16, 16, 1, 1))
+_NAMES = ("BLOCK_M", "BLOCK_C")
+_INTERPRET_CONFIG = (64, 16, 1, 1)  # the interpreter: one configuration, few programs
+# (BLOCK_M, BLOCK_C, num_warps, num_stages); "fma": IEEE float32 dots (FMA loops holding the reduction slice in
+# registers: narrow chunks), "mma": tensor-core dots (tf32, float16, bfloat16). Each compiles for sm_90
+# (Triton 3.8) without spills in float32, bfloat16 and float16.
+_GEMM = {"fma": [(128, 16, 8, 2), (64, 16, 4, 2), (128, 32, 8, 2), (64, 16, 4, 1)],
+         "mma": [(128, 32, 4, 2), (64, 32, 8, 2), (128, 32, 8, 2), (64, 64, 8, 2)]}
+_WGRAD = {"fma": [(64, 16, 8, 2), (128, 16, 8, 2), (64, 32, 4, 1)],
+          "mma": [(64, 32, 8, 2), (64, 16, 8, 2), (128, 16, 8, 2)]}
+_DEFAULT = {"gemm": {"fma": (64, 16, 4, 2), "mma": (64, 32, 8, 2)},  # PVF_TRITON_AUTOTUNE=0
+            "wgrad": {"fma": (64, 16, 8, 2), "mma": (64, 32, 8, 2)}}
 
 
-@triton.autotune(configs=_GEMM_CONFIGS, key=["R", "CX", "N", "K", "TRANSPOSED", "HAS_BIAS"])
+def _tuned(kernel, table: dict, defaults: dict, key: list) -> dict:
+    """The kernel autotuned over each precision's configurations: {"fma": ..., "mma": ...}."""
+    return {kind: triton.autotune(configs=configs(cfgs, _NAMES, defaults[kind], _INTERPRET_CONFIG), key=key)(kernel)
+            for kind, cfgs in table.items()}
+
+
+def _block_n(n: int) -> int:
+    """The output-channel block: the channels rounded up to a power of two, 16 to 64."""
+    return min(64, max(16, triton.next_power_of_2(n)))
+
+
 @triton.jit
-def _gather_gemm(X, TI, TW, TT, CNT, WK, BIAS, OUT, R, Q, NSRC, CX, N, K, J, sxb, sxp, sxc,
+def _gather_gemm_kernel(X, TI, TW, TT, CNT, WK, BIAS, OUT, R, Q, NSRC, CX, N, K, J, sxb, sxp, sxc,
                  TRANSPOSED: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     """OUT (R, N), rows r = b Q + q: sum_k (sum_e w_e X[b, src_e, :]) @ WK[k] (CX, N), plus BIAS.
@@ -84,9 +102,8 @@ def _gather_gemm(X, TI, TW, TT, CNT, WK, BIAS, OUT, R, Q, NSRC, CX, N, K, J, sxb
              mask=row_ok[:, None] & n_ok[None, :])
 
 
-@triton.autotune(configs=_WGRAD_CONFIGS, key=["R", "C", "N", "K"])
 @triton.jit
-def _table_wgrad(X, TI, TW, G, WS, R, Q, NSRC, C, N, K, sxb, sxp, sxc,
+def _table_wgrad_kernel(X, TI, TW, G, WS, R, Q, NSRC, C, N, K, sxb, sxp, sxc,
                  ACC: tl.constexpr, PRECISION: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     """WS[s, k, c, n] = sum over the rows r of range s of cols[r, k, c] G[r, n]; grid (channel x output blocks, K,
@@ -124,6 +141,11 @@ def _table_wgrad(X, TI, TW, G, WS, R, Q, NSRC, C, N, K, sxb, sxp, sxc,
              mask=c_ok[:, None] & n_ok[None, :])
 
 
+_gather_gemm = _tuned(_gather_gemm_kernel, _GEMM, _DEFAULT["gemm"],
+                      ["R", "CX", "N", "K", "TRANSPOSED", "HAS_BIAS", "BLOCK_N"])
+_table_wgrad = _tuned(_table_wgrad_kernel, _WGRAD, _DEFAULT["wgrad"], ["R", "C", "N", "K", "BLOCK_N"])
+
+
 def supported(input: Tensor, weight: Tensor, index: Tensor) -> bool:
     """Whether these kernels take the call: at least ``MIN_CHANNELS`` input channels, 32-bit addressable sizes,
     and not float64 on a GPU (tl.dot there is for the tensor-core types and float32)."""
@@ -144,12 +166,15 @@ def _launch_gemm(x: Tensor, rows_per_image: int, sources: int, index: Tensor, tw
     tt, cnt = (entries.entry, entries.count) if transposed else (index, index)
     J = entries.entry.shape[1] if transposed else 4
 
-    def grid(meta):
-        return triton.cdiv(R, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"])
+    block_n = _block_n(N)
 
-    _gather_gemm[grid](x, index, tweight, tt, cnt, wk, wk if bias is None else bias, out, R, rows_per_image,
-                       sources, CX, N, K, J, x.stride(0), x.stride(1), x.stride(2), TRANSPOSED=transposed,
-                       HAS_BIAS=bias is not None, ACC=accumulator(x.dtype), PRECISION=precision(x.dtype))
+    def grid(meta):
+        return triton.cdiv(R, meta["BLOCK_M"]), triton.cdiv(N, block_n)
+
+    _gather_gemm[tuned_pair(x.dtype)][grid](
+        x, index, tweight, tt, cnt, wk, wk if bias is None else bias, out, R, rows_per_image, sources, CX, N, K, J,
+        x.stride(0), x.stride(1), x.stride(2), TRANSPOSED=transposed, HAS_BIAS=bias is not None,
+        ACC=accumulator(x.dtype), PRECISION=precision(x.dtype), BLOCK_N=block_n)
 
 
 def forward(input: Tensor, weight: Tensor, bias, index: Tensor, tweight: Tensor, out_h: int, out_w: int) -> Tensor:
@@ -184,11 +209,14 @@ def backward(grad: Tensor, input: Tensor, weight: Tensor, index: Tensor, tweight
                                                                   K * triton.cdiv(C, 64) * triton.cdiv(Cout, 64))))
     ws = torch.empty(n_split, K, C, Cout, dtype=acc, device=input.device)
     if ws.numel():
-        def grid(meta):
-            return triton.cdiv(C, meta["BLOCK_C"]) * triton.cdiv(Cout, meta["BLOCK_N"]), K, n_split
+        block_n = _block_n(Cout)
 
-        _table_wgrad[grid](x, index, tweight, g, ws, R, P, H * W, C, Cout, K, x.stride(0), x.stride(1), x.stride(2),
-                           ACC=accumulator(input.dtype), PRECISION=precision(input.dtype))
+        def grid(meta):
+            return triton.cdiv(C, meta["BLOCK_C"]) * triton.cdiv(Cout, block_n), K, n_split
+
+        _table_wgrad[tuned_pair(input.dtype)][grid](
+            x, index, tweight, g, ws, R, P, H * W, C, Cout, K, x.stride(0), x.stride(1), x.stride(2),
+            ACC=accumulator(input.dtype), PRECISION=precision(input.dtype), BLOCK_N=block_n)
     kh, kw = weight.shape[2:]
     grad_w = ws.sum(0).view(kh, kw, C, Cout).permute(3, 2, 0, 1).contiguous().to(input.dtype)
     grad_b = g.sum(0, dtype=acc).to(input.dtype) if has_bias else input.new_empty(0)
