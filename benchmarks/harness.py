@@ -39,6 +39,7 @@ class Case:
     bytes: Optional[float] = None  # minimal bytes moved by one call
     bound: str = "compute"  # "compute" (vs matmul rate) or "memory" (vs copy bandwidth)
     goal: Optional[tuple[str, float]] = None  # (implementation, required speedup of ours over it)
+    goals: list = dataclasses.field(default_factory=list)  # more (implementation, speedup) goals
     measure_memory: bool = False
     note: str = ""
 
