@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from op_harness import DEVICES, BadInput, assert_close, check_compiled, check_onnx, float_dtypes, gradcheck, opcheck
 from op_harness import run_bad_input
-from pyvision_fast import ops, use_backend
+from pyvision_fast import ops, use_backend, use_candidates
 from pyvision_fast.nn import DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack
 
 
@@ -97,6 +97,7 @@ def test_batches_that_span_several_chunks(monkeypatch, device):
     want = torch.autograd.grad(expected, ins, torch.ones_like(expected))
     per_image = 2 * 9 * 25 * 8
     monkeypatch.setattr(dc, "COLUMN_BUDGET_BYTES", 3 * per_image)  # chunks of 3, 3 and 1 images
+    monkeypatch.setattr(dc, "CUDA_COLUMN_BUDGET_BYTES", 3 * per_image)
     out = ops.deform_conv2d(ins[0], ins[1], ins[2], ins[3], 1, 1, 1, ins[4])
     assert_close(out, expected)
     for a, b in zip(torch.autograd.grad(out, ins, torch.ones_like(out)), want):
@@ -221,3 +222,270 @@ def test_samples_outside_the_image_never_read_it(backend):
         grads = torch.autograd.grad(out.sum(), [offset, weight, mask])
     assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads)
     assert_close(out, expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gpu_budget_takes_a_typical_batch_in_one_chunk(device):
+    """The benchmark's shape (B=8, 64 channels, 56x56, 3x3) is one chunk on a GPU, several on a CPU."""
+    import pyvision_fast.ops.deform_conv as dc
+
+    x = torch.empty(8, 64, 56, 56, device=device)
+    offset = torch.empty(8, 18, 56, 56, device=device)
+    chunks = dc._chunks(x, offset, [3, 3, 1, 1, 1, 1, 1, 1])
+    assert (len(chunks) == 1) == (device == "cuda")
+
+
+def _both_ops():
+    g = torch.Generator().manual_seed(8)
+    ins = [t.requires_grad_() for t in _case(g, 2, 2, 2, 2, 2, 3, 3, 5, 6, (1, 2), (1, 0), (1, 2), True, 1.5)]
+    x, offset, weight, bias, mask = ins
+    return (ins, lambda: ops.deform_conv2d(x, offset, weight, bias, (1, 2), (1, 0), (1, 2), mask),
+            lambda: torch.ops.pvf.deform_conv2d(x, weight, offset, mask, bias, [1, 2], [1, 0], [1, 2]))
+
+
+def test_eager_calls_skip_the_custom_op_and_agree_with_it():
+    ins, eager, custom = _both_ops()
+    results = []
+    for call, backward_name in ((eager, "_DeformConv2d"), (custom, "pvf_deform_conv2d")):
+        out = call()
+        assert backward_name in type(out.grad_fn).__name__
+        results.append((out, *torch.autograd.grad(out, ins, torch.ones_like(out))))
+    for a, b in zip(*results):  # the same kernels on the same inputs: bit-identical
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_eager_calls_have_no_double_backward_and_modes_see_the_custom_op():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    ins, eager, _ = _both_ops()
+    out = eager()
+    (gx,) = torch.autograd.grad(out, ins[0], torch.ones_like(out, requires_grad=True), create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gx.sum().backward()
+    seen = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        eager()
+    assert "pvf.deform_conv2d.default" in seen
+
+
+# The Triton candidate (pyvision_fast.triton.deform_conv): Triton's interpreter on CPU (small shapes), native on
+# GPUs; float64 runs the Triton kernels only under the interpreter (GPUs route it to the CUDA kernels).
+
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TRITON_DTYPES = [torch.float64, torch.float32, torch.float16] + ([torch.bfloat16] if TRITON_DEVICE == "cuda" else [])
+# Relative tolerances against float64 torchvision on the same (rounded) inputs.
+TRITON_TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+def _close(actual, expected, dtype, scale=1.0):
+    tol = TRITON_TOL[dtype] * scale
+    atol = tol * max(1.0, float(expected.detach().abs().max())) if expected.numel() else tol
+    torch.testing.assert_close(actual.double().cpu(), expected.double().cpu(), rtol=tol, atol=atol)
+
+
+def _against_torchvision(x, offset, weight, bias, mask, stride, padding, dilation, backend="triton", seed=0):
+    """Our op under ``backend`` against torchvision in float64 (CPU) on the same values: output and the
+    gradients of every tensor input."""
+    dtype = x.dtype
+    ins = [t for t in (x, offset, weight, bias, mask) if t is not None]
+    ins = [t.detach().requires_grad_() for t in ins]
+    it = iter(ins)
+    tx, toff, tw = next(it), next(it), next(it)
+    tb = next(it) if bias is not None else None
+    tm = next(it) if mask is not None else None
+    refs = [t.detach().double().cpu().requires_grad_() for t in ins]
+    it = iter(refs)
+    rx, roff, rw = next(it), next(it), next(it)
+    rb = next(it) if bias is not None else None
+    rm = next(it) if mask is not None else None
+    expected = torchvision.ops.deform_conv2d(rx, roff, rw, rb, stride, padding, dilation, rm)
+    go = torch.randn(expected.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    with use_backend(backend):
+        out = ops.deform_conv2d(tx, toff, tw, tb, stride, padding, dilation, tm)
+        got = torch.autograd.grad(out, ins, go.to(out.device, dtype)) if out.numel() else [torch.zeros_like(t)
+                                                                                            for t in ins]
+    assert out.shape == expected.shape and out.dtype == dtype
+    _close(out, expected, dtype)
+    want = torch.autograd.grad(expected, refs, go.to(expected.dtype)) if expected.numel() else \
+        [torch.zeros_like(t) for t in refs]
+    for a, e in zip(got, want):
+        _close(a, e, dtype, scale=4.0)
+
+
+_TRITON_CASES = {
+    # B, C, C_out, groups, offset groups, (kh, kw), H, W, stride, padding, dilation, mask, bias
+    "3x3": (2, 16, 16, 1, 1, (3, 3), 6, 7, (1, 1), (1, 1), (1, 1), True, True),
+    "groups_offset_groups": (1, 6, 4, 2, 3, (2, 3), 5, 6, (2, 1), (1, 0), (1, 2), False, False),
+    "groups_mask": (2, 4, 6, 2, 1, (3, 3), 5, 5, (1, 1), (0, 0), (1, 1), True, True),
+    "offset_groups_split_groups": (1, 8, 8, 2, 4, (1, 1), 4, 5, (1, 1), (0, 0), (1, 1), True, False),
+    "wide_output": (1, 3, 130, 1, 1, (3, 3), 4, 5, (1, 1), (1, 1), (1, 1), True, True),
+    "many_channels": (1, 40, 24, 1, 2, (3, 3), 4, 4, (1, 1), (1, 1), (1, 1), True, True),
+}
+
+
+def _triton_inputs(case, dtype, seed=0, spread=2.0):
+    B, C, Cout, groups, og, (kh, kw), H, W, stride, padding, dilation, use_mask, use_bias = case
+    g = torch.Generator().manual_seed(seed)
+    Ho = (H + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    Wo = (W + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    t = dict(x=torch.randn(B, C, H, W, generator=g), offset=torch.randn(B, 2 * og * kh * kw, Ho, Wo, generator=g) * spread,
+             weight=torch.randn(Cout, C // groups, kh, kw, generator=g) / (C * kh * kw) ** 0.5,
+             bias=torch.randn(Cout, generator=g) if use_bias else None,
+             mask=torch.rand(B, og * kh * kw, Ho, Wo, generator=g) if use_mask else None)
+    t = {k: None if v is None else v.to(TRITON_DEVICE, dtype) for k, v in t.items()}
+    # no offset exactly on an integer: there (y or x = -1 exactly) the CUDA and CPU kernels' offset gradient is 0
+    # where torchvision's is one-sided (see test_triton_samples_on_the_border_follow_torchvision_exactly)
+    t["offset"] = torch.where(t["offset"] == t["offset"].round(), t["offset"] + 0.25, t["offset"])
+    return t, (stride, padding, dilation)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", TRITON_DTYPES, ids=str)
+@pytest.mark.parametrize("case", list(_TRITON_CASES), ids=str)
+def test_triton_matches_torchvision(case, dtype):
+    t, conv = _triton_inputs(_TRITON_CASES[case], dtype)
+    _against_torchvision(t["x"], t["offset"], t["weight"], t["bias"], t["mask"], *conv)
+
+
+@pytest.mark.triton
+def test_triton_non_contiguous_inputs_and_empty_batch():
+    t, conv = _triton_inputs(_TRITON_CASES["3x3"], torch.float32, seed=1)
+    x = t["x"].contiguous(memory_format=torch.channels_last)  # channels last: read in place
+    offset = torch.cat([t["offset"], t["offset"]], dim=1)[:, ::2]  # a strided view
+    mask = t["mask"].transpose(2, 3).contiguous().transpose(2, 3)
+    _against_torchvision(x, offset, t["weight"], t["bias"], mask, *conv)
+    _against_torchvision(t["x"][:0], t["offset"][:0], t["weight"], t["bias"], t["mask"][:0], *conv)
+
+
+@pytest.mark.triton
+def test_triton_samples_on_the_border_follow_torchvision_exactly():
+    """Samples exactly on y = -1, x = -1, y = H - 1, x = W - 1, integer and far outside: values and gradients
+    as torchvision's (whose offset gradient at exactly -1 is the one-sided derivative, nonzero)."""
+    B, C, H, W = 1, 16, 4, 5
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(B, C, H, W, generator=g, dtype=torch.float64)
+    choices = torch.tensor([-1.0, -2.0, 0.0, 1.0, 0.5, 3.0, -40.0, 40.0, -0.5, 2.0], dtype=torch.float64)
+    offset = choices[torch.randint(0, len(choices), (B, 18, H, W), generator=g)]
+    weight = torch.randn(8, C, 3, 3, generator=g, dtype=torch.float64)
+    mask = torch.rand(B, 9, H, W, generator=g, dtype=torch.float64)
+    for dtype in (torch.float64, torch.float32):
+        dev = [t.to(TRITON_DEVICE, dtype) for t in (x, offset, weight, mask)]
+        _against_torchvision(dev[0], dev[1], dev[2], None, dev[3], (1, 1), (1, 1), (1, 1))
+
+
+@pytest.mark.triton
+def test_triton_gradcheck():
+    """float64 gradcheck of the Triton path (under the interpreter; GPUs route float64 to the CUDA kernels)."""
+    t, conv = _triton_inputs(_TRITON_CASES["groups_mask"], torch.float64, seed=2, spread=1.5)
+    ins = [v.requires_grad_() for v in (t["x"], t["offset"], t["weight"], t["bias"], t["mask"])]
+    with use_backend("triton"):
+        gradcheck(lambda a, o, w, b, m: ops.deform_conv2d(a, o, w, b, *conv, m), ins, fast_mode=True)
+
+
+@pytest.mark.triton
+def test_candidate_switch_selects_triton_on_gpus_only_when_enabled():
+    from pyvision_fast import _backend
+    from pyvision_fast.ops import deform_conv as dc
+
+    assert _backend.candidates()["deform_conv2d"] == "triton"
+    with use_candidates("deform_conv2d"):
+        assert _backend.candidates_enabled("deform_conv2d_backward")
+    if torch.cuda.is_available():
+        dev = torch.device("cuda")
+        assert _backend.select("deform_conv2d", dev, dc._FORWARD)[0] == "cuda"
+        with use_candidates("deform_conv2d"):
+            assert _backend.select("deform_conv2d", dev, dc._FORWARD)[0] == "triton"
+            assert _backend.select("deform_conv2d_backward", dev, dc._BACKWARD)[0] == "triton"
+
+
+# GPU: the current CUDA path and the Triton candidate, each against torchvision and without host syncs.
+
+CANDIDATE = [pytest.param(None, id="current"), pytest.param("deform_conv2d", id="candidate")]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("candidate", CANDIDATE)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("case", ["3x3", "groups_offset_groups", "wide_output", "many_channels"])
+def test_gpu_paths_match_torchvision(case, dtype, candidate):
+    t, conv = _triton_inputs(_TRITON_CASES[case], dtype, seed=4)
+    with use_candidates(candidate):
+        _against_torchvision(t["x"], t["offset"], t["weight"], t["bias"], t["mask"], *conv, backend=None)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("candidate", CANDIDATE)
+@pytest.mark.parametrize("tf32", [False, True])
+def test_gpu_benchmark_shape_and_tf32(candidate, tf32):
+    """The benchmark's shape (B=8, 64 -> 64, 56x56, 3x3, mask) in float32, IEEE and tf32 dots."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(8, 64, 56, 56, generator=g)
+    offset = torch.randn(8, 18, 56, 56, generator=g) * 2
+    mask = torch.rand(8, 9, 56, 56, generator=g)
+    weight = torch.randn(64, 64, 3, 3, generator=g) * 0.05
+    bias = torch.randn(64, generator=g)
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        ins = [t.cuda() for t in (x, offset, weight, bias, mask)]
+        ref = [t.cuda().double().requires_grad_() for t in (x, offset, weight, bias, mask)]
+        expected = torchvision.ops.deform_conv2d(ref[0], ref[1], ref[2], ref[3], 1, 1, 1, ref[4])
+        go = torch.randn(expected.shape, generator=g).cuda()
+        want = torch.autograd.grad(expected, ref, go.double())
+        ins = [t.requires_grad_() for t in ins]
+        with use_candidates(candidate):
+            out = ops.deform_conv2d(ins[0], ins[1], ins[2], ins[3], 1, 1, 1, ins[4])
+            got = torch.autograd.grad(out, ins, go)
+        tol = 5e-3 if tf32 else 1e-4
+        _close_rel = lambda a, e: torch.testing.assert_close(  # noqa: E731
+            a.double(), e, rtol=tol, atol=tol * float(e.detach().abs().max()))
+        _close_rel(out, expected)
+        for a, e in zip(got, want):
+            _close_rel(a, e)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("candidate", CANDIDATE)
+def test_gpu_steady_state_never_synchronises(candidate):
+    t, conv = _triton_inputs(_TRITON_CASES["many_channels"], torch.float32, seed=6)
+    ins = [t[k].requires_grad_() for k in ("x", "offset", "weight", "bias", "mask")]
+
+    def step():
+        out = ops.deform_conv2d(ins[0], ins[1], ins[2], ins[3], *conv, ins[4])
+        torch.autograd.grad(out, ins, torch.ones_like(out))
+
+    with use_candidates(candidate):
+        step()  # first call: compilation and autotuning may synchronise
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+
+
+def test_backward_runs_the_forwards_implementation_on_any_thread(monkeypatch):
+    """The autograd setup records the forward's implementation: a backward on another thread (CUDA's autograd
+    device thread does not see the caller's use_backend / use_candidates context) runs the same one."""
+    import threading
+
+    from pyvision_fast.ops import deform_conv as dc
+
+    ran = []
+    monkeypatch.setitem(dc._BACKWARD, "reference", lambda *a: (ran.append("reference"), dc._backward(
+        dc._KERNELS["reference"], *a))[1])
+    ins, eager, custom = _both_ops()
+    for call in (eager, custom):
+        with use_backend("reference"):
+            out = call()
+        worker = threading.Thread(target=lambda: torch.autograd.grad(out, ins, torch.ones_like(out)))
+        worker.start()
+        worker.join()
+    assert ran == ["reference", "reference"]

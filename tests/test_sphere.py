@@ -9,7 +9,7 @@ import torchvision
 
 from op_harness import DEVICES, BadInput, assert_close, check_compiled, check_onnx, float_dtypes, gradcheck, opcheck
 from op_harness import run_bad_input
-from pyvision_fast import ops, use_backend
+from pyvision_fast import ops, use_backend, use_candidates
 from pyvision_fast.geometry import equirect
 from pyvision_fast.nn import SphereConv2d, SpherePatchEmbed
 
@@ -275,3 +275,285 @@ def test_onnx_export(make, shape, tmp_path):
     torch.manual_seed(6)
     report = check_onnx(make().eval(), (torch.randn(*shape),), tmp_path, atol=1e-5)
     assert {"Gather", "MatMul"} <= set(report.op_types) and "Asin" not in report.op_types
+
+
+# Tables: validated once, transposed once, never read per call.
+
+def _no_host_reads(monkeypatch):
+    """Make any validation read of a table fail the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a table was read on the host")
+
+    monkeypatch.setattr(torch.Tensor, "nonzero", refuse)
+
+
+def test_tables_are_validated_once_and_remembered(monkeypatch):
+    table = equirect.sampling_table(8, 16, 3, 1)
+    x, w = torch.randn(1, 3, 8, 16), torch.randn(4, 3, 3, 3)
+    user = equirect.SamplingTable(table.index.clone(), table.weight, table.in_size, table.out_size,
+                                  table.kernel_size)
+    reads = []
+    real = torch.Tensor.nonzero
+    monkeypatch.setattr(torch.Tensor, "nonzero", lambda self, *a, **k: (reads.append(1), real(self, *a, **k))[1])
+    ops.sphere_conv2d(x, w, None, table)  # built by equirect: valid by construction
+    assert reads == []
+    for _ in range(3):
+        ops.sphere_conv2d(x, w, None, user)  # a user's table: read once
+    assert reads == [1]
+    user.index[3, 1, 2] = 8 * 16  # changed in place: read again, and rejected
+    with pytest.raises(ValueError, match="outside the 8x16"):
+        ops.sphere_conv2d(x, w, None, user)
+    assert reads == [1, 1]
+
+
+def test_patch_embed_table_stays_trusted_across_moves_and_casts_once(monkeypatch):
+    _no_host_reads(monkeypatch)
+    embed = SpherePatchEmbed((32, 64), 8, 3, 16)
+    x = torch.randn(2, 3, 32, 64)
+    embed(x)
+    embed = embed.double()
+    first = embed.table().weight
+    assert first.dtype == torch.float64 and embed.table().weight is first
+    embed = embed.float()
+    assert embed.table().weight is embed.table().weight
+    embed(x)
+
+
+def test_transposed_table_lists_every_entry_of_each_pixel_and_tap():
+    for (H, k, s) in [(6, 3, 1), (8, 3, 2)]:
+        table = equirect.sampling_table(H, 2 * H, k, s, "natural", torch.float64)
+        tt = equirect.transposed_table(table.index, H, 2 * H)
+        assert tt is equirect.transposed_table(table.index, H, 2 * H)  # remembered
+        P, K, _ = table.index.shape
+        HW = H * 2 * H
+        listed = {}
+        for kk in range(K):
+            for q in range(HW):
+                n = int(tt.count[kk, q])
+                entries = tt.entry[kk, :n, q].tolist()
+                assert entries == sorted(entries) and not tt.entry[kk, n:, q].any()
+                listed[(kk, q)] = entries
+        expected = {}
+        for e, q in enumerate(table.index.reshape(-1).tolist()):
+            expected.setdefault(((e // 4) % K, q), []).append(e)
+        assert {key: v for key, v in listed.items() if v} == expected
+    embed = equirect.sampling_table(32, 64, 8, 8, "paver", torch.float64)  # strided: too sparse to transpose
+    assert equirect.transposed_table(embed.index, 32, 64) is None
+
+
+def _both_ops():
+    torch.manual_seed(9)
+    table = equirect.sampling_table(6, 12, 3, 2, "natural", torch.float64)
+    ins = [torch.randn(2, 3, 6, 12, dtype=torch.float64, requires_grad=True),
+           torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True),
+           torch.randn(4, dtype=torch.float64, requires_grad=True)]
+    return (ins, lambda: ops.sphere_conv2d(*ins, table),
+            lambda: torch.ops.pvf.sphere_conv2d(*ins, table.index, table.weight, *table.out_size))
+
+
+def test_eager_calls_skip_the_custom_op_and_agree_with_it():
+    ins, eager, custom = _both_ops()
+    results = []
+    for call, backward_name in ((eager, "_SphereConv2d"), (custom, "pvf_sphere_conv2d")):
+        out = call()
+        assert backward_name in type(out.grad_fn).__name__
+        results.append((out, *torch.autograd.grad(out, ins, torch.ones_like(out))))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert a.stride() == b.stride()
+
+
+def test_eager_calls_have_no_double_backward_and_modes_see_the_custom_op():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    ins, eager, _ = _both_ops()
+    out = eager()
+    (gx,) = torch.autograd.grad(out, ins[0], torch.ones_like(out, requires_grad=True), create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gx.sum().backward()
+    seen = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        eager()
+    assert "pvf.sphere_conv2d.default" in seen
+
+
+# The Triton candidate (pyvision_fast.triton.sphere): the interpreter on CPU, native on GPUs.
+
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TRITON_DTYPES = [torch.float64, torch.float32, torch.float16] + ([torch.bfloat16] if TRITON_DEVICE == "cuda" else [])
+TRITON_TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+def _against_reference(x, w, b, table_args, backend="triton", seed=0):
+    """sphere_conv2d under ``backend`` against the reference backend in float64 on CPU (same values): output
+    (and its channels-last layout) and the gradients of input, weight and bias."""
+    dtype, device = x.dtype, x.device
+    table = equirect.sampling_table(*table_args, dtype=dtype, device=device)
+    ins = [t.detach().requires_grad_() for t in (x, w, b)]
+    refs = [t.detach().double().cpu().requires_grad_() for t in (x, w, b)]
+    with use_backend("reference"):
+        expected = ops.sphere_conv2d(*refs, equirect.sampling_table(*table_args, dtype=torch.float64))
+    go = torch.randn(expected.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    want = torch.autograd.grad(expected, refs, go)
+    with use_backend(backend):
+        out = ops.sphere_conv2d(*ins, table)
+        got = torch.autograd.grad(out, ins, go.to(device, dtype))
+    assert out.shape == expected.shape and out.dtype == dtype
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    for i, (a, e) in enumerate(zip((out, *got), (expected, *want))):
+        tol = TRITON_TOL[dtype] * (1 if i == 0 else 4)
+        e = e.detach()
+        scale = max(1.0, float(e.abs().max())) if e.numel() else 1.0
+        torch.testing.assert_close(a.double().cpu(), e, rtol=tol, atol=tol * scale)
+
+
+def _sphere_inputs(B, C, Cout, H, W, k, dtype, layout="plain", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, C, H, W, generator=g)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = torch.randn(B, C, W, H, generator=g).transpose(2, 3)
+    w = torch.randn(Cout, C, k, k, generator=g) / (C * k * k) ** 0.5
+    return x.to(TRITON_DEVICE, dtype), w.to(TRITON_DEVICE, dtype), torch.randn(Cout, generator=g).to(TRITON_DEVICE,
+                                                                                                      dtype)
+
+
+_SPHERE_CASES = {
+    # B, C, C_out, H, (k, stride), layout
+    "3x3": (2, 16, 5, 6, (3, 1), "plain"),
+    "3x3_channels_last_two_chunks": (1, 20, 24, 4, (3, 1), "channels_last"),
+    "stride2_strided_input": (2, 16, 8, 8, (3, 2), "strided"),
+}
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", TRITON_DTYPES, ids=str)
+@pytest.mark.parametrize("case", list(_SPHERE_CASES), ids=str)
+def test_triton_matches_reference(case, dtype):
+    B, C, Cout, H, (k, stride), layout = _SPHERE_CASES[case]
+    x, w, b = _sphere_inputs(B, C, Cout, H, 2 * H, k, dtype, layout)
+    _against_reference(x, w, b, (H, 2 * H, k, stride, "natural"))
+
+
+@pytest.mark.triton
+def test_triton_routes_small_channel_counts_and_sparse_tables_to_the_column_kernels():
+    """RGB patch embeddings (3 channels, strided table): the candidate takes the column kernels' path, forward and
+    backward; so does a table too sparse to transpose."""
+    x, w, b = _sphere_inputs(2, 3, 16, 16, 32, 8, torch.float32)
+    _against_reference(x, w, b, (16, 32, 8, 8, "paver"))
+    x, w, b = _sphere_inputs(1, 16, 8, 16, 32, 4, torch.float32)
+    _against_reference(x, w, b, (16, 32, 4, 4, "natural"))
+
+
+@pytest.mark.triton
+def test_triton_empty_batch_and_gradcheck():
+    x, w, b = _sphere_inputs(0, 16, 4, 4, 8, 3, torch.float32)
+    _against_reference(x, w, b, (4, 8, 3, 1, "natural"))
+    x, w, b = (t.double().requires_grad_() for t in _sphere_inputs(1, 16, 3, 4, 8, 3, torch.float64))
+    table = equirect.sampling_table(4, 8, 3, 1, "natural", torch.float64, TRITON_DEVICE)
+    with use_backend("triton"):
+        gradcheck(lambda a, c, d: ops.sphere_conv2d(a, c, d, table), (x, w, b), fast_mode=True)
+
+
+@pytest.mark.triton
+def test_candidate_is_registered():
+    from pyvision_fast import _backend
+
+    assert _backend.candidates()["sphere_conv2d"] == "triton"
+
+
+CANDIDATE = [pytest.param(None, id="current"), pytest.param("sphere_conv2d", id="candidate")]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("candidate", CANDIDATE)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("case", list(_SPHERE_CASES) + ["patch_embed"], ids=str)
+def test_gpu_paths_match_reference(case, dtype, candidate):
+    if case == "patch_embed":
+        x, w, b = _sphere_inputs(2, 3, 32, 32, 64, 8, dtype)
+        args = (32, 64, 8, 8, "paver")
+    else:
+        B, C, Cout, H, (k, stride), layout = _SPHERE_CASES[case]
+        x, w, b = _sphere_inputs(B, C, Cout, H, 2 * H, k, dtype, layout)
+        args = (H, 2 * H, k, stride, "natural")
+    with use_candidates(candidate):
+        _against_reference(x, w, b, args, backend=None)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("candidate", CANDIDATE)
+@pytest.mark.parametrize("tf32", [False, True])
+def test_gpu_benchmark_shape_and_tf32(candidate, tf32):
+    """SphereConv2d's benchmark layer (64 -> 64, 3x3) on a 2 x 112 x 224 batch: float32 with IEEE and tf32 dots,
+    against float64 on the GPU."""
+    torch.manual_seed(7)
+    conv = SphereConv2d(64, 64, 3).cuda()
+    x = torch.randn(2, 64, 112, 224, device="cuda", requires_grad=True)
+    conv64 = SphereConv2d(64, 64, 3).cuda().double()
+    conv64.load_state_dict(conv.state_dict())
+    x64 = x.detach().double().requires_grad_()
+    expected = conv64(x64)
+    go = torch.randn_like(expected)
+    want = torch.autograd.grad(expected, [x64, conv64.weight, conv64.bias], go)
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        with use_candidates(candidate):
+            out = conv(x)
+            got = torch.autograd.grad(out, [x, conv.weight, conv.bias], go.float())
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+    tol = 5e-3 if tf32 else 1e-4
+    for a, e in zip((out, *got), (expected, *want)):
+        torch.testing.assert_close(a.double(), e, rtol=tol, atol=tol * float(e.detach().abs().max()))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("candidate", CANDIDATE)
+def test_gpu_steady_state_never_synchronises(candidate):
+    torch.manual_seed(8)
+    conv = SphereConv2d(16, 24, 3).cuda()
+    embed = SpherePatchEmbed((32, 64), 8, 3, 32).cuda()
+    x = torch.randn(2, 16, 12, 24, device="cuda", requires_grad=True)
+    rgb = torch.randn(2, 3, 32, 64, device="cuda", requires_grad=True)
+
+    def step():
+        out = conv(x)
+        torch.autograd.grad(out, [x, conv.weight, conv.bias], torch.ones_like(out))
+        tokens = embed(rgb)
+        torch.autograd.grad(tokens, [rgb, embed.proj.weight], torch.ones_like(tokens))
+
+    with use_candidates(candidate):
+        step()  # first call: tables, transposed tables, compilation and autotuning may synchronise
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+
+
+def test_backward_runs_the_forwards_implementation_on_any_thread(monkeypatch):
+    """See test_deform_conv: a backward on another thread runs the forward's implementation."""
+    import threading
+
+    from pyvision_fast.ops import sphere as sphere_ops
+
+    ran = []
+    monkeypatch.setitem(sphere_ops._BACKWARD, "reference", lambda *a: (ran.append("reference"), sphere_ops._backward(
+        sphere_ops._IMPLS["reference"], *a))[1])
+    ins, eager, custom = _both_ops()
+    for call in (eager, custom):
+        with use_backend("reference"):
+            out = call()
+        worker = threading.Thread(target=lambda: torch.autograd.grad(out, ins, torch.ones_like(out)))
+        worker.start()
+        worker.join()
+    assert ran == ["reference", "reference"]

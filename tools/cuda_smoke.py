@@ -9,12 +9,16 @@ prints one line per op.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
 
-from pyvision_fast import ops, use_candidates
-from pyvision_fast.geometry import equirect
+# Triton candidates run too (deform_conv, sphere): one configuration each, no autotuning under the sanitizer.
+os.environ.setdefault("PVF_TRITON_AUTOTUNE", "0")
+
+from pyvision_fast import ops, use_candidates  # noqa: E402
+from pyvision_fast.geometry import equirect  # noqa: E402
 
 DEVICE = "cuda"  # "--device cpu" runs the same calls on the CPU backends (a dry run of this script)
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -73,7 +77,13 @@ def deform_conv(dtype):
     offset = _leaf(2, 2 * 2 * 9, 7, 9, dtype=dtype, scale=3.0)
     weight, bias = _leaf(6, 2, 3, 3, dtype=dtype), _leaf(6, dtype=dtype)
     mask = torch.rand(2, 2 * 9, 7, 9, device=DEVICE).to(dtype).requires_grad_()
-    _backward(ops.deform_conv2d(x, offset, weight, bias, 1, 1, 1, mask), [x, offset, weight, bias, mask])
+    # groups (2) and offset groups (3) that split each other's channels, no mask, stride and dilation
+    x6, w6 = _leaf(2, 6, 5, 8, dtype=dtype), _leaf(4, 3, 2, 3, dtype=dtype)
+    offset6 = _leaf(2, 2 * 3 * 6, 3, 6, dtype=dtype, scale=3.0)
+    for candidate in (None, "deform_conv2d"):  # the CUDA kernels, then the Triton candidate (GPU only)
+        with use_candidates(candidate):
+            _backward(ops.deform_conv2d(x, offset, weight, bias, 1, 1, 1, mask), [x, offset, weight, bias, mask])
+            _backward(ops.deform_conv2d(x6, offset6, w6, None, (2, 1), 1, (1, 2)), [x6, offset6, w6])
 
 
 def sphere(dtype):
@@ -81,6 +91,13 @@ def sphere(dtype):
     x = _leaf(2, 3, 10, 20, dtype=dtype)
     w, b = _leaf(5, 3, 3, 3, dtype=dtype), _leaf(5, dtype=dtype)
     _backward(ops.sphere_conv2d(x, w, b, table), [x, w, b])
+    # 16 channels: the Triton candidate's implicit GEMMs (a stride-1 table: the transposed-table gather), then the
+    # CUDA kernels on the same call
+    table1 = equirect.sampling_table(6, 12, 3, 1, "natural", dtype, DEVICE)
+    x16, w16 = _leaf(2, 16, 6, 12, dtype=dtype), _leaf(5, 16, 3, 3, dtype=dtype)
+    for candidate in (None, "sphere_conv2d"):
+        with use_candidates(candidate):
+            _backward(ops.sphere_conv2d(x16, w16, b, table1), [x16, w16, b])
 
 
 def pointcloud(dtype):

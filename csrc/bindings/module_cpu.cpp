@@ -321,18 +321,13 @@ void deform_col2im(py::handle input, py::handle offset, py::handle mask, const p
 
 namespace sa = pvf::sphere_args;
 
-std::vector<int32_t> read_int32_cpu(const TensorView& v, int64_t first, int64_t count) {
-  const int32_t* p = v.ptr<int32_t>() + first;
-  return std::vector<int32_t>(p, p + count);
-}
-
 void sphere_im2col(py::handle input, py::handle index, py::handle weight, int64_t r0, int64_t r1,
                    py::handle columns) {
   const char* op = "sphere_conv2d";
   Checker ck(op);
   TensorView in = sa::image_input(ck, cpu(), input, op);
   ck.dtype(in, "input", cpu().float_dtypes);
-  auto a = sa::parse(cpu(), op, in, "input", in.dtype, index, weight, r0, r1, read_int32_cpu);
+  auto a = sa::parse(cpu(), op, in, "input", in.dtype, index, weight, r0, r1);
   TensorView cols = sa::columns(ck, cpu(), a, in.dtype, columns, op, "columns", true, r1 - r0);
   py::gil_scoped_release nogil;
   dispatch_floating(in.dtype, op, [&](auto tag) {
@@ -348,7 +343,7 @@ void sphere_col2im(py::handle grad_columns, py::handle index, py::handle weight,
   Checker ck(op);
   TensorView gi = pa::output(ck, cpu(), grad_input, op, "grad_input");
   ck.dtype(gi, "grad_input", cpu().float_dtypes);
-  auto a = sa::parse(cpu(), op, gi, "grad_input", gi.dtype, index, weight, r0, r1, read_int32_cpu);
+  auto a = sa::parse(cpu(), op, gi, "grad_input", gi.dtype, index, weight, r0, r1);
   TensorView gc = sa::columns(ck, cpu(), a, gi.dtype, grad_columns, op, "grad_columns", false, r1 - r0);
   py::gil_scoped_release nogil;
   dispatch_floating(gi.dtype, op, [&](auto tag) {

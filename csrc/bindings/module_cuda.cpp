@@ -470,17 +470,6 @@ void deform_col2im(py::handle input, py::handle offset, py::handle mask, const p
 
 namespace sa = pvf::sphere_args;
 
-sa::ReadInt32 read_int32_cuda(const char* op) {
-  return [op](const TensorView& t, int64_t first, int64_t count) {
-    std::vector<int32_t> host(count);
-    if (!host.empty())
-      check_cuda(cudaMemcpy(host.data(), t.ptr<int32_t>() + first, host.size() * sizeof(int32_t),
-                            cudaMemcpyDeviceToHost),
-                 op);
-    return host;
-  };
-}
-
 void sphere_im2col(py::handle input, py::handle index, py::handle weight, int64_t r0, int64_t r1,
                    py::handle columns, uintptr_t stream) {
   const char* op = "sphere_conv2d";
@@ -488,7 +477,7 @@ void sphere_im2col(py::handle input, py::handle index, py::handle weight, int64_
   Checker ck(op);
   TensorView in = sa::image_input(ck, call.dev, input, op);
   ck.dtype(in, "input", call.dev.float_dtypes);
-  auto a = sa::parse(call.dev, op, in, "input", in.dtype, index, weight, r0, r1, read_int32_cuda(op));
+  auto a = sa::parse(call.dev, op, in, "input", in.dtype, index, weight, r0, r1);
   TensorView cols = sa::columns(ck, call.dev, a, in.dtype, columns, op, "columns", true, r1 - r0);
   pvf::sphere::table_im2col_cuda(in.dtype, a.g, in.data, a.index.ptr<int32_t>(), a.weight.data, r0, r1, cols.data,
                                  stream_ptr(stream));
@@ -503,7 +492,7 @@ void sphere_col2im(py::handle grad_columns, py::handle index, py::handle weight,
   ck.dtype(gc0, "grad_columns", call.dev.float_dtypes);
   TensorView gi = pa::output(ck, call.dev, grad_input, op, "grad_input");
   ck.dtype(gi, "grad_input", {accumulation_dtype(gc0.dtype)});
-  auto a = sa::parse(call.dev, op, gi, "grad_input", gc0.dtype, index, weight, r0, r1, read_int32_cuda(op));
+  auto a = sa::parse(call.dev, op, gi, "grad_input", gc0.dtype, index, weight, r0, r1);
   TensorView gc = sa::columns(ck, call.dev, a, gc0.dtype, grad_columns, op, "grad_columns", false, r1 - r0);
   pvf::sphere::table_col2im_cuda(gc.dtype, a.g, gc.data, a.index.ptr<int32_t>(), a.weight.data, r0, r1, gi.data,
                                  stream_ptr(stream));

@@ -1,13 +1,9 @@
 // Argument checks of the spherical-convolution table kernels, shared by the CPU and CUDA bindings. The table's
-// indices are read (on the host) and checked against the image size before any kernel uses them.
+// index values are not read here (see parse): the kernels clamp them into the image.
 #pragma once
 #include <pybind11/pybind11.h>
 
-#include <algorithm>
 #include <cstdint>
-#include <utility>
-#include <functional>
-#include <vector>
 
 #include "bindings/pointcloud_args.h"
 #include "bindings/py_tensor.h"
@@ -44,12 +40,10 @@ struct Args {
 
 // image (B, H, W, C): the input (forward) or grad_input (backward), checked by the caller for dtype; `dtype` is
 // the dtype of the columns and of the table weights; index (P, K, 4) int32; weight (P, K, 4); rows [r0, r1) of
-// the B * P output rows. read_int32(view, first, count) copies part of the index table to the host: only the
-// entries of the output locations the rows use are checked.
-using ReadInt32 = std::function<std::vector<int32_t>(const TensorView&, int64_t, int64_t)>;
-
+// the B * P output rows. The index values are not read here (that would synchronise a CUDA caller on every call):
+// the kernels clamp them into the image, and the Python side validates each table once.
 inline Args parse(const Device& dev, const char* op, const TensorView& image, const char* image_name, DType dtype,
-                  py::handle index_h, py::handle weight_h, int64_t r0, int64_t r1, const ReadInt32& read_int32) {
+                  py::handle index_h, py::handle weight_h, int64_t r0, int64_t r1) {
   Checker ck(op);
   Args a;
   ck.ndim(image, image_name, 4, "(B, H, W, C) (channels last)");
@@ -64,21 +58,9 @@ inline Args parse(const Device& dev, const char* op, const TensorView& image, co
   a.g = {image.size(0), H * W, image.size(3), a.index.size(0), a.index.size(1), image.strides[0], image.strides[2],
          image.strides[3]};
   if (a.g.HW >= (int64_t(1) << 31)) ck.value_error("input planes must hold fewer than 2^31 elements");
+  if (a.g.HW == 0 && a.g.B * a.g.P * a.g.K > 0) ck.value_error("the image has no pixels to sample");
   if (r0 < 0 || r0 > r1 || r1 > a.g.B * a.g.P)
     ck.value_error(str("rows [", r0, ", ", r1, ") are outside the ", a.g.B * a.g.P, " output rows"));
-  if (a.index.numel() > 0 && r1 > r0) {
-    // output locations [p0, p0 + n) (mod P) are used by the rows
-    const int64_t n = std::min(r1 - r0, a.g.P), p0 = r0 % a.g.P, entry = a.g.K * 4;
-    const int64_t first_n = std::min(n, a.g.P - p0);
-    for (auto [p, count] : {std::pair<int64_t, int64_t>{p0, first_n}, {0, n - first_n}}) {
-      if (count == 0) continue;
-      const std::vector<int32_t> idx = read_int32(a.index, p * entry, count * entry);
-      for (size_t i = 0; i < idx.size(); ++i)
-        if (idx[i] < 0 || idx[i] >= a.g.HW)
-          ck.value_error(str("table_index holds ", idx[i], " at flat position ", p * entry + int64_t(i),
-                             ", outside the ", H, "x", W, " image (the table was built for another size)"));
-    }
-  }
   return a;
 }
 

@@ -4,17 +4,22 @@
 //
 // input (B, H, W, C) with element strides (sb, sp, sc) for image, pixel (h * W + w) and channel: channels last
 // (sp = C, sc = 1, the fast case) or the plain (B, C, H, W) layout viewed so (sp = 1, sc = H * W).
-// Table index (P, K, 4) int32 in [0, H*W) and weight (P, K, 4).
+// Table index (P, K, 4) int32 in [0, H*W) and weight (P, K, 4). Tables are validated once where they are made
+// (pyvision_fast.geometry.equirect.validate), never per call; the kernels clamp every index into [0, H*W) all
+// the same, so that no table, however wrong, makes them touch memory outside the image.
 // Rows are the flattened (b, p) pairs, p an output location; a call covers rows [r0, r1) and
 //   columns[r - r0, k, c] = sum_i weight[p, k, i] * input[b, index[p, k, i], c]       (r = b * P + p)
 // so that columns (rows, K*C) times the weight as (K*C, C_out) gives the channels-last output rows.
 #pragma once
 #include <cstdint>
 
+#include "common/macros.h"
 #include "common/tensor_view.h"
 
 namespace pvf {
 namespace sphere {
+
+PVF_HOST_DEVICE int64_t clamp_pixel(int32_t ix, int64_t HW) { return ix < 0 ? 0 : (ix >= HW ? HW - 1 : ix); }
 
 struct Geometry {
   int64_t B, HW, C, P, K;

@@ -16,8 +16,8 @@ namespace {
 template <int NC, typename T>
 inline void im2col_row_small(const Geometry& g, const T* image, const int32_t* ix, const T* wt, T* col) {
   for (int64_t k = 0; k < g.K; ++k, ix += 4, wt += 4, col += NC) {
-    const T *s0 = image + ix[0] * g.sp, *s1 = image + ix[1] * g.sp, *s2 = image + ix[2] * g.sp,
-            *s3 = image + ix[3] * g.sp;
+    const T *s0 = image + clamp_pixel(ix[0], g.HW) * g.sp, *s1 = image + clamp_pixel(ix[1], g.HW) * g.sp,
+            *s2 = image + clamp_pixel(ix[2], g.HW) * g.sp, *s3 = image + clamp_pixel(ix[3], g.HW) * g.sp;
     for (int c = 0; c < NC; ++c) {
       const int64_t o = c * g.sc;
       col[c] = wt[0] * s0[o] + wt[1] * s1[o] + wt[2] * s2[o] + wt[3] * s3[o];
@@ -51,8 +51,8 @@ void table_im2col_cpu(const Geometry& g, const T* input, const int32_t* index, c
       for (int64_t k = 0; k < K; ++k) {
         const int32_t* ix = index + (p * K + k) * 4;
         const T* wt = weight + (p * K + k) * 4;
-        const T *s0 = image + ix[0] * g.sp, *s1 = image + ix[1] * g.sp, *s2 = image + ix[2] * g.sp,
-                *s3 = image + ix[3] * g.sp;
+        const T *s0 = image + clamp_pixel(ix[0], g.HW) * g.sp, *s1 = image + clamp_pixel(ix[1], g.HW) * g.sp,
+                *s2 = image + clamp_pixel(ix[2], g.HW) * g.sp, *s3 = image + clamp_pixel(ix[3], g.HW) * g.sp;
         const T w0 = wt[0], w1 = wt[1], w2 = wt[2], w3 = wt[3];
         T* col = row + k * C;
         if (g.sc == 1) {
@@ -90,7 +90,7 @@ void table_col2im_cpu(const Geometry& g, const T* grad_columns, const int32_t* i
           const T* wt = weight + (p * K + k) * 4;
           const T* col = grad_columns + ((r - r0) * K + k) * C;
           for (int i = 0; i < 4; ++i) {
-            T* dst = image + ix[i] * C;
+            T* dst = image + clamp_pixel(ix[i], g.HW) * C;
             const T w = wt[i];
 #pragma omp simd
             for (int64_t c = c0; c < c1; ++c) dst[c] += w * col[c];

@@ -23,7 +23,7 @@ __global__ void im2col_kernel(Geometry g, const T* input, const int32_t* index, 
     const T* image = input + b * g.sb + c * g.sc;
     const int64_t e = (p * g.K + k) * 4;
     A v = 0;
-    for (int i = 0; i < 4; ++i) v += to_acc(weight[e + i]) * to_acc(image[int64_t(index[e + i]) * g.sp]);
+    for (int i = 0; i < 4; ++i) v += to_acc(weight[e + i]) * to_acc(image[clamp_pixel(index[e + i], g.HW) * g.sp]);
     columns[t] = from_acc<T>(v);
   }
 }
@@ -40,7 +40,7 @@ __global__ void col2im_kernel(Geometry g, const T* grad_columns, const int32_t* 
     const A v = to_acc(grad_columns[t]);
     for (int i = 0; i < 4; ++i) {
       const A w = to_acc(weight[e + i]);
-      if (w != A(0)) atomicAdd(grad_input + (b * g.HW + index[e + i]) * g.C + c, w * v);
+      if (w != A(0)) atomicAdd(grad_input + (b * g.HW + clamp_pixel(index[e + i], g.HW)) * g.C + c, w * v);
     }
   }
 }

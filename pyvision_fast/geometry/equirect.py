@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple, Union
+from typing import NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
+from torch.utils.weak import WeakTensorKeyDictionary
 
 _Pair = Union[int, tuple[int, int]]
 
@@ -162,8 +163,9 @@ def table_from_positions(positions: Tensor, height: int, width: int, discrete: b
     w1 = (w0 + 1) % width
     index = torch.stack([h0 * width + w0, h0 * width + w1, h1 * width + w0, h1 * width + w1], dim=-1)
     weight = torch.stack([(1 - lh) * (1 - lw), (1 - lh) * lw, lh * (1 - lw), lh * lw], dim=-1)
-    return SamplingTable(index.to(device=device, dtype=torch.int32), weight.to(device=device, dtype=dtype),
-                         (height, width), (Ho, Wo), (kh, kw))
+    index = index.to(device=device, dtype=torch.int32)
+    mark_valid(index, height, width)  # in range by construction
+    return SamplingTable(index, weight.to(device=device, dtype=dtype), (height, width), (Ho, Wo), (kh, kw))
 
 
 def sampling_table(height: int, width: int, kernel_size: _Pair, stride: _Pair = 1, layout: str = "natural",
@@ -195,3 +197,103 @@ def _cached_table(height: int, width: int, kernel_size: tuple[int, int], stride:
             raise ValueError(f"layout must be 'paver' or 'natural', got {layout!r}")
         positions = tangent_sampling(height, width, kernel_size, stride)
     return table_from_positions(positions, height, width, discrete, dtype, torch.device(device))
+
+
+# Facts about table index tensors, remembered per tensor (identity and in-place version) so that no kernel call
+# reads a table on the host: whether its indices are in range, and its transposed table.
+
+class _Facts:
+    __slots__ = ("version", "pixels", "transposed")
+
+    def __init__(self, version: int, pixels: int):
+        self.version, self.pixels = version, pixels
+        self.transposed = _UNKNOWN
+
+
+_UNKNOWN = object()
+_FACTS = WeakTensorKeyDictionary()
+
+
+def _facts(index: Tensor, pixels: int) -> Optional[_Facts]:
+    f = _FACTS.get(index)
+    return f if f is not None and f.version == index._version and f.pixels == pixels else None
+
+
+def mark_valid(index: Tensor, height: int, width: int) -> None:
+    """Record that ``index`` (a table index tensor this package built, or a copy of one) holds only pixels of an
+    H x W image, so ``validate`` need not read it. A later in-place change of the tensor forgets this."""
+    if _facts(index, height * width) is None:
+        _FACTS[index] = _Facts(index._version, height * width)
+
+
+def validate(table: SamplingTable) -> None:
+    """Raise ValueError if ``table.index`` holds a pixel outside its ``in_size`` image (``validate_index``)."""
+    validate_index(table.index, *table.in_size)
+
+
+def validate_index(index: Tensor, height: int, width: int) -> None:
+    """Raise ValueError if the table index tensor ``index`` holds a pixel outside an H x W image. Each index tensor
+    is read at most once (one host synchronisation for a CUDA tensor), then remembered until it is changed in
+    place; tables built by this module are valid by construction and never read. Skipped while tracing
+    (torch.compile, fake tensors): the kernels clamp indices, so a bad table there gives wrong values, never a bad
+    memory access."""
+    if type(index) is not torch.Tensor or torch.compiler.is_compiling():
+        return
+    if _facts(index, height * width) is not None:
+        return
+    if index.numel():
+        flat = index.reshape(-1)
+        bad = ((flat < 0) | (flat >= height * width)).nonzero()
+        if bad.numel():
+            at = int(bad[0, 0])
+            raise ValueError(f"table_index holds {int(flat[at])} at flat position {at}, outside the {height}x{width} "
+                             f"image (the table was built for another size)")
+    mark_valid(index, height, width)
+
+
+class TransposedTable(NamedTuple):
+    """Which table entries read each input pixel, per tap: for pixel q and tap k, ``count[k, q]`` entries
+    ``entry[k, j, q]`` (j < count), each the flat position ((p K + k) 4 + i) of an entry of the (P, K, 4) table
+    whose index is q (its output location is p = entry // (4 K), its weight ``table.weight.view(-1)[entry]``);
+    the rest of the J columns hold 0. Ordered by entry, so sums over them are deterministic."""
+
+    entry: Tensor  # (K, J, H * W) int32
+    count: Tensor  # (K, H * W) int32
+
+
+# A transposed table is kept only when it is at most this many times the size of the table itself: stride-1
+# convolutions (each pixel read ~4 times per tap) qualify; strided ones (most pixels never read by a given tap)
+# do not.
+TRANSPOSED_SIZE_LIMIT = 4
+
+
+def transposed_table(index: Tensor, height: int, width: int) -> Optional[TransposedTable]:
+    """The ``TransposedTable`` of the table index tensor ``index`` (P, K, 4) for an H x W image, built on its
+    device on first use (validating it first if needed; one host synchronisation, for the largest fan-in J) and
+    remembered with it; None when it would be more than ``TRANSPOSED_SIZE_LIMIT`` times the table's size."""
+    validate_index(index, height, width)
+    f = _facts(index, height * width)
+    if f is None:  # tracing: nothing to remember
+        return _transpose(index, height * width)
+    if f.transposed is _UNKNOWN:
+        f.transposed = _transpose(index, height * width)
+    return f.transposed
+
+
+def _transpose(index: Tensor, pixels: int) -> Optional[TransposedTable]:
+    P, K, corners = index.shape
+    n = P * K * corners
+    if n >= 2**31 or K * pixels >= 2**31:
+        return None
+    k = torch.arange(K, device=index.device, dtype=torch.int64).view(1, K, 1)
+    key = (k * pixels + index.long()).reshape(-1)  # (k, q) of every entry, in entry order
+    order = torch.argsort(key, stable=True)
+    skey = key[order]
+    count = torch.bincount(skey, minlength=K * pixels)
+    J = int(count.max()) if n else 0
+    if J * pixels > TRANSPOSED_SIZE_LIMIT * corners * P:
+        return None
+    rank = torch.arange(n, device=index.device) - (torch.cumsum(count, 0) - count)[skey]
+    entry = torch.zeros(K * J * pixels, dtype=torch.int32, device=index.device)
+    entry[(skey // pixels) * (J * pixels) + rank * pixels + skey % pixels] = order.to(torch.int32)
+    return TransposedTable(entry.view(K, J, pixels), count.to(torch.int32).view(K, pixels))

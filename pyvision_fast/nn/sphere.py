@@ -76,12 +76,30 @@ class SpherePatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, patch_size, bias=bias)
         table = equirect.sampling_table(H, W, patch_size, patch_size, layout, torch.float64, "cpu", discrete)
         # Fixed geometry: buffers follow .to(device) and become constants on export; not in the state_dict. The
-        # weights are kept in float64 and cast to the projection's dtype when used.
+        # weights are kept in float64 and cast to the projection's dtype when used (the cast is cached).
         self.register_buffer("table_index", table.index.clone(), persistent=False)
         self.register_buffer("table_weight", table.weight.clone(), persistent=False)
+        equirect.mark_valid(self.table_index, H, W)
+        self._cast: tuple = ()
+
+    def _apply(self, fn, *args, **kwargs):
+        module = super()._apply(fn, *args, **kwargs)
+        # .to() / .cuda() copy the buffers: the copies are as valid as the table they came from
+        equirect.mark_valid(self.table_index, *self.img_size)
+        self._cast = ()
+        return module
+
+    def _table_weight(self, dtype: torch.dtype) -> Tensor:
+        """table_weight in ``dtype``, cast once per (buffer, dtype) rather than on every call."""
+        src = self.table_weight
+        if torch.compiler.is_compiling() or src.dtype == dtype:
+            return src.to(dtype)
+        if not (self._cast and self._cast[0] is src and self._cast[1] == src._version and self._cast[2] == dtype):
+            self._cast = (src, src._version, dtype, src.to(dtype))
+        return self._cast[3]
 
     def table(self) -> equirect.SamplingTable:
-        return equirect.SamplingTable(self.table_index, self.table_weight.to(self.proj.weight.dtype), self.img_size,
+        return equirect.SamplingTable(self.table_index, self._table_weight(self.proj.weight.dtype), self.img_size,
                                       self.grid_size, (self.patch_size, self.patch_size))
 
     def forward(self, x: Tensor) -> Tensor:

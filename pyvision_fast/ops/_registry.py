@@ -45,6 +45,21 @@ def dispatch(op: str, device: torch.device, implemented: Mapping[str, Callable])
     return _backend.select(op, device, implemented)[1]
 
 
+def forward_choice(op: str, device: torch.device, implemented: Mapping[str, Callable]) -> str:
+    """The implementation key ``dispatch`` picks for ``op`` here and now: an autograd setup records it, so that the
+    backward runs the forward's implementation. (On CUDA the autograd engine runs backward functions on its own
+    device thread, which does not see the caller's ``use_backend`` / ``use_candidates`` context.)"""
+    return _backend.select(op, device, implemented)[0]
+
+
+def backward_impl(op: str, backend: str, device: torch.device, implemented: Mapping[str, Callable]) -> Callable:
+    """The implementation of backward op ``op``: the forward's ``backend`` when given and usable here, else the
+    automatic choice (``dispatch``)."""
+    if backend in implemented and _backend.available(backend, device):
+        return implemented[backend]
+    return dispatch(op, device, implemented)
+
+
 def as_index(t: torch.Tensor, name: str) -> torch.Tensor:
     """Accept int32 or int64 indices (mmcv returns int32); the kernels take int64."""
     if not isinstance(t, torch.Tensor):

@@ -2,7 +2,11 @@
 
 The compiled kernels (csrc/deform_conv) build the bilinear sampling columns (B, C*kh*kw, Ho*Wo) and their
 transposes (gradients of input, offset and mask); the matrix products with the weight run in torch (MKL /
-cuBLAS), over chunks of the batch whose columns fit a cache-sized budget.
+cuBLAS), over chunks of the batch whose columns fit a budget (cache-sized on CPUs; on GPUs large enough that a
+typical batch is one chunk: one im2col and one batched GEMM).
+
+Candidate (``triton``, opt-in until a GPU run verifies it, see ``pyvision_fast._backend``): implicit GEMMs on the
+channels-last input that sample into registers and never write columns (``pyvision_fast.triton.deform_conv``).
 """
 from __future__ import annotations
 
@@ -11,13 +15,16 @@ from typing import Callable, NamedTuple, Optional, Union
 import torch
 from torch import Tensor
 
-from .. import _ext
+from .. import _backend, _ext
 from ..reference import deform_conv as ref
-from ._registry import dispatch
+from ._registry import backward_impl, dispatch, eager, eager_function, forward_choice
 
-# Columns of one chunk stay below this many bytes: large enough for efficient GEMMs, small enough to stay in
-# the last-level cache share of a core group rather than streaming through memory.
+# Columns of one chunk stay below this many bytes. CPU: large enough for efficient GEMMs, small enough to stay in
+# the last-level cache share of a core group rather than streaming through memory. GPU: every chunk costs an
+# im2col and a GEMM launch (and the backward two more of each), so a batch is split only when its columns would
+# take a large share of the device's memory.
 COLUMN_BUDGET_BYTES = 8 << 20
+CUDA_COLUMN_BUDGET_BYTES = 512 << 20
 
 
 class _Kernels(NamedTuple):
@@ -66,7 +73,8 @@ _KERNELS = {"cpu": _Kernels(_im2col_cpu, _col2im_cpu), "cuda": _Kernels(_im2col_
 def _chunks(input: Tensor, offset: Tensor, conv) -> range:
     B, C = input.shape[:2]
     per_image = C * conv[0] * conv[1] * offset.shape[2] * offset.shape[3] * input.element_size()
-    step = max(1, min(B, COLUMN_BUDGET_BYTES // max(per_image, 1)))
+    budget = CUDA_COLUMN_BUDGET_BYTES if input.is_cuda else COLUMN_BUDGET_BYTES
+    step = max(1, min(B, budget // max(per_image, 1)))
     return range(0, B, step) if B else range(0)
 
 
@@ -124,11 +132,40 @@ def _conv(stride, padding, dilation, weight) -> list[int]:
     return [weight.shape[2], weight.shape[3], *stride, *padding, *dilation]
 
 
-@torch.library.custom_op("pvf::deform_conv2d", mutates_args=())
-def _deform_conv2d_op(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor], bias: Optional[Tensor],
-                      stride: list[int], padding: list[int], dilation: list[int]) -> Tensor:
-    k = dispatch("deform_conv2d", input.device, _KERNELS)
-    return _forward(k, *_contiguous(input, weight, offset, mask, bias), _conv(stride, padding, dilation, weight))
+def _triton_forward(input, weight, offset, mask, bias, conv):
+    from ..triton import deform_conv as tri  # noqa: PLC0415 - optional dependency
+
+    if not tri.supported(input, weight, offset):  # float64 on a GPU, sizes past 32-bit indexing
+        return _forward(_KERNELS["cuda" if input.is_cuda else "cpu"], input, weight, offset, mask, bias, conv)
+    return tri.forward(input, weight, offset, mask, bias, conv)
+
+
+def _triton_backward(grad, input, weight, offset, mask, bias, conv):
+    from ..triton import deform_conv as tri  # noqa: PLC0415 - optional dependency
+
+    if not tri.supported(input, weight, offset):
+        return _backward(_KERNELS["cuda" if input.is_cuda else "cpu"], grad, input, weight, offset, mask, bias, conv)
+    return tri.backward(grad, input, weight, offset, mask, bias, conv)
+
+
+def _columns(kind: str):
+    k = _KERNELS[kind]
+    return (lambda *a: _forward(k, *a)), (lambda *a: _backward(k, *a))
+
+
+_FORWARD = {kind: _columns(kind)[0] for kind in _KERNELS}
+_BACKWARD = {kind: _columns(kind)[1] for kind in _KERNELS}
+_FORWARD["triton"], _BACKWARD["triton"] = _triton_forward, _triton_backward
+_backend.register_candidate("deform_conv2d", "triton")
+
+
+def _deform_conv2d_impl(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor], bias: Optional[Tensor],
+                        stride: list[int], padding: list[int], dilation: list[int]) -> Tensor:
+    impl = dispatch("deform_conv2d", input.device, _FORWARD)
+    return impl(*_contiguous(input, weight, offset, mask, bias), _conv(stride, padding, dilation, weight))
+
+
+_deform_conv2d_op = torch.library.custom_op("pvf::deform_conv2d", mutates_args=())(_deform_conv2d_impl)
 
 
 @_deform_conv2d_op.register_fake
@@ -136,19 +173,23 @@ def _(input, weight, offset, mask, bias, stride, padding, dilation):
     return input.new_empty(input.shape[0], weight.shape[0], offset.shape[2], offset.shape[3])
 
 
-@torch.library.custom_op("pvf::deform_conv2d_backward", mutates_args=())
-def _deform_conv2d_backward_op(grad: Tensor, input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor],
-                               bias: Optional[Tensor], stride: list[int], padding: list[int],
-                               dilation: list[int]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of input, weight, offset, mask and bias (empty tensors for an absent mask or bias)."""
-    k = dispatch("deform_conv2d_backward", input.device, _KERNELS)
-    gi, gw, go, gm, gb = _backward(k, *_contiguous(grad, input, weight, offset, mask, bias),
-                                   _conv(stride, padding, dilation, weight))
+def _deform_conv2d_backward_impl(grad: Tensor, input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor],
+                                 bias: Optional[Tensor], stride: list[int], padding: list[int], dilation: list[int],
+                                 backend: str = "") -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of input, weight, offset, mask and bias (empty tensors for an absent mask or bias). ``backend``:
+    the implementation the forward ran (the autograd setup records it), "" for the automatic choice."""
+    impl = backward_impl("deform_conv2d_backward", backend, input.device, _BACKWARD)
+    gi, gw, go, gm, gb = impl(*_contiguous(grad, input, weight, offset, mask, bias),
+                              _conv(stride, padding, dilation, weight))
     return gi, gw, go, input.new_empty(0) if gm is None else gm, input.new_empty(0) if gb is None else gb
 
 
+_deform_conv2d_backward_op = torch.library.custom_op("pvf::deform_conv2d_backward",
+                                                     mutates_args=())(_deform_conv2d_backward_impl)
+
+
 @_deform_conv2d_backward_op.register_fake
-def _(grad, input, weight, offset, mask, bias, stride, padding, dilation):
+def _(grad, input, weight, offset, mask, bias, stride, padding, dilation, backend=""):
     return (torch.empty_like(input), torch.empty_like(weight), torch.empty_like(offset),
             input.new_empty(0) if mask is None else torch.empty_like(mask),
             input.new_empty(0) if bias is None else torch.empty_like(bias))
@@ -158,15 +199,21 @@ def _setup(ctx, inputs, output):
     input, weight, offset, mask, bias, stride, padding, dilation = inputs
     ctx.save_for_backward(input, weight, offset, mask, bias)
     ctx.conv = (stride, padding, dilation)
+    ctx.backend = forward_choice("deform_conv2d", input.device, _FORWARD)
 
 
-def _autograd_backward(ctx, grad):
-    input, weight, offset, mask, bias = ctx.saved_tensors
-    gi, gw, go, gm, gb = _deform_conv2d_backward_op(grad, input, weight, offset, mask, bias, *ctx.conv)
-    return gi, gw, go, None if mask is None else gm, None if bias is None else gb, None, None, None
+def _backward_with(backward_op):
+    def backward(ctx, grad):
+        input, weight, offset, mask, bias = ctx.saved_tensors
+        gi, gw, go, gm, gb = backward_op(grad, input, weight, offset, mask, bias, *ctx.conv, ctx.backend)
+        return gi, gw, go, None if mask is None else gm, None if bias is None else gb, None, None, None
+
+    return backward
 
 
-_deform_conv2d_op.register_autograd(_autograd_backward, setup_context=_setup)
+_deform_conv2d_op.register_autograd(_backward_with(_deform_conv2d_backward_op), setup_context=_setup)
+_DeformConv2dFunction = eager_function("_DeformConv2dFunction", _deform_conv2d_impl, _setup,
+                                       _backward_with(_deform_conv2d_backward_impl))
 
 
 def _pair(v: Union[int, tuple, list], name: str) -> list[int]:
@@ -220,6 +267,7 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[
             raise TypeError(f"deform_conv2d: {name} is on {t.device} but input is on {input.device}")
     if bias is not None and tuple(bias.shape) != (Cout,):
         raise ValueError(f"deform_conv2d: bias must have shape ({Cout},), got {tuple(bias.shape)}")
-    return _deform_conv2d_op(input, weight, offset, mask, bias, stride, padding, dilation)
+    args = (input, weight, offset, mask, bias, stride, padding, dilation)
+    return _DeformConv2dFunction.apply(*args) if eager(*args[:5]) else _deform_conv2d_op(*args)
 
 

@@ -4,7 +4,11 @@ The columns are gathered through a batch-invariant table of four source pixels a
 location, tap) from the channels-last image, so every table entry serves all channels at once, and each chunk of
 output rows is one GEMM with the weight as (kh kw C_in, C_out); the output comes out channels last (an
 ``(B, C_out, Ho, Wo)`` tensor in ``torch.channels_last`` layout). Gradients for the input, the weight and the bias;
-the table is fixed geometry (no gradient).
+the table is fixed geometry (no gradient). Tables are validated once (``equirect.validate``), never per call.
+
+Candidate (``triton``, opt-in until a GPU run verifies it, see ``pyvision_fast._backend``): implicit GEMMs that
+gather the sampled tile in registers and never write columns (``pyvision_fast.triton.sphere``); its backward
+gathers the input gradient through the table's transpose, without atomics.
 """
 from __future__ import annotations
 
@@ -13,13 +17,13 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import _ext
+from .. import _backend, _ext
+from ..geometry import equirect
 from ..geometry.equirect import SamplingTable
-from ._registry import dispatch
+from ._registry import backward_impl, dispatch, eager, eager_function, forward_choice
 
 # Columns of one chunk of output rows stay below this many bytes (one buffer, rewritten for every chunk): large
-# enough that each chunk is one efficient GEMM, small next to the activations. GPUs take far larger chunks (each
-# chunk also re-validates the table rows it uses on the host).
+# enough that each chunk is one efficient GEMM, small next to the activations. GPUs take far larger chunks.
 COLUMN_BUDGET_BYTES = 32 << 20
 CUDA_COLUMN_BUDGET_BYTES = 512 << 20
 
@@ -132,11 +136,51 @@ def _channels_last_empty(B: int, C: int, H: int, W: int, like: Tensor) -> Tensor
     return like.new_empty(B, H, W, C).permute(0, 3, 1, 2)
 
 
-@torch.library.custom_op("pvf::sphere_conv2d", mutates_args=())
-def _sphere_conv2d_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], table_index: Tensor,
-                      table_weight: Tensor, out_h: int, out_w: int) -> Tensor:
-    impl = dispatch("sphere_conv2d", input.device, _IMPLS)
-    return _forward(impl, input, weight, bias, table_index.contiguous(), table_weight.contiguous(), out_h, out_w)
+def _native(device: torch.device) -> str:
+    return "cuda" if device.type == "cuda" else "cpu"
+
+
+def _columns_forward(kind: str):
+    return lambda *args: _forward(_IMPLS[kind], *args)
+
+
+def _columns_backward(kind: str):
+    return lambda *args: _backward(_IMPLS[kind], *args)
+
+
+def _triton_forward(input, weight, bias, index, tweight, out_h, out_w):
+    from ..triton import sphere as tri  # noqa: PLC0415 - optional dependency
+
+    if not tri.supported(input, weight, index):
+        return _forward(_IMPLS[_native(input.device)], input, weight, bias, index, tweight, out_h, out_w)
+    return tri.forward(input, weight, bias, index, tweight, out_h, out_w)
+
+
+def _triton_backward(grad, input, weight, index, tweight, has_bias):
+    from ..triton import sphere as tri  # noqa: PLC0415 - optional dependency
+
+    transposed = None
+    if tri.supported(input, weight, index):
+        transposed = equirect.transposed_table(index, input.shape[2], input.shape[3])
+    if transposed is None:  # float64 on a GPU, small channel counts, strided tables: the column kernels
+        return _backward(_IMPLS[_native(input.device)], grad, input, weight, index, tweight, has_bias)
+    return tri.backward(grad, input, weight, index, tweight, transposed, has_bias)
+
+
+_FORWARD = {"cpu": _columns_forward("cpu"), "cuda": _columns_forward("cuda"),
+            "reference": _columns_forward("reference"), "triton": _triton_forward}
+_BACKWARD = {"cpu": _columns_backward("cpu"), "cuda": _columns_backward("cuda"),
+             "reference": _columns_backward("reference"), "triton": _triton_backward}
+_backend.register_candidate("sphere_conv2d", "triton")
+
+
+def _sphere_conv2d_impl(input: Tensor, weight: Tensor, bias: Optional[Tensor], table_index: Tensor,
+                        table_weight: Tensor, out_h: int, out_w: int) -> Tensor:
+    impl = dispatch("sphere_conv2d", input.device, _FORWARD)
+    return impl(input, weight, bias, table_index.contiguous(), table_weight.contiguous(), out_h, out_w)
+
+
+_sphere_conv2d_op = torch.library.custom_op("pvf::sphere_conv2d", mutates_args=())(_sphere_conv2d_impl)
 
 
 @_sphere_conv2d_op.register_fake
@@ -144,16 +188,20 @@ def _(input, weight, bias, table_index, table_weight, out_h, out_w):
     return _channels_last_empty(input.shape[0], weight.shape[0], out_h, out_w, input)
 
 
-@torch.library.custom_op("pvf::sphere_conv2d_backward", mutates_args=())
-def _sphere_conv2d_backward_op(grad: Tensor, input: Tensor, weight: Tensor, table_index: Tensor,
-                               table_weight: Tensor, has_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
-    impl = dispatch("sphere_conv2d_backward", input.device, _IMPLS)
-    return _backward(impl, grad, input, weight.contiguous(), table_index.contiguous(), table_weight.contiguous(),
-                     has_bias)
+def _sphere_conv2d_backward_impl(grad: Tensor, input: Tensor, weight: Tensor, table_index: Tensor,
+                                 table_weight: Tensor, has_bias: bool, backend: str = "") -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of input, weight and bias (empty without bias); ``backend``: the implementation the forward ran
+    (the autograd setup records it), "" for the automatic choice."""
+    impl = backward_impl("sphere_conv2d_backward", backend, input.device, _BACKWARD)
+    return impl(grad, input, weight.contiguous(), table_index.contiguous(), table_weight.contiguous(), has_bias)
+
+
+_sphere_conv2d_backward_op = torch.library.custom_op("pvf::sphere_conv2d_backward",
+                                                     mutates_args=())(_sphere_conv2d_backward_impl)
 
 
 @_sphere_conv2d_backward_op.register_fake
-def _(grad, input, weight, table_index, table_weight, has_bias):
+def _(grad, input, weight, table_index, table_weight, has_bias, backend=""):
     return (_channels_last_empty(*input.shape, like=input), torch.empty_like(weight, memory_format=torch.contiguous_format),
             input.new_empty(weight.shape[0] if has_bias else 0))
 
@@ -162,15 +210,21 @@ def _setup(ctx, inputs, output):
     input, weight, bias, table_index, table_weight, _, _ = inputs
     ctx.save_for_backward(input, weight, table_index, table_weight)
     ctx.has_bias = bias is not None
+    ctx.backend = forward_choice("sphere_conv2d", input.device, _FORWARD)
 
 
-def _autograd_backward(ctx, grad):
-    input, weight, table_index, table_weight = ctx.saved_tensors
-    gi, gw, gb = _sphere_conv2d_backward_op(grad, input, weight, table_index, table_weight, ctx.has_bias)
-    return gi, gw, gb if ctx.has_bias else None, None, None, None, None
+def _backward_with(backward_op):
+    def backward(ctx, grad):
+        input, weight, table_index, table_weight = ctx.saved_tensors
+        gi, gw, gb = backward_op(grad, input, weight, table_index, table_weight, ctx.has_bias, ctx.backend)
+        return gi, gw, gb if ctx.has_bias else None, None, None, None, None
+
+    return backward
 
 
-_sphere_conv2d_op.register_autograd(_autograd_backward, setup_context=_setup)
+_sphere_conv2d_op.register_autograd(_backward_with(_sphere_conv2d_backward_op), setup_context=_setup)
+_SphereConv2dFunction = eager_function("_SphereConv2dFunction", _sphere_conv2d_impl, _setup,
+                                       _backward_with(_sphere_conv2d_backward_impl))
 
 
 def sphere_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor], table: SamplingTable) -> Tensor:
@@ -181,7 +235,8 @@ def sphere_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor], table: 
         input: (B, C_in, H, W) with (H, W) = table.in_size (channels_last layout avoids a copy).
         weight: (C_out, C_in, kh, kw) with (kh, kw) = table.kernel_size.
         bias: (C_out,) or None.
-        table: a SamplingTable on input's device, its weights in input's dtype.
+        table: a SamplingTable on input's device, its weights in input's dtype. Its index is validated on first
+            use (tables from ``sampling_table`` are valid by construction) and remembered, not read again.
 
     Returns (B, C_out, Ho, Wo) in channels_last layout, (Ho, Wo) = table.out_size; differentiable in input,
     weight and bias. float32/float64 on CPU; also float16/bfloat16 on CUDA.
@@ -204,5 +259,7 @@ def sphere_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor], table: 
                             f"{input.device})")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"sphere_conv2d: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    equirect.validate(table)
     Ho, Wo = table.out_size
-    return _sphere_conv2d_op(input, weight, bias, table.index, table.weight, Ho, Wo)
+    args = (input, weight, bias, table.index, table.weight, Ho, Wo)
+    return _SphereConv2dFunction.apply(*args) if eager(*args[:5]) else _sphere_conv2d_op(*args)
