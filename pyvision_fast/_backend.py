@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import threading
 import warnings
 from typing import Callable, Mapping, Optional
 
@@ -25,8 +26,15 @@ from . import _ext
 
 BACKENDS = ("cuda", "triton", "cpu", "reference")
 
-_forced: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("pvf_backend", default=None)
-_candidates_on: contextvars.ContextVar[Optional[frozenset]] = contextvars.ContextVar("pvf_candidates", default=None)
+# The blocks (use_backend, use_candidates) apply to the context that entered them. A thread with no block of its
+# own follows the innermost block active in any thread: the autograd engine runs CUDA backward functions on its
+# own worker threads, which inherit nothing of the caller's context, and `with use_candidates(): loss.backward()`
+# must run the candidates' backward too.
+_UNSET = object()
+_forced: contextvars.ContextVar = contextvars.ContextVar("pvf_backend", default=_UNSET)
+_candidates_on: contextvars.ContextVar = contextvars.ContextVar("pvf_candidates", default=_UNSET)
+_active_blocks: dict[str, list] = {"backend": [], "candidates": []}  # (token, value), innermost last
+_blocks_lock = threading.Lock()
 _warned: set[tuple[str, str]] = set()
 _CANDIDATES: dict[str, str] = {}  # op -> implementation key of its unverified GPU candidate
 _PREFERRED: dict[str, str] = {}  # op -> implementation key chosen first on GPUs (a verified former candidate)
@@ -38,23 +46,42 @@ def _check_name(name: str) -> str:
     return name
 
 
+def _block_value(var: contextvars.ContextVar, kind: str):
+    """This context's block value, else the innermost block active in any thread, else _UNSET."""
+    value = var.get()
+    if value is _UNSET:
+        stack = _active_blocks[kind]
+        if stack:
+            value = stack[-1][1]
+    return value
+
+
+@contextlib.contextmanager
+def _block(var: contextvars.ContextVar, kind: str, value):
+    token = var.set(value)
+    entry = (object(), value)
+    with _blocks_lock:
+        _active_blocks[kind].append(entry)
+    try:
+        yield
+    finally:
+        with _blocks_lock:
+            _active_blocks[kind].remove(entry)
+        var.reset(token)
+
+
 def forced_backend() -> Optional[str]:
     """The backend forced by ``use_backend`` or ``PVF_BACKEND``, or None for automatic choice."""
-    name = _forced.get()
-    if name is None:
+    name = _block_value(_forced, "backend")
+    if name is _UNSET or name is None:
         env = os.environ.get("PVF_BACKEND", "").strip()
         name = env or None
     return None if name is None else _check_name(name)
 
 
-@contextlib.contextmanager
 def use_backend(name: Optional[str]):
-    """Force ``name`` (or automatic choice with None) for the ops called inside the block."""
-    token = _forced.set(None if name is None else _check_name(name))
-    try:
-        yield
-    finally:
-        _forced.reset(token)
+    """Force ``name`` (or automatic choice with None) for the ops called inside the block (a context manager)."""
+    return _block(_forced, "backend", None if name is None else _check_name(name))
 
 
 def register_candidate(op: str, key: str) -> None:
@@ -83,23 +110,18 @@ def base_backend(key: str) -> str:
 
 def candidates_enabled(op: str) -> bool:
     """Whether ``op``'s candidate may be chosen: ``use_candidates`` or ``PVF_CANDIDATES`` (all, or op names)."""
-    names = _candidates_on.get()
-    if names is None:
+    names = _block_value(_candidates_on, "candidates")
+    if names is _UNSET:
         env = os.environ.get("PVF_CANDIDATES", "").strip()
         names = frozenset(n.strip() for n in env.split(",") if n.strip())
     return "all" in names or op in names or op.removesuffix("_backward") in names
 
 
-@contextlib.contextmanager
 def use_candidates(ops="all"):
     """Enable the candidates of ``ops`` (an op name, a list of them, or "all"; None disables every one) for
-    the calls inside the block."""
+    the calls inside the block (a context manager), backward passes run by autograd's threads included."""
     names = frozenset() if ops is None else frozenset([ops] if isinstance(ops, str) else ops)
-    token = _candidates_on.set(names)
-    try:
-        yield
-    finally:
-        _candidates_on.reset(token)
+    return _block(_candidates_on, "candidates", names)
 
 
 def _warn_once(op: str, key: str, message: str) -> None:

@@ -111,3 +111,34 @@ def test_preferred_key_and_forced_backend(monkeypatch):
 def test_candidate_keys_name_a_backend():
     with pytest.raises(ValueError, match="unknown backend"):
         _backend.register_candidate("toy_op", "vulkan:next")
+
+
+def test_threads_without_a_block_follow_the_active_one(monkeypatch):
+    """The autograd engine runs CUDA backward functions on its own threads, which inherit no context: a thread
+    with no block of its own follows the innermost block active anywhere, one with its own block keeps it."""
+    import threading
+
+    monkeypatch.delenv("PVF_CANDIDATES", raising=False)
+    monkeypatch.delenv("PVF_BACKEND", raising=False)
+    seen = {}
+
+    def worker(name, own=None):
+        if own is None:
+            seen[name] = (_backend.candidates_enabled("toy_op"), _backend.forced_backend())
+        else:
+            with use_backend(own):
+                seen[name] = (_backend.candidates_enabled("toy_op"), _backend.forced_backend())
+
+    def run(name, own=None):
+        t = threading.Thread(target=worker, args=(name, own))
+        t.start()
+        t.join()
+
+    run("outside")
+    with pyvision_fast.use_candidates("toy_op"), use_backend("reference"):
+        run("inside")
+        run("own block", own="cpu")
+    run("after")
+    assert seen["outside"] == (False, None) and seen["after"] == (False, None)
+    assert seen["inside"] == (True, "reference")
+    assert seen["own block"] == (True, "cpu")
