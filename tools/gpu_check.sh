@@ -9,7 +9,8 @@
 #      off; the ones before it keep their reports); slow references are timed once;
 #   4. a profile of the cases with goals (host time against kernel time, heaviest kernels);
 #   5. one table last: case, ours and candidate against each goal, met or not.
-# GPU_CHECK_ONLY=tests|bench|profile runs one part (after the build); GPU_CHECK_FAMILIES picks benchmark families.
+# GPU_CHECK_ONLY=tests|bench|profile (or a comma list) runs those parts after the build; GPU_CHECK_FAMILIES picks
+# the benchmark families, GPU_CHECK_TESTS the test paths (default: tests).
 # Logs and reports go to $OUT (or a temporary folder); benchmark reports to $OUT/bench/gpu-<family>.*.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +31,7 @@ fi
 t0=$(date +%s)
 left() { echo $(( BUDGET - ($(date +%s) - t0) )); }
 at_most() { local l; l=$(left); echo $(( $1 < l ? $1 : l )); }
-want() { [ "$ONLY" = all ] || [ "$ONLY" = "$1" ]; }
+want() { [ "$ONLY" = all ] || [[ ",$ONLY," == *",$1,"* ]]; }
 status=0
 section() { printf '\n==== %s (%s s left) ====\n' "$1" "$(left)"; }
 mkdir -p "$OUT/bench"
@@ -62,19 +63,19 @@ if want tests; then
   fi
   section "tests: -m 'cuda or triton', current paths and candidates, side by side"
   workers=()
-  "$PY" -c "import xdist" 2>/dev/null && workers=(-n 6)
+  "$PY" -c "import xdist" 2>/dev/null && workers=(-n "${GPU_CHECK_WORKERS:-8}")
   export PVF_TRITON_AUTOTUNE=0  # correctness only: one configuration per Triton kernel, no tuning per shape
   tests_s=$(at_most 200)
-  ( timeout "$tests_s" "$PY" -m pytest -q -m "cuda or triton" -p no:cacheprovider "${workers[@]}" tests \
+  ( timeout "$tests_s" "$PY" -m pytest -v -rfE --tb=short -m "cuda or triton" -p no:cacheprovider "${workers[@]}" ${GPU_CHECK_TESTS:-tests} \
       --junitxml="$OUT/tests.xml" >"$OUT/tests.log" 2>&1; echo "exit $?" >>"$OUT/tests.log" ) &
   current_pid=$!
-  ( PVF_CANDIDATES=all timeout "$tests_s" "$PY" -m pytest -q -m "cuda or triton" -p no:cacheprovider \
-      "${workers[@]}" tests --junitxml="$OUT/tests-candidates.xml" >"$OUT/tests-candidates.log" 2>&1
+  ( PVF_CANDIDATES=all timeout "$tests_s" "$PY" -m pytest -v -rfE --tb=short -m "cuda or triton" -p no:cacheprovider \
+      "${workers[@]}" ${GPU_CHECK_TESTS:-tests} --junitxml="$OUT/tests-candidates.xml" >"$OUT/tests-candidates.log" 2>&1
     echo "exit $?" >>"$OUT/tests-candidates.log" ) &
   candidates_pid=$!
   wait "$current_pid" "$candidates_pid"
-  echo "-- current paths"; grep -vE "^exit " "$OUT/tests.log" | tail -n 25
-  echo "-- with candidates"; grep -vE "^exit " "$OUT/tests-candidates.log" | tail -n 25
+  echo "-- current paths"; grep -E "FAILED|ERROR|passed|failed" "$OUT/tests.log" | grep -v "^\[gw" | tail -n 30
+  echo "-- with candidates"; grep -E "FAILED|ERROR|passed|failed" "$OUT/tests-candidates.log" | grep -v "^\[gw" | tail -n 30
   grep -q "^exit 0$" "$OUT/tests.log" || status=1
 
   section "bad-input tables (errors raised through the compiled modules built here)"
