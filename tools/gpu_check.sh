@@ -65,7 +65,7 @@ if want tests; then
   workers=()
   "$PY" -c "import xdist" 2>/dev/null && workers=(-n "${GPU_CHECK_WORKERS:-8}")
   export PVF_TRITON_AUTOTUNE=0  # correctness only: one configuration per Triton kernel, no tuning per shape
-  tests_s=$(at_most 200)
+  tests_s=$(at_most "${GPU_CHECK_TEST_SECONDS:-200}")
   ( timeout "$tests_s" "$PY" -m pytest -v -rfE --tb=short -m "cuda or triton" -p no:cacheprovider "${workers[@]}" ${GPU_CHECK_TESTS:-tests} \
       --junitxml="$OUT/tests.xml" >"$OUT/tests.log" 2>&1; echo "exit $?" >>"$OUT/tests.log" ) &
   current_pid=$!
