@@ -1,6 +1,6 @@
 """Attention cases: ViT-S/B/L/H at 224 and 384, PAVER's 393-token ERP frames and its temporal attention
-over 5 frames, forward and forward+backward, and the per-call overhead at a tiny shape; ours (the verified Triton
-kernels), the candidate kernels (``use_candidates("attention")``), what the nn layers' dispatch runs for the
+over 5 frames, forward and forward+backward, and the per-call overhead at a tiny shape; ours (the Triton flash
+kernels), the previous kernel family (``kernel_family("previous")``), what the nn layers' dispatch runs for the
 same q, k, v, SDPA (and its flash backend on GPU) and the naive math."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-import pyvision_fast
 from pyvision_fast import ops
+from pyvision_fast.ops.attention import kernel_family
 from pyvision_fast.nn import attention_dispatch
 from pyvision_fast.reference import attention as ref
 
@@ -73,7 +73,7 @@ def _cases_for(device: str, dtype: torch.dtype, g: torch.Generator, name: str, B
 
     impls = {
         "pvf.attention": lambda a, b, c: ops.attention(a, b, c),
-        "pvf.attention (candidate)": _candidate,
+        "pvf.attention (previous kernels)": _previous,
         "pvf.nn.FusedAttention dispatch": lambda a, b, c: attention_dispatch.attention(a, b, c),
         "F.scaled_dot_product_attention": lambda a, b, c: F.scaled_dot_product_attention(a, b, c),
     }
@@ -107,8 +107,8 @@ def _cases_for(device: str, dtype: torch.dtype, g: torch.Generator, name: str, B
                  note="FLOPs: 4*B*H*L*S*D forward, 2.5x that backward. " + memory)]
 
 
-def _candidate(q, k, v):
-    with pyvision_fast.use_candidates("attention"):
+def _previous(q, k, v):
+    with kernel_family("previous"):
         return ops.attention(q, k, v)
 
 
@@ -119,7 +119,7 @@ def _overhead_case(device: str, dtype: torch.dtype) -> Case:
     q, k, v = [torch.randn(1, 1, 16, 64, generator=g).to(device, dtype) for _ in range(3)]
     impls = {
         "pvf.attention": lambda: ops.attention(q, k, v),
-        "pvf.attention (candidate)": lambda: _candidate(q, k, v),
+        "pvf.attention (previous kernels)": lambda: _previous(q, k, v),
         "pvf.nn.FusedAttention dispatch": lambda: attention_dispatch.attention(q, k, v),
         "F.scaled_dot_product_attention": lambda: F.scaled_dot_product_attention(q, k, v),
     }

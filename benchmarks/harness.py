@@ -121,14 +121,24 @@ class CudaTimer:
 
     def __init__(self):
         self.flush = torch.empty(self.FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
-        cycles = 20_000_000
+        self.stretch = 1.0  # grows when a batch outruns its sleep (clocks faster than at calibration)
+        self.cycles_per_ms = self._calibrate()
+
+    @staticmethod
+    def _calibrate() -> float:
+        """SM clock cycles per millisecond of torch.cuda._sleep, measured after ~50 ms of spinning so that the
+        clock has left its idle frequency (an H200 idles at a fifth of its boost clock)."""
         begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda._sleep(1000)
-        begin.record()
-        torch.cuda._sleep(cycles)
-        end.record()
-        end.synchronize()
-        self.cycles_per_ms = cycles / max(begin.elapsed_time(end), 1e-3)
+        cycles = 20_000_000
+        torch.cuda._sleep(100_000_000)
+        best = 0.0
+        for _ in range(3):
+            begin.record()
+            torch.cuda._sleep(cycles)
+            end.record()
+            end.synchronize()
+            best = max(best, cycles / max(begin.elapsed_time(end), 1e-3))
+        return best
 
     def batch(self, fn: Callable[[], Any], n: int, host_ms: float) -> tuple[list[float], list[float], bool]:
         """Times n calls queued behind a sleep long enough to queue them all: (device ms per call, host ms per
@@ -136,7 +146,7 @@ class CudaTimer:
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
         gate = torch.cuda.Event()
-        sleep_ms = min(max(1.5 * n * (host_ms + 0.1), 0.5), 250.0)
+        sleep_ms = min(max(1.5 * self.stretch * n * (host_ms + 0.1), 0.5), 500.0)
         torch.cuda._sleep(int(sleep_ms * self.cycles_per_ms))
         gate.record()
         hosts = []
@@ -150,6 +160,16 @@ class CudaTimer:
         ran_out = gate.query()
         ends[-1].synchronize()
         return [b.elapsed_time(e) for b, e in zip(starts, ends)], hosts, ran_out
+
+    def measure(self, fn: Callable[[], Any], n: int, host_ms: float, tries: int = 3):
+        """``batch`` until one is queued entirely behind its sleep (the sleep doubles after each that was not;
+        a call that synchronises the host never is): (device ms, host ms, whether the last one ran out)."""
+        for attempt in range(tries):
+            dev, hosts, ran_out = self.batch(fn, n, max(host_ms, statistics.median(hosts) if attempt else 0.0))
+            if not ran_out:
+                return dev, hosts, False
+            self.stretch = min(self.stretch * 2, 64.0)
+        return dev, hosts, True
 
 
 _cuda_timer: Optional[CudaTimer] = None
@@ -209,7 +229,7 @@ def time_side_by_side(fns: list[Callable[[], Any]], device: str, warmup: int = 1
                     if timer is not None:
                         host = statistics.median(hosts[i]) if hosts[i] else estimate[i]
                         n = max(1, min(32, int(slice_s * 1e3 / max(estimate[i], 1e-3))))
-                        dev, host_ms, _ = timer.batch(fns[i], n, host)
+                        dev, host_ms, _ = timer.measure(fns[i], n, host)
                         times[i] += dev
                         hosts[i] += host_ms
                     else:

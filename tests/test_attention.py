@@ -1,6 +1,6 @@
 """ops.attention: the Triton kernels (interpreter on CPU, native on GPU) and the CPU path against a float64
 reference and against F.scaled_dot_product_attention. Every Triton test runs both kernel families: "current"
-(the verified default) and "next" (the candidate, ``use_candidates("attention")``)."""
+(the previous kernels, ``kernel_family("previous")``) and "next" (the default flash family)."""
 import math
 
 import pytest
@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from op_harness import BadInput, run_bad_input
-from pyvision_fast import ops, use_backend, use_candidates
+from pyvision_fast.ops.attention import kernel_family
+from pyvision_fast import ops, use_backend
 from pyvision_fast.reference import attention as ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -20,8 +21,8 @@ DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" 
 
 @pytest.fixture(params=["current", "next"])
 def family(request):
-    """The Triton kernel family a test runs: the default kernels, or the candidate."""
-    with use_candidates("attention" if request.param == "next" else None):
+    """The Triton kernel family a test runs: the previous kernels ("current") or the default flash family."""
+    with kernel_family("flash" if request.param == "next" else "previous"):
         yield request.param
 
 
@@ -227,7 +228,7 @@ def test_gpu_default_backend_is_triton():
 
     att = importlib.import_module("pyvision_fast.ops.attention")  # the module, not the function ops.attention
     name, _ = _backend.select("attention", torch.device("cuda"), att._IMPLS)
-    assert name == ("triton:next" if _backend.candidates_enabled("attention") else "triton")
+    assert name == "triton" and att.current_family() == "flash"
 
 
 @pytest.mark.cuda

@@ -118,10 +118,10 @@ def test_cpu_layers_without_a_timer_use_ops_attention():
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("candidates", [None, "attention"])
+@pytest.mark.parametrize("family", ["previous", "flash"])
 @pytest.mark.parametrize("N,training", [(197, False), (197, True), (5, False), (5, True)])
-def test_fused_attention_on_gpu_matches_timm_and_never_syncs_after_the_first_call(candidates, N, training):
-    from pyvision_fast import use_candidates
+def test_fused_attention_on_gpu_matches_timm_and_never_syncs_after_the_first_call(family, N, training):
+    from pyvision_fast.ops.attention import kernel_family
 
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
@@ -129,7 +129,7 @@ def test_fused_attention_on_gpu_matches_timm_and_never_syncs_after_the_first_cal
     ours = FusedAttention(384, num_heads=6).cuda().train(training)
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(8, N, 384, device="cuda", requires_grad=training)
-    with use_candidates(candidates):
+    with kernel_family(family):
         out = ours(x)  # first call of the key: measures both sides
         torch.testing.assert_close(out, theirs(x), atol=2e-3, rtol=2e-3)
         if training:

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from pyvision_fast import _backend, ops, use_backend, use_candidates
+from pyvision_fast.ops.attention import kernel_family
+from pyvision_fast import _backend, ops, use_backend
 from pyvision_fast.reference import attention as ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -22,7 +23,7 @@ def _inputs(B, H, L, S, D, dtype, seed=0):
 
 def _check(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.0, keep=None):
     """The candidate against the float64 reference: output and the three gradients."""
-    with use_backend("triton"), use_candidates("attention"):
+    with use_backend("triton"), kernel_family("flash"):
         out = ops.attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale, dropout_p=dropout_p)
     go = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), go)
@@ -121,9 +122,9 @@ def test_dropout_matches_the_mask_of_both_families(L, S):
     torch.manual_seed(11)
     _check(q, k, v, dropout_p=p, keep=keep)
     with use_backend("triton"):
-        for family in ("attention", None):
+        for family in ("flash", "previous"):
             torch.manual_seed(11)
-            with use_candidates(family):
+            with kernel_family(family):
                 out = ops.attention(q, k, v, dropout_p=p)
             torch.testing.assert_close(out, ref.attention(q, k, v, dropout_p=p, dropout_mask=keep), atol=2e-5,
                                        rtol=2e-5)
@@ -138,7 +139,7 @@ def test_views_that_are_not_dense(family, L):
     g = torch.Generator().manual_seed(6)
     q, k, v = [torch.randn(2, L, 2, 3, 32, generator=g)[:, :, 0].permute(0, 2, 1, 3).to(DEVICE).requires_grad_()
                for _ in range(3)]
-    with use_backend("triton"), use_candidates("attention" if family == "next" else None):
+    with use_backend("triton"), kernel_family("flash" if family == "next" else "previous"):
         out = ops.attention(q, k, v)
     grads = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
     want = ref.attention(q, k, v)
@@ -155,7 +156,7 @@ def _both_paths(family, L):
     op = torch.ops.pvf.flash_next_fwd if family == "next" else torch.ops.pvf.flash_attention_fwd
 
     def eager():
-        with use_backend("triton"), use_candidates("attention" if family == "next" else None):
+        with use_backend("triton"), kernel_family("flash" if family == "next" else "previous"):
             return ops.attention(q, k, v, scale=0.25)
     return (q, k, v), eager, lambda: op(q, k, v, None, False, 0.25, 0.0, 0)[0]
 
@@ -193,16 +194,17 @@ def test_dispatch_modes_see_the_custom_op(family):
     assert ("pvf.flash_next_fwd.default" if family == "next" else "pvf.flash_attention_fwd.default") in seen
 
 
-def test_candidate_is_registered_and_chosen_only_where_enabled():
+def test_flash_family_is_the_default_and_the_previous_one_stays_reachable():
     import importlib
 
     att = importlib.import_module("pyvision_fast.ops.attention")
-    assert _backend.candidates()["attention"] == "triton:next"
-    assert "triton:next" in att._IMPLS
-    with use_candidates("attention"):
-        assert _backend.candidates_enabled("attention")
-    with use_candidates(None):
-        assert not _backend.candidates_enabled("attention")
+    assert "attention" not in _backend.candidates() and att.current_family() == "flash"
+    with kernel_family("previous"):
+        assert att.current_family() == "previous"
+    assert att.current_family() == "flash"
+    with pytest.raises(ValueError, match="kernel_family"):
+        with kernel_family("fastest"):
+            pass
 
 
 # ------------------------------------------------------------------------------------------ GPU-only checks
@@ -212,7 +214,7 @@ def test_candidate_is_registered_and_chosen_only_where_enabled():
 @pytest.mark.parametrize("L,dropout", [(197, 0.0), (197, 0.1), (5, 0.0), (5, 0.1)])
 def test_steady_state_calls_do_not_synchronise(family, L, dropout):
     q, k, v = [torch.randn(4, 6, L, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3)]
-    with use_backend("triton"), use_candidates("attention" if family == "next" else None):
+    with use_backend("triton"), kernel_family("flash" if family == "next" else "previous"):
         for _ in range(2):  # compile and autotune first
             ops.attention(q, k, v, dropout_p=dropout).sum().backward()
         torch.cuda.synchronize()
@@ -245,7 +247,7 @@ def test_candidate_paver_temporal_head_count():
     torch.manual_seed(0)
     q, k, v = [torch.randn(25152, 12, 5, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
                for _ in range(3)]
-    with use_backend("triton"), use_candidates("attention"):
+    with use_backend("triton"), kernel_family("flash"):
         out = ops.attention(q, k, v)
     grads = torch.autograd.grad(out, [q, k, v], torch.ones_like(out))
     sl = slice(-300, None)  # the last heads: the highest offsets

@@ -2,7 +2,7 @@
 ``F.scaled_dot_product_attention``, so that the layer a user imports is never the slower of the two.
 
 The first call of each key (device, dtype, q/k/v shapes, mask kind and shape, causal, dropout, whether gradients
-are needed, whether the attention candidate is enabled) times both on the inputs at hand (forward, or forward and
+are needed, the Triton kernel family) times both on the inputs at hand (forward, or forward and
 backward when gradients are needed) with CUDA events and caches the faster; only that first call waits for the
 GPU, later calls of the key are a dictionary lookup. The timing runs on detached copies, under its own RNG state,
 so it changes neither autograd graphs nor the random stream of the real call.
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _backend, ops
+from ..ops.attention import current_family
 
 MODES = ("auto", "triton", "sdpa")
 
@@ -82,7 +83,7 @@ class AttentionDispatcher:
         mask = None if attn_mask is None else (attn_mask.dtype, tuple(attn_mask.shape))
         grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
         return (q.device, q.dtype, tuple(q.shape), tuple(k.shape), tuple(v.shape), mask, bool(is_causal),
-                dropout_p > 0, grad, _backend.candidates_enabled("attention"))
+                dropout_p > 0, grad, current_family())
 
     def choose(self, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None) -> str:
         """"triton" or "sdpa" for these inputs: forced by the environment, cached, or measured now."""

@@ -1,10 +1,11 @@
 """Fused scaled dot-product attention with the semantics of ``F.scaled_dot_product_attention``.
 
-Backends: ``triton`` (FlashAttention-2-style kernels, ``pyvision_fast.triton.attention``) on GPUs, and on CPU
-tensors when forced with ``PVF_BACKEND=triton`` under ``TRITON_INTERPRET=1``; ``triton:next``, its candidate
-successor (``pyvision_fast.triton.flash``), where candidates are enabled for ``attention``
-(``use_candidates("attention")`` / ``PVF_CANDIDATES=attention``), also under a forced ``triton`` backend;
-``cpu``: torch's own fused CPU attention (``F.scaled_dot_product_attention``), which is already the best
+Backends: ``triton`` (FlashAttention-2-style kernels, ``pyvision_fast.triton.flash``: boundary-only masking,
+Hopper tiles, one-tile kernels for L, S <= 16) on GPUs, and on CPU tensors when forced with ``PVF_BACKEND=triton``
+under ``TRITON_INTERPRET=1``. The previous kernel family (``pyvision_fast.triton.attention``) stays reachable
+with ``kernel_family("previous")`` for comparisons; the H200 run of 2026-12-04
+(benchmarks/results/gpu-attention.md) measured the current family 1.36-1.53x the SDPA flash backend and
+1.2-1.6x the previous family. ``cpu``: torch's own fused CPU attention (``F.scaled_dot_product_attention``), which is already the best
 implementation there, so the CPU path adds nothing but identical semantics; ``reference``: the attention written
 out.
 
@@ -13,6 +14,8 @@ dispatch modes and fake tensors they run as the ``pvf::flash_attention_fwd`` / `
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 from typing import Optional
@@ -102,15 +105,31 @@ def _run_triton(family: str, q, k, v, attn_mask, dropout_p, is_causal, scale):
     return op(*args)[0]
 
 
+_FAMILY: contextvars.ContextVar[str] = contextvars.ContextVar("pvf_attention_kernels", default="next")
+FAMILIES = {"flash": "next", "previous": "current"}
+
+
+@contextlib.contextmanager
+def kernel_family(name: str):
+    """Run the Triton backend's calls inside the block on kernel family ``name``: "flash" (the default,
+    ``triton.flash``) or "previous" (``triton.attention``, the kernels before 2026-12-04). The backward of a call
+    always uses its forward's family."""
+    if name not in FAMILIES:
+        raise ValueError(f"kernel_family: expected one of {tuple(FAMILIES)}, got {name!r}")
+    token = _FAMILY.set(FAMILIES[name])
+    try:
+        yield
+    finally:
+        _FAMILY.reset(token)
+
+
+def current_family() -> str:
+    """The kernel family ("flash" or "previous") the Triton backend runs here."""
+    return "flash" if _FAMILY.get() == "next" else "previous"
+
+
 def _triton(q, k, v, attn_mask, dropout_p, is_causal, scale):
-    """The "triton" backend: the verified kernels, or the candidate family where candidates are enabled for
-    ``attention`` (so that ``use_backend("triton")`` with ``use_candidates("attention")`` runs the candidate)."""
-    family = "next" if _backend.candidates_enabled("attention") else "current"
-    return _run_triton(family, q, k, v, attn_mask, dropout_p, is_causal, scale)
-
-
-def _triton_next(q, k, v, attn_mask, dropout_p, is_causal, scale):
-    return _run_triton("next", q, k, v, attn_mask, dropout_p, is_causal, scale)
+    return _run_triton(_FAMILY.get(), q, k, v, attn_mask, dropout_p, is_causal, scale)
 
 
 def _sdpa(q, k, v, attn_mask, dropout_p, is_causal, scale):
@@ -122,9 +141,8 @@ def _reference(q, k, v, attn_mask, dropout_p, is_causal, scale):
     return ref.attention(q, k, v, attn_mask, dropout_p, is_causal, scale)
 
 
-_IMPLS = {"triton": _triton, "triton:next": _triton_next, "cpu": _sdpa, "reference": _reference}
+_IMPLS = {"triton": _triton, "cpu": _sdpa, "reference": _reference}
 _IMPLS_NO_TRITON = {"cpu": _sdpa, "reference": _reference}
-_backend.register_candidate("attention", "triton:next")
 
 
 def _is_exporting() -> bool:

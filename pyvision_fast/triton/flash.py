@@ -1,8 +1,8 @@
-"""Second-generation FlashAttention in Triton: the "triton:next" candidate of op ``attention`` (opt-in with
-``pyvision_fast.use_candidates("attention")`` or ``PVF_CANDIDATES=attention`` until a GPU run verifies it).
+"""Second-generation FlashAttention in Triton: the kernels of op ``attention``'s Triton backend since the H200
+run of 2026-12-04 verified them (``kernel_family("previous")`` in ``ops.attention`` runs the first generation).
 
-Semantics, arguments, saved LSE and dropout stream are those of ``pyvision_fast.triton.attention`` (the verified
-default): (B, H, L, D) queries, (B, H, S, D) keys and values, bool (True = attend) or additive masks broadcastable
+Semantics, arguments, saved LSE and dropout stream are those of ``pyvision_fast.triton.attention`` (the first
+generation): (B, H, L, D) queries, (B, H, S, D) keys and values, bool (True = attend) or additive masks broadcastable
 to (B, H, L, S), top-left causal masking, dropout from Philox (seed + b * H + h, m * S + n), so
 ``attention.dropout_mask`` gives the mask of a call of either family. What changes is the kernels:
 
@@ -77,6 +77,17 @@ def _plan(L: int, S: int, D: int, dtype: torch.dtype, is_causal: bool, mask_bool
                        TAIL_N=TAIL, **common)
 
 
+def _planned(wrap, key: tuple) -> tuple[bool, dict]:
+    """_plan of a launch: cached for eager calls; inside the custom op (torch.compile, torch.export) the sizes can
+    be symbolic, which are not hashable, so it is computed."""
+    if wrap is _direct:
+        return _plan(*key)
+    L, S, D, *rest = key
+    small = L <= SMALL_MAX and S <= SMALL_MAX  # a guard on symbolic sizes
+    # D sets constexprs, and so does S on the one-tile path (its loop over keys is unrolled): those specialise
+    return _plan.__wrapped__(L if not small else int(L), int(S) if small else S, int(D), *rest)
+
+
 def _mask_view(mask: Optional[Tensor], B: int, H: int, L: int, S: int):
     """(mask argument, its (B, H, L, S) strides, bool?) without copying (broadcast dims get stride 0)."""
     if mask is None:
@@ -100,7 +111,7 @@ def forward(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], is_causal: 
         return out.zero_(), lse.fill_(float("inf"))
     m, ms, mask_bool = _mask_view(mask, B, H, L, S)
     key = (L, S, D, q.dtype, is_causal, mask_bool, dropout_p > 0, flash_fwd.D_MODE, _precision(q.dtype))
-    small, constexprs = _plan(*key)
+    small, constexprs = _planned(wrap, key)
     args = (q, k, v, out, lse, q if m is None else m, scale, seed, dropout_p,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(), *ms)
     if small:
@@ -126,7 +137,7 @@ def backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
         return dq.zero_(), dk.zero_(), dv.zero_()
     m, ms, mask_bool = _mask_view(mask, B, H, L, S)
     key = (L, S, D, q.dtype, is_causal, mask_bool, dropout_p > 0, flash_fwd.D_MODE, _precision(q.dtype))
-    small, constexprs = _plan(*key)
+    small, constexprs = _planned(wrap, key)
     mask_arg = q if m is None else m
     strides = (*q.stride(), *k.stride(), *v.stride())
     if small:
