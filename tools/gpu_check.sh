@@ -64,16 +64,23 @@ if want tests; then
   section "tests: -m 'cuda or triton', current paths and candidates, side by side"
   workers=()
   "$PY" -c "import xdist" 2>/dev/null && workers=(-n "${GPU_CHECK_WORKERS:-8}")
+  "$PY" -c "import pytest_timeout" 2>/dev/null && workers+=(--timeout 120)  # one hung test must not eat the run
+  workers+=(--durations=20)
   export PVF_TRITON_AUTOTUNE=0  # correctness only: one configuration per Triton kernel, no tuning per shape
   tests_s=$(at_most "${GPU_CHECK_TEST_SECONDS:-200}")
   ( timeout "$tests_s" "$PY" -m pytest -v -rfE --tb=short -m "cuda or triton" -p no:cacheprovider "${workers[@]}" ${GPU_CHECK_TESTS:-tests} \
       --junitxml="$OUT/tests.xml" >"$OUT/tests.log" 2>&1; echo "exit $?" >>"$OUT/tests.log" ) &
   current_pid=$!
-  ( PVF_CANDIDATES=all timeout "$tests_s" "$PY" -m pytest -v -rfE --tb=short -m "cuda or triton" -p no:cacheprovider \
-      "${workers[@]}" ${GPU_CHECK_TESTS:-tests} --junitxml="$OUT/tests-candidates.xml" >"$OUT/tests-candidates.log" 2>&1
-    echo "exit $?" >>"$OUT/tests-candidates.log" ) &
-  candidates_pid=$!
-  wait "$current_pid" "$candidates_pid"
+  candidates_pid=""
+  if [ "${GPU_CHECK_CANDIDATE_RUN:-1}" = 1 ]; then  # the tests of each family run its candidates too; this
+    # second run sends every other test through the candidates as well
+    ( PVF_CANDIDATES=all timeout "$tests_s" "$PY" -m pytest -v -rfE --tb=short -m "cuda or triton" \
+        -p no:cacheprovider "${workers[@]}" ${GPU_CHECK_TESTS:-tests} --junitxml="$OUT/tests-candidates.xml" \
+        >"$OUT/tests-candidates.log" 2>&1
+      echo "exit $?" >>"$OUT/tests-candidates.log" ) &
+    candidates_pid=$!
+  fi
+  wait "$current_pid" $candidates_pid
   echo "-- current paths"; grep -E "FAILED|ERROR|passed|failed" "$OUT/tests.log" | grep -v "^\[gw" | tail -n 30
   echo "-- with candidates"; grep -E "FAILED|ERROR|passed|failed" "$OUT/tests-candidates.log" | grep -v "^\[gw" | tail -n 30
   grep -q "^exit 0$" "$OUT/tests.log" || status=1
