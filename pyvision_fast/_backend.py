@@ -146,11 +146,20 @@ def available(name: str, device: torch.device) -> bool:
     return False
 
 
+def _own_or_forward(table: dict, op: str) -> Optional[str]:
+    """op's entry, or for ``<op>_backward`` without one its forward's (a backward follows its forward's switch)."""
+    key = table.get(op)
+    if key is None and op.endswith("_backward"):
+        key = table.get(op.removesuffix("_backward"))
+    return key
+
+
 def automatic(device: torch.device, implemented: Mapping[str, Callable], op: str = "") -> str:
     """The implementation chosen without forcing: on GPUs an enabled candidate, then a preferred key; else the
     compiled backend of the device, else Triton on GPU, else the reference."""
     if device.type == "cuda":
-        for key in (_CANDIDATES.get(op) if candidates_enabled(op) else None, _PREFERRED.get(op)):
+        for key in (_own_or_forward(_CANDIDATES, op) if candidates_enabled(op) else None,
+                    _own_or_forward(_PREFERRED, op)):
             if key is not None and key in implemented and available(key, device):
                 return key
     native = "cuda" if device.type == "cuda" else "cpu"
@@ -165,8 +174,12 @@ def select(op: str, device: torch.device, implemented: Mapping[str, Callable]) -
     """Pick the implementation of ``op`` for tensors on ``device``; returns (backend name, function)."""
     forced = forced_backend()
     if forced is not None:
-        if forced in implemented and available(forced, device):
-            return forced, implemented[forced]
+        # the best implementation of the forced backend: its enabled candidate, its preferred variant, itself
+        variants = (_own_or_forward(_CANDIDATES, op) if candidates_enabled(op) else None,
+                    _own_or_forward(_PREFERRED, op), forced)
+        for key in variants:
+            if key is not None and base_backend(key) == forced and key in implemented and available(key, device):
+                return key, implemented[key]
         choice = automatic(device, implemented, op)
         _warn_once(op, f"forced:{forced}", f"pyvision_fast: {op} has no usable '{forced}' backend on {device.type}; "
                    f"using '{choice}'")

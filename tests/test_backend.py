@@ -81,7 +81,7 @@ def test_candidate_is_chosen_only_where_enabled(monkeypatch):
     assert _backend.select("toy_op", gpu, table)[0] == "cuda"
     with pyvision_fast.use_candidates("toy_op"):
         assert _backend.select("toy_op", gpu, table)[0] == "cuda:next"
-        assert _backend.select("toy_op_backward", gpu, {**table})[0] == "cuda"  # not registered for it
+        assert _backend.select("toy_op_backward", gpu, table)[0] == "cuda:next"  # follows its forward
     with pyvision_fast.use_candidates("other_op"):
         assert _backend.select("toy_op", gpu, table)[0] == "cuda"
     monkeypatch.setenv("PVF_CANDIDATES", "all")
@@ -142,3 +142,15 @@ def test_threads_without_a_block_follow_the_active_one(monkeypatch):
     assert seen["outside"] == (False, None) and seen["after"] == (False, None)
     assert seen["inside"] == (True, "reference")
     assert seen["own block"] == (True, "cpu")
+
+
+def test_a_backward_op_without_its_own_entry_follows_its_forward(monkeypatch):
+    gpu = _pretend_gpu(monkeypatch)
+    monkeypatch.setitem(_backend._CANDIDATES, "toy_op", "triton")
+    table = {"cuda": 1, "triton": 2}
+    assert _backend.select("toy_op_backward", gpu, table)[0] == "cuda"
+    with pyvision_fast.use_candidates("toy_op"):
+        assert _backend.select("toy_op_backward", gpu, table)[0] == "triton"
+    monkeypatch.delitem(_backend._CANDIDATES, "toy_op")
+    monkeypatch.setitem(_backend._PREFERRED, "toy_op", "triton")
+    assert _backend.select("toy_op_backward", gpu, table)[0] == "triton"

@@ -150,7 +150,11 @@ def _weight_and_grads(coeff, log_sigma, k, order, grad):
 
 def _reference_and_grads(coeff, log_sigma, k, order, grad):
     c, ls = coeff.detach().cpu().double().requires_grad_(), log_sigma.detach().cpu().double().requires_grad_()
-    w = ref.scale_space_weight(c, ls, k, order, 0.5, (k - 1) / 2)  # differentiated by autograd
+    # the clamp's bounds as the op's dtype holds them: a log-sigma exactly at float32(log 0.5) is at the bound for
+    # the op, and below log 0.5 for a float64 clamp (where torch 2.11 passes the gradient at a bound, the two
+    # would differ)
+    bounds = tuple(float(torch.tensor(math.log(b), dtype=log_sigma.dtype)) for b in (0.5, (k - 1) / 2))
+    w = ref.scale_space_weight(c, ls, k, order, 0.5, (k - 1) / 2, log_bounds=bounds)  # differentiated by autograd
     return (w, *torch.autograd.grad(w, [c, ls], grad.cpu().double()))
 
 

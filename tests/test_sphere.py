@@ -462,11 +462,15 @@ def test_triton_empty_batch_and_gradcheck():
         gradcheck(lambda a, c, d: ops.sphere_conv2d(a, c, d, table), (x, w, b), fast_mode=True)
 
 
-@pytest.mark.triton
-def test_candidate_is_registered():
+def test_triton_is_the_gpu_default(monkeypatch):
+    """The Triton kernels became the GPU default after the H200 run of 2026-12-04; CPUs keep the C++ kernels."""
     from pyvision_fast import _backend
+    from pyvision_fast.ops import sphere as sp
 
-    assert _backend.candidates()["sphere_conv2d"] == "triton"
+    assert _backend.select("sphere_conv2d", torch.device("cpu"), sp._FORWARD)[0] == "cpu"
+    monkeypatch.setattr(_backend, "available", lambda name, device: True)
+    assert _backend.select("sphere_conv2d", torch.device("cuda"), sp._FORWARD)[0] == "triton"
+    assert _backend.select("sphere_conv2d_backward", torch.device("cuda"), sp._BACKWARD)[0] == "triton"
 
 
 CANDIDATE = [pytest.param(None, id="current"), pytest.param("sphere_conv2d", id="candidate")]

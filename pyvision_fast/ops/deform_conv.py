@@ -156,7 +156,7 @@ def _columns(kind: str):
 _FORWARD = {kind: _columns(kind)[0] for kind in _KERNELS}
 _BACKWARD = {kind: _columns(kind)[1] for kind in _KERNELS}
 _FORWARD["triton"], _BACKWARD["triton"] = _triton_forward, _triton_backward
-_backend.register_candidate("deform_conv2d", "triton")
+_backend.prefer("deform_conv2d", "triton")  # H200-verified 2026-12-04 (gpu-runs.md)
 
 
 def _deform_conv2d_impl(input: Tensor, weight: Tensor, offset: Tensor, mask: Optional[Tensor], bias: Optional[Tensor],

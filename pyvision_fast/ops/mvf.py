@@ -403,7 +403,7 @@ _BN_BWD = {"cpu": _bn_bwd_cpu, "cuda": lambda *a: _bn_bwd_composite(*a, backend=
 # The Triton kernels are GPU candidates until a GPU run verifies them (pyvision_fast._backend).
 for _op_name in ("multi_view_fusion", "multi_view_fusion_backward", "multi_view_fusion_batchnorm",
                  "multi_view_fusion_batchnorm_backward"):
-    _backend.register_candidate(_op_name, "triton")
+    _backend.prefer(_op_name, "triton")  # H200-verified 2026-12-04 (gpu-runs.md)
 
 
 def _channel_args(gamma, beta, mean=None, var=None):

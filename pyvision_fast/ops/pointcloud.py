@@ -44,7 +44,7 @@ def _fps_cpu(points: Tensor, lengths: Optional[Tensor], start: Optional[Tensor],
 
 
 _FPS = {"cpu": _fps_cpu, "cuda": cu.fps, "cuda:next": cu.fps_next, "reference": ref.sample_farthest_points_idx}
-_backend.register_candidate("sample_farthest_points", "cuda:next")
+_backend.prefer("sample_farthest_points", "cuda:next")  # H200-verified 2026-12-04 (gpu-runs.md)
 
 
 def _fps_impl(points: Tensor, lengths: Optional[Tensor], start: Optional[Tensor], K: int) -> Tensor:
@@ -143,8 +143,8 @@ def _neighbour_backward_torch(p1: Tensor, p2: Tensor, idx: Tensor, lengths1: Opt
 _NEIGHBOUR_BWD = {"cpu": _neighbour_backward_torch, "cuda": _neighbour_backward_torch,
                   "cuda:next": cu.neighbour_backward_next, "reference": _neighbour_backward_torch}
 # The backward of each search op follows that op's candidate switch.
-_backend.register_candidate("knn_points_backward", "cuda:next")
-_backend.register_candidate("ball_query_backward", "cuda:next")
+_backend.prefer("knn_points_backward", "cuda:next")  # H200-verified 2026-12-04 (gpu-runs.md)
+_backend.prefer("ball_query_backward", "cuda:next")  # H200-verified 2026-12-04 (gpu-runs.md)
 
 
 def _neighbour_backward_impl(p1: Tensor, p2: Tensor, idx: Tensor, lengths1: Optional[Tensor],
@@ -194,7 +194,7 @@ def _knn_cpu(p1, p2, lengths1, lengths2, K):
 
 
 _KNN_IMPLS = {"cpu": _knn_cpu, "cuda": cu.knn, "cuda:next": cu.knn_next, "reference": ref.knn_points_idx}
-_backend.register_candidate("knn_points", "cuda:next")
+_backend.prefer("knn_points", "cuda:next")  # H200-verified 2026-12-04 (gpu-runs.md)
 
 
 def _knn_impl(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor], lengths2: Optional[Tensor],
@@ -279,7 +279,7 @@ def _ball_cpu(p1, p2, lengths1, lengths2, K, radius):
 
 
 _BALL = {"cpu": _ball_cpu, "cuda": cu.ball, "cuda:next": cu.ball_next, "reference": ref.ball_query_idx}
-_backend.register_candidate("ball_query", "cuda:next")
+_backend.prefer("ball_query", "cuda:next")  # H200-verified 2026-12-04 (gpu-runs.md)
 
 
 def _ball_impl(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor], lengths2: Optional[Tensor], K: int,

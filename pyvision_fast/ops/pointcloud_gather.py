@@ -41,8 +41,8 @@ def _gather_backward_ref(grad_out, idx, N):
 _GATHER = {"cpu": _gather_cpu, "cuda": cu.gather, "cuda:next": cu.gather_next, "reference": ref.gather_columns}
 _GATHER_BWD = {"cpu": _gather_backward_cpu, "cuda": cu.gather_backward, "cuda:next": cu.gather_backward_next,
                "reference": _gather_backward_ref}
-_backend.register_candidate("gather_points", "cuda:next")
-_backend.register_candidate("gather_points_backward", "cuda:next")
+_backend.prefer("gather_points", "cuda:next")  # H200-verified 2026-12-04 (gpu-runs.md)
+_backend.prefer("gather_points_backward", "cuda:next")  # H200-verified 2026-12-04 (gpu-runs.md)
 
 
 def _gather_impl(features: Tensor, idx: Tensor) -> Tensor:
@@ -142,8 +142,8 @@ def _interp_backward_ref(grad_out, features, idx, weight, need_features, need_we
 _INTERP = {"cpu": _interp_cpu, "cuda": cu.interp, "cuda:next": cu.interp_next, "reference": ref.three_interpolate}
 _INTERP_BWD = {"cpu": _interp_backward_cpu, "cuda": cu.interp_backward, "cuda:next": cu.interp_backward_next,
                "reference": _interp_backward_ref}
-_backend.register_candidate("three_interpolate", "cuda:next")
-_backend.register_candidate("three_interpolate_backward", "cuda:next")
+_backend.prefer("three_interpolate", "cuda:next")  # H200-verified 2026-12-04 (gpu-runs.md)
+_backend.prefer("three_interpolate_backward", "cuda:next")  # H200-verified 2026-12-04 (gpu-runs.md)
 
 
 def _interp_impl(features: Tensor, idx: Tensor, weight: Tensor) -> Tensor:

@@ -96,7 +96,7 @@ def _bank_bwd_cuda_next(grad, x, kernels, radii, boundary):
 _BANK = {"cpu": _bank_cpu, "cuda": _bank_cuda, "cuda:next": _bank_cuda_next, "reference": ref.filter_bank}
 _BANK_BWD = {"cpu": _bank_bwd_cpu, "cuda": _bank_bwd_cuda, "cuda:next": _bank_bwd_cuda_next,
              "reference": ref.filter_bank_backward}
-_backend.register_candidate("gaussian_scale_space", "cuda:next")
+_backend.prefer("gaussian_scale_space", "cuda:next")  # H200-verified 2026-12-04 (gpu-runs.md)
 
 
 def _filter_bank_impl(x: Tensor, kernels: Tensor, radii: list[int], boundary: int) -> Tensor:

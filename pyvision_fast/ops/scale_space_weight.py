@@ -123,7 +123,7 @@ _FWD = {"cpu": _weight_torch, "cuda": _weight_torch, "triton": _weight_triton,
         "reference": ref.scale_space_weight}
 _BWD = {"cpu": _weight_backward_torch, "cuda": _weight_backward_torch, "triton": _weight_backward_triton,
         "reference": ref.scale_space_weight_backward}
-_backend.register_candidate(OP, "triton")
+_backend.prefer(OP, "triton")  # H200-verified 2026-12-04 (gpu-runs.md)
 
 
 def _weight_impl(coeff: Tensor, log_sigma: Tensor, kernel_size: int, order: int, sigma_min: float,

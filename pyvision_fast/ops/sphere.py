@@ -171,7 +171,7 @@ _FORWARD = {"cpu": _columns_forward("cpu"), "cuda": _columns_forward("cuda"),
             "reference": _columns_forward("reference"), "triton": _triton_forward}
 _BACKWARD = {"cpu": _columns_backward("cpu"), "cuda": _columns_backward("cuda"),
              "reference": _columns_backward("reference"), "triton": _triton_backward}
-_backend.register_candidate("sphere_conv2d", "triton")
+_backend.prefer("sphere_conv2d", "triton")  # H200-verified 2026-12-04 (gpu-runs.md)
 
 
 def _sphere_conv2d_impl(input: Tensor, weight: Tensor, bias: Optional[Tensor], table_index: Tensor,

@@ -9,7 +9,7 @@ product per scale group), with its gradients written out.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -185,14 +185,18 @@ def group_sizes(out_channels: int, num_scales: int) -> list[int]:
 
 
 def scale_space_weight(coeff: Tensor, log_sigma: Tensor, kernel_size: int, order: int, sigma_min: float,
-                       sigma_max: float) -> Tensor:
+                       sigma_max: float, log_bounds: Optional[tuple[float, float]] = None) -> Tensor:
     """ScaleSpaceConv2d's Conv2d weight, written as the layer first did: sigma = exp(clamp(log_sigma)), the
     basis of every scale, then one matrix product per scale group (coefficients (channels * C_in, n_basis)
     times basis (n_basis, k * k)) and a concatenation.
 
-    coeff (C_out, C_in, n_basis), log_sigma (S,) -> (C_out, C_in, k, k) in coeff's dtype."""
+    coeff (C_out, C_in, n_basis), log_sigma (S,) -> (C_out, C_in, k, k) in coeff's dtype. log_bounds: the clamp's
+    bounds when they must differ from (log sigma_min, log sigma_max), e.g. those bounds rounded to float32 for a
+    float64 reference of a float32 computation (a log-sigma exactly at a rounded bound is then at the bound in
+    both)."""
     k = kernel_size
-    sigma = log_sigma.clamp(math.log(sigma_min), math.log(sigma_max)).exp()
+    lo, hi = log_bounds if log_bounds is not None else (math.log(sigma_min), math.log(sigma_max))
+    sigma = log_sigma.clamp(lo, hi).exp()
     basis = gaussian_derivative_basis(sigma, k, order).to(coeff.dtype)  # (S, nb, k, k)
     O, I, nb = coeff.shape
     parts, start = [], 0
