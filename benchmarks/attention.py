@@ -95,7 +95,7 @@ def _cases_for(device: str, dtype: torch.dtype, g: torch.Generator, name: str, B
     goals_fwd, goals_bwd = [], []
     if name.startswith("ViT") and "SDPA flash backend" in impls:
         goals_fwd, goals_bwd = [("SDPA flash backend", 1.0)], [("SDPA flash backend", 0.9)]
-    if name.startswith("PAVER temporal"):
+    if name.startswith("PAVER temporal") and gpu:
         goals_fwd = [("F.scaled_dot_product_attention", 2.0)] + ([("naive math (reference)", 1.5)] if naive_ok else [])
     memory = "peak MB: the allocator's peak above the inputs during one call." if gpu else ""
     return [Case("attention", f"{name} fwd", params,

@@ -1,6 +1,6 @@
 """Deformable convolution (DCNv2, with mask) against torchvision's implementation and a dense convolution of the
-same shape (the floor: what the matrix product alone costs). Each case also runs the op's GPU candidate (the
-Triton implicit GEMM, ``pyvision_fast.triton.deform_conv``) as its own row; on a CPU that row runs the CPU path."""
+same shape (the floor: what the matrix product alone costs). On GPUs ours is the Triton implicit GEMM
+(``pyvision_fast.triton.deform_conv``); a registered candidate of the op gets its own row."""
 from __future__ import annotations
 
 import torch
@@ -10,7 +10,7 @@ import torchvision
 import pyvision_fast
 from pyvision_fast import ops
 
-from .harness import Case, Impl
+from .harness import Case, Impl, candidate_impl
 
 OP = "deform_conv2d"
 
@@ -32,17 +32,16 @@ def _cases(device: str, quick: bool, dtype: torch.dtype) -> list[Case]:
     tv_leaves = [t.detach().to(tv_dtype).requires_grad_() for t in leaves]
     tv_grad = grad.to(tv_dtype)
 
-    def train(fn, candidate=False, tensors=leaves, g=grad):
+    def train(fn, tensors=leaves, g=grad):
         def run():
             for t in tensors:
                 t.grad = None
-            with pyvision_fast.use_candidates(OP if candidate else None):
-                fn().backward(g)
+            fn().backward(g)
         return run
 
-    def infer(fn, candidate=False):
+    def infer(fn):
         def run():
-            with torch.no_grad(), pyvision_fast.use_candidates(OP if candidate else None):
+            with torch.no_grad():
                 return fn()
         return run
 
@@ -59,14 +58,14 @@ def _cases(device: str, quick: bool, dtype: torch.dtype) -> list[Case]:
     return [
         Case("deform_conv", "deform_conv2d fwd+bwd" + suffix, params,
              [Impl("pvf.ops.deform_conv2d", train(ours), "ours"),
-              Impl("pvf.ops.deform_conv2d (candidate)", train(ours, candidate=True)),
+              candidate_impl("pvf.ops.deform_conv2d (candidate)", OP, train(ours)),
               Impl(name_tv, train(tv, tensors=tv_leaves, g=tv_grad), "reference"),
               Impl("dense F.conv2d (same shape)", train(dense))],
              flops=3 * flops, bound="compute", goals=[] if half else [(name_tv, 8.0 if cpu else 1.5)],
              note="FLOPs: the three matrix products of a convolution of this shape (sampling not counted)."),
         Case("deform_conv", "deform_conv2d forward" + suffix, params,
              [Impl("pvf.ops.deform_conv2d", infer(ours), "ours"),
-              Impl("pvf.ops.deform_conv2d (candidate)", infer(ours, candidate=True)),
+              candidate_impl("pvf.ops.deform_conv2d (candidate)", OP, infer(ours)),
               Impl(name_tv, infer(tv), "reference"),
               Impl("dense F.conv2d (same shape)", infer(dense))],
              flops=flops, bound="compute", goals=[] if half or cpu else [(name_tv, 1.5)]),

@@ -52,9 +52,29 @@ class Case:
     note: str = ""
     goals: list = dataclasses.field(default_factory=list)  # more (implementation, speedup) goals
 
+    def __post_init__(self):
+        self.impls = [impl for impl in self.impls if impl is not None]  # candidate rows without a candidate
+
     def all_goals(self) -> list[tuple[str, float]]:
         """``goal`` and ``goals`` together: every (implementation, required speedup of ours over it)."""
         return ([self.goal] if self.goal else []) + [g for g in self.goals if g != self.goal]
+
+
+def candidate_impl(name: str, ops, fn: Callable[[], Any], kind: str = "peer") -> Optional[Impl]:
+    """A row that runs ``fn`` with the GPU candidates of ``ops`` enabled (see ``pyvision_fast._backend``), or
+    None (which Case drops) when none of ``ops`` has a registered candidate: once a candidate becomes its op's
+    default, the row would only repeat ours."""
+    from pyvision_fast import _backend, use_candidates
+
+    ops = [ops] if isinstance(ops, str) else list(ops)
+    if not any(op in _backend.candidates() for op in ops):
+        return None
+
+    def run():
+        with use_candidates(ops):
+            return fn()
+
+    return Impl(name, run, kind)
 
 
 @dataclasses.dataclass

@@ -92,7 +92,8 @@ def calls(device: str) -> dict[str, list[tuple[str, str, Callable[[], object]]]]
                                        ("nn.Conv2d", "peer", _backward(lambda: plain(xg)))]
     ya = rand(1, 2, 4, 8, 8, grad=True)
     gain = torch.ones(2, device=device, requires_grad=True)
-    out["scale_attention fwd+bwd"] = [("pvf.ops.scale_attention", "ours", _backward(lambda: ops.scale_attention(ya, gain))),
+    out["scale_attention fwd+bwd"] = [("pvf.ops.scale_attention", "ours",
+                                       _backward(lambda: ops.scale_attention(ya, gain))),
                                       ("softmax", "peer", _backward(lambda: (ya.abs() * gain.view(1, 2, 1, 1, 1))
                                                                    .softmax(1) * ya))]
     # point clouds

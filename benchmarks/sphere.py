@@ -1,7 +1,7 @@
 """Spherical convolution on ERP images: PAVER's patch embedding (SpherePatchEmbed) and the tangent-plane 3x3
 convolution (SphereConv2d) against torchvision's deformable convolution with the same fixed offsets, and a dense
-convolution of the same shape (what the matrix product alone costs). Each case also runs the op's GPU candidate
-(the Triton implicit GEMM, ``pyvision_fast.triton.sphere``) as its own row; on a CPU that row runs the CPU path."""
+convolution of the same shape (what the matrix product alone costs). On GPUs ours is the Triton implicit GEMM
+(``pyvision_fast.triton.sphere``); a registered candidate of the op gets its own row."""
 from __future__ import annotations
 
 import torch
@@ -12,7 +12,7 @@ import pyvision_fast
 from pyvision_fast.geometry import equirect
 from pyvision_fast.nn import SphereConv2d, SpherePatchEmbed
 
-from .harness import Case, Impl
+from .harness import Case, Impl, candidate_impl
 
 OP = "sphere_conv2d"
 
@@ -38,9 +38,9 @@ def cases(device: str, quick: bool) -> list[Case]:
     x = torch.randn(B, 3, H, 2 * H, device=device)
     patch_offsets = equirect.paver_offsets(H, R).float().to(device).repeat(B, 1, 1, 1)
 
-    def infer(fn, candidate=False):
+    def infer(fn):
         def run():
-            with torch.no_grad(), pyvision_fast.use_candidates(OP if candidate else None):
+            with torch.no_grad():
                 return fn()
         return run
 
@@ -48,7 +48,7 @@ def cases(device: str, quick: bool) -> list[Case]:
     name_tv = f"torchvision DeformConv2d + repeated offsets ({device})"
     out.append(Case("sphere", "SpherePatchEmbed forward", params,
                     [Impl("pvf.nn.SpherePatchEmbed", infer(lambda: embed(x)), "ours"),
-                     Impl("pvf.nn.SpherePatchEmbed (candidate)", infer(lambda: embed(x), candidate=True)),
+                     candidate_impl("pvf.nn.SpherePatchEmbed (candidate)", OP, infer(lambda: embed(x))),
                      Impl(name_tv, infer(lambda: tv(x, patch_offsets)), "reference"),
                      Impl("dense F.conv2d (same shape)", infer(lambda: F.conv2d(x, embed.proj.weight,
                                                                                 embed.proj.bias, R)))],
@@ -63,18 +63,17 @@ def cases(device: str, quick: bool) -> list[Case]:
     conv_offsets = _fixed_offsets(equirect.tangent_sampling(H, 2 * H, 3, 1), 1, 1).float().to(device)
     conv_offsets = conv_offsets.repeat(B, 1, 1, 1)
 
-    def train(fn, candidate=False):
+    def train(fn):
         def run():
             xs.grad = conv.weight.grad = conv.bias.grad = None
-            with pyvision_fast.use_candidates(OP if candidate else None):
-                fn().backward(grad)
+            fn().backward(grad)
         return run
 
     params = dict(B=B, C_in=C, C_out=C, H=H, W=2 * H, k=3)
     name_tv = f"torchvision deform_conv2d, fixed offsets ({device})"
     out.append(Case("sphere", "SphereConv2d 3x3 fwd+bwd", params,
                     [Impl("pvf.nn.SphereConv2d", train(lambda: conv(xs)), "ours"),
-                     Impl("pvf.nn.SphereConv2d (candidate)", train(lambda: conv(xs), candidate=True)),
+                     candidate_impl("pvf.nn.SphereConv2d (candidate)", OP, train(lambda: conv(xs))),
                      Impl(name_tv, train(lambda: torchvision.ops.deform_conv2d(xs, conv_offsets, conv.weight, conv.bias,
                                                                                padding=1)), "reference"),
                      Impl("dense F.conv2d (same shape)", train(lambda: F.conv2d(xs, conv.weight, conv.bias,
