@@ -39,7 +39,6 @@ mkdir -p "$OUT/bench"
 section "machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>&1 | tee "$OUT/gpu.txt"
 "$PY" -c "import torch, triton, pybind11; print('torch', torch.__version__, 'triton', triton.__version__, 'pybind11', pybind11.__version__)" 2>&1 | tee -a "$OUT/gpu.txt"
-git log -1 --format='commit %h %s' 2>/dev/null | tee -a "$OUT/gpu.txt"
 
 section "build (PVF_CUDA_ARCHS=$PVF_CUDA_ARCHS)"
 start=$(date +%s)
