@@ -128,3 +128,20 @@ def random_lengths(B: int, P: int, generator=None, low: int = 0) -> torch.Tensor
 
 def matches(pattern: str) -> str:
     return re.escape(pattern)
+
+
+def ops_dispatched(fn: Callable[[], object]) -> list[str]:
+    """The operators (``str(OpOverload)``, e.g. "pvf.knn_points.default") that reach torch's dispatcher while
+    ``fn()`` runs under a recording dispatch mode; an eager call of our ops must still show its custom op there."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen: list[str] = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        fn()
+    return seen

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from op_harness import ops_dispatched
 
 from pyvision_fast.ops.attention import kernel_family
 from pyvision_fast import _backend, ops, use_backend
@@ -179,18 +180,8 @@ def test_eager_path_equals_the_custom_op(family, L):
 @pytest.mark.triton
 @pytest.mark.parametrize("family", ["current", "next"])
 def test_dispatch_modes_see_the_custom_op(family):
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     _, eager, _ = _both_paths(family, 20)
-    seen = []
-
-    class Record(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            seen.append(str(func))
-            return func(*args, **(kwargs or {}))
-
-    with Record():
-        eager()
+    seen = ops_dispatched(eager)
     assert ("pvf.flash_next_fwd.default" if family == "next" else "pvf.flash_attention_fwd.default") in seen
 
 

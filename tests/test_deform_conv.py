@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from op_harness import DEVICES, BadInput, assert_close, check_compiled, check_onnx, float_dtypes, gradcheck, opcheck
-from op_harness import run_bad_input
+from op_harness import ops_dispatched, run_bad_input
 from pyvision_fast import ops, use_backend, use_candidates
 from pyvision_fast.nn import DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack
 
@@ -259,22 +259,12 @@ def test_eager_calls_skip_the_custom_op_and_agree_with_it():
 
 
 def test_eager_calls_have_no_double_backward_and_modes_see_the_custom_op():
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     ins, eager, _ = _both_ops()
     out = eager()
     (gx,) = torch.autograd.grad(out, ins[0], torch.ones_like(out, requires_grad=True), create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         gx.sum().backward()
-    seen = []
-
-    class Record(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            seen.append(str(func))
-            return func(*args, **(kwargs or {}))
-
-    with Record():
-        eager()
+    seen = ops_dispatched(eager)
     assert "pvf.deform_conv2d.default" in seen
 
 

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from op_harness import DEVICES, BadInput, assert_close, check_compiled, check_onnx, float_dtypes, gradcheck, opcheck
-from op_harness import run_bad_input
+from op_harness import ops_dispatched, run_bad_input
 from pyvision_fast import ops, use_backend
 from pyvision_fast.reference import scale_space as ref
 
@@ -250,8 +250,6 @@ def test_tiled_kernels_emulated_with_the_gpu_block_size(emulator):
 # Eager path and custom op --------------------------------------------------------------------------------
 
 def test_eager_calls_equal_the_custom_op_and_modes_see_it():
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     g = torch.Generator().manual_seed(6)
     x = torch.randn(2, 3, 8, 9, generator=g, dtype=torch.float64, requires_grad=True)
     sigma = torch.tensor([0.7, 1.4], dtype=torch.float64, requires_grad=True)
@@ -272,16 +270,7 @@ def test_eager_calls_equal_the_custom_op_and_modes_see_it():
             results.append((out, *torch.autograd.grad(out, inputs, torch.ones_like(out), retain_graph=True)))
         for a, b in zip(*results):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
-    seen = []
-
-    class Record(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            seen.append(str(func))
-            return func(*args, **(kwargs or {}))
-
-    with Record():
-        ops.gaussian_scale_space(x, sigma, radius=[2, 4])
-        ops.scale_attention(y, gain)
+    seen = ops_dispatched(lambda: (ops.gaussian_scale_space(x, sigma, radius=[2, 4]), ops.scale_attention(y, gain)))
     assert "pvf.filter_bank.default" in seen and "pvf.scale_attention.default" in seen
 
 

@@ -6,7 +6,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from op_harness import DEVICES, BadInput, assert_close, check_compiled, check_onnx, float_dtypes, gradcheck, opcheck
-from op_harness import run_bad_input
+from op_harness import ops_dispatched, run_bad_input
 from pyvision_fast import ops
 from pyvision_fast.nn import MVF, insert_mvf
 from pyvision_fast.reference import mvf as ref
@@ -213,8 +213,6 @@ def test_eager_calls_skip_the_custom_op_and_agree_with_it(batchnorm):
 
 @pytest.mark.parametrize("batchnorm", [False, True])
 def test_eager_calls_have_no_double_backward_and_modes_see_the_custom_op(batchnorm):
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     inputs, eager, _ = _both_ops(batchnorm)
     # A second derivative is an error, never a silently wrong value: with a constant incoming gradient the
     # first derivative has no graph; with one that requires grad, its graph raises once_differentiable's error.
@@ -226,15 +224,7 @@ def test_eager_calls_have_no_double_backward_and_modes_see_the_custom_op(batchno
     with pytest.raises(RuntimeError, match="once_differentiable"):
         gx.sum().backward()
 
-    seen = []
-
-    class Record(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            seen.append(str(func))
-            return func(*args, **(kwargs or {}))
-
-    with Record():
-        eager()
+    seen = ops_dispatched(eager)
     name = "pvf.multi_view_fusion_batchnorm.default" if batchnorm else "pvf.multi_view_fusion.default"
     assert name in seen
 

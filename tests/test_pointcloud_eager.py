@@ -3,9 +3,9 @@ torch.autograd.Function instead of the torch.library custom op; both must agree 
 that traces or intercepts dispatch (modes, torch.compile, export) must still see the custom op."""
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from op_harness import DEVICES_AND_CANDIDATES, candidate_switch  # noqa: F401 - autouse fixture
+from op_harness import ops_dispatched
 from pyvision_fast import ops
 
 
@@ -70,30 +70,14 @@ def test_dispatch_modes_see_the_custom_op_and_no_double_backward(name):
     with pytest.raises(RuntimeError, match="once_differentiable"):
         g.sum().backward()
 
-    seen = []
-
-    class Record(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            seen.append(str(func))
-            return func(*args, **(kwargs or {}))
-
-    with Record():
-        eager(*inputs)
+    seen = ops_dispatched(lambda: eager(*inputs))
     assert op_name in seen
 
 
 def test_fps_eager_and_custom_op_agree_and_modes_see_it():
     pts = torch.rand(2, 50, 3, dtype=torch.float64)
     assert torch.equal(ops.sample_farthest_points(pts, K=9)[1], torch.ops.pvf.sample_farthest_points(pts, None, None, 9))
-    seen = []
-
-    class Record(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            seen.append(str(func))
-            return func(*args, **(kwargs or {}))
-
-    with Record():
-        ops.furthest_point_sample(pts, 5)
+    seen = ops_dispatched(lambda: ops.furthest_point_sample(pts, 5))
     assert "pvf.sample_farthest_points.default" in seen
 
 
@@ -102,15 +86,7 @@ def test_search_backward_is_a_custom_op_under_tracing():
     torch.compile sees one opaque op; the eager path calls its implementation directly."""
     p1 = torch.rand(2, 10, 3, requires_grad=True)
     p2 = torch.rand(2, 12, 3, requires_grad=True)
-    seen = []
-
-    class Record(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            seen.append(str(func))
-            return func(*args, **(kwargs or {}))
-
-    with Record():
-        torch.ops.pvf.knn_points(p1, p2, None, None, 3)[0].sum().backward()
+    seen = ops_dispatched(lambda: torch.ops.pvf.knn_points(p1, p2, None, None, 3)[0].sum().backward())
     assert "pvf.neighbour_dists_backward.default" in seen
 
 

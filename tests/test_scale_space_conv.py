@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from op_harness import assert_close, check_onnx, gradcheck
+from op_harness import assert_close, check_onnx, gradcheck, ops_dispatched
 from pyvision_fast.nn import ScaleSpaceConv2d, gaussian_derivative_basis
 
 
@@ -218,8 +218,6 @@ def test_layer_weight_is_the_op_and_equals_the_original_code():
 
 
 def test_weight_eager_call_equals_the_custom_op_and_modes_see_it():
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     coeff, log_sigma = _weight_inputs(6, 3, 5, 2, 3, torch.float64)
     grad = torch.randn(6, 3, 5, 5, dtype=torch.float64)
     results = []
@@ -231,15 +229,7 @@ def test_weight_eager_call_equals_the_custom_op_and_modes_see_it():
         results.append((w, *torch.autograd.grad(w, [coeff, log_sigma], grad)))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    seen = []
-
-    class Record(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            seen.append(str(func))
-            return func(*args, **(kwargs or {}))
-
-    with Record():
-        ops.scale_space_weight(coeff, log_sigma, 5, 2)
+    seen = ops_dispatched(lambda: ops.scale_space_weight(coeff, log_sigma, 5, 2))
     assert "pvf.scale_space_weight.default" in seen
 
 
