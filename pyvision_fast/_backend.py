@@ -103,6 +103,11 @@ def candidates() -> dict[str, str]:
     return dict(_CANDIDATES)
 
 
+def preferred() -> dict[str, str]:
+    """The GPU preferences (verified former candidates), op -> implementation key."""
+    return dict(_PREFERRED)
+
+
 def base_backend(key: str) -> str:
     """The backend an implementation key runs on: ``"cuda:next"`` -> ``"cuda"``."""
     return _check_name(key.split(":", 1)[0])

@@ -48,6 +48,8 @@ def info_dict() -> dict:
         "triton_interpreter": pvf_triton.available(torch.device("cpu")),
         "backends": backends,
         "forced_backend": _backend.forced_backend(),
+        "gpu_preferred": _backend.preferred(),
+        "gpu_candidates": _backend.candidates(),
     }
 
 
@@ -69,6 +71,11 @@ def _print_info(args) -> int:
         print(f"_C_cuda  NOT loaded: {g['error']}")
     for name, devices in info["backends"].items():
         print(f"backend {name:<9} {'usable on ' + ', '.join(devices) if devices else 'not usable here'}")
+    if info["gpu_preferred"]:
+        print("GPU defaults  " + ", ".join(f"{op}: {key}" for op, key in sorted(info["gpu_preferred"].items())))
+    if info["gpu_candidates"]:
+        print("GPU candidates (PVF_CANDIDATES)  "
+              + ", ".join(f"{op}: {key}" for op, key in sorted(info["gpu_candidates"].items())))
     if info["forced_backend"]:
         print(f"PVF_BACKEND forces '{info['forced_backend']}'")
     return 0

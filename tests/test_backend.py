@@ -154,3 +154,11 @@ def test_a_backward_op_without_its_own_entry_follows_its_forward(monkeypatch):
     monkeypatch.delitem(_backend._CANDIDATES, "toy_op")
     monkeypatch.setitem(_backend._PREFERRED, "toy_op", "triton")
     assert _backend.select("toy_op_backward", gpu, table)[0] == "triton"
+
+
+def test_info_lists_the_gpu_defaults():
+    from pyvision_fast.cli import info_dict
+
+    info = info_dict()
+    assert info["gpu_preferred"]["knn_points"] == "cuda:next" and info["gpu_preferred"]["deform_conv2d"] == "triton"
+    assert info["gpu_candidates"] == _backend.candidates()
