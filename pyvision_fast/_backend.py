@@ -9,12 +9,14 @@ with ``register_candidate(op, key)`` under an implementation key of its own (``"
 backend such as ``"cuda:next"``). The automatic choice takes it only where candidates are enabled for that op:
 ``PVF_CANDIDATES=all`` or ``PVF_CANDIDATES=op1,op2`` in the environment, or ``use_candidates()``. The GPU
 check runs the tests and benchmarks with and without them; a candidate that wins there becomes the op's
-default (``prefer``) in the change that records that run.
+default (``prefer``) in the change that records that run. ``use_previous()`` runs, inside its block, the
+implementations that preferred ones replaced (they remain the fallback where a preferred one does not apply).
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import os
 import threading
 import warnings
@@ -33,7 +35,8 @@ BACKENDS = ("cuda", "triton", "cpu", "reference")
 _UNSET = object()
 _forced: contextvars.ContextVar = contextvars.ContextVar("pvf_backend", default=_UNSET)
 _candidates_on: contextvars.ContextVar = contextvars.ContextVar("pvf_candidates", default=_UNSET)
-_active_blocks: dict[str, list] = {"backend": [], "candidates": []}  # (token, value), innermost last
+_previous_on: contextvars.ContextVar = contextvars.ContextVar("pvf_previous", default=_UNSET)
+_active_blocks: dict[str, list] = {"backend": [], "candidates": [], "previous": []}  # (token, value), innermost last
 _blocks_lock = threading.Lock()
 _warned: set[tuple[str, str]] = set()
 _CANDIDATES: dict[str, str] = {}  # op -> implementation key of its unverified GPU candidate
@@ -113,20 +116,52 @@ def base_backend(key: str) -> str:
     return _check_name(key.split(":", 1)[0])
 
 
+@functools.lru_cache(maxsize=8)
+def _env_names(value: str) -> frozenset:
+    return frozenset(n.strip() for n in value.split(",") if n.strip())
+
+
+def _op_names(ops) -> frozenset:
+    return frozenset() if ops is None else frozenset([ops] if isinstance(ops, str) else ops)
+
+
+def _names_cover(names: frozenset, op: str) -> bool:
+    """Whether a set of op names (or "all") covers op; a backward op is covered by its forward's name."""
+    return "all" in names or op in names or op.removesuffix("_backward") in names
+
+
 def candidates_enabled(op: str) -> bool:
     """Whether ``op``'s candidate may be chosen: ``use_candidates`` or ``PVF_CANDIDATES`` (all, or op names)."""
     names = _block_value(_candidates_on, "candidates")
     if names is _UNSET:
-        env = os.environ.get("PVF_CANDIDATES", "").strip()
-        names = frozenset(n.strip() for n in env.split(",") if n.strip())
-    return "all" in names or op in names or op.removesuffix("_backward") in names
+        names = _env_names(os.environ.get("PVF_CANDIDATES", ""))
+    return _names_cover(names, op)
 
 
 def use_candidates(ops="all"):
     """Enable the candidates of ``ops`` (an op name, a list of them, or "all"; None disables every one) for
     the calls inside the block (a context manager), backward passes run by autograd's threads included."""
-    names = frozenset() if ops is None else frozenset([ops] if isinstance(ops, str) else ops)
-    return _block(_candidates_on, "candidates", names)
+    return _block(_candidates_on, "candidates", _op_names(ops))
+
+
+def use_previous(ops="all"):
+    """Inside the block (a context manager), ``ops`` (an op name, a list, or "all") ignore their GPU preference
+    and run the implementation it replaced, which stays the fallback where the preferred one does not apply:
+    for tests of that fallback and for comparisons."""
+    return _block(_previous_on, "previous", _op_names(ops))
+
+
+def _gpu_variants(op: str) -> tuple[Optional[str], Optional[str]]:
+    """(the op's candidate where enabled, its preferred implementation unless use_previous covers it)."""
+    candidate = _own_or_forward(_CANDIDATES, op)
+    if candidate is not None and not candidates_enabled(op):
+        candidate = None
+    chosen = _own_or_forward(_PREFERRED, op)
+    if chosen is not None:
+        previous = _block_value(_previous_on, "previous")
+        if previous is not _UNSET and _names_cover(previous, op):
+            chosen = None
+    return candidate, chosen
 
 
 def _warn_once(op: str, key: str, message: str) -> None:
@@ -163,8 +198,7 @@ def automatic(device: torch.device, implemented: Mapping[str, Callable], op: str
     """The implementation chosen without forcing: on GPUs an enabled candidate, then a preferred key; else the
     compiled backend of the device, else Triton on GPU, else the reference."""
     if device.type == "cuda":
-        for key in (_own_or_forward(_CANDIDATES, op) if candidates_enabled(op) else None,
-                    _own_or_forward(_PREFERRED, op)):
+        for key in _gpu_variants(op):
             if key is not None and key in implemented and available(key, device):
                 return key
     native = "cuda" if device.type == "cuda" else "cpu"
@@ -180,9 +214,7 @@ def select(op: str, device: torch.device, implemented: Mapping[str, Callable]) -
     forced = forced_backend()
     if forced is not None:
         # the best implementation of the forced backend: its enabled candidate, its preferred variant, itself
-        variants = (_own_or_forward(_CANDIDATES, op) if candidates_enabled(op) else None,
-                    _own_or_forward(_PREFERRED, op), forced)
-        for key in variants:
+        for key in (*_gpu_variants(op), forced):
             if key is not None and base_backend(key) == forced and key in implemented and available(key, device):
                 return key, implemented[key]
         choice = automatic(device, implemented, op)

@@ -19,22 +19,30 @@ TOLERANCES = {
 
 DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.cuda)]
 
-# For ops with a registered GPU candidate: the CUDA tests run twice, on the current kernels ("cuda") and on the
-# candidates ("cuda-candidate"); a module using this list imports the ``candidate_switch`` fixture below.
+# GPU tests of ops that have (or had) a candidate run twice: "current" on the implementation that was verified
+# before the candidate (once the candidate is verified and preferred, the implementation it replaced, which stays
+# the fallback where the preferred one does not apply: ``use_previous``), and "candidate" on the candidate while
+# it is one, on the op's default once it is preferred.
 DEVICES_AND_CANDIDATES = DEVICES + [pytest.param("cuda", id="cuda-candidate", marks=pytest.mark.cuda)]
+
+
+def on_implementation(candidate):
+    """The block of a GPU test variant: candidate None is "current" (see above), else the op name(s) whose
+    candidate runs."""
+    from pyvision_fast import use_candidates, use_previous
+
+    return use_previous() if candidate is None else use_candidates(candidate)
 
 
 @pytest.fixture(autouse=True)
 def candidate_switch(request):
-    """Runs the tests parametrised with the "cuda-candidate" device under ``pyvision_fast.use_candidates()``
-    (autouse in the modules that import it)."""
+    """The "cuda" and "cuda-candidate" variants of DEVICES_AND_CANDIDATES under ``on_implementation`` (autouse
+    in the modules that import it); other tests as they are."""
     callspec = getattr(request.node, "callspec", None)
-    if callspec is None or "cuda-candidate" not in callspec.id:
+    if callspec is None or callspec.params.get("device") != "cuda":
         yield
         return
-    from pyvision_fast import use_candidates
-
-    with use_candidates():
+    with on_implementation("all" if "cuda-candidate" in callspec.id else None):
         yield
 
 

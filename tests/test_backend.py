@@ -162,3 +162,19 @@ def test_info_lists_the_gpu_defaults():
     info = info_dict()
     assert info["gpu_preferred"]["knn_points"] == "cuda:next" and info["gpu_preferred"]["deform_conv2d"] == "triton"
     assert info["gpu_candidates"] == _backend.candidates()
+
+
+def test_use_previous_sets_a_preference_aside(monkeypatch):
+    gpu = _pretend_gpu(monkeypatch)
+    monkeypatch.setitem(_backend._PREFERRED, "toy_op", "cuda:next")
+    table = {"cuda": 1, "cuda:next": 2}
+    assert _backend.select("toy_op", gpu, table)[0] == "cuda:next"
+    with pyvision_fast.use_previous("toy_op"):
+        assert _backend.select("toy_op", gpu, table)[0] == "cuda"
+        assert _backend.select("toy_op_backward", gpu, table)[0] == "cuda"
+        with use_backend("cuda"):
+            assert _backend.select("toy_op", gpu, table)[0] == "cuda"
+    with pyvision_fast.use_previous("other_op"):
+        assert _backend.select("toy_op", gpu, table)[0] == "cuda:next"
+    with use_backend("cuda"):  # a forced backend runs its best variant
+        assert _backend.select("toy_op", gpu, table)[0] == "cuda:next"

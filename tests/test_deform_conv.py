@@ -8,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from op_harness import DEVICES, BadInput, assert_close, check_compiled, check_onnx, float_dtypes, gradcheck, opcheck
+from op_harness import on_implementation
 from op_harness import ops_dispatched, run_bad_input
-from pyvision_fast import ops, use_backend, use_candidates
+from pyvision_fast import ops, use_backend
 from pyvision_fast.nn import DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack
 
 
@@ -149,6 +150,32 @@ def test_bad_inputs():
     ]
     for case in cases:
         run_bad_input(case)
+
+
+@pytest.mark.triton
+def test_bad_inputs_reach_no_triton_kernel():
+    """The Triton kernels index with the sizes they are given: the public table above on the Triton backend, and
+    the custom op called directly (past the public function's checks), raise before any launch."""
+    x, w, off = torch.randn(2, 4, 6, 6), torch.randn(6, 4, 3, 3), torch.randn(2, 18, 6, 6)
+    direct = torch.ops.pvf.deform_conv2d
+    cases = [
+        BadInput("offset batch", lambda: direct(x, w, off[:1], None, None, [1, 1], [1, 1], [1, 1]), ValueError,
+                 "offset must have shape"),
+        BadInput("offset size", lambda: direct(x, w, off, None, None, [1, 1], [0, 0], [1, 1]), ValueError,
+                 "offset must have shape"),
+        BadInput("mask shape", lambda: direct(x, w, off, torch.rand(2, 9, 5, 6), None, [1, 1], [1, 1], [1, 1]),
+                 ValueError, "mask must be"),
+        BadInput("bias shape", lambda: direct(x, w, off, None, torch.zeros(5), [1, 1], [1, 1], [1, 1]), ValueError,
+                 "bias must be"),
+        BadInput("stride 0", lambda: direct(x, w, off, None, None, [0, 1], [1, 1], [1, 1]), ValueError, "stride"),
+        BadInput("weight vs input", lambda: direct(x, torch.randn(6, 3, 3, 3), off, None, None, [1, 1], [1, 1],
+                                                   [1, 1]), ValueError, "does not fit 4 input channels"),
+        BadInput("backward grad", lambda: torch.ops.pvf.deform_conv2d_backward(
+            torch.randn(2, 6, 5, 6), x, w, off, None, None, [1, 1], [1, 1], [1, 1]), ValueError, "grad must be"),
+    ]
+    with use_backend("triton"):
+        for case in cases:
+            run_bad_input(case)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -410,7 +437,7 @@ CANDIDATE = [pytest.param(None, id="current"), pytest.param("deform_conv2d", id=
 @pytest.mark.parametrize("case", ["3x3", "groups_offset_groups", "wide_output", "many_channels"])
 def test_gpu_paths_match_torchvision(case, dtype, candidate):
     t, conv = _triton_inputs(_TRITON_CASES[case], dtype, seed=4)
-    with use_candidates(candidate):
+    with on_implementation(candidate):
         _against_torchvision(t["x"], t["offset"], t["weight"], t["bias"], t["mask"], *conv, backend=None)
 
 
@@ -434,7 +461,7 @@ def test_gpu_benchmark_shape_and_tf32(candidate, tf32):
         go = torch.randn(expected.shape, generator=g).cuda()
         want = torch.autograd.grad(expected, ref, go.double())
         ins = [t.requires_grad_() for t in ins]
-        with use_candidates(candidate):
+        with on_implementation(candidate):
             out = ops.deform_conv2d(ins[0], ins[1], ins[2], ins[3], 1, 1, 1, ins[4])
             got = torch.autograd.grad(out, ins, go)
         tol = 5e-3 if tf32 else 1e-4
@@ -457,7 +484,7 @@ def test_gpu_steady_state_never_synchronises(candidate):
         out = ops.deform_conv2d(ins[0], ins[1], ins[2], ins[3], *conv, ins[4])
         torch.autograd.grad(out, ins, torch.ones_like(out))
 
-    with use_candidates(candidate):
+    with on_implementation(candidate):
         step()  # first call: compilation and autotuning may synchronise
         torch.cuda.set_sync_debug_mode("error")
         try:

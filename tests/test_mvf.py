@@ -6,6 +6,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from op_harness import DEVICES, BadInput, assert_close, check_compiled, check_onnx, float_dtypes, gradcheck, opcheck
+from op_harness import on_implementation
 from op_harness import ops_dispatched, run_bad_input
 from pyvision_fast import ops
 from pyvision_fast.nn import MVF, insert_mvf
@@ -311,9 +312,7 @@ def test_cuda_tensors_larger_than_one_grid(candidates):
     """More elements (148 M) than one launch has threads (the grid is capped at 65535 * 8 blocks of 256): the
     grid-stride loops of both ops, forward and backward, against the reference on the GPU. (Candidate: the
     Triton kernels, 9.2 M values per channel program.)"""
-    from pyvision_fast import use_candidates
-
-    with use_candidates(candidates):
+    with on_implementation(candidates):
         _check_large_tensors()
 
 

@@ -51,6 +51,9 @@ def _lattice(*shape, g, device, dtype):
 
 
 def _skip_slow_emulation(device, candidate, work):
+    # The SIMT emulation runs one host thread per CUDA thread: past about a million point pairs a case takes
+    # minutes. Those shapes run on the GPU variants ("cuda", "cuda-candidate"); the emulated kernels are covered
+    # at every launch plan by the smaller cases and by tests/test_pointcloud_simt.py.
     if device == "cpu" and candidate and work > 1_000_000:
         pytest.skip("too slow on the emulation")
 

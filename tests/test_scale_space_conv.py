@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from op_harness import assert_close, check_onnx, gradcheck, ops_dispatched
+from op_harness import assert_close, check_onnx, gradcheck, ops_dispatched, on_implementation
 from pyvision_fast.nn import ScaleSpaceConv2d, gaussian_derivative_basis
 
 
@@ -275,7 +275,7 @@ def test_weight_op_on_gpu(candidates, dtype, shape):
     O, I, k, order, S = shape
     coeff, log_sigma = _weight_inputs(O, I, k, order, S, dtype, "cuda")
     grad = torch.randn(O, I, k, k, dtype=dtype, generator=torch.Generator().manual_seed(1)).cuda()
-    with pyvision_fast.use_candidates(candidates):
+    with on_implementation(candidates):
         got = _weight_and_grads(coeff, log_sigma, k, order, grad)
     want = _reference_and_grads(coeff, log_sigma, k, order, grad)
     for a, b in zip(got, want):
@@ -290,7 +290,7 @@ def test_layer_train_step_on_gpu_without_host_sync(candidates):
     x = torch.randn(2, 8, 9, 11, dtype=torch.float64, device="cuda", requires_grad=True)
     coeff, log_sigma = layer.coeff.detach().requires_grad_(), layer.log_sigma.detach().requires_grad_()
     grad = torch.randn(12, 8, 5, 5, dtype=torch.float64, device="cuda")
-    with pyvision_fast.use_candidates(candidates):
+    with on_implementation(candidates):
         gradcheck(lambda c, s: ops.scale_space_weight(c, s, 5, 2), (coeff, log_sigma))
         layer(x).sum().backward()  # warm-up: caches, Triton compilation
         ops.scale_space_weight(coeff, log_sigma, 5, 2).backward(grad)

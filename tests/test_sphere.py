@@ -8,8 +8,9 @@ import torch
 import torchvision
 
 from op_harness import DEVICES, BadInput, assert_close, check_compiled, check_onnx, float_dtypes, gradcheck, opcheck
+from op_harness import on_implementation
 from op_harness import ops_dispatched, run_bad_input
-from pyvision_fast import ops, use_backend, use_candidates
+from pyvision_fast import ops, use_backend
 from pyvision_fast.geometry import equirect
 from pyvision_fast.nn import SphereConv2d, SpherePatchEmbed
 
@@ -258,6 +259,33 @@ def test_bad_inputs():
         run_bad_input(case)
 
 
+@pytest.mark.triton
+def test_bad_inputs_reach_no_triton_kernel():
+    """The custom op called directly (past the public function's checks) on the Triton backend raises before any
+    launch when the sizes disagree."""
+    table = equirect.sampling_table(8, 16, 3, 1)
+    x, w = torch.randn(2, 16, 8, 16), torch.randn(4, 16, 3, 3)
+    Ho, Wo = table.out_size
+    direct = torch.ops.pvf.sphere_conv2d
+    cases = [
+        BadInput("weight channels", lambda: direct(x, torch.randn(4, 8, 3, 3), None, table.index, table.weight, Ho, Wo),
+                 ValueError, "weight must be"),
+        BadInput("weight taps", lambda: direct(x, torch.randn(4, 16, 2, 2), None, table.index, table.weight, Ho, Wo),
+                 ValueError, "kh \\* kw"),
+        BadInput("output size", lambda: direct(x, w, None, table.index, table.weight, Ho, Wo + 1), ValueError,
+                 "output locations"),
+        BadInput("index dtype", lambda: direct(x, w, None, table.index.long(), table.weight, Ho, Wo), ValueError,
+                 "int32"),
+        BadInput("table weight", lambda: direct(x, w, None, table.index, table.weight[:-1], Ho, Wo), ValueError,
+                 "table_weight"),
+        BadInput("bias", lambda: direct(x, w, torch.zeros(3), table.index, table.weight, Ho, Wo), ValueError,
+                 "bias must be"),
+    ]
+    with use_backend("triton"):
+        for case in cases:
+            run_bad_input(case)
+
+
 def test_state_dict_matches_timm_patch_embed():
     import timm
 
@@ -478,7 +506,7 @@ def test_gpu_paths_match_reference(case, dtype, candidate):
         B, C, Cout, H, (k, stride), layout = _SPHERE_CASES[case]
         x, w, b = _sphere_inputs(B, C, Cout, H, 2 * H, k, dtype, layout)
         args = (H, 2 * H, k, stride, "natural")
-    with use_candidates(candidate):
+    with on_implementation(candidate):
         _against_reference(x, w, b, args, backend=None)
 
 
@@ -500,7 +528,7 @@ def test_gpu_benchmark_shape_and_tf32(candidate, tf32):
     old = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
-        with use_candidates(candidate):
+        with on_implementation(candidate):
             out = conv(x)
             got = torch.autograd.grad(out, [x, conv.weight, conv.bias], go.float())
     finally:
@@ -525,7 +553,7 @@ def test_gpu_steady_state_never_synchronises(candidate):
         tokens = embed(rgb)
         torch.autograd.grad(tokens, [rgb, embed.proj.weight], torch.ones_like(tokens))
 
-    with use_candidates(candidate):
+    with on_implementation(candidate):
         step()  # first call: tables, transposed tables, compilation and autotuning may synchronise
         torch.cuda.set_sync_debug_mode("error")
         try:

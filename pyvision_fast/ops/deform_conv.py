@@ -132,9 +132,55 @@ def _conv(stride, padding, dilation, weight) -> list[int]:
     return [weight.shape[2], weight.shape[3], *stride, *padding, *dilation]
 
 
+_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _check_triton_args(input, weight, offset, mask, bias, conv) -> None:
+    """What the C++ bindings check before the column kernels (csrc/bindings/deform_conv_args.h, same messages),
+    for the Triton kernels, which index with these sizes unchecked. Reached through the public function and
+    through the custom op called directly."""
+    kh, kw, sh, sw, ph, pw, dh, dw = conv
+    op = "deform_conv2d"
+    if min(sh, sw) < 1:
+        raise ValueError(f"{op}: stride must be >= 1, got ({sh}, {sw})")
+    if min(dh, dw) < 1:
+        raise ValueError(f"{op}: dilation must be >= 1, got ({dh}, {dw})")
+    if min(ph, pw) < 0:
+        raise ValueError(f"{op}: padding must be >= 0, got ({ph}, {pw})")
+    for name, t in (("input", input), ("offset", offset), ("weight", weight)):
+        if t.dim() != 4:
+            raise ValueError(f"{op}: {name} must have 4 dimensions, got shape {tuple(t.shape)}")
+        if t.dtype != input.dtype or t.device != input.device:
+            raise TypeError(f"{op}: {name} ({t.dtype}, {t.device}) must match input ({input.dtype}, {input.device})")
+    if input.dtype not in _FLOATS:
+        raise TypeError(f"{op}: input must be float32 or float64 (or float16/bfloat16), got {input.dtype}")
+    B, C, H, W = input.shape
+    Cout, Cg = weight.shape[:2]
+    if min(kh, kw) < 1 or Cg == 0 or C % Cg or Cout % (C // Cg):
+        raise ValueError(f"{op}: weight {tuple(weight.shape)} does not fit {C} input channels")
+    Ho = (H + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
+    Wo = (W + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"{op}: the output would be empty ({Ho}x{Wo}) for a {H}x{W} input")
+    K = kh * kw
+    if offset.shape[1] == 0 or offset.shape[1] % (2 * K):
+        raise ValueError(f"{op}: offset has {offset.shape[1]} channels, expected a positive multiple of "
+                         f"2 * kh * kw = {2 * K}")
+    og = offset.shape[1] // (2 * K)
+    if C % og:
+        raise ValueError(f"{op}: input channels ({C}) must be divisible by offset groups ({og})")
+    if tuple(offset.shape) != (B, 2 * og * K, Ho, Wo):
+        raise ValueError(f"{op}: offset must have shape {(B, 2 * og * K, Ho, Wo)}, got {tuple(offset.shape)}")
+    for name, t, shape in (("mask", mask, (B, og * K, Ho, Wo)), ("bias", bias, (Cout,))):
+        if t is not None and (tuple(t.shape) != shape or t.dtype != input.dtype or t.device != input.device):
+            raise ValueError(f"{op}: {name} must be a {input.dtype} tensor of shape {shape} on {input.device}, got "
+                             f"{t.dtype} {tuple(t.shape)} on {t.device}")
+
+
 def _triton_forward(input, weight, offset, mask, bias, conv):
     from ..triton import deform_conv as tri  # noqa: PLC0415 - optional dependency
 
+    _check_triton_args(input, weight, offset, mask, bias, conv)
     if not tri.supported(input, weight, offset):  # float64 on a GPU, sizes past 32-bit indexing
         return _forward(_KERNELS["cuda" if input.is_cuda else "cpu"], input, weight, offset, mask, bias, conv)
     return tri.forward(input, weight, offset, mask, bias, conv)
@@ -143,6 +189,11 @@ def _triton_forward(input, weight, offset, mask, bias, conv):
 def _triton_backward(grad, input, weight, offset, mask, bias, conv):
     from ..triton import deform_conv as tri  # noqa: PLC0415 - optional dependency
 
+    _check_triton_args(input, weight, offset, mask, bias, conv)
+    B, Cout = input.shape[0], weight.shape[0]
+    if tuple(grad.shape) != (B, Cout, *offset.shape[2:]) or grad.dtype != input.dtype:
+        raise ValueError(f"deform_conv2d_backward: grad must be a {input.dtype} tensor of shape "
+                         f"{(B, Cout, *offset.shape[2:])}, got {grad.dtype} {tuple(grad.shape)}")
     if not tri.supported(input, weight, offset):
         return _backward(_KERNELS["cuda" if input.is_cuda else "cpu"], grad, input, weight, offset, mask, bias, conv)
     return tri.backward(grad, input, weight, offset, mask, bias, conv)

@@ -148,9 +148,35 @@ def _columns_backward(kind: str):
     return lambda *args: _backward(_IMPLS[kind], *args)
 
 
+def _check_triton_args(input, weight, bias, index, tweight, rows=None) -> None:
+    """What the C++ bindings check before the column kernels (csrc/bindings/sphere_args.h), for the Triton kernels,
+    which index with these sizes unchecked (table entries they clamp into the image). Reached through the public
+    function and through the custom op called directly."""
+    op = "sphere_conv2d"
+    if input.dim() != 4 or input.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        raise ValueError(f"{op}: input must be a floating (B, C, H, W) tensor, got {input.dtype} {tuple(input.shape)}")
+    if index.dtype != torch.int32 or index.dim() != 3 or index.shape[2] != 4:
+        raise ValueError(f"{op}: table_index must be an int32 (P, K, 4) tensor, got {index.dtype} "
+                         f"{tuple(index.shape)}")
+    if tweight.shape != index.shape or tweight.dtype != input.dtype:
+        raise ValueError(f"{op}: table_weight must be a {input.dtype} tensor of shape {tuple(index.shape)}, got "
+                         f"{tweight.dtype} {tuple(tweight.shape)}")
+    P, K = index.shape[:2]
+    if rows is not None and rows != P:
+        raise ValueError(f"{op}: the table has {P} output locations, the output {rows}")
+    if (weight.dim() != 4 or weight.shape[1] != input.shape[1] or weight.shape[2] * weight.shape[3] != K
+            or weight.dtype != input.dtype):
+        raise ValueError(f"{op}: weight must be a {input.dtype} (C_out, {input.shape[1]}, kh, kw) tensor with "
+                         f"kh * kw = {K}, got {weight.dtype} {tuple(weight.shape)}")
+    if bias is not None and (tuple(bias.shape) != (weight.shape[0],) or bias.dtype != input.dtype):
+        raise ValueError(f"{op}: bias must be a {input.dtype} tensor of shape ({weight.shape[0]},), got "
+                         f"{bias.dtype} {tuple(bias.shape)}")
+
+
 def _triton_forward(input, weight, bias, index, tweight, out_h, out_w):
     from ..triton import sphere as tri  # noqa: PLC0415 - optional dependency
 
+    _check_triton_args(input, weight, bias, index, tweight, out_h * out_w)
     if not tri.supported(input, weight, index):
         return _forward(_IMPLS[_native(input.device)], input, weight, bias, index, tweight, out_h, out_w)
     return tri.forward(input, weight, bias, index, tweight, out_h, out_w)
@@ -159,6 +185,11 @@ def _triton_forward(input, weight, bias, index, tweight, out_h, out_w):
 def _triton_backward(grad, input, weight, index, tweight, has_bias):
     from ..triton import sphere as tri  # noqa: PLC0415 - optional dependency
 
+    _check_triton_args(input, weight, None, index, tweight)
+    want = (input.shape[0], weight.shape[0], index.shape[0])
+    if grad.dim() != 4 or (grad.shape[0], grad.shape[1], grad.shape[2] * grad.shape[3]) != want:
+        raise ValueError(f"sphere_conv2d_backward: grad must be (B, C_out, H_out, W_out) with B, C_out, "
+                         f"H_out * W_out = {want}, got {tuple(grad.shape)}")
     transposed = None
     if tri.supported(input, weight, index):
         transposed = equirect.transposed_table(index, input.shape[2], input.shape[3])
