@@ -341,25 +341,42 @@ void filter_bank_forward(py::handle x, py::handle kernels, const std::vector<int
   ss::filter_bank_forward_cuda(a.x.dtype, a.g, a.x.data, a.kernels.data, a.y.data, ws.data, stream_ptr(stream));
 }
 
+// The backward's outputs (grad_x like x, grad_kernels (S, 2R + 1) and the workspace in the accumulation type),
+// checked; workspace_items(bank) is what the kernels need.
+struct BankBackward {
+  ssa::Bank a;
+  TensorView gx, gk, ws;
+};
+
+template <typename WorkspaceItems>
+BankBackward parse_bank_backward(const pa::Device& dev, const char* op, py::handle x, py::handle grad_out,
+                                 py::handle kernels, const std::vector<int64_t>& radii, int64_t boundary,
+                                 py::handle grad_x, py::handle grad_kernels, py::handle workspace,
+                                 WorkspaceItems workspace_items) {
+  BankBackward b{ssa::parse_bank(dev, op, x, kernels, radii, boundary, grad_out, false, ss::kMaxScales), {}, {}, {}};
+  Checker ck(op);
+  const DType acc = accumulation_dtype(b.a.x.dtype);
+  b.gx = pa::output(ck, dev, grad_x, op, "grad_x");
+  pa::shape_is(ck, b.gx, "grad_x", {b.a.g.B, b.a.g.C, b.a.g.H, b.a.g.W});
+  ck.same_dtype(b.gx, "grad_x", b.a.x, "x");
+  b.gk = pa::output(ck, dev, grad_kernels, op, "grad_kernels");
+  pa::shape_is(ck, b.gk, "grad_kernels", {b.a.g.S, 2 * b.a.g.R + 1});
+  ck.dtype(b.gk, "grad_kernels", {acc});
+  b.ws = pa::output(ck, dev, workspace, op, "workspace");
+  ck.dtype(b.ws, "workspace", {acc});
+  pa::check_workspace_size(ck, b.ws, workspace_items(b.a));
+  return b;
+}
+
 void filter_bank_backward(py::handle x, py::handle grad_out, py::handle kernels, const std::vector<int64_t>& radii,
                           int64_t boundary, py::handle grad_x, py::handle grad_kernels, py::handle workspace,
                           uintptr_t stream) {
   const char* op = "gaussian_scale_space_backward";
   CudaCall call(x, op);
-  auto a = ssa::parse_bank(call.dev, op, x, kernels, radii, boundary, grad_out, false, ss::kMaxScales);
-  Checker ck(op);
-  const DType acc = accumulation_dtype(a.x.dtype);
-  TensorView gx = pa::output(ck, call.dev, grad_x, op, "grad_x");
-  pa::shape_is(ck, gx, "grad_x", {a.g.B, a.g.C, a.g.H, a.g.W});
-  ck.same_dtype(gx, "grad_x", a.x, "x");
-  TensorView gk = pa::output(ck, call.dev, grad_kernels, op, "grad_kernels");
-  pa::shape_is(ck, gk, "grad_kernels", {a.g.S, 2 * a.g.R + 1});
-  ck.dtype(gk, "grad_kernels", {acc});
-  TensorView ws = pa::output(ck, call.dev, workspace, op, "workspace");
-  ck.dtype(ws, "workspace", {acc});
-  pa::check_workspace_size(ck, ws, 2 * a.y.numel());
-  ss::filter_bank_backward_cuda(a.x.dtype, a.g, a.x.data, a.y.data, a.kernels.data, gx.data, gk.data, ws.data,
-                                stream_ptr(stream));
+  auto b = parse_bank_backward(call.dev, op, x, grad_out, kernels, radii, boundary, grad_x, grad_kernels, workspace,
+                               [](const ssa::Bank& a) { return 2 * a.y.numel(); });
+  ss::filter_bank_backward_cuda(b.a.x.dtype, b.a.g, b.a.x.data, b.a.y.data, b.a.kernels.data, b.gx.data, b.gk.data,
+                                b.ws.data, stream_ptr(stream));
 }
 
 // The tiled filter bank (candidate): the workspace a call needs, then forward and backward.
@@ -389,20 +406,10 @@ void filter_bank_backward_next(py::handle x, py::handle grad_out, py::handle ker
                                py::handle grad_kernels, py::handle workspace, uintptr_t stream) {
   const char* op = "gaussian_scale_space_backward";
   CudaCall call(x, op);
-  auto a = ssa::parse_bank(call.dev, op, x, kernels, radii, boundary, grad_out, false, ss::kMaxScales);
-  Checker ck(op);
-  const DType acc = accumulation_dtype(a.x.dtype);
-  TensorView gx = pa::output(ck, call.dev, grad_x, op, "grad_x");
-  pa::shape_is(ck, gx, "grad_x", {a.g.B, a.g.C, a.g.H, a.g.W});
-  ck.same_dtype(gx, "grad_x", a.x, "x");
-  TensorView gk = pa::output(ck, call.dev, grad_kernels, op, "grad_kernels");
-  pa::shape_is(ck, gk, "grad_kernels", {a.g.S, 2 * a.g.R + 1});
-  ck.dtype(gk, "grad_kernels", {acc});
-  TensorView ws = pa::output(ck, call.dev, workspace, op, "workspace");
-  ck.dtype(ws, "workspace", {acc});
-  pa::check_workspace_size(ck, ws, ss::filter_bank_next_workspace(a.x.dtype, a.g, true));
-  ss::filter_bank_backward_next_cuda(a.x.dtype, a.g, a.x.data, a.y.data, a.kernels.data, gx.data, gk.data, ws.data,
-                                     stream_ptr(stream));
+  auto b = parse_bank_backward(call.dev, op, x, grad_out, kernels, radii, boundary, grad_x, grad_kernels, workspace,
+                               [](const ssa::Bank& a) { return ss::filter_bank_next_workspace(a.x.dtype, a.g, true); });
+  ss::filter_bank_backward_next_cuda(b.a.x.dtype, b.a.g, b.a.x.data, b.a.y.data, b.a.kernels.data, b.gx.data,
+                                     b.gk.data, b.ws.data, stream_ptr(stream));
 }
 
 void scale_attention_forward(py::handle y, py::handle gain, py::handle out, uintptr_t stream) {

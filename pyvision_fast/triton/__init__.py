@@ -1,11 +1,13 @@
 """Triton kernels. On CPU tensors they run only under ``TRITON_INTERPRET=1`` (the CI path)."""
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
 
 
+@functools.lru_cache(maxsize=None)  # asked on every dispatch that considers Triton
 def installed() -> bool:
     try:
         import triton  # noqa: F401, PLC0415

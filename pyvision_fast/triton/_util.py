@@ -1,4 +1,4 @@
-"""Shared host-side helpers of the implicit-GEMM Triton kernels (deformable and spherical convolution)."""
+"""Shared host-side helpers of the Triton kernels (configurations, dot precision, index limits)."""
 from __future__ import annotations
 
 import functools

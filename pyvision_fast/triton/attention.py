@@ -1,5 +1,7 @@
-"""FlashAttention-2-style attention in Triton: forward with online softmax (log-sum-exp saved) and backward
-(dK/dV and dQ kernels recomputing the probabilities from the log-sum-exp).
+"""The first generation of pyvision_fast's Triton attention, since 2026-12-04 behind
+``ops.attention.kernel_family("previous")`` (the default is ``flash``). FlashAttention-2-style: forward with
+online softmax (log-sum-exp saved) and backward (dK/dV and dQ kernels recomputing the probabilities from the
+log-sum-exp).
 
 Semantics are those of ``F.scaled_dot_product_attention`` for (B, H, L, D) queries and (B, H, S, D) keys and
 values: optional boolean (True = attend) or additive ``attn_mask`` broadcastable to (B, H, L, S), top-left
@@ -16,8 +18,8 @@ autotuned per (L, S, D, dtype) on GPUs, with Triton's cache (``PVF_TRITON_AUTOTU
 
 ``_forward_launch`` / ``_backward_launch`` launch the kernels directly (``ops.attention``'s eager path, a plain
 autograd.Function); ``flash_attention_fwd`` / ``flash_attention_bwd`` are the same launchers as
-``torch.library.triton_op`` custom ops, for torch.compile, torch.export and fake tensors. The second-generation
-kernels (``flash``) are this module's candidate successor.
+``torch.library.triton_op`` custom ops, for torch.compile, torch.export and fake tensors. ``dropout_mask`` gives the mask
+of a call of either family (they draw the same Philox stream).
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
+
+from ._util import precision as _precision
 
 _LOG2E = 1.4426950408889634
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -261,11 +265,6 @@ def _dropout_mask_kernel(OUT, seed, p_drop, H, L, S, BLOCK_M: tl.constexpr, BLOC
 
 
 # ---------------------------------------------------------------------------------------------- launchers
-
-def _precision(dtype: torch.dtype) -> str:
-    """tf32 dots for float32 where torch allows tf32 matmuls; half types always use their own tensor cores."""
-    return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
-
 
 def _mask_args(mask: Optional[Tensor], B: int, H: int, L: int, S: int):
     """The mask as a (B, H, L, S) view (broadcast dims get stride 0, nothing is copied)."""
