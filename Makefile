@@ -14,9 +14,10 @@ all: test
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(DEPS): requirements-dev.txt | $(PY)
+$(DEPS): requirements-dev.txt requirements-nodeps.txt | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	touch $@
 
 $(BUILT): $(DEPS) $(SOURCES) pyproject.toml

@@ -2,6 +2,7 @@
 from .attention import FusedAttention, MultiheadAttention, patch_timm
 from .deform_conv import DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack
 from .mvf import MVF, insert_mvf
+from .patch_embed import DropPath, PatchEmbed
 from .pointnet2 import PointNetFeaturePropagation, PointNetSetAbstraction
 from .scale_space import ScaleAttention, ScaleSpaceConv2d, gaussian_derivative_basis
 from .sphere import SphereConv2d, SpherePatchEmbed
@@ -10,9 +11,11 @@ __all__ = [
     "MVF",
     "DeformConv2d",
     "DeformConv2dPack",
+    "DropPath",
     "FusedAttention",
     "ModulatedDeformConv2dPack",
     "MultiheadAttention",
+    "PatchEmbed",
     "PointNetFeaturePropagation",
     "PointNetSetAbstraction",
     "ScaleAttention",

@@ -1,0 +1,145 @@
+"""The recipe contract: what a paper's training recipe supplies to the one engine (``train/engine.py``).
+
+A recipe is a module in ``pyvision_fast/train/recipes/`` that defines one ``Recipe`` subclass named ``RECIPE``.
+It says *what* to train (model, data, loss, metrics, the paper's hyper-parameters); the engine owns *how* (loop,
+DDP, AMP, accumulation, clipping, schedules, EMA, checkpoints, resume, logs, progress).
+
+Config: the engine resolves one flat ``Config`` = ``ENGINE_DEFAULTS`` <- ``Recipe.defaults`` <- CLI flags
+(``--epochs`` ...) <- ``--set key=value``. Every key is documented where it is defined; unknown ``--set`` keys are
+an error. ``config.json`` in ``--output`` is this resolved dict.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+
+class Config(dict):
+    """A dict whose keys read as attributes (``cfg.lr``); unknown attributes raise ``AttributeError``."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(f"config has no key {key!r}") from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self[key] = value
+
+
+# Settings every recipe has; a recipe's ``defaults`` override them and may add its own keys.
+ENGINE_DEFAULTS: dict[str, Any] = dict(
+    model=None,                 # registry name (pyvision_fast.models.create_model)
+    model_args={},              # extra create_model kwargs (--model-arg K=V)
+    pretrained=None,            # path of weights to start from (safetensors or .pth), or None
+    num_classes=None,           # None: taken from the training data
+    img_size=224,
+    epochs=10,
+    batch_size=64,              # per process
+    accum_steps=1,              # gradient accumulation: optimizer step every accum_steps batches
+    opt="adamw",                # adamw | sgd | adam
+    lr=None,                    # absolute lr; None: blr * batch_size * world_size * accum_steps / 256
+    blr=1e-3,
+    min_lr=1e-6,
+    weight_decay=0.05,
+    opt_betas=(0.9, 0.999),
+    opt_eps=1e-8,
+    momentum=0.9,
+    nesterov=False,
+    layer_decay=None,           # e.g. 0.65: timm.optim.param_groups_layer_decay
+    sched="cosine",             # cosine | step | multistep | none, per optimizer step, via timm's schedulers
+    warmup_epochs=0,
+    warmup_lr=1e-6,
+    decay_epochs=30,            # step schedule period
+    decay_milestones=(),        # multistep schedule epochs
+    decay_rate=0.1,
+    clip_grad=None,             # max global grad norm, or None
+    ema_decay=None,             # e.g. 0.9999: timm.utils.ModelEmaV3
+    amp=False,                  # torch.amp autocast (CUDA only; ignored with a note on CPU)
+    amp_dtype="bfloat16",       # bfloat16 | float16 (float16 adds a GradScaler)
+    label_smoothing=0.0,
+    mixup=0.0, cutmix=0.0, mixup_prob=1.0, mixup_switch_prob=0.5, mixup_mode="batch",
+    workers=4,
+    seed=0,
+    deterministic=True,
+    device="auto",              # auto | cpu | cuda
+    eval_every=1,               # epochs between evaluations
+    progress=True,              # tqdm on rank 0 when stdout is a TTY
+)
+
+
+@dataclass
+class StepContext:
+    """What the engine passes to a recipe's steps."""
+
+    cfg: Config
+    device: torch.device
+    epoch: int = 0
+    step: int = 0               # optimizer steps taken so far
+    rank: int = 0
+    world_size: int = 1
+    autocast: Callable[[], Any] = field(default=lambda: torch.autocast("cpu", enabled=False))
+    mixup_fn: Optional[Callable] = None     # timm Mixup when mixup/cutmix > 0, built by the engine
+    extra: dict = field(default_factory=dict)
+
+
+class Recipe:
+    """Base class of every recipe. Override what the paper changes; the defaults are supervised
+    classification (cross-entropy with label smoothing or mixup's soft targets, accuracy metrics)."""
+
+    name: str = ""
+    defaults: dict[str, Any] = {}
+    main_metric: str = "accuracy"          # the key of evaluate()'s dict that picks checkpoint-best
+    main_mode: str = "max"                 # max | min
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    # --- data -------------------------------------------------------------------------------------
+    def build_datasets(self, data_dir: str) -> tuple[torch.utils.data.Dataset, Optional[torch.utils.data.Dataset]]:
+        """(train, val) datasets read from ``data_dir`` in the dataset's real format; items are (input, target).
+        Must fail before training with an error naming the missing/bad file."""
+        raise NotImplementedError
+
+    def train_sample_weights(self, train_set) -> Optional[Tensor]:
+        """Per-sample weights for a weighted sampler (class balance), or None for plain shuffling."""
+        return None
+
+    # --- model and optimisation ---------------------------------------------------------------------
+    def build_model(self, num_classes: Optional[int]) -> nn.Module:
+        from ..models import create_model
+
+        kwargs = dict(self.cfg.model_args)
+        if num_classes is not None:
+            kwargs.setdefault("num_classes", num_classes)
+        return create_model(self.cfg.model, **kwargs)
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        """Optimizer parameter groups; the engine's default (weight decay off for norms/biases/``no_weight_decay``,
+        timm's layer decay when ``layer_decay`` is set) is used when this returns None."""
+        return None
+
+    # --- steps --------------------------------------------------------------------------------------
+    def on_epoch_start(self, epoch: int, model: nn.Module, ctx: StepContext) -> None:
+        """Per-epoch schedules that are not the lr (the ε warm-up of adversarial training)."""
+
+    def train_loss(self, model: nn.Module, batch, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        """Forward pass and loss of one training batch (already on ``ctx.device``, mixup already applied to the
+        batch by the engine when configured); returns (scalar loss, extra values to log). The engine does
+        backward, AMP scaling, accumulation, clipping and the optimizer/scheduler/EMA steps."""
+        raise NotImplementedError
+
+    def build_metrics(self, num_classes: Optional[int]):
+        """A torchmetrics ``MetricCollection`` (distributed-aware) updated by ``eval_update``."""
+        raise NotImplementedError
+
+    def eval_update(self, model: nn.Module, batch, metrics, ctx: StepContext) -> Tensor:
+        """Runs the model on one evaluation batch, updates ``metrics``; returns the batch's mean loss."""
+        raise NotImplementedError
+
+    def evaluate_extra(self, model: nn.Module, loader, ctx: StepContext) -> dict[str, Any]:
+        """Metrics outside the per-batch loop (AutoAttack on the first N images, ...); merged into the results."""
+        return {}
