@@ -51,6 +51,7 @@ class Case:
     measure_memory: bool = False
     note: str = ""
     goals: list = dataclasses.field(default_factory=list)  # more (implementation, speedup) goals
+    samples: Optional[int] = None  # samples (images, clips) one call processes: the report adds samples/s
 
     def __post_init__(self):
         self.impls = [impl for impl in self.impls if impl is not None]  # candidate rows without a candidate
@@ -436,6 +437,8 @@ def format_table(rows: list[tuple[Case, list[Result]]]) -> str:
     lines = []
     header = f"{'case':<44} {'implementation':<36} {'median ms':>10} {'host ms':>8} {'x ours':>8} {'GFLOP/s':>9} " \
              f"{'GB/s':>8} {'ceiling':>8} {'peak MB':>8}"
+    if any(case.samples for case, _ in rows):
+        header += f" {'samples/s':>10}"
     lines.append(header)
     lines.append("-" * len(header))
     for case, results in rows:
@@ -452,7 +455,8 @@ def format_table(rows: list[tuple[Case, list[Result]]]) -> str:
                 f"{(f'{r.host_ms:.3f}{bound}' if r.host_ms is not None else '-'):>8} {rel:>8.2f} "
                 f"{(f'{r.gflops:.1f}' if r.gflops else '-'):>9} {(f'{r.gbytes:.1f}' if r.gbytes else '-'):>8} "
                 f"{(f'{100 * r.ceiling_share:.1f}%' if r.ceiling_share else '-'):>8} "
-                f"{(f'{r.peak_mb:.1f}' if r.peak_mb is not None else '-'):>8}")
+                f"{(f'{r.peak_mb:.1f}' if r.peak_mb is not None else '-'):>8}"
+                + (f" {case.samples * 1e3 / r.median_ms:>10.1f}" if case.samples else ""))
         for v in goal_verdicts(case, results):
             verdict = "n/a" if v["met"] is None else ("met" if v["met"] else "NOT met")
             achieved = "-" if v["achieved"] is None else f"{v['achieved']:.2f}x"
@@ -476,7 +480,9 @@ def write_reports(rows: list[tuple[Case, list[Result]]], ceilings: dict, machine
         "ceilings": ceilings,
         "cases": [
             {"family": c.family, "name": c.name, "params": c.params, "bound": c.bound, "flops": c.flops,
-             "bytes": c.bytes, "note": c.note,
+             "bytes": c.bytes, "note": c.note, "samples": c.samples,
+             "samples_per_s": {r.impl: c.samples * 1e3 / r.median_ms for r in rs if not r.error}
+             if c.samples else None,
              "goal": None if c.goal is None else {"against": c.goal[0], "speedup": c.goal[1],
                                                   "achieved": speedup_of_ours(c, rs, c.goal[0])},
              "goals": goal_verdicts(c, rs),

@@ -140,3 +140,16 @@ def test_gpu_summary_reads_the_goals_of_written_reports(tmp_path, capsys):
     assert row["ratio"] > 1 and row["candidate_ratio"] > 1 and row["candidate_met"] is False
     gpu_summary.main(tmp_path)
     assert "demo/summary" in capsys.readouterr().out
+
+
+def test_samples_per_second_column(tmp_path):
+    """A case that says how many samples one call processes gets samples/s = samples / median time."""
+    x = torch.rand(1 << 12)
+    case = Case("demo", "step", {}, [Impl("ours", lambda: x.clone(), "ours")], samples=4)
+    ceilings = {"copy_GBps": 1.0, "matmul_fp32_GFLOPps": 1.0}
+    rows = [(case, run_case(case, "cpu", ceilings, budget_s=0.02))]
+    assert "samples/s" in format_table(rows)
+    data = json.loads(write_reports(rows, ceilings, {"device": "cpu", "torch": "x", "threads": 1, "cpu": "x"},
+                                    tmp_path, "demo")["json"].read_text())
+    median = data["cases"][0]["results"][0]["median_ms"]
+    assert data["cases"][0]["samples_per_s"]["ours"] == pytest.approx(4e3 / median)
