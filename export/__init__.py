@@ -5,6 +5,7 @@
     print(report)
     build_engine("model.onnx", "model.plan", fp16=True, max_shapes={"x": (32, 3, 224, 224)})
 """
+from .models import export_model
 from .onnx_export import ExportReport, run_onnxruntime, to_onnx, translation_table
 from .tensorrt_engine import INSTALL_HINT, build_engine, tensorrt_available
 from .trt_support import TENSORRT_ONNX_OPS, unsupported_nodes
@@ -14,6 +15,7 @@ __all__ = [
     "INSTALL_HINT",
     "TENSORRT_ONNX_OPS",
     "build_engine",
+    "export_model",
     "run_onnxruntime",
     "tensorrt_available",
     "to_onnx",
