@@ -290,7 +290,7 @@ class VQModel(nn.Module):
 
     def decode_code(self, indices: Tensor) -> Tensor:
         """indices (B, h, w) int64 -> images (B, 3, h*f, w*f) in [0, 1]."""
-        z_q = self.quantize.embedding(indices).permute(0, 3, 1, 2)
+        z_q = self.quantize.embedding(indices).permute(0, 3, 1, 2).contiguous()
         return self.decode(z_q)
 
     def forward(self, x: Tensor) -> Tensor:
