@@ -165,7 +165,13 @@ class VisionTransformer(nn.Module):
         return ("head.",)
 
     def adapt_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Resizes a checkpoint's ``pos_embed`` (bicubic, class token kept) to this model's patch grid."""
+        """Resizes a checkpoint's ``pos_embed`` (bicubic, class token kept) to this model's patch grid. A MAE
+        pre-training checkpoint becomes an encoder state_dict first (``models.mae.mae_to_vit_state_dict``: decoder
+        dropped; with ``global_pool="avg"`` its ``norm`` dropped and ``fc_norm``/``head`` left at initialisation)."""
+        from .mae import is_mae_state_dict, mae_to_vit_state_dict
+
+        if is_mae_state_dict(state):
+            state = mae_to_vit_state_dict(state, self)
         pe = state.get("pos_embed")
         if pe is not None and pe.shape != self.pos_embed.shape and pe.dim() == 3:
             state = dict(state)
