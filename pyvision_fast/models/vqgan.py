@@ -227,7 +227,7 @@ class VectorQuantizer(nn.Module):
         """z (B, D, h, w) float -> (z_q (B, D, h, w), indices (B, h, w) int64). When ``z`` requires grad, z_q
         passes the gradient straight through to z (z + (z_q - z).detach(), as taming); otherwise every z_q
         vector is exactly a codebook row."""
-        z_cl = z.permute(0, 2, 3, 1)
+        z_cl = z.permute(0, 2, 3, 1).contiguous()
         z_q, indices = _quantize(z_cl, self.embedding.weight.to(z.dtype))
         if z.requires_grad:
             z_q = z_cl + (z_q - z_cl).detach()
