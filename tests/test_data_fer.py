@@ -52,7 +52,7 @@ AFFECTNET_HEADER = ["subDirectory_filePath", "face_x", "face_y", "face_width", "
 
 def write_affectnet(root: Path, train_expr=(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 1, 1),
                     val_expr=(0, 1, 2, 3, 4, 5, 6, 7, 9), header=True) -> Path:
-    """AffectNet: Manually_Annotated_file_lists/{training,validation}.csv + Manually_Annotated_Images/<sub>/<hash>.jpg."""
+    """AffectNet: Manually_Annotated_file_lists/{training,validation}.csv, Manually_Annotated_Images/<sub>/<f>.jpg."""
     lists = root / "Manually_Annotated_file_lists"
     lists.mkdir(parents=True)
     for fname, exprs in (("training.csv", train_expr), ("validation.csv", val_expr)):

@@ -110,9 +110,12 @@ class FERDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def load_image(self, index: int):
+        """The untransformed image of sample ``index`` (``loader(path)``)."""
+        return self.loader(self.samples[index][0])
+
     def __getitem__(self, index: int):
-        path, target = self.samples[index]
-        image = self.loader(path)
+        image, target = self.load_image(index), self.samples[index][1]
         if self.transform is not None:
             image = self.transform(image)
         if self.target_transform is not None:
@@ -272,7 +275,7 @@ class AffectNet(FERDataset):
 
         root/Manually_Annotated_file_lists/training.csv      header subDirectory_filePath,face_x,face_y,face_width,
         root/Manually_Annotated_file_lists/validation.csv    face_height,facial_landmarks,expression,valence,arousal
-        root/Manually_Annotated_Images/<subDirectory_filePath>   e.g. 689/737db2483489148d783ef278f43f486c0a97e140fc4b6b61b84363ca.jpg
+        root/Manually_Annotated_Images/<subDirectory_filePath>   e.g. 689/737db2483489...b61b84363ca.jpg
 
     Expressions 0..7 are kept (7 Contempt only when ``num_classes=8``); 8 None, 9 Uncertain and 10 No-Face are
     dropped (``dropped`` counts every dropped row by expression). An expression outside 0..10, a missing column or
@@ -372,17 +375,12 @@ class AffectNet(FERDataset):
         self.boxes = boxes
         super().__init__(samples, AFFECTNET_CLASSES[:num_classes], transform, target_transform, loader)
 
-    def __getitem__(self, index: int):
+    def load_image(self, index: int):
+        image = super().load_image(index)
         if not self.crop_face:
-            return super().__getitem__(index)
-        path, target = self.samples[index]
+            return image
         x, y, w, h = self.boxes[index]
-        image = self.loader(path).crop((x, y, x + w, y + h))
-        if self.transform is not None:
-            image = self.transform(image)
-        if self.target_transform is not None:
-            target = self.target_transform(target)
-        return image, target
+        return image.crop((x, y, x + w, y + h))
 
     def extra_repr(self) -> str:
         return f"split={self.split!r}, num_classes={len(self.classes)}, root={str(self.root)!r}"
@@ -434,7 +432,7 @@ class FERPlus(FERDataset):
     """FERPlus (8 classes, :data:`FERPLUS_CLASSES`): the FER2013 faces with the crowd-sourced labels of
     ``fer2013new.csv``, in the official layout (the folders written by microsoft/FERPlus ``generate_training_data``)::
 
-        root/fer2013new.csv    Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF
+        root/fer2013new.csv  Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF
         root/FER2013Train/fer0000000.png     (Usage Training)
         root/FER2013Valid/fer0028638.png     (Usage PublicTest)
         root/FER2013Test/fer0032220.png      (Usage PrivateTest)
