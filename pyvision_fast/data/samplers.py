@@ -12,6 +12,10 @@ function (:func:`class_balanced_weights`) so they feed either
   then takes every ``world_size``-th index, so together the ranks see exactly one global draw per epoch (as one
   process would, up to padding to a multiple of the world size).
 
+The training engine needs none of these classes: a recipe's ``train_sample_weights`` returns the weights and the
+engine's sharding sampler (``train/distributed.py``) draws them the same way (one seeded multinomial per epoch,
+rank ``r`` taking every ``world_size``-th index). The samplers here serve code outside the engine.
+
 (The original keyed a per-class list by the order in which labels first appear in the dataset; here the weight is
 looked up by class index, which is what the formula means.)
 """
