@@ -11,6 +11,7 @@
 #include "bindings/pointcloud_args.h"
 #include "bindings/scale_space_args.h"
 #include "bindings/sphere_args.h"
+#include "bindings/vector_quantize_args.h"
 #include "bindings/py_tensor.h"
 #include "common/dispatch.h"
 #include "common/parallel.h"
@@ -19,6 +20,7 @@
 #include "pointcloud/pointcloud.h"
 #include "scale_space/scale_space.h"
 #include "sphere/sphere.h"
+#include "vector_quantize/vector_quantize.h"
 
 namespace py = pybind11;
 using namespace pvf;
@@ -353,6 +355,21 @@ void sphere_col2im(py::handle grad_columns, py::handle index, py::handle weight,
   });
 }
 
+void vector_quantize_fwd(py::handle z, py::handle codebook, py::handle z_q, py::handle indices, py::handle workspace) {
+  const char* op = "vector_quantize";
+  auto a = pvf::vector_quantize_args::parse(cpu(), op, z, codebook, z_q, indices);
+  Checker ck(op);
+  TensorView ws = pa::output(ck, cpu(), workspace, op, "workspace");
+  ck.same_dtype(ws, "workspace", a.z, "z");
+  pa::check_workspace_size(ck, ws, pvf::vector_quantize::workspace_size_cpu(a.K, a.D));
+  py::gil_scoped_release nogil;
+  dispatch_floating(a.z.dtype, op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    pvf::vector_quantize::vector_quantize_cpu<T>(a.z.ptr<T>(), a.codebook.ptr<T>(), a.N, a.K, a.D, a.z_q.ptr<T>(),
+                                                 a.indices.ptr<int64_t>(), ws.ptr<T>());
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -419,4 +436,9 @@ PYBIND11_MODULE(_C, m) {
         "Channels-last columns (r1 - r0, K, C) of a sampling-table convolution; see sphere.h.");
   m.def("sphere_col2im", &sphere_col2im, py::arg("grad_columns"), py::arg("table_index"), py::arg("table_weight"),
         py::arg("r0"), py::arg("r1"), py::arg("grad_input"));
+  m.def("vector_quantize", &vector_quantize_fwd, py::arg("z"), py::arg("codebook"), py::arg("z_q"), py::arg("indices"),
+        py::arg("workspace"),
+        "Nearest codebook rows (squared L2, lowest index on ties): z (..., D), codebook (K, D) -> z_q like z,\n"
+        "indices z.shape[:-1] int64; workspace needs vector_quantize_workspace(K, D) elements of z's dtype.");
+  m.def("vector_quantize_workspace", &pvf::vector_quantize::workspace_size_cpu, py::arg("K"), py::arg("D"));
 }

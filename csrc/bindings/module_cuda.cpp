@@ -13,12 +13,14 @@
 #include "bindings/pointcloud_args.h"
 #include "bindings/scale_space_args.h"
 #include "bindings/sphere_args.h"
+#include "bindings/vector_quantize_args.h"
 #include "bindings/py_tensor.h"
 #include "deform_conv/deform_conv.h"
 #include "mvf/mvf.h"
 #include "pointcloud/pointcloud.h"
 #include "scale_space/scale_space.h"
 #include "sphere/sphere.h"
+#include "vector_quantize/vector_quantize.h"
 
 namespace py = pybind11;
 using namespace pvf;
@@ -505,6 +507,14 @@ void sphere_col2im(py::handle grad_columns, py::handle index, py::handle weight,
                                  stream_ptr(stream));
 }
 
+void vector_quantize_fwd(py::handle z, py::handle codebook, py::handle z_q, py::handle indices, uintptr_t stream) {
+  const char* op = "vector_quantize";
+  CudaCall call(z, op);
+  auto a = pvf::vector_quantize_args::parse(call.dev, op, z, codebook, z_q, indices);
+  pvf::vector_quantize::vector_quantize_cuda(a.z.dtype, a.z.data, a.codebook.data, a.N, a.K, a.D, a.z_q.data,
+                                             a.indices.ptr<int64_t>(), stream_ptr(stream));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C_cuda, m) {
@@ -578,4 +588,8 @@ PYBIND11_MODULE(_C_cuda, m) {
         py::arg("r0"), py::arg("r1"), py::arg("columns"), py::arg("stream"));
   m.def("sphere_col2im", &sphere_col2im, py::arg("grad_columns"), py::arg("table_index"), py::arg("table_weight"),
         py::arg("r0"), py::arg("r1"), py::arg("grad_input"), py::arg("stream"));
+  m.def("vector_quantize", &vector_quantize_fwd, py::arg("z"), py::arg("codebook"), py::arg("z_q"), py::arg("indices"),
+        py::arg("stream"),
+        "Nearest codebook rows (squared L2, lowest index on ties): z (..., D), codebook (K, D) -> z_q like z,\n"
+        "indices z.shape[:-1] int64 (float32 accumulation for half/bfloat16). See vector_quantize.h.");
 }

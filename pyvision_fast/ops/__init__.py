@@ -5,6 +5,7 @@ from .mvf import multi_view_fusion, multi_view_fusion_batchnorm
 from .scale_space import gaussian_scale_space, scale_attention
 from .scale_space_weight import scale_space_weight
 from .sphere import sphere_conv2d
+from .vector_quantize import vector_quantize
 from .pointcloud import (
     KNN,
     ball_query,
@@ -41,4 +42,5 @@ __all__ = [
     "sphere_conv2d",
     "three_interpolate",
     "three_nn",
+    "vector_quantize",
 ]
