@@ -13,8 +13,9 @@ from pyvision_fast.models.vqgan import (AttnBlock, Downsample, Upsample, convert
 # The config of taming's configs for vqgan_openimages_f8_16384 (shared/papers.md section 6).
 FULL = dict(ch=128, ch_mult=(1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(32,), z_channels=4, resolution=256,
             in_channels=3, out_ch=3, embed_dim=4, n_embed=16384)
-# Reduced for speed: same structure (attention at the coarsest level, four levels), 32 channels, 32x32 images.
-TINY = dict(ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(4,), z_channels=4, resolution=32,
+# Reduced for speed: same structure (attention at the coarsest level, four levels), 32 channels, one res block per
+# level (two in the decoder), 32x32 images.
+TINY = dict(ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, attn_resolutions=(4,), z_channels=4, resolution=32,
             embed_dim=4, n_embed=64)
 # Parameters of the real model: encoder 27,397,764 + decoder 40,253,955 + codebook 65,536 + quant convs 2 x 20.
 FULL_PARAMS = 67_717_295
