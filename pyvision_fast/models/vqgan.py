@@ -13,8 +13,10 @@ Architecture (re-implemented from taming's ``Encoder``/``Decoder``/``VectorQuant
   nominal resolution is in ``attn_resolutions``) and a Downsample except at the last level -> mid (block, attn,
   block) -> GroupNorm -> swish -> conv_out to ``z_channels``. The decoder mirrors it with ``num_res_blocks + 1``
   blocks per level; ``decoder.up[i]`` is the level whose channels are ``ch * ch_mult[i]``.
-* Quantizer: nearest codebook row in squared L2 distance (``pyvision_fast.ops.vector_quantize``), codebook
-  ``quantize.embedding.weight`` (n_embed, embed_dim) initialised U(-1/n_embed, 1/n_embed).
+* Quantizer: nearest codebook row in squared L2 distance (``pyvision_fast.ops.vector_quantize``: fused distance +
+  argmin, ties to the lowest index; it sums the squared differences where taming expands ||z||^2 + ||e||^2 - 2 z.e,
+  so the two can differ only between nearly equidistant codes), codebook ``quantize.embedding.weight``
+  (n_embed, embed_dim) initialised U(-1/n_embed, 1/n_embed).
 
 Attention placement follows the *nominal* resolution (``resolution`` halved per level), not the input size, as in
 taming; inputs of any size divisible by 2**(len(ch_mult)-1) run.
@@ -29,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops import attention, vector_quantize
 from ._registry import register_model
 
 __all__ = ["VQModel", "VectorQuantizer", "read_taming_checkpoint", "convert_taming_checkpoint", "vqgan_f8_16384"]
@@ -40,24 +43,6 @@ _CKPT_ORIGIN = (f"{_CKPT_NAME} (taming-transformers' VQGAN OpenImages f=8, 16384
 
 def _norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(32, channels, eps=1e-6, affine=True)
-
-
-def _quantize(z: Tensor, codebook: Tensor) -> tuple[Tensor, Tensor]:
-    """Nearest codebook rows of channels-last vectors ``z`` (..., D) -> (z_q (..., D), indices (...) int64)."""
-    try:
-        from ..ops import vector_quantize
-    except ImportError:  # TEMPORARY until ops.vector_quantize lands
-        return _argmin_quantize(z, codebook)
-    return vector_quantize(z, codebook)
-
-
-def _argmin_quantize(z: Tensor, codebook: Tensor, rows: int = 1024) -> tuple[Tensor, Tensor]:
-    # TEMPORARY plain-PyTorch stand-in for ops.vector_quantize: ||z||^2 - 2 z.e + ||e||^2, argmin, in row chunks
-    flat = z.reshape(-1, z.shape[-1])
-    e_sq = codebook.pow(2).sum(1)
-    idx = torch.cat([torch.addmm(e_sq, c, codebook.t(), alpha=-2.0).argmin(1) for c in flat.split(rows)]) \
-        if flat.shape[0] else flat.new_zeros(0, dtype=torch.long)
-    return codebook[idx].reshape(z.shape), idx.reshape(z.shape[:-1])
 
 
 class ResnetBlock(nn.Module):
@@ -94,8 +79,6 @@ class AttnBlock(nn.Module):
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        from ..ops import attention
-
         b, c, h, w = x.shape
         y = self.norm(x)
         # (B, C, H, W) -> (B, 1 head, H*W, C): one head whose width is all C channels
@@ -228,9 +211,7 @@ class VectorQuantizer(nn.Module):
         passes the gradient straight through to z (z + (z_q - z).detach(), as taming); otherwise every z_q
         vector is exactly a codebook row."""
         z_cl = z.permute(0, 2, 3, 1).contiguous()
-        z_q, indices = _quantize(z_cl, self.embedding.weight.to(z.dtype))
-        if z.requires_grad:
-            z_q = z_cl + (z_q - z_cl).detach()
+        z_q, indices = vector_quantize(z_cl, self.embedding.weight.to(z.dtype), straight_through=z.requires_grad)
         return z_q.permute(0, 3, 1, 2).contiguous(), indices
 
 
