@@ -120,6 +120,11 @@ class MaskedAutoencoderViT(nn.Module):
         self.decoder_pred = nn.Linear(decoder_embed_dim, p[0] * p[1] * in_chans)
         self.initialize_weights()
 
+    @property
+    def num_patches(self) -> int:
+        """L, the number of patches of an ``img_size`` image (the second size of ``mask``, ``pred`` and ``noise``)."""
+        return self.patch_embed.num_patches
+
     @staticmethod
     def _check_ratio(mask_ratio: float) -> None:
         if not 0.0 <= float(mask_ratio) < 1.0:
