@@ -177,6 +177,14 @@ def test_pvf_train_dat_one_epoch(tmp_path):
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert {r["split"] for r in rows} >= {"train", "val"}
     assert (out / "checkpoint-last.safetensors").is_file()
+    # pvf eval dat rebuilds the classifier (normalisation inside) and reproduces the last validation loss
+    ev = subprocess.run([sys.executable, "-m", "pyvision_fast", "eval", "dat", "--data", str(data), "--checkpoint",
+                         str(out / "checkpoint-last.safetensors"), "--img-size", "32", "--batch-size", "4",
+                         "--workers", "0", "--device", "cpu"], capture_output=True, text=True, timeout=240, env=env)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    result = json.loads(ev.stdout.strip().splitlines()[-1])
+    last_val = [r for r in rows if r["split"] == "val"][-1]
+    assert result["loss"] == pytest.approx(float(last_val["loss"]), rel=1e-5)
     # the saved classifier loads into the plain registry model (normalisation is not part of its state_dict)
     model = create_model("vit_tiny_patch16_224", num_classes=2, img_size=32, patch_size=8, embed_dim=32, depth=1,
                          num_heads=2, checkpoint_path=out / "checkpoint-last.safetensors")
