@@ -31,8 +31,7 @@ from ._registry import register_model
 from .vit import Block
 
 __all__ = ["MaskedAutoencoderViT", "get_2d_sincos_pos_embed", "mae_to_vit_state_dict", "is_mae_state_dict",
-           "mae_vit_tiny_patch16", "mae_vit_small_patch16", "mae_vit_base_patch16", "mae_vit_large_patch16",
-           "mae_vit_huge_patch14"]
+           "mae_vit_tiny_patch16", "mae_vit_small_patch16", "mae_vit_base_patch16"]
 
 
 def _sincos_1d(embed_dim: int, pos: Tensor) -> Tensor:
@@ -315,17 +314,8 @@ def mae_vit_small_patch16(**kwargs) -> MaskedAutoencoderViT:
 @register_model(pretrained_file=_FILE.format("e.g. MAE-SFER's AffectNet ViT-B checkpoint"))
 def mae_vit_base_patch16(**kwargs) -> MaskedAutoencoderViT:
     """MAE ViT-B/16 (``mae_vit_base_patch16_dec512d8b``): 768-d, 12-block encoder; 512-d, 8-block, 16-head decoder;
-    mask ratio 0.75; normalised-pixel loss (the MAE paper's setting; the official factory leaves it to a flag)."""
+    mask ratio 0.75; normalised-pixel loss (the MAE paper's setting; the official factory leaves it to a flag).
+    MAE's ViT-L/16 and ViT-H/14 are the same with ``embed_dim=1024, depth=24, num_heads=16`` and
+    ``patch_size=14, embed_dim=1280, depth=32, num_heads=16`` (not registered: ``pvf models`` builds every
+    registered model, and those are 330M and 657M parameters)."""
     return _mae(dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, **_DECODER, norm_pix_loss=True), kwargs)
-
-
-@register_model(pretrained_file=_FILE.format("e.g. mae_visualize_vit_large.pth"))
-def mae_vit_large_patch16(**kwargs) -> MaskedAutoencoderViT:
-    """MAE ViT-L/16 (1024-d, 24 blocks, 16 heads) with the 512-d, 8-block decoder."""
-    return _mae(dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16, **_DECODER, norm_pix_loss=True), kwargs)
-
-
-@register_model(pretrained_file=_FILE.format("from your own pre-training"))
-def mae_vit_huge_patch14(**kwargs) -> MaskedAutoencoderViT:
-    """MAE ViT-H/14 (1280-d, 32 blocks, 16 heads) with the 512-d, 8-block decoder."""
-    return _mae(dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16, **_DECODER, norm_pix_loss=True), kwargs)
