@@ -38,3 +38,22 @@ def test_example_input_comes_from_the_model():
         example_input_shape(torch.nn.Linear(2, 2), 1)
     with pytest.raises(ValueError, match="unknown model"):
         export_model("no_such_model", "x.onnx")
+
+
+def test_mae_encoder_exports_without_masking(tmp_path):
+    torch.manual_seed(0)
+    args = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=32,
+                decoder_depth=1, decoder_num_heads=4)
+    mae = create_model("mae_vit_tiny_patch16", **args)
+    weights = save_safetensors(mae.state_dict(), tmp_path / "mae.safetensors")
+    report = export_model("mae_vit_tiny_patch16", tmp_path / "mae.onnx", checkpoint=weights, model_args=args)
+    assert report.tensorrt_compatible and report.max_abs_diff < 1e-4
+    x = torch.rand(3, 3, 32, 32)
+    (tokens,) = run_onnxruntime(report.path, [x])
+    assert tokens.shape == (3, 1 + 16, 64)
+    # the unmasked encoder equals the MAE's own encoder at mask ratio 0 once its shuffle is undone
+    with torch.no_grad():
+        latent, _, ids_restore = mae.eval().forward_encoder(x, 0.0)
+    unshuffled = torch.gather(latent[:, 1:], 1, ids_restore.unsqueeze(-1).expand(-1, -1, 64))
+    np.testing.assert_allclose(tokens[:, 1:], unshuffled.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(tokens[:, 0], latent[:, 0].numpy(), rtol=1e-4, atol=1e-4)

@@ -244,9 +244,32 @@ class MaskedAutoencoderViT(nn.Module):
         pred = self.forward_decoder(latent, ids_restore)
         return self.forward_loss(imgs, pred, mask), pred, mask
 
+    def export_module(self) -> nn.Module:
+        """The encoder as deployed (what ``pvf export`` exports): every patch, no masking, sharing this model's
+        parameters; forward(imgs (N, c, H, W)) -> tokens (N, 1 + L, D) after ``norm``."""
+        return MAEEncoder(self)
+
     def encoder_state_dict(self) -> dict[str, Tensor]:
         """The encoder's tensors under timm's ViT keys (see :func:`mae_to_vit_state_dict`)."""
         return mae_to_vit_state_dict(self.state_dict())
+
+
+class MAEEncoder(nn.Module):
+    """A MAE's encoder without random masking (patch embedding, fixed position embedding, class token, blocks,
+    norm), sharing the MAE's modules and parameters: a graph of standard operators for export."""
+
+    def __init__(self, mae: MaskedAutoencoderViT):
+        super().__init__()
+        self.patch_embed, self.blocks, self.norm = mae.patch_embed, mae.blocks, mae.norm
+        self.cls_token, self.pos_embed = mae.cls_token, mae.pos_embed
+
+    def forward(self, imgs: Tensor) -> Tensor:
+        x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
+        cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
 
 
 # --- encoder weights into a ViT --------------------------------------------------------------------------------
