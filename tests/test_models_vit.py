@@ -153,3 +153,18 @@ def test_mismatched_checkpoint_names_the_keys(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="weights_only=True"):
         load_weights(_tiny(), tmp_path / "junk.pth")
+
+
+def test_training_checkpoints_with_metadata_load_without_running_code(tmp_path):
+    """MAE's checkpoint-*.pth keeps an argparse.Namespace beside the weights, Lightning's .ckpt its callbacks;
+    weights_only refuses both classes, so read_state_dict stands inert objects in for them: the weights load and
+    the file's own classes are never constructed."""
+    import argparse
+
+    src = _tiny(num_classes=3)
+    path = tmp_path / "checkpoint-299.pth"
+    torch.save({"model": src.state_dict(), "args": argparse.Namespace(lr=1e-3), "epoch": 299}, path)
+    with pytest.raises(Exception):  # what plain weights_only loading does with it
+        torch.load(path, weights_only=True)
+    dst = load_weights(_tiny(num_classes=3), path)
+    torch.testing.assert_close(dst.head.weight, src.head.weight, rtol=0, atol=0)

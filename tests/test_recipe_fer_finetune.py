@@ -135,11 +135,11 @@ def test_pretrained_mae_checkpoint(tmp_path, rafdb):
     for k in ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.1.mlp.fc2.weight"):
         assert torch.equal(model.state_dict()[k], sd[k]), k
     assert torch.equal(model.fc_norm.weight, fc_norm)
-    # an MAE training checkpoint (args Namespace) converts to safetensors first
+    # an MAE training checkpoint (args Namespace) loads as it is, and converts to safetensors
     pth = tmp_path / "checkpoint-299.pth"
     torch.save({"model": sd, "epoch": 299, "args": argparse.Namespace(blr=1.5e-4, mask_ratio=0.75)}, pth)
-    with pytest.raises(ValueError, match="weights_only"):
-        load_weights(create_model("vit_tiny_patch16_224", img_size=32, global_pool="avg", **TINY), pth)
+    direct = load_weights(create_model("vit_tiny_patch16_224", img_size=32, global_pool="avg", **TINY), pth)
+    assert torch.equal(direct.blocks[0].attn.qkv.weight, sd["blocks.0.attn.qkv.weight"])
     out = convert_mae_checkpoint(pth, tmp_path / "encoder.safetensors")
     model2 = make_recipe(pretrained=str(out)).build_model(7)
     load_weights(model2, out)

@@ -23,7 +23,6 @@ taming; inputs of any size divisible by 2**(len(ch_mult)-1) run.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -289,13 +288,6 @@ def _drop_training_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 # --- checkpoints ----------------------------------------------------------------------------------------------------
 
-def _stub_class(qualname: str) -> type:
-    """An inert stand-in for a global the checkpoint names outside the weights (Lightning callbacks, hyper-parameter
-    containers, numpy scalars): constructing, calling or restoring it yields an empty ``OrderedDict`` (which the
-    weights-only loader lets absorb items and attributes), so none of the file's code runs."""
-    return type(f"_Stub[{qualname}]", (), {"__new__": lambda cls, *args, **kwargs: OrderedDict()})
-
-
 def read_taming_checkpoint(path: Union[str, Path]) -> dict[str, Tensor]:
     """The VQModel tensors of a taming-transformers Lightning checkpoint (``{"state_dict": {...}, "epoch": ...,
     "callbacks": ...}``), ``loss.*`` removed. Read with ``torch.load(weights_only=True)``; the globals that loader
@@ -306,19 +298,7 @@ def read_taming_checkpoint(path: Union[str, Path]) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"VQGAN checkpoint {str(path)!r} does not exist (the model needs {_CKPT_NAME})")
-    if path.suffix == ".safetensors":
-        return _drop_training_keys(read_state_dict(path))
-    unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    stubs = [(_stub_class(name), name) for name in unsafe]
-    try:
-        with torch.serialization.safe_globals(stubs):
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: not a readable torch checkpoint ({exc})") from exc
-    state = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
-    if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a Lightning checkpoint with a 'state_dict' of tensors "
-                         f"(taming's VQModel), got {type(obj).__name__}")
+    state = read_state_dict(path)  # weights_only, Lightning's callbacks replaced by inert stand-ins
     return _drop_training_keys(state)
 
 

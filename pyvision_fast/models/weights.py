@@ -12,9 +12,30 @@ from torch import nn
 _WRAPPER_KEYS = ("model", "state_dict", "model_state", "module")
 
 
+def _inert_stand_in(qualname: str) -> type:
+    """A stand-in for a global that a checkpoint names outside its weights (an ``argparse.Namespace`` of training
+    arguments, Lightning callbacks, numpy scalars): constructing or restoring it yields an empty ``OrderedDict``
+    (which the weights-only loader lets absorb items and attributes), so none of the file's code runs."""
+    from collections import OrderedDict
+
+    return type(f"_Inert[{qualname}]", (), {"__new__": lambda cls, *args, **kwargs: OrderedDict()})
+
+
+def _load_weights_only(path: Path):
+    """``torch.load(weights_only=True)`` where every global the loader would refuse is an inert stand-in: the
+    training checkpoints of MAE (``args``) and taming/Lightning (``callbacks``) load, and still run no code."""
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # not a zip checkpoint (legacy format or not torch at all): torch.load says what is wrong
+        unsafe = []
+    with torch.serialization.safe_globals([(_inert_stand_in(name), name) for name in unsafe]):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_state_dict(path: Union[str, Path]) -> dict[str, torch.Tensor]:
-    """The tensors of a ``.safetensors`` file or a torch checkpoint (loaded with ``weights_only=True``; a
-    ``model``/``state_dict``/``model_state``/``module`` wrapper and a DDP ``module.`` prefix are removed)."""
+    """The tensors of a ``.safetensors`` file or a torch checkpoint (loaded with ``weights_only=True``, training
+    metadata outside the weights replaced by inert stand-ins; a ``model``/``state_dict``/``model_state``/``module``
+    wrapper and a DDP ``module.`` prefix are removed)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
@@ -26,7 +47,7 @@ def read_state_dict(path: Union[str, Path]) -> dict[str, torch.Tensor]:
         except Exception as exc:  # safetensors raises its own error types for truncated or bad headers
             raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _load_weights_only(path)
     except Exception as exc:
         raise ValueError(f"{path}: cannot be read with torch.load(weights_only=True) ({exc}); convert it to "
                          f".safetensors or a plain state_dict") from exc

@@ -24,9 +24,9 @@ converts MAE checkpoints as MAE's fine-tuning does (``models.mae.mae_to_vit_stat
 ``mask_token`` dropped, the encoder's final ``norm`` dropped under average pooling, ``fc_norm`` and ``head`` new,
 ``pos_embed`` resized to the model's grid), and this recipe starts the new head from a truncated normal of std 2e-5
 as MAE does. A missing file is an error naming it before anything is built; a checkpoint that does not fit is an
-error naming the file and the keys. MAE's own training checkpoints also store an ``argparse.Namespace`` that
-``torch.load(weights_only=True)`` refuses: :func:`convert_mae_checkpoint` writes their encoder to a
-``.safetensors`` file first.
+error naming the file and the keys. MAE's own training checkpoints (``checkpoint-*.pth`` with their ``args``) load
+directly (``models.read_state_dict`` stands inert objects in for the training metadata);
+:func:`convert_mae_checkpoint` writes their encoder to a ``.safetensors`` file to keep.
 
 Metrics (torchmetrics, synchronised across processes): ``accuracy`` (the main metric), ``mean_class_accuracy``
 (macro recall), ``f1_macro`` and ``confusion_matrix`` (rows: true class, columns: prediction; a list of lists in the
@@ -49,25 +49,14 @@ from ..recipe import Recipe, StepContext
 
 __all__ = ["FERFinetuneRecipe", "RECIPE", "convert_mae_checkpoint"]
 
-def _read_mae_checkpoint(path: Union[str, Path]) -> dict[str, Tensor]:
-    """``models.read_state_dict`` that also accepts MAE's training checkpoints, which store an
-    ``argparse.Namespace`` under ``args`` (still ``weights_only=True``: that class is the only one allowed besides
-    tensors and containers)."""
-    import argparse
-
-    from ...models import read_state_dict
-
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return read_state_dict(path)
-
 
 def convert_mae_checkpoint(src: Union[str, Path], dst: Union[str, Path]) -> Path:
     """Writes the encoder of an MAE checkpoint ``src`` (a ``checkpoint-*.pth`` of facebookresearch/mae or MAE-SFER
     with its ``args``, or any MAE state_dict) to the ``.safetensors`` file ``dst``, for ``--set pretrained=dst``."""
-    from ...models import save_safetensors
+    from ...models import read_state_dict, save_safetensors
     from ...models.mae import mae_to_vit_state_dict
 
-    state = _read_mae_checkpoint(src)
+    state = read_state_dict(src)
     if "blocks.0.norm1.weight" not in state:
         raise ValueError(f"{src}: no ViT encoder in the checkpoint (no 'blocks.0.norm1.weight'; keys start with "
                          f"{sorted({k.split('.')[0] for k in state})[:8]})")
