@@ -1,4 +1,4 @@
-"""The ``pvf`` command (also ``python -m pyvision_fast``): info, bench, export."""
+"""The ``pvf`` command (also ``python -m pyvision_fast``): info, models, bench, train, eval, export."""
 from __future__ import annotations
 
 import argparse
@@ -126,12 +126,73 @@ def _export(args) -> int:
     return 0
 
 
+def model_parameter_counts(pattern=None) -> dict[str, int]:
+    """Registry name -> parameter count of the model built with its default arguments (on the CPU, one at a time)."""
+    from pyvision_fast.models import count_parameters, create_model, list_models
+
+    return {name: count_parameters(create_model(name)) for name in list_models(pattern)}
+
+
+def _models(args) -> int:
+    counts = model_parameter_counts(args.pattern)
+    if args.json:
+        print(json.dumps(counts, indent=2))
+    elif not counts:
+        print(f"pvf models: no model matches {args.pattern!r}", file=sys.stderr)
+        return 1
+    else:
+        width = max(len(n) for n in counts)
+        for name, n in counts.items():
+            print(f"{name:<{width}}  {n / 1e6:9.2f}M")
+    return 0
+
+
+# Errors of bad input (data, arguments, checkpoints, --output) end the command with their message and status 2;
+# anything else keeps its traceback.
+_INPUT_ERRORS = (ValueError, TypeError, OSError)
+
+
+def _train(args) -> int:
+    from pyvision_fast.train.engine import train
+
+    try:
+        train(args)
+    except _INPUT_ERRORS as exc:
+        print(f"pvf train: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _eval(args) -> int:
+    from pyvision_fast.train.engine import evaluate_checkpoint
+
+    try:
+        results = evaluate_checkpoint(args)
+    except _INPUT_ERRORS as exc:
+        print(f"pvf eval: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(results))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="pvf", description="pyvision_fast command line")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="versions, compiled modules, usable backends")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_print_info)
+    p = sub.add_parser("models", help="registered models with their parameter counts")
+    p.add_argument("pattern", nargs="?", help="glob over the names, e.g. 'vit_*'")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_models)
+    from pyvision_fast.train.config import add_eval_args, add_train_args
+
+    p = sub.add_parser("train", help="train a recipe (the same arguments as python -m pyvision_fast.train)")
+    add_train_args(p)
+    p.set_defaults(func=_train)
+    p = sub.add_parser("eval", help="evaluate a checkpoint with a recipe's metrics; prints one JSON object")
+    add_eval_args(p)
+    p.set_defaults(func=_eval)
     p = sub.add_parser("bench", help="run the benchmark suite (python -m benchmarks) of a checkout")
     p.add_argument("--root", help="the pyvision_fast checkout (default: current directory)")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for python -m benchmarks")

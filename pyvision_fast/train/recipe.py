@@ -68,6 +68,9 @@ ENGINE_DEFAULTS: dict[str, Any] = dict(
     device="auto",              # auto | cpu | cuda
     eval_every=1,               # epochs between evaluations
     progress=True,              # tqdm on rank 0 when stdout is a TTY
+    shuffle=True,               # shuffle the training set each epoch (False: file order, e.g. for DDP checks)
+    drop_last=False,            # drop the last incomplete training batch
+    eval_samples=None,          # slow evaluations (AutoAttack) use the first N validation images (--eval-samples)
 )
 
 
@@ -128,8 +131,9 @@ class Recipe:
 
     def train_loss(self, model: nn.Module, batch, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
         """Forward pass and loss of one training batch (already on ``ctx.device``, mixup already applied to the
-        batch by the engine when configured); returns (scalar loss, extra values to log). The engine does
-        backward, AMP scaling, accumulation, clipping and the optimizer/scheduler/EMA steps."""
+        batch by the engine when configured); returns (scalar loss, extra values to log). The engine calls it
+        inside ``ctx.autocast()`` and does backward, AMP scaling, accumulation, clipping and the
+        optimizer/scheduler/EMA steps."""
         raise NotImplementedError
 
     def build_metrics(self, num_classes: Optional[int]):
