@@ -19,14 +19,17 @@ CHUNK_ROWS = 1024
 
 
 def vector_quantize(z: Tensor, codebook: Tensor, chunk: int = CHUNK_ROWS) -> tuple[Tensor, Tensor]:
-    """z (..., D), codebook (K, D) -> (z_q = codebook[indices] (..., D), indices (...) int64)."""
+    """z (..., D), codebook (K, D) -> (z_q = codebook[indices] (..., D), indices (...) int64). float16 / bfloat16
+    distances are computed in float32 (as the kernels accumulate them)."""
     D = codebook.shape[1]
-    flat = z.reshape(-1, D)
-    e_sq = (codebook * codebook).sum(1)  # (K,)
+    work = torch.float32 if codebook.dtype in (torch.float16, torch.bfloat16) else codebook.dtype
+    flat = z.reshape(-1, D).to(work)
+    e = codebook.to(work)
+    e_sq = (e * e).sum(1)  # (K,)
     parts = []
     for rows in flat.split(chunk):
         z_sq = (rows * rows).sum(1, keepdim=True)  # (n, 1)
-        d = z_sq + e_sq - 2 * (rows @ codebook.t())  # taming's order of operations
+        d = z_sq + e_sq - 2 * (rows @ e.t())  # taming's order of operations
         parts.append(d.argmin(1))
     indices = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64, device=z.device)
     z_q = codebook.index_select(0, indices)
@@ -42,7 +45,8 @@ def squared_distances(z: Tensor, codebook: Tensor, indices: Tensor) -> Tensor:
 def vector_quantize_direct(z: Tensor, codebook: Tensor, chunk: int = 256) -> tuple[Tensor, Tensor]:
     """The kernels' formula in plain PyTorch: argmin of sum_d (z_d - e_d)^2 (row chunks of (chunk, K, D))."""
     D = codebook.shape[1]
-    flat = z.reshape(-1, D)
-    parts = [((rows[:, None, :] - codebook[None]) ** 2).sum(-1).argmin(1) for rows in flat.split(chunk)]
+    work = torch.float32 if codebook.dtype in (torch.float16, torch.bfloat16) else codebook.dtype
+    flat, e = z.reshape(-1, D).to(work), codebook.to(work)
+    parts = [((rows[:, None, :] - e[None]) ** 2).sum(-1).argmin(1) for rows in flat.split(chunk)]
     indices = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64, device=z.device)
     return codebook.index_select(0, indices).reshape(z.shape), indices.reshape(z.shape[:-1])
