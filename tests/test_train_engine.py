@@ -48,6 +48,8 @@ def test_shard_sampler_ranks_partition_the_single_process_batches(shuffle):
     assert (list(single) != order) == shuffle
     odd = [list(ShardSampler(5, r, 2, shuffle=False)) for r in range(2)]
     assert odd == [[0, 2, 4], [1, 3]]  # nothing padded or repeated (evaluation counts each image once)
+    padded = [list(ShardSampler(5, r, 2, shuffle=False, pad=True)) for r in range(2)]
+    assert padded == [[0, 2, 4], [1, 3, 0]]  # training: every rank takes as many steps
     weighted = ShardSampler(4, weights=torch.tensor([0.0, 0.0, 1.0, 0.0]))
     assert list(weighted) == [2, 2, 2, 2]
 

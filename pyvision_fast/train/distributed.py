@@ -106,20 +106,23 @@ class ShardSampler(Sampler[int]):
     (``torch.multinomial``), i.e. a class-balanced epoch. Rank ``r`` of ``W`` takes positions ``r, r + W, ...``
     of that order, as ``torch.utils.data.DistributedSampler`` does. So the union of the ranks' ``k``-th batches of
     size ``b`` is exactly the ``k``-th batch of size ``W * b`` of a single process, which is what makes a DDP run
-    equal to a one-process run with the global batch. Unlike ``DistributedSampler`` nothing is padded: when the
-    length is not divisible by ``W`` the first ranks get one sample more (torchmetrics' sync then counts every
-    sample once; a training step still averages gradients over ranks whose last batches may differ by one).
+    equal to a one-process run with the global batch.
+
+    When the length is not divisible by ``W``: with ``pad`` (training) the order is extended with its own first
+    samples, as ``DistributedSampler`` does, so that every rank runs the same number of steps (DDP's gradient
+    all-reduce needs every rank in every step); without it (evaluation) nothing is repeated and the first ranks get
+    one sample more, so torchmetrics' synchronised states count every sample exactly once.
 
     ``set_epoch(epoch)`` must be called before each epoch; the order depends only on ``(seed, epoch)``, which is
     what makes a resumed run see the same data as an uninterrupted one.
     """
 
     def __init__(self, length: int, rank: int = 0, world_size: int = 1, shuffle: bool = True, seed: int = 0,
-                 weights: Optional[torch.Tensor] = None):
+                 weights: Optional[torch.Tensor] = None, pad: bool = False):
         if weights is not None and len(weights) != length:
             raise ValueError(f"ShardSampler: {len(weights)} weights for {length} samples")
         self.length, self.rank, self.world_size = length, rank, world_size
-        self.shuffle, self.seed, self.weights = shuffle, seed, weights
+        self.shuffle, self.seed, self.weights, self.pad = shuffle, seed, weights, pad
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -135,7 +138,13 @@ class ShardSampler(Sampler[int]):
         return torch.arange(self.length)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.order()[self.rank::self.world_size].tolist())
+        order = self.order()
+        if self.pad and self.length % self.world_size:
+            extra = self.world_size - self.length % self.world_size
+            order = torch.cat([order, order.repeat(math.ceil(extra / max(self.length, 1)))[:extra]])
+        return iter(order[self.rank::self.world_size].tolist())
 
     def __len__(self) -> int:
+        if self.pad:
+            return math.ceil(self.length / self.world_size)
         return math.ceil((self.length - self.rank) / self.world_size) if self.length > self.rank else 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -129,9 +130,10 @@ def _autocast_factory(cfg: Config, device: torch.device, info: DistInfo):
 
 def _loader(dataset, cfg: Config, info: DistInfo, train: bool, sample_weights=None) -> DataLoader:
     """Training: this rank's shard of the epoch's order (shuffled or class-weighted, from ``(seed, epoch)``);
-    evaluation: this rank's shard of the dataset order, nothing padded or repeated."""
+    evaluation: this rank's shard of the dataset order, nothing padded or repeated (training pads the order so
+    that every rank takes the same number of steps)."""
     sampler = ShardSampler(len(dataset), info.rank, info.world_size, shuffle=train and cfg.shuffle, seed=cfg.seed,
-                           weights=sample_weights if train else None)
+                           weights=sample_weights if train else None, pad=train)
     drop_last = train and (cfg.drop_last or cfg.mixup > 0 or cfg.cutmix > 0)
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                       drop_last=drop_last, worker_init_fn=seed_worker, pin_memory=torch.cuda.is_available(),
@@ -142,7 +144,8 @@ def evaluate(recipe: Recipe, model: nn.Module, loader: DataLoader, metrics, ctx:
     """Runs ``recipe.eval_update`` over ``loader`` in eval mode (no ``no_grad``: attacks need gradients) and
     returns ``{"loss": mean loss, **metrics.compute(), **recipe.evaluate_extra(...)}`` as plain Python values
     (tensors become numbers or nested lists). Under DDP each rank sees its own shard; the loss is summed over ranks
-    here and torchmetrics synchronises its states in ``compute()``, so every image counts once."""
+    here and torchmetrics synchronises its states in ``compute()``, so every image counts once. ``model`` is the
+    plain module, not its DDP wrapper: the ranks' shards may differ by one batch, and no step here is collective."""
     model.eval()
     metrics.reset()
     total = torch.zeros(2, dtype=torch.float64, device=ctx.device)
@@ -179,7 +182,9 @@ def _setup(args, for_eval: bool, identity: Optional[dict] = None):
         ckpt.check_output_dir(Path(args.output), resume=bool(args.resume), overwrite=args.overwrite)
     seed_everything(cfg.seed)  # the same model initialisation on every rank (DDP also broadcasts rank 0's)
     if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        # cuBLAS needs a fixed workspace for deterministic matmuls; it is read when the first handle is made.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)  # ops without a deterministic kernel warn
         torch.backends.cudnn.benchmark = False
     recipe = recipe_cls(cfg)
     train_set, val_set = recipe.build_datasets(args.data)
@@ -312,7 +317,7 @@ def _train(args, recipe, cfg, info, device, train_set, val_set, output, resume_f
         train_stats = {"loss": float(total[0] / total[1]), "lr": optimizer.param_groups[0]["lr"]}
         evaluated = val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs)
         if evaluated:
-            results = evaluate(recipe, ddp_model, val_loader, metrics, ctx)
+            results = evaluate(recipe, model, val_loader, metrics, ctx)
             ema_results = evaluate(recipe, ema.module, val_loader, metrics, ctx) if ema is not None else None
         if info.is_main:
             log.add(epoch, "train", train_stats)
