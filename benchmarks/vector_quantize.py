@@ -1,10 +1,11 @@
-"""Vector quantisation cases: DAT's VQGAN f8 16384 quantiser (taming's VectorQuantizer), latents of (B, 4, 32, 32)
-for 256x256 images flattened channels-last to (B*32*32, 4) vectors, against a 16384 x 4 codebook.
+"""Vector quantisation cases: DAT's VQGAN f8 16384 quantiser (taming's VectorQuantizer), latents of
+(B, 4, 32, 32) for 256x256 images flattened channels-last to (B*32*32, 4) vectors, against a 16384 x 4
+codebook.
 
-Peers: ``torch.cdist + argmin`` (the idiom the op replaces; it materialises the (N, K) distance matrix, 8 GiB in
-float32 for the full DAT batch) and the plain-PyTorch reference (taming's ||z||^2 + ||e||^2 - 2 z.e with a matmul,
-in chunks of 1024 rows). Every implementation returns the quantised vectors and the indices. The full DAT batch
-(B = 128) is the workload; B = 8 (one GPU's share of a small batch) runs in seconds on a laptop-class CPU."""
+Peers: ``torch.cdist + argmin`` (the idiom the op replaces; it materialises the (N, K) distance matrix, 8 GiB
+in float32 for the full DAT batch) and the plain-PyTorch reference (taming's ||z||^2 + ||e||^2 - 2 z.e with a
+matmul, in chunks of 1024 rows). Every implementation returns the quantised vectors and the indices. The full
+DAT batch (B = 128) is the workload; B = 8 runs in seconds on a small CPU."""
 from __future__ import annotations
 
 import torch
@@ -33,12 +34,13 @@ def _dat_case(device: str, quick: bool, batch: int, g: torch.Generator) -> Case:
              candidate_impl("pvf.vector_quantize (candidate)", ["vector_quantize"],
                             lambda: ops.vector_quantize(z, codebook)) if device == "cuda" else None,
              Impl("torch.cdist + argmin", lambda: _cdist_argmin(z, codebook)),
-             Impl("reference (taming formula, chunked)", lambda: ref.vector_quantize(z, codebook), "reference")]
+             Impl("reference (taming formula, chunked)", lambda: ref.vector_quantize(z, codebook),
+                  "reference")]
     return Case("vector_quantize", f"vector_quantize DAT B={batch}", dict(B=B, N=N, K=CODES, D=DIM), impls,
                 flops=3.0 * N * CODES * DIM, bound="compute", measure_memory=True,
                 goals=[("torch.cdist + argmin", 5.0)] if device == "cpu" else [],
-                note="FLOPs: a subtract, multiply and add per code, channel and vector (3 N K D); the CPU goal "
-                     "(>= 5x cdist + argmin, peak memory <= 1/10 of it) is issue 14's.")
+                note="FLOPs: a subtract, multiply and add per code, channel and vector (3 N K D); the CPU "
+                     "goal (>= 5x cdist + argmin, peak memory <= 1/10 of it) is issue 14's.")
 
 
 def cases(device: str, quick: bool) -> list[Case]:

@@ -7,11 +7,12 @@
     z_q    = Gather(codebook, idx, axis 0)                        exact codebook rows
     reshaped back to z's shape / z's shape without its last dimension.
 
-||z||^2 is left out: it is the same for every code of a row, so it cannot change the argmin, and leaving it out
-removes one rounding and one (N, K) pass. Doubling (dots + dots) is exact. This is the expanded form (one MatMul, what
-TensorRT runs fastest), not the kernels' sum of squared differences: the two can differ only where two codes are
-nearly equidistant. The (N, K) score matrix exists in the graph: fine for inference batches (DAT's 128 x 32 x 32
-codes against 16384 codes is 8 GiB in float32: export and run such batches in slices).
+||z||^2 is left out: it is the same for every code of a row, so it cannot change the argmin, and leaving it
+out removes one rounding and one (N, K) pass. Doubling (dots + dots) is exact. This is the expanded form (one
+MatMul, what TensorRT runs fastest), not the kernels' sum of squared differences: the two can differ only
+where two codes are nearly equidistant. The (N, K) score matrix exists in the graph: fine for inference
+batches (DAT's 128 x 32 x 32 codes against 16384 codes is 8 GiB in float32: export and run such batches in
+slices).
 """
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
-"""vector_quantize against the plain-PyTorch reference, taming's semantics (nearest code, lowest index on ties),
-gradients, opcheck / torch.compile, bad inputs and ONNX export.
+"""vector_quantize against the plain-PyTorch reference, taming's semantics (nearest code, lowest index on
+ties), gradients, opcheck / torch.compile, bad inputs and ONNX export.
 
 Index equality is asserted where the codes are well separated (z = a code + small noise); on arbitrary random
 inputs two codes may be nearly equidistant and the kernels' direct sum of squared differences may then choose
-differently from the reference's expanded ||z||^2 + ||e||^2 - 2 z.e, so there the distances of the chosen codes
-are compared (in float64) instead of the indices."""
+differently from the reference's expanded ||z||^2 + ||e||^2 - 2 z.e, so there the distances of the chosen
+codes are compared (in float64) instead of the indices."""
 import pytest
 import torch
 from hypothesis import given, settings
@@ -20,7 +20,7 @@ DIST_RTOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-2, tor
 
 
 def _separated(lead, K, D, g, dtype=torch.float64, noise=0.05):
-    """A codebook of K codes at least ~1 apart (a shuffled integer grid scaled by 2) and z = a code + noise."""
+    """A codebook of K codes ~2 apart (a shuffled integer grid scaled by 2) and z = a code + noise."""
     side = max(2, int(round(K ** (1.0 / D))) + 1)
     grid = torch.stack(torch.meshgrid(*[torch.arange(side, dtype=torch.float64)] * D, indexing="ij"), -1)
     grid = grid.reshape(-1, D)[torch.randperm(side ** D, generator=g)[:K]] * 2.0
@@ -30,7 +30,7 @@ def _separated(lead, K, D, g, dtype=torch.float64, noise=0.05):
 
 
 def _check_nearest(z, codebook, z_q, idx, dtype):
-    """idx's codes are as near as the float64 nearest codes (within the dtype's tolerance); z_q are those rows."""
+    """idx's codes are as near as the float64 nearest codes (within the dtype's tolerance); z_q those rows."""
     assert idx.dtype == torch.int64 and idx.shape == z.shape[:-1] and z_q.shape == z.shape
     assert z_q.dtype == z.dtype
     assert torch.equal(z_q, codebook[idx])  # exact copies of codebook rows
@@ -86,8 +86,8 @@ def test_dat_shape_slice():
 
 
 def test_direct_form_is_exact_where_the_expanded_form_cancels():
-    """Codes 1e-3 apart at distance ~1e3 from the origin: float32 ||z||^2 + ||e||^2 - 2 z.e cannot tell them apart,
-    the kernels' sum of squared differences can."""
+    """Codes 1e-2 apart at distance ~1e3 from the origin: float32 ||z||^2 + ||e||^2 - 2 z.e cannot tell them
+    apart, the kernels' sum of squared differences can."""
     offsets = torch.arange(64, dtype=torch.float64)[:, None] * 1e-2
     codebook = 1000.0 + torch.cat([offsets, offsets.flip(0)], 1)  # (64, 2) distinct codes
     z = codebook[torch.tensor([3, 40, 17, 63])] + 2e-3
@@ -185,8 +185,9 @@ def test_gradcheck_codebook(device):
 
 @pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
 def test_straight_through(device):
-    """z + (z_q - z).detach(): the value of z_q (up to rounding), the gradient of the identity to z, none to the
-    codebook. (Not a gradcheck: the estimator is biased by design; numerically the output does not move with z.)"""
+    """z + (z_q - z).detach(): the value of z_q (up to rounding), the gradient of the identity to z, none to
+    the codebook. (Not a gradcheck: the estimator is biased by design; numerically the output does not move
+    with z.)"""
     g = torch.Generator().manual_seed(9)
     z, codebook, _ = _separated((4, 6), 25, 3, g)
     z, codebook = z.to(device).requires_grad_(), codebook.to(device).requires_grad_()
@@ -241,7 +242,8 @@ def test_onnx_export(tmp_path):
             z_q, idx = ops.vector_quantize(latents.permute(0, 2, 3, 1), self.codebook)
             return z_q.permute(0, 3, 1, 2), idx
 
-    report = check_onnx(Quantizer(), (z.permute(0, 3, 1, 2).contiguous(),), tmp_path, atol=0, exact_outputs=(0, 1))
+    latents = z.permute(0, 3, 1, 2).contiguous()
+    report = check_onnx(Quantizer(), (latents,), tmp_path, atol=0, exact_outputs=(0, 1))
     assert {"MatMul", "ArgMin", "Gather", "ReduceSum"} <= set(report.op_types)
 
 
@@ -262,11 +264,13 @@ def _bad_cases():
                  "'codebook' is empty"),
         BadInput("dtype mismatch", lambda: ops.vector_quantize(z, cb.double()), TypeError, "same dtype"),
         BadInput("integer z", lambda: ops.vector_quantize(z.long(), cb.long()), TypeError, "'z' must be"),
-        BadInput("half on cpu", lambda: ops.vector_quantize(z.half(), cb.half()), TypeError, "float32 or float64"),
+        BadInput("half on cpu", lambda: ops.vector_quantize(z.half(), cb.half()), TypeError,
+                 "float32 or float64"),
         BadInput("not a tensor", lambda: ops.vector_quantize(z.tolist(), cb), TypeError, "must be tensors"),
-        BadInput("straight_through not bool", lambda: ops.vector_quantize(z, cb, straight_through=1), TypeError,
-                 "straight_through must be a bool"),
-        BadInput("meta codebook", lambda: ops.vector_quantize(z, cb.to("meta")), TypeError, "unsupported device"),
+        BadInput("straight_through not bool", lambda: ops.vector_quantize(z, cb, straight_through=1),
+                 TypeError, "straight_through must be a bool"),
+        BadInput("meta codebook", lambda: ops.vector_quantize(z, cb.to("meta")), TypeError,
+                 "unsupported device"),
     ]
 
 
@@ -292,3 +296,40 @@ def test_device_mix_raises(candidate):
     with use_candidates("vector_quantize" if candidate else None):
         with pytest.raises(TypeError, match="is on cpu"):
             ops.vector_quantize(z, torch.randn(8, 4))
+
+
+def _direct_cases():
+    """The compiled entry point called directly with what the op never passes: the C++ checks refuse it."""
+    from pyvision_fast import _ext
+
+    mod = _ext.cpu_module()
+    z, cb = torch.randn(6, 4), torch.randn(9, 4)
+
+    def call(z=z, cb=cb, z_q=None, idx=None, ws=None):
+        z_q = torch.empty_like(z) if z_q is None else z_q
+        idx = torch.empty(z.shape[:-1], dtype=torch.int64) if idx is None else idx
+        ws = torch.empty(mod.vector_quantize_workspace(9, 4)) if ws is None else ws
+        mod.vector_quantize(_ext.arg(z), _ext.arg(cb), _ext.arg(z_q), _ext.arg(idx), _ext.arg(ws))
+
+    return [
+        BadInput("non-contiguous z", lambda: call(z=torch.randn(4, 6).t()), ValueError,
+                 "'z' must be contiguous"),
+        BadInput("non-contiguous codebook", lambda: call(cb=torch.randn(4, 9).t()), ValueError,
+                 "'codebook' must be contiguous"),
+        BadInput("z_q shape", lambda: call(z_q=torch.empty(6, 3)), ValueError,
+                 "'z_q' must have the shape of 'z'"),
+        BadInput("z_q dtype", lambda: call(z_q=torch.empty(6, 4, dtype=torch.float64)), TypeError,
+                 "same dtype"),
+        BadInput("indices shape", lambda: call(idx=torch.empty(5, dtype=torch.int64)), ValueError,
+                 "'indices' must have the shape"),
+        BadInput("indices dtype", lambda: call(idx=torch.empty(6, dtype=torch.int32)), TypeError,
+                 "'indices' must be int64"),
+        BadInput("workspace small", lambda: call(ws=torch.empty(3)), ValueError, "workspace has 3 elements"),
+        BadInput("workspace dtype", lambda: call(ws=torch.empty(64, dtype=torch.float64)), TypeError,
+                 "same dtype"),
+    ]
+
+
+@pytest.mark.parametrize("case", _direct_cases(), ids=str)
+def test_compiled_entry_checks(case):
+    run_bad_input(case)

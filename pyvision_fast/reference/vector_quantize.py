@@ -2,10 +2,10 @@
 
 ``vector_quantize`` is taming-transformers' computation (``VectorQuantizer.forward``, what DAT's VQGAN runs):
 ``d = ||z||^2 + ||e||^2 - 2 z.e`` with one matmul, then ``argmin`` (first index of the minimum), here in row
-chunks so that at most ``chunk * K`` distances exist at a time. The library's kernels sum the squared differences
-directly instead (more accurate; see ``pyvision_fast.ops.vector_quantize``): the two choose the same code except
-where two codes are nearly equidistant. ``squared_distances`` is that direct form, for checking which of two
-choices is the nearer.
+chunks so that at most ``chunk * K`` distances exist at a time. The library's kernels sum the squared
+differences directly instead (more accurate; see ``pyvision_fast.ops.vector_quantize``): the two choose the
+same code except where two codes are nearly equidistant. ``squared_distances`` is that direct form, for
+checking which of two choices is the nearer.
 
 No argument validation (the compiled backends do it): meant for correct inputs.
 """
@@ -19,8 +19,8 @@ CHUNK_ROWS = 1024
 
 
 def vector_quantize(z: Tensor, codebook: Tensor, chunk: int = CHUNK_ROWS) -> tuple[Tensor, Tensor]:
-    """z (..., D), codebook (K, D) -> (z_q = codebook[indices] (..., D), indices (...) int64). float16 / bfloat16
-    distances are computed in float32 (as the kernels accumulate them)."""
+    """z (..., D), codebook (K, D) -> (z_q = codebook[indices] (..., D), indices (...) int64).
+    float16 / bfloat16 distances are computed in float32 (as the kernels accumulate them)."""
     D = codebook.shape[1]
     work = torch.float32 if codebook.dtype in (torch.float16, torch.bfloat16) else codebook.dtype
     flat = z.reshape(-1, D).to(work)
