@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -171,7 +172,8 @@ def _eval(args) -> int:
     except _INPUT_ERRORS as exc:
         print(f"pvf eval: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(results))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun the metrics are synchronised; rank 0 prints them
+        print(json.dumps(results))
     return 0
 
 

@@ -267,7 +267,7 @@ def _train(args, recipe, cfg, info, device, train_set, val_set, output, resume_f
         if args.overwrite and state is None:
             ckpt.clear_run(output)
         resolved = {"recipe": args.recipe, "data": str(args.data), "output": str(output),
-                    "world_size": info.world_size, "amp_active": fp16 or (cfg.amp and device.type == "cuda"),
+                    "world_size": info.world_size, "amp_active": bool(cfg.amp and device.type == "cuda"),
                     "updates_per_epoch": updates_per_epoch, "resumed_from": str(args.resume) if args.resume else None,
                     **cfg}
         ckpt.atomic_write_bytes(output / "config.json", json.dumps(resolved, indent=2, default=str).encode())
