@@ -4,8 +4,9 @@ Data: ``DATA/train/<class>/<image>`` and (optional) ``DATA/val/<class>/<image>``
 training folder's class list. Defaults follow DeiT (Touvron et al. 2021, Table 9): AdamW, lr 5e-4 x batch/512
 (``blr`` 2.5e-4 per 256), weight decay 0.05, cosine schedule with 5 warm-up epochs, label smoothing 0.1, Mixup 0.8 /
 CutMix 1.0, RandAugment ``rand-m9-mstd0.5-inc1``, random erasing 0.25 (pixel mode), bicubic resizing, all through
-timm. ``--set aa=None mixup=0 cutmix=0 reprob=0`` turns the augmentation off (random-resized crop and flip stay;
-``scale=(1,1) ratio=(1,1) hflip=0`` remove those too).
+timm. ``--set aa=None mixup=0 cutmix=0 reprob=0`` turns the augmentation off; the random-resized crop, flip and
+colour jitter (which timm applies only without RandAugment) stay unless ``scale=(1,1) ratio=(1,1) hflip=0
+color_jitter=None`` remove them too.
 
 Metrics (torchmetrics, synchronised across processes): ``accuracy`` (top-1), ``top5`` (with at least 5 classes),
 ``f1_macro`` and ``confusion_matrix`` (rows: true class, columns: prediction).
