@@ -30,7 +30,11 @@ def test_train_classify_learns_and_writes_the_run_folder(trained):
     data, out = trained
     assert {"config.json", "metrics.csv", ckpt.MODEL_LAST, ckpt.MODEL_BEST, ckpt.TRAIN_STATE} <= {
         p.name for p in out.iterdir()}
-    assert list(out.glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out)).Reload()
+    assert {"train/loss", "val/accuracy", "step/lr", "step/loss"} <= set(events.Tags()["scalars"])
+    assert len(events.Scalars("step/lr")) == 4 * 6  # 96 images / batch 16, 4 epochs
     rows = (out / "metrics.csv").read_text().splitlines()
     assert rows[0] == "epoch,split,loss,lr,accuracy,f1_macro" and len(rows) == 1 + 2 * 4
     final_val = dict(zip(rows[0].split(","), rows[-1].split(",")))

@@ -313,8 +313,11 @@ def _train(args, recipe, cfg, info, device, train_set, val_set, output, resume_f
                     scheduler.step_update(step)
                 if ema is not None:
                     ema.update(model, step=step)
+                if writer is not None:  # per update: this rank's batch loss and the largest group lr
+                    writer.add_scalar("step/loss", loss.item(), step)
+                    writer.add_scalar("step/lr", max(g["lr"] for g in optimizer.param_groups), step)
         total = all_reduce_sum(total)
-        train_stats = {"loss": float(total[0] / total[1]), "lr": optimizer.param_groups[0]["lr"]}
+        train_stats = {"loss": float(total[0] / total[1]), "lr": max(g["lr"] for g in optimizer.param_groups)}
         evaluated = val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs)
         if evaluated:
             results = evaluate(recipe, model, val_loader, metrics, ctx)
