@@ -1,7 +1,7 @@
 """Trains ``pvf train classify`` on scikit-learn's ``load_digits`` written as an ImageFolder and prints the
 validation accuracy: the "does it learn a small real set" check of the training engine (not in the test run).
 
-    python tools/train_digits.py [--root /tmp/pvf_digits] [--epochs 30] [extra pvf train flags ...]
+    python tools/train_digits.py [--root /tmp/pvf_digits] [--epochs 60] [extra pvf train flags ...]
 
 The 1797 8x8 digits (values 0..16) are scaled to 0..255, upsampled to 32x32 (nearest) and written as PNG files,
 ``ROOT/data/{train,val}/<digit>/<i>.png`` with a stratified 80/20 split (seed 0). The model is a 4-block, 96-wide
@@ -37,7 +37,7 @@ def write_digits(root: Path) -> Path:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default="/tmp/pvf_digits")
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=60)
     args, extra = parser.parse_known_args(argv)
     root = Path(args.root)
     data = root / "data"
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     rc = cli.main(["train", "classify", "--data", str(data), "--output", str(root / "run"),
                    "--model", "vit_tiny_patch16_224", "--model-arg", "patch_size=8", "depth=4", "embed_dim=96",
                    "num_heads=3", "--img-size", "32", "--epochs", str(args.epochs), "--batch-size", "64",
-                   "--workers", "0", "--lr", "1e-3", "--no-progress",
+                   "--workers", "0", "--lr", "2e-3", "--no-progress",
                    "--set", "aa=None", "mixup=0", "cutmix=0", "reprob=0", "hflip=0", "scale=(1.0, 1.0)",
                    "ratio=(1.0, 1.0)", "color_jitter=None", "crop_pct=1.0", "warmup_epochs=3", *extra])
     if rc:
