@@ -98,29 +98,73 @@ def _parse_shape(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"shape must look like 2x3x224x224, got {text!r}") from exc
 
 
+def _registry_export_args(args) -> dict:
+    """create_model arguments for ``pvf export NAME``: the ones a ``pvf train`` checkpoint records about its model
+    (model_args, num_classes), overridden by ``--model-arg``; a checkpoint of another model is an error."""
+    from pyvision_fast.train.checkpoint import read_model_identity
+    from pyvision_fast.train.config import parse_pairs
+
+    model_args = {}
+    if args.checkpoint:
+        identity = read_model_identity(args.checkpoint)
+        if identity:
+            if identity["model"] != args.model:
+                raise ValueError(f"{args.checkpoint} holds a {identity['model']!r}, not a {args.model!r}")
+            model_args.update(identity["model_args"])
+            if identity["num_classes"] is not None:
+                model_args.setdefault("num_classes", identity["num_classes"])
+    model_args.update(parse_pairs(args.model_arg, "--model-arg"))
+    return model_args
+
+
 def _export(args) -> int:
     import torch
 
-    from pyvision_fast.export import build_engine, to_onnx
+    from pyvision_fast.export import build_engine, export_model, to_onnx
 
     module_name, _, attr = args.model.partition(":")
-    if not attr:
-        print("pvf export: give the model as package.module:factory", file=sys.stderr)
-        return 2
-    sys.path.insert(0, str(Path.cwd()))
-    factory = getattr(importlib.import_module(module_name), attr)
-    model = factory() if not isinstance(factory, torch.nn.Module) else factory
-    torch.manual_seed(args.seed)
-    inputs = tuple(torch.rand(shape) for shape in args.input)
-    report = to_onnx(model, inputs, args.output, dynamic_batch=not args.static_batch)
+    if attr:
+        if args.checkpoint or args.model_arg:
+            print("pvf export: --checkpoint/--model-arg apply to registry models (pvf models), not to "
+                  "package.module:factory", file=sys.stderr)
+            return 2
+        if not args.input:
+            print("pvf export: a package.module:factory model needs --input SHAPE", file=sys.stderr)
+            return 2
+        sys.path.insert(0, str(Path.cwd()))
+        factory = getattr(importlib.import_module(module_name), attr)
+        model = factory() if not isinstance(factory, torch.nn.Module) else factory
+        torch.manual_seed(args.seed)
+        inputs = tuple(torch.rand(shape) for shape in args.input)
+        report = to_onnx(model, inputs, args.output, dynamic_batch=not args.static_batch)
+    else:
+        from pyvision_fast.models import is_model
+
+        if not is_model(args.model):
+            print(f"pvf export: {args.model!r} is neither a registered model (pvf models) nor "
+                  "package.module:factory", file=sys.stderr)
+            return 2
+        if args.input and len(args.input) != 1:
+            print("pvf export: a registry model takes one --input SHAPE", file=sys.stderr)
+            return 2
+        try:
+            model_args = _registry_export_args(args)
+            report = export_model(args.model, args.output, checkpoint=args.checkpoint, model_args=model_args,
+                                  input_shape=args.input[0] if args.input else None,
+                                  dynamic_batch=not args.static_batch, seed=args.seed)
+        except _INPUT_ERRORS as exc:
+            print(f"pvf export: error: {exc}", file=sys.stderr)
+            return 2
     print(report)
     if args.engine:
         import onnx
 
-        names = [i.name for i in onnx.load(str(args.output)).graph.input]
-        max_shapes = {n: (args.max_batch, *s[1:]) for n, s in zip(names, args.input)}
-        min_shapes = {n: (1, *s[1:]) for n, s in zip(names, args.input)}
-        opt_shapes = {n: tuple(s) for n, s in zip(names, args.input)}
+        graph_inputs = onnx.load(str(args.output)).graph.input
+        shapes = [tuple(d.dim_value or 1 for d in i.type.tensor_type.shape.dim) for i in graph_inputs]
+        names = [i.name for i in graph_inputs]
+        max_shapes = {n: (args.max_batch, *s[1:]) for n, s in zip(names, shapes)}
+        min_shapes = {n: (1, *s[1:]) for n, s in zip(names, shapes)}
+        opt_shapes = {n: tuple(s) for n, s in zip(names, args.input or shapes)}
         path = build_engine(args.output, args.engine, fp16=args.fp16, workspace=args.workspace << 20,
                             min_shapes=min_shapes, opt_shapes=opt_shapes, max_shapes=max_shapes)
         print(f"TensorRT engine: {path}")
@@ -200,8 +244,13 @@ def main(argv=None) -> int:
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for python -m benchmarks")
     p.set_defaults(func=_bench)
     p = sub.add_parser("export", help="export a model to ONNX (checked with ONNX Runtime) and optionally TensorRT")
-    p.add_argument("model", help="package.module:factory returning an nn.Module")
-    p.add_argument("--input", type=_parse_shape, action="append", required=True,
+    p.add_argument("model", help="a registered model name (pvf models) or package.module:factory returning an "
+                   "nn.Module")
+    p.add_argument("--checkpoint", help="registry models: local weights (.safetensors, or .pth read weights_only); "
+                   "a pvf train checkpoint also supplies its model arguments")
+    p.add_argument("--model-arg", nargs="+", action="extend", metavar="K=V",
+                   help="registry models: create_model keyword arguments, e.g. --model-arg num_classes=7")
+    p.add_argument("--input", type=_parse_shape, action="append",
                    help="example input shape, e.g. 2x3x224x224 (repeat for several inputs)")
     p.add_argument("-o", "--output", default="model.onnx")
     p.add_argument("--static-batch", action="store_true", help="do not make the batch dimension dynamic")

@@ -1,5 +1,7 @@
 """Registry models to ONNX of standard operators: the graph passes the TensorRT operator check, ONNX Runtime
 agrees with PyTorch, the batch dimension stays dynamic."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +9,7 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
+from pyvision_fast import cli  # noqa: E402
 from pyvision_fast.export import export_model, run_onnxruntime  # noqa: E402
 from pyvision_fast.export.models import example_input_shape, inference_module  # noqa: E402
 from pyvision_fast.models import create_model, save_safetensors  # noqa: E402
@@ -73,3 +76,44 @@ def test_vqgan_exports_with_the_quantizer_translated(tmp_path):
     assert report.tensorrt_compatible, report.tensorrt_unsupported
     assert not any(t.startswith("pvf") for t in report.op_types) and "ArgMin" in report.op_types
     assert report.max_abs_diff < 1e-4
+
+
+def _train_checkpoint(tmp_path, model="vit_tiny_patch16_224"):
+    """A checkpoint as pvf train writes it: the weights and, in the safetensors metadata, the model's identity."""
+    torch.manual_seed(0)
+    args = {k: v for k, v in TINY_VIT.items() if k != "num_classes"}
+    src = create_model("vit_tiny_patch16_224", num_classes=5, **args)
+    meta = {"model": model, "model_args": json.dumps(args), "num_classes": "5"}
+    return src, save_safetensors(src.state_dict(), tmp_path / "checkpoint-best.safetensors", metadata=meta)
+
+
+def test_pvf_export_by_name_takes_the_model_arguments_from_a_train_checkpoint(tmp_path, capsys):
+    src, weights = _train_checkpoint(tmp_path)
+    out = tmp_path / "vit.onnx"
+    assert cli.main(["export", "vit_tiny_patch16_224", "--checkpoint", str(weights), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "all nodes supported" in printed and "ONNX Runtime vs PyTorch: max |diff|" in printed
+    x = torch.rand(4, 3, 32, 32)
+    (onnx_out,) = run_onnxruntime(out, [x])
+    with torch.no_grad():
+        expected = src.eval()(x).numpy()
+    assert onnx_out.shape == (4, 5)
+    np.testing.assert_allclose(onnx_out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_pvf_export_by_name_rejects_bad_requests(tmp_path, capsys):
+    _, weights = _train_checkpoint(tmp_path, model="vit_small_patch16_224")
+    out = str(tmp_path / "m.onnx")
+    cases = [
+        (["export", "vit_tiny_patch16_224", "--checkpoint", str(weights), "-o", out], "holds a 'vit_small"),
+        (["export", "not_a_model", "-o", out], "neither a registered model"),
+        (["export", "vit_tiny_patch16_224", "--model-arg", "depth", "-o", out], "KEY=VALUE"),
+        (["export", "vit_tiny_patch16_224", "--model-arg", "no_such_arg=1", "-o", out], "no_such_arg"),
+        (["export", "vit_tiny_patch16_224", "--checkpoint", str(tmp_path / "missing.safetensors"), "-o", out],
+         "missing.safetensors"),
+        (["export", "torch.nn:Identity", "-o", out], "needs --input"),
+    ]
+    for argv, match in cases:
+        assert cli.main(argv) == 2, argv
+        assert match in capsys.readouterr().err, argv
+    assert not (tmp_path / "m.onnx").exists()
