@@ -37,7 +37,8 @@ def batch(n=4, seed=0):
 def test_defaults_follow_the_official_config():
     cfg = make_cfg()
     r = RECIPE(cfg)
-    assert cfg.weight_decay == 0.5 and cfg.label_smoothing == 0.1 and cfg.epochs == 100
+    assert cfg.weight_decay == 0.5 and cfg.label_smoothing == 0.1
+    assert cfg.epochs == 100 and cfg.cooldown_epochs == 10  # + 10 cool-down epochs at min_lr
     assert cfg.warmup_epochs == 10 and cfg.warmup_lr == 1e-6 and cfg.min_lr == 1e-5 and cfg.sched == "cosine"
     assert cfg.blr * 512 / 256 == pytest.approx(5e-4)  # lr 5e-4 at the global batch 512
     assert cfg.mixup == 0 and cfg.cutmix == 0 and cfg.drop_path == 0.05
@@ -258,7 +259,8 @@ def test_pvf_train_and_eval_vit_at_end_to_end(tmp_path, fast_square):
               "--batch-size", "8", "--workers", "0", "--no-progress", "--device", "cpu"]
     results = engine.train(build_parser("train").parse_args(
         ["vit_at", *common, "--output", str(out), "--epochs", "1",
-         "--set", "eps_schedule=constant", "eval_attack_steps=2", "warmup_epochs=0"]))
+         "--set", "eps_schedule=constant", "eval_attack_steps=2", "warmup_epochs=0",
+         "cooldown_epochs=0"]))
     assert {"accuracy", "robust_accuracy"} <= set(results)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["weight_decay"] == 0.5 and cfg["attack_steps"] == 1 and cfg["mixup"] == 0

@@ -1,5 +1,6 @@
 """The training engine: sampler sharding, parameter groups, schedules, the weights_only train state, exact resume
 (with EMA, accumulation and clipping on), and DDP under torchrun equal to one process with the global batch."""
+import csv
 import os
 import socket
 import subprocess
@@ -89,6 +90,21 @@ def test_schedule_warms_up_then_cosine_per_update():
                            updates_per_epoch=10)
     step.step_update(25)
     assert max(g["lr"] for g in opt.param_groups) == pytest.approx(1e-4)
+
+
+def test_cooldown_epochs_train_at_min_lr_after_the_schedule(tmp_path):
+    """--epochs 2 with cooldown_epochs=1 trains 3 epochs: the cosine spans the first 2 (4 updates) and ends at
+    min_lr, where the cool-down epoch stays (timm's cooldown_epochs)."""
+    data = write_image_folder(tmp_path / "data", n_train=1, n_val=1)  # 4 images: 2 updates per epoch
+    out = tmp_path / "run"
+    assert cli.main(["train", "classify", "--data", str(data), *TINY_VIT, *NO_AUG, "--epochs", "2",
+                     "--batch-size", "2", "--workers", "0", "--lr", "1e-3", "--no-progress", "--output", str(out),
+                     "--set", "warmup_epochs=0", "min_lr=1e-5", "cooldown_epochs=1"]) == 0
+    rows = [r for r in csv.DictReader((out / "metrics.csv").open()) if r["split"] == "train"]
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[0] == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5)) and lrs[1] == pytest.approx(1e-5) and lrs[2] == pytest.approx(1e-5)
+    assert torch.load(out / ckpt.TRAIN_STATE, weights_only=True)["step"] == 6
 
 
 def test_train_state_rng_round_trip_is_weights_only(tmp_path):

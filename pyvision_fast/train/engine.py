@@ -97,7 +97,9 @@ def build_optimizer(model: nn.Module, recipe: Recipe, cfg: Config) -> torch.opti
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, updates_per_epoch: int):
     """timm's scheduler of ``cfg.sched`` in optimizer-update units (``step_update(num_updates)``), or None.
     Warm-up is linear from ``warmup_lr`` over ``warmup_epochs`` (prefix: the cosine then spans the remaining
-    updates down to ``min_lr``); step schedules count ``decay_epochs`` / ``decay_milestones`` from the start."""
+    updates down to ``min_lr``); step schedules count ``decay_epochs`` / ``decay_milestones`` from the start.
+    The schedule spans ``epochs``; the ``cooldown_epochs`` after it train at the schedule's final lr (``min_lr``
+    for cosine), as timm's ``train.py`` does."""
     from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler, StepLRScheduler
 
     total = cfg.epochs * updates_per_epoch
@@ -277,7 +279,8 @@ def _train(args, recipe, cfg, info, device, train_set, val_set, output, resume_f
         log = ckpt.MetricsLog(output / "metrics.csv", start_epoch)
     show_bar = info.is_main and cfg.progress and sys.stdout.isatty()
     results: dict[str, Any] = {}
-    for epoch in range(start_epoch, cfg.epochs):
+    last_epoch = cfg.epochs + cfg.cooldown_epochs
+    for epoch in range(start_epoch, last_epoch):
         ctx.epoch = epoch
         train_loader.sampler.set_epoch(epoch)
         recipe.on_epoch_start(epoch, unwrap(ddp_model), ctx)
@@ -318,7 +321,7 @@ def _train(args, recipe, cfg, info, device, train_set, val_set, output, resume_f
                     writer.add_scalar("step/lr", max(g["lr"] for g in optimizer.param_groups), step)
         total = all_reduce_sum(total)
         train_stats = {"loss": float(total[0] / total[1]), "lr": max(g["lr"] for g in optimizer.param_groups)}
-        evaluated = val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs)
+        evaluated = val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == last_epoch)
         if evaluated:
             results = evaluate(recipe, model, val_loader, metrics, ctx)
             ema_results = evaluate(recipe, ema.module, val_loader, metrics, ctx) if ema is not None else None

@@ -18,8 +18,8 @@ Hyper-parameters (ImageNet, XCiT-S12 in the paper; the registry's ViT-S/16 here)
 batch 512 (64 per TPU core × 8; here ``blr`` 2.5e-4 × global batch / 256, which gives 5e-4 at 512), weight decay
 0.5, cosine, 100 epochs, 10 warm-up epochs from 1e-6, min lr 1e-5, drop-path 0.05, label smoothing 0.1;
 RandomResizedCrop scale (0.08, 1) bicubic, hflip 0.5, color jitter 0.4 (timm's default, kept by the official
-config); **no RandAugment, Mixup, CutMix or random erasing**. The official run adds 10 cool-down epochs at min lr
-(timm's ``cooldown_epochs``), which this engine does not have.
+config); **no RandAugment, Mixup, CutMix or random erasing**; then 10 cool-down epochs at min lr (timm's
+``cooldown_epochs``, as the official run).
 
 Evaluation: ``accuracy`` (clean), ``robust_accuracy`` (PGD-``eval_attack_steps`` L∞ at the final ε, step
 ``eval_attack_step_size`` or 2.5·ε/steps, random start; the main metric, the official ``robust_top1``) and, with
@@ -77,6 +77,7 @@ class ViTATRecipe(Recipe):
         opt="adamw",
         sched="cosine",
         epochs=100,
+        cooldown_epochs=10,
         warmup_epochs=10,
         warmup_lr=1e-6,
         min_lr=1e-5,
