@@ -2,7 +2,10 @@
 library's ViT (FusedAttention: our fused kernels on GPU, torch's fused attention on CPU) beside timm's own
 ``vit_small_patch16_224`` with the same weights, batch and dtype. Reported with samples/s.
 
-The ``vector_quantize`` family holds the DAT quantiser case (B=128, 32x32 codes, 16384 x 4 codebook)."""
+The ``vector_quantize`` family holds the DAT quantiser case (B=128, 32x32 codes, 16384 x 4 codebook).
+
+Each paper's model cases live in their own ``benchmarks/models_<paper>.py`` (a ``cases(device, quick)`` like this
+one); the ``models`` family runs the ViT cases here and then every such module, in name order."""
 from __future__ import annotations
 
 import importlib.util
@@ -41,6 +44,23 @@ def _inference(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], torch.Te
 
 
 def cases(device: str, quick: bool) -> list[Case]:
+    out = _vit_cases(device, quick)
+    for module in _paper_modules():
+        out.extend(module.cases(device, quick))
+    return out
+
+
+def _paper_modules() -> list:
+    """The ``benchmarks/models_*.py`` modules, imported, in name order."""
+    import importlib
+    import pkgutil
+    from pathlib import Path
+
+    names = sorted(i.name for i in pkgutil.iter_modules([str(Path(__file__).parent)]) if i.name.startswith("models_"))
+    return [importlib.import_module(f"{__package__}.{name}") for name in names]
+
+
+def _vit_cases(device: str, quick: bool) -> list[Case]:
     if importlib.util.find_spec("timm") is None:
         print("models: timm is not installed; the ViT cases need it as the peer")
         return []

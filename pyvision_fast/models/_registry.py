@@ -32,8 +32,24 @@ def register_model(fn: Optional[Callable] = None, *, pretrained_file: Optional[s
 
 
 def _ensure_loaded() -> None:
-    # The model modules register themselves on import.
-    from . import mae, vit, vqgan  # noqa: F401
+    """Imports every public module and package of ``pyvision_fast.models`` once: model modules register their
+    factories on import, so a new paper's module needs no line here."""
+    global _LOADED
+    if _LOADED:
+        return
+    import importlib
+    import pkgutil
+
+    from . import __path__ as package_path
+
+    for info in sorted(pkgutil.iter_modules(package_path), key=lambda i: i.name):
+        if not info.name.startswith("_") and info.name not in _NOT_MODEL_MODULES:
+            importlib.import_module(f"{__package__}.{info.name}")
+    _LOADED = True
+
+
+_LOADED = False
+_NOT_MODEL_MODULES = {"weights"}
 
 
 def list_models(pattern: Optional[str] = None) -> list[str]:
