@@ -90,6 +90,10 @@ def test_schedule_warms_up_then_cosine_per_update():
                            updates_per_epoch=10)
     step.step_update(25)
     assert max(g["lr"] for g in opt.param_groups) == pytest.approx(1e-4)
+    poly = build_scheduler(opt, _cfg(epochs=2, sched="poly", min_lr=0.0, warmup_epochs=0), updates_per_epoch=10)
+    for t in (5, 19):  # DeepLab's poly: lr (1 - t/T)^0.9, times each group's lr_scale
+        poly.step_update(t)
+        assert max(g["lr"] for g in opt.param_groups) == pytest.approx(1e-3 * (1 - t / 20) ** 0.9)
 
 
 def test_cooldown_epochs_train_at_min_lr_after_the_schedule(tmp_path):

@@ -100,7 +100,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, updates_per_e
     updates down to ``min_lr``); step schedules count ``decay_epochs`` / ``decay_milestones`` from the start.
     The schedule spans ``epochs``; the ``cooldown_epochs`` after it train at the schedule's final lr (``min_lr``
     for cosine), as timm's ``train.py`` does."""
-    from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler, StepLRScheduler
+    from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler, PolyLRScheduler, StepLRScheduler
 
     total = cfg.epochs * updates_per_epoch
     warmup = min(int(cfg.warmup_epochs * updates_per_epoch), total - 1)  # a warm-up longer than the run is cut
@@ -108,6 +108,10 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, updates_per_e
     if cfg.sched == "cosine":
         total = max(total - warmup, 1)
         return CosineLRScheduler(optimizer, t_initial=total, lr_min=cfg.min_lr, warmup_prefix=True, **common)
+    if cfg.sched == "poly":  # DeepLab's (1 - t/T)^power, per update
+        total = max(total - warmup, 1)
+        return PolyLRScheduler(optimizer, t_initial=total, power=cfg.poly_power, lr_min=cfg.min_lr,
+                               warmup_prefix=True, **common)
     if cfg.sched == "step":
         return StepLRScheduler(optimizer, decay_t=cfg.decay_epochs * updates_per_epoch, decay_rate=cfg.decay_rate,
                                **common)
@@ -116,7 +120,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, updates_per_e
                                     decay_rate=cfg.decay_rate, **common)
     if cfg.sched == "none":
         return None
-    raise ValueError(f"sched must be cosine, step, multistep or none, got {cfg.sched!r}")
+    raise ValueError(f"sched must be cosine, poly, step, multistep or none, got {cfg.sched!r}")
 
 
 def _autocast_factory(cfg: Config, device: torch.device, info: DistInfo):
