@@ -42,6 +42,8 @@ from typing import Any, Callable, Optional, Sequence, Union
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .image_folder import image_decode_problem
+
 __all__ = [
     "FERFormatError", "FERDataset", "RAFDB", "AffectNet", "FERPlus", "build_fer_dataset", "FER_DATASETS",
     "RAFDB_CLASSES", "AFFECTNET_CLASSES", "FERPLUS_CLASSES", "ferplus_label", "load_rgb",
@@ -135,18 +137,6 @@ class FERDataset(Dataset):
                 f"{', ' + self.extra_repr() if self.extra_repr() else ''})")
 
 
-def _decode_problem(path: str) -> Optional[str]:
-    """None when ``path`` is a file that decodes completely, otherwise what went wrong."""
-    if not os.path.isfile(path):
-        return "missing"
-    try:
-        with Image.open(path) as img:
-            img.load()
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
 def _validate_images(owner: str, samples: list[tuple[str, int]], sources: list[str], check_images: bool,
                      bad_images: str, workers: int) -> tuple[list[int], list[tuple[str, str]]]:
     """Checks the listed images before training, as the library's ImageFolder does: every file must exist and,
@@ -159,7 +149,7 @@ def _validate_images(owner: str, samples: list[tuple[str, int]], sources: list[s
     paths = [p for p, _ in samples]
     if check_images:
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            problems = list(pool.map(_decode_problem, paths))
+            problems = list(pool.map(image_decode_problem, paths))
     else:
         problems = [None if os.path.isfile(p) else "missing" for p in paths]
     bad = [i for i, why in enumerate(problems) if why is not None]

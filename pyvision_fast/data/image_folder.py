@@ -23,14 +23,35 @@ from torch.utils.data import Dataset
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-def _check_image(path: str) -> Optional[str]:
-    """None when ``path`` decodes completely, otherwise PIL's complaint."""
+def image_decode_problem(path: str) -> Optional[str]:
+    """None when ``path`` is a file that decodes completely, otherwise what went wrong (``"missing"`` or PIL's
+    complaint)."""
+    if not os.path.isfile(path):
+        return "missing"
     try:
         with Image.open(path) as im:
             im.load()  # a truncated file raises here ("image file is truncated"), not at open()
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+def drop_undecodable(paths: Sequence[str], owner: str, root: Union[str, Path], bad_images: str, workers: int,
+                     skip_hint: str = "bad_images='skip'") -> tuple[list[int], list[tuple[str, str]]]:
+    """Decodes every file of ``paths`` (a thread pool of ``workers``). ``bad_images="error"``: ``ValueError``
+    naming the bad files (the first ten) and why; ``"skip"``: a ``UserWarning`` listing them. Returns (indices of
+    the good paths, [(path, reason)] of the bad ones)."""
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        problems = list(pool.map(image_decode_problem, paths))
+    bad = [(p, why) for p, why in zip(paths, problems) if why is not None]
+    if bad:
+        listing = "; ".join(f"{p} ({why})" for p, why in bad[:10]) + (" ..." if len(bad) > 10 else "")
+        if bad_images == "error":
+            raise ValueError(f"{owner}: {len(bad)} image(s) under {str(root)!r} cannot be decoded: {listing} "
+                             f"({skip_hint} leaves them out)")
+        warnings.warn(f"{owner}: skipped {len(bad)} image(s) under {str(root)!r} that cannot be decoded: "
+                      f"{listing}", stacklevel=3)
+    return [i for i, why in enumerate(problems) if why is None], bad
 
 
 def find_classes(root: Union[str, Path]) -> list[str]:
@@ -90,19 +111,9 @@ class ImageFolder(Dataset):
             raise ValueError(f"ImageFolder: class folder(s) without images ({', '.join(exts)}): {empty}")
         self.skipped: list[tuple[str, str]] = []
         if check_images:
-            with ThreadPoolExecutor(max(1, workers)) as pool:
-                problems = list(pool.map(_check_image, [p for p, _ in samples]))
-            bad = [(p, why) for (p, _), why in zip(samples, problems) if why is not None]
-            if bad:
-                listing = "; ".join(f"{p} ({why})" for p, why in bad[:10]) + (" ..." if len(bad) > 10 else "")
-                if bad_images == "error":
-                    raise ValueError(f"ImageFolder: {len(bad)} image(s) under {str(self.root)!r} cannot be decoded: "
-                                     f"{listing} (bad_images='skip' leaves them out)")
-                warnings.warn(f"ImageFolder: skipped {len(bad)} image(s) under {str(self.root)!r} that cannot be "
-                              f"decoded: {listing}", stacklevel=2)
-                bad_paths = {p for p, _ in bad}
-                samples = [s for s in samples if s[0] not in bad_paths]
-                self.skipped = bad
+            kept, self.skipped = drop_undecodable([p for p, _ in samples], "ImageFolder", self.root, bad_images,
+                                                  workers)
+            samples = [samples[i] for i in kept]
         self.samples = samples
         self.targets = [label for _, label in samples]
 
@@ -117,3 +128,17 @@ class ImageFolder(Dataset):
 
     def __repr__(self) -> str:
         return f"ImageFolder({str(self.root)!r}, {len(self)} images, {len(self.classes)} classes)"
+
+
+def image_folder_splits(root: Union[str, Path], train_transform: Optional[Callable],
+                        val_transform: Optional[Callable], bad_images: str = "error"):
+    """(train, val) ImageFolders of ``root/train`` and ``root/val`` (None when ``root/val`` does not exist; its
+    classes are the training set's), as the classification recipes read ``--data``."""
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"--data {root!r} does not exist (expected {root}/train/<class>/<image>)")
+    train = ImageFolder(os.path.join(root, "train"), train_transform, bad_images=bad_images)
+    val_dir = os.path.join(root, "val")
+    val = (ImageFolder(val_dir, val_transform, classes=train.classes, bad_images=bad_images)
+           if os.path.isdir(val_dir) else None)
+    return train, val

@@ -13,7 +13,6 @@ Metrics (torchmetrics, synchronised across processes): ``accuracy`` (top-1), ``t
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from timm.data import create_transform
 from torch import Tensor, nn
 
-from ...data import ImageFolder
+from ...data.image_folder import image_folder_splits
 from ..recipe import Recipe, StepContext
 
 
@@ -65,14 +64,7 @@ class ClassifyRecipe(Recipe):
                                 re_prob=c.reprob, re_mode=c.remode, mean=c.mean, std=c.std)
 
     def build_datasets(self, data_dir: str):
-        root = os.fspath(data_dir)
-        if not os.path.isdir(root):
-            raise FileNotFoundError(f"--data {root!r} does not exist (expected {root}/train/<class>/<image>)")
-        train = ImageFolder(os.path.join(root, "train"), self.transforms(True), bad_images=self.cfg.bad_images)
-        val_dir = os.path.join(root, "val")
-        val = (ImageFolder(val_dir, self.transforms(False), classes=train.classes, bad_images=self.cfg.bad_images)
-               if os.path.isdir(val_dir) else None)
-        return train, val
+        return image_folder_splits(data_dir, self.transforms(True), self.transforms(False), self.cfg.bad_images)
 
     def build_model(self, num_classes: Optional[int]) -> nn.Module:
         """``create_model(cfg.model, num_classes=..., img_size=cfg.img_size, **cfg.model_args)`` (``model_args``

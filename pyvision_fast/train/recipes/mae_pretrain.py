@@ -37,8 +37,6 @@ in ``fer_finetune``/``classify``; see ``models.mae.mae_to_vit_state_dict``).
 from __future__ import annotations
 
 import os
-import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -47,21 +45,10 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ...data import IMG_EXTENSIONS
+from ...data.image_folder import drop_undecodable
 from ..recipe import Recipe, StepContext
 
 __all__ = ["MAEPretrainRecipe", "RECIPE", "UnlabeledImages", "eval_noise"]
-
-
-def _decode_error(path: str) -> Optional[str]:
-    """None when ``path`` decodes completely, else what PIL said."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im.load()  # a truncated file fails here, not at open()
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
-        return f"{type(exc).__name__}: {exc}"
-    return None
 
 
 def find_images(root: Path) -> list[str]:
@@ -101,21 +88,11 @@ class UnlabeledImages(Dataset):
             raise ValueError(f"UnlabeledImages: no image ({', '.join(IMG_EXTENSIONS)}) under {str(self.root)!r}")
         self.skipped: list[tuple[str, str]] = []
         if check_images:
-            with ThreadPoolExecutor(max(1, workers)) as pool:
-                problems = list(pool.map(_decode_error, files))
-            bad = [(f, why) for f, why in zip(files, problems) if why is not None]
-            if bad:
-                listing = "; ".join(f"{f} ({why})" for f, why in bad[:10]) + (" ..." if len(bad) > 10 else "")
-                if bad_images == "error":
-                    raise ValueError(f"UnlabeledImages: {len(bad)} image(s) under {str(self.root)!r} cannot be "
-                                     f"decoded: {listing} (--set bad_images=skip leaves them out)")
-                warnings.warn(f"UnlabeledImages: skipped {len(bad)} image(s) under {str(self.root)!r} that cannot "
-                              f"be decoded: {listing}", stacklevel=2)
-                dropped = {f for f, _ in bad}
-                files = [f for f in files if f not in dropped]
-                self.skipped = bad
-                if not files:
-                    raise ValueError(f"UnlabeledImages: no image under {str(self.root)!r} decodes")
+            kept, self.skipped = drop_undecodable(files, "UnlabeledImages", self.root, bad_images, workers,
+                                                  skip_hint="--set bad_images=skip")
+            files = [files[i] for i in kept]
+            if not files:
+                raise ValueError(f"UnlabeledImages: no image under {str(self.root)!r} decodes")
         self.files = files
 
     def __len__(self) -> int:

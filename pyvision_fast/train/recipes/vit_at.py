@@ -34,7 +34,6 @@ fewer it is left out (with a warning).
 """
 from __future__ import annotations
 
-import os
 import warnings
 from fractions import Fraction
 from typing import Any, Optional
@@ -45,7 +44,7 @@ from torch import Tensor, nn
 
 from ...attacks import (add_input_normalization, attack_mode, default_step_size, eps_at_epoch, pgd,
                         trades_loss)
-from ...data import ImageFolder
+from ...data.image_folder import image_folder_splits
 from ..recipe import Recipe, StepContext
 
 
@@ -147,14 +146,7 @@ class ViTATRecipe(Recipe):
                                 re_prob=0.0, mean=zero, std=one)
 
     def build_datasets(self, data_dir: str):
-        root = os.fspath(data_dir)
-        if not os.path.isdir(root):
-            raise FileNotFoundError(f"--data {root!r} does not exist (expected {root}/train/<class>/<image>)")
-        train = ImageFolder(os.path.join(root, "train"), self.transforms(True), bad_images=self.cfg.bad_images)
-        val_dir = os.path.join(root, "val")
-        val = (ImageFolder(val_dir, self.transforms(False), classes=train.classes, bad_images=self.cfg.bad_images)
-               if os.path.isdir(val_dir) else None)
-        return train, val
+        return image_folder_splits(data_dir, self.transforms(True), self.transforms(False), self.cfg.bad_images)
 
     # --- model --------------------------------------------------------------------------------------
     def build_model(self, num_classes: Optional[int]) -> nn.Module:
