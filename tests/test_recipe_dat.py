@@ -176,6 +176,9 @@ def test_pvf_train_dat_one_epoch(tmp_path):
     assert cfg["recipe"] == "dat" and cfg["dat_eps"] == 0.1 and cfg["vqgan_random_init"] is True
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert {r["split"] for r in rows} >= {"train", "val"}
+    train_row = [r for r in rows if r["split"] == "train"][-1]  # the recipe's two terms, logged by the engine
+    assert float(train_row["loss"]) == pytest.approx(float(train_row["loss_clean"]) + float(train_row["loss_dat"]),
+                                                     rel=1e-4)
     assert (out / "checkpoint-last.safetensors").is_file()
     # pvf eval dat rebuilds the classifier (normalisation inside) and reproduces the last validation loss
     ev = subprocess.run([sys.executable, "-m", "pyvision_fast", "eval", "dat", "--data", str(data), "--checkpoint",

@@ -290,6 +290,7 @@ def _train(args, recipe, cfg, info, device, train_set, val_set, output, resume_f
         recipe.on_epoch_start(epoch, unwrap(ddp_model), ctx)
         ddp_model.train()
         total = torch.zeros(2, dtype=torch.float64, device=device)
+        extra_sums: dict[str, list[float]] = {}  # the recipe's logged values: name -> [sum over samples, samples]
         n_batches = len(train_loader)
         optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(tqdm(train_loader, desc=f"epoch {epoch}", disable=not show_bar, leave=False)):
@@ -306,7 +307,12 @@ def _train(args, recipe, cfg, info, device, train_set, val_set, output, resume_f
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"non-finite training loss {loss.item()} at epoch {epoch}, batch {i}")
                 scaler.scale(loss / group_size).backward()
-            total += torch.tensor([loss.item() * len(batch[0]), len(batch[0])], dtype=torch.float64, device=device)
+            n = len(batch[0])
+            total += torch.tensor([loss.item() * n, n], dtype=torch.float64, device=device)
+            for key, value in extra.items():
+                acc = extra_sums.setdefault(key, [0.0, 0.0])
+                acc[0] += float(value) * n
+                acc[1] += n
             if update_now:
                 if cfg.clip_grad is not None:
                     scaler.unscale_(optimizer)
@@ -325,6 +331,10 @@ def _train(args, recipe, cfg, info, device, train_set, val_set, output, resume_f
                     writer.add_scalar("step/lr", max(g["lr"] for g in optimizer.param_groups), step)
         total = all_reduce_sum(total)
         train_stats = {"loss": float(total[0] / total[1]), "lr": max(g["lr"] for g in optimizer.param_groups)}
+        if extra_sums:  # every rank logs the same names (the recipe's), so one all-reduce in sorted order
+            names = sorted(extra_sums)
+            sums = all_reduce_sum(torch.tensor([extra_sums[k] for k in names], dtype=torch.float64, device=device))
+            train_stats.update({k: float(v[0] / v[1]) for k, v in zip(names, sums)})
         evaluated = val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == last_epoch)
         if evaluated:
             results = evaluate(recipe, model, val_loader, metrics, ctx)

@@ -133,7 +133,8 @@ class Recipe:
 
     def train_loss(self, model: nn.Module, batch, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
         """Forward pass and loss of one training batch (already on ``ctx.device``, mixup already applied to the
-        batch by the engine when configured); returns (scalar loss, extra values to log). The engine calls it
+        batch by the engine when configured); returns (scalar loss, {name: float} of values to log, whose
+        sample-weighted epoch means go beside the loss into metrics.csv and TensorBoard). The engine calls it
         inside ``ctx.autocast()`` and does backward, AMP scaling, accumulation, clipping and the
         optimizer/scheduler/EMA steps."""
         raise NotImplementedError
