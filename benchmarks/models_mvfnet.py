@@ -1,8 +1,9 @@
-"""MVFNet cases: one SGD training step (forward, cross-entropy, backward, nesterov SGD step) on B=2 clips of T=8
-frames at 224x224, and one inference pass, for MVFNet-R50. Ours (``models.mvfnet``: the library's fused ``MVF``)
-beside the official formulation in the same ResNet with the same weights: every MVF written as the official
-module does it (split, three depthwise ``nn.Conv3d`` views summed, ``BatchNorm3d``, ``Hardswish``, concatenation,
-see :class:`OfficialMVF`). Reported with samples/s (clips) and peak memory; the goal is 1.3x on the training step.
+"""MVFNet cases: one SGD training step (forward, cross-entropy, backward, nesterov SGD step) on B=2 clips of
+T=8 frames at 224x224, and one inference pass, for MVFNet-R50. Ours (``models.mvfnet``: the library's fused
+``MVF``) beside the official formulation in the same ResNet with the same weights: every MVF written as the
+official module does it (split, three depthwise ``nn.Conv3d`` views summed, ``BatchNorm3d``, ``Hardswish``,
+concatenation, see :class:`OfficialMVF`). Reported with samples/s (clips) and peak memory; the goal is 1.3x on
+the training step.
 """
 from __future__ import annotations
 
@@ -22,14 +23,16 @@ from .harness import Case, Impl
 class OfficialMVF(nn.Module):
     """The official MVF forward (``whwu95/MVFNet`` ``codes/models/modules/MVF.py``, mode THW without sharing,
     ``use_hs``) in plain PyTorch, re-expressed here, on the parameters of one of the library's ``MVF`` modules
-    (the same ``shift_conv``/``h_conv``/``w_conv``/``bn``/``net`` submodules, so the state_dict keys agree)."""
+    (the same ``shift_conv``/``h_conv``/``w_conv``/``bn``/``net`` submodules, so the state_dict keys
+    agree)."""
 
     def __init__(self, ours: MVF):
         super().__init__()
         if ours.mode != "THW" or ours.share or not ours.use_hs:
             raise ValueError("OfficialMVF covers mode='THW', share=False, use_hs=True")
         self.net, self.n_segment = ours.net, ours.n_segment
-        self.shift_conv, self.h_conv, self.w_conv, self.bn = ours.shift_conv, ours.h_conv, ours.w_conv, ours.bn
+        self.shift_conv, self.h_conv, self.w_conv = ours.shift_conv, ours.h_conv, ours.w_conv
+        self.bn = ours.bn
         self.split_sizes = list(ours.split_sizes)
         self.act = nn.Hardswish()
 
@@ -43,8 +46,8 @@ class OfficialMVF(nn.Module):
 
 
 def official_formulation(model: nn.Module) -> nn.Module:
-    """A deep copy of an ``MVFNet`` whose every ``MVF`` is an :class:`OfficialMVF` on the copied parameters: the
-    same function and state_dict, computed the official way."""
+    """A deep copy of an ``MVFNet`` whose every ``MVF`` is an :class:`OfficialMVF` on the copied parameters:
+    the same function and state_dict, computed the official way."""
     peer = copy.deepcopy(model)
     for name, module in list(peer.named_modules()):
         if isinstance(module, MVF):

@@ -1,5 +1,5 @@
-"""MVFNet models: parameter counts, torchvision layout, the TSN head against a plain torchvision ResNet, the MVF
-blocks against the official formulation, ImageNet and official-checkpoint loading, ONNX export."""
+"""MVFNet models: parameter counts, torchvision layout, the TSN head against a plain torchvision ResNet, the
+MVF blocks against the official formulation, ImageNet and official-checkpoint loading, ONNX export."""
 from __future__ import annotations
 
 import pytest
@@ -36,7 +36,8 @@ def test_registered_and_parameter_counts():
     assert r101.num_mvf == 26
     # MVF sits on conv1 of every block of layer3 and layer4 only, with alpha 1/8 of the block's input channels
     wrapped = {name: m for name, m in r50.named_modules() if isinstance(m, MVF)}
-    assert sorted(wrapped) == [f"layer3.{i}.conv1" for i in range(6)] + [f"layer4.{i}.conv1" for i in range(3)]
+    assert sorted(wrapped) == ([f"layer3.{i}.conv1" for i in range(6)]
+                               + [f"layer4.{i}.conv1" for i in range(3)])
     assert wrapped["layer3.0.conv1"].num_shift_channel == 512 // 8
     assert wrapped["layer4.1.conv1"].num_shift_channel == 2048 // 8
     assert all(m.mode == "THW" and m.use_hs for m in wrapped.values())
@@ -151,12 +152,17 @@ def test_imagenet_weights_load_strictly_and_skip_fc(tmp_path):
 
 
 def _official_state_dict(model: MVFNet, head: str = "new_fc") -> dict:
-    """A state_dict in the official checkpoint's key names (mmaction ``backbone.*``, ``cls_head.new_fc.*``) and
-    shapes, with fresh random values, written out by hand from the official module and head definitions."""
+    """A synthetic official checkpoint: ``model``'s keys and shapes under the official prefixes (mmaction
+    ``backbone.*``, ``cls_head.<head>.*``) with fresh random values. The caller pins the official names that
+    matter (read from whwu95/MVFNet: ``MVF.net``/``shift_conv``/``h_conv``/``w_conv``/``bn``, the head's
+    ``new_fc``)."""
     g = torch.Generator().manual_seed(7)
     out = {}
     for key, value in model.state_dict().items():
-        new = torch.randn(value.shape, generator=g) if value.is_floating_point() else torch.full_like(value, 3)
+        if value.is_floating_point():
+            new = torch.randn(value.shape, generator=g)
+        else:
+            new = torch.full_like(value, 3)
         if key.startswith("fc."):
             out[f"cls_head.{head}.{key[3:]}"] = new
         else:
@@ -182,7 +188,8 @@ def test_official_checkpoint_converts(tmp_path):
                        _official_state_dict(model)["backbone.layer4.0.conv1.bn.running_var"])
     assert set(convert_official_checkpoint(tmp_path / "epoch_150.pth")) == set(model.state_dict())
     with pytest.raises(ValueError, match="unexpected key 'cls_head.fc.weight'"):
-        convert_official_checkpoint({"backbone.conv1.weight": torch.zeros(1), "cls_head.fc.weight": torch.zeros(1)})
+        convert_official_checkpoint({"backbone.conv1.weight": torch.zeros(1),
+                                     "cls_head.fc.weight": torch.zeros(1)})
     with pytest.raises(ValueError, match="not an MVFNet checkpoint"):
         convert_official_checkpoint({"cls_head.new_fc.weight": torch.zeros(1)})
 

@@ -1,33 +1,34 @@
-"""MVFNet (Wu et al., "MVFNet: Multi-View Fusion Network for Efficient Video Recognition", AAAI 2021): a TSN-style
-2-D recognizer whose ResNet carries the library's multi-view fusion module (``nn.MVF``) in front of conv1 of every
-bottleneck of layer3 and layer4.
+"""MVFNet (Wu et al., "MVFNet: Multi-View Fusion Network for Efficient Video Recognition", AAAI 2021): a
+TSN-style 2-D recognizer whose ResNet carries the library's multi-view fusion module (``nn.MVF``) in front of
+conv1 of every bottleneck of layer3 and layer4.
 
     model = create_model("mvfnet_r50", num_classes=400, num_segments=8)
     logits = model(clips)              # clips (B, 3, T, H, W) float32, T == num_segments -> (B, num_classes)
 
-Layout and keys: the model *is* a ``torchvision.models.ResNet`` (``conv1``, ``bn1``, ``layer1..4``, ``fc``), so its
-state_dict keys are torchvision's, except that a wrapped conv1 appears as ``layerX.Y.conv1.net.weight`` beside the
-MVF parameters (``conv1.shift_conv.weight``, ``conv1.h_conv.weight``, ``conv1.w_conv.weight``, ``conv1.bn.*``), as
-in the official code. Weights that load:
+Layout and keys: the model *is* a ``torchvision.models.ResNet`` (``conv1``, ``bn1``, ``layer1..4``, ``fc``),
+so its state_dict keys are torchvision's, except that a wrapped conv1 appears as ``layerX.Y.conv1.net.weight``
+beside the MVF parameters (``conv1.shift_conv.weight``, ``conv1.h_conv.weight``, ``conv1.w_conv.weight``,
+``conv1.bn.*``), as in the official code. Weights that load:
 
 * torchvision ImageNet ResNet weights (the paper's initialisation): :func:`load_imagenet_resnet`, or
-  ``load_weights`` / ``create_model(checkpoint_path=...)`` through :meth:`MVFNet.adapt_state_dict`. Every ResNet
-  tensor must be there; the ImageNet ``fc`` is never used (the classifier starts from N(0, 0.01)).
+  ``load_weights`` / ``create_model(checkpoint_path=...)`` through :meth:`MVFNet.adapt_state_dict`. Every
+  ResNet tensor must be there; the ImageNet ``fc`` is never used (the classifier starts from N(0, 0.01)).
 * the official MVFNet checkpoints (mmaction keys ``backbone.*`` and ``cls_head.new_fc.*``; the mmaction2 name
-  ``cls_head.fc_cls.*`` is accepted too): :func:`convert_official_checkpoint`, also applied by ``adapt_state_dict``.
+  ``cls_head.fc_cls.*`` is accepted too): :func:`convert_official_checkpoint`, also applied by
+  ``adapt_state_dict``.
 
-Input: (B, 3, T, H, W), the clip layout of torchvision's and mmaction2's video models, with T == ``num_segments``
-(the MVF modules mix frames of one clip along T, so T is fixed when the model is built). The TSN layout
-(B*T, 3, H, W), frames of a clip consecutive, is accepted as well. Several views of one video are several batch
-entries: average their logits outside the model (the ``mvfnet`` recipe does). The export module is the model
-itself on (B, 3, T, H, W) with a dynamic batch.
+Input: (B, 3, T, H, W), the clip layout of torchvision's and mmaction2's video models, with T ==
+``num_segments`` (the MVF modules mix frames of one clip along T, so T is fixed when the model is built). The
+TSN layout (B*T, 3, H, W), frames of a clip consecutive, is accepted as well. Several views of one video are
+several batch entries: average their logits outside the model (the ``mvfnet`` recipe does). The export module
+is the model itself on (B, 3, T, H, W) with a dynamic batch.
 
 Head (the official ``TSNClsHead``): global average pool per frame, dropout, ``fc``, then the average of the T
-frames' logits (average consensus). Averaging after the linear ``fc`` equals the fully convolutional testing of the
-official code (``--fcn_testing``) at any input size.
+frames' logits (average consensus). Averaging after the linear ``fc`` equals the fully convolutional testing
+of the official code (``--fcn_testing``) at any input size.
 
-Parameter count at 400 classes: R50 24,342,416 (torchvision's ResNet-50 trunk 23,508,032 + fc 819,600 + 14,784 in
-the 9 MVF modules), the paper's "24.34M"; R101 43,358,480.
+Parameter count at 400 classes: R50 24,342,416 (torchvision's ResNet-50 trunk 23,508,032 + fc 819,600 + 14,784
+in the 9 MVF modules), the paper's "24.34M"; R101 43,358,480.
 """
 from __future__ import annotations
 
@@ -49,11 +50,12 @@ _MVF_PARAMS = ("shift_conv.", "h_conv.", "w_conv.", "bn.")
 
 
 class MVFNet(ResNet):
-    """A torchvision Bottleneck ResNet (``layers`` blocks per stage) with ``MVF`` wrapped around conv1 of every block
-    of the stages flagged in ``mvf_stages`` and a TSN head.
+    """A torchvision Bottleneck ResNet (``layers`` blocks per stage) with ``MVF`` wrapped around conv1 of
+    every block of the stages flagged in ``mvf_stages`` and a TSN head.
 
     Args:
-        layers: blocks per stage, (3, 4, 6, 3) for ResNet-50, (3, 4, 23, 3) for ResNet-101; tests use (1, 1, 1, 1).
+        layers: blocks per stage, (3, 4, 6, 3) for ResNet-50, (3, 4, 23, 3) for ResNet-101; tests use
+            (1, 1, 1, 1).
         num_classes: classifier outputs.
         num_segments: frames per clip T (the MVF temporal extent); every input must carry T frames per clip.
         alpha: share of each block's input channels that goes through the fusion (official 1/8).
@@ -77,7 +79,8 @@ class MVFNet(ResNet):
         super().__init__(Bottleneck, [int(n) for n in layers], num_classes=num_classes)
         self.num_segments = int(num_segments)
         self.alpha = float(alpha)
-        self.num_mvf = insert_mvf(self, self.num_segments, self.alpha, tuple(mvf_stages), use_hs=True, mode=mode)
+        self.num_mvf = insert_mvf(self, self.num_segments, self.alpha, tuple(mvf_stages), use_hs=True,
+                                  mode=mode)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         nn.init.normal_(self.fc.weight, 0.0, init_std)
         nn.init.zeros_(self.fc.bias)
@@ -105,7 +108,8 @@ class MVFNet(ResNet):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
     def forward_head(self, features: Tensor) -> Tensor:
-        """Per-frame features (B*T, C, h, w) -> clip logits (B, num_classes): pool, dropout, fc, mean over T."""
+        """Per-frame features (B*T, C, h, w) -> clip logits (B, num_classes): pool, dropout, fc, mean over
+        T."""
         x = self.dropout(torch.flatten(self.avgpool(features), 1))
         logits = self.fc(x)
         return logits.view(-1, self.num_segments, logits.shape[-1]).mean(dim=1)
@@ -115,8 +119,8 @@ class MVFNet(ResNet):
 
     def adapt_state_dict(self, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Converts what ``load_weights`` reads: official MVFNet checkpoints (``backbone.*``) through
-        :func:`convert_official_checkpoint`, torchvision ResNet weights (conv1 of wrapped blocks without ``.net``)
-        through :func:`imagenet_to_mvfnet`; an MVFNet state_dict passes unchanged."""
+        :func:`convert_official_checkpoint`, torchvision ResNet weights (conv1 of wrapped blocks without
+        ``.net``) through :func:`imagenet_to_mvfnet`; an MVFNet state_dict passes unchanged."""
         state = dict(state_dict)
         if any(k.startswith("backbone.") for k in state):
             return convert_official_checkpoint(state)
@@ -132,8 +136,8 @@ class MVFNet(ResNet):
 def imagenet_to_mvfnet(model: MVFNet, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """A torchvision ResNet state_dict in ``model``'s keys: each wrapped block's ``conv1.weight`` becomes
     ``conv1.net.weight``; the MVF parameters and ``fc`` (ImageNet's 1000-class classifier) are the model's own
-    current tensors. Every other ResNet tensor must be in ``state_dict``, with no key left over (``ValueError``
-    naming them otherwise)."""
+    current tensors. Every other ResNet tensor must be in ``state_dict``, with no key left over
+    (``ValueError`` naming them otherwise)."""
     wrapped = model._wrapped_blocks()
     src = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
     for name in wrapped:
@@ -180,12 +184,13 @@ _HEAD_KEYS = {"cls_head.new_fc.weight": "fc.weight", "cls_head.new_fc.bias": "fc
 
 def convert_official_checkpoint(state_dict: Union[Mapping[str, Tensor], str, Path]) -> dict[str, Tensor]:
     """The official MVFNet checkpoint (``whwu95/MVFNet``, mmaction v1: ``{"state_dict": {...}}`` with keys
-    ``backbone.conv1.weight``, ``backbone.layer3.0.conv1.net.weight``, ``backbone.layer3.0.conv1.shift_conv.weight``,
-    ``backbone.layer3.0.conv1.bn.running_mean``, ..., ``cls_head.new_fc.weight``) as an :class:`MVFNet`
-    state_dict: ``backbone.`` is removed (mmaction's ResNet uses torchvision's names: ``bn1``, ``downsample.0``/
-    ``.1``; MVF's parameter names are the library module's) and the head's ``new_fc`` (or mmaction2's ``fc_cls``)
-    becomes ``fc``. A path is read with ``read_state_dict`` (``weights_only``, the ``state_dict`` wrapper and a
-    DDP ``module.`` prefix removed). A key outside ``backbone.``/``cls_head.`` is a ``ValueError`` naming it."""
+    ``backbone.conv1.weight``, ``backbone.layer3.0.conv1.net.weight``,
+    ``backbone.layer3.0.conv1.shift_conv.weight``, ``backbone.layer3.0.conv1.bn.running_mean``, ...,
+    ``cls_head.new_fc.weight``) as an :class:`MVFNet` state_dict: ``backbone.`` is removed (mmaction's ResNet
+    uses torchvision's names: ``bn1``, ``downsample.0``/ ``.1``; MVF's parameter names are the library
+    module's) and the head's ``new_fc`` (or mmaction2's ``fc_cls``) becomes ``fc``. A path is read with
+    ``read_state_dict`` (``weights_only``, the ``state_dict`` wrapper and a DDP ``module.`` prefix removed). A
+    key outside ``backbone.``/``cls_head.`` is a ``ValueError`` naming it."""
     if isinstance(state_dict, (str, Path)):
         state_dict = read_state_dict(state_dict)
     out: dict[str, Tensor] = {}
@@ -203,10 +208,11 @@ def convert_official_checkpoint(state_dict: Union[Mapping[str, Tensor], str, Pat
     return out
 
 
-def _build(depth_layers, num_classes: int, num_segments: int, alpha: float, dropout: float, **kwargs) -> MVFNet:
+def _build(depth_layers, num_classes: int, num_segments: int, alpha: float, dropout: float,
+           **kwargs) -> MVFNet:
     layers = kwargs.pop("layers", depth_layers)
-    return MVFNet(layers=layers, num_classes=num_classes, num_segments=num_segments, alpha=alpha, dropout=dropout,
-                  **kwargs)
+    return MVFNet(layers=layers, num_classes=num_classes, num_segments=num_segments, alpha=alpha,
+                  dropout=dropout, **kwargs)
 
 
 @register_model(pretrained_file="an official MVFNet-R50 checkpoint (github.com/whwu95/MVFNet model zoo) or "
