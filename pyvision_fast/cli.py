@@ -100,7 +100,9 @@ def _parse_shape(text: str) -> tuple[int, ...]:
 
 def _registry_export_args(args) -> dict:
     """create_model arguments for ``pvf export NAME``: the ones a ``pvf train`` checkpoint records about its model
-    (model_args, num_classes), overridden by ``--model-arg``; a checkpoint of another model is an error."""
+    (model_args, num_classes, img_size), overridden by ``--model-arg``; a checkpoint of another model is an
+    error."""
+    from pyvision_fast.models import model_accepts
     from pyvision_fast.train.checkpoint import read_model_identity
     from pyvision_fast.train.config import parse_pairs
 
@@ -113,6 +115,8 @@ def _registry_export_args(args) -> dict:
             model_args.update(identity["model_args"])
             if identity["num_classes"] is not None:
                 model_args.setdefault("num_classes", identity["num_classes"])
+            if identity.get("img_size") is not None and model_accepts(args.model, "img_size"):
+                model_args.setdefault("img_size", identity["img_size"])  # the size the recipe trained at
     model_args.update(parse_pairs(args.model_arg, "--model-arg"))
     return model_args
 

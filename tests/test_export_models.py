@@ -81,9 +81,10 @@ def test_vqgan_exports_with_the_quantizer_translated(tmp_path):
 def _train_checkpoint(tmp_path, model="vit_tiny_patch16_224"):
     """A checkpoint as pvf train writes it: the weights and, in the safetensors metadata, the model's identity."""
     torch.manual_seed(0)
-    args = {k: v for k, v in TINY_VIT.items() if k != "num_classes"}
-    src = create_model("vit_tiny_patch16_224", num_classes=5, **args)
-    meta = {"model": model, "model_args": json.dumps(args), "num_classes": "5"}
+    args = {k: v for k, v in TINY_VIT.items() if k not in ("num_classes", "img_size")}
+    src = create_model("vit_tiny_patch16_224", num_classes=5, img_size=32, **args)
+    # as classify records it: img_size is the recipe's (--img-size), not among the model arguments
+    meta = {"model": model, "model_args": json.dumps(args), "num_classes": "5", "img_size": "32"}
     return src, save_safetensors(src.state_dict(), tmp_path / "checkpoint-best.safetensors", metadata=meta)
 
 

@@ -49,9 +49,9 @@ def test_train_classify_learns_and_writes_the_run_folder(trained):
 def test_eval_prints_metrics_as_one_json_object(trained, capsys):
     data, out = trained
     capsys.readouterr()
-    # the model name, arguments and class count come from the checkpoint's metadata
+    # the model name, arguments, class count and image size come from the checkpoint's metadata
     assert cli.main(["eval", "classify", "--data", str(data), "--checkpoint", str(out / ckpt.MODEL_BEST),
-                     "--img-size", "32", "--workers", "0", "--set", "crop_pct=1.0"]) == 0
+                     "--workers", "0", "--set", "crop_pct=1.0"]) == 0
     results = json.loads(capsys.readouterr().out)
     assert set(results) == {"loss", "accuracy", "f1_macro", "confusion_matrix"}
     cm = results["confusion_matrix"]

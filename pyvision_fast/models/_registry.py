@@ -98,5 +98,14 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: Union[str
     return model
 
 
+def model_accepts(name: str, argument: str) -> bool:
+    """Whether registered model ``name``'s factory takes keyword ``argument`` (by name or through ``**kwargs``)."""
+    _ensure_loaded()
+    if name not in _FACTORIES:
+        raise ValueError(f"unknown model {name!r} (see pyvision_fast.models.list_models())")
+    params = inspect.signature(_FACTORIES[name]).parameters
+    return argument in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -39,7 +39,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def model_identity(cfg) -> dict[str, str]:
     """What a checkpoint records about its model (safetensors metadata: str -> str)."""
     return {"model": str(cfg.model), "model_args": json.dumps(cfg.model_args, sort_keys=True, default=str),
-            "num_classes": json.dumps(cfg.num_classes)}
+            "num_classes": json.dumps(cfg.num_classes), "img_size": json.dumps(cfg.img_size)}
 
 
 def save_model(model: torch.nn.Module, path: Path, cfg, extra: Optional[dict[str, str]] = None) -> None:
@@ -47,7 +47,8 @@ def save_model(model: torch.nn.Module, path: Path, cfg, extra: Optional[dict[str
 
 
 def read_model_identity(path: Union[str, Path]) -> dict[str, Any]:
-    """The model name/args/num_classes stored in a checkpoint written by the engine ({} for other files)."""
+    """The model name/args/num_classes/img_size stored in a checkpoint written by the engine ({} for other
+    files)."""
     path = Path(path)
     if path.suffix != ".safetensors" or not path.is_file():
         return {}
@@ -57,8 +58,11 @@ def read_model_identity(path: Union[str, Path]) -> dict[str, Any]:
         meta = f.metadata() or {}
     if "model" not in meta:
         return {}
-    return {"model": meta["model"], "model_args": json.loads(meta.get("model_args", "{}")),
-            "num_classes": json.loads(meta.get("num_classes", "null"))}
+    identity = {"model": meta["model"], "model_args": json.loads(meta.get("model_args", "{}")),
+                "num_classes": json.loads(meta.get("num_classes", "null"))}
+    if "img_size" in meta:
+        identity["img_size"] = json.loads(meta["img_size"])
+    return identity
 
 
 def rng_state() -> dict[str, Any]:
