@@ -1,17 +1,18 @@
-"""Saliency-map metrics of the MIT saliency benchmark as PAVER evaluates Wild360 (shared/papers.md section 2.2,
-``HS-YN/PAVER:code/metrics/wild360.py``): AUC-Borji, AUC-Judd, CC, SIM, NSS and KLD, on one 2-D map pair, and
-:class:`SaliencyMetrics`, a ``torchmetrics.Metric`` that accumulates them per frame and averages them as PAVER does.
+"""Saliency-map metrics of the MIT saliency benchmark as PAVER evaluates Wild360 (shared/papers.md section
+2.2, ``HS-YN/PAVER:code/metrics/wild360.py``): AUC-Borji, AUC-Judd, CC, SIM, NSS and KLD, on one 2-D map pair,
+and :class:`SaliencyMetrics`, a ``torchmetrics.Metric`` that accumulates them per frame and averages them as
+PAVER does.
 
 Every function takes a predicted map ``pred`` and a ground-truth density map ``gt``: 2-D, any float or integer
-dtype, NumPy arrays or torch tensors (any device; computed in float64 NumPy), not necessarily of the same size.
-Both are first resized to ``size = (H, W)`` = (120, 240) (PAVER's ``eval_res``, i.e. 240x120 W x H) with PIL's
-filter ``resample`` (default ``"lanczos"``: PIL's Lanczos-3, which low-passes when it shrinks). PAVER calls
-``cv2.resize(m, (240, 120), cv2.INTER_LANCZOS4)``, which passes the flag as OpenCV's ``dst`` argument, so its
-maps were in fact resized bilinearly without anti-aliasing; ``resample="bilinear"`` comes closer to that, but only
-OpenCV itself reproduces it exactly. A map already of ``size`` is not resampled.
+dtype, NumPy arrays or torch tensors (any device; computed in float64 NumPy), not necessarily of the same
+size. Both are first resized to ``size = (H, W)`` = (120, 240) (PAVER's ``eval_res``, i.e. 240x120 W x H) with
+PIL's filter ``resample`` (default ``"lanczos"``: PIL's Lanczos-3, which low-passes when it shrinks). PAVER
+calls ``cv2.resize(m, (240, 120), cv2.INTER_LANCZOS4)``, which passes the flag as OpenCV's ``dst`` argument,
+so its maps were in fact resized bilinearly without anti-aliasing; ``resample="bilinear"`` comes closer to
+that, but only OpenCV itself reproduces it exactly. A map already of ``size`` is not resampled.
 
-Wild360 has density maps, not fixation points, so the "fixations" are the pixels where the resized GT exceeds its
-``mean + 2 std`` (:func:`fixation_mask`), as in PAVER.
+Wild360 has density maps, not fixation points, so the "fixations" are the pixels where the resized GT exceeds
+its ``mean + 2 std`` (:func:`fixation_mask`), as in PAVER.
 
 Definitions (the MIT benchmark's, ``cvzoya/saliency``), with the choices where PAVER's port differs:
 
@@ -20,21 +21,22 @@ Definitions (the MIT benchmark's, ``cvzoya/saliency``), with the choices where P
   N(0, 1e-7²) noise first (the benchmark's tie breaking; seeded by ``rng``). The MIT code counts with 1-based
   ``i``; PAVER's 0-based port lags the true-positive rate by one fixation, which is not reproduced. Ties that
   remain (``jitter=False``) are counted exactly, so a constant map scores 0.5.
-* AUC-Borji: per split, as many pixels as fixations drawn uniformly (with replacement) from the whole map — the
-  benchmark's and PAVER's sampling, which may hit fixated pixels — as negatives; thresholds
+* AUC-Borji: per split, as many pixels as fixations drawn uniformly (with replacement) from the whole map —
+  the benchmark's and PAVER's sampling, which may hit fixated pixels — as negatives; thresholds
   ``0, step, 2 step, ... < max`` over the min-max-normalised map; area averaged over ``n_splits`` splits.
-  ``clip_top=True`` reproduces PAVER's extra step of setting the map's values above ``mean + 2 std`` to 1 first.
+  ``clip_top=True`` reproduces PAVER's extra step of setting the map's values above ``mean + 2 std`` to 1
+  first.
 * CC: Pearson correlation of the two maps. NSS: mean of the standardised prediction (population std) at the
   fixations. SIM: sum of the element-wise minimum of the two maps, each min-max normalised then divided by its
-  sum. KLD: ``sum g log(eps + g / (p + eps))`` of the sum-normalised maps (GT ``g`` against prediction ``p``; eps
-  is float64's machine epsilon, the benchmark's Matlab ``eps``); the resized maps are clipped at 0 first (Lanczos
-  rings slightly below 0 next to sharp peaks).
+  sum. KLD: ``sum g log(eps + g / (p + eps))`` of the sum-normalised maps (GT ``g`` against prediction ``p``;
+  eps is float64's machine epsilon, the benchmark's Matlab ``eps``); the resized maps are clipped at 0 first
+  (Lanczos rings slightly below 0 next to sharp peaks).
 
 Degenerate maps (documented choices, so that a model emitting blank frames is penalised rather than dropped):
-a constant prediction has CC = 0 and NSS = 0, is the uniform distribution for SIM and KLD, and scores 0.5 in both
-AUCs. A constant or all-zero GT has no fixation: AUC-Judd, AUC-Borji, NSS and CC are NaN for that frame (and SIM,
-KLD use the uniform distribution); :class:`SaliencyMetrics` leaves NaN frames out of the averages (``nanmean``)
-and counts them in ``undefined_frames``. A non-finite value in a map is a ``ValueError``.
+a constant prediction has CC = 0 and NSS = 0, is the uniform distribution for SIM and KLD, and scores 0.5 in
+both AUCs. A constant or all-zero GT has no fixation: AUC-Judd, AUC-Borji, NSS and CC are NaN for that frame
+(and SIM, KLD use the uniform distribution); :class:`SaliencyMetrics` leaves NaN frames out of the averages
+(``nanmean``) and counts them in ``undefined_frames``. A non-finite value in a map is a ``ValueError``.
 """
 from __future__ import annotations
 
@@ -48,8 +50,8 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 __all__ = [
-    "EVAL_SIZE", "METRIC_NAMES", "resize_map", "fixation_mask", "auc_judd", "auc_borji", "cc", "sim", "nss", "kld",
-    "saliency_scores", "SaliencyMetrics",
+    "EVAL_SIZE", "METRIC_NAMES", "resize_map", "fixation_mask", "auc_judd", "auc_borji", "cc", "sim", "nss",
+    "kld", "saliency_scores", "SaliencyMetrics",
 ]
 
 EVAL_SIZE = (120, 240)  # (H, W): PAVER's eval_res 120, maps of 240x120
@@ -73,8 +75,9 @@ def _as_array(m: MapLike, name: str) -> np.ndarray:
 
 
 def resize_map(m: MapLike, size: tuple[int, int] = EVAL_SIZE, resample: str = "lanczos") -> np.ndarray:
-    """``m`` (2-D) as a float64 array of ``size = (H, W)``, resampled by PIL's ``resample`` filter (``lanczos``,
-    ``bilinear``, ``bicubic``, ``box`` or ``nearest``) in 32-bit float; returned as is when already that size."""
+    """``m`` (2-D) as a float64 array of ``size = (H, W)``, resampled by PIL's ``resample`` filter
+    (``lanczos``, ``bilinear``, ``bicubic``, ``box`` or ``nearest``) in 32-bit float; returned as is when
+    already that size."""
     m = _as_array(m, "map")
     if m.shape == tuple(size):
         return m
@@ -109,8 +112,8 @@ def _rng(rng) -> np.random.Generator:
 
 
 def _roc_area(pos: np.ndarray, neg: np.ndarray, thresholds: np.ndarray) -> float:
-    """Trapezoidal area of the ROC through (0, 0), (P(pos >= t), P(neg >= t)) for descending ``thresholds``, and
-    (1, 1); ``pos``/``neg`` need not be sorted."""
+    """Trapezoidal area of the ROC through (0, 0), (P(pos >= t), P(neg >= t)) for descending ``thresholds``,
+    and (1, 1); ``pos``/``neg`` need not be sorted."""
     pos, neg = np.sort(pos), np.sort(neg)
     tp = (pos.size - np.searchsorted(pos, thresholds, side="left")) / pos.size
     fp = (neg.size - np.searchsorted(neg, thresholds, side="left")) / neg.size
@@ -121,8 +124,8 @@ def _roc_area(pos: np.ndarray, neg: np.ndarray, thresholds: np.ndarray) -> float
 
 def auc_judd(pred: MapLike, gt: MapLike, *, size=EVAL_SIZE, resample: str = "lanczos", jitter: bool = True,
              rng=None) -> float:
-    """AUC-Judd of ``pred`` against the fixations of ``gt`` (module docstring); in [0, 1], NaN without fixations.
-    ``rng``: a ``numpy.random.Generator`` or seed for the jitter (None: fresh entropy)."""
+    """AUC-Judd of ``pred`` against the fixations of ``gt`` (module docstring); in [0, 1], NaN without
+    fixations. ``rng``: a ``numpy.random.Generator`` or seed for the jitter (None: fresh entropy)."""
     s, g = _pair(pred, gt, size, resample)
     fix = fixation_mask(g)
     if not fix.any() or fix.all():
@@ -136,8 +139,9 @@ def auc_judd(pred: MapLike, gt: MapLike, *, size=EVAL_SIZE, resample: str = "lan
 
 def auc_borji(pred: MapLike, gt: MapLike, *, size=EVAL_SIZE, resample: str = "lanczos", n_splits: int = 100,
               step: float = 0.01, clip_top: bool = False, rng=None) -> float:
-    """AUC-Borji (shuffled-free, uniformly sampled negatives; module docstring): mean over ``n_splits`` random
-    splits, thresholds every ``step``; NaN without fixations. ``rng``: a Generator or seed for the sampling."""
+    """AUC-Borji (negatives sampled uniformly from the map, not shuffled; module docstring): mean over
+    ``n_splits`` random splits, thresholds every ``step``; NaN without fixations. ``rng``: a Generator or seed
+    for the sampling."""
     if n_splits < 1 or not 0 < step < 1:
         raise ValueError(f"need n_splits >= 1 and 0 < step < 1, got {n_splits}, {step}")
     s, g = _pair(pred, gt, size, resample)
@@ -171,8 +175,8 @@ def cc(pred: MapLike, gt: MapLike, *, size=EVAL_SIZE, resample: str = "lanczos")
 
 
 def nss(pred: MapLike, gt: MapLike, *, size=EVAL_SIZE, resample: str = "lanczos") -> float:
-    """Normalised scanpath saliency: mean of ``(pred - mean) / std`` at the fixations of ``gt``; 0 for a constant
-    ``pred``, NaN without fixations."""
+    """Normalised scanpath saliency: mean of ``(pred - mean) / std`` at the fixations of ``gt``; 0 for a
+    constant ``pred``, NaN without fixations."""
     s, g = _pair(pred, gt, size, resample)
     fix = fixation_mask(g)
     if not fix.any():
@@ -189,7 +193,8 @@ def sim(pred: MapLike, gt: MapLike, *, size=EVAL_SIZE, resample: str = "lanczos"
 
 
 def kld(pred: MapLike, gt: MapLike, *, size=EVAL_SIZE, resample: str = "lanczos") -> float:
-    """Kullback-Leibler divergence of the prediction from the GT distribution (lower is better, 0 when equal)."""
+    """Kullback-Leibler divergence of the prediction from the GT distribution (lower is better, 0 when
+    equal)."""
     s, g = _pair(pred, gt, size, resample)
     p = _distribution(np.clip(s, 0, None))
     q = _distribution(np.clip(g, 0, None))
@@ -215,15 +220,15 @@ class SaliencyMetrics(Metric):
     """The six saliency metrics accumulated frame by frame, synchronised across processes.
 
     ``update(pred, gt, video, frames=None)``: ``pred`` and ``gt`` are ``(T, H, W)`` (or one ``(H, W)`` map) of
-    any float dtype, on any device, of possibly different sizes; ``video`` an int (or ``(T,)`` ints) naming the
-    video each frame belongs to; ``frames`` the frames' indices in their video (default ``0..T-1``), used with
-    ``seed`` and ``video`` to seed each frame's random draws, so the result does not depend on the order, the
-    batching or the number of processes.
+    any float dtype, on any device, of possibly different sizes; ``video`` an int (or ``(T,)`` ints) naming
+    the video each frame belongs to; ``frames`` the frames' indices in their video (default ``0..T-1``), used
+    with ``seed`` and ``video`` to seed each frame's random draws, so the result does not depend on the order,
+    the batching or the number of processes.
 
     ``compute()`` returns ``{name: 0-d float64 tensor}`` for :data:`METRIC_NAMES` plus ``frames`` (frames
     scored) and ``undefined_frames`` (frames without fixations, left out of the averages). ``average="video"``
-    (PAVER's ``train.py``): the mean over each video's frames, then the mean over videos; ``"frame"``: the mean
-    over all frames. The states are per-frame score rows and video ids, concatenated across processes.
+    (PAVER's ``train.py``): the mean over each video's frames, then the mean over videos; ``"frame"``: the
+    mean over all frames. The states are per-frame score rows and video ids, concatenated across processes.
     """
 
     full_state_update = False
@@ -244,7 +249,8 @@ class SaliencyMetrics(Metric):
         self.add_state("scores", default=[], dist_reduce_fx="cat")
         self.add_state("videos", default=[], dist_reduce_fx="cat")
 
-    def update(self, pred: Tensor, gt: Tensor, video: Union[int, Tensor], frames: Optional[Tensor] = None) -> None:
+    def update(self, pred: Tensor, gt: Tensor, video: Union[int, Tensor],
+               frames: Optional[Tensor] = None) -> None:
         pred, gt = torch.as_tensor(pred), torch.as_tensor(gt)
         if pred.dim() == 2:
             pred, gt = pred[None], gt[None] if gt.dim() == 2 else gt
@@ -254,7 +260,9 @@ class SaliencyMetrics(Metric):
         t = pred.shape[0]
         videos = torch.as_tensor(video, dtype=torch.int64).reshape(-1).cpu()
         videos = videos.expand(t) if videos.numel() == 1 else videos
-        frames = torch.arange(t) if frames is None else torch.as_tensor(frames, dtype=torch.int64).reshape(-1).cpu()
+        if frames is None:
+            frames = torch.arange(t)
+        frames = torch.as_tensor(frames, dtype=torch.int64).reshape(-1).cpu()
         if videos.numel() != t or frames.numel() != t:
             raise ValueError(f"video and frames need one entry per frame ({t}), got {videos.numel()} and "
                              f"{frames.numel()}")
