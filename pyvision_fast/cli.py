@@ -1,4 +1,5 @@
-"""The ``pvf`` command (also ``python -m pyvision_fast``): info, models, bench, train, eval, export."""
+"""The ``pvf`` command (also ``python -m pyvision_fast``): info, models, bench, train, eval, extract,
+export."""
 from __future__ import annotations
 
 import argparse
@@ -225,6 +226,18 @@ def _eval(args) -> int:
     return 0
 
 
+def _extract(args) -> int:
+    from pyvision_fast.train.extract import run_extract
+
+    try:
+        summary = run_extract(args)
+    except _INPUT_ERRORS as exc:
+        print(f"pvf extract: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="pvf", description="pyvision_fast command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -243,6 +256,12 @@ def main(argv=None) -> int:
     p = sub.add_parser("eval", help="evaluate a checkpoint with a recipe's metrics; prints one JSON object")
     add_eval_args(p)
     p.set_defaults(func=_eval)
+    from pyvision_fast.train.extract import add_extract_args
+
+    p = sub.add_parser("extract", help="cache a recipe's frozen-encoder features (paver: Wild360, one file "
+                       "per video); prints a JSON summary")
+    add_extract_args(p)
+    p.set_defaults(func=_extract)
     p = sub.add_parser("bench", help="run the benchmark suite (python -m benchmarks) of a checkout")
     p.add_argument("--root", help="the pyvision_fast checkout (default: current directory)")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for python -m benchmarks")

@@ -43,7 +43,7 @@ def write_wild360(root: Path, train: dict, test: dict, h: int = 24, gt_h: int = 
                 gt_dir = root / GT_DIR / f"{vid}.mp4"
                 gt_dir.mkdir(parents=True, exist_ok=True)
                 for i in range(t):
-                    g = blob(gt_h, 2 * gt_h, gt_h / 2, (gt_h / 2 + i * gt_h / h) % (2 * gt_h), gt_h / 8)
+                    g = blob(gt_h, 2 * gt_h, gt_h / 2, (gt_h / 2 + 2 * i * gt_h / h) % (2 * gt_h), gt_h / 8)
                     np.save(gt_dir / f"{i:05d}.npy", g.astype(np.float32))
     return root
 
@@ -177,9 +177,9 @@ def test_feature_clips(wild, tmp_path):
     test = Wild360Features(wild, feats, "test")
     x, gt, meta = test[0]
     assert x.shape == (25, 9, 4) and gt.shape == (25, 120, 240) and gt.dtype == torch.float32
-    # GT of frame 10 resized from 16x32 to 120x240 (x7.5): the blob's centre (8, 8 + 10 * 16 / 24) scaled
+    # GT of frame 10 resized from 16x32 to 120x240 (x7.5): the blob's centre (8, 8 + 10 * 2 * 16 / 24) scaled
     peak = divmod(int(gt[10].argmax()), 240)
-    assert abs(peak[0] - (8.5 * 7.5 - 0.5)) <= 4 and abs(peak[1] - ((8.5 + 10 * 16 / 24) * 7.5 - 0.5)) <= 4
+    assert abs(peak[0] - (8.5 * 7.5 - 0.5)) <= 4 and abs(peak[1] - ((8.5 + 20 * 16 / 24) * 7.5 - 0.5)) <= 4
     x, gt, meta = test[1]
     assert x.shape == (2, 9, 4) and gt.shape == (2, 120, 240) and meta["start"] == 25
 

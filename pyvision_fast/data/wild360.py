@@ -5,9 +5,8 @@ Layout of the dataset folder ``root`` (``HS-YN/PAVER:code/data/wild360.py``)::
 
     train.txt, test.txt                      one video id per line (the MP4's name without ``.mp4``)
     data/{train,test}/{vid}.mp4              equirectangular (ERP) videos, width = 2 x height
-    Wild360_GT_29/{vid}.mp4/{i:05d}.npy      test videos: the GT saliency map of frame i (0-based), a 2-D
-    float
-                                             map (960x1920 in the real set), one file per decoded frame
+    Wild360_GT_29/{vid}.mp4/{i:05d}.npy      test videos: the GT saliency map of frame i (0-based), a
+                                             2-D float map (960x1920 in the real set), one file per frame
 
 Choices where the official code is silent or implicit, checked when a dataset is built (before any training):
 

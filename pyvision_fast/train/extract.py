@@ -1,0 +1,170 @@
+"""``pvf extract paver``: PAVER's frozen encoder run once over Wild360, one feature file per video.
+
+    pvf extract paver --data WILD360 --output FEATDIR [--checkpoint ENCODER_WEIGHTS] [--split train|test|all]
+                      [--model-arg K=V ...] [--device auto|cpu|cuda] [--dtype float16|float32] [--no-progress]
+
+Every listed video of the split(s) (:mod:`pyvision_fast.data.wild360`; all are probed and checked first, so a
+bad dataset fails before any encoding) is decoded whole at the model's frame size (H x 2H, H =
+``img_size``; uint8, 0.3 GB per 1000 frames at 224x448), passed through ``PAVER.preprocess`` and
+``PAVER.encode`` ``chunk`` frames at a time (the encoder is frozen; no gradient), and written to
+``FEATDIR/{vid}.safetensors``: ``frame`` (T, N, D) and ``cls`` (T, D) in ``dtype`` — float16 by default (half
+the disk: 0.6 MB per frame at ViT-B/16 224x448; a value beyond float16's range is an error asking for
+``--dtype float32``) — with the settings (model, arguments, encoder checkpoint, frame size, dtype) in the
+file's metadata. Files are written atomically (temporary file, then rename), so an interrupted run leaves no
+partial file; a rerun skips the videos whose file exists with the same settings and frame count (resumable)
+and refuses to mix features extracted with other settings. ``--checkpoint`` is the encoder's weights: a
+timm ``vit_base_patch16_224`` (augreg) state_dict as ``.safetensors`` or ``.pth`` (timm's ``.npz`` must be
+converted by timm first), passed to the model as ``encoder_checkpoint``; without it the encoder is randomly
+initialised, which only makes sense for tests, and a warning says so.
+
+Under torchrun each process takes every ``WORLD_SIZE``-th video (no process group is needed); the progress bar
+(tqdm, per video) shows on rank 0 when stdout is a terminal, never with ``--no-progress``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+
+from ..data.wild360 import SPLITS, Wild360Videos, feature_path, read_feature_header
+
+__all__ = ["extract_features", "add_extract_args", "FEATURE_DTYPES"]
+
+FEATURE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
+
+def _settings(model_name: str, model_args: dict, checkpoint, size, dtype: str) -> dict[str, str]:
+    return {"model": model_name, "model_args": json.dumps(model_args, sort_keys=True, default=str),
+            "encoder_checkpoint": str(checkpoint) if checkpoint else "", "frame_size": f"{size[0]}x{size[1]}",
+            "dtype": dtype}
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but no CUDA device is available")
+    return torch.device(name)
+
+
+def _done(path: Path, settings: dict[str, str], num_frames: int) -> bool:
+    """True when ``path`` holds this video's features with ``settings``; False when there is no file; an error
+    when it holds features made otherwise."""
+    if not path.is_file():
+        return False
+    frame, _, meta = read_feature_header(path)
+    theirs = {k: meta.get(k) for k in settings}
+    if theirs != settings:
+        diff = {k: (theirs[k], settings[k]) for k in settings if theirs[k] != settings[k]}
+        raise ValueError(f"{path} was extracted with other settings {diff} (file, now); use another --output "
+                         "or delete the old files")
+    if frame[0] != num_frames:
+        raise ValueError(f"{path} holds {frame[0]} frames, the video has {num_frames}; delete it to "
+                         "re-extract")
+    return True
+
+
+def extract_features(data: Union[str, os.PathLike], output: Union[str, os.PathLike], *, model: str = "paver",
+                     checkpoint: Optional[str] = None, split: str = "all", model_args: Optional[dict] = None,
+                     device: str = "auto", dtype: str = "float16", chunk: int = 25,
+                     progress: bool = True) -> dict[str, Any]:
+    """Extracts the features of ``split`` (``train``, ``test`` or ``all``) of the Wild360 folder ``data`` into
+    ``output`` (module docstring). Returns ``{"written": [vid], "skipped": [vid], "output": str}`` for the
+    videos of this process."""
+    from tqdm import tqdm
+
+    from ..models import create_model, is_model
+
+    if split not in (*SPLITS, "all"):
+        raise ValueError(f"--split must be train, test or all, got {split!r}")
+    if dtype not in FEATURE_DTYPES:
+        raise ValueError(f"--dtype must be one of {sorted(FEATURE_DTYPES)}, got {dtype!r}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    if not is_model(model):
+        raise ValueError(f"unknown model {model!r}")
+    model_args = dict(model_args or {})
+    if checkpoint is not None:
+        if not Path(checkpoint).is_file():
+            raise FileNotFoundError(f"--checkpoint {checkpoint!r} does not exist (the encoder's weights)")
+        model_args["encoder_checkpoint"] = str(checkpoint)
+    dev = _device(device)
+    net = create_model(model, **model_args).eval().to(dev)
+    size = (int(net.img_size), 2 * int(net.img_size))
+    videos = Wild360Videos(data, SPLITS if split == "all" else split, size=size)
+    if model_args.get("encoder_checkpoint") is None:
+        warnings.warn("pvf extract: no --checkpoint, the encoder is randomly initialised (tests only)",
+                      stacklevel=2)
+    settings = _settings(model, {k: v for k, v in model_args.items() if k != "encoder_checkpoint"},
+                         model_args.get("encoder_checkpoint"), size, dtype)
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    mine = list(range(rank, len(videos), world))
+    out_dir = Path(output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written, skipped = [], []
+    show = progress and rank == 0 and sys.stdout.isatty()
+    bar = tqdm(mine, desc="pvf extract", unit="video", disable=not show)
+    for i in bar:
+        info = videos.videos[i]
+        path = feature_path(out_dir, info.vid)
+        if _done(path, settings, info.num_frames):
+            skipped.append(info.vid)
+            continue
+        frames, _ = videos[i]
+        tokens = []
+        with torch.no_grad():
+            for part in frames.split(chunk):
+                x = net.preprocess(part.to(dev))[None]
+                tokens.append(net.encode(x)[0].float().cpu())
+        tokens = torch.cat(tokens)
+        if dtype == "float16" and tokens.abs().max() > torch.finfo(torch.float16).max:
+            raise ValueError(f"{info.path}: features up to {tokens.abs().max():.4g} exceed float16's range; "
+                             "use --dtype float32")
+        tensors = {"cls": tokens[:, 0].contiguous(), "frame": tokens[:, 1:].contiguous()}
+        tensors = {k: v.to(FEATURE_DTYPES[dtype]) for k, v in tensors.items()}
+        _save_atomic(tensors, path, {**settings, "video": info.vid, "split": info.split,
+                                     "num_frames": str(info.num_frames)})
+        written.append(info.vid)
+    return {"written": written, "skipped": skipped, "output": str(out_dir)}
+
+
+def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def add_extract_args(p) -> None:
+    """The arguments of ``pvf extract``."""
+    p.add_argument("recipe", choices=("paver",), help="what to extract features for (paver: Wild360)")
+    p.add_argument("--data", required=True,
+                   help="the Wild360 folder (train.txt, test.txt, data/, Wild360_GT_29/)")
+    p.add_argument("--output", required=True, help="feature folder: one {vid}.safetensors per video")
+    p.add_argument("--checkpoint", help="the encoder weights (a timm vit_base_patch16_224 state_dict, "
+                   ".safetensors or .pth); random without it")
+    p.add_argument("--split", default="all", choices=("train", "test", "all"))
+    p.add_argument("--model-arg", nargs="+", action="extend", metavar="K=V",
+                   help="create_model keyword arguments, e.g. --model-arg img_size=224")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--dtype", default="float16", choices=tuple(FEATURE_DTYPES))
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+
+
+def run_extract(args) -> dict[str, Any]:
+    """``pvf extract`` with parsed ``args``."""
+    from .config import parse_pairs
+
+    return extract_features(args.data, args.output, model=args.recipe, checkpoint=args.checkpoint,
+                            split=args.split, model_args=parse_pairs(args.model_arg, "--model-arg"),
+                            device=args.device, dtype=args.dtype, progress=not args.no_progress)
