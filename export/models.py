@@ -31,18 +31,90 @@ def example_input_shape(model: nn.Module, batch: int) -> tuple[int, ...]:
     return (batch, *size)
 
 
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def model_preprocess(model: nn.Module, input_shape: tuple[int, ...], overrides: Optional[dict] = None):
+    """The evaluation transform of an image model (PIL image -> (C, H, W) float tensor): its ``data_config``
+    (timm's keys ``mean``, ``std``, ``crop_pct``, ``interpolation``) when it declares one, else ImageNet's with
+    crop_pct 0.875 and bicubic resizing; ``overrides`` (the same keys) win."""
+    from .quantize import IMAGENET_MEAN, IMAGENET_STD, image_preprocess
+
+    if len(input_shape) != 4:
+        raise ValueError(f"calibration images need an image model with (N, C, H, W) input, got {input_shape}")
+    cfg = {**(getattr(model, "data_config", None) or {}), **(overrides or {})}
+    unknown = sorted(set(cfg) - {"mean", "std", "crop_pct", "interpolation"})
+    if unknown:
+        raise ValueError(f"preprocessing keys must be mean, std, crop_pct, interpolation; got {unknown}")
+    return image_preprocess(input_shape[1:], mean=cfg.get("mean", IMAGENET_MEAN), std=cfg.get("std", IMAGENET_STD),
+                            crop_pct=cfg.get("crop_pct", 0.875), interpolation=cfg.get("interpolation", "bicubic"))
+
+
 def export_model(name: str, output: Union[str, Path], *, checkpoint: Union[str, Path, None] = None,
                  model_args: Optional[dict] = None, batch: int = 2,
                  input_shape: Optional[tuple[int, ...]] = None, dynamic_batch: bool = True,
-                 opset: int = DEFAULT_OPSET, seed: int = 0) -> ExportReport:
+                 opset: int = DEFAULT_OPSET, seed: int = 0, precision: str = "fp32",
+                 calib_dir: Union[str, Path, None] = None, calib_method: str = "entropy", calib_limit: int = 512,
+                 calib_eval_dir: Union[str, Path, None] = None,
+                 preprocess_config: Optional[dict] = None) -> ExportReport:
     """Builds registry model ``name`` (``create_model(name, checkpoint_path=checkpoint, **model_args)``), exports
     its inference module to ``output`` and returns ``to_onnx``'s report (nodes, TensorRT operator check, ONNX
-    Runtime vs PyTorch difference on a seeded random input of ``input_shape`` or the model's own size)."""
+    Runtime vs PyTorch difference on a seeded random input of ``input_shape`` or the model's own size).
+
+    ``precision="fp16"`` converts the graph to float16 (float32 inputs/outputs); ``"int8"`` quantizes it to a Q/DQ
+    graph calibrated on the images of ``calib_dir`` (at most ``calib_limit``, ``calib_method`` entropy, percentile
+    or minmax) in the model's preprocessing (``model_preprocess``, ``preprocess_config`` overriding it). Either way the float32 graph stays beside
+    ``output`` as ``<stem>.fp32.onnx``, the report's difference is the converted graph's (the float32 one's is in
+    ``measurements``), and ONNX Runtime's latency on the example input is measured for both; with
+    ``calib_eval_dir`` (an ImageFolder) the top-1 accuracy of both graphs is measured there too."""
     from pyvision_fast.models import create_model
 
+    from . import quantize
+    from .onnx_export import onnxruntime_diffs
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "int8" and calib_dir is None:
+        raise ValueError("precision='int8' needs calibration images: calib_dir (--calib DIR)")
+    if precision != "int8" and calib_dir is not None:
+        raise ValueError("calibration images (calib_dir) apply to precision='int8' only")
     model = create_model(name, checkpoint_path=checkpoint, **(model_args or {}))
     module = inference_module(model)
     shape = tuple(input_shape) if input_shape else example_input_shape(module, batch)
+    preprocess = (model_preprocess(module, shape, preprocess_config) if precision == "int8" or calib_eval_dir
+                  else None)
+    if precision == "int8":  # fail on a bad folder before the export's minutes
+        batches = quantize.image_batches(calib_dir, preprocess, batch_size=8, limit=calib_limit)
     gen = torch.Generator().manual_seed(seed)
     example = torch.rand(shape, generator=gen)
-    return to_onnx(module, (example,), output, dynamic_batch=dynamic_batch, opset=opset)
+    output = Path(output)
+    if precision == "fp32":
+        report = to_onnx(module, (example,), output, dynamic_batch=dynamic_batch, opset=opset)
+        if calib_eval_dir is not None:
+            report.measurements["top1"] = quantize.classifier_accuracy(output, calib_eval_dir, preprocess)
+        return report
+    fp32_path = output.with_name(output.stem + ".fp32.onnx")
+    report = to_onnx(module, (example,), fp32_path, dynamic_batch=dynamic_batch, opset=opset)
+    if precision == "fp16":
+        quantize.to_float16(fp32_path, output)
+    else:
+        quantize.quantize_int8(fp32_path, output, batches, method=calib_method)
+    import onnx
+
+    converted = onnx.load(str(output))
+    report.measurements = {"fp32 graph": str(fp32_path), "fp32 max |diff|": report.max_abs_diff}
+    report.path, report.precision = output, precision
+    report.num_nodes = len(converted.graph.node)
+    report.op_types = sorted({n.op_type for n in converted.graph.node})
+    from .trt_support import unsupported_nodes
+
+    report.tensorrt_unsupported = unsupported_nodes(converted)
+    report.output_diffs = onnxruntime_diffs(output, module, (example,))
+    report.max_abs_diff = max(report.output_diffs) if report.output_diffs else 0.0
+    x = example.numpy()
+    report.measurements["ORT ms fp32"] = quantize.onnxruntime_latency_ms(fp32_path, x)
+    report.measurements[f"ORT ms {precision}"] = quantize.onnxruntime_latency_ms(output, x)
+    if calib_eval_dir is not None:
+        report.measurements["top1 fp32"] = quantize.classifier_accuracy(fp32_path, calib_eval_dir, preprocess)
+        report.measurements[f"top1 {precision}"] = quantize.classifier_accuracy(output, calib_eval_dir, preprocess)
+    return report

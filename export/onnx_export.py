@@ -36,18 +36,31 @@ class ExportReport:
     tensorrt_unsupported: list[str]
     max_abs_diff: Optional[float]
     output_diffs: list[float]
+    precision: str = "fp32"
+    opset: Optional[int] = None
+    # what a reduced-precision export measured beside the graph: the fp32 graph's diff, accuracies, latencies
+    measurements: dict = dataclasses.field(default_factory=dict)
 
     @property
     def tensorrt_compatible(self) -> bool:
         return not self.tensorrt_unsupported
 
     def __str__(self) -> str:
-        lines = [f"ONNX model: {self.path} ({self.num_nodes} nodes: {', '.join(self.op_types)})"]
+        opset = f"opset {self.opset}, " if self.opset else ""
+        lines = [f"ONNX model: {self.path} ({opset}{self.num_nodes} nodes: {', '.join(self.op_types)})"]
         lines.append("TensorRT operator check: " + (
             "all nodes supported" if self.tensorrt_compatible else "unsupported: " + "; ".join(self.tensorrt_unsupported)))
         if self.max_abs_diff is not None:
             lines.append(f"ONNX Runtime vs PyTorch: max |diff| = {self.max_abs_diff:.3g} over {len(self.output_diffs)} output(s)")
+        if self.precision != "fp32":
+            lines.append(f"precision: {self.precision}")
+        lines += [f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in self.measurements.items()]
         return "\n".join(lines)
+
+
+def _default_opset(model) -> Optional[int]:
+    """The version of the default ("ai.onnx") operator set a model imports."""
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def _flatten(out) -> list[torch.Tensor]:
@@ -112,20 +125,27 @@ def to_onnx(module: torch.nn.Module, example_inputs: Union[torch.Tensor, Sequenc
     op_types = sorted({n.op_type for n in model.graph.node})
     report = ExportReport(path=path, num_nodes=len(model.graph.node), op_types=op_types,
                           tensorrt_unsupported=trt_support.unsupported_nodes(model), max_abs_diff=None,
-                          output_diffs=[])
+                          output_diffs=[], opset=_default_opset(model))
     if check:
         onnx.checker.check_model(model, full_check=True)
-        with torch.no_grad():
-            expected = _flatten(module(*example_inputs))
-        got = run_onnxruntime(path, example_inputs)
-        if len(got) != len(expected):
-            raise RuntimeError(f"ONNX model has {len(got)} outputs, PyTorch module {len(expected)}")
-        diffs = []
-        for g, e in zip(got, expected):
-            e = e.detach().cpu().numpy()
-            if g.shape != e.shape:
-                raise RuntimeError(f"ONNX output shape {g.shape} differs from PyTorch {e.shape}")
-            diffs.append(float(np.abs(g.astype(np.float64) - e.astype(np.float64)).max()) if e.size else 0.0)
-        report.output_diffs = diffs
-        report.max_abs_diff = max(diffs) if diffs else 0.0
+        report.output_diffs = onnxruntime_diffs(path, module, example_inputs)
+        report.max_abs_diff = max(report.output_diffs) if report.output_diffs else 0.0
     return report
+
+
+def onnxruntime_diffs(path: Union[str, Path], module: torch.nn.Module,
+                      example_inputs: Sequence[torch.Tensor]) -> list[float]:
+    """Largest absolute difference, per output, between ONNX Runtime running ``path`` and ``module`` (PyTorch)
+    on ``example_inputs``."""
+    with torch.no_grad():
+        expected = _flatten(module(*example_inputs))
+    got = run_onnxruntime(path, example_inputs)
+    if len(got) != len(expected):
+        raise RuntimeError(f"ONNX model has {len(got)} outputs, PyTorch module {len(expected)}")
+    diffs = []
+    for g, e in zip(got, expected):
+        e = e.detach().cpu().numpy()
+        if g.shape != e.shape:
+            raise RuntimeError(f"ONNX output shape {g.shape} differs from PyTorch {e.shape}")
+        diffs.append(float(np.abs(g.astype(np.float64) - e.astype(np.float64)).max()) if e.size else 0.0)
+    return diffs
