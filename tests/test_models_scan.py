@@ -180,3 +180,24 @@ def test_export_model_exports_the_fused_network(tmp_path):
     with torch.no_grad():
         expected = src.eval()(x).numpy()
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_scale_attention_highlights_the_channel_of_the_local_scale():
+    # two channels with the same pattern (minus the scale-normalised Laplacian: a blob detector), attention on
+    # sigma 0.5 (channel 0) or sigma 1 (channel 1); an image with a fine blob (std 0.5 px) on the left and a
+    # coarse one (std 2 px) on the right: at each blob's centre, the channel of the matching scale responds more
+    conv = ScanConv2d(1, 2, 3, num_scales=2, padding=1)
+    orders = ref.basis_orders(2)
+    with torch.no_grad():
+        conv.log_sigma.copy_(torch.tensor([math.log(0.5), math.log(1.0)]))
+        conv.coeff.zero_()
+        conv.coeff[:, 0, orders.index((2, 0))] = -1.0
+        conv.coeff[:, 0, orders.index((0, 2))] = -1.0
+        conv.scale_logits.copy_(torch.tensor([[20.0, 0.0], [0.0, 20.0]]))
+    yy, xx = torch.meshgrid(torch.arange(24.0), torch.arange(48.0), indexing="ij")
+    image = torch.exp(-((xx - 12) ** 2 + (yy - 12) ** 2) / (2 * 0.5 ** 2)) \
+        + torch.exp(-((xx - 34) ** 2 + (yy - 12) ** 2) / (2 * 2.0 ** 2))
+    with torch.no_grad():
+        y = conv(image[None, None])[0]
+    fine, coarse = y[:, 12, 12], y[:, 12, 34]
+    assert fine[0] > 1.5 * fine[1] and coarse[1] > 1.5 * coarse[0], (fine, coarse)
