@@ -164,3 +164,60 @@ def test_recipe_groups_and_bad_inputs(wild, tmp_path, capsys):
     assert rc == 2 and "no_weights.safetensors" in out.err
     with safe_open(str(root / "features" / "tr_a.safetensors"), framework="pt") as f:
         assert json.loads(f.metadata()["model_args"]) == TINY
+
+
+def _ddp_worker(rank: int, folder: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)
+        model = create_model("paver", **TINY)
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        x = torch.randn(1, 5, 33, 32, generator=torch.Generator().manual_seed(rank))
+        loss, _ = RECIPE(make_cfg()).train_loss(ddp, (x, torch.zeros(1, 0), {}), None)
+        loss.backward()
+        assert "forward" not in vars(model)
+        torch.save({k: p.grad for k, p in model.named_parameters() if p.requires_grad}, f"{folder}/grad{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_train_loss_through_ddp_forward(tmp_path):
+    """One process: the DDP-wrapped call returns the model's loss, and the model's own forward is back after."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = create_model("paver", **TINY)
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        x = torch.randn(1, 5, 33, 32)
+        loss, parts = RECIPE(make_cfg()).train_loss(ddp, (x, torch.zeros(1, 0), {}), None)
+        assert loss.item() == pytest.approx(model.loss(x)[0].item(), rel=1e-6)
+        assert set(parts) == {"loss_cls", "loss_spatial", "loss_temporal"} and "forward" not in vars(model)
+        loss.backward()
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+        assert model(x).shape == (1, 5, 32, 64)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_train_loss_synchronises_gradients_under_ddp(tmp_path):
+    """``PAVER.loss`` goes through DistributedDataParallel's forward, so two processes end with the mean of
+    their windows' gradients."""
+    torch.multiprocessing.spawn(_ddp_worker, args=(str(tmp_path),), nprocs=2)
+    grads = [torch.load(tmp_path / f"grad{r}.pt") for r in range(2)]
+    expected = {}
+    for rank in range(2):
+        torch.manual_seed(0)
+        model = create_model("paver", **TINY)
+        x = torch.randn(1, 5, 33, 32, generator=torch.Generator().manual_seed(rank))
+        model.loss(x)[0].backward()
+        for k, p in model.named_parameters():
+            if p.requires_grad:
+                expected[k] = expected.get(k, 0) + p.grad / 2
+    assert grads[0].keys() == expected.keys()
+    for k in expected:
+        assert torch.allclose(grads[0][k], grads[1][k]) and torch.allclose(grads[0][k], expected[k], atol=1e-6)
