@@ -12,6 +12,7 @@ from pyvision_fast.models.mvfnet import MVFNet, convert_official_checkpoint, loa
 from pyvision_fast.nn import MVF
 
 TINY = dict(layers=(1, 1, 1, 1), num_segments=4)
+NARROW = dict(TINY, width=16)   # layer1..4 planes 16, 32, 64, 128: 0.5M parameters
 
 
 def tiny(**kwargs) -> MVFNet:
@@ -81,7 +82,7 @@ def test_alpha_zero_is_a_tsn_resnet_averaging_frame_logits():
 
 @pytest.mark.parametrize("training", [False, True])
 def test_mvf_blocks_match_the_official_formulation(training):
-    model = tiny()
+    model = tiny(width=16)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, MVF):
@@ -105,7 +106,7 @@ def test_mvf_blocks_match_the_official_formulation(training):
 
 
 def test_bad_inputs():
-    model = tiny()
+    model = tiny(width=16)
     with pytest.raises(ValueError, match="T == num_segments=4"):
         model(torch.randn(1, 3, 8, 32, 32))
     with pytest.raises(ValueError, match="not a multiple of num_segments=4"):
@@ -116,6 +117,17 @@ def test_bad_inputs():
         MVFNet(layers=(1, 1, 1))
     with pytest.raises(ValueError, match="alpha"):
         MVFNet(alpha=1.5)
+    with pytest.raises(ValueError, match="width must be a positive multiple of 8"):
+        MVFNet(width=12)
+
+
+def test_width_scales_the_stages():
+    model = tiny(width=16)
+    outs = [model.get_submodule(f"layer{i}")[0].conv3.out_channels for i in range(1, 5)]
+    assert outs == [64, 128, 256, 512]
+    assert model.conv1.out_channels == 64 and model.fc.in_features == 512
+    assert model.get_submodule("layer3.0.conv1").num_shift_channel == 128 // 8
+    assert model(torch.randn(1, 3, 4, 32, 32)).shape == (1, 5)
 
 
 def test_imagenet_weights_load_strictly_and_skip_fc(tmp_path):
@@ -171,7 +183,7 @@ def _official_state_dict(model: MVFNet, head: str = "new_fc") -> dict:
 
 
 def test_official_checkpoint_converts(tmp_path):
-    model = tiny()
+    model = tiny(width=16)
     official = _official_state_dict(model)
     assert "backbone.layer3.0.conv1.net.weight" in official
     assert "backbone.layer4.0.conv1.w_conv.weight" in official and "cls_head.new_fc.bias" in official
@@ -183,7 +195,7 @@ def test_official_checkpoint_converts(tmp_path):
     # a training checkpoint as mmaction saves it ({"meta", "state_dict", "optimizer"}), through load_weights
     torch.save({"meta": {"epoch": 150}, "state_dict": _official_state_dict(model, "fc_cls")},
                tmp_path / "epoch_150.pth")
-    other = load_weights(tiny(), tmp_path / "epoch_150.pth")
+    other = load_weights(tiny(width=16), tmp_path / "epoch_150.pth")
     assert torch.equal(other.get_submodule("layer4.0.conv1").bn.running_var,
                        _official_state_dict(model)["backbone.layer4.0.conv1.bn.running_var"])
     assert set(convert_official_checkpoint(tmp_path / "epoch_150.pth")) == set(model.state_dict())
@@ -200,8 +212,8 @@ def test_onnx_export_standard_ops_dynamic_batch(tmp_path):
 
     from pyvision_fast.export import export_model
 
-    args = dict(layers=(1, 1, 1, 1), num_segments=4, num_classes=7)
-    model = tiny(num_classes=7)
+    args = dict(NARROW, num_classes=7)
+    model = tiny(**args)
     with torch.no_grad():  # trained-looking BatchNorm statistics in the MVF modules
         for m in model.modules():
             if isinstance(m, MVF):

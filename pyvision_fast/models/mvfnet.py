@@ -62,6 +62,8 @@ class MVFNet(ResNet):
         dropout: dropout before ``fc`` (official 0.5).
         mode: MVF views, "THW" (official), "TH" or "T".
         mvf_stages: which of layer1..4 get MVF (official (0, 0, 1, 1)).
+        width: planes of layer1's blocks (64 in every ResNet; layer i has ``width * 2**(i-1)``, the stem stays
+            64): smaller values make the small models of tests and ablations; keys are unchanged.
         init_std: std of the normal initialisation of ``fc`` (bias 0), official 0.01.
     """
 
@@ -69,14 +71,19 @@ class MVFNet(ResNet):
 
     def __init__(self, layers: Sequence[int] = (3, 4, 6, 3), num_classes: int = 400, num_segments: int = 8,
                  alpha: float = 0.125, dropout: float = 0.5, mode: str = "THW",
-                 mvf_stages: Sequence[int] = (0, 0, 1, 1), init_std: float = 0.01):
+                 mvf_stages: Sequence[int] = (0, 0, 1, 1), init_std: float = 0.01, width: int = 64):
         if len(layers) != 4 or any(int(n) < 1 for n in layers):
             raise ValueError(f"MVFNet: layers must be 4 positive block counts, got {tuple(layers)}")
+        if width < 8 or width % 8:
+            raise ValueError(f"MVFNet: width must be a positive multiple of 8, got {width}")
+        self._width = int(width)  # read by _make_layer during ResNet.__init__
         if num_segments < 1:
             raise ValueError(f"MVFNet: num_segments must be >= 1, got {num_segments}")
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"MVFNet: alpha must lie in [0, 1], got {alpha}")
         super().__init__(Bottleneck, [int(n) for n in layers], num_classes=num_classes)
+        if width != 64:
+            self.fc = nn.Linear(8 * width * Bottleneck.expansion, num_classes)
         self.num_segments = int(num_segments)
         self.alpha = float(alpha)
         self.num_mvf = insert_mvf(self, self.num_segments, self.alpha, tuple(mvf_stages), use_hs=True,
@@ -85,6 +92,10 @@ class MVFNet(ResNet):
         nn.init.normal_(self.fc.weight, 0.0, init_std)
         nn.init.zeros_(self.fc.bias)
         self.default_input_size = (3, self.num_segments, 224, 224)
+
+    def _make_layer(self, block, planes: int, blocks: int, stride: int = 1,
+                    dilate: bool = False) -> nn.Sequential:
+        return super()._make_layer(block, planes * self._width // 64, blocks, stride, dilate)
 
     def _frames(self, x: Tensor) -> Tensor:
         """(B, 3, T, H, W) or (B*T, 3, H, W) -> (B*T, 3, H, W), checking T."""
