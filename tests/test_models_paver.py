@@ -124,6 +124,25 @@ def test_timm_vit_b16_weights_load_into_the_encoder(tmp_path):
         create_model("paver", **TINY, encoder_checkpoint=tmp_path / "nowhere.safetensors")
 
 
+def test_official_decoder_checkpoint_and_timm_encoder_keys_load(tmp_path):
+    """An official FusePAVER state_dict (top-level cls_encoder/attn_layer, its buffers and two unused scalars)
+    beside timm ViT keys loads through create_model(checkpoint_path=) and gives the same heatmaps."""
+    src = tiny(seed=1)
+    official = {k[len("decoder."):]: v for k, v in src.state_dict().items() if k.startswith("decoder.")}
+    official.update(sph_basis=torch.zeros(32, 32, 64), spatial_weight=torch.zeros(32),
+                    adjacency_matrix=torch.zeros(32, 32), temp_score_weight=torch.ones(1),
+                    spat_score_weight=torch.ones(1))
+    official.update({k[len("encoder."):]: v for k, v in src.state_dict().items() if k.startswith("encoder.")})
+    official["head.weight"], official["head.bias"] = torch.zeros(1000, 32), torch.zeros(1000)
+    path = save_safetensors(official, tmp_path / "official.safetensors")
+    loaded = create_model("paver", **TINY, checkpoint_path=path)
+    feats = _features(src, B=1, T=3)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(feats), src(feats))
+        x = torch.ones(1, 3, 32, 64)
+        torch.testing.assert_close(loaded.encoder(x), src.encoder(x))
+
+
 # ---------------------------------------------------------------------------------------------- FusedSTBlock
 
 def _reference_block(block, x, frame_mask=None):

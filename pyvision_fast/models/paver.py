@@ -313,7 +313,7 @@ class PAVERDecoder(nn.Module):
         n, m = self.grid
         H, R = self.img_size, self.patch_size
         s = score.reshape(-1, n * m).pow(2)
-        out = s[:, self.basis_gather] @ self.basis  # (M, 2n, H R): [q, (r, c)] = column block q
+        out = s[:, self.basis_gather] @ self.basis.to(s.dtype)  # (M, 2n, H R): [q, (r, c)] = column block q
         out = out.reshape(-1, m, H, R).permute(0, 2, 1, 3).reshape(-1, H * m * R)
         lo = out.amin(-1, keepdim=True)
         span = out.amax(-1, keepdim=True) - lo
@@ -337,8 +337,9 @@ class PAVERDecoder(nn.Module):
         """(..., N, C) -> the spatial-consistency target (no grad)."""
         f = f.detach()
         if self.spatial_target == "official":
-            return f * self.adjacency_diagonal[:, None]  # einsum('BTNC,NN->BTNC') reads A's diagonal: zeros
-        return torch.matmul(self.adjacency, f)
+            # einsum('BTNC,NN->BTNC', f, A) reads A's diagonal, which is zero
+            return f * self.adjacency_diagonal.to(f.dtype)[:, None]
+        return torch.matmul(self.adjacency.to(f.dtype), f)
 
     @staticmethod
     def temporal_targets(f: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -450,7 +451,8 @@ class PAVER(nn.Module):
 @register_model
 def paver(img_size: int = 224, patch_size: int = 16, embed_dim: int = 768, depth: int = 12,
           num_heads: int = 12, decoder_heads: int = 8, num_frame: int = 5, sigma: float = 16.0,
-          offsets: str = "float", spatial_target: str = "neighbour", encoder_checkpoint: Union[str, Path, None] = None) -> PAVER:
+          offsets: str = "float", spatial_target: str = "neighbour",
+          encoder_checkpoint: Union[str, Path, None] = None) -> PAVER:
     """PAVER (FusePAVER decoder on a frozen deformable ViT-B/16): 224 x 448 ERP frames, 14 x 28 patches,
     windows of 5 frames. Encoder 85.9M parameters (ViT-B/16 without head, pos_embed for 393 tokens), decoder
     8.27M. ``img_size`` is the ERP height (width 2H); the other arguments shrink it for tests."""
