@@ -1,6 +1,7 @@
-"""Registry models to ONNX: ``export_model("vit_small_patch16_224", "vit.onnx")`` builds the model (with local
-weights when given), picks its example input, exports it with the library's translations and checks it with ONNX
-Runtime (``to_onnx``). ``pvf export NAME`` calls this."""
+"""Models to deployable ONNX: ``export_model("vit_small_patch16_224", "vit.onnx")`` builds a registry model (with
+local weights when given), picks its example input, and ``export_module`` exports it with the library's
+translations, checks it with ONNX Runtime (``to_onnx``) and optionally converts it to float16 or a Q/DQ INT8 graph
+(``export.quantize``). ``pvf export`` calls these."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -52,68 +53,84 @@ def model_preprocess(model: nn.Module, input_shape: tuple[int, ...], overrides: 
 
 def export_model(name: str, output: Union[str, Path], *, checkpoint: Union[str, Path, None] = None,
                  model_args: Optional[dict] = None, batch: int = 2,
-                 input_shape: Optional[tuple[int, ...]] = None, dynamic_batch: bool = True,
-                 opset: int = DEFAULT_OPSET, seed: int = 0, precision: str = "fp32",
-                 calib_dir: Union[str, Path, None] = None, calib_method: str = "entropy", calib_limit: int = 512,
-                 calib_eval_dir: Union[str, Path, None] = None,
-                 preprocess_config: Optional[dict] = None) -> ExportReport:
-    """Builds registry model ``name`` (``create_model(name, checkpoint_path=checkpoint, **model_args)``), exports
-    its inference module to ``output`` and returns ``to_onnx``'s report (nodes, TensorRT operator check, ONNX
-    Runtime vs PyTorch difference on a seeded random input of ``input_shape`` or the model's own size).
-
-    ``precision="fp16"`` converts the graph to float16 (float32 inputs/outputs); ``"int8"`` quantizes it to a Q/DQ
-    graph calibrated on the images of ``calib_dir`` (at most ``calib_limit``, ``calib_method`` entropy, percentile
-    or minmax) in the model's preprocessing (``model_preprocess``, ``preprocess_config`` overriding it). Either way the float32 graph stays beside
-    ``output`` as ``<stem>.fp32.onnx``, the report's difference is the converted graph's (the float32 one's is in
-    ``measurements``), and ONNX Runtime's latency on the example input is measured for both; with
-    ``calib_eval_dir`` (an ImageFolder) the top-1 accuracy of both graphs is measured there too."""
+                 input_shape: Optional[tuple[int, ...]] = None, seed: int = 0, **options) -> ExportReport:
+    """Builds registry model ``name`` (``create_model(name, checkpoint_path=checkpoint, **model_args)``) and
+    exports its inference module (``inference_module``) with ``export_module`` on a seeded random input of
+    ``input_shape`` or the model's own size (``example_input_shape`` at ``batch``); ``options`` are
+    ``export_module``'s (precision, calibration, dynamic batch, opset)."""
     from pyvision_fast.models import create_model
 
-    from . import quantize
-    from .onnx_export import onnxruntime_diffs
+    _check_precision(options.get("precision", "fp32"), options.get("calib_dir"))
+    model = create_model(name, checkpoint_path=checkpoint, **(model_args or {}))
+    module = inference_module(model)
+    shape = tuple(input_shape) if input_shape else example_input_shape(module, batch)
+    example = torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+    return export_module(module, (example,), output, **options)
 
+
+def _check_precision(precision: str, calib_dir) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "int8" and calib_dir is None:
         raise ValueError("precision='int8' needs calibration images: calib_dir (--calib DIR)")
     if precision != "int8" and calib_dir is not None:
         raise ValueError("calibration images (calib_dir) apply to precision='int8' only")
-    model = create_model(name, checkpoint_path=checkpoint, **(model_args or {}))
-    module = inference_module(model)
-    shape = tuple(input_shape) if input_shape else example_input_shape(module, batch)
-    preprocess = (model_preprocess(module, shape, preprocess_config) if precision == "int8" or calib_eval_dir
-                  else None)
-    if precision == "int8":  # fail on a bad folder before the export's minutes
+
+
+def export_module(module: nn.Module, example_inputs: tuple[torch.Tensor, ...], output: Union[str, Path], *,
+                  dynamic_batch: bool = True, opset: int = DEFAULT_OPSET, precision: str = "fp32",
+                  calib_dir: Union[str, Path, None] = None, calib_method: str = "entropy", calib_limit: int = 512,
+                  calib_eval_dir: Union[str, Path, None] = None,
+                  preprocess_config: Optional[dict] = None) -> ExportReport:
+    """Exports ``module`` to ``output`` and returns ``to_onnx``'s report (nodes, TensorRT operator check, ONNX
+    Runtime vs PyTorch difference on ``example_inputs``).
+
+    ``precision="fp16"`` converts the graph to float16 (float32 inputs/outputs); ``"int8"`` quantizes it to a Q/DQ
+    graph calibrated on the images of ``calib_dir`` (at most ``calib_limit``, ``calib_method`` entropy, percentile
+    or minmax) in the model's preprocessing (``model_preprocess``, ``preprocess_config`` overriding it). Either way
+    the float32 graph stays beside ``output`` as ``<stem>.fp32.onnx``, the report's difference is the converted
+    graph's (the float32 one's is in ``measurements``), and ONNX Runtime's latency on the example input is
+    measured for both; with ``calib_eval_dir`` (an ImageFolder) the top-1 accuracy is measured there too."""
+    import onnx
+
+    from . import quantize
+    from .onnx_export import onnxruntime_diffs
+    from .trt_support import unsupported_nodes
+
+    _check_precision(precision, calib_dir)
+    module = module.eval()
+    example_inputs = tuple(example_inputs)
+    image_model = len(example_inputs) == 1 and example_inputs[0].dim() == 4
+    if (precision == "int8" or calib_eval_dir) and not image_model:
+        raise ValueError("calibration and accuracy on image folders need a model with one (N, C, H, W) input")
+    preprocess = (model_preprocess(module, tuple(example_inputs[0].shape), preprocess_config)
+                  if precision == "int8" or calib_eval_dir else None)
+    if precision == "int8":  # a bad folder fails before the export's minutes
         batches = quantize.image_batches(calib_dir, preprocess, batch_size=8, limit=calib_limit)
-    gen = torch.Generator().manual_seed(seed)
-    example = torch.rand(shape, generator=gen)
     output = Path(output)
     if precision == "fp32":
-        report = to_onnx(module, (example,), output, dynamic_batch=dynamic_batch, opset=opset)
+        report = to_onnx(module, example_inputs, output, dynamic_batch=dynamic_batch, opset=opset)
         if calib_eval_dir is not None:
             report.measurements["top1"] = quantize.classifier_accuracy(output, calib_eval_dir, preprocess)
         return report
     fp32_path = output.with_name(output.stem + ".fp32.onnx")
-    report = to_onnx(module, (example,), fp32_path, dynamic_batch=dynamic_batch, opset=opset)
+    report = to_onnx(module, example_inputs, fp32_path, dynamic_batch=dynamic_batch, opset=opset)
     if precision == "fp16":
         quantize.to_float16(fp32_path, output)
     else:
         quantize.quantize_int8(fp32_path, output, batches, method=calib_method)
-    import onnx
-
     converted = onnx.load(str(output))
     report.measurements = {"fp32 graph": str(fp32_path), "fp32 max |diff|": report.max_abs_diff}
     report.path, report.precision = output, precision
     report.num_nodes = len(converted.graph.node)
     report.op_types = sorted({n.op_type for n in converted.graph.node})
-    from .trt_support import unsupported_nodes
-
     report.tensorrt_unsupported = unsupported_nodes(converted)
-    report.output_diffs = onnxruntime_diffs(output, module, (example,))
+    report.output_diffs = onnxruntime_diffs(output, module, example_inputs)
     report.max_abs_diff = max(report.output_diffs) if report.output_diffs else 0.0
-    x = example.numpy()
-    report.measurements["ORT ms fp32"] = quantize.onnxruntime_latency_ms(fp32_path, x)
-    report.measurements[f"ORT ms {precision}"] = quantize.onnxruntime_latency_ms(output, x)
+    if image_model:
+        x = example_inputs[0].numpy()
+        report.measurements["ORT ms fp32"] = quantize.onnxruntime_latency_ms(fp32_path, x)
+        report.measurements[f"ORT ms {precision}"] = quantize.onnxruntime_latency_ms(output, x)
     if calib_eval_dir is not None:
         report.measurements["top1 fp32"] = quantize.classifier_accuracy(fp32_path, calib_eval_dir, preprocess)
         report.measurements[f"top1 {precision}"] = quantize.classifier_accuracy(output, calib_eval_dir, preprocess)

@@ -1,5 +1,5 @@
 """The ``pvf`` command (also ``python -m pyvision_fast``): info, models, bench, train, eval, extract,
-export."""
+export, engine-info."""
 from __future__ import annotations
 
 import argparse
@@ -125,41 +125,47 @@ def _registry_export_args(args) -> dict:
 def _export(args) -> int:
     import torch
 
-    from pyvision_fast.export import build_engine, export_model, to_onnx
+    from pyvision_fast.export import build_engine, export_model
+    from pyvision_fast.export.models import export_module
 
+    precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
+    options = dict(dynamic_batch=not args.static_batch, precision=precision, calib_dir=args.calib,
+                   calib_method=args.calib_method, calib_limit=args.calib_limit, calib_eval_dir=args.calib_eval)
     module_name, _, attr = args.model.partition(":")
-    if attr:
-        if args.checkpoint or args.model_arg:
-            print("pvf export: --checkpoint/--model-arg apply to registry models (pvf models), not to "
-                  "package.module:factory", file=sys.stderr)
-            return 2
-        if not args.input:
-            print("pvf export: a package.module:factory model needs --input SHAPE", file=sys.stderr)
-            return 2
-        sys.path.insert(0, str(Path.cwd()))
-        factory = getattr(importlib.import_module(module_name), attr)
-        model = factory() if not isinstance(factory, torch.nn.Module) else factory
-        torch.manual_seed(args.seed)
-        inputs = tuple(torch.rand(shape) for shape in args.input)
-        report = to_onnx(model, inputs, args.output, dynamic_batch=not args.static_batch)
-    else:
-        from pyvision_fast.models import is_model
+    try:
+        if args.preprocess:
+            from pyvision_fast.train.config import parse_pairs
 
-        if not is_model(args.model):
-            print(f"pvf export: {args.model!r} is neither a registered model (pvf models) nor "
-                  "package.module:factory", file=sys.stderr)
-            return 2
-        if args.input and len(args.input) != 1:
-            print("pvf export: a registry model takes one --input SHAPE", file=sys.stderr)
-            return 2
-        try:
-            model_args = _registry_export_args(args)
-            report = export_model(args.model, args.output, checkpoint=args.checkpoint, model_args=model_args,
-                                  input_shape=args.input[0] if args.input else None,
-                                  dynamic_batch=not args.static_batch, seed=args.seed)
-        except _INPUT_ERRORS as exc:
-            print(f"pvf export: error: {exc}", file=sys.stderr)
-            return 2
+            options["preprocess_config"] = parse_pairs(args.preprocess, "--preprocess")
+        if attr:
+            if args.checkpoint or args.model_arg:
+                raise ValueError("--checkpoint/--model-arg apply to registry models (pvf models), not to "
+                                 "package.module:factory")
+            if not args.input:
+                raise ValueError("a package.module:factory model needs --input SHAPE")
+            sys.path.insert(0, str(Path.cwd()))
+            try:
+                factory = getattr(importlib.import_module(module_name), attr)
+            except (ImportError, AttributeError) as exc:
+                raise ValueError(f"cannot load {args.model} ({exc})") from exc
+            model = factory() if not isinstance(factory, torch.nn.Module) else factory
+            torch.manual_seed(args.seed)
+            inputs = tuple(torch.rand(shape) for shape in args.input)
+            report = export_module(model, inputs, args.output, **options)
+        else:
+            from pyvision_fast.models import is_model
+
+            if not is_model(args.model):
+                raise ValueError(f"{args.model!r} is neither a registered model (pvf models) nor "
+                                 "package.module:factory")
+            if args.input and len(args.input) != 1:
+                raise ValueError("a registry model takes one --input SHAPE")
+            report = export_model(args.model, args.output, checkpoint=args.checkpoint,
+                                  model_args=_registry_export_args(args),
+                                  input_shape=args.input[0] if args.input else None, seed=args.seed, **options)
+    except _INPUT_ERRORS as exc:
+        print(f"pvf export: error: {exc}", file=sys.stderr)
+        return 2
     print(report)
     if args.engine:
         import onnx
@@ -169,10 +175,23 @@ def _export(args) -> int:
         names = [i.name for i in graph_inputs]
         max_shapes = {n: (args.max_batch, *s[1:]) for n, s in zip(names, shapes)}
         min_shapes = {n: (1, *s[1:]) for n, s in zip(names, shapes)}
-        opt_shapes = {n: tuple(s) for n, s in zip(names, args.input or shapes)}
-        path = build_engine(args.output, args.engine, fp16=args.fp16, workspace=args.workspace << 20,
-                            min_shapes=min_shapes, opt_shapes=opt_shapes, max_shapes=max_shapes)
-        print(f"TensorRT engine: {path}")
+        opt_shapes = {n: (min(args.opt_batch, args.max_batch), *s[1:]) for n, s in zip(names, shapes)}
+        path = build_engine(args.output, args.engine, fp16=args.fp16 or args.int8, int8=args.int8,
+                            workspace=args.workspace << 20, min_shapes=min_shapes, opt_shapes=opt_shapes,
+                            max_shapes=max_shapes)
+        print(f"TensorRT engine: {path} (metadata: {path.name}.json)")
+    return 0
+
+
+def _engine_info(args) -> int:
+    from pyvision_fast.export import read_engine_metadata
+
+    try:
+        meta = read_engine_metadata(args.engine)
+    except (OSError, ValueError) as exc:
+        print(f"pvf engine-info: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(meta, indent=2))
     return 0
 
 
@@ -274,15 +293,34 @@ def main(argv=None) -> int:
     p.add_argument("--model-arg", nargs="+", action="extend", metavar="K=V",
                    help="registry models: create_model keyword arguments, e.g. --model-arg num_classes=7")
     p.add_argument("--input", type=_parse_shape, action="append",
-                   help="example input shape, e.g. 2x3x224x224 (repeat for several inputs)")
+                   help="example input shape, e.g. 2x3x224x224 (repeat for several inputs; registry models: default "
+                   "from the model)")
     p.add_argument("-o", "--output", default="model.onnx")
     p.add_argument("--static-batch", action="store_true", help="do not make the batch dimension dynamic")
-    p.add_argument("--engine", help="also build a TensorRT engine at this path")
-    p.add_argument("--fp16", action="store_true")
-    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--fp16", action="store_true", help="float16 ONNX (float32 inputs/outputs; the float32 graph "
+                   "stays beside as <name>.fp32.onnx); with --engine, FP16 kernels")
+    p.add_argument("--int8", action="store_true", help="static INT8: a Q/DQ ONNX calibrated on --calib images (the "
+                   "form TensorRT 10 and ONNX Runtime both run); with --engine, INT8 kernels")
+    p.add_argument("--calib", metavar="DIR", help="--int8: calibration images (any depth), in the model's "
+                   "preprocessing")
+    p.add_argument("--calib-method", choices=("entropy", "percentile", "minmax"), default="entropy")
+    p.add_argument("--calib-limit", type=int, default=512, help="--int8: at most this many calibration images")
+    p.add_argument("--calib-eval", metavar="DIR", help="an ImageFolder (<class>/<image>): report top-1 of the "
+                   "exported graph (and of the float32 one with --fp16/--int8)")
+    p.add_argument("--preprocess", nargs="+", action="extend", metavar="K=V",
+                   help="image preprocessing for --calib/--calib-eval: mean=(...) std=(...) crop_pct=F "
+                   "interpolation=bicubic (default: the model's data_config, else ImageNet's)")
+    p.add_argument("--engine", help="also build a TensorRT engine at this path (metadata beside it as .json)")
+    p.add_argument("--max-batch", type=int, default=32, help="TensorRT profile: largest batch")
+    p.add_argument("--opt-batch", type=int, default=8, help="TensorRT profile: the batch kernels are tuned for")
     p.add_argument("--workspace", type=int, default=1024, help="TensorRT workspace in MiB")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("engine-info", help="what a TensorRT engine built by pvf export takes and gives (no TensorRT "
+                       "needed)")
+    p.add_argument("engine")
+    p.set_defaults(func=_engine_info)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -124,3 +124,33 @@ def test_engine_metadata_reads_without_tensorrt(tmp_path, capsys):
 def test_tensorrt_module_without_tensorrt_says_what_to_install(tmp_path):
     with pytest.raises(RuntimeError, match="pip install tensorrt"):
         TensorRTModule(tmp_path / "m.plan")
+
+
+def test_pvf_export_int8_and_engine_info(trained, tmp_path, capsys):
+    data, checkpoint = trained
+    out = tmp_path / "vit.onnx"
+    assert cli.main(["export", "vit_tiny_patch16_224", "--checkpoint", str(checkpoint), "--int8", "--calib",
+                     str(data / "train"), "--calib-limit", "32", "--calib-eval", str(data / "val"),
+                     "--preprocess", "crop_pct=1.0", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "precision: int8" in printed and "top1 int8" in printed and "ORT ms int8" in printed
+    assert (tmp_path / "vit.fp32.onnx").is_file() and "QuantizeLinear" in printed
+    # a float16 export of a package.module:factory model
+    assert cli.main(["export", "torch.nn:Hardswish", "--input", "2x3x8x8", "--fp16", "-o",
+                     str(tmp_path / "hs.onnx")]) == 0
+    assert "precision: fp16" in capsys.readouterr().out
+    engine = tmp_path / "m.plan"
+    engine.write_bytes(b"\0")
+    (tmp_path / "m.plan.json").write_text(json.dumps({"precision": ["fp32", "int8"]}))
+    assert cli.main(["engine-info", str(engine)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"precision": ["fp32", "int8"]}
+    for argv, match in [
+        (["export", "vit_tiny_patch16_224", "--int8", "-o", str(out)], "needs calibration images"),
+        (["export", "vit_tiny_patch16_224", "--calib", str(data), "-o", str(out)], "int8' only"),
+        (["export", "vit_tiny_patch16_224", "--int8", "--calib", str(data), "--preprocess", "crop=1",
+          "-o", str(out)], "preprocessing keys"),
+        (["export", "no.such.module:build", "--input", "1x3", "-o", str(out)], "no.such"),
+        (["engine-info", str(tmp_path / "none.plan")], "none.plan"),
+    ]:
+        assert cli.main(argv) == 2, argv
+        assert match in capsys.readouterr().err, argv
