@@ -11,7 +11,8 @@ pytest.importorskip("av")
 
 from pyvision_fast.data.video import write_video  # noqa: E402
 from pyvision_fast.data.wild360 import (GT_DIR, Wild360Features, Wild360FormatError,  # noqa: E402
-                                        Wild360Videos, clip_spans, read_video_list, scan_wild360)
+                                        Wild360Videos, clip_spans, gt_cache_path, read_video_list, save_atomic,
+                                        scan_wild360, write_gt_cache)
 
 
 def blob(h: int, w: int, cy: float, cx: float, sigma: float) -> np.ndarray:
@@ -182,6 +183,21 @@ def test_feature_clips(wild, tmp_path):
     assert abs(peak[0] - (8.5 * 7.5 - 0.5)) <= 4 and abs(peak[1] - ((8.5 + 20 * 16 / 24) * 7.5 - 0.5)) <= 4
     x, gt, meta = test[1]
     assert x.shape == (2, 9, 4) and gt.shape == (2, 120, 240) and meta["start"] == 25
+    # the extraction's GT cache gives the same maps without reading the .npy files
+    from_npy = torch.cat([test[0][1], test[1][1]])
+    write_gt_cache(scan_wild360(wild, "test")[0], feats)
+    cached = Wild360Features(wild, feats, "test")
+    assert cached.videos[0].gt_dir is None
+    assert torch.equal(torch.cat([cached[0][1], cached[1][1]]), from_npy)
+    save_atomic({"gt": torch.zeros(26, 120, 240)}, gt_cache_path(feats, "te_a"), {})
+    with pytest.raises(ValueError, match=r"gt/te_a.safetensors: GT of 26 frames for the 27"):
+        Wild360Features(wild, feats, "test")
+    save_atomic({"gt": torch.zeros(27, 60, 120)}, gt_cache_path(feats, "te_a"), {})
+    with pytest.raises(ValueError, match=r"GT cache of shape \(27, 60, 120\), expected \(T, 120, 240\)"):
+        Wild360Features(wild, feats, "test")
+    gt_cache_path(feats, "te_a").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="not a readable GT cache"):
+        Wild360Features(wild, feats, "test")
 
 
 def test_feature_errors(wild, tmp_path):

@@ -66,6 +66,9 @@ def test_extract_train_eval(wild, tmp_path, capsys):
     assert rc == 0, out.err
     summary = json.loads(out.out.strip().splitlines()[-1])
     assert sorted(summary["written"]) == ["te_a", "tr_a", "tr_b"] and summary["skipped"] == []
+    assert summary["gt_written"] == ["te_a"]
+    with safe_open(str(root / "features" / "gt" / "te_a.safetensors"), framework="pt") as f:
+        assert tuple(f.get_slice("gt").get_shape()) == (27, 120, 240)
     # the features are the frozen encoder's on the decoded, resized frames (float16 by default)
     model = create_model("paver", **TINY, encoder_checkpoint=str(weights)).eval()
     frames = read_video(root / "data" / "test" / "te_a.mp4", indices=[0, 26], size=(32, 64))
@@ -78,7 +81,8 @@ def test_extract_train_eval(wild, tmp_path, capsys):
     # resumable: a second run skips every video; other settings are refused, not mixed in
     rc, out = extract(root, weights, capsys)
     assert rc == 0
-    assert sorted(json.loads(out.out.strip().splitlines()[-1])["skipped"]) == ["te_a", "tr_a", "tr_b"]
+    again = json.loads(out.out.strip().splitlines()[-1])
+    assert sorted(again["skipped"]) == ["te_a", "tr_a", "tr_b"] and again["gt_written"] == []
     rc, out = extract(root, weights, capsys, "--dtype", "float32")
     assert rc == 2 and "extracted with other settings" in out.err
 

@@ -10,10 +10,12 @@ bad dataset fails before any encoding) is decoded whole at the model's frame siz
 ``FEATDIR/{vid}.safetensors``: ``frame`` (T, N, D) and ``cls`` (T, D) in ``dtype`` — float16 by default (half
 the disk: 0.6 MB per frame at ViT-B/16 224x448; a value beyond float16's range is an error asking for
 ``--dtype float32``) — with the settings (model, arguments, encoder checkpoint, frame size, dtype) in the
-file's metadata. Files are written atomically (temporary file, then rename), so an interrupted run leaves no
-partial file; a rerun skips the videos whose file exists with the same settings and frame count (resumable)
-and refuses to mix features extracted with other settings. ``--checkpoint`` is the encoder's weights: a
-timm ``vit_base_patch16_224`` (augreg) state_dict as ``.safetensors`` or ``.pth`` (timm's ``.npz`` must be
+file's metadata. Test videos also get their GT maps resized to 120x240 once, in
+``FEATDIR/gt/{vid}.safetensors`` (:func:`pyvision_fast.data.wild360.write_gt_cache`), which the evaluations
+read. Files are written atomically (temporary file, then rename), so an interrupted run leaves no partial
+file; a rerun skips the videos whose file exists with the same settings and frame count (resumable) and
+refuses to mix features extracted with other settings. ``--checkpoint`` is the encoder's weights: a timm
+``vit_base_patch16_224`` (augreg) state_dict as ``.safetensors`` or ``.pth`` (timm's ``.npz`` must be
 converted by timm first), passed to the model as ``encoder_checkpoint``; without it the encoder is randomly
 initialised, which only makes sense for tests, and a warning says so.
 
@@ -31,7 +33,8 @@ from typing import Any, Optional, Union
 
 import torch
 
-from ..data.wild360 import SPLITS, Wild360Videos, feature_path, read_feature_header
+from ..data.wild360 import (GT_SIZE, SPLITS, Wild360Videos, feature_path, gt_cache_frames, gt_cache_path,
+                            read_feature_header, save_atomic, write_gt_cache)
 
 __all__ = ["extract_features", "add_extract_args", "FEATURE_DTYPES"]
 
@@ -74,8 +77,8 @@ def extract_features(data: Union[str, os.PathLike], output: Union[str, os.PathLi
                      device: str = "auto", dtype: str = "float16", chunk: int = 25,
                      progress: bool = True) -> dict[str, Any]:
     """Extracts the features of ``split`` (``train``, ``test`` or ``all``) of the Wild360 folder ``data`` into
-    ``output`` (module docstring). Returns ``{"written": [vid], "skipped": [vid], "output": str}`` for the
-    videos of this process."""
+    ``output`` (module docstring). Returns ``{"written": [vid], "skipped": [vid], "gt_written": [vid],
+    "output": str}`` for the videos of this process."""
     from tqdm import tqdm
 
     from ..models import create_model, is_model
@@ -106,12 +109,17 @@ def extract_features(data: Union[str, os.PathLike], output: Union[str, os.PathLi
     mine = list(range(rank, len(videos), world))
     out_dir = Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written, skipped = [], []
+    written, skipped, gt_written = [], [], []
     show = progress and rank == 0 and sys.stdout.isatty()
     bar = tqdm(mine, desc="pvf extract", unit="video", disable=not show)
     for i in bar:
         info = videos.videos[i]
         path = feature_path(out_dir, info.vid)
+        if info.gt_dir is not None:  # a test video: its GT maps at 120x240 for the evaluations
+            cache = gt_cache_path(out_dir, info.vid)
+            if not cache.is_file() or gt_cache_frames(cache, GT_SIZE) != info.num_frames:
+                write_gt_cache(info, out_dir)
+                gt_written.append(info.vid)
         if _done(path, settings, info.num_frames):
             skipped.append(info.vid)
             continue
@@ -127,22 +135,10 @@ def extract_features(data: Union[str, os.PathLike], output: Union[str, os.PathLi
                              "use --dtype float32")
         tensors = {"cls": tokens[:, 0].contiguous(), "frame": tokens[:, 1:].contiguous()}
         tensors = {k: v.to(FEATURE_DTYPES[dtype]) for k, v in tensors.items()}
-        _save_atomic(tensors, path, {**settings, "video": info.vid, "split": info.split,
+        save_atomic(tensors, path, {**settings, "video": info.vid, "split": info.split,
                                      "num_frames": str(info.num_frames)})
         written.append(info.vid)
-    return {"written": written, "skipped": skipped, "output": str(out_dir)}
-
-
-def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
-
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    return {"written": written, "skipped": skipped, "gt_written": gt_written, "output": str(out_dir)}
 
 
 def add_extract_args(p) -> None:
