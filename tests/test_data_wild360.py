@@ -11,8 +11,8 @@ pytest.importorskip("av")
 
 from pyvision_fast.data.video import write_video  # noqa: E402
 from pyvision_fast.data.wild360 import (GT_DIR, Wild360Features, Wild360FormatError,  # noqa: E402
-                                        Wild360Videos, clip_spans, gt_cache_path, read_video_list, save_atomic,
-                                        scan_wild360, write_gt_cache)
+                                        Wild360Videos, clip_spans, gt_cache_path, read_video_list,
+                                        save_atomic, scan_wild360, write_gt_cache)
 
 
 def blob(h: int, w: int, cy: float, cx: float, sigma: float) -> np.ndarray:

@@ -182,13 +182,14 @@ def _ddp_worker(rank: int, folder: str) -> None:
         loss, _ = RECIPE(make_cfg()).train_loss(ddp, (x, torch.zeros(1, 0), {}), None)
         loss.backward()
         assert "forward" not in vars(model)
-        torch.save({k: p.grad for k, p in model.named_parameters() if p.requires_grad}, f"{folder}/grad{rank}.pt")
+        grads = {k: p.grad for k, p in model.named_parameters() if p.requires_grad}
+        torch.save(grads, f"{folder}/grad{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
 def test_train_loss_through_ddp_forward(tmp_path):
-    """One process: the DDP-wrapped call returns the model's loss, and the model's own forward is back after."""
+    """One process: the DDP-wrapped call returns the model's loss; the model's own forward is back after."""
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
@@ -224,4 +225,5 @@ def test_train_loss_synchronises_gradients_under_ddp(tmp_path):
                 expected[k] = expected.get(k, 0) + p.grad / 2
     assert grads[0].keys() == expected.keys()
     for k in expected:
-        assert torch.allclose(grads[0][k], grads[1][k]) and torch.allclose(grads[0][k], expected[k], atol=1e-6)
+        assert torch.allclose(grads[0][k], grads[1][k])
+        assert torch.allclose(grads[0][k], expected[k], atol=1e-6)
