@@ -172,3 +172,31 @@ def test_accumulator_is_independent_of_batching():
         whole.update(preds, gts[:2], video=1)
     with pytest.raises(ValueError, match="average"):
         SaliencyMetrics(average="clip")
+
+
+def test_accumulator_synchronises_like_one_process():
+    """Two processes' states gathered (torchmetrics' sync with a stand-in all-gather) give the metrics of one
+    process that saw every frame, also when a process saw none."""
+    gts = torch.tensor(np.stack([blob(50 + 5 * i, 90 + 9 * i, 8) for i in range(3)]))
+    preds = gts.flip(-1) + 0.2
+    one = SaliencyMetrics(n_splits=5)
+    one.update(preds[:2], gts[:2], video=0)
+    one.update(preds[2:], gts[2:], video=1)
+    rank1 = SaliencyMetrics(n_splits=5)
+    rank1.update(preds[2:], gts[2:], video=1)
+    for other in (rank1, SaliencyMetrics(n_splits=5)):
+        def gather(tensor, group=None, other=other):
+            theirs = [torch.cat(other.rows)] if other.rows else []
+            return [tensor, *(theirs or [torch.tensor([], dtype=torch.float64)])]
+
+        rank0 = SaliencyMetrics(n_splits=5, dist_sync_fn=gather, distributed_available_fn=lambda: True)
+        rank0.update(preds[:2], gts[:2], video=0)
+        got = rank0.compute()
+        assert got["frames"].item() == (3 if other is rank1 else 2)
+        if other is rank1:
+            want = one.compute()
+        else:
+            alone = SaliencyMetrics(n_splits=5)
+            alone.update(preds[:2], gts[:2], video=0)
+            want = alone.compute()
+        assert all(got[k].item() == pytest.approx(want[k].item(), abs=1e-12) for k in want)

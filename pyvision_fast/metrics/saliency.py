@@ -228,7 +228,7 @@ class SaliencyMetrics(Metric):
     ``compute()`` returns ``{name: 0-d float64 tensor}`` for :data:`METRIC_NAMES` plus ``frames`` (frames
     scored) and ``undefined_frames`` (frames without fixations, left out of the averages). ``average="video"``
     (PAVER's ``train.py``): the mean over each video's frames, then the mean over videos; ``"frame"``: the
-    mean over all frames. The states are per-frame score rows and video ids, concatenated across processes.
+    mean over all frames. The state holds a row (video id, scores) per frame, concatenated across processes.
     """
 
     full_state_update = False
@@ -246,8 +246,10 @@ class SaliencyMetrics(Metric):
         self.options = dict(size=tuple(int(v) for v in size), resample=resample, n_splits=n_splits, step=step,
                             jitter=jitter, clip_top=clip_top)
         self.seed, self.average = int(seed), average
-        self.add_state("scores", default=[], dist_reduce_fx="cat")
-        self.add_state("videos", default=[], dist_reduce_fx="cat")
+        # One flat float64 state, 7 numbers per frame (video id, then the scores): a process that saw no frame
+        # contributes torchmetrics' empty 1-D tensor of the metric's dtype, which concatenates with it.
+        self.add_state("rows", default=[], dist_reduce_fx="cat")
+        self.set_dtype(torch.float64)
 
     def update(self, pred: Tensor, gt: Tensor, video: Union[int, Tensor],
                frames: Optional[Tensor] = None) -> None:
@@ -273,14 +275,13 @@ class SaliencyMetrics(Metric):
             rng = np.random.default_rng([self.seed, int(videos[i]) & 0x7FFFFFFF, int(frames[i]) & 0x7FFFFFFF])
             scores = saliency_scores(pred_np[i], gt_np[i], rng=rng, **self.options)
             rows.append([scores[name] for name in METRIC_NAMES])
-        self.scores.append(torch.tensor(rows, dtype=torch.float64, device=self.device))
-        self.videos.append(videos.to(self.device))
+        table = torch.cat([videos[:, None].double(), torch.tensor(rows, dtype=torch.float64)], 1)
+        self.rows.append(table.reshape(-1).to(self.device))
 
     def compute(self) -> dict[str, Tensor]:
-        scores = dim_zero_cat(self.scores) if len(self.scores) else torch.zeros(0, len(METRIC_NAMES),
-                                                                                 dtype=torch.float64)
-        videos = dim_zero_cat(self.videos) if len(self.videos) else torch.zeros(0, dtype=torch.int64)
-        scores, videos = scores.reshape(-1, len(METRIC_NAMES)).cpu(), videos.reshape(-1).cpu()
+        flat = dim_zero_cat(self.rows) if len(self.rows) else torch.zeros(0, dtype=torch.float64)
+        table = flat.reshape(-1, 1 + len(METRIC_NAMES)).cpu()
+        videos, scores = table[:, 0].long(), table[:, 1:]
         if self.average == "video" and scores.shape[0]:
             ids = torch.unique(videos)
             per_video = torch.stack([scores[videos == v].nanmean(0) for v in ids])
