@@ -11,7 +11,7 @@ import torch
 from .harness import (format_table, keep_freed_memory, machine_description, measure_ceilings, measure_memory,
                       run_case, write_reports)
 
-FAMILIES = ["pointcloud", "attention", "mvf", "scale_space", "deform_conv", "sphere", "overhead", "models",
+FAMILIES = ["pointcloud", "attention", "mvf", "scale_space", "deform_conv", "sphere", "overhead", "models", "deploy",
             "vector_quantize"]
 
 

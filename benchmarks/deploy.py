@@ -1,0 +1,130 @@
+"""Deployment cases: one registry model (ViT-S/16 at 224x224; ``--quick``: a 2-block ViT at 64x64) served at batch 1
+and batch 32 by PyTorch eager, ``torch.compile``, ONNX Runtime on the float32 export and ONNX Runtime on the INT8
+Q/DQ export (``pyvision_fast.export``), plus TensorRT fp16/int8 engines where TensorRT and a GPU are present.
+Reported with samples/s and, on the CPU, each runtime's peak resident memory in its own process.
+
+The INT8 graph is calibrated on seeded random images (latency does not depend on the calibration data; accuracy
+does, and is what ``pvf export --int8 --calib DIR --calib-eval VAL`` reports). Each runtime is built on its first
+call (export, quantization, compilation), which the harness's warm-up absorbs.
+"""
+from __future__ import annotations
+
+import importlib.util
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from pyvision_fast.models import create_model
+
+from .harness import Case, Impl
+
+_WORK = Path(tempfile.gettempdir()) / "pvf-bench-deploy"
+
+
+def _lazy(build: Callable[[], Callable[[], object]]) -> Callable[[], object]:
+    """A call that builds its runner the first time (export, compile) and runs it every time."""
+    runner = []
+
+    def call():
+        if not runner:
+            runner.append(build())
+        return runner[0]()
+    return call
+
+
+def _onnx_files(tag: str, model: torch.nn.Module, img: int) -> dict[str, Path]:
+    """Float32 and INT8 ONNX exports of ``model`` (made once per process and size)."""
+    from pyvision_fast.export import quantize_int8, to_onnx
+
+    folder = _WORK / tag
+    folder.mkdir(parents=True, exist_ok=True)
+    fp32, int8 = folder / "model.onnx", folder / "model.int8.onnx"
+    if not fp32.is_file():
+        to_onnx(model, (torch.rand(2, 3, img, img),), fp32, check=False)
+    if not int8.is_file():
+        rng = np.random.default_rng(0)
+        calib = [rng.standard_normal((4, 3, img, img)).astype(np.float32) for _ in range(4)]
+        quantize_int8(fp32, int8, calib)
+    return {"fp32": fp32, "int8": int8}
+
+
+def _ort(path_of: Callable[[], Path], x: torch.Tensor) -> Callable[[], object]:
+    def build():
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path_of()), providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: x.numpy()}
+        return lambda: session.run(None, feed)
+    return _lazy(build)
+
+
+def _eager(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    def run():
+        with torch.inference_mode():
+            return model(x)
+    return run
+
+
+def _compiled(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    def build():
+        compiled = torch.compile(model)
+
+        def run():
+            with torch.inference_mode():
+                return compiled(x)
+        return run
+    return _lazy(build)
+
+
+def _tensorrt(path_of: Callable[[], Path], x: torch.Tensor, precision: str, tag: str) -> Callable[[], object]:
+    def build():
+        from pyvision_fast.export import TensorRTModule, build_engine
+
+        engine = _WORK / tag / f"model.{precision}.plan"
+        if not engine.is_file():
+            shape = tuple(x.shape)
+            build_engine(path_of(), engine, fp16=True, int8=precision == "int8",
+                         min_shapes={"x": (1, *shape[1:])}, opt_shapes={"x": shape}, max_shapes={"x": shape})
+        module, xc = TensorRTModule(engine), x.cuda()
+        return lambda: module(xc)
+    return _lazy(build)
+
+
+def cases(device: str, quick: bool) -> list[Case]:
+    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnxscript") is None:
+        print("deploy: onnxruntime/onnxscript are not installed (pip install -e .[export])")
+        return []
+    img = 64 if quick else 224
+    args = dict(img_size=img, depth=2) if quick else dict(img_size=img)
+    name = "vit_small_patch16_224"
+    torch.manual_seed(0)
+    model = create_model(name, **args).eval()
+    tag = f"{name}-{img}-{'quick' if quick else 'full'}"
+    files: dict[str, Path] = {}
+
+    def path(precision: str) -> Callable[[], Path]:
+        def get():
+            if not files:
+                files.update(_onnx_files(tag, model, img))
+            return files[precision]
+        return get
+
+    trt = device == "cuda" and importlib.util.find_spec("tensorrt") is not None
+    out = []
+    for batch in ((1, 4) if quick else (1, 32)):
+        x = torch.rand(batch, 3, img, img)
+        impls = [Impl("PyTorch eager", _eager(model, x), "reference"),
+                 Impl("torch.compile", _compiled(model, x), "peer"),
+                 Impl("ORT fp32 (pvf export)", _ort(path("fp32"), x), "ours"),
+                 Impl("ORT int8 Q/DQ (--int8)", _ort(path("int8"), x), "peer")]
+        if trt:
+            impls += [Impl("TensorRT fp16", _tensorrt(path("fp32"), x, "fp16", tag), "peer"),
+                      Impl("TensorRT int8", _tensorrt(path("int8"), x, "int8", tag), "peer")]
+        out.append(Case("deploy", f"ViT-S/16 {img} inference b{batch}", {"batch": batch, "img": img},
+                        impls, samples=batch, measure_memory=device == "cpu",
+                        note="runtimes on the CPU (ONNX Runtime's CPU provider); TensorRT rows need a GPU and "
+                             "TensorRT" if not trt else "TensorRT engines built from the same ONNX files"))
+    return out
