@@ -96,6 +96,7 @@ def test_extract_train_eval(wild, tmp_path, capsys):
     assert len(losses) == 3 and losses[2] < 0.8 * losses[0], losses
     config = json.loads((run / "config.json").read_text())
     assert config["opt"] == "adam" and config["sched"] == "none" and config["batch_size"] == 1
+    assert config["model_args"] == {**TINY, "num_frame": 5}  # what pvf eval rebuilds the model with
     assert config["updates_per_epoch"] == 11  # windows: 5 + 1 (frames 25..30) of tr_a, 5 of tr_b
     # only the decoder learned: the encoder's weights are those it was built with (seed 0, the engine's)
     trained = load_file(str(run / "checkpoint-last.safetensors"))

@@ -319,8 +319,7 @@ class Wild360Features(Dataset):
             path = feature_path(features, v.vid)
             if not path.is_file():
                 raise FileNotFoundError(f"{path} not found (video {v.vid!r}, {v.where}): run `pvf extract "
-                                        f"paver "
-                                        f"--data {root} --output {features}` first")
+                                        f"paver --data {root} --output {features}` first")
             frame, _, _ = read_feature_header(path)
             if shape is None:
                 shape, first = frame[1:], path

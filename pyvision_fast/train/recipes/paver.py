@@ -12,13 +12,14 @@ video without its feature file is an error saying to run the extraction. As PAVE
 are cut into clips of ``clip_length`` = 25 frames and each clip into windows of ``num_frame`` = 5 (a model
 argument too); training takes one optimizer step per window (:class:`TrainWindows`, :func:`window_spans`: a
 clip's last, shorter window moves back to end at the clip's end), with ``PAVER.loss`` (temporal, spatial and
-cls terms, no labels). Evaluation decodes each test clip window by window (:func:`clip_heatmap`, the same
-moved-back last window, keeping its new frames) and scores every frame's heatmap against its GT map with
-:class:`pyvision_fast.metrics.saliency.SaliencyMetrics`: AUC-Borji, AUC-Judd, CC, SIM, NSS and KLD, averaged
-over each video's frames then over videos, plus the loss, ``frames`` and ``undefined_frames``; ``pvf eval
-paver`` prints them as one JSON object. The main metric (``checkpoint-best``) is **CC**: it is deterministic
-(both AUCs draw random numbers), uses the whole map rather than thresholded fixations, and PAVER reports it
-beside the AUCs.
+cls terms, no labels); the engine shuffles all the windows each epoch (PAVER shuffles the clips and runs a
+clip's windows in order: the same updates in another order). Evaluation decodes each test clip window by
+window (:func:`clip_heatmap`, the same moved-back last window, keeping its new frames) and scores every
+frame's heatmap against its GT map with :class:`pyvision_fast.metrics.saliency.SaliencyMetrics`: AUC-Borji,
+AUC-Judd, CC, SIM, NSS and KLD, averaged over each video's frames then over videos, plus the loss, ``frames``
+and ``undefined_frames``; ``pvf eval paver`` prints them as one JSON object. The main metric
+(``checkpoint-best``) is **CC**: it is deterministic (both AUCs draw random numbers), uses the whole map
+rather than thresholded fixations, and PAVER reports it beside the AUCs.
 
 Defaults are PAVER's: Adam (torch's, L2 weight decay 1e-3), lr 2e-7, 5 epochs, batch 1, no schedule. The
 encoder is frozen (its parameters never require grad) and only the parameters that require grad — the
@@ -151,15 +152,14 @@ class PAVERRecipe(Recipe):
     def build_datasets(self, data_dir: str):
         c = self.cfg
         if c.batch_size != 1:
-            raise ValueError(f"paver trains and evaluates one clip per batch (clips differ in length), got "
-                             f"batch_size={c.batch_size}")
+            raise ValueError(f"paver takes one window (training) or clip (evaluation) per batch, as PAVER; "
+                             f"got batch_size={c.batch_size}")
         if not Path(data_dir).is_dir():
             raise FileNotFoundError(f"--data {str(data_dir)!r} does not exist (the Wild360 folder)")
         features = self.feature_dir(data_dir)
         if not features.is_dir():
             raise FileNotFoundError(f"feature folder {str(features)!r} does not exist: run `pvf extract "
-                                    f"paver "
-                                    f"--data {data_dir} --output {features}` first (or --set features=DIR)")
+                                    f"paver --data {data_dir} --output {features}` first (or --set features=DIR)")
         train = Wild360Features(data_dir, features, "train", clip_length=c.clip_length)
         val = Wild360Features(data_dir, features, "test", clip_length=c.clip_length)
         self._tokens = (train.num_tokens, train.dim)
@@ -171,9 +171,8 @@ class PAVERRecipe(Recipe):
     def build_model(self, num_classes: Optional[int]) -> nn.Module:
         from ...models import create_model
 
-        kwargs = dict(self.cfg.model_args)
-        kwargs.setdefault("img_size", self.cfg.img_size)
-        kwargs.setdefault("num_frame", self.cfg.num_frame)
+        kwargs = {"img_size": self.cfg.img_size, "num_frame": self.cfg.num_frame, **self.cfg.model_args}
+        self.cfg.model_args = kwargs  # recorded in the checkpoints, so pvf eval rebuilds the same model
         model = create_model(self.cfg.model, **kwargs)
         tokens = getattr(self, "_tokens", None)
         want = tuple(model.default_input_size[1:]) if hasattr(model, "default_input_size") else None
@@ -206,9 +205,8 @@ class PAVERRecipe(Recipe):
         """Heatmaps of one test clip scored frame by frame against its GT maps; returns the clip's loss."""
         features, gt, meta = batch
         if gt.dim() != 4 or gt.shape[:2] != features.shape[:2]:
-            raise ValueError(f"paver evaluation needs GT maps (B, T, H, W) for the clip's "
-                             f"T = {features.shape[1]} "
-                             f"frames, got {tuple(gt.shape)}")
+            raise ValueError(f"paver evaluation needs GT maps (B, T, H, W) for the clip's T = "
+                             f"{features.shape[1]} frames, got {tuple(gt.shape)}")
         with torch.no_grad():
             heatmap = clip_heatmap(model, features, self.num_frame)
             loss, _ = model.loss(features)
