@@ -81,7 +81,7 @@ def export_module(module: nn.Module, example_inputs: tuple[torch.Tensor, ...], o
                   dynamic_batch: bool = True, opset: int = DEFAULT_OPSET, precision: str = "fp32",
                   calib_dir: Union[str, Path, None] = None, calib_method: str = "entropy", calib_limit: int = 512,
                   calib_eval_dir: Union[str, Path, None] = None,
-                  preprocess_config: Optional[dict] = None) -> ExportReport:
+                  preprocess_config: Optional[dict] = None, simplify: bool = False) -> ExportReport:
     """Exports ``module`` to ``output`` and returns ``to_onnx``'s report (nodes, TensorRT operator check, ONNX
     Runtime vs PyTorch difference on ``example_inputs``).
 
@@ -90,12 +90,10 @@ def export_module(module: nn.Module, example_inputs: tuple[torch.Tensor, ...], o
     or minmax) in the model's preprocessing (``model_preprocess``, ``preprocess_config`` overriding it). Either way
     the float32 graph stays beside ``output`` as ``<stem>.fp32.onnx``, the report's difference is the converted
     graph's (the float32 one's is in ``measurements``), and ONNX Runtime's latency on the example input is
-    measured for both; with ``calib_eval_dir`` (an ImageFolder) the top-1 accuracy is measured there too."""
-    import onnx
-
+    measured for both; with ``calib_eval_dir`` (an ImageFolder) the top-1 accuracy is measured there too.
+    ``simplify`` cleans the float32 graph up with onnxslim (constant folding, shape and pattern fusion) before any
+    conversion; the report's ONNX Runtime difference is then the simplified graph's."""
     from . import quantize
-    from .onnx_export import onnxruntime_diffs
-    from .trt_support import unsupported_nodes
 
     _check_precision(precision, calib_dir)
     module = module.eval()
@@ -108,25 +106,24 @@ def export_module(module: nn.Module, example_inputs: tuple[torch.Tensor, ...], o
     if precision == "int8":  # a bad folder fails before the export's minutes
         batches = quantize.image_batches(calib_dir, preprocess, batch_size=8, limit=calib_limit)
     output = Path(output)
+    fp32_path = output if precision == "fp32" else output.with_name(output.stem + ".fp32.onnx")
+    report = to_onnx(module, example_inputs, fp32_path, dynamic_batch=dynamic_batch, opset=opset)
+    if simplify:
+        nodes = report.num_nodes
+        quantize.simplify(fp32_path, fp32_path)
+        _refresh(report, fp32_path, module, example_inputs)
+        report.measurements["simplified nodes"] = f"{nodes} -> {report.num_nodes}"
     if precision == "fp32":
-        report = to_onnx(module, example_inputs, output, dynamic_batch=dynamic_batch, opset=opset)
         if calib_eval_dir is not None:
             report.measurements["top1"] = quantize.classifier_accuracy(output, calib_eval_dir, preprocess)
         return report
-    fp32_path = output.with_name(output.stem + ".fp32.onnx")
-    report = to_onnx(module, example_inputs, fp32_path, dynamic_batch=dynamic_batch, opset=opset)
     if precision == "fp16":
         quantize.to_float16(fp32_path, output)
     else:
         quantize.quantize_int8(fp32_path, output, batches, method=calib_method)
-    converted = onnx.load(str(output))
-    report.measurements = {"fp32 graph": str(fp32_path), "fp32 max |diff|": report.max_abs_diff}
-    report.path, report.precision = output, precision
-    report.num_nodes = len(converted.graph.node)
-    report.op_types = sorted({n.op_type for n in converted.graph.node})
-    report.tensorrt_unsupported = unsupported_nodes(converted)
-    report.output_diffs = onnxruntime_diffs(output, module, example_inputs)
-    report.max_abs_diff = max(report.output_diffs) if report.output_diffs else 0.0
+    report.measurements.update({"fp32 graph": str(fp32_path), "fp32 max |diff|": report.max_abs_diff})
+    _refresh(report, output, module, example_inputs)
+    report.precision = precision
     if image_model:
         x = example_inputs[0].numpy()
         report.measurements["ORT ms fp32"] = quantize.onnxruntime_latency_ms(fp32_path, x)
@@ -135,3 +132,20 @@ def export_module(module: nn.Module, example_inputs: tuple[torch.Tensor, ...], o
         report.measurements["top1 fp32"] = quantize.classifier_accuracy(fp32_path, calib_eval_dir, preprocess)
         report.measurements[f"top1 {precision}"] = quantize.classifier_accuracy(output, calib_eval_dir, preprocess)
     return report
+
+
+def _refresh(report: ExportReport, path: Path, module: nn.Module, example_inputs: tuple) -> None:
+    """Points ``report`` at the graph now in ``path``: its nodes, the TensorRT operator check and ONNX Runtime's
+    difference from ``module``."""
+    import onnx
+
+    from .onnx_export import onnxruntime_diffs
+    from .trt_support import unsupported_nodes
+
+    graph = onnx.load(str(path))
+    report.path = path
+    report.num_nodes = len(graph.graph.node)
+    report.op_types = sorted({n.op_type for n in graph.graph.node})
+    report.tensorrt_unsupported = unsupported_nodes(graph)
+    report.output_diffs = onnxruntime_diffs(path, module, example_inputs)
+    report.max_abs_diff = max(report.output_diffs) if report.output_diffs else 0.0

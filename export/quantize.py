@@ -39,6 +39,22 @@ def to_float16(onnx_path: PathLike, out_path: PathLike, keep_io_types: bool = Tr
     return out_path
 
 
+def simplify(onnx_path: PathLike, out_path: PathLike) -> Path:
+    """``onnx_path`` cleaned up by onnxslim (constant folding, dead nodes, shape and pattern fusion) at
+    ``out_path`` (may be the same file). The caller checks the result against PyTorch (``export_module`` does)."""
+    import onnx
+
+    try:
+        import onnxslim
+    except ImportError as exc:
+        raise ImportError("graph simplification needs onnxslim: pip install onnxslim (or pyvision_fast[export])") \
+            from exc
+    model = onnxslim.slim(onnx.load(str(onnx_path)))
+    out_path = Path(out_path)
+    onnx.save(model, str(out_path))
+    return out_path
+
+
 def image_preprocess(input_size: Sequence[int], mean: Sequence[float] = IMAGENET_MEAN,
                      std: Sequence[float] = IMAGENET_STD, crop_pct: float = 0.875,
                      interpolation: str = "bicubic") -> Callable:

@@ -129,7 +129,8 @@ def _export(args) -> int:
     from pyvision_fast.export.models import export_module
 
     precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
-    options = dict(dynamic_batch=not args.static_batch, precision=precision, calib_dir=args.calib,
+    options = dict(dynamic_batch=not args.static_batch, precision=precision, simplify=args.simplify,
+                   calib_dir=args.calib,
                    calib_method=args.calib_method, calib_limit=args.calib_limit, calib_eval_dir=args.calib_eval)
     module_name, _, attr = args.model.partition(":")
     try:
@@ -163,7 +164,7 @@ def _export(args) -> int:
             report = export_model(args.model, args.output, checkpoint=args.checkpoint,
                                   model_args=_registry_export_args(args),
                                   input_shape=args.input[0] if args.input else None, seed=args.seed, **options)
-    except _INPUT_ERRORS as exc:
+    except (*_INPUT_ERRORS, ImportError) as exc:
         print(f"pvf export: error: {exc}", file=sys.stderr)
         return 2
     print(report)
@@ -297,6 +298,8 @@ def main(argv=None) -> int:
                    "from the model)")
     p.add_argument("-o", "--output", default="model.onnx")
     p.add_argument("--static-batch", action="store_true", help="do not make the batch dimension dynamic")
+    p.add_argument("--simplify", action="store_true", help="clean the graph up with onnxslim (checked again with "
+                   "ONNX Runtime)")
     p.add_argument("--fp16", action="store_true", help="float16 ONNX (float32 inputs/outputs; the float32 graph "
                    "stays beside as <name>.fp32.onnx); with --engine, FP16 kernels")
     p.add_argument("--int8", action="store_true", help="static INT8: a Q/DQ ONNX calibrated on --calib images (the "

@@ -14,7 +14,8 @@ from onnx import numpy_helper  # noqa: E402
 from train_fixtures import NO_AUG, TINY_VIT, write_image_folder  # noqa: E402
 
 from pyvision_fast import cli  # noqa: E402
-from pyvision_fast.export import export_model, read_engine_metadata, tensorrt_available  # noqa: E402
+from pyvision_fast.export import (export_model, read_engine_metadata, run_onnxruntime,  # noqa: E402
+                                  tensorrt_available)
 from pyvision_fast.export.tensorrt_engine import TensorRTModule, metadata_path, profile_shapes  # noqa: E402
 from pyvision_fast.models import create_model, save_safetensors  # noqa: E402
 
@@ -154,3 +155,18 @@ def test_pvf_export_int8_and_engine_info(trained, tmp_path, capsys):
     ]:
         assert cli.main(argv) == 2, argv
         assert match in capsys.readouterr().err, argv
+
+
+def test_simplify_shrinks_the_graph_and_keeps_the_outputs(tmp_path):
+    pytest.importorskip("onnxslim")
+    torch.manual_seed(0)
+    weights = save_safetensors(create_model("vit_tiny_patch16_224", **SMALL).state_dict(), tmp_path / "w.safetensors")
+    plain = export_model("vit_tiny_patch16_224", tmp_path / "a.onnx", checkpoint=weights, model_args=SMALL)
+    slim = export_model("vit_tiny_patch16_224", tmp_path / "b.onnx", checkpoint=weights, model_args=SMALL,
+                        simplify=True)
+    assert slim.num_nodes < plain.num_nodes and slim.tensorrt_compatible
+    assert slim.measurements["simplified nodes"] == f"{plain.num_nodes} -> {slim.num_nodes}"
+    assert slim.max_abs_diff < 1e-4  # measured on the simplified file
+    x = torch.rand(3, 3, 32, 32)
+    (got,), (expected,) = run_onnxruntime(tmp_path / "b.onnx", [x]), run_onnxruntime(tmp_path / "a.onnx", [x])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
