@@ -254,8 +254,8 @@ class SaliencyMetrics(Metric):
     def update(self, pred: Tensor, gt: Tensor, video: Union[int, Tensor],
                frames: Optional[Tensor] = None) -> None:
         pred, gt = torch.as_tensor(pred), torch.as_tensor(gt)
-        if pred.dim() == 2:
-            pred, gt = pred[None], gt[None] if gt.dim() == 2 else gt
+        if pred.dim() == 2 and gt.dim() == 2:  # one frame
+            pred, gt = pred[None], gt[None]
         if pred.dim() != 3 or gt.dim() != 3 or pred.shape[0] != gt.shape[0]:
             raise ValueError(f"pred and gt must be (T, H, W) with the same T, got {tuple(pred.shape)} and "
                              f"{tuple(gt.shape)}")
