@@ -182,7 +182,7 @@ def test_tiny_scan_learns_the_identities(faces):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert extra == {} and all(math.isfinite(v) for v in losses)
     assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3]), losses
     assert not torch.equal(model.backbone.conv1.sigma(), sigma0)  # the scales are learned
@@ -252,3 +252,16 @@ def test_pvf_train_and_eval_end_to_end(faces, tmp_path, capsys):
     results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for key in ("accuracy", "tar@far=0.001", "blur1_accuracy", "blur2_accuracy", "blur4_accuracy"):
         assert 0 <= results[key] <= 1, key
+
+
+def test_fused_backbone_follows_the_weights():
+    recipe = make_recipe()
+    model = recipe.build_model(4).eval()
+    ctx = StepContext(cfg=recipe.cfg, device=torch.device("cpu"))
+    first = recipe._inference_backbone(model, ctx)
+    assert recipe._inference_backbone(model, ctx) is first  # unchanged weights: fused once
+    with torch.no_grad():
+        model.backbone.conv1.scale_logits[:, 0].add_(1.0)  # an optimizer step changes parameters in place
+    second = recipe._inference_backbone(model, ctx)
+    assert second is not first and not torch.allclose(second.conv1.weight, first.conv1.weight)
+    torch.testing.assert_close(second.conv1.weight, model.backbone.conv1.weight())

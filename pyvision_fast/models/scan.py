@@ -10,8 +10,10 @@ attention; and the trained network costs no more at inference than the plain CNN
   on): a 3x3 stem (Conv-BN-PReLU, 112x112 input), four stages of IBasicBlocks (BN - Conv3x3 - BN - PReLU -
   Conv3x3(stride) - BN, plus a 1x1 Conv-BN shortcut at each stage's first block), every stage halving the
   resolution (112 -> 7), and the output layer BN2d -> dropout -> flatten -> Linear(512 * 7 * 7, 512) -> BN1d
-  (its scale frozen at 1, as insightface) giving the 512-d embedding. Module names are insightface's, so
-  arcface_torch's ``backbone.pth`` loads into ``iresnet50``/``iresnet18`` and a fused SCAN loads there too.
+  (its scale frozen at 1, as insightface) giving the 512-d embedding. Module names are those of insightface's
+  ``iresnet`` (conv1, bn1, prelu, layer1-4 with bn1/conv1/bn2/prelu/conv2/bn3/downsample, bn2, fc, features), so
+  that arcface_torch's ``backbone.pth`` should load into ``iresnet50``/``iresnet18`` (not checked against a
+  released file here: none is available offline); a fused SCAN loads there strictly (tested).
 * SCAN replaces every 3x3 convolution (stem included) by :class:`ScanConv2d`, a
   :class:`pyvision_fast.nn.ScaleSpaceConv2d`: its kernels are learned combinations of scale-normalised Gaussian
   derivatives (orders 0..2, Lindeberg's gamma = 1) at S = 4 learned scales sigma_s (in [0.5, 1] pixel on the 3x3

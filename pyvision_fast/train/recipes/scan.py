@@ -197,9 +197,11 @@ class ScanRecipe(Recipe):
         return MetricCollection(metrics)
 
     def _inference_backbone(self, model: nn.Module, ctx: StepContext) -> nn.Module:
-        """The fused backbone, made once per evaluation (the weights change between evaluations only)."""
+        """The fused backbone, made again whenever the weights may have changed (another module, or an in-place
+        update of a parameter or buffer: their version counters), so once per evaluation in practice."""
         backbone = getattr(model, "backbone", model)
-        key = (id(backbone), ctx.epoch, ctx.step)
+        tensors = [*backbone.parameters(), *backbone.buffers()]
+        key = (id(backbone), tuple(t._version for t in tensors))
         if getattr(self, "_fused_key", None) != key:
             fused = backbone.fuse() if hasattr(backbone, "fuse") else backbone
             self._fused, self._fused_key = fused.eval(), key
