@@ -147,6 +147,11 @@ def test_bad_inputs():
         BadInput("empty output", lambda: ops.deform_conv2d(x[:, :, :1, :1], off[:, :, :1, :1], w), ValueError,
                  "empty"),
         BadInput("batch", lambda: ops.deform_conv2d(x, off[:1], w, padding=1), ValueError, "offset"),
+        # a larger batch than the input's was accepted when the kernels saw batch chunks of the offset
+        BadInput("offset batch larger", lambda: ops.deform_conv2d(x, torch.cat([off, off[:1]]), w, padding=1),
+                 ValueError, "offset has batch size 3, input 2"),
+        BadInput("mask batch larger", lambda: ops.deform_conv2d(x, off, w, padding=1, mask=torch.rand(3, 9, 6, 6)),
+                 ValueError, "mask has batch size 3, input 2"),
     ]
     for case in cases:
         run_bad_input(case)

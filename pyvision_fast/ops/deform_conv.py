@@ -318,6 +318,11 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[
             raise TypeError(f"deform_conv2d: {name} is on {t.device} but input is on {input.device}")
     if bias is not None and tuple(bias.shape) != (Cout,):
         raise ValueError(f"deform_conv2d: bias must have shape ({Cout},), got {tuple(bias.shape)}")
+    for name, t in (("offset", offset), ("mask", mask)):  # the kernels may see batch chunks: check it here
+        if t is not None and (t.dim() < 1 or t.shape[0] != input.shape[0]):
+            raise ValueError(f"deform_conv2d: {name} has batch size {t.shape[0] if t.dim() else None}, input "
+                             f"{input.shape[0]}; they must be equal (got {name} {tuple(t.shape)}, input "
+                             f"{tuple(input.shape)})")
     args = (input, weight, offset, mask, bias, stride, padding, dilation)
     return _DeformConv2dFunction.apply(*args) if eager(*args[:5]) else _deform_conv2d_op(*args)
 
