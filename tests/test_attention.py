@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from op_harness import BadInput, run_bad_input
+
+from pyvision_fast.nn import FusedAttention
 from pyvision_fast.ops.attention import kernel_family
 from pyvision_fast import ops, use_backend
 from pyvision_fast.reference import attention as ref
@@ -165,6 +167,10 @@ def _bad_cases():
         BadInput("mask dtype", lambda: ops.attention(q, q, q, attn_mask=torch.ones(5, 5, dtype=torch.long)),
                  TypeError, "bool or floating point"),
         BadInput("dropout", lambda: ops.attention(q, q, q, dropout_p=1.0), ValueError, "dropout_p"),
+        BadInput("module channels", lambda: FusedAttention(64, num_heads=4)(torch.randn(2, 5, 32)), ValueError,
+                 r"expected x of shape \(B, N, 64\), got \(2, 5, 32\)"),
+        BadInput("module rank", lambda: FusedAttention(64, num_heads=4)(torch.randn(5, 64)), ValueError,
+                 r"\(B, N, 64\), got \(5, 64\)"),
     ]
 
 

@@ -37,6 +37,9 @@ class FusedAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False) -> Tensor:
+        if x.dim() != 3 or x.shape[-1] != self.qkv.in_features:
+            raise ValueError(f"FusedAttention: expected x of shape (B, N, {self.qkv.in_features}), got "
+                             f"{tuple(x.shape)}")
         B, N, C = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         x = attention_dispatch.attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
