@@ -19,7 +19,6 @@ from __future__ import annotations
 import importlib.util
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pyvision_fast.geometry import equirect

@@ -431,3 +431,21 @@ def test_bad_inputs_raise_clear_errors():
         create_model("paver", **TINY, spatial_target="diagonal")
     with pytest.raises(ValueError, match="even multiple"):
         create_model("paver", **{**TINY, "img_size": 24})
+
+
+def test_loss_equals_the_official_formulation_on_full_windows():
+    """On windows without padding, PAVER.loss(spatial_target="official") equals the official FusePAVER loss as
+    the benchmark re-expresses it (explicit attention matrices, einsum spatial target, in-place temporal
+    average, cls term), and the official per-window loop averages to the same value."""
+    from benchmarks.models_paver import _official_loss, _OfficialSTBlock
+
+    model = tiny(spatial_target="official").double()
+    dec = model.decoder
+    feats = _features(model, B=2, T=6).double()  # two windows of 3 per clip
+    adj = torch.zeros(32, 32, dtype=torch.float64)  # the official einsum reads only the diagonal, which is 0
+    block = _OfficialSTBlock(dec.attn_layer)
+    official = _official_loss(block, dec.cls_encoder, adj, feats.reshape(4, 3, 33, 32))
+    ours, _ = model.loss(feats)
+    torch.testing.assert_close(ours, official, rtol=1e-10, atol=1e-12)
+    per_window = [_official_loss(block, dec.cls_encoder, adj, feats[:, i:i + 3]) for i in (0, 3)]
+    torch.testing.assert_close(ours, sum(per_window) / 2, rtol=1e-10, atol=1e-12)

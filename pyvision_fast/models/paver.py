@@ -18,6 +18,9 @@ API (what the ``paver`` recipe and ``pvf extract paver`` rely on)::
   frozen and in eval mode. Input: normalised ERP frames (B, 3, H, 2H) float; output all tokens after the final
   norm, class token first. ``encoder_checkpoint`` loads timm's ``vit_base_patch16_224`` state_dict (its
   classifier ``head.*`` dropped, ``pos_embed`` resized; every other key must match).
+  Border samples: where a tangent-plane tap falls past the last pixel row or column, the official
+  ``DeformConv2d`` reads zeros, SpherePatchEmbed clamps the row and wraps the longitude (with float offsets,
+  61 of the 392 patch tokens differ at the embedding, all at the seam or the first and last patch rows).
 * decoder: one ``FusedSTBlock`` (spatial attention over the N patches of a frame and temporal attention over
   the frames of each patch from one qkv, ``proj((x_s + x_t) / 2)``; 8 heads, mlp_ratio 4, no qkv bias,
   LayerNorm eps 1e-5 as the official ``nn.LayerNorm`` default) and ``cls_encoder`` (timm ``Mlp`` with hidden =
@@ -53,6 +56,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn import SpherePatchEmbed, attention_dispatch
@@ -347,12 +351,14 @@ class PAVERDecoder(nn.Module):
         frames that are valid and have a valid neighbour)."""
         f = f.detach()
         w = mask.to(f.dtype)
-        zero_f, zero_w = torch.zeros_like(f[:, :1]), torch.zeros_like(w[:, :1])
-        prev_f, next_f = torch.cat([zero_f, f[:, :-1]], 1), torch.cat([f[:, 1:], zero_f], 1)
-        prev_w, next_w = torch.cat([zero_w, w[:, :-1]], 1), torch.cat([w[:, 1:], zero_w], 1)
-        count = prev_w + next_w
-        total = prev_f * prev_w[:, :, None, None] + next_f * next_w[:, :, None, None]
-        return total / count.clamp(min=1)[:, :, None, None], mask & (count > 0)
+        wf = f * w[:, :, None, None]  # padded frames are no neighbours
+        total = torch.zeros_like(f)
+        total[:, 1:] = wf[:, :-1]
+        total[:, :-1] += wf[:, 1:]
+        count = torch.zeros_like(w)
+        count[:, 1:] = w[:, :-1]
+        count[:, :-1] += w[:, 1:]
+        return total.div_(count.clamp(min=1)[:, :, None, None]), mask & (count > 0)
 
     def loss(self, features: Tensor) -> tuple[Tensor, dict[str, float]]:
         """features (B, T, 1 + N, D) -> (weighted scalar loss, {"loss_cls", "loss_spatial",
@@ -362,10 +368,12 @@ class PAVERDecoder(nn.Module):
         f, c = self._features(x, mask)
         valid = mask.to(f.dtype)
         frames = valid.sum().clamp(min=1)
-        loss_s = ((f - self.spatial_targets(f)).pow(2).mean((-2, -1)) * valid).sum() / frames
+        per_frame_s = F.mse_loss(f, self.spatial_targets(f), reduction="none").mean((-2, -1))
+        loss_s = (per_frame_s * valid).sum() / frames
         target_t, has_nb = self.temporal_targets(f, mask)
         w_t = has_nb.to(f.dtype)
-        loss_t = ((f - target_t).pow(2).mean((-2, -1)) * w_t).sum() / w_t.sum().clamp(min=1)
+        per_frame_t = F.mse_loss(f, target_t, reduction="none").mean((-2, -1))
+        loss_t = (per_frame_t * w_t).sum() / w_t.sum().clamp(min=1)
         per_window = valid.sum(1, keepdim=True).clamp(min=1)  # S: valid frames of each window
         loss_c = ((c / per_window[..., None] - c).pow(2).mean(-1) * valid).sum() / frames
         total = self.lambda_cls * loss_c + self.lambda_spatial * loss_s + self.lambda_temporal * loss_t
