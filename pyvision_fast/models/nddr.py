@@ -150,11 +150,14 @@ class NDDRVGG16(nn.Module):
             feats = fuse(feats)
         return {t: self.branches[t].head(f) for t, f in zip(self.tasks, feats)}
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Tensor, upsample: bool = True) -> dict[str, Tensor]:
+        """{task: (B, C_task, H, W)} (module docstring); ``upsample=False`` leaves the outputs at 1/8 resolution
+        (what the official training loss compares with nearest-downsampled labels)."""
         size = x.shape[-2:]
         out = {}
         for t, y in self.forward_logits(x).items():
-            y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+            if upsample:
+                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
             if t == "normal" and not self.training:
                 y = F.normalize(y, dim=1)
             out[t] = y
