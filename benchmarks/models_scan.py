@@ -1,8 +1,8 @@
 """SCAN-CNN cases (``models.scan``): inference of the fused SCAN-IR50 (what ``pvf export`` deploys) beside the
 plain insightface IR-50 (goal: the same cost, ratio ~1.0; 0.95 is required to leave room for timing noise) and
-the unfused SCAN-IR50 (kernels rebuilt from their scale-space basis at every call); and one ArcFace training step
-(forward, ArcFace margin head over 1000 identities, cross-entropy, backward, SGD step) of SCAN-IR50 beside the
-plain IR-50, whose ratio is SCAN's training overhead. 112x112 inputs; samples/s and peak memory."""
+the unfused SCAN-IR50 (kernels rebuilt from their scale-space basis at every call); and one ArcFace training
+step (forward, ArcFace margin head over 1000 identities, cross-entropy, backward, SGD step) of SCAN-IR50
+beside the plain IR-50, whose ratio is SCAN's training overhead. 112x112 inputs; samples/s and peak memory."""
 from __future__ import annotations
 
 from typing import Callable
@@ -84,6 +84,6 @@ def cases(device: str, quick: bool) -> list[Case]:
                   _train_step(plain.train(), head_p, x, y), "peer")]
     out.append(Case("models", f"SCAN-IR{depth} {img} ArcFace train step", {"batch": train_batch, "img": img},
                     impls, flops=3 * flops * train_batch, samples=train_batch, measure_memory=True,
-                    note="train step = forward + ArcFace head (1000 ids) + CE + backward + SGD; 'x ours' of the "
-                         "plain network is SCAN's training overhead"))
+                    note="train step = forward + ArcFace head (1000 ids) + CE + backward + SGD; 'x ours' of "
+                         "the plain network is SCAN's training overhead"))
     return out

@@ -30,7 +30,7 @@ def test_read_pairs_lfw_format(tmp_path):
     (["10"], r"pairs.txt:1: the first line must be 'F N'"),
     (["1 x", "a 1 2", "a 1 b 2"], r"pairs.txt:1: the first line"),
     (["1 2", "a 1 2", "a 1 b 2"], r"announces 4 pair lines, the file has 2"),
-    (["1 1", "a 1 2", "a 1 b"], r"pairs.txt:3: expected 'name i j' .* got 3 fields|pairs.txt:3: image number"),
+    (["1 1", "a 1 2", "a 1 b"], r"pairs.txt:3: image number 'b'"),
     (["1 1", "a 1 2", "a 1 b 2 c"], r"pairs.txt:3: expected 'name i j' \(same person\) or 'name1 i name2 j'"),
     (["1 1", "a 1 0", "a 1 b 2"], r"pairs.txt:2: image number '0' is not a positive integer"),
     (["1 1", "a one 2", "a 1 b 2"], r"pairs.txt:2: image number 'one'"),
@@ -50,7 +50,8 @@ def test_read_pairs_missing_or_empty(tmp_path):
 def test_pairs_dataset_items_and_missing_image(tmp_path):
     for name, idx in (("Ann", 1), ("Ann", 2), ("Bob", 1)):
         (tmp_path / "lfw" / name).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.full((8, 8, 3), 40 * idx, np.uint8)).save(tmp_path / "lfw" / name / f"{name}_{idx:04d}.jpg")
+        path = tmp_path / "lfw" / name / f"{name}_{idx:04d}.jpg"
+        Image.fromarray(np.full((8, 8, 3), 40 * idx, np.uint8)).save(path)
     p = write_pairs(tmp_path / "pairs.txt", ["1 1", "Ann 1 2", "Ann 2 Bob 1"])
     import torchvision.transforms as T
 
@@ -68,9 +69,9 @@ def test_pairs_dataset_items_and_missing_image(tmp_path):
 
 
 def test_kfold_accuracy_known_answer():
-    # every fold: positives 0.9, 0.8, 0.3 and negatives 0.1, 0.2, 0.85. On any 9 folds a threshold in (0.2, 0.3)
-    # gets 5 of 6 right (all but the 0.85 negative), one in (0.3, 0.8) or (0.85, 0.9) only 4: the chosen
-    # threshold is the midpoint 0.25 and each held-out fold scores 5/6.
+    # every fold: positives 0.9, 0.8, 0.3 and negatives 0.1, 0.2, 0.85. On any 9 folds a threshold in
+    # (0.2, 0.3) gets 5 of 6 right (all but the 0.85 negative), one in (0.3, 0.8) or (0.85, 0.9) only 4: the
+    # chosen threshold is the midpoint 0.25 and each held-out fold scores 5/6.
     scores = np.tile([0.9, 0.8, 0.3, 0.1, 0.2, 0.85], 10)
     labels = np.tile([1, 1, 1, 0, 0, 0], 10)
     folds = np.repeat(np.arange(10), 6)
@@ -81,8 +82,9 @@ def test_kfold_accuracy_known_answer():
 
 def test_kfold_threshold_comes_from_the_other_folds():
     # fold 0: positive 0.7, negative 0.5; fold 1: positive 0.45, negative 0.3. Trained on fold 1 the threshold
-    # is 0.375, which accepts fold 0's negative (1/2 right); trained on fold 0 it is 0.6, which rejects fold 1's
-    # positive (1/2 right). One threshold for all pairs (0.475) would get 3 of 4: held-out is what is measured.
+    # is 0.375, which accepts fold 0's negative (1/2 right); trained on fold 0 it is 0.6, which rejects fold
+    # 1's positive (1/2 right). One threshold for all pairs (0.475) would get 3 of 4: held-out is what is
+    # measured.
     out = kfold_accuracy([0.7, 0.5, 0.45, 0.3], [1, 0, 1, 0], [0, 0, 1, 1])
     assert out["accuracy"] == pytest.approx(0.5) and out["threshold"] == pytest.approx((0.375 + 0.6) / 2)
     # perfectly separated folds: every held-out fold is right
@@ -136,12 +138,11 @@ def test_verification_metric_restores_file_order():
     metric = VerificationMetric(fars=(1e-3, 0.1))
     perm = np.random.default_rng(0).permutation(60)
     for chunk in np.array_split(perm, 7):  # batches in another order, as DDP shards deliver them
-        metric.update(torch.from_numpy(chunk), torch.from_numpy(scores[chunk]), torch.from_numpy(labels[chunk]),
-                      torch.from_numpy(folds[chunk]))
+        metric.update(*(torch.from_numpy(a) for a in (chunk, scores[chunk], labels[chunk], folds[chunk])))
     out = metric.compute()
     assert out["accuracy"] == pytest.approx(5 / 6) and out["threshold"] == pytest.approx(0.25)
     # 30 negatives: FAR 0.1 allows 3 false accepts, the top three negatives are all 0.85 (10 of them): none is
     # allowed without the other nine, so the threshold stays above 0.85: positives 0.9 -> TAR 10/30
     assert out["tar@far=0.1"] == pytest.approx(1 / 3) and out["tar@far=0.001"] == pytest.approx(1 / 3)
-    with pytest.raises(ValueError, match="no pairs"), pytest.warns(UserWarning, match="before the ``update``"):
+    with pytest.raises(ValueError, match="no pairs"), pytest.warns(UserWarning, match="before the"):
         VerificationMetric().compute()

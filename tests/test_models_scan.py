@@ -1,6 +1,6 @@
 """SCAN-CNN and the plain IR-ResNet (``pyvision_fast.models.scan``): parameter counts, the scale-attention
-convolution against a direct computation, fuse() equivalence and cost, insightface key compatibility, ONNX export
-of the fused network."""
+convolution against a direct computation, fuse() equivalence and cost, insightface key compatibility, ONNX
+export of the fused network."""
 from __future__ import annotations
 
 import math
@@ -49,7 +49,8 @@ def test_registered_and_parameter_counts():
     assert 43.5e6 < _count(plain50) < 43.7e6
     assert plain50.fc.weight.shape == (512, 512 * 7 * 7)
     assert 23.9e6 < _count(create_model("iresnet18")) < 24.1e6
-    # SCAN: each free 3x3 kernel (9 weights) becomes 6 basis coefficients; per layer S scales and C_out x S logits
+    # SCAN: each free 3x3 kernel (9 weights) becomes 6 basis coefficients; per layer S scales and C_out x S
+    # attention logits
     convs3 = [m for m in plain50.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
     expected = _count(plain50) - sum(m.weight.numel() // 3 for m in convs3) \
         + sum(4 + m.out_channels * 4 for m in convs3)
@@ -66,7 +67,8 @@ def test_scan_conv_weight_is_the_attention_mix_of_scale_space_kernels():
         conv.scale_logits.normal_()
     a = conv.scale_logits.softmax(-1)
     # each scale's kernels from the reference ScaleSpaceConv2d weight with a single scale group
-    per_scale = [ref.scale_space_weight(conv.coeff, conv.log_sigma[s:s + 1], 3, 2, 0.5, 1.0) for s in range(3)]
+    per_scale = [ref.scale_space_weight(conv.coeff, conv.log_sigma[s:s + 1], 3, 2, 0.5, 1.0)
+                 for s in range(3)]
     expected = sum(a[:, s, None, None, None] * per_scale[s] for s in range(3))
     torch.testing.assert_close(conv.weight(), expected, rtol=1e-5, atol=1e-6)
     x = torch.randn(2, 5, 9, 9)
@@ -94,7 +96,7 @@ def test_fuse_equals_unfused_and_is_plain():
         y, yf = model(x), fused(x)
     assert y.abs().max() > 0.1
     torch.testing.assert_close(yf, y, rtol=1e-4, atol=1e-4)
-    # the fused network is a plain IR-ResNet: its state_dict loads strictly into iresnet18 with the same output
+    # the fused network is a plain IR-ResNet: its state_dict loads strictly into iresnet18, same output
     plain = create_model("iresnet18", **TINY).eval()
     plain.load_state_dict(fused.state_dict(), strict=True)
     with torch.no_grad():
@@ -185,7 +187,8 @@ def test_export_model_exports_the_fused_network(tmp_path):
 def test_scale_attention_highlights_the_channel_of_the_local_scale():
     # two channels with the same pattern (minus the scale-normalised Laplacian: a blob detector), attention on
     # sigma 0.5 (channel 0) or sigma 1 (channel 1); an image with a fine blob (std 0.5 px) on the left and a
-    # coarse one (std 2 px) on the right: at each blob's centre, the channel of the matching scale responds more
+    # coarse one (std 2 px) on the right: at each blob's centre the channel of the matching scale responds
+    # more
     conv = ScanConv2d(1, 2, 3, num_scales=2, padding=1)
     orders = ref.basis_orders(2)
     with torch.no_grad():

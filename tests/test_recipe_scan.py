@@ -1,6 +1,6 @@
 """The ``scan`` recipe and the ArcFace head: the margin against a direct computation, the face data (identity
-folders of real JPEGs made from scikit-image's LFW faces, an LFW-format pairs.txt), a tiny SCAN-IR that learns,
-the fused evaluation with its blur report, and ``pvf train`` / ``pvf eval`` end to end."""
+folders of real JPEGs made from scikit-image's LFW faces, an LFW-format pairs.txt), a tiny SCAN-IR that
+learns, the fused evaluation with its blur report, and ``pvf train`` / ``pvf eval`` end to end."""
 from __future__ import annotations
 
 import json
@@ -22,7 +22,7 @@ TINY = dict(widths=(8, 16, 16, 32), num_features=16)
 SIZE = 32
 
 
-# --- the margin head ---------------------------------------------------------------------------------------------
+# --- the margin head ---------------------------------------------------------------------------------------
 
 def _direct_arcface(cos: np.ndarray, labels: np.ndarray, s: float, m: float, easy: bool) -> np.ndarray:
     """s * cos, the target column replaced by s * cos(theta + m) from theta = arccos(cos) itself; beyond the
@@ -65,7 +65,7 @@ def test_margin_head_module():
     loss = head.loss(emb, y)
     loss.backward()
     assert head.weight.grad.abs().sum() > 0
-    assert float(head.weight.detach().std()) == pytest.approx(0.01, rel=0.3)  # insightface's N(0, 0.01) centres
+    assert float(head.weight.detach().std()) == pytest.approx(0.01, rel=0.3)  # insightface's N(0, 0.01)
     soft = MarginHead(8, 5, kind="softmax")
     torch.testing.assert_close(soft(emb, y), emb @ soft.weight.T + soft.bias)
     with pytest.raises(ValueError, match="kind must be"):
@@ -74,7 +74,7 @@ def test_margin_head_module():
         head(torch.randn(4, 7), y)
 
 
-# --- data ------------------------------------------------------------------------------------------------------
+# --- data ---------------------------------------------------------------------------------------------------
 
 def _face_variant(face: np.ndarray, rng: np.random.Generator) -> Image.Image:
     """A 32 x 32 RGB JPEG-able stand-in photo of a 25 x 25 grey LFW face: shifted, re-lit, tinted, noisy."""
@@ -127,8 +127,8 @@ def test_registered_with_arcface_defaults():
     d = RECIPE.defaults
     assert (d["model"], d["opt"], d["lr"], d["momentum"], d["weight_decay"], d["batch_size"], d["epochs"],
             d["sched"], tuple(d["decay_milestones"]), d["decay_rate"], d["margin_s"], d["margin_m"],
-            d["img_size"]) == ("scan_ir50", "sgd", 0.1, 0.9, 5e-4, 512, 16, "multistep", (9, 14), 0.1, 64.0, 0.5,
-                               112)
+            d["img_size"]) == ("scan_ir50", "sgd", 0.1, 0.9, 5e-4, 512, 16, "multistep", (9, 14), 0.1, 64.0,
+                               0.5, 112)
     assert RECIPE.main_metric == "accuracy" and RECIPE.main_mode == "max"
 
 
@@ -136,7 +136,8 @@ def test_datasets_and_their_errors(faces, tmp_path):
     train, val = make_recipe().build_datasets(str(faces))
     assert len(train) == 24 and train.classes == ["id0", "id1", "id2", "id3"]
     x, y = train[0]
-    assert x.shape == (3, SIZE, SIZE) and x.dtype == torch.float32 and -1.0 <= float(x.min()) < float(x.max()) <= 1
+    assert x.shape == (3, SIZE, SIZE) and x.dtype == torch.float32
+    assert -1.0 <= float(x.min()) < float(x.max()) <= 1
     assert len(val) == 8 and val.targets == [1, 1, 0, 0] * 2 and val.folds == [0] * 4 + [1] * 4
     pairs, label, index, fold = val[6]
     assert pairs.shape == (2, 3, SIZE, SIZE) and (label, index, fold) == (0, 6, 1)
@@ -177,7 +178,7 @@ def test_tiny_scan_learns_the_identities(faces):
     sigma0 = model.backbone.conv1.sigma().detach().clone()
     model.train()
     losses = []
-    for _ in range(15):
+    for _ in range(10):
         loss, extra = recipe.train_loss(model, (x, y), ctx)
         opt.zero_grad()
         loss.backward()
@@ -229,7 +230,8 @@ def test_blur_is_a_normalised_gaussian():
     assert torch.equal(blur(x, 0.0), x)
 
 
-TINY_ARGS = ["--model", "scan_ir18", "--model-arg", "widths=(8, 16, 16, 32)", "--model-arg", "num_features=16",
+TINY_ARGS = ["--model", "scan_ir18", "--model-arg", "widths=(8, 16, 16, 32)", "--model-arg",
+             "num_features=16",
              "--img-size", str(SIZE), "--batch-size", "8", "--workers", "0", "--no-progress"]
 
 

@@ -2,8 +2,8 @@
 classification heads of face-recognition training.
 
 ArcFace: with normalised embeddings x and class centres W_j, cos(theta_j) = <x, W_j> / (|x| |W_j|); the target
-column y becomes cos(theta_y + m) and all logits are multiplied by s (64 and 0.5 in the paper). cos(theta + m) is
-not monotonic once theta + m > pi, so, as insightface does:
+column y becomes cos(theta_y + m) and all logits are multiplied by s (64 and 0.5 in the paper).
+cos(theta + m) is not monotonic once theta + m > pi, so, as insightface does:
 
 * default: where theta_y + m > pi (cos(theta_y) <= cos(pi - m)) the target logit is cos(theta_y) - m sin(m)
   instead (a linear continuation, still penalising the target);
@@ -24,8 +24,8 @@ __all__ = ["MarginHead", "arcface_logits", "cosine_logits"]
 
 
 def cosine_logits(embeddings: Tensor, weight: Tensor) -> Tensor:
-    """cos(theta): embeddings (B, D), class centres (N, D) -> (B, N) in [-1, 1], float32 or the inputs' dtype if
-    wider."""
+    """cos(theta): embeddings (B, D), class centres (N, D) -> (B, N) in [-1, 1], float32 or the inputs' dtype
+    if wider."""
     dtype = torch.promote_types(embeddings.dtype, torch.float32)
     cos = F.linear(F.normalize(embeddings.to(dtype), dim=1), F.normalize(weight.to(dtype), dim=1))
     return cos.clamp(-1.0, 1.0)
@@ -57,8 +57,8 @@ class MarginHead(nn.Module):
     Args:
         embed_dim: D, the embedding size (512).
         num_classes: N identities.
-        kind: ``"arcface"`` (cosine logits with the additive angular margin, scale s) or ``"softmax"`` (a plain
-            ``nn.Linear`` with bias, the softmax-CE baseline).
+        kind: ``"arcface"`` (cosine logits with the additive angular margin, scale s) or ``"softmax"`` (a
+            plain ``nn.Linear`` with bias, the softmax-CE baseline).
         s, m, easy_margin: ArcFace's scale, margin and the handling of theta + m > pi (module docstring).
 
     Parameters: ``weight`` (N, D) (normal, std 0.01, as insightface), ``bias`` (N,) for ``softmax`` only.
@@ -66,13 +66,14 @@ class MarginHead(nn.Module):
     ``loss(embeddings, labels)`` -> scalar cross-entropy of those logits.
     """
 
-    def __init__(self, embed_dim: int, num_classes: int, kind: str = "arcface", s: float = 64.0, m: float = 0.5,
-                 easy_margin: bool = False):
+    def __init__(self, embed_dim: int, num_classes: int, kind: str = "arcface", s: float = 64.0,
+                 m: float = 0.5, easy_margin: bool = False):
         super().__init__()
         if kind not in ("arcface", "softmax"):
             raise ValueError(f"MarginHead: kind must be 'arcface' or 'softmax', got {kind!r}")
         if num_classes < 1 or embed_dim < 1:
-            raise ValueError(f"MarginHead: need num_classes >= 1 and embed_dim >= 1, got {num_classes}, {embed_dim}")
+            raise ValueError(f"MarginHead: need num_classes >= 1 and embed_dim >= 1, got {num_classes}, "
+                             f"{embed_dim}")
         self.kind, self.s, self.m, self.easy_margin = kind, float(s), float(m), bool(easy_margin)
         self.embed_dim, self.num_classes = embed_dim, num_classes
         self.weight = nn.Parameter(torch.empty(num_classes, embed_dim).normal_(0.0, 0.01))
@@ -80,10 +81,12 @@ class MarginHead(nn.Module):
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         if embeddings.dim() != 2 or embeddings.shape[1] != self.embed_dim:
-            raise ValueError(f"MarginHead: embeddings must be (B, {self.embed_dim}), got {tuple(embeddings.shape)}")
+            raise ValueError(f"MarginHead: embeddings must be (B, {self.embed_dim}), got "
+                             f"{tuple(embeddings.shape)}")
         if self.kind == "softmax":
             return F.linear(embeddings.float(), self.weight.float(), self.bias.float())
-        return arcface_logits(cosine_logits(embeddings, self.weight), labels, self.s, self.m, self.easy_margin)
+        cos = cosine_logits(embeddings, self.weight)
+        return arcface_logits(cos, labels, self.s, self.m, self.easy_margin)
 
     def loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         return F.cross_entropy(self(embeddings, labels), labels)

@@ -1,18 +1,19 @@
-"""Face verification: LFW's ``pairs.txt`` protocol, 10-fold accuracy at the best threshold, TAR at a fixed FAR,
-flipped-image embedding fusion.
+"""Face verification: LFW's ``pairs.txt`` protocol, 10-fold accuracy at the best threshold, TAR at a fixed
+FAR, flipped-image embedding fusion.
 
-**pairs.txt** (LFW, Huang et al. 2007; also the layout of the CALFW/CPLFW/AgeDB pair lists written in it): a first
-line ``F N`` (``10 300``: F folds of N same-person and N different-person pairs), then F * 2N lines, fold after
-fold: same-person lines ``name i j`` and different-person lines ``name1 i name2 j``; image ``i`` of ``name`` is
-``<images>/<name>/<name>_<i as 4 digits>.jpg``. :func:`read_pairs` checks all of it and names the file and line
-of what is wrong; :class:`PairsDataset` also checks that every image exists (and decodes) before use.
+**pairs.txt** (LFW, Huang et al. 2007; also the layout of the CALFW/CPLFW/AgeDB pair lists written in it): a
+first line ``F N`` (``10 300``: F folds of N same-person and N different-person pairs), then F * 2N lines,
+fold after fold: same-person lines ``name i j`` and different-person lines ``name1 i name2 j``; image ``i`` of
+``name`` is ``<images>/<name>/<name>_<i as 4 digits>.jpg``. :func:`read_pairs` checks all of it and names the
+file and line of what is wrong; :class:`PairsDataset` also checks that every image exists (and decodes) before
+use.
 
-**Accuracy** (:func:`kfold_accuracy`): pair f belongs to fold f // (2N) in file order; for each fold the threshold
-is the one that maximises accuracy on the other F - 1 folds, and the accuracy is measured on the held-out fold;
-the result is the mean (and standard deviation) over folds. Thresholds are searched exactly: every midpoint
-between consecutive distinct training scores (and one below/above all of them) is a candidate; among equally good
-candidates the smallest is taken (insightface's scan over a grid also takes the first best). A pair is "same"
-when its score (cosine similarity) is strictly above the threshold.
+**Accuracy** (:func:`kfold_accuracy`): pair f belongs to fold f // (2N) in file order; for each fold the
+threshold is the one that maximises accuracy on the other F - 1 folds, and the accuracy is measured on the
+held-out fold; the result is the mean (and standard deviation) over folds. Thresholds are searched exactly:
+every midpoint between consecutive distinct training scores (and one below/above all of them) is a candidate;
+among equally good candidates the smallest is taken (insightface's scan over a grid also takes the first
+best). A pair is "same" when its score (cosine similarity) is strictly above the threshold.
 
 **TAR@FAR** (:func:`tar_at_far`): the ROC of all pairs (scikit-learn's ``roc_curve``, a pair accepted when
 score >= threshold); by default the largest TAR among ROC points with FAR <= the target (no interpolation: the
@@ -65,13 +66,13 @@ def read_pairs(path: Union[str, Path]) -> tuple[list[Pair], int, int]:
         raise ValueError(f"{path}: empty file (expected a first line 'F N', e.g. '10 300')")
     head_line, head = lines[0]
     if len(head) != 2 or not all(t.isdigit() and int(t) > 0 for t in head):
-        raise ValueError(f"{path}:{head_line}: the first line must be 'F N' (folds, pairs per kind and fold), "
-                         f"e.g. '10 300'; got {' '.join(head)!r}")
+        raise ValueError(f"{path}:{head_line}: the first line must be 'F N' (folds, pairs per kind and "
+                         f"fold), e.g. '10 300'; got {' '.join(head)!r}")
     folds, n = int(head[0]), int(head[1])
     body = lines[1:]
     if len(body) != 2 * folds * n:
-        raise ValueError(f"{path}: the header '{folds} {n}' announces {2 * folds * n} pair lines, the file has "
-                         f"{len(body)}")
+        raise ValueError(f"{path}: the header '{folds} {n}' announces {2 * folds * n} pair lines, the file "
+                         f"has {len(body)}")
     pairs = []
     for k, (lineno, t) in enumerate(body):
         fold = k // (2 * n)
@@ -101,9 +102,9 @@ class PairsDataset(torch.utils.data.Dataset):
         transform: applied to each RGB ``PIL.Image``; must return a tensor (C, H, W).
         check_images: decode every image once when built (a missing file is always an error).
 
-    Items: ``(images (2, C, H, W), label, index, fold)``: ``label`` 1 for the same person, 0 otherwise, the pair's
-    position in the file and its fold (what :class:`VerificationMetric` needs); ``targets`` lists the labels,
-    ``folds`` the folds.
+    Items: ``(images (2, C, H, W), label, index, fold)``: ``label`` 1 for the same person, 0 otherwise, the
+    pair's position in the file and its fold (what :class:`VerificationMetric` needs); ``targets`` lists the
+    labels, ``folds`` the folds.
     """
 
     def __init__(self, pairs_file: Union[str, Path], images: Union[str, Path], transform: Callable,
@@ -194,8 +195,8 @@ def tar_at_far(scores, labels, far: float = 1e-3, interpolate: bool = False) -> 
 
 
 def flip_fused_embeddings(model: Callable[[Tensor], Tensor], images: Tensor, flip: bool = True) -> Tensor:
-    """L2-normalised embeddings (B, D) of images (B, C, H, W); with ``flip`` the embedding is the sum of those of
-    the image and its horizontal mirror (insightface's test-time flip), normalised."""
+    """L2-normalised embeddings (B, D) of images (B, C, H, W); with ``flip`` the embedding is the sum of those
+    of the image and its horizontal mirror (insightface's test-time flip), normalised."""
     emb = model(images).float()
     if flip:
         emb = emb + model(torch.flip(images, dims=[3])).float()
@@ -205,8 +206,8 @@ def flip_fused_embeddings(model: Callable[[Tensor], Tensor], images: Tensor, fli
 
 
 class VerificationMetric(Metric):
-    """Accumulates (pair index, score, label, fold) over evaluation batches (synchronised across processes; the
-    pair index restores file order) and computes ``accuracy``, ``accuracy_std``, ``threshold`` and
+    """Accumulates (pair index, score, label, fold) over evaluation batches (synchronised across processes;
+    the pair index restores file order) and computes ``accuracy``, ``accuracy_std``, ``threshold`` and
     ``tar@far=<far>`` for each FAR in ``fars``. update(index (B,) int64, scores (B,) float, labels (B,) int,
     folds (B,) int)."""
 

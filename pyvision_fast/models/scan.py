@@ -1,39 +1,42 @@
 """SCAN-CNN (Shi et al., "Scale Attention for Learning Deep Face Representation", arXiv 2209.08788) on the
 IR-ResNet of ArcFace, and that plain IR-ResNet itself.
 
-The paper has no public code. What is taken from its abstract: every conv layer is rebuilt on scale-space theory,
-(1) it learns a set of scales from data, each scale fulfilled by a conv kernel, (2) it highlights the feature at
-the channel and location matching the input pattern's scale; stacking such layers gives hierarchical scale
-attention; and the trained network costs no more at inference than the plain CNN. What is our design:
+The paper has no public code. What is taken from its abstract: every conv layer is rebuilt on scale-space
+theory, (1) it learns a set of scales from data, each scale fulfilled by a conv kernel, (2) it highlights the
+feature at the channel and location matching the input pattern's scale; stacking such layers gives
+hierarchical scale attention; and the trained network costs no more at inference than the plain CNN. What is
+our design:
 
-* The backbone is insightface's IR-ResNet (``iresnet`` of arcface_torch, the network ArcFace results are quoted
-  on): a 3x3 stem (Conv-BN-PReLU, 112x112 input), four stages of IBasicBlocks (BN - Conv3x3 - BN - PReLU -
-  Conv3x3(stride) - BN, plus a 1x1 Conv-BN shortcut at each stage's first block), every stage halving the
-  resolution (112 -> 7), and the output layer BN2d -> dropout -> flatten -> Linear(512 * 7 * 7, 512) -> BN1d
-  (its scale frozen at 1, as insightface) giving the 512-d embedding. Module names are those of insightface's
-  ``iresnet`` (conv1, bn1, prelu, layer1-4 with bn1/conv1/bn2/prelu/conv2/bn3/downsample, bn2, fc, features), so
-  that arcface_torch's ``backbone.pth`` should load into ``iresnet50``/``iresnet18`` (not checked against a
-  released file here: none is available offline); a fused SCAN loads there strictly (tested).
+* The backbone is insightface's IR-ResNet (``iresnet`` of arcface_torch, the network ArcFace results are
+  quoted on): a 3x3 stem (Conv-BN-PReLU, 112x112 input), four stages of IBasicBlocks (BN - Conv3x3 - BN -
+  PReLU - Conv3x3(stride) - BN, plus a 1x1 Conv-BN shortcut at each stage's first block), every stage halving
+  the resolution (112 -> 7), and the output layer BN2d -> dropout -> flatten -> Linear(512 * 7 * 7, 512) ->
+  BN1d (its scale frozen at 1, as insightface) giving the 512-d embedding. Module names are those of
+  insightface's ``iresnet`` (conv1, bn1, prelu, layer1-4 with bn1/conv1/bn2/prelu/conv2/bn3/downsample, bn2,
+  fc, features), so that arcface_torch's ``backbone.pth`` should load into ``iresnet50``/``iresnet18`` (not
+  checked against a released file here: none is available offline); a fused SCAN loads there strictly
+  (tested).
 * SCAN replaces every 3x3 convolution (stem included) by :class:`ScanConv2d`, a
-  :class:`pyvision_fast.nn.ScaleSpaceConv2d`: its kernels are learned combinations of scale-normalised Gaussian
-  derivatives (orders 0..2, Lindeberg's gamma = 1) at S = 4 learned scales sigma_s (in [0.5, 1] pixel on the 3x3
-  support, learned in log space). Each output channel c applies the *same* derivative pattern at all S scales and
-  mixes the S responses with scale-attention weights a_c = softmax(scale_logits_c) (learned, uniform at
-  initialisation). Because responses are scale-normalised, a channel responds most at the locations where the
-  input pattern has the scale its attention favours: the channel-and-location selection of the paper comes from
-  that response, the per-channel choice of scales from the attention weights.
-* The attention is deliberately linear in the responses: sum_s a_cs (K_cs * x) = (sum_s a_cs K_cs) * x, so each
-  layer is one ordinary 3x3 convolution at inference. :meth:`IResNet.fuse` materialises every ``ScanConv2d``
-  into an ``nn.Conv2d`` and returns an ``IResNet`` of only Conv2d/BatchNorm/PReLU/Linear layers with the plain
-  network's exact structure, hence its exact FLOPs ("zero increase of inference cost"). An input-dependent
-  softmax across scales (``nn.ScaleAttention``) cannot fuse into a plain convolution; it is not used here.
+  :class:`pyvision_fast.nn.ScaleSpaceConv2d`: its kernels are learned combinations of scale-normalised
+  Gaussian derivatives (orders 0..2, Lindeberg's gamma = 1) at S = 4 learned scales sigma_s (in [0.5, 1] pixel
+  on the 3x3 support, learned in log space). Each output channel c applies the *same* derivative pattern at
+  all S scales and mixes the S responses with scale-attention weights a_c = softmax(scale_logits_c) (learned,
+  uniform at initialisation). Because responses are scale-normalised, a channel responds most at the locations
+  where the input pattern has the scale its attention favours: the channel-and-location selection of the paper
+  comes from that response, the per-channel choice of scales from the attention weights.
+* The attention is deliberately linear in the responses: sum_s a_cs (K_cs * x) = (sum_s a_cs K_cs) * x, so
+  each layer is one ordinary 3x3 convolution at inference. :meth:`IResNet.fuse` materialises every
+  ``ScanConv2d`` into an ``nn.Conv2d`` and returns an ``IResNet`` of only Conv2d/BatchNorm/PReLU/Linear layers
+  with the plain network's exact structure, hence its exact FLOPs ("zero increase of inference cost"). An
+  input-dependent softmax across scales (``nn.ScaleAttention``) cannot fuse into a plain convolution; it is
+  not used here.
 * The price during training is building each kernel from its basis (a (C_out, C_in, 6) x (C_out, 6, 9) product
-  per layer per step), which is small next to the convolution itself. A 3x3 kernel from 6 basis coefficients has
-  fewer parameters than a free 3x3 kernel: scan_ir50 has 33.5M parameters where iresnet50 has 43.6M (the FC of
-  25088 x 512 alone is 12.8M of them).
+  per layer per step), which is small next to the convolution itself. A 3x3 kernel from 6 basis coefficients
+  has fewer parameters than a free 3x3 kernel: scan_ir50 has 33.5M parameters where iresnet50 has 43.6M (the
+  FC of 25088 x 512 alone is 12.8M of them).
 
-Inputs: (B, 3, 112, 112) float32 RGB normalised to [-1, 1] (insightface's (x - 127.5) / 127.5); output: (B, 512)
-float32 embeddings (not L2-normalised; the margin head and the verification metric normalise).
+Inputs: (B, 3, 112, 112) float32 RGB normalised to [-1, 1] (insightface's (x - 127.5) / 127.5); output: (B,
+512) float32 embeddings (not L2-normalised; the margin head and the verification metric normalise).
 """
 from __future__ import annotations
 
@@ -54,15 +57,15 @@ _ARCFACE_TORCH = ("insightface's arcface_torch backbone.pth (github.com/deepinsi
 
 
 class ScanConv2d(ScaleSpaceConv2d):
-    """Scale-attention convolution: one Gaussian-derivative pattern per (output, input) channel pair, applied at
-    S learned scales and mixed per output channel by softmax attention weights (see the module docstring).
+    """Scale-attention convolution: one Gaussian-derivative pattern per (output, input) channel pair, applied
+    at S learned scales and mixed per output channel by softmax attention weights (see the module docstring).
 
     Args: as ``ScaleSpaceConv2d`` (``num_scales`` S is capped at ``out_channels``); ``bias`` defaults to False
     (a BatchNorm follows every convolution of the IR-ResNet).
 
     Parameters: ``coeff`` (C_out, C_in, n_basis), ``log_sigma`` (S,), ``scale_logits`` (C_out, S), ``bias``.
-    forward(x (B, C_in, H, W) float) -> (B, C_out, H', W'), differentiable in all of them; ``fuse()`` (inherited)
-    gives the equivalent ``nn.Conv2d``.
+    forward(x (B, C_in, H, W) float) -> (B, C_out, H', W'), differentiable in all of them; ``fuse()``
+    (inherited) gives the equivalent ``nn.Conv2d``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, num_scales: int = 4,
@@ -90,8 +93,8 @@ def _conv3x3(scan: bool, num_scales: int, cin: int, cout: int, stride: int = 1) 
 
 
 class IBasicBlock(nn.Module):
-    """insightface's IR unit: BN - Conv3x3 - BN - PReLU - Conv3x3(stride) - BN, plus the shortcut (identity, or
-    Conv1x1(stride)-BN when the shape changes). (B, cin, H, W) -> (B, cout, H / stride, W / stride)."""
+    """insightface's IR unit: BN - Conv3x3 - BN - PReLU - Conv3x3(stride) - BN, plus the shortcut (identity,
+    or Conv1x1(stride)-BN when the shape changes). (B, cin, H, W) -> (B, cout, H / stride, W / stride)."""
 
     def __init__(self, cin: int, cout: int, stride: int, scan: bool, num_scales: int, bn_eps: float = 1e-5):
         super().__init__()
@@ -126,14 +129,16 @@ class IResNet(nn.Module):
     forward(x (B, in_chans, img_size, img_size)) -> (B, num_features) embeddings.
     """
 
-    def __init__(self, layers: Sequence[int], widths: Sequence[int] = (64, 128, 256, 512), num_features: int = 512,
-                 img_size: int = 112, dropout: float = 0.0, scan: bool = False, num_scales: int = 4,
-                 in_chans: int = 3):
+    def __init__(self, layers: Sequence[int], widths: Sequence[int] = (64, 128, 256, 512),
+                 num_features: int = 512, img_size: int = 112, dropout: float = 0.0, scan: bool = False,
+                 num_scales: int = 4, in_chans: int = 3):
         super().__init__()
         if len(layers) != 4 or len(widths) != 4:
-            raise ValueError(f"IResNet: layers and widths need 4 stages, got {tuple(layers)} and {tuple(widths)}")
+            raise ValueError(f"IResNet: layers and widths need 4 stages, got {tuple(layers)} and "
+                             f"{tuple(widths)}")
         if img_size % 16:
-            raise ValueError(f"IResNet: img_size must be divisible by 16 (four stride-2 stages), got {img_size}")
+            raise ValueError(f"IResNet: img_size must be divisible by 16 (four stride-2 stages), got "
+                             f"{img_size}")
         self.scan, self.num_scales, self.img_size = scan, num_scales, img_size
         self.num_features = num_features
         self.default_input_size = (in_chans, img_size, img_size)
@@ -142,7 +147,8 @@ class IResNet(nn.Module):
         self.prelu = nn.PReLU(widths[0])
         cin = widths[0]
         for i, (n, w) in enumerate(zip(layers, widths)):
-            blocks = [IBasicBlock(cin if j == 0 else w, w, 2 if j == 0 else 1, scan, num_scales) for j in range(n)]
+            blocks = [IBasicBlock(cin if j == 0 else w, w, 2 if j == 0 else 1, scan, num_scales)
+                      for j in range(n)]
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
             cin = w
         self.bn2 = nn.BatchNorm2d(cin, eps=1e-5)
@@ -182,9 +188,9 @@ class IResNet(nn.Module):
 
     @torch.no_grad()
     def fuse(self) -> "IResNet":
-        """A copy in which every ``ScanConv2d`` is its materialised ``nn.Conv2d``: only Conv2d, BatchNorm, PReLU,
-        Dropout and Linear remain, the structure (and FLOPs) of the plain IR-ResNet, state_dict keys included.
-        The copy is in this model's train/eval mode; in eval mode its outputs equal this model's."""
+        """A copy in which every ``ScanConv2d`` is its materialised ``nn.Conv2d``: only Conv2d, BatchNorm,
+        PReLU, Dropout and Linear remain, the structure (and FLOPs) of the plain IR-ResNet, state_dict keys
+        included. The copy is in this model's train/eval mode; in eval mode its outputs equal this model's."""
         fused = copy.deepcopy(self)
         for name, module in list(fused.named_modules()):
             if isinstance(module, ScanConv2d):
@@ -194,7 +200,8 @@ class IResNet(nn.Module):
         return fused
 
     def export_module(self) -> nn.Module:
-        """What deployment runs: the fused network (the model itself when it is already plain), in eval mode."""
+        """What deployment runs: the fused network (the model itself when it is already plain), in eval
+        mode."""
         return (self.fuse() if self.scan else self).eval()
 
 

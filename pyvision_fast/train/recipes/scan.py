@@ -5,27 +5,27 @@ verification pairs, clean and blurred.
 ``--data`` layout:
 
 * ``DATA/train/<identity>/<image>``: the training identities, MS1M-style aligned face crops (112 x 112; other
-  sizes are resized to ``img_size``), read by ``pyvision_fast.data.ImageFolder`` (every image decoded once before
-  training; a bad file is an error naming it).
+  sizes are resized to ``img_size``), read by ``pyvision_fast.data.ImageFolder`` (every image decoded once
+  before training; a bad file is an error naming it).
 * ``DATA/pairs.txt`` and ``DATA/lfw/<name>/<name>_<i:04d>.jpg``: the verification set in LFW's format
   (``pyvision_fast.metrics.verification``), aligned crops as the training images (``pairs_file`` and
   ``pairs_images`` name other places, relative to DATA). A folder with only these is enough for ``pvf eval``.
 
-Defaults are ArcFace's (Deng et al., CVPR 2019, section 4.1 "Implementation Details"; SCAN-CNN's paper trains with
-ArcFace on MS1M): SGD with momentum 0.9 and weight decay 5e-4, batch 512, lr 0.1 divided by 10 at 100K and 160K
-iterations, 180K in all, on MS1MV2 (5.8M images: 11.4K iterations of 512 per epoch), i.e. 16 epochs with the
-drops after epochs 9 and 14 here; s = 64, m = 0.5; horizontal flip as the only augmentation; inputs
+Defaults are ArcFace's (Deng et al., CVPR 2019, section 4.1 "Implementation Details"; SCAN-CNN's paper trains
+with ArcFace on MS1M): SGD with momentum 0.9 and weight decay 5e-4, batch 512, lr 0.1 divided by 10 at 100K
+and 160K iterations, 180K in all, on MS1MV2 (5.8M images: 11.4K iterations of 512 per epoch), i.e. 16 epochs
+with the drops after epochs 9 and 14 here; s = 64, m = 0.5; horizontal flip as the only augmentation; inputs
 (x - 0.5) / 0.5. ``batch_size`` is per process: on 4 GPUs pass ``--batch-size 128``. The scales and
-scale-attention logits get no weight decay (``IResNet.no_weight_decay``), nor do norms and biases (the engine's
-rule; insightface decays every parameter). ``head=softmax`` trains the plain softmax-CE baseline.
+scale-attention logits get no weight decay (``IResNet.no_weight_decay``), nor do norms and biases (the
+engine's rule; insightface decays every parameter). ``head=softmax`` trains the plain softmax-CE baseline.
 
-Evaluation uses the fused network (``IResNet.fuse()``: plain convolutions, what ``pvf export`` deploys), embeds
-each image and its mirror (``flip_test``), scores pairs by cosine similarity and reports the LFW protocol's
-``accuracy`` (main metric), ``accuracy_std``, ``threshold``, ``tar@far=0.001``, and the blur-robustness report of
-the paper's claim: the same with a Gaussian blur of each sigma in ``blur_sigmas`` (pixels at ``img_size``,
-kernel 2 ceil(3 sigma) + 1, reflected borders) applied to both images, as ``blur<sigma>_accuracy`` etc. The
-evaluation "loss" is the mean squared difference between the clean cosine score and the label (1 same, 0
-different), a calibration number only.
+Evaluation uses the fused network (``IResNet.fuse()``: plain convolutions, what ``pvf export`` deploys),
+embeds each image and its mirror (``flip_test``), scores pairs by cosine similarity and reports the LFW
+protocol's ``accuracy`` (main metric), ``accuracy_std``, ``threshold``, ``tar@far=0.001``, and the
+blur-robustness report of the paper's claim: the same with a Gaussian blur of each sigma in ``blur_sigmas``
+(pixels at ``img_size``, kernel 2 ceil(3 sigma) + 1, reflected borders) applied to both images, as
+``blur<sigma>_accuracy`` etc. The evaluation "loss" is the mean squared difference between the clean cosine
+score and the label (1 same, 0 different), a calibration number only.
 """
 from __future__ import annotations
 
@@ -45,8 +45,8 @@ __all__ = ["FaceEmbeddingModel", "RECIPE", "ScanRecipe", "blur"]
 
 class FaceEmbeddingModel(nn.Module):
     """A backbone (images -> embeddings) with its margin head; what the engine trains and checkpoints
-    (keys ``backbone.*`` and ``head.*``). forward(x (B, 3, H, W)) -> embeddings (B, D); forward(x, labels (B,))
-    -> the head's logits (B, N)."""
+    (keys ``backbone.*`` and ``head.*``). forward(x (B, 3, H, W)) -> embeddings (B, D); forward(x, labels
+    (B,)) -> the head's logits (B, N)."""
 
     def __init__(self, backbone: nn.Module, head: nn.Module):
         super().__init__()
@@ -62,8 +62,8 @@ class FaceEmbeddingModel(nn.Module):
 
 
 class _MissingSplit(torch.utils.data.Dataset):
-    """Stands for an absent training split, so that ``pvf eval`` works on a pairs-only folder while ``pvf train``
-    stops, before the first step, with what is missing."""
+    """Stands for an absent training split, so that ``pvf eval`` works on a pairs-only folder while ``pvf
+    train`` stops, before the first step, with what is missing."""
 
     def __init__(self, message: str):
         self.message = message
@@ -121,7 +121,7 @@ class ScanRecipe(Recipe):
         bad_images="error",              # error | skip (training images, as data.ImageFolder)
     )
 
-    # --- data -------------------------------------------------------------------------------------------------
+    # --- data ---------------------------------------------------------------------------------------------
     def transforms(self, training: bool):
         from torchvision import transforms as T
 
@@ -143,7 +143,8 @@ class ScanRecipe(Recipe):
             raise ValueError(f"scan: blur_sigmas must be >= 0, got {tuple(c.blur_sigmas)}")
         root = Path(os.fspath(data_dir))
         if not root.is_dir():
-            raise FileNotFoundError(f"--data {str(root)!r} does not exist (expected train/ and/or pairs.txt + lfw/)")
+            raise FileNotFoundError(f"--data {str(root)!r} does not exist (expected train/ and/or "
+                                    f"pairs.txt + lfw/)")
         pairs = root / c.pairs_file
         train_dir = root / "train"
         if not train_dir.is_dir() and not pairs.is_file():
@@ -160,7 +161,7 @@ class ScanRecipe(Recipe):
                if pairs.is_file() else None)
         return train, val
 
-    # --- model --------------------------------------------------------------------------------------------------
+    # --- model --------------------------------------------------------------------------------------------
     def build_model(self, num_classes: Optional[int]) -> nn.Module:
         """``cfg.model`` (at ``img_size``; ``--model-arg`` adds arguments) with a ``MarginHead`` of
         ``num_classes`` identities."""
@@ -177,10 +178,10 @@ class ScanRecipe(Recipe):
                           easy_margin=c.easy_margin)
         return FaceEmbeddingModel(backbone, head)
 
-    # --- steps --------------------------------------------------------------------------------------------------
+    # --- steps --------------------------------------------------------------------------------------------
     def train_loss(self, model: nn.Module, batch, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
-        """``batch``: images (B, 3, H, W) float, identities (B,) int64. Returns the cross-entropy of the head's
-        logits (ArcFace margin or plain softmax)."""
+        """``batch``: images (B, 3, H, W) float, identities (B,) int64. Returns the cross-entropy of the
+        head's logits (ArcFace margin or plain softmax)."""
         x, y = batch[0], batch[1]
         return F.cross_entropy(model(x, y), y), {}
 
@@ -197,8 +198,9 @@ class ScanRecipe(Recipe):
         return MetricCollection(metrics)
 
     def _inference_backbone(self, model: nn.Module, ctx: StepContext) -> nn.Module:
-        """The fused backbone, made again whenever the weights may have changed (another module, or an in-place
-        update of a parameter or buffer: their version counters), so once per evaluation in practice."""
+        """The fused backbone, made again whenever the weights may have changed (another module, or an
+        in-place update of a parameter or buffer: their version counters), so once per evaluation in
+        practice."""
         backbone = getattr(model, "backbone", model)
         tensors = [*backbone.parameters(), *backbone.buffers()]
         key = (id(backbone), tuple(t._version for t in tensors))
