@@ -74,10 +74,10 @@ def _inference(model: nn.Module, x: Tensor) -> Callable[[], Tensor]:
 
 
 def cases(device: str, quick: bool) -> list[Case]:
-    """Quick: a 1-block-per-stage MVFNet on B=2 x T=4 at 64x64 (shapes only); full: MVFNet-R50, B=2 x T=8 at
-    224x224 (16 frames per call), inference at B=2 too on CPU and B=16 on GPU."""
+    """Quick: a narrow 1-block-per-stage MVFNet on B=2 x T=4 at 64x64 (a smoke test of the cases); full:
+    MVFNet-R50, B=2 x T=8 at 224x224 (16 frames per call), inference at B=2 too on CPU and B=16 on GPU."""
     T, img = (4, 64) if quick else (8, 224)
-    kwargs = dict(num_segments=T, layers=(1, 1, 1, 1)) if quick else dict(num_segments=T)
+    kwargs = dict(num_segments=T, layers=(1, 1, 1, 1), width=16) if quick else dict(num_segments=T)
     train_batch = 2
     infer_batch = 16 if device == "cuda" and not quick else 2
     # MACs of one MVFNet-R50 frame at 224: 4.11 GFLOPs (= 32.9 GFLOPs per 8x8 clip / 8, the config's count)
