@@ -1,5 +1,5 @@
-"""NYUv2 reader (NDDR-CNN's list files): decoding, joint augmentation, and every bad input named by file and line.
-``write_nyuv2`` writes a tiny learnable set in the official layout, shared with the recipe tests."""
+"""NYUv2 reader (NDDR-CNN's list files): decoding, joint augmentation, and every bad input named by file and
+line. ``write_nyuv2`` writes a tiny learnable set in the official layout, shared with the recipe tests."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,9 +34,9 @@ def _sample(rng: np.random.Generator, h: int, w: int, n_classes: int):
 
 def write_nyuv2(root: Path, n_train: int = 8, n_test: int = 4, h: int = 24, w: int = 32, n_classes: int = 4,
                 seed: int = 0) -> Path:
-    """``root/list/{training,testing}_{seg,normal_mask}.txt`` with paths like the official ones (``/``-prefixed,
-    relative to ``root``), images (every other one a JPEG), 8-bit label PNGs with 255 holes, normal PNGs with
-    white (invalid) pixels; returns ``root``."""
+    """``root/list/{training,testing}_{seg,normal_mask}.txt`` with paths like the official ones
+    (``/``-prefixed, relative to ``root``), images (every other one a JPEG), 8-bit label PNGs with 255 holes,
+    normal PNGs with white (invalid) pixels; returns ``root``."""
     rng = np.random.default_rng(seed)
     (root / "list").mkdir(parents=True, exist_ok=True)
     for split, n, name in (("train", n_train, "training"), ("test", n_test, "testing")):
@@ -109,7 +109,8 @@ def test_training_augmentation_is_joint(nyu):
                 nor_r[0] = -nor_r[0]
             for x0 in range(32 - 24 + 1):
                 if torch.allclose(image, img_r[:, :, x0:x0 + 24], atol=1e-5):
-                    assert torch.equal(label, lab_r[:, x0:x0 + 24]) and torch.equal(valid, val_r[:, x0:x0 + 24])
+                    assert torch.equal(label, lab_r[:, x0:x0 + 24])
+                    assert torch.equal(valid, val_r[:, x0:x0 + 24])
                     torch.testing.assert_close(normal, nor_r[:, :, x0:x0 + 24])
                     found = True
                     flips.add(flip)

@@ -1,5 +1,6 @@
-"""Dense metrics on hand-computable cases: mIoU / pixel accuracy with ignored pixels and absent classes, normal
-angle errors at known angles (mean, median within a bin, thresholds, RMSE), split updates equal one update."""
+"""Dense metrics on hand-computable cases: mIoU / pixel accuracy with ignored pixels and absent classes,
+normal angle errors at known angles (mean, median within a bin, thresholds, RMSE), split updates equal one
+update."""
 from __future__ import annotations
 
 import math

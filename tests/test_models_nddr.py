@@ -66,8 +66,8 @@ def test_torchvision_vgg16_weights_load_into_both_branches(tmp_path):
     full = m.adapt_state_dict(vgg.state_dict())  # the whole file's keys: the classifier is dropped
     assert set(full) == set(m.state_dict())
     path = tmp_path / "vgg16.pth"  # the file without fc6/fc7's 120M parameters, to keep the test light
-    torch.save({k: v for k, v in vgg.state_dict().items() if not k.startswith(("classifier.0", "classifier.3"))},
-               path)
+    light = {k: v for k, v in vgg.state_dict().items() if not k.startswith(("classifier.0", "classifier.3"))}
+    torch.save(light, path)
     fc6_before = m.branches["seg"].fc6.weight.clone()
     load_weights(m, path)
     for t in ("seg", "normal"):

@@ -1,5 +1,5 @@
-"""NDDR layer: equal to the official concat + 1x1 conv formulation (float64, train and eval mode, T = 2 and 3),
-gradcheck, the initialisations, bad inputs, ONNX export of standard operators."""
+"""NDDR layer: equal to the official concat + 1x1 conv formulation (float64, train and eval mode, T = 2 and
+3), gradcheck, the initialisations, bad inputs, ONNX export of standard operators."""
 from __future__ import annotations
 
 import pytest
@@ -50,8 +50,8 @@ def test_gradients_equal_and_gradcheck():
     torch.testing.assert_close(grads[1], grads_ref[1])
     torch.testing.assert_close(grads[2], torch.stack([w[:, :, 0, 0] for w in grads_ref[2:]]))
     ours.eval()  # gradcheck of the eval-mode layer (train-mode BN stats make it a different but smooth map)
-    assert torch.autograd.gradcheck(lambda a, b, w: _mix_eval(ours, a, b, w), (*xs, ours.weight.detach().clone()
-                                                                            .requires_grad_()))
+    w = ours.weight.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b, w: _mix_eval(ours, a, b, w), (*xs, w))
 
 
 def _mix_eval(layer, a, b, w):

@@ -1,6 +1,6 @@
-"""The ``nddr`` recipe: paper defaults, parameter groups (NDDR x100, heads x10 / x20 through ``lr_scale``) under
-the poly schedule, the losses by hand, a tiny NDDR-CNN learning on the NYUv2-format fixture, ``pvf train`` /
-``pvf eval`` end to end, and bad inputs before training."""
+"""The ``nddr`` recipe: paper defaults, parameter groups (NDDR x100, heads x10 / x20 through ``lr_scale``)
+under the poly schedule, the losses by hand, a tiny NDDR-CNN learning on the NYUv2-format fixture, ``pvf
+train`` / ``pvf eval`` end to end, and bad inputs before training."""
 from __future__ import annotations
 
 import json
@@ -32,10 +32,13 @@ def nyu(tmp_path):
 def test_paper_defaults():
     assert get_recipe("nddr") is RECIPE and RECIPE.main_metric == "miou" and RECIPE.main_mode == "max"
     d = RECIPE.defaults
-    assert (d["opt"], d["momentum"], d["lr"], d["sched"], d["poly_power"], d["min_lr"], d["weight_decay"]) == \
+    assert (d["opt"], d["momentum"], d["lr"], d["sched"], d["poly_power"], d["min_lr"],
+            d["weight_decay"]) == \
         ("sgd", 0.9, 1e-3, "poly", 0.9, 0.0, 5e-4)
-    assert (d["batch_size"], d["nddr_lr_mult"], d["head_weight_lr_mult"], d["head_bias_lr_mult"]) == (10, 100, 10, 20)
-    assert (d["seg_loss_weight"], d["normal_loss_weight"], d["img_size"], d["num_classes"]) == (1, 20, 321, 40)
+    assert (d["batch_size"], d["nddr_lr_mult"], d["head_weight_lr_mult"], d["head_bias_lr_mult"]) == \
+        (10, 100, 10, 20)
+    assert (d["seg_loss_weight"], d["normal_loss_weight"], d["img_size"], d["num_classes"]) == \
+        (1, 20, 321, 40)
     assert d["epochs"] * math.ceil(795 / d["batch_size"]) == 20000  # NYUv2's 795 training images
 
 
@@ -85,10 +88,10 @@ def test_losses_by_hand():
 
 
 def test_tiny_model_learns(nyu):
-    """15 SGD steps (lr 0.01, the paper's multipliers) on the 8 training images: the segmentation loss falls and
-    the normal loss does not rise. (From scratch, the normal head's bias, at lr x 20 under the loss weight 20,
-    takes a large first step and then dominates the tiny model's normal output, so its loss plateaus; the paper
-    starts both branches from fine-tuned single-task networks.)"""
+    """15 SGD steps (lr 0.01, the paper's multipliers) on the 8 training images: the segmentation loss falls
+    and the normal loss does not rise. (From scratch, the normal head's bias, at lr x 20 under the loss weight
+    20, takes a large first step and then dominates the tiny model's normal output, so its loss plateaus; the
+    paper starts both branches from fine-tuned single-task networks.)"""
     from pyvision_fast.train.engine import build_optimizer
 
     torch.manual_seed(0)
@@ -117,8 +120,8 @@ def test_tiny_model_learns(nyu):
     assert {"miou", "pixel_acc", "normal_mean", "normal_median", "normal_within_11.25"} <= set(out)
 
 
-TINY_ARGS = ["--model-arg", "width=0.125", "--model-arg", "dropout=0.0", "--img-size", "24", "--batch-size", "4",
-             "--workers", "0", "--no-progress"]
+TINY_ARGS = ["--model-arg", "width=0.125", "--model-arg", "dropout=0.0", "--img-size", "24",
+             "--batch-size", "4", "--workers", "0", "--no-progress"]
 
 
 def test_pvf_train_and_eval_end_to_end(tmp_path, nyu, capsys):

@@ -2,30 +2,32 @@
 
 Layout (``ethanygao/NDDR-CNN``, ``util/img_encoder_mt.py``, ``util/input_arguments.py``): a data root (the
 official ``datasets/nyu_v2``) holding ``list/{training,testing}_seg.txt`` and
-``list/{training,testing}_normal_mask.txt``. Each line of a list is ``<image> <target>`` separated by one space,
-both paths relative to the root (the official reader concatenates root and path, so the lists' paths start with
-``/``; a leading ``/`` is accepted and dropped here). ``_seg`` lines name the label PNG, ``_normal_mask`` lines the
-normal PNG; both lists must name the same images in the same order. A third column on a ``_normal_mask`` line,
-when present, names a separate mask PNG (non-zero = valid normal); the official files have none.
+``list/{training,testing}_normal_mask.txt``. Each line of a list is ``<image> <target>`` separated by one
+space, both paths relative to the root (the official reader concatenates root and path, so the lists' paths
+start with ``/``; a leading ``/`` is accepted and dropped here). ``_seg`` lines name the label PNG,
+``_normal_mask`` lines the normal PNG; both lists must name the same images in the same order. A third column
+on a ``_normal_mask`` line, when present, names a separate mask PNG (non-zero = valid normal); the official
+files have none.
 
 Decoding:
 * image: any format PIL reads, as RGB; normalised with ``mean``/``std`` (ImageNet's, for torchvision's VGG-16
   weights; the official Caffe-converted weights took BGR minus the Caffe means instead).
-* label: single-channel PNG of class indices ``0 .. num_classes-1``, 255 = ignore. Any other value is an error.
-* normal: RGB PNG, ``n = value / 255 * 2 - 1`` per channel (x, y, z). A pixel is valid where any channel differs
-  from 255 (the official ``tf.not_equal(gt, 255)`` over channels: pure white marks missing normals) and, with a
-  mask column, where the mask is non-zero.
+* label: single-channel PNG of class indices ``0 .. num_classes-1``, 255 = ignore. Any other value is an
+  error.
+* normal: RGB PNG, ``n = value / 255 * 2 - 1`` per channel (x, y, z). A pixel is valid where any channel
+  differs from 255 (the official ``tf.not_equal(gt, 255)`` over channels: pure white marks missing normals)
+  and, with a mask column, where the mask is non-zero.
 
 Training augmentation (``train=True``), jointly on image and targets as the official reader: random scale in
-``scale_range`` (0.5-1.5; image bilinear, targets nearest), random horizontal mirror, zero-padding (image after
-normalisation, i.e. the mean colour; label 255; normal invalid) to at least ``crop_size`` and a random
-``crop_size`` crop (321x321). Mirroring negates the normal's x component (``flip_normal_x=True``, the geometric
-choice; the official code mirrors the normal map without negating, ``flip_normal_x=False`` reproduces that).
-Evaluation images are full size, unaugmented.
+``scale_range`` (0.5-1.5; image bilinear, targets nearest), random horizontal mirror, zero-padding (image
+after normalisation, i.e. the mean colour; label 255; normal invalid) to at least ``crop_size`` and a random
+``crop_size`` crop (321x321). Mirroring negates the normal's x component (``flip_normal_x=True``, the
+geometric choice; the official code mirrors the normal map without negating, ``flip_normal_x=False``
+reproduces that). Evaluation images are full size, unaugmented.
 
-Items: ``(image (3, H, W) float32, label (H, W) int64, normal (3, H, W) float32, valid (H, W) bool)``.
-With ``check=True`` (default) the constructor opens every file of the lists, compares the image, label, normal
-and mask sizes and decodes every label to check its values, so that a bad dataset fails before training with the
+Items: ``(image (3, H, W) float32, label (H, W) int64, normal (3, H, W) float32, valid (H, W) bool)``. With
+``check=True`` (default) the constructor opens every file of the lists, compares the image, label, normal and
+mask sizes and decodes every label to check its values, so that a bad dataset fails before training with the
 list file and line at fault.
 """
 from __future__ import annotations
@@ -59,8 +61,8 @@ NYU40_CLASSES = (
 
 
 def read_list(list_path: Union[str, Path], root: Union[str, Path], columns: Sequence[int] = (2,)) -> list:
-    """Entries of one list file: tuples of absolute paths, one per line (blank lines skipped). A line must have
-    one of ``columns`` space-separated fields; every path must exist. Errors name ``list_path:line``."""
+    """Entries of one list file: tuples of absolute paths, one per line (blank lines skipped). A line must
+    have one of ``columns`` space-separated fields; every path must exist. Errors name ``list_path:line``."""
     list_path, root = Path(list_path), Path(root)
     if not list_path.is_file():
         raise FileNotFoundError(f"NYUv2 list file {list_path} does not exist")
@@ -71,7 +73,8 @@ def read_list(list_path: Union[str, Path], root: Union[str, Path], columns: Sequ
             if not fields:
                 continue
             if len(fields) not in columns:
-                raise ValueError(f"{list_path}:{n}: expected {' or '.join(map(str, columns))} space-separated "
+                expected = " or ".join(map(str, columns))
+                raise ValueError(f"{list_path}:{n}: expected {expected} space-separated "
                                  f"paths, got {len(fields)}: {line.strip()!r}")
             paths = tuple(root / p.lstrip("/") for p in fields)
             for p in paths:
@@ -84,8 +87,8 @@ def read_list(list_path: Union[str, Path], root: Union[str, Path], columns: Sequ
 
 
 def decode_normal(rgb: np.ndarray, mask: Optional[np.ndarray] = None) -> tuple[Tensor, Tensor]:
-    """Normal PNG pixels (H, W, 3) uint8 -> (normal (3, H, W) float32 = value / 255 * 2 - 1, valid (H, W) bool:
-    some channel != 255, and ``mask`` != 0 when given)."""
+    """Normal PNG pixels (H, W, 3) uint8 -> (normal (3, H, W) float32 = value / 255 * 2 - 1, valid (H, W)
+    bool: some channel != 255, and ``mask`` != 0 when given)."""
     valid = (rgb != IGNORE_INDEX).any(axis=-1)
     if mask is not None:
         valid &= mask != 0
@@ -118,13 +121,13 @@ class NYUv2(Dataset):
         seg = read_list(seg_list, self.root, (2,))
         normal = read_list(normal_list, self.root, (2, 3))
         if len(seg) != len(normal):
-            raise ValueError(f"{seg_list} lists {len(seg)} images, {normal_list} lists {len(normal)}; the two lists "
-                             "must name the same images in the same order")
+            raise ValueError(f"{seg_list} lists {len(seg)} images, {normal_list} lists {len(normal)}; "
+                             "the two lists must name the same images in the same order")
         self.samples = []
         for (n1, (img, label)), (n2, (img2, *normal_paths)) in zip(seg, normal):
             if img != img2:
-                raise ValueError(f"{normal_list}:{n2}: image {img2} differs from {seg_list}:{n1}'s {img}; the two "
-                                 "lists must name the same images in the same order")
+                raise ValueError(f"{normal_list}:{n2}: image {img2} differs from {seg_list}:{n1}'s {img}; "
+                                 "the two lists must name the same images in the same order")
             mask = normal_paths[1] if len(normal_paths) == 2 else None
             self.samples.append(dict(image=img, label=label, normal=normal_paths[0], mask=mask,
                                      where=f"{seg_list}:{n1} / {normal_list}:{n2}"))
@@ -152,7 +155,8 @@ class NYUv2(Dataset):
     def _read_label(self, s: dict) -> np.ndarray:
         with Image.open(s["label"]) as im:
             if im.mode not in ("L", "P", "I", "I;16"):
-                raise ValueError(f"{s['where']}: label {s['label']} must be a single-channel PNG, got mode {im.mode}")
+                raise ValueError(f"{s['where']}: label {s['label']} must be a single-channel PNG, "
+                                 f"got mode {im.mode}")
             label = np.asarray(im).astype(np.int64)
         bad = np.unique(label[(label != IGNORE_INDEX) & ((label < 0) | (label >= self.num_classes))])
         if bad.size:

@@ -1,31 +1,34 @@
-"""NDDR-CNN (Gao et al., CVPR 2019): one VGG-16 DeepLab-LargeFOV network per task, fused after each of the five
-VGG stages by an :class:`~pyvision_fast.nn.NDDR` layer; NYUv2 semantic segmentation (40 classes) and surface
-normals in the paper (``nddr_vgg16``).
+"""NDDR-CNN (Gao et al., CVPR 2019): one VGG-16 DeepLab-LargeFOV network per task, fused after each of the
+five VGG stages by an :class:`~pyvision_fast.nn.NDDR` layer; NYUv2 semantic segmentation (40 classes) and
+surface normals in the paper (``nddr_vgg16``).
 
 Per task branch (``branches.<task>``), in torchvision's VGG-16 layout so that its ImageNet keys load:
 
-* ``features``: torchvision ``vgg16().features`` indices (13 3x3 convs + ReLU); the pools are DeepLab-LargeFOV's:
-  3x3 max pools of stride 2, padding 1 after stages 1-3 (index 4, 9, 16), stride 1 after stage 4 (index 23),
-  conv5 (index 24, 26, 28) dilated by 2, and after it (index 30) a 3x3 stride-1 max pool then a 3x3 stride-1
-  average pool (padding not counted, as TF's SAME in the official code). Output stride 8: 321 -> 41.
+* ``features``: torchvision ``vgg16().features`` indices (13 3x3 convs + ReLU); the pools are
+  DeepLab-LargeFOV's: 3x3 max pools of stride 2, padding 1 after stages 1-3 (index 4, 9, 16), stride 1 after
+  stage 4 (index 23), conv5 (index 24, 26, 28) dilated by 2, and after it (index 30) a 3x3 stride-1 max pool
+  then a 3x3 stride-1 average pool (padding not counted, as TF's SAME in the official code). Output stride 8:
+  321 -> 41.
 * ``fc6``: 3x3 conv, dilation 12, 1024 channels, ReLU, dropout 0.5; ``fc7``: 1x1 conv 1024, ReLU, dropout 0.5;
   ``fc8``: the task head (1x1 conv to ``num_classes`` for ``seg``, 3 for ``normal``, 1 for ``depth``).
 * ``nddr[i]`` fuses the task features after stage i+1 (after pool1 .. pool5), as ``vgg_16_deeplab_nddr``.
 
 The official code's slim scope put BatchNorm after every VGG convolution; the DeepLab and torchvision VGG-16
-weights have none, and this model follows them (BatchNorm only inside the NDDR layers, as in the paper's text).
-The torchvision classifier (fc6/fc7 as 4096-wide fully connected layers) does not fit LargeFOV's 1024-wide
-dilated fc6/fc7, so those start from the initialisation (Kaiming normal, fan-out; fc8 normal std 0.01, as
-DeepLab), like every new layer here.
+weights have none, and this model follows them (BatchNorm only inside the NDDR layers, as in the paper's
+text). The torchvision classifier (fc6/fc7 as 4096-wide fully connected layers) does not fit LargeFOV's
+1024-wide dilated fc6/fc7, so those start from the initialisation (Kaiming normal, fan-out; fc8 normal std
+0.01, as DeepLab), like every new layer here.
 
 ``forward(x)`` with x (B, 3, H, W) float (RGB, normalised with the ImageNet mean and std of torchvision's
 weights) returns ``{task: (B, C_task, H, W)}``: logits bilinearly upsampled to the input size
-(``align_corners=False``); the ``normal`` output is L2-normalised per pixel in eval mode (raw in training, where
-the loss normalises). ``export_module()`` returns the eval-mode network with a tuple output in ``tasks`` order.
+(``align_corners=False``); the ``normal`` output is L2-normalised per pixel in eval mode (raw in training,
+where the loss normalises). ``export_module()`` returns the eval-mode network with a tuple output in ``tasks``
+order.
 
 Weights: :meth:`NDDRVGG16.adapt_state_dict` (used by ``load_weights``, ``create_model(checkpoint_path=)`` and
-the training engine's ``pretrained``) accepts a torchvision VGG-16 state_dict (``features.*``, ``classifier.*``):
-the 13 conv layers go into every branch, the classifier is dropped, everything else keeps the model's values.
+the training engine's ``pretrained``) accepts a torchvision VGG-16 state_dict (``features.*``,
+``classifier.*``): the 13 conv layers go into every branch, the classifier is dropped, everything else keeps
+the model's values.
 """
 from __future__ import annotations
 
@@ -97,7 +100,8 @@ class NDDRVGG16(nn.Module):
     ``"xavier"``). ``width`` scales every channel count (VGG stages and fc6/fc7; 1.0 is the paper's network,
     0.125 a test-sized one). ``img_size`` is the export example's H = W (``default_input_size``)."""
 
-    def __init__(self, num_classes: int = 40, tasks: Union[Sequence[str], Mapping[str, int]] = ("seg", "normal"),
+    def __init__(self, num_classes: int = 40,
+                 tasks: Union[Sequence[str], Mapping[str, int]] = ("seg", "normal"),
                  nddr_init=(0.9, 0.1), width: float = 1.0, fc_dim: int = 1024, dropout: float = 0.5,
                  nddr_momentum: float = 0.05, img_size: int = 321):
         super().__init__()
@@ -108,7 +112,8 @@ class NDDRVGG16(nn.Module):
         else:
             unknown = [t for t in tasks if t != "seg" and t not in TASK_CHANNELS]
             if unknown:
-                raise ValueError(f"nddr_vgg16: unknown task(s) {unknown}; known: seg, {', '.join(TASK_CHANNELS)} "
+                known = ", ".join(TASK_CHANNELS)
+                raise ValueError(f"nddr_vgg16: unknown task(s) {unknown}; known: seg, {known} "
                                  f"(or pass a mapping task -> output channels)")
             channels = {t: num_classes if t == "seg" else TASK_CHANNELS[t] for t in tasks}
         if len(channels) < 2:
@@ -151,8 +156,8 @@ class NDDRVGG16(nn.Module):
         return {t: self.branches[t].head(f) for t, f in zip(self.tasks, feats)}
 
     def forward(self, x: Tensor, upsample: bool = True) -> dict[str, Tensor]:
-        """{task: (B, C_task, H, W)} (module docstring); ``upsample=False`` leaves the outputs at 1/8 resolution
-        (what the official training loss compares with nearest-downsampled labels)."""
+        """{task: (B, C_task, H, W)} (module docstring); ``upsample=False`` leaves the outputs at 1/8
+        resolution (what the official training loss compares with nearest-downsampled labels)."""
         size = x.shape[-2:]
         out = {}
         for t, y in self.forward_logits(x).items():
@@ -167,9 +172,9 @@ class NDDRVGG16(nn.Module):
         return _TupleOutput(self)
 
     def adapt_state_dict(self, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """A torchvision VGG-16 state_dict (``features.{i}.weight``/``bias`` for the 13 convs, ``classifier.*``)
-        becomes this model's: the convs in every branch, the classifier dropped, all other keys (fc6, fc7, fc8,
-        NDDR) from the model as it is. Any other state_dict passes unchanged."""
+        """A torchvision VGG-16 state_dict (``features.{i}.weight``/``bias`` for the 13 convs,
+        ``classifier.*``) becomes this model's: the convs in every branch, the classifier dropped, all other
+        keys (fc6, fc7, fc8, NDDR) from the model as it is. Any other state_dict passes unchanged."""
         if not any(k.startswith("features.") for k in state) or any(k.startswith("branches.") for k in state):
             return dict(state)
         expected = {f"features.{i}.{p}" for i in VGG16_CONV_INDICES for p in ("weight", "bias")}
@@ -203,6 +208,7 @@ class _TupleOutput(nn.Module):
 @register_model
 def nddr_vgg16(num_classes: int = 40, tasks=("seg", "normal"), nddr_init=(0.9, 0.1), width: float = 1.0,
                fc_dim: int = 1024, dropout: float = 0.5, img_size: int = 321, **kwargs) -> NDDRVGG16:
-    """NDDR-CNN with VGG-16 DeepLab-LargeFOV branches for NYUv2 segmentation (40 classes) + surface normals."""
+    """NDDR-CNN with VGG-16 DeepLab-LargeFOV branches for NYUv2 segmentation (40 classes) + surface
+    normals."""
     return NDDRVGG16(num_classes=num_classes, tasks=tasks, nddr_init=nddr_init, width=width, fc_dim=fc_dim,
                      dropout=dropout, img_size=img_size, **kwargs)

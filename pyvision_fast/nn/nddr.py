@@ -1,26 +1,27 @@
-"""NDDR: Neural Discriminative Dimensionality Reduction (Gao et al., CVPR 2019), the layer that fuses the features
-of T task branches at one depth of a multi-task CNN.
+"""NDDR: Neural Discriminative Dimensionality Reduction (Gao et al., CVPR 2019), the layer that fuses the
+features of T task branches at one depth of a multi-task CNN.
 
 For task features ``x_1 .. x_T`` (each (B, C, H, W)) the official formulation concatenates them along channels
-(B, T*C, H, W) and gives each task ``t`` its own 1x1 convolution ``T*C -> C`` without bias, then BatchNorm and ReLU:
+(B, T*C, H, W) and gives each task ``t`` its own 1x1 convolution ``T*C -> C`` without bias, then BatchNorm and
+ReLU:
 
     y_t = ReLU(BN_t(W_t @ concat(x_1, .., x_T))),  W_t = [W_t1 | .. | W_tT],  W_ts in R^{C x C}
 
 :class:`NDDR` computes the same ``W_t @ concat(x)`` as ``sum_s W_ts @ x_s`` with batched matrix products that
-accumulate into each task's output (``baddbmm``), so the (B, T*C, H, W) concatenation is never materialised and
-each task's output is a contiguous (B, C, H, W) tensor. On the CPU of the development machine (2 cores) this is
-about twice as fast as concat + 1x1 convs at inference for the conv3-stage shape of a 321x321 input (B=10,
-C=256, 41x41) and within noise of it for a training step (``benchmarks/models_nddr.py`` has the numbers; the
-sum of per-input 1x1 convolutions, the other concat-free form, was the slowest of the three there).
-:class:`NDDRConcat` is the official formulation itself (the PyTorch port's layout: one ``Conv2d(T*C, C, 1)`` +
-``BatchNorm2d`` + ReLU per task), kept as the reference and for checkpoints in that layout
+accumulate into each task's output (``baddbmm``), so the (B, T*C, H, W) concatenation is never materialised
+and each task's output is a contiguous (B, C, H, W) tensor. On the CPU of the development machine (2 cores)
+this is about twice as fast as concat + 1x1 convs at inference for the conv3-stage shape of a 321x321 input
+(B=10, C=256, 41x41) and within noise of it for a training step (``benchmarks/models_nddr.py`` has the
+numbers; the sum of per-input 1x1 convolutions, the other concat-free form, was the slowest of the three
+there). :class:`NDDRConcat` is the official formulation itself (the PyTorch port's layout: one ``Conv2d(T*C,
+C, 1)`` + ``BatchNorm2d`` + ReLU per task), kept as the reference and for checkpoints in that layout
 (:meth:`NDDR.from_concat`, :meth:`NDDR.concat_state_dict`).
 
-Initialisation (``init``): ``(alpha, beta)`` puts ``alpha * I`` on a task's own block ``W_tt`` and ``beta * I``
-on every other block (the paper's default 0.9 / 0.1; ablations 1/0, 0.5/0.5, 0.1/0.9, 0/1); ``"xavier"`` is
-Glorot-uniform over the 1x1 kernel (fan_in T*C, fan_out C), as ``xavier_initializer_conv2d`` in the official code.
-A string ``"0.9,0.1"`` (or ``"0.9-0.1"``) is the pair, for ``--model-arg``. BatchNorm: momentum 0.05 (the
-official TF decay 0.95) and eps 1e-5 (the PyTorch port's; slim's default is 1e-3), gamma 1, beta 0.
+Initialisation (``init``): ``(alpha, beta)`` puts ``alpha * I`` on a task's own block ``W_tt`` and ``beta *
+I`` on every other block (the paper's default 0.9 / 0.1; ablations 1/0, 0.5/0.5, 0.1/0.9, 0/1); ``"xavier"``
+is Glorot-uniform over the 1x1 kernel (fan_in T*C, fan_out C), as ``xavier_initializer_conv2d`` in the
+official code. A string ``"0.9,0.1"`` (or ``"0.9-0.1"``) is the pair, for ``--model-arg``. BatchNorm: momentum
+0.05 (the official TF decay 0.95) and eps 1e-5 (the PyTorch port's; slim's default is 1e-3), gamma 1, beta 0.
 """
 from __future__ import annotations
 
@@ -121,7 +122,8 @@ class NDDR(nn.Module):
         self.num_tasks, self.channels = num_tasks, channels
         self.init = parse_nddr_init(init)
         self.weight = nn.Parameter(nddr_init_weight(num_tasks, channels, self.init))
-        self.norms = nn.ModuleList(nn.BatchNorm2d(channels, eps=eps, momentum=momentum) for _ in range(num_tasks))
+        self.norms = nn.ModuleList(nn.BatchNorm2d(channels, eps=eps, momentum=momentum)
+                                   for _ in range(num_tasks))
 
     def extra_repr(self) -> str:
         return f"num_tasks={self.num_tasks}, channels={self.channels}, init={self.init}"
@@ -150,7 +152,8 @@ class NDDR(nn.Module):
     def state_dict_from_concat(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """This layer's state_dict from an :class:`NDDRConcat` one (``layers.{t}.0.weight`` (C, T*C, 1, 1),
         ``layers.{t}.1.*`` BatchNorm)."""
-        out = {"weight": torch.stack([state[f"layers.{t}.0.weight"][:, :, 0, 0] for t in range(self.num_tasks)])}
+        weights = [state[f"layers.{t}.0.weight"][:, :, 0, 0] for t in range(self.num_tasks)]
+        out = {"weight": torch.stack(weights)}
         for key, value in state.items():
             parts = key.split(".")
             if parts[0] == "layers" and parts[2] == "1":

@@ -1,10 +1,10 @@
-"""``nddr``: NDDR-CNN (shared/papers.md section 10) on NYUv2, semantic segmentation (40 classes) + surface normals
-with ``nddr_vgg16``, as the official ``train_multiple_tasks.py`` / ``experiments/VGG16/NDDR.sh``.
+"""``nddr``: NDDR-CNN (shared/papers.md section 10) on NYUv2, semantic segmentation (40 classes) + surface
+normals with ``nddr_vgg16``, as the official ``train_multiple_tasks.py`` / ``experiments/VGG16/NDDR.sh``.
 
-``--data`` is the NYUv2 root of the official release (``datasets/nyu_v2``: ``list/{training,testing}_seg.txt``,
-``list/{training,testing}_normal_mask.txt`` and the files they name; :class:`pyvision_fast.data.nyuv2.NYUv2`).
-Training uses the training lists with random scale 0.5-1.5, mirror and a ``img_size`` (321) crop; evaluation the
-full-size test images.
+``--data`` is the NYUv2 root of the official release (``datasets/nyu_v2``:
+``list/{training,testing}_seg.txt``, ``list/{training,testing}_normal_mask.txt`` and the files they name;
+:class:`pyvision_fast.data.nyuv2.NYUv2`). Training uses the training lists with random scale 0.5-1.5, mirror
+and a ``img_size`` (321) crop; evaluation the full-size test images.
 
 Optimisation (official defaults): momentum SGD 0.9, lr 1e-3 with DeepLab's poly decay ``(1 - t/T)^0.9`` per
 update (the engine's ``sched="poly"``, ``min_lr=0``), batch 10, 250 epochs = 20,000 updates of the 795 NYUv2
@@ -12,21 +12,23 @@ training images (80 per epoch; the official 20,001 steps count from 0 to the ste
 groups (``param_groups``, multipliers as the groups' ``lr_scale``): the NDDR layers (1x1 weights and their
 BatchNorm) at lr x ``nddr_lr_mult`` (100), the fc8 heads' weights x ``head_weight_lr_mult`` (10) and biases x
 ``head_bias_lr_mult`` (20), the rest x 1. Weight decay ``weight_decay`` (5e-4) on every convolution weight
-(NDDR's included), none on biases and BatchNorm, as the official L2 on the "weights" variables. Note: the official
-loss adds ``0.5 * sum(wd * ||w||^2 / 2)``, an SGD decay of ``wd / 2``: ``--set weight_decay=2.5e-4`` reproduces its
-gradients exactly.
+(NDDR's included), none on biases and BatchNorm, as the official L2 on the "weights" variables. Note: the
+official loss adds ``0.5 * sum(wd * ||w||^2 / 2)``, an SGD decay of ``wd / 2``: ``--set weight_decay=2.5e-4``
+reproduces its gradients exactly.
 
-Loss: ``seg_loss_weight`` (1) x softmax cross-entropy over labelled pixels (255 ignored) + ``normal_loss_weight``
-(20) x the cosine distance ``1 - cos`` between the L2-normalised prediction and ground truth, averaged over valid
-normal pixels. ``loss_resolution="output"`` (default, official) compares the 1/8-resolution outputs with
-nearest-downsampled labels; ``"input"`` compares the bilinearly upsampled outputs with the full labels.
+Loss: ``seg_loss_weight`` (1) x softmax cross-entropy over labelled pixels (255 ignored) +
+``normal_loss_weight`` (20) x the cosine distance ``1 - cos`` between the L2-normalised prediction and ground
+truth, averaged over valid normal pixels. ``loss_resolution="output"`` (default, official) compares the
+1/8-resolution outputs with nearest-downsampled labels; ``"input"`` compares the bilinearly upsampled outputs
+with the full labels.
 
-``pretrained``: a torchvision VGG-16 state_dict (both branches start from it; ``nddr_vgg16.adapt_state_dict``) or
-an ``nddr_vgg16`` checkpoint. The paper starts both branches from single-task fine-tuned DeepLab-VGG16 models
-(converted from Caffe), which are not available here.
+``pretrained``: a torchvision VGG-16 state_dict (both branches start from it; ``nddr_vgg16.adapt_state_dict``)
+or an ``nddr_vgg16`` checkpoint. The paper starts both branches from single-task fine-tuned DeepLab-VGG16
+models (converted from Caffe), which are not available here.
 
 Metrics (``pyvision_fast.metrics.dense``, summed across processes): ``miou`` (the main metric), ``pixel_acc``,
-``iou_per_class``, ``normal_mean``, ``normal_median``, ``normal_rmse``, ``normal_within_11.25``/``22.5``/``30``.
+``iou_per_class``, ``normal_mean``, ``normal_median``, ``normal_rmse``,
+``normal_within_11.25``/``22.5``/``30``.
 """
 from __future__ import annotations
 
@@ -44,11 +46,12 @@ __all__ = ["NDDRRecipe", "RECIPE", "nddr_losses"]
 IGNORE_INDEX = 255
 
 
-def nddr_losses(out: dict[str, Tensor], label: Tensor, normal: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-    """(segmentation CE, normal cosine distance) of outputs ``out`` ({"seg": (B, K, h, w), "normal": (B, 3, h, w)})
-    against label (B, H, W) int64 (255 ignored), normal (B, 3, H, W) and valid (B, H, W) bool. When (h, w) differs
-    from (H, W) the targets are nearest-downsampled to (h, w), as the official ``prepare_label``. A batch without
-    valid pixels for a task gives that task a loss of 0 (with a gradient path)."""
+def nddr_losses(out: dict[str, Tensor], label: Tensor, normal: Tensor,
+                valid: Tensor) -> tuple[Tensor, Tensor]:
+    """(segmentation CE, normal cosine distance) of outputs ``out`` ({"seg": (B, K, h, w), "normal": (B, 3, h,
+    w)}) against label (B, H, W) int64 (255 ignored), normal (B, 3, H, W) and valid (B, H, W) bool. When (h,
+    w) differs from (H, W) the targets are nearest-downsampled to (h, w), as the official ``prepare_label``. A
+    batch without valid pixels for a task gives that task a loss of 0 (with a gradient path)."""
     seg, pred_n = out["seg"], out["normal"]
     size = seg.shape[-2:]
     if label.shape[-2:] != size:
@@ -107,8 +110,8 @@ class NDDRRecipe(Recipe):
             raise FileNotFoundError(f"pretrained weights {str(c.pretrained)!r} do not exist")
         nc = c.num_classes or 40
         common = dict(num_classes=nc, check=c.check_data)
-        train = NYUv2(data_dir, "train", crop_size=c.img_size, scale_range=tuple(c.scale_range), mirror=c.mirror,
-                      flip_normal_x=c.flip_normal_x, **common)
+        train = NYUv2(data_dir, "train", crop_size=c.img_size, scale_range=tuple(c.scale_range),
+                      mirror=c.mirror, flip_normal_x=c.flip_normal_x, **common)
         val = NYUv2(data_dir, "test", train=False, **common)
         return train, val
 
@@ -121,8 +124,8 @@ class NDDRRecipe(Recipe):
         return create_model(self.cfg.model, **kwargs)
 
     def param_groups(self, model: nn.Module) -> list[dict]:
-        """NDDR x ``nddr_lr_mult``, heads (``*.fc8.*``) x 10 weights / x 20 biases, the rest x 1 (``lr_scale``);
-        weight decay on tensors of 2 or more dimensions only."""
+        """NDDR x ``nddr_lr_mult``, heads (``*.fc8.*``) x 10 weights / x 20 biases, the rest x 1
+        (``lr_scale``); weight decay on tensors of 2 or more dimensions only."""
         c = self.cfg
         groups: dict[tuple[str, bool], dict] = {}
         for name, p in model.named_parameters():
@@ -132,7 +135,10 @@ class NDDRRecipe(Recipe):
             if name.startswith("nddr.") or ".nddr." in name:
                 kind, scale = "nddr", c.nddr_lr_mult
             elif ".fc8." in name:
-                kind, scale = ("head_weight", c.head_weight_lr_mult) if decay else ("head_bias", c.head_bias_lr_mult)
+                if decay:
+                    kind, scale = "head_weight", c.head_weight_lr_mult
+                else:
+                    kind, scale = "head_bias", c.head_bias_lr_mult
             else:
                 kind, scale = "base", 1.0
             group = groups.setdefault((kind, decay), dict(params=[], lr_scale=float(scale), name=kind,
