@@ -6,9 +6,9 @@ beside the plain IR-50, whose ratio is SCAN's training overhead. 112x112 inputs;
 
 Measured on the 2-core development CPU (2026-12-05, load average ~13, so wall times were noise: the harness's
 medians put the fused SCAN 2.2x *ahead* of the identical plain network): peak memory 392 MB for all three at
-inference batch 32, 1136 MB (SCAN) vs 1003 MB (plain) for the training step at batch 16. Process CPU time on one
-thread, batch 8, medians of 5 interleaved runs: inference fused SCAN 774 ms, plain 794 ms (ratio 1.03), unfused
-SCAN 843 ms; training step SCAN 3172 ms, plain 3084 ms (+3%)."""
+inference batch 32, 1136 MB (SCAN) vs 1003 MB (plain) for the training step at batch 16. Process CPU time on
+one thread, batch 8, medians of 5 interleaved runs: inference fused SCAN 774 ms, plain 794 ms (ratio 1.03),
+unfused SCAN 843 ms; training step SCAN 3172 ms, plain 3084 ms (+3%)."""
 from __future__ import annotations
 
 from typing import Callable
