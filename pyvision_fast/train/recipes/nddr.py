@@ -4,7 +4,8 @@ normals with ``nddr_vgg16``, as the official ``train_multiple_tasks.py`` / ``exp
 ``--data`` is the NYUv2 root of the official release (``datasets/nyu_v2``:
 ``list/{training,testing}_seg.txt``, ``list/{training,testing}_normal_mask.txt`` and the files they name;
 :class:`pyvision_fast.data.nyuv2.NYUv2`). Training uses the training lists with random scale 0.5-1.5, mirror
-and a ``img_size`` (321) crop; evaluation the full-size test images.
+and a ``img_size`` (321) crop; evaluation the full-size test images, batched (NYUv2's are all 640x480;
+a test set of mixed sizes needs ``--batch-size 1`` for ``pvf eval``).
 
 Optimisation (official defaults): momentum SGD 0.9, lr 1e-3 with DeepLab's poly decay ``(1 - t/T)^0.9`` per
 update (the engine's ``sched="poly"``, ``min_lr=0``), batch 10, 250 epochs = 20,000 updates of the 795 NYUv2
