@@ -103,7 +103,9 @@ def nddr_mix(features: Sequence[Tensor], weight: Tensor) -> list[Tensor]:
     outs = []
     for task in range(t):
         wt = weight[task]
-        y = torch.matmul(wt[:, :c], xs[0])
+        # bmm with the weight expanded over the batch: torch.matmul((C, C), (B, C, HW)) transposes and copies
+        # the features, which made its backward ~1.6x slower on CPU
+        y = torch.bmm(wt[:, :c].expand(b, c, c), xs[0])
         for s in range(1, t):
             y = torch.baddbmm(y, wt[:, s * c:(s + 1) * c].expand(b, c, c), xs[s])
         outs.append(y.view(b, c, h, w))
