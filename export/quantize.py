@@ -19,12 +19,12 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
+from pyvision_fast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
 PathLike = Union[str, Path]
 
 CALIBRATION_METHODS = ("entropy", "percentile", "minmax")
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def to_float16(onnx_path: PathLike, out_path: PathLike, keep_io_types: bool = True) -> Path:

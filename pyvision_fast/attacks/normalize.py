@@ -15,10 +15,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "add_input_normalization", "has_input_normalization"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _normalize_pre_hook(module: nn.Module, args):

@@ -50,12 +50,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = ["DatalistError", "VideoRecord", "read_datalist", "dense_indices", "segment_indices",
            "video_train_transform", "video_test_transform", "ThreeCrop", "VideoDatalist"]
 
 PathLike = Union[str, os.PathLike]
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class DatalistError(ValueError):
