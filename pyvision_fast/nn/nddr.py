@@ -9,16 +9,14 @@ ReLU:
 
 :class:`NDDR` computes the same ``W_t @ concat(x)`` as ``sum_s W_ts @ x_s`` with batched matrix products that
 accumulate into each task's output (``baddbmm``), so the (B, T*C, H, W) concatenation is never materialised
-and each task's output is a contiguous (B, C, H, W) tensor. Measured on the development machine's CPU (2 cores
-shared with other jobs, float32, 2 tasks, B=10 at 41x41): the concat-free form needs 15-17% less peak memory
-(82 vs 99 MB at C=256, 164 vs 199 MB at C=512, forward); its speed against concat + 1x1 convs was 0.83-0.89x
-for forward and training step alike in ``benchmarks/models_nddr.py`` (run under load average 5-12), while a
-standalone timing of the mixing alone in a quieter moment gave 1.4x for the forward (104 vs 149 ms at C=256,
-338 vs 461 ms at C=512) and 0.87x for forward + backward (664 vs 579 ms at C=256). So on this CPU oneDNN's 1x1
-convolution over the concatenation is the faster training path; the sum of per-input 1x1 convolutions was the
-slowest of the three in every case. :class:`NDDRConcat` is the official formulation itself (the PyTorch port's
-layout: one ``Conv2d(T*C, C, 1)`` + ``BatchNorm2d`` + ReLU per task), kept as the reference and for
-checkpoints in that layout (:meth:`NDDR.from_concat`, :meth:`NDDR.concat_state_dict`).
+and each task's output is a contiguous (B, C, H, W) tensor. Measured with ``benchmarks/models_nddr.py`` on the
+development machine's CPU (2 cores, float32, 2 tasks, B=10 at 41x41, load average ~1.5): against the official
+concat + 1x1 convs it is 1.18x (C=256) and 1.06x (C=512) faster forward, 1.29x and 1.14x faster for a training
+step, with less peak memory (82 vs 98 MB and 164 vs 199 MB forward, 97 vs 148 MB and 193 vs 295 MB training).
+The other concat-free form, the sum of per-input 1x1 convolutions, was slower than ours in every case.
+:class:`NDDRConcat` is the official formulation itself (the PyTorch port's layout: one ``Conv2d(T*C, C, 1)`` +
+``BatchNorm2d`` + ReLU per task), kept as the reference and for checkpoints in that layout
+(:meth:`NDDR.from_concat`, :meth:`NDDR.concat_state_dict`).
 
 Initialisation (``init``): ``(alpha, beta)`` puts ``alpha * I`` on a task's own block ``W_tt`` and ``beta *
 I`` on every other block (the paper's default 0.9 / 0.1; ablations 1/0, 0.5/0.5, 0.1/0.9, 0/1); ``"xavier"``
