@@ -44,11 +44,11 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = ["NYUv2", "NYU40_CLASSES", "read_list", "decode_normal", "IGNORE_INDEX", "LIST_FILES"]
 
 IGNORE_INDEX = 255
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 LIST_FILES = {"train": ("list/training_seg.txt", "list/training_normal_mask.txt"),
               "test": ("list/testing_seg.txt", "list/testing_normal_mask.txt")}
 # The 40 classes of Gupta et al.'s NYUv2 40-class mapping, label 0 = wall (void is 255).
