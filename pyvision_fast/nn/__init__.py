@@ -2,6 +2,7 @@
 from .attention import FusedAttention, MultiheadAttention, patch_timm
 from .deform_conv import DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack
 from .mvf import MVF, insert_mvf
+from .nddr import NDDR, NDDRConcat
 from .patch_embed import DropPath, PatchEmbed
 from .pointnet2 import PointNetFeaturePropagation, PointNetSetAbstraction
 from .scale_space import ScaleAttention, ScaleSpaceConv2d, gaussian_derivative_basis
@@ -15,6 +16,8 @@ __all__ = [
     "FusedAttention",
     "ModulatedDeformConv2dPack",
     "MultiheadAttention",
+    "NDDR",
+    "NDDRConcat",
     "PatchEmbed",
     "PointNetFeaturePropagation",
     "PointNetSetAbstraction",
