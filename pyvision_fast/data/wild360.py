@@ -236,17 +236,12 @@ def gt_cache_path(features: PathLike, vid: str) -> Path:
 
 
 def save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Writes a safetensors file through a temporary file and a rename, so no partial file is ever seen."""
-    from safetensors.torch import save_file
+    """Writes a safetensors file (its folder created) through a temporary file and a rename, so no partial file is
+    ever seen (``models.save_safetensors``)."""
+    from ..models.weights import save_safetensors
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    save_safetensors(tensors, path, metadata=metadata)
 
 
 def write_gt_cache(video: Wild360Video, features: PathLike, size: tuple[int, int] = GT_SIZE) -> Path:
