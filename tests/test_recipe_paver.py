@@ -125,6 +125,19 @@ def test_extract_train_eval(wild, tmp_path, capsys):
     assert results["nss"] > 1.5 and results["sim"] > 0.25 and 0 < results["kld"] < 2
     val = [r for r in csv.DictReader(open(paper / "metrics.csv")) if r["split"] == "val"][-1]
     assert float(val["cc"]) == pytest.approx(results["cc"], abs=1e-6)
+    # pvf eval reads only the test split's features: it runs with the training videos' features gone
+    moved = {root / "features" / f"{vid}.safetensors": tmp_path / f"{vid}.safetensors" for vid in ("tr_a", "tr_b")}
+    for src, dst in moved.items():
+        src.rename(dst)
+    try:
+        rc = main(["eval", "paver", "--data", str(root), "--workers", "0", "--device", "cpu", "--checkpoint",
+                   str(paper / "checkpoint-last.safetensors")])
+    finally:  # the folder is shared with the other tests of this module
+        for src, dst in moved.items():
+            dst.rename(src)
+    captured = capsys.readouterr()
+    assert rc in (0, None), captured.err
+    assert json.loads(captured.out.strip().splitlines()[-1])["cc"] == pytest.approx(results["cc"], abs=1e-6)
 
 
 def make_cfg(**over) -> Config:

@@ -192,17 +192,19 @@ def _setup(args, for_eval: bool, identity: Optional[dict] = None):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)  # ops without a deterministic kernel warn
         torch.backends.cudnn.benchmark = False
-    recipe = recipe_cls(cfg)
+    recipe = recipe_cls(cfg, for_eval=for_eval)
     train_set, val_set = recipe.build_datasets(args.data)
     if for_eval and val_set is None:
         raise ValueError(f"--data {args.data!r} has no validation split for recipe {args.recipe!r}")
+    if not for_eval and train_set is None:
+        raise ValueError(f"--data {args.data!r} has no training split for recipe {args.recipe!r}")
     if cfg.num_classes is None:
         classes = getattr(train_set, "classes", None)
         cfg.num_classes = len(classes) if classes is not None else None
     if cfg.num_classes is not None:
-        check_labels(train_set, cfg.num_classes, "train")
-        if val_set is not None:
-            check_labels(val_set, cfg.num_classes, "val")
+        for split, data in (("train", train_set), ("val", val_set)):
+            if data is not None:
+                check_labels(data, cfg.num_classes, split)
     return recipe, cfg, info, device, train_set, val_set
 
 

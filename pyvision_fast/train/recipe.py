@@ -100,13 +100,16 @@ class Recipe:
     main_metric: str = "accuracy"          # the key of evaluate()'s dict that picks checkpoint-best
     main_mode: str = "max"                 # max | min
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, for_eval: bool = False):
         self.cfg = cfg
+        # True when built for ``pvf eval``: build_datasets may then leave the training split out (None)
+        self.for_eval = for_eval
 
     # --- data -------------------------------------------------------------------------------------
     def build_datasets(self, data_dir: str) -> tuple[torch.utils.data.Dataset, Optional[torch.utils.data.Dataset]]:
         """(train, val) datasets read from ``data_dir`` in the dataset's real format; items are (input, target).
-        Must fail before training with an error naming the missing/bad file."""
+        Must fail before training with an error naming the missing/bad file. Under ``pvf eval``
+        (``self.for_eval``) the training split may be None, and is then never read."""
         raise NotImplementedError
 
     def train_sample_weights(self, train_set) -> Optional[Tensor]:

@@ -108,8 +108,8 @@ class DATRecipe(ClassifyRecipe):
         vqgan_autocast=False,            # False: the VQGAN runs in float32 even under AMP (code choice stays exact)
     )
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
+    def __init__(self, cfg, for_eval: bool = False):
+        super().__init__(cfg, for_eval)
         self._vqgan: Optional[nn.Module] = None
 
     # --- model ----------------------------------------------------------------------------------------------

@@ -160,12 +160,14 @@ class PAVERRecipe(Recipe):
         if not features.is_dir():
             raise FileNotFoundError(f"feature folder {str(features)!r} does not exist: run `pvf extract "
                                     f"paver --data {data_dir} --output {features}` first (or --set features=DIR)")
-        train = Wild360Features(data_dir, features, "train", clip_length=c.clip_length)
         val = Wild360Features(data_dir, features, "test", clip_length=c.clip_length)
-        self._tokens = (train.num_tokens, train.dim)
-        if (val.num_tokens, val.dim) != self._tokens:
-            raise ValueError(f"{features}: train features have (N, D) = {self._tokens}, test features "
-                             f"{(val.num_tokens, val.dim)}")
+        self._tokens = (val.num_tokens, val.dim)
+        if self.for_eval:  # pvf eval needs only the test features
+            return None, EvalClips(val)
+        train = Wild360Features(data_dir, features, "train", clip_length=c.clip_length)
+        if (train.num_tokens, train.dim) != self._tokens:
+            raise ValueError(f"{features}: train features have (N, D) = {(train.num_tokens, train.dim)}, test "
+                             f"features {self._tokens}")
         return TrainWindows(train, self.num_frame), EvalClips(val)
 
     def build_model(self, num_classes: Optional[int]) -> nn.Module:

@@ -61,20 +61,6 @@ class FaceEmbeddingModel(nn.Module):
         return {f"backbone.{n}" for n in inner}
 
 
-class _MissingSplit(torch.utils.data.Dataset):
-    """Stands for an absent training split, so that ``pvf eval`` works on a pairs-only folder while ``pvf
-    train`` stops, before the first step, with what is missing."""
-
-    def __init__(self, message: str):
-        self.message = message
-
-    def __len__(self) -> int:
-        raise FileNotFoundError(self.message)
-
-    def __getitem__(self, index):
-        raise FileNotFoundError(self.message)
-
-
 def blur(images: Tensor, sigma: float) -> Tensor:
     """Gaussian blur of standard deviation ``sigma`` pixels (0: unchanged) of images (..., C, H, W); kernel
     2 ceil(3 sigma) + 1 taps, reflected borders (torchvision's ``gaussian_blur``)."""
@@ -150,13 +136,15 @@ class ScanRecipe(Recipe):
         if not train_dir.is_dir() and not pairs.is_file():
             raise FileNotFoundError(f"--data {str(root)!r} has neither train/ (identity folders) nor "
                                     f"{c.pairs_file} (verification pairs)")
-        if train_dir.is_dir():
+        if self.for_eval:  # pvf eval reads only the pairs
+            train = None
+        elif train_dir.is_dir():
             train = ImageFolder(train_dir, self.transforms(True), check_images=c.check_images,
                                 bad_images=c.bad_images)
         else:
-            train = _MissingSplit(f"scan: {str(train_dir)!r} does not exist; training needs "
-                                  f"DATA/train/<identity>/<image> (evaluation needs only {c.pairs_file} and "
-                                  f"{c.pairs_images}/)")
+            raise FileNotFoundError(f"scan: {str(train_dir)!r} does not exist; training needs "
+                                    f"DATA/train/<identity>/<image> (evaluation needs only {c.pairs_file} and "
+                                    f"{c.pairs_images}/)")
         val = (PairsDataset(pairs, root / c.pairs_images, self.transforms(False), check_images=c.check_images)
                if pairs.is_file() else None)
         return train, val

@@ -113,8 +113,8 @@ class ViTATRecipe(Recipe):
         autoattack_version="standard",
     )
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
+    def __init__(self, cfg, for_eval: bool = False):
+        super().__init__(cfg, for_eval)
         self.eps = _number(cfg.attack_eps, "attack_eps")
         if not 0 <= self.eps <= 1:
             raise ValueError(f"attack_eps={cfg.attack_eps!r} is outside [0, 1]: ε is in input units for [0, 1] "
