@@ -324,7 +324,11 @@ def main(argv=None) -> int:
                        "needed)")
     p.add_argument("engine")
     p.set_defaults(func=_engine_info)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        if getattr(args, "func", None) is not _bench:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.rest = [*unknown, *args.rest]  # pvf bench --family pointcloud --quick: python -m benchmarks' options
     return args.func(args)
 
 

@@ -38,3 +38,13 @@ def test_export_command(tmp_path):
 def test_bench_outside_a_checkout_says_so(tmp_path):
     out = _run("bench", cwd=tmp_path)
     assert out.returncode == 2 and "no benchmarks/" in out.stderr
+
+
+def test_bench_passes_benchmark_options_through():
+    """pvf bench --family X ... reaches python -m benchmarks as given (no '--' needed): an unknown family is
+    the benchmark runner's own error, an unknown option of another command still pvf's."""
+    root = Path(__file__).resolve().parent.parent
+    out = _run("bench", "--root", str(root), "--family", "no_such_family", "--quick")
+    assert out.returncode == 2 and "invalid choice: 'no_such_family'" in out.stderr, out.stderr
+    out = _run("models", "--no-such-flag")
+    assert out.returncode == 2 and "unrecognized arguments: --no-such-flag" in out.stderr
