@@ -67,12 +67,22 @@ def _print_info(args) -> int:
           f"{' (OpenMP)' if c['openmp'] else ''}")
     if g["loaded"]:
         runtime = g["cuda_runtime"]
+        devices = (f"devices: {g['devices']}" if g["devices"] else
+                   f"no usable GPU here, CPU only (the CUDA runtime says: {g['device_status']})")
         print(f"_C_cuda  built for sm {g['cuda_archs']}, CUDA runtime {runtime // 1000}.{runtime % 1000 // 10} "
-              f"(static); devices: {g['devices']} ({g['device_status']})")
+              f"(static); {devices}")
     else:
         print(f"_C_cuda  NOT loaded: {g['error']}")
     for name, devices in info["backends"].items():
-        print(f"backend {name:<9} {'usable on ' + ', '.join(devices) if devices else 'not usable here'}")
+        if devices:
+            status = "usable on " + ", ".join(devices)
+        elif name == "triton" and info["triton"]:
+            status = "no GPU: interpreter only (TRITON_INTERPRET=1 runs the Triton kernels on the CPU, slowly)"
+        elif name == "cuda":
+            status = "no GPU here"
+        else:
+            status = "not usable here"
+        print(f"backend {name:<9} {status}")
     if info["gpu_preferred"]:
         print("GPU defaults  " + ", ".join(f"{op}: {key}" for op, key in sorted(info["gpu_preferred"].items())))
     if info["gpu_candidates"]:

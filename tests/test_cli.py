@@ -1,8 +1,13 @@
 """The pvf command line."""
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import torch
 
 
 def _run(*args, cwd=None):
@@ -48,3 +53,13 @@ def test_bench_passes_benchmark_options_through():
     assert out.returncode == 2 and "invalid choice: 'no_such_family'" in out.stderr, out.stderr
     out = _run("models", "--no-such-flag")
     assert out.returncode == 2 and "unrecognized arguments: --no-such-flag" in out.stderr
+
+
+def test_info_on_a_machine_without_gpu_says_cpu_only():
+    """No driver reads as 'CPU only', not as a fault; Triton as 'interpreter only'."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = _run("info")
+    assert "no usable GPU here, CPU only" in out.stdout and "backend cuda      no GPU here" in out.stdout
+    if importlib.util.find_spec("triton") is not None and "TRITON_INTERPRET" not in os.environ:
+        assert "interpreter only (TRITON_INTERPRET=1" in out.stdout
