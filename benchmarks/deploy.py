@@ -83,11 +83,13 @@ def _tensorrt(path_of: Callable[[], Path], x: torch.Tensor, precision: str, tag:
     def build():
         from pyvision_fast.export import TensorRTModule, build_engine
 
+        import onnx
+
         engine = _WORK / tag / f"model.{precision}.plan"
         if not engine.is_file():
-            shape = tuple(x.shape)
+            shape, name = tuple(x.shape), onnx.load(str(path_of())).graph.input[0].name
             build_engine(path_of(), engine, fp16=True, int8=precision == "int8",
-                         min_shapes={"x": (1, *shape[1:])}, opt_shapes={"x": shape}, max_shapes={"x": shape})
+                         min_shapes={name: (1, *shape[1:])}, opt_shapes={name: shape}, max_shapes={name: shape})
         module, xc = TensorRTModule(engine), x.cuda()
         return lambda: module(xc)
     return _lazy(build)

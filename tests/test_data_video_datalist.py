@@ -228,6 +228,7 @@ def test_mp4_datalists(tmp_path):
     assert positions(ds.load_frames(1)) == [0, 4, 8, 9]
     views, label = ds[1]
     assert views.shape == (3, 3, 4, 24, 24) and label == 1
+    assert ds._frame_counts == {0: 20, 1: 10}  # each video decoded once to count its frames, not per item
     counted = write_video_dataset(tmp_path, [("a", 20, 0)], list_name="counted.txt", with_counts=True)
     train = VideoDatalist(counted, tmp_path, video=True, clip_len=4, frame_interval=2,
                           transform=video_train_transform(16))

@@ -55,9 +55,11 @@ def _open(path: PathLike):
     return container
 
 
-def _decoded_frames(path: PathLike):
+def _decoded_frames(path: PathLike, container=None):
+    """The decoded frames of the first video stream of ``path`` (of ``container`` when given, which the
+    generator then closes)."""
     av = _av()
-    container = _open(path)
+    container = container if container is not None else _open(path)
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     try:
@@ -74,8 +76,7 @@ def probe_video(path: PathLike) -> VideoInfo:
     stream = container.streams.video[0]
     fps = float(stream.average_rate or stream.guessed_rate or 0.0)
     height, width = stream.codec_context.height, stream.codec_context.width
-    container.close()
-    count = sum(1 for _ in _decoded_frames(path))
+    count = sum(1 for _ in _decoded_frames(path, container))
     if count == 0:
         raise ValueError(f"{path}: the video stream holds no frame")
     return VideoInfo(num_frames=count, fps=fps, height=height, width=width)

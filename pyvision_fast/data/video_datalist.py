@@ -284,6 +284,8 @@ class VideoDatalist(Dataset):
         self.classes = list(range(self.num_classes))
         self.targets = [r.label for r in self.records]
         self.samples = [(f"{self.list_file}:{r.line} {r.path}", r.label) for r in self.records]
+        # frame counts of videos listed without one, found by decoding once (per worker process), not per item
+        self._frame_counts: dict[int, int] = {}
 
     def _where(self, rec: VideoRecord) -> str:
         return f"{self.list_file}:{rec.line}:"
@@ -352,7 +354,11 @@ class VideoDatalist(Dataset):
 
         path = self.root / rec.path
         try:
-            n = rec.num_frames if rec.num_frames is not None else probe_video(path).num_frames
+            n = rec.num_frames
+            if n is None:
+                if index not in self._frame_counts:
+                    self._frame_counts[index] = probe_video(path).num_frames
+                n = self._frame_counts[index]
             idx = self.indices(index, n)
             frames = read_video(path, indices=idx.tolist())
         except (ValueError, FileNotFoundError) as exc:
