@@ -197,3 +197,49 @@ def test_ddp_two_processes_equal_one_process_with_the_global_batch(tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5, msg=k)
     assert '"world_size": 2' in (tmp_path / "ddp" / "config.json").read_text()
+
+
+def test_recipe_hooks_and_recipe_state_resume_exactly(tmp_path, monkeypatch):
+    """on_train_start runs once before the first epoch (skipping its random initialisation when resuming),
+    on_epoch_end after every epoch, and the recipe's state_dict is saved with each checkpoint and restored by
+    --resume: a run split by a crash ends with the same recipe state and weights as a straight one."""
+    data = write_image_folder(tmp_path / "data", n_train=2, n_val=1)
+    args = ["train", "classify", "--data", str(data), *TINY_VIT, *NO_AUG, "--epochs", "3", "--batch-size", "4",
+            "--workers", "0", "--lr", "1e-3", "--no-progress"]
+    recipe_cls = get_recipe("classify")
+    calls = []
+
+    def on_train_start(self, model, ctx):
+        calls.append(("start", ctx.extra["resuming"]))
+        if not ctx.extra["resuming"]:
+            self.buffer = torch.randn(3)  # draws from the global RNG, as a prototype initialisation would
+
+    def on_epoch_end(self, epoch, model, ctx):
+        calls.append(("end", epoch))
+        self.buffer = self.buffer + float(model.head.weight.detach().sum()) + torch.rand(3)
+
+    monkeypatch.setattr(recipe_cls, "on_train_start", on_train_start)
+    monkeypatch.setattr(recipe_cls, "on_epoch_end", on_epoch_end)
+    monkeypatch.setattr(recipe_cls, "state_dict", lambda self: {"buffer": self.buffer.clone()})
+    monkeypatch.setattr(recipe_cls, "load_state_dict", lambda self, state: setattr(self, "buffer", state["buffer"]))
+    assert cli.main([*args, "--output", str(tmp_path / "straight")]) == 0
+    assert calls == [("start", False), ("end", 0), ("end", 1), ("end", 2)]
+
+    original = recipe_cls.on_epoch_start
+
+    def crash_at_epoch_1(self, epoch, model, ctx):
+        if epoch == 1:
+            raise _Crash
+
+    calls.clear()
+    monkeypatch.setattr(recipe_cls, "on_epoch_start", crash_at_epoch_1)
+    with pytest.raises(_Crash):
+        cli.main([*args, "--output", str(tmp_path / "split")])
+    monkeypatch.setattr(recipe_cls, "on_epoch_start", original)
+    assert cli.main([*args, "--output", str(tmp_path / "split"), "--resume", str(tmp_path / "split")]) == 0
+    assert calls == [("start", False), ("end", 0), ("start", True), ("end", 1), ("end", 2)]
+    straight = torch.load(tmp_path / "straight" / ckpt.TRAIN_STATE, weights_only=True)["recipe_state"]["buffer"]
+    split = torch.load(tmp_path / "split" / ckpt.TRAIN_STATE, weights_only=True)["recipe_state"]["buffer"]
+    assert torch.equal(straight, split)
+    a, b = read_state_dict(tmp_path / "straight" / ckpt.MODEL_LAST), read_state_dict(tmp_path / "split" / ckpt.MODEL_LAST)
+    assert all(torch.equal(a[k], b[k]) for k in a)

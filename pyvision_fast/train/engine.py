@@ -251,7 +251,15 @@ def _train(args, recipe, cfg, info, device, train_set, val_set, output, resume_f
     scaler = torch.amp.GradScaler(device.type, enabled=fp16)
     ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay else None
     start_epoch, step, best = 0, 0, None
+    mixup_fn = (Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
+                      switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode, label_smoothing=cfg.label_smoothing,
+                      num_classes=cfg.num_classes) if mixing else None)
+    ctx = StepContext(cfg=cfg, device=device, rank=info.rank, world_size=info.world_size, autocast=autocast,
+                      mixup_fn=mixup_fn, extra={"resuming": state is not None})
+    # before the RNG state of a resumed run is restored, so a resumed run draws what an uninterrupted one does
+    recipe.on_train_start(model, ctx)
     if state is not None:
+        recipe.load_state_dict(state.get("recipe_state", {}))
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
@@ -260,13 +268,9 @@ def _train(args, recipe, cfg, info, device, train_set, val_set, output, resume_f
             ckpt.load_model_weights(ema.module, Path(resume_files[1]).with_name(ckpt.EMA_LAST))
         start_epoch, step, best = state["epoch"], state["step"], state["best_metric"]
         ckpt.set_rng_state(state["rng"])
+    ctx.epoch, ctx.step = start_epoch, step
     ddp_model = (nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                      else None) if info.enabled else model)
-    mixup_fn = (Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
-                      switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode, label_smoothing=cfg.label_smoothing,
-                      num_classes=cfg.num_classes) if mixing else None)
-    ctx = StepContext(cfg=cfg, device=device, epoch=start_epoch, step=step, rank=info.rank,
-                      world_size=info.world_size, autocast=autocast, mixup_fn=mixup_fn)
     metrics = recipe.build_metrics(cfg.num_classes).to(device) if val_loader is not None else None
 
     writer = log = None
@@ -331,6 +335,7 @@ def _train(args, recipe, cfg, info, device, train_set, val_set, output, resume_f
                 if writer is not None:  # per update: this rank's batch loss and the largest group lr
                     writer.add_scalar("step/loss", loss.item(), step)
                     writer.add_scalar("step/lr", max(g["lr"] for g in optimizer.param_groups), step)
+        recipe.on_epoch_end(epoch, unwrap(ddp_model), ctx)
         total = all_reduce_sum(total)
         train_stats = {"loss": float(total[0] / total[1]), "lr": max(g["lr"] for g in optimizer.param_groups)}
         if extra_sums:  # every rank logs the same names (the recipe's), so one all-reduce in sorted order
@@ -372,7 +377,7 @@ def _train(args, recipe, cfg, info, device, train_set, val_set, output, resume_f
                 "model_identity": ckpt.model_identity(cfg), "world_size": info.world_size,
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                "scaler": scaler.state_dict(), "rng": ckpt.rng_state()})
+                "scaler": scaler.state_dict(), "recipe_state": recipe.state_dict(), "rng": ckpt.rng_state()})
         barrier()
     if writer is not None:
         writer.close()

@@ -131,8 +131,24 @@ class Recipe:
         return None
 
     # --- steps --------------------------------------------------------------------------------------
+    def on_train_start(self, model: nn.Module, ctx: StepContext) -> None:
+        """Called once before the first epoch, with the model on ``ctx.device`` (not yet DDP-wrapped): builds what
+        the recipe trains beside the model (a noise generator and its optimizer, class prototypes). On a resumed
+        run ``ctx.extra["resuming"]`` is True and ``load_state_dict`` follows, so skip expensive initialisation."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The recipe's own training state (extra modules, optimizers, buffers), saved with every checkpoint in
+        ``train-state-last.pt`` so that ``--resume`` restores it exactly; plain tensors/containers only."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores ``state_dict()``'s output on ``--resume`` (after ``on_train_start``)."""
+
     def on_epoch_start(self, epoch: int, model: nn.Module, ctx: StepContext) -> None:
         """Per-epoch schedules that are not the lr (the ε warm-up of adversarial training)."""
+
+    def on_epoch_end(self, epoch: int, model: nn.Module, ctx: StepContext) -> None:
+        """After an epoch's last optimizer step, before evaluation (PointCAT fine-tunes its last layer here)."""
 
     def train_loss(self, model: nn.Module, batch, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
         """Forward pass and loss of one training batch (already on ``ctx.device``, mixup already applied to the
