@@ -21,6 +21,36 @@ def _shared_mlp(in_channels: int, channels: Sequence[int], conv: type, norm: typ
     return nn.Sequential(*layers)
 
 
+def _conv_bn_relu(convs: nn.ModuleList, bns: nn.ModuleList, x: Tensor) -> Tensor:
+    for conv, bn in zip(convs, bns):
+        x = torch.relu(bn(conv(x)))
+    return x
+
+
+def _official_mlp(in_channels: int, channels: Sequence[int]) -> tuple[nn.ModuleList, nn.ModuleList]:
+    """The PointNet++ code's shared MLP: 1x1 Conv2d with bias, BatchNorm2d, as two parallel ModuleLists."""
+    convs, bns = nn.ModuleList(), nn.ModuleList()
+    for out_channels in channels:
+        convs.append(nn.Conv2d(in_channels, out_channels, 1))
+        bns.append(nn.BatchNorm2d(out_channels))
+        in_channels = out_channels
+    return convs, bns
+
+
+def _group(xyz: Tensor, centres: Tensor, features: Optional[Tensor], radius: float, nsample: int,
+           xyz_first: bool) -> Tensor:
+    """Ball-query grouping around ``centres`` (B, S, 3): (B, 3 + C, S, nsample) with centred coordinates and
+    the neighbours' features, coordinates first (``xyz_first``) or last. Missing neighbours repeat the first."""
+    _, idx, _ = ops.ball_query(centres, xyz, K=nsample, radius=radius, return_nn=False)
+    idx = torch.where(idx < 0, idx[..., :1], idx)
+    grouped = ops.grouping_operation(xyz.transpose(1, 2).contiguous(), idx) - centres.transpose(1, 2)[..., None]
+    if features is None:
+        return grouped
+    grouped_features = ops.grouping_operation(features.contiguous(), idx)
+    parts = [grouped, grouped_features] if xyz_first else [grouped_features, grouped]
+    return torch.cat(parts, dim=1)
+
+
 class PointNetSetAbstraction(nn.Module):
     """Single-scale-grouping set abstraction: farthest point sampling of ``npoint`` centres, ball query of
     ``nsample`` neighbours within ``radius``, centred coordinates concatenated with the neighbours' features,
@@ -29,15 +59,31 @@ class PointNetSetAbstraction(nn.Module):
     Missing neighbours repeat the first one found (the centre itself is always found), as in PointNet++.
     ``group_all=True`` groups the whole cloud around the origin (the last SA layer of a classifier).
 
+    ``layout="sequential"`` (default) holds the MLP as ``mlp`` (an ``nn.Sequential`` of bias-free convs);
+    ``layout="official"`` holds it as the PointNet++ code does (yanx27/Pointnet_Pointnet2_pytorch
+    ``models/pointnet2_utils.py``): ``mlp_convs.i`` (Conv2d with bias) and ``mlp_bns.i``, so that the
+    official classifiers' state_dicts load and their parameter counts match. The computation is the same.
+
     forward(xyz (B, N, 3), features (B, in_channels, N) or None)
         -> (new_xyz (B, npoint, 3) or (B, 1, 3) zeros, new_features (B, mlp[-1], npoint or 1))
     """
 
     def __init__(self, npoint: int, radius: float, nsample: int, in_channels: int, mlp: Sequence[int],
-                 group_all: bool = False):
+                 group_all: bool = False, layout: str = "sequential"):
         super().__init__()
+        if layout not in ("sequential", "official"):
+            raise ValueError(f"PointNetSetAbstraction: layout must be 'sequential' or 'official', got {layout!r}")
         self.npoint, self.radius, self.nsample, self.group_all = npoint, radius, nsample, group_all
-        self.mlp = _shared_mlp(in_channels + 3, mlp, nn.Conv2d, nn.BatchNorm2d)
+        self.layout = layout
+        if layout == "sequential":
+            self.mlp = _shared_mlp(in_channels + 3, mlp, nn.Conv2d, nn.BatchNorm2d)
+        else:
+            self.mlp_convs, self.mlp_bns = _official_mlp(in_channels + 3, mlp)
+
+    def _run_mlp(self, x: Tensor) -> Tensor:
+        if self.layout == "sequential":
+            return self.mlp(x)
+        return _conv_bn_relu(self.mlp_convs, self.mlp_bns, x)
 
     def forward(self, xyz: Tensor, features: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         B = xyz.shape[0]
@@ -48,13 +94,46 @@ class PointNetSetAbstraction(nn.Module):
                 grouped = torch.cat([grouped, features[:, :, None, :]], dim=1)
         else:
             new_xyz, _ = ops.sample_farthest_points(xyz, K=self.npoint)
-            _, idx, _ = ops.ball_query(new_xyz, xyz, K=self.nsample, radius=self.radius, return_nn=False)
-            idx = torch.where(idx < 0, idx[..., :1], idx)
-            grouped = ops.grouping_operation(xyz.transpose(1, 2).contiguous(), idx)  # (B, 3, npoint, nsample)
-            grouped = grouped - new_xyz.transpose(1, 2)[..., None]
-            if features is not None:
-                grouped = torch.cat([grouped, ops.grouping_operation(features.contiguous(), idx)], dim=1)
-        return new_xyz, self.mlp(grouped).amax(dim=-1)
+            grouped = _group(xyz, new_xyz, features, self.radius, self.nsample, xyz_first=True)
+        return new_xyz, self._run_mlp(grouped).amax(dim=-1)
+
+
+class PointNetSetAbstractionMsg(nn.Module):
+    """Multi-scale-grouping set abstraction (PointNet++ MSG): one farthest point sampling of ``npoint``
+    centres, then for each scale i a ball query of ``nsample_list[i]`` neighbours within ``radius_list[i]``,
+    the neighbours' features concatenated with their centred coordinates (features first, as the official
+    code), the scale's shared MLP ``mlp_list[i]`` and a max over the neighbours; the scales' outputs are
+    concatenated along channels.
+
+    Parameters are named as in the PointNet++ code (``conv_blocks.i.j`` Conv2d with bias, ``bn_blocks.i.j``).
+
+    forward(xyz (B, N, 3), features (B, in_channels, N) or None)
+        -> (new_xyz (B, npoint, 3), new_features (B, sum_i mlp_list[i][-1], npoint))
+    """
+
+    def __init__(self, npoint: int, radius_list: Sequence[float], nsample_list: Sequence[int], in_channels: int,
+                 mlp_list: Sequence[Sequence[int]]):
+        super().__init__()
+        if not (len(radius_list) == len(nsample_list) == len(mlp_list)) or not radius_list:
+            raise ValueError("PointNetSetAbstractionMsg: radius_list, nsample_list and mlp_list must have the same "
+                             f"non-zero length, got {len(radius_list)}, {len(nsample_list)}, {len(mlp_list)}")
+        self.npoint = npoint
+        self.radius_list, self.nsample_list = list(radius_list), list(nsample_list)
+        self.conv_blocks, self.bn_blocks = nn.ModuleList(), nn.ModuleList()
+        for mlp in mlp_list:
+            convs, bns = _official_mlp(in_channels + 3, mlp)
+            self.conv_blocks.append(convs)
+            self.bn_blocks.append(bns)
+        self.out_channels = sum(mlp[-1] for mlp in mlp_list)
+
+    def forward(self, xyz: Tensor, features: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        new_xyz, _ = ops.sample_farthest_points(xyz, K=self.npoint)
+        outs = []
+        for radius, nsample, convs, bns in zip(self.radius_list, self.nsample_list, self.conv_blocks,
+                                               self.bn_blocks):
+            grouped = _group(xyz, new_xyz, features, radius, nsample, xyz_first=False)
+            outs.append(_conv_bn_relu(convs, bns, grouped).amax(dim=-1))
+        return new_xyz, torch.cat(outs, dim=1)
 
 
 class PointNetFeaturePropagation(nn.Module):
