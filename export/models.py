@@ -77,6 +77,18 @@ def _check_precision(precision: str, calib_dir) -> None:
         raise ValueError("calibration images (calib_dir) apply to precision='int8' only")
 
 
+def _check_runs(module: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> None:
+    """An input the model cannot take is the caller's error: say so in one line before torch.export's pages."""
+    try:
+        with torch.no_grad():
+            module(*example_inputs)
+    except Exception as exc:  # noqa: BLE001 - whatever the model raises, the input shape is what to fix
+        shapes = ", ".join("x".join(map(str, t.shape)) for t in example_inputs)
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"{type(module).__name__} does not run on an input of shape {shapes} ({reason}); "
+                         "pass the shape it takes with --input / input_shape") from exc
+
+
 def export_module(module: nn.Module, example_inputs: tuple[torch.Tensor, ...], output: Union[str, Path], *,
                   dynamic_batch: bool = True, opset: int = DEFAULT_OPSET, precision: str = "fp32",
                   calib_dir: Union[str, Path, None] = None, calib_method: str = "entropy", calib_limit: int = 512,
@@ -105,6 +117,7 @@ def export_module(module: nn.Module, example_inputs: tuple[torch.Tensor, ...], o
                   if precision == "int8" or calib_eval_dir else None)
     if precision == "int8":  # a bad folder fails before the export's minutes
         batches = quantize.image_batches(calib_dir, preprocess, batch_size=8, limit=calib_limit)
+    _check_runs(module, example_inputs)
     output = Path(output)
     fp32_path = output if precision == "fp32" else output.with_name(output.stem + ".fp32.onnx")
     report = to_onnx(module, example_inputs, fp32_path, dynamic_batch=dynamic_batch, opset=opset)

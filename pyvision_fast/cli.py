@@ -7,6 +7,7 @@ import importlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -143,40 +144,36 @@ def _export(args) -> int:
                    calib_dir=args.calib,
                    calib_method=args.calib_method, calib_limit=args.calib_limit, calib_eval_dir=args.calib_eval)
     module_name, _, attr = args.model.partition(":")
-    try:
-        if args.preprocess:
-            from pyvision_fast.train.config import parse_pairs
+    if args.preprocess:
+        from pyvision_fast.train.config import parse_pairs
 
-            options["preprocess_config"] = parse_pairs(args.preprocess, "--preprocess")
-        if attr:
-            if args.checkpoint or args.model_arg:
-                raise ValueError("--checkpoint/--model-arg apply to registry models (pvf models), not to "
-                                 "package.module:factory")
-            if not args.input:
-                raise ValueError("a package.module:factory model needs --input SHAPE")
-            sys.path.insert(0, str(Path.cwd()))
-            try:
-                factory = getattr(importlib.import_module(module_name), attr)
-            except (ImportError, AttributeError) as exc:
-                raise ValueError(f"cannot load {args.model} ({exc})") from exc
-            model = factory() if not isinstance(factory, torch.nn.Module) else factory
-            torch.manual_seed(args.seed)
-            inputs = tuple(torch.rand(shape) for shape in args.input)
-            report = export_module(model, inputs, args.output, **options)
-        else:
-            from pyvision_fast.models import is_model
+        options["preprocess_config"] = parse_pairs(args.preprocess, "--preprocess")
+    if attr:
+        if args.checkpoint or args.model_arg:
+            raise ValueError("--checkpoint/--model-arg apply to registry models (pvf models), not to "
+                             "package.module:factory")
+        if not args.input:
+            raise ValueError("a package.module:factory model needs --input SHAPE")
+        sys.path.insert(0, str(Path.cwd()))
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"cannot load {args.model} ({exc})") from exc
+        model = factory() if not isinstance(factory, torch.nn.Module) else factory
+        torch.manual_seed(args.seed)
+        inputs = tuple(torch.rand(shape) for shape in args.input)
+        report = export_module(model, inputs, args.output, **options)
+    else:
+        from pyvision_fast.models import is_model
 
-            if not is_model(args.model):
-                raise ValueError(f"{args.model!r} is neither a registered model (pvf models) nor "
-                                 "package.module:factory")
-            if args.input and len(args.input) != 1:
-                raise ValueError("a registry model takes one --input SHAPE")
-            report = export_model(args.model, args.output, checkpoint=args.checkpoint,
-                                  model_args=_registry_export_args(args),
-                                  input_shape=args.input[0] if args.input else None, seed=args.seed, **options)
-    except (*_INPUT_ERRORS, ImportError) as exc:
-        print(f"pvf export: error: {exc}", file=sys.stderr)
-        return 2
+        if not is_model(args.model):
+            raise ValueError(f"{args.model!r} is neither a registered model (pvf models) nor "
+                             "package.module:factory")
+        if args.input and len(args.input) != 1:
+            raise ValueError("a registry model takes one --input SHAPE")
+        report = export_model(args.model, args.output, checkpoint=args.checkpoint,
+                              model_args=_registry_export_args(args),
+                              input_shape=args.input[0] if args.input else None, seed=args.seed, **options)
     print(report)
     if args.engine:
         import onnx
@@ -197,12 +194,7 @@ def _export(args) -> int:
 def _engine_info(args) -> int:
     from pyvision_fast.export import read_engine_metadata
 
-    try:
-        meta = read_engine_metadata(args.engine)
-    except (OSError, ValueError) as exc:
-        print(f"pvf engine-info: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(meta, indent=2))
+    print(json.dumps(read_engine_metadata(args.engine), indent=2))
     return 0
 
 
@@ -227,30 +219,17 @@ def _models(args) -> int:
     return 0
 
 
-# Errors of bad input (data, arguments, checkpoints, --output) end the command with their message and status 2;
-# anything else keeps its traceback.
-_INPUT_ERRORS = (ValueError, TypeError, OSError)
-
-
 def _train(args) -> int:
     from pyvision_fast.train.engine import train
 
-    try:
-        train(args)
-    except _INPUT_ERRORS as exc:
-        print(f"pvf train: error: {exc}", file=sys.stderr)
-        return 2
+    train(args)
     return 0
 
 
 def _eval(args) -> int:
     from pyvision_fast.train.engine import evaluate_checkpoint
 
-    try:
-        results = evaluate_checkpoint(args)
-    except _INPUT_ERRORS as exc:
-        print(f"pvf eval: error: {exc}", file=sys.stderr)
-        return 2
+    results = evaluate_checkpoint(args)
     if os.environ.get("RANK", "0") == "0":  # under torchrun the metrics are synchronised; rank 0 prints them
         print(json.dumps(results))
     return 0
@@ -259,44 +238,71 @@ def _eval(args) -> int:
 def _extract(args) -> int:
     from pyvision_fast.train.extract import run_extract
 
-    try:
-        summary = run_extract(args)
-    except _INPUT_ERRORS as exc:
-        print(f"pvf extract: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary))
+    print(json.dumps(run_extract(args)))
     return 0
 
 
+def _error_line(exc: BaseException) -> str:
+    """One line for a failed command: the message's first line; the exception's class where the message alone
+    would not say what went wrong (anything but the input errors every command raises on purpose)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()  # torch.export colours its messages
+    first = text[0] if text else ""
+    if isinstance(exc, (ValueError, TypeError, OSError, ImportError)) and first:
+        return first + (" ..." if len(text) > 1 else "")
+    name = type(exc).__name__
+    return f"{name}: {first}" + (" ..." if len(text) > 1 else "") if first else name
+
+
+def _run(args) -> int:
+    """Runs a command. An error ends it with one line on stderr (``pvf CMD: error: ...``) and status 2;
+    ``--debug`` (or ``PVF_DEBUG=1``) lets the traceback through instead."""
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"pvf {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line unless --debug
+        if args.debug or os.environ.get("PVF_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"pvf {args.command}: error: {_error_line(exc)} (--debug shows the traceback)", file=sys.stderr)
+        return 2
+
+
 def main(argv=None) -> int:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     parser = argparse.ArgumentParser(prog="pvf", description="pyvision_fast command line")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("info", help="versions, compiled modules, usable backends")
+
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    p = command("info", help="versions, compiled modules, usable backends")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_print_info)
-    p = sub.add_parser("models", help="registered models with their parameter counts")
+    p = command("models", help="registered models with their parameter counts")
     p.add_argument("pattern", nargs="?", help="glob over the names, e.g. 'vit_*'")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_models)
     from pyvision_fast.train.config import add_eval_args, add_train_args
 
-    p = sub.add_parser("train", help="train a recipe (the same arguments as python -m pyvision_fast.train)")
+    p = command("train", help="train a recipe (the same arguments as python -m pyvision_fast.train)")
     add_train_args(p)
     p.set_defaults(func=_train)
-    p = sub.add_parser("eval", help="evaluate a checkpoint with a recipe's metrics; prints one JSON object")
+    p = command("eval", help="evaluate a checkpoint with a recipe's metrics; prints one JSON object")
     add_eval_args(p)
     p.set_defaults(func=_eval)
     from pyvision_fast.train.extract import add_extract_args
 
-    p = sub.add_parser("extract", help="cache a recipe's frozen-encoder features (paver: Wild360, one file "
+    p = command("extract", help="cache a recipe's frozen-encoder features (paver: Wild360, one file "
                        "per video); prints a JSON summary")
     add_extract_args(p)
     p.set_defaults(func=_extract)
-    p = sub.add_parser("bench", help="run the benchmark suite (python -m benchmarks) of a checkout")
+    p = command("bench", help="run the benchmark suite (python -m benchmarks) of a checkout")
     p.add_argument("--root", help="the pyvision_fast checkout (default: current directory)")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for python -m benchmarks")
     p.set_defaults(func=_bench)
-    p = sub.add_parser("export", help="export a model to ONNX (checked with ONNX Runtime) and optionally TensorRT")
+    p = command("export", help="export a model to ONNX (checked with ONNX Runtime) and optionally TensorRT")
     p.add_argument("model", help="a registered model name (pvf models) or package.module:factory returning an "
                    "nn.Module")
     p.add_argument("--checkpoint", help="registry models: local weights (.safetensors, or .pth read weights_only); "
@@ -330,7 +336,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_export)
 
-    p = sub.add_parser("engine-info", help="what a TensorRT engine built by pvf export takes and gives (no TensorRT "
+    p = command("engine-info", help="what a TensorRT engine built by pvf export takes and gives (no TensorRT "
                        "needed)")
     p.add_argument("engine")
     p.set_defaults(func=_engine_info)
@@ -339,7 +345,7 @@ def main(argv=None) -> int:
         if getattr(args, "func", None) is not _bench:
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         args.rest = [*unknown, *args.rest]  # pvf bench --family pointcloud --quick: python -m benchmarks' options
-    return args.func(args)
+    return _run(args)
 
 
 if __name__ == "__main__":

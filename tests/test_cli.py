@@ -63,3 +63,22 @@ def test_info_on_a_machine_without_gpu_says_cpu_only():
     assert "no usable GPU here, CPU only" in out.stdout and "backend cuda      no GPU here" in out.stdout
     if importlib.util.find_spec("triton") is not None and "TRITON_INTERPRET" not in os.environ:
         assert "interpreter only (TRITON_INTERPRET=1" in out.stdout
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["export", "no_such_model"], "'no_such_model' is neither a registered model"),
+    (["export", "vit_tiny_patch16_224", "--input", "1x3x7"], "does not run on an input of shape 1x3x7"),
+    (["export", "no_module_here:build", "--input", "1x3"], "cannot load no_module_here:build"),
+    (["engine-info", "/no/such/file.engine"], "engine file not found"),
+    (["train", "classify", "--data", "/no/such/folder", "--output", "unused"], "/no/such/folder"),
+])
+def test_cli_errors_are_one_line_with_status_2(tmp_path, args, expected):
+    """Every failing command prints one line on stderr (naming what to fix) and exits with 2; --debug shows
+    the traceback instead."""
+    out = _run(*args, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"pvf {args[0]}: error: ") and expected in lines[0], out.stderr
+    assert "--debug shows the traceback" in lines[0]
+    debug = _run(*args, "--debug", cwd=tmp_path)
+    assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
