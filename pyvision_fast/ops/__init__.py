@@ -44,3 +44,38 @@ __all__ = [
     "three_nn",
     "vector_quantize",
 ]
+
+
+def _takes_tensors(fn):
+    """Wraps a public op so that a NumPy/CuPy array (or any non-tensor array) argument is one clear TypeError
+    instead of the dispatcher's page that prints the whole array."""
+    import functools
+    import inspect
+
+    import torch
+
+    signature = inspect.signature(fn)
+
+    def foreign(value) -> bool:
+        return (not isinstance(value, torch.Tensor) and getattr(value, "ndim", 0) > 0
+                and any(hasattr(value, a) for a in ("__array_interface__", "__cuda_array_interface__", "__dlpack__")))
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        for value in (*args, *kwargs.values()):
+            if foreign(value):
+                bound = signature.bind_partial(*args, **kwargs).arguments
+                name = next(k for k, v in bound.items() if v is value)
+                kind = f"{type(value).__module__.split('.')[0]}.{type(value).__name__}"
+                raise TypeError(f"pyvision_fast.ops.{fn.__name__}: argument {name!r} is a {kind}; ops take torch "
+                                "tensors: convert with torch.from_numpy(a) (CuPy and others: torch.from_dlpack(a)), "
+                                "which shares the memory")
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+for _name in __all__:
+    if _name != "KNN":
+        globals()[_name] = _takes_tensors(globals()[_name])
+del _name
