@@ -69,7 +69,10 @@ class CMakeBuild(build_ext):
                     continue
                 raise RuntimeError(f"CMake did not produce {short}")
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(built[0], target)
+            # a new file renamed over the old one: a process that has the old module loaded keeps its mapping
+            partial = target.with_name(target.name + ".partial")
+            shutil.copyfile(built[0], partial)
+            os.replace(partial, target)
 
 
 setup(
