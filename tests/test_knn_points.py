@@ -103,9 +103,9 @@ def test_empty_inputs(device):
     assert d.shape == (0, 5, 2)
     d, idx, _ = ops.knn_points(torch.rand(2, 0, 3, device=device), torch.rand(2, 7, 3, device=device), K=2)
     assert d.shape == (2, 0, 2)
-    # no candidates: all padding
+    # no candidates: no neighbour to name
     d, idx, _ = ops.knn_points(torch.rand(2, 4, 3, device=device), torch.rand(2, 0, 3, device=device), K=2)
-    assert (d == 0).all() and (idx == 0).all()
+    assert torch.isinf(d).all() and (idx == -1).all()
 
 
 def test_backends_agree():
@@ -228,3 +228,20 @@ def test_spatial_grid_search_equals_brute_force(kind, P1, P2, K, use_lengths, ou
     d32, idx32, _ = ops.knn_points(p1.float(), p2.float(), l1, l2, K=K)
     rd32, _ = ref.knn_points_idx(p1.float(), p2.float(), l1, l2, K)
     assert_close(d32, rd32)
+
+
+def test_empty_reference_cloud_names_no_point():
+    """A p2 cloud of length 0 has no neighbour: idx -1 and dists +inf (never index 0 with distance 0, which
+    names a point that does not exist), as with P2 == 0; the gradient stays finite and the other
+    clouds are untouched. Partial clouds keep PyTorch3D's zero padding (recognised by k >= lengths2)."""
+    p1 = torch.rand(2, 3, 3, dtype=torch.float64, requires_grad=True)
+    p2 = torch.rand(2, 5, 3, dtype=torch.float64, requires_grad=True)
+    d, idx, nn = ops.knn_points(p1, p2, lengths2=torch.tensor([0, 2]), K=4, return_nn=True)
+    assert (idx[0] == -1).all() and torch.isinf(d[0]).all() and (nn[0] == 0).all()
+    expected = ((p1[1, :, None] - p2[1, None, :2]) ** 2).sum(-1).sort(-1)
+    torch.testing.assert_close(d[1, :, :2], expected.values)
+    assert torch.equal(idx[1, :, :2], expected.indices) and (idx[1, :, 2:] == 0).all() and (d[1, :, 2:] == 0).all()
+    d[1].sum().backward()
+    assert torch.isfinite(p1.grad).all() and torch.isfinite(p2.grad).all() and (p2.grad[0] == 0).all()
+    loss, _ = ops.chamfer_distance(p1.detach(), p2.detach(), y_lengths=torch.tensor([0, 2]), batch_reduction=None)
+    assert loss[0] == 0 and loss[1] > 0  # PyTorch3D's value for a cloud against an empty one

@@ -186,3 +186,19 @@ def test_two_sampling_stages_export(tmp_path):
             return second, idx
 
     check_onnx(TwoStages(), (torch.rand(2, 60, 3),), tmp_path, exact_outputs=(1,))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_non_finite_point_is_an_error_naming_cloud_and_point(backend):
+    """NaN/inf coordinates make the farthest-point order undefined (backends used to disagree); every backend
+    raises naming the cloud and point. Points past a cloud's length are not read."""
+    x = torch.rand(3, 10, 3)
+    x[2, 7, 1] = float("nan")
+    with use_backend(backend):
+        with pytest.raises(ValueError, match="cloud 2, point 7 is not finite"):
+            ops.sample_farthest_points(x, K=4)
+        x[2, 7, 1] = float("inf")
+        with pytest.raises(ValueError, match="cloud 2, point 7 is not finite"):
+            ops.sample_farthest_points(x, K=4)
+        _, idx = ops.sample_farthest_points(x, lengths=torch.tensor([10, 10, 7]), K=4)
+        assert (idx[2] < 7).all()

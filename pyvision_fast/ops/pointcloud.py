@@ -65,6 +65,21 @@ def _fps(points, lengths, start, K):
     return _fps_impl(points, lengths, start, K) if eager(points, lengths, start) else _fps_op(points, lengths, start, K)
 
 
+def eager_check_allowed() -> bool:
+    """Whether a data-dependent input check (one that reads values) may run: not while tracing."""
+    return not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
+
+
+def _check_finite_points(points: Tensor, lengths: Optional[Tensor], op: str) -> None:
+    bad = ~torch.isfinite(points).all(dim=-1)  # (B, N)
+    if lengths is not None:
+        bad &= torch.arange(points.shape[1], device=points.device)[None, :] < lengths.to(points.device)[:, None]
+    if bool(bad.any()):
+        b, i = (int(v) for v in bad.nonzero()[0])
+        raise ValueError(f"{op}: cloud {b}, point {i} is not finite ({points[b, i].tolist()}); every valid point "
+                         "must have finite coordinates")
+
+
 def sample_farthest_points(points: Tensor, lengths: Optional[Tensor] = None, K: Union[int, Tensor] = 50,
                            random_start_point: bool = False) -> tuple[Tensor, Tensor]:
     """Iterative farthest point sampling (PyTorch3D's ``sample_farthest_points``).
@@ -79,6 +94,10 @@ def sample_farthest_points(points: Tensor, lengths: Optional[Tensor] = None, K: 
     Returns:
         (sampled points (B, K, D), idx (B, K) int64). Distances start at +inf, ties go to the lowest index;
         where K exceeds a cloud's length the extra idx are -1 and the extra points 0.
+
+    A NaN or infinite coordinate among a cloud's valid points is a ValueError naming the cloud and the point,
+    on every backend (farthest-point order is undefined with them). The check reads the points once (and, on a
+    GPU, synchronises); it is skipped under torch.compile/torch.export tracing.
     """
     if isinstance(K, Tensor):
         if K.numel() == 0 or not bool((K == K.reshape(-1)[0]).all()):
@@ -87,6 +106,8 @@ def sample_farthest_points(points: Tensor, lengths: Optional[Tensor] = None, K: 
     K = as_int(K, "K")
     if lengths is not None:
         lengths = as_index(lengths, "lengths")
+    if points.dim() == 3 and points.is_floating_point() and eager_check_allowed():
+        _check_finite_points(points, lengths, "sample_farthest_points")
     start = None
     if random_start_point and points.dim() == 3:
         B, N = points.shape[:2]
@@ -237,8 +258,12 @@ def knn_points(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor] = None, length
         return_sorted: results are always sorted ascending (ties by index), which satisfies either value.
 
     Returns:
-        KNN(dists (B, P1, K) squared distances, idx (B, P1, K) int64, knn or None). Padding (p2 clouds with
-        fewer than K points, p1 rows past lengths1) is 0 in dists and idx. dists is differentiable in p1, p2.
+        KNN(dists (B, P1, K) squared distances, idx (B, P1, K) int64, knn or None). dists is differentiable in
+        p1, p2. Padding follows PyTorch3D: where a p2 cloud has fewer than K points, the slots
+        ``k >= lengths2[b]`` are 0 in dists and idx, and rows past lengths1 are 0 too, so padding is recognised
+        by ``k >= lengths2`` (``knn_gather`` with ``lengths`` zeroes it). A cloud with no point at all
+        (``lengths2[b] == 0``, or ``P2 == 0``) has no neighbour to give: its idx is -1 and its dists +inf (0
+        would name a point that does not exist).
     """
     if norm != 2:
         raise ValueError(f"knn_points: only norm=2 (squared Euclidean) is supported, got norm={norm}")
@@ -248,6 +273,11 @@ def knn_points(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor] = None, length
     if lengths2 is not None:
         lengths2 = as_index(lengths2, "lengths2")
     dists, idx = _knn(p1, p2, lengths1, lengths2, K)
+    if p2.shape[1] == 0:
+        dists, idx = torch.full_like(dists, float("inf")), torch.full_like(idx, -1)
+    elif lengths2 is not None:
+        empty = (lengths2 == 0).to(dists.device)[:, None, None]
+        dists, idx = dists.masked_fill(empty, float("inf")), idx.masked_fill(empty, -1)
     nn = knn_gather(p2, idx, lengths2) if return_nn else None
     return KNN(dists=dists, idx=idx, knn=nn)
 
@@ -258,6 +288,8 @@ def knn_gather(x: Tensor, idx: Tensor, lengths: Optional[Tensor] = None) -> Tens
     B, M, U = x.shape
     _, L, K = idx.shape
     idx = as_index(idx, "idx")
+    if lengths is not None:  # slots past a cloud's length may hold -1 (knn_points of an empty cloud)
+        idx = idx.clamp(min=0)
     flat = idx.reshape(B, L * K, 1).expand(B, L * K, U)
     out = torch.gather(x, 1, flat).view(B, L, K, U)
     if lengths is not None:
@@ -376,7 +408,8 @@ def chamfer_distance(x: Tensor, y: Tensor, x_lengths: Optional[Tensor] = None, y
 
     def one_direction(a, b, al, bl, a_normals, b_normals, P):
         nn = knn_points(a, b, lengths1=al, lengths2=bl, K=1)
-        mask = torch.arange(P, device=a.device)[None, :] >= al[:, None]  # padded points of a
+        # padded points of a, and every point of a whose b cloud is empty (0, as PyTorch3D's chamfer gives)
+        mask = (torch.arange(P, device=a.device)[None, :] >= al[:, None]) | (bl == 0)[:, None]
         dist = nn.dists[..., 0].masked_fill(mask, 0.0)
         cos = None
         if a_normals is not None:

@@ -52,7 +52,8 @@ def sample_farthest_points_idx(points: Tensor, lengths: Optional[Tensor], start:
 
 def knn_points_idx(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor], lengths2: Optional[Tensor],
                    K: int) -> tuple[Tensor, Tensor]:
-    """K nearest neighbours -> (dists (B, P1, K) squared, ascending; idx (B, P1, K)); padding is 0."""
+    """K nearest neighbours -> (dists (B, P1, K) squared, ascending; idx (B, P1, K)); padding is 0, and a p2
+    cloud of length 0 gives idx -1 and dists +inf."""
     B, P1, _ = p1.shape
     P2 = p2.shape[1]
     l1 = _lengths(lengths1, B, P1, p1.device)
@@ -69,7 +70,9 @@ def knn_points_idx(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor], lengths2:
         idx = torch.cat([idx, idx.new_zeros(B, P1, K - kk)], 2)
     pad = (torch.arange(K, device=p1.device)[None, None, :] >= l2[:, None, None]) | (
         torch.arange(P1, device=p1.device)[None, :, None] >= l1[:, None, None])
-    return dists.masked_fill(pad, 0.0), idx.masked_fill(pad, 0)
+    dists, idx = dists.masked_fill(pad, 0.0), idx.masked_fill(pad, 0)
+    empty = (l2 == 0)[:, None, None]  # a cloud without points: no neighbour to name
+    return dists.masked_fill(empty, float("inf")), idx.masked_fill(empty, -1)
 
 
 def ball_query_idx(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor], lengths2: Optional[Tensor], K: int,
