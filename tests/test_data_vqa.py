@@ -32,8 +32,9 @@ def _answers(main: str, n_main: int, other: str) -> list[dict]:
     return [{"answer": t, "answer_confidence": "yes", "answer_id": i + 1} for i, t in enumerate(texts)]
 
 
-def write_features(path: Path, images: dict[int, int], seed: int) -> None:
+def write_features(path: Path, images: dict[int, int], seed: int, boxes_per_image: int = BOXES) -> None:
     """One group per image: region features carrying the image's colour class in dims 0..2, pixel boxes."""
+    BOXES = boxes_per_image
     rng = np.random.default_rng(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as f:
@@ -73,17 +74,18 @@ def write_split(root: Path, split: str, images: dict[int, int], qid_base: int) -
     return questions
 
 
-def write_vqa(root: Path, n_train: int = 12, n_val: int = 4) -> Path:
+def write_vqa(root: Path, n_train: int = 12, n_val: int = 4, boxes: int = BOXES) -> Path:
     """DATA/ with train2014 and val2014 question/annotation JSONs, imgfeat/{train,val}_obj36.h5,
-    trainval_ans2label.json, vocab.txt, the VQA-Rephrasings split valrep2014_humans_og (each val colour
+    trainval_ans2label.json, vocab.txt (``boxes`` regions per image: LXMERT's 36, fewer for fast training
+    tests), the VQA-Rephrasings split valrep2014_humans_og (each val colour
     question with two rephrasings) and vqa_ce/{counterexamples,hard}.json."""
     root.mkdir(parents=True, exist_ok=True)
     train_images = {1000 + i: i % 3 for i in range(n_train)}
     val_images = {2000 + i: (i + 1) % 3 for i in range(n_val)}
     write_split(root, "train2014", train_images, 100000)
     val_q = write_split(root, "val2014", val_images, 200000)
-    write_features(root / "imgfeat" / "train_obj36.h5", train_images, 0)
-    write_features(root / "imgfeat" / "val_obj36.h5", val_images, 1)
+    write_features(root / "imgfeat" / "train_obj36.h5", train_images, 0, boxes)
+    write_features(root / "imgfeat" / "val_obj36.h5", val_images, 1, boxes)
     (root / "trainval_ans2label.json").write_text(json.dumps({a: i for i, a in enumerate(ANSWERS)}))
     write_vocab(root / "vocab.txt")
     # VQA-Rephrasings: originals are val questions, rephrasings point to them with rephrasing_of
