@@ -5,7 +5,13 @@ CNN is left out (it is the same batched forward either way): each call decodes p
 ResNet-101 features (random, as are the weights), ``STEPS`` = 4 decoding steps. Full: COCO's 80 labels, the paper-size decoder (attention, LSTM and fc1 512
 wide), k = 3, batch 32 on CPU / 256 on GPU; quick: a small decoder, batch 4, k = 2 (shapes only).
 
-Measured numbers: see the report of the run that added this file (the quick run only checks that it runs)."""
+Measured on the 2-core development CPU (2026-12-05, shared, load average 7-14, so wall times are noisy), full
+size, batch 32, k = 3, 4 steps, both giving the same label sequences: harness medians 1814 ms batched (17.6
+images/s) vs 8938 ms one image at a time (3.6 images/s), 4.9x; peak memory 86 MB vs 3 MB (the (B, k, 196, 512)
+attention energies of the whole batch). Process CPU time on one thread, medians of 3 interleaved runs: 339 vs
+432 ms (1.27x): on one CPU thread most of the work is the (B, 196, 2048) x (2048, 512) attention projection of
+the features (13 GFLOP at batch 32), the same either way; batching saves the per-step overhead of 32 small
+decoders. Quick: 115 vs 202 ms (1.8x). No GPU was available for this run."""
 from __future__ import annotations
 
 from typing import Callable

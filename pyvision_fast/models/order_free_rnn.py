@@ -86,7 +86,8 @@ class OrderFreeRNN(nn.Module):
     * with ``targets``: ``rnn_nll`` (scalar, the order-free loss; with ``stage="cnn"`` a zero that still touches
       every decoder parameter, so DDP sees them used) and ``rnn_terms`` (number of (image, step) terms);
     * with ``decode``: ``labels`` (B, C) bool (what the decoder emitted), ``scores`` (B, C) float (each label's
-      highest step probability along the chosen path) and ``path_logp`` (B,), from ``beam_search``."""
+      highest step probability along the chosen path), ``path_logp`` (B,) and ``sequence`` (B, T), from
+      ``beam_search``."""
 
     def __init__(self, num_classes: int = 80, backbone: str = "resnet101", grid: int = 14,
                  attention_dim: int = 512, hidden_dim: int = 512, fc_dim: int = 512, dropout: float = 0.5,
