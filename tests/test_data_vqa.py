@@ -1,6 +1,7 @@
 """VQA v2 readers (``data.vqa``) on tiny fixtures written in the real formats: the question/annotation JSONs,
-``trainval_ans2label.json``, the CIB repo's per-image HDF5 region features, a BERT vocab.txt; soft targets, dropped
-out-of-vocabulary answers, box normalisation, tokenisation as LXMERT's, the robustness sets, and bad input."""
+``trainval_ans2label.json``, the CIB repo's per-image HDF5 region features, a BERT vocab.txt; soft targets,
+dropped out-of-vocabulary answers, box normalisation, tokenisation as LXMERT's, the robustness sets, and bad
+input."""
 from __future__ import annotations
 
 import json
@@ -11,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from pyvision_fast.data.vqa import (RegionFeatures, VQADataset, answer_targets, encode_question, load_ans2label,
-                                    load_annotations, load_bert_tokenizer, load_questions, load_vqa_ce,
-                                    rephrasing_groups, vqa_files)
+from pyvision_fast.data.vqa import (RegionFeatures, VQADataset, answer_targets, encode_question,
+                                    load_ans2label, load_annotations, load_bert_tokenizer, load_questions,
+                                    load_vqa_ce, rephrasing_groups, vqa_files)
 
 COLOURS = ["red", "blue", "green"]
 ANSWERS = ["red", "blue", "green", "yes", "no"]
@@ -44,7 +45,8 @@ def write_features(path: Path, images: dict[int, int], seed: int, boxes_per_imag
             g.create_dataset("img_hw", data=np.array([h, w], dtype=np.int32))
             x1 = rng.uniform(0, w / 2, BOXES)
             y1 = rng.uniform(0, h / 2, BOXES)
-            boxes = np.stack([x1, y1, x1 + rng.uniform(1, w / 2, BOXES), y1 + rng.uniform(1, h / 2, BOXES)], 1)
+            x2, y2 = x1 + rng.uniform(1, w / 2, BOXES), y1 + rng.uniform(1, h / 2, BOXES)
+            boxes = np.stack([x1, y1, x2, y2], 1)
             feats = rng.normal(0, 0.3, (BOXES, FEAT_DIM)).astype(np.float32)
             feats[:, colour] += 2.0
             g.create_dataset("boxes", data=boxes.astype(np.float32))
@@ -60,8 +62,9 @@ def write_split(root: Path, split: str, images: dict[int, int], qid_base: int) -
     the vocabulary) and 'is there a ball?' (yes x 10)."""
     questions, annotations = [], []
     for k, (image_id, colour) in enumerate(images.items()):
-        for j, (text, answers) in enumerate((("What colour is the ball?", _answers(COLOURS[colour], 8, "maroon")),
-                                             ("Is there a ball?", _answers("Yes", 10, "yes")))):
+        asked = (("What colour is the ball?", _answers(COLOURS[colour], 8, "maroon")),
+                 ("Is there a ball?", _answers("Yes", 10, "yes")))
+        for j, (text, answers) in enumerate(asked):
             qid = qid_base + 10 * k + j
             questions.append({"question_id": qid, "image_id": image_id, "question": text})
             annotations.append({"question_id": qid, "image_id": image_id, "answers": answers,
@@ -131,7 +134,8 @@ def test_dataset_items_targets_and_stats(vqa):
     # 8 x 'red' -> soft score 1.0; 'maroon' (x2) is outside the vocabulary
     assert target.tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
     assert ds[1][4].tolist() == [0.0, 0.0, 0.0, 1.0, 0.0]              # 'Yes' normalises to 'yes'
-    assert ds.stats["answers_outside_vocabulary"] == 12 * 2 and ds.stats["questions_without_vocabulary_answer"] == 0
+    assert ds.stats["answers_outside_vocabulary"] == 12 * 2
+    assert ds.stats["questions_without_vocabulary_answer"] == 0
     # boxes are divided by the image width / height of img_hw
     with h5py.File(vqa / "imgfeat" / "train_obj36.h5", "r") as f:
         raw = f["1000"]["boxes"][()]
@@ -198,7 +202,8 @@ def test_bad_files_are_named(vqa, tmp_path):
     with pytest.raises(ValueError, match="'questions' list"):
         load_questions(bad)
     ann = tmp_path / "v2_mscoco_bad_annotations.json"
-    ann.write_text(json.dumps({"annotations": [{"question_id": 1, "image_id": 2, "answers": [{"answer": 3}]}]}))
+    ann.write_text(json.dumps({"annotations": [{"question_id": 1, "image_id": 2,
+                                                "answers": [{"answer": 3}]}]}))
     with pytest.raises(ValueError, match=r"annotations\[0\] \(question_id 1\) answers\[0\] has no 'answer'"):
         load_annotations(ann)
     with pytest.raises(FileNotFoundError, match="VQA annotations file .*nowhere.json"):

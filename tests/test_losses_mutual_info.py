@@ -1,7 +1,7 @@
-"""Mutual-information bounds of the CIB term (``losses.mutual_info``): the parameter-free CLUB ignores x and has a
-closed-form mean, the symmetrised KL is 0 for identical Gaussians and matches the closed form otherwise, InfoNCE
-stays below log N, each bound trained on correlated Gaussians (I = -1/2 log(1 - rho^2) per dimension) lands
-below (lower bounds) or above (CLUB) the truth, token matching and the CIB composition by hand."""
+"""Mutual-information bounds of the CIB term (``losses.mutual_info``): the parameter-free CLUB ignores x and
+has a closed-form mean, the symmetrised KL is 0 for identical Gaussians and matches the closed form otherwise,
+InfoNCE stays below log N, each bound trained on correlated Gaussians (I = -1/2 log(1 - rho^2) per dimension)
+lands below (lower bounds) or above (CLUB) the truth, token matching and the CIB composition by hand."""
 from __future__ import annotations
 
 import math
@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
-from pyvision_fast.losses.mutual_info import (CLUB, JSD, MINE, NWJ, ConcatCritic, InfoNCE, MVMIEstimator,
-                                              cib_terms, club_upper_bound, gaussian_split, infonce_lower_bound,
-                                              jsd_lower_bound, match_tokens, mine_lower_bound, nwj_lower_bound,
-                                              symmetric_kl)
+from pyvision_fast.losses.mutual_info import (CLUB, JSD, MINE, NWJ, ConcatCritic, InfoNCE,
+                                              MVMIEstimator, cib_terms, club_upper_bound, gaussian_split,
+                                              infonce_lower_bound, jsd_lower_bound, match_tokens,
+                                              mine_lower_bound, nwj_lower_bound, symmetric_kl)
 
 RHO, DIM = 0.8, 2
 TRUE_MI = -0.5 * math.log(1 - RHO ** 2) * DIM       # 1.0217 nats
@@ -25,7 +25,7 @@ def correlated(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor
     return x, y
 
 
-# --- CLUB -----------------------------------------------------------------------------------------------------
+# --- CLUB ---------------------------------------------------------------------------------------------------
 
 def test_parameter_free_club_ignores_x_and_matches_hand_values():
     y = torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.0, 0.0]])
@@ -71,7 +71,7 @@ def test_learned_club_is_above_the_true_mi():
     assert all(p.grad is None for p in club.parameters()) and x.grad is not None
 
 
-# --- critics and lower bounds ---------------------------------------------------------------------------------
+# --- critics and lower bounds -------------------------------------------------------------------------------
 
 def test_pairwise_scores_equal_explicit_concatenation():
     torch.manual_seed(0)
@@ -103,7 +103,8 @@ def test_infonce_never_exceeds_log_n():
     for _ in range(5):                              # and any critic on any data stays below
         x, y = torch.randn(n, 3) * 5, torch.randn(n, 3) * 5
         with torch.no_grad():
-            assert float(infonce_lower_bound(ConcatCritic(3, 3, (8,), softplus=True), x, y)) <= math.log(n) + 1e-6
+            critic = ConcatCritic(3, 3, (8,), softplus=True)
+            assert float(infonce_lower_bound(critic, x, y)) <= math.log(n) + 1e-6
 
 
 def _train(bound, gen, steps=150, batch=64, lr=1e-2):
@@ -153,7 +154,7 @@ def test_bounds_reject_bad_input():
         gaussian_split(torch.randn(3, 5))
 
 
-# --- Gaussians and the symmetrised KL ---------------------------------------------------------------------------
+# --- Gaussians and the symmetrised KL -----------------------------------------------------------------------
 
 def test_symmetric_kl_of_identical_gaussians_is_zero():
     torch.manual_seed(0)
@@ -186,7 +187,7 @@ def test_gaussian_split_and_symmetric_kl_against_closed_form():
     assert float(symmetric_kl(q1, q2)) == pytest.approx(expected, rel=0.02)
 
 
-# --- token matching and the CIB term ----------------------------------------------------------------------------
+# --- token matching and the CIB term ------------------------------------------------------------------------
 
 def test_match_tokens_by_hand():
     lang = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [9.0, 9.0]],
@@ -242,3 +243,29 @@ def test_state_dict_names_follow_the_official_estimators():
     assert "mi_estimator.T_func.0.weight" in MVMIEstimator(768, "MINE").state_dict()
     jsd = MVMIEstimator(768, "JSD").state_dict()
     assert jsd["mi_estimator.net.2.weight"].shape == (1024, 1024) and "mi_estimator.net.4.bias" in jsd
+
+
+def test_chunked_pairwise_equals_the_dense_graph(monkeypatch):
+    from pyvision_fast.losses.mutual_info import _PairwiseReluLinear
+
+    torch.manual_seed(0)
+    critic = ConcatCritic(5, 4, (6,), softplus=True).double()
+    x = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)
+
+    def explicit(x, y):   # the official tiling: (Ny, Nx, Dx + Dy) concatenations through the MLP
+        cat = torch.cat([x[None].expand(9, -1, -1), y[:, None].expand(-1, 7, -1)], -1)
+        return critic(cat[..., :5], cat[..., 5:])
+
+    monkeypatch.setattr(ConcatCritic, "dense_limit", 0)          # force the chunked path at this size
+    chunked = critic.pairwise(x, y)
+    reference = explicit(x, y)
+    torch.testing.assert_close(chunked, reference, rtol=0, atol=1e-12)
+    g = torch.randn_like(chunked)
+    params = [x, y, *critic.parameters()]
+    grads = torch.autograd.grad((chunked * g).sum(), params)
+    for u, v in zip(grads, torch.autograd.grad((reference * g).sum(), params)):
+        torch.testing.assert_close(u, v, rtol=0, atol=1e-12)
+    a, b, w = (torch.randn(n, 6, dtype=torch.float64, requires_grad=True) for n in (7, 9, 1))
+    assert torch.autograd.gradcheck(lambda a, b, w: _PairwiseReluLinear.apply(a, b, w.reshape(-1), 2),
+                                    (a, b, w))

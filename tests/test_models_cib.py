@@ -1,6 +1,6 @@
-"""CIB-LXMERT (``models.cib``): a tiny LXMERT forward with the per-layer hidden states the CIB needs, the CIB terms
-and their gradients, the official state_dict names, the LXMERT ``model_LXRT.pth`` / Hugging Face key conversion on
-a tiny config, and the full-size parameter count against a hand count."""
+"""CIB-LXMERT (``models.cib``): a tiny LXMERT forward with the per-layer hidden states the CIB needs, the CIB
+terms and their gradients, the official state_dict names, the LXMERT ``model_LXRT.pth`` / Hugging Face key
+conversion on a tiny config, and the full-size parameter count against a hand count."""
 from __future__ import annotations
 
 import copy
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from pyvision_fast.models import create_model
-from pyvision_fast.models.cib import (CIBLxmert, cib_lxmert, convert_lxmert_state_dict, load_lxmert_pretrained,
-                                      lxmert_config, lxmert_parameter_count)
+from pyvision_fast.models.cib import (CIBLxmert, cib_lxmert, convert_lxmert_state_dict,
+                                      load_lxmert_pretrained, lxmert_config, lxmert_parameter_count)
 
 TINY = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, l_layers=2, x_layers=1, r_layers=1,
             vocab_size=40, visual_feat_dim=16, max_position_embeddings=24)
@@ -111,7 +111,8 @@ def test_state_dict_keys_are_the_official_cib_model_keys():
     keys = set(tiny_model().state_dict())
     # names of CIB-VQA's CIBVQAModelV2 (lxrt/modeling.py: LXMERTModelCIBv2 as lxrt_encoder, logit_fc, InfoNCE)
     for k in ("lxrt_encoder.embeddings.word_embeddings.weight", "lxrt_encoder.embeddings.LayerNorm.bias",
-              "lxrt_encoder.encoder.visn_fc.visn_fc.weight", "lxrt_encoder.encoder.visn_fc.box_layer_norm.bias",
+              "lxrt_encoder.encoder.visn_fc.visn_fc.weight",
+              "lxrt_encoder.encoder.visn_fc.box_layer_norm.bias",
               "lxrt_encoder.encoder.layer.1.attention.self.query.weight",
               "lxrt_encoder.encoder.layer.0.attention.output.LayerNorm.weight",
               "lxrt_encoder.encoder.r_layers.0.intermediate.dense.weight",
@@ -125,8 +126,8 @@ def test_state_dict_keys_are_the_official_cib_model_keys():
 
 
 def _lxrt_file_state(model: CIBLxmert) -> dict[str, torch.Tensor]:
-    """A state_dict in model_LXRT.pth's layout (LXRTPretraining saved from DataParallel): module.bert.* plus the
-    pre-training heads."""
+    """A state_dict in model_LXRT.pth's layout (LXRTPretraining saved from DataParallel): module.bert.* plus
+    the pre-training heads."""
     state = {f"module.bert.{k}": v.clone() + 1.0 for k, v in model.lxrt_encoder.state_dict().items()}
     state["module.cls.predictions.bias"] = torch.zeros(40)
     state["module.obj_predict_head.decoder_dict.obj.weight"] = torch.zeros(1600, 32)
@@ -153,7 +154,8 @@ def test_lxrt_checkpoint_key_conversion_and_loading(tmp_path):
     assert "cls.predictions.bias" in unused          # models.read_state_dict removed DataParallel's module.
     # a folder holding the file, and the factory argument
     model2 = tiny_model(lxmert_weights=str(tmp_path))
-    torch.testing.assert_close(model2.lxrt_encoder.pooler.dense.weight, src.lxrt_encoder.pooler.dense.weight + 1)
+    torch.testing.assert_close(model2.lxrt_encoder.pooler.dense.weight,
+                               src.lxrt_encoder.pooler.dense.weight + 1)
     # Hugging Face layout (LxmertForPreTraining: lxmert.*) in model.safetensors
     from safetensors.torch import save_file
 

@@ -1,7 +1,7 @@
-"""The ``cib_lxmert`` recipe: train.sh's defaults, the data it reads (tiny VQA v2 JSON + HDF5 + vocab fixtures of
-``test_data_vqa``), a tiny LXMERT whose BCE + beta * CIB loss falls, the estimators' 100x lr group through the
-engine's optimizer and scheduler, and ``pvf train`` / ``pvf eval`` end to end with VQA accuracy, VQA-Rephrasings
-consistency and VQA-CE subsets."""
+"""The ``cib_lxmert`` recipe: train.sh's defaults, the data it reads (tiny VQA v2 JSON + HDF5 + vocab fixtures
+of ``test_data_vqa``), a tiny LXMERT whose BCE + beta * CIB loss falls, the estimators' 100x lr group through
+the engine's optimizer and scheduler, and ``pvf train`` / ``pvf eval`` end to end with VQA accuracy,
+VQA-Rephrasings consistency and VQA-CE subsets."""
 from __future__ import annotations
 
 import json
@@ -20,7 +20,7 @@ from test_data_vqa import write_vqa
 
 TINY = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, l_layers=1, x_layers=1, r_layers=1,
             vocab_size=40, visual_feat_dim=16)
-BOXES = 8                    # regions per image in the fixtures (LXMERT's 36 make the all-pairs critic 4x slower)
+BOXES = 8      # regions per image in the fixtures (LXMERT's 36 make the all-pairs critic 4x slower)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_tiny_cib_lxmert_loss_falls(vqa):
     assert sum(p.numel() for g in groups for p in g["params"]) == sum(p.numel() for p in model.parameters())
     batch = torch.utils.data.default_collate([train[i] for i in range(len(train))])
     for g in groups:
-        g["lr"] = 3e-3 * g.get("lr_scale", 1.0) / 10          # the estimators 10x here (100x of 3e-3 diverges)
+        g["lr"] = 3e-3 * g.get("lr_scale", 1.0) / 10      # the estimators 10x here (100x of 3e-3 diverges)
     opt = torch.optim.AdamW(groups, lr=3e-3, weight_decay=0.0)
     ctx = StepContext(cfg=recipe.cfg, device=torch.device("cpu"))
     model.train()
@@ -139,8 +139,8 @@ def test_pvf_train_and_eval_end_to_end(vqa, tmp_path, capsys):
     from pyvision_fast.cli import main
 
     out = tmp_path / "run"
-    rc = main(["train", "cib_lxmert", "--data", str(vqa), "--output", str(out), "--epochs", "2", "--lr", "1e-3",
-               *_tiny_args()])
+    rc = main(["train", "cib_lxmert", "--data", str(vqa), "--output", str(out), "--epochs", "2", "--lr",
+               "1e-3", *_tiny_args()])
     assert rc in (0, None)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["beta"] == 5e-5 and cfg["num_classes"] == 5 and cfg["warmup_epochs"] == pytest.approx(0.2)
@@ -149,8 +149,9 @@ def test_pvf_train_and_eval_end_to_end(vqa, tmp_path, capsys):
     ckpt = out / "checkpoint-last.safetensors"
     assert ckpt.is_file()
     capsys.readouterr()
-    main(["eval", "cib_lxmert", "--data", str(vqa), "--checkpoint", str(ckpt), "--workers", "0", "--no-progress",
-          "--set", f"num_boxes={BOXES}", "rephrasings=valrep2014_humans_og", "vqa_ce=vqa_ce"])
+    main(["eval", "cib_lxmert", "--data", str(vqa), "--checkpoint", str(ckpt), "--workers", "0",
+          "--no-progress", "--set", f"num_boxes={BOXES}", "rephrasings=valrep2014_humans_og",
+          "vqa_ce=vqa_ce"])
     results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for key in ("accuracy", "consistency@1", "consistency@2", "consistency@3", "original_accuracy",
                 "rephrasing_accuracy", "counterexample_accuracy", "hard_accuracy", "easy_accuracy"):
@@ -158,8 +159,8 @@ def test_pvf_train_and_eval_end_to_end(vqa, tmp_path, capsys):
     assert math.isnan(results["consistency@4"])               # groups of 3 questions have no 4-subsets
     assert results["consistency@1"] >= results["consistency@2"] >= results["consistency@3"]
     # the plain validation split
-    main(["eval", "cib_lxmert", "--data", str(vqa), "--checkpoint", str(ckpt), "--workers", "0", "--no-progress",
-          "--set", f"num_boxes={BOXES}"])
+    main(["eval", "cib_lxmert", "--data", str(vqa), "--checkpoint", str(ckpt), "--workers", "0",
+          "--no-progress", "--set", f"num_boxes={BOXES}"])
     results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert 0 <= results["accuracy"] <= 1 and "consistency@1" not in results
 

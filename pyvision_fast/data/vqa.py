@@ -1,32 +1,33 @@
 """VQA v2 readers for CIB-LXMERT (shared/papers.md section 8): the official question and annotation JSONs, the
-answer vocabulary, LXMERT's Faster R-CNN region features in the CIB repo's HDF5 layout, BERT tokenisation, and the
-robustness sets (VQA-Rephrasings, VQA-CE) over the same formats.
+answer vocabulary, LXMERT's Faster R-CNN region features in the CIB repo's HDF5 layout, BERT tokenisation, and
+the robustness sets (VQA-Rephrasings, VQA-CE) over the same formats.
 
 Files (names as the datasets ship them):
 
 * ``v2_OpenEnded_mscoco_{split}_questions.json``: ``{"questions": [{"question_id": int, "image_id": int,
   "question": str}, ...], ...}`` (VQA-Rephrasings' ``v2_OpenEnded_mscoco_valrep2014_humans_og_questions.json``
   adds ``"rephrasing_of": <original question_id>`` to each rephrasing).
-* ``v2_mscoco_{split}_annotations.json``: ``{"annotations": [{"question_id", "image_id", "answers": [{"answer":
-  str, "answer_confidence": str, "answer_id": int} x 10], "multiple_choice_answer", "answer_type",
+* ``v2_mscoco_{split}_annotations.json``: ``{"annotations": [{"question_id", "image_id", "answers":
+  [{"answer": str, "answer_confidence": str, "answer_id": int} x 10], "multiple_choice_answer", "answer_type",
   "question_type"}, ...]}`` (VQA-Rephrasings: ``v2_mscoco_valrep2014_humans_og_annotations.json``).
 * ``trainval_ans2label.json``: ``{answer: label}`` over the 3129 normalised answers, labels 0..A-1.
 * Region features: one HDF5 file per image split (the CIB repo's ``data/process_lib/tsv2h5.py`` writes
   ``imgfeat/{train,val,test2015}_obj36.h5`` from LXMERT's ``*_obj36.tsv``): a group per image named by its
   integer COCO id (``"458752"``) holding the datasets ``img_hw`` (2,) int32 (height, width), ``boxes`` (36, 4)
-  float32 (x1, y1, x2, y2 in pixels), ``features`` (36, 2048) float32, ``objects_id`` / ``attrs_id`` (36,) int64,
-  ``objects_conf`` / ``attrs_conf`` (36,) float32. Boxes are divided by the image width/height on reading, as the
-  official loader does, and must then lie in [0, 1].
+  float32 (x1, y1, x2, y2 in pixels), ``features`` (36, 2048) float32, ``objects_id`` / ``attrs_id`` (36,)
+  int64, ``objects_conf`` / ``attrs_conf`` (36,) float32. Boxes are divided by the image width/height on
+  reading, as the official loader does, and must then lie in [0, 1].
 * VQA-CE (Dancette et al. 2021, github.com/cdancette/detect-shortcuts): ``counterexamples.json`` and
   ``hard.json``, JSON lists of VQA v2 val question ids; every other val question is "easy" (the CIB repo's
   ``preprocess_vqa_ce.py``).
 
-Targets: each question's 10 human answers are normalised (``metrics.vqa.normalize_answer``) and counted; an answer
-in the vocabulary gets its soft score (0.3 / 0.6 / 0.9 / 1 for 1 / 2 / 3 / >= 4 humans). Answers outside the
-vocabulary are dropped and counted (``stats``); a question left with no vocabulary answer stays, with an all-zero
-target (it scores 0 for every prediction, as on the evaluation server), as the official preprocessing does.
-Questions whose image has no features are an error naming them (``missing_features="error"``) or are dropped and
-counted (``"drop"``, what the official loader does silently).
+Targets: each question's 10 human answers are normalised (``metrics.vqa.normalize_answer``) and counted; an
+answer in the vocabulary gets its soft score (0.3 / 0.6 / 0.9 / 1 for 1 / 2 / 3 / >= 4 humans). Answers
+outside the vocabulary are dropped and counted (``stats``); a question left with no vocabulary answer stays,
+with an all-zero target (it scores 0 for every prediction, as on the evaluation server), as the official
+preprocessing does. Questions whose image has no features are an error naming them
+(``missing_features="error"``) or are dropped and counted (``"drop"``, what the official loader does
+silently).
 """
 from __future__ import annotations
 
@@ -50,9 +51,11 @@ PathLike = Union[str, os.PathLike]
 
 
 def vqa_files(root: PathLike, split: str) -> tuple[Path, Path]:
-    """(questions, annotations) paths of VQA v2 ``split`` (train2014, val2014, test2015, valrep2014_humans_og)."""
+    """(questions, annotations) paths of VQA v2 ``split`` (train2014, val2014, test2015,
+    valrep2014_humans_og)."""
     root = Path(os.fspath(root))
-    return (root / f"v2_OpenEnded_mscoco_{split}_questions.json", root / f"v2_mscoco_{split}_annotations.json")
+    return (root / f"v2_OpenEnded_mscoco_{split}_questions.json",
+            root / f"v2_mscoco_{split}_annotations.json")
 
 
 def read_json(path: PathLike, what: str) -> Any:
@@ -104,7 +107,8 @@ def load_questions(path: PathLike) -> list[dict]:
 
 
 def load_annotations(path: PathLike) -> dict[int, dict]:
-    """question_id -> {image_id, answers: [str, ...], answer_type, question_type} of a VQA annotations file."""
+    """question_id -> {image_id, answers: [str, ...], answer_type, question_type} of a VQA annotations
+    file."""
     path = Path(os.fspath(path))
     data = read_json(path, "VQA annotations file")
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
@@ -158,10 +162,10 @@ def answer_targets(answers: list[str], ans2label: dict[str, int]) -> tuple[dict[
 
 
 class RegionFeatures:
-    """Reader of one ``*_obj36.h5`` file (layout in the module docstring). ``image_ids``: the set of int ids held;
-    ``get(image_id) -> (features (N, D) float32, boxes (N, 4) float32 normalised to [0, 1])``. Every image must
-    hold ``num_boxes`` regions (36) of ``feat_dim`` features when given. The HDF5 handle is opened lazily in each
-    process (DataLoader workers get their own)."""
+    """Reader of one ``*_obj36.h5`` file (layout in the module docstring). ``image_ids``: the set of int ids
+    held; ``get(image_id) -> (features (N, D) float32, boxes (N, 4) float32 normalised to [0, 1])``. Every
+    image must hold ``num_boxes`` regions (36) of ``feat_dim`` features when given. The HDF5 handle is opened
+    lazily in each process (DataLoader workers get their own)."""
 
     def __init__(self, path: PathLike, num_boxes: Optional[int] = 36, feat_dim: Optional[int] = None):
         import h5py
@@ -169,8 +173,8 @@ class RegionFeatures:
         self.path = Path(os.fspath(path))
         self.num_boxes, self.feat_dim = num_boxes, feat_dim
         if not self.path.is_file():
-            raise FileNotFoundError(f"region features {str(self.path)!r} do not exist (the CIB repo's tsv2h5.py "
-                                    f"writes imgfeat/<split>_obj36.h5)")
+            raise FileNotFoundError(f"region features {str(self.path)!r} do not exist (the CIB repo's "
+                                    f"tsv2h5.py writes imgfeat/<split>_obj36.h5)")
         try:
             with h5py.File(self.path, "r") as f:
                 names = list(f.keys())
@@ -209,7 +213,8 @@ class RegionFeatures:
         boxes = np.array(group["boxes"][()], dtype=np.float32)
         hw = np.asarray(group["img_hw"][()]).reshape(-1)
         if feats.ndim != 2 or boxes.shape != (feats.shape[0], 4):
-            raise ValueError(f"{where}: features {feats.shape} and boxes {boxes.shape} must be (N, D) and (N, 4)")
+            raise ValueError(f"{where}: features {feats.shape} and boxes {boxes.shape} must be (N, D) and "
+                             f"(N, 4)")
         if self.num_boxes is not None and feats.shape[0] != self.num_boxes:
             raise ValueError(f"{where}: {feats.shape[0]} regions, expected {self.num_boxes}")
         if self.feat_dim is not None and feats.shape[1] != self.feat_dim:
@@ -228,8 +233,8 @@ class RegionFeatures:
 
 
 def load_bert_tokenizer(vocab: PathLike):
-    """BERT's uncased word-piece tokenizer from a ``vocab.txt`` (``bert-base-uncased``'s 30522 entries), or from a
-    folder holding one; nothing is downloaded."""
+    """BERT's uncased word-piece tokenizer from a ``vocab.txt`` (``bert-base-uncased``'s 30522 entries), or
+    from a folder holding one; nothing is downloaded."""
     from transformers import BertTokenizer
 
     path = Path(os.fspath(vocab))
@@ -254,8 +259,8 @@ def load_bert_tokenizer(vocab: PathLike):
 
 def encode_question(tokenizer, text: str, max_length: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
     """LXMERT's ``convert_sents_to_features``: word pieces of the stripped question cut to ``max_length - 2``,
-    [CLS] + pieces + [SEP], zero-padded. Returns input_ids (max_length,) int64 and attention_mask (max_length,)
-    int64."""
+    [CLS] + pieces + [SEP], zero-padded. Returns input_ids (max_length,) int64 and attention_mask
+    (max_length,) int64."""
     if max_length < 3:
         raise ValueError(f"max_length must be >= 3 ([CLS], a word piece, [SEP]), got {max_length}")
     pieces = tokenizer.tokenize(text.strip())[:max_length - 2]
@@ -271,11 +276,12 @@ class VQADataset(Dataset):
     """VQA questions with their soft targets and region features. Items: (input_ids (L,) int64, attention_mask
     (L,) int64, features (N, D) float32, boxes (N, 4) float32, target (A,) float32 soft scores, question_id ()
     int64). ``annotations`` may be None (test splits: zero targets). ``stats`` counts questions, dropped ones,
-    human answers outside the vocabulary and questions with no vocabulary answer. ``classes`` lists the answers
-    by label."""
+    human answers outside the vocabulary and questions with no vocabulary answer. ``classes`` lists the
+    answers by label."""
 
-    def __init__(self, questions: PathLike, annotations: Optional[PathLike], features: Union[RegionFeatures, PathLike],
-                 ans2label: Union[dict, PathLike], tokenizer, max_length: int = 20, missing_features: str = "error"):
+    def __init__(self, questions: PathLike, annotations: Optional[PathLike],
+                 features: Union[RegionFeatures, PathLike], ans2label: Union[dict, PathLike], tokenizer,
+                 max_length: int = 20, missing_features: str = "error"):
         if missing_features not in ("error", "drop"):
             raise ValueError(f"missing_features must be 'error' or 'drop', got {missing_features!r}")
         self.ans2label = ans2label if isinstance(ans2label, dict) else load_ans2label(ans2label)
@@ -290,18 +296,19 @@ class VQADataset(Dataset):
         for q in items:
             if q["image_id"] not in self.features.image_ids:
                 if missing_features == "error":
-                    raise ValueError(f"{qpath}: question {q['question_id']} asks about image {q['image_id']}, "
-                                     f"which has no features in {self.features.path} (missing_features='drop' "
-                                     f"skips such questions)")
+                    raise ValueError(f"{qpath}: question {q['question_id']} asks about image "
+                                     f"{q['image_id']}, which has no features in {self.features.path} "
+                                     f"(missing_features='drop' skips such questions)")
                 self.stats["dropped_no_features"] += 1
                 continue
             if anns is not None:
                 ann = anns.get(q["question_id"])
                 if ann is None:
-                    raise ValueError(f"{annotations}: no annotation for question {q['question_id']} of {qpath}")
+                    raise ValueError(f"{annotations}: no annotation for question {q['question_id']} of "
+                                     f"{qpath}")
                 if ann["image_id"] != q["image_id"]:
-                    raise ValueError(f"{annotations}: question {q['question_id']} is about image {ann['image_id']} "
-                                     f"there but image {q['image_id']} in {qpath}")
+                    raise ValueError(f"{annotations}: question {q['question_id']} is about image "
+                                     f"{ann['image_id']} there but image {q['image_id']} in {qpath}")
                 scores, outside = answer_targets(ann["answers"], self.ans2label)
                 self.stats["answers_outside_vocabulary"] += outside
                 self.stats["questions_without_vocabulary_answer"] += not scores
@@ -334,20 +341,22 @@ def rephrasing_groups(questions: list[dict]) -> dict[int, list[int]]:
     for q in questions:
         if "rephrasing_of" in q:
             if q["rephrasing_of"] not in ids or q["rephrasing_of"] not in groups:
-                raise ValueError(f"question {q['question_id']} is a rephrasing of {q['rephrasing_of']}, which is "
-                                 f"not an original question of the file")
+                raise ValueError(f"question {q['question_id']} is a rephrasing of {q['rephrasing_of']}, "
+                                 f"which is not an original question of the file")
             groups[q["rephrasing_of"]].append(q["question_id"])
     return groups
 
 
 def load_vqa_ce(folder: PathLike, question_ids: list[int]) -> dict[str, set[int]]:
-    """VQA-CE subsets of the evaluated ``question_ids``: ``counterexample`` (``counterexamples.json``), ``hard``
-    (``hard.json``, minus counterexamples) and ``easy`` (the rest), as the CIB repo's preprocessing splits them."""
+    """VQA-CE subsets of the evaluated ``question_ids``: ``counterexample`` (``counterexamples.json``),
+    ``hard`` (``hard.json``, minus counterexamples) and ``easy`` (the rest), as the CIB repo's preprocessing
+    splits them."""
     folder = Path(os.fspath(folder))
     sets = {}
     for name, file in (("counterexample", "counterexamples.json"), ("hard", "hard.json")):
         data = read_json(folder / file, "VQA-CE question-id list")
-        if not isinstance(data, list) or not all(isinstance(q, int) and not isinstance(q, bool) for q in data):
+        ints = isinstance(data, list) and all(isinstance(q, int) and not isinstance(q, bool) for q in data)
+        if not ints:
             raise ValueError(f"{folder / file}: expected a JSON list of integer question ids")
         sets[name] = set(data)
     evaluated = set(question_ids)

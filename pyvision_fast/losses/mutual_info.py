@@ -1,30 +1,33 @@
-"""Mutual-information bounds and the Correlation Information Bottleneck (CIB) term of Jiang et al.'s robust VQA
-fine-tuning (shared/papers.md section 8; official code jingjing12110/CIB-VQA, ``module/mi_lib/upper_bound.py``,
-``module/ib_lib/mi.py``, ``vqa_model.py: CIBVQAModelV2.compute_cib_v2``).
+"""Mutual-information bounds and the Correlation Information Bottleneck (CIB) term of Jiang et al.'s robust
+VQA fine-tuning (shared/papers.md section 8; official code jingjing12110/CIB-VQA,
+``module/mi_lib/upper_bound.py``, ``module/ib_lib/mi.py``, ``vqa_model.py: CIBVQAModelV2.compute_cib_v2``).
 
-Every function takes samples as rows: ``x`` (N, Dx), ``y`` (N, Dy) float tensors, row i of ``x`` paired with row i
-of ``y`` (a draw of the joint p(x, y)); results are scalar tensors in nats. The modules keep the official state_dict
-names (``F_func`` / ``T_func`` / ``net`` critics under ``mi_estimator``), so official CIB checkpoints load.
+Every function takes samples as rows: ``x`` (N, Dx), ``y`` (N, Dy) float tensors, row i of ``x`` paired with
+row i of ``y`` (a draw of the joint p(x, y)); results are scalar tensors in nats. The modules keep the
+official state_dict names (``F_func`` / ``T_func`` / ``net`` critics under ``mi_estimator``), so official CIB
+checkpoints load.
 
 Upper bounds
-  * ``club_upper_bound``: the parameter-free CLUB the official code actually uses: ``mean_i sum_d
-    (y_i - y_perm(i))^2 / 2`` over a random permutation; ``x`` is not used (its expectation over permutations is the
+  * ``club_upper_bound``: the parameter-free CLUB the official code actually uses: ``mean_i sum_d (y_i -
+    y_perm(i))^2 / 2`` over a random permutation; ``x`` is not used (its expectation over permutations is the
     summed population variance of ``y``, not a calibrated MI bound).
-  * ``CLUB(learned=True)``: Cheng et al.'s CLUB with a Gaussian q(y|x) (mean and tanh log-variance MLPs, as in the
-    official code's commented-out networks), all-pairs negatives; q is trained by ``CLUB.learning_loss`` (its
-    negative log-likelihood on detached samples) and the bound's gradient does not reach q's parameters.
+  * ``CLUB(learned=True)``: Cheng et al.'s CLUB with a Gaussian q(y|x) (mean and tanh log-variance MLPs, as in
+    the official code's commented-out networks), all-pairs negatives; q is trained by ``CLUB.learning_loss``
+    (its negative log-likelihood on detached samples) and the bound's gradient does not reach q's parameters.
 
-Lower bounds (critic T(x, y) = MLP of the concatenation; ``pairwise`` scores all N^2 pairs from the first layer split
-into its x and y halves, so no (N, N, Dx + Dy) concatenation is built)
-  * InfoNCE: ``mean_i T(x_i, y_i) - mean_i logsumexp_j T(x_j, y_i) + log N`` (<= log N); critic ends in Softplus.
+Lower bounds (critic T(x, y) = MLP of the concatenation; ``pairwise`` scores all N^2 pairs from the first
+layer split into its x and y halves, so no (N, N, Dx + Dy) concatenation is built)
+  * InfoNCE: ``mean_i T(x_i, y_i) - mean_i logsumexp_j T(x_j, y_i) + log N`` (<= log N); critic ends in
+    Softplus.
   * NWJ: ``mean_i T(x_i, y_i) - mean_i mean_j exp(T(x_j, y_i) - 1)``.
   * MINE (Donsker-Varadhan): ``mean_i T(x_i, y_i) - log mean_i exp T(x_i, y_perm(i))``.
-  * JSD: the training objective ``-softplus(-T(x_i, y_i)) - softplus(T(x_{i-1}, y_i))`` (means), whose critic is
-    read out by the NWJ-form estimate ``mean T(x_i, y_i) - mean exp T(x_{i-1}, y_i) + 1`` (a valid MI lower bound).
+  * JSD: the training objective ``-softplus(-T(x_i, y_i)) - softplus(T(x_{i-1}, y_i))`` (means), whose critic
+    is read out by the NWJ-form estimate ``mean T(x_i, y_i) - mean exp T(x_{i-1}, y_i) + 1`` (a valid MI lower
+    bound).
 
-The CIB term (``cib_terms``): ``UB_l + UB_v - LB_lv + SKL``, with the two upper bounds between the input-layer and
-last-layer tokens of each modality, and the lower bound and symmetrised KL between the Gaussians that the matched
-language/visual token pairs parameterise (``MVMIEstimator``).
+The CIB term (``cib_terms``): ``UB_l + UB_v - LB_lv + SKL``, with the two upper bounds between the input-layer
+and last-layer tokens of each modality, and the lower bound and symmetrised KL between the Gaussians that the
+matched language/visual token pairs parameterise (``MVMIEstimator``).
 """
 from __future__ import annotations
 
@@ -36,9 +39,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Independent, Normal
 
-__all__ = ["CLUB", "ConcatCritic", "InfoNCE", "JSD", "LOWER_BOUNDS", "MINE", "MVMIEstimator", "NWJ", "cib_terms",
-           "club_upper_bound", "gaussian_split", "infonce_lower_bound", "jsd_lower_bound", "match_tokens",
-           "mine_lower_bound", "nwj_lower_bound", "symmetric_kl"]
+__all__ = ["CLUB", "ConcatCritic", "InfoNCE", "JSD", "LOWER_BOUNDS", "MINE", "MVMIEstimator", "NWJ",
+           "cib_terms", "club_upper_bound", "gaussian_split", "infonce_lower_bound", "jsd_lower_bound",
+           "match_tokens", "mine_lower_bound", "nwj_lower_bound", "symmetric_kl"]
 
 
 def _check_pairs(x: Tensor, y: Tensor, name: str) -> None:
@@ -51,7 +54,8 @@ def _check_pairs(x: Tensor, y: Tensor, name: str) -> None:
         raise ValueError(f"{name}: x and y must hold the same number of samples, got {x.shape[0]} and "
                          f"{y.shape[0]}")
     if x.shape[0] < 2:
-        raise ValueError(f"{name}: needs at least 2 samples (negatives come from other rows), got {x.shape[0]}")
+        raise ValueError(f"{name}: needs at least 2 samples (negatives come from other rows), got "
+                         f"{x.shape[0]}")
     if not (x.is_floating_point() and y.is_floating_point()):
         raise TypeError(f"{name}: x and y must be floating point, got {x.dtype} and {y.dtype}")
 
@@ -65,12 +69,12 @@ def _permutation(n: int, perm: Optional[Tensor], device, name: str) -> Tensor:
     return perm
 
 
-# --- upper bounds -----------------------------------------------------------------------------------------------
+# --- upper bounds -------------------------------------------------------------------------------------------
 
 def club_upper_bound(x: Tensor, y: Tensor, perm: Optional[Tensor] = None) -> Tensor:
-    """The official CIB code's parameter-free CLUB: ``mean_i sum_d (y_i - y_perm(i))^2 / 2`` (the positive term is
-    0 and the negative is ``-(y_i - y_perm(i))^2 / 2``). ``x`` (N, Dx) is only checked, never used; ``perm`` (N,)
-    int64, default ``torch.randperm(N)``. Returns a scalar."""
+    """The official CIB code's parameter-free CLUB: ``mean_i sum_d (y_i - y_perm(i))^2 / 2`` (the positive
+    term is 0 and the negative is ``-(y_i - y_perm(i))^2 / 2``). ``x`` (N, Dx) is only checked, never used;
+    ``perm`` (N,) int64, default ``torch.randperm(N)``. Returns a scalar."""
     _check_pairs(x, y, "club_upper_bound")
     perm = _permutation(y.shape[0], perm, y.device, "club_upper_bound")
     return ((y - y[perm]) ** 2 / 2).sum(dim=-1).mean()
@@ -79,9 +83,9 @@ def club_upper_bound(x: Tensor, y: Tensor, perm: Optional[Tensor] = None) -> Ten
 class CLUB(nn.Module):
     """Contrastive log-ratio upper bound of I(x; y). ``learned=False`` (default, what the official code runs):
     ``club_upper_bound``, no parameters. ``learned=True``: q(y|x) = N(mu(x), exp(logvar(x))) with ``p_mu`` =
-    Linear(Dx, H/2)-ReLU-Linear(H/2, Dy) and ``p_logvar`` = the same + Tanh; the bound is
-    ``mean_i sum_d [-(mu_i - y_i)^2 + mean_j (mu_i - y_j)^2] / (2 exp(logvar_i))`` with q's parameters held fixed
-    (train q with ``learning_loss``)."""
+    Linear(Dx, H/2)-ReLU-Linear(H/2, Dy) and ``p_logvar`` = the same + Tanh; the bound is ``mean_i sum_d
+    [-(mu_i - y_i)^2 + mean_j (mu_i - y_j)^2] / (2 exp(logvar_i))`` with q's parameters held fixed (train q
+    with ``learning_loss``)."""
 
     def __init__(self, x_dim: int = 768, y_dim: int = 768, hidden_size: int = 768, learned: bool = False):
         super().__init__()
@@ -96,8 +100,10 @@ class CLUB(nn.Module):
             return self.p_mu(x), self.p_logvar(x)
         from torch.func import functional_call
 
-        mu = functional_call(self.p_mu, {k: v.detach() for k, v in self.p_mu.named_parameters()}, (x,))
-        logvar = functional_call(self.p_logvar, {k: v.detach() for k, v in self.p_logvar.named_parameters()}, (x,))
+        def frozen_call(net: nn.Module) -> Tensor:
+            return functional_call(net, {k: v.detach() for k, v in net.named_parameters()}, (x,))
+
+        mu, logvar = frozen_call(self.p_mu), frozen_call(self.p_logvar)
         return mu, logvar
 
     def forward(self, x: Tensor, y: Tensor, perm: Optional[Tensor] = None) -> Tensor:
@@ -127,12 +133,18 @@ class CLUB(nn.Module):
         return -self.log_likelihood(x.detach(), y.detach())
 
 
-# --- critics and lower bounds --------------------------------------------------------------------------------------
+# --- critics and lower bounds -------------------------------------------------------------------------------
 
 class ConcatCritic(nn.Sequential):
     """T(x, y) = MLP([x, y]): Linear(Dx + Dy, h_1)-ReLU-...-Linear(h_k, 1) (+ Softplus when ``softplus``).
     ``forward(x (N, Dx), y (N, Dy)) -> (N,)`` scores of the aligned pairs; ``pairwise(x (Nx, Dx), y (Ny, Dy))
-    -> (Ny, Nx)`` with entry [i, j] = T(x_j, y_i)."""
+    -> (Ny, Nx)`` with entry [i, j] = T(x_j, y_i), from the first layer split into its x and y halves. Above
+    ``dense_limit`` hidden activations a one-hidden-layer critic is evaluated in row chunks whose backward
+    recomputes them (memory O(Ny Nx) instead of O(Ny Nx H): 2 x 14 GB less at the official batch, ~3000 pairs
+    of 384-d halves with 384 hidden units)."""
+
+    # all-pairs activations above this many elements go in chunks (O(N^2) memory, ~1.5x the CPU time)
+    dense_limit: int = 1 << 26
 
     def __init__(self, x_dim: int, y_dim: int, hidden: tuple[int, ...] = (300,), softplus: bool = False):
         layers: list[nn.Module] = []
@@ -160,22 +172,65 @@ class ConcatCritic(nn.Sequential):
         first = self[0]
         a = x @ first.weight[:, :self.x_dim].T                     # (Nx, H)
         b = y @ first.weight[:, self.x_dim:].T + first.bias         # (Ny, H)
+        rest = list(self)[1:]
+        large = b.shape[0] * a.shape[0] * a.shape[1] > self.dense_limit
+        if large and len(rest) in (2, 3) and isinstance(rest[0], nn.ReLU) and isinstance(rest[1], nn.Linear):
+            # one hidden layer: (Ny, Nx) scores in row chunks, never holding the (Ny, Nx, H) activations
+            w2, b2 = rest[1].weight.reshape(-1), rest[1].bias
+            scores = _PairwiseReluLinear.apply(a, b, w2, _chunk_rows(a)) + b2
+            return rest[2](scores) if len(rest) == 3 else scores
         h = b.unsqueeze(1) + a.unsqueeze(0)                         # (Ny, Nx, H)
-        for layer in list(self)[1:]:
+        for layer in rest:
             h = layer(h)
         return h.squeeze(-1)
 
 
+def _chunk_rows(a: Tensor, budget: int = 1 << 24) -> int:
+    """Rows of y per chunk so that one (rows, Nx, H) block holds about ``budget`` elements."""
+    return max(1, budget // max(a.shape[0] * a.shape[1], 1))
+
+
+class _PairwiseReluLinear(torch.autograd.Function):
+    """S[i, j] = sum_k w[k] relu(b[i, k] + a[j, k]) for a (Nx, H), b (Ny, H), w (H,): the all-pairs scores of
+    a one-hidden-layer concat critic. Forward and backward run over chunks of rows of b and recompute the
+    activations, so memory is O(Ny Nx) instead of the O(Ny Nx H) an autograd graph of the broadcast keeps (the
+    official code tiles (N, N, Dx + Dy) inputs: 2 x 30 GB at N = 3000, D = 768)."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, w: Tensor, chunk: int) -> Tensor:
+        out = a.new_empty(b.shape[0], a.shape[0])
+        for s in range(0, b.shape[0], chunk):
+            out[s:s + chunk] = (b[s:s + chunk, None, :] + a[None]).clamp_min_(0) @ w
+        ctx.save_for_backward(a, b, w)
+        ctx.chunk = chunk
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        a, b, w = ctx.saved_tensors
+        ga, gb, gw = torch.zeros_like(a), torch.empty_like(b), torch.zeros_like(w)
+        for s in range(0, b.shape[0], ctx.chunk):
+            pre = b[s:s + ctx.chunk, None, :] + a[None]                  # (r, Nx, H)
+            g = grad[s:s + ctx.chunk]                                     # (r, Nx)
+            gw += (g.reshape(1, -1) @ pre.clamp_min(0).reshape(-1, a.shape[1])).reshape(-1)
+            gpre = (pre > 0).to(a.dtype).mul_(g.unsqueeze(-1)).mul_(w)    # d S / d pre
+            ga += gpre.sum(0)
+            gb[s:s + ctx.chunk] = gpre.sum(1)
+        return ga, gb, gw, None
+
+
 def infonce_lower_bound(critic: ConcatCritic, x: Tensor, y: Tensor) -> Tensor:
-    """``mean_i T(x_i, y_i) - (mean_i logsumexp_j T(x_j, y_i) - log N)``; never above log N. (The official code
-    permutes y before the all-pairs term, which leaves this value unchanged.)"""
+    """``mean_i T(x_i, y_i) - (mean_i logsumexp_j T(x_j, y_i) - log N)``; never above log N. (The official
+    code permutes y before the all-pairs term, which leaves this value unchanged.)"""
     _check_pairs(x, y, "infonce_lower_bound")
     n = x.shape[0]
     return critic(x, y).mean() - (torch.logsumexp(critic.pairwise(x, y), dim=1).mean() - math.log(n))
 
 
 def nwj_lower_bound(critic: ConcatCritic, x: Tensor, y: Tensor) -> Tensor:
-    """``mean_i T(x_i, y_i) - mean_i exp(logsumexp_j (T(x_j, y_i) - 1) - log N)`` (Nguyen-Wainwright-Jordan)."""
+    """``mean_i T(x_i, y_i) - mean_i exp(logsumexp_j (T(x_j, y_i) - 1) - log N)``
+    (Nguyen-Wainwright-Jordan)."""
     _check_pairs(x, y, "nwj_lower_bound")
     n = x.shape[0]
     scores = critic.pairwise(x, y) - 1.0
@@ -192,8 +247,8 @@ def mine_lower_bound(critic: ConcatCritic, x: Tensor, y: Tensor, perm: Optional[
 
 
 def jsd_lower_bound(critic: ConcatCritic, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """(JSD objective to maximise, MI estimate): negatives pair ``x`` rolled by one row with ``y``;
-    objective ``-mean softplus(-T_pos) - mean softplus(T_neg)``, estimate ``mean T_pos - mean exp T_neg + 1``."""
+    """(JSD objective to maximise, MI estimate): negatives pair ``x`` rolled by one row with ``y``; objective
+    ``-mean softplus(-T_pos) - mean softplus(T_neg)``, estimate ``mean T_pos - mean exp T_neg + 1``."""
     _check_pairs(x, y, "jsd_lower_bound")
     pos = critic(x, y)
     neg = critic(torch.roll(x, 1, dims=0), y)
@@ -234,8 +289,9 @@ class MINE(nn.Module):
 
 
 class JSD(nn.Module):
-    """The official ``MIEstimator``: ``net`` = Linear(Dx + Dy, 1024)-ReLU-Linear(1024, 1024)-ReLU-Linear(1024, 1),
-    trained on the JSD objective (``forward``); ``estimate`` is the NWJ-form MI read-out of the same critic."""
+    """The official ``MIEstimator``: ``net`` = Linear(Dx + Dy, 1024)-ReLU-Linear(1024, 1024)-ReLU-Linear(1024,
+    1), trained on the JSD objective (``forward``); ``estimate`` is the NWJ-form MI read-out of the same
+    critic."""
 
     def __init__(self, x_dim: int = 768, y_dim: int = 768, hidden_size: int = 1024):
         super().__init__()
@@ -251,20 +307,21 @@ class JSD(nn.Module):
 LOWER_BOUNDS = {"InfoNCE": InfoNCE, "NWJ": NWJ, "MINE": MINE, "JSD": JSD}
 
 
-# --- the Gaussian split and the symmetrised KL ---------------------------------------------------------------------
+# --- the Gaussian split and the symmetrised KL --------------------------------------------------------------
 
 def gaussian_split(h: Tensor, eps: float = 1e-7) -> Independent:
     """h (N, 2K) -> the factorised Gaussian N(mu = h[:, :K], sigma = softplus(h[:, K:]) + eps) over K dims."""
     if h.ndim != 2 or h.shape[-1] % 2:
-        raise ValueError(f"gaussian_split: h must be (N, 2K) with an even last dimension, got {tuple(h.shape)}")
+        raise ValueError(f"gaussian_split: h must be (N, 2K) with an even last dimension, got "
+                         f"{tuple(h.shape)}")
     k = h.shape[-1] // 2
     return Independent(Normal(loc=h[:, :k], scale=F.softplus(h[:, k:]) + eps), 1)
 
 
 def symmetric_kl(p1: Independent, p2: Independent, z1: Optional[Tensor] = None,
                  z2: Optional[Tensor] = None) -> Tensor:
-    """Single-sample symmetrised KL: ``mean[(log p1(z1) - log p2(z1) + log p2(z2) - log p1(z2)) / 2]`` with
-    z1 ~ p1, z2 ~ p2 (reparameterised draws unless given). Exactly 0 when p1 and p2 are the same distribution."""
+    """Single-sample symmetrised KL: ``mean[(log p1(z1) - log p2(z1) + log p2(z2) - log p1(z2)) / 2]`` with z1
+    ~ p1, z2 ~ p2 (reparameterised draws unless given). Exactly 0 when p1 and p2 are the same distribution."""
     z1 = p1.rsample() if z1 is None else z1
     z2 = p2.rsample() if z2 is None else z2
     return ((p1.log_prob(z1) - p2.log_prob(z1) + p2.log_prob(z2) - p1.log_prob(z2)) / 2).mean()
@@ -275,8 +332,8 @@ class MVMIEstimator(nn.Module):
     (``gaussian_split``); z1, z2 are reparameterised draws; returns (lower bound of I(z1; z2) by ``lb``,
     symmetrised KL). The critic's inputs are D/2 wide and its hidden width is ``hidden_size`` (D/2 by default,
     as ``MVMIEstimator(hidden_size=384)`` passes it to InfoNCE/NWJ/MINE; JSD keeps its 1024). For ``lb='JSD'``
-    the returned bound is the JSD objective (maximised like the others; the official code returns its negative,
-    which flips the CIB's sign for JSD)."""
+    the returned bound is the JSD objective (maximised like the others; the official code returns its
+    negative, which flips the CIB's sign for JSD)."""
 
     def __init__(self, dim: int = 768, lb: str = "InfoNCE", hidden_size: Optional[int] = None):
         super().__init__()
@@ -301,18 +358,19 @@ class MVMIEstimator(nn.Module):
         return self.mi_estimator(z1, z2), symmetric_kl(p1, p2, z1, z2)
 
 
-# --- token matching and the CIB term --------------------------------------------------------------------------------
+# --- token matching and the CIB term ------------------------------------------------------------------------
 
 def match_tokens(lang: Tensor, vis: Tensor, lang_mask: Tensor) -> tuple[Tensor, Tensor]:
     """Cross-modal token pairs by cosine similarity, in both directions. lang (B, L, D), vis (B, V, D),
-    lang_mask (B, L) (nonzero = a real token). Returns (l_pairs, v_pairs), each (P, D) with
-    P = sum(valid tokens) + B * V: first every valid language token with its most similar visual token (sample by
-    sample, token order), then every visual token with its most similar valid language token."""
+    lang_mask (B, L) (nonzero = a real token). Returns (l_pairs, v_pairs), each (P, D) with P = sum(valid
+    tokens) + B * V: first every valid language token with its most similar visual token (sample by sample,
+    token order), then every visual token with its most similar valid language token."""
     if lang.ndim != 3 or vis.ndim != 3 or lang.shape[0] != vis.shape[0] or lang.shape[2] != vis.shape[2]:
-        raise ValueError(f"match_tokens: lang (B, L, D) and vis (B, V, D) expected, got {tuple(lang.shape)} and "
-                         f"{tuple(vis.shape)}")
+        raise ValueError(f"match_tokens: lang (B, L, D) and vis (B, V, D) expected, got {tuple(lang.shape)} "
+                         f"and {tuple(vis.shape)}")
     if lang_mask.shape != lang.shape[:2]:
-        raise ValueError(f"match_tokens: lang_mask must be {tuple(lang.shape[:2])}, got {tuple(lang_mask.shape)}")
+        raise ValueError(f"match_tokens: lang_mask must be {tuple(lang.shape[:2])}, got "
+                         f"{tuple(lang_mask.shape)}")
     valid = lang_mask > 0
     if not bool(valid.any(dim=1).all()):
         raise ValueError("match_tokens: every sample needs at least one valid language token")
@@ -328,12 +386,12 @@ def match_tokens(lang: Tensor, vis: Tensor, lang_mask: Tensor) -> tuple[Tensor, 
 
 def cib_terms(l_first: Tensor, l_last: Tensor, v_first: Tensor, v_last: Tensor, lang_mask: Tensor,
               upper: nn.Module, mvmi: MVMIEstimator) -> dict[str, Tensor]:
-    """The CIB regulariser of ``compute_cib_v2``. l_first / l_last (B, L, D): the language tokens at the encoder
-    input (word + position + type embeddings) and after the last layer; v_first / v_last (B, V, D): the visual
-    tokens after the feature encoder and after the last layer; lang_mask (B, L). Returns scalars
+    """The CIB regulariser of ``compute_cib_v2``. l_first / l_last (B, L, D): the language tokens at the
+    encoder input (word + position + type embeddings) and after the last layer; v_first / v_last (B, V, D):
+    the visual tokens after the feature encoder and after the last layer; lang_mask (B, L). Returns scalars
     ``upper_bound_l`` = upper(valid l_first, valid l_last), ``upper_bound_v`` = upper(v_first, v_last),
-    ``lower_bound_lv`` and ``skl`` of ``mvmi`` on the matched last-layer pairs (``skl`` divided by the number of
-    pairs again, as the official code does), and ``cib = UB_l + UB_v - LB_lv + skl``."""
+    ``lower_bound_lv`` and ``skl`` of ``mvmi`` on the matched last-layer pairs (``skl`` divided by the number
+    of pairs again, as the official code does), and ``cib = UB_l + UB_v - LB_lv + skl``."""
     valid = lang_mask > 0
     ub_l = upper(l_first[valid], l_last[valid])
     ub_v = upper(v_first.flatten(0, 1), v_last.flatten(0, 1))

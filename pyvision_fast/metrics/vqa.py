@@ -3,14 +3,16 @@ distributed ``VQAAccuracy`` over (logits, soft targets), and the robustness repo
 VQA-Rephrasings consistency (Shah et al. 2019's CS(k)) and VQA-CE subset accuracies (Dancette et al. 2021).
 
 Accuracy of a predicted answer a for a question with n human answers (n = 10 in VQA v2): the mean over the n
-leave-one-out subsets of ``min(#humans in the subset who said a / 3, 1)``, on normalised answers. With c of the 10
-humans saying a this is 0, 0.3, 0.6, 0.9, 1 for c = 0, 1, 2, 3, >= 4: the soft score of the training targets.
+leave-one-out subsets of ``min(#humans in the subset who said a / 3, 1)``, on normalised answers. With c of
+the 10 humans saying a this is 0, 0.3, 0.6, 0.9, 1 for c = 0, 1, 2, 3, >= 4: the soft score of the training
+targets.
 
 Normalisation (the VQA evaluation's ``processPunctuation`` + ``processDigitArticle``, as the official
 preprocessing applies them to answers): punctuation ``; / [ ] " { } ( ) = + \\ _ - > < @ ` , ? !`` is removed
-when it touches a space or the text has a digit-comma-digit, else replaced by a space; a period not followed by a
-digit is removed; then lower-case, number words zero..ten (and 'none') become digits, the articles a/an/the are
-dropped, apostrophe-less contractions get their apostrophes ('dont' -> "don't"), and remaining commas go.
+when it touches a space or the text has a digit-comma-digit, else replaced by a space; a period not followed
+by a digit is removed; then lower-case, number words zero..ten (and 'none') become digits, the articles
+a/an/the are dropped, apostrophe-less contractions get their apostrophes ('dont' -> "don't"), and remaining
+commas go.
 """
 from __future__ import annotations
 
@@ -23,24 +25,27 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-__all__ = ["VQAAccuracy", "VQAScores", "consistency_scores", "normalize_answer", "soft_score", "subset_accuracies",
-           "vqa_accuracy"]
+__all__ = ["VQAAccuracy", "VQAScores", "consistency_scores", "normalize_answer", "soft_score",
+           "subset_accuracies", "vqa_accuracy"]
 
-_PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
+_PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?",
+          "!"]
 _PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")
 _COMMA_DIGITS = re.compile(r"(\d)(,)(\d)")
-_NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
-            "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+_NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+            "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
 _ARTICLES = {"a", "an", "the"}
 _CONTRACTED = (
-    "ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't hadn't've hasn't haven't he'd "
-    "he'd've he's how'd how'll how's i'd've i'm i've isn't it'd it'd've it'll let's ma'am mightn't mightn't've "
-    "might've mustn't must've needn't not've o'clock oughtn't shan't she'd've she's should've shouldn't "
-    "shouldn't've somebody'd've somebody'll somebody's someone'd someone'd've someone'll someone's something'd "
-    "something'd've something'll that's there'd there'd've there're there's they'd they'd've they'll they're "
-    "they've 'twas wasn't we'd've we've weren't what'll what're what's what've when's where'd where's where've "
-    "who'd who'd've who'll who's who've why'll why're why's won't would've wouldn't wouldn't've y'all y'all'll "
-    "y'all'd've you'd you'd've you'll you're you've").split()
+    "ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't hadn't've hasn't "
+    "haven't he'd he'd've he's how'd how'll how's i'd've i'm i've isn't it'd it'd've it'll let's ma'am "
+    "mightn't mightn't've might've mustn't must've needn't not've o'clock oughtn't shan't she'd've she's "
+    "should've shouldn't shouldn't've somebody'd've somebody'll somebody's someone'd someone'd've "
+    "someone'll someone's something'd something'd've something'll that's there'd there'd've there're "
+    "there's they'd they'd've they'll they're they've 'twas wasn't we'd've we've weren't what'll what're "
+    "what's what've when's where'd where's where've who'd who'd've who'll who's who've why'll why're "
+    "why's won't would've wouldn't wouldn't've y'all y'all'll y'all'd've you'd you'd've you'll you're "
+    "you've"
+).split()
 
 
 def _contraction_map() -> dict[str, str]:
@@ -83,8 +88,8 @@ def normalize_answer(text: str) -> str:
 
 
 def soft_score(count: int, num_answers: int = 10) -> float:
-    """Accuracy of an answer that ``count`` of ``num_answers`` humans gave: the mean over leave-one-out subsets of
-    min(matches / 3, 1) (0.3, 0.6, 0.9, 1.0 for 1, 2, 3, >= 4 of 10)."""
+    """Accuracy of an answer that ``count`` of ``num_answers`` humans gave: the mean over leave-one-out
+    subsets of min(matches / 3, 1) (0.3, 0.6, 0.9, 1.0 for 1, 2, 3, >= 4 of 10)."""
     if not 0 <= count <= num_answers or num_answers < 1:
         raise ValueError(f"soft_score: need 0 <= count <= num_answers and num_answers >= 1, got {count}, "
                          f"{num_answers}")
@@ -103,8 +108,8 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
 
 class VQAAccuracy(Metric):
     """``update(logits (B, A), targets (B, A))`` adds the soft score of each question's arg-max answer;
-    ``compute()`` is their mean. Questions whose human answers are all outside the vocabulary (all-zero targets)
-    count with accuracy 0, as on the VQA server."""
+    ``compute()`` is their mean. Questions whose human answers are all outside the vocabulary (all-zero
+    targets) count with accuracy 0, as on the VQA server."""
 
     full_state_update = False
     higher_is_better = True
@@ -152,7 +157,8 @@ class VQAScores(Metric):
     def update(self, logits: Tensor, targets: Tensor, question_ids: Tensor) -> None:
         picked = _picked_scores(logits, targets, "VQAScores")
         if question_ids.shape != picked.shape:
-            raise ValueError(f"VQAScores: question_ids must be ({picked.numel()},), got {tuple(question_ids.shape)}")
+            raise ValueError(f"VQAScores: question_ids must be ({picked.numel()},), got "
+                             f"{tuple(question_ids.shape)}")
         self.ids.append(question_ids.long())
         self.scores.append(picked)
 
@@ -170,11 +176,12 @@ class VQAScores(Metric):
 
 def consistency_scores(scores: Mapping[int, float], groups: Mapping[int, Sequence[int]],
                        ks: Sequence[int] = (1, 2, 3, 4)) -> dict[str, float]:
-    """Consensus scores of VQA-Rephrasings (Shah et al. 2019, the official ``calc_consistency``): a group is an
-    original question and its rephrasings; CS(k) is the mean over groups of the share of k-question subsets of
-    the group whose questions all have accuracy > 0. Groups with fewer than k questions do not count for CS(k)
-    (the official code divides by zero there). Also the accuracy on the originals and on the rephrasings.
-    ``scores``: question id -> VQA accuracy; every grouped id must be scored. Returns fractions in [0, 1]."""
+    """Consensus scores of VQA-Rephrasings (Shah et al. 2019, the official ``calc_consistency``): a group is
+    an original question and its rephrasings; CS(k) is the mean over groups of the share of k-question subsets
+    of the group whose questions all have accuracy > 0. Groups with fewer than k questions do not count for
+    CS(k) (the official code divides by zero there). Also the accuracy on the originals and on the
+    rephrasings. ``scores``: question id -> VQA accuracy; every grouped id must be scored. Returns fractions
+    in [0, 1]."""
     missing = [q for o, reps in groups.items() for q in (o, *reps) if q not in scores]
     if missing:
         raise ValueError(f"consistency_scores: {len(missing)} grouped question(s) have no score, e.g. "
@@ -199,8 +206,8 @@ def consistency_scores(scores: Mapping[int, float], groups: Mapping[int, Sequenc
 
 
 def subset_accuracies(scores: Mapping[int, float], subsets: Mapping[str, Iterable[int]]) -> dict[str, float]:
-    """``<name>_accuracy``: the mean accuracy over each subset's scored questions (VQA-CE: counterexamples, hard,
-    easy); subset ids that were not evaluated are ignored, an empty intersection gives NaN."""
+    """``<name>_accuracy``: the mean accuracy over each subset's scored questions (VQA-CE: counterexamples,
+    hard, easy); subset ids that were not evaluated are ignored, an empty intersection gives NaN."""
     out = {}
     for name, ids in subsets.items():
         vals = [scores[q] for q in ids if q in scores]

@@ -1,27 +1,30 @@
-"""CIB fine-tuning of LXMERT for robust VQA (Jiang et al., "Correlation Information Bottleneck: Towards Adapting
-Pretrained Multimodal Models for Robust Visual Question Answering"; shared/papers.md section 8, official code
-jingjing12110/CIB-VQA ``vqa_model.py: CIBVQAModelV2``).
+"""CIB fine-tuning of LXMERT for robust VQA (Jiang et al., "Correlation Information Bottleneck: Towards
+Adapting Pretrained Multimodal Models for Robust Visual Question Answering"; shared/papers.md section 8,
+official code jingjing12110/CIB-VQA ``vqa_model.py: CIBVQAModelV2``).
 
 The network is LXMERT (transformers' ``LxmertModel``: 9 language, 5 relational (object) and 5 cross-modality
 layers, hidden 768) with the VQA answer head ``logit_fc`` = Linear(768, 1536)-GeLU-LayerNorm(eps 1e-12)-
 Linear(1536, num_answers), initialised as BERT (normal std 0.02, zero biases). During training it also returns
 the CIB regulariser of ``losses.mutual_info.cib_terms``: a parameter-free CLUB between the input-layer and
-last-layer tokens of each modality (the learned CLUB as an option), and the MVMI lower bound (InfoNCE by default)
-and symmetrised KL between cosine-matched last-layer language/visual token pairs.
+last-layer tokens of each modality (the learned CLUB as an option), and the MVMI lower bound (InfoNCE by
+default) and symmetrised KL between cosine-matched last-layer language/visual token pairs.
 
 "Input layer" follows the official code: for language the embedding output (word + position + type embeddings,
-LayerNorm, dropout), for vision the visual feature encoder's output ((LN(fc(feat)) + LN(fc(box))) / 2, dropout).
-transformers' ``output_hidden_states`` starts at the first layer's output, so :meth:`CIBLxmert.encode` prepends
-those two tensors (captured by forward hooks on ``embeddings`` and ``encoder.visn_fc``).
+LayerNorm, dropout), for vision the visual feature encoder's output ((LN(fc(feat)) + LN(fc(box))) / 2,
+dropout). transformers' ``output_hidden_states`` starts at the first layer's output, so
+:meth:`CIBLxmert.encode` prepends those two tensors (captured by forward hooks on ``embeddings`` and
+``encoder.visn_fc``).
 
-state_dict keys are the official ``CIBVQAModelV2``'s: ``lxrt_encoder.{embeddings,encoder,pooler}.*`` (transformers'
-LxmertModel has LXMERT's own module names: ``encoder.visn_fc``, ``encoder.layer``, ``encoder.r_layers``,
-``encoder.x_layers.N.{visual_attention,lang_self_att,visn_self_att,lang_inter,lang_output,visn_inter,
-visn_output}``), ``logit_fc.{0,2,3}.*``, ``mi_lb_estimator.mi_estimator.F_func.{0,2}.*``. Pre-trained weights:
-LXMERT's ``snap/pretrained/model_LXRT.pth`` (keys ``module.bert.*`` plus the pre-training heads ``module.cls.*``,
-``module.obj_predict_head.*``, ``module.answer_head.*``; ``bert.`` becomes ``lxrt_encoder.``, the heads are dropped,
-as the official ``load`` does), or a Hugging Face ``unc-nlp/lxmert-base-uncased`` folder (``lxmert.*`` keys),
-through :func:`load_lxmert_pretrained`; nothing is downloaded.
+state_dict keys are the official ``CIBVQAModelV2``'s: ``lxrt_encoder.{embeddings,encoder,pooler}.*``
+(transformers' LxmertModel has LXMERT's own module names: ``encoder.visn_fc``, ``encoder.layer``,
+``encoder.r_layers``, ``encoder.x_layers.N.{visual_attention,lang_self_att,visn_self_att,lang_inter,
+lang_output,visn_inter,visn_output}``), ``logit_fc.{0,2,3}.*``, ``mi_lb_estimator.mi_estimator.F_func.{0,2}.*``.
+Pre-trained weights:
+LXMERT's ``snap/pretrained/model_LXRT.pth`` (keys ``module.bert.*`` plus the pre-training heads
+``module.cls.*``, ``module.obj_predict_head.*``, ``module.answer_head.*``; ``bert.`` becomes
+``lxrt_encoder.``, the heads are dropped, as the official ``load`` does), or a Hugging Face
+``unc-nlp/lxmert-base-uncased`` folder (``lxmert.*`` keys), through :func:`load_lxmert_pretrained`; nothing is
+downloaded.
 
 Inputs: input_ids (B, L) int64 (BERT word pieces, [CLS] ... [SEP], zero-padded; the official L is 20),
 attention_mask (B, L) {0, 1}, visual_feats (B, 36, 2048) float32 Faster R-CNN region features, visual_pos
@@ -49,13 +52,14 @@ _HEAD_PREFIXES = ("cls.", "obj_predict_head.", "answer_head.")
 
 def lxmert_config(**overrides):
     """transformers' ``LxmertConfig`` with LXMERT base's values (hidden 768, 12 heads, FFN 3072, 9/5/5 layers,
-    BERT's uncased vocabulary of 30522, 2048-d region features with 4-d boxes), ``overrides`` replacing any."""
+    BERT's uncased vocabulary of 30522, 2048-d region features with 4-d boxes), ``overrides`` replacing
+    any."""
     from transformers import LxmertConfig
 
     base = dict(vocab_size=30522, hidden_size=768, num_attention_heads=12, intermediate_size=3072,
                 hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
-                max_position_embeddings=512, type_vocab_size=2, initializer_range=0.02, l_layers=9, x_layers=5,
-                r_layers=5, visual_feat_dim=2048, visual_pos_dim=4)
+                max_position_embeddings=512, type_vocab_size=2, initializer_range=0.02, l_layers=9,
+                x_layers=5, r_layers=5, visual_feat_dim=2048, visual_pos_dim=4)
     unknown = sorted(set(overrides) - set(base))
     if unknown:
         raise TypeError(f"lxmert_config: unknown option(s) {unknown}; accepted: {sorted(base)}")
@@ -77,8 +81,8 @@ def _take_output(module: nn.Module) -> Tensor:
 
 
 class CIBLxmert(nn.Module):
-    """LXMERT + the VQA answer head, with the CIB estimators when ``cib`` (``mi_lb``: InfoNCE | NWJ | MINE | JSD;
-    ``club``: 'free' (official) | 'learned'). See the module docstring for inputs, outputs and keys."""
+    """LXMERT + the VQA answer head, with the CIB estimators when ``cib`` (``mi_lb``: InfoNCE | NWJ | MINE |
+    JSD; ``club``: 'free' (official) | 'learned'). See the module docstring for inputs, outputs and keys."""
 
     head_keys = ("logit_fc.3.",)
 
@@ -90,7 +94,8 @@ class CIBLxmert(nn.Module):
         if num_answers < 1:
             raise ValueError(f"num_answers must be >= 1, got {num_answers}")
         if club not in ("free", "learned"):
-            raise ValueError(f"club must be 'free' (the official parameter-free CLUB) or 'learned', got {club!r}")
+            raise ValueError(f"club must be 'free' (the official parameter-free CLUB) or 'learned', got "
+                             f"{club!r}")
         if mi_lb not in LOWER_BOUNDS:
             raise ValueError(f"mi_lb must be one of {sorted(LOWER_BOUNDS)}, got {mi_lb!r}")
         config = config if config is not None else lxmert_config()
@@ -118,12 +123,15 @@ class CIBLxmert(nn.Module):
     def _check(self, input_ids, attention_mask, visual_feats, visual_pos) -> None:
         c = self.config
         if input_ids.ndim != 2 or input_ids.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"input_ids must be (B, L) int64, got {tuple(input_ids.shape)} {input_ids.dtype}")
+            raise ValueError(f"input_ids must be (B, L) int64, got {tuple(input_ids.shape)} "
+                             f"{input_ids.dtype}")
         if attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask must be {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
+            raise ValueError(f"attention_mask must be {tuple(input_ids.shape)}, got "
+                             f"{tuple(attention_mask.shape)}")
         B = input_ids.shape[0]
         if visual_feats.ndim != 3 or visual_feats.shape[0] != B or visual_feats.shape[2] != c.visual_feat_dim:
-            raise ValueError(f"visual_feats must be ({B}, N, {c.visual_feat_dim}), got {tuple(visual_feats.shape)}")
+            raise ValueError(f"visual_feats must be ({B}, N, {c.visual_feat_dim}), got "
+                             f"{tuple(visual_feats.shape)}")
         if visual_pos.shape != (*visual_feats.shape[:2], c.visual_pos_dim):
             raise ValueError(f"visual_pos must be {(*visual_feats.shape[:2], c.visual_pos_dim)}, got "
                              f"{tuple(visual_pos.shape)}")
@@ -137,10 +145,10 @@ class CIBLxmert(nn.Module):
     def encode(self, input_ids: Tensor, attention_mask: Tensor, visual_feats: Tensor, visual_pos: Tensor,
                token_type_ids: Optional[Tensor] = None, output_hidden_states: bool = True) -> dict:
         """LXMERT's outputs: ``pooled_output`` (B, H); ``language_hidden_states`` ((B, L, H) per layer: the
-        embedding output, then each of the l_layers and x_layers outputs) and ``vision_hidden_states`` ((B, N, H):
-        the visual feature encoder's output, then each r_layer and x_layer output) when
-        ``output_hidden_states``; otherwise ``language_hidden_states`` / ``vision_hidden_states`` hold only the
-        input-layer and last-layer tensors (all the CIB needs)."""
+        embedding output, then each of the l_layers and x_layers outputs) and ``vision_hidden_states`` ((B, N,
+        H): the visual feature encoder's output, then each r_layer and x_layer output) when
+        ``output_hidden_states``; otherwise ``language_hidden_states`` / ``vision_hidden_states`` hold only
+        the input-layer and last-layer tensors (all the CIB needs)."""
         self._check(input_ids, attention_mask, visual_feats, visual_pos)
         out = self.lxrt_encoder(input_ids=input_ids, attention_mask=attention_mask, visual_feats=visual_feats,
                                 visual_pos=visual_pos, token_type_ids=token_type_ids,
@@ -152,7 +160,8 @@ class CIBLxmert(nn.Module):
             vis = (vis0, *out.vision_hidden_states)
         else:
             lang, vis = (lang0, out.language_output), (vis0, out.vision_output)
-        return {"pooled_output": out.pooled_output, "language_hidden_states": lang, "vision_hidden_states": vis}
+        return {"pooled_output": out.pooled_output, "language_hidden_states": lang,
+                "vision_hidden_states": vis}
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, visual_feats: Tensor, visual_pos: Tensor,
                 token_type_ids: Optional[Tensor] = None, compute_cib: bool = False):
@@ -184,8 +193,8 @@ def convert_lxmert_state_dict(state: dict[str, Tensor]) -> tuple[dict[str, Tenso
 
     * LXMERT pre-training (``model_LXRT.pth``): ``[module.]bert.X`` -> ``lxrt_encoder.X``; ``cls.*``,
       ``obj_predict_head.*``, ``answer_head.*`` dropped.
-    * Hugging Face ``LxmertForPreTraining`` / ``LxmertForQuestionAnswering``: ``lxmert.X`` -> ``lxrt_encoder.X``;
-      the same heads dropped.
+    * Hugging Face ``LxmertForPreTraining`` / ``LxmertForQuestionAnswering``: ``lxmert.X`` ->
+      ``lxrt_encoder.X``; the same heads dropped.
     * LXMERT's VQA fine-tuning (``snap/vqa/*.pth``): ``lxrt_encoder.model.bert.X`` -> ``lxrt_encoder.X``;
       ``logit_fc.*`` kept.
     * Official CIB (``CIBVQAModelV2``) and this model: unchanged.
@@ -219,11 +228,11 @@ def _weights_file(path: Path) -> Path:
 
 
 def load_lxmert_pretrained(model: CIBLxmert, path: Union[str, os.PathLike]) -> list[str]:
-    """Loads pre-trained LXMERT weights into ``model.lxrt_encoder`` (every encoder tensor must be in the file with
-    its shape); the answer head and the MI estimators keep their initialisation. ``path``: ``model_LXRT.pth``
-    (read with ``torch.load(weights_only=True)``), a ``.safetensors`` file, or a folder holding one of
-    ``model_LXRT.pth`` / ``model.safetensors`` / ``pytorch_model.bin``. Returns the file's keys that were not
-    used (the pre-training heads)."""
+    """Loads pre-trained LXMERT weights into ``model.lxrt_encoder`` (every encoder tensor must be in the file
+    with its shape); the answer head and the MI estimators keep their initialisation. ``path``:
+    ``model_LXRT.pth`` (read with ``torch.load(weights_only=True)``), a ``.safetensors`` file, or a folder
+    holding one of ``model_LXRT.pth`` / ``model.safetensors`` / ``pytorch_model.bin``. Returns the file's keys
+    that were not used (the pre-training heads)."""
     from .weights import read_state_dict
 
     file = _weights_file(Path(os.fspath(path)))
@@ -236,7 +245,8 @@ def load_lxmert_pretrained(model: CIBLxmert, path: Union[str, os.PathLike]) -> l
     if missing or bad:
         raise ValueError(f"{file} does not fit the LXMERT encoder ({model.config.l_layers}/"
                          f"{model.config.r_layers}/{model.config.x_layers} layers, hidden "
-                         f"{model.config.hidden_size}): missing {missing[:6]}{' ...' if len(missing) > 6 else ''}"
+                         f"{model.config.hidden_size}): missing {missing[:6]}"
+                         f"{' ...' if len(missing) > 6 else ''}"
                          f"{'; shape mismatch ' + '; '.join(bad[:4]) if bad else ''}")
     unused = sorted(set(encoder) - set(own))
     model.lxrt_encoder.load_state_dict({k: v for k, v in encoder.items() if k in own}, strict=True)
@@ -257,7 +267,7 @@ def lxmert_parameter_count(config, num_answers: int) -> int:
     attention = 4 * linear(h, h) + ln                    # q, k, v, output dense + LayerNorm
     ffn = linear(h, f) + linear(f, h) + ln
     bert_layer = attention + ffn
-    x_layer = attention + 2 * attention + 2 * ffn        # shared cross-attention, two self-attentions, two FFNs
+    x_layer = attention + 2 * attention + 2 * ffn        # shared cross-attention, 2 self-attentions, 2 FFNs
     encoder = visual + (config.l_layers + config.r_layers) * bert_layer + config.x_layers * x_layer
     pooler = linear(h, h)
     head = linear(h, 2 * h) + 2 * (2 * h) + linear(2 * h, num_answers)

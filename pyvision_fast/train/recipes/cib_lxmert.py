@@ -4,31 +4,32 @@
 
 ``--data`` layout (file names as the datasets ship them; ``data.vqa`` documents the formats):
 
-* ``v2_OpenEnded_mscoco_{train2014,val2014}_questions.json``, ``v2_mscoco_{train2014,val2014}_annotations.json``
-  (``train_split`` / ``val_split`` name other splits);
-* ``imgfeat/train_obj36.h5``, ``imgfeat/val_obj36.h5``: LXMERT's 36 x 2048 Faster R-CNN features in the CIB repo's
-  HDF5 layout (``train_features`` / ``val_features``);
-* ``trainval_ans2label.json`` (``ans2label``), and ``vocab.txt``, bert-base-uncased's word pieces (``vocab``: a
-  path relative to DATA or absolute; nothing is downloaded);
+* ``v2_OpenEnded_mscoco_{train2014,val2014}_questions.json``,
+  ``v2_mscoco_{train2014,val2014}_annotations.json`` (``train_split`` / ``val_split`` name other splits);
+* ``imgfeat/train_obj36.h5``, ``imgfeat/val_obj36.h5``: LXMERT's 36 x 2048 Faster R-CNN features in the CIB
+  repo's HDF5 layout (``train_features`` / ``val_features``);
+* ``trainval_ans2label.json`` (``ans2label``), and ``vocab.txt``, bert-base-uncased's word pieces (``vocab``:
+  a path relative to DATA or absolute; nothing is downloaded);
 * optional: ``--set rephrasings=valrep2014_humans_og`` evaluates on VQA-Rephrasings
-  (``v2_OpenEnded_mscoco_valrep2014_humans_og_questions.json`` + ``v2_mscoco_valrep2014_humans_og_annotations.json``,
-  val features) and adds ``consistency@1..4``, ``original_accuracy``, ``rephrasing_accuracy``;
-  ``--set vqa_ce=vqa_ce`` (a folder with ``counterexamples.json`` and ``hard.json``) adds
-  ``counterexample_accuracy``, ``hard_accuracy``, ``easy_accuracy`` on the validation split.
+  (``v2_OpenEnded_mscoco_valrep2014_humans_og_questions.json`` +
+  ``v2_mscoco_valrep2014_humans_og_annotations.json``, val features) and adds ``consistency@1..4``,
+  ``original_accuracy``, ``rephrasing_accuracy``; ``--set vqa_ce=vqa_ce`` (a folder with
+  ``counterexamples.json`` and ``hard.json``) adds ``counterexample_accuracy``, ``hard_accuracy``,
+  ``easy_accuracy`` on the validation split.
 
 Pre-trained LXMERT: ``--set lxmert_weights=/path/snap/pretrained/model_LXRT.pth`` (or a Hugging Face
-``unc-nlp/lxmert-base-uncased`` folder) loads the encoder before training (``models.cib.load_lxmert_pretrained``);
-without it LXMERT starts from random initialisation (what the offline tests do). The official run starts from
-LXMERT's pre-trained ``snap/pretrained/model``.
+``unc-nlp/lxmert-base-uncased`` folder) loads the encoder before training
+(``models.cib.load_lxmert_pretrained``); without it LXMERT starts from random initialisation (what the offline
+tests do). The official run starts from LXMERT's pre-trained ``snap/pretrained/model``.
 
 Defaults are the official ``train.sh``: AdamW lr 2e-5 (no weight decay: the official CIB parameter groups set
-none and transformers' AdamW defaults to 0), batch 64, 10 epochs, linear warm-up over the first 10 % of updates from
-0 then cosine to 0, gradient clipping at 5, beta 5e-5, questions cut to 20 word pieces. The loss is
-``BCEWithLogits(logits, soft targets) * num_answers + beta * CIB`` (+ the learned CLUB's own fit when
-``--model-arg club=learned``); the MI estimators train at ``mi_lr_scale`` = 100 x the lr (their own parameter group;
-timm's scheduler applies ``lr_scale``). The estimator choice is a model argument (``--model-arg mi_lb=JSD``,
-``club=learned``, ``cib=False`` for plain LXMERT fine-tuning) so that checkpoints record it. Per-step logs:
-``bce``, ``cib``, ``upper_bound_l``, ``upper_bound_v``, ``lower_bound_lv``, ``skl``.
+none and transformers' AdamW defaults to 0), batch 64, 10 epochs, linear warm-up over the first 10 % of
+updates from 0 then cosine to 0, gradient clipping at 5, beta 5e-5, questions cut to 20 word pieces. The loss
+is ``BCEWithLogits(logits, soft targets) * num_answers + beta * CIB`` (+ the learned CLUB's own fit when
+``--model-arg club=learned``); the MI estimators train at ``mi_lr_scale`` = 100 x the lr (their own parameter
+group; timm's scheduler applies ``lr_scale``). The estimator choice is a model argument (``--model-arg
+mi_lb=JSD``, ``club=learned``, ``cib=False`` for plain LXMERT fine-tuning) so that checkpoints record it.
+Per-step logs: ``bce``, ``cib``, ``upper_bound_l``, ``upper_bound_v``, ``lower_bound_lv``, ``skl``.
 """
 from __future__ import annotations
 
@@ -91,22 +92,23 @@ class CibLxmertRecipe(Recipe):
         self.groups: dict[int, list[int]] = {}
         self.subsets: dict[str, set[int]] = {}
 
-    # --- data -------------------------------------------------------------------------------------------------
+    # --- data -----------------------------------------------------------------------------------------------
     def _path(self, root: Path, value) -> Path:
         p = Path(os.fspath(value))
         return p if p.is_absolute() else root / p
 
     def build_datasets(self, data_dir: str):
-        from ...data.vqa import (RegionFeatures, VQADataset, load_ans2label, load_bert_tokenizer, load_questions,
-                                 load_vqa_ce, rephrasing_groups, vqa_files)
+        from ...data.vqa import (RegionFeatures, VQADataset, load_ans2label, load_bert_tokenizer,
+                                 load_questions, load_vqa_ce, rephrasing_groups, vqa_files)
 
         c = self.cfg
         root = Path(os.fspath(data_dir))
         if not root.is_dir():
-            raise FileNotFoundError(f"--data {str(root)!r} does not exist (expected VQA v2 JSONs, imgfeat/*.h5, "
-                                    f"{c.ans2label}, {c.vocab})")
+            raise FileNotFoundError(f"--data {str(root)!r} does not exist (expected VQA v2 JSONs, "
+                                    f"imgfeat/*.h5, {c.ans2label}, {c.vocab})")
         if c.missing_features not in ("error", "drop"):
-            raise ValueError(f"cib_lxmert: missing_features must be 'error' or 'drop', got {c.missing_features!r}")
+            raise ValueError(f"cib_lxmert: missing_features must be 'error' or 'drop', got "
+                             f"{c.missing_features!r}")
         ans2label = load_ans2label(self._path(root, c.ans2label))
         self.num_answers = len(ans2label)
         tokenizer = load_bert_tokenizer(self._path(root, c.vocab))
@@ -147,10 +149,11 @@ class CibLxmertRecipe(Recipe):
         s = ds.stats
         dropped = f", {s['dropped_no_features']} dropped (no features)" if s["dropped_no_features"] else ""
         print(f"cib_lxmert {which} ({split}): {len(ds)} of {s['questions']} questions{dropped}; "
-              f"{s['answers_outside_vocabulary']} human answers outside the {len(ds.classes)}-answer vocabulary "
-              f"dropped, {s['questions_without_vocabulary_answer']} questions left with none", file=sys.stderr)
+              f"{s['answers_outside_vocabulary']} human answers outside the {len(ds.classes)}-answer "
+              f"vocabulary dropped, {s['questions_without_vocabulary_answer']} questions left with none",
+              file=sys.stderr)
 
-    # --- model and optimisation -----------------------------------------------------------------------------------
+    # --- model and optimisation -----------------------------------------------------------------------------
     def build_model(self, num_classes: Optional[int]) -> nn.Module:
         """``cfg.model`` (``cib_lxmert``; ``--model-arg`` overrides the LXMERT config and the estimators) for
         ``num_classes`` answers (the vocabulary's size), with ``lxmert_weights`` loaded when training."""
@@ -160,7 +163,7 @@ class CibLxmertRecipe(Recipe):
         c = self.cfg
         n = num_classes or self.num_answers
         if not n:
-            raise ValueError("cib_lxmert: the answer head needs the vocabulary size (build_datasets reads it)")
+            raise ValueError("cib_lxmert: the answer head needs the vocabulary size (read by build_datasets)")
         model = create_model(c.model, num_classes=n, **dict(c.model_args))
         if c.lxmert_weights and not self.for_eval:
             load_lxmert_pretrained(model, c.lxmert_weights)
@@ -181,7 +184,7 @@ class CibLxmertRecipe(Recipe):
             groups.append(group)
         return groups
 
-    # --- steps ------------------------------------------------------------------------------------------------
+    # --- steps ----------------------------------------------------------------------------------------------
     def train_loss(self, model: nn.Module, batch, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
         """``batch``: input_ids (B, L), attention_mask (B, L), features (B, 36, 2048), boxes (B, 36, 4), soft
         targets (B, A), question ids (B,). Loss: BCE * A + beta * CIB (+ the learned CLUB's fit)."""
