@@ -281,3 +281,80 @@ def test_bad_inputs(name, min_points):
     if min_points > 1:
         with pytest.raises(ValueError, match=f"at least {min_points} points"):
             model(torch.rand(2, min_points - 1, 3))
+
+
+# ------------------------------------------------------------------------------------------- ONNX export
+
+class _IndexPaths(torch.nn.Module):
+    """The index computations of the classifiers: FPS centres, ball-query neighbours, kNN in a feature space."""
+
+    def forward(self, xyz, feats):
+        from pyvision_fast import ops
+
+        centres, fps = ops.sample_farthest_points(xyz, K=48)
+        _, ball, _ = ops.ball_query(centres, xyz, K=16, radius=0.4, return_nn=False)
+        knn = ops.knn_points(feats, feats, K=20).idx
+        return fps, ball, knn
+
+
+def test_index_paths_export_with_equal_indices_including_ties(tmp_path):
+    from op_harness import check_onnx
+
+    g = torch.Generator().manual_seed(6)
+    xyz = torch.rand(2, 200, 3, generator=g) * 2 - 1
+    xyz[:, 100:150] = xyz[:, :50]  # exact duplicates: tied distances everywhere, broken by the lower index
+    feats = torch.randn(2, 200, 16, generator=g)
+    feats[:, 150:] = feats[:, :50]
+    report = check_onnx(_IndexPaths().eval(), (xyz, feats), tmp_path, atol=0, exact_outputs=(0, 1, 2))
+    assert report.tensorrt_compatible
+
+
+def _ort_agrees(path, model, batch):
+    from pyvision_fast.export import run_onnxruntime
+
+    feature, logits = run_onnxruntime(path, (batch,))
+    with torch.no_grad():
+        t_feature, t_logits = model(batch)
+    torch.testing.assert_close(torch.from_numpy(feature), t_feature, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(torch.from_numpy(logits), t_logits, atol=1e-4, rtol=1e-4)
+    assert torch.equal(torch.from_numpy(logits).argmax(1), t_logits.argmax(1))
+
+
+def _solids_batch(n_points, count=3, seed=0):
+    import numpy as np
+
+    from pointcloud_fixtures import SOLIDS, sample_solid
+    from pyvision_fast.data.modelnet40 import pc_normalize
+
+    rng = np.random.default_rng(seed)
+    clouds = [pc_normalize(sample_solid(SOLIDS[i % 4], n_points, rng)[:, :3]) for i in range(count)]
+    return torch.from_numpy(np.stack(clouds).astype(np.float32))
+
+
+def test_pvf_export_dgcnn_runs_in_onnxruntime(tmp_path, capsys):
+    from pyvision_fast import cli
+    from pyvision_fast.models import save_safetensors
+
+    torch.manual_seed(7)
+    model = _randomise_bn(create_model("dgcnn", num_classes=10)).eval()
+    weights = save_safetensors(model.state_dict(), tmp_path / "dgcnn.safetensors")
+    out = tmp_path / "dgcnn.onnx"
+    assert cli.main(["export", "dgcnn", "--checkpoint", str(weights), "--model-arg", "num_classes=10",
+                     "--input", "2x256x3", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "TensorRT operator check: all nodes supported" in text and "max |diff|" in text
+    _ort_agrees(out, model, _solids_batch(256))  # another batch size: the batch dimension is dynamic
+
+
+@pytest.mark.parametrize("name", ["pointnet2_ssg", pytest.param("pointnet2_msg", marks=pytest.mark.slow)])
+def test_pointnet2_exports_and_runs_in_onnxruntime(name, tmp_path):
+    from pyvision_fast.export import export_model
+    from pyvision_fast.models import save_safetensors
+
+    torch.manual_seed(8)
+    model = _randomise_bn(create_model(name, num_classes=10)).eval()
+    weights = save_safetensors(model.state_dict(), tmp_path / "w.safetensors")
+    report = export_model(name, tmp_path / "m.onnx", checkpoint=weights, model_args={"num_classes": 10},
+                          input_shape=(2, 512, 3))
+    assert report.tensorrt_compatible and report.max_abs_diff <= 1e-4, report
+    _ort_agrees(report.path, model, _solids_batch(512))

@@ -65,6 +65,7 @@ class PointCloudClassifier(nn.Module):
     classifier_name = "fc3"
     num_features = 256
     min_points = 1
+    default_input_size = (1024, 3)  # (N, 3): pvf export's example input is (batch, 1024, 3)
 
     @property
     def head_keys(self) -> tuple[str, ...]:
