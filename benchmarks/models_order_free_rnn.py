@@ -2,8 +2,9 @@
 advanced by one set of tensor operations per step) beside the same beam search run one image at a time (a loop
 over the batch, the usual captioning-style implementation), same model, same beam width k, same features. The
 CNN is left out (it is the same batched forward either way): each call decodes precomputed 14 x 14 x 2048
-ResNet-101 features (random, as are the weights), ``STEPS`` = 4 decoding steps. Full: COCO's 80 labels, the paper-size decoder (attention, LSTM and fc1 512
-wide), k = 3, batch 32 on CPU / 256 on GPU; quick: a small decoder, batch 4, k = 2 (shapes only).
+ResNet-101 features (random, as are the weights), ``STEPS`` = 4 decoding steps. Full: COCO's 80 labels, the
+paper-size decoder (attention, LSTM and fc1 512 wide), k = 3, batch 32 on CPU / 256 on GPU; quick: a small
+decoder, batch 4, k = 2 (shapes only).
 
 Measured on the 2-core development CPU (2026-12-05, shared, load average 7-14, so wall times are noisy), full
 size, batch 32, k = 3, 4 steps, both giving the same label sequences: harness medians 1814 ms batched (17.6

@@ -1,6 +1,7 @@
-"""Multi-label readers (``data.multilabel``): MS-COCO instances JSON (non-contiguous category ids -> multi-hot,
-unlabelled images dropped) and NUS-WIDE's image lists and per-concept label files, written as tiny fixtures in
-those formats with real JPEGs whose content is their labels (coloured shapes); every bad input named."""
+"""Multi-label readers (``data.multilabel``): MS-COCO instances JSON (non-contiguous category ids ->
+multi-hot, unlabelled images dropped) and NUS-WIDE's image lists and per-concept label files, written as tiny
+fixtures in those formats with real JPEGs whose content is their labels (coloured shapes); every bad input
+named."""
 from __future__ import annotations
 
 import json
@@ -71,9 +72,10 @@ CONCEPTS = ["animal", "beach", "clouds"]
 
 
 def write_nuswide(root, n_train: int = 5, n_test: int = 3, seed: int = 0):
-    """The NUS-WIDE release layout with 3 concepts: ``Concepts81.txt``, ``ImageList/{Train,Test}Imagelist.txt``
-    (Windows paths), ``Groundtruth/TrainTestLabels/Labels_<c>_{Train,Test}.txt``, ``Flickr/<folder>/<n>.jpg``.
-    The first image of each split has no concept. Returns {split: labels (n, 3) bool}."""
+    """The NUS-WIDE release layout with 3 concepts: ``Concepts81.txt``,
+    ``ImageList/{Train,Test}Imagelist.txt`` (Windows paths),
+    ``Groundtruth/TrainTestLabels/Labels_<c>_{Train,Test}.txt``, ``Flickr/<folder>/<n>.jpg``. The first image
+    of each split has no concept. Returns {split: labels (n, 3) bool}."""
     rng = np.random.default_rng(seed)
     (root / "ImageList").mkdir(parents=True)
     (root / "Groundtruth" / "TrainTestLabels").mkdir(parents=True)

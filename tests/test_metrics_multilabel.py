@@ -1,6 +1,6 @@
 """Multi-label metrics (``metrics.multilabel``): C-P/C-R/C-F1, O-P/O-R/O-F1 and mAP against values computed by
-hand on a small example, torchmetrics' macro/micro precision and recall as a second reference, accumulation over
-batches, and bad input."""
+hand on a small example, torchmetrics' macro/micro precision and recall as a second reference, accumulation
+over batches, and bad input."""
 from __future__ import annotations
 
 import pytest
@@ -11,7 +11,8 @@ from pyvision_fast.metrics.multilabel import MultiLabelMetrics, label_counts, mu
 
 TARGETS = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0]])
 PREDS = torch.tensor([[1, 0, 0, 0], [0, 1, 1, 0], [1, 0, 0, 0], [0, 0, 1, 0]], dtype=torch.bool)
-SCORES = torch.tensor([[0.9, 0.2, 0.5, 0.3], [0.8, 0.7, 0.6, 0.1], [0.3, 0.6, 0.1, 0.2], [0.1, 0.4, 0.9, 0.4]])
+SCORES = torch.tensor([[0.9, 0.2, 0.5, 0.3], [0.8, 0.7, 0.6, 0.1], [0.3, 0.6, 0.1, 0.2],
+                       [0.1, 0.4, 0.9, 0.4]])
 
 # By hand. Class 0: TP 2 FP 0 FN 0 (P 1, R 1); class 1: TP 1 FP 0 FN 1 (P 1, R 1/2); class 2: TP 1 FP 1 FN 1
 # (P 1/2, R 1/2); class 3: never predicted, never present (P 0, R 0).

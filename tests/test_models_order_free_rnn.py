@@ -1,10 +1,9 @@
 """Order-Free RNN (``models.order_free_rnn``): the parameter count against a hand count (ResNet-101 backbone
-from torchvision), state_dict keys, the candidate pool (no label twice), the order-free target, greedy = beam 1,
-batched = one-by-one beam search, beam search against an exhaustive search of every path, weights loading and
-bad input."""
+from torchvision), state_dict keys, the candidate pool (no label twice), the order-free target, greedy = beam
+1, batched = one-by-one beam search, beam search against an exhaustive search of every path, weights loading
+and bad input."""
 from __future__ import annotations
 
-import itertools
 import math
 
 import pytest
@@ -134,7 +133,8 @@ def test_candidate_pool_never_emits_a_label_twice(end_token):
     with torch.no_grad():
         model.fc2.bias[1] += 30.0   # label 1 dominates every step: without the pool it would repeat
     v, logits = encoded(model)
-    for out in (model.greedy_decode(v, logits, threshold=0.0), model.beam_search(v, logits, 3, threshold=0.0)):
+    for out in (model.greedy_decode(v, logits, threshold=0.0),
+                model.beam_search(v, logits, 3, threshold=0.0)):
         _check_sequences(out, 5)
         assert out["labels"][:, 1].all() and (out["sequence"][:, 0] == 1).all()
     # no end signal and no threshold: every path runs through all labels, each once
@@ -247,6 +247,8 @@ def test_bad_input():
         model(torch.randn(2, 1, 32, 32))
     with pytest.raises(ValueError, match=r"targets must be \(B, C\)"):
         model(torch.randn(2, 3, 32, 32), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match=r"targets must be multi-hot \(0/1"):
+        model(torch.randn(2, 3, 32, 32), torch.full((2, 5), 2.0))
     with pytest.raises(ValueError, match="stage must be"):
         model(torch.randn(2, 3, 32, 32), torch.zeros(2, 5), stage="rnn")
     v, logits = encoded(model, n=2)
@@ -259,7 +261,7 @@ def test_bad_input():
 def test_cnn_stage_touches_every_decoder_parameter():
     model = tiny(num_classes=5).train()
     out = model(torch.randn(2, 3, 32, 32), torch.tensor([[1.0, 0, 0, 0, 1], [0, 1, 0, 0, 0]]), stage="cnn")
-    assert float(out["rnn_nll"]) == 0.0 and int(out["rnn_terms"]) == 0
+    assert float(out["rnn_nll"].detach()) == 0.0 and int(out["rnn_terms"]) == 0
     (out["rnn_nll"] + out["cnn_logits"].sum()).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None, name

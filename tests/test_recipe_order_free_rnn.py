@@ -1,6 +1,6 @@
-"""The ``order_free_rnn`` recipe: its defaults, the COCO / NUS-WIDE data it reads (fixtures in the real formats:
-instances JSON + JPEGs of coloured shapes whose content is their labels), a tiny Order-Free RNN whose losses fall
-in both stages, the evaluation's metrics, and ``pvf train`` / ``pvf eval`` end to end."""
+"""The ``order_free_rnn`` recipe: its defaults, the COCO / NUS-WIDE data it reads (fixtures in the real
+formats: instances JSON + JPEGs of coloured shapes whose content is their labels), a tiny Order-Free RNN whose
+losses fall in both stages, the evaluation's metrics, and ``pvf train`` / ``pvf eval`` end to end."""
 from __future__ import annotations
 
 import json
@@ -39,8 +39,8 @@ def test_registered_with_stated_defaults():
     assert "order_free_rnn" in list_recipes() and get_recipe("order_free_rnn") is RECIPE
     d = RECIPE.defaults
     assert (d["model"], d["opt"], d["lr"], d["batch_size"], d["epochs"], d["cnn_epochs"], d["beam_size"],
-            d["threshold"], d["img_size"], d["dataset"]) == ("order_free_rnn_resnet101", "adam", 1e-4, 32, 30, 10,
-                                                              3, 1e-3, 224, "coco")
+            d["threshold"], d["img_size"], d["dataset"]) == (
+        "order_free_rnn_resnet101", "adam", 1e-4, 32, 30, 10, 3, 1e-3, 224, "coco")
     assert RECIPE.main_metric == "O-F1" and RECIPE.main_mode == "max"
 
 
@@ -154,8 +154,8 @@ def test_pvf_train_and_eval_end_to_end(coco, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_learns_held_out_label_sets(tmp_path):
-    """Longer training (96 images, 2 CNN epochs then 18 joint epochs of batches of 32): the decoder's label sets
-    of 32 held-out images are nearly right, greedy and with beam 3 (measured: O-F1 0.986 for both)."""
+    """Longer training (96 images, 2 CNN epochs then 18 joint epochs of batches of 32): the decoder's label
+    sets of 32 held-out images are nearly right, greedy and with beam 3 (measured: O-F1 0.986 for both)."""
     from pyvision_fast.metrics.multilabel import multilabel_map, multilabel_prf
 
     write_coco(tmp_path, "train2014", n=96, size=SIZE, seed=0, empty=0)

@@ -1,7 +1,7 @@
 """Multi-label image sets in their official formats (Order-Free RNN, shared/papers.md section 11).
 
-**MS-COCO 2014** (``CocoMultiLabel``): an instances file (``annotations/instances_{train,val}2014.json``) and its
-image folder (``train2014/``, ``val2014/``). The JSON must hold ``images`` (``id``, ``file_name``),
+**MS-COCO 2014** (``CocoMultiLabel``): an instances file (``annotations/instances_{train,val}2014.json``) and
+its image folder (``train2014/``, ``val2014/``). The JSON must hold ``images`` (``id``, ``file_name``),
 ``annotations`` (``image_id``, ``category_id``) and ``categories`` (``id``, ``name``). The 80 category ids run
 1..90 with gaps; class index = position of the category in ascending id order. An image's target is the
 multi-hot of the categories of all its annotations (crowd ones included). Images without annotations are
@@ -10,8 +10,8 @@ dropped (``drop_empty=True``, the paper's 82,081 / 40,137 images of train2014's 
 **NUS-WIDE** (``NusWide``): the release's layout under one root:
 
 * ``Concepts81.txt`` (or ``ConceptsList/Concepts81.txt``): the 81 concept names, one a line, in label order;
-* ``ImageList/TrainImagelist.txt`` / ``ImageList/TestImagelist.txt``: one image a line, a Windows path relative
-  to the image folder (``actor\\0001_2124494179.jpg``; backslashes are read as folder separators);
+* ``ImageList/TrainImagelist.txt`` / ``ImageList/TestImagelist.txt``: one image a line, a Windows path
+  relative to the image folder (``actor\\0001_2124494179.jpg``; backslashes are read as folder separators);
 * ``Groundtruth/TrainTestLabels/Labels_<concept>_{Train,Test}.txt``: one ``0`` or ``1`` a line, the same lines
   as the image list;
 * images under ``Flickr/`` (``image_dir`` names another folder).
@@ -55,8 +55,8 @@ class MultiLabelImages(Dataset):
         if check_files:
             missing = [p for p in self.samples if not os.path.isfile(p)]
             if missing:
-                raise ValueError(f"image file {missing[0]!r} does not exist ({len(missing)} of {len(self.samples)} "
-                                 f"listed images are missing)")
+                raise ValueError(f"image file {missing[0]!r} does not exist ({len(missing)} of "
+                                 f"{len(self.samples)} listed images are missing)")
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -129,8 +129,8 @@ def read_coco_instances(annotation_file: PathLike) -> tuple[list[dict], list[int
 
 
 class CocoMultiLabel(MultiLabelImages):
-    """MS-COCO as multi-label classification: ``annotation_file`` (instances JSON), ``image_dir`` (its images).
-    ``category_ids``: the COCO id of each class index."""
+    """MS-COCO as multi-label classification: ``annotation_file`` (instances JSON), ``image_dir`` (its
+    images). ``category_ids``: the COCO id of each class index."""
 
     def __init__(self, annotation_file: PathLike, image_dir: PathLike, transform: Optional[Callable] = None,
                  drop_empty: bool = True, check_files: bool = True):

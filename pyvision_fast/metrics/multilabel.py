@@ -3,10 +3,10 @@
 From predicted label sets ``preds`` (N, C) and ground truth ``targets`` (N, C) (bool or 0/1), with per-class
 counts TP_c, FP_c, FN_c:
 
-* per-class: ``C-P`` = mean_c TP_c / (TP_c + FP_c), ``C-R`` = mean_c TP_c / (TP_c + FN_c) (a class that is never
-  predicted, or never present, contributes 0: torchmetrics' ``zero_division=0``, which is what
-  ``MultilabelPrecision/Recall(average="macro")`` compute), and ``C-F1 = 2 C-P C-R / (C-P + C-R)`` (the F1 of the
-  averages, as the CNN-RNN papers report it; not the mean of per-class F1s);
+* per-class: ``C-P`` = mean_c TP_c / (TP_c + FP_c), ``C-R`` = mean_c TP_c / (TP_c + FN_c) (a class that is
+  never predicted, or never present, contributes 0: torchmetrics' ``zero_division=0``, which is what
+  ``MultilabelPrecision/Recall(average="macro")`` compute), and ``C-F1 = 2 C-P C-R / (C-P + C-R)`` (the F1 of
+  the averages, as the CNN-RNN papers report it; not the mean of per-class F1s);
 * overall: ``O-P = sum TP / sum (TP + FP)``, ``O-R = sum TP / sum (TP + FN)``, ``O-F1`` their harmonic mean
   (torchmetrics' ``average="micro"``);
 * ``mAP``: from per-label scores (N, C), the mean over the classes that have at least one positive of the
@@ -29,8 +29,8 @@ __all__ = ["MultiLabelMetrics", "multilabel_prf", "multilabel_map", "label_count
 
 def _check(preds: Tensor, targets: Tensor, what: str = "preds") -> None:
     if preds.ndim != 2 or preds.shape != targets.shape:
-        raise ValueError(f"multilabel metrics: {what} and targets must both be (N, C), got {tuple(preds.shape)} "
-                         f"and {tuple(targets.shape)}")
+        raise ValueError(f"multilabel metrics: {what} and targets must both be (N, C), got "
+                         f"{tuple(preds.shape)} and {tuple(targets.shape)}")
     if not targets.dtype == torch.bool and bool(((targets != 0) & (targets != 1)).any()):
         raise ValueError("multilabel metrics: targets must be 0/1 (multi-hot)")
 
@@ -98,7 +98,8 @@ class MultiLabelMetrics(Metric):
 
     def update(self, preds: Tensor, targets: Tensor, scores: Optional[Tensor] = None) -> None:
         if preds.ndim != 2 or preds.shape[1] != self.num_classes:
-            raise ValueError(f"MultiLabelMetrics: preds must be (N, {self.num_classes}), got {tuple(preds.shape)}")
+            raise ValueError(f"MultiLabelMetrics: preds must be (N, {self.num_classes}), got "
+                             f"{tuple(preds.shape)}")
         tp, fp, fn = label_counts(preds, targets)
         self.tp += tp
         self.fp += fp

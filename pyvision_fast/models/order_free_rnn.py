@@ -2,21 +2,21 @@
 arXiv 1707.05495; shared/papers.md section 11). No official code exists; this follows the paper's figure and
 text, with Show-Attend-Tell's attention (and its layer names where a layer is the same).
 
-* **M_map** (``backbone``): a CNN, by default torchvision's ResNet-101 (keys ``backbone.*`` are torchvision's, so
-  an ImageNet or a fine-tuned torchvision state_dict loads under the prefix). Its last feature map is average
-  pooled to a ``grid`` x ``grid`` map (14 x 14, ``nn.AdaptiveAvgPool2d`` as Show-Attend-Tell's encoder), giving
-  ``v_feat`` (B, grid^2, F); its own classifier on the global average (torchvision's ``fc``, resized to
-  ``num_classes``) gives the preliminary logits, ``v_prob = sigmoid(logits)``. ``backbone="timm/<name>"`` takes
-  any timm CNN instead (``forward_features`` / ``forward_head``).
+* **M_map** (``backbone``): a CNN, by default torchvision's ResNet-101 (keys ``backbone.*`` are torchvision's,
+  so an ImageNet or a fine-tuned torchvision state_dict loads under the prefix). Its last feature map is
+  average pooled to a ``grid`` x ``grid`` map (14 x 14, ``nn.AdaptiveAvgPool2d`` as Show-Attend-Tell's
+  encoder), giving ``v_feat`` (B, grid^2, F); its own classifier on the global average (torchvision's ``fc``,
+  resized to ``num_classes``) gives the preliminary logits, ``v_prob = sigmoid(logits)``.
+  ``backbone="timm/<name>"`` takes any timm CNN instead (``forward_features`` / ``forward_head``).
 * **M_att** (Show-Attend-Tell soft attention): ``e = full_att(ReLU(encoder_att(v) + decoder_att(h)))``,
   ``alpha = softmax(e)`` over the grid, ``z = sigmoid(f_beta(h)) * sum alpha v``.
 * **LSTM** (``decode_step``, an ``nn.LSTMCell``): input ``[p_{t-1}, z_t, yhat_{t-1}]``: the previous step's
   label probabilities (``v_prob`` at t = 1), the attended feature, the multi-hot of the labels emitted so far;
   ``h0 = init_h(mean v)``, ``c0 = init_c(mean v)``.
 * **M_pred**: ``fc2(dropout(ReLU(fc1(h_t))))`` gives logits over the ``num_classes`` labels and, with
-  ``end_token=True``, one more output: the end signal (index ``num_classes``). The **candidate pool** masks the
-  labels already emitted (logit -inf), so ``p_t = softmax`` over the labels not yet emitted (and end): no label
-  can be emitted twice.
+  ``end_token=True``, one more output: the end signal (index ``num_classes``). The **candidate pool** masks
+  the labels already emitted (logit -inf), so ``p_t = softmax`` over the labels not yet emitted (and end): no
+  label can be emitted twice.
 
 Training (``order_free_loss``): at step t the target is the ground-truth label not yet emitted to which the
 model gives the highest probability ``p_t`` (the paper's order-free target; no fixed label order), and that
@@ -32,8 +32,8 @@ probability (the end signal's probability included). ``beam_size=1`` is greedy d
 
 Parameters beyond the backbone (F features, C labels, V = C + end, A attention, H hidden, D fc1 width):
 ``encoder_att`` F A + A, ``decoder_att`` H A + A, ``full_att`` A + 1, ``f_beta`` H F + F, ``init_h`` and
-``init_c`` F H + H each, ``decode_step`` 4H (2C + F + H) + 8H, ``fc1`` H D + D, ``fc2`` D V + V; the backbone's
-classifier is F C + C (torchvision's ResNet-101 without ``fc``: 42,500,160).
+``init_c`` F H + H each, ``decode_step`` 4H (2C + F + H) + 8H, ``fc1`` H D + D, ``fc2`` D V + V; the
+backbone's classifier is F C + C (torchvision's ResNet-101 without ``fc``: 42,500,160).
 """
 from __future__ import annotations
 
@@ -83,11 +83,12 @@ class OrderFreeRNN(nn.Module):
     stage="joint"|"cnn", decode=False, beam_size=1, threshold=None)`` returns a dict:
 
     * ``cnn_logits`` (B, C): the preliminary classifier's logits (``v_prob`` = their sigmoid);
-    * with ``targets``: ``rnn_nll`` (scalar, the order-free loss; with ``stage="cnn"`` a zero that still touches
-      every decoder parameter, so DDP sees them used) and ``rnn_terms`` (number of (image, step) terms);
-    * with ``decode``: ``labels`` (B, C) bool (what the decoder emitted), ``scores`` (B, C) float (each label's
-      highest step probability along the chosen path), ``path_logp`` (B,) and ``sequence`` (B, T), from
-      ``beam_search``."""
+    * with ``targets``: ``rnn_nll`` (scalar, the order-free loss; with ``stage="cnn"`` a zero that still
+      touches every decoder parameter, so DDP sees them used) and ``rnn_terms`` (number of (image, step)
+      terms);
+    * with ``decode``: ``labels`` (B, C) bool (what the decoder emitted), ``scores`` (B, C) float (each
+      label's highest step probability along the chosen path), ``path_logp`` (B,) and ``sequence`` (B, T),
+      from ``beam_search``."""
 
     def __init__(self, num_classes: int = 80, backbone: str = "resnet101", grid: int = 14,
                  attention_dim: int = 512, hidden_dim: int = 512, fc_dim: int = 512, dropout: float = 0.5,
@@ -106,7 +107,8 @@ class OrderFreeRNN(nn.Module):
         if backbone in TORCHVISION_RESNETS:
             import torchvision
 
-            self.backbone = getattr(torchvision.models, backbone)(weights=None, num_classes=num_classes, **args)
+            self.backbone = getattr(torchvision.models, backbone)(weights=None, num_classes=num_classes,
+                                                                   **args)
             self.feature_dim = self.backbone.fc.in_features
             self._timm = False
         elif backbone.startswith("timm/"):
@@ -200,6 +202,8 @@ class OrderFreeRNN(nn.Module):
         B, C = cnn_logits.shape
         if targets.shape != (B, C):
             raise ValueError(f"OrderFreeRNN: targets must be (B, C) = {(B, C)}, got {tuple(targets.shape)}")
+        if bool(((targets != 0) & (targets != 1)).any()):
+            raise ValueError("OrderFreeRNN: targets must be multi-hot (0/1 per label)")
         gt = targets > 0.5
         steps = int(gt.sum(dim=1).max()) + int(self.end_token) if B else 0
         steps = min(steps, self._max_steps(None))
@@ -294,8 +298,8 @@ class OrderFreeRNN(nn.Module):
         return {"labels": emitted[:, 0], "scores": scores, "path_logp": path, "sequence": seq}
 
     @torch.no_grad()
-    def beam_search(self, v: Tensor, cnn_logits: Tensor, beam_size: int = 1, threshold: Optional[float] = None,
-                    max_steps: Optional[int] = None) -> dict[str, Tensor]:
+    def beam_search(self, v: Tensor, cnn_logits: Tensor, beam_size: int = 1,
+                    threshold: Optional[float] = None, max_steps: Optional[int] = None) -> dict[str, Tensor]:
         """Batched beam search over all images at once. v (B, P, F), cnn_logits (B, C). Returns ``labels``
         (B, C) bool (the best finished path's labels), ``scores`` (B, C) float (each label's highest step
         probability along that path; 0 for labels never offered), ``path_logp`` (B,) float64 and ``sequence``
@@ -339,8 +343,10 @@ class OrderFreeRNN(nn.Module):
             is_label = (tok < C) & torch.isfinite(top)  # fewer than K live candidates: the rest are dead
             h, c = h[rows, src], c[rows, src]
             new_p = logp[rows, src][..., :C].exp()
-            emitted = emitted[rows, src] | (F.one_hot(tok.clamp(max=C - 1), C).bool() & is_label.unsqueeze(-1))
-            best_p = torch.where(is_label.unsqueeze(-1), torch.maximum(best_p[rows, src], new_p), best_p[rows, src])
+            new_label = F.one_hot(tok.clamp(max=C - 1), C).bool() & is_label.unsqueeze(-1)
+            emitted = emitted[rows, src] | new_label
+            best_p = best_p[rows, src]
+            best_p = torch.where(is_label.unsqueeze(-1), torch.maximum(best_p, new_p), best_p)
             seq = seq[rows, src]
             seq[..., t] = torch.where(is_label, tok, -1)
             prev_p = new_p

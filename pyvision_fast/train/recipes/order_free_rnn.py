@@ -1,24 +1,25 @@
 """``order_free_rnn``: train the Order-Free RNN with visual attention (``order_free_rnn_resnet101``,
-shared/papers.md section 11, ``pyvision_fast.models.order_free_rnn``) for multi-label classification on MS-COCO
-2014 or NUS-WIDE, and evaluate its decoded label sets.
+shared/papers.md section 11, ``pyvision_fast.models.order_free_rnn``) for multi-label classification on
+MS-COCO 2014 or NUS-WIDE, and evaluate its decoded label sets.
 
-``--data`` layout (``dataset=coco``, default): ``DATA/annotations/instances_train2014.json`` + ``DATA/train2014/``
-and ``DATA/annotations/instances_val2014.json`` + ``DATA/val2014/`` (``train_split`` / ``val_split`` name
-others); ``pvf eval`` needs only the validation pair. ``dataset=nuswide``: the NUS-WIDE release's layout
-(``pyvision_fast.data.multilabel``: ``ImageList/``, ``Groundtruth/TrainTestLabels/``, ``Concepts81.txt``,
-``Flickr/``); train = its Train list, validation = its Test list. Images without labels are dropped.
+``--data`` layout (``dataset=coco``, default): ``DATA/annotations/instances_train2014.json`` +
+``DATA/train2014/`` and ``DATA/annotations/instances_val2014.json`` + ``DATA/val2014/`` (``train_split`` /
+``val_split`` name others); ``pvf eval`` needs only the validation pair. ``dataset=nuswide``: the NUS-WIDE
+release's layout (``pyvision_fast.data.multilabel``: ``ImageList/``, ``Groundtruth/TrainTestLabels/``,
+``Concepts81.txt``, ``Flickr/``); train = its Train list, validation = its Test list. Images without labels
+are dropped.
 
 Training, in two stages as the paper (the CNN is trained first, then the RNN on it): the first ``cnn_epochs``
 epochs train the backbone and its preliminary classifier alone with the binary cross-entropy of ``v_prob``;
-after them the loss is the order-free RNN loss plus ``cnn_loss_weight`` x that BCE, and the CNN keeps training
-with the RNN (stated choice: the paper does not say whether the CNN is frozen in the second stage; a frozen CNN
-under DDP would leave parameters without gradients). Defaults not in the paper (stated choices): Adam, lr 1e-4
-absolute (Show-Attend-Tell's encoder lr), no weight decay, cosine schedule, batch 32 per process, 30 epochs of
-which 10 are the CNN stage, gradient clipping at 5 (Show-Attend-Tell's), 224 x 224 inputs resized without
-cropping (a crop can remove labelled objects) with a random horizontal flip, the backbone's own normalisation
-(ImageNet's for torchvision's ResNets, timm's pretrained config for ``timm/<name>``). Start from ImageNet
-weights with ``--pretrained`` (a torchvision ResNet-101 state_dict; the classifier, resized, is left at its
-initialisation) when they are at hand.
+after them the loss is the order-free RNN loss plus ``cnn_loss_weight`` x that BCE, and the CNN keeps
+training with the RNN (stated choice: the paper does not say whether the CNN is frozen in the second stage; a
+frozen CNN under DDP would leave parameters without gradients). Defaults not in the paper (stated choices):
+Adam, lr 1e-4 absolute (Show-Attend-Tell's encoder lr), no weight decay, cosine schedule, batch 32 per
+process, 30 epochs of which 10 are the CNN stage, gradient clipping at 5 (Show-Attend-Tell's), 224 x 224
+inputs resized without cropping (a crop can remove labelled objects) with a random horizontal flip, the
+backbone's own normalisation (ImageNet's for torchvision's ResNets, timm's pretrained config for
+``timm/<name>``). Start from ImageNet weights with ``--pretrained`` (a torchvision ResNet-101 state_dict; the
+classifier, resized, is left at its initialisation) when they are at hand.
 
 Evaluation: the decoder's label sets from beam search (``beam_size`` 3, ``threshold`` 1e-3 on the path
 probability, the end signal) give ``C-P, C-R, C-F1, O-P, O-R, O-F1`` (main metric ``O-F1``); ``mAP`` ranks
@@ -150,7 +151,8 @@ class OrderFreeRNNRecipe(Recipe):
         if stage == "cnn":
             return bce + out["rnn_nll"], {"bce": float(bce.detach())}
         rnn = out["rnn_nll"]
-        return rnn + self.cfg.cnn_loss_weight * bce, {"bce": float(bce.detach()), "rnn_nll": float(rnn.detach())}
+        logs = {"bce": float(bce.detach()), "rnn_nll": float(rnn.detach())}
+        return rnn + self.cfg.cnn_loss_weight * bce, logs
 
     def build_metrics(self, num_classes: Optional[int]):
         from torchmetrics import MetricCollection
