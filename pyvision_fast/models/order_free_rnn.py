@@ -210,7 +210,7 @@ class OrderFreeRNN(nn.Module):
         h, c, att_v = self.init_state(v)
         prev_p = torch.sigmoid(cnn_logits).unsqueeze(1)
         emitted = torch.zeros(B, 1, C, dtype=torch.bool, device=v.device)
-        total = cnn_logits.new_zeros(())
+        total = torch.zeros((), dtype=torch.float32, device=v.device)
         terms = torch.zeros((), dtype=torch.long, device=v.device)
         rows = torch.arange(B, device=v.device)
         ended = torch.zeros(B, dtype=torch.bool, device=v.device)
