@@ -92,3 +92,13 @@ def test_vqa_scores_metric_with_groups_and_subsets():
     assert float(out["counterexample_accuracy"]) == pytest.approx(0.5)
     assert float(out["easy_accuracy"]) == pytest.approx(0.3)
     assert math.isnan(subset_accuracies({1: 1.0}, {"hard": [2]})["hard_accuracy"])
+
+
+def test_vqa_scores_after_ddp_synchronisation():
+    """After torchmetrics' all-gather a ``cat`` state is one tensor instead of a list of batches."""
+    m = VQAScores(groups={1: [2]}, ks=(1, 2))
+    m.ids, m.scores = torch.tensor([1, 2, 3]), torch.tensor([1.0, 0.0, 0.6], dtype=torch.float64)
+    out = m.compute()
+    assert float(out["accuracy"]) == pytest.approx(1.6 / 3) and float(out["consistency@2"]) == 0.0
+    empty = VQAScores().compute()
+    assert float(empty["accuracy"]) == 0.0

@@ -178,3 +178,46 @@ def test_tiny_cib_lxmert_learns_the_colours(vqa, tmp_path, capsys):
           "--workers", "0", "--no-progress", "--set", f"num_boxes={BOXES}"])
     results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert results["accuracy"] > 0.7, results
+
+
+DDP_SCRIPT = """
+import sys, torch
+from pyvision_fast import cli
+from pyvision_fast.train.recipes.cib_lxmert import CibLxmertRecipe
+
+def on_epoch_end(self, epoch, model, ctx):
+    torch.save(model.state_dict(), f"{sys.argv[1]}/rank{ctx.rank}.pt")
+
+CibLxmertRecipe.on_epoch_end = on_epoch_end
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_keeps_model_and_estimators_identical_on_every_rank(vqa, tmp_path):
+    """torchrun with 2 CPU processes (gloo): each rank draws its own permutations and samples for the CIB
+    terms, and DDP's averaged gradients keep LXMERT, the head and the InfoNCE critic equal."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "ddp_run.py"
+    script.write_text(DDP_SCRIPT)
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                          str(port), str(script), str(tmp_path), "train", "cib_lxmert", "--debug", "--data", str(vqa),
+                          "--output", str(tmp_path / "ddp"), "--epochs", "1", "--lr", "1e-3", "--device", "cpu",
+                          *_tiny_args()],
+                         cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert set(r0) == set(r1) and any(k.startswith("mi_lb_estimator.") for k in r0)
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k
+    assert '"world_size": 2' in (tmp_path / "ddp" / "config.json").read_text()

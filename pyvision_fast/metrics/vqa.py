@@ -163,8 +163,7 @@ class VQAScores(Metric):
         self.scores.append(picked)
 
     def compute(self) -> dict[str, Tensor]:
-        ids = dim_zero_cat(self.ids).tolist() if self.ids else []
-        scores = dim_zero_cat(self.scores).tolist() if self.scores else []
+        ids, scores = _cat_state(self.ids), _cat_state(self.scores)
         table = dict(zip(ids, scores))
         out = {"accuracy": sum(table.values()) / max(len(table), 1)}
         if self.groups:
@@ -172,6 +171,13 @@ class VQAScores(Metric):
         if self.subsets:
             out.update(subset_accuracies(table, self.subsets))
         return {k: torch.tensor(v, dtype=torch.float64) for k, v in out.items()}
+
+
+def _cat_state(state) -> list:
+    """A ``cat`` state as a Python list: a list of batch tensors, or one tensor after DDP synchronisation."""
+    if isinstance(state, list) and not state:
+        return []
+    return dim_zero_cat(state).tolist()
 
 
 def consistency_scores(scores: Mapping[int, float], groups: Mapping[int, Sequence[int]],
