@@ -97,8 +97,10 @@ def test_vqa_scores_metric_with_groups_and_subsets():
 def test_vqa_scores_after_ddp_synchronisation():
     """After torchmetrics' all-gather a ``cat`` state is one tensor instead of a list of batches."""
     m = VQAScores(groups={1: [2]}, ks=(1, 2))
+    m.update(torch.eye(2), torch.eye(2), torch.tensor([7, 8]))
     m.ids, m.scores = torch.tensor([1, 2, 3]), torch.tensor([1.0, 0.0, 0.6], dtype=torch.float64)
     out = m.compute()
     assert float(out["accuracy"]) == pytest.approx(1.6 / 3) and float(out["consistency@2"]) == 0.0
-    empty = VQAScores().compute()
+    with pytest.warns(UserWarning, match="before the ``update``"):
+        empty = VQAScores().compute()
     assert float(empty["accuracy"]) == 0.0
