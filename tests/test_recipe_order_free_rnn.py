@@ -181,3 +181,30 @@ def test_learns_held_out_label_sets(tmp_path):
         got = multilabel_prf(out["labels"], yv)
         assert float(got["O-F1"]) >= 0.9 and float(got["C-F1"]) >= 0.85, (k, got)
         assert float(multilabel_map(out["scores"], yv)) >= 0.9
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_both_stages(coco, tmp_path):
+    """DDP (gloo, 2 processes) through both stages: the CNN stage leaves no decoder parameter without a gradient
+    (DDP would fail at the next step), and the evaluation gathers the metrics of both ranks."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                          str(port), "-m", "pyvision_fast.train", "order_free_rnn", "--data", str(coco),
+                          "--output", str(tmp_path / "ddp"), "--epochs", "2", "--set", "cnn_epochs=1",
+                          "--set", "beam_size=2", "--device", "cpu", *TINY_ARGS[:-5], "--batch-size", "4",
+                          "--workers", "0", "--no-progress"],
+                         cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert '"world_size": 2' in (tmp_path / "ddp" / "config.json").read_text()
+    rows = (tmp_path / "ddp" / "metrics.csv").read_text()
+    assert "rnn_nll" in rows and "O-F1" in rows
