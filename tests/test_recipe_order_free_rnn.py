@@ -94,7 +94,7 @@ def test_tiny_model_learns_in_both_stages(coco):
             opt.zero_grad()
             loss.backward()
             opt.step()
-            logs[recipe.stage(epoch)].append((float(loss), extra))
+            logs[recipe.stage(epoch)].append((float(loss.detach()), extra))
     cnn = [v for v, _ in logs["cnn"]]
     rnn = [e["rnn_nll"] for _, e in logs["joint"]]
     assert set(logs["cnn"][0][1]) == {"bce"} and set(logs["joint"][0][1]) == {"bce", "rnn_nll"}
