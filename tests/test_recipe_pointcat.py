@@ -175,7 +175,7 @@ def test_resume_restores_generator_optimizer_and_prototypes_exactly(tmp_path):
     optimizer, projection head, prototypes and fine-tune optimizer (augmentation and warm restarts on)."""
     data = write_modelnet40_h5(tmp_path / "data", train_per_class=3, test_per_class=1, num_points=128)
     common = ["train", "pointcat", "--data", str(data), "--batch-size", "6", "--workers", "0", "--no-progress",
-              *SMALL, "lr_restart_epochs=1", "lr_restart_mult=1"]
+              *SMALL, "lr_restart_epochs=2", "lr_restart_mult=1"]
     res = _pvf(*common, "--epochs", "2", "--output", str(tmp_path / "straight"))
     assert res.returncode == 0, res.stderr[-3000:]
     res = _pvf(*common, "--epochs", "1", "--output", str(tmp_path / "split"))
@@ -205,6 +205,10 @@ def test_resume_restores_generator_optimizer_and_prototypes_exactly(tmp_path):
     same(sa["recipe_state"], sb["recipe_state"])
     same(sa["optimizer"], sb["optimizer"], "optimizer")
     assert sa["epoch"] == sb["epoch"] == 2
+    # the engine's optimizer ran epoch 1 at the warm-restart lr: 1e-3 (1 + cos(pi / 2)) / 2
+    with open(tmp_path / "split" / "metrics.csv") as f:
+        lrs = [float(r["lr"]) for r in csv.DictReader(f) if r["split"] == "train"]
+    assert lrs == pytest.approx([1e-3, 5e-4])
 
 
 def _free_port() -> int:
@@ -223,7 +227,7 @@ original = PointCATRecipe.on_epoch_end
 def on_epoch_end(self, epoch, model, ctx):
     original(self, epoch, model, ctx)
     torch.save({"generator": self.generator.state_dict(), "peaks": self.peak_features, "fc": self.fc.state_dict(),
-                "proj": self.proj_head.state_dict()}, f"{sys.argv[1]}/rank{ctx.rank}.pt")
+                "proj": self.proj_head.state_dict(), "model": model.state_dict()}, f"{sys.argv[1]}/rank{ctx.rank}.pt")
 
 PointCATRecipe.on_epoch_end = on_epoch_end
 sys.exit(cli.main(sys.argv[2:]))
@@ -233,7 +237,8 @@ sys.exit(cli.main(sys.argv[2:]))
 @pytest.mark.slow
 def test_ddp_keeps_the_generator_prototypes_and_last_layer_identical_on_every_rank(tmp_path):
     """Under torchrun (2 processes, gloo) each rank sees other clouds, so only averaged gradients (and broadcast
-    BatchNorm buffers) keep the noise generator, the fine-tuned last layer and hence the prototypes equal."""
+    BatchNorm buffers) keep the noise generator, the fine-tuned last layer, the classifier's buffers and hence the
+    prototypes equal."""
     data = write_modelnet40_h5(tmp_path / "data", train_per_class=4, test_per_class=1, num_points=128)
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_SCRIPT)
@@ -244,7 +249,7 @@ def test_ddp_keeps_the_generator_prototypes_and_last_layer_identical_on_every_ra
                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
-    for part in ("generator", "fc", "proj"):
+    for part in ("generator", "fc", "proj", "model"):
         for k in r0[part]:
             assert torch.equal(r0[part][k], r1[part][k]), (part, k)
     assert torch.equal(r0["peaks"], r1["peaks"])

@@ -314,7 +314,10 @@ class PointCATRecipe(Recipe):
                              f"{int(labels.max())}]")
 
     def _update_peaks(self, net: nn.Module) -> None:
-        """Warm-started prototype update with the original last layer in place (then the head back)."""
+        """Warm-started prototype update with the original last layer in place (then the head back). Under DDP the
+        BatchNorm buffers (classifier and head) are first taken from rank 0, as DDP's next forward would, so that
+        every rank finds the same prototypes."""
+        _broadcast_buffers(net)
         head = net.set_classifier(self.fc)
         try:
             self.peak_inputs, self.peak_features = search_feature_peaks(
@@ -413,6 +416,8 @@ class PointCATRecipe(Recipe):
     def on_epoch_end(self, epoch: int, model: nn.Module, ctx: StepContext) -> None:
         if self._peaks_stale:
             self._update_peaks(model)
+        else:
+            _broadcast_buffers(model)
         model.set_classifier(self.fc)
         if self.cfg.finetune and self.train_set is not None:
             self._finetune(model, epoch, ctx)
