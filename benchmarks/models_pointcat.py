@@ -1,16 +1,18 @@
-"""PointCAT cases (``train.recipes.pointcat``, ``attacks.point_defense``): one contrastive adversarial training
-step of PointNet++ SSG (4 noise-generator updates, the classifier's SupCon + centralising loss, backward, Adam step,
-the 10-step prototype update over all classes) with the library's point ops (farthest point sampling, ball query,
-grouping) beside the same step on the plain-PyTorch reference backend; and the SOR defence (kNN on
-``ops.knn_points``) on a batch of clouds, ours vs reference.
+"""PointCAT cases (``train.recipes.pointcat``, ``attacks.point_defense``): one contrastive adversarial
+training step of PointNet++ SSG (4 noise-generator updates, the classifier's SupCon + centralising loss,
+backward, Adam step, the 10-step prototype update over all classes) with the library's point ops (farthest
+point sampling, ball query, grouping) beside the same step on the plain-PyTorch reference backend; and the SOR
+defence (kNN on ``ops.knn_points``) on a batch of clouds, ours vs reference.
 
-Quick: 512 points, batch 2, 4 classes (shapes only); full: 1024 points, 40 classes, batch 64 on GPU / 8 on CPU.
+Quick: 512 points, batch 2, 4 classes (shapes only); full: 1024 points, 40 classes, batch 64 on GPU / 8 on
+CPU.
 
-Measured (2026-12-05, the 2-core development CPU shared by five processes, load average 6-12, one thread, quick
-shapes, medians of 3): CAT step 10.6 s with the library's point ops vs 12.5 s on the reference backend (1.17x; the
-step is dominated by PointNet++'s MLPs and the generator's 8.4M-weight decoder layer, not by the point ops); SOR
-on 8 clouds of 512 points 4.1 ms vs 271 ms (67x: ``knn_points`` instead of the reference's full distance matrix
-and sort). The full-size CPU step (40 prototypes x 10 search iterations) takes minutes; not run here, no GPU.
+Measured (2026-12-05, the 2-core development CPU shared by five processes, load average 6-12, one thread,
+quick shapes, medians of 3): CAT step 10.6 s with the library's point ops vs 12.5 s on the reference backend
+(1.17x; the step is dominated by PointNet++'s MLPs and the generator's 8.4M-weight decoder layer, not by the
+point ops); SOR on 8 clouds of 512 points 4.1 ms vs 271 ms (67x: ``knn_points`` instead of the reference's
+full distance matrix and sort). The full-size CPU step (40 prototypes x 10 search iterations) takes minutes;
+not run here, no GPU.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ from .harness import Case, Impl
 def _cat_step(device: str, num_points: int, num_classes: int, batch: int, backend) -> Callable[[], None]:
     torch.manual_seed(0)
     cfg = Config({**ENGINE_DEFAULTS, **PointCATRecipe.defaults})
-    cfg.update(num_points=num_points, num_classes=num_classes, peak_init_iters=1, lr_restart_epochs=0, workers=0)
+    cfg.update(num_points=num_points, num_classes=num_classes, peak_init_iters=1, lr_restart_epochs=0,
+               workers=0)
     recipe = PointCATRecipe(cfg)
     model = create_model("pointnet2_ssg", num_classes=num_classes).to(device)
     opt = torch.optim.Adam(recipe.param_groups(model), lr=1e-3)
@@ -62,7 +65,8 @@ def cases(device: str, quick: bool) -> list[Case]:
     gpu = device == "cuda"
     n, classes, batch = (512, 4, 2) if quick else (1024, 40, 64 if gpu else 8)
     impls = [Impl("CAT step, library point ops", _cat_step(device, n, classes, batch, None), "ours"),
-             Impl("CAT step, reference backend", _cat_step(device, n, classes, batch, "reference"), "reference")]
+             Impl("CAT step, reference backend", _cat_step(device, n, classes, batch, "reference"),
+                  "reference")]
     out = [Case("models", f"PointCAT pointnet2_ssg {n} train step", {"batch": batch, "points": n,
                                                                     "classes": classes},
                 impls, samples=batch, measure_memory=True,

@@ -1,5 +1,5 @@
-"""Point-cloud attacks (I-FGM, MI-FGM, C&W, drop, jitter, added points), the SOR/SRS defences and the robustness
-table, on a tiny classifier trained here to tell solids apart."""
+"""Point-cloud attacks (I-FGM, MI-FGM, C&W, drop, jitter, added points), the SOR/SRS defences and the
+robustness table, on a tiny classifier trained here to tell solids apart."""
 from __future__ import annotations
 
 import math
@@ -11,8 +11,8 @@ from torch import nn
 
 from pointcloud_fixtures import sample_solid
 from pyvision_fast.attacks.point import add_noise_points, cw_perturb, drop_points, ifgm, jitter_points, mifgm
-from pyvision_fast.attacks.point_defense import (evaluate_point_robustness, format_robustness_table, sor, sor_mask,
-                                                 srs)
+from pyvision_fast.attacks.point_defense import (evaluate_point_robustness, format_robustness_table, sor,
+                                                 sor_mask, srs)
 
 N = 128
 SHAPES = ("sphere", "cube", "cylinder", "cone")
@@ -153,12 +153,14 @@ def test_srs_drops_random_points():
 def test_robustness_table_on_the_tiny_model(trained):
     model, x, y = trained
     dataset = torch.utils.data.TensorDataset(x, y)
-    res = evaluate_point_robustness(model, dataset, torch.device("cpu"), samples=16, batch_size=8, attack_iters=5,
-                                    cw_binary_steps=2, cw_iters=10, drop_num=64, add_num=10, srs_drop=32)
+    res = evaluate_point_robustness(model, dataset, torch.device("cpu"), samples=16, batch_size=8,
+                                    attack_iters=5, cw_binary_steps=2, cw_iters=10, drop_num=64, add_num=10,
+                                    srs_drop=32)
     assert res["robust_samples"] == 16
     assert res["robust/clean/none"] == pytest.approx(_acc(model, x[:16], y[:16]))
     attacks = ("clean", "ifgm", "mifgm", "cw", "drop", "add", "jitter")
-    assert set(res) == {f"robust/{a}/{d}" for a in attacks for d in ("none", "sor", "srs")} | {"robust_samples"}
+    cells = {f"robust/{a}/{d}" for a in attacks for d in ("none", "sor", "srs")}
+    assert set(res) == cells | {"robust_samples"}
     assert all(0.0 <= v <= 1.0 for k, v in res.items() if k.startswith("robust/"))
     assert res["robust/ifgm/none"] < res["robust/clean/none"]
     table = format_robustness_table(res)

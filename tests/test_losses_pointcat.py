@@ -54,7 +54,8 @@ def test_supcon_hand_values():
 
 def test_supcon_with_one_positive_per_anchor_is_nt_xent():
     g = torch.Generator().manual_seed(0)
-    z_a, z_b = torch.randn(6, 8, generator=g, dtype=torch.float64), torch.randn(6, 8, generator=g, dtype=torch.float64)
+    z_a = torch.randn(6, 8, generator=g, dtype=torch.float64)
+    z_b = torch.randn(6, 8, generator=g, dtype=torch.float64)
     got = supcon_loss(z_a, z_b, torch.arange(6), temperature=0.1)
     assert float(got) == pytest.approx(_nt_xent(z_a, z_b, 0.1), rel=1e-10)
 
@@ -77,13 +78,15 @@ def test_centralizing_hand_value_and_loop():
     assert float(got) == pytest.approx(-math.log(math.e / (math.e + 1 + math.exp(-1))), abs=1e-12)
 
     g = torch.Generator().manual_seed(2)
-    rep, protos = torch.randn(5, 4, generator=g, dtype=torch.float64), torch.randn(3, 4, generator=g, dtype=torch.float64)
+    rep = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    protos = torch.randn(3, 4, generator=g, dtype=torch.float64)
     labels = torch.tensor([2, 0, 1, 1, 2])
     want = 0.0
     for i in range(5):
         logits = [_cos(rep[i], protos[k]) / 0.25 for k in range(3)]
         want += -(logits[int(labels[i])] - math.log(sum(math.exp(v) for v in logits)))
-    assert float(centralizing_loss(rep, protos, labels, temperature=0.25)) == pytest.approx(want / 5, rel=1e-10)
+    got = centralizing_loss(rep, protos, labels, temperature=0.25)
+    assert float(got) == pytest.approx(want / 5, rel=1e-10)
 
 
 def test_generator_loss_hand_values():
@@ -104,7 +107,8 @@ def test_cw_margin_hand_values():
     logits = torch.tensor([[1.0, 4.0, 2.0], [3.0, 0.0, -1.0]])
     target = torch.tensor([0, 0])
     # targeted: max(other - real, kappa) = max(4 - 1, -100), max(0 - 3, -100)
-    assert cw_margin_loss(logits, target, kappa=-100.0, targeted=True, reduction="none").tolist() == [3.0, -3.0]
+    got = cw_margin_loss(logits, target, kappa=-100.0, targeted=True, reduction="none")
+    assert got.tolist() == [3.0, -3.0]
     assert cw_margin_loss(logits, target, kappa=-2.0, targeted=True, reduction="none").tolist() == [3.0, -2.0]
     # untargeted: max(real - other + kappa, 0)
     assert cw_margin_loss(logits, target, targeted=False, reduction="none").tolist() == [0.0, 3.0]

@@ -8,10 +8,11 @@ import torch
 from torch import nn
 
 from pyvision_fast.models import create_model, list_models
-from pyvision_fast.models.pointcat import (PointCATNoiseGenerator, ProjectionHead, perturb_points, scale_perturbation,
-                                           search_feature_peaks)
+from pyvision_fast.models.pointcat import (PointCATNoiseGenerator, ProjectionHead, perturb_points,
+                                           scale_perturbation, search_feature_peaks)
 
-# The official AutoEncoder's (normal_conv decoder) state_dict keys, in its order (shikiw/PointCAT:model/networks.py).
+# The official AutoEncoder's (normal_conv decoder) state_dict keys, in its order
+# (shikiw/PointCAT:model/networks.py).
 OFFICIAL_KEYS = (
     [f"ComMLP.conv{i}.{t}" for i in range(1, 7) for t in ("weight", "bias")]
     + [f"ComMLP.bn{i}.{t}" for i in range(1, 7)
@@ -25,7 +26,8 @@ OFFICIAL_KEYS = (
 
 
 def _generator_params(n: int) -> int:
-    """Parameters of the official generator for n points, layer by layer (weights + biases, BN scale + shift)."""
+    """Parameters of the official generator for n points, layer by layer (weights + biases, BN scale +
+    shift)."""
     convs = [(3, 64), (64, 64), (64, 128), (128, 256), (256, 512), (512, 1024)]  # conv1 is 1x3 over 1 channel
     total = sum(cin * cout + cout + 2 * cout for cin, cout in convs)
     total += 1920 * 1024 + 1024 + 2 * 1024                  # fc1 + bn1
@@ -46,8 +48,8 @@ def test_generator_keys_and_parameter_count_match_the_official_module():
 
 
 def test_generator_layout_is_the_official_reshape():
-    """Output (b, n, c) is the decoder's channel-major (3N/128, 128) map read as (3, N): value k of the flat map
-    goes to coordinate k // N of point k % N."""
+    """Output (b, n, c) is the decoder's channel-major (3N/128, 128) map read as (3, N): value k of the flat
+    map goes to coordinate k // N of point k % N."""
     torch.manual_seed(0)
     g = PointCATNoiseGenerator(128).eval()
     x = torch.rand(2, 128, 3) * 2 - 1
@@ -69,13 +71,16 @@ def test_encoder_pools_the_four_widest_maps_to_1920():
 def test_perturbation_norm_is_exactly_eps_sqrt_3n(dtype):
     torch.manual_seed(1)
     n = 1024
-    pert = torch.randn(4, n, 3, dtype=dtype) * torch.tensor([1e-3, 1.0, 50.0, 1e4], dtype=dtype)[:, None, None]
+    scales = torch.tensor([1e-3, 1.0, 50.0, 1e4], dtype=dtype)[:, None, None]
+    pert = torch.randn(4, n, 3, dtype=dtype) * scales
     scaled = scale_perturbation(pert, 0.04)
     norms = scaled.flatten(1).norm(dim=1)
     tol = 1e-6 if dtype == torch.float32 else 1e-14
-    torch.testing.assert_close(norms, torch.full((4,), 0.04 * math.sqrt(3 * n), dtype=dtype), rtol=tol, atol=0)
+    want = torch.full((4,), 0.04 * math.sqrt(3 * n), dtype=dtype)
+    torch.testing.assert_close(norms, want, rtol=tol, atol=0)
     # the direction is kept
-    torch.testing.assert_close(scaled / norms[:, None, None], pert / pert.flatten(1).norm(dim=1)[:, None, None])
+    unit = pert / pert.flatten(1).norm(dim=1)[:, None, None]
+    torch.testing.assert_close(scaled / norms[:, None, None], unit)
     assert torch.equal(scale_perturbation(torch.zeros(1, 8, 3), 0.04), torch.zeros(1, 8, 3))
 
 
@@ -86,7 +91,8 @@ def test_perturb_points_clamps_after_scaling():
     adv = perturb_points(x, pert, 0.04)
     assert adv.abs().max() <= 1.0
     unclamped = perturb_points(x, pert, 0.04, clamp=None)
-    torch.testing.assert_close((unclamped - x).flatten(1).norm(dim=1), torch.full((2,), 0.04 * math.sqrt(768)))
+    norms = (unclamped - x).flatten(1).norm(dim=1)
+    torch.testing.assert_close(norms, torch.full((2,), 0.04 * math.sqrt(768)))
     torch.testing.assert_close(adv, unclamped.clamp(-1, 1))
 
 

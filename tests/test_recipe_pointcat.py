@@ -1,6 +1,7 @@
-"""The ``pointcat`` recipe: its per-epoch warm restarts, the CAT step on a fixed batch, ``pvf train`` / ``pvf eval`` on
-tiny ModelNet40 fixtures (loss falls, plain classifier checkpoints, the robustness table), exact resume of the
-generator, its optimizer and the prototypes, bad input, and DDP (torchrun, gloo) keeping the generator in step."""
+"""The ``pointcat`` recipe: its per-epoch warm restarts, the CAT step on a fixed batch, ``pvf train`` / ``pvf
+eval`` on tiny ModelNet40 fixtures (loss falls, plain classifier checkpoints, the robustness table), exact
+resume of the generator, its optimizer and the prototypes, bad input, and DDP (torchrun, gloo) keeping the
+generator in step."""
 from __future__ import annotations
 
 import csv
@@ -30,8 +31,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _pvf(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "pyvision_fast", *args], cwd=ROOT, env=ENV, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "pyvision_fast", *args], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def _train_losses(run: Path) -> list[float]:
@@ -44,10 +45,12 @@ def test_warm_restarts_equal_torch_cosine_annealing_warm_restarts():
     opt = torch.optim.SGD([p], lr=1e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=5, T_mult=2)
     for epoch in range(80):
-        assert warm_restart_lr(1e-3, epoch, 5, 2) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9, abs=1e-15)
+        want = opt.param_groups[0]["lr"]
+        assert warm_restart_lr(1e-3, epoch, 5, 2) == pytest.approx(want, rel=1e-9, abs=1e-15)
         opt.step()
         sched.step()
-    assert warm_restart_lr(1.0, 5) == 1.0 and warm_restart_lr(1.0, 15) == 1.0  # restarts after 5, then 10 epochs
+    # restarts after 5, then 10 epochs
+    assert warm_restart_lr(1.0, 5) == 1.0 and warm_restart_lr(1.0, 15) == 1.0
     assert warm_restart_lr(1.0, 7, 5, 1) == pytest.approx(warm_restart_lr(1.0, 2, 5, 1))
 
 
@@ -68,7 +71,8 @@ def one_thread():
 
 
 def test_cat_steps_on_a_fixed_batch_lower_the_classifier_loss(tmp_path, one_thread):
-    """The engine's part done by hand: train_loss, backward, an Adam step over the recipe's parameter groups."""
+    """The engine's part done by hand: train_loss, backward, an Adam step over the recipe's parameter
+    groups."""
     torch.manual_seed(0)
     write_modelnet40_h5(tmp_path, train_per_class=3, test_per_class=1, num_points=128)
     recipe = _recipe()
@@ -78,7 +82,8 @@ def test_cat_steps_on_a_fixed_batch_lower_the_classifier_loss(tmp_path, one_thre
     model = create_model("pointnet", num_classes=4, feature_transform=False)
     fc = model.get_classifier()
     groups = recipe.param_groups(model)
-    assert not any(p is q for g in groups for p in g["params"] for q in fc.parameters())  # fc3 is fine-tuned apart
+    # fc3 is fine-tuned apart
+    assert not any(p is q for g in groups for p in g["params"] for q in fc.parameters())
     opt = torch.optim.Adam(groups, lr=1e-3)
     ctx = StepContext(cfg=recipe.cfg, device=torch.device("cpu"))
     recipe.on_train_start(model, ctx)
@@ -118,12 +123,13 @@ def test_bad_batches_raise_clear_errors():
 
 
 def _train_and_eval(tmp_path, epochs: int):
-    """``epochs`` epochs of one batch (16 clouds) on a normal_resampled fixture: the checkpoints are plain PointNet
-    classifiers, the recipe state holds what resume needs, and ``pvf eval pointcat`` prints the robustness
-    table."""
+    """``epochs`` epochs of one batch (16 clouds) on a normal_resampled fixture: the checkpoints are plain
+    PointNet classifiers, the recipe state holds what resume needs, and ``pvf eval pointcat`` prints the
+    robustness table."""
     data = write_modelnet40_normal(tmp_path / "data", train_per_class=4, test_per_class=1, num_points=160)
     run = tmp_path / "run"
-    res = _pvf("train", "pointcat", "--data", str(data), "--output", str(run), "--epochs", str(epochs), "--batch-size", "16",
+    res = _pvf("train", "pointcat", "--data", str(data), "--output", str(run), "--epochs", str(epochs),
+               "--batch-size", "16",
                "--workers", "0", "--no-progress", *SMALL, "augment=False", "lr_restart_epochs=0")
     assert res.returncode == 0, res.stderr[-3000:]
     losses = _train_losses(run)
@@ -134,8 +140,9 @@ def _train_and_eval(tmp_path, epochs: int):
     assert set(state) == {"generator", "generator_opt", "proj_head", "fc_opt", "peak_inputs", "peak_features"}
     assert state["peak_features"].shape == (4, 256) and state["generator_opt"]["state"]
 
-    res = _pvf("eval", "pointcat", "--data", str(data), "--checkpoint", str(run / ckpt.MODEL_LAST), "--workers", "0",
-               "--set", "num_points=128", "eval_samples=4", "attack_iters=2", "cw_binary_steps=1", "cw_iters=2",
+    res = _pvf("eval", "pointcat", "--data", str(data), "--checkpoint", str(run / ckpt.MODEL_LAST),
+               "--workers", "0", "--set", "num_points=128", "eval_samples=4", "attack_iters=2",
+               "cw_binary_steps=1", "cw_iters=2",
                "drop_num=28", "srs_drop=28")
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
@@ -166,7 +173,8 @@ def test_bad_data_fails_naming_the_file(tmp_path):
         f["data"][...] = pts
     res = _pvf("train", "pointcat", "--data", str(data), "--output", str(tmp_path / "run"), "--epochs", "1",
                "--workers", "0", "--no-progress", *SMALL)
-    assert res.returncode == 2 and "ply_data_train0.h5" in res.stderr and "NaN" in res.stderr, res.stderr[-2000:]
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "ply_data_train0.h5" in res.stderr and "NaN" in res.stderr, res.stderr[-2000:]
 
 
 @pytest.mark.slow
@@ -174,13 +182,15 @@ def test_resume_restores_generator_optimizer_and_prototypes_exactly(tmp_path):
     """2 epochs straight == 1 epoch, then --resume for the second: the same classifier, generator, generator
     optimizer, projection head, prototypes and fine-tune optimizer (augmentation and warm restarts on)."""
     data = write_modelnet40_h5(tmp_path / "data", train_per_class=3, test_per_class=1, num_points=128)
-    common = ["train", "pointcat", "--data", str(data), "--batch-size", "6", "--workers", "0", "--no-progress",
+    common = ["train", "pointcat", "--data", str(data), "--batch-size", "6", "--workers", "0",
+              "--no-progress",
               *SMALL, "lr_restart_epochs=2", "lr_restart_mult=1"]
     res = _pvf(*common, "--epochs", "2", "--output", str(tmp_path / "straight"))
     assert res.returncode == 0, res.stderr[-3000:]
     res = _pvf(*common, "--epochs", "1", "--output", str(tmp_path / "split"))
     assert res.returncode == 0, res.stderr[-3000:]
-    res = _pvf(*common, "--epochs", "2", "--output", str(tmp_path / "split"), "--resume", str(tmp_path / "split"))
+    split = str(tmp_path / "split")
+    res = _pvf(*common, "--epochs", "2", "--output", split, "--resume", split)
     assert res.returncode == 0, res.stderr[-3000:]
     a = ckpt.read_state_dict(tmp_path / "straight" / ckpt.MODEL_LAST)
     b = ckpt.read_state_dict(tmp_path / "split" / ckpt.MODEL_LAST)
@@ -226,8 +236,10 @@ original = PointCATRecipe.on_epoch_end
 
 def on_epoch_end(self, epoch, model, ctx):
     original(self, epoch, model, ctx)
-    torch.save({"generator": self.generator.state_dict(), "peaks": self.peak_features, "fc": self.fc.state_dict(),
-                "proj": self.proj_head.state_dict(), "model": model.state_dict()}, f"{sys.argv[1]}/rank{ctx.rank}.pt")
+    torch.save({"generator": self.generator.state_dict(), "peaks": self.peak_features, "fc":
+    self.fc.state_dict(),
+                "proj": self.proj_head.state_dict(), "model": model.state_dict()},
+                f"{sys.argv[1]}/rank{ctx.rank}.pt")
 
 PointCATRecipe.on_epoch_end = on_epoch_end
 sys.exit(cli.main(sys.argv[2:]))
@@ -236,16 +248,16 @@ sys.exit(cli.main(sys.argv[2:]))
 
 @pytest.mark.slow
 def test_ddp_keeps_the_generator_prototypes_and_last_layer_identical_on_every_rank(tmp_path):
-    """Under torchrun (2 processes, gloo) each rank sees other clouds, so only averaged gradients (and broadcast
-    BatchNorm buffers) keep the noise generator, the fine-tuned last layer, the classifier's buffers and hence the
-    prototypes equal."""
+    """Under torchrun (2 processes, gloo) each rank sees other clouds, so only averaged gradients (and
+    broadcast BatchNorm buffers) keep the noise generator, the fine-tuned last layer, the classifier's buffers
+    and hence the prototypes equal."""
     data = write_modelnet40_h5(tmp_path / "data", train_per_class=4, test_per_class=1, num_points=128)
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_SCRIPT)
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                          str(_free_port()), str(script), str(tmp_path), "train", "pointcat", "--data", str(data),
-                          "--output", str(tmp_path / "ddp"), "--epochs", "1", "--batch-size", "4", "--workers", "0",
-                          "--device", "cpu", "--no-progress", *SMALL],
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          "--master-port", str(_free_port()), str(script), str(tmp_path), "train", "pointcat",
+                          "--data", str(data), "--output", str(tmp_path / "ddp"), "--epochs", "1",
+                          "--batch-size", "4", "--workers", "0", "--device", "cpu", "--no-progress", *SMALL],
                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))

@@ -1,14 +1,14 @@
-"""Attacks on point-cloud classifiers, as PointCAT evaluates them (shared/papers.md section 5; re-implemented from
-``shikiw/PointCAT:baselines/attack/{FGM,CW,Drop,Noise}`` and ``arguments.py``).
+"""Attacks on point-cloud classifiers, as PointCAT evaluates them (shared/papers.md section 5; re-implemented
+from ``shikiw/PointCAT:baselines/attack/{FGM,CW,Drop,Noise}`` and ``arguments.py``).
 
 * ``ifgm`` / ``mifgm``: untargeted iterative fast gradient method in L2 (and its momentum variant, mu = 1):
   ``x <- x - a * g / ||g||_2`` on the C&W logit margin ``max(z_y - max_{j != y} z_j, 0)`` (batch mean), then
   projection of ``x - x0`` onto the L2 ball of radius ``budget * sqrt(3N)`` per cloud; step
   ``a = budget * sqrt(3N) / iters``. PointCAT's defaults: budget 0.08, 50 iterations. MI-FGM accumulates
   ``m <- mu m + g / ||g||_1`` and steps along ``m / ||m||_2``.
-* ``cw_perturb``: the C&W perturbation attack (Xiang et al., CVPR 2019): Adam (lr 1e-2) on the cloud minimising
-  ``margin + w_b ||x - x0||_2`` per cloud, 10 binary-search steps over ``w_b`` in [0, 80] from 10, 50 iterations
-  each; returns the closest misclassified cloud found (the clean cloud where none was).
+* ``cw_perturb``: the C&W perturbation attack (Xiang et al., CVPR 2019): Adam (lr 1e-2) on the cloud
+  minimising ``margin + w_b ||x - x0||_2`` per cloud, 10 binary-search steps over ``w_b`` in [0, 80] from 10,
+  50 iterations each; returns the closest misclassified cloud found (the clean cloud where none was).
 * ``drop_points``: random point dropping (PointCAT tests with 700 of 1024 points dropped).
 * ``jitter_points`` ("perturb noise"): ``x + clamp(sigma N(0, 1), -clip, clip)`` per coordinate (sigma 0.04,
   clip 0.16 in PointCAT's test).
@@ -16,9 +16,9 @@
 
 Deliberate differences from the official code: the gradients are taken with ``torch.autograd.grad`` w.r.t. the
 cloud only (no parameter ``.grad`` is touched); I-FGM/MI-FGM/C&W start from the clean cloud instead of adding
-``1e-7 N(0, 1)`` first, so the budget holds around the clean cloud exactly; the C&W bookkeeping is vectorised in
-torch. The model runs in eval mode and is restored to its own modes afterwards. Clouds are (B, N, 3) float tensors;
-models return logits or ``(features, logits)``.
+``1e-7 N(0, 1)`` first, so the budget holds around the clean cloud exactly; the C&W bookkeeping is vectorised
+in torch. The model runs in eval mode and is restored to its own modes afterwards. Clouds are (B, N, 3) float
+tensors; models return logits or ``(features, logits)``.
 """
 from __future__ import annotations
 
@@ -97,7 +97,8 @@ def _fgm_loop(model, points, labels, budget, iters, mu: Optional[float]) -> Tens
 
 
 def ifgm(model: nn.Module, points: Tensor, labels: Tensor, budget: float = 0.08, iters: int = 50) -> Tensor:
-    """Untargeted L2 I-FGM; returns adversarial clouds (B, N, 3) with ``||x_adv - x||_2 <= budget sqrt(3N)``."""
+    """Untargeted L2 I-FGM; returns adversarial clouds (B, N, 3) with ``||x_adv - x||_2 <= budget
+    sqrt(3N)``."""
     return _fgm_loop(model, points, labels, budget, iters, None)
 
 
@@ -114,8 +115,8 @@ def cw_perturb(model: nn.Module, points: Tensor, labels: Tensor, lr: float = 1e-
 
     Each binary step restarts Adam from the clean cloud and minimises ``max(z_y - max_{j != y} z_j + kappa, 0)
     (batch mean) + mean_b w_b ||x_b - x0_b||_2``; every iterate that is misclassified and closer than the best
-    so far is kept. After a step, a cloud that found a misclassified iterate in it raises its lower bound to w_b,
-    otherwise its upper bound drops to w_b; w_b becomes the midpoint (the official rule).
+    so far is kept. After a step, a cloud that found a misclassified iterate in it raises its lower bound to
+    w_b, otherwise its upper bound drops to w_b; w_b becomes the midpoint (the official rule).
 
     Returns:
         (x_adv (B, N, 3): the closest misclassified iterate, or the clean cloud where none was found;
@@ -180,9 +181,10 @@ def jitter_points(points: Tensor, sigma: float = 0.04, clip: float = 0.16,
     return points + (sigma * noise).clamp(-clip, clip)
 
 
-def add_noise_points(points: Tensor, num_add: int = 100, generator: Optional[torch.Generator] = None) -> Tensor:
-    """Additive noise points: appends ``num_add`` points drawn uniformly from each cloud's axis-aligned bounding
-    box. (B, N, 3) -> (B, N + num_add, 3); the original points come first, unchanged."""
+def add_noise_points(points: Tensor, num_add: int = 100,
+                     generator: Optional[torch.Generator] = None) -> Tensor:
+    """Additive noise points: appends ``num_add`` points drawn uniformly from each cloud's axis-aligned
+    bounding box. (B, N, 3) -> (B, N + num_add, 3); the original points come first, unchanged."""
     _check(points)
     if num_add < 0:
         raise ValueError(f"num_add must be >= 0, got {num_add}")

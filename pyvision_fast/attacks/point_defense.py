@@ -1,15 +1,16 @@
 """Pre-processing defences of point-cloud classifiers, as PointCAT evaluates them (re-implemented from
 ``shikiw/PointCAT:baselines/defense/drop_points/{SOR,SRS}.py``).
 
-* ``sor_mask`` / ``sor``: statistical outlier removal (DUP-Net, ICCV 2019): a point's score is the mean squared
-  distance to its ``k`` nearest neighbours (``pyvision_fast.ops.knn_points``, itself excluded); points scoring above
-  ``mean + alpha * std`` of their cloud (unbiased std) are removed; k 2, alpha 1.1. ``sor`` returns a batch again by
-  refilling each cloud to ``num_points``: whole copies of the kept points, then a random subset of them (the official
-  ``process_data``); more kept points than ``num_points`` are subsampled at random.
+* ``sor_mask`` / ``sor``: statistical outlier removal (DUP-Net, ICCV 2019): a point's score is the mean
+  squared distance to its ``k`` nearest neighbours (``pyvision_fast.ops.knn_points``, itself excluded); points
+  scoring above ``mean + alpha * std`` of their cloud (unbiased std) are removed; k 2, alpha 1.1. ``sor``
+  returns a batch again by refilling each cloud to ``num_points``: whole copies of the kept points, then a
+  random subset of them (the official ``process_data``); more kept points than ``num_points`` are subsampled
+  at random.
 * ``srs``: simple random sampling: each cloud keeps ``N - num_drop`` random points (500 dropped by default).
 * ``evaluate_point_robustness``: PointCAT's robustness table, the accuracy under every attack of
-  ``attacks.point`` (clean, I-FGM, MI-FGM, C&W, drop, added points, jitter) times every defence here (none, SOR,
-  SRS), each attack computed once against the undefended model; ``format_robustness_table`` prints it.
+  ``attacks.point`` (clean, I-FGM, MI-FGM, C&W, drop, added points, jitter) times every defence here (none,
+  SOR, SRS), each attack computed once against the undefended model; ``format_robustness_table`` prints it.
 
 Clouds are (B, N, 3) float tensors.
 """
@@ -27,7 +28,8 @@ __all__ = ["ATTACKS", "DEFENCES", "ROBUSTNESS_DEFAULTS", "attack_points", "defen
 
 
 def sor_mask(points: Tensor, k: int = 2, alpha: float = 1.1) -> Tensor:
-    """(B, N, 3) -> bool (B, N): True for the points SOR keeps (score <= mean + alpha * std, computed in float64)."""
+    """(B, N, 3) -> bool (B, N): True for the points SOR keeps (score <= mean + alpha * std, computed in
+    float64)."""
     from ..ops import knn_points
 
     _check(points)
@@ -69,7 +71,7 @@ def srs(points: Tensor, num_drop: int = 500, generator: Optional[torch.Generator
     return drop_points(points, min(int(num_drop), points.shape[1] - 1), generator)
 
 
-# --- the robustness table -------------------------------------------------------------------------------------
+# --- the robustness table ---------------------------------------------------------------------------------
 
 ATTACKS = ("clean", "ifgm", "mifgm", "cw", "drop", "add", "jitter")
 DEFENCES = ("none", "sor", "srs")
@@ -93,8 +95,8 @@ def _names(value, known: tuple, what: str) -> tuple:
 
 def attack_points(name: str, model, points: Tensor, labels: Tensor, s: dict,
                   generator: Optional[torch.Generator] = None) -> Tensor:
-    """The clouds of attack ``name`` (one of ``ATTACKS``) on (points (B, N, 3), labels (B,)) with settings ``s``
-    (``ROBUSTNESS_DEFAULTS``'s keys)."""
+    """The clouds of attack ``name`` (one of ``ATTACKS``) on (points (B, N, 3), labels (B,)) with settings
+    ``s`` (``ROBUSTNESS_DEFAULTS``'s keys)."""
     from . import point as P
 
     if name == "clean":
@@ -129,17 +131,19 @@ def defend_points(name: str, points: Tensor, s: dict, num_points: int,
 
 def evaluate_point_robustness(model, dataset, device, samples: Optional[int] = None, **settings) -> dict:
     """Accuracy of ``model`` on the first ``samples`` items (all when None) of ``dataset`` (items
-    ``(points (N, 3), label)``) under every attack x pre-processing defence of ``settings`` (``ROBUSTNESS_DEFAULTS``
-    overridden by the keyword arguments; ``attacks`` / ``defences`` as names or a comma-separated string).
+    ``(points (N, 3), label)``) under every attack x pre-processing defence of ``settings``
+    (``ROBUSTNESS_DEFAULTS`` overridden by the keyword arguments; ``attacks`` / ``defences`` as names or a
+    comma-separated string).
 
-    Each attack runs once per batch against the undefended model (eval mode); each defence then pre-processes its
-    clouds before classification. Random attacks and defences draw from a generator seeded with ``seed`` plus the
-    process rank. Under torch.distributed each process takes items ``rank, rank + world, ...`` and the counts are
-    summed. Returns ``{"robust/<attack>/<defence>": accuracy, "robust_samples": count}``.
+    Each attack runs once per batch against the undefended model (eval mode); each defence then pre-processes
+    its clouds before classification. Random attacks and defences draw from a generator seeded with ``seed``
+    plus the process rank. Under torch.distributed each process takes items ``rank, rank + world, ...`` and
+    the counts are summed. Returns ``{"robust/<attack>/<defence>": accuracy, "robust_samples": count}``.
     """
     unknown = set(settings) - set(ROBUSTNESS_DEFAULTS)
     if unknown:
-        raise ValueError(f"unknown robustness settings {sorted(unknown)}; known: {sorted(ROBUSTNESS_DEFAULTS)}")
+        raise ValueError(f"unknown robustness settings {sorted(unknown)}; "
+                         f"known: {sorted(ROBUSTNESS_DEFAULTS)}")
     s = {**ROBUSTNESS_DEFAULTS, **settings}
     attacks = _names(s["attacks"], ATTACKS, "attacks")
     defences = _names(s["defences"], DEFENCES, "defences")
@@ -159,8 +163,9 @@ def evaluate_point_robustness(model, dataset, device, samples: Optional[int] = N
             points, labels = points.to(device), labels.to(device).long()
             num_points = points.shape[1]
             if "drop" in attacks and num_points - int(s["drop_num"]) < min_points:
-                raise ValueError(f"drop_num={s['drop_num']} leaves {num_points - int(s['drop_num'])} points, fewer "
-                                 f"than the {min_points} the model needs; lower drop_num (--set drop_num=...)")
+                left = num_points - int(s["drop_num"])
+                raise ValueError(f"drop_num={s['drop_num']} leaves {left} points, fewer than the "
+                                 f"{min_points} the model needs; lower drop_num (--set drop_num=...)")
             for i, attack in enumerate(attacks):
                 adv = attack_points(attack, model, points, labels, s, gen)
                 for j, defence in enumerate(defences):
@@ -182,9 +187,10 @@ def evaluate_point_robustness(model, dataset, device, samples: Optional[int] = N
 
 
 def format_robustness_table(results: dict) -> str:
-    """The ``robust/<attack>/<defence>`` accuracies of ``evaluate_point_robustness`` as a text table (one row per
-    attack, one column per defence, percentages); an empty string when there are none."""
-    cells = {tuple(k.split("/")[1:]): v for k, v in results.items() if k.startswith("robust/") and k.count("/") == 2}
+    """The ``robust/<attack>/<defence>`` accuracies of ``evaluate_point_robustness`` as a text table (one row
+    per attack, one column per defence, percentages); an empty string when there are none."""
+    cells = {tuple(k.split("/")[1:]): v for k, v in results.items()
+             if k.startswith("robust/") and k.count("/") == 2}
     if not cells:
         return ""
     attacks = list(dict.fromkeys(a for a, _ in cells))

@@ -1,18 +1,20 @@
 """PointCAT's losses (shared/papers.md section 5; re-implemented from ``shikiw/PointCAT:loss/*.py`` and
 ``solver.py``).
 
-* ``supcon_loss``: supervised contrastive loss over the 2B projections ``[z_a; z_b]`` (τ 0.1). With one positive
-  per anchor (every label distinct) it is NT-Xent (SimCLR).
-* ``centralizing_loss``: cross-entropy of each projection against all class prototypes, the own class being the
-  positive (τ 0.25).
+* ``supcon_loss``: supervised contrastive loss over the 2B projections ``[z_a; z_b]`` (τ 0.1). With one
+  positive per anchor (every label distinct) it is NT-Xent (SimCLR).
+* ``centralizing_loss``: cross-entropy of each projection against all class prototypes, the own class being
+  the positive (τ 0.25).
 * ``generator_loss``: the noise generator's ``mean(-exp(-s(ori, adv)/τ) - β exp(-s(fp_y, adv)/τ))`` (τ 0.1,
-  β 0.5): minimising it pushes the adversarial projection away from the clean one and from its class prototype.
-* ``cw_margin_loss``: the C&W logit margin (targeted or not, with margin κ), used by the prototype search and the
-  point attacks.
+  β 0.5): minimising it pushes the adversarial projection away from the clean one and from its class
+  prototype.
+* ``cw_margin_loss``: the C&W logit margin (targeted or not, with margin κ), used by the prototype search and
+  the point attacks.
 
-Similarities are cosine by default (the official README trains with ``--use_cosine_similarity``); ``cosine=False``
-uses dot products. The official code evaluates the symmetric similarities "in both directions" and averages over
-2B rows; both directions are equal, so the means here over B rows are the same numbers.
+Similarities are cosine by default (the official README trains with ``--use_cosine_similarity``);
+``cosine=False`` uses dot products. The official code evaluates the symmetric similarities "in both
+directions" and averages over 2B rows; both directions are equal, so the means here over B rows are the same
+numbers.
 """
 from __future__ import annotations
 
@@ -54,20 +56,23 @@ def pairwise_similarity(a: Tensor, b: Tensor, cosine: bool = True) -> Tensor:
     return a @ b.t()
 
 
-def supcon_loss(z_a: Tensor, z_b: Tensor, labels: Tensor, temperature: float = 0.1, cosine: bool = True) -> Tensor:
+def supcon_loss(z_a: Tensor, z_b: Tensor, labels: Tensor, temperature: float = 0.1,
+                cosine: bool = True) -> Tensor:
     """Supervised contrastive loss (Khosla et al.; PointCAT's ``SupConLoss``) of two views.
 
     Args:
         z_a, z_b: (B, D) projections of the two views (PointCAT: adversarial and clean), float.
         labels: (B,) integer class of each sample (shared by its two views).
     Returns:
-        scalar: ``-mean_i sum_{p in P(i)} log(exp(s_ip/τ) / sum_{a != i} exp(s_ia/τ)) / |P(i)|`` over the 2B rows of
-        ``z = [z_a; z_b]``, P(i) = the other rows of the same label (at least the other view of sample i).
+        scalar: ``-mean_i sum_{p in P(i)} log(exp(s_ip/τ) / sum_{a != i} exp(s_ia/τ)) / |P(i)|`` over the 2B
+        rows of ``z = [z_a; z_b]``, P(i) = the other rows of the same label (at least the other view of sample
+        i).
     """
     _check_features("z_a", z_a)
     _check_features("z_b", z_b)
     if z_a.shape != z_b.shape:
-        raise ValueError(f"z_a and z_b must have the same shape, got {tuple(z_a.shape)} and {tuple(z_b.shape)}")
+        raise ValueError(f"z_a and z_b must have the same shape, got {tuple(z_a.shape)} and "
+                         f"{tuple(z_b.shape)}")
     labels = _check_labels(labels, z_a.shape[0])
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -106,8 +111,8 @@ def generator_loss(ori: Tensor, adv: Tensor, proto: Tensor, temperature: float =
     """PointCAT's ``NTAdvLoss`` (the noise generator minimises it).
 
     Args:
-        ori, adv: (B, D) projections of the clean and the adversarial clouds; proto: (B, D) the projected prototype
-            of each sample's class.
+        ori, adv: (B, D) projections of the clean and the adversarial clouds; proto: (B, D) the projected
+            prototype of each sample's class.
     Returns:
         (loss, l1, l2): ``mean(-exp(-l1) - β exp(-l2))`` with ``l1 = s(ori, adv)/τ``, ``l2 = s(proto, adv)/τ``
         per sample, and the batch means of l1 and l2 (for logging).
@@ -115,8 +120,8 @@ def generator_loss(ori: Tensor, adv: Tensor, proto: Tensor, temperature: float =
     for name, z in (("ori", ori), ("adv", adv), ("proto", proto)):
         _check_features(name, z)
     if not (ori.shape == adv.shape == proto.shape):
-        raise ValueError(f"ori, adv and proto must have one shape, got {tuple(ori.shape)}, {tuple(adv.shape)}, "
-                         f"{tuple(proto.shape)}")
+        raise ValueError(f"ori, adv and proto must have one shape, got {tuple(ori.shape)}, "
+                         f"{tuple(adv.shape)}, {tuple(proto.shape)}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if cosine:
@@ -133,10 +138,10 @@ def cw_margin_loss(logits: Tensor, target: Tensor, kappa: float = 0.0, targeted:
                    reduction: str = "sum") -> Tensor:
     """C&W logit margin (Carlini & Wagner), per sample.
 
-    targeted: ``max(max_{j != t} z_j - z_t, kappa)`` (PointCAT's ``CWLoss(tar=True)``; its prototype search uses
-    kappa = -100, i.e. pushes the target logit up until it leads the others by 100); untargeted:
-    ``max(z_y - max_{j != y} z_j + kappa, 0)`` (the point attacks' ``LogitsAdvLoss(mode="untargeted")``, kappa 0),
-    which the attacks descend.
+    targeted: ``max(max_{j != t} z_j - z_t, kappa)`` (PointCAT's ``CWLoss(tar=True)``; its prototype search
+    uses kappa = -100, i.e. pushes the target logit up until it leads the others by 100); untargeted:
+    ``max(z_y - max_{j != y} z_j + kappa, 0)`` (the point attacks' ``LogitsAdvLoss(mode="untargeted")``, kappa
+    0), which the attacks descend.
 
     Args:
         logits: (B, K); target: (B,) class in [0, K).

@@ -7,11 +7,11 @@
   ... ``bn1_3``; 11,094,984 parameters at 1024 points); its unused label input is dropped.
 * ``scale_perturbation`` / ``perturb_points``: the perturbation normalised per cloud to L2 norm exactly
   ``eps * sqrt(3N)`` (eps 0.04), then ``x_adv = clamp(x + pert, -1, 1)``.
-* ``ProjectionHead`` (official ``ProjHead``: Linear -> BN1d -> ReLU -> Linear, keys ``l1``, ``bn1``, ``l2``), swapped
-  in for the classifier's last layer during contrastive training.
+* ``ProjectionHead`` (official ``ProjHead``: Linear -> BN1d -> ReLU -> Linear, keys ``l1``, ``bn1``, ``l2``),
+  swapped in for the classifier's last layer during contrastive training.
 * ``search_feature_peaks``: the dynamic class prototypes: one input cloud per class optimised with Adam to
-  maximise the targeted C&W margin, all classes in one batch; the prototype is the classifier's penultimate feature
-  of the optimised cloud.
+  maximise the targeted C&W margin, all classes in one batch; the prototype is the classifier's penultimate
+  feature of the optimised cloud.
 
 Points are (B, N, 3) float tensors here (the official code works on (B, 3, N)); the generator's output is laid
 out as the official one's, so its weights load unchanged.
@@ -41,9 +41,9 @@ def _check_points(points: Tensor, name: str = "points") -> None:
 
 
 class _PointEncoder(nn.Module):
-    """The official ``Convlayer``: (B, N, 3) -> (B, 1920), the max over points of the 1024-, 512-, 256- and 128-d
-    maps of a per-point MLP (Conv2d(1, 64, (1, 3)) then 1x1 convolutions, each with BN and ReLU), concatenated in
-    that order."""
+    """The official ``Convlayer``: (B, N, 3) -> (B, 1920), the max over points of the 1024-, 512-, 256- and
+    128-d maps of a per-point MLP (Conv2d(1, 64, (1, 3)) then 1x1 convolutions, each with BN and ReLU),
+    concatenated in that order."""
 
     def __init__(self):
         super().__init__()
@@ -67,11 +67,12 @@ class _PointEncoder(nn.Module):
 class PointCATNoiseGenerator(nn.Module):
     """PointCAT's noise generator (official ``AutoEncoder``, ``decoder_type="normal_conv"``).
 
-    forward(points (B, num_points, 3) float) -> raw perturbation (B, num_points, 3), same dtype; normalise it with
-    ``scale_perturbation``. Encoder: ``_PointEncoder`` (1920-d) -> Linear(1920, 1024) + BN + ReLU. Decoder:
-    Linear(1024, 64*128) + BN + ReLU -> (B, 64, 128) -> Conv1d(64, 64, 1) + BN + ReLU -> Conv1d(64, 3N/128, 1) + BN ->
-    reshaped to (B, 3, N) as the official code does, then transposed to (B, N, 3). ``3 * num_points`` must be a
-    multiple of 128 (1024 points: 24 output channels). BatchNorm makes a batch of one an error in train mode.
+    forward(points (B, num_points, 3) float) -> raw perturbation (B, num_points, 3), same dtype; normalise it
+    with ``scale_perturbation``. Encoder: ``_PointEncoder`` (1920-d) -> Linear(1920, 1024) + BN + ReLU.
+    Decoder: Linear(1024, 64*128) + BN + ReLU -> (B, 64, 128) -> Conv1d(64, 64, 1) + BN + ReLU -> Conv1d(64,
+    3N/128, 1) + BN -> reshaped to (B, 3, N) as the official code does, then transposed to (B, N, 3). ``3 *
+    num_points`` must be a multiple of 128 (1024 points: 24 output channels). BatchNorm makes a batch of one
+    an error in train mode.
     """
 
     def __init__(self, num_points: int = 1024):
@@ -110,8 +111,8 @@ def pointcat_noise_generator(num_points: int = 1024) -> PointCATNoiseGenerator:
 
 
 def scale_perturbation(pert: Tensor, eps: float = 0.04) -> Tensor:
-    """Each cloud's perturbation (B, N, 3) rescaled to L2 norm exactly ``eps * sqrt(3N)`` (over its N x 3 values;
-    an all-zero perturbation stays zero). Differentiable; same shape and dtype."""
+    """Each cloud's perturbation (B, N, 3) rescaled to L2 norm exactly ``eps * sqrt(3N)`` (over its N x 3
+    values; an all-zero perturbation stays zero). Differentiable; same shape and dtype."""
     _check_points(pert, "pert")
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
@@ -119,7 +120,8 @@ def scale_perturbation(pert: Tensor, eps: float = 0.04) -> Tensor:
     return pert * (eps * math.sqrt(pert.shape[1] * 3) / norm)[:, None, None]
 
 
-def perturb_points(points: Tensor, pert: Tensor, eps: float = 0.04, clamp: Optional[tuple] = (-1.0, 1.0)) -> Tensor:
+def perturb_points(points: Tensor, pert: Tensor, eps: float = 0.04,
+                   clamp: Optional[tuple] = (-1.0, 1.0)) -> Tensor:
     """``clamp(points + scale_perturbation(pert, eps), -1, 1)``: PointCAT's adversarial cloud (B, N, 3)."""
     _check_points(points)
     if pert.shape != points.shape:
@@ -129,7 +131,8 @@ def perturb_points(points: Tensor, pert: Tensor, eps: float = 0.04, clamp: Optio
 
 
 class ProjectionHead(nn.Module):
-    """PointCAT's ``ProjHead``: Linear(in, in) -> BatchNorm1d -> ReLU -> Linear(in, out); (B, in) -> (B, out)."""
+    """PointCAT's ``ProjHead``: Linear(in, in) -> BatchNorm1d -> ReLU -> Linear(in, out); (B, in) -> (B,
+    out)."""
 
     def __init__(self, in_dim: int, out_dim: Optional[int] = None):
         super().__init__()
@@ -146,19 +149,21 @@ def search_feature_peaks(model: nn.Module, inputs: Tensor, labels: Optional[Tens
                          ) -> tuple[Tensor, Tensor]:
     """PointCAT's prototype ("feature peak") search, every class at once.
 
-    Runs ``iters`` Adam steps (``lr``, ``weight_decay``, betas (0.9, 0.999)) on the clouds ``inputs`` to minimise
-    the summed targeted C&W loss ``max(max_{j != y} z_j - z_y, kappa)`` of ``model(clamp(x, -1, 1))``'s logits, with
-    the model in eval mode (so the clouds do not interact through BatchNorm and the batch equals a loop over
-    classes) and only the clouds receiving gradients. The official code starts from ``U(-1, 1)`` clouds (lr 0.005,
-    500 steps) and then warm-starts from the last clouds after every mini-batch (lr 0.001, 10 steps); it runs
-    ``iters - 1`` steps and takes the feature of the unclamped cloud, here ``iters`` steps and the clamped cloud.
+    Runs ``iters`` Adam steps (``lr``, ``weight_decay``, betas (0.9, 0.999)) on the clouds ``inputs`` to
+    minimise the summed targeted C&W loss ``max(max_{j != y} z_j - z_y, kappa)`` of ``model(clamp(x, -1,
+    1))``'s logits, with the model in eval mode (so the clouds do not interact through BatchNorm and the batch
+    equals a loop over classes) and only the clouds receiving gradients. The official code starts from ``U(-1,
+    1)`` clouds (lr 0.005, 500 steps) and then warm-starts from the last clouds after every mini-batch (lr
+    0.001, 10 steps); it runs ``iters - 1`` steps and takes the feature of the unclamped cloud, here ``iters``
+    steps and the clamped cloud.
 
     Args:
         model: classifier, ``forward(points (M, N, 3)) -> (features (M, F), logits (M, K))``.
         inputs: (M, N, 3) float start clouds, one per label.
         labels: (M,) int64 classes; default ``arange(M)``.
     Returns:
-        (clouds (M, N, 3) after the steps, unclamped, detached; features (M, F) of the clamped clouds, detached).
+        (clouds (M, N, 3) after the steps, unclamped, detached; features (M, F) of the clamped clouds,
+        detached).
     """
     from ..losses.pointcat import cw_margin_loss
 

@@ -1,59 +1,62 @@
-"""``pointcat``: PointCAT's contrastive adversarial training of a point-cloud classifier (shared/papers.md section 5;
-the training loop re-implemented from ``shikiw/PointCAT:trainer.py`` and ``solver.py``), and its robustness table.
+"""``pointcat``: PointCAT's contrastive adversarial training of a point-cloud classifier (shared/papers.md
+section 5; the training loop re-implemented from ``shikiw/PointCAT:trainer.py`` and ``solver.py``), and its
+robustness table.
 
-Data: ModelNet40 in either real format, read by ``pyvision_fast.data.modelnet40`` (``modelnet40_normal_resampled``:
-``modelnet40_shape_names.txt``, ``modelnet40_{train,test}.txt``, ``<class>/<class>_XXXX.txt``; or
-``modelnet40_ply_hdf5_2048``: ``ply_data_*.h5`` with ``train_files.txt`` / ``test_files.txt``), ``num_points`` points
-per cloud (1024), xyz only, normalised to the unit sphere.
+Data: ModelNet40 in either real format, read by ``pyvision_fast.data.modelnet40``
+(``modelnet40_normal_resampled``: ``modelnet40_shape_names.txt``, ``modelnet40_{train,test}.txt``,
+``<class>/<class>_XXXX.txt``; or ``modelnet40_ply_hdf5_2048``: ``ply_data_*.h5`` with ``train_files.txt`` /
+``test_files.txt``), ``num_points`` points per cloud (1024), xyz only, normalised to the unit sphere.
 
 Model: any classifier of ``pyvision_fast.models.pointnet`` (``pointnet`` by default, or ``pointnet2_ssg``,
-``pointnet2_msg``, ``dgcnn``): ``forward(points) -> (feature, logits)``, ``get_classifier``/``set_classifier``,
-``num_features``. PointCAT fine-tunes a classifier trained normally first: pass its weights with ``--pretrained``
-(the official code loads ``classifier_noAT.pth``); without it the classifier starts from its initialisation.
+``pointnet2_msg``, ``dgcnn``): ``forward(points) -> (feature, logits)``,
+``get_classifier``/``set_classifier``, ``num_features``. PointCAT fine-tunes a classifier trained normally
+first: pass its weights with ``--pretrained`` (the official code loads ``classifier_noAT.pth``); without it
+the classifier starts from its initialisation.
 
 Training (per mini-batch, as ``solver.run_train``; the engine owns the loop, DDP and checkpoints):
 
-1. the classifier in eval mode, the noise generator (``models.pointcat.PointCATNoiseGenerator``) in train mode:
-   ``inner_steps`` (4) generator updates minimising ``losses.pointcat.generator_loss`` (τ 0.1, β 0.5) of the
-   projections of the clean cloud, the adversarial cloud ``clamp(x + eps sqrt(3N) g(x)/||g(x)||, -1, 1)`` (eps 0.04)
-   and the projected prototype of each sample's class; under DDP its gradients are averaged over the processes and
-   its BatchNorm buffers broadcast from rank 0 afterwards (what DDP does for the classifier);
+1. the classifier in eval mode, the noise generator (``models.pointcat.PointCATNoiseGenerator``) in train
+   mode: ``inner_steps`` (4) generator updates minimising ``losses.pointcat.generator_loss`` (τ 0.1, β 0.5) of
+   the projections of the clean cloud, the adversarial cloud ``clamp(x + eps sqrt(3N) g(x)/||g(x)||, -1, 1)``
+   (eps 0.04) and the projected prototype of each sample's class; under DDP its gradients are averaged over
+   the processes and its BatchNorm buffers broadcast from rank 0 afterwards (what DDP does for the
+   classifier);
 2. the classifier in train mode, the generator in eval mode: the loss returned to the engine (whose optimizer
-   updates the classifier and the projection head) is ``supcon(z_adv, z_ori) + alpha (cent(z_ori) + cent(z_adv))``
-   (τ 0.1 and 0.25, alpha 8) against the projections of all class prototypes;
+   updates the classifier and the projection head) is ``supcon(z_adv, z_ori) + alpha (cent(z_ori) +
+   cent(z_adv))`` (τ 0.1 and 0.25, alpha 8) against the projections of all class prototypes;
 3. with the original last layer back in place, the prototypes are updated by ``update_search_iters`` (10) Adam
-   steps (lr 0.001) warm-started from the previous clouds (``models.pointcat.search_feature_peaks``, all classes in
-   one batch). This step follows the engine's optimizer step, so it runs at the start of the next batch (and at the
-   end of the epoch for the last batch): the same sequence as the official loop.
+   steps (lr 0.001) warm-started from the previous clouds (``models.pointcat.search_feature_peaks``, all
+   classes in one batch). This step follows the engine's optimizer step, so it runs at the start of the next
+   batch (and at the end of the epoch for the last batch): the same sequence as the official loop.
 
-At the start the prototypes are searched for 500 steps (lr 0.005) from ``U(-1, 1)`` clouds, then the last layer is
-replaced by a ``ProjectionHead`` (Linear-BN-ReLU-Linear, ``num_features`` wide). After each epoch the original last
-layer is put back and fine-tuned alone with cross-entropy on the clean (augmented) training set, one Adam step
-(lr 0.1, weight decay 1e-4) per batch, features from the frozen classifier in eval mode (``run_finetune``); the model
-is evaluated and checkpointed with that layer, so ``checkpoint-*.safetensors`` are plain classifiers (same keys as
-``pointcloud_classify``'s). Augmentation (official ``utils/provider.py``): random point dropout (ratio up to 0.875,
-dropped points replaced by the first one), a random scale in [0.8, 1.25] and a shift in [-0.1, 0.1] per cloud
-(``data.modelnet40.pointnet2_train_transform``).
+At the start the prototypes are searched for 500 steps (lr 0.005) from ``U(-1, 1)`` clouds, then the last
+layer is replaced by a ``ProjectionHead`` (Linear-BN-ReLU-Linear, ``num_features`` wide). After each epoch the
+original last layer is put back and fine-tuned alone with cross-entropy on the clean (augmented) training set,
+one Adam step (lr 0.1, weight decay 1e-4) per batch, features from the frozen classifier in eval mode
+(``run_finetune``); the model is evaluated and checkpointed with that layer, so ``checkpoint-*.safetensors``
+are plain classifiers (same keys as ``pointcloud_classify``'s). Augmentation (official ``utils/provider.py``):
+random point dropout (ratio up to 0.875, dropped points replaced by the first one), a random scale in [0.8,
+1.25] and a shift in [-0.1, 0.1] per cloud (``data.modelnet40.pointnet2_train_transform``).
 
-Defaults are the official ones (``arguments.py``, README command): Adam (L2 weight decay 1e-4 on every parameter)
-lr 1e-3 for classifier and generator, batch 64, 200 epochs, ``CosineAnnealingWarmRestarts(T_0=5, T_mult=2)`` stepped
-once per epoch for the classifier, the generator and the fine-tuned layer. The engine's schedules (timm, per update)
-have no warm restarts, so this recipe sets ``sched="none"`` and applies that per-epoch schedule itself
-(``lr_restart_epochs`` 5, ``lr_restart_mult`` 2; lr at epoch e = ``lr (1 + cos(pi t / T)) / 2``, t the epoch within its
-cycle of T epochs): its own optimizers directly, the engine's optimizer through a torch optimizer step pre-hook that
-touches only the optimizer holding the projection head. ``--set lr_restart_epochs=0 sched=cosine`` hands the
-classifier's schedule back to the engine.
+Defaults are the official ones (``arguments.py``, README command): Adam (L2 weight decay 1e-4 on every
+parameter) lr 1e-3 for classifier and generator, batch 64, 200 epochs, ``CosineAnnealingWarmRestarts(T_0=5,
+T_mult=2)`` stepped once per epoch for the classifier, the generator and the fine-tuned layer. The engine's
+schedules (timm, per update) have no warm restarts, so this recipe sets ``sched="none"`` and applies that
+per-epoch schedule itself (``lr_restart_epochs`` 5, ``lr_restart_mult`` 2; lr at epoch e = ``lr (1 + cos(pi t
+/ T)) / 2``, t the epoch within its cycle of T epochs): its own optimizers directly, the engine's optimizer
+through a torch optimizer step pre-hook that touches only the optimizer holding the projection head. ``--set
+lr_restart_epochs=0 sched=cosine`` hands the classifier's schedule back to the engine.
 
 The recipe's state (generator and its optimizer, projection head, prototypes and their clouds, the fine-tune
 optimizer) is saved in ``train-state-last.pt``; ``--resume`` continues exactly.
 
-Evaluation: ``accuracy`` (overall, main metric) and ``class_accuracy`` (mean per class) on the test split, and the
-robustness table (``attacks.point_defense.evaluate_point_robustness``): accuracy under each attack of ``attacks``
-(clean, I-FGM and MI-FGM with budget 0.08 sqrt(3N) in L2 over 50 iterations, mu 1, C&W with 10 binary steps of 50
-Adam iterations at lr 1e-2, random drop of 700 points, 100 added uniform points, Gaussian jitter sigma 0.04 clipped at
-0.16) times each pre-processing defence of ``defences`` (none, SOR k 2 alpha 1.1, SRS dropping 500 points), keys
-``robust/<attack>/<defence>``. It runs under ``pvf eval`` on the first ``eval_samples`` test clouds (all when None)
-and after training epochs only when ``eval_samples`` is set.
+Evaluation: ``accuracy`` (overall, main metric) and ``class_accuracy`` (mean per class) on the test split, and
+the robustness table (``attacks.point_defense.evaluate_point_robustness``): accuracy under each attack of
+``attacks`` (clean, I-FGM and MI-FGM with budget 0.08 sqrt(3N) in L2 over 50 iterations, mu 1, C&W with 10
+binary steps of 50 Adam iterations at lr 1e-2, random drop of 700 points, 100 added uniform points, Gaussian
+jitter sigma 0.04 clipped at 0.16) times each pre-processing defence of ``defences`` (none, SOR k 2 alpha 1.1,
+SRS dropping 500 points), keys ``robust/<attack>/<defence>``. It runs under ``pvf eval`` on the first
+``eval_samples`` test clouds (all when None) and after training epochs only when ``eval_samples`` is set.
 """
 from __future__ import annotations
 
@@ -114,8 +117,8 @@ def _broadcast_buffers(module: nn.Module) -> None:
             torch.distributed.broadcast(buf, 0)
 
 
-# The engine's optimizer is not handed to recipes; a global step pre-hook finds the one holding a live recipe's
-# projection head and sets its per-epoch lr (see the module docstring).
+# The engine's optimizer is not handed to recipes; a global step pre-hook finds the one holding a live
+# recipe's projection head and sets its per-epoch lr (see the module docstring).
 _LIVE_RECIPES: "weakref.WeakSet[PointCATRecipe]" = weakref.WeakSet()
 _HOOK_HANDLE = None
 
@@ -138,12 +141,12 @@ class PointCATRecipe(Recipe):
         lr=1e-3,                       # classifier and projection head (official lr_c)
         weight_decay=1e-4,             # Adam's L2 decay on every parameter (official decay_rate)
         sched="none",                  # the recipe's own per-epoch warm restarts (lr_restart_*)
-        lr_restart_epochs=5,           # CosineAnnealingWarmRestarts T_0; 0: no recipe schedule (engine's sched)
+        lr_restart_epochs=5,           # CosineAnnealingWarmRestarts T_0; 0: the engine's sched instead
         lr_restart_mult=2,             # T_mult
         lr_generator=1e-3,             # official lr_ng
         eps=0.04,                      # perturbation: L2 norm eps * sqrt(3N) per cloud
         inner_steps=4,                 # generator updates per classifier update
-        alpha=8.0,                     # weight of the centralising loss (README command; arguments.py default 1)
+        alpha=8.0,                     # centralising loss weight (README command; arguments.py default 1)
         beta=0.5,                      # weight of the prototype term in the generator loss
         tau_supcon=0.1,
         tau_cent=0.25,
@@ -156,7 +159,7 @@ class PointCATRecipe(Recipe):
         peak_weight_decay=1e-4,
         finetune=True,                 # per-epoch fine-tune of the last layer (official run_finetune)
         finetune_lr=0.1,
-        augment=True,                  # training clouds: random point dropout, scale and shift (data.modelnet40)
+        augment=True,                  # training clouds: random point dropout, scale, shift
         workers=4,
         # robustness table (evaluate_extra); sizes of the official test
         attacks=("clean", "ifgm", "mifgm", "cw", "drop", "add", "jitter"),
@@ -181,7 +184,8 @@ class PointCATRecipe(Recipe):
         super().__init__(cfg, for_eval)
         if cfg.lr_restart_epochs and cfg.sched != "none":
             raise ValueError(f"pointcat applies its own warm-restart schedule (lr_restart_epochs="
-                             f"{cfg.lr_restart_epochs}); with sched={cfg.sched!r} set lr_restart_epochs=0 too")
+                             f"{cfg.lr_restart_epochs}); with sched={cfg.sched!r} set lr_restart_epochs=0 "
+                             f"too")
         self.train_set = None
         self.generator: Optional[PointCATNoiseGenerator] = None
         self.proj_head: Optional[ProjectionHead] = None
@@ -197,8 +201,8 @@ class PointCATRecipe(Recipe):
         from ...data.modelnet40 import modelnet40_splits, pointnet2_train_transform
 
         transform = pointnet2_train_transform() if self.cfg.augment else None
-        train, test = modelnet40_splits(data_dir, num_points=int(self.cfg.num_points), train_transform=transform,
-                                        with_train=not self.for_eval)
+        train, test = modelnet40_splits(data_dir, num_points=int(self.cfg.num_points),
+                                        train_transform=transform, with_train=not self.for_eval)
         self.train_set = train
         return train, test
 
@@ -211,8 +215,8 @@ class PointCATRecipe(Recipe):
         return ctx
 
     def param_groups(self, model: nn.Module) -> list[dict]:
-        """Every classifier parameter but the last layer's (fine-tuned apart), then the projection head that CAT
-        trains in its place (built here, so that the engine's optimizer holds it); weight decay on all."""
+        """Every classifier parameter but the last layer's (fine-tuned apart), then the projection head that
+        CAT trains in its place (built here, so that the engine's optimizer holds it); weight decay on all."""
         device = next(model.parameters()).device
         fc_params = {id(p) for p in model.get_classifier().parameters()}
         ctx = self._fixed_seed(1)
@@ -222,7 +226,8 @@ class PointCATRecipe(Recipe):
             ctx.__exit__(None, None, None)
         wd = self.cfg.weight_decay
         body = [p for p in model.parameters() if id(p) not in fc_params and p.requires_grad]
-        return [{"params": body, "weight_decay": wd}, {"params": list(self.proj_head.parameters()), "weight_decay": wd}]
+        return [{"params": body, "weight_decay": wd},
+                {"params": list(self.proj_head.parameters()), "weight_decay": wd}]
 
     def _lr_factor(self, epoch: int) -> float:
         c = self.cfg
@@ -277,7 +282,8 @@ class PointCATRecipe(Recipe):
                 "peak_inputs": self.peak_inputs, "peak_features": self.peak_features}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        missing = {"generator", "generator_opt", "proj_head", "fc_opt", "peak_inputs", "peak_features"} - set(state)
+        keys = {"generator", "generator_opt", "proj_head", "fc_opt", "peak_inputs", "peak_features"}
+        missing = keys - set(state)
         if missing:
             raise ValueError(f"pointcat resume: the training state lacks {sorted(missing)}")
         self.generator.load_state_dict(state["generator"])
@@ -314,9 +320,9 @@ class PointCATRecipe(Recipe):
                              f"{int(labels.max())}]")
 
     def _update_peaks(self, net: nn.Module) -> None:
-        """Warm-started prototype update with the original last layer in place (then the head back). Under DDP the
-        BatchNorm buffers (classifier and head) are first taken from rank 0, as DDP's next forward would, so that
-        every rank finds the same prototypes."""
+        """Warm-started prototype update with the original last layer in place (then the head back). Under DDP
+        the BatchNorm buffers (classifier and head) are first taken from rank 0, as DDP's next forward would,
+        so that every rank finds the same prototypes."""
         _broadcast_buffers(net)
         head = net.set_classifier(self.fc)
         try:
@@ -363,8 +369,8 @@ class PointCATRecipe(Recipe):
         self.generator.eval()
         with torch.no_grad():
             adv = self._adversarial(points)
-        # two forwards as the official code (BatchNorm statistics per view); DDP allows one synchronised forward
-        # per backward, so the first runs without it (its gradients still join the same backward).
+        # two forwards as the official code (BatchNorm statistics per view); DDP allows one synchronised
+        # forward per backward, so the first runs without it (its gradients still join the same backward).
         first = model.no_sync() if isinstance(model, nn.parallel.DistributedDataParallel) else nullcontext()
         with first:
             _, z_ori = model(points)
@@ -384,8 +390,8 @@ class PointCATRecipe(Recipe):
         from ..distributed import seed_worker
 
         rank, world = ctx.rank, ctx.world_size
-        sampler = ShardSampler(len(self.train_set), rank, world, shuffle=bool(c.shuffle), seed=int(c.seed) + 7919,
-                               pad=True)
+        sampler = ShardSampler(len(self.train_set), rank, world, shuffle=bool(c.shuffle),
+                               seed=int(c.seed) + 7919, pad=True)
         sampler.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(self.train_set, batch_size=int(c.batch_size), sampler=sampler,
                                              num_workers=int(c.workers), worker_init_fn=seed_worker)
