@@ -48,7 +48,16 @@ through a torch optimizer step pre-hook that touches only the optimizer holding 
 lr_restart_epochs=0 sched=cosine`` hands the classifier's schedule back to the engine.
 
 The recipe's state (generator and its optimizer, projection head, prototypes and their clouds, the fine-tune
-optimizer) is saved in ``train-state-last.pt``; ``--resume`` continues exactly.
+optimizer) is saved in ``train-state-last.pt``; ``--resume`` continues exactly. The generator, its first
+prototype clouds and the projection head are drawn from ``seed`` alone (the same on every rank).
+
+Deliberate differences from the official loop: the frozen
+classifier's clean projections and the projected prototypes of the generator steps are computed once per batch
+(eval mode makes them the same in each of the 4 steps); prototype searches run exactly ``iters`` Adam steps
+(official: ``iters - 1``) and take the feature of the clamped cloud (official: unclamped); the classifier's
+loss needs two DDP forwards, the first under ``no_sync``. With ``--amp`` the generator steps and the searches
+run under the same autocast; bfloat16 is the safe choice (float16's GradScaler scales only the classifier's
+loss).
 
 Evaluation: ``accuracy`` (overall, main metric) and ``class_accuracy`` (mean per class) on the test split, and
 the robustness table (``attacks.point_defense.evaluate_point_robustness``): accuracy under each attack of
@@ -62,7 +71,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Any, Optional
 
 import torch
@@ -194,7 +203,6 @@ class PointCATRecipe(Recipe):
         self.peak_inputs = self.peak_features = None
         self._peaks_stale = False
         self._epoch = 0
-        self._net = None
 
     # --- data ---------------------------------------------------------------------------------------
     def build_datasets(self, data_dir: str):
@@ -207,23 +215,22 @@ class PointCATRecipe(Recipe):
         return train, test
 
     # --- model and optimisation ---------------------------------------------------------------------
+    @contextmanager
     def _fixed_seed(self, offset: int):
-        """A CPU RNG context seeded from ``seed`` alone (the same on every rank, untouched by resuming)."""
-        ctx = torch.random.fork_rng(devices=[])
-        ctx.__enter__()
-        torch.manual_seed(int(self.cfg.seed) + offset)
-        return ctx
+        """Torch's CPU generator seeded from ``seed + offset`` alone inside the block and restored after it:
+        the same draws on every rank, and none taken from the run's RNG (so resuming draws what a straight run
+        does)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(self.cfg.seed) + offset)
+            yield
 
     def param_groups(self, model: nn.Module) -> list[dict]:
         """Every classifier parameter but the last layer's (fine-tuned apart), then the projection head that
         CAT trains in its place (built here, so that the engine's optimizer holds it); weight decay on all."""
         device = next(model.parameters()).device
         fc_params = {id(p) for p in model.get_classifier().parameters()}
-        ctx = self._fixed_seed(1)
-        try:
+        with self._fixed_seed(1):
             self.proj_head = ProjectionHead(model.num_features).to(device)
-        finally:
-            ctx.__exit__(None, None, None)
         wd = self.cfg.weight_decay
         body = [p for p in model.parameters() if id(p) not in fc_params and p.requires_grad]
         return [{"params": body, "weight_decay": wd},
@@ -251,14 +258,10 @@ class PointCATRecipe(Recipe):
         if not hasattr(model, "set_classifier") or not hasattr(model, "num_features"):
             raise TypeError(f"pointcat needs a classifier with get_classifier/set_classifier/num_features "
                             f"(pyvision_fast.models.pointnet), got {type(model).__name__}")
-        self._net = model
         num_classes = c.num_classes or model.num_classes
-        seed_ctx = self._fixed_seed(2)
-        try:
+        with self._fixed_seed(2):
             self.generator = PointCATNoiseGenerator(int(c.num_points)).to(ctx.device)
             start = torch.rand(num_classes, int(c.num_points), 3) * 2 - 1
-        finally:
-            seed_ctx.__exit__(None, None, None)
         self.gen_opt = torch.optim.Adam(self.generator.parameters(), lr=c.lr_generator, betas=(0.9, 0.999),
                                         eps=1e-8, weight_decay=c.weight_decay)
         self.fc = model.get_classifier()
