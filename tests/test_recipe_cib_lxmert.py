@@ -18,7 +18,7 @@ from pyvision_fast.train.recipes.cib_lxmert import RECIPE
 
 from test_data_vqa import write_vqa
 
-TINY = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, l_layers=1, x_layers=1, r_layers=1,
+TINY = dict(hidden_size=64, num_attention_heads=2, intermediate_size=128, l_layers=1, x_layers=1, r_layers=1,
             vocab_size=40, visual_feat_dim=16)
 BOXES = 8      # regions per image in the fixtures (LXMERT's 36 make the all-pairs critic 4x slower)
 

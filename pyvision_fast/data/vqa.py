@@ -235,8 +235,11 @@ class RegionFeatures:
 def load_bert_tokenizer(vocab: PathLike):
     """BERT's uncased word-piece tokenizer from a ``vocab.txt`` (``bert-base-uncased``'s 30522 entries), or
     from a folder holding one; nothing is downloaded."""
-    from transformers import BertTokenizer
-
+    try:
+        from transformers import BertTokenizer
+    except ImportError as exc:
+        raise ImportError(f"LXMERT's BERT tokenizer comes from transformers: pip install "
+                          f"'pyvision_fast[vqa]' ({exc})") from exc
     path = Path(os.fspath(vocab))
     if path.is_dir():
         path = path / "vocab.txt"

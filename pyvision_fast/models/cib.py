@@ -18,8 +18,8 @@ dropout). transformers' ``output_hidden_states`` starts at the first layer's out
 state_dict keys are the official ``CIBVQAModelV2``'s: ``lxrt_encoder.{embeddings,encoder,pooler}.*``
 (transformers' LxmertModel has LXMERT's own module names: ``encoder.visn_fc``, ``encoder.layer``,
 ``encoder.r_layers``, ``encoder.x_layers.N.{visual_attention,lang_self_att,visn_self_att,lang_inter,
-lang_output,visn_inter,visn_output}``), ``logit_fc.{0,2,3}.*``, ``mi_lb_estimator.mi_estimator.F_func.{0,2}.*``.
-Pre-trained weights:
+lang_output,visn_inter,visn_output}``), ``logit_fc.{0,2,3}.*``,
+``mi_lb_estimator.mi_estimator.F_func.{0,2}.*``. Pre-trained weights:
 LXMERT's ``snap/pretrained/model_LXRT.pth`` (keys ``module.bert.*`` plus the pre-training heads
 ``module.cls.*``, ``module.obj_predict_head.*``, ``module.answer_head.*``; ``bert.`` becomes
 ``lxrt_encoder.``, the heads are dropped, as the official ``load`` does), or a Hugging Face
@@ -50,12 +50,21 @@ PRETRAINED_FILE = ("LXMERT's pre-trained snap/pretrained/model_LXRT.pth (github.
 _HEAD_PREFIXES = ("cls.", "obj_predict_head.", "answer_head.")
 
 
+def _transformers():
+    """transformers (optional: ``pip install 'pyvision_fast[vqa]'``), or an ImportError saying so."""
+    try:
+        import transformers
+    except ImportError as exc:
+        raise ImportError("CIB-LXMERT is built on transformers' LxmertModel: pip install "
+                          f"'pyvision_fast[vqa]' ({exc})") from exc
+    return transformers
+
+
 def lxmert_config(**overrides):
     """transformers' ``LxmertConfig`` with LXMERT base's values (hidden 768, 12 heads, FFN 3072, 9/5/5 layers,
     BERT's uncased vocabulary of 30522, 2048-d region features with 4-d boxes), ``overrides`` replacing
     any."""
-    from transformers import LxmertConfig
-
+    LxmertConfig = _transformers().LxmertConfig
     base = dict(vocab_size=30522, hidden_size=768, num_attention_heads=12, intermediate_size=3072,
                 hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
                 max_position_embeddings=512, type_vocab_size=2, initializer_range=0.02, l_layers=9,
@@ -89,8 +98,7 @@ class CIBLxmert(nn.Module):
     def __init__(self, config=None, num_answers: int = 3129, cib: bool = True, mi_lb: str = "InfoNCE",
                  club: str = "free"):
         super().__init__()
-        from transformers import LxmertModel
-
+        LxmertModel = _transformers().LxmertModel
         if num_answers < 1:
             raise ValueError(f"num_answers must be >= 1, got {num_answers}")
         if club not in ("free", "learned"):
