@@ -579,3 +579,42 @@ def test_backward_runs_the_forwards_implementation_on_any_thread(monkeypatch):
         worker.start()
         worker.join()
     assert ran == ["reference", "reference"]
+
+
+def test_frame_that_is_not_2_to_1_needs_its_field_of_view():
+    """An ERP frame covers 360x180 degrees, so it is 2:1: a 16x16 frame is an error naming the fix, unless the
+    caller states the field of view it covers."""
+    with pytest.raises(ValueError, match=r"SphereConv2d: a 16x16 frame is not an equirectangular 360x180"):
+        SphereConv2d(3, 4, 3)(torch.randn(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="pass fov="):
+        equirect.sampling_table(16, 16, 3, 1)
+    with pytest.raises(ValueError, match="SpherePatchEmbed: a 32x32 frame"):
+        SpherePatchEmbed((32, 32), 8, 3, 16, layout="natural")
+    with pytest.raises(ValueError, match="fov must be"):
+        equirect.sampling_table(16, 16, 3, 1, fov=(400, 90))
+    # stating the full sphere explicitly is the default geometry
+    assert torch.equal(equirect.tangent_sampling(8, 16, 3, 1, fov=(360, 180)), equirect.tangent_sampling(8, 16, 3, 1))
+
+
+def test_partial_field_of_view_samples_its_own_angular_grid():
+    """A 90x90 degree 16x16 frame centred on the equator: at the frame's centre the kernel lands on the pixel
+    grid (square angular pixels of 90/16 degrees), columns clamp at the edges instead of wrapping, and a frame
+    that is 2:1 in pixels but covers 180x90 degrees samples like the full panorama's central half."""
+    pos = equirect.tangent_sampling(16, 16, 3, 1, fov=(90, 90))
+    centre = pos[8, 8]  # output (8, 8) centred at pixel (8, 8): the equator, 45 degrees east of the left edge
+    expected_h = torch.tensor([7.0, 8.0, 9.0], dtype=torch.float64)[:, None].expand(3, 3)
+    step = math.radians(90 / 16)  # the angular pixel size, and the tap spacing on the tangent plane
+    # gnomonic: a tap k steps east on the plane is atan(k step) east of the centre on the sphere
+    expected_w = 8 + torch.atan(torch.tensor([-step, 0.0, step], dtype=torch.float64)) / step
+    assert_close(centre[1, :, 0], expected_h[1], atol=1e-9, rtol=0)  # the centre row is on the equator
+    assert_close(centre[1, :, 1], expected_w, atol=1e-9, rtol=0)
+    table = equirect.sampling_table(16, 16, 3, 1, "natural", torch.float64, fov=(90, 90))
+    left_edge = table.index[8 * 16 + 0].long() % 16  # output (8, 0): its left taps fall outside the frame
+    assert int(left_edge.max()) <= 2  # clamped to the frame, never wrapped to the right edge
+    full = equirect.tangent_sampling(32, 64, 3, 1)
+    half = equirect.tangent_sampling(16, 32, 3, 1, fov=(180, 90))
+    # rows 8..23 of the full 32x64 panorama cover latitudes +-45 degrees, columns 0..31 longitudes 0..180
+    assert_close(half[4:12, 4:28, ..., 0] + 8, full[12:20, 4:28, ..., 0], atol=1e-9, rtol=0)
+    assert_close(half[4:12, 4:28, ..., 1], full[12:20, 4:28, ..., 1], atol=1e-9, rtol=0)
+    layer = SphereConv2d(3, 4, 3, fov=(90, 90))
+    assert layer(torch.randn(2, 3, 16, 16)).shape == (2, 4, 16, 16) and "fov=(90, 90)" in repr(layer)

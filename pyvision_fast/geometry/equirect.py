@@ -31,28 +31,62 @@ def _pair(v: _Pair, name: str) -> tuple[int, int]:
     return p
 
 
-def _directions_to_pixels(d: Tensor, height: int, width: int) -> Tensor:
-    """Unit vectors (..., 3) -> (h, w) pixel positions (..., 2), w in [0, W)."""
+FULL_SPHERE = (360.0, 180.0)
+
+
+def check_fov(height: int, width: int, fov: Optional[tuple[float, float]]) -> tuple[float, float]:
+    """The (horizontal, vertical) field of view in degrees an H x W frame covers. ``None`` means a whole
+    equirectangular panorama, 360 x 180 degrees, which is 2:1: any other frame size is an error, since sampling
+    it as a panorama would stretch the sphere silently. A stated ``fov`` (horizontal <= 360, vertical <= 180,
+    centred on the equator, longitude 0 at the left edge) is taken as given."""
+    if fov is None:
+        if width != 2 * height:
+            raise ValueError(f"a {height}x{width} frame is not an equirectangular 360x180 degree panorama (those are "
+                             f"2:1, e.g. {height}x{2 * height}); resize it to 2:1, or pass fov=(horizontal, vertical) "
+                             "in degrees if it covers less of the sphere")
+        return FULL_SPHERE
+    try:
+        fh, fv = (float(v) for v in fov)
+    except (TypeError, ValueError):
+        raise ValueError(f"fov must be (horizontal, vertical) degrees, got {fov!r}") from None
+    if not (0 < fh <= 360 and 0 < fv <= 180):
+        raise ValueError(f"fov must be (0, 360] x (0, 180] degrees, got {fov!r}")
+    return fh, fv
+
+
+def _directions_to_pixels(d: Tensor, height: int, width: int, fov: tuple[float, float] = FULL_SPHERE) -> Tensor:
+    """Unit vectors (..., 3) -> (h, w) pixel positions (..., 2); w in [0, W) for a full circle, else measured
+    from the frame's left edge (negative or >= W outside the frame)."""
+    fh, fv = math.radians(fov[0]), math.radians(fov[1])
     lat = torch.asin(d[..., 2].clamp(-1, 1))
     lon = torch.atan2(d[..., 1], d[..., 0])
-    h = (math.pi / 2 - lat) * (height / math.pi)
-    w = torch.remainder(lon * (width / (2 * math.pi)), width)
+    h = (fv / 2 - lat) * (height / fv)
+    if fov[0] == 360.0:
+        w = torch.remainder(lon * (width / fh), width)
+    else:  # longitudes past the right edge by more than half the gap are left of the left edge
+        lon = torch.remainder(lon, 2 * math.pi)
+        lon = torch.where(lon > fh + (2 * math.pi - fh) / 2, lon - 2 * math.pi, lon)
+        w = lon * (width / fh)
     return torch.stack([h, w], dim=-1)
 
 
-def tangent_sampling(height: int, width: int, kernel_size: _Pair, stride: _Pair = 1) -> Tensor:
+def tangent_sampling(height: int, width: int, kernel_size: _Pair, stride: _Pair = 1,
+                     fov: Optional[tuple[float, float]] = None) -> Tensor:
     """Absolute (h, w) pixel positions (Ho, Wo, kh, kw, 2), float64, of every tap of a kernel laid on the tangent
     plane at each output location. Output (i, j) is centred at pixel (i * sh + (sh - 1) / 2, j * sw + (sw - 1) / 2)
     (the centre of its stride cell: with stride = kernel size, the centre of patch (i, j)); Ho = ceil(H / sh),
-    Wo = ceil(W / sw). w is wrapped into [0, W); h lies in [0, H]."""
+    Wo = ceil(W / sw). w is wrapped into [0, W); h lies in [0, H]. ``fov``: see ``check_fov`` (a frame that is
+    not 2:1 needs it); with a partial field of view, taps outside the frame land outside [0, H] x [0, W)."""
     kh, kw = _pair(kernel_size, "kernel_size")
     sh, sw = _pair(stride, "stride")
     if height < 1 or width < 1:
         raise ValueError(f"height and width must be >= 1, got {height}x{width}")
+    fov = check_fov(height, width, fov)
     Ho, Wo = -(-height // sh), -(-width // sw)
     f64 = torch.float64
-    dphi, dtheta = math.pi / height, 2 * math.pi / width
-    phi0 = (torch.arange(Ho, dtype=f64) * sh + (sh - 1) / 2) * dphi  # polar angle of the centres
+    dphi, dtheta = math.radians(fov[1]) / height, math.radians(fov[0]) / width
+    phi_top = (math.pi - math.radians(fov[1])) / 2  # polar angle of the frame's top edge
+    phi0 = phi_top + (torch.arange(Ho, dtype=f64) * sh + (sh - 1) / 2) * dphi  # polar angle of the centres
     theta0 = (torch.arange(Wo, dtype=f64) * sw + (sw - 1) / 2) * dtheta
     lat0 = math.pi / 2 - phi0
     east = (torch.arange(kw, dtype=f64) - (kw - 1) / 2) * dtheta  # (kw,) plane coordinates
@@ -65,7 +99,7 @@ def tangent_sampling(height: int, width: int, kernel_size: _Pair, stride: _Pair 
     d = (centre[:, :, None, None] + north[None, None, :, None, None] * e_north[:, :, None, None]
          + east[None, None, None, :, None] * e_east[:, :, None, None])  # (Ho, Wo, kh, kw, 3)
     d = d / d.norm(dim=-1, keepdim=True)
-    return _directions_to_pixels(d, height, width)
+    return _directions_to_pixels(d, height, width, fov)
 
 
 def _roty(a: float) -> Tensor:
@@ -147,12 +181,15 @@ class SamplingTable(NamedTuple):
 
 
 def table_from_positions(positions: Tensor, height: int, width: int, discrete: bool = False,
-                         dtype: torch.dtype = torch.float32, device: Union[str, torch.device] = "cpu") -> SamplingTable:
+                         dtype: torch.dtype = torch.float32, device: Union[str, torch.device] = "cpu",
+                         wrap: bool = True) -> SamplingTable:
     """Bilinear sampling table of absolute positions (Ho, Wo, kh, kw, 2); ``discrete`` takes the integer part of
-    each position (PAVER's ``is_discrete``) instead of interpolating."""
+    each position (PAVER's ``is_discrete``) instead of interpolating. Columns wrap around the seam (``wrap``, a
+    360 degree frame) or clamp to the frame's edges (a partial field of view), as rows always do."""
     Ho, Wo, kh, kw, _ = positions.shape
     h = positions[..., 0].reshape(Ho * Wo, kh * kw).clamp(0, height - 1)
-    w = torch.remainder(positions[..., 1].reshape(Ho * Wo, kh * kw), width)
+    w = positions[..., 1].reshape(Ho * Wo, kh * kw)
+    w = torch.remainder(w, width) if wrap else w.clamp(0, width - 1)
     if discrete:
         h, w = h.floor(), w.floor()
     h0, w0 = h.floor(), w.floor()
@@ -160,7 +197,7 @@ def table_from_positions(positions: Tensor, height: int, width: int, discrete: b
     h0 = h0.long().clamp(0, height - 1)
     h1 = (h0 + 1).clamp(max=height - 1)
     w0 = w0.long() % width
-    w1 = (w0 + 1) % width
+    w1 = (w0 + 1) % width if wrap else (w0 + 1).clamp(max=width - 1)
     index = torch.stack([h0 * width + w0, h0 * width + w1, h1 * width + w0, h1 * width + w1], dim=-1)
     weight = torch.stack([(1 - lh) * (1 - lw), (1 - lh) * lw, lh * (1 - lw), lh * lw], dim=-1)
     index = index.to(device=device, dtype=torch.int32)
@@ -170,23 +207,28 @@ def table_from_positions(positions: Tensor, height: int, width: int, discrete: b
 
 def sampling_table(height: int, width: int, kernel_size: _Pair, stride: _Pair = 1, layout: str = "natural",
                    dtype: torch.dtype = torch.float32, device: Union[str, torch.device] = "cpu",
-                   discrete: bool = False) -> SamplingTable:
+                   discrete: bool = False, fov: Optional[tuple[float, float]] = None) -> SamplingTable:
     """The cached table of a spherical convolution (``layout="natural"``: ``tangent_sampling``) or of a spherical
     patch embedding (``layout="paver"``, kernel = stride = patch size). One table per (H, W, kernel, stride, layout,
-    dtype, device, discrete), shared by every batch; built from real tensors even while torch.export traces."""
+    dtype, device, discrete, fov), shared by every batch; built from real tensors even while torch.export traces.
+    A frame that is not 2:1 needs its field of view ``fov`` (see ``check_fov``; ``layout="paver"`` takes 2:1
+    panoramas only)."""
     kernel_size = _pair(kernel_size, "kernel_size")
     stride = _pair(stride, "stride")
+    fov = check_fov(height, width, fov) if layout == "natural" else None
     # Under torch.export the table must be a constant, not traced arithmetic: build it outside the tracing modes.
     from torch._subclasses.fake_tensor import unset_fake_temporarily
     from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
 
     with unset_fake_temporarily(), disable_proxy_modes_tracing():
-        return _cached_table(height, width, kernel_size, stride, layout, dtype, str(torch.device(device)), discrete)
+        return _cached_table(height, width, kernel_size, stride, layout, dtype, str(torch.device(device)), discrete,
+                             fov)
 
 
 @functools.lru_cache(maxsize=64)
 def _cached_table(height: int, width: int, kernel_size: tuple[int, int], stride: tuple[int, int], layout: str,
-                  dtype: torch.dtype, device: str, discrete: bool) -> SamplingTable:
+                  dtype: torch.dtype, device: str, discrete: bool,
+                  fov: Optional[tuple[float, float]]) -> SamplingTable:
     if layout == "paver":
         k, s = _pair(kernel_size, "kernel_size"), _pair(stride, "stride")
         if k != s or k[0] != k[1]:
@@ -195,8 +237,9 @@ def _cached_table(height: int, width: int, kernel_size: tuple[int, int], stride:
     else:
         if layout != "natural":
             raise ValueError(f"layout must be 'paver' or 'natural', got {layout!r}")
-        positions = tangent_sampling(height, width, kernel_size, stride)
-    return table_from_positions(positions, height, width, discrete, dtype, torch.device(device))
+        positions = tangent_sampling(height, width, kernel_size, stride, fov)
+    wrap = fov is None or fov[0] == 360.0
+    return table_from_positions(positions, height, width, discrete, dtype, torch.device(device), wrap)
 
 
 # Facts about table index tensors, remembered per tensor (identity and in-place version) so that no kernel call

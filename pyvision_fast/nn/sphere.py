@@ -4,7 +4,7 @@ table (``pyvision_fast.geometry.equirect``) and ``pyvision_fast.ops.sphere_conv2
 from __future__ import annotations
 
 import math
-from typing import Union
+from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -22,11 +22,14 @@ class SphereConv2d(nn.Module):
     meridian. Parameters as ``nn.Conv2d`` (``weight`` (C_out, C_in, kh, kw), ``bias``), same initialisation.
 
     forward(x (B, C_in, H, W)) -> (B, C_out, ceil(H / stride), ceil(W / stride)). The sampling table is built once
-    per (H, W, dtype, device) and shared by all layers and batches."""
+    per (H, W, dtype, device) and shared by all layers and batches. x is a whole 360x180 degree panorama, so
+    W = 2 H; a frame covering less of the sphere states its field of view ``fov=(horizontal, vertical)`` in
+    degrees (centred on the equator; columns then clamp at the edges instead of wrapping)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: _IntPair, stride: _IntPair = 1,
-                 bias: bool = True):
+                 bias: bool = True, fov: Optional[tuple[float, float]] = None):
         super().__init__()
+        self.fov = tuple(fov) if fov is not None else None
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
@@ -39,13 +42,16 @@ class SphereConv2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4:
             raise ValueError(f"SphereConv2d: x must be (B, C, H, W), got {tuple(x.shape)}")
-        table = equirect.sampling_table(x.shape[2], x.shape[3], self.kernel_size, self.stride, "natural", x.dtype,
-                                        x.device)
+        try:
+            table = equirect.sampling_table(x.shape[2], x.shape[3], self.kernel_size, self.stride, "natural",
+                                            x.dtype, x.device, fov=self.fov)
+        except ValueError as exc:
+            raise ValueError(f"SphereConv2d: {exc}") from None
         return sphere_conv2d(x, self.weight, self.bias, table)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"bias={self.bias is not None}")
+                f"bias={self.bias is not None}" + (f", fov={self.fov}" if self.fov is not None else ""))
 
 
 class SpherePatchEmbed(nn.Module):
@@ -58,12 +64,13 @@ class SpherePatchEmbed(nn.Module):
     patch (i, j), so at the equator it samples nearly the regular grid.
 
     forward(x (B, in_chans, H, W)) -> (B, N, embed_dim) tokens, N = (H / R) (W / R), row-major; or
-    (B, embed_dim, H / R, W / R) with ``flatten=False``.
+    (B, embed_dim, H / R, W / R) with ``flatten=False``. ``img_size`` is a 2:1 panorama, or (``layout="natural"``)
+    a frame of the stated field of view ``fov=(horizontal, vertical)`` degrees.
     """
 
     def __init__(self, img_size: _IntPair = (224, 448), patch_size: int = 16, in_chans: int = 3,
                  embed_dim: int = 768, layout: str = "paver", flatten: bool = True, bias: bool = True,
-                 discrete: bool = False):
+                 discrete: bool = False, fov: Optional[tuple[float, float]] = None):
         super().__init__()
         self.img_size = _pair(img_size)
         H, W = self.img_size
@@ -74,7 +81,11 @@ class SpherePatchEmbed(nn.Module):
         self.grid_size = (H // patch_size, W // patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, patch_size, bias=bias)
-        table = equirect.sampling_table(H, W, patch_size, patch_size, layout, torch.float64, "cpu", discrete)
+        try:
+            table = equirect.sampling_table(H, W, patch_size, patch_size, layout, torch.float64, "cpu", discrete,
+                                            fov=fov)
+        except ValueError as exc:
+            raise ValueError(f"SpherePatchEmbed: {exc}") from None
         # Fixed geometry: buffers follow .to(device) and become constants on export; not in the state_dict. The
         # weights are kept in float64 and cast to the projection's dtype when used (the cast is cached).
         self.register_buffer("table_index", table.index.clone(), persistent=False)
