@@ -110,3 +110,28 @@ def _bad_cases():
 @pytest.mark.parametrize("case", _bad_cases(), ids=str)
 def test_bad_inputs(case):
     run_bad_input(case)
+
+
+def test_fill_first_repeats_the_first_neighbour_like_pointnet2():
+    """fill='first' puts each row's first neighbour (idx, dist, point) in its missing slots, as PointNet++ and
+    mmcv group; rows without neighbours keep -1; found slots are unchanged; dists stay differentiable."""
+    torch.manual_seed(0)
+    p2 = torch.rand(2, 64, 3, dtype=torch.float64, requires_grad=True)
+    p1 = torch.cat([p2[:, :5].detach(), torch.full((2, 1, 3), 10.0, dtype=torch.float64)], 1)  # last: no neighbour
+    plain = ops.ball_query(p1, p2, K=16, radius=0.3)
+    filled = ops.ball_query(p1, p2, K=16, radius=0.3, fill="first")
+    found = plain.idx >= 0
+    assert found[:, :5].sum() < found[:, :5].numel()  # some slots are missing in this cloud
+    assert torch.equal(filled.idx[found], plain.idx[found])
+    first = plain.idx[..., :1].expand_as(plain.idx)
+    assert torch.equal(filled.idx[:, :5][~found[:, :5]], first[:, :5][~found[:, :5]])
+    assert torch.equal(filled.idx[:, 0, 0], torch.tensor([0, 0]))  # a centre taken from p2 finds itself first
+    assert (filled.idx[:, 5] == -1).all() and (filled.knn[:, 5] == 0).all()
+    expected = torch.gather(p2.detach(), 1, filled.idx[:, :5].reshape(2, -1, 1).expand(-1, -1, 3)).view(2, 5, 16, 3)
+    assert torch.equal(filled.knn[:, :5].detach(), expected)
+    filled.dists.sum().backward()
+    assert torch.isfinite(p2.grad).all()
+    grouped = ops.grouping_operation(p2.detach().transpose(1, 2).contiguous(), filled.idx[:, :5])
+    assert torch.equal(grouped.permute(0, 2, 3, 1), expected)
+    with pytest.raises(ValueError, match="fill must be"):
+        ops.ball_query(p1, p2, K=4, fill="zero")

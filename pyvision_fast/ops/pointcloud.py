@@ -336,13 +336,20 @@ _BallFunction = eager_function("_BallFunction", _ball_impl, _search_setup,
 
 
 def ball_query(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor] = None, lengths2: Optional[Tensor] = None,
-               K: int = 500, radius: float = 0.2, return_nn: bool = True) -> KNN:
+               K: int = 500, radius: float = 0.2, return_nn: bool = True, fill: Optional[str] = None) -> KNN:
     """The first K points of p2, in index order, within ``radius`` of each p1 point (PyTorch3D semantics:
     squared distance < radius^2).
 
     Returns KNN(dists (B, P1, K) squared, 0-padded; idx (B, P1, K) int64, -1-padded; knn (B, P1, K, D) with
     zeros for padding, or None). dists is differentiable in p1, p2.
+
+    ``fill="first"`` repeats each row's first neighbour (its idx, dist and point) in the missing slots instead
+    of padding, as PointNet++ and mmcv's ball query group (a fixed-size group whose max-pool sees real points
+    only; with the centres drawn from p2 the first neighbour is the centre itself). A row without any neighbour
+    keeps -1 / 0. Without it, missing slots are -1: never clamp them to 0, which groups point 0 instead.
     """
+    if fill not in (None, "first"):
+        raise ValueError(f"ball_query: fill must be None or 'first', got {fill!r}")
     K = as_int(K, "K")
     if isinstance(radius, bool) or not isinstance(radius, (int, float)):
         raise TypeError(f"ball_query: radius must be a number, got {type(radius).__name__}")
@@ -352,6 +359,10 @@ def ball_query(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor] = None, length
         lengths2 = as_index(lengths2, "lengths2")
     args = (p1, p2, lengths1, lengths2, K, float(radius))
     dists, idx = _BallFunction.apply(*args) if eager(*args[:4]) else _ball_op(*args)
+    if fill == "first" and idx.shape[-1] > 0:
+        missing = idx < 0
+        idx = torch.where(missing, idx[..., :1], idx)
+        dists = torch.where(missing, dists[..., :1], dists)
     nn = masked_gather(p2, idx) if return_nn else None
     return KNN(dists=dists, idx=idx, knn=nn)
 
