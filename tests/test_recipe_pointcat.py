@@ -75,7 +75,7 @@ def test_cat_steps_on_a_fixed_batch_lower_the_classifier_loss(tmp_path, one_thre
     groups."""
     torch.manual_seed(0)
     write_modelnet40_h5(tmp_path, train_per_class=3, test_per_class=1, num_points=128)
-    recipe = _recipe()
+    recipe = _recipe(lr_restart_epochs=5)  # factor 1 at epoch 0
     train, _ = recipe.build_datasets(str(tmp_path))
     x = torch.stack([train[i][0] for i in range(len(train))])
     y = torch.stack([train[i][1] for i in range(len(train))])
@@ -102,8 +102,18 @@ def test_cat_steps_on_a_fixed_batch_lower_the_classifier_loss(tmp_path, one_thre
         assert all(p.grad is None for p in recipe.generator.parameters())  # the generator steps on its own
     assert losses[-1] < losses[0], losses
     assert any(not torch.equal(a, b) for a, b in zip(gen_before, recipe.generator.parameters()))
+    # the warm-restart lr reaches the optimizer holding the projection head, and no other optimizer
+    other_param = torch.nn.Parameter(torch.zeros(2))
+    other = torch.optim.SGD([other_param], lr=0.5)
+    recipe.on_epoch_start(3, model, ctx)
+    for o, p in ((opt, recipe.proj_head.l2.bias), (other, other_param)):
+        p.grad = torch.zeros_like(p)
+        o.step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-3 * warm_restart_lr(1.0, 3)] * 2)
+    assert other.param_groups[0]["lr"] == 0.5
+    assert recipe.gen_opt.param_groups[0]["lr"] == pytest.approx(1e-3 * warm_restart_lr(1.0, 3))
     peaks = recipe.peak_features.clone()
-    recipe.on_epoch_end(0, model, ctx)  # the last batch's prototype update, then fc3 back and fine-tuned
+    recipe.on_epoch_end(3, model, ctx)  # the last batch's prototype update, then fc3 back and fine-tuned
     assert model.get_classifier() is fc and not torch.equal(peaks, recipe.peak_features)
 
 
@@ -175,6 +185,24 @@ def test_bad_data_fails_naming_the_file(tmp_path):
                "--workers", "0", "--no-progress", *SMALL)
     assert res.returncode == 2, res.stderr[-2000:]
     assert "ply_data_train0.h5" in res.stderr and "NaN" in res.stderr, res.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_pretrained_classifier_in_and_cat_checkpoint_out(tmp_path):
+    """PointCAT starts from a ``pointcloud_classify`` checkpoint (``--set pretrained=``), and its checkpoint
+    evaluates with ``pointcloud_classify``: the same plain classifier both ways."""
+    data = write_modelnet40_normal(tmp_path / "data", train_per_class=2, test_per_class=1, num_points=160)
+    common = ["--data", str(data), "--batch-size", "8", "--workers", "0", "--epochs", "1"]
+    res = _pvf("train", "pointcloud_classify", *common, "--model", "pointnet", "--no-progress",
+               "--output", str(tmp_path / "cls"), "--set", "num_points=128")
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = _pvf("train", "pointcat", *common, "--no-progress", "--output", str(tmp_path / "cat"), *SMALL,
+               f"pretrained={tmp_path / 'cls' / ckpt.MODEL_LAST}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = _pvf("eval", "pointcloud_classify", "--data", str(data), "--workers", "0", "--checkpoint",
+               str(tmp_path / "cat" / ckpt.MODEL_LAST), "--set", "num_points=128")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert 0.0 <= json.loads(res.stdout.strip().splitlines()[-1])["accuracy"] <= 1.0
 
 
 @pytest.mark.slow

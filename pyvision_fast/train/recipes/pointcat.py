@@ -10,8 +10,9 @@ Data: ModelNet40 in either real format, read by ``pyvision_fast.data.modelnet40`
 Model: any classifier of ``pyvision_fast.models.pointnet`` (``pointnet`` by default, or ``pointnet2_ssg``,
 ``pointnet2_msg``, ``dgcnn``): ``forward(points) -> (feature, logits)``,
 ``get_classifier``/``set_classifier``, ``num_features``. PointCAT fine-tunes a classifier trained normally
-first: pass its weights with ``--pretrained`` (the official code loads ``classifier_noAT.pth``); without it
-the classifier starts from its initialisation.
+first (``pvf train pointcloud_classify --model pointnet``): pass its checkpoint with ``--set
+pretrained=PATH`` (the official code loads ``classifier_noAT.pth``); without it the classifier starts from its
+initialisation. The checkpoints written here load in ``pvf eval pointcloud_classify`` and back.
 
 Training (per mini-batch, as ``solver.run_train``; the engine owns the loop, DDP and checkpoints):
 
