@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from .harness import (format_table, keep_freed_memory, machine_description, measure_ceilings, measure_memory,
-                      run_case, write_reports)
+from .harness import (CpuCompetition, competition_warning, format_table, keep_freed_memory, machine_description,
+                      measure_ceilings, measure_memory, run_case, write_reports)
 
 FAMILIES = ["pointcloud", "attention", "mvf", "scale_space", "deform_conv", "sphere", "overhead", "models", "deploy",
             "vector_quantize"]
@@ -21,7 +21,10 @@ def main(argv=None) -> int:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="small shapes and short budgets (smoke test)")
     parser.add_argument("--budget", type=float, default=None, help="seconds of timed runs per implementation")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--out", type=Path, default=Path("bench-out"),
+                        help="folder of the reports (default: bench-out/, ignored by git)")
+    parser.add_argument("--record", action="store_true",
+                        help="write the reports into benchmarks/results/ (the committed results) instead of --out")
     parser.add_argument("--tag", default=None, help="report file name (default: <device>-<families>)")
     parser.add_argument("--system-allocator", action="store_true",
                         help="leave glibc's defaults (fresh pages for every block above 32 MiB: each call then pays "
@@ -45,14 +48,24 @@ def main(argv=None) -> int:
     rows = []
     for family in families:
         module = importlib.import_module(f".{family}", __package__)
+        monitor = CpuCompetition().start()
+        family_rows = []
         for case in module.cases(args.device, args.quick):
             print(f"running {case.family}/{case.name} {case.params} ...", flush=True)
-            rows.append((case, run_case(case, args.device, ceilings, budget)))
+            family_rows.append((case, run_case(case, args.device, ceilings, budget)))
+        competition = monitor.stop()
+        for case, _ in family_rows:
+            case.competition = competition
+        warning = competition_warning(family, competition)
+        if warning:
+            print(warning, flush=True)
+        rows += family_rows
     measure_memory(rows, args.device, args.quick)
     print()
-    print(format_table(rows))
+    print(format_table(rows, args.quick))
     tag = args.tag or f"{args.device}-{'-'.join(families)}{'-quick' if args.quick else ''}"
-    paths = write_reports(rows, ceilings, machine, args.out, tag)
+    out = Path(__file__).resolve().parent / "results" if args.record else args.out
+    paths = write_reports(rows, ceilings, machine, out, tag, args.quick)
     print("\nwrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 

@@ -52,6 +52,7 @@ class Case:
     note: str = ""
     goals: list = dataclasses.field(default_factory=list)  # more (implementation, speedup) goals
     samples: Optional[int] = None  # samples (images, clips) one call processes: the report adds samples/s
+    competition: Optional[dict] = None  # what other processes took while the case's family ran (CpuCompetition)
 
     def __post_init__(self):
         self.impls = [impl for impl in self.impls if impl is not None]  # candidate rows without a candidate
@@ -393,6 +394,54 @@ def measure_memory(rows: list[tuple[Case, list[Result]]], device: str, quick: bo
                 result.peak_mb = float(out.stdout.strip().splitlines()[-1])
 
 
+def _busy_seconds() -> Optional[float]:
+    """CPU seconds all processes of the machine have spent busy since boot (Linux /proc/stat), or None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+# Other processes keeping this much of a core busy on average make the timings of a family unreliable.
+COMPETITION_CORES = 0.2
+
+
+class CpuCompetition:
+    """How much CPU other processes used while a stretch of benchmarks ran: the machine's busy time
+    (/proc/stat) minus this process's own CPU time, averaged over the wall time, in cores. Also the load
+    average at the end. Use ``start()`` then ``stop()`` around one family."""
+
+    def start(self) -> "CpuCompetition":
+        self._wall, self._own, self._busy = time.perf_counter(), time.process_time(), _busy_seconds()
+        return self
+
+    def stop(self) -> dict:
+        wall = time.perf_counter() - self._wall
+        own = time.process_time() - self._own
+        busy = _busy_seconds()
+        cores = os.cpu_count() or 1
+        result = {"cores": cores, "wall_s": wall,
+                  "loadavg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+        if busy is None or self._busy is None or wall <= 0:
+            result.update(other_cores=None, competing=None)
+        else:
+            other = max(0.0, (busy - self._busy - own) / wall)
+            result.update(other_cores=other, competing=other > COMPETITION_CORES)
+        return result
+
+
+def competition_warning(family: str, c: Optional[dict]) -> Optional[str]:
+    """One line for the table and the report when other processes competed for the CPU during ``family``."""
+    if not c or not c.get("competing"):
+        return None
+    return (f"WARNING: other processes kept {c['other_cores']:.2f} of {c['cores']} cores busy while {family} ran "
+            f"(load average {c['loadavg_1min']:.1f}): its timings and verdicts are unreliable; rerun on an idle "
+            "machine")
+
+
 def machine_description(device: str) -> dict:
     desc = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "python": platform.python_version(), "machine": platform.machine()}
@@ -433,8 +482,18 @@ def goal_verdicts(case: Case, results: list[Result]) -> list[dict]:
     return out
 
 
-def format_table(rows: list[tuple[Case, list[Result]]]) -> str:
+def format_table(rows: list[tuple[Case, list[Result]]], quick: bool = False) -> str:
     lines = []
+    warned = set()
+    for case, _ in rows:
+        warning = competition_warning(case.family, case.competition)
+        if warning and case.family not in warned:
+            warned.add(case.family)
+            lines.append(warning)
+    if quick:
+        lines.append("--quick: small shapes and short budgets; every verdict below is indicative only")
+    if lines:
+        lines.append("")
     header = f"{'case':<44} {'implementation':<36} {'median ms':>10} {'host ms':>8} {'x ours':>8} {'GFLOP/s':>9} " \
              f"{'GB/s':>8} {'ceiling':>8} {'peak MB':>8}"
     if any(case.samples for case, _ in rows):
@@ -459,6 +518,8 @@ def format_table(rows: list[tuple[Case, list[Result]]]) -> str:
                 + (f" {case.samples * 1e3 / r.median_ms:>10.1f}" if case.samples else ""))
         for v in goal_verdicts(case, results):
             verdict = "n/a" if v["met"] is None else ("met" if v["met"] else "NOT met")
+            if quick and v["met"] is not None:
+                verdict += ", indicative"
             achieved = "-" if v["achieved"] is None else f"{v['achieved']:.2f}x"
             line = (f"{'':<44} goal: >= {v['speedup']:g}x faster than {v['against']}: {achieved} ({verdict})")
             if v["candidate_achieved"] is not None:
@@ -473,11 +534,16 @@ def format_table(rows: list[tuple[Case, list[Result]]]) -> str:
 
 
 def write_reports(rows: list[tuple[Case, list[Result]]], ceilings: dict, machine: dict, out_dir: Path,
-                  tag: str) -> dict[str, Path]:
+                  tag: str, quick: bool = False) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
+    families: dict[str, Optional[dict]] = {}
+    for c, _ in rows:
+        families.setdefault(c.family, c.competition)
     payload = {
         "machine": machine,
         "ceilings": ceilings,
+        "quick": quick,
+        "competition": {f: {**(c or {}), "warning": competition_warning(f, c)} for f, c in families.items()},
         "cases": [
             {"family": c.family, "name": c.name, "params": c.params, "bound": c.bound, "flops": c.flops,
              "bytes": c.bytes, "note": c.note, "samples": c.samples,
@@ -496,7 +562,7 @@ def write_reports(rows: list[tuple[Case, list[Result]]], ceilings: dict, machine
           f"Machine: {machine.get('gpu') or machine.get('cpu')}; torch {machine['torch']}, {machine['threads']} threads.",
           f"Ceilings: copy {ceilings['copy_GBps']:.1f} GB/s, float32 matmul {ceilings['matmul_fp32_GFLOPps']:.1f} GFLOP/s.",
           f"Allocator: {machine.get('allocator', 'system default')}.",
-          "", "```", format_table(rows), "```", ""]
+          "", "```", format_table(rows, quick), "```", ""]
     for c, _ in rows:
         if c.note:
             md.append(f"- {c.family}/{c.name}: {c.note}")

@@ -153,3 +153,38 @@ def test_samples_per_second_column(tmp_path):
                                     tmp_path, "demo")["json"].read_text())
     median = data["cases"][0]["results"][0]["median_ms"]
     assert data["cases"][0]["samples_per_s"]["ours"] == pytest.approx(4e3 / median)
+
+
+def test_competing_processes_are_measured_and_warned_about(tmp_path):
+    """A process that burns CPU while a family runs shows up as other processes' cores (the machine's busy time
+    minus the runner's own), and the table, the Markdown and the JSON carry the warning; --quick marks every
+    verdict indicative."""
+    import subprocess
+    import sys
+    import time
+
+    from benchmarks.harness import CpuCompetition, competition_warning
+
+    monitor = CpuCompetition().start()
+    burner = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 1.5: pass"])
+    burner.wait()
+    time.sleep(0.1)
+    measured = monitor.stop()
+    assert measured["other_cores"] > 0.3 and measured["competing"]  # the burner alone is most of a core
+    x = torch.rand(1 << 12)
+    case = Case("demo", "copy", {}, [Impl("ours", lambda: x.clone(), "ours"), Impl("reference", lambda: x + 0,
+                                                                                    "reference")],
+                goal=("reference", 0.01))
+    case.competition = measured
+    rows = [(case, run_case(case, "cpu", {"copy_GBps": 1.0, "matmul_fp32_GFLOPps": 1.0}, budget_s=0.02))]
+    table = format_table(rows, quick=True)
+    assert table.startswith("WARNING: other processes kept") and "while demo ran" in table
+    assert "indicative)" in table and "every verdict below is indicative" in table
+    paths = write_reports(rows, {"copy_GBps": 1.0, "matmul_fp32_GFLOPps": 1.0},
+                          {"device": "cpu", "torch": "x", "threads": 1, "cpu": "x"}, tmp_path, "demo", quick=True)
+    data = json.loads(paths["json"].read_text())
+    assert data["quick"] and data["competition"]["demo"]["competing"]
+    assert data["competition"]["demo"]["warning"].startswith("WARNING")
+    assert "WARNING: other processes" in paths["md"].read_text()
+    quiet = dict(measured, other_cores=0.05, competing=False)
+    assert competition_warning("demo", quiet) is None
