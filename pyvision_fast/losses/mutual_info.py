@@ -353,7 +353,8 @@ class MVMIEstimator(nn.Module):
         if h1.shape[-1] != self.dim or h2.shape[-1] != self.dim:
             raise ValueError(f"MVMIEstimator: inputs must be (N, {self.dim}), got {tuple(h1.shape)} and "
                              f"{tuple(h2.shape)}")
-        p1, p2 = gaussian_split(h1), gaussian_split(h2)
+        # the Gaussians' log-densities in float32 also under bfloat16/float16 autocast
+        p1, p2 = gaussian_split(h1.float()), gaussian_split(h2.float())
         z1, z2 = p1.rsample(), p2.rsample()
         return self.mi_estimator(z1, z2), symmetric_kl(p1, p2, z1, z2)
 
