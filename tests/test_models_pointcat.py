@@ -183,9 +183,9 @@ def test_batched_search_with_pointnet_equals_the_loop():
     """The real PointNet (with its input and feature transforms) in eval mode: clouds do not interact."""
     torch.manual_seed(5)
     model = create_model("pointnet", num_classes=3).double()
-    start = torch.rand(3, 64, 3, dtype=torch.float64) * 2 - 1
-    clouds, feats = search_feature_peaks(model, start, iters=3, lr=0.005)
+    start = torch.rand(3, 32, 3, dtype=torch.float64) * 2 - 1
+    clouds, feats = search_feature_peaks(model, start, iters=2, lr=0.005)
     for c in range(3):
-        one_cloud, one_feat = search_feature_peaks(model, start[c:c + 1], labels=torch.tensor([c]), iters=3)
+        one_cloud, one_feat = search_feature_peaks(model, start[c:c + 1], labels=torch.tensor([c]), iters=2)
         torch.testing.assert_close(clouds[c:c + 1], one_cloud, rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(feats[c:c + 1], one_feat, rtol=1e-9, atol=1e-10)
