@@ -152,6 +152,14 @@ def test_lxrt_checkpoint_key_conversion_and_loading(tmp_path):
     for k, v in model.logit_fc.state_dict().items():
         assert torch.equal(v, head_before[k])
     assert "cls.predictions.bias" in unused          # models.read_state_dict removed DataParallel's module.
+    # the engine's --pretrained (models.load_weights) takes the same file: encoder loaded, head kept
+    from pyvision_fast.models import load_weights
+
+    model5 = tiny_model(num_classes=9)
+    head5 = model5.logit_fc[3].weight.clone()
+    load_weights(model5, tmp_path / "model_LXRT.pth")
+    torch.testing.assert_close(model5.lxrt_encoder.pooler.dense.bias, src.lxrt_encoder.pooler.dense.bias + 1)
+    assert torch.equal(model5.logit_fc[3].weight, head5)
     # a folder holding the file, and the factory argument
     model2 = tiny_model(lxmert_weights=str(tmp_path))
     torch.testing.assert_close(model2.lxrt_encoder.pooler.dense.weight,
