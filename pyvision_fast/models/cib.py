@@ -191,9 +191,9 @@ class CIBLxmert(nn.Module):
         return {"logit": logit, **terms, "club_loss": club_loss}
 
     def adapt_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
-        """``models.load_weights`` hook (``--pretrained``): LXMERT/HF/LXMERT-VQA key layouts become this model's
-        (``convert_lxmert_state_dict``), the pre-training heads are dropped, and a pre-training checkpoint (an
-        encoder only) keeps this model's answer head and estimators as initialised."""
+        """``models.load_weights`` hook (``--pretrained``): LXMERT/HF/LXMERT-VQA key layouts become this
+        model's (``convert_lxmert_state_dict``), the pre-training heads are dropped, and a pre-training
+        checkpoint (an encoder only) keeps this model's answer head and estimators as initialised."""
         converted = convert_lxmert_state_dict(state)[0]
         pretraining = any(k.removeprefix("module.").split(".", 1)[0] in ("bert", "lxmert") for k in state)
         if pretraining:
