@@ -186,6 +186,16 @@ def test_bad_data_fails_naming_the_file(tmp_path):
     assert res.returncode == 2, res.stderr[-2000:]
     assert "ply_data_train0.h5" in res.stderr and "NaN" in res.stderr, res.stderr[-2000:]
 
+    data = write_modelnet40_h5(tmp_path / "data2", train_per_class=2, test_per_class=1, num_points=128)
+    with h5py.File(data / "ply_data_train0.h5", "r+") as f:
+        labels = f["label"][...]
+        labels[2, 0] = 7  # 4 classes
+        f["label"][...] = labels
+    res = _pvf("train", "pointcat", "--data", str(data), "--output", str(tmp_path / "run2"), "--epochs", "1",
+               "--workers", "0", "--no-progress", *SMALL)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "ply_data_train0.h5" in res.stderr and "label 7" in res.stderr, res.stderr[-2000:]
+
 
 @pytest.mark.slow
 def test_pretrained_classifier_in_and_cat_checkpoint_out(tmp_path):
