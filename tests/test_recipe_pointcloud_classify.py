@@ -152,14 +152,16 @@ def test_bad_data_fails_before_training(tmp_path):
 
 @pytest.mark.slow
 def test_pointnet2_ssg_learns_solids(tmp_path, capsys):
-    """PointNet++ SSG with the recipe's defaults except the length (8 epochs, lr x 0.7 every 4) and the batch
-    (8) reaches >= 90% test accuracy on sphere / cube / cylinder / cone (10 train, 6 test shapes each, randomly
-    scaled and turned about the vertical axis; 1024 points)."""
+    """PointNet++ SSG with the recipe's defaults except the length (10 epochs, lr x 0.7 every 4) and the batch
+    (4) reaches >= 90% test accuracy on sphere / cube / cylinder / cone (10 train, 6 test shapes each, randomly
+    scaled and turned about the vertical axis; 1024 points). With so few updates the eval-mode BatchNorm
+    statistics are what lags (train-mode predictions are right after ~4 epochs): the small batch gives the
+    running averages more updates."""
     data = write_modelnet40_normal(tmp_path / "solids", classes=SOLIDS[:4], train_per_class=10, test_per_class=6,
                                    num_points=1100, seed=1)
     out = tmp_path / "run"
-    main(["train", "pointcloud_classify", "--data", str(data), "--output", str(out), "--epochs", "8",
-          "--model", "pointnet2_ssg", "--batch-size", "8", "--workers", "0", "--device", "cpu", "--no-progress",
+    main(["train", "pointcloud_classify", "--data", str(data), "--output", str(out), "--epochs", "10",
+          "--model", "pointnet2_ssg", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--no-progress",
           "--set", "decay_epochs=4"])
     rows = _metrics(out / "metrics.csv")
     val = [r for r in rows if r["split"] == "val"]

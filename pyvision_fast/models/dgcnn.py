@@ -16,7 +16,7 @@ split as [W_a | W_b], W_a (x_j - x_i) + W_b x_i = (W_a x_j) + (W_b - W_a) x_i. B
 point (B, C', N), and only W_a x is gathered over the neighbours: k times fewer multiply-adds. In eval mode the
 BatchNorm + LeakyReLU that follow are a monotone function per channel (increasing where the BN scale is >= 0,
 decreasing where it is negative), so the max over the neighbours is taken before them, on the gathered values
-(max where the scale is >= 0, min elsewhere).
+(max where the scale is >= 0, min elsewhere, as one max over values negated where the scale is negative).
 
 Neighbour ties: ``knn_points`` breaks equal distances by the lower index; the official ``topk`` on
 -||x_i||^2 + 2 x_i.x_j - ||x_j||^2 breaks them arbitrarily and computes distances with a different rounding. The
@@ -46,11 +46,14 @@ def edge_conv(x: Tensor, block: nn.Sequential, k: int) -> Tensor:
     w_a, w_b = w[:, :C], w[:, C:]
     per_point = F.conv1d(x, torch.cat([w_a, w_b - w_a], dim=0)[..., None])  # (B, 2C', N)
     neighbour, centre = per_point.chunk(2, dim=1)
-    gathered = ops.grouping_operation(neighbour.contiguous(), idx)  # (B, C', N, k)
     if bn.training or not bn.track_running_stats or bn.running_var is None:
+        gathered = ops.grouping_operation(neighbour.contiguous(), idx)  # (B, C', N, k)
         return act(bn(gathered + centre[..., None])).amax(dim=-1)
     scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps) if bn.affine else torch.rsqrt(bn.running_var + bn.eps)
-    extreme = torch.where((scale >= 0)[None, :, None], gathered.amax(dim=-1), gathered.amin(dim=-1))
+    # max over the neighbours where the BN scale is >= 0, min (= -max of the negated values) elsewhere: one
+    # reduction over the gathered (B, C', N, k) values
+    sign = torch.where(scale >= 0, 1.0, -1.0).to(neighbour.dtype)[None, :, None]
+    extreme = ops.grouping_operation((neighbour * sign).contiguous(), idx).amax(dim=-1) * sign
     return act(bn((extreme + centre)[..., None]))[..., 0]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
@@ -37,18 +38,53 @@ def _official_mlp(in_channels: int, channels: Sequence[int]) -> tuple[nn.ModuleL
     return convs, bns
 
 
-def _group(xyz: Tensor, centres: Tensor, features: Optional[Tensor], radius: float, nsample: int,
-           xyz_first: bool) -> Tensor:
-    """Ball-query grouping around ``centres`` (B, S, 3): (B, 3 + C, S, nsample) with centred coordinates and
-    the neighbours' features, coordinates first (``xyz_first``) or last. Missing neighbours repeat the first."""
+def _ball_idx(xyz: Tensor, centres: Tensor, radius: float, nsample: int) -> Tensor:
+    """(B, S, nsample) int64 neighbour indices; missing neighbours repeat the first one found."""
     _, idx, _ = ops.ball_query(centres, xyz, K=nsample, radius=radius, return_nn=False)
-    idx = torch.where(idx < 0, idx[..., :1], idx)
+    return torch.where(idx < 0, idx[..., :1], idx)
+
+
+def _group(xyz: Tensor, centres: Tensor, features: Optional[Tensor], idx: Tensor, xyz_first: bool) -> Tensor:
+    """Grouping around ``centres`` (B, S, 3): (B, 3 + C, S, nsample) with centred coordinates and the neighbours'
+    features, coordinates first (``xyz_first``) or last."""
     grouped = ops.grouping_operation(xyz.transpose(1, 2).contiguous(), idx) - centres.transpose(1, 2)[..., None]
     if features is None:
         return grouped
     grouped_features = ops.grouping_operation(features.contiguous(), idx)
     parts = [grouped, grouped_features] if xyz_first else [grouped_features, grouped]
     return torch.cat(parts, dim=1)
+
+
+def _grouped_first_conv(conv: nn.Module, xyz: Tensor, centres: Tensor, features: Tensor, idx: Tensor,
+                        xyz_first: bool) -> Tensor:
+    """``conv(_group(...))`` (B, C1, S, nsample) without the grouped input: the 1x1 convolution is linear, so
+    W [x_j - c; f_j] + b = (W [x_j; f_j]) - (W_xyz c - b). The first product is taken once per point (B, C1, N)
+    and gathered; the second once per centre. Fewer multiply-adds and a C1- instead of (3 + C)-channel gather
+    wherever C1 <= 3 + C (PointNet++'s second set abstraction: 323 -> 64/128/128 in MSG, 131 -> 128 in SSG)."""
+    w = conv.weight.flatten(1)  # (C1, 3 + C)
+    xyz_t = xyz.transpose(1, 2)
+    inputs = torch.cat([xyz_t, features] if xyz_first else [features, xyz_t], dim=1)
+    per_point = F.conv1d(inputs, w[..., None])  # (B, C1, N)
+    w_xyz = w[:, :3] if xyz_first else w[:, -3:]
+    centre_term = torch.matmul(w_xyz, centres.transpose(1, 2))  # (B, C1, S)
+    if conv.bias is not None:
+        centre_term = centre_term - conv.bias[:, None]
+    return ops.grouping_operation(per_point.contiguous(), idx) - centre_term[..., None]
+
+
+def _run_mlp(pairs: Sequence[tuple[nn.Module, nn.Module]], xyz: Tensor, centres: Tensor,
+             features: Optional[Tensor], idx: Tensor, xyz_first: bool) -> Tensor:
+    """The shared MLP (1x1 conv, BN, ReLU per pair) over the grouped neighbourhood, max over the neighbours:
+    (B, C_last, S)."""
+    first_conv = pairs[0][0]
+    if features is not None and first_conv.weight.shape[0] <= first_conv.weight.shape[1]:
+        x = _grouped_first_conv(first_conv, xyz, centres, features, idx, xyz_first)
+    else:
+        x = first_conv(_group(xyz, centres, features, idx, xyz_first))
+    x = torch.relu(pairs[0][1](x))
+    for conv, bn in pairs[1:]:
+        x = torch.relu(bn(conv(x)))
+    return x.amax(dim=-1)
 
 
 class PointNetSetAbstraction(nn.Module):
@@ -63,6 +99,10 @@ class PointNetSetAbstraction(nn.Module):
     ``layout="official"`` holds it as the PointNet++ code does (yanx27/Pointnet_Pointnet2_pytorch
     ``models/pointnet2_utils.py``): ``mlp_convs.i`` (Conv2d with bias) and ``mlp_bns.i``, so that the
     official classifiers' state_dicts load and their parameter counts match. The computation is the same.
+
+    Where the first MLP layer has no more outputs than inputs (3 + in_channels), it is applied per point before
+    the grouping and the centres' share is subtracted after it (``_grouped_first_conv``): the same values
+    without the (B, 3 + C, npoint, nsample) grouped input.
 
     forward(xyz (B, N, 3), features (B, in_channels, N) or None)
         -> (new_xyz (B, npoint, 3) or (B, 1, 3) zeros, new_features (B, mlp[-1], npoint or 1))
@@ -80,6 +120,11 @@ class PointNetSetAbstraction(nn.Module):
         else:
             self.mlp_convs, self.mlp_bns = _official_mlp(in_channels + 3, mlp)
 
+    def _pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        if self.layout == "sequential":
+            return [(self.mlp[i], self.mlp[i + 1]) for i in range(0, len(self.mlp), 3)]
+        return list(zip(self.mlp_convs, self.mlp_bns))
+
     def _run_mlp(self, x: Tensor) -> Tensor:
         if self.layout == "sequential":
             return self.mlp(x)
@@ -92,10 +137,10 @@ class PointNetSetAbstraction(nn.Module):
             grouped = xyz.transpose(1, 2)[:, :, None, :]  # (B, 3, 1, N)
             if features is not None:
                 grouped = torch.cat([grouped, features[:, :, None, :]], dim=1)
-        else:
-            new_xyz, _ = ops.sample_farthest_points(xyz, K=self.npoint)
-            grouped = _group(xyz, new_xyz, features, self.radius, self.nsample, xyz_first=True)
-        return new_xyz, self._run_mlp(grouped).amax(dim=-1)
+            return new_xyz, self._run_mlp(grouped).amax(dim=-1)
+        new_xyz, _ = ops.sample_farthest_points(xyz, K=self.npoint)
+        idx = _ball_idx(xyz, new_xyz, self.radius, self.nsample)
+        return new_xyz, _run_mlp(self._pairs(), xyz, new_xyz, features, idx, xyz_first=True)
 
 
 class PointNetSetAbstractionMsg(nn.Module):
@@ -106,6 +151,7 @@ class PointNetSetAbstractionMsg(nn.Module):
     concatenated along channels.
 
     Parameters are named as in the PointNet++ code (``conv_blocks.i.j`` Conv2d with bias, ``bn_blocks.i.j``).
+    The first layer of each scale is computed per point when it narrows the input (see PointNetSetAbstraction).
 
     forward(xyz (B, N, 3), features (B, in_channels, N) or None)
         -> (new_xyz (B, npoint, 3), new_features (B, sum_i mlp_list[i][-1], npoint))
@@ -131,8 +177,8 @@ class PointNetSetAbstractionMsg(nn.Module):
         outs = []
         for radius, nsample, convs, bns in zip(self.radius_list, self.nsample_list, self.conv_blocks,
                                                self.bn_blocks):
-            grouped = _group(xyz, new_xyz, features, radius, nsample, xyz_first=False)
-            outs.append(_conv_bn_relu(convs, bns, grouped).amax(dim=-1))
+            idx = _ball_idx(xyz, new_xyz, radius, nsample)
+            outs.append(_run_mlp(list(zip(convs, bns)), xyz, new_xyz, features, idx, xyz_first=False))
         return new_xyz, torch.cat(outs, dim=1)
 
 
