@@ -1,5 +1,6 @@
 # make bench: set up .venv, build the extension, run the benchmark suite on this machine.
 # make test:  set up .venv, build the extension, run the test suite.
+# make docs:  the API reference from the docstrings (pdoc) into build/docs; fails on any warning.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -7,7 +8,7 @@ DEPS   := $(VENV)/.deps-stamp
 BUILT  := $(VENV)/.build-stamp
 SOURCES := $(shell find csrc -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu') CMakeLists.txt setup.py
 
-.PHONY: all build test bench clean
+.PHONY: all build test bench docs clean
 
 all: test
 
@@ -33,6 +34,9 @@ test: $(BUILT)
 bench: $(BUILT)
 	$(PY) -m pyvision_fast info
 	$(PY) -m benchmarks $(BENCH_ARGS)
+
+docs: $(BUILT)
+	$(PY) docs/build_api.py build/docs
 
 clean:
 	rm -rf build *.egg-info pyvision_fast/_C*.so $(BUILT)
