@@ -102,8 +102,9 @@ class PointNet2Classifier(nn.Module):
         self.sa1 = BallGroupingSA(npoint[0], radius=0.3, nsample=16, in_channels=0, out_channels=width)
         self.sa2 = PointNetSetAbstraction(npoint[1], radius=0.6, nsample=16, in_channels=width,
                                           mlp=[width, 2 * width])
-        self.sa3 = PointNetSetAbstraction(None, None, None, in_channels=2 * width, mlp=[2 * width, 4 * width],
-                                          group_all=True)
+        # group_all: the whole cloud is one group around the origin (npoint, radius, nsample unused)
+        self.sa3 = PointNetSetAbstraction(npoint=None, radius=None, nsample=None, in_channels=2 * width,
+                                          mlp=[2 * width, 4 * width], group_all=True)
         self.head = nn.Sequential(nn.Linear(4 * width, 2 * width), nn.BatchNorm1d(2 * width), nn.ReLU(inplace=True),
                                   nn.Dropout(0.3), nn.Linear(2 * width, num_classes))
 
