@@ -516,3 +516,52 @@ def test_backward_runs_the_forwards_implementation_on_any_thread(monkeypatch):
         worker.start()
         worker.join()
     assert ran == ["reference", "reference"]
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference", pytest.param("cuda", marks=pytest.mark.cuda),
+                                     pytest.param("triton", marks=pytest.mark.triton)])
+def test_nan_offset_samples_nan_like_torchvision(backend):
+    """torchvision's bilinear weights at a NaN coordinate are NaN, so the output at that location is NaN in every
+    output channel (its CPU kernel can crash on it here, so the expectation is written out); an infinite offset
+    lies outside the image and samples 0; every other location equals torchvision. The input gradient treats the
+    NaN tap as outside (finite); the weight gradient of that tap meets the NaN sample, as torchvision's would."""
+    device = "cuda" if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()) else "cpu"
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64, device=device, requires_grad=True)
+    weight = torch.randn(3, 4, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
+    offset = torch.randn(2, 18, 6, 6, dtype=torch.float64, device=device)
+    mask = torch.rand(2, 9, 6, 6, dtype=torch.float64, device=device)
+    clean = torchvision.ops.deform_conv2d(x, offset, weight, None, 1, 1, 1, mask).detach()
+    offset[1, 4, 2, 3] = float("nan")  # tap 2's y at output (2, 3) of image 1
+    offset[0, 7, 4, 1] = float("inf")  # tap 3's x at output (4, 1) of image 0: outside
+    far = offset.clone()
+    far[0, 7, 4, 1] = 1e6
+    with use_backend(backend):
+        out = ops.deform_conv2d(x, offset, weight, None, 1, 1, 1, mask)
+        grad_input, grad_weight = torch.autograd.grad(out.nan_to_num().sum(), [x, weight])
+    out = out.detach()
+    nan_at = torch.zeros_like(out, dtype=torch.bool)
+    nan_at[1, :, 2, 3] = True
+    assert torch.equal(torch.isnan(out), nan_at)
+    expected = torchvision.ops.deform_conv2d(x, far.nan_to_num(), weight, None, 1, 1, 1, mask).detach()
+    assert_close(out[~nan_at], expected[~nan_at])
+    assert not torch.equal(out[0, :, 4, 1], clean[0, :, 4, 1])  # the inf tap really changed that location
+    assert torch.isfinite(grad_input).all()
+    tap_2 = torch.zeros_like(grad_weight, dtype=torch.bool)
+    tap_2[:, :, 0, 2] = True  # tap k = 2 is kernel row 0, column 2
+    assert torch.equal(torch.isnan(grad_weight), tap_2)
+
+
+def test_argument_errors_are_caught_as_torchvision_s_runtime_errors():
+    """Code written for torchvision catches RuntimeError; ours are ValueError/TypeError and RuntimeError."""
+    x, w = torch.randn(2, 4, 6, 6), torch.randn(3, 4, 3, 3)
+    bad_offset = torch.randn(2, 17, 4, 4)  # 17 channels is not 2 * kh * kw * offset_groups
+    for fn in (torchvision.ops.deform_conv2d, ops.deform_conv2d):
+        with pytest.raises(RuntimeError):
+            fn(x, bad_offset, w)
+    with pytest.raises(ValueError) as info:
+        ops.deform_conv2d(x, bad_offset, w)
+    assert isinstance(info.value, RuntimeError) and "deform_conv2d" in str(info.value)
+    with pytest.raises(RuntimeError) as info:
+        ops.deform_conv2d(x, torch.randn(2, 18, 4, 4, dtype=torch.float64), w)
+    assert isinstance(info.value, TypeError) and "dtype" in str(info.value)

@@ -32,6 +32,8 @@ struct Sample {
   A ly, lx;        // fractional parts (for the coordinate gradients)
   bool valid[4];   // the corner lies in the image (and the point inside (-1, H) x (-1, W))
   bool inside;
+  bool nan;        // y or x is NaN: outside for every weight and gradient, but the sample itself is NaN (as in
+                   // torchvision, whose weights are then NaN); the callers write NaN into the column
 };
 
 template <typename A>
@@ -41,6 +43,7 @@ __host__ __device__
 inline Sample<A> bilinear_sample(A y, A x, int64_t H, int64_t W) {
   Sample<A> s{};
   s.inside = y > A(-1) && y < A(H) && x > A(-1) && x < A(W);  // false for NaN as well
+  s.nan = y != y || x != x;
   if (!s.inside) return s;
   const int64_t h0 = static_cast<int64_t>(y + A(1)) - 1, w0 = static_cast<int64_t>(x + A(1)) - 1;  // floor, y > -1
   s.ly = y - h0;

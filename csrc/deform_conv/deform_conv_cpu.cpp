@@ -4,6 +4,7 @@
 // over (image, offset group, tap) rows, each reading the group's channels.
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "common/parallel.h"
@@ -16,8 +17,10 @@ namespace {
 // Samples of one (b, o, k) row: idx[4p + i] and weights w[4p + i] (times the mask), valid[4p + i] in {0, 1}.
 template <typename T>
 void sample_row(const Geometry& g, const T* offset, const T* mask, int64_t b, int64_t o, int64_t k, int32_t* idx,
-                T* w, T* valid, T* ly, T* lx, std::vector<int32_t>& outside) {
+                T* w, T* valid, T* ly, T* lx, std::vector<int32_t>& outside,
+                std::vector<int32_t>* nan_points = nullptr) {
   outside.clear();
+  if (nan_points) nan_points->clear();
   const int64_t K = g.K(), P = g.P();
   const int64_t i = k / g.kw, j = k % g.kw;
   const T* dy = offset + ((b * g.OG + o) * K + k) * 2 * P;
@@ -33,6 +36,7 @@ void sample_row(const Geometry& g, const T* offset, const T* mask, int64_t b, in
     // 0 * pixel never meets an inf / NaN the sample does not touch. Samples entirely outside index pixel 0 and
     // are listed in `outside`: the caller overwrites their results with zeros.
     if (!s.inside) outside.push_back(static_cast<int32_t>(p));
+    if (s.nan && nan_points) nan_points->push_back(static_cast<int32_t>(p));
     int64_t inside_corner = 0;
     for (int c = 3; c >= 0; --c)
       if (s.valid[c]) inside_corner = s.idx[c];
@@ -61,12 +65,12 @@ void im2col_cpu(const Geometry& g, const T* input, const T* offset, const T* mas
   const int64_t rows = g.B * g.OG * K;
   std::vector<int32_t> idx(rows * P * 4);
   std::vector<T> w(rows * P * 4);
-  std::vector<std::vector<int32_t>> outside(rows);
+  std::vector<std::vector<int32_t>> outside(rows), nan_points(rows);
   parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r)
       sample_row(g, offset, mask, r / (g.OG * K), (r / K) % g.OG, r % K, idx.data() + r * P * 4,
                  w.data() + r * P * 4, static_cast<T*>(nullptr), static_cast<T*>(nullptr), static_cast<T*>(nullptr),
-                 outside[r]);
+                 outside[r], &nan_points[r]);
   });
   parallel_for(0, g.B * g.C, 1, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
@@ -81,6 +85,7 @@ void im2col_cpu(const Geometry& g, const T* input, const T* offset, const T* mas
           col[p] = wr[4 * p] * plane[ir[4 * p]] + wr[4 * p + 1] * plane[ir[4 * p + 1]] +
                    wr[4 * p + 2] * plane[ir[4 * p + 2]] + wr[4 * p + 3] * plane[ir[4 * p + 3]];
         for (int32_t p : outside[r]) col[p] = T(0);
+        for (int32_t p : nan_points[r]) col[p] = std::numeric_limits<T>::quiet_NaN();  // a NaN offset samples NaN
       }
     }
   });

@@ -4,6 +4,8 @@
 // gradients over the group's channels in registers.
 #include <cuda_runtime.h>
 
+#include <cmath>
+
 #include "common/cuda_dispatch.cuh"
 #include "common/cuda_utils.cuh"
 #include "deform_conv/deform_conv.h"
@@ -70,7 +72,7 @@ __global__ void im2col_kernel(Geometry g, const T* input, const T* offset, const
       if (s.inside)
         for (int q = 0; q < 4; ++q)
           if (s.valid[q]) v += s.w[q] * to_acc(plane[s.idx[q]]);
-      columns[((r.b * g.C + c) * K + r.k) * P + r.p] = from_acc<T>(m * v);
+      columns[((r.b * g.C + c) * K + r.k) * P + r.p] = from_acc<T>(s.nan ? A(NAN) : m * v);  // NaN offset: NaN
     }
   }
 }

@@ -276,6 +276,16 @@ def _pair(v: Union[int, tuple, list], name: str) -> list[int]:
     return pair
 
 
+class DeformConvValueError(ValueError, RuntimeError):
+    """A bad argument of ``deform_conv2d``: a ValueError, and a RuntimeError as torchvision raises, so code
+    written for either catches it."""
+
+
+class DeformConvTypeError(TypeError, RuntimeError):
+    """A wrongly typed argument of ``deform_conv2d`` (dtype, device, not a tensor): a TypeError and, as in
+    torchvision, a RuntimeError."""
+
+
 def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                   stride: Union[int, tuple[int, int]] = 1, padding: Union[int, tuple[int, int]] = 0,
                   dilation: Union[int, tuple[int, int]] = 1, mask: Optional[Tensor] = None) -> Tensor:
@@ -293,8 +303,23 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[
 
     Returns (B, C_out, Ho, Wo), Ho = (H + 2 ph - dh (kh - 1) - 1) // sh + 1 (likewise Wo). Differentiable in
     input, offset, weight, mask and bias. float32/float64 on CPU; also float16/bfloat16 on CUDA (sampling in
-    float32).
+    float32). A NaN offset samples NaN (torchvision's value); its gradients treat the tap as outside the image.
+    Bad arguments raise ``DeformConvValueError`` / ``DeformConvTypeError``, which are also RuntimeErrors (what
+    torchvision raises).
     """
+    try:
+        return _deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask)
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, RuntimeError):
+            raise
+        cls = DeformConvValueError if isinstance(exc, ValueError) else DeformConvTypeError
+        raise cls(str(exc)).with_traceback(exc.__traceback__) from None
+
+
+def _deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                   stride: Union[int, tuple[int, int]] = 1, padding: Union[int, tuple[int, int]] = 0,
+                   dilation: Union[int, tuple[int, int]] = 1, mask: Optional[Tensor] = None) -> Tensor:
+    """``deform_conv2d`` without the error translation."""
     for name, t in (("input", input), ("offset", offset), ("weight", weight)):
         if not isinstance(t, Tensor):
             raise TypeError(f"deform_conv2d: {name} must be a tensor, got {type(t).__name__}")

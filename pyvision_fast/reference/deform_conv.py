@@ -61,6 +61,8 @@ def im2col(input: Tensor, offset: Tensor, mask: Optional[Tensor], conv: tuple) -
         wts = wts * mask.reshape(B, OG, K, P, 1)
     corners = _corner_values(input, idx, OG)  # corners outside the image must read 0, never inf / NaN
     cols = (torch.where(valid[:, :, None] > 0, corners, torch.zeros_like(corners)) * wts[:, :, None]).sum(-1)
+    nan_point = torch.isnan(offset.view(B, OG, K, 2, P)).any(3)  # torchvision samples NaN at a NaN offset
+    cols = torch.where(nan_point[:, :, None], torch.full_like(cols, float("nan")), cols)
     return cols.reshape(B, C * K, P)
 
 

@@ -57,6 +57,7 @@ def _sample_point(OFF, MSK, b, p, row_ok, ho, wo, og, k, ki, kj, P, H, W, K, OG,
     y = (ho * sh - ph + ki * dh).to(ACC) + tl.load(OFF + o, mask=row_ok, other=0).to(ACC)
     x = (wo * sw - pw + kj * dw).to(ACC) + tl.load(OFF + o + P, mask=row_ok, other=0).to(ACC)
     inside = row_ok & (y > -1) & (y < H) & (x > -1) & (x < W)  # false for NaN as well
+    nan_pt = (y != y) | (x != x)  # torchvision samples NaN there: the forward writes NaN, gradients treat it outside
     y = tl.where(y == y, tl.minimum(tl.maximum(y, -2.0), H + 1.0), -2.0)
     x = tl.where(x == x, tl.minimum(tl.maximum(x, -2.0), W + 1.0), -2.0)
     yf = tl.floor(y)
@@ -81,7 +82,7 @@ def _sample_point(OFF, MSK, b, p, row_ok, ho, wo, og, k, ki, kj, P, H, W, K, OG,
         m = tl.load(MSK + b * (OG * K * P) + (og * K + k) * P + p, mask=row_ok, other=0).to(ACC)
     else:
         m = tl.where(row_ok, 1, 0).to(ACC)
-    return h0, w0, ly, lx, inside, w00, w01, w10, w11, v00, v01, v10, v11, m
+    return h0, w0, ly, lx, inside, w00, w01, w10, w11, v00, v01, v10, v11, m, nan_pt
 
 
 @triton.jit
@@ -125,7 +126,7 @@ def _dcn_fwd_kernel(X, OFF, MSK, WT, BIAS, OUT, R, P, Wo, H, W, C, Cg, Cog, S, C
         for u in range(Cg // S):
             cb = gi * Cg + u * S
             og = cb // Cog
-            h0, w0, ly, lx, inside, w00, w01, w10, w11, v00, v01, v10, v11, m = _sample_point(
+            h0, w0, ly, lx, inside, w00, w01, w10, w11, v00, v01, v10, v11, m, nan_pt = _sample_point(
                 OFF, MSK, b, p, row_ok, ho, wo, og, k, ki, kj, P, H, W, K, OG, sh, sw, ph, pw, dh, dw, HAS_MASK, ACC)
             pix = xb + (h0 * W + w0) * C
             for c0 in range(0, S, BLOCK_C):
@@ -136,7 +137,7 @@ def _dcn_fwd_kernel(X, OFF, MSK, WT, BIAS, OUT, R, P, Wo, H, W, C, Cg, Cog, S, C
                 val += w01[:, None] * _corner(X, pix + C, c, c_ok, v01 & inside, ACC)
                 val += w10[:, None] * _corner(X, pix + W * C, c, c_ok, v10 & inside, ACC)
                 val += w11[:, None] * _corner(X, pix + (W + 1) * C, c, c_ok, v11 & inside, ACC)
-                val = val * m[:, None]
+                val = tl.where(nan_pt[:, None], float("nan"), val * m[:, None])
                 wt = tl.load(WT + ((gi * K + k) * Cg + (c - gi * Cg))[:, None] * Cout_g + co[None, :],
                              mask=c_ok[:, None] & co_ok[None, :], other=0)
                 acc += tl.dot(val.to(WT.dtype.element_ty), wt, input_precision=PRECISION)
@@ -188,7 +189,7 @@ def _dcn_data_kernel(X, OFF, MSK, WT, G, GI, GOFF, GM, R, P, Wo, H, W, C, Cg, Co
                         mask=row_ok[:, None] & co_ok[None, :], other=0)
             wt = tl.load(WT + wrow[None, :] + co[:, None], mask=co_ok[:, None] & c_ok[None, :], other=0)
             gc += tl.dot(g, wt, input_precision=PRECISION)
-        h0, w0, ly, lx, inside, w00, w01, w10, w11, v00, v01, v10, v11, m = _sample_point(
+        h0, w0, ly, lx, inside, w00, w01, w10, w11, v00, v01, v10, v11, m, nan_pt = _sample_point(
             OFF, MSK, b, p, row_ok, ho, wo, og, k, ki, kj, P, H, W, K, OG, sh, sw, ph, pw, dh, dw, HAS_MASK, ACC)
         pix = b * (H * W * C) + (h0 * W + w0) * C
         # each corner in turn: its row sums t = sum_c gc v give the offset and mask gradients, gc its input
@@ -240,7 +241,7 @@ def _dcn_weight_kernel(X, OFF, MSK, G, GW, R, P, Wo, H, W, C, Cg, Cog, S, Cout, 
         p = rows - b * P
         ho = p // Wo
         wo = p - ho * Wo
-        h0, w0, ly, lx, inside, w00, w01, w10, w11, v00, v01, v10, v11, m = _sample_point(
+        h0, w0, ly, lx, inside, w00, w01, w10, w11, v00, v01, v10, v11, m, nan_pt = _sample_point(
             OFF, MSK, b, p, row_ok, ho, wo, og, k, ki, kj, P, H, W, K, OG, sh, sw, ph, pw, dh, dw, HAS_MASK, ACC)
         pix = b * (H * W * C) + (h0 * W + w0) * C
         val = w00[:, None] * _corner(X, pix, c, c_ok, v00 & inside, ACC)
@@ -249,7 +250,8 @@ def _dcn_weight_kernel(X, OFF, MSK, G, GW, R, P, Wo, H, W, C, Cg, Cog, S, Cout, 
         val += w11[:, None] * _corner(X, pix + (W + 1) * C, c, c_ok, v11 & inside, ACC)
         g = tl.load(G + (b * (Cout * P) + p)[:, None] + ((gi * Cout_g + co) * P)[None, :],
                     mask=row_ok[:, None] & co_ok[None, :], other=0)
-        acc += tl.dot(tl.trans((val * m[:, None]).to(G.dtype.element_ty)), g, input_precision=PRECISION)
+        val = tl.where(nan_pt[:, None], float("nan"), val * m[:, None])  # the forward's NaN column
+        acc += tl.dot(tl.trans(val.to(G.dtype.element_ty)), g, input_precision=PRECISION)
     tl.store(GW + ((split * C + c) * K + k)[:, None] * Cout_g + co[None, :], acc.to(GW.dtype.element_ty),
              mask=c_ok[:, None] & co_ok[None, :])
 
