@@ -11,15 +11,17 @@ and DGCNN inference (k = 20, 1024 points), each run three ways with the same wei
   ``npoint`` batched distance updates from a random start, the ball query by sorting a masked index matrix of
   the full (B, S, N) distance matrix, gathers by advanced indexing, concatenations of centred coordinates and
   features; DGCNN's neighbours by ``topk`` of -||x_i - x_j||^2 = 2 x_i.x_j - ||x_i||^2 - ||x_j||^2 and its
-  explicit edge tensor cat(x_j - x_i, x_i) through the 1x1 convolutions. The goal (>= 5x on CPU) is against it.
+  explicit edge tensor cat(x_j - x_i, x_i) through the 1x1 convolutions. The goal (>= 5x on CPU) is against
+  it.
 
 Quick setting: batch 4 for both cases (1024 points). Measured on the 2-core development CPU (2026-12-05, 2
 threads, load average 1.0-1.5 during the run; ``benchmarks/results/cpu-models_pointnet-quick.*``), wall-clock
 medians: MSG train step ours 3.14 s, same model on reference ops 3.82 s (1.22x), official formulation 5.64 s
 (1.80x); DGCNN inference ours 248 ms, reference ops 4.29 s (17.3x), official formulation 940 ms (3.79x), peak
-88 MB vs 240 MB (official) and 4.1 GB (reference kNN's full difference tensor). Process CPU time on one thread,
-medians of 5 interleaved runs: MSG step 4.76 / 5.29 / 6.57 s (1.11x, 1.38x), DGCNN 0.43 / 7.95 / 1.42 s (18.4x,
-3.29x). Earlier runs at load 6-25 gave anything from 0.42x to 1.2x for the MSG step: wall times then are noise.
+88 MB vs 240 MB (official) and 4.1 GB (reference kNN's full difference tensor). Process CPU time on one
+thread, medians of 5 interleaved runs: MSG step 4.76 / 5.29 / 6.57 s (1.11x, 1.38x), DGCNN 0.43 / 7.95 /
+1.42 s (18.4x, 3.29x). Earlier runs at load 6-25 gave anything from 0.42x to 1.2x for the MSG step: wall
+times then are noise.
 
 The 5x goal is out of reach for the MSG training step on a CPU: its 1x1 convolutions, BatchNorm and ReLU over
 the S x K neighbourhoods (~3.9 GMAC per cloud forward) are the same work in every formulation and take ~80% of

@@ -1,9 +1,9 @@
-"""Point clouds of simple solids that a person can check by eye, and writers of tiny ModelNet40 fixtures in the two
-real formats (shared by the PointNet/DGCNN and PointCAT tests).
+"""Point clouds of simple solids that a person can check by eye, and writers of tiny ModelNet40 fixtures in
+the two real formats (shared by the PointNet/DGCNN and PointCAT tests).
 
-* ``sample_solid(name, n, rng)``: n points (n, 6) float32 ``x, y, z, nx, ny, nz`` uniformly on the surface of a
-  unit-size solid (sphere, cube, cylinder, cone, torus, plane: a flat square), each with its outward unit normal,
-  randomly scaled (0.8-1.2) and rotated about the vertical axis so that no two samples are the same.
+* ``sample_solid(name, n, rng)``: n points (n, 6) float32 ``x, y, z, nx, ny, nz`` uniformly on the surface of
+  a unit-size solid (sphere, cube, cylinder, cone, torus, plane: a flat square), each with its outward unit
+  normal, randomly scaled (0.8-1.2) and rotated about the vertical axis so that no two samples are the same.
 * ``write_modelnet40_normal(root, ...)``: the ``modelnet40_normal_resampled`` layout (shape names, train/test
   lists, ``<class>/<class>_XXXX.txt`` with ``x,y,z,nx,ny,nz`` lines written ``%.6f``).
 * ``write_modelnet40_h5(root, ...)``: the ``modelnet40_ply_hdf5_2048`` layout (``ply_data_{train,test}{i}.h5``
@@ -102,8 +102,8 @@ def sample_solid(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
 
 def write_modelnet40_normal(root, classes: Sequence[str] = SOLIDS[:4], train_per_class: int = 4,
                             test_per_class: int = 2, num_points: int = 1200, seed: int = 0) -> Path:
-    """Writes a ``modelnet40_normal_resampled`` fixture under ``root``; returns ``root``. Shape ``<c>_0001`` ...
-    are numbered across train then test, as in the release."""
+    """Writes a ``modelnet40_normal_resampled`` fixture under ``root``; returns ``root``. Shape ``<c>_0001``
+    ... are numbered across train then test, as in the release."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -123,8 +123,8 @@ def write_modelnet40_normal(root, classes: Sequence[str] = SOLIDS[:4], train_per
 def write_modelnet40_h5(root, classes: Sequence[str] = SOLIDS[:4], train_per_class: int = 4,
                         test_per_class: int = 2, num_points: int = 2048, seed: int = 0,
                         shapes_per_file: int = 6) -> Path:
-    """Writes a ``modelnet40_ply_hdf5_2048`` fixture under ``root`` (shuffled shapes, ``shapes_per_file`` per .h5
-    file); returns ``root``."""
+    """Writes a ``modelnet40_ply_hdf5_2048`` fixture under ``root`` (shuffled shapes, ``shapes_per_file`` per
+    .h5 file); returns ``root``."""
     import h5py
 
     root = Path(root)

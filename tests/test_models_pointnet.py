@@ -187,8 +187,8 @@ def test_msg_layer_matches_official_formulation(mode):
 
 
 def _official_dgcnn_global(model, x):
-    """WangYueFt/dgcnn's forward: neighbours by topk of -||xi-xj||^2 on the full matrix, the (B, 2C, N, k) edge
-    tensor cat(x_j - x_i, x_i), conv + BN + LeakyReLU on it, max over k."""
+    """WangYueFt/dgcnn's forward: neighbours by topk of -||xi-xj||^2 on the full matrix, the (B, 2C, N, k)
+    edge tensor cat(x_j - x_i, x_i), conv + BN + LeakyReLU on it, max over k."""
     x = x.transpose(1, 2)
     feats = []
     for block in (model.conv1, model.conv2, model.conv3, model.conv4):

@@ -1,6 +1,6 @@
-"""The ``pointcloud_classify`` recipe: its defaults against the official PointNet++ script, the loss, ``pvf train``
-/ ``pvf eval`` end to end on ModelNet40 fixtures of simple solids in both formats, and (slow) PointNet++ SSG
-learning to tell sphere, cube, cylinder and cone apart."""
+"""The ``pointcloud_classify`` recipe: its defaults against the official PointNet++ script, the loss, ``pvf
+train`` / ``pvf eval`` end to end on ModelNet40 fixtures of simple solids in both formats, and (slow)
+PointNet++ SSG learning to tell sphere, cube, cylinder and cone apart."""
 from __future__ import annotations
 
 import csv
@@ -68,8 +68,8 @@ def _small_ssg(num_classes):
 
 
 def test_ssg_loss_falls_on_solids(tmp_path):
-    """The short default-run version of the slow accuracy test: 10 Adam steps of the recipe's loss on one batch
-    of four solids."""
+    """The short default-run version of the slow accuracy test: 10 Adam steps of the recipe's loss on one
+    batch of four solids."""
     torch.manual_seed(0)
     write_modelnet40_normal(tmp_path, classes=SOLIDS[:4], train_per_class=2, test_per_class=0, num_points=300)
     recipe = RECIPE(_cfg(num_points=256, augment=False))
@@ -154,10 +154,10 @@ def test_bad_data_fails_before_training(tmp_path, capsys):
 @pytest.mark.slow
 def test_pointnet2_ssg_learns_solids(tmp_path, capsys):
     """PointNet++ SSG with the recipe's defaults except the length (10 epochs, lr x 0.7 every 4) and the batch
-    (4) reaches >= 90% test accuracy on sphere / cube / cylinder / cone (10 train, 6 test shapes each, randomly
-    scaled and turned about the vertical axis; 1024 points). With so few updates the eval-mode BatchNorm
-    statistics are what lags (train-mode predictions are right after ~4 epochs): the small batch gives the
-    running averages more updates."""
+    (4) reaches >= 90% test accuracy on sphere / cube / cylinder / cone (10 train, 6 test shapes each,
+    randomly scaled and turned about the vertical axis; 1024 points). With so few updates the eval-mode
+    BatchNorm statistics are what lags (train-mode predictions are right after ~4 epochs): the small batch
+    gives the running averages more updates."""
     data = write_modelnet40_normal(tmp_path / "solids", classes=SOLIDS[:4], train_per_class=10, test_per_class=6,
                                    num_points=1100, seed=1)
     out = tmp_path / "run"

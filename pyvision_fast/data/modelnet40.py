@@ -1,23 +1,24 @@
 """ModelNet40 readers in the two released formats, and the point-cloud augmentations of the PointNet++ code.
 
 * ``ModelNet40Normal``: ``modelnet40_normal_resampled`` (the PointNet++ / PointCAT format). ``ROOT`` holds
-  ``modelnet40_shape_names.txt`` (one class per line; ``modelnet10_*`` for ModelNet10), ``modelnet40_train.txt``
-  and ``modelnet40_test.txt`` (one shape id per line, ``<class>_<4 digits>``, the class being the id without its
-  last ``_`` part) and ``<class>/<shape id>.txt``: one point per line, ``x,y,z,nx,ny,nz`` (10,000 lines in the
-  release). As yanx27/Pointnet_Pointnet2_pytorch ``data_utils/ModelNetDataLoader.py``: the first ``num_points``
-  lines (or, with ``uniform=True``, farthest point sampling over all of them, here started at the first point
-  rather than a random one), then the coordinates centred and scaled into the unit sphere (``pc_normalize``);
-  normals kept only with ``use_normals=True``.
-* ``ModelNet40H5``: ``modelnet40_ply_hdf5_2048`` (the PointNet / DGCNN format): ``ply_data_{train,test}<i>.h5``
-  with datasets ``data`` (B, 2048, 3) float32 and ``label`` (B, 1) integer, listed in ``{train,test}_files.txt``
-  (their paths are resolved by file name inside ``ROOT``; without a list, ``ply_data_<split>*.h5`` in name order),
-  and ``shape_names.txt``. The first ``num_points`` points of each shape; no normalisation unless asked (the
-  clouds are already in the unit sphere), as the DGCNN loader.
+  ``modelnet40_shape_names.txt`` (one class per line; ``modelnet10_*`` for ModelNet10),
+  ``modelnet40_train.txt`` and ``modelnet40_test.txt`` (one shape id per line, ``<class>_<4 digits>``, the
+  class being the id without its last ``_`` part) and ``<class>/<shape id>.txt``: one point per line,
+  ``x,y,z,nx,ny,nz`` (10,000 lines in the release). As yanx27/Pointnet_Pointnet2_pytorch
+  ``data_utils/ModelNetDataLoader.py``: the first ``num_points`` lines (or, with ``uniform=True``, farthest
+  point sampling over all of them, here started at the first point rather than a random one), then the
+  coordinates centred and scaled into the unit sphere (``pc_normalize``); normals kept only with
+  ``use_normals=True``.
+* ``ModelNet40H5``: ``modelnet40_ply_hdf5_2048`` (the PointNet / DGCNN format):
+  ``ply_data_{train,test}<i>.h5`` with datasets ``data`` (B, 2048, 3) float32 and ``label`` (B, 1) integer,
+  listed in ``{train,test}_files.txt`` (their paths are resolved by file name inside ``ROOT``; without a list,
+  ``ply_data_<split>*.h5`` in name order), and ``shape_names.txt``. The first ``num_points`` points of each
+  shape; no normalisation unless asked (the clouds are already in the unit sphere), as the DGCNN loader.
 
 Items are ``(points (num_points, 3 or 6) float32 tensor, label int64 scalar tensor)``. Readers expose
 ``classes``, ``targets`` and ``samples`` ((file or file[item], label) per item). Malformed data fails with a
-ValueError naming the file and line (text) or file and item (HDF5): a missing file, a line without six numbers,
-NaN/Inf, fewer points than requested, a shape id of an unknown class, a label outside the class list.
+ValueError naming the file and line (text) or file and item (HDF5): a missing file, a line without six
+numbers, NaN/Inf, fewer points than requested, a shape id of an unknown class, a label outside the class list.
 
 Augmentations (``utils/provider.py`` of the PointNet++ code, applied per cloud to a (N, C) tensor with torch's
 RNG, coordinates only): ``RandomPointDropout`` (drops a U(0, 0.875) fraction of the points, replaced by the
@@ -42,8 +43,8 @@ PathLike = Union[str, Path]
 
 
 def pc_normalize(xyz: np.ndarray) -> np.ndarray:
-    """(N, 3) -> centred on the mean and divided by the largest distance to it (PointNet++'s ``pc_normalize``).
-    A cloud whose points all coincide is only centred."""
+    """(N, 3) -> centred on the mean and divided by the largest distance to it (PointNet++'s
+    ``pc_normalize``). A cloud whose points all coincide is only centred."""
     xyz = xyz - xyz.mean(axis=0)
     m = np.sqrt((xyz ** 2).sum(axis=1)).max() if len(xyz) else 0.0
     return xyz / m if m > 0 else xyz
@@ -272,8 +273,8 @@ class ModelNet40H5(_PointCloudDataset):
 # ------------------------------------------------------------------------ augmentations
 
 class RandomPointDropout:
-    """Drops a U(0, max_dropout_ratio) fraction of the points (each independently), replacing them by the first
-    point, so the cloud keeps its size (PointNet++'s ``random_point_dropout``). (N, C) -> (N, C)."""
+    """Drops a U(0, max_dropout_ratio) fraction of the points (each independently), replacing them by the
+    first point, so the cloud keeps its size (PointNet++'s ``random_point_dropout``). (N, C) -> (N, C)."""
 
     def __init__(self, max_dropout_ratio: float = 0.875):
         self.max_dropout_ratio = max_dropout_ratio
@@ -346,8 +347,9 @@ _NORMAL_MARKERS = ("modelnet40_shape_names.txt", "modelnet10_shape_names.txt")
 
 
 def detect_modelnet40_format(root: PathLike) -> tuple[str, Path]:
-    """('normal_resampled' | 'hdf5', the folder holding it): ``root`` itself, or its ``modelnet40_normal_resampled``
-    / ``modelnet40_ply_hdf5_2048`` sub-folder. Raises FileNotFoundError saying what was looked for."""
+    """('normal_resampled' | 'hdf5', the folder holding it): ``root`` itself, or its
+    ``modelnet40_normal_resampled`` / ``modelnet40_ply_hdf5_2048`` sub-folder. Raises FileNotFoundError saying
+    what was looked for."""
     root = Path(root)
     for folder in (root, root / "modelnet40_normal_resampled", root / "modelnet40_ply_hdf5_2048"):
         if any((folder / m).is_file() for m in _NORMAL_MARKERS):

@@ -1,26 +1,27 @@
-"""DGCNN (Wang et al., "Dynamic Graph CNN for Learning on Point Clouds", TOG 2019) classifier as PointCAT trains
-it (shikiw/PointCAT ``model/classifier/dgcnn.py``, from WangYueFt/dgcnn ``pytorch/model.py``), on the library's
-``knn_points`` and ``grouping_operation``. Interface as in ``models/pointnet.py``.
+"""DGCNN (Wang et al., "Dynamic Graph CNN for Learning on Point Clouds", TOG 2019) classifier as PointCAT
+trains it (shikiw/PointCAT ``model/classifier/dgcnn.py``, from WangYueFt/dgcnn ``pytorch/model.py``), on the
+library's ``knn_points`` and ``grouping_operation``. Interface as in ``models/pointnet.py``.
 
 Layers and state_dict keys are the official ones: four EdgeConvs ``conv1``-``conv4`` (``Sequential(Conv2d(2C,
 C', 1, bias=False), BatchNorm2d, LeakyReLU(0.2))`` with 64, 64, 128, 256 channels; the BatchNorms are also
-registered as ``bn1``-``bn4``, so each appears under two keys, as in the official state_dict), ``conv5`` (Conv1d
-512 -> 1024, ``bn5``), max and mean pooling concatenated (2048), ``linear1`` 512 (no bias, ``bn6``, LeakyReLU,
-dropout), ``linear2`` 256 (``bn7``, LeakyReLU, dropout: ``feature``), ``linear3`` num_classes. 1,809,576
-parameters for 40 classes.
+registered as ``bn1``-``bn4``, so each appears under two keys, as in the official state_dict), ``conv5``
+(Conv1d 512 -> 1024, ``bn5``), max and mean pooling concatenated (2048), ``linear1`` 512 (no bias, ``bn6``,
+LeakyReLU, dropout), ``linear2`` 256 (``bn7``, LeakyReLU, dropout: ``feature``), ``linear3`` num_classes.
+1,809,576 parameters for 40 classes.
 
 EdgeConv computes the same values as the official ``conv(cat(x_j - x_i, x_i))`` over the k = 20 nearest
 neighbours j of each point i (the point itself included, found with ``knn_points`` in the feature space of the
-layer's input), without building the (B, 2C, N, k) edge tensor: the 1x1 convolution is linear, so with its weight
-split as [W_a | W_b], W_a (x_j - x_i) + W_b x_i = (W_a x_j) + (W_b - W_a) x_i. Both products are taken once per
-point (B, C', N), and only W_a x is gathered over the neighbours: k times fewer multiply-adds. In eval mode the
-BatchNorm + LeakyReLU that follow are a monotone function per channel (increasing where the BN scale is >= 0,
-decreasing where it is negative), so the max over the neighbours is taken before them, on the gathered values
-(max where the scale is >= 0, min elsewhere, as one max over values negated where the scale is negative).
+layer's input), without building the (B, 2C, N, k) edge tensor: the 1x1 convolution is linear, so with its
+weight split as [W_a | W_b], W_a (x_j - x_i) + W_b x_i = (W_a x_j) + (W_b - W_a) x_i. Both products are taken
+once per point (B, C', N), and only W_a x is gathered over the neighbours: k times fewer multiply-adds. In
+eval mode the BatchNorm + LeakyReLU that follow are a monotone function per channel (increasing where the BN
+scale is >= 0, decreasing where it is negative), so the max over the neighbours is taken before them, on the
+gathered values (max where the scale is >= 0, min elsewhere, as one max over values negated where the scale is
+negative).
 
 Neighbour ties: ``knn_points`` breaks equal distances by the lower index; the official ``topk`` on
--||x_i||^2 + 2 x_i.x_j - ||x_j||^2 breaks them arbitrarily and computes distances with a different rounding. The
-outputs differ only where the k-th and (k+1)-th neighbours are (nearly) equidistant.
+-||x_i||^2 + 2 x_i.x_j - ||x_j||^2 breaks them arbitrarily and computes distances with a different rounding.
+The outputs differ only where the k-th and (k+1)-th neighbours are (nearly) equidistant.
 """
 from __future__ import annotations
 
@@ -58,10 +59,10 @@ def edge_conv(x: Tensor, block: nn.Sequential, k: int) -> Tensor:
 
 
 def _unshare_bn_aliases(module: nn.Module, state_dict: dict, prefix: str, local_metadata) -> None:
-    """The official module registers each EdgeConv BatchNorm twice (``bn1`` and ``conv1.1``), so its state_dict
-    holds every BN tensor under two keys sharing memory, which safetensors refuses to write. Both keys stay (the
-    official checkpoints have them); the ``bnX.*`` copies are detached clones (loading either key sets the one
-    module)."""
+    """The official module registers each EdgeConv BatchNorm twice (``bn1`` and ``conv1.1``), so its
+    state_dict holds every BN tensor under two keys sharing memory, which safetensors refuses to write. Both
+    keys stay (the official checkpoints have them); the ``bnX.*`` copies are detached clones (loading either
+    key sets the one module)."""
     for i in range(1, 6):
         for key in [k for k in state_dict if k.startswith(f"{prefix}bn{i}.")]:
             state_dict[key] = state_dict[key].detach().clone()

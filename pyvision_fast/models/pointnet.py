@@ -1,29 +1,31 @@
-"""Point-cloud classifiers of PointCAT (Huang et al., arXiv 2209.07788): PointNet, PointNet++ SSG/MSG (here) and
-DGCNN (``models/dgcnn.py``), on the library's point ops.
+"""Point-cloud classifiers of PointCAT (Huang et al., arXiv 2209.07788): PointNet, PointNet++ SSG/MSG (here)
+and DGCNN (``models/dgcnn.py``), on the library's point ops.
 
 Architectures, layer sizes and state_dict keys are those of the classifiers PointCAT trains
 (shikiw/PointCAT ``model/classifier/*.py``, which take PointNet/PointNet++ from
 yanx27/Pointnet_Pointnet2_pytorch and DGCNN from WangYueFt/dgcnn), so their checkpoints load with
 ``load_state_dict(strict=True)``. Parameter counts (ModelNet40, 40 classes, xyz input; tests assert them):
-``pointnet`` 3,471,473 (with the 64-d feature transform), ``pointnet2_ssg`` 1,475,688, ``pointnet2_msg`` 1,747,368,
-``dgcnn`` 1,809,576 (counted on the official modules; their state_dicts load here with strict=True).
+``pointnet`` 3,471,473 (with the 64-d feature transform), ``pointnet2_ssg`` 1,475,688, ``pointnet2_msg``
+1,747,368, ``dgcnn`` 1,809,576 (counted on the official modules; their state_dicts load here with
+strict=True).
 
 Interface, the same for every classifier here:
 
-* ``forward(points)`` with ``points`` (B, N, 3) float (``(B, N, 6)`` xyz + normals with ``normal_channel=True``)
-  returns ``(feature (B, num_features), logits (B, num_classes))``. ``feature`` is the penultimate feature (the
-  256-d output of ``fc2``/``linear2`` after BN, ReLU/LeakyReLU and dropout, PointCAT's ``h``). ``logits`` are
-  un-normalised: the official PointNet/PointNet++ return their ``log_softmax`` (take it to compare), DGCNN the
-  same raw scores. A wrong rank or last dimension, a non-finite coordinate or too few points raise ValueError.
-* ``get_classifier()`` is the final layer (``fc3``, DGCNN ``linear3``); ``set_classifier(module)`` puts another
-  module there (PointCAT's projection head) and returns the old one; ``num_features`` is that layer's input size.
-  With another module in place, ``logits`` is that module's output.
+* ``forward(points)`` with ``points`` (B, N, 3) float (``(B, N, 6)`` xyz + normals with
+  ``normal_channel=True``) returns ``(feature (B, num_features), logits (B, num_classes))``. ``feature`` is
+  the penultimate feature (the 256-d output of ``fc2``/``linear2`` after BN, ReLU/LeakyReLU and dropout,
+  PointCAT's ``h``). ``logits`` are un-normalised: the official PointNet/PointNet++ return their
+  ``log_softmax`` (take it to compare), DGCNN the same raw scores. A wrong rank or last dimension, a
+  non-finite coordinate or too few points raise ValueError.
+* ``get_classifier()`` is the final layer (``fc3``, DGCNN ``linear3``); ``set_classifier(module)`` puts
+  another module there (PointCAT's projection head) and returns the old one; ``num_features`` is that layer's
+  input size. With another module in place, ``logits`` is that module's output.
 * ``regularization_loss()`` is the model's own training term for the last forward (PointNet: 0.001 times the
   feature-transform orthogonality loss, as its ``get_loss``; zero for the others); recipes add it to the loss.
 
-Differences from the official code (all of the computation, not of the weights): farthest point sampling starts
-at point 0 instead of a random point (deterministic; the official ``farthest_point_sample`` draws its start), and
-the ball query takes points with squared distance ``< r^2`` (official ``<= r^2``).
+Differences from the official code (all of the computation, not of the weights): farthest point sampling
+starts at point 0 instead of a random point (deterministic; the official ``farthest_point_sample`` draws its
+start), and the ball query takes points with squared distance ``< r^2`` (official ``<= r^2``).
 """
 from __future__ import annotations
 
@@ -69,8 +71,8 @@ class PointCloudClassifier(nn.Module):
 
     @property
     def head_keys(self) -> tuple[str, ...]:
-        """state_dict prefixes of the classification layer (``create_model(checkpoint_path=...)`` leaves a head
-        of another shape at its initialisation)."""
+        """state_dict prefixes of the classification layer (``create_model(checkpoint_path=...)`` leaves a
+        head of another shape at its initialisation)."""
         return (self.classifier_name + ".",)
 
     def get_classifier(self) -> nn.Module:
@@ -100,8 +102,8 @@ class PointCloudClassifier(nn.Module):
 # ============================================================================ PointNet
 
 class _STN(nn.Module):
-    """PointNet's T-Net (``STN3d`` for in_channels 3/6 -> 3x3, ``STNkd`` for 64 -> 64x64): 1x1 convs 64-128-1024,
-    max pool, FC 512-256-k*k, plus the identity. forward (B, in_channels, N) -> (B, k, k)."""
+    """PointNet's T-Net (``STN3d`` for in_channels 3/6 -> 3x3, ``STNkd`` for 64 -> 64x64): 1x1 convs
+    64-128-1024, max pool, FC 512-256-k*k, plus the identity. forward (B, in_channels, N) -> (B, k, k)."""
 
     def __init__(self, in_channels: int, k: int):
         super().__init__()
@@ -123,8 +125,8 @@ class _STN(nn.Module):
 
 
 class _PointNetEncoder(nn.Module):
-    """PointNet's global-feature encoder (``PointNetEncoder(global_feat=True, feature_transform=True)``): input
-    transform, conv 64, feature transform (64x64), convs 128 and 1024 (the last without ReLU), max pool.
+    """PointNet's global-feature encoder (``PointNetEncoder(global_feat=True, feature_transform=True)``):
+    input transform, conv 64, feature transform (64x64), convs 128 and 1024 (the last without ReLU), max pool.
     forward (B, C, N) -> (global feature (B, 1024), trans (B, 3, 3), trans_feat (B, 64, 64) or None)."""
 
     def __init__(self, in_channels: int, feature_transform: bool = True):
@@ -183,8 +185,9 @@ class PointNetClassifier(PointCloudClassifier):
         return feature, self.fc3(feature)
 
     def regularization_loss(self) -> Tensor:
-        """0.001 x ``feature_transform_regularizer`` of the last forward's 64x64 feature transform (the official
-        ``get_loss``'s ``mat_diff_loss``); zero before any forward or without the feature transform."""
+        """0.001 x ``feature_transform_regularizer`` of the last forward's 64x64 feature transform (the
+        official ``get_loss``'s ``mat_diff_loss``); zero before any forward or without the feature
+        transform."""
         if self._trans_feat is None:
             return self.fc1.weight.new_zeros(())
         return self.mat_diff_loss_scale * feature_transform_regularizer(self._trans_feat)
@@ -193,10 +196,10 @@ class PointNetClassifier(PointCloudClassifier):
 # ============================================================================ PointNet++
 
 class PointNet2Classifier(PointCloudClassifier):
-    """PointNet++ classification network (PointCAT's / yanx27's ``pointnet2_cls_ssg`` and ``pointnet2_cls_msg``):
-    three set-abstraction layers (the last groups everything into 1024 channels) -> fc1 512 (BN, ReLU,
-    dropout 0.4) -> fc2 256 (BN, ReLU, dropout ``drop2``: 0.4 SSG, 0.5 MSG; this is ``feature``) -> fc3.
-    Needs at least 512 points (the first layer samples 512 centres)."""
+    """PointNet++ classification network (PointCAT's / yanx27's ``pointnet2_cls_ssg`` and
+    ``pointnet2_cls_msg``): three set-abstraction layers (the last groups everything into 1024 channels) ->
+    fc1 512 (BN, ReLU, dropout 0.4) -> fc2 256 (BN, ReLU, dropout ``drop2``: 0.4 SSG, 0.5 MSG; this is
+    ``feature``) -> fc3. Needs at least 512 points (the first layer samples 512 centres)."""
 
     classifier_name = "fc3"
 
@@ -238,8 +241,8 @@ def pointnet(num_classes: int = 40, normal_channel: bool = False, feature_transf
 
 @register_model
 def pointnet2_ssg(num_classes: int = 40, normal_channel: bool = False) -> PointNet2Classifier:
-    """PointNet++ single-scale grouping: SA(512, r 0.2, 32, [64, 64, 128]), SA(128, r 0.4, 64, [128, 128, 256]),
-    SA(all, [256, 512, 1024]). Input (B, N >= 512, 3)."""
+    """PointNet++ single-scale grouping: SA(512, r 0.2, 32, [64, 64, 128]), SA(128, r 0.4, 64, [128, 128,
+    256]), SA(all, [256, 512, 1024]). Input (B, N >= 512, 3)."""
     c = _normal_channels(normal_channel)
     sa1 = PointNetSetAbstraction(512, 0.2, 32, c, (64, 64, 128), layout="official")
     sa2 = PointNetSetAbstraction(128, 0.4, 64, 128, (128, 128, 256), layout="official")
@@ -249,8 +252,9 @@ def pointnet2_ssg(num_classes: int = 40, normal_channel: bool = False) -> PointN
 
 @register_model
 def pointnet2_msg(num_classes: int = 40, normal_channel: bool = False) -> PointNet2Classifier:
-    """PointNet++ multi-scale grouping: SA-MSG(512, r [0.1, 0.2, 0.4], [16, 32, 128]), SA-MSG(128, r [0.2, 0.4,
-    0.8], [32, 64, 128]), SA(all, [256, 512, 1024]) (PointCAT's default classifier). Input (B, N >= 512, 3)."""
+    """PointNet++ multi-scale grouping: SA-MSG(512, r [0.1, 0.2, 0.4], [16, 32, 128]), SA-MSG(128, r [0.2,
+    0.4, 0.8], [32, 64, 128]), SA(all, [256, 512, 1024]) (PointCAT's default classifier). Input (B, N >= 512,
+    3)."""
     c = _normal_channels(normal_channel)
     sa1 = PointNetSetAbstractionMsg(512, (0.1, 0.2, 0.4), (16, 32, 128), c,
                                     ((32, 32, 64), (64, 64, 128), (64, 96, 128)))

@@ -45,8 +45,8 @@ def _ball_idx(xyz: Tensor, centres: Tensor, radius: float, nsample: int) -> Tens
 
 
 def _group(xyz: Tensor, centres: Tensor, features: Optional[Tensor], idx: Tensor, xyz_first: bool) -> Tensor:
-    """Grouping around ``centres`` (B, S, 3): (B, 3 + C, S, nsample) with centred coordinates and the neighbours'
-    features, coordinates first (``xyz_first``) or last."""
+    """Grouping around ``centres`` (B, S, 3): (B, 3 + C, S, nsample) with centred coordinates and the
+    neighbours' features, coordinates first (``xyz_first``) or last."""
     grouped = ops.grouping_operation(xyz.transpose(1, 2).contiguous(), idx) - centres.transpose(1, 2)[..., None]
     if features is None:
         return grouped
@@ -58,9 +58,10 @@ def _group(xyz: Tensor, centres: Tensor, features: Optional[Tensor], idx: Tensor
 def _grouped_first_conv(conv: nn.Module, xyz: Tensor, centres: Tensor, features: Tensor, idx: Tensor,
                         xyz_first: bool) -> Tensor:
     """``conv(_group(...))`` (B, C1, S, nsample) without the grouped input: the 1x1 convolution is linear, so
-    W [x_j - c; f_j] + b = (W [x_j; f_j]) - (W_xyz c - b). The first product is taken once per point (B, C1, N)
-    and gathered; the second once per centre. Fewer multiply-adds and a C1- instead of (3 + C)-channel gather
-    wherever C1 <= 3 + C (PointNet++'s second set abstraction: 323 -> 64/128/128 in MSG, 131 -> 128 in SSG)."""
+    W [x_j - c; f_j] + b = (W [x_j; f_j]) - (W_xyz c - b). The first product is taken once per point (B, C1,
+    N) and gathered; the second once per centre. Fewer multiply-adds and a C1- instead of (3 + C)-channel
+    gather wherever C1 <= 3 + C (PointNet++'s second set abstraction: 323 -> 64/128/128 in MSG, 131 -> 128 in
+    SSG)."""
     w = conv.weight.flatten(1)  # (C1, 3 + C)
     xyz_t = xyz.transpose(1, 2)
     inputs = torch.cat([xyz_t, features] if xyz_first else [features, xyz_t], dim=1)
@@ -100,9 +101,9 @@ class PointNetSetAbstraction(nn.Module):
     ``models/pointnet2_utils.py``): ``mlp_convs.i`` (Conv2d with bias) and ``mlp_bns.i``, so that the
     official classifiers' state_dicts load and their parameter counts match. The computation is the same.
 
-    Where the first MLP layer has no more outputs than inputs (3 + in_channels), it is applied per point before
-    the grouping and the centres' share is subtracted after it (``_grouped_first_conv``): the same values
-    without the (B, 3 + C, npoint, nsample) grouped input.
+    Where the first MLP layer has no more outputs than inputs (3 + in_channels), it is applied per point
+    before the grouping and the centres' share is subtracted after it (``_grouped_first_conv``): the same
+    values without the (B, 3 + C, npoint, nsample) grouped input.
 
     forward(xyz (B, N, 3), features (B, in_channels, N) or None)
         -> (new_xyz (B, npoint, 3) or (B, 1, 3) zeros, new_features (B, mlp[-1], npoint or 1))
@@ -151,7 +152,8 @@ class PointNetSetAbstractionMsg(nn.Module):
     concatenated along channels.
 
     Parameters are named as in the PointNet++ code (``conv_blocks.i.j`` Conv2d with bias, ``bn_blocks.i.j``).
-    The first layer of each scale is computed per point when it narrows the input (see PointNetSetAbstraction).
+    The first layer of each scale is computed per point when it narrows the input (see
+    PointNetSetAbstraction).
 
     forward(xyz (B, N, 3), features (B, in_channels, N) or None)
         -> (new_xyz (B, npoint, 3), new_features (B, sum_i mlp_list[i][-1], npoint))
@@ -183,8 +185,9 @@ class PointNetSetAbstractionMsg(nn.Module):
 
 
 class PointNetFeaturePropagation(nn.Module):
-    """Feature propagation: features of the coarse cloud ``xyz2`` interpolated onto ``xyz1`` with inverse-distance
-    weights of the three nearest neighbours, concatenated with ``xyz1``'s own features, then a shared MLP.
+    """Feature propagation: features of the coarse cloud ``xyz2`` interpolated onto ``xyz1`` with
+    inverse-distance weights of the three nearest neighbours, concatenated with ``xyz1``'s own features, then
+    a shared MLP.
 
     forward(xyz1 (B, N, 3), xyz2 (B, S, 3), features1 (B, C1, N) or None, features2 (B, C2, S))
         -> (B, mlp[-1], N); in_channels = C1 + C2.

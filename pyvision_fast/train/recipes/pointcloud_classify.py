@@ -1,27 +1,27 @@
-"""``pointcloud_classify``: supervised point-cloud classification on ModelNet40 with PointNet, PointNet++ (SSG,
-MSG) or DGCNN, as the PointNet++ code trains them (yanx27/Pointnet_Pointnet2_pytorch ``train_classification.py``,
-the classifiers PointCAT starts from).
+"""``pointcloud_classify``: supervised point-cloud classification on ModelNet40 with PointNet, PointNet++
+(SSG, MSG) or DGCNN, as the PointNet++ code trains them (yanx27/Pointnet_Pointnet2_pytorch
+``train_classification.py``, the classifiers PointCAT starts from).
 
     pvf train pointcloud_classify --data DIR --model pointnet2_ssg --output runs/ssg
-    pvf eval pointcloud_classify --data DIR --model pointnet2_ssg --checkpoint runs/ssg/checkpoint-best.safetensors
+    pvf eval pointcloud_classify --data DIR --checkpoint runs/ssg/checkpoint-best.safetensors
 
 Data: ``DIR`` in either ModelNet40 format, detected from its files (``data.modelnet40``):
-``modelnet40_normal_resampled`` (PointNet++/PointCAT; the training split is ``modelnet40_train.txt``, evaluation
-uses ``modelnet40_test.txt``, as the official script, which has no separate validation split) or
-``modelnet40_ply_hdf5_2048`` (PointNet/DGCNN; ``ply_data_train*.h5`` / ``ply_data_test*.h5``). A folder holding
-one of them as a sub-folder of its release name works too.
+``modelnet40_normal_resampled`` (PointNet++/PointCAT; the training split is ``modelnet40_train.txt``,
+evaluation uses ``modelnet40_test.txt``, as the official script, which has no separate validation split) or
+``modelnet40_ply_hdf5_2048`` (PointNet/DGCNN; ``ply_data_train*.h5`` / ``ply_data_test*.h5``). A folder
+holding one of them as a sub-folder of its release name works too.
 
 Defaults (the official script): Adam, lr 1e-3, weight decay 1e-4 on every parameter (Adam's L2 term, as
-``torch.optim.Adam(weight_decay=1e-4)`` over ``classifier.parameters()``), batch 24 with the last incomplete batch
-dropped, lr x 0.7 every 20 epochs, 200 epochs, 1024 points (first points of each file, ``uniform=True`` for
-farthest point sampling), no normals (``use_normals=True`` reads them and builds the model with
+``torch.optim.Adam(weight_decay=1e-4)`` over ``classifier.parameters()``), batch 24 with the last incomplete
+batch dropped, lr x 0.7 every 20 epochs, 200 epochs, 1024 points (first points of each file, ``uniform=True``
+for farthest point sampling), no normals (``use_normals=True`` reads them and builds the model with
 ``normal_channel=True``), training augmentation: random point dropout (up to 87.5%), scale U(0.8, 1.25) and
 shift U(-0.1, 0.1) (``augment=False`` turns it off; ``jitter=True`` adds clipped Gaussian jitter). The loss is
 cross-entropy on the logits (the official NLL of log-softmax; ``label_smoothing`` as DGCNN's 0.2 with ``--set
 label_smoothing=0.2``) plus the model's ``regularization_loss()`` (PointNet's 0.001 feature-transform term).
 
-Metrics: ``accuracy`` (instance accuracy over the test shapes, the main metric), ``class_accuracy`` (mean of the
-per-class accuracies, PointNet++'s "class accuracy").
+Metrics: ``accuracy`` (instance accuracy over the test shapes, the main metric), ``class_accuracy`` (mean of
+the per-class accuracies, PointNet++'s "class accuracy").
 """
 from __future__ import annotations
 
