@@ -232,6 +232,11 @@ def _eval(args) -> int:
     results = evaluate_checkpoint(args)
     if os.environ.get("RANK", "0") == "0":  # under torchrun the metrics are synchronised; rank 0 prints them
         print(json.dumps(results))
+        from pyvision_fast.attacks.point_defense import format_robustness_table
+
+        table = format_robustness_table(results)  # PointCAT's attack x defence accuracies, beside the JSON
+        if table:
+            print(table, file=sys.stderr)
     return 0
 
 

@@ -4,7 +4,7 @@ from .deform_conv import DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPa
 from .mvf import MVF, insert_mvf
 from .nddr import NDDR, NDDRConcat
 from .patch_embed import DropPath, PatchEmbed
-from .pointnet2 import PointNetFeaturePropagation, PointNetSetAbstraction
+from .pointnet2 import PointNetFeaturePropagation, PointNetSetAbstraction, PointNetSetAbstractionMsg
 from .scale_space import ScaleAttention, ScaleSpaceConv2d, gaussian_derivative_basis
 from .sphere import SphereConv2d, SpherePatchEmbed
 
@@ -21,6 +21,7 @@ __all__ = [
     "PatchEmbed",
     "PointNetFeaturePropagation",
     "PointNetSetAbstraction",
+    "PointNetSetAbstractionMsg",
     "ScaleAttention",
     "ScaleSpaceConv2d",
     "SphereConv2d",
