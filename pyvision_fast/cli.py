@@ -199,10 +199,20 @@ def _engine_info(args) -> int:
 
 
 def model_parameter_counts(pattern=None) -> dict[str, int]:
-    """Registry name -> parameter count of the model built with its default arguments (on the CPU, one at a time)."""
+    """Registry name -> parameter count of the model built with its default arguments, one at a time on the meta
+    device (no memory, no initialisation; a model that cannot be built there is built on the CPU)."""
+    import torch
+
     from pyvision_fast.models import count_parameters, create_model, list_models
 
-    return {name: count_parameters(create_model(name)) for name in list_models(pattern)}
+    counts = {}
+    for name in list_models(pattern):
+        try:
+            with torch.device("meta"):
+                counts[name] = count_parameters(create_model(name))
+        except (RuntimeError, NotImplementedError, ValueError, TypeError):
+            counts[name] = count_parameters(create_model(name))
+    return counts
 
 
 def _models(args) -> int:

@@ -82,3 +82,15 @@ def test_cli_errors_are_one_line_with_status_2(tmp_path, args, expected):
     assert "--debug shows the traceback" in lines[0]
     debug = _run(*args, "--debug", cwd=tmp_path)
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
+
+
+def test_model_parameter_counts_on_meta_equal_the_built_models():
+    """pvf models counts on the meta device (a 214M-parameter LXMERT costs nothing) and falls back to the CPU for
+    models that cannot be built there (timm's ViTs initialise with data); both give the real model's count."""
+    from pyvision_fast.cli import model_parameter_counts
+    from pyvision_fast.models import count_parameters, create_model
+
+    counts = model_parameter_counts("*[dp][go]*n*")  # dgcnn, pointnet*, ... a mix of small models
+    assert {"dgcnn", "pointnet", "pointnet2_ssg"} <= set(counts)
+    for name in ("dgcnn", "pointnet2_ssg", "vit_tiny_patch16_224"):
+        assert model_parameter_counts(name)[name] == count_parameters(create_model(name))
