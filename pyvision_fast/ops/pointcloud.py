@@ -276,7 +276,7 @@ def knn_points(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor] = None, length
     if p2.shape[1] == 0:
         dists, idx = torch.full_like(dists, float("inf")), torch.full_like(idx, -1)
     elif lengths2 is not None:
-        empty = (lengths2 == 0).to(dists.device)[:, None, None]
+        empty = (lengths2 <= 0).to(dists.device)[:, None, None]  # <= : GPU candidates clamp lengths to [0, P]
         dists, idx = dists.masked_fill(empty, float("inf")), idx.masked_fill(empty, -1)
     nn = knn_gather(p2, idx, lengths2) if return_nn else None
     return KNN(dists=dists, idx=idx, knn=nn)
