@@ -211,6 +211,8 @@ def model_parameter_counts(pattern=None) -> dict[str, int]:
             with torch.device("meta"):
                 counts[name] = count_parameters(create_model(name))
         except (RuntimeError, NotImplementedError, ValueError, TypeError):
+            # initialisation that reads values (timm's trunc_normal_ on meta tensors, tables built from data)
+            # cannot run on meta: the count is the same on the CPU, only slower
             counts[name] = count_parameters(create_model(name))
     return counts
 

@@ -5,7 +5,7 @@ the two real formats (shared by the PointNet/DGCNN and PointCAT tests).
   a unit-size solid (sphere, cube, cylinder, cone, torus, plane: a flat square), each with its outward unit
   normal, randomly scaled (0.8-1.2) and rotated about the vertical axis so that no two samples are the same.
 * ``write_modelnet40_normal(root, ...)``: the ``modelnet40_normal_resampled`` layout (shape names, train/test
-  lists, ``<class>/<class>_XXXX.txt`` with ``x,y,z,nx,ny,nz`` lines written ``%.6f``).
+  lists, ``<class>/<class>_0001.txt`` with ``x,y,z,nx,ny,nz`` lines written ``%.6f``).
 * ``write_modelnet40_h5(root, ...)``: the ``modelnet40_ply_hdf5_2048`` layout (``ply_data_{train,test}{i}.h5``
   with ``data`` (B, P, 3) float32 and ``label`` (B, 1) uint8, ``shape_names.txt``, ``{train,test}_files.txt``
   listing the files as ``data/modelnet40_ply_hdf5_2048/<file>``, as in the released archive).

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..losses.pointcat import cw_margin_loss
+from ..ops.pointcloud import check_finite_points
 from .pgd import attack_mode
 
 __all__ = ["add_noise_points", "cw_perturb", "drop_points", "ifgm", "jitter_points", "logits_of", "mifgm"]
@@ -47,8 +48,7 @@ def _check(points: Tensor, labels: Optional[Tensor] = None) -> None:
         raise ValueError(f"points must be (B, N, 3), got shape {tuple(points.shape)}")
     if not points.is_floating_point():
         raise TypeError(f"points must be a floating tensor, got {points.dtype}")
-    if not torch.isfinite(points).all():
-        raise ValueError("points contain NaN or infinite coordinates")
+    check_finite_points(points, None, "point attack")
     if labels is not None and (labels.dim() != 1 or len(labels) != len(points)):
         raise ValueError(f"labels must be ({len(points)},), got shape {tuple(labels.shape)}")
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn.pointnet2 import PointNetSetAbstraction, PointNetSetAbstractionMsg
+from ..ops.pointcloud import check_finite_points
 from ._registry import register_model
 
 __all__ = ["PointCloudClassifier", "PointNetClassifier", "PointNet2Classifier", "check_points",
@@ -54,11 +55,7 @@ def check_points(points: Tensor, channels: int, min_points: int, name: str) -> N
         raise ValueError(f"{name}: points must have shape (B, N, {channels}), got {tuple(points.shape)}")
     if points.shape[1] < min_points:
         raise ValueError(f"{name}: needs at least {min_points} points per cloud, got N={points.shape[1]}")
-    if not torch.compiler.is_compiling():
-        bad = ~torch.isfinite(points).all(dim=-1)
-        if bool(bad.any()):
-            b, n = (int(v) for v in bad.nonzero()[0])
-            raise ValueError(f"{name}: points contain NaN or Inf (first at cloud {b}, point {n})")
+    check_finite_points(points, None, name)
 
 
 class PointCloudClassifier(nn.Module):

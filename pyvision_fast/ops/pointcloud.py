@@ -65,19 +65,19 @@ def _fps(points, lengths, start, K):
     return _fps_impl(points, lengths, start, K) if eager(points, lengths, start) else _fps_op(points, lengths, start, K)
 
 
-def eager_check_allowed() -> bool:
-    """Whether a data-dependent input check (one that reads values) may run: not while tracing."""
-    return not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
-
-
-def _check_finite_points(points: Tensor, lengths: Optional[Tensor], op: str) -> None:
+def check_finite_points(points: Tensor, lengths: Optional[Tensor] = None, name: str = "points") -> None:
+    """Raises a ValueError naming ``name``, the first cloud and point when a valid point of ``points`` (B, N, D)
+    has a NaN or infinite coordinate (points past ``lengths`` are not read). Reads every value (on a GPU it
+    synchronises); skipped while torch.compile/torch.export trace, where a value check cannot run."""
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() != 0:
+        return
     bad = ~torch.isfinite(points).all(dim=-1)  # (B, N)
     if lengths is not None:
         bad &= torch.arange(points.shape[1], device=points.device)[None, :] < lengths.to(points.device)[:, None]
     if bool(bad.any()):
         b, i = (int(v) for v in bad.nonzero()[0])
-        raise ValueError(f"{op}: cloud {b}, point {i} is not finite ({points[b, i].tolist()}); every valid point "
-                         "must have finite coordinates")
+        raise ValueError(f"{name}: points contain NaN or Inf: cloud {b}, point {i} is not finite "
+                         f"({points[b, i].tolist()}); every valid point must have finite coordinates")
 
 
 def sample_farthest_points(points: Tensor, lengths: Optional[Tensor] = None, K: Union[int, Tensor] = 50,
@@ -106,8 +106,8 @@ def sample_farthest_points(points: Tensor, lengths: Optional[Tensor] = None, K: 
     K = as_int(K, "K")
     if lengths is not None:
         lengths = as_index(lengths, "lengths")
-    if points.dim() == 3 and points.is_floating_point() and eager_check_allowed():
-        _check_finite_points(points, lengths, "sample_farthest_points")
+    if points.dim() == 3 and points.is_floating_point():
+        check_finite_points(points, lengths, "sample_farthest_points")
     start = None
     if random_start_point and points.dim() == 3:
         B, N = points.shape[:2]

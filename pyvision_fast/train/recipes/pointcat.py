@@ -4,7 +4,7 @@ robustness table.
 
 Data: ModelNet40 in either real format, read by ``pyvision_fast.data.modelnet40``
 (``modelnet40_normal_resampled``: ``modelnet40_shape_names.txt``, ``modelnet40_{train,test}.txt``,
-``<class>/<class>_XXXX.txt``; or ``modelnet40_ply_hdf5_2048``: ``ply_data_*.h5`` with ``train_files.txt`` /
+``<class>/<class>_0001.txt``; or ``modelnet40_ply_hdf5_2048``: ``ply_data_*.h5`` with ``train_files.txt`` /
 ``test_files.txt``), ``num_points`` points per cloud (1024), xyz only, normalised to the unit sphere.
 
 Model: any classifier of ``pyvision_fast.models.pointnet`` (``pointnet`` by default, or ``pointnet2_ssg``,
@@ -103,6 +103,16 @@ def warm_restart_lr(base_lr: float, epoch: int, t0: int = 5, t_mult: int = 2, et
 def _world() -> tuple[bool, int]:
     dist = torch.distributed.is_available() and torch.distributed.is_initialized()
     return dist, (torch.distributed.get_world_size() if dist else 1)
+
+
+def _own_step(loss: Tensor, params: list[Tensor], optimizer: torch.optim.Optimizer) -> None:
+    """One update of a model the recipe trains itself (the generator, the fine-tuned last layer): gradients of
+    ``loss`` for ``params`` only (the engine's model keeps its own), averaged over the processes, a step."""
+    for p, g in zip(params, torch.autograd.grad(loss, params)):
+        p.grad = g
+    _average_gradients(params)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def _average_gradients(params: list[Tensor]) -> None:
@@ -360,12 +370,7 @@ class PointCATRecipe(Recipe):
         for _ in range(int(c.inner_steps)):
             _, z_adv = net(self._adversarial(points))
             loss_ng, l1, l2 = generator_loss(z_ori, z_adv, z_fp, c.tau_adv, c.beta, **sim)
-            grads = torch.autograd.grad(loss_ng, gen_params)
-            for p, g in zip(gen_params, grads):
-                p.grad = g
-            _average_gradients(gen_params)
-            self.gen_opt.step()
-            self.gen_opt.zero_grad(set_to_none=True)
+            _own_step(loss_ng, gen_params, self.gen_opt)
         _broadcast_buffers(self.generator)
 
         # 2. classifier and projection head (the engine does backward and its optimizer step)
@@ -410,12 +415,7 @@ class PointCATRecipe(Recipe):
                 with torch.no_grad():
                     feats, _ = net(points)
                 loss = F.cross_entropy(self.fc(feats), labels)
-                grads = torch.autograd.grad(loss, params)
-                for p, g in zip(params, grads):
-                    p.grad = g
-                _average_gradients(params)
-                self.fc_opt.step()
-                self.fc_opt.zero_grad(set_to_none=True)
+                _own_step(loss, params, self.fc_opt)
                 total += loss.item() * len(labels)
                 count += len(labels)
         finally:
