@@ -28,21 +28,13 @@ from pathlib import Path
 NOT_CHECKED: tuple[str, ...] = ()
 
 
-# Packages installed from elsewhere in the repository (pyproject's package-dir: export/ is pyvision_fast.export).
-# An editable install maps them with an import hook that pkgutil's walk over pyvision_fast/ does not see.
-MAPPED_PACKAGES = ("pyvision_fast.export",)
-
-
 def public_modules(package: str = "pyvision_fast") -> list[str]:
-    """Dotted names of ``package`` and its public submodules (those of ``MAPPED_PACKAGES`` included), sorted."""
+    """Dotted names of ``package`` and its public submodules, sorted."""
+    root = importlib.import_module(package)
     names = {package}
-    roots = [importlib.import_module(package)] + [importlib.import_module(name) for name in MAPPED_PACKAGES
-                                                  if name.startswith(package + ".")]
-    for root in roots:
-        names.add(root.__name__)
-        for info in pkgutil.walk_packages(root.__path__, prefix=root.__name__ + ".", onerror=lambda name: None):
-            if not any(part.startswith("_") for part in info.name.split(".")[1:]):
-                names.add(info.name)
+    for info in pkgutil.walk_packages(root.__path__, prefix=package + ".", onerror=lambda name: None):
+        if not any(part.startswith("_") for part in info.name.split(".")[1:]):
+            names.add(info.name)
     return sorted(names)
 
 
