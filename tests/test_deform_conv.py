@@ -152,9 +152,42 @@ def test_bad_inputs():
                  ValueError, "offset has batch size 3, input 2"),
         BadInput("mask batch larger", lambda: ops.deform_conv2d(x, off, w, padding=1, mask=torch.rand(3, 9, 6, 6)),
                  ValueError, "mask has batch size 3, input 2"),
+        BadInput("offset height", lambda: ops.deform_conv2d(x, off[:, :, :5], w, padding=1), ValueError,
+                 r"offset must have shape \(2, 18, 6, 6\), got \(2, 18, 5, 6\)"),
+        BadInput("offset width vs stride", lambda: ops.deform_conv2d(x, off, w, stride=(1, 2), padding=1),
+                 ValueError, r"offset must have shape \(2, 18, 6, 3\)"),
+        BadInput("offset vs dilation", lambda: ops.deform_conv2d(x, off, w, padding=1, dilation=2), ValueError,
+                 r"offset must have shape \(2, 18, 4, 4\)"),
+        BadInput("mask groups", lambda: ops.deform_conv2d(x, off, w, padding=1, mask=torch.rand(2, 18, 6, 6)),
+                 ValueError, r"mask must be .* shape \(2, 9, 6, 6\)"),
+        BadInput("mask size", lambda: ops.deform_conv2d(x, off, w, padding=1, mask=torch.rand(2, 9, 6, 5)),
+                 ValueError, r"mask must be .* shape \(2, 9, 6, 6\)"),
+        BadInput("offset vs weight taps", lambda: ops.deform_conv2d(x, off, torch.randn(6, 4, 2, 2), padding=1),
+                 ValueError, "multiple of 2 \\* kh \\* kw = 8"),
+        BadInput("dilation 0", lambda: ops.deform_conv2d(x, off, w, padding=1, dilation=(1, 0)), ValueError,
+                 "dilation"),
+        BadInput("empty input height", lambda: ops.deform_conv2d(x[:, :, :0], off[:, :, :0], w), ValueError,
+                 "empty"),
     ]
-    for case in cases:
-        run_bad_input(case)
+    # every backend refuses them before it runs: the compiled kernels (which check in C++ too) and the reference
+    for backend in ("cpu", "reference"):
+        with use_backend(backend):
+            for case in cases:
+                run_bad_input(case)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_an_input_one_tap_short_with_stride_two_gives_one_output(backend):
+    """Ho = (H + 2 ph - dh (kh - 1) - 1) / sh + 1 in C++ integer division (torchvision's): 2 rows, 3 taps, stride
+    2 give (2 - 3) / 2 + 1 = 1 output row on every backend (Python's floor division would give 0)."""
+    g = torch.Generator().manual_seed(3)
+    x, w = torch.randn(1, 2, 2, 5, generator=g, dtype=torch.float64), torch.randn(3, 2, 3, 3, generator=g,
+                                                                                  dtype=torch.float64)
+    off = torch.randn(1, 18, 1, 2, generator=g, dtype=torch.float64)
+    with use_backend(backend):
+        out = ops.deform_conv2d(x, off, w, stride=2)
+    assert out.shape == (1, 3, 1, 2)
+    assert_close(out, torchvision.ops.deform_conv2d(x, off, w, stride=2))
 
 
 @pytest.mark.triton

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from op_harness import DEVICES, BadInput, assert_close, check_compiled, check_onnx, float_dtypes, gradcheck, opcheck
 from op_harness import on_implementation
 from op_harness import ops_dispatched, run_bad_input
-from pyvision_fast import ops
+from pyvision_fast import ops, use_backend
 from pyvision_fast.nn import MVF, insert_mvf
 from pyvision_fast.reference import mvf as ref
 
@@ -106,12 +106,29 @@ def _bad_cases():
                  "float32 or float64"),
         BadInput("scale without shift", lambda: ops.multi_view_fusion(x, w, w, w, torch.ones(4)), ValueError,
                  "bn_shift"),
+        BadInput("fused negative", lambda: ops.multi_view_fusion(x, w, w, w, fused_channels=-1), ValueError,
+                 r"fused_channels must be in \[0, 4\], got -1"),
+        BadInput("kernels disagree", lambda: ops.multi_view_fusion(x, w, w, w[:3], fused_channels=4), ValueError,
+                 r"'weight_w' must have shape \(4, 3\), got \(3, 3\)"),
+        BadInput("kernels vs fused", lambda: ops.multi_view_fusion(x, w, w, w, fused_channels=2), ValueError,
+                 r"'weight_t' must have shape \(2, 3\)"),
+        BadInput("shift channels", lambda: ops.multi_view_fusion(x, w, w, w, torch.ones(4), torch.zeros(3)),
+                 ValueError, r"'bn_shift' must have shape \(4\), got \(3\)"),
+        BadInput("scale dtype", lambda: ops.multi_view_fusion(x, w, w, w, torch.ones(4, dtype=torch.float64),
+                                                              torch.zeros(4)), TypeError, "'bn_scale'.*same dtype"),
+        BadInput("int x", lambda: ops.multi_view_fusion(x.long(), w.long(), w.long(), w.long()), TypeError,
+                 "argument 'x' must be float32 or float64"),
     ]
 
 
+# Every relation is checked before any backend runs: the compiled kernels (C++ checks too) and the reference.
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
 @pytest.mark.parametrize("case", _bad_cases(), ids=str)
-def test_bad_inputs(case):
-    run_bad_input(case)
+def test_bad_inputs(case, backend):
+    if backend == "reference" and case.name == "half on cpu":
+        pytest.skip("the device's dtype rule is the compiled kernels' (the reference computes float16 on CPUs)")
+    with use_backend(backend):
+        run_bad_input(case)
 
 
 # ------------------------------------------------------------------ training-mode BatchNorm (batch statistics)
@@ -340,11 +357,15 @@ def _check_large_tensors():
         assert_close(a, b, torch.float32, atol=1e-2, rtol=1e-3)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES + [pytest.param("reference", id="reference")])
 @pytest.mark.parametrize("shape", [(0, 4, 3, 5, 5), (2, 4, 0, 5, 5), (2, 4, 3, 0, 5), (2, 4, 3, 5, 0)])
 def test_empty_batches(shape, device):
     """Any of N, T, H, W zero: both ops give an empty output, zero statistics and zero parameter gradients, also
-    through the expanded (stride 0) gradient of out.sum()."""
+    through the expanded (stride 0) gradient of out.sum(). The reference backend (the fallback) too: conv3d
+    alone refuses a zero-sized T, H or W."""
+    if device == "reference":
+        with use_backend("reference"):
+            return test_empty_batches(shape, "cpu")
     g = torch.Generator().manual_seed(11)
     x = torch.randn(shape, generator=g, dtype=torch.float64).to(device).requires_grad_()
     w = [torch.randn(2, 3, generator=g, dtype=torch.float64).to(device).requires_grad_() for _ in range(3)]
@@ -374,12 +395,20 @@ def _bad_batchnorm_cases():
                  "'bn_weight' must have shape"),
         BadInput("bias dtype", lambda: bn(x, w, w, w, gamma, beta.double(), 1e-5, True, 2), TypeError, "same dtype"),
         BadInput("rank", lambda: bn(x[0], w, w, w, gamma, beta, 1e-5, True, 2), ValueError, r"\(N, C, T, H, W\)"),
+        BadInput("bias shape", lambda: bn(x, w, w, w, gamma, torch.zeros(3), 1e-5, True, 2), ValueError,
+                 r"'bn_bias' must have shape \(2\), got \(3\)"),
+        BadInput("kernels vs fused", lambda: bn(x, w, w, w, gamma, beta, 1e-5, True, 3), ValueError,
+                 r"'weight_t' must have shape \(3, 3\)"),
+        BadInput("fused too many", lambda: bn(x, w, w, w, gamma, beta, 1e-5, True, 5), ValueError,
+                 r"fused_channels must be in \[0, 4\]"),
     ]
 
 
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
 @pytest.mark.parametrize("case", _bad_batchnorm_cases(), ids=str)
-def test_batchnorm_bad_inputs(case):
-    run_bad_input(case)
+def test_batchnorm_bad_inputs(case, backend):
+    with use_backend(backend):
+        run_bad_input(case)
 
 
 # ------------------------------------------------------------------------------------------ module

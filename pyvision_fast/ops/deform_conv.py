@@ -135,10 +135,18 @@ def _conv(stride, padding, dilation, weight) -> list[int]:
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def _check_triton_args(input, weight, offset, mask, bias, conv) -> None:
-    """What the C++ bindings check before the column kernels (csrc/bindings/deform_conv_args.h, same messages),
-    for the Triton kernels, which index with these sizes unchecked. Reached through the public function and
-    through the custom op called directly."""
+def _out_size(n: int, k: int, s: int, p: int, d: int) -> int:
+    """Output size along one axis as the C++ bindings (and torchvision) compute it: C++ integer division, which
+    truncates toward zero (an input one tap short of the kernel with stride >= 2 still gives one output)."""
+    span = n + 2 * p - (d * (k - 1) + 1)
+    return (span // s if span >= 0 else -(-span // s)) + 1
+
+
+def _check_args(input, weight, offset, mask, bias, conv) -> None:
+    """Every relation between the arguments' sizes that the C++ bindings check before the column kernels
+    (csrc/bindings/deform_conv_args.h, same messages), for every backend: the public function runs it before
+    dispatch, and the Triton and reference implementations run it when the custom op is called directly (the
+    Triton kernels index with these sizes unchecked, the reference would broadcast or fail inside torch)."""
     kh, kw, sh, sw, ph, pw, dh, dw = conv
     op = "deform_conv2d"
     if min(sh, sw) < 1:
@@ -158,8 +166,7 @@ def _check_triton_args(input, weight, offset, mask, bias, conv) -> None:
     Cout, Cg = weight.shape[:2]
     if min(kh, kw) < 1 or Cg == 0 or C % Cg or Cout % (C // Cg):
         raise ValueError(f"{op}: weight {tuple(weight.shape)} does not fit {C} input channels")
-    Ho = (H + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
-    Wo = (W + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+    Ho, Wo = _out_size(H, kh, sh, ph, dh), _out_size(W, kw, sw, pw, dw)
     if Ho < 1 or Wo < 1:
         raise ValueError(f"{op}: the output would be empty ({Ho}x{Wo}) for a {H}x{W} input")
     K = kh * kw
@@ -177,10 +184,17 @@ def _check_triton_args(input, weight, offset, mask, bias, conv) -> None:
                              f"{t.dtype} {tuple(t.shape)} on {t.device}")
 
 
+def _check_grad(grad, input, weight, offset) -> None:
+    B, Cout = input.shape[0], weight.shape[0]
+    if tuple(grad.shape) != (B, Cout, *offset.shape[2:]) or grad.dtype != input.dtype:
+        raise ValueError(f"deform_conv2d_backward: grad must be a {input.dtype} tensor of shape "
+                         f"{(B, Cout, *offset.shape[2:])}, got {grad.dtype} {tuple(grad.shape)}")
+
+
 def _triton_forward(input, weight, offset, mask, bias, conv):
     from ..triton import deform_conv as tri  # noqa: PLC0415 - optional dependency
 
-    _check_triton_args(input, weight, offset, mask, bias, conv)
+    _check_args(input, weight, offset, mask, bias, conv)
     if not tri.supported(input, weight, offset):  # float64 on a GPU, sizes past 32-bit indexing
         return _forward(_KERNELS["cuda" if input.is_cuda else "cpu"], input, weight, offset, mask, bias, conv)
     return tri.forward(input, weight, offset, mask, bias, conv)
@@ -189,11 +203,8 @@ def _triton_forward(input, weight, offset, mask, bias, conv):
 def _triton_backward(grad, input, weight, offset, mask, bias, conv):
     from ..triton import deform_conv as tri  # noqa: PLC0415 - optional dependency
 
-    _check_triton_args(input, weight, offset, mask, bias, conv)
-    B, Cout = input.shape[0], weight.shape[0]
-    if tuple(grad.shape) != (B, Cout, *offset.shape[2:]) or grad.dtype != input.dtype:
-        raise ValueError(f"deform_conv2d_backward: grad must be a {input.dtype} tensor of shape "
-                         f"{(B, Cout, *offset.shape[2:])}, got {grad.dtype} {tuple(grad.shape)}")
+    _check_args(input, weight, offset, mask, bias, conv)
+    _check_grad(grad, input, weight, offset)
     if not tri.supported(input, weight, offset):
         return _backward(_KERNELS["cuda" if input.is_cuda else "cpu"], grad, input, weight, offset, mask, bias, conv)
     return tri.backward(grad, input, weight, offset, mask, bias, conv)
@@ -207,6 +218,20 @@ def _columns(kind: str):
 _FORWARD = {kind: _columns(kind)[0] for kind in _KERNELS}
 _BACKWARD = {kind: _columns(kind)[1] for kind in _KERNELS}
 _FORWARD["triton"], _BACKWARD["triton"] = _triton_forward, _triton_backward
+
+
+def _checked_reference_forward(input, weight, offset, mask, bias, conv):
+    _check_args(input, weight, offset, mask, bias, conv)
+    return _forward(_KERNELS["reference"], input, weight, offset, mask, bias, conv)
+
+
+def _checked_reference_backward(grad, input, weight, offset, mask, bias, conv):
+    _check_args(input, weight, offset, mask, bias, conv)
+    _check_grad(grad, input, weight, offset)
+    return _backward(_KERNELS["reference"], grad, input, weight, offset, mask, bias, conv)
+
+
+_FORWARD["reference"], _BACKWARD["reference"] = _checked_reference_forward, _checked_reference_backward
 _backend.prefer("deform_conv2d", "triton")  # H200-verified 2026-12-04 (gpu-runs.md)
 
 
@@ -348,6 +373,7 @@ def _deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional
             raise ValueError(f"deform_conv2d: {name} has batch size {t.shape[0] if t.dim() else None}, input "
                              f"{input.shape[0]}; they must be equal (got {name} {tuple(t.shape)}, input "
                              f"{tuple(input.shape)})")
+    _check_args(input, weight, offset, mask, bias, _conv(stride, padding, dilation, weight))
     args = (input, weight, offset, mask, bias, stride, padding, dilation)
     return _DeformConv2dFunction.apply(*args) if eager(*args[:5]) else _deform_conv2d_op(*args)
 

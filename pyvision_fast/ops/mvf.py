@@ -40,6 +40,7 @@ def _fwd_cuda(x, wt, wh, ww, scale, shift, hardswish, fused):
 
 
 def _fwd_ref(x, wt, wh, ww, scale, shift, hardswish, fused):
+    _check_args("multi_view_fusion", x, (wt, wh, ww), scale, shift, fused)
     return ref.multi_view_fusion(x, wt, wh, ww, scale, shift, hardswish, fused)
 
 
@@ -70,6 +71,8 @@ def _bwd_ref(grad, x, wt, wh, ww, scale, shift, hardswish, fused, grad_fused):
     from torch.nn.grad import conv3d_weight
 
     Fc = fused
+    if x.numel() == 0:  # an empty N, T, H or W (conv3d refuses the last three): empty grad_x, zero kernel grads
+        return (torch.zeros_like(x), *(w.new_zeros(Fc, 3) for w in (wt, wh, ww)))
     views = [(wt, (Fc, 1, 3, 1, 1), (1, 0, 0)), (wh, (Fc, 1, 1, 3, 1), (0, 1, 0)), (ww, (Fc, 1, 1, 1, 3), (0, 0, 1))]
     xf = x[:, :Fc]
     gy = grad[:, :Fc] if grad_fused is None else grad_fused
@@ -226,6 +229,37 @@ _MVFFunction = eager_function("_MVFFunction", _mvf_impl, _setup,
                               _backward_with(_mvf_backward_impl, _mvf_impl))
 
 
+def _check_args(op: str, x: Tensor, kernels, p0: Optional[Tensor], p1: Optional[Tensor], fused: int,
+                pair=("bn_scale", "bn_shift"), pair_required: bool = False) -> None:
+    """The relations between the arguments that the C++ bindings check (csrc/bindings/mvf_args.h, same
+    messages), for every backend: the public functions run it before dispatch, the reference implementations
+    when the custom op is called directly. x is already known to be 5-D. The dtype rule of each device (float16
+    and bfloat16 on GPUs) stays with the backends; here x must be floating point."""
+    if not x.is_floating_point():
+        raise TypeError(f"{op}: argument 'x' must be float32 or float64 (or float16/bfloat16 on GPUs), got "
+                        f"{x.dtype}")
+    C = x.shape[1]
+    if not 0 <= fused <= C:
+        raise ValueError(f"{op}: fused_channels must be in [0, {C}], got {fused}")
+    named = list(zip(("weight_t", "weight_h", "weight_w"), kernels))
+    if (p0 is None) != (p1 is None):
+        if pair_required:
+            raise TypeError(f"{op}: {pair[0] if p0 is None else pair[1]} must be a tensor")
+        raise ValueError(f"{op}: give both {pair[0]} and {pair[1]}, or neither")
+    for name, t, shape in [(n, w, (fused, 3)) for n, w in named] + [(pair[0], p0, (fused,)), (pair[1], p1, (fused,))]:
+        if t is None:
+            continue
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{op}: argument '{name}' must be a tensor, got {type(t).__name__}")
+        if t.device != x.device:
+            raise TypeError(f"{op}: argument '{name}' is on {t.device} but this call runs on {x.device}")
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{op}: argument '{name}' must have shape {shape}, got {tuple(t.shape)}".replace(
+                ",)", ")"))
+        if t.dtype != x.dtype:
+            raise TypeError(f"{op}: arguments '{name}' ({t.dtype}) and 'x' ({x.dtype}) must have the same dtype")
+
+
 def _kernels(weight_t, weight_h, weight_w) -> tuple[Tensor, Tensor, Tensor]:
     return _kernel(weight_t, "weight_t"), _kernel(weight_h, "weight_h"), _kernel(weight_w, "weight_w")
 
@@ -264,6 +298,7 @@ def multi_view_fusion(x: Tensor, weight_t: Tensor, weight_h: Tensor, weight_w: T
                          f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
     fused = x.shape[1] if fused_channels is None else as_int(fused_channels, "fused_channels")
     args = (x, *_kernels(weight_t, weight_h, weight_w), bn_scale, bn_shift, bool(hardswish), fused)
+    _check_args("multi_view_fusion", x, args[1:4], bn_scale, bn_shift, fused)
     if not eager(*args[:6]):
         return _mvf_op(*args)
     return _MVFFunction.apply(*args) if torch.is_grad_enabled() else _mvf_impl(*args)
@@ -320,6 +355,7 @@ def _bn_fwd_cuda(x, wt, wh, ww, gamma, beta, eps, hardswish, fused):
 
 
 def _bn_fwd_ref(x, wt, wh, ww, gamma, beta, eps, hardswish, fused):
+    _check_args("multi_view_fusion_batchnorm", x, (wt, wh, ww), gamma, beta, fused, _BN_PAIR, True)
     return ref.multi_view_fusion_batchnorm(x, wt, wh, ww, gamma, beta, eps, hardswish, fused)
 
 
@@ -499,6 +535,7 @@ def multi_view_fusion_batchnorm(x: Tensor, weight_t: Tensor, weight_h: Tensor, w
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
         raise ValueError(f"multi_view_fusion_batchnorm: eps must be a positive number, got {eps!r}")
     args = (x, *_kernels(weight_t, weight_h, weight_w), bn_weight, bn_bias, float(eps), bool(hardswish), fused)
+    _check_args("multi_view_fusion_batchnorm", x, args[1:4], bn_weight, bn_bias, fused, _BN_PAIR, True)
     if not eager(*args[:6]):
         return _mvf_bn_op(*args)
     return _MVFBatchNormFunction.apply(*args) if torch.is_grad_enabled() else _mvf_bn_impl(*args)

@@ -12,10 +12,11 @@ from torch import Tensor
 def multi_view_fusion(x: Tensor, weight_t: Tensor, weight_h: Tensor, weight_w: Tensor,
                       bn_scale: Optional[Tensor] = None, bn_shift: Optional[Tensor] = None, hardswish: bool = False,
                       fused_channels: Optional[int] = None) -> Tensor:
-    """x (N, C, T, H, W); kernels (F, 3); channels >= F pass through unchanged."""
+    """x (N, C, T, H, W); kernels (F, 3); channels >= F pass through unchanged. Any of N, T, H, W zero gives
+    the empty output (as the kernels do; conv3d refuses a zero-sized T, H or W)."""
     C = x.shape[1]
     Fc = C if fused_channels is None else fused_channels
-    if Fc == 0:
+    if Fc == 0 or x.numel() == 0:
         return x.clone()
     xf, xp = x[:, :Fc], x[:, Fc:]
     wt = weight_t.reshape(Fc, 1, 3, 1, 1)
