@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import attention_dispatch
+from ._checks import check_input
 
 
 class FusedAttention(nn.Module):
@@ -101,6 +102,7 @@ class MultiheadAttention(nn.MultiheadAttention):
     def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor] = None,
                 need_weights: bool = True, attn_mask: Optional[Tensor] = None, average_attn_weights: bool = True,
                 is_causal: bool = False):
+        self._check_inputs(query, key, value)
         if not self._fused_ok(need_weights, is_causal):
             return super().forward(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
                                    attn_mask=attn_mask, average_attn_weights=average_attn_weights,
@@ -131,6 +133,17 @@ class MultiheadAttention(nn.MultiheadAttention):
         elif self.batch_first:
             out = out.transpose(0, 1)
         return out, None
+
+    def _check_inputs(self, query: Tensor, key: Tensor, value: Tensor) -> None:
+        """query (L, embed_dim) unbatched or (L, B, embed_dim) / (B, L, embed_dim); key and value of the same rank
+        with kdim and vdim features."""
+        if isinstance(query, Tensor) and query.dim() == 2:
+            lead_q, lead_kv = ("L",), ("S",)
+        else:  # batched; check_input names any other rank
+            lead_q, lead_kv = (("B", "L"), ("B", "S")) if self.batch_first else (("L", "B"), ("S", "B"))
+        check_input("MultiheadAttention", "query", query, (*lead_q, self.embed_dim))
+        check_input("MultiheadAttention", "key", key, (*lead_kv, self.kdim))
+        check_input("MultiheadAttention", "value", value, (*lead_kv, self.vdim))
 
     def _merged_mask(self, key_padding_mask: Optional[Tensor], attn_mask: Optional[Tensor], B: int, L: int,
                      S: int, dtype: torch.dtype) -> Optional[Tensor]:

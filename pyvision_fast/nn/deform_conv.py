@@ -11,6 +11,8 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from ..ops import deform_conv2d
+from ..ops.deform_conv import DeformConvValueError
+from ._checks import check_input
 
 _IntPair = Union[int, tuple[int, int]]
 
@@ -41,7 +43,12 @@ class DeformConv2d(nn.Module):
             bound = 1 / math.sqrt(fan_in)
             nn.init.uniform_(self.bias, -bound, bound)
 
+    def _check(self, name: str, x: Tensor) -> None:
+        # DeformConvValueError is also the RuntimeError torchvision raises for a wrong input
+        check_input(type(self).__name__, name, x, ("B", self.in_channels, "H", "W"), DeformConvValueError)
+
     def forward(self, input: Tensor, offset: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        self._check("input", input)
         return deform_conv2d(input, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask)
 
     def extra_repr(self) -> str:
@@ -87,6 +94,7 @@ class DeformConv2dPack(_PackBase):
     deformable convolution. state_dict: ``weight``, (``bias``), ``conv_offset.weight``, ``conv_offset.bias``."""
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        self._check("x", x)
         return deform_conv2d(x, self.conv_offset(x), self.weight, self.bias, self.stride, self.padding,
                              self.dilation)
 
@@ -105,6 +113,7 @@ class ModulatedDeformConv2dPack(_PackBase):
                          bias)
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        self._check("x", x)
         o1, o2, mask = torch.chunk(self.conv_offset(x), 3, dim=1)
         return deform_conv2d(x, torch.cat((o1, o2), dim=1), self.weight, self.bias, self.stride, self.padding,
                              self.dilation, torch.sigmoid(mask))

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from ._checks import check_input
 
 
 def _update_running_stats(bn: nn.BatchNorm3d, mean: Tensor, var: Tensor, count: int) -> None:
@@ -53,6 +54,7 @@ class MVF(nn.Module):
             raise ValueError(f"MVF: n_segment must be >= 1, got {n_segment}")
         self.net = net
         self.n_segment = n_segment
+        self.in_channels = in_channels
         self.num_shift_channel = int(in_channels * alpha)
         self.share, self.mode, self.use_hs = share, mode, use_hs
         c = self.num_shift_channel
@@ -135,12 +137,14 @@ class MVF(nn.Module):
         return self._cached("_inference", x, convs + self._bn_tensors(), lambda: (*self.kernels(), *self._fold_bn(x)))
 
     def forward(self, x: Tensor) -> Tensor:
+        check_input("MVF", "x", x, ("N*T", self.in_channels, "H", "W"))
+        if x.shape[0] % self.n_segment:
+            raise ValueError(f"MVF: x holds {x.shape[0]} frames (shape {tuple(x.shape)}), expected a multiple of "
+                             f"n_segment={self.n_segment}")
         c = self.num_shift_channel
         if c == 0:
             return self.net(x)
         nt, C, H, W = x.shape
-        if nt % self.n_segment:
-            raise ValueError(f"MVF: batch of {nt} frames is not a multiple of n_segment={self.n_segment}")
         n = nt // self.n_segment
         x5 = x.view(n, self.n_segment, C, H, W).transpose(1, 2)  # (N, C, T, H, W) view of the frames
         bn = self.bn

@@ -71,18 +71,19 @@ def nddr_init_weight(num_tasks: int, channels: int, init: InitSpec = (0.9, 0.1),
                         for own in range(t)])
 
 
-def _check_features(features: Sequence[Tensor], num_tasks: int, channels: int) -> None:
+def _check_features(features: Sequence[Tensor], num_tasks: int, channels: int, module: str = "NDDR") -> None:
     if len(features) != num_tasks:
-        raise ValueError(f"NDDR: expected {num_tasks} task features, got {len(features)}")
+        raise ValueError(f"{module}: expected {num_tasks} task features, got {len(features)}")
     first = features[0]
     for i, f in enumerate(features):
         if not isinstance(f, Tensor) or f.ndim != 4:
-            raise ValueError(f"NDDR: feature {i} must be a (B, C, H, W) tensor, got "
+            raise ValueError(f"{module}: feature {i} must be a (B, C, H, W) tensor with C={channels}, got "
                              f"{tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__}")
         if f.shape[1] != channels:
-            raise ValueError(f"NDDR: feature {i} has {f.shape[1]} channels, the layer expects {channels}")
+            raise ValueError(f"{module}: feature {i} has {f.shape[1]} channels (shape {tuple(f.shape)}), the layer "
+                             f"expects {channels}")
         if f.shape != first.shape or f.dtype != first.dtype or f.device != first.device:
-            raise ValueError(f"NDDR: feature {i} is {tuple(f.shape)} {f.dtype} on {f.device}, feature 0 is "
+            raise ValueError(f"{module}: feature {i} is {tuple(f.shape)} {f.dtype} on {f.device}, feature 0 is "
                              f"{tuple(first.shape)} {first.dtype} on {first.device}; all must match")
 
 
@@ -193,6 +194,6 @@ class NDDRConcat(nn.Module):
 
     def forward(self, *features) -> tuple[Tensor, ...]:
         features = _unpack(features)
-        _check_features(features, self.num_tasks, self.channels)
+        _check_features(features, self.num_tasks, self.channels, "NDDRConcat")
         x = torch.cat(list(features), dim=1)
         return tuple(layer(x) for layer in self.layers)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
+from ._checks import check_input, check_same
 
 
 def _shared_mlp(in_channels: int, channels: Sequence[int], conv: type, norm: type) -> nn.Sequential:
@@ -36,6 +37,19 @@ def _official_mlp(in_channels: int, channels: Sequence[int]) -> tuple[nn.ModuleL
         bns.append(nn.BatchNorm2d(out_channels))
         in_channels = out_channels
     return convs, bns
+
+
+def _check_points(module: str, xyz: Tensor, features: Optional[Tensor], in_channels: int) -> None:
+    """xyz (B, N, 3); features (B, in_channels, N), or None when in_channels is 0."""
+    check_input(module, "xyz", xyz, ("B", "N", 3))
+    if features is None:
+        if in_channels:
+            raise ValueError(f"{module}: features of shape (B, {in_channels}, N) expected (in_channels="
+                             f"{in_channels}), got None")
+        return
+    check_input(module, "features", features, ("B", in_channels, "N"))
+    check_same(module, "features", features, 0, "xyz's batch", xyz.shape[0])
+    check_same(module, "features", features, 2, "xyz's number of points", xyz.shape[1])
 
 
 def _ball_idx(xyz: Tensor, centres: Tensor, radius: float, nsample: int) -> Tensor:
@@ -131,7 +145,13 @@ class PointNetSetAbstraction(nn.Module):
             return self.mlp(x)
         return _conv_bn_relu(self.mlp_convs, self.mlp_bns, x)
 
+    def _in_channels(self) -> int:
+        """The feature channels the layer takes (the first MLP layer's inputs less the 3 coordinates)."""
+        first = self.mlp[0] if self.layout == "sequential" else self.mlp_convs[0]
+        return first.in_channels - 3
+
     def forward(self, xyz: Tensor, features: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        _check_points("PointNetSetAbstraction", xyz, features, self._in_channels())
         B = xyz.shape[0]
         if self.group_all:
             new_xyz = xyz.new_zeros(B, 1, 3)
@@ -175,6 +195,7 @@ class PointNetSetAbstractionMsg(nn.Module):
         self.out_channels = sum(mlp[-1] for mlp in mlp_list)
 
     def forward(self, xyz: Tensor, features: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        _check_points("PointNetSetAbstractionMsg", xyz, features, self.conv_blocks[0][0].in_channels - 3)
         new_xyz, _ = ops.sample_farthest_points(xyz, K=self.npoint)
         outs = []
         for radius, nsample, convs, bns in zip(self.radius_list, self.nsample_list, self.conv_blocks,
@@ -197,7 +218,28 @@ class PointNetFeaturePropagation(nn.Module):
         super().__init__()
         self.mlp = _shared_mlp(in_channels, mlp, nn.Conv1d, nn.BatchNorm1d)
 
+    def _check(self, xyz1: Tensor, xyz2: Tensor, features1: Optional[Tensor], features2: Tensor) -> None:
+        name = "PointNetFeaturePropagation"
+        in_channels = self.mlp[0].in_channels
+        check_input(name, "xyz1", xyz1, ("B", "N", 3))
+        check_input(name, "xyz2", xyz2, ("B", "S", 3))
+        check_same(name, "xyz2", xyz2, 0, "xyz1's batch", xyz1.shape[0])
+        c1 = 0
+        if features1 is not None:
+            check_input(name, "features1", features1, ("B", "C1", "N"))
+            check_same(name, "features1", features1, 0, "xyz1's batch", xyz1.shape[0])
+            check_same(name, "features1", features1, 2, "xyz1's number of points", xyz1.shape[1])
+            c1 = features1.shape[1]
+        if c1 >= in_channels:
+            raise ValueError(f"{name}: features1 has {c1} channels, expected fewer than in_channels={in_channels} "
+                             f"(features1 and features2 together have in_channels); got shape "
+                             f"{tuple(features1.shape)}")
+        check_input(name, "features2", features2, ("B", in_channels - c1, "S"))
+        check_same(name, "features2", features2, 0, "xyz2's batch", xyz2.shape[0])
+        check_same(name, "features2", features2, 2, "xyz2's number of points", xyz2.shape[1])
+
     def forward(self, xyz1: Tensor, xyz2: Tensor, features1: Optional[Tensor], features2: Tensor) -> Tensor:
+        self._check(xyz1, xyz2, features1, features2)
         if xyz2.shape[1] == 1:
             interpolated = features2.expand(-1, -1, xyz1.shape[1])
         else:

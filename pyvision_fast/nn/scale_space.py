@@ -27,6 +27,7 @@ from ..ops import scale_attention
 from ..ops.scale_space_weight import scale_space_weight
 from ..reference import scale_space as ref
 from ..reference.scale_space import gaussian_derivative_basis
+from ._checks import check_input
 
 __all__ = ["ScaleAttention", "ScaleSpaceConv2d", "gaussian_derivative_basis"]
 
@@ -84,6 +85,7 @@ class ScaleSpaceConv2d(nn.Module):
         return scale_space_weight(*args)
 
     def forward(self, x: Tensor) -> Tensor:
+        check_input("ScaleSpaceConv2d", "x", x, ("B", self.in_channels, "H", "W"))
         return F.conv2d(x, self.weight(), self.bias, self.stride, self.padding)
 
     @torch.no_grad()
@@ -123,8 +125,11 @@ class ScaleAttention(nn.Module):
         self.gain = nn.Parameter(torch.full((num_scales,), float(init_gain)))
 
     def forward(self, y: Tensor) -> Tensor:
+        if not isinstance(y, Tensor):
+            raise TypeError(f"ScaleAttention: y must be a tensor (B, C, ...), got {type(y).__name__}")
         if y.dim() < 2 or y.shape[1] % self.num_scales:
-            raise ValueError(f"ScaleAttention: the channels of y {tuple(y.shape)} must split into "
+            raise ValueError(f"ScaleAttention: expected y of shape (B, C, ...) with C a multiple of num_scales="
+                             f"{self.num_scales}, got {tuple(y.shape)}: the channels must split into "
                              f"{self.num_scales} equal scale groups")
         B, C = y.shape[:2]
         grouped = y.reshape(B, self.num_scales, C // self.num_scales, *y.shape[2:])

@@ -12,6 +12,7 @@ from torch.nn.modules.utils import _pair
 
 from ..geometry import equirect
 from ..ops import sphere_conv2d
+from ._checks import check_input
 
 _IntPair = Union[int, tuple[int, int]]
 
@@ -40,8 +41,7 @@ class SphereConv2d(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4:
-            raise ValueError(f"SphereConv2d: x must be (B, C, H, W), got {tuple(x.shape)}")
+        check_input("SphereConv2d", "x", x, ("B", self.in_channels, "H", "W"))
         try:
             table = equirect.sampling_table(x.shape[2], x.shape[3], self.kernel_size, self.stride, "natural",
                                             x.dtype, x.device, fov=self.fov)
@@ -114,9 +114,7 @@ class SpherePatchEmbed(nn.Module):
                                       self.grid_size, (self.patch_size, self.patch_size))
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or tuple(x.shape[2:]) != self.img_size:
-            raise ValueError(f"SpherePatchEmbed: expected (B, C, {self.img_size[0]}, {self.img_size[1]}), got "
-                             f"{tuple(x.shape)}")
+        check_input("SpherePatchEmbed", "x", x, ("B", self.proj.in_channels, *self.img_size))
         out = sphere_conv2d(x, self.proj.weight, self.proj.bias, self.table())
         return out.flatten(2).transpose(1, 2) if self.flatten else out
 
