@@ -124,9 +124,38 @@ def test_bad_inputs():
         BadInput("radii vs scales", lambda: torch.ops.pvf.filter_bank(x, k, [1, 1], 0), ValueError, "radii"),
         BadInput("boundary code", lambda: torch.ops.pvf.filter_bank(x, k, [3], 7), ValueError, "boundary"),
         BadInput("kernel dtype", lambda: torch.ops.pvf.filter_bank(x, k.double(), [3], 0), TypeError, "same dtype"),
+        BadInput("kernels rank", lambda: torch.ops.pvf.filter_bank(x, k[0], [3], 0), ValueError,
+                 r"'kernels' must have 2 dimensions \(S, 2R \+ 1\)"),
+        BadInput("negative radius", lambda: torch.ops.pvf.filter_bank(x, k, [-1], 0), ValueError,
+                 r"radius -1 is outside \[0, 3\]"),
+        BadInput("reflect radius vs width", lambda: torch.ops.pvf.filter_bank(x[..., :3], k, [3], 1), ValueError,
+                 "radius 3 for 8x3"),
+        BadInput("sigma count vs radius", lambda: ops.gaussian_scale_space(x, torch.ones(2), radius=[1, 1, 1]),
+                 ValueError, "S = 2"),
     ]
-    for case in cases:
-        run_bad_input(case)
+    # every backend refuses them before it runs: the compiled kernels (which check in C++ too) and the reference
+    # (float16 on CPUs is the compiled kernels' dtype rule: the reference computes it)
+    for backend in ("cpu", "reference"):
+        with use_backend(backend):
+            for case in cases:
+                if not (backend == "reference" and case.name == "half on cpu"):
+                    run_bad_input(case)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", [(0, 3, 5, 5), (2, 0, 5, 5), (2, 3, 0, 5), (2, 3, 5, 0)], ids=str)
+def test_empty_planes(shape, mode, backend):
+    """Any of B, C, H, W zero: an empty output and a zero sigma gradient on every backend. (A zero W with H > 0
+    crashed the CPU kernel under reflect / replicate: the boundary rule mapped taps onto an empty row.)"""
+    device = "cuda" if backend == "cuda" else "cpu"
+    x = torch.randn(shape, dtype=torch.float64, device=device, requires_grad=True)
+    sigma = torch.tensor([0.8, 1.5], dtype=torch.float64, device=device, requires_grad=True)
+    with use_backend(backend):
+        out = ops.gaussian_scale_space(x, sigma, padding_mode=mode, radius=[2, 4])
+        assert out.shape == (shape[0], 2, *shape[1:])
+        gx, gs = torch.autograd.grad(out.sum(), [x, sigma])
+    assert gx.shape == x.shape and torch.equal(gs, torch.zeros_like(gs))
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -81,9 +81,18 @@ def test_bad_inputs():
         BadInput("not a tensor", lambda: ops.scale_attention(y, [1.0, 1.0, 1.0]), TypeError, "tensors"),
         BadInput("module groups", lambda: ScaleAttention(4)(torch.randn(2, 6, 3, 3)), ValueError, "4 equal"),
         BadInput("module scales", lambda: ScaleAttention(0), ValueError, "num_scales"),
+        BadInput("no scale", lambda: ops.scale_attention(torch.randn(2, 0, 10), torch.ones(0)), ValueError,
+                 "number of scales"),
+        BadInput("gain rank", lambda: ops.scale_attention(y, torch.ones(1, 3)), ValueError,
+                 r"'gain' must have shape \(3\), got \(1, 3\)"),
+        BadInput("gain vs trailing dims", lambda: ops.scale_attention(torch.randn(2, 3, 4, 5), torch.ones(4)),
+                 ValueError, r"'gain' must have shape \(3\)"),
     ]
-    for case in cases:
-        run_bad_input(case)
+    # every backend refuses them before it runs: the compiled kernels (which check in C++ too) and the reference
+    for backend in ("cpu", "reference"):
+        with use_backend(backend):
+            for case in cases:
+                run_bad_input(case)
 
 
 def test_hierarchical_stack_trains_and_exports(tmp_path):

@@ -257,9 +257,25 @@ def test_weight_bad_inputs():
         BadInput("int", lambda: ops.scale_space_weight(c.int(), ls.int(), 3, 2), TypeError, "float32"),
         BadInput("sigma_min", lambda: ops.scale_space_weight(c, ls, 3, 2, sigma_min=0.0), ValueError, "sigma_min"),
         BadInput("sigma order", lambda: ops.scale_space_weight(c, ls, 5, 2, 1.5, 1.0), ValueError, "below"),
+        BadInput("log_sigma rank", lambda: ops.scale_space_weight(c, ls[None], 3, 2), ValueError,
+                 r"log_sigma must be \(S,\)"),
     ]
-    for case in cases:
-        run_bad_input(case)
+    for backend in ("cpu", "reference"):  # checked before any backend runs
+        with use_backend(backend):
+            for case in cases:
+                run_bad_input(case)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_weight_without_output_channels(backend):
+    """C_out = 0 (one scale allowed): an empty weight and zero gradients on every backend (the batched path
+    joined an empty list of scale groups)."""
+    coeff, log_sigma = torch.randn(0, 2, 6, requires_grad=True), torch.zeros(1, requires_grad=True)
+    with use_backend(backend):
+        w = ops.scale_space_weight(coeff, log_sigma, 3, 2)
+        g_coeff, g_log_sigma = torch.autograd.grad(w.sum(), [coeff, log_sigma])
+    assert w.shape == (0, 2, 3, 3) and g_coeff.shape == (0, 2, 6)
+    assert torch.equal(g_log_sigma, torch.zeros(1))
 
 
 # GPU: the current path and the candidate, on the benchmark's layer ------------------------------------------

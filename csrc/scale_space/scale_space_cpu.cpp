@@ -117,6 +117,7 @@ void filter_columns_transposed(const T* g, int64_t H, int64_t W, const T* k, int
 template <typename T>
 void filter_bank_forward_cpu(const BankGeometry& g, const T* x, const T* kernels, T* out) {
   const int64_t HW = g.H * g.W, L = 2 * g.R + 1;
+  if (HW == 0) return;  // empty planes: nothing to write (and no pixel a boundary rule could map onto)
   parallel_for(0, g.B * g.C, 1, [&](int64_t p0, int64_t p1) {
     std::vector<T> u(HW), buf(g.W + 2 * g.R), wts(L);
     std::vector<const T*> rows(L);
@@ -137,6 +138,10 @@ template <typename T>
 void filter_bank_backward_cpu(const BankGeometry& g, const T* x, const T* grad_out, const T* kernels, T* grad_x,
                               T* grad_kernels) {
   const int64_t H = g.H, W = g.W, HW = H * W, L = 2 * g.R + 1;
+  if (HW == 0) {  // empty planes: grad_x is empty, the kernels' gradient zero
+    std::fill(grad_kernels, grad_kernels + g.S * L, T(0));
+    return;
+  }
   std::vector<double> gk_total(g.S * L, 0.0);
   std::mutex merge;
   parallel_for(0, g.B * g.C, 1, [&](int64_t p0, int64_t p1) {

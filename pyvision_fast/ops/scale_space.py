@@ -93,7 +93,47 @@ def _bank_bwd_cuda_next(grad, x, kernels, radii, boundary):
     return gx, gk.to(kernels.dtype)
 
 
-_BANK = {"cpu": _bank_cpu, "cuda": _bank_cuda, "cuda:next": _bank_cuda_next, "reference": ref.filter_bank}
+def _check_bank_args(x: Tensor, kernels: Tensor, radii: Sequence[int], boundary: int) -> None:
+    """The relations the C++ bindings check before the filter bank (csrc/bindings/scale_space_args.h, same
+    messages), for every backend: ``filter_bank`` runs it before dispatch, the reference when the custom op is
+    called directly. The dtype rule and the scale limit of each device stay with the backends."""
+    op = "filter_bank"
+    for name, t in (("x", x), ("kernels", kernels)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{op}: argument '{name}' must be a tensor, got {type(t).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{op}: argument 'x' must have 4 dimensions (B, C, H, W), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{op}: argument 'x' must be float32 or float64 (or float16/bfloat16 on GPUs), got {x.dtype}")
+    if kernels.device != x.device:
+        raise TypeError(f"{op}: argument 'kernels' is on {kernels.device} but this call runs on {x.device}")
+    if kernels.dim() != 2:
+        raise ValueError(f"{op}: argument 'kernels' must have 2 dimensions (S, 2R + 1), got shape "
+                         f"{tuple(kernels.shape)}")
+    if kernels.dtype != x.dtype:
+        raise TypeError(f"{op}: arguments 'kernels' ({kernels.dtype}) and 'x' ({x.dtype}) must have the same dtype")
+    S, L = kernels.shape
+    if L % 2 == 0:
+        raise ValueError(f"{op}: kernels must have an odd number of taps (2R + 1), got {L}")
+    if len(radii) != S:
+        raise ValueError(f"{op}: radii has {len(radii)} values but kernels has {S} scales")
+    if boundary not in (0, 1, 2):
+        raise ValueError(f"{op}: boundary must be 0 (zeros), 1 (reflect) or 2 (replicate), got {boundary}")
+    R, (H, W) = (L - 1) // 2, x.shape[2:]
+    for r in radii:
+        if not 0 <= r <= R:
+            raise ValueError(f"{op}: radius {r} is outside [0, {R}] (the kernels' half-width)")
+        if boundary == 1 and x.numel() > 0 and (r >= H or r >= W):
+            raise ValueError(f"{op}: reflect padding needs every radius below the image size, got radius {r} for "
+                             f"{H}x{W} (use a smaller truncate or padding_mode='replicate')")
+
+
+def _bank_ref(x, kernels, radii, boundary):
+    _check_bank_args(x, kernels, radii, boundary)
+    return ref.filter_bank(x, kernels, radii, boundary)
+
+
+_BANK = {"cpu": _bank_cpu, "cuda": _bank_cuda, "cuda:next": _bank_cuda_next, "reference": _bank_ref}
 _BANK_BWD = {"cpu": _bank_bwd_cpu, "cuda": _bank_bwd_cuda, "cuda:next": _bank_bwd_cuda_next,
              "reference": ref.filter_bank_backward}
 _backend.prefer("gaussian_scale_space", "cuda:next")  # H200-verified 2026-12-04 (gpu-runs.md)
@@ -151,6 +191,7 @@ def filter_bank(x: Tensor, kernels: Tensor, radii: Sequence[int], boundary: int)
     kernels (S, 2R + 1) centred on tap R, radii (S,) ints <= R, boundary 0 zeros / 1 reflect / 2 replicate ->
     (B, S, C, H, W). Differentiable in x and kernels."""
     args = (x, kernels, list(radii), boundary)
+    _check_bank_args(*args)
     return _FilterBankFunction.apply(*args) if eager(x, kernels) else _filter_bank_op(*args)
 
 
@@ -300,7 +341,29 @@ def _att_bwd_cuda(grad, y, gain):
     return gy, gg.to(gain.dtype)
 
 
-_ATT = {"cpu": _att_cpu, "cuda": _att_cuda, "reference": ref.scale_attention}
+def _check_attention_args(y: Tensor, gain: Tensor) -> None:
+    """The relations the C++ bindings check (csrc/bindings/scale_space_args.h, same messages), for every
+    backend: the public function runs it before dispatch, the reference when the custom op is called directly.
+    The dtype rule of each device (float16/bfloat16 on GPUs) stays with the backends."""
+    op = "scale_attention"
+    if not y.is_floating_point():
+        raise TypeError(f"{op}: argument 'y' must be float32 or float64 (or float16/bfloat16 on GPUs), got {y.dtype}")
+    if y.shape[1] < 1:
+        raise ValueError(f"{op}: the number of scales (dimension 1 of 'y', shape {tuple(y.shape)}) must be >= 1")
+    if gain.device != y.device:
+        raise TypeError(f"{op}: argument 'gain' is on {gain.device} but this call runs on {y.device}")
+    if tuple(gain.shape) != (y.shape[1],):
+        raise ValueError(f"{op}: argument 'gain' must have shape ({y.shape[1]}), got {tuple(gain.shape)}")
+    if gain.dtype != y.dtype:
+        raise TypeError(f"{op}: arguments 'gain' ({gain.dtype}) and 'y' ({y.dtype}) must have the same dtype")
+
+
+def _att_ref(y, gain):
+    _check_attention_args(y, gain)
+    return ref.scale_attention(y, gain)
+
+
+_ATT = {"cpu": _att_cpu, "cuda": _att_cuda, "reference": _att_ref}
 _ATT_BWD = {"cpu": _att_bwd_cpu, "cuda": _att_bwd_cuda, "reference": ref.scale_attention_backward}
 
 
@@ -359,6 +422,7 @@ def scale_attention(y: Tensor, gain: Tensor) -> Tensor:
         raise TypeError("scale_attention: y and gain must be tensors")
     if y.dim() < 2:
         raise ValueError(f"scale_attention: y must be (B, S, ...), got shape {tuple(y.shape)}")
+    _check_attention_args(y, gain)
     flat = y.reshape(y.shape[0], y.shape[1], math.prod(y.shape[2:]))
     out = _ScaleAttentionFunction.apply(flat, gain) if eager(flat, gain) else _scale_attention_op(flat, gain)
     return out.view(y.shape)

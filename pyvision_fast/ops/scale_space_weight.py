@@ -85,6 +85,8 @@ def _weight_torch(coeff, log_sigma, kernel_size, order, sigma_min, sigma_max):
     basis = _outer(f, f, order).to(coeff.dtype)  # (S, nb, k*k)
     parts = [_bmm(coeff[c0:c0 + n * g].reshape(n, g * I, nb), basis[s0:s0 + n]).view(n * g, I, k, k)
              for c0, s0, n, g in _runs(O, log_sigma.shape[0])]
+    if not parts:  # C_out = 0: no scale group has a channel
+        return coeff.new_zeros(O, I, k, k)
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
@@ -101,6 +103,8 @@ def _weight_backward_torch(grad, coeff, log_sigma, kernel_size, order, sigma_min
         c = coeff[c0:c0 + n * g].reshape(n, g * I, nb)
         g_coeff.append(_bmm(gw, basis[s0:s0 + n].transpose(1, 2)).view(n * g, I, nb))
         g_basis.append(_bmm(c.transpose(1, 2), gw))
+    if not g_coeff:  # C_out = 0: nothing reaches coeff or log_sigma
+        return torch.zeros_like(coeff), torch.zeros_like(log_sigma)
     g_coeff = g_coeff[0] if len(g_coeff) == 1 else torch.cat(g_coeff)
     g_basis = g_basis[0] if len(g_basis) == 1 else torch.cat(g_basis)
     g_log_sigma = (g_basis.to(dbasis.dtype) * dbasis).sum(dim=(1, 2))
