@@ -255,7 +255,7 @@ def _train(args, recipe, cfg, info, device, train_set, val_set, output, resume_f
                       switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode, label_smoothing=cfg.label_smoothing,
                       num_classes=cfg.num_classes) if mixing else None)
     ctx = StepContext(cfg=cfg, device=device, rank=info.rank, world_size=info.world_size, autocast=autocast,
-                      mixup_fn=mixup_fn, extra={"resuming": state is not None})
+                      mixup_fn=mixup_fn, extra={"resuming": state is not None, "optimizer": optimizer})
     # before the RNG state of a resumed run is restored, so a resumed run draws what an uninterrupted one does
     recipe.on_train_start(model, ctx)
     if state is not None:

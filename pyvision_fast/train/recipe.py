@@ -88,6 +88,8 @@ class StepContext:
     world_size: int = 1
     autocast: Callable[[], Any] = field(default=lambda: torch.autocast("cpu", enabled=False))
     mixup_fn: Optional[Callable] = None     # timm Mixup when mixup/cutmix > 0, built by the engine
+    # set by the engine for training: "resuming" (bool) and "optimizer" (the engine's optimizer, for a recipe
+    # that schedules its lr itself under sched="none"); recipes may keep their own entries here
     extra: dict = field(default_factory=dict)
 
 

@@ -44,8 +44,8 @@ parameter) lr 1e-3 for classifier and generator, batch 64, 200 epochs, ``CosineA
 T_mult=2)`` stepped once per epoch for the classifier, the generator and the fine-tuned layer. The engine's
 schedules (timm, per update) have no warm restarts, so this recipe sets ``sched="none"`` and applies that
 per-epoch schedule itself (``lr_restart_epochs`` 5, ``lr_restart_mult`` 2; lr at epoch e = ``lr (1 + cos(pi t
-/ T)) / 2``, t the epoch within its cycle of T epochs): its own optimizers directly, the engine's optimizer
-through a torch optimizer step pre-hook that touches only the optimizer holding the projection head. ``--set
+/ T)) / 2``, t the epoch within its cycle of T epochs) at the start of every epoch to its own optimizers and
+to the engine's (``ctx.extra["optimizer"]``). ``--set
 lr_restart_epochs=0 sched=cosine`` hands the classifier's schedule back to the engine.
 
 The recipe's state (generator and its optimizer, projection head, prototypes and their clouds, the fine-tune
@@ -71,14 +71,12 @@ SRS dropping 500 points), keys ``robust/<attack>/<defence>``. It runs under ``pv
 from __future__ import annotations
 
 import math
-import weakref
 from contextlib import contextmanager, nullcontext
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from ...losses.pointcat import centralizing_loss, generator_loss, supcon_loss
 from ...models.pointcat import PointCATNoiseGenerator, ProjectionHead, perturb_points, search_feature_peaks
@@ -135,17 +133,6 @@ def _broadcast_buffers(module: nn.Module) -> None:
     if dist and world > 1:
         for buf in module.buffers():
             torch.distributed.broadcast(buf, 0)
-
-
-# The engine's optimizer is not handed to recipes; a global step pre-hook finds the one holding a live
-# recipe's projection head and sets its per-epoch lr (see the module docstring).
-_LIVE_RECIPES: "weakref.WeakSet[PointCATRecipe]" = weakref.WeakSet()
-_HOOK_HANDLE = None
-
-
-def _lr_pre_hook(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
-    for recipe in list(_LIVE_RECIPES):
-        recipe._maybe_set_lr(optimizer)
 
 
 class PointCATRecipe(Recipe):
@@ -213,7 +200,7 @@ class PointCATRecipe(Recipe):
         self.gen_opt = self.fc_opt = None
         self.peak_inputs = self.peak_features = None
         self._peaks_stale = False
-        self._epoch = 0
+        self.model_opt = None      # the engine's optimizer (ctx.extra), whose lr the warm restarts set
 
     # --- data ---------------------------------------------------------------------------------------
     def build_datasets(self, data_dir: str):
@@ -253,18 +240,7 @@ class PointCATRecipe(Recipe):
             return 1.0
         return warm_restart_lr(1.0, epoch, int(c.lr_restart_epochs), int(c.lr_restart_mult))
 
-    def _maybe_set_lr(self, optimizer) -> None:
-        if self.proj_head is None or not self.cfg.lr_restart_epochs:
-            return
-        marker = self.proj_head.l1.weight
-        if not any(p is marker for p in optimizer.param_groups[-1]["params"]):
-            return
-        lr = self.cfg.lr * self._lr_factor(self._epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-
     def on_train_start(self, model: nn.Module, ctx: StepContext) -> None:
-        global _HOOK_HANDLE
         c = self.cfg
         if not hasattr(model, "set_classifier") or not hasattr(model, "num_features"):
             raise TypeError(f"pointcat needs a classifier with get_classifier/set_classifier/num_features "
@@ -286,9 +262,7 @@ class PointCATRecipe(Recipe):
                 model, start.to(ctx.device), iters=int(c.peak_init_iters), lr=c.peak_init_lr,
                 weight_decay=c.peak_weight_decay)
         model.set_classifier(self.proj_head)
-        _LIVE_RECIPES.add(self)
-        if _HOOK_HANDLE is None:
-            _HOOK_HANDLE = register_optimizer_step_pre_hook(_lr_pre_hook)
+        self.model_opt = ctx.extra.get("optimizer")
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.state_dict(), "generator_opt": self.gen_opt.state_dict(),
@@ -309,12 +283,14 @@ class PointCATRecipe(Recipe):
         self.peak_features = state["peak_features"].to(device)
 
     def on_epoch_start(self, epoch: int, model: nn.Module, ctx: StepContext) -> None:
-        self._epoch = epoch
         factor = self._lr_factor(epoch)
         for group in self.gen_opt.param_groups:
             group["lr"] = self.cfg.lr_generator * factor
         for group in self.fc_opt.param_groups:
             group["lr"] = self.cfg.finetune_lr * factor
+        if self.model_opt is not None and self.cfg.lr_restart_epochs:
+            for group in self.model_opt.param_groups:
+                group["lr"] = self.cfg.lr * factor
         if model.get_classifier() is not self.proj_head:
             model.set_classifier(self.proj_head)
 
