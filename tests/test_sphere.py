@@ -254,9 +254,36 @@ def test_bad_inputs():
         BadInput("from_patch_embed", lambda: SpherePatchEmbed.from_patch_embed(torch.nn.Linear(3, 4)), TypeError,
                  "nn.Conv2d"),
         BadInput("kernel", lambda: equirect.tangent_sampling(8, 16, 0), ValueError, "kernel_size"),
+        BadInput("table out_size vs index", lambda: ops.sphere_conv2d(x, w, None, table._replace(out_size=(4, 16))),
+                 ValueError, r"table.index must have shape \(Ho \* Wo, kh \* kw, 4\) = \(64, 9, 4\)"),
+        BadInput("table kernel_size vs index", lambda: ops.sphere_conv2d(
+            x, torch.randn(4, 3, 1, 3), None, table._replace(kernel_size=(1, 3))), ValueError, r"= \(128, 3, 4\)"),
+        BadInput("table weight vs index", lambda: ops.sphere_conv2d(x, w, None, table._replace(
+            weight=table.weight[:, :8])), ValueError, "table.weight must have table.index's shape"),
+        BadInput("table index dtype", lambda: ops.sphere_conv2d(x, w, None, table._replace(
+            index=table.index.long())), TypeError, "table.index must be int32"),
+        BadInput("bias shape", lambda: ops.sphere_conv2d(x, w, torch.zeros(3), table), ValueError,
+                 r"bias must have shape \(4,\)"),
+        BadInput("input rank", lambda: ops.sphere_conv2d(x[0], w, None, table), ValueError, r"\(B, C, H, W\)"),
     ]
-    for case in cases:
-        run_bad_input(case)
+    for backend in ("cpu", "reference"):  # checked before any backend runs
+        with use_backend(backend):
+            for case in cases:
+                run_bad_input(case)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_no_output_channels(backend):
+    """C_out = 0: an empty output and gradients (zero for the input) on every backend (the weight's column
+    layout was a reshape(-1, 0), which torch cannot resolve)."""
+    table = equirect.sampling_table(4, 8, 3, 1)
+    x = torch.randn(2, 3, 4, 8, requires_grad=True)
+    w, b = torch.randn(0, 3, 3, 3, requires_grad=True), torch.zeros(0, requires_grad=True)
+    with use_backend(backend):
+        out = ops.sphere_conv2d(x, w, b, table)
+        gx, gw, gb = torch.autograd.grad(out.sum(), [x, w, b])
+    assert out.shape == (2, 0, 4, 8) and gw.shape == w.shape and gb.shape == (0,)
+    assert torch.equal(gx, torch.zeros_like(x))
 
 
 @pytest.mark.triton

@@ -87,7 +87,8 @@ def _chunk_rows(K: int, C: int, x: Tensor) -> int:
 
 def _weight_rows(weight: Tensor) -> Tensor:
     """(C_out, C_in, kh, kw) -> (kh kw C_in, C_out): the column layout's row order (tap-major, channel-minor)."""
-    return weight.permute(2, 3, 1, 0).reshape(-1, weight.shape[0])
+    Cout, C, kh, kw = weight.shape
+    return weight.permute(2, 3, 1, 0).reshape(kh * kw * C, Cout)  # explicit sizes: C_out may be 0
 
 
 def _forward(impl, input, weight, bias, index, tweight, out_h, out_w):
@@ -148,10 +149,10 @@ def _columns_backward(kind: str):
     return lambda *args: _backward(_IMPLS[kind], *args)
 
 
-def _check_triton_args(input, weight, bias, index, tweight, rows=None) -> None:
+def _check_args(input, weight, bias, index, tweight, rows=None) -> None:
     """What the C++ bindings check before the column kernels (csrc/bindings/sphere_args.h), for the Triton kernels,
-    which index with these sizes unchecked (table entries they clamp into the image). Reached through the public
-    function and through the custom op called directly."""
+    which index with these sizes unchecked (table entries they clamp into the image), and the reference, which
+    would fail inside torch. Reached through the public function and through the custom op called directly."""
     op = "sphere_conv2d"
     if input.dim() != 4 or input.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         raise ValueError(f"{op}: input must be a floating (B, C, H, W) tensor, got {input.dtype} {tuple(input.shape)}")
@@ -176,7 +177,7 @@ def _check_triton_args(input, weight, bias, index, tweight, rows=None) -> None:
 def _triton_forward(input, weight, bias, index, tweight, out_h, out_w):
     from ..triton import sphere as tri  # noqa: PLC0415 - optional dependency
 
-    _check_triton_args(input, weight, bias, index, tweight, out_h * out_w)
+    _check_args(input, weight, bias, index, tweight, out_h * out_w)
     if not tri.supported(input, weight, index):
         return _forward(_IMPLS[_native(input.device)], input, weight, bias, index, tweight, out_h, out_w)
     return tri.forward(input, weight, bias, index, tweight, out_h, out_w)
@@ -185,7 +186,7 @@ def _triton_forward(input, weight, bias, index, tweight, out_h, out_w):
 def _triton_backward(grad, input, weight, index, tweight, has_bias):
     from ..triton import sphere as tri  # noqa: PLC0415 - optional dependency
 
-    _check_triton_args(input, weight, None, index, tweight)
+    _check_args(input, weight, None, index, tweight)
     want = (input.shape[0], weight.shape[0], index.shape[0])
     if grad.dim() != 4 or (grad.shape[0], grad.shape[1], grad.shape[2] * grad.shape[3]) != want:
         raise ValueError(f"sphere_conv2d_backward: grad must be (B, C_out, H_out, W_out) with B, C_out, "
@@ -198,8 +199,13 @@ def _triton_backward(grad, input, weight, index, tweight, has_bias):
     return tri.backward(grad, input, weight, index, tweight, transposed, has_bias)
 
 
+def _reference_forward(input, weight, bias, index, tweight, out_h, out_w):
+    _check_args(input, weight, bias, index, tweight, out_h * out_w)
+    return _forward(_IMPLS["reference"], input, weight, bias, index, tweight, out_h, out_w)
+
+
 _FORWARD = {"cpu": _columns_forward("cpu"), "cuda": _columns_forward("cuda"),
-            "reference": _columns_forward("reference"), "triton": _triton_forward}
+            "reference": _reference_forward, "triton": _triton_forward}
 _BACKWARD = {"cpu": _columns_backward("cpu"), "cuda": _columns_backward("cuda"),
              "reference": _columns_backward("reference"), "triton": _triton_backward}
 _backend.prefer("sphere_conv2d", "triton")  # H200-verified 2026-12-04 (gpu-runs.md)
@@ -258,6 +264,26 @@ _SphereConv2dFunction = eager_function("_SphereConv2dFunction", _sphere_conv2d_i
                                        _backward_with(_sphere_conv2d_backward_impl))
 
 
+def _check_table(table: SamplingTable, input: Tensor) -> None:
+    """A table whose parts agree: index (Ho * Wo, kh * kw, 4) int32 for its out_size and kernel_size, weight of
+    index's shape, both on input's device (a SamplingTable built by hand may disagree with itself)."""
+    (Ho, Wo), (kh, kw) = table.out_size, table.kernel_size
+    index, tweight = table.index, table.weight
+    if not isinstance(index, Tensor) or not isinstance(tweight, Tensor):
+        raise TypeError("sphere_conv2d: table.index and table.weight must be tensors")
+    if index.dtype != torch.int32:
+        raise TypeError(f"sphere_conv2d: table.index must be int32, got {index.dtype}")
+    if index.device != input.device:
+        raise TypeError(f"sphere_conv2d: table.index is on {index.device} but input is on {input.device}")
+    if tuple(index.shape) != (Ho * Wo, kh * kw, 4):
+        raise ValueError(f"sphere_conv2d: table.index must have shape (Ho * Wo, kh * kw, 4) = "
+                         f"{(Ho * Wo, kh * kw, 4)} for out_size {(Ho, Wo)} and kernel_size {(kh, kw)}, got "
+                         f"{tuple(index.shape)}")
+    if tweight.shape != index.shape:
+        raise ValueError(f"sphere_conv2d: table.weight must have table.index's shape {tuple(index.shape)}, got "
+                         f"{tuple(tweight.shape)}")
+
+
 def sphere_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor], table: SamplingTable) -> Tensor:
     """Convolution of an ERP image whose taps are read through ``table`` (see
     ``pyvision_fast.geometry.equirect.sampling_table``).
@@ -290,6 +316,7 @@ def sphere_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor], table: 
                             f"{input.device})")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"sphere_conv2d: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    _check_table(table, input)
     equirect.validate(table)
     Ho, Wo = table.out_size
     args = (input, weight, bias, table.index, table.weight, Ho, Wo)
