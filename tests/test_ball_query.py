@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from op_harness import BadInput, assert_close, check_compiled, check_onnx, float_dtypes, gradcheck, opcheck
 from op_harness import DEVICES_AND_CANDIDATES, candidate_switch  # noqa: F401 - autouse fixture
 from op_harness import random_lengths, run_bad_input
-from pyvision_fast import ops
+from pyvision_fast import ops, use_backend
 from pyvision_fast.reference import pointcloud as ref
 
 
@@ -104,12 +104,27 @@ def _bad_cases():
         BadInput("lengths", lambda: ops.ball_query(p1, p2, lengths1=torch.tensor([6, 1]), K=2, radius=1.0),
                  ValueError, "outside"),
         BadInput("dtype", lambda: ops.ball_query(p1.double(), p2, K=2, radius=1.0), TypeError, "same dtype"),
+        BadInput("radius inf", lambda: ops.ball_query(p1, p2, K=2, radius=float("inf")), ValueError, "radius"),
+        BadInput("K float", lambda: ops.ball_query(p1, p2, K=2.0, radius=1.0), TypeError, "K must be an int"),
+        BadInput("batch mismatch", lambda: ops.ball_query(p1, p2[:1], K=2, radius=1.0), ValueError,
+                 "'p2' has size 1 in dimension 0 but the batch size of p1 is 2"),
+        BadInput("rank", lambda: ops.ball_query(p1[0], p2, K=2, radius=1.0), ValueError,
+                 "'p1' must have 3 dimensions"),
+        BadInput("lengths2 above P2", lambda: ops.ball_query(p1, p2, lengths2=torch.tensor([7, 1]), K=2, radius=1.0),
+                 ValueError, "'lengths2' has a length 7 outside"),
+        BadInput("lengths batch", lambda: ops.ball_query(p1, p2, lengths2=torch.tensor([6]), K=2, radius=1.0),
+                 ValueError, "batch size"),
+        BadInput("half on cpu", lambda: ops.ball_query(p1.half(), p2.half(), K=2, radius=1.0), TypeError,
+                 "float32 or float64"),
+        BadInput("D zero", lambda: ops.ball_query(p1[..., :0], p2[..., :0], K=2, radius=1.0), ValueError, "D >= 1"),
     ]
 
 
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
 @pytest.mark.parametrize("case", _bad_cases(), ids=str)
-def test_bad_inputs(case):
-    run_bad_input(case)
+def test_bad_inputs(case, backend):
+    with use_backend(backend):
+        run_bad_input(case)
 
 
 def test_fill_first_repeats_the_first_neighbour_like_pointnet2():

@@ -99,7 +99,18 @@ def _bad_cases():
         BadInput("idx rank", lambda: ops.gather_points(f, torch.zeros(2, 3, 1, dtype=torch.long)), ValueError,
                  "'idx' must have 2 dimensions"),
         BadInput("group idx rank", lambda: ops.grouping_operation(f, torch.zeros(2, 3, dtype=torch.long)),
-                 ValueError, r"idx must have shape \(B, M, S\)"),
+                 ValueError, r"'idx' must have 3 dimensions \(B, M, S\)"),
+        BadInput("group batch mismatch", lambda: ops.grouping_operation(f, torch.zeros(1, 3, 2, dtype=torch.long)),
+                 ValueError, "'idx' has size 1 in dimension 0 but the batch size of features is 2"),
+        BadInput("group index too large", lambda: ops.grouping_operation(f, torch.full((2, 2, 2), 10)), ValueError,
+                 r"idx\[0\] = 10 is out of range for the number of points N \(10\)"),
+        BadInput("group float index", lambda: ops.grouping_operation(f, torch.zeros(2, 2, 2)), TypeError,
+                 "int32 or int64"),
+        BadInput("features not a tensor", lambda: ops.gather_points(f.tolist(), torch.zeros(2, 4, dtype=torch.long)),
+                 TypeError, "'features' must be a tensor"),
+        BadInput("group with one batch count", lambda: ops.grouping_operation(
+            f[0].t(), torch.zeros(3, 2, dtype=torch.long), torch.tensor([10])), ValueError,
+                 "'indices_batch_cnt' is required"),
         BadInput("batch mismatch", lambda: ops.gather_points(f, torch.zeros(3, 4, dtype=torch.long)), ValueError,
                  "batch size"),
         BadInput("features rank", lambda: ops.gather_points(f[0], torch.zeros(2, 4, dtype=torch.long)), ValueError,
@@ -111,6 +122,8 @@ def _bad_cases():
     ]
 
 
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
 @pytest.mark.parametrize("case", _bad_cases(), ids=str)
-def test_bad_inputs(case):
-    run_bad_input(case)
+def test_bad_inputs(case, backend):
+    with use_backend(backend):
+        run_bad_input(case)

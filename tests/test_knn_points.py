@@ -169,13 +169,45 @@ def _bad_cases():
         BadInput("int points", lambda: ops.knn_points(p1.long(), p2.long(), K=2), TypeError, "float32 or float64"),
         BadInput("half on cpu", lambda: ops.knn_points(p1.half(), p2.half(), K=2), TypeError, "float32 or float64"),
         BadInput("dtype mix", lambda: ops.knn_points(p1, p2.double(), K=2), TypeError, "same dtype"),
-        BadInput("norm 1", lambda: ops.knn_points(p1, p2, K=2, norm=1), ValueError, "only norm=2"),
+        BadInput("norm 3", lambda: ops.knn_points(p1, p2, K=2, norm=3), ValueError, "norm must be 1"),
+        BadInput("p1 not a tensor", lambda: ops.knn_points(p1.tolist(), p2, K=2), TypeError,
+                 "'p1' must be a tensor"),
+        BadInput("p2 rank", lambda: ops.knn_points(p1, p2[0], K=2), ValueError, "'p2' must have 3 dimensions"),
+        BadInput("D zero", lambda: ops.knn_points(p1[..., :0], p2[..., :0], K=2), ValueError, "D >= 1"),
+        BadInput("lengths2 batch", lambda: ops.knn_points(p1, p2, lengths2=torch.tensor([6]), K=2), ValueError,
+                 "'lengths2' has size 1 in dimension 0 but the batch size is 2"),
+        BadInput("lengths rank", lambda: ops.knn_points(p1, p2, lengths1=torch.tensor([[5, 5]]), K=2), ValueError,
+                 "'lengths1' must have 1 dimensions"),
+        BadInput("lengths1 above P1", lambda: ops.knn_points(p1, p2, lengths1=torch.tensor([6, 2]), K=2),
+                 ValueError, r"'lengths1' has a length 6 outside \[0, 5\]"),
+        BadInput("return_sorted not bool", lambda: ops.knn_points(p1, p2, K=2, return_sorted=None), TypeError,
+                 "return_sorted must be a bool"),
+        BadInput("norm 1 batch mismatch", lambda: ops.knn_points(p1, torch.rand(1, 6, 3), K=2, norm=1), ValueError,
+                 "batch size"),
+        BadInput("norm 1 lengths", lambda: ops.knn_points(p1, p2, lengths2=torch.tensor([7, 1]), K=2, norm=1),
+                 ValueError, "outside"),
+        BadInput("knn_gather batch", lambda: ops.knn_gather(p2, torch.zeros(3, 5, 2, dtype=torch.long)), ValueError,
+                 "'idx' has size 3 in dimension 0 but the batch size of x is 2"),
+        BadInput("knn_gather idx rank", lambda: ops.knn_gather(p2, torch.zeros(2, 5, dtype=torch.long)), ValueError,
+                 "'idx' must have 3 dimensions"),
+        BadInput("knn_gather x rank", lambda: ops.knn_gather(p2[0], torch.zeros(2, 5, 1, dtype=torch.long)),
+                 ValueError, "'x' must have 3 dimensions"),
+        BadInput("knn_gather idx range", lambda: ops.knn_gather(p2, torch.full((2, 5, 1), 6)), ValueError,
+                 "out of range for the number of points M"),
+        BadInput("knn_gather -1 without lengths", lambda: ops.knn_gather(p2, torch.full((2, 5, 1), -1)),
+                 ValueError, "out of range"),
+        BadInput("knn_gather lengths batch", lambda: ops.knn_gather(p2, torch.zeros(2, 5, 1, dtype=torch.long),
+                                                                     torch.tensor([1, 2, 3])), ValueError,
+                 "batch size"),
     ]
 
 
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
 @pytest.mark.parametrize("case", _bad_cases(), ids=str)
-def test_bad_inputs(case):
-    run_bad_input(case)
+def test_bad_inputs(case, backend):
+    """Every row raises before any backend runs: the compiled kernels and the reference alike."""
+    with use_backend(backend):
+        run_bad_input(case)
 
 
 @pytest.mark.cuda

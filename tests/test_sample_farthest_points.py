@@ -92,8 +92,25 @@ def test_tensor_k():
     pts = torch.rand(2, 30, 3)
     assert torch.equal(ops.sample_farthest_points(pts, K=torch.tensor([5, 5]))[1],
                        ops.sample_farthest_points(pts, K=5)[1])
-    with pytest.raises(ValueError, match="same for every cloud"):
-        ops.sample_farthest_points(pts, K=torch.tensor([5, 6]))
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_per_cloud_k_of_different_values(as_tensor):
+    """PyTorch3D: K a list or (B,) tensor; the output has max(K) columns, cloud b's samples past K[b] are -1
+    and their points 0; each cloud's first K[b] samples are those of K = K[b] (by the definition)."""
+    torch.manual_seed(4)
+    pts = torch.rand(3, 30, 3, dtype=torch.float64)
+    lengths = torch.tensor([30, 4, 20])
+    ks = [5, 7, 0]
+    K = torch.tensor(ks, dtype=torch.int32) if as_tensor else ks
+    sampled, idx = ops.sample_farthest_points(pts, lengths, K=K)
+    assert idx.shape == (3, 7) and sampled.shape == (3, 7, 3)
+    assert idx[0].tolist() == _brute_force_fps(pts[0], 5) + [-1, -1]
+    assert idx[1].tolist() == _brute_force_fps(pts[1, :4], 4) + [-1, -1, -1]  # K beyond the cloud's length
+    assert idx[2].tolist() == [-1] * 7
+    assert (sampled[idx < 0] == 0).all() and torch.equal(sampled[0, :5], pts[0, idx[0, :5]])
+    with use_backend("reference"):
+        assert torch.equal(ops.sample_farthest_points(pts, lengths, K=K)[1], idx)
 
 
 def test_gradient_flows_to_sampled_points():
@@ -145,19 +162,53 @@ def _bad_cases():
     return [
         BadInput("rank", lambda: ops.sample_farthest_points(pts[0], K=2), ValueError, "must have 3 dimensions"),
         BadInput("K zero", lambda: ops.sample_farthest_points(pts, K=0), ValueError, "K must be >= 1"),
-        BadInput("K negative", lambda: ops.furthest_point_sample(pts, -3), ValueError, "K must be >= 1"),
+        BadInput("num_points negative", lambda: ops.furthest_point_sample(pts, -3), ValueError,
+                 "num_points must be >= 1"),
+        BadInput("num_points float", lambda: ops.furthest_point_sample(pts, 3.0), TypeError,
+                 "num_points must be an int"),
+        BadInput("mmcv rank", lambda: ops.furthest_point_sample(pts[0], 3), ValueError,
+                 "'xyz' must have 3 dimensions"),
+        BadInput("K tensor longer than the batch", lambda: ops.sample_farthest_points(
+            torch.rand(5, 10, 3), K=torch.full((8,), 3)), ValueError,
+                 "'K' has size 8 in dimension 0 but the batch size of points is 5"),
+        BadInput("K list shorter than the batch", lambda: ops.sample_farthest_points(pts, K=[3]), ValueError,
+                 "batch size of points"),
+        BadInput("K tensor rank", lambda: ops.sample_farthest_points(pts, K=torch.full((2, 1), 3)), ValueError,
+                 "'K' must have 1 dimensions"),
+        BadInput("K tensor float", lambda: ops.sample_farthest_points(pts, K=torch.tensor([3.0, 2.0])), TypeError,
+                 "K must be an int32 or int64"),
+        BadInput("K list negative", lambda: ops.sample_farthest_points(pts, K=[3, -1]), ValueError, ">= 0"),
+        BadInput("K list all zero", lambda: ops.sample_farthest_points(pts, K=[0, 0]), ValueError,
+                 "at least one cloud"),
+        BadInput("K list of floats", lambda: ops.sample_farthest_points(pts, K=[1.5, 2]), TypeError, "ints"),
+        BadInput("K float", lambda: ops.sample_farthest_points(pts, K=2.0), TypeError, "K must be an int"),
+        BadInput("lengths batch", lambda: ops.sample_farthest_points(pts, torch.tensor([3]), K=2), ValueError,
+                 "'lengths' has size 1 in dimension 0 but the batch size is 2"),
+        BadInput("lengths negative", lambda: ops.sample_farthest_points(pts, torch.tensor([3, -1]), K=2),
+                 ValueError, "length -1 outside"),
+        BadInput("lengths float", lambda: ops.sample_farthest_points(pts, torch.tensor([3.0, 1.0]), K=2),
+                 TypeError, "int32 or int64"),
+        BadInput("points not a tensor", lambda: ops.sample_farthest_points(pts.tolist(), K=2), TypeError,
+                 "must be a tensor"),
         BadInput("lengths out of range", lambda: ops.sample_farthest_points(pts, torch.tensor([11, 2]), K=2),
                  ValueError, "outside"),
         BadInput("int points", lambda: ops.sample_farthest_points(pts.int(), K=2), TypeError, "float32 or float64"),
         BadInput("D zero", lambda: ops.sample_farthest_points(torch.rand(2, 10, 0), K=2), ValueError, "D >= 1"),
-        BadInput("bad start", lambda: torch.ops.pvf.sample_farthest_points(pts, None, torch.tensor([0, 10]), 2),
-                 ValueError, "start index 10"),
     ]
 
 
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
 @pytest.mark.parametrize("case", _bad_cases(), ids=str)
-def test_bad_inputs(case):
-    run_bad_input(case)
+def test_bad_inputs(case, backend):
+    with use_backend(backend):
+        run_bad_input(case)
+
+
+def test_bad_start_index_reaches_the_kernel_check():
+    """The custom op called directly (no Python entry): the C++ binding checks the start indices."""
+    pts = torch.rand(2, 10, 3)
+    with pytest.raises(ValueError, match="start index 10"):
+        torch.ops.pvf.sample_farthest_points(pts, None, torch.tensor([0, 10]), 2)
 
 
 @pytest.mark.parametrize("D", [2, 3, 5])

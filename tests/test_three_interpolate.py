@@ -111,9 +111,30 @@ def _bad_cases():
                  "at least 3 points"),
         BadInput("three_nn rank", lambda: ops.three_nn(torch.rand(5, 3), torch.rand(2, 5, 3)), ValueError,
                  "3 dimensions"),
+        BadInput("three_nn batch", lambda: ops.three_nn(torch.rand(3, 5, 3), torch.rand(2, 5, 3)), ValueError,
+                 "'known' has size 2 in dimension 0 but the batch size of unknown is 3"),
+        BadInput("three_nn D", lambda: ops.three_nn(torch.rand(2, 5, 3), torch.rand(2, 5, 2)), ValueError,
+                 "point dimension D of unknown"),
+        BadInput("three_nn dtype", lambda: ops.three_nn(torch.rand(2, 5, 3), torch.rand(2, 5, 3).double()),
+                 TypeError, "same dtype"),
+        BadInput("negative index", lambda: ops.three_interpolate(f, idx - 8, w), ValueError, "out of range"),
+        BadInput("idx batch", lambda: ops.three_interpolate(f, idx[:1], w), ValueError,
+                 "'idx' has size 1 in dimension 0 but the batch size of features is 2"),
+        BadInput("weight batch", lambda: ops.three_interpolate(f, idx, w[:1]), ValueError,
+                 r"'weight' must have shape \(2, 6, 3\)"),
+        BadInput("weight last dim", lambda: ops.three_interpolate(f, idx, w[..., :2]), ValueError,
+                 "'weight' must have shape"),
+        BadInput("idx rank", lambda: ops.three_interpolate(f, idx[0], w), ValueError, "'idx' must have 3 dimensions"),
+        BadInput("features rank", lambda: ops.three_interpolate(f[0], idx, w), ValueError,
+                 "'features' must have 3 dimensions"),
+        BadInput("no known points", lambda: ops.three_interpolate(f[..., :0], idx, w), ValueError, "M = 0"),
+        BadInput("float idx", lambda: ops.three_interpolate(f, idx.float(), w), TypeError, "int32 or int64"),
+        BadInput("int features", lambda: ops.three_interpolate(f.long(), idx, w), TypeError, "float32 or float64"),
     ]
 
 
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
 @pytest.mark.parametrize("case", _bad_cases(), ids=str)
-def test_bad_inputs(case):
-    run_bad_input(case)
+def test_bad_inputs(case, backend):
+    with use_backend(backend):
+        run_bad_input(case)

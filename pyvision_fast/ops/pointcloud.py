@@ -9,13 +9,15 @@ Each kernel is a ``torch.library.custom_op`` in the ``pvf`` namespace with a fak
 custom op's dispatch and run the same implementation through a ``torch.autograd.Function``. Index outputs are
 int64; index inputs may be int32 or int64. Point clouds are float32/float64 on CPU, plus float16/bfloat16 on CUDA.
 
-Validation: on CPU tensors, lengths outside [0, P], FPS start indices outside a cloud and out-of-range indices
-raise ValueError. On CUDA the current kernels check the same on the host (one synchronisation per call); the
+Validation: every op checks its arguments in Python before any backend runs (ranks, every relation between
+the arguments' sizes, dtypes, devices; see ``pointcloud_gather.check_*``). On CPU tensors, lengths outside
+[0, P], FPS start indices outside a cloud and out-of-range indices raise ValueError on every backend. On CUDA the current kernels check the same on the host (one synchronisation per call); the
 candidate kernels (``"cuda:next"``, opt-in until verified on a GPU) never synchronise: they clamp lengths and start
 indices and skip out-of-range indices (``_pointcloud_cuda`` has the details).
 """
 from __future__ import annotations
 
+import math
 from collections import namedtuple
 from typing import Optional, Union
 
@@ -25,8 +27,12 @@ from torch import Tensor
 from .. import _backend, _ext
 from ..reference import pointcloud as ref
 from . import _pointcloud_cuda as cu
-from ._registry import as_index, as_int, dispatch, eager, eager_function
-from .pointcloud_gather import gather_points, grouping_operation, three_interpolate  # noqa: F401 - re-exported
+from ._registry import dispatch, eager, eager_function
+from .pointcloud_gather import (check_count, check_float, check_index, check_index_range, check_lengths,
+                                check_like, check_size, check_tensor, tracing)
+from .pointcloud_gather import (gather_points, grouping_operation, stacked_grouping_operation,  # noqa: F401
+                                three_interpolate)
+from .pointcloud_gather import check_batch_cnt
 
 KNN = namedtuple("KNN", ["dists", "idx", "knn"])
 KNN.__doc__ = "Result of knn_points / ball_query: dists (B, P1, K), idx (B, P1, K), knn (B, P1, K, D) or None."
@@ -80,51 +86,123 @@ def check_finite_points(points: Tensor, lengths: Optional[Tensor] = None, name: 
                          f"({points[b, i].tolist()}); every valid point must have finite coordinates")
 
 
-def sample_farthest_points(points: Tensor, lengths: Optional[Tensor] = None, K: Union[int, Tensor] = 50,
+def _check_points(op: str, points, name: str = "points") -> Tensor:
+    check_tensor(op, points, name, 3, "(B, N, D)")
+    check_float(op, points, name)
+    if points.shape[2] < 1:
+        raise ValueError(f"{op}: points must have at least one coordinate (D >= 1), got shape {tuple(points.shape)}")
+    return points
+
+
+def _per_cloud_k(K, B: int, device: torch.device) -> tuple[int, Optional[Tensor]]:
+    """K an int, or a list / (B,) int tensor of per-cloud sample counts -> (max K, per-cloud K or None)."""
+    op = "sample_farthest_points"
+    if isinstance(K, (list, tuple)):
+        if not all(isinstance(k, int) and not isinstance(k, bool) for k in K):
+            raise TypeError(f"{op}: a per-cloud K list must hold ints, got {K!r}")
+        K = torch.tensor(K, dtype=torch.int64).reshape(len(K))
+    if not isinstance(K, Tensor):
+        return check_count(op, K, "K"), None
+    K = check_index(op, K, "K", 1, "(B,) (one sample count per cloud)")
+    check_size(op, K, "K", 0, B, "the batch size of points")
+    if tracing():
+        raise ValueError(f"{op}: a per-cloud K tensor is read on the host, which cannot be traced; pass an int")
+    values = K.tolist()
+    if any(k < 0 for k in values):
+        raise ValueError(f"{op}: a per-cloud K must be >= 0, got {values}")
+    if not values or max(values) < 1:
+        raise ValueError(f"{op}: K must be >= 1 for at least one cloud, got {values}")
+    return max(values), K.to(device)
+
+
+def sample_farthest_points(points: Tensor, lengths: Optional[Tensor] = None,
+                           K: Union[int, list, Tensor] = 50,
                            random_start_point: bool = False) -> tuple[Tensor, Tensor]:
     """Iterative farthest point sampling (PyTorch3D's ``sample_farthest_points``).
 
     Args:
         points: (B, N, D) float tensor.
         lengths: optional (B,) int tensor, the number of valid points of each cloud.
-        K: number of samples (an int; a (B,) tensor is accepted when all its entries are equal; a CUDA tensor
-            is read back to the host, which synchronises: pass an int in training loops).
+        K: number of samples: an int, or per cloud a list / (B,) int tensor (its length must be B; entries
+            >= 0, at least one >= 1; a CUDA tensor is read back to the host, which synchronises: pass an int in
+            training loops).
         random_start_point: start each cloud at a random valid point (drawn with torch's RNG) instead of 0.
 
     Returns:
-        (sampled points (B, K, D), idx (B, K) int64). Distances start at +inf, ties go to the lowest index;
-        where K exceeds a cloud's length the extra idx are -1 and the extra points 0.
+        (sampled points (B, K, D), idx (B, K) int64), K = max(K) for per-cloud counts. Distances start at
+        +inf, ties go to the lowest index; where K exceeds a cloud's length, or cloud b's own K[b], the extra
+        idx are -1 and the extra points 0 (a cloud's first K[b] samples are those that K = K[b] gives).
 
     A NaN or infinite coordinate among a cloud's valid points is a ValueError naming the cloud and the point,
     on every backend (farthest-point order is undefined with them). The check reads the points once (and, on a
     GPU, synchronises); it is skipped under torch.compile/torch.export tracing.
     """
-    if isinstance(K, Tensor):
-        if K.numel() == 0 or not bool((K == K.reshape(-1)[0]).all()):
-            raise ValueError("sample_farthest_points: a per-cloud K must be the same for every cloud")
-        K = int(K.reshape(-1)[0])
-    K = as_int(K, "K")
-    if lengths is not None:
-        lengths = as_index(lengths, "lengths")
-    if points.dim() == 3 and points.is_floating_point():
-        check_finite_points(points, lengths, "sample_farthest_points")
+    op = "sample_farthest_points"
+    _check_points(op, points)
+    B, N = points.shape[:2]
+    K, per_cloud = _per_cloud_k(K, B, points.device)
+    lengths = check_lengths(op, lengths, "lengths", B, N, points.device, impl=("sample_farthest_points", _FPS))
+    check_finite_points(points, lengths, op)
     start = None
-    if random_start_point and points.dim() == 3:
-        B, N = points.shape[:2]
-        lens = lengths.to(points.device) if lengths is not None else torch.full((B,), N, device=points.device)
+    if random_start_point:
+        lens = lengths if lengths is not None else torch.full((B,), N, device=points.device)
         start = (torch.rand(B, device=points.device) * lens.clamp(min=1)).floor().to(torch.int64)
         start = torch.minimum(start, (lens - 1).clamp(min=0))
     idx = _fps(points, lengths, start, K)
+    if per_cloud is not None:
+        idx = idx.masked_fill(torch.arange(K, device=idx.device)[None, :] >= per_cloud[:, None], -1)
     return masked_gather(points, idx), idx
 
 
 def furthest_point_sample(xyz: Tensor, num_points: int) -> Tensor:
-    """mmcv / PointNet++ ``furthest_point_sample``: xyz (B, N, 3) -> idx (B, num_points) int64."""
-    return _fps(xyz, None, None, as_int(num_points, "num_points"))
+    """mmcv / PointNet++ ``furthest_point_sample``: xyz (B, N, 3) float -> idx (B, num_points) int64 (mmcv:
+    int32), starting at point 0; -1 where num_points exceeds N."""
+    op = "furthest_point_sample"
+    _check_points(op, xyz, "xyz")
+    return _fps(xyz, None, None, check_count(op, num_points, "num_points"))
+
+
+def furthest_point_sample_with_dist(points_dist: Tensor, num_points: int) -> Tensor:
+    """mmcv's ``furthest_point_sample_with_dist`` (the D-FPS / F-FPS sampling of 3DSSD): farthest point
+    sampling on a precomputed distance matrix.
+
+    Args:
+        points_dist: (B, N, N) float tensor; points_dist[b, i, j] is the distance used from point i to point j
+            (any measure: mmdet3d passes squared feature distances). Must not contain NaN.
+        num_points: number of samples (>= 1).
+
+    Returns:
+        idx (B, num_points) int64 (mmcv: int32): starts at point 0; each step lowers every point's distance to
+        the selected set by the row of the last selected point and takes the first maximum (distances start
+        at +inf where mmcv starts at 1e10: they differ only for distances above 1e10). Where num_points
+        exceeds N the extra idx are -1. Not differentiable (an index).
+
+    A composition of torch operations (num_points vectorised steps over the batch; the same code on CPU and
+    CUDA); the NaN check reads the matrix once (on a GPU it synchronises) and is skipped while tracing.
+    """
+    op = "furthest_point_sample_with_dist"
+    check_tensor(op, points_dist, "points_dist", 3, "(B, N, N)")
+    check_float(op, points_dist, "points_dist")
+    check_size(op, points_dist, "points_dist", 2, points_dist.shape[1], "its number of rows N")
+    K = check_count(op, num_points, "num_points")
+    if not tracing() and points_dist.numel() and bool(torch.isnan(points_dist).any()):
+        b, i, j = (int(v) for v in torch.isnan(points_dist).nonzero()[0])
+        raise ValueError(f"{op}: points_dist[{b}, {i}, {j}] is NaN; every distance must be a number")
+    with torch.no_grad():
+        return ref.furthest_point_sample_with_dist_idx(points_dist, K)
 
 
 def masked_gather(points: Tensor, idx: Tensor) -> Tensor:
-    """points (B, N, D), idx (B, ...) with -1 for missing -> (B, ..., D), zeros where idx is -1."""
+    """points (B, N, D), idx (B, ...) int32/int64 in [-1, N) with -1 for missing -> (B, ..., D), zeros where
+    idx is -1. Differentiable in points."""
+    op = "masked_gather"
+    check_tensor(op, points, "points", 3, "(B, N, D)")
+    idx = check_index(op, idx, "idx")
+    if idx.dim() < 1:
+        raise ValueError(f"{op}: argument 'idx' must have at least 1 dimension (B, ...), got shape ()")
+    check_like(op, idx, "idx", points, "points", dtype=False)
+    check_size(op, idx, "idx", 0, points.shape[0], "the batch size of points")
+    check_index_range(op, idx, points.shape[1], "the number of points N (or -1 for missing)", lo=-1)
     B, N, D = points.shape
     flat = idx.reshape(B, idx[0].numel() if B else 0)
     # Row gather from the flattened batch plus one zero row that every -1 maps to (index_select copies
@@ -244,6 +322,44 @@ def _knn(p1, p2, lengths1, lengths2, K):
     return _knn_op(p1, p2, lengths1, lengths2, K)
 
 
+def check_cloud_pair(op: str, p1, p2, lengths1, lengths2, names=("p1", "p2", "lengths1", "lengths2"),
+                     half_on_cpu: bool = False, impl: Optional[tuple] = None):
+    """p1 (B, P1, D) and p2 (B, P2, D): floating, same dtype and device, same B and D >= 1; lengths (B,) in
+    [0, P] -> (lengths1, lengths2) as int64 or None."""
+    n1, n2, nl1, nl2 = names
+    check_tensor(op, p1, n1, 3, f"(B, {n1.upper()}, D)" if n1 in ("p1", "p2") else "(B, N, D)")
+    check_tensor(op, p2, n2, 3, f"(B, {n2.upper()}, D)" if n2 in ("p1", "p2") else "(B, M, D)")
+    check_float(op, p1, n1, half_on_cpu)
+    check_like(op, p2, n2, p1, n1)
+    check_size(op, p2, n2, 0, p1.shape[0], f"the batch size of {n1}")
+    check_size(op, p2, n2, 2, p1.shape[2], f"the point dimension D of {n1}")
+    if p1.shape[2] < 1:
+        raise ValueError(f"{op}: points must have at least one coordinate (D >= 1), got shape {tuple(p1.shape)}")
+    B = p1.shape[0]
+    return (check_lengths(op, lengths1, nl1, B, p1.shape[1], p1.device, impl),
+            check_lengths(op, lengths2, nl2, B, p2.shape[1], p1.device, impl))
+
+
+def _knn_l1(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor], lengths2: Optional[Tensor],
+            K: int) -> tuple[Tensor, Tensor]:
+    """norm=1 kNN as a torch composition (no kernel): neighbours found without autograd on blocks of p1 rows
+    (O(rows * P2 * D) memory per block), then the L1 distances recomputed from the chosen pairs, which
+    autograd differentiates (d|x|/dx = sign(x), 0 at 0)."""
+    B, P1, D = p1.shape
+    P2 = p2.shape[1]
+    rows = max(1, (1 << 22) // max(1, B * P2 * D))
+    parts = []
+    with torch.no_grad():
+        for s in range(0, P1, rows):
+            l1 = None if lengths1 is None else (lengths1 - s).clamp(0, min(rows, P1 - s))
+            parts.append(ref.knn_points_idx(p1[:, s:s + rows], p2, l1, lengths2, K, norm=1)[1])
+    idx = torch.cat(parts, 1) if parts else torch.zeros(B, 0, K, dtype=torch.int64, device=p1.device)
+    valid = _valid_slots(idx, lengths1, lengths2, P1, P2) & (idx >= 0)
+    near = torch.gather(p2, 1, idx.clamp(min=0).reshape(B, P1 * K, 1).expand(B, P1 * K, D)).view(B, P1, K, D)
+    dists = (p1[:, :, None, :] - near).abs().sum(-1)
+    return torch.where(valid, dists, torch.zeros_like(dists)), idx
+
+
 def knn_points(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor] = None, lengths2: Optional[Tensor] = None,
                norm: int = 2, K: int = 1, version: int = -1, return_nn: bool = False,
                return_sorted: bool = True) -> KNN:
@@ -251,28 +367,35 @@ def knn_points(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor] = None, length
 
     Args:
         p1: (B, P1, D), p2: (B, P2, D) float tensors; lengths1 / lengths2: optional (B,) valid-point counts.
-        norm: 2 (squared Euclidean) is the only distance supported.
-        K: neighbours per point (>= 1, any size; memory is O(B * P1 * K), no P1 x P2 matrix).
+        norm: 2 (squared Euclidean distances, the kernels) or 1 (L1 distances, sum of absolute differences,
+            not squared, as PyTorch3D reports them; a torch composition, see ``_knn_l1``).
+        K: neighbours per point (>= 1, any size; with norm 2 memory is O(B * P1 * K), no P1 x P2 matrix).
         version: accepted for PyTorch3D compatibility and ignored.
         return_nn: also return the neighbour coordinates (B, P1, K, D).
-        return_sorted: results are always sorted ascending (ties by index), which satisfies either value.
+        return_sorted: PyTorch3D leaves the order of the K neighbours unspecified when False. Here both values
+            return the same tensors, sorted ascending with ties in index order (a valid unspecified order; the
+            search produces them sorted, so no sort is skipped).
 
     Returns:
-        KNN(dists (B, P1, K) squared distances, idx (B, P1, K) int64, knn or None). dists is differentiable in
-        p1, p2. Padding follows PyTorch3D: where a p2 cloud has fewer than K points, the slots
-        ``k >= lengths2[b]`` are 0 in dists and idx, and rows past lengths1 are 0 too, so padding is recognised
-        by ``k >= lengths2`` (``knn_gather`` with ``lengths`` zeroes it). A cloud with no point at all
-        (``lengths2[b] == 0``, or ``P2 == 0``) has no neighbour to give: its idx is -1 and its dists +inf (0
-        would name a point that does not exist).
+        KNN(dists (B, P1, K), idx (B, P1, K) int64, knn or None). dists is differentiable in p1, p2. Padding
+        follows PyTorch3D: where a p2 cloud has fewer than K points, the slots ``k >= lengths2[b]`` are 0 in
+        dists and idx, and rows past lengths1 are 0 too, so padding is recognised by ``k >= lengths2``
+        (``knn_gather`` with ``lengths`` zeroes it). A cloud with no point at all (``lengths2[b] == 0``, or
+        ``P2 == 0``) has no neighbour to give: its idx is -1 and its dists +inf (0 would name a point that
+        does not exist).
     """
-    if norm != 2:
-        raise ValueError(f"knn_points: only norm=2 (squared Euclidean) is supported, got norm={norm}")
-    K = as_int(K, "K")
-    if lengths1 is not None:
-        lengths1 = as_index(lengths1, "lengths1")
-    if lengths2 is not None:
-        lengths2 = as_index(lengths2, "lengths2")
-    dists, idx = _knn(p1, p2, lengths1, lengths2, K)
+    op = "knn_points"
+    if isinstance(norm, bool) or norm not in (1, 2):
+        raise ValueError(f"{op}: norm must be 1 (L1) or 2 (squared Euclidean), got norm={norm!r}")
+    if not isinstance(return_sorted, bool):
+        raise TypeError(f"{op}: return_sorted must be a bool, got {type(return_sorted).__name__}")
+    K = check_count(op, K, "K")
+    lengths1, lengths2 = check_cloud_pair(op, p1, p2, lengths1, lengths2,
+                                          impl=None if norm == 1 else ("knn_points", _KNN_IMPLS))
+    if norm == 1:
+        dists, idx = _knn_l1(p1, p2, lengths1, lengths2, K)
+    else:
+        dists, idx = _knn(p1, p2, lengths1, lengths2, K)
     if p2.shape[1] == 0:
         dists, idx = torch.full_like(dists, float("inf")), torch.full_like(idx, -1)
     elif lengths2 is not None:
@@ -283,11 +406,18 @@ def knn_points(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor] = None, length
 
 
 def knn_gather(x: Tensor, idx: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
-    """PyTorch3D's ``knn_gather``: x (B, M, U), idx (B, L, K) -> (B, L, K, U); entries whose k is past
-    ``lengths`` (the valid sizes of x) are 0."""
+    """PyTorch3D's ``knn_gather``: x (B, M, U), idx (B, L, K) int32/int64 in [0, M) -> (B, L, K, U); entries
+    whose k is past ``lengths`` (B,) (the valid sizes of x) are 0 (there idx may be -1, as knn_points gives
+    for an empty cloud). Differentiable in x."""
+    op = "knn_gather"
+    check_tensor(op, x, "x", 3, "(B, M, U)")
+    idx = check_index(op, idx, "idx", 3, "(B, L, K)")
+    check_like(op, idx, "idx", x, "x", dtype=False)
+    check_size(op, idx, "idx", 0, x.shape[0], "the batch size of x")
+    lengths = check_lengths(op, lengths, "lengths", x.shape[0], x.shape[1], x.device)
     B, M, U = x.shape
     _, L, K = idx.shape
-    idx = as_index(idx, "idx")
+    check_index_range(op, idx, M, "the number of points M", lo=-1 if lengths is not None else 0)
     if lengths is not None:  # slots past a cloud's length may hold -1 (knn_points of an empty cloud)
         idx = idx.clamp(min=0)
     flat = idx.reshape(B, L * K, 1).expand(B, L * K, U)
@@ -348,15 +478,14 @@ def ball_query(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor] = None, length
     only; with the centres drawn from p2 the first neighbour is the centre itself). A row without any neighbour
     keeps -1 / 0. Without it, missing slots are -1: never clamp them to 0, which groups point 0 instead.
     """
+    op = "ball_query"
     if fill not in (None, "first"):
-        raise ValueError(f"ball_query: fill must be None or 'first', got {fill!r}")
-    K = as_int(K, "K")
-    if isinstance(radius, bool) or not isinstance(radius, (int, float)):
-        raise TypeError(f"ball_query: radius must be a number, got {type(radius).__name__}")
-    if lengths1 is not None:
-        lengths1 = as_index(lengths1, "lengths1")
-    if lengths2 is not None:
-        lengths2 = as_index(lengths2, "lengths2")
+        raise ValueError(f"{op}: fill must be None or 'first', got {fill!r}")
+    K = check_count(op, K, "K")
+    radius = _radius(op, radius, "radius")
+    if not radius > 0:
+        raise ValueError(f"{op}: radius must be a positive number, got {radius}")
+    lengths1, lengths2 = check_cloud_pair(op, p1, p2, lengths1, lengths2, impl=("ball_query", _BALL))
     args = (p1, p2, lengths1, lengths2, K, float(radius))
     dists, idx = _BallFunction.apply(*args) if eager(*args[:4]) else _ball_op(*args)
     if fill == "first" and idx.shape[-1] > 0:
@@ -367,58 +496,213 @@ def ball_query(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor] = None, length
     return KNN(dists=dists, idx=idx, knn=nn)
 
 
+def _radius(op: str, value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{op}: {name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{op}: {name} must be a finite number >= 0, got {value}")
+    return value
+
+
+def _mmcv_radii(op: str, min_radius, max_radius) -> tuple[float, float]:
+    lo, hi = _radius(op, min_radius, "min_radius"), _radius(op, max_radius, "max_radius")
+    if not lo < hi:
+        raise ValueError(f"{op}: min_radius must be < max_radius (mmcv asserts it), got {lo} and {hi}")
+    return lo, hi
+
+
+def _ball_query_mmcv(min_radius: float, max_radius: float, sample_num: int, xyz: Tensor,
+                     center_xyz: Tensor) -> tuple[Tensor, Tensor]:
+    """-> (idx (B, M, sample_num) with 0 for centres without hits, empty (B, M) bool: no hit)."""
+    if min_radius == 0:
+        # hits are d2 < max_radius^2 (d2 == 0 among them): PyTorch3D's ball query, first hit repeated, -1 if none
+        with torch.no_grad():
+            idx = ball_query(center_xyz, xyz, K=sample_num, radius=max_radius, return_nn=False, fill="first").idx
+        return idx.clamp(min=0), idx[..., 0] < 0
+    # the reference on blocks of centres (O(centres * N) memory per block)
+    B, N, _ = xyz.shape
+    rows = max(1, (1 << 22) // max(1, B * N))
+    idx, empty = [], []
+    with torch.no_grad():
+        for s in range(0, center_xyz.shape[1], rows):
+            block = center_xyz[:, s:s + rows]
+            idx.append(ref.ball_query_mmcv_idx(min_radius, max_radius, sample_num, xyz, block))
+            d = ref.pairwise_sq_dists(block, xyz)
+            empty.append(~((d == 0) | ((d >= min_radius * min_radius) & (d < max_radius * max_radius))).any(2))
+    if not idx:
+        return (torch.zeros(B, 0, sample_num, dtype=torch.int64, device=xyz.device),
+                torch.zeros(B, 0, dtype=torch.bool, device=xyz.device))
+    return torch.cat(idx, 1), torch.cat(empty, 1)
+
+
+def ball_query_mmcv(min_radius: float, max_radius: float, sample_num: int, xyz: Tensor, center_xyz: Tensor,
+                    xyz_batch_cnt: Optional[Tensor] = None,
+                    center_xyz_batch_cnt: Optional[Tensor] = None) -> Tensor:
+    """mmcv's ``ball_query`` (argument order and semantics), named apart from PyTorch3D's ``ball_query``.
+
+    Args:
+        min_radius, max_radius: 0 <= min_radius < max_radius. Point k is a hit of a centre when its squared
+            distance d2 is 0 (the centre itself) or min_radius^2 <= d2 < max_radius^2 (radii squared in double
+            and rounded to the points' dtype, where mmcv squares them in float32).
+        sample_num: slots per centre (>= 1).
+        xyz: (B, N, D) float points (mmcv: D = 3; any D >= 1 here).
+        center_xyz: (B, M, D) centres, same dtype and device.
+        xyz_batch_cnt, center_xyz_batch_cnt: give both for the stacked form (``stacked_ball_query``).
+
+    Returns:
+        idx (B, M, sample_num) int64 (mmcv: int32): the first sample_num hits in index order, the remaining
+        slots repeat the first hit, and a centre without hits gets 0 in every slot. Not differentiable.
+
+    min_radius == 0 runs the ``ball_query`` kernels (CPU and CUDA); min_radius > 0 is a torch composition
+    over blocks of centres (O(B * N) memory per centre in a block).
+    """
+    op = "ball_query_mmcv"
+    if xyz_batch_cnt is not None or center_xyz_batch_cnt is not None:
+        return stacked_ball_query(min_radius, max_radius, sample_num, xyz, center_xyz, xyz_batch_cnt,
+                                  center_xyz_batch_cnt)
+    lo, hi = _mmcv_radii(op, min_radius, max_radius)
+    sample_num = check_count(op, sample_num, "sample_num")
+    check_cloud_pair(op, xyz, center_xyz, None, None, names=("xyz", "center_xyz", "", ""))
+    return _ball_query_mmcv(lo, hi, sample_num, xyz, center_xyz)[0]
+
+
+def stacked_ball_query(min_radius: float, max_radius: float, sample_num: int, xyz: Tensor, center_xyz: Tensor,
+                       xyz_batch_cnt: Tensor, center_xyz_batch_cnt: Tensor) -> Tensor:
+    """mmcv's stacked ball query (``ball_query`` with batch counts, PV-RCNN / PointNet++ stacked code): clouds
+    of different sizes stacked along the first dimension.
+
+    Args:
+        min_radius, max_radius, sample_num: as in ``ball_query_mmcv``. mmcv's stacked kernel ignores
+            min_radius (its hits are d2 < max_radius^2); here min_radius applies as in the batched form, so the
+            results equal mmcv's exactly when min_radius is 0.
+        xyz: (N1 + N2 + ..., D) float points of every cloud, stacked; center_xyz: (M1 + M2 + ..., D) centres.
+        xyz_batch_cnt: (B,) int32/int64 (N1, N2, ...), summing to the rows of xyz.
+        center_xyz_batch_cnt: (B,) int32/int64 (M1, M2, ...), summing to the rows of center_xyz.
+
+    Returns:
+        idx (M1 + M2 + ..., sample_num) int64, local to each cloud (0 is the cloud's first point), filled as in
+        ``ball_query_mmcv``, except that a centre without hits gets -1 in its first slot and 0 in the others
+        (mmcv's marker of an empty ball: replace it before ``stacked_grouping_operation``). Not
+        differentiable.
+
+    One ``ball_query_mmcv`` per cloud; it reads the counts (on a GPU this synchronises once).
+    """
+    op = "stacked_ball_query"
+    lo, hi = _mmcv_radii(op, min_radius, max_radius)
+    sample_num = check_count(op, sample_num, "sample_num")
+    check_tensor(op, xyz, "xyz", 2, "(N1 + N2 + ..., D)")
+    check_tensor(op, center_xyz, "center_xyz", 2, "(M1 + M2 + ..., D)")
+    check_float(op, xyz, "xyz")
+    check_like(op, center_xyz, "center_xyz", xyz, "xyz")
+    check_size(op, center_xyz, "center_xyz", 1, xyz.shape[1], "the point dimension D of xyz")
+    if xyz.shape[1] < 1:
+        raise ValueError(f"{op}: points must have at least one coordinate (D >= 1), got shape {tuple(xyz.shape)}")
+    _, nvals = check_batch_cnt(op, xyz_batch_cnt, "xyz_batch_cnt", None, xyz.shape[0], "the number of xyz rows",
+                               xyz.device)
+    _, mvals = check_batch_cnt(op, center_xyz_batch_cnt, "center_xyz_batch_cnt", len(nvals), center_xyz.shape[0],
+                               "the number of center_xyz rows", xyz.device)
+    out = torch.zeros(center_xyz.shape[0], sample_num, dtype=torch.int64, device=xyz.device)
+    xs = cs = 0
+    for n, m in zip(nvals, mvals):
+        if m and n:
+            idx, empty = _ball_query_mmcv(lo, hi, sample_num, xyz[None, xs:xs + n], center_xyz[None, cs:cs + m])
+            idx[0, :, 0] = idx[0, :, 0].masked_fill(empty[0], -1)
+            out[cs:cs + m] = idx[0]
+        elif m:
+            out[cs:cs + m, 0] = -1
+        xs += n
+        cs += m
+    return out
+
+
 # ============================================================== three_nn
 
 def three_nn(unknown: Tensor, known: Tensor) -> tuple[Tensor, Tensor]:
     """mmcv ``three_nn``: unknown (B, n, 3), known (B, m, 3) -> (dist (B, n, 3) Euclidean, idx (B, n, 3) int64),
     nearest first. Built on the kNN kernel, so ``dist`` is differentiable in both clouds."""
-    if known.dim() == 3 and known.shape[1] < 3:
-        raise ValueError(f"three_nn: known must hold at least 3 points, got {known.shape[1]}")
+    op = "three_nn"
+    check_cloud_pair(op, unknown, known, None, None, names=("unknown", "known", "", ""))
+    if known.shape[1] < 3:
+        raise ValueError(f"{op}: known must hold at least 3 points, got {known.shape[1]}")
     dists, idx = _knn(unknown, known, None, None, 3)
     return dists.clamp(min=0).sqrt(), idx
 
 
 # ============================================================== chamfer distance
 
-def chamfer_distance(x: Tensor, y: Tensor, x_lengths: Optional[Tensor] = None, y_lengths: Optional[Tensor] = None,
+def _chamfer_input(x, lengths, normals, name: str):
+    """A (B, P, D) tensor, or a PyTorch3D ``Pointclouds`` (anything with ``points_padded``) -> (points,
+    lengths, normals); anything else is PyTorch3D's ValueError."""
+    if not isinstance(x, Tensor) and callable(getattr(x, "points_padded", None)):
+        return x.points_padded(), x.num_points_per_cloud(), x.normals_padded()
+    if not isinstance(x, Tensor):
+        raise ValueError(f"chamfer_distance: {name} must be a torch.Tensor of shape (B, P, D) or a Pointclouds "
+                         f"object, got {type(x).__name__}")
+    return x, lengths, normals
+
+
+def chamfer_distance(x, y, x_lengths: Optional[Tensor] = None, y_lengths: Optional[Tensor] = None,
                      x_normals: Optional[Tensor] = None, y_normals: Optional[Tensor] = None,
                      weights: Optional[Tensor] = None, batch_reduction: Optional[str] = "mean",
                      point_reduction: Optional[str] = "mean", norm: int = 2, single_directional: bool = False,
-                     abs_cosine: bool = True) -> tuple[Tensor, Optional[Tensor]]:
+                     abs_cosine: bool = True):
     """Chamfer distance between point clouds x (B, N, D) and y (B, M, D) (PyTorch3D's ``chamfer_distance``),
-    on the kNN kernel (K=1, squared Euclidean).
+    on ``knn_points`` with K=1: squared Euclidean distances for norm 2, L1 distances for norm 1.
 
-    Returns (distance, normal term or None). point_reduction: "mean" | "sum" | None (per-point terms, summed
-    over the two directions only when reduced); batch_reduction: "mean" | "sum" | None. weights (B,) must be
-    non-negative (checked for CPU tensors; on CUDA not, as the check would synchronise the host).
+    x and y may also be PyTorch3D ``Pointclouds`` (their padded points, lengths and normals are used); any other
+    type is a ValueError. x_lengths / y_lengths (B,), x_normals (B, N, D), y_normals (B, M, D) (both or
+    neither), weights (B,) non-negative (checked for CPU tensors; on CUDA not, as the check would synchronise).
+
+    Returns (distance, normal term or None). point_reduction: "mean" | "sum" | "max" (the Hausdorff distance:
+    each direction's largest term, the two directions' maximum; no normals) | None (per-point terms (B, N),
+    (B, M), a tuple unless single_directional); batch_reduction: "mean" (divided by B, or by the weights' sum)
+    | "sum" | None (must be None when point_reduction is). Padded points, and points whose other cloud is
+    empty, contribute 0. All-zero weights give a zero distance and a zero normal term (not None) of the
+    reduced shape, as PyTorch3D does (PyTorch3D's unreduced shapes there are (B, B); here they stay the
+    shapes of the non-zero case); that check reads the weights (on a GPU it synchronises; it is skipped while
+    tracing).
     """
-    if norm != 2:
-        raise ValueError(f"chamfer_distance: only norm=2 is supported, got {norm}")
+    op = "chamfer_distance"
+    if isinstance(norm, bool) or norm not in (1, 2):
+        raise ValueError(f"{op}: norm must be 1 (L1) or 2 (squared Euclidean), got {norm!r}")
     if batch_reduction not in ("mean", "sum", None):
-        raise ValueError(f"chamfer_distance: batch_reduction must be 'mean', 'sum' or None, got {batch_reduction!r}")
-    if point_reduction not in ("mean", "sum", None):
-        raise ValueError(f"chamfer_distance: point_reduction must be 'mean', 'sum' or None, got {point_reduction!r}")
+        raise ValueError(f"{op}: batch_reduction must be 'mean', 'sum' or None, got {batch_reduction!r}")
+    if point_reduction not in ("mean", "sum", "max", None):
+        raise ValueError(f"{op}: point_reduction must be 'mean', 'sum', 'max' or None, got {point_reduction!r}")
     if point_reduction is None and batch_reduction is not None:
-        raise ValueError("chamfer_distance: batch_reduction must be None when point_reduction is None")
+        raise ValueError(f"{op}: batch_reduction must be None when point_reduction is None")
+    x, x_lengths, x_normals = _chamfer_input(x, x_lengths, x_normals, "x")
+    y, y_lengths, y_normals = _chamfer_input(y, y_lengths, y_normals, "y")
     if (x_normals is None) != (y_normals is None):
-        raise ValueError("chamfer_distance: give both x_normals and y_normals, or neither")
-    if x.dim() != 3 or y.dim() != 3:
-        raise ValueError(f"chamfer_distance: x and y must be (B, N, D) and (B, M, D), got {tuple(x.shape)} and "
-                         f"{tuple(y.shape)}")
-    B, N, _ = x.shape
+        raise ValueError(f"{op}: give both x_normals and y_normals, or neither")
+    if point_reduction == "max" and x_normals is not None:
+        raise ValueError(f"{op}: normals must be None when point_reduction is 'max'")
+    xl, yl = check_cloud_pair(op, x, y, x_lengths, y_lengths, names=("x", "y", "x_lengths", "y_lengths"))
+    B, N, D = x.shape
     M = y.shape[1]
-    xl = as_index(x_lengths, "x_lengths").to(x.device) if x_lengths is not None else torch.full(
-        (B,), N, dtype=torch.int64, device=x.device)
-    yl = as_index(y_lengths, "y_lengths").to(x.device) if y_lengths is not None else torch.full(
-        (B,), M, dtype=torch.int64, device=x.device)
+    for name, nrm, pts in (("x_normals", x_normals, x), ("y_normals", y_normals, y)):
+        if nrm is not None:
+            check_tensor(op, nrm, name, 3, "(B, P, D)")
+            if nrm.shape != pts.shape:
+                raise ValueError(f"{op}: argument '{name}' must have the shape of its points {tuple(pts.shape)}, "
+                                 f"got {tuple(nrm.shape)}")
+            check_like(op, nrm, name, x, "x")
     if weights is not None:
+        check_tensor(op, weights, "weights", 1, "(B,)")
         if weights.shape != (B,):
-            raise ValueError(f"chamfer_distance: weights must have shape ({B},), got {tuple(weights.shape)}")
-        if not weights.is_cuda and bool((weights < 0).any()):  # on a GPU the check would synchronise
-            raise ValueError("chamfer_distance: weights must be non-negative")
+            raise ValueError(f"{op}: weights must have shape ({B},), got {tuple(weights.shape)}")
+        check_float(op, weights, "weights")
+        check_like(op, weights, "weights", x, "x", dtype=False)
+        if not weights.is_cuda and not tracing() and bool((weights < 0).any()):
+            raise ValueError(f"{op}: weights must be non-negative")
+        if not tracing() and bool(weights.sum() == 0):
+            return _chamfer_zero(x, y, weights, batch_reduction, point_reduction, single_directional)
+    xl = xl if xl is not None else torch.full((B,), N, dtype=torch.int64, device=x.device)
+    yl = yl if yl is not None else torch.full((B,), M, dtype=torch.int64, device=x.device)
 
     def one_direction(a, b, al, bl, a_normals, b_normals, P):
-        nn = knn_points(a, b, lengths1=al, lengths2=bl, K=1)
+        nn = knn_points(a, b, lengths1=al, lengths2=bl, K=1, norm=norm)
         # padded points of a, and every point of a whose b cloud is empty (0, as PyTorch3D's chamfer gives)
         mask = (torch.arange(P, device=a.device)[None, :] >= al[:, None]) | (bl == 0)[:, None]
         dist = nn.dists[..., 0].masked_fill(mask, 0.0)
@@ -432,6 +716,8 @@ def chamfer_distance(x: Tensor, y: Tensor, x_lengths: Optional[Tensor] = None, y
             cos = cos * weights.view(B, 1) if cos is not None else None
         if point_reduction is None:
             return dist, cos
+        if point_reduction == "max":
+            return (dist.max(1).values if P > 0 else dist.new_zeros(B)), None
         dist = dist.sum(1)
         cos = cos.sum(1) if cos is not None else None
         if point_reduction == "mean":
@@ -448,8 +734,11 @@ def chamfer_distance(x: Tensor, y: Tensor, x_lengths: Optional[Tensor] = None, y
         if point_reduction is None:
             dist, normals = (dx, dy), ((nx, ny) if nx is not None else None)
             return dist, normals
-        dist = dx + dy
-        normals = nx + ny if nx is not None else None
+        if point_reduction == "max":
+            dist, normals = torch.maximum(dx, dy), None
+        else:
+            dist = dx + dy
+            normals = nx + ny if nx is not None else None
     if point_reduction is None:
         return dist, normals
     if batch_reduction is not None:
@@ -460,3 +749,19 @@ def chamfer_distance(x: Tensor, y: Tensor, x_lengths: Optional[Tensor] = None, y
             dist = dist / div
             normals = normals / div if normals is not None else None
     return dist, normals
+
+
+def _chamfer_zero(x: Tensor, y: Tensor, weights: Tensor, batch_reduction, point_reduction, single_directional):
+    """PyTorch3D's answer to all-zero weights: zeros (connected to x and the weights for autograd) for the
+    distance and the normal term alike."""
+    B, N, _ = x.shape
+    per_cloud = x.sum((1, 2)) * weights * 0.0  # (B,)
+    if point_reduction is None:
+        zx = per_cloud[:, None].expand(B, N) * 0.0
+        if single_directional:
+            return zx, zx
+        zy = (y.sum((1, 2)) * weights * 0.0)[:, None].expand(B, y.shape[1])
+        return (zx, zy), (zx, zy)
+    if batch_reduction is None:
+        return per_cloud, per_cloud
+    return per_cloud.sum(), per_cloud.sum()
