@@ -4,12 +4,38 @@
     dists, idx, _ = ops.knn_points(p1, p2, K=16)
 
 Compiled modules load lazily; importing needs no GPU and no driver. ``python -m pyvision_fast info`` says
-what was built and which backends are usable.
+what was built and which backends are usable. ``pyvision_fast.array`` runs the same kernels on NumPy and CuPy
+arrays without importing torch.
+
+Importing this package imports torch only when torch is already imported: then ``ops`` is imported at once
+(registering the ``torch.ops.pvf`` custom ops); otherwise ``ops`` and the backend controls (``use_backend``,
+...) are imported on first access.
 """
-from ._backend import BACKENDS, forced_backend, use_backend, use_candidates, use_previous
+import importlib
+import sys
 
 __version__ = "0.1.0"
 
-from . import ops  # noqa: E402  (registers the pvf:: custom ops)
+_FROM_BACKEND = ("BACKENDS", "forced_backend", "use_backend", "use_candidates", "use_previous")
 
 __all__ = ["BACKENDS", "__version__", "forced_backend", "ops", "use_backend", "use_candidates", "use_previous"]
+
+
+def __getattr__(name: str):
+    """PEP 562: ``ops`` and the backend controls, imported (with torch) on first access."""
+    if name in _FROM_BACKEND:
+        value = getattr(importlib.import_module("._backend", __name__), name)
+        globals()[name] = value
+        return value
+    if name == "ops":
+        return importlib.import_module(".ops", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+if "torch" in sys.modules:
+    from ._backend import BACKENDS, forced_backend, use_backend, use_candidates, use_previous  # noqa: F401
+    from . import ops  # noqa: F401, E402  (registers the pvf:: custom ops)
