@@ -106,6 +106,21 @@ def test_head_of_another_size_is_skipped_and_pos_embed_resized(tmp_path):
     torch.testing.assert_close(dst.pos_embed[:, :1].detach(), src.pos_embed[:, :1].detach(), rtol=0, atol=0)
 
 
+def test_save_safetensors_writes_tensors_that_share_memory_as_separate_copies(tmp_path):
+    """safetensors refuses shared storage; tied weights, a module under two names and views all round-trip."""
+    from pyvision_fast.models import read_state_dict
+
+    base = torch.arange(12.0).view(3, 4)
+    tensors = {"tied.a": base, "tied.b": base, "row": base[1], "column": base[:, 2], "empty": base[:0],
+               "alone": torch.ones(2)}
+    path = save_safetensors(tensors, tmp_path / "shared.safetensors")
+    back = read_state_dict(path)
+    assert back.keys() == tensors.keys()
+    for key, value in tensors.items():
+        torch.testing.assert_close(back[key], value, rtol=0, atol=0)
+    assert torch.equal(base, torch.arange(12.0).view(3, 4))  # the caller's tensors are left as they were
+
+
 def test_resize_pos_embed_identity_and_smooth_grid():
     pe = torch.randn(1, 1 + 16, 8)
     assert resize_pos_embed(pe, (4, 4)) is pe

@@ -58,16 +58,6 @@ def edge_conv(x: Tensor, block: nn.Sequential, k: int) -> Tensor:
     return act(bn((extreme + centre)[..., None]))[..., 0]
 
 
-def _unshare_bn_aliases(module: nn.Module, state_dict: dict, prefix: str, local_metadata) -> None:
-    """The official module registers each EdgeConv BatchNorm twice (``bn1`` and ``conv1.1``), so its
-    state_dict holds every BN tensor under two keys sharing memory, which safetensors refuses to write. Both
-    keys stay (the official checkpoints have them); the ``bnX.*`` copies are detached clones (loading either
-    key sets the one module)."""
-    for i in range(1, 6):
-        for key in [k for k in state_dict if k.startswith(f"{prefix}bn{i}.")]:
-            state_dict[key] = state_dict[key].detach().clone()
-
-
 class DGCNN(PointCloudClassifier):
     """DGCNN classifier (see the module docstring). forward(points (B, N >= k, 3)) -> (feature (B, 256),
     logits (B, num_classes))."""
@@ -94,7 +84,6 @@ class DGCNN(PointCloudClassifier):
             nn.Dropout(dropout)
         self.linear2, self.bn7, self.dp2 = nn.Linear(512, 256), nn.BatchNorm1d(256), nn.Dropout(dropout)
         self.linear3 = nn.Linear(256, num_classes)
-        self.register_state_dict_post_hook(_unshare_bn_aliases)
 
     def forward_global(self, points: Tensor) -> Tensor:
         """points (B, N, in_channels) -> the pooled (max ++ mean) embedding (B, 2 * emb_dims)."""

@@ -95,12 +95,22 @@ def load_weights(model: nn.Module, path: Union[str, Path], strict: bool = True) 
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: Union[str, Path], metadata=None) -> Path:
     """Writes ``tensors`` to ``path`` atomically (a temporary file in the same folder, then a rename), so a crash
-    mid-write never leaves a truncated file under the final name."""
+    mid-write never leaves a truncated file under the final name. Tensors that share memory (tied weights, a
+    module registered under two names, views) are written as separate copies, each under its own key:
+    safetensors itself refuses shared storage."""
     from safetensors.torch import save_file
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    contiguous, storages = {}, set()
+    for key, value in tensors.items():
+        value = value.detach().cpu()
+        storage = value.untyped_storage()
+        whole = value.is_contiguous() and value.numel() * value.element_size() == storage.nbytes()
+        if value.numel() and (storage.data_ptr() in storages or not whole):
+            value = value.clone(memory_format=torch.contiguous_format)
+        storages.add(value.untyped_storage().data_ptr())
+        contiguous[key] = value
     try:
         save_file(contiguous, str(tmp), metadata=metadata)
         os.replace(tmp, path)
