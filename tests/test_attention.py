@@ -167,6 +167,20 @@ def _bad_cases():
         BadInput("mask dtype", lambda: ops.attention(q, q, q, attn_mask=torch.ones(5, 5, dtype=torch.long)),
                  TypeError, "bool or floating point"),
         BadInput("dropout", lambda: ops.attention(q, q, q, dropout_p=1.0), ValueError, "dropout_p"),
+        BadInput("head dim 0", lambda: ops.attention(q[..., :0], q[..., :0], q), ValueError, "head dim D >= 1"),
+        BadInput("batch", lambda: ops.attention(q, torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8)), ValueError,
+                 "mismatch"),
+        BadInput("heads", lambda: ops.attention(q, torch.randn(1, 3, 5, 8), torch.randn(1, 3, 5, 8)), ValueError,
+                 "mismatch"),
+        BadInput("mask rank 5", lambda: ops.attention(q, q, q, attn_mask=torch.zeros(3, 1, 1, 5, 5)), ValueError,
+                 "does not broadcast"),
+        BadInput("mask larger batch", lambda: ops.attention(q, q, q, attn_mask=torch.zeros(2, 1, 5, 5)), ValueError,
+                 "does not broadcast"),
+        BadInput("mask float dtype", lambda: ops.attention(q, q, q, attn_mask=torch.zeros(5, 5, dtype=torch.float64)),
+                 TypeError, "attn_mask must have q's dtype"),
+        BadInput("scale type", lambda: ops.attention(q, q, q, scale="1"), TypeError, "scale must be a number"),
+        BadInput("dropout type", lambda: ops.attention(q, q, q, dropout_p="0.1"), TypeError,
+                 "dropout_p must be a number"),
         BadInput("module channels", lambda: FusedAttention(64, num_heads=4)(torch.randn(2, 5, 32)), ValueError,
                  r"expected x of shape \(B, N, 64\), got \(2, 5, 32\)"),
         BadInput("module rank", lambda: FusedAttention(64, num_heads=4)(torch.randn(5, 64)), ValueError,
@@ -174,9 +188,11 @@ def _bad_cases():
     ]
 
 
+@pytest.mark.parametrize("backend", [None, "reference"])
 @pytest.mark.parametrize("case", _bad_cases(), ids=str)
-def test_bad_inputs(case):
-    run_bad_input(case)
+def test_bad_inputs(case, backend):
+    with use_backend(backend):  # checked before any backend runs (the automatic CPU choice is SDPA)
+        run_bad_input(case)
 
 
 def test_onnx_export_with_key_padding_mask(tmp_path):

@@ -18,6 +18,7 @@ import contextlib
 import contextvars
 import functools
 import math
+import numbers
 from typing import Optional
 
 import torch
@@ -35,7 +36,8 @@ def _check(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], dropout
     if (attn_mask is None and type(q) is Tensor and type(k) is Tensor and type(v) is Tensor  # the common case,
             and q.dim() == 4 and k.dim() == 4 and v.dim() == 4 and q.dtype == k.dtype == v.dtype  # checked fast
             and q.is_floating_point() and q.device == k.device == v.device and q.shape[:2] == k.shape[:2]
-            and k.shape[:3] == v.shape[:3] and q.shape[3] == k.shape[3] and 0.0 <= dropout_p < 1.0):
+            and k.shape[:3] == v.shape[:3] and q.shape[3] == k.shape[3] > 0 and type(dropout_p) is float
+            and 0.0 <= dropout_p < 1.0):
         return
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor):
@@ -53,6 +55,10 @@ def _check(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], dropout
                          f"v {tuple(v.shape)}")
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"attention: q and k head dims differ ({q.shape[-1]} vs {k.shape[-1]})")
+    if q.shape[-1] < 1:
+        raise ValueError(f"attention: q and k must have a head dim D >= 1, got q {tuple(q.shape)}")
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
+        raise TypeError(f"attention: dropout_p must be a number, got {type(dropout_p).__name__}")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"attention: dropout_p must be in [0, 1), got {dropout_p}")
     if attn_mask is not None:
@@ -60,12 +66,16 @@ def _check(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], dropout
             raise TypeError(f"attention: attn_mask is on {attn_mask.device}, q on {q.device}")
         target = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
         try:
-            torch.broadcast_shapes(attn_mask.shape, target)
+            fits = torch.broadcast_shapes(attn_mask.shape, target) == target  # no extra or larger dimension
         except RuntimeError:
+            fits = False
+        if not fits:
             raise ValueError(f"attention: attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to "
-                             f"(B, H, L, S) = {target}") from None
+                             f"(B, H, L, S) = {target}")
         if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
             raise TypeError(f"attention: attn_mask must be bool or floating point, got {attn_mask.dtype}")
+        if attn_mask.dtype != torch.bool and attn_mask.dtype != q.dtype:
+            raise TypeError(f"attention: a float attn_mask must have q's dtype ({q.dtype}), got {attn_mask.dtype}")
 
 
 def _seed(dropout_p: float) -> int:
@@ -173,6 +183,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = Non
     Triton path; a mask that requires grad is routed to SDPA, as are is_causal together with a mask).
     """
     _check(q, k, v, attn_mask, dropout_p)
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)):
+        raise TypeError(f"attention: scale must be a number or None, got {type(scale).__name__}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if _is_exporting():
         # Export (ONNX, torch.export) records SDPA, which exporters lower to the MatMul/Softmax pattern
