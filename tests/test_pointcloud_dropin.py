@@ -391,3 +391,27 @@ def _bad_cases():
 def test_bad_inputs(case, backend):
     with use_backend(backend):
         run_bad_input(case)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_custom_ops_called_directly_check_their_arguments(backend):
+    """torch.ops.pvf.* skip the Python entry: the C++ bindings and the reference's wrappers check the same."""
+    p1, p2 = torch.rand(2, 5, 3), torch.rand(2, 6, 3)
+    f, idx, w = torch.rand(2, 3, 8), torch.randint(0, 8, (2, 4, 3)), torch.rand(2, 4, 3)
+    with use_backend(backend):
+        with pytest.raises(ValueError, match="batch size of p1"):
+            torch.ops.pvf.knn_points(p1, p2[:1], None, None, 2)
+        with pytest.raises(ValueError, match="'lengths2' has a length 7 outside"):
+            torch.ops.pvf.knn_points(p1, p2, None, torch.tensor([7, 1]), 2)
+        with pytest.raises(ValueError, match="K must be >= 1"):
+            torch.ops.pvf.ball_query(p1, p2, None, None, 0, 0.5)
+        with pytest.raises(ValueError, match="radius must be a positive number"):
+            torch.ops.pvf.ball_query(p1, p2, None, None, 2, -0.5)
+        with pytest.raises(ValueError, match="out of range"):
+            torch.ops.pvf.gather_points(f, torch.full((2, 3), 8))
+        with pytest.raises(ValueError, match="batch size of features"):
+            torch.ops.pvf.gather_points(f, torch.zeros(3, 3, dtype=torch.long))
+        with pytest.raises(ValueError, match="'weight' must have shape"):
+            torch.ops.pvf.three_interpolate(f, idx, w[:, :3])
+        with pytest.raises(ValueError, match="out of range"):
+            torch.ops.pvf.three_interpolate(f, idx + 8, w)

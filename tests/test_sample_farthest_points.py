@@ -204,11 +204,18 @@ def test_bad_inputs(case, backend):
         run_bad_input(case)
 
 
-def test_bad_start_index_reaches_the_kernel_check():
-    """The custom op called directly (no Python entry): the C++ binding checks the start indices."""
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_bad_start_index_of_the_custom_op(backend):
+    """The custom op called directly (no Python entry): the C++ binding and the reference's wrapper check the
+    start indices and lengths."""
     pts = torch.rand(2, 10, 3)
-    with pytest.raises(ValueError, match="start index 10"):
-        torch.ops.pvf.sample_farthest_points(pts, None, torch.tensor([0, 10]), 2)
+    with use_backend(backend):
+        with pytest.raises(ValueError, match="start index 10 of cloud 1"):
+            torch.ops.pvf.sample_farthest_points(pts, None, torch.tensor([0, 10]), 2)
+        with pytest.raises(ValueError, match="start index 4 of cloud 0"):
+            torch.ops.pvf.sample_farthest_points(pts, torch.tensor([4, 10]), torch.tensor([4, 0]), 2)
+        with pytest.raises(ValueError, match="argument 'start' (has size 1|must have shape)"):
+            torch.ops.pvf.sample_farthest_points(pts, None, torch.tensor([0]), 2)
 
 
 @pytest.mark.parametrize("D", [2, 3, 5])

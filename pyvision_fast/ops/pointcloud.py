@@ -49,7 +49,26 @@ def _fps_cpu(points: Tensor, lengths: Optional[Tensor], start: Optional[Tensor],
     return idx
 
 
-_FPS = {"cpu": _fps_cpu, "cuda": cu.fps, "cuda:next": cu.fps_next, "reference": ref.sample_farthest_points_idx}
+def _fps_reference(points: Tensor, lengths: Optional[Tensor], start: Optional[Tensor], K: int) -> Tensor:
+    """The reference behind the same checks as the C++ binding (the custom op may be called directly)."""
+    op = "sample_farthest_points"
+    _check_points(op, points)
+    check_count(op, K, "K")
+    B, N = points.shape[:2]
+    lengths = check_lengths(op, lengths, "lengths", B, N, points.device)
+    if start is not None:
+        start = check_index(op, start, "start", 1, "(B,)")
+        check_size(op, start, "start", 0, B, "the batch size")
+        check_like(op, start, "start", points, "points", dtype=False)
+        if not start.is_cuda and not tracing():
+            lens = lengths if lengths is not None else torch.full((B,), N, dtype=torch.int64)
+            for b, (s_, n) in enumerate(zip(start.tolist(), lens.tolist())):
+                if n > 0 and not 0 <= s_ < n:
+                    raise ValueError(f"{op}: start index {s_} of cloud {b} is outside [0, {n})")
+    return ref.sample_farthest_points_idx(points, lengths, start, K)
+
+
+_FPS = {"cpu": _fps_cpu, "cuda": cu.fps, "cuda:next": cu.fps_next, "reference": _fps_reference}
 _backend.prefer("sample_farthest_points", "cuda:next")  # H200-verified 2026-12-04 (gpu-runs.md)
 
 
@@ -292,7 +311,13 @@ def _knn_cpu(p1, p2, lengths1, lengths2, K):
     return dists, idx
 
 
-_KNN_IMPLS = {"cpu": _knn_cpu, "cuda": cu.knn, "cuda:next": cu.knn_next, "reference": ref.knn_points_idx}
+def _knn_reference(p1, p2, lengths1, lengths2, K):
+    check_count("knn_points", K, "K")
+    lengths1, lengths2 = check_cloud_pair("knn_points", p1, p2, lengths1, lengths2)
+    return ref.knn_points_idx(p1, p2, lengths1, lengths2, K)
+
+
+_KNN_IMPLS = {"cpu": _knn_cpu, "cuda": cu.knn, "cuda:next": cu.knn_next, "reference": _knn_reference}
 _backend.prefer("knn_points", "cuda:next")  # H200-verified 2026-12-04 (gpu-runs.md)
 
 
@@ -440,7 +465,15 @@ def _ball_cpu(p1, p2, lengths1, lengths2, K, radius):
     return dists, idx
 
 
-_BALL = {"cpu": _ball_cpu, "cuda": cu.ball, "cuda:next": cu.ball_next, "reference": ref.ball_query_idx}
+def _ball_reference(p1, p2, lengths1, lengths2, K, radius):
+    check_count("ball_query", K, "K")
+    if not (radius > 0 and math.isfinite(radius)):
+        raise ValueError(f"ball_query: radius must be a positive number, got {radius}")
+    lengths1, lengths2 = check_cloud_pair("ball_query", p1, p2, lengths1, lengths2)
+    return ref.ball_query_idx(p1, p2, lengths1, lengths2, K, radius)
+
+
+_BALL = {"cpu": _ball_cpu, "cuda": cu.ball, "cuda:next": cu.ball_next, "reference": _ball_reference}
 _backend.prefer("ball_query", "cuda:next")  # H200-verified 2026-12-04 (gpu-runs.md)
 
 

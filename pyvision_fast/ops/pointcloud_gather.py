@@ -155,7 +155,12 @@ def _gather_backward_ref(grad_out, idx, N):
     return grad_out.new_zeros(B, C, N).scatter_add_(2, idx[:, None, :].expand(B, C, M), grad_out)
 
 
-_GATHER = {"cpu": _gather_cpu, "cuda": cu.gather, "cuda:next": cu.gather_next, "reference": ref.gather_columns}
+def _gather_reference(features, idx):
+    """The reference behind the same checks as the C++ binding (the custom op may be called directly)."""
+    return ref.gather_columns(features, _check_gather("gather_points", features, idx, 2, "(B, M)"))
+
+
+_GATHER = {"cpu": _gather_cpu, "cuda": cu.gather, "cuda:next": cu.gather_next, "reference": _gather_reference}
 _GATHER_BWD = {"cpu": _gather_backward_cpu, "cuda": cu.gather_backward, "cuda:next": cu.gather_backward_next,
                "reference": _gather_backward_ref}
 _backend.prefer("gather_points", "cuda:next")  # H200-verified 2026-12-04 (gpu-runs.md)
@@ -338,7 +343,12 @@ def _interp_backward_ref(grad_out, features, idx, weight, need_features, need_we
     return gf, gw
 
 
-_INTERP = {"cpu": _interp_cpu, "cuda": cu.interp, "cuda:next": cu.interp_next, "reference": ref.three_interpolate}
+def _interp_reference(features, idx, weight):
+    """The reference behind the same checks as the C++ binding (the custom op may be called directly)."""
+    return ref.three_interpolate(features, _check_interp(features, idx, weight), weight)
+
+
+_INTERP = {"cpu": _interp_cpu, "cuda": cu.interp, "cuda:next": cu.interp_next, "reference": _interp_reference}
 _INTERP_BWD = {"cpu": _interp_backward_cpu, "cuda": cu.interp_backward, "cuda:next": cu.interp_backward_next,
                "reference": _interp_backward_ref}
 _backend.prefer("three_interpolate", "cuda:next")  # H200-verified 2026-12-04 (gpu-runs.md)
@@ -407,6 +417,11 @@ def three_interpolate(features: Tensor, idx: Tensor, weight: Tensor) -> Tensor:
     """mmcv ``three_interpolate``: features (B, C, m) float, idx (B, n, 3) int32/int64 in [0, m), weight
     (B, n, 3) of the features' dtype -> (B, C, n) in that dtype (float16/bfloat16 on CPU: computed in float32).
     Differentiable in features and weight."""
+    idx = _check_interp(features, idx, weight)
+    return _float32_on_cpu(_interp, features, idx, weight)
+
+
+def _check_interp(features, idx, weight) -> Tensor:
     op = "three_interpolate"
     check_tensor(op, features, "features", 3, "(B, C, M)")
     check_float(op, features, "features", half_on_cpu=True)
@@ -423,4 +438,4 @@ def three_interpolate(features: Tensor, idx: Tensor, weight: Tensor) -> Tensor:
     if M == 0 and idx.shape[1] and features.shape[1]:
         raise ValueError(f"{op}: cannot interpolate from features with M = 0 points")
     check_index_range(op, idx, M, "the number of known points M", impl=("three_interpolate", _INTERP))
-    return _float32_on_cpu(_interp, features, idx, weight)
+    return idx
