@@ -9,9 +9,11 @@ arrays without importing torch.
 
 Importing this package imports torch only when torch is already imported: then ``ops`` is imported at once
 (registering the ``torch.ops.pvf`` custom ops); otherwise ``ops`` and the backend controls (``use_backend``,
-...) are imported on first access.
+...) are imported on first access, and before any of the torch-based subpackages (``nn``, ``models``,
+``export``, ...), which rely on the registered ops.
 """
 import importlib
+import importlib.abc
 import sys
 
 __version__ = "0.1.0"
@@ -35,6 +37,25 @@ def __getattr__(name: str):
 def __dir__():
     return sorted(set(globals()) | set(__all__))
 
+
+# Subpackages that use torch and may reach torch.ops.pvf without importing ops themselves. (Not those that ops
+# itself imports -- _backend, _ext, reference, geometry -- nor the torch-free array, _C, _C_cuda.)
+_AFTER_OPS = frozenset(f"{__name__}.{name}" for name in (
+    "attacks", "cli", "data", "export", "losses", "metrics", "models", "nn", "train", "triton"))
+
+
+class _OpsFirst(importlib.abc.MetaPathFinder):
+    """Imports ``ops`` (registering the custom ops) before the first of the ``_AFTER_OPS`` subpackages; finds
+    nothing itself (the regular finders load every module)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname in _AFTER_OPS and f"{__name__}.ops" not in sys.modules:
+            importlib.import_module(".ops", __name__)
+        return None
+
+
+if not any(isinstance(f, _OpsFirst) for f in sys.meta_path):
+    sys.meta_path.insert(0, _OpsFirst())
 
 if "torch" in sys.modules:
     from ._backend import BACKENDS, forced_backend, use_backend, use_candidates, use_previous  # noqa: F401

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DTYPES = [np.float32, np.float64]
 
 
-def run_python(code: str, timeout: int = 120, **env) -> subprocess.CompletedProcess:
+def run_python(code: str, timeout: int = 300, **env) -> subprocess.CompletedProcess:
     """``code`` in a fresh interpreter (so that nothing this test process imported is there)."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
@@ -124,6 +124,21 @@ assert 'torch' in sys.modules
 assert pvf.ops.knn_points is not None and 'knn_points' in dir(pvf.ops)
 import torch
 assert hasattr(torch.ops.pvf, 'knn_points')
+print('ok')
+"""
+    res = run_python(code)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+def test_torch_based_subpackages_register_the_ops_first():
+    """A subpackage that reaches torch.ops.pvf (export's translation table) works when it is what a fresh
+    process imports first, torch not yet imported."""
+    code = """
+import sys
+import pyvision_fast.export as export
+assert 'pyvision_fast.ops' in sys.modules
+import torch
+assert torch.ops.pvf.knn_points.default in export.translation_table()
 print('ok')
 """
     res = run_python(code)
