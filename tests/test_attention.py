@@ -178,6 +178,8 @@ def _bad_cases():
                  "does not broadcast"),
         BadInput("mask float dtype", lambda: ops.attention(q, q, q, attn_mask=torch.zeros(5, 5, dtype=torch.float64)),
                  TypeError, "attn_mask must have q's dtype"),
+        BadInput("mask and causal", lambda: ops.attention(q, q, q, attn_mask=torch.ones(5, 5, dtype=torch.bool),
+                                                          is_causal=True), ValueError, "attn_mask or is_causal"),
         BadInput("scale type", lambda: ops.attention(q, q, q, scale="1"), TypeError, "scale must be a number"),
         BadInput("dropout type", lambda: ops.attention(q, q, q, dropout_p="0.1"), TypeError,
                  "dropout_p must be a number"),

@@ -32,7 +32,8 @@ from . import _registry
 MAX_HEAD_DIM = 256
 
 
-def _check(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], dropout_p: float) -> None:
+def _check(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], dropout_p: float,
+           is_causal: bool = False) -> None:
     if (attn_mask is None and type(q) is Tensor and type(k) is Tensor and type(v) is Tensor  # the common case,
             and q.dim() == 4 and k.dim() == 4 and v.dim() == 4 and q.dtype == k.dtype == v.dtype  # checked fast
             and q.is_floating_point() and q.device == k.device == v.device and q.shape[:2] == k.shape[:2]
@@ -62,6 +63,10 @@ def _check(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], dropout
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"attention: dropout_p must be in [0, 1), got {dropout_p}")
     if attn_mask is not None:
+        if not isinstance(attn_mask, Tensor):
+            raise TypeError(f"attention: attn_mask must be a tensor or None, got {type(attn_mask).__name__}")
+        if is_causal:  # SDPA's rule (the CPU path raised its RuntimeError, the reference combined the two)
+            raise ValueError("attention: give attn_mask or is_causal=True, not both")
         if attn_mask.device != q.device:
             raise TypeError(f"attention: attn_mask is on {attn_mask.device}, q on {q.device}")
         target = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
@@ -180,9 +185,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = Non
         scale: score scale, default 1/sqrt(D).
 
     Returns (B, H, L, Dv) in the input dtype. Differentiable in q, k, v (the mask receives no gradient on the
-    Triton path; a mask that requires grad is routed to SDPA, as are is_causal together with a mask).
+    Triton path; a mask that requires grad is routed to SDPA). attn_mask together with is_causal=True is a
+    ValueError, as in SDPA.
     """
-    _check(q, k, v, attn_mask, dropout_p)
+    _check(q, k, v, attn_mask, dropout_p, is_causal)
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)):
         raise TypeError(f"attention: scale must be a number or None, got {type(scale).__name__}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
