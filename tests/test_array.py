@@ -668,3 +668,23 @@ def test_cupy_arrays_run_the_cuda_kernels():
         bad = p2.copy()
         bad[0, 3, 1] = np.inf
         pva.sample_farthest_points(cp.asarray(bad), K=3)
+
+
+# ---------------------------------------------------------------------------------------------- empty inputs
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_inputs_match_torch(dtype):
+    rng = np.random.default_rng(13)
+    empty_clouds = np.zeros((2, 0, 3), dtype)
+    assert_same(*both("sample_farthest_points", empty_clouds, K=3))  # every idx -1, every point 0
+    assert_same(*both("sample_farthest_points", np.zeros((0, 4, 3), dtype), K=2))
+    p = clouds(rng, 2, 6, 3, dtype)
+    assert_same(*both("ball_query", p, empty_clouds, K=4, radius=0.5))
+    assert_same(*both("ball_query", empty_clouds, p, K=4, radius=0.5))
+    assert_same(*both("knn_points", empty_clouds, p, K=2))
+    features = rng.standard_normal((2, 3, 6)).astype(dtype)
+    assert_same(*both("gather_points", features, np.zeros((2, 0), np.int64)))
+    assert_same(*both("three_interpolate", features, np.zeros((2, 0, 3), np.int64), np.zeros((2, 0, 3), dtype)))
+    assert_same(*both("chamfer_distance", empty_clouds, p, point_reduction="sum", batch_reduction=None))
+    assert_same(*both("gaussian_scale_space", np.zeros((0, 2, 8, 8), dtype), [1.0]))
+    assert_same(*both("vector_quantize", np.zeros((0, 3), dtype), np.ones((2, 3), dtype)))
