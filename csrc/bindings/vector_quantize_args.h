@@ -39,7 +39,9 @@ inline Args parse(const Device& dev, const char* op, py::handle z_h, py::handle 
     ck.value_error(str("the last dimension of 'z' (D = ", a.D, ", shape ", a.z.shape_string(),
                        ") must equal the code size of 'codebook' (", a.codebook.size(1), ", shape ",
                        a.codebook.shape_string(), ")"));
-  if (a.D < 1) ck.value_error("vectors must have at least one channel (D >= 1)");
+  if (a.D < 1)
+    ck.value_error(str("the vectors of argument 'z' must have at least one channel (D >= 1), got shape ",
+                       a.z.shape_string()));
   if (a.K < 1) ck.value_error("argument 'codebook' is empty (K = 0): there is no code to choose");
   a.N = a.z.numel() / a.D;
 

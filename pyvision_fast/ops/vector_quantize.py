@@ -97,7 +97,8 @@ def _check_reference_args(z: Tensor, codebook: Tensor) -> None:
         raise ValueError(f"vector_quantize: the last dimension of 'z' (D = {z.shape[-1]}) must equal the "
                          f"code size of 'codebook' ({codebook.shape[1]})")
     if z.shape[-1] < 1:
-        raise ValueError("vector_quantize: vectors must have at least one channel (D >= 1)")
+        raise ValueError(f"vector_quantize: the vectors of argument 'z' must have at least one channel (D >= 1), "
+                         f"got shape {tuple(z.shape)}")
     if codebook.shape[0] < 1:
         raise ValueError("vector_quantize: argument 'codebook' is empty (K = 0): there is no code to choose")
 
