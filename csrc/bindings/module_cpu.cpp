@@ -11,6 +11,7 @@
 #include "bindings/pointcloud_args.h"
 #include "bindings/scale_space_args.h"
 #include "bindings/sphere_args.h"
+#include "bindings/stylegan2_args.h"
 #include "bindings/vector_quantize_args.h"
 #include "bindings/py_tensor.h"
 #include "common/dispatch.h"
@@ -20,6 +21,7 @@
 #include "pointcloud/pointcloud.h"
 #include "scale_space/scale_space.h"
 #include "sphere/sphere.h"
+#include "stylegan2/stylegan2.h"
 #include "vector_quantize/vector_quantize.h"
 
 namespace py = pybind11;
@@ -370,6 +372,61 @@ void vector_quantize_fwd(py::handle z, py::handle codebook, py::handle z_q, py::
   });
 }
 
+// ---------------------------------------------------------------- stylegan2 (upfirdn2d, bias_act)
+namespace sg = pvf::stylegan2;
+namespace sga = pvf::stylegan2_args;
+
+void upfirdn2d_fwd(py::handle x, py::handle f, const std::vector<int64_t>& up, const std::vector<int64_t>& down,
+                   const std::vector<int64_t>& padding, py::handle out, py::handle workspace) {
+  const char* op = "upfirdn2d";
+  auto a = sga::parse_upfirdn2d(cpu(), op, x, f, up, down, padding, out, false);
+  Checker ck(op);
+  TensorView ws = pa::output(ck, cpu(), workspace, op, "workspace");
+  ck.same_dtype(ws, "workspace", a.x, "x");
+  const int64_t slot = sg::upfirdn2d_slot_size_cpu(a.g);
+  pa::check_workspace_size(ck, ws, slot);
+  const int64_t slots = slot > 0 ? ws.numel() / slot : INT64_MAX;
+  py::gil_scoped_release nogil;
+  dispatch_floating(a.x.dtype, op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const T* taps = a.taps.ptr<T>();
+    sg::upfirdn2d_cpu<T>(a.g, a.x.ptr<T>(), taps, taps, taps, a.out.ptr<T>(), ws.ptr<T>(), slots);
+  });
+}
+
+// Elements of x's dtype one thread's workspace slot needs (the op allocates threads * this).
+int64_t upfirdn2d_workspace(int64_t H, int64_t W, int64_t out_w, int64_t up_x, int64_t down_x, bool separable) {
+  sg::Upfirdn2dGeometry g;
+  g.separable = separable;
+  g.x = sg::Axis{W, out_w, up_x < 1 ? 1 : up_x, down_x < 1 ? 1 : down_x, 0, 1};
+  g.y = sg::Axis{H, 0, 1, 1, 0, 1};
+  return sg::upfirdn2d_slot_size_cpu(g);
+}
+
+void bias_act_fwd(py::handle x, py::handle b, int64_t dim, int64_t act, double alpha, double gain, double clamp,
+                  py::handle y) {
+  const char* op = "bias_act";
+  auto a = sga::parse_bias_act(cpu(), op, x, b, dim, act, alpha, gain, clamp, y, "y");
+  py::gil_scoped_release nogil;
+  dispatch_floating(a.x.dtype, op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    sg::bias_act_cpu<T>(a.x.ptr<T>(), a.b.ptr<T>(), a.outer, a.C, a.inner, a.act, alpha, gain, clamp, a.out.ptr<T>());
+  });
+}
+
+void bias_act_bwd(py::handle dy, py::handle x, py::handle b, int64_t dim, int64_t act, double alpha, double gain,
+                  double clamp, py::handle dx) {
+  const char* op = "bias_act_backward";
+  auto a = sga::parse_bias_act(cpu(), op, x, b, dim, act, alpha, gain, clamp, dx, "dx");
+  TensorView g = sga::parse_like_x(cpu(), op, dy, "dy", a.x);
+  py::gil_scoped_release nogil;
+  dispatch_floating(a.x.dtype, op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    sg::bias_act_backward_cpu<T>(g.ptr<T>(), a.x.ptr<T>(), a.b.ptr<T>(), a.outer, a.C, a.inner, a.act, alpha, gain,
+                                 clamp, a.out.ptr<T>());
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -441,4 +498,16 @@ PYBIND11_MODULE(_C, m) {
         "Nearest codebook rows (squared L2, lowest index on ties): z (..., D), codebook (K, D) -> z_q like z,\n"
         "indices z.shape[:-1] int64; workspace needs vector_quantize_workspace(K, D) elements of z's dtype.");
   m.def("vector_quantize_workspace", &pvf::vector_quantize::workspace_size_cpu, py::arg("K"), py::arg("D"));
+  // stylegan2
+  m.def("upfirdn2d", &upfirdn2d_fwd, py::arg("x"), py::arg("f"), py::arg("up"), py::arg("down"), py::arg("padding"),
+        py::arg("out"), py::arg("workspace"),
+        "Upsample (zero insertion), pad, correlate with the taps f ((fh, fw), or (f,) separable), downsample:\n"
+        "x (N, C, H, W) -> out; up/down (x, y), padding (x0, x1, y0, y1). See stylegan2.h.");
+  m.def("upfirdn2d_workspace", &upfirdn2d_workspace, py::arg("H"), py::arg("W"), py::arg("out_w"), py::arg("up_x"),
+        py::arg("down_x"), py::arg("separable"));
+  m.def("bias_act", &bias_act_fwd, py::arg("x"), py::arg("b"), py::arg("dim"), py::arg("act"), py::arg("alpha"),
+        py::arg("gain"), py::arg("clamp"), py::arg("y"),
+        "y = clamp(act(x + b) * gain) (clamp < 0: none); act codes as pvf::stylegan2::Act.");
+  m.def("bias_act_backward", &bias_act_bwd, py::arg("dy"), py::arg("x"), py::arg("b"), py::arg("dim"), py::arg("act"),
+        py::arg("alpha"), py::arg("gain"), py::arg("clamp"), py::arg("dx"));
 }

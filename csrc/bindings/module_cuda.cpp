@@ -13,6 +13,7 @@
 #include "bindings/pointcloud_args.h"
 #include "bindings/scale_space_args.h"
 #include "bindings/sphere_args.h"
+#include "bindings/stylegan2_args.h"
 #include "bindings/vector_quantize_args.h"
 #include "bindings/py_tensor.h"
 #include "deform_conv/deform_conv.h"
@@ -20,6 +21,7 @@
 #include "pointcloud/pointcloud.h"
 #include "scale_space/scale_space.h"
 #include "sphere/sphere.h"
+#include "stylegan2/stylegan2.h"
 #include "vector_quantize/vector_quantize.h"
 
 namespace py = pybind11;
@@ -515,6 +517,46 @@ void vector_quantize_fwd(py::handle z, py::handle codebook, py::handle z_q, py::
                                              a.indices.ptr<int64_t>(), stream_ptr(stream));
 }
 
+// ---------------------------------------------------------------- stylegan2 (upfirdn2d, bias_act)
+namespace sg = pvf::stylegan2;
+namespace sga = pvf::stylegan2_args;
+
+void upfirdn2d_fwd(py::handle x, py::handle f, const std::vector<int64_t>& up, const std::vector<int64_t>& down,
+                   const std::vector<int64_t>& padding, py::handle out, py::handle workspace, uintptr_t stream) {
+  const char* op = "upfirdn2d";
+  CudaCall call(x, op);
+  auto a = sga::parse_upfirdn2d(call.dev, op, x, f, up, down, padding, out, true);
+  Checker ck(op);
+  void* ws = nullptr;
+  if (a.g.separable) {  // the horizontal pass: (planes, H, out_x) in the accumulation type
+    TensorView w = pa::output(ck, call.dev, workspace, op, "workspace");
+    ck.dtype(w, "workspace", {a.x.dtype == DType::Float64 ? DType::Float64 : DType::Float32});
+    pa::check_workspace_size(ck, w, a.g.planes * a.g.y.in * a.g.x.out);
+    ws = w.data;
+  }
+  sg::upfirdn2d_cuda(a.x.dtype, a.g, a.x.data, a.taps.data, a.taps.data, a.taps.data, a.out.data, ws,
+                     stream_ptr(stream));
+}
+
+void bias_act_fwd(py::handle x, py::handle b, int64_t dim, int64_t act, double alpha, double gain, double clamp,
+                  py::handle y, uintptr_t stream) {
+  const char* op = "bias_act";
+  CudaCall call(x, op);
+  auto a = sga::parse_bias_act(call.dev, op, x, b, dim, act, alpha, gain, clamp, y, "y");
+  sg::bias_act_cuda(a.x.dtype, a.x.data, a.b.has_value ? a.b.view.data : nullptr, a.outer, a.C, a.inner, a.act, alpha,
+                    gain, clamp, a.out.data, stream_ptr(stream));
+}
+
+void bias_act_bwd(py::handle dy, py::handle x, py::handle b, int64_t dim, int64_t act, double alpha, double gain,
+                  double clamp, py::handle dx, uintptr_t stream) {
+  const char* op = "bias_act_backward";
+  CudaCall call(x, op);
+  auto a = sga::parse_bias_act(call.dev, op, x, b, dim, act, alpha, gain, clamp, dx, "dx");
+  TensorView g = sga::parse_like_x(call.dev, op, dy, "dy", a.x);
+  sg::bias_act_backward_cuda(a.x.dtype, g.data, a.x.data, a.b.has_value ? a.b.view.data : nullptr, a.outer, a.C,
+                             a.inner, a.act, alpha, gain, clamp, a.out.data, stream_ptr(stream));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C_cuda, m) {
@@ -592,4 +634,13 @@ PYBIND11_MODULE(_C_cuda, m) {
         py::arg("stream"),
         "Nearest codebook rows (squared L2, lowest index on ties): z (..., D), codebook (K, D) -> z_q like z,\n"
         "indices z.shape[:-1] int64 (float32 accumulation for half/bfloat16). See vector_quantize.h.");
+  // stylegan2
+  m.def("upfirdn2d", &upfirdn2d_fwd, py::arg("x"), py::arg("f"), py::arg("up"), py::arg("down"), py::arg("padding"),
+        py::arg("out"), py::arg("workspace"), py::arg("stream"),
+        "See stylegan2.h; f in float32 for half/bfloat16 x; workspace (separable f only): N*C*H*out_w elements of\n"
+        "the accumulation type.");
+  m.def("bias_act", &bias_act_fwd, py::arg("x"), py::arg("b"), py::arg("dim"), py::arg("act"), py::arg("alpha"),
+        py::arg("gain"), py::arg("clamp"), py::arg("y"), py::arg("stream"));
+  m.def("bias_act_backward", &bias_act_bwd, py::arg("dy"), py::arg("x"), py::arg("b"), py::arg("dim"), py::arg("act"),
+        py::arg("alpha"), py::arg("gain"), py::arg("clamp"), py::arg("dx"), py::arg("stream"));
 }

@@ -18,10 +18,10 @@ def translation_table() -> dict:
     """The ONNX translation of every pvf:: op, gathered from the op families."""
     import pyvision_fast  # noqa: F401  (registers torch.ops.pvf.*)
 
-    from . import deform_conv, mvf, pointcloud, scale_space, sphere, vector_quantize
+    from . import deform_conv, mvf, pointcloud, scale_space, sphere, stylegan2, vector_quantize
 
     table = {}
-    for family in (pointcloud, mvf, scale_space, deform_conv, sphere, vector_quantize):
+    for family in (pointcloud, mvf, scale_space, deform_conv, sphere, vector_quantize, stylegan2):
         table.update(family.translations())
     return table
 

@@ -5,6 +5,7 @@ from .mvf import multi_view_fusion, multi_view_fusion_batchnorm
 from .scale_space import gaussian_scale_space, scale_attention
 from .scale_space_weight import scale_space_weight
 from .sphere import sphere_conv2d
+from .stylegan2 import bias_act, upfirdn2d
 from .vector_quantize import vector_quantize
 from .pointcloud import (
     KNN,
@@ -27,6 +28,7 @@ from .pointcloud import (
 
 __all__ = [
     "attention",
+    "bias_act",
     "KNN",
     "ball_query",
     "ball_query_mmcv",
@@ -50,6 +52,7 @@ __all__ = [
     "sphere_conv2d",
     "three_interpolate",
     "three_nn",
+    "upfirdn2d",
     "vector_quantize",
 ]
 
