@@ -20,7 +20,8 @@ __version__ = "0.1.0"
 
 _FROM_BACKEND = ("BACKENDS", "forced_backend", "use_backend", "use_candidates", "use_previous")
 
-__all__ = ["BACKENDS", "__version__", "forced_backend", "ops", "use_backend", "use_candidates", "use_previous"]
+__all__ = ["BACKENDS", "__version__", "forced_backend", "ops", "use_backend", "use_candidates",
+           "use_previous"]
 
 
 def __getattr__(name: str):

@@ -1,5 +1,6 @@
-"""pyvision_fast.array: the kernels on NumPy (and CuPy) arrays without torch. The same results as the torch ops
-bit for bit on CPU, the same errors for the same bad input, no torch import, any array-protocol object."""
+"""pyvision_fast.array: the kernels on NumPy (and CuPy) arrays without torch. The results of the torch ops
+(bit for bit on CPU, except where the torch op ends in a torch reduction: see ULPS), the same errors for the
+same bad input, no torch import, any array-protocol object."""
 from __future__ import annotations
 
 import os
@@ -36,15 +37,15 @@ def to_torch(value):
     return value
 
 
-# Where the torch op ends in a torch reduction of more than a few terms (chamfer_distance's sums and means over
-# points, its cosine similarity of normals, the float64 normalisation of Gaussian kernels), NumPy sums in
+# Where the torch op ends in a torch reduction of more than a few terms (chamfer_distance's sums and means
+# over points, its cosine similarity of normals, the float64 normalisation of Gaussian kernels), NumPy sums in
 # another order: those results agree to a few units in the last place, not bit for bit.
 ULPS = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 4e-15, np.dtype(np.float16): 1e-3}
 
 
 def assert_same(a, t, exact: bool = True) -> None:
-    """NumPy result ``a`` equals torch result ``t``: same structure, dtypes, shapes, and values bit for bit (NaN
-    where NaN, the sign of zeros), or with ``exact=False`` to a few units in the last place."""
+    """NumPy result ``a`` equals torch result ``t``: same structure, dtypes, shapes, and values bit for bit
+    (NaN where NaN, the sign of zeros), or with ``exact=False`` to a few units in the last place."""
     if t is None:
         assert a is None
         return
@@ -76,7 +77,7 @@ def clouds(rng, B, N, D, dtype):
     return rng.standard_normal((B, N, D)).astype(dtype)
 
 
-# ---------------------------------------------------------------------------------------------- no torch
+# ----- no torch
 
 def test_import_and_calls_do_not_import_torch():
     code = """
@@ -157,7 +158,7 @@ print(pyvision_fast.BACKENDS)
     assert res.returncode == 0 and "cuda" in res.stdout, res.stderr
 
 
-# ---------------------------------------------------------------------------------------------- bit for bit: FPS
+# ----- bit for bit: FPS
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,N,D,K", [(2, 50, 3, 16), (3, 7, 2, 10), (1, 300, 5, 64), (0, 5, 3, 2)])
@@ -198,10 +199,11 @@ def test_per_cloud_k():
     assert (out[1][0, 1:] == -1).all() and (out[1][1, 4:] == -1).all()
 
 
-# ---------------------------------------------------------------------------------------------- kNN / ball query
+# ----- kNN / ball query
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("B,P1,P2,D,K", [(2, 30, 40, 3, 4), (1, 17, 5, 2, 8), (3, 9, 64, 6, 1), (2, 5, 0, 3, 2)])
+@pytest.mark.parametrize("B,P1,P2,D,K", [(2, 30, 40, 3, 4), (1, 17, 5, 2, 8), (3, 9, 64, 6, 1),
+                                         (2, 5, 0, 3, 2)])
 @pytest.mark.parametrize("with_lengths", [False, True])
 def test_knn_points_matches_torch(dtype, B, P1, P2, D, K, with_lengths):
     rng = np.random.default_rng(P1 * P2 + K)
@@ -296,19 +298,19 @@ def test_chamfer_distance_matches_torch(dtype, point_reduction, batch_reduction,
     elif extras == "single":
         kw.update(single_directional=True)
     out, ref = both("chamfer_distance", x, y, **kw)
-    if point_reduction is not None and batch_reduction is not None:  # torch gives 0-d tensors, NumPy 0-d arrays
+    if point_reduction is not None and batch_reduction is not None:  # torch: 0-d tensors, NumPy: 0-d arrays
         out = tuple(np.asarray(v) if v is not None else None for v in out)
     # per-point terms and maxima are exact; sums, means and the cosine of normals are torch reductions
     exact = point_reduction in (None, "max") and extras != "normals"
     assert_same(out, ref, exact=exact)
 
 
-# ---------------------------------------------------------------------------------------------- scale space, VQ
+# ----- scale space, VQ
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("padding_mode", ["reflect", "replicate", "zeros"])
-@pytest.mark.parametrize("sigma,radius", [([0.8, 1.5, 2.5], None), (1.2, None), ([1.0, 2.0], 2), ([0.5, 3.0], [1, 3]),
-                                          ([], None)])
+@pytest.mark.parametrize("sigma,radius", [([0.8, 1.5, 2.5], None), (1.2, None), ([1.0, 2.0], 2),
+                                          ([0.5, 3.0], [1, 3]), ([], None)])
 def test_gaussian_scale_space_matches_torch(dtype, padding_mode, sigma, radius):
     x = np.random.default_rng(6).standard_normal((2, 3, 12, 17)).astype(dtype)
     out, ref = both("gaussian_scale_space", x, sigma, padding_mode=padding_mode, radius=radius)
@@ -351,17 +353,17 @@ def test_vector_quantize_ties_and_nan():
     assert np.array_equal(z_q, codebook[idx])
 
 
-# ---------------------------------------------------------------------------------------------- sphere tables
+# ----- sphere tables
 
-@pytest.mark.parametrize("args", [dict(height=8, width=16, kernel_size=3), dict(height=16, width=32, kernel_size=(3, 5),
-                                                                             stride=2),
+@pytest.mark.parametrize("args", [dict(height=8, width=16, kernel_size=3),
+                                  dict(height=16, width=32, kernel_size=(3, 5), stride=2),
                                   dict(height=12, width=20, kernel_size=3, fov=(200.0, 90.0)),
                                   dict(height=32, width=64, kernel_size=8, stride=8, layout="paver"),
                                   dict(height=8, width=16, kernel_size=3, discrete=True)])
 def test_sampling_table_matches_torch(args):
-    """NumPy's and torch's float64 trigonometry may differ in the last bit, and taps land exactly on pixel edges
-    by construction: there one table may pick the neighbouring pixel pair with a ~1e-15 weight. Compared as
-    what they compute: the dense (taps, pixels) sampling matrices agree to rounding."""
+    """NumPy's and torch's float64 trigonometry may differ in the last bit, and taps land exactly on pixel
+    edges by construction: there one table may pick the neighbouring pixel pair with a ~1e-15 weight. Compared
+    as what they compute: the dense (taps, pixels) sampling matrices agree to rounding."""
     table = pva.sampling_table(**args, dtype=np.float64)
     ref = equirect.sampling_table(**args, dtype=torch.float64)
     assert (table.in_size, table.out_size, table.kernel_size) == (ref.in_size, ref.out_size, ref.kernel_size)
@@ -387,10 +389,13 @@ def test_sampling_table_matches_torch(args):
 
 
 def test_sphere_positions_match_torch():
-    np.testing.assert_allclose(pva.tangent_sampling(16, 32, 3, 2), equirect.tangent_sampling(16, 32, 3, 2).numpy(),
+    np.testing.assert_allclose(pva.tangent_sampling(16, 32, 3, 2),
+                               equirect.tangent_sampling(16, 32, 3, 2).numpy(), rtol=0, atol=1e-11)
+    np.testing.assert_allclose(asphere.paver_offsets(64, 8), equirect.paver_offsets(64, 8).numpy(),
                                rtol=0, atol=1e-11)
-    np.testing.assert_allclose(asphere.paver_offsets(64, 8), equirect.paver_offsets(64, 8).numpy(), rtol=0, atol=1e-11)
-    assert np.array_equal(asphere._linspace(-0.3, 0.3, 7), torch.linspace(-0.3, 0.3, 7, dtype=torch.float64).numpy())
+    for n in (1, 7, 8, 16):
+        assert np.array_equal(asphere._linspace(-0.3, 0.3, n),
+                              torch.linspace(-0.3, 0.3, n, dtype=torch.float64).numpy())
     for bad, error in ((dict(height=8, width=20, kernel_size=3), ValueError),  # not 2:1, no fov
                        (dict(height=8, width=16, kernel_size=0), ValueError),
                        (dict(height=8, width=16, kernel_size=3, layout="x"), ValueError),
@@ -401,7 +406,7 @@ def test_sphere_positions_match_torch():
             pva.sampling_table(**bad)
 
 
-# ---------------------------------------------------------------------------------------------- bad input
+# ----- bad input
 
 def _pts(*shape, dtype=np.float32):
     return np.random.default_rng(8).standard_normal(shape).astype(dtype)
@@ -422,7 +427,8 @@ BAD = [
     ("fps-K0", "sample_farthest_points", (_pts(1, 5, 3),), dict(K=0), "K"),
     ("fps-K-float", "sample_farthest_points", (_pts(1, 5, 3),), dict(K=2.0), "K"),
     ("fps-lengths-float", "sample_farthest_points", (_pts(2, 5, 3), np.ones(2)), dict(K=2), "lengths"),
-    ("fps-lengths-shape", "sample_farthest_points", (_pts(2, 5, 3), np.ones(3, np.int64)), dict(K=2), "lengths"),
+    ("fps-lengths-shape", "sample_farthest_points", (_pts(2, 5, 3), np.ones(3, np.int64)), dict(K=2),
+     "lengths"),
     ("fps-lengths-range", "sample_farthest_points", (_pts(2, 5, 3), np.array([6, 1])), dict(K=2), "lengths"),
     ("knn-dtype-mismatch", "knn_points", (_pts(1, 5, 3), _pts(1, 5, 3, dtype=np.float64)), {}, "p2"),
     ("knn-D-mismatch", "knn_points", (_pts(1, 5, 3), _pts(1, 5, 2)), {}, "p2"),
@@ -442,7 +448,8 @@ BAD = [
      dict(x_normals=_pts(2, 5, 3), y_normals=_pts(2, 5, 3), point_reduction="max"), "normals"),
     ("chamfer-normals-shape", "chamfer_distance", (_pts(2, 5, 3), _pts(2, 5, 3)),
      dict(x_normals=_pts(2, 4, 3), y_normals=_pts(2, 5, 3)), "x_normals"),
-    ("knn-negative-length", "knn_points", (_pts(2, 5, 3), _pts(2, 5, 3), None, np.array([-1, 2])), {}, "lengths2"),
+    ("knn-negative-length", "knn_points", (_pts(2, 5, 3), _pts(2, 5, 3), None, np.array([-1, 2])), {},
+     "lengths2"),
     ("knn-K0", "knn_points", (_pts(1, 5, 3), _pts(1, 5, 3)), dict(K=0), "K"),
     ("ball-radius-str", "ball_query", (_pts(1, 5, 3), _pts(1, 5, 3)), dict(radius="0.1"), "radius"),
     ("ball-fill", "ball_query", (_pts(1, 5, 3), _pts(1, 5, 3)), dict(fill="last"), "fill"),
@@ -452,10 +459,12 @@ BAD = [
     ("gather-idx-rank", "gather_points", (_pts(1, 4, 5), np.zeros((1, 3, 2), np.int64)), {}, "idx"),
     ("gather-empty-features", "gather_points", (_pts(1, 4, 0), np.zeros((1, 3), np.int64)), {}, "N = 0"),
     ("grouping-idx-rank", "grouping_operation", (_pts(1, 4, 5), np.zeros((1, 3), np.int64)), {}, "idx"),
-    ("interp-weight-shape", "three_interpolate", (_pts(1, 4, 5), np.zeros((1, 6, 3), np.int64), _pts(1, 6, 2)), {},
-     "weight"),
-    ("interp-idx-k", "three_interpolate", (_pts(1, 4, 5), np.zeros((1, 6, 2), np.int64), _pts(1, 6, 2)), {}, "idx"),
-    ("interp-idx-range", "three_interpolate", (_pts(1, 4, 5), np.full((1, 6, 3), 5), _pts(1, 6, 3)), {}, "idx"),
+    ("interp-weight-shape", "three_interpolate",
+     (_pts(1, 4, 5), np.zeros((1, 6, 3), np.int64), _pts(1, 6, 2)), {}, "weight"),
+    ("interp-idx-k", "three_interpolate", (_pts(1, 4, 5), np.zeros((1, 6, 2), np.int64), _pts(1, 6, 2)), {},
+     "idx"),
+    ("interp-idx-range", "three_interpolate", (_pts(1, 4, 5), np.full((1, 6, 3), 5), _pts(1, 6, 3)), {},
+     "idx"),
     ("three-nn-few-known", "three_nn", (_pts(1, 5, 3), _pts(1, 2, 3)), {}, "known"),
     ("chamfer-rank", "chamfer_distance", (_pts(5, 3), _pts(1, 5, 3)), {}, "'x'"),
     ("chamfer-reduction", "chamfer_distance", (_pts(1, 5, 3), _pts(1, 5, 3)), dict(batch_reduction="max"),
@@ -469,11 +478,13 @@ BAD = [
     ("gss-sigma-negative", "gaussian_scale_space", (_pts(1, 1, 8, 8), [1.0, -1.0]), {}, "sigma"),
     ("gss-sigma-nan", "gaussian_scale_space", (_pts(1, 1, 8, 8), [float("nan")]), {}, "sigma"),
     ("gss-sigma-str", "gaussian_scale_space", (_pts(1, 1, 8, 8), ["1"]), {}, "sigma"),
-    ("gss-padding", "gaussian_scale_space", (_pts(1, 1, 8, 8), 1.0), dict(padding_mode="circular"), "padding_mode"),
+    ("gss-padding", "gaussian_scale_space", (_pts(1, 1, 8, 8), 1.0), dict(padding_mode="circular"),
+     "padding_mode"),
     ("gss-rank", "gaussian_scale_space", (_pts(1, 8, 8), 1.0), {}, "'x'"),
     ("gss-int", "gaussian_scale_space", (np.ones((1, 1, 8, 8), np.int32), 1.0), {}, "'x'"),
     ("gss-reflect-radius", "gaussian_scale_space", (_pts(1, 1, 4, 4), 3.0), {}, "reflect padding"),
-    ("gss-radius-negative", "gaussian_scale_space", (_pts(1, 1, 8, 8), [1.0, 2.0]), dict(radius=[1, -1]), "radius"),
+    ("gss-radius-negative", "gaussian_scale_space", (_pts(1, 1, 8, 8), [1.0, 2.0]), dict(radius=[1, -1]),
+     "radius"),
     ("gss-radius-count", "gaussian_scale_space", (_pts(1, 1, 8, 8), [1.0, 2.0]), dict(radius=[1]), "radius"),
     ("gss-truncate", "gaussian_scale_space", (_pts(1, 1, 8, 8), 1.0), dict(truncate=0.0), "truncate"),
     ("vq-D-mismatch", "vector_quantize", (_pts(5, 3), _pts(4, 2)), {}, "'z'"),
@@ -481,7 +492,8 @@ BAD = [
     ("vq-dtype", "vector_quantize", (_pts(5, 3), _pts(4, 3, dtype=np.float64)), {}, "codebook"),
     ("vq-scalar", "vector_quantize", (np.ones((), np.float32), _pts(4, 1)), {}, "'z'"),
     ("vq-codebook-rank", "vector_quantize", (_pts(5, 3), _pts(3)), {}, "codebook"),
-    ("vq-straight-through", "vector_quantize", (_pts(5, 3), _pts(4, 3)), dict(straight_through=1), "straight_through"),
+    ("vq-straight-through", "vector_quantize", (_pts(5, 3), _pts(4, 3)), dict(straight_through=1),
+     "straight_through"),
 ]
 
 
@@ -515,18 +527,20 @@ def test_outputs_are_not_writable_inputs_and_inputs_are_not_written():
     assert np.array_equal(points, before)
 
 
-# ---------------------------------------------------------------------------------------------- layouts and protocols
+# ----- layouts and protocols
 
 def test_strided_and_negative_stride_views_are_copied():
     rng = np.random.default_rng(9)
     base = clouds(rng, 2, 60, 6, np.float64)
-    views = [base[:, ::2, :3], base[:, ::-1, 1:4], base.transpose(0, 1, 2)[:, :, ::-2], np.asfortranarray(base)]
+    views = [base[:, ::2, :3], base[:, ::-1, 1:4], base[:, :, ::-2], np.asfortranarray(base)]
     for v in views:
-        assert_same(pva.sample_farthest_points(v, K=7), ops.sample_farthest_points(torch.from_numpy(v.copy()), K=7))
+        assert_same(pva.sample_farthest_points(v, K=7),
+                    ops.sample_farthest_points(torch.from_numpy(v.copy()), K=7))
         assert_same(pva.knn_points(v[:, :10], v, K=3), ops.knn_points(torch.from_numpy(v[:, :10].copy()),
                                                                       torch.from_numpy(v.copy()), K=3))
     x = rng.standard_normal((1, 2, 10, 12))[:, :, ::-1]
-    assert_same(pva.gaussian_scale_space(x, [1.0]), ops.gaussian_scale_space(torch.from_numpy(x.copy()), [1.0]),
+    assert_same(pva.gaussian_scale_space(x, [1.0]),
+                ops.gaussian_scale_space(torch.from_numpy(x.copy()), [1.0]),
                 exact=False)  # float64 kernels: see test_gaussian_scale_space_matches_torch
     z = rng.standard_normal((8, 4)).T[::-1]
     assert_same(pva.vector_quantize(z, np.eye(8)[:3]), ops.vector_quantize(torch.from_numpy(z.copy()),
@@ -586,7 +600,7 @@ def test_thread_count():
         pva.set_num_threads(before)
 
 
-# ---------------------------------------------------------------------------------------------- README example
+# ----- README example
 
 README_EXAMPLE = '''\
 import numpy as np
@@ -629,11 +643,12 @@ def test_readme_section_is_the_tested_example():
     readme = (ROOT / "README.md").read_text()
     if "pyvision_fast.array as pva" not in readme:
         pytest.skip("README has no pyvision_fast.array section yet")
-    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "pyvision_fast.array as pva" in b]
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S)
+              if "pyvision_fast.array as pva" in b]
     assert README_EXAMPLE in blocks
 
 
-# ---------------------------------------------------------------------------------------------- CuPy (GPU)
+# ----- CuPy (GPU)
 
 @pytest.mark.cuda
 def test_cupy_arrays_run_the_cuda_kernels():
@@ -647,7 +662,8 @@ def test_cupy_arrays_run_the_cuda_kernels():
         sampled, idx = pva.sample_farthest_points(cp.asarray(p2), K=16)
         ball = pva.ball_query(cp.asarray(p1), cp.asarray(p2), K=8, radius=0.8)
         feats = pva.three_interpolate(cp.asarray(p2.transpose(0, 2, 1).copy()),
-                                      cp.asarray(np.zeros((2, 40, 3), np.int64)), cp.full((2, 40, 3), 1 / 3, np.float32))
+                                      cp.asarray(np.zeros((2, 40, 3), np.int64)),
+                                      cp.full((2, 40, 3), 1 / 3, np.float32))
         gathered = pva.gather_points(cp.asarray(p2.transpose(0, 2, 1).copy()), idx)
         gss = pva.gaussian_scale_space(cp.asarray(rng.random((1, 2, 16, 16), dtype=np.float32)), [1.0, 2.0])
         z_q, codes = pva.vector_quantize(cp.asarray(p1.reshape(-1, 3)), cp.asarray(p2[0, :10]))
@@ -658,7 +674,8 @@ def test_cupy_arrays_run_the_cuda_kernels():
     np.testing.assert_allclose(cp.asnumpy(got.dists), ref.dists, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(cp.asnumpy(idx), pva.sample_farthest_points(p2, K=16)[1])
     np.testing.assert_array_equal(cp.asnumpy(ball.idx), pva.ball_query(p1, p2, K=8, radius=0.8).idx)
-    np.testing.assert_allclose(cp.asnumpy(feats), np.repeat(p2[:, :1].transpose(0, 2, 1), 40, axis=2), rtol=1e-6)
+    np.testing.assert_allclose(cp.asnumpy(feats), np.repeat(p2[:, :1].transpose(0, 2, 1), 40, axis=2),
+                               rtol=1e-6)
     np.testing.assert_array_equal(cp.asnumpy(gathered), cp.asnumpy(sampled).transpose(0, 2, 1))
     assert gss.shape == (1, 2, 2, 16, 16)
     np.testing.assert_array_equal(cp.asnumpy(codes), pva.vector_quantize(p1.reshape(-1, 3), p2[0, :10])[1])
@@ -670,7 +687,7 @@ def test_cupy_arrays_run_the_cuda_kernels():
         pva.sample_farthest_points(cp.asarray(bad), K=3)
 
 
-# ---------------------------------------------------------------------------------------------- empty inputs
+# ----- empty inputs
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_empty_inputs_match_torch(dtype):
@@ -684,7 +701,8 @@ def test_empty_inputs_match_torch(dtype):
     assert_same(*both("knn_points", empty_clouds, p, K=2))
     features = rng.standard_normal((2, 3, 6)).astype(dtype)
     assert_same(*both("gather_points", features, np.zeros((2, 0), np.int64)))
-    assert_same(*both("three_interpolate", features, np.zeros((2, 0, 3), np.int64), np.zeros((2, 0, 3), dtype)))
+    no_idx, no_weight = np.zeros((2, 0, 3), np.int64), np.zeros((2, 0, 3), dtype)
+    assert_same(*both("three_interpolate", features, no_idx, no_weight))
     assert_same(*both("chamfer_distance", empty_clouds, p, point_reduction="sum", batch_reduction=None))
     assert_same(*both("gaussian_scale_space", np.zeros((0, 2, 8, 8), dtype), [1.0]))
     assert_same(*both("vector_quantize", np.zeros((0, 3), dtype), np.ones((2, 3), dtype)))

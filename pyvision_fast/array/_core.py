@@ -44,14 +44,14 @@ def _load(name: str):
             _errors[name] = str(exc)
     mod = _modules.get(name)
     if mod is None:
-        raise ImportError(f"pyvision_fast.array needs the compiled module pyvision_fast.{name}, which did not load: "
-                          f"{_errors[name]} (build it with `make build` or `pip install -e .`)")
+        raise ImportError(f"pyvision_fast.array needs the compiled module pyvision_fast.{name}, which did "
+                          f"not load: {_errors[name]} (build it with `make build` or `pip install -e .`)")
     return mod
 
 
 def default_num_threads() -> int:
-    """The CPU kernels' default thread count: ``OMP_NUM_THREADS`` when set to a positive int, else the number of
-    CPUs this process may run on."""
+    """The CPU kernels' default thread count: ``OMP_NUM_THREADS`` when set to a positive int, else the number
+    of CPUs this process may run on."""
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env.isdigit() and int(env) > 0:
         return int(env)
@@ -77,7 +77,8 @@ def get_num_threads() -> int:
 
 
 def cpu_module():
-    """``pyvision_fast._C`` with this package's thread count set (the torch ops set torch's on their calls)."""
+    """``pyvision_fast._C`` with this package's thread count set (the torch ops set torch's on their
+    calls)."""
     mod = _load("_C")
     n = get_num_threads()
     if mod.get_num_threads() != n:
@@ -103,8 +104,8 @@ def as_array(x, op: str, name: str):
         return x
     if hasattr(x, "__cuda_array_interface__"):
         if cp is None:
-            raise TypeError(f"{op}: argument {name!r} is a CUDA array ({_kind(x)}); CUDA arrays need CuPy, which is "
-                            "not installed")
+            raise TypeError(f"{op}: argument {name!r} is a CUDA array ({_kind(x)}); CUDA arrays need CuPy, "
+                            "which is not installed")
         return cp.asarray(x)
     if hasattr(x, "__array_interface__"):
         return np.asarray(x)
@@ -112,22 +113,24 @@ def as_array(x, op: str, name: str):
         try:
             device_type = int(x.__dlpack_device__()[0])
         except Exception as exc:  # noqa: BLE001 - a foreign object's failure becomes our TypeError
-            raise TypeError(f"{op}: argument {name!r} ({_kind(x)}) did not report its DLPack device: {exc}") from exc
+            raise TypeError(f"{op}: argument {name!r} ({_kind(x)}) did not report its DLPack device: "
+                            f"{exc}") from exc
         try:
             if device_type in _DLPACK_CPU:
                 return np.from_dlpack(x)
             if device_type in _DLPACK_CUDA:
                 cp = _cupy()
                 if cp is None:
-                    raise TypeError(f"{op}: argument {name!r} ({_kind(x)}) is on a GPU; CUDA arrays need CuPy, "
-                                    "which is not installed")
+                    raise TypeError(f"{op}: argument {name!r} ({_kind(x)}) is on a GPU; CUDA arrays need "
+                                    "CuPy, which is not installed")
                 return cp.from_dlpack(x)
         except (BufferError, RuntimeError, ValueError) as exc:
-            raise TypeError(f"{op}: argument {name!r} ({_kind(x)}) could not be read through DLPack: {exc}") from exc
+            raise TypeError(f"{op}: argument {name!r} ({_kind(x)}) could not be read through DLPack: "
+                            f"{exc}") from exc
         raise TypeError(f"{op}: argument {name!r} ({_kind(x)}) is on DLPack device type {device_type}; "
                         "pyvision_fast.array runs on CPU (NumPy) and CUDA (CuPy) arrays")
-    raise TypeError(f"{op}: argument {name!r} must be an array (NumPy, CuPy, or an object with __array_interface__, "
-                    f"__cuda_array_interface__ or __dlpack__), got {type(x).__name__}")
+    raise TypeError(f"{op}: argument {name!r} must be an array (NumPy, CuPy, or an object with "
+                    f"__array_interface__, __cuda_array_interface__ or __dlpack__), got {type(x).__name__}")
 
 
 def is_cuda(a) -> bool:
@@ -157,8 +160,8 @@ def arrays(op: str, **named) -> dict:
         if first is None:
             first = (name, where)
         elif where != first[1]:
-            raise TypeError(f"{op}: argument {name!r} is on {where} but {first[0]!r} is on {first[1]}; all arrays "
-                            "of a call must be on one device")
+            raise TypeError(f"{op}: argument {name!r} is on {where} but {first[0]!r} is on {first[1]}; all "
+                            "arrays of a call must be on one device")
         out[name] = a
     return out
 
@@ -178,14 +181,14 @@ def as_int(value, name: str) -> int:
 
 
 def contiguous(a):
-    """C-contiguous ``a``: the array itself, or a copy (a strided or negative-stride view is copied, as the torch
-    ops call ``.contiguous()``)."""
+    """C-contiguous ``a``: the array itself, or a copy (a strided or negative-stride view is copied, as the
+    torch ops call ``.contiguous()``)."""
     return a if a.flags.c_contiguous else namespace(a).ascontiguousarray(a)
 
 
 def dims(a, ndim: int) -> tuple:
-    """``a.shape`` when ``a`` has ``ndim`` dimensions, else ``ndim`` zeros: outputs of a wrongly shaped input are
-    still allocated so that the C++ checks report the precise error (naming the argument)."""
+    """``a.shape`` when ``a`` has ``ndim`` dimensions, else ``ndim`` zeros: outputs of a wrongly shaped input
+    are still allocated so that the C++ checks report the precise error (naming the argument)."""
     return tuple(a.shape) if a.ndim == ndim else (0,) * ndim
 
 
@@ -225,10 +228,10 @@ def device_of(a):
     return _cupy().cuda.Device(a.device.id)
 
 
-# Argument checks: the Python-side checks of the torch point-cloud ops (ops.pointcloud_gather.check_*), with the
-# same error classes and messages naming the argument. Values (lengths, index ranges) are read on NumPy arrays
-# only: on CuPy arrays they are the CUDA kernels' business, as for CUDA tensors, so that no call synchronises
-# only to check.
+# Argument checks: the Python-side checks of the torch point-cloud ops (ops.pointcloud_gather.check_*), with
+# the same error classes and messages naming the argument. Values (lengths, index ranges) are read on NumPy
+# arrays only: on CuPy arrays they are the CUDA kernels' business, as for CUDA tensors, so that no call
+# synchronises only to check.
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _HALF = np.dtype(np.float16)
@@ -236,7 +239,8 @@ _HALF = np.dtype(np.float16)
 
 def check_ndim(op: str, a, name: str, ndim: int, layout: str = "") -> None:
     if a.ndim != ndim:
-        raise ValueError(f"{op}: argument '{name}' must have {ndim} dimensions {layout}, got shape {tuple(a.shape)}")
+        raise ValueError(f"{op}: argument '{name}' must have {ndim} dimensions {layout}, got shape "
+                         f"{tuple(a.shape)}")
 
 
 def check_size(op: str, a, name: str, dim: int, expected: int, what: str) -> None:
@@ -255,8 +259,8 @@ def check_float(op: str, a, name: str, half_on_cpu: bool = False) -> None:
 
 def check_like(op: str, a, name: str, ref, ref_name: str, dtype: bool = True) -> None:
     if dtype and a.dtype != ref.dtype:
-        raise TypeError(f"{op}: arguments '{name}' ({a.dtype.name}) and '{ref_name}' ({ref.dtype.name}) must have "
-                        "the same dtype")
+        raise TypeError(f"{op}: arguments '{name}' ({a.dtype.name}) and '{ref_name}' ({ref.dtype.name}) must "
+                        "have the same dtype")
 
 
 def check_index(op: str, a, name: str, ndim: Optional[int] = None, layout: str = ""):
@@ -284,7 +288,8 @@ def check_lengths(op: str, lengths, name: str, B: int, P: int):
         bad = (lengths < 0) | (lengths > P)
         if bool(bad.any()):
             b = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"{op}: argument '{name}' has a length {int(lengths[b])} outside [0, {P}] (cloud {b})")
+            raise ValueError(f"{op}: argument '{name}' has a length {int(lengths[b])} outside [0, {P}] "
+                             f"(cloud {b})")
     return contiguous(lengths)
 
 

@@ -19,7 +19,8 @@ import numpy as np
 from . import _core
 
 KNN = namedtuple("KNN", ["dists", "idx", "knn"])
-KNN.__doc__ = "Result of knn_points / ball_query: dists (B, P1, K), idx (B, P1, K), knn (B, P1, K, D) or None."
+KNN.__doc__ = ("Result of knn_points / ball_query: dists (B, P1, K), idx (B, P1, K), knn (B, P1, K, D) or "
+               "None.")
 
 
 def _acc_dtype(dtype) -> np.dtype:
@@ -47,8 +48,9 @@ def _fps_kernel(points, lengths, start, K: int):
 
 
 def check_finite_points(points, lengths=None, name: str = "points") -> None:
-    """Raises a ValueError naming ``name``, the first cloud and point when a valid point of ``points`` (B, N, D)
-    has a NaN or infinite coordinate (points past ``lengths`` are not read). On CuPy arrays it synchronises."""
+    """Raises a ValueError naming ``name``, the first cloud and point when a valid point of ``points``
+    (B, N, D) has a NaN or infinite coordinate (points past ``lengths`` are not read). On CuPy arrays it
+    synchronises."""
     xp = _core.namespace(points)
     bad = ~xp.isfinite(points).all(axis=-1)  # (B, N)
     if lengths is not None:
@@ -63,7 +65,8 @@ def _check_points(op: str, points, name: str = "points") -> None:
     _core.check_ndim(op, points, name, 3, "(B, N, D)")
     _core.check_float(op, points, name)
     if points.shape[2] < 1:
-        raise ValueError(f"{op}: points must have at least one coordinate (D >= 1), got shape {tuple(points.shape)}")
+        raise ValueError(f"{op}: points must have at least one coordinate (D >= 1), got shape "
+                         f"{tuple(points.shape)}")
 
 
 def _per_cloud_k(K, B: int, like):
@@ -169,9 +172,9 @@ def _knn_kernel(p1, p2, lengths1, lengths2, K: int):
     if _core.is_cuda(p1):
         with _core.device_of(p1):
             _core.cuda_module().knn_points_next(
-                _core.describe(p1, op, "p1"), _core.describe(p2, op, "p2"), _core.describe(lengths1, op, "lengths1"),
-                _core.describe(lengths2, op, "lengths2"), K, _core.describe(dists, op, "dists"),
-                _core.describe(idx, op, "idx"), _core.stream())
+                _core.describe(p1, op, "p1"), _core.describe(p2, op, "p2"),
+                _core.describe(lengths1, op, "lengths1"), _core.describe(lengths2, op, "lengths2"), K,
+                _core.describe(dists, op, "dists"), _core.describe(idx, op, "idx"), _core.stream())
     else:
         mod = _core.cpu_module()
         ws = np.empty(B * D * P2, dtype=p1.dtype)
@@ -192,7 +195,8 @@ def check_cloud_pair(op: str, p1, p2, lengths1, lengths2, names=("p1", "p2", "le
     _core.check_size(op, p2, n2, 0, p1.shape[0], f"the batch size of {n1}")
     _core.check_size(op, p2, n2, 2, p1.shape[2], f"the point dimension D of {n1}")
     if p1.shape[2] < 1:
-        raise ValueError(f"{op}: points must have at least one coordinate (D >= 1), got shape {tuple(p1.shape)}")
+        raise ValueError(f"{op}: points must have at least one coordinate (D >= 1), got shape "
+                         f"{tuple(p1.shape)}")
     B = p1.shape[0]
     return (_core.check_lengths(op, lengths1, nl1, B, p1.shape[1]),
             _core.check_lengths(op, lengths2, nl2, B, p2.shape[1]))
@@ -220,7 +224,8 @@ def _knn_l1_idx(xp, p1, p2, lengths1, lengths2, K: int):
     idx = xp.argsort(d, axis=2, kind="stable")[:, :, :kk]
     if kk < K:
         idx = xp.concatenate([idx, xp.zeros((B, P1, K - kk), dtype=idx.dtype)], 2)
-    pad = (xp.arange(K)[None, None, :] >= l2[:, None, None]) | (xp.arange(P1)[None, :, None] >= l1[:, None, None])
+    pad = ((xp.arange(K)[None, None, :] >= l2[:, None, None])
+           | (xp.arange(P1)[None, :, None] >= l1[:, None, None]))
     idx = xp.where(pad, 0, idx)
     return xp.where((l2 == 0)[:, None, None], -1, idx).astype(np.int64)
 
@@ -259,9 +264,9 @@ def knn_points(p1, p2, lengths1=None, lengths2=None, norm: int = 2, K: int = 1, 
         return_sorted: results are always sorted ascending (ties by index), which satisfies either value.
 
     Returns:
-        KNN(dists (B, P1, K) in p1's dtype, idx (B, P1, K) int64, knn or None). Padding as PyTorch3D: the slots
-        ``k >= lengths2[b]`` are 0 in dists and idx, rows past lengths1 are 0 too; a cloud with no point at all
-        (``lengths2[b] == 0`` or ``P2 == 0``) gives idx -1 and dists +inf (and zeros in knn).
+        KNN(dists (B, P1, K) in p1's dtype, idx (B, P1, K) int64, knn or None). Padding as PyTorch3D: the
+        slots ``k >= lengths2[b]`` are 0 in dists and idx, rows past lengths1 are 0 too; a cloud with no
+        point at all (``lengths2[b] == 0`` or ``P2 == 0``) gives idx -1 and dists +inf (and zeros in knn).
     """
     op = "knn_points"
     if isinstance(norm, bool) or norm not in (1, 2):
@@ -292,8 +297,8 @@ def knn_points(p1, p2, lengths1=None, lengths2=None, norm: int = 2, K: int = 1, 
 
 def knn_gather(x, idx, lengths=None):
     """PyTorch3D's ``knn_gather``: x (B, M, U), idx (B, L, K) int32/int64 in [0, M) -> (B, L, K, U); entries
-    whose k is past ``lengths`` (B,) (the valid sizes of x) are 0 (there idx may be -1, as knn_points gives for
-    an empty cloud)."""
+    whose k is past ``lengths`` (B,) (the valid sizes of x) are 0 (there idx may be -1, as knn_points gives
+    for an empty cloud)."""
     op = "knn_gather"
     a = _core.arrays(op, x=x, idx=idx, lengths=lengths)
     x = a["x"]
@@ -326,17 +331,17 @@ def _ball_kernel(p1, p2, lengths1, lengths2, K: int, radius: float):
     if _core.is_cuda(p1):
         with _core.device_of(p1):
             _core.cuda_module().ball_query_next(
-                _core.describe(p1, op, "p1"), _core.describe(p2, op, "p2"), _core.describe(lengths1, op, "lengths1"),
-                _core.describe(lengths2, op, "lengths2"), K, radius, _core.describe(dists, op, "dists"),
-                _core.describe(idx, op, "idx"), _core.stream())
+                _core.describe(p1, op, "p1"), _core.describe(p2, op, "p2"),
+                _core.describe(lengths1, op, "lengths1"), _core.describe(lengths2, op, "lengths2"), K, radius,
+                _core.describe(dists, op, "dists"), _core.describe(idx, op, "idx"), _core.stream())
     else:
         ws = np.empty(B * D * _core.dims(p2, 3)[1], dtype=p1.dtype)
         _core.cpu_module().ball_query(p1, p2, lengths1, lengths2, K, radius, dists, idx, ws)
     return dists, idx
 
 
-def ball_query(p1, p2, lengths1=None, lengths2=None, K: int = 500, radius: float = 0.2, return_nn: bool = True,
-               fill: Optional[str] = None) -> KNN:
+def ball_query(p1, p2, lengths1=None, lengths2=None, K: int = 500, radius: float = 0.2,
+               return_nn: bool = True, fill: Optional[str] = None) -> KNN:
     """The first K points of p2, in index order, within ``radius`` of each p1 point (PyTorch3D semantics:
     squared distance < radius^2).
 
@@ -378,8 +383,8 @@ def ball_query(p1, p2, lengths1=None, lengths2=None, K: int = 500, radius: float
 # ============================================================== three_nn / three_interpolate / gathers
 
 def three_nn(unknown, known):
-    """mmcv ``three_nn``: unknown (B, n, 3), known (B, m, 3) -> (dist (B, n, 3) Euclidean, idx (B, n, 3) int64),
-    nearest first."""
+    """mmcv ``three_nn``: unknown (B, n, 3), known (B, m, 3) -> (dist (B, n, 3) Euclidean, idx (B, n, 3)
+    int64), nearest first."""
     op = "three_nn"
     a = _core.arrays(op, unknown=unknown, known=known)
     unknown, known = a["unknown"], a["known"]
@@ -399,7 +404,8 @@ def _features(op: str, features, name: str = "features") -> None:
 def _float32_on_cpu(fn, features, *rest):
     """fn on float32 copies of NumPy float16 inputs, cast back (the torch ops' CPU half path)."""
     if features.dtype == np.float16 and not _core.is_cuda(features):
-        out = fn(features.astype(np.float32), *(a.astype(np.float32) if a.dtype.kind == "f" else a for a in rest))
+        rest = tuple(a.astype(np.float32) if a.dtype.kind == "f" else a for a in rest)
+        out = fn(features.astype(np.float32), *rest)
         return out.astype(np.float16)
     return fn(features, *rest)
 
@@ -411,9 +417,9 @@ def _gather_kernel(features, idx):
     out = _core.empty(features, (B, C, _core.dims(idx, 2)[1]), features.dtype)
     if _core.is_cuda(features):
         with _core.device_of(features):
-            _core.cuda_module().gather_columns_next(_core.describe(features, op, "features"),
-                                                    _core.describe(idx, op, "idx"), _core.describe(out, op, "out"),
-                                                    _core.stream())
+            _core.cuda_module().gather_columns_next(
+                _core.describe(features, op, "features"), _core.describe(idx, op, "idx"),
+                _core.describe(out, op, "out"), _core.stream())
     else:
         _core.cpu_module().gather_columns(features, idx, out)
     return out
@@ -432,8 +438,8 @@ def _check_gather(op: str, features, idx, ndim: int, layout: str):
 
 def gather_points(features, idx):
     """mmcv ``gather_points``: features (B, C, N) float, idx (B, M) int32/int64 in [0, N) -> (B, C, M) in the
-    features' dtype (float16 NumPy arrays are computed in float32). On NumPy arrays an index outside [0, N) is a
-    ValueError; the CUDA kernel skips it (reads 0), as the torch op's."""
+    features' dtype (float16 NumPy arrays are computed in float32). On NumPy arrays an index outside [0, N)
+    is a ValueError; the CUDA kernel skips it (reads 0), as the torch op's."""
     op = "gather_points"
     a = _core.arrays(op, features=features, idx=idx)
     idx = _check_gather(op, a["features"], a["idx"], 2, "(B, M)")
@@ -478,8 +484,8 @@ def three_interpolate(features, idx, weight):
     _core.check_size(op, idx, "idx", 0, features.shape[0], "the batch size of features")
     _core.check_size(op, idx, "idx", 2, 3, "the number of interpolated neighbours")
     if tuple(weight.shape) != (features.shape[0], idx.shape[1], 3):
-        raise ValueError(f"{op}: argument 'weight' must have shape ({features.shape[0]}, {idx.shape[1]}, 3), got "
-                         f"{tuple(weight.shape)}")
+        raise ValueError(f"{op}: argument 'weight' must have shape ({features.shape[0]}, {idx.shape[1]}, 3), "
+                         f"got {tuple(weight.shape)}")
     _core.check_like(op, weight, "weight", features, "features")
     M = features.shape[2]
     if M == 0 and idx.shape[1] and features.shape[1]:
@@ -508,8 +514,8 @@ def _chamfer_input(x, name: str):
 
 
 def chamfer_distance(x, y, x_lengths=None, y_lengths=None, x_normals=None, y_normals=None, weights=None,
-                     batch_reduction: Optional[str] = "mean", point_reduction: Optional[str] = "mean", norm: int = 2,
-                     single_directional: bool = False, abs_cosine: bool = True):
+                     batch_reduction: Optional[str] = "mean", point_reduction: Optional[str] = "mean",
+                     norm: int = 2, single_directional: bool = False, abs_cosine: bool = True):
     """Chamfer distance between point clouds x (B, N, D) and y (B, M, D) (PyTorch3D's ``chamfer_distance``),
     on ``knn_points`` with K=1: squared Euclidean distances for norm 2, L1 distances for norm 1.
 
@@ -517,10 +523,10 @@ def chamfer_distance(x, y, x_lengths=None, y_lengths=None, x_normals=None, y_nor
     non-negative.
 
     Returns (distance, normal term or None) as arrays (0-d when reduced over the batch). point_reduction:
-    "mean" | "sum" | "max" (the Hausdorff distance; no normals) | None (per-point terms (B, N), (B, M), a tuple
-    unless single_directional); batch_reduction: "mean" (divided by B, or by the weights' sum) | "sum" | None
-    (must be None when point_reduction is). Padded points, and points whose other cloud is empty, contribute 0.
-    All-zero weights give zeros for the distance and the normal term.
+    "mean" | "sum" | "max" (the Hausdorff distance; no normals) | None (per-point terms (B, N), (B, M), a
+    tuple unless single_directional); batch_reduction: "mean" (divided by B, or by the weights' sum) | "sum" |
+    None (must be None when point_reduction is). Padded points, and points whose other cloud is empty,
+    contribute 0. All-zero weights give zeros for the distance and the normal term.
     """
     op = "chamfer_distance"
     if isinstance(norm, bool) or norm not in (1, 2):
@@ -528,7 +534,8 @@ def chamfer_distance(x, y, x_lengths=None, y_lengths=None, x_normals=None, y_nor
     if batch_reduction not in ("mean", "sum", None):
         raise ValueError(f"{op}: batch_reduction must be 'mean', 'sum' or None, got {batch_reduction!r}")
     if point_reduction not in ("mean", "sum", "max", None):
-        raise ValueError(f"{op}: point_reduction must be 'mean', 'sum', 'max' or None, got {point_reduction!r}")
+        raise ValueError(f"{op}: point_reduction must be 'mean', 'sum', 'max' or None, got "
+                         f"{point_reduction!r}")
     if point_reduction is None and batch_reduction is not None:
         raise ValueError(f"{op}: batch_reduction must be None when point_reduction is None")
     x, y = _chamfer_input(x, "x"), _chamfer_input(y, "y")
@@ -539,7 +546,8 @@ def chamfer_distance(x, y, x_lengths=None, y_lengths=None, x_normals=None, y_nor
     a = _core.arrays(op, x=x, y=y, x_lengths=x_lengths, y_lengths=y_lengths, x_normals=x_normals,
                      y_normals=y_normals, weights=weights)
     x_normals, y_normals, weights = a["x_normals"], a["y_normals"], a["weights"]
-    xl, yl = check_cloud_pair(op, x, y, a["x_lengths"], a["y_lengths"], names=("x", "y", "x_lengths", "y_lengths"))
+    xl, yl = check_cloud_pair(op, x, y, a["x_lengths"], a["y_lengths"],
+                              names=("x", "y", "x_lengths", "y_lengths"))
     xp = _core.namespace(x)
     B, N, D = x.shape
     M = y.shape[1]
@@ -547,8 +555,8 @@ def chamfer_distance(x, y, x_lengths=None, y_lengths=None, x_normals=None, y_nor
         if nrm is not None:
             _core.check_ndim(op, nrm, name, 3, "(B, P, D)")
             if nrm.shape != pts.shape:
-                raise ValueError(f"{op}: argument '{name}' must have the shape of its points {tuple(pts.shape)}, "
-                                 f"got {tuple(nrm.shape)}")
+                raise ValueError(f"{op}: argument '{name}' must have the shape of its points "
+                                 f"{tuple(pts.shape)}, got {tuple(nrm.shape)}")
             _core.check_like(op, nrm, name, x, "x")
     if weights is not None:
         _core.check_ndim(op, weights, "weights", 1, "(B,)")
@@ -565,7 +573,7 @@ def chamfer_distance(x, y, x_lengths=None, y_lengths=None, x_normals=None, y_nor
 
         def one_direction(p, q, pl, ql, p_normals, q_normals, P):
             nn = knn_points(p, q, lengths1=pl, lengths2=ql, K=1, norm=norm)
-            # padded points of p, and every point of p whose q cloud is empty (0, as PyTorch3D's chamfer gives)
+            # padded points of p, and every point of p whose q cloud is empty (0, as PyTorch3D's gives)
             mask = (xp.arange(P)[None, :] >= pl[:, None]) | (ql == 0)[:, None]
             dist = xp.where(mask, xp.zeros((), dtype=nn.dists.dtype), nn.dists[..., 0])
             cos = None

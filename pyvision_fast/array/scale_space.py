@@ -18,7 +18,8 @@ PADDING_MODES = {"zeros": 0, "reflect": 1, "replicate": 2}
 
 
 def radius_for(sigma: float, truncate: float) -> int:
-    """Half-width of the sampled Gaussian of standard deviation sigma cut at truncate * sigma (scipy's rule)."""
+    """Half-width of the sampled Gaussian of standard deviation sigma cut at truncate * sigma (scipy's
+    rule)."""
     return int(truncate * sigma + 0.5)
 
 
@@ -38,8 +39,8 @@ def _acc(dtype) -> np.dtype:
 
 
 def filter_bank(x, kernels, radii: Sequence[int], boundary: int):
-    """The filter bank under ``gaussian_scale_space``: x (B, C, H, W), kernels (S, 2R + 1) of x's dtype centred on
-    tap R, radii (S,) ints <= R, boundary 0 zeros / 1 reflect / 2 replicate -> (B, S, C, H, W)."""
+    """The filter bank under ``gaussian_scale_space``: x (B, C, H, W), kernels (S, 2R + 1) of x's dtype
+    centred on tap R, radii (S,) ints <= R, boundary 0 zeros / 1 reflect / 2 replicate -> (B, S, C, H, W)."""
     op = "gaussian_scale_space"
     a = _core.arrays(op, x=x, kernels=kernels)
     x, kernels = _core.contiguous(a["x"]), _core.contiguous(a["kernels"])
@@ -50,7 +51,8 @@ def filter_bank(x, kernels, radii: Sequence[int], boundary: int):
         mod = _core.cuda_module()
         d = _core.describe
         with _core.device_of(x):
-            n = mod.filter_bank_next_workspace(d(x, op, "x"), d(kernels, op, "kernels"), radii, boundary, False)
+            n = mod.filter_bank_next_workspace(d(x, op, "x"), d(kernels, op, "kernels"), radii, boundary,
+                                               False)
             ws = _core.empty(x, (n,), _acc(x.dtype))
             mod.filter_bank_forward_next(d(x, op, "x"), d(kernels, op, "kernels"), radii, boundary,
                                          d(out, op, "out"), d(ws, op, "workspace"), _core.stream())
@@ -65,8 +67,8 @@ def gaussian_scale_space(x, sigma: Union[Sequence[float], float, "np.ndarray"], 
 
     Args:
         x: (B, C, H, W) float array (float32/float64; float16 too on CuPy, accumulated in float32).
-        sigma: (S,) standard deviations in pixels, all > 0: numbers, or a 1-D float array whose values are read
-            (a CuPy array is read to the host).
+        sigma: (S,) standard deviations in pixels, all > 0: numbers, or a 1-D float array whose values are
+            read (a CuPy array is read to the host).
         truncate: the kernels are cut at radius round(truncate * sigma) (scipy.ndimage's rule), renormalised
             to unit sum.
         padding_mode: "reflect" (mirror without repeating the edge: scipy's "mirror"), "replicate" or "zeros".
@@ -91,7 +93,8 @@ def gaussian_scale_space(x, sigma: Union[Sequence[float], float, "np.ndarray"], 
         values = s.tolist()
     else:
         values = list(sigma) if isinstance(sigma, (list, tuple)) else [sigma]
-    if not all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in values):
+    numbers = (int, float, np.integer, np.floating)
+    if not all(isinstance(v, numbers) and not isinstance(v, bool) for v in values):
         raise TypeError(f"gaussian_scale_space: sigma must be an array or numbers, got {sigma!r}")
     values = [float(v) for v in values]
     S = len(values)
@@ -107,7 +110,8 @@ def gaussian_scale_space(x, sigma: Union[Sequence[float], float, "np.ndarray"], 
         else:
             radii = [_core.as_int(r, "radius") for r in radius]
         if len(radii) != S or any(r < 0 for r in radii):
-            raise ValueError(f"gaussian_scale_space: radius must be one int >= 0 or S = {S} of them, got {radius!r}")
+            raise ValueError(f"gaussian_scale_space: radius must be one int >= 0 or S = {S} of them, got "
+                             f"{radius!r}")
     kernel_dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float32)
     if S == 0:
         kernels = np.zeros((0, 1), dtype=x.dtype)

@@ -1,12 +1,13 @@
 """Sphere sampling tables in NumPy: where a kernel on the sphere samples an H x W equirectangular panorama.
 
-The functions of ``pyvision_fast.geometry.equirect`` (same names, arguments, conventions and checks; see
-that module for the geometry), computed with NumPy in float64 instead of torch: ``tangent_sampling``,
+The functions of ``pyvision_fast.geometry.equirect`` (same names, arguments, conventions and checks; see that
+module for the geometry), computed with NumPy in float64 instead of torch: ``tangent_sampling``,
 ``paver_positions``, ``paver_offsets``, ``patch_positions``, ``table_from_positions`` and ``sampling_table``.
-Their values agree with the torch versions to float64 rounding, not bit for bit: the trigonometric functions of
-NumPy and torch may differ in the last bit. A tap that lands exactly on a pixel edge (the kernel centres do, by
-construction) may then take the neighbouring pixel pair with a weight of ~1e-15 on one of them where torch takes
-the other pair: the sampled values agree to rounding, the index arrays there differ. ``sampling_table(..., device="cuda")`` returns the table as CuPy arrays.
+Their values agree with the torch versions to float64 rounding, not bit for bit: the trigonometric functions
+of NumPy and torch may differ in the last bit. A tap that lands exactly on a pixel edge (the kernel centres
+do, by construction) may then take the neighbouring pixel pair with a weight of ~1e-15 on one of them where
+torch takes the other pair: the sampled values agree to rounding, the index arrays there differ.
+``sampling_table(..., device="cuda")`` returns the table as CuPy arrays.
 """
 from __future__ import annotations
 
@@ -36,9 +37,9 @@ def check_fov(height: int, width: int, fov: Optional[tuple[float, float]]) -> tu
     (``pyvision_fast.geometry.equirect.check_fov``)."""
     if fov is None:
         if width != 2 * height:
-            raise ValueError(f"a {height}x{width} frame is not an equirectangular 360x180 degree panorama (those are "
-                             f"2:1, e.g. {height}x{2 * height}); resize it to 2:1, or pass fov=(horizontal, vertical) "
-                             "in degrees if it covers less of the sphere")
+            raise ValueError(f"a {height}x{width} frame is not an equirectangular 360x180 degree panorama "
+                             f"(those are 2:1, e.g. {height}x{2 * height}); resize it to 2:1, or pass "
+                             "fov=(horizontal, vertical) in degrees if it covers less of the sphere")
         return FULL_SPHERE
     try:
         fh, fv = (float(v) for v in fov)
@@ -69,8 +70,8 @@ def _norm(v: np.ndarray) -> np.ndarray:
 
 def tangent_sampling(height: int, width: int, kernel_size: _Pair, stride: _Pair = 1,
                      fov: Optional[tuple[float, float]] = None) -> np.ndarray:
-    """Absolute (h, w) pixel positions (Ho, Wo, kh, kw, 2), float64, of every tap of a kernel laid on the tangent
-    plane at each output location (``pyvision_fast.geometry.equirect.tangent_sampling``)."""
+    """Absolute (h, w) pixel positions (Ho, Wo, kh, kw, 2), float64, of every tap of a kernel laid on the
+    tangent plane at each output location (``pyvision_fast.geometry.equirect.tangent_sampling``)."""
     kh, kw = _pair(kernel_size, "kernel_size")
     sh, sw = _pair(stride, "stride")
     if height < 1 or width < 1:
@@ -113,8 +114,9 @@ def _linspace(start: float, end: float, steps: int) -> np.ndarray:
         return np.array([start], dtype=np.float64)
     step = Fraction((end - start) / (steps - 1))
     half = steps // 2
-    return np.array([float(Fraction(start) + step * i) if i < half else float(Fraction(end) - step * (steps - 1 - i))
-                     for i in range(steps)], dtype=np.float64)
+    values = [Fraction(start) + step * i if i < half else Fraction(end) - step * (steps - 1 - i)
+              for i in range(steps)]
+    return np.array([float(v) for v in values], dtype=np.float64)
 
 
 def paver_positions(height: int = 224, patch_size: int = 16) -> np.ndarray:
@@ -171,9 +173,9 @@ def patch_positions(height: int, width: int, patch_size: int, layout: str = "nat
 
 
 class SamplingTable(NamedTuple):
-    """For each output location p (row-major over (Ho, Wo)) and tap k (row-major over (kh, kw)): four source pixel
-    indices (h * W + w, int32) and four bilinear weights (``pyvision_fast.geometry.equirect.SamplingTable``, with
-    NumPy or CuPy arrays)."""
+    """For each output location p (row-major over (Ho, Wo)) and tap k (row-major over (kh, kw)): four source
+    pixel indices (h * W + w, int32) and four bilinear weights
+    (``pyvision_fast.geometry.equirect.SamplingTable``, with NumPy or CuPy arrays)."""
 
     index: object  # (Ho * Wo, K, 4) int32
     weight: object  # (Ho * Wo, K, 4)
@@ -196,8 +198,8 @@ def _on_device(a: np.ndarray, device: str):
 
 def table_from_positions(positions: np.ndarray, height: int, width: int, discrete: bool = False,
                          dtype=np.float32, device: str = "cpu", wrap: bool = True) -> SamplingTable:
-    """Bilinear sampling table of absolute positions (Ho, Wo, kh, kw, 2); ``discrete`` takes the integer part of
-    each position instead of interpolating; columns wrap around the seam (``wrap``) or clamp to the frame's
+    """Bilinear sampling table of absolute positions (Ho, Wo, kh, kw, 2); ``discrete`` takes the integer part
+    of each position instead of interpolating; columns wrap around the seam (``wrap``) or clamp to the frame's
     edges, rows always clamp (``pyvision_fast.geometry.equirect.table_from_positions``)."""
     positions = np.asarray(positions, dtype=np.float64)
     Ho, Wo, kh, kw, _ = positions.shape
@@ -223,18 +225,19 @@ def sampling_table(height: int, width: int, kernel_size: _Pair, stride: _Pair = 
                    fov: Optional[tuple[float, float]] = None) -> SamplingTable:
     """The cached table of a spherical convolution (``layout="natural"``) or of a spherical patch embedding
     (``layout="paver"``, kernel = stride = patch size): index (Ho * Wo, kh * kw, 4) int32 and weight (Ho * Wo,
-    kh * kw, 4) in ``dtype`` (``pyvision_fast.geometry.equirect.sampling_table``). ``device`` "cpu" gives NumPy
-    arrays, "cuda" / "cuda:N" CuPy arrays. The arrays are shared between calls: do not write to them."""
+    kh * kw, 4) in ``dtype`` (``pyvision_fast.geometry.equirect.sampling_table``). ``device`` "cpu" gives
+    NumPy arrays, "cuda" / "cuda:N" CuPy arrays. The arrays are shared between calls: do not write to them."""
     kernel_size = _pair(kernel_size, "kernel_size")
     stride = _pair(stride, "stride")
     fov = check_fov(height, width, fov) if layout == "natural" else None
-    return _cached_table(height, width, kernel_size, stride, layout, np.dtype(dtype).str, str(device), discrete,
-                         fov)
+    return _cached_table(height, width, kernel_size, stride, layout, np.dtype(dtype).str, str(device),
+                         discrete, fov)
 
 
 @functools.lru_cache(maxsize=64)
 def _cached_table(height: int, width: int, kernel_size: tuple[int, int], stride: tuple[int, int], layout: str,
-                  dtype: str, device: str, discrete: bool, fov: Optional[tuple[float, float]]) -> SamplingTable:
+                  dtype: str, device: str, discrete: bool,
+                  fov: Optional[tuple[float, float]]) -> SamplingTable:
     if layout == "paver":
         if kernel_size != stride or kernel_size[0] != kernel_size[1]:
             raise ValueError("layout='paver' is PAVER's patch embedding: square kernel_size equal to stride")

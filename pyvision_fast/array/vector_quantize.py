@@ -26,7 +26,8 @@ def vector_quantize(z, codebook, straight_through: bool = False):
     """
     op = "vector_quantize"
     if not isinstance(straight_through, bool):
-        raise TypeError(f"vector_quantize: straight_through must be a bool, got {type(straight_through).__name__}")
+        raise TypeError(f"vector_quantize: straight_through must be a bool, got "
+                        f"{type(straight_through).__name__}")
     a = _core.arrays(op, z=z, codebook=codebook)
     z, codebook = _core.contiguous(a["z"]), _core.contiguous(a["codebook"])
     z_q = _core.empty(z, z.shape, z.dtype)
