@@ -415,3 +415,30 @@ def test_custom_ops_called_directly_check_their_arguments(backend):
             torch.ops.pvf.three_interpolate(f, idx, w[:, :3])
         with pytest.raises(ValueError, match="out of range"):
             torch.ops.pvf.three_interpolate(f, idx + 8, w)
+
+
+@pytest.mark.parametrize("K", [1, 4, 9, 30])
+def test_knn_l1_exact_ties_keep_index_order(K):
+    """Integer lattice clouds: many equal L1 distances, including at the K-th place; the set and order are
+    (distance, index), as the stable-sort reference gives."""
+    g = torch.Generator().manual_seed(K)
+    p1 = torch.randint(0, 3, (2, 25, 3), generator=g).double()
+    p2 = torch.randint(0, 3, (2, 40, 3), generator=g).double()
+    l2 = torch.tensor([40, 7])
+    d, i, _ = ops.knn_points(p1, p2, lengths2=l2, K=K, norm=1)
+    rd, ri = ref.knn_points_idx(p1, p2, None, l2, K, norm=1)
+    assert torch.equal(i, ri) and torch.equal(d, rd)
+
+
+def test_compiled_l1_knn_and_hausdorff():
+    p1 = torch.rand(2, 20, 3, requires_grad=True)
+    p2 = torch.rand(2, 25, 3, requires_grad=True)
+
+    def fn(a, b):
+        r = ops.knn_points(a, b, K=4, norm=1)
+        return r.dists, r.idx, ops.chamfer_distance(a, b, point_reduction="max", norm=1)[0]
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True)
+    for e, c in zip(fn(p1, p2), compiled(p1, p2)):
+        torch.testing.assert_close(c, e)

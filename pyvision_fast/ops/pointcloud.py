@@ -365,11 +365,44 @@ def check_cloud_pair(op: str, p1, p2, lengths1, lengths2, names=("p1", "p2", "le
             check_lengths(op, lengths2, nl2, B, p2.shape[1], p1.device, impl))
 
 
+def _first_k_smallest(d: Tensor, K: int) -> Tensor:
+    """Positions (..., K) of the K smallest values of each row of d (..., P), ordered by (value, position),
+    K <= P: topk finds the K-th value; the values below it, then the ties at it, each group in position
+    order, are the K smallest of an integer key (distinct, so topk is exact); a stable sort of those K orders
+    them (no sort of whole rows)."""
+    P = d.shape[-1]
+    j = torch.arange(P, device=d.device, dtype=torch.int32 if 3 * P < 2**31 else torch.int64)
+    kth = d.topk(K, dim=-1, largest=False, sorted=True).values[..., -1:]
+    key = torch.where(d < kth, j, torch.where(d == kth, j + P, j + 2 * P))
+    chosen = key.topk(K, dim=-1, largest=False, sorted=True).values.remainder(P).long()
+    return chosen.gather(-1, d.gather(-1, chosen).sort(dim=-1, stable=True).indices)
+
+
+def _knn_l1_search(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor], lengths2: Optional[Tensor],
+                   K: int) -> Tensor:
+    """idx (B, P1, K) of the L1 kNN with knn_points' padding (0 past lengths; -1 for an empty cloud)."""
+    B, P1, _ = p1.shape
+    P2 = p2.shape[1]
+    l1 = lengths1 if lengths1 is not None else torch.full((B,), P1, dtype=torch.int64, device=p1.device)
+    l2 = lengths2 if lengths2 is not None else torch.full((B,), P2, dtype=torch.int64, device=p1.device)
+    idx = torch.zeros(B, P1, K, dtype=torch.int64, device=p1.device)
+    kk = min(K, P2)
+    if kk > 0:
+        d = torch.cdist(p1, p2, p=1)  # no (B, P1, P2, D) difference tensor
+        if lengths2 is not None:
+            d = d.masked_fill(torch.arange(P2, device=p1.device)[None, None, :] >= l2[:, None, None], float("inf"))
+        idx[..., :kk] = _first_k_smallest(d, kk)
+    pad = (torch.arange(K, device=p1.device)[None, None, :] >= l2[:, None, None]) | (
+        torch.arange(P1, device=p1.device)[None, :, None] >= l1[:, None, None])
+    return idx.masked_fill(pad, 0).masked_fill((l2 == 0)[:, None, None], -1)
+
+
 def _knn_l1(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor], lengths2: Optional[Tensor],
             K: int) -> tuple[Tensor, Tensor]:
-    """norm=1 kNN as a torch composition (no kernel): neighbours found without autograd on blocks of p1 rows
-    (O(rows * P2 * D) memory per block), then the L1 distances recomputed from the chosen pairs, which
-    autograd differentiates (d|x|/dx = sign(x), 0 at 0)."""
+    """norm=1 kNN as a torch composition (no kernel; the same code on CPU and CUDA): neighbours found without
+    autograd on blocks of p1 rows (O(rows * P2 * D) memory per block; topk, no sort of whole rows), then the
+    L1 distances recomputed from the chosen pairs, which autograd differentiates (d|x|/dx = sign(x), 0 at
+    0)."""
     B, P1, D = p1.shape
     P2 = p2.shape[1]
     rows = max(1, (1 << 22) // max(1, B * P2 * D))
@@ -377,7 +410,7 @@ def _knn_l1(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor], lengths2: Option
     with torch.no_grad():
         for s in range(0, P1, rows):
             l1 = None if lengths1 is None else (lengths1 - s).clamp(0, min(rows, P1 - s))
-            parts.append(ref.knn_points_idx(p1[:, s:s + rows], p2, l1, lengths2, K, norm=1)[1])
+            parts.append(_knn_l1_search(p1[:, s:s + rows], p2, l1, lengths2, K))
     idx = torch.cat(parts, 1) if parts else torch.zeros(B, 0, K, dtype=torch.int64, device=p1.device)
     valid = _valid_slots(idx, lengths1, lengths2, P1, P2) & (idx >= 0)
     near = torch.gather(p2, 1, idx.clamp(min=0).reshape(B, P1 * K, 1).expand(B, P1 * K, D)).view(B, P1, K, D)
@@ -545,6 +578,16 @@ def _mmcv_radii(op: str, min_radius, max_radius) -> tuple[float, float]:
     return lo, hi
 
 
+def _sq_dists(a: Tensor, b: Tensor) -> Tensor:
+    """(B, R, D), (B, N, D) -> (B, R, N) squared distances summed coordinate by coordinate in order (as mmcv's
+    kernel and, for D <= 4, torch's sum over the last dimension), without a (B, R, N, D) difference tensor."""
+    acc = None
+    for c in range(a.shape[-1]):
+        t = a[..., :, None, c] - b[..., None, :, c]
+        acc = t * t if acc is None else acc.add_(t * t)
+    return acc
+
+
 def _ball_query_mmcv(min_radius: float, max_radius: float, sample_num: int, xyz: Tensor,
                      center_xyz: Tensor) -> tuple[Tensor, Tensor]:
     """-> (idx (B, M, sample_num) with 0 for centres without hits, empty (B, M) bool: no hit)."""
@@ -553,16 +596,25 @@ def _ball_query_mmcv(min_radius: float, max_radius: float, sample_num: int, xyz:
         with torch.no_grad():
             idx = ball_query(center_xyz, xyz, K=sample_num, radius=max_radius, return_nn=False, fill="first").idx
         return idx.clamp(min=0), idx[..., 0] < 0
-    # the reference on blocks of centres (O(centres * N) memory per block)
+    # blocks of centres (O(centres * N) memory per block): each hit's rank among its row's hits (a cumulative
+    # sum) places the first sample_num hits, then the first hit fills the slots left
     B, N, _ = xyz.shape
     rows = max(1, (1 << 22) // max(1, B * N))
     idx, empty = [], []
     with torch.no_grad():
         for s in range(0, center_xyz.shape[1], rows):
-            block = center_xyz[:, s:s + rows]
-            idx.append(ref.ball_query_mmcv_idx(min_radius, max_radius, sample_num, xyz, block))
-            d = ref.pairwise_sq_dists(block, xyz)
-            empty.append(~((d == 0) | ((d >= min_radius * min_radius) & (d < max_radius * max_radius))).any(2))
+            d = _sq_dists(center_xyz[:, s:s + rows], xyz)  # (B, R, N)
+            hit = (d == 0) | ((d >= min_radius * min_radius) & (d < max_radius * max_radius))
+            rank = hit.cumsum(2) - 1
+            keep = hit & (rank < sample_num)
+            slots = torch.full((*d.shape[:2], sample_num + 1), -1, dtype=torch.int64, device=xyz.device)
+            j = torch.arange(N, device=xyz.device).expand_as(rank)
+            slots.scatter_(2, torch.where(keep, rank, sample_num), torch.where(keep, j, -1))  # dump slot: -1
+            found = slots[..., :sample_num]
+            none = ~hit.any(2)
+            first = found[..., :1].clamp(min=0)
+            idx.append(torch.where(found < 0, first, found))
+            empty.append(none)
     if not idx:
         return (torch.zeros(B, 0, sample_num, dtype=torch.int64, device=xyz.device),
                 torch.zeros(B, 0, dtype=torch.bool, device=xyz.device))

@@ -67,12 +67,13 @@ def furthest_point_sample_with_dist_idx(points_dist: Tensor, K: int) -> Tensor:
     idx = torch.full((B, K), -1, dtype=torch.int64, device=points_dist.device)
     if N == 0:
         return idx
-    batch = torch.arange(B, device=points_dist.device)
+    rows = points_dist.reshape(B * N, N)
+    first_row = torch.arange(B, device=points_dist.device) * N
     sel = torch.zeros(B, dtype=torch.int64, device=points_dist.device)
     temp = torch.full((B, N), float("inf"), dtype=points_dist.dtype, device=points_dist.device)
     for k in range(min(K, N)):
         idx[:, k] = sel
-        temp = torch.minimum(temp, points_dist[batch, sel])
+        temp = torch.minimum(temp, rows.index_select(0, first_row + sel))  # each cloud's row of its last pick
         sel = temp.argmax(dim=1)
     return idx
 
