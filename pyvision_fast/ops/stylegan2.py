@@ -25,7 +25,8 @@ passes gradient only strictly inside (-clamp, clamp) (NVlabs' rule). Second-orde
 them for the smooth activations) are not supported: differentiating a gradient raises.
 
 Backends: ``cpu`` (C++: polyphase along W so no inserted zero or padding is multiplied, contiguous
-multiply-add loops the compiler vectorises, a 1-D filter as two 1-D passes, OpenMP over planes or rows),
+multiply-add loops the compiler vectorises, a 1-D filter as two 1-D passes, OpenMP over planes or rows; bias_act's
+linear/relu/lrelu in C++, its transcendental activations as torch's vectorised elementwise ops),
 ``reference`` (the plain-PyTorch composition, ``pyvision_fast.reference.stylegan2``); on GPUs the CUDA kernels
 are the candidate ``"cuda:next"`` (``PVF_CANDIDATES=upfirdn2d,bias_act`` or ``use_candidates``) until a GPU
 run shows them correct and faster; until then GPUs run the plain-PyTorch composition.
@@ -239,7 +240,16 @@ def upfirdn2d(x: Tensor, f: Optional[Tensor], up: Union[int, Sequence[int]] = 1,
 
 # ---------------------------------------------------------------------------------------------- bias_act
 
+# The activations the C++ CPU kernel runs: StyleGAN2's (linear, relu, lrelu), whose loops vectorise. The others
+# (tanh, sigmoid, elu, selu, softplus, swish) call scalar libm there, ~15x slower than torch's vectorised
+# elementwise ops, so the CPU backend runs them as the plain-PyTorch composition (the kernel still implements
+# them, as the CUDA kernel does; the tests call it directly).
+_CPU_KERNEL_ACTS = (0, 1, 2)
+
+
 def _bias_act_cpu(x, b, dim, act, alpha, gain, clamp):
+    if act not in _CPU_KERNEL_ACTS:
+        return _bias_act_ref(x, b, dim, act, alpha, gain, clamp)
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
     _ext.cpu_module().bias_act(_ext.arg(x), _ext.opt(b), dim, act, alpha, gain, clamp, _ext.arg(y))
     return y
@@ -276,6 +286,8 @@ def _(x, b, dim, act, alpha, gain, clamp):
 
 
 def _bias_act_backward_cpu(dy, x, b, dim, act, alpha, gain, clamp):
+    if act not in _CPU_KERNEL_ACTS:
+        return _bias_act_backward_ref(dy, x, b, dim, act, alpha, gain, clamp)
     dx = torch.empty_like(x, memory_format=torch.contiguous_format)
     _ext.cpu_module().bias_act_backward(_ext.arg(dy), _ext.arg(x), _ext.opt(b), dim, act, alpha, gain, clamp,
                                         _ext.arg(dx))
