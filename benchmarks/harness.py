@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import importlib
 import json
 import math
 import os
@@ -33,6 +34,45 @@ class Impl:
     name: str
     fn: Callable[[], Any]
     kind: str = "peer"  # "ours" | "reference" | "peer"
+    # compares this implementation's values with ours on the case's inputs: None when they are equal, else what
+    # differs (run once before the timing; the report says "equal to ours" or the difference)
+    check: Optional[Callable[[], Optional[str]]] = None
+    semantics: str = ""  # how its meaning differs from ours (what the comparison allows for), shown under the table
+
+
+def peer(skipped: list, name: str, module: str, build: Callable[[Any], Any], dtype: Optional[torch.dtype] = None,
+         dtypes: Optional[tuple] = None, unusable: Optional[Callable[[Any], Optional[str]]] = None,
+         install: str = "pip install -e .[peers]") -> list[Impl]:
+    """The rows ``build(imported module)`` (an Impl or a list of them) of a peer library, or none: a peer that
+    cannot run is appended to ``skipped`` as (name, reason) (not installed, the import's error, an unsupported
+    dtype, or what ``unusable(module)`` says, e.g. a build without CUDA), so the report lists it under its case.
+    ``install`` tells how to install it."""
+    if dtypes is not None and dtype is not None and dtype not in dtypes:
+        supported = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        skipped.append((name, f"unsupported dtype {str(dtype).replace('torch.', '')} (supports {supported})"))
+        return []
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module.split(".")[0] == exc.name.split(".")[0]:
+            skipped.append((name, f"not installed ({module}; {install})"))
+        else:
+            skipped.append((name, f"import error: {type(exc).__name__}: {_first_line(exc)}"))
+        return []
+    except Exception as exc:  # noqa: BLE001 - an installed peer that fails to import (ABI, missing library)
+        skipped.append((name, f"import error: {type(exc).__name__}: {_first_line(exc)}"))
+        return []
+    reason = unusable(mod) if unusable is not None else None
+    if reason:
+        skipped.append((name, reason))
+        return []
+    rows = build(mod)
+    return list(rows) if isinstance(rows, (list, tuple)) else [rows]
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else ""
 
 
 Goal = tuple  # (implementation name, required speedup of ours over it)
@@ -53,6 +93,7 @@ class Case:
     goals: list = dataclasses.field(default_factory=list)  # more (implementation, speedup) goals
     samples: Optional[int] = None  # samples (images, clips) one call processes: the report adds samples/s
     competition: Optional[dict] = None  # what other processes took while the case's family ran (CpuCompetition)
+    skipped: list = dataclasses.field(default_factory=list)  # (peer, reason) of each peer that could not run
 
     def __post_init__(self):
         self.impls = [impl for impl in self.impls if impl is not None]  # candidate rows without a candidate
@@ -91,6 +132,8 @@ class Result:
     peak_mb: Optional[float]
     error: Optional[str] = None
     host_ms: Optional[float] = None  # GPU: median host (Python + launch) time per call
+    values: Optional[str] = None  # "equal to ours", or how the values differ; None where not compared
+    semantics: str = ""  # how the implementation's meaning differs from ours
 
 
 class Timing(tuple):
@@ -344,13 +387,26 @@ def measure_ceilings(device: str, quick: bool = False) -> dict:
     return ceilings
 
 
+def compare_values(impl: Impl) -> Optional[str]:
+    """``impl.check()`` as the report states it: "equal to ours", the difference, or None without a check."""
+    if impl.check is None:
+        return None
+    try:
+        diff = impl.check()
+    except Exception as exc:  # noqa: BLE001 - the timing reports a peer that fails; this says why it has no values
+        return f"not compared: {type(exc).__name__}: {_first_line(exc, 120)}"
+    return "equal to ours" if diff is None else f"differ: {diff}"
+
+
 def run_case(case: Case, device: str, ceilings: dict, budget_s: float) -> list[Result]:
     results = []
+    values = [compare_values(impl) for impl in case.impls]
     timings = time_side_by_side([impl.fn for impl in case.impls], device, budget_s=budget_s)
-    for impl, timing in zip(case.impls, timings):
+    for impl, timing, value in zip(case.impls, timings, values):
         if isinstance(timing, BaseException):  # a peer that fails on this shape is reported, not fatal
             exc = timing
-            results.append(Result(impl.name, impl.kind, math.nan, 0, None, None, None, None, error=repr(exc)[:200]))
+            results.append(Result(impl.name, impl.kind, math.nan, 0, None, None, None, None, error=repr(exc)[:200],
+                                  values=value, semantics=impl.semantics))
             print(f"  {impl.name}: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}",
                   flush=True)
             continue
@@ -365,7 +421,8 @@ def run_case(case: Case, device: str, ceilings: dict, budget_s: float) -> list[R
                                           ceilings["matmul_fp32_GFLOPps"])
         else:
             share = None
-        results.append(Result(impl.name, impl.kind, ms, runs, gflops, gbytes, share, None, host_ms=host_ms))
+        results.append(Result(impl.name, impl.kind, ms, runs, gflops, gbytes, share, None, host_ms=host_ms,
+                              values=value, semantics=impl.semantics))
     return results
 
 
@@ -526,11 +583,21 @@ def format_table(rows: list[tuple[Case, list[Result]]], quick: bool = False) -> 
                 line += (f"; candidate {v['candidate_achieved']:.2f}x "
                          f"({'met' if v['candidate_met'] else 'NOT met'})")
             lines.append(line)
+        lines += _peer_lines(case, results)
     if any(r.host_ms is not None for _, rs in rows for r in rs):
         lines.append("")
         lines.append("median ms: device time per call (back-to-back calls, L2 flushed before each); host ms: Python "
                      "and launch time per call; * host-bound (host time above device time).")
     return "\n".join(lines)
+
+
+def _peer_lines(case: Case, results: list[Result]) -> list[str]:
+    """Under a case's rows: each peer's values against ours, how its meaning differs, each skipped peer and why."""
+    pad = f"{'':<44} "
+    lines = [f"{pad}values of {r.impl}: {r.values}" for r in results if r.values is not None]
+    lines += [f"{pad}semantics of {r.impl}: {r.semantics}" for r in results if r.semantics]
+    lines += [f"{pad}skipped peer {name}: {reason}" for name, reason in case.skipped]
+    return lines
 
 
 def write_reports(rows: list[tuple[Case, list[Result]]], ceilings: dict, machine: dict, out_dir: Path,
@@ -552,6 +619,7 @@ def write_reports(rows: list[tuple[Case, list[Result]]], ceilings: dict, machine
              "goal": None if c.goal is None else {"against": c.goal[0], "speedup": c.goal[1],
                                                   "achieved": speedup_of_ours(c, rs, c.goal[0])},
              "goals": goal_verdicts(c, rs),
+             "skipped": [{"impl": name, "reason": reason} for name, reason in c.skipped],
              "results": [dataclasses.asdict(r) for r in rs]}
             for c, rs in rows
         ],
@@ -566,6 +634,9 @@ def write_reports(rows: list[tuple[Case, list[Result]]], ceilings: dict, machine
     for c, _ in rows:
         if c.note:
             md.append(f"- {c.family}/{c.name}: {c.note}")
+    skipped = [f"- {c.family}/{c.name}: {name}: {reason}" for c, _ in rows for name, reason in c.skipped]
+    if skipped:
+        md += ["", "Skipped peers:", ""] + skipped
     paths["md"].write_text("\n".join(md) + "\n")
     try:
         _chart(rows, paths["png"], tag)
