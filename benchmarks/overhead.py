@@ -7,7 +7,6 @@ median is the whole call. ``tools/launch_counts.py`` counts the torch operators 
 """
 from __future__ import annotations
 
-import importlib.util
 from typing import Callable
 
 import torch
@@ -16,11 +15,10 @@ import torch.nn.functional as F
 from pyvision_fast import nn as pnn
 from pyvision_fast import ops
 
-from .harness import Case, Impl
+from .harness import Case, Impl, peer
 
-
-def _has(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+# op -> [(peer, reason)] of the peers the last calls() could not use (listed under their case)
+SKIPPED: dict[str, list] = {}
 
 
 def _backward(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
@@ -46,6 +44,7 @@ def calls(device: str) -> dict[str, list[tuple[str, str, Callable[[], object]]]]
         return torch.rand(*shape, generator=g).to(device, dtype).requires_grad_(grad)
 
     out: dict[str, list] = {}
+    SKIPPED.clear()
     # attention (bf16 on GPU, the dtype of the attention benchmarks)
     adt = torch.bfloat16 if device == "cuda" else torch.float32
     q, k, v = (rand(1, 1, 16, 64, grad=True, dtype=adt) for _ in range(3))
@@ -60,11 +59,10 @@ def calls(device: str) -> dict[str, list[tuple[str, str, Callable[[], object]]]]
     w = rand(8, 8, 3, 3, grad=True)
     off = rand(1, 18, 8, 8, grad=True)
     deform = [("pvf.ops.deform_conv2d", "ours", lambda: ops.deform_conv2d(x, off, w, padding=1))]
-    if _has("torchvision"):
-        import torchvision
-
-        deform.append(("torchvision deform_conv2d", "peer",
-                       lambda: torchvision.ops.deform_conv2d(x, off, w, padding=1)))
+    deform += [(i.name, i.kind, i.fn) for i in peer(
+        SKIPPED.setdefault("deform_conv2d fwd+bwd", []), "torchvision deform_conv2d", "torchvision.ops",
+        lambda tvops: Impl("torchvision deform_conv2d", lambda: tvops.deform_conv2d(x, off, w, padding=1)),
+        install="pip install torchvision")]
     deform.append(("F.conv2d", "peer", lambda: F.conv2d(x, w, padding=1)))
     out["deform_conv2d fwd+bwd"] = [(n, kind, _backward(f)) for n, kind, f in deform]
     # sphere convolution
@@ -117,5 +115,6 @@ def calls(device: str) -> dict[str, list[tuple[str, str, Callable[[], object]]]]
 
 def cases(device: str, quick: bool) -> list[Case]:
     return [Case("overhead", name, {"shape": "tiny"}, [Impl(n, f, kind) for n, kind, f in impls], bound="none",
-                 note="Tiny shapes: the time is the cost of a call, not of its arithmetic.")
+                 note="Tiny shapes: the time is the cost of a call, not of its arithmetic.",
+                 skipped=list(SKIPPED.get(name, [])))
             for name, impls in calls(device).items()]

@@ -138,3 +138,16 @@ def test_torch_cluster_rows_equal_ours(name, row):
     case = next(c for c in pointcloud.cases("cpu", True) if c.name == name)
     impl = next(i for i in case.impls if i.name == row)
     assert compare_values(impl) == "equal to ours"
+
+
+def test_overhead_lists_a_missing_torchvision(monkeypatch):
+    from benchmarks import overhead
+
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    case = next(c for c in overhead.cases("cpu", True) if c.name == "deform_conv2d fwd+bwd")
+    assert case.skipped == [("torchvision deform_conv2d", "not installed (torchvision.ops; pip install torchvision)")]
+    assert [i.name for i in case.impls] == ["pvf.ops.deform_conv2d", "F.conv2d"]
+    monkeypatch.undo()
+    pytest.importorskip("torchvision")
+    case = next(c for c in overhead.cases("cpu", True) if c.name == "deform_conv2d fwd+bwd")
+    assert case.skipped == [] and "torchvision deform_conv2d" in [i.name for i in case.impls]
