@@ -472,6 +472,8 @@ def knn_gather(x: Tensor, idx: Tensor, lengths: Optional[Tensor] = None) -> Tens
     idx = check_index(op, idx, "idx", 3, "(B, L, K)")
     check_like(op, idx, "idx", x, "x", dtype=False)
     check_size(op, idx, "idx", 0, x.shape[0], "the batch size of x")
+    if isinstance(lengths, Tensor):
+        lengths = lengths.to(x.device)  # as before: moved, not refused
     lengths = check_lengths(op, lengths, "lengths", x.shape[0], x.shape[1], x.device)
     B, M, U = x.shape
     _, L, K = idx.shape
@@ -763,6 +765,8 @@ def chamfer_distance(x, y, x_lengths: Optional[Tensor] = None, y_lengths: Option
         raise ValueError(f"{op}: give both x_normals and y_normals, or neither")
     if point_reduction == "max" and x_normals is not None:
         raise ValueError(f"{op}: normals must be None when point_reduction is 'max'")
+    if isinstance(x, Tensor):  # lengths may live on another device (as before): moved, not refused
+        x_lengths, y_lengths = (t.to(x.device) if isinstance(t, Tensor) else t for t in (x_lengths, y_lengths))
     xl, yl = check_cloud_pair(op, x, y, x_lengths, y_lengths, names=("x", "y", "x_lengths", "y_lengths"))
     B, N, D = x.shape
     M = y.shape[1]
