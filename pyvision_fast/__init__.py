@@ -24,14 +24,19 @@ __all__ = ["BACKENDS", "__version__", "forced_backend", "ops", "use_backend", "u
            "use_previous"]
 
 
+_SUBPACKAGES = frozenset(("array", "attacks", "data", "export", "geometry", "losses", "metrics", "models",
+                          "nn", "reference", "train"))
+
+
 def __getattr__(name: str):
-    """PEP 562: ``ops`` and the backend controls, imported (with torch) on first access."""
+    """PEP 562: ``ops``, the backend controls and the subpackages (``pvf.nn``, ``pvf.array``, ...), imported
+    on first access (all but ``array`` import torch)."""
     if name in _FROM_BACKEND:
         value = getattr(importlib.import_module("._backend", __name__), name)
         globals()[name] = value
         return value
-    if name == "ops":
-        return importlib.import_module(".ops", __name__)
+    if name == "ops" or name in _SUBPACKAGES:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -120,9 +120,12 @@ def test_package_imports_torch_parts_lazily():
 import sys
 import pyvision_fast as pvf
 assert 'torch' not in sys.modules
+pvf.array.knn_points  # subpackages load on first access; array without torch
+assert 'torch' not in sys.modules
 from pyvision_fast import use_backend   # first access imports torch and the backend controls
 assert 'torch' in sys.modules
 assert pvf.ops.knn_points is not None and 'knn_points' in dir(pvf.ops)
+assert pvf.nn.DeformConv2d is not None and pvf.models.create_model is not None
 import torch
 assert hasattr(torch.ops.pvf, 'knn_points')
 print('ok')
