@@ -31,7 +31,10 @@ def test_matches_reference(device, B, P1, P2, D, K, use_lengths, seed):
         # the neighbours found are as close as the reference's, whatever the tie order
         assert_close(ref.knn_points_idx(p1.double(), p2.double(), l1, l2, K)[0], rd, torch.float64)
         assert nn.shape == (B, P1, K, D)
-        assert torch.equal(nn, ops.knn_gather(p2, idx, l2))
+        full = torch.full((B,), P2, device=device)  # PyTorch3D gathers with lengths2 = P2 when none are given
+        assert torch.equal(nn, ops.knn_gather(p2, idx, l2 if l2 is not None else full))
+        if K > P2:
+            assert (nn[:, :, P2:] == 0).all()
 
 
 def test_tie_order_is_lowest_index_first():

@@ -52,6 +52,8 @@ def test_knn_l1_by_hand_and_empty_cloud():
     d, i, _ = ops.knn_points(p1, p2, lengths2=torch.tensor([3, 0]), norm=1, K=3)
     assert i[0].tolist() == [[1, 0, 2]] and d[0].tolist() == [[1.5, 2.0, 3.0]]  # L1, not squared
     assert (i[1] == -1).all() and torch.isinf(d[1]).all()  # an empty cloud names no point (as with norm 2)
+    d, i, nn = ops.knn_points(p1, p2[:, :0], norm=1, K=2, return_nn=True)  # P2 == 0 (found by the property test)
+    assert (i == -1).all() and torch.isinf(d).all() and nn.shape == (2, 1, 2, 2) and (nn == 0).all()
     d2, i2, _ = ops.knn_points(p1, p2, norm=2, K=3)
     assert i2[0].tolist() == [[0, 1, 2]] and d2[0].tolist() == [[2.0, 2.25, 9.0]]
 

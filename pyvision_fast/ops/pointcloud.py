@@ -405,6 +405,8 @@ def _knn_l1(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor], lengths2: Option
     0)."""
     B, P1, D = p1.shape
     P2 = p2.shape[1]
+    if P2 == 0:  # nothing to gather from; knn_points reports -1 / +inf
+        return p1.new_zeros(B, P1, K), torch.full((B, P1, K), -1, dtype=torch.int64, device=p1.device)
     rows = max(1, (1 << 22) // max(1, B * P2 * D))
     parts = []
     with torch.no_grad():
@@ -429,7 +431,8 @@ def knn_points(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor] = None, length
             not squared, as PyTorch3D reports them; a torch composition, see ``_knn_l1``).
         K: neighbours per point (>= 1, any size; with norm 2 memory is O(B * P1 * K), no P1 x P2 matrix).
         version: accepted for PyTorch3D compatibility and ignored.
-        return_nn: also return the neighbour coordinates (B, P1, K, D).
+        return_nn: also return the neighbour coordinates (B, P1, K, D): ``knn_gather(p2, idx, lengths2)`` with
+            lengths2 = P2 where not given (PyTorch3D's), so slots past a cloud's points are 0.
         return_sorted: PyTorch3D leaves the order of the K neighbours unspecified when False. Here both values
             return the same tensors, sorted ascending with ties in index order (a valid unspecified order; the
             search produces them sorted, so no sort is skipped).
@@ -459,7 +462,10 @@ def knn_points(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor] = None, length
     elif lengths2 is not None:
         empty = (lengths2 <= 0).to(dists.device)[:, None, None]  # <= : GPU candidates clamp lengths to [0, P]
         dists, idx = dists.masked_fill(empty, float("inf")), idx.masked_fill(empty, -1)
-    nn = knn_gather(p2, idx, lengths2) if return_nn else None
+    nn = None
+    if return_nn:  # as PyTorch3D: knn_gather with lengths2 or, without them, every cloud's full length P2
+        full = torch.full((p2.shape[0],), p2.shape[1], dtype=torch.int64, device=p2.device)
+        nn = knn_gather(p2, idx, lengths2 if lengths2 is not None else full)
     return KNN(dists=dists, idx=idx, knn=nn)
 
 
@@ -478,6 +484,8 @@ def knn_gather(x: Tensor, idx: Tensor, lengths: Optional[Tensor] = None) -> Tens
     B, M, U = x.shape
     _, L, K = idx.shape
     check_index_range(op, idx, M, "the number of points M", lo=-1 if lengths is not None else 0)
+    if M == 0:  # every slot is past its cloud's length 0 (idx -1 there): nothing to gather
+        return x.new_zeros(B, L, K, U)
     if lengths is not None:  # slots past a cloud's length may hold -1 (knn_points of an empty cloud)
         idx = idx.clamp(min=0)
     flat = idx.reshape(B, L * K, 1).expand(B, L * K, U)
