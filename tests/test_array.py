@@ -221,10 +221,9 @@ def test_knn_points_matches_torch(dtype, B, P1, P2, D, K, with_lengths):
     if P2 == 0:  # no point to gather: zeros (as for any empty cloud)
         nn = pva.knn_points(p1, p2, l1, l2, K=K, return_nn=True).knn
         assert nn.shape == (B, P1, K, D) and not nn.any()
-    if P2:  # (the torch op's norm=1 path fails on P2 = 0 at the time of writing)
-        # L1 distances are torch sums over D: the same order as NumPy's for D <= 3 (checked here), not beyond
-        assert_same(*both("knn_points", p1, p2, l1, l2, K=K, norm=1), exact=D <= 3)
-    else:
+    # L1 distances are torch sums over D: the same order as NumPy's for D <= 3 (checked here), not beyond
+    assert_same(*both("knn_points", p1, p2, l1, l2, K=K, norm=1), exact=D <= 3)
+    if P2 == 0:
         l1_empty = pva.knn_points(p1, p2, l1, l2, K=K, norm=1)
         assert (l1_empty.idx == -1).all() and np.isinf(l1_empty.dists).all()
     if P2:

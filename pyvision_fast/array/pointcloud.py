@@ -260,7 +260,8 @@ def knn_points(p1, p2, lengths1=None, lengths2=None, norm: int = 2, K: int = 1, 
             computed with array operations as the torch op computes them).
         K: neighbours per point (>= 1).
         version: accepted for PyTorch3D compatibility and ignored.
-        return_nn: also return the neighbour coordinates (B, P1, K, D).
+        return_nn: also return the neighbour coordinates (B, P1, K, D): ``knn_gather(p2, idx, lengths2)``
+            with lengths2 = P2 where not given (PyTorch3D's), so slots past a cloud's points are 0.
         return_sorted: results are always sorted ascending (ties by index), which satisfies either value.
 
     Returns:
@@ -290,8 +291,9 @@ def knn_points(p1, p2, lengths1=None, lengths2=None, norm: int = 2, K: int = 1, 
         if return_nn:
             if p2.shape[1] == 0:
                 nn = xp.zeros((*idx.shape, p2.shape[2]), dtype=p2.dtype)
-            else:
-                nn = knn_gather(p2, idx, lengths2)
+            else:  # as PyTorch3D: lengths2, or every cloud's full length P2, so padded slots are 0
+                full = xp.full((p2.shape[0],), p2.shape[1], dtype=np.int64)
+                nn = knn_gather(p2, idx, lengths2 if lengths2 is not None else full)
     return KNN(dists=dists, idx=idx, knn=nn)
 
 
