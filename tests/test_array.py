@@ -484,6 +484,8 @@ BAD = [
      "padding_mode"),
     ("gss-rank", "gaussian_scale_space", (_pts(1, 8, 8), 1.0), {}, "'x'"),
     ("gss-int", "gaussian_scale_space", (np.ones((1, 1, 8, 8), np.int32), 1.0), {}, "'x'"),
+    ("gss-float16-cpu", "gaussian_scale_space", (_pts(1, 1, 8, 8, dtype=np.float16), 1.0), {}, "'x'"),
+    ("gss-sigma-rank", "gaussian_scale_space", (_pts(1, 1, 8, 8), np.ones((1, 2))), {}, "sigma"),
     ("gss-reflect-radius", "gaussian_scale_space", (_pts(1, 1, 4, 4), 3.0), {}, "reflect padding"),
     ("gss-radius-negative", "gaussian_scale_space", (_pts(1, 1, 8, 8), [1.0, 2.0]), dict(radius=[1, -1]),
      "radius"),
