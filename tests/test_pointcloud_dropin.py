@@ -444,3 +444,37 @@ def test_compiled_l1_knn_and_hausdorff():
     compiled = torch.compile(fn, fullgraph=True)
     for e, c in zip(fn(p1, p2), compiled(p1, p2)):
         torch.testing.assert_close(c, e)
+
+
+@pytest.mark.cuda
+def test_new_ops_on_cuda_equal_cpu():
+    """The compositions run the same torch code on CUDA (the min_radius = 0 ball query runs the CUDA ball query
+    kernels): CUDA results equal the CPU ones."""
+    g = torch.Generator().manual_seed(8)
+    p1 = torch.rand(2, 50, 3, generator=g, dtype=torch.float64)
+    p2 = torch.rand(2, 70, 3, generator=g, dtype=torch.float64)
+    l2 = torch.tensor([70, 9])
+    for dtype in (torch.float32, torch.float64):
+        a, b = p1.to(dtype), p2.to(dtype)
+        d, i, _ = ops.knn_points(a.cuda(), b.cuda(), lengths2=l2.cuda(), K=5, norm=1)
+        rd, ri, _ = ops.knn_points(a, b, lengths2=l2, K=5, norm=1)
+        assert torch.equal(i.cpu(), ri)
+        assert_close(d.cpu(), rd)
+        for lo in (0.0, 0.1):
+            assert torch.equal(ops.ball_query_mmcv(lo, 0.3, 8, b.cuda(), a.cuda()).cpu(),
+                               ops.ball_query_mmcv(lo, 0.3, 8, b, a))
+        dist = ((b[:, :, None] - b[:, None]) ** 2).sum(-1)
+        assert torch.equal(ops.furthest_point_sample_with_dist(dist.cuda(), 10).cpu(),
+                           ops.furthest_point_sample_with_dist(dist, 10))
+        for red in ("max", "mean"):
+            assert_close(ops.chamfer_distance(a.cuda(), b.cuda(), norm=1, point_reduction=red)[0].cpu(),
+                         ops.chamfer_distance(a, b, norm=1, point_reduction=red)[0])
+        xc, cc = torch.tensor([50, 20]), torch.tensor([30, 40])
+        sx, sc = a.reshape(-1, 3)[:70], b.reshape(-1, 3)[:70]
+        sidx = ops.stacked_ball_query(0, 0.3, 6, sx.cuda(), sc.cuda(), xc.cuda(), cc.cuda())
+        assert torch.equal(sidx.cpu(), ops.stacked_ball_query(0, 0.3, 6, sx, sc, xc, cc))
+        sidx = sidx.clamp(min=0)
+        assert torch.equal(ops.stacked_grouping_operation(sx.cuda(), sidx, xc.cuda(), cc.cuda()).cpu(),
+                           ops.stacked_grouping_operation(sx, sidx.cpu(), xc, cc))
+    h = ops.knn_points(p1.half().cuda(), p2.half().cuda(), K=3, norm=1)
+    assert h.dists.dtype == torch.float16 and h.idx.shape == (2, 50, 3)

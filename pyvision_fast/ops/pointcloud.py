@@ -1,23 +1,31 @@
 """Point-cloud ops: farthest point sampling, kNN, ball query, gathers, three-point interpolation, chamfer.
 
 Signatures follow PyTorch3D (``sample_farthest_points``, ``knn_points``, ``knn_gather``, ``ball_query``,
-``chamfer_distance``) and mmcv / PointNet++ (``furthest_point_sample``, ``gather_points``,
-``grouping_operation``, ``three_nn``, ``three_interpolate``), so switching is one import.
+``chamfer_distance``) and mmcv / PointNet++ (``furthest_point_sample``, ``furthest_point_sample_with_dist``,
+``gather_points``, ``grouping_operation``, ``three_nn``, ``three_interpolate``; mmcv's ``ball_query`` is
+``ball_query_mmcv``, its stacked forms ``stacked_ball_query`` and ``stacked_grouping_operation``), so switching
+is one import.
 
 Each kernel is a ``torch.library.custom_op`` in the ``pvf`` namespace with a fake implementation (for
 ``torch.compile`` / ``torch.export``) and, where differentiable, an autograd formula; plain eager calls skip the
 custom op's dispatch and run the same implementation through a ``torch.autograd.Function``. Index outputs are
-int64; index inputs may be int32 or int64. Point clouds are float32/float64 on CPU, plus float16/bfloat16 on CUDA.
+int64; index inputs may be int32 or int64. Point clouds are float32/float64 on CPU, plus float16/bfloat16 on CUDA
+(and, for the feature gathers, on CPU through float32). Torch compositions over the kernels, not kernels of
+their own: ``knn_points(norm=1)``, ``furthest_point_sample_with_dist``, ``ball_query_mmcv`` with min_radius > 0,
+the stacked ops and ``chamfer_distance``.
 
 Validation: every op checks its arguments in Python before any backend runs (ranks, every relation between
-the arguments' sizes, dtypes, devices; see ``pointcloud_gather.check_*``). On CPU tensors, lengths outside
-[0, P], FPS start indices outside a cloud and out-of-range indices raise ValueError on every backend. On CUDA the current kernels check the same on the host (one synchronisation per call); the
-candidate kernels (``"cuda:next"``, opt-in until verified on a GPU) never synchronise: they clamp lengths and start
+the arguments' sizes, dtypes, devices; see ``pointcloud_gather.check_*``), and so do the reference
+implementations behind the custom ops when those are called directly. On CPU tensors, lengths outside [0, P],
+FPS start indices outside a cloud and out-of-range indices raise ValueError on every backend. On CUDA the
+current kernels check the same on the host (one synchronisation per call); the candidate kernels
+(``"cuda:next"``, preferred since their GPU verification) never synchronise: they clamp lengths and start
 indices and skip out-of-range indices (``_pointcloud_cuda`` has the details).
 """
 from __future__ import annotations
 
 import math
+import numbers
 from collections import namedtuple
 from typing import Optional, Union
 
@@ -117,9 +125,9 @@ def _per_cloud_k(K, B: int, device: torch.device) -> tuple[int, Optional[Tensor]
     """K an int, or a list / (B,) int tensor of per-cloud sample counts -> (max K, per-cloud K or None)."""
     op = "sample_farthest_points"
     if isinstance(K, (list, tuple)):
-        if not all(isinstance(k, int) and not isinstance(k, bool) for k in K):
+        if not all(isinstance(k, numbers.Integral) and not isinstance(k, bool) for k in K):
             raise TypeError(f"{op}: a per-cloud K list must hold ints, got {K!r}")
-        K = torch.tensor(K, dtype=torch.int64).reshape(len(K))
+        K = torch.tensor([int(k) for k in K], dtype=torch.int64).reshape(len(K))
     if not isinstance(K, Tensor):
         return check_count(op, K, "K"), None
     K = check_index(op, K, "K", 1, "(B,) (one sample count per cloud)")
@@ -388,7 +396,8 @@ def _knn_l1_search(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor], lengths2:
     idx = torch.zeros(B, P1, K, dtype=torch.int64, device=p1.device)
     kk = min(K, P2)
     if kk > 0:
-        d = torch.cdist(p1, p2, p=1)  # no (B, P1, P2, D) difference tensor
+        half = p1.dtype in (torch.float16, torch.bfloat16)  # searched in float32, as the kernels accumulate
+        d = torch.cdist(p1.float(), p2.float(), p=1) if half else torch.cdist(p1, p2, p=1)  # no (B, P1, P2, D)
         if lengths2 is not None:
             d = d.masked_fill(torch.arange(P2, device=p1.device)[None, None, :] >= l2[:, None, None], float("inf"))
         idx[..., :kk] = _first_k_smallest(d, kk)
