@@ -99,7 +99,7 @@ def test_setup_filter_rules():
     assert setup_filter([1.0] * 8).shape == (8,)  # 8 taps or more stay separable
     assert setup_filter(None).shape == (1, 1)
     torch.testing.assert_close(setup_filter([1, 2], normalize=False, flip_filter=True, gain=4),
-                               torch.tensor([[2.0, 4.0], [4.0, 8.0]]).flip([0, 1]) * 4)
+                               torch.tensor([[4.0, 2.0], [2.0, 1.0]]) * 4)  # outer([1, 2]) flipped, gain 4 ** (2 / 2)
     with pytest.raises(ValueError, match="non-empty"):
         setup_filter([])
 

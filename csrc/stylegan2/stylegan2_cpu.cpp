@@ -5,9 +5,10 @@
 // b + j * D (b = (p * down + t - pad0) / up, for the taps where that division is exact): a multiply-add over j.
 // When D > 1 an input row is first split into D contiguous sub-rows (column m goes to sub-row m % D, index m / D),
 // so every tap reads contiguously; when S > 1 each phase accumulates into its own contiguous row and the phases are
-// interleaved into the output row at the end. Every inner loop is then `dst[j] += w * src[j]` over contiguous rows,
-// which the compiler vectorises, and no inserted zero or padding is ever multiplied. Along H the taps that meet an
-// input row are found per output row (tap_source) and only those rows are read.
+// interleaved into the output row at the end. Every inner loop then adds up to 4 terms `w * src[j]` into dst[j]
+// over contiguous rows (one pass over dst per 4 terms), which the compiler vectorises, and no inserted zero or
+// padding is ever multiplied. Along H the taps that meet an input row are found per output row (tap_source) and
+// only those rows are read.
 //  * 2-D filters: per output row, the sum over the valid tap rows ty of the horizontal pass of input row iy with
 //    tap row ty (ty ascending, tx ascending per element, as the CUDA kernel).
 //  * separable filters: the horizontal pass of every input row into a (H, out_x) plane, then per output row the
@@ -18,6 +19,7 @@
 //
 // bias_act: (outer, C, inner) rows, OpenMP over outer * C, the bias added per row.
 #include <algorithm>
+#include <climits>
 #include <cstring>
 #include <numeric>
 #include <vector>
@@ -38,6 +40,7 @@ struct TapRun {
 struct AxisPlan {
   int64_t S = 1, D = 1, Wd = 0, nj_max = 0;
   std::vector<std::vector<TapRun>> runs;  // per phase
+  std::vector<int64_t> interior_lo, interior_hi;  // per phase: the j range every run of the phase covers
 };
 
 AxisPlan plan_axis(const Axis& a) {
@@ -62,6 +65,19 @@ AxisPlan plan_axis(const Axis& a) {
       P.runs[p].push_back(TapRun{t, floor_mod(b, P.D), floor_div(b, P.D), lo, hi});
     }
   }
+  P.interior_lo.assign(P.S, 0);
+  P.interior_hi.assign(P.S, 0);
+  for (int64_t p = 0; p < P.S; ++p) {
+    int64_t lo = 0, hi = INT64_MAX;
+    for (const TapRun& run : P.runs[p]) {
+      lo = std::max(lo, run.lo);
+      hi = std::min(hi, run.hi);
+    }
+    if (!P.runs[p].empty() && lo < hi) {
+      P.interior_lo[p] = lo;
+      P.interior_hi[p] = hi;
+    }
+  }
   return P;
 }
 
@@ -82,14 +98,59 @@ inline void split_row(const T* PVF_RESTRICT row, int64_t W, int64_t D, int64_t W
   }
 }
 
+// dst[j] += sum_k w[k] * src[k][j], the K taps added in order k = 0, 1, ... (as K separate axpy passes would, in
+// one pass over dst).
+template <int K, typename T>
+inline void fused_taps(T* PVF_RESTRICT dst, const T* const* src, const T* w, int64_t n) {
+  const T* s[K];
+  T wk[K];
+  for (int k = 0; k < K; ++k) {
+    s[k] = src[k];
+    wk[k] = w[k];
+  }
+#pragma GCC ivdep
+  for (int64_t j = 0; j < n; ++j) {
+    T acc = dst[j];
+    for (int k = 0; k < K; ++k) acc += wk[k] * s[k][j];
+    dst[j] = acc;
+  }
+}
+
 // dst (phase-major rows of nj_max; the output row itself when S == 1) += the horizontal pass of src (D sub-rows of
-// Wd, or the input row when D == 1) with taps w.
+// Wd, or the input row when D == 1) with taps w. Each element receives its taps in increasing t: the border parts
+// of each run one run at a time, the interior that all runs of the phase share (AxisPlan) in fused passes of up
+// to 4 taps.
 template <typename T>
 inline void hpass_accumulate(const AxisPlan& P, const T* src, const T* w, T* dst) {
   for (int64_t p = 0; p < P.S; ++p) {
     T* d = dst + p * P.nj_max;
-    for (const TapRun& run : P.runs[p])
-      axpy(d + run.lo, src + run.r * P.Wd + run.k0 + run.lo, w[run.t], run.hi - run.lo);
+    const std::vector<TapRun>& runs = P.runs[p];
+    const int64_t lo = P.interior_lo[p], hi = P.interior_hi[p];
+    if (lo >= hi) {  // no common interior (tiny rows): one pass per run
+      for (const TapRun& run : runs)
+        axpy(d + run.lo, src + run.r * P.Wd + run.k0 + run.lo, w[run.t], run.hi - run.lo);
+      continue;
+    }
+    for (const TapRun& run : runs)
+      if (run.lo < lo) axpy(d + run.lo, src + run.r * P.Wd + run.k0 + run.lo, w[run.t], lo - run.lo);
+    for (size_t k0 = 0; k0 < runs.size(); k0 += 4) {
+      const int n = static_cast<int>(std::min<size_t>(4, runs.size() - k0));
+      const T* s[4];
+      T wk[4];
+      for (int k = 0; k < n; ++k) {
+        const TapRun& run = runs[k0 + k];
+        s[k] = src + run.r * P.Wd + run.k0 + lo;
+        wk[k] = w[run.t];
+      }
+      switch (n) {
+        case 4: fused_taps<4>(d + lo, s, wk, hi - lo); break;
+        case 3: fused_taps<3>(d + lo, s, wk, hi - lo); break;
+        case 2: fused_taps<2>(d + lo, s, wk, hi - lo); break;
+        default: fused_taps<1>(d + lo, s, wk, hi - lo); break;
+      }
+    }
+    for (const TapRun& run : runs)
+      if (run.hi > hi) axpy(d + hi, src + run.r * P.Wd + run.k0 + hi, w[run.t], run.hi - hi);
   }
 }
 
@@ -143,14 +204,10 @@ struct Upfirdn2dRunner {
         src = row;
       }
       T* dst = plane + iy * outW;
-      if (P.S > 1) {
-        std::fill(acc, acc + P.S * P.nj_max, T(0));
-        hpass_accumulate(P, src, taps_x, acc);
-        interleave(P, acc, outW, dst);
-      } else {
-        std::fill(dst, dst + outW, T(0));
-        hpass_accumulate(P, src, taps_x, dst);
-      }
+      T* d = P.S > 1 ? acc : dst;
+      std::fill(d, d + (P.S > 1 ? P.S * P.nj_max : outW), T(0));
+      hpass_accumulate(P, src, taps_x, d);
+      if (P.S > 1) interleave(P, acc, outW, dst);
     }
   }
 
@@ -171,9 +228,7 @@ struct Upfirdn2dRunner {
       std::fill(dst, dst + (P.S > 1 ? P.S * P.nj_max : outW), T(0));
       for (int64_t ty = 0; ty < g.y.f; ++ty) {
         const int64_t iy = tap_source(oy, ty, g.y.up, g.y.down, g.y.pad0, H);
-        if (iy < 0) continue;
-        const T* src = P.D > 1 ? plane + iy * P.D * P.Wd : x + iy * W;
-        hpass_accumulate(P, src, taps + ty * g.x.f, dst);
+        if (iy >= 0) hpass_accumulate(P, P.D > 1 ? plane + iy * P.D * P.Wd : x + iy * W, taps + ty * g.x.f, dst);
       }
       if (P.S > 1) interleave(P, acc, outW, yrow);
     }
