@@ -168,7 +168,7 @@ def sample_farthest_points(points: Tensor, lengths: Optional[Tensor] = None,
     _check_points(op, points)
     B, N = points.shape[:2]
     K, per_cloud = _per_cloud_k(K, B, points.device)
-    lengths = check_lengths(op, lengths, "lengths", B, N, points.device, impl=("sample_farthest_points", _FPS))
+    lengths = check_lengths(op, lengths, "lengths", B, N, points.device, values=False)  # the backends check
     check_finite_points(points, lengths, op)
     start = None
     if random_start_point:
@@ -356,7 +356,7 @@ def _knn(p1, p2, lengths1, lengths2, K):
 
 
 def check_cloud_pair(op: str, p1, p2, lengths1, lengths2, names=("p1", "p2", "lengths1", "lengths2"),
-                     half_on_cpu: bool = False, impl: Optional[tuple] = None):
+                     half_on_cpu: bool = False, values: bool = True):
     """p1 (B, P1, D) and p2 (B, P2, D): floating, same dtype and device, same B and D >= 1; lengths (B,) in
     [0, P] -> (lengths1, lengths2) as int64 or None."""
     n1, n2, nl1, nl2 = names
@@ -369,8 +369,8 @@ def check_cloud_pair(op: str, p1, p2, lengths1, lengths2, names=("p1", "p2", "le
     if p1.shape[2] < 1:
         raise ValueError(f"{op}: points must have at least one coordinate (D >= 1), got shape {tuple(p1.shape)}")
     B = p1.shape[0]
-    return (check_lengths(op, lengths1, nl1, B, p1.shape[1], p1.device, impl),
-            check_lengths(op, lengths2, nl2, B, p2.shape[1], p1.device, impl))
+    return (check_lengths(op, lengths1, nl1, B, p1.shape[1], p1.device, values),
+            check_lengths(op, lengths2, nl2, B, p2.shape[1], p1.device, values))
 
 
 def _first_k_smallest(d: Tensor, K: int) -> Tensor:
@@ -461,7 +461,7 @@ def knn_points(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor] = None, length
         raise TypeError(f"{op}: return_sorted must be a bool, got {type(return_sorted).__name__}")
     K = check_count(op, K, "K")
     lengths1, lengths2 = check_cloud_pair(op, p1, p2, lengths1, lengths2,
-                                          impl=None if norm == 1 else ("knn_points", _KNN_IMPLS))
+                                          values=norm == 1)  # norm 2: the backends check the lengths
     if norm == 1:
         dists, idx = _knn_l1(p1, p2, lengths1, lengths2, K)
     else:
@@ -570,7 +570,7 @@ def ball_query(p1: Tensor, p2: Tensor, lengths1: Optional[Tensor] = None, length
     radius = _radius(op, radius, "radius")
     if not radius > 0:
         raise ValueError(f"{op}: radius must be a positive number, got {radius}")
-    lengths1, lengths2 = check_cloud_pair(op, p1, p2, lengths1, lengths2, impl=("ball_query", _BALL))
+    lengths1, lengths2 = check_cloud_pair(op, p1, p2, lengths1, lengths2, values=False)  # the backends check
     args = (p1, p2, lengths1, lengths2, K, float(radius))
     dists, idx = _BallFunction.apply(*args) if eager(*args[:4]) else _ball_op(*args)
     if fill == "first" and idx.shape[-1] > 0:

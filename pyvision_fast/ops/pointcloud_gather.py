@@ -10,8 +10,10 @@ float16 / bfloat16 features on CPU are computed in float32 and returned in their
 
 This module also holds the argument checks that every point-cloud op runs in Python before any backend
 (kernel or reference) sees its arguments: ranks, every relation between the arguments' sizes, dtypes and
-devices always; values (lengths, index ranges) on CPU tensors outside tracing (on CUDA they are the kernels'
-business, see above, so that no call synchronises only to check).
+devices always. Values (lengths, index ranges) of CPU tensors are read outside tracing by whichever
+implementation runs: the C++ bindings, the references' wrappers (``_*_reference``), or the Python entry of
+the ops that are torch compositions. On CUDA they are the kernels' business (see above), so that no call
+synchronises only to check.
 """
 from __future__ import annotations
 
@@ -75,26 +77,24 @@ def check_index(op: str, t, name: str, ndim: Optional[int] = None, layout: str =
     return t.to(torch.int64)
 
 
-def values_checked(t: Tensor, impl: Optional[tuple] = None) -> bool:
-    """Whether the Python entry reads ``t``'s values to check them: CPU tensors outside tracing, unless
-    ``impl`` = (op, implementation table) selects the CUDA candidates, which clamp / skip by design (the
-    SIMT emulation runs them on CPU tensors)."""
-    if t.is_cuda or tracing() or t.numel() == 0:
-        return False
-    return impl is None or _backend.select(impl[0], t.device, impl[1])[0] != "cuda:next"
+def values_checked(t: Tensor, values: bool = True) -> bool:
+    """Whether ``t``'s values are read to check them: where ``values`` (False: the implementation that runs
+    checks them itself: the C++ bindings, the references' wrappers; the CUDA candidates clamp / skip by design),
+    for CPU tensors, outside tracing."""
+    return values and not t.is_cuda and not tracing() and t.numel() > 0
 
 
 def check_lengths(op: str, lengths, name: str, B: int, P: int, device: torch.device,
-                  impl: Optional[tuple] = None) -> Optional[Tensor]:
-    """lengths None or (B,) int32/int64 on ``device`` with values in [0, P] (values read on CPU, not while
-    tracing, see ``values_checked``) -> int64."""
+                  values: bool = True) -> Optional[Tensor]:
+    """lengths None or (B,) int32/int64 on ``device`` with values in [0, P] (values read where
+    ``values_checked``) -> int64."""
     if lengths is None:
         return None
     lengths = check_index(op, lengths, name, 1, "(B,)")
     check_size(op, lengths, name, 0, B, "the batch size")
     if lengths.device != device:
         raise TypeError(f"{op}: argument '{name}' is on {lengths.device} but this call runs on {device}")
-    if values_checked(lengths, impl):
+    if values_checked(lengths, values):
         bad = (lengths < 0) | (lengths > P)
         if bool(bad.any()):
             b = int(bad.nonzero()[0, 0])
@@ -102,9 +102,9 @@ def check_lengths(op: str, lengths, name: str, B: int, P: int, device: torch.dev
     return lengths
 
 
-def check_index_range(op: str, idx: Tensor, hi: int, what: str, lo: int = 0, impl: Optional[tuple] = None) -> None:
+def check_index_range(op: str, idx: Tensor, hi: int, what: str, lo: int = 0, values: bool = True) -> None:
     """Every idx value in [lo, hi) (read where ``values_checked``)."""
-    if not values_checked(idx, impl):
+    if not values_checked(idx, values):
         return
     bad = (idx < lo) | (idx >= hi)
     if bool(bad.any()):
@@ -216,7 +216,7 @@ def _gather(features: Tensor, idx: Tensor) -> Tensor:
     return _GatherFunction.apply(features, idx) if eager(features, idx) else _gather_op(features, idx)
 
 
-def _check_gather(op: str, features, idx, ndim: int, layout: str) -> Tensor:
+def _check_gather(op: str, features, idx, ndim: int, layout: str, values: bool = True) -> Tensor:
     _features(op, features)
     idx = check_index(op, idx, "idx", ndim, layout)
     check_like(op, idx, "idx", features, "features", dtype=False)
@@ -224,14 +224,14 @@ def _check_gather(op: str, features, idx, ndim: int, layout: str) -> Tensor:
     N = features.shape[2]
     if N == 0 and idx.numel() and features.shape[1]:
         raise ValueError(f"{op}: cannot gather from features with N = 0 points")
-    check_index_range(op, idx, N, "the number of points N", impl=("gather_points", _GATHER))
+    check_index_range(op, idx, N, "the number of points N", values=values)
     return idx
 
 
 def gather_points(features: Tensor, idx: Tensor) -> Tensor:
     """mmcv ``gather_points``: features (B, C, N) float, idx (B, M) int32/int64 in [0, N) -> (B, C, M) in the
     features' dtype (float16/bfloat16 on CPU: computed in float32). Differentiable in features."""
-    idx = _check_gather("gather_points", features, idx, 2, "(B, M)")
+    idx = _check_gather("gather_points", features, idx, 2, "(B, M)", values=False)  # the backends check values
     return _float32_on_cpu(_gather, features, idx)
 
 
@@ -246,7 +246,7 @@ def grouping_operation(features: Tensor, idx: Tensor, features_batch_cnt: Option
     """
     if features_batch_cnt is not None or indices_batch_cnt is not None:
         return stacked_grouping_operation(features, idx, features_batch_cnt, indices_batch_cnt)
-    idx = _check_gather("grouping_operation", features, idx, 3, "(B, M, S)")
+    idx = _check_gather("grouping_operation", features, idx, 3, "(B, M, S)", values=False)
     B, M, S = idx.shape
     out = _float32_on_cpu(_gather, features, idx.reshape(B, M * S))
     return out.view(out.shape[0], out.shape[1], M, S)
@@ -417,11 +417,11 @@ def three_interpolate(features: Tensor, idx: Tensor, weight: Tensor) -> Tensor:
     """mmcv ``three_interpolate``: features (B, C, m) float, idx (B, n, 3) int32/int64 in [0, m), weight
     (B, n, 3) of the features' dtype -> (B, C, n) in that dtype (float16/bfloat16 on CPU: computed in float32).
     Differentiable in features and weight."""
-    idx = _check_interp(features, idx, weight)
+    idx = _check_interp(features, idx, weight, values=False)  # the backends check the index values
     return _float32_on_cpu(_interp, features, idx, weight)
 
 
-def _check_interp(features, idx, weight) -> Tensor:
+def _check_interp(features, idx, weight, values: bool = True) -> Tensor:
     op = "three_interpolate"
     check_tensor(op, features, "features", 3, "(B, C, M)")
     check_float(op, features, "features", half_on_cpu=True)
@@ -437,5 +437,5 @@ def _check_interp(features, idx, weight) -> Tensor:
     M = features.shape[2]
     if M == 0 and idx.shape[1] and features.shape[1]:
         raise ValueError(f"{op}: cannot interpolate from features with M = 0 points")
-    check_index_range(op, idx, M, "the number of known points M", impl=("three_interpolate", _INTERP))
+    check_index_range(op, idx, M, "the number of known points M", values=values)
     return idx
