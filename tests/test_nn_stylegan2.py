@@ -61,7 +61,8 @@ def test_upsampling_path_equals_zero_insertion_conv_and_blur(k):
     px0, px1 = p + 2 - (k - 1), p + 1 - (k - 2)
     rows = []
     for i, w in enumerate(_per_sample_weights(weight, styles, True)):
-        # zero insertion without the trailing zero, padded by k - 1: conv_transpose2d(stride 2) as a convolution
+        # zero insertion without the trailing zero, padded by k - 1: conv_transpose2d (stride 2) as a
+        # convolution
         xz = ref.upfirdn2d(x[i:i + 1], torch.ones(1, 1, dtype=torch.float64), (2, 2), (1, 1),
                            (k - 1, k - 2, k - 1, k - 2))
         t = F.conv2d(xz, w.flip([2, 3]))
@@ -95,11 +96,12 @@ def test_module_gradients_equal_the_loop():
 def test_setup_filter_rules():
     f = setup_filter([1, 3, 3, 1])
     assert f.shape == (4, 4) and f.dtype == torch.float32
-    torch.testing.assert_close(f, torch.outer(torch.tensor([1.0, 3, 3, 1]), torch.tensor([1.0, 3, 3, 1])) / 64)
+    f1 = torch.tensor([1.0, 3, 3, 1])
+    torch.testing.assert_close(f, torch.outer(f1, f1) / 64)
     assert setup_filter([1.0] * 8).shape == (8,)  # 8 taps or more stay separable
     assert setup_filter(None).shape == (1, 1)
     torch.testing.assert_close(setup_filter([1, 2], normalize=False, flip_filter=True, gain=4),
-                               torch.tensor([[4.0, 2.0], [2.0, 1.0]]) * 4)  # outer([1, 2]) flipped, gain 4 ** (2 / 2)
+                               torch.tensor([[4.0, 2.0], [2.0, 1.0]]) * 4)  # outer([1, 2]), flipped, gain
     with pytest.raises(ValueError, match="non-empty"):
         setup_filter([])
 
@@ -115,7 +117,8 @@ def test_resampling_modules_keep_constant_images_and_sizes():
     blur = Blur().double()(x)
     assert blur.shape == x.shape
     torch.testing.assert_close(blur[:, :, 2:-2, 2:-2], torch.full_like(blur[:, :, 2:-2, 2:-2], 2.5))
-    assert Blur(padding=(2, 1)).double()(x).shape == (2, 3, 7, 7)  # W: 6 + 2 + 2 - 4 + 1, H: 8 + 1 + 1 - 4 + 1
+    # W: 6 + 2 + 2 - 4 + 1, H: 8 + 1 + 1 - 4 + 1
+    assert Blur(padding=(2, 1)).double()(x).shape == (2, 3, 7, 7)
     sep = Upsample2d(resample_filter=[1.0] * 8).double()(x)  # a separable 8-tap filter
     assert sep.shape == (2, 3, 16, 12)
 

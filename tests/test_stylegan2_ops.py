@@ -1,6 +1,6 @@
-"""upfirdn2d and bias_act (StyleGAN2's ops) against the plain-PyTorch compositions (pad + conv with the flipped
-FIR filter, the activation table), hand-computed cases, gradients, opcheck / torch.compile, bad inputs and ONNX
-export."""
+"""upfirdn2d and bias_act (StyleGAN2's ops) against the plain-PyTorch compositions (pad + conv with the
+flipped FIR filter, the activation table), hand-computed cases, gradients, opcheck / torch.compile, bad inputs
+and ONNX export."""
 import math
 
 import pytest
@@ -18,8 +18,8 @@ from pyvision_fast.reference import stylegan2 as ref
 
 
 def _ref_upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
-    return ref.upfirdn2d(x, f, sg.parse_scaling(up), sg.parse_scaling(down, "down"), sg.parse_padding(padding),
-                         flip_filter, gain)
+    return ref.upfirdn2d(x, f, sg.parse_scaling(up), sg.parse_scaling(down, "down"),
+                         sg.parse_padding(padding), flip_filter, gain)
 
 
 # (filter shape, up, down, padding): up/down/pads of StyleGAN2's upsample2d / downsample2d / conv layers and
@@ -49,7 +49,8 @@ def test_upfirdn2d_matches_composition(device, fshape, up, down, padding, flip_f
 @pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
 @settings(max_examples=30, deadline=None)
 @given(N=st.integers(0, 2), C=st.integers(1, 3), H=st.integers(1, 12), W=st.integers(1, 12),
-       fh=st.integers(1, 6), fw=st.integers(1, 6), separable=st.booleans(), up=st.tuples(*[st.integers(1, 3)] * 2),
+       fh=st.integers(1, 6), fw=st.integers(1, 6), separable=st.booleans(),
+       up=st.tuples(*[st.integers(1, 3)] * 2),
        down=st.tuples(*[st.integers(1, 3)] * 2), pads=st.tuples(*[st.integers(-3, 4)] * 4),
        flip=st.booleans(), seed=st.integers(0, 2**16))
 def test_upfirdn2d_random_geometry(device, N, C, H, W, fh, fw, separable, up, down, pads, flip, seed):
@@ -71,14 +72,16 @@ def test_upfirdn2d_hand_computed():
     assert ops.upfirdn2d(row, torch.tensor([[1.0, 2.0]])).flatten().tolist() == [4.0, 7.0]
     assert ops.upfirdn2d(row, torch.tensor([[1.0, 2.0]]), flip_filter=True).flatten().tolist() == [5.0, 8.0]
     # up 2 along x: [1, 0, 2, 0] padded by one zero after, [1, 1] box: [1, 2, 2, 0]
-    y = ops.upfirdn2d(torch.tensor([[[[1.0, 2.0]]]]), torch.tensor([[1.0, 1.0]]), up=(2, 1), padding=(0, 1, 0, 0))
+    y = ops.upfirdn2d(torch.tensor([[[[1.0, 2.0]]]]), torch.tensor([[1.0, 1.0]]), up=(2, 1),
+                      padding=(0, 1, 0, 0))
     assert y.flatten().tolist() == [1.0, 2.0, 2.0, 0.0]
     # down 2 keeps samples 0, 2, 4; negative pads crop
     five = torch.arange(1.0, 6.0).reshape(1, 1, 1, 5)
     assert ops.upfirdn2d(five, None, down=(2, 1)).flatten().tolist() == [1.0, 3.0, 5.0]
     assert ops.upfirdn2d(five, None, padding=(-1, -2, 0, 0)).flatten().tolist() == [2.0, 3.0]
     # a 1-D filter runs along both axes, each pass scaled by sqrt(gain)
-    assert ops.upfirdn2d(five, torch.tensor([1.0]), gain=4.0).flatten().tolist() == [4.0, 8.0, 12.0, 16.0, 20.0]
+    y = ops.upfirdn2d(five, torch.tensor([1.0]), gain=4.0)
+    assert y.flatten().tolist() == [4.0, 8.0, 12.0, 16.0, 20.0]
     # a 2-D filter is applied in 2-D: [[1, 2], [3, 4]] flipped = [[4, 3], [2, 1]] on a 2x2 image
     sq = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
     assert ops.upfirdn2d(sq, torch.tensor([[1.0, 2.0], [3.0, 4.0]])).item() == 4 + 6 + 6 + 4
@@ -122,12 +125,14 @@ def test_upfirdn2d_non_contiguous_and_empty(device):
     assert_close(ops.upfirdn2d(x, f, 2, 1, 1), _ref_upfirdn2d(x.cpu(), f.cpu(), 2, 1, 1))
     y = ops.upfirdn2d(torch.randn(0, 3, 5, 5, device=device), f, 1, 2, 1)
     assert y.shape == (0, 3, 3, 2)  # f is (3, 4): (5 + 2 - 3 + 2) // 2, (5 + 2 - 4 + 2) // 2
-    y = ops.upfirdn2d(torch.randn(1, 2, 0, 4, device=device), torch.ones(1, 1, device=device), padding=(0, 0, 1, 1))
+    y = ops.upfirdn2d(torch.randn(1, 2, 0, 4, device=device), torch.ones(1, 1, device=device),
+                      padding=(0, 0, 1, 1))
     assert y.shape == (1, 2, 2, 4) and (y == 0).all()
 
 
 def _grad_configs():
-    return [((4, 4), 2, 1, (2, 1)), ((4,), 1, 2, 1), ((3, 2), (3, 1), (1, 2), (1, -1, 2, 0)), ((5,), 2, 3, (-1, 3))]
+    return [((4, 4), 2, 1, (2, 1)), ((4,), 1, 2, 1), ((3, 2), (3, 1), (1, 2), (1, -1, 2, 0)),
+            ((5,), 2, 3, (-1, 3))]
 
 
 @pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
@@ -180,7 +185,8 @@ def test_bias_act_matches_composition(device, act, dim, with_b, clamp):
         x[0, 0, 0] = 25.0  # softplus above its threshold
         b = torch.randn(x.shape[dim], generator=g, dtype=torch.float64) if with_b else None
         expected = ref.bias_act(x, b, dim, act, def_alpha, def_gain, clamp)
-        y = ops.bias_act(x.to(device, dtype), None if b is None else b.to(device, dtype), dim, act, clamp=clamp)
+        bd = None if b is None else b.to(device, dtype)
+        y = ops.bias_act(x.to(device, dtype), bd, dim, act, clamp=clamp)
         assert_close(y, expected, dtype=dtype)
 
 
@@ -203,7 +209,8 @@ def test_bias_act_cpu_kernel_every_activation(act):
             y, dx = torch.empty_like(x), torch.empty_like(x)
             c = -1.0 if clamp is None else clamp
             mod.bias_act(_ext.arg(x), _ext.arg(b), 1, code, alpha, gain, c, _ext.arg(y))
-            mod.bias_act_backward(_ext.arg(dy), _ext.arg(x), _ext.arg(b), 1, code, alpha, gain, c, _ext.arg(dx))
+            mod.bias_act_backward(_ext.arg(dy), _ext.arg(x), _ext.arg(b), 1, code, alpha, gain, c,
+                                  _ext.arg(dx))
             assert_close(y, ref.bias_act(x, b, 1, act, alpha, gain, clamp), equal_nan=True)
             assert_close(dx, ref.bias_act_grad(dy, x, b, 1, act, alpha, gain, clamp), equal_nan=True)
 
@@ -274,14 +281,14 @@ def test_opcheck(device):
     g = torch.Generator().manual_seed(12)
     x = torch.randn(2, 3, 6, 5, generator=g, dtype=torch.float64).to(device)
     f = torch.randn(4, 4, generator=g, dtype=torch.float64).to(device)
-    opcheck(torch.ops.pvf.upfirdn2d.default, (x.requires_grad_(), f, [2, 2], [1, 1], [2, 1, 2, 1], False, 2.0))
-    opcheck(torch.ops.pvf.upfirdn2d.default, (x.detach().float(), f[0].float(), [1, 2], [2, 1], [1, 0, -1, 2], True,
-                                              1.0))
+    op = torch.ops.pvf.upfirdn2d.default
+    opcheck(op, (x.requires_grad_(), f, [2, 2], [1, 1], [2, 1, 2, 1], False, 2.0))
+    opcheck(op, (x.detach().float(), f[0].float(), [1, 2], [2, 1], [1, 0, -1, 2], True, 1.0))
     b = torch.randn(3, generator=g, dtype=torch.float64).to(device).requires_grad_()
     opcheck(torch.ops.pvf.bias_act.default, (x, b, 1, 2, 0.2, 1.4, 0.5))
     opcheck(torch.ops.pvf.bias_act.default, (x.detach().float(), None, 0, 8, 0.0, 1.0, -1.0))
-    opcheck(torch.ops.pvf.bias_act_backward.default, (torch.randn_like(x), x.detach(), b.detach(), 1, 3, 0.0, 1.0,
-                                                      -1.0))
+    opcheck(torch.ops.pvf.bias_act_backward.default,
+            (torch.randn_like(x), x.detach(), b.detach(), 1, 3, 0.0, 1.0, -1.0))
 
 
 def test_dispatch_goes_through_the_custom_ops_under_modes():
@@ -347,7 +354,8 @@ def _bad_cases():
     x, f = torch.randn(1, 2, 6, 6), torch.ones(3, 3)
     return [
         BadInput("x rank 3", lambda: ops.upfirdn2d(x[0], f), ValueError, r"'x' must have 4 dimensions"),
-        BadInput("integer x", lambda: ops.upfirdn2d(x.long(), f), TypeError, "'x' must be float32 or float64"),
+        BadInput("integer x", lambda: ops.upfirdn2d(x.long(), f), TypeError,
+                 "'x' must be float32 or float64"),
         BadInput("f rank 3", lambda: ops.upfirdn2d(x, f[None]), ValueError, "'f' must have 1 dimension"),
         BadInput("f rank 0", lambda: ops.upfirdn2d(x, f[0, 0]), ValueError, "'f' must have 1 dimension"),
         BadInput("f empty", lambda: ops.upfirdn2d(x, torch.ones(0, 3)), ValueError, "'f' must not be empty"),
@@ -356,7 +364,8 @@ def _bad_cases():
                  "'f' must not require grad"),
         BadInput("up 0", lambda: ops.upfirdn2d(x, f, up=0), ValueError, "up must be >= 1"),
         BadInput("down -1", lambda: ops.upfirdn2d(x, f, down=(1, -1)), ValueError, "down must be >= 1"),
-        BadInput("up 3 values", lambda: ops.upfirdn2d(x, f, up=(1, 2, 3)), ValueError, "up must be an int or"),
+        BadInput("up 3 values", lambda: ops.upfirdn2d(x, f, up=(1, 2, 3)), ValueError,
+                 "up must be an int or"),
         BadInput("up float", lambda: ops.upfirdn2d(x, f, up=1.5), TypeError, "up must be an int"),
         BadInput("padding 3 values", lambda: ops.upfirdn2d(x, f, padding=(1, 2, 3)), ValueError,
                  "padding must be an int, "),
@@ -366,16 +375,20 @@ def _bad_cases():
                  r"'padding' leaves no output along y \(height\)"),
         BadInput("filter too large", lambda: ops.upfirdn2d(x, torch.ones(7, 7)), ValueError,
                  "smaller than the filter size 7"),
-        BadInput("gain nan", lambda: ops.upfirdn2d(x, f, gain=float("nan")), ValueError, "gain must be a finite"),
-        BadInput("flip not bool", lambda: ops.upfirdn2d(x, f, flip_filter=1), TypeError, "flip_filter must be a bool"),
+        BadInput("gain nan", lambda: ops.upfirdn2d(x, f, gain=float("nan")), ValueError,
+                 "gain must be a finite"),
+        BadInput("flip not bool", lambda: ops.upfirdn2d(x, f, flip_filter=1), TypeError,
+                 "flip_filter must be a bool"),
         BadInput("f meta", lambda: ops.upfirdn2d(x, f.to("meta")), TypeError, "'f' is on meta"),
-        BadInput("b length", lambda: ops.bias_act(x, torch.zeros(3)), ValueError, r"'b' must have shape \(x.shape"),
+        BadInput("b length", lambda: ops.bias_act(x, torch.zeros(3)), ValueError,
+                 r"'b' must have shape \(x.shape"),
         BadInput("b rank 2", lambda: ops.bias_act(x, torch.zeros(2, 1)), ValueError, "'b' must have shape"),
         BadInput("dim out of range", lambda: ops.bias_act(x, torch.zeros(2), dim=4), ValueError,
                  r"'dim' must be in \[-4, 4\)"),
         BadInput("unknown act", lambda: ops.bias_act(x, act="gelu"), ValueError, "unknown act 'gelu'"),
         BadInput("clamp negative", lambda: ops.bias_act(x, clamp=-1.0), ValueError, "clamp must be >= 0"),
-        BadInput("clamp nan", lambda: ops.bias_act(x, clamp=float("nan")), ValueError, "clamp must be a finite"),
+        BadInput("clamp nan", lambda: ops.bias_act(x, clamp=float("nan")), ValueError,
+                 "clamp must be a finite"),
         BadInput("gain inf", lambda: ops.bias_act(x, gain=float("inf")), ValueError, "gain must be a finite"),
         BadInput("b dtype", lambda: ops.bias_act(x, torch.zeros(2, dtype=torch.float64)), TypeError,
                  "same dtype"),
@@ -419,18 +432,22 @@ def _direct_cases():
         mod.bias_act(_ext.arg(x), _ext.opt(b), dim, act, 0.2, 1.0, clamp, _ext.arg(y))
 
     def bab(dy):
-        mod.bias_act_backward(_ext.arg(dy), _ext.arg(x), None, 1, 0, 0.0, 1.0, -1.0, _ext.arg(torch.empty_like(x)))
+        dx = torch.empty_like(x)
+        mod.bias_act_backward(_ext.arg(dy), _ext.arg(x), None, 1, 0, 0.0, 1.0, -1.0, _ext.arg(dx))
 
     return [
         BadInput("non-contiguous x", lambda: up(x=torch.randn(1, 2, 6, 6).transpose(2, 3)), ValueError,
                  "'x' must be contiguous"),
-        BadInput("out shape", lambda: up(out=torch.empty(1, 2, 4, 5)), ValueError, r"'out' must have shape \(1, 2, 4, 4\)"),
-        BadInput("out dtype", lambda: up(out=torch.empty(1, 2, 4, 4, dtype=torch.float64)), TypeError, "same dtype"),
+        BadInput("out shape", lambda: up(out=torch.empty(1, 2, 4, 5)), ValueError,
+                 r"'out' must have shape \(1, 2, 4, 4\)"),
+        BadInput("out dtype", lambda: up(out=torch.empty(1, 2, 4, 4, dtype=torch.float64)), TypeError,
+                 "same dtype"),
         BadInput("f dtype", lambda: up(f=f.double()), TypeError, "same dtype"),
         BadInput("up 0", lambda: up(u=(0, 1)), ValueError, r"'up' must be an integer in \[1, 65536\]"),
         BadInput("down huge", lambda: up(d=(1, 1 << 20)), ValueError, "'down' must be an integer"),
         BadInput("padding 2 values", lambda: up(p=(0, 0)), ValueError, "'padding' must have 4 values"),
-        BadInput("padding empties output", lambda: up(p=(-3, -1, 0, 0)), ValueError, "'padding' leaves no output"),
+        BadInput("padding empties output", lambda: up(p=(-3, -1, 0, 0)), ValueError,
+                 "'padding' leaves no output"),
         BadInput("empty f", lambda: up(f=torch.ones(3, 0)), ValueError, "'f' must not be empty"),
         BadInput("f rank 3", lambda: up(f=torch.ones(1, 3, 3)), ValueError, "'f' must have 1 dimension"),
         BadInput("workspace small", lambda: up(u=(2, 1), out=torch.empty(1, 2, 4, 10), ws=torch.empty(2)),
@@ -440,7 +457,8 @@ def _direct_cases():
         BadInput("b length", lambda: ba(b=torch.zeros(3)), ValueError, "'b' has 3 elements but x.shape"),
         BadInput("y shape", lambda: ba(y=torch.empty(1, 2, 6)), ValueError, "'y' must have the shape of 'x'"),
         BadInput("clamp nan", lambda: ba(clamp=float("nan")), ValueError, "'clamp' must not be NaN"),
-        BadInput("dy shape", lambda: bab(torch.empty(1, 2, 6, 5)), ValueError, "'dy' must have the shape of 'x'"),
+        BadInput("dy shape", lambda: bab(torch.empty(1, 2, 6, 5)), ValueError,
+                 "'dy' must have the shape of 'x'"),
     ]
 
 
@@ -450,8 +468,8 @@ def test_compiled_entry_checks(case):
 
 
 def test_composition_is_what_the_issue_describes():
-    """The reference equals the textbook composition: conv_transpose2d zero insertion, F.pad, grouped F.conv2d with
-    the flipped kernel, strided slicing (an independent check of the oracle)."""
+    """The reference equals the textbook composition: conv_transpose2d zero insertion, F.pad, grouped F.conv2d
+    with the flipped kernel, strided slicing (an independent check of the oracle)."""
     g = torch.Generator().manual_seed(15)
     x = torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64)
     f = torch.randn(3, 4, generator=g, dtype=torch.float64)

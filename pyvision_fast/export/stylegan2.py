@@ -49,7 +49,8 @@ def upfirdn2d(x, f, up: list[int], down: list[int], padding: list[int], flip_fil
     taps = f
     if not flip_filter:
         taps = op.Slice(taps, _ints([-1] * nd), _ints([_INT64_MIN] * nd), _ints(range(nd)), _ints([-1] * nd))
-    taps = op.CastLike(op.Mul(op.CastLike(taps, x), op.CastLike(op.Constant(value_float=gain ** (nd / 2)), x)), x)
+    scale = op.CastLike(op.Constant(value_float=gain ** (nd / 2)), x)
+    taps = op.Mul(op.CastLike(taps, x), scale)
     if nd == 2:
         y = op.Conv(x, op.Reshape(taps, _ints([1, 1, fh, fw])), strides=[downy, downx])
     else:
@@ -83,7 +84,8 @@ def bias_act(x, b, dim: int, act: int, alpha: float, gain: float, clamp: float):
     if gain != 1:
         x = op.Mul(x, op.CastLike(op.Constant(value_float=gain), x))
     if clamp >= 0:
-        x = op.Clip(x, op.CastLike(op.Constant(value_float=-clamp), x), op.CastLike(op.Constant(value_float=clamp), x))
+        lo = op.CastLike(op.Constant(value_float=-clamp), x)
+        x = op.Clip(x, lo, op.CastLike(op.Constant(value_float=clamp), x))
     return x
 
 

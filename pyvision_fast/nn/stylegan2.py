@@ -22,12 +22,13 @@ FilterLike = Union[Sequence[float], Tensor, None]
 
 def setup_filter(f: FilterLike, normalize: bool = True, flip_filter: bool = False, gain: float = 1,
                  separable: Optional[bool] = None) -> Tensor:
-    """A float32 FIR filter tensor from a list or tensor (NVlabs' ``setup_filter``): None is [[1]]; a 1-D filter
-    of fewer than 8 taps becomes its outer product (2-D) unless ``separable``; normalised to sum 1, flipped if
-    ``flip_filter``, times ``gain ** (ndim / 2)``."""
+    """A float32 FIR filter tensor from a list or tensor (NVlabs' ``setup_filter``): None is [[1]]; a 1-D
+    filter of fewer than 8 taps becomes its outer product (2-D) unless ``separable``; normalised to sum 1,
+    flipped if ``flip_filter``, times ``gain ** (ndim / 2)``."""
     f = torch.ones(1, dtype=torch.float32) if f is None else torch.as_tensor(f, dtype=torch.float32)
     if f.dim() not in (0, 1, 2) or f.numel() == 0:
-        raise ValueError(f"setup_filter: the filter must be a non-empty scalar, 1-D or 2-D, got shape {tuple(f.shape)}")
+        raise ValueError(f"setup_filter: the filter must be a non-empty scalar, 1-D or 2-D, got shape "
+                         f"{tuple(f.shape)}")
     if f.dim() == 0:
         f = f[None]
     if separable is None:
@@ -42,9 +43,9 @@ def setup_filter(f: FilterLike, normalize: bool = True, flip_filter: bool = Fals
 
 
 def upsample2d(x: Tensor, f: Tensor, up=2, padding=0, flip_filter: bool = False, gain: float = 1) -> Tensor:
-    """Upsample by ``up`` with the FIR filter f, keeping the image centred: (N, C, H * up_y, W * up_x) for zero
-    padding. The padding adds (f + up - 1) // 2 before and (f - up) // 2 after; the gain is multiplied by up_x *
-    up_y (the zeros inserted)."""
+    """Upsample by ``up`` with the FIR filter f, keeping the image centred: (N, C, H * up_y, W * up_x) for
+    zero padding. The padding adds (f + up - 1) // 2 before and (f - up) // 2 after; the gain is multiplied by
+    up_x * up_y (the zeros inserted)."""
     upx, upy = parse_scaling(up, "up")
     px0, px1, py0, py1 = parse_padding(padding)
     fw, fh = filter_size(f)
@@ -52,9 +53,10 @@ def upsample2d(x: Tensor, f: Tensor, up=2, padding=0, flip_filter: bool = False,
     return upfirdn2d(x, f, up=(upx, upy), padding=pad, flip_filter=flip_filter, gain=gain * upx * upy)
 
 
-def downsample2d(x: Tensor, f: Tensor, down=2, padding=0, flip_filter: bool = False, gain: float = 1) -> Tensor:
-    """Downsample by ``down`` with the FIR filter f: (N, C, H // down_y, W // down_x) for zero padding and sizes
-    divisible by down. The padding adds (f - down + 1) // 2 before and (f - down) // 2 after."""
+def downsample2d(x: Tensor, f: Tensor, down=2, padding=0, flip_filter: bool = False,
+                 gain: float = 1) -> Tensor:
+    """Downsample by ``down`` with the FIR filter f: (N, C, H // down_y, W // down_x) for zero padding and
+    sizes divisible by down. The padding adds (f - down + 1) // 2 before and (f - down) // 2 after."""
     dx, dy = parse_scaling(down, "down")
     px0, px1, py0, py1 = parse_padding(padding)
     fw, fh = filter_size(f)
@@ -77,8 +79,8 @@ class _FilterModule(nn.Module):
 
 
 class Upsample2d(_FilterModule):
-    """``upsample2d`` as a module: (N, C, H, W) -> (N, C, H * factor, W * factor). The filter (default [1, 3, 3,
-    1], normalised, as a 4 x 4 outer product) is the buffer ``resample_filter``."""
+    """``upsample2d`` as a module: (N, C, H, W) -> (N, C, H * factor, W * factor). The filter (default
+    [1, 3, 3, 1], normalised, as a 4 x 4 outer product) is the buffer ``resample_filter``."""
 
     def __init__(self, factor: int = 2, resample_filter: FilterLike = (1, 3, 3, 1)):
         super().__init__(resample_filter)
@@ -116,8 +118,8 @@ class Blur(_FilterModule):
 
 
 class FusedBiasAct(nn.Module):
-    """``bias_act`` with a learned bias of ``channels`` along ``dim`` (NVlabs' layers: ``act='lrelu'`` with gain
-    sqrt 2 and an optional ``clamp``). ``lr_multiplier`` scales the bias (equalised learning rate)."""
+    """``bias_act`` with a learned bias of ``channels`` along ``dim`` (NVlabs' layers: ``act='lrelu'`` with
+    gain sqrt 2 and an optional ``clamp``). ``lr_multiplier`` scales the bias (equalised learning rate)."""
 
     def __init__(self, channels: int, act: str = "lrelu", dim: int = 1, alpha: Optional[float] = None,
                  gain: Optional[float] = None, clamp: Optional[float] = None, bias_init: float = 0.0,
@@ -141,18 +143,19 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool
                      eps: float = 1e-8) -> Tensor:
     """StyleGAN2's modulated convolution as one grouped convolution over the batch.
 
-    x (N, I, H, W), weight (O, I, k, k), styles (N, I): sample n is convolved with weight * styles[n] (per input
-    channel), demodulated to unit norm per output channel (``rsqrt(sum over I, k, k of w^2 + eps)``) when
-    ``demodulate``. The N per-sample weights form one (N * O, I, k, k) weight for a conv with N groups over x
-    reshaped to (1, N * I, H, W). ``up=1``: padding ``k // 2`` (default), (N, O, H, W) for odd k. ``up=2``:
-    NVlabs' path, a stride-2 ``conv_transpose2d`` followed by the FIR ``resample_filter`` (gain 4) through
-    ``upfirdn2d``: (N, O, 2H, 2W) for odd k and the default padding.
+    x (N, I, H, W), weight (O, I, k, k), styles (N, I): sample n is convolved with weight * styles[n] (per
+    input channel), demodulated to unit norm per output channel (``rsqrt(sum over I, k, k of w^2 + eps)``)
+    when ``demodulate``. The N per-sample weights form one (N * O, I, k, k) weight for a conv with N groups
+    over x reshaped to (1, N * I, H, W). ``up=1``: padding ``k // 2`` (default), (N, O, H, W) for odd k.
+    ``up=2``: NVlabs' path, a stride-2 ``conv_transpose2d`` followed by the FIR ``resample_filter`` (gain 4)
+    through ``upfirdn2d``: (N, O, 2H, 2W) for odd k and the default padding.
     """
     N, I, H, W = x.shape
     O, Iw, kh, kw = weight.shape
     if Iw != I or styles.shape != (N, I):
         raise ValueError(f"modulated_conv2d: x {tuple(x.shape)}, weight {tuple(weight.shape)} and styles "
-                         f"{tuple(styles.shape)} do not match (expected weight (O, {I}, k, k), styles ({N}, {I}))")
+                         f"{tuple(styles.shape)} do not match (expected weight (O, {I}, k, k), styles "
+                         f"({N}, {I}))")
     if up not in (1, 2):
         raise ValueError(f"modulated_conv2d: up must be 1 or 2, got {up}")
     p = kw // 2 if padding is None else int(padding)
@@ -169,7 +172,8 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool
     px0, px1 = p + (fw + 1) // 2 - (kw - 1), p + (fw - 2) // 2 - (kw - 2)
     py0, py1 = p + (fh + 1) // 2 - (kh - 1), p + (fh - 2) // 2 - (kh - 2)
     pxt, pyt = max(min(-px0, -px1), 0), max(min(-py0, -py1), 0)
-    wt = w.transpose(1, 2).reshape(N * I, O, kh, kw).to(x.dtype)  # conv_transpose2d's (in, out / groups, k, k)
+    # conv_transpose2d's weight layout: (in, out / groups, k, k)
+    wt = w.transpose(1, 2).reshape(N * I, O, kh, kw).to(x.dtype)
     y = F.conv_transpose2d(xg, wt, stride=2, padding=[pyt, pxt], groups=N)
     y = upfirdn2d(y, f, padding=[px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt], gain=4)
     return y.reshape(N, O, *y.shape[2:])
@@ -178,15 +182,16 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool
 class ModulatedConv2d(nn.Module):
     """StyleGAN2's modulated (and demodulated) convolution with its style affine layer.
 
-    ``forward(x, w)``: x (N, in_channels, H, W), w (N, style_dim) latent -> (N, out_channels, H', W'). The affine
-    layer maps w to per-input-channel styles (equalised learning rate: weight ~ N(0, 1) scaled by
-    1 / sqrt(style_dim), bias initialised to 1, NVlabs' ``bias_init=1``); the convolution weight is N(0, 1)
+    ``forward(x, w)``: x (N, in_channels, H, W), w (N, style_dim) latent -> (N, out_channels, H', W'). The
+    affine layer maps w to per-input-channel styles (equalised learning rate: weight ~ N(0, 1) scaled by 1 /
+    sqrt(style_dim), bias initialised to 1, NVlabs' ``bias_init=1``); the convolution weight is N(0, 1)
     (demodulation normalises it). ``up=2`` upsamples (transposed convolution + FIR blur). Bias and activation
     are separate (``FusedBiasAct``), as in NVlabs' SynthesisLayer.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, style_dim: int,
-                 demodulate: bool = True, up: int = 1, resample_filter: FilterLike = (1, 3, 3, 1), eps: float = 1e-8):
+                 demodulate: bool = True, up: int = 1, resample_filter: FilterLike = (1, 3, 3, 1),
+                 eps: float = 1e-8):
         super().__init__()
         if up not in (1, 2):
             raise ValueError(f"ModulatedConv2d: up must be 1 or 2, got {up}")
@@ -206,5 +211,5 @@ class ModulatedConv2d(nn.Module):
                                 resample_filter=self.resample_filter, eps=self.eps)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, style_dim={self.style_dim}, "
-                f"demodulate={self.demodulate}, up={self.up}")
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"style_dim={self.style_dim}, demodulate={self.demodulate}, up={self.up}")

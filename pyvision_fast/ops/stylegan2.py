@@ -10,23 +10,24 @@
    filter is scaled by ``gain ** (f.ndim / 2)`` (so the result is scaled by gain either way);
 4. downsample by keeping every ``down``-th sample (the first kept).
 
-Output size per axis: ``(in * up + pad0 + pad1 - f + down) // down``; it must be at least 1
-(``in * up + pad0 + pad1 >= f``). ``up`` / ``down`` are an int or (x, y); ``padding`` an int, (x, y) or
-(x0, x1, y0, y1), as NVlabs' parsers. ``f=None`` is the identity filter [[1]]. The filter is a constant: it gets
-no gradient (NVlabs' op requires ``not f.requires_grad``; here a filter that requires grad is a ValueError). The
-gradient with respect to x is itself an upfirdn2d (the filter flipped, up and down swapped, the padding adjusted).
+Output size per axis: ``(in * up + pad0 + pad1 - f + down) // down``; it must be at least 1 (that is,
+``in * up + pad0 + pad1 >= f``). ``up`` / ``down`` are an int or (x, y); ``padding`` an int, (x, y) or
+(x0, x1, y0, y1), as NVlabs' parsers. ``f=None`` is the identity filter [[1]]. The filter is a constant: it
+gets no gradient (NVlabs' op requires ``not f.requires_grad``; here a filter that requires grad is a
+ValueError). The gradient with respect to x is itself an upfirdn2d (the filter flipped, up and down swapped,
+the padding adjusted).
 
-``bias_act(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None)``:
-``y = clamp(act(x + b) * gain, -clamp, clamp)``, b (x.shape[dim],) broadcast along ``dim``. Activations (default
-alpha, default gain): linear (0, 1), relu (0, sqrt 2), lrelu (0.2, sqrt 2), tanh (0, 1), sigmoid (0, 1),
-elu (0, 1), selu (0, 1), softplus (0, 1; torch's threshold 20), swish (0, sqrt 2) -- NVlabs' table; alpha
-matters only for lrelu. ``clamp=None`` clamps nothing; a clamp must be >= 0. Gradients reach x and b; the clamp
-passes gradient only strictly inside (-clamp, clamp) (NVlabs' rule). Second-order gradients (NVlabs' op has
-them for the smooth activations) are not supported: differentiating a gradient raises.
+``bias_act(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None)``: ``y = clamp(act(x + b) *
+gain, -clamp, clamp)``, b (x.shape[dim],) broadcast along ``dim``. Activations (default alpha, default gain):
+linear (0, 1), relu (0, sqrt 2), lrelu (0.2, sqrt 2), tanh (0, 1), sigmoid (0, 1), elu (0, 1), selu (0, 1),
+softplus (0, 1; torch's threshold 20), swish (0, sqrt 2) -- NVlabs' table; alpha matters only for lrelu.
+``clamp=None`` clamps nothing; a clamp must be >= 0. Gradients reach x and b; the clamp passes gradient only
+strictly inside (-clamp, clamp) (NVlabs' rule). Second-order gradients (NVlabs' op has them for the smooth
+activations) are not supported: differentiating a gradient raises.
 
 Backends: ``cpu`` (C++: polyphase along W so no inserted zero or padding is multiplied, contiguous
-multiply-add loops the compiler vectorises, a 1-D filter as two 1-D passes, OpenMP over planes or rows; bias_act's
-linear/relu/lrelu in C++, its transcendental activations as torch's vectorised elementwise ops),
+multiply-add loops the compiler vectorises, a 1-D filter as two 1-D passes, OpenMP over planes or rows;
+bias_act's linear/relu/lrelu in C++, its transcendental activations as torch's vectorised elementwise ops),
 ``reference`` (the plain-PyTorch composition, ``pyvision_fast.reference.stylegan2``); on GPUs the CUDA kernels
 are the candidate ``"cuda:next"`` (``PVF_CANDIDATES=upfirdn2d,bias_act`` or ``use_candidates``) until a GPU
 run shows them correct and faster; until then GPUs run the plain-PyTorch composition.
@@ -47,7 +48,7 @@ from ._registry import dispatch, eager, eager_function
 ACTIVATIONS = ref.ACTIVATIONS
 
 
-# ---------------------------------------------------------------------------------------------- argument parsing
+# ------------------------------------------------------------------------------------------- argument parsing
 
 def _int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -76,7 +77,8 @@ def parse_padding(value) -> tuple[int, int, int, int]:
             return pads[0], pads[0], pads[1], pads[1]
         if len(pads) == 4:
             return tuple(pads)
-        raise ValueError(f"upfirdn2d: padding must be an int, (x, y) or (x0, x1, y0, y1), got {len(pads)} values")
+        raise ValueError(f"upfirdn2d: padding must be an int, (x, y) or (x0, x1, y0, y1), got {len(pads)} "
+                         "values")
     p = _int(value, "padding")
     return p, p, p, p
 
@@ -99,7 +101,8 @@ def _check_upfirdn2d(x, f, up, down, padding, gain) -> tuple[int, int]:
     if not isinstance(f, Tensor):
         raise TypeError(f"upfirdn2d: f must be a tensor or None, got {type(f).__name__}")
     if x.dim() != 4:
-        raise ValueError(f"upfirdn2d: argument 'x' must have 4 dimensions (N, C, H, W), got shape {tuple(x.shape)}")
+        raise ValueError(f"upfirdn2d: argument 'x' must have 4 dimensions (N, C, H, W), got shape "
+                         f"{tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"upfirdn2d: argument 'x' must be float32 or float64, got {x.dtype}")
     if not f.is_floating_point():
@@ -107,13 +110,13 @@ def _check_upfirdn2d(x, f, up, down, padding, gain) -> tuple[int, int]:
     if f.device != x.device:
         raise TypeError(f"upfirdn2d: argument 'f' is on {f.device} but 'x' is on {x.device}")
     if f.dim() not in (1, 2):
-        raise ValueError(f"upfirdn2d: argument 'f' must have 1 dimension (separable) or 2 (fh, fw), got shape "
-                         f"{tuple(f.shape)}")
+        raise ValueError(f"upfirdn2d: argument 'f' must have 1 dimension (separable) or 2 (fh, fw), got "
+                         f"shape {tuple(f.shape)}")
     if f.numel() == 0:
         raise ValueError(f"upfirdn2d: argument 'f' must not be empty, got shape {tuple(f.shape)}")
     if f.requires_grad and torch.is_grad_enabled():
-        raise ValueError("upfirdn2d: argument 'f' must not require grad: the FIR filter is a constant and gets no "
-                         "gradient (pass f.detach())")
+        raise ValueError("upfirdn2d: argument 'f' must not require grad: the FIR filter is a constant and "
+                         "gets no gradient (pass f.detach())")
     if not isinstance(gain, numbers.Real) or isinstance(gain, bool) or not math.isfinite(gain):
         raise ValueError(f"upfirdn2d: gain must be a finite number, got {gain!r}")
     fw, fh = filter_size(f)
@@ -121,13 +124,14 @@ def _check_upfirdn2d(x, f, up, down, padding, gain) -> tuple[int, int]:
     for axis, n, u, d, p0, p1, k in (("x (width)", W, up[0], down[0], padding[0], padding[1], fw),
                                      ("y (height)", H, up[1], down[1], padding[2], padding[3], fh)):
         if n * u + p0 + p1 < k:
-            raise ValueError(f"upfirdn2d: argument 'padding' leaves no output along {axis}: in * up + pad0 + pad1 = "
-                             f"{n} * {u} + {p0} + {p1} = {n * u + p0 + p1} is smaller than the filter size {k}")
+            raise ValueError(f"upfirdn2d: argument 'padding' leaves no output along {axis}: in * up + pad0 + "
+                             f"pad1 = {n} * {u} + {p0} + {p1} = {n * u + p0 + p1} is smaller than the filter "
+                             f"size {k}")
     return _out_size(H, up[1], down[1], padding[2], padding[3], fh), _out_size(W, up[0], down[0], padding[0],
                                                                                  padding[1], fw)
 
 
-# ---------------------------------------------------------------------------------------------- upfirdn2d
+# -------------------------------------------------------------------------------------------------- upfirdn2d
 
 def _geometry(x: Tensor, f: Tensor, up, down, padding) -> tuple[int, int]:
     fw, fh = filter_size(f)
@@ -142,7 +146,8 @@ def _upfirdn2d_cpu(x, f, up, down, padding, flip_filter, gain):
     mod = _ext.cpu_module()
     slot = mod.upfirdn2d_workspace(x.shape[2], x.shape[3], max(ow, 0), up[0], down[0], f.dim() == 1)
     ws = torch.empty(slot * torch.get_num_threads(), dtype=x.dtype)
-    mod.upfirdn2d(_ext.arg(x), _ext.arg(taps), list(up), list(down), list(padding), _ext.arg(out), _ext.arg(ws))
+    mod.upfirdn2d(_ext.arg(x), _ext.arg(taps), list(up), list(down), list(padding), _ext.arg(out),
+                  _ext.arg(ws))
     return out
 
 
@@ -152,9 +157,10 @@ def _upfirdn2d_cuda(x, f, up, down, padding, flip_filter, gain):
     taps = ref.filter_taps(f, acc, flip_filter, gain).contiguous()
     oh, ow = _geometry(x, f, up, down, padding)
     out = torch.empty((x.shape[0], x.shape[1], oh, ow), dtype=x.dtype, device=x.device)
-    ws = torch.empty(x.shape[0] * x.shape[1] * x.shape[2] * ow if f.dim() == 1 else 0, dtype=acc, device=x.device)
-    _ext.cuda_module().upfirdn2d(_ext.arg(x), _ext.arg(taps), list(up), list(down), list(padding), _ext.arg(out),
-                                 _ext.arg(ws), _ext.stream(x.device))
+    planes = x.shape[0] * x.shape[1]
+    ws = torch.empty(planes * x.shape[2] * ow if f.dim() == 1 else 0, dtype=acc, device=x.device)
+    _ext.cuda_module().upfirdn2d(_ext.arg(x), _ext.arg(taps), list(up), list(down), list(padding),
+                                 _ext.arg(out), _ext.arg(ws), _ext.stream(x.device))
     return out
 
 
@@ -163,8 +169,8 @@ _UPFIRDN2D_IMPLS = {"cpu": _upfirdn2d_cpu, "cuda": ref.upfirdn2d, "cuda:next": _
 _backend.register_candidate("upfirdn2d", "cuda:next")
 
 
-def _upfirdn2d_impl(x: Tensor, f: Tensor, up: list[int], down: list[int], padding: list[int], flip_filter: bool,
-                    gain: float) -> Tensor:
+def _upfirdn2d_impl(x: Tensor, f: Tensor, up: list[int], down: list[int], padding: list[int],
+                    flip_filter: bool, gain: float) -> Tensor:
     impl = dispatch("upfirdn2d", x.device, _UPFIRDN2D_IMPLS)
     return impl(x.contiguous(), f.contiguous(), tuple(up), tuple(down), tuple(padding), flip_filter, gain)
 
@@ -181,14 +187,14 @@ def _(x, f, up, down, padding, flip_filter, gain):
 def _upfirdn2d_setup(ctx, inputs, output):
     x, f, up, down, padding, flip_filter, gain = inputs
     ctx.save_for_backward(f)
-    ctx.args = (tuple(x.shape[2:]), tuple(output.shape[2:]), tuple(up), tuple(down), tuple(padding), flip_filter,
-                gain)
+    ctx.args = (tuple(x.shape[2:]), tuple(output.shape[2:]), tuple(up), tuple(down), tuple(padding),
+                flip_filter, gain)
 
 
 def backward_padding(in_hw, out_hw, f_wh, up, down, padding) -> list[int]:
-    """The padding of the upfirdn2d that maps grad_out back to grad_x (up and down swapped, the filter flipped):
-    per axis pad0' = f - pad0 - 1 and pad1' = in * up - out * down + pad0 - up + 1, so that grad_x has the input's
-    size."""
+    """The padding of the upfirdn2d that maps grad_out back to grad_x (up and down swapped, the filter
+    flipped): per axis pad0' = f - pad0 - 1 and pad1' = in * up - out * down + pad0 - up + 1, so that grad_x
+    has the input's size."""
     (H, W), (oh, ow), (fw, fh) = in_hw, out_hw, f_wh
     return [fw - padding[0] - 1, W * up[0] - ow * down[0] + padding[0] - up[0] + 1,
             fh - padding[2] - 1, H * up[1] - oh * down[1] + padding[2] - up[1] + 1]
@@ -206,7 +212,8 @@ def _upfirdn2d_backward(ctx, grad):
 
 
 _upfirdn2d_op.register_autograd(_upfirdn2d_backward, setup_context=_upfirdn2d_setup)
-_Upfirdn2dFunction = eager_function("_Upfirdn2dFunction", _upfirdn2d_impl, _upfirdn2d_setup, _upfirdn2d_backward)
+_Upfirdn2dFunction = eager_function("_Upfirdn2dFunction", _upfirdn2d_impl, _upfirdn2d_setup,
+                                    _upfirdn2d_backward)
 
 
 def upfirdn2d(x: Tensor, f: Optional[Tensor], up: Union[int, Sequence[int]] = 1,
@@ -238,12 +245,12 @@ def upfirdn2d(x: Tensor, f: Optional[Tensor], up: Union[int, Sequence[int]] = 1,
     return _upfirdn2d_op(*args)
 
 
-# ---------------------------------------------------------------------------------------------- bias_act
+# --------------------------------------------------------------------------------------------------- bias_act
 
-# The activations the C++ CPU kernel runs: StyleGAN2's (linear, relu, lrelu), whose loops vectorise. The others
-# (tanh, sigmoid, elu, selu, softplus, swish) call scalar libm there, ~15x slower than torch's vectorised
-# elementwise ops, so the CPU backend runs them as the plain-PyTorch composition (the kernel still implements
-# them, as the CUDA kernel does; the tests call it directly).
+# The activations the C++ CPU kernel runs: StyleGAN2's (linear, relu, lrelu), whose loops vectorise. The
+# others (tanh, sigmoid, elu, selu, softplus, swish) call scalar libm there, ~15x slower than torch's
+# vectorised elementwise ops, so the CPU backend runs them as the plain-PyTorch composition (the kernel still
+# implements them, as the CUDA kernel does; the tests call it directly).
 _CPU_KERNEL_ACTS = (0, 1, 2)
 
 
@@ -316,7 +323,8 @@ def _bias_act_backward_impl(dy: Tensor, x: Tensor, b: Optional[Tensor], dim: int
                 clamp)
 
 
-_bias_act_backward_op = torch.library.custom_op("pvf::bias_act_backward", mutates_args=())(_bias_act_backward_impl)
+_bias_act_backward_op = torch.library.custom_op("pvf::bias_act_backward",
+                                                mutates_args=())(_bias_act_backward_impl)
 
 
 @_bias_act_backward_op.register_fake
@@ -352,7 +360,8 @@ def _real(value, name: str) -> float:
 
 
 def bias_act(x: Tensor, b: Optional[Tensor] = None, dim: int = 1, act: str = "linear",
-             alpha: Optional[float] = None, gain: Optional[float] = None, clamp: Optional[float] = None) -> Tensor:
+             alpha: Optional[float] = None, gain: Optional[float] = None,
+             clamp: Optional[float] = None) -> Tensor:
     """Fused bias, activation, gain and clamp (see the module docstring).
 
     Args:
@@ -389,14 +398,15 @@ def bias_act(x: Tensor, b: Optional[Tensor] = None, dim: int = 1, act: str = "li
     nd = x.dim()
     if b is not None:
         if not -nd <= dim < nd:
-            raise ValueError(f"bias_act: argument 'dim' must be in [{-nd}, {nd}) for x of shape {tuple(x.shape)}, "
-                             f"got {dim}")
+            raise ValueError(f"bias_act: argument 'dim' must be in [{-nd}, {nd}) for x of shape "
+                             f"{tuple(x.shape)}, got {dim}")
         dim = int(dim) % nd
         if b.dim() != 1 or b.shape[0] != x.shape[dim]:
-            raise ValueError(f"bias_act: argument 'b' must have shape (x.shape[dim],) = ({x.shape[dim]},), got "
-                             f"{tuple(b.shape)}")
+            raise ValueError(f"bias_act: argument 'b' must have shape (x.shape[dim],) = ({x.shape[dim]},), "
+                             f"got {tuple(b.shape)}")
         if b.dtype != x.dtype:
-            raise TypeError(f"bias_act: arguments 'b' ({b.dtype}) and 'x' ({x.dtype}) must have the same dtype")
+            raise TypeError(f"bias_act: arguments 'b' ({b.dtype}) and 'x' ({x.dtype}) must have the same "
+                            "dtype")
         if b.device != x.device:
             raise TypeError(f"bias_act: argument 'b' is on {b.device} but 'x' is on {x.device}")
     else:

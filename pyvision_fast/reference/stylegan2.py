@@ -1,13 +1,14 @@
-"""Plain-PyTorch StyleGAN2 resampling and activation, written for clarity: the oracle of the tests, the fallback
-backend and what GPUs run until the CUDA kernels are verified.
+"""Plain-PyTorch StyleGAN2 resampling and activation, written for clarity: the oracle of the tests, the
+fallback backend and what GPUs run until the CUDA kernels are verified.
 
 ``upfirdn2d`` is the composition NVlabs' reference path describes (stylegan2-ada-pytorch,
 ``torch_utils/ops/upfirdn2d.py``): upsample by zero insertion (a reshape + ``F.pad``), pad with ``F.pad`` and
 crop negative pads by slicing, correlate with the filter flipped (unless ``flip_filter``) and scaled by
-``gain ** (f.ndim / 2)`` as a depthwise ``F.conv2d`` (a 1-D filter as two passes, along W first), then keep every
-``down``-th sample. ``bias_act`` adds the bias along ``dim``, applies the activation of ``ACTIVATIONS``, the gain
-and the clamp. ``bias_act_grad`` is its derivative in closed form (the clamp passes gradient strictly inside
-(-clamp, clamp), NVlabs' rule; torch.clamp's own gradient also passes on the boundary).
+``gain ** (f.ndim / 2)`` as a depthwise ``F.conv2d`` (a 1-D filter as two passes, along W first), then keep
+every ``down``-th sample. ``bias_act`` adds the bias along ``dim``, applies the activation of
+``ACTIVATIONS``, the gain and the clamp. ``bias_act_grad`` is its derivative in closed form (the clamp passes
+gradient strictly inside (-clamp, clamp), NVlabs' rule; torch.clamp's own gradient also passes on the
+boundary).
 
 Arguments are taken already parsed (``up``/``down`` as (x, y), ``padding`` as (x0, x1, y0, y1)) and are not
 validated: ``pyvision_fast.ops.stylegan2`` checks them.
@@ -40,8 +41,8 @@ ACT_NAMES = {code: name for name, (code, _, _) in ACTIVATIONS.items()}
 
 
 def filter_taps(f: Tensor, dtype: torch.dtype, flip_filter: bool, gain: float) -> Tensor:
-    """The correlation taps of filter f: f in ``dtype``, flipped on every axis unless flip_filter (upfirdn2d is a
-    true convolution by default), times gain ** (f.ndim / 2)."""
+    """The correlation taps of filter f: f in ``dtype``, flipped on every axis unless flip_filter (upfirdn2d
+    is a true convolution by default), times gain ** (f.ndim / 2)."""
     f = f.to(dtype)
     if not flip_filter:
         f = f.flip(list(range(f.dim())))
