@@ -23,7 +23,6 @@ _DTYPE_CODES = {
 
 _modules: dict[str, object] = {}
 _errors: dict[str, str] = {}
-_threads_set = -1
 
 
 def _load(name: str):
@@ -43,13 +42,11 @@ def load_error(name: str) -> Optional[str]:
 
 def cpu_module():
     """The ``_C`` module with its thread count synchronised to ``torch.get_num_threads()``, or None."""
-    global _threads_set
     mod = _load("_C")
     if mod is not None:
         n = torch.get_num_threads()
-        if n != _threads_set:
+        if mod.get_num_threads() != n:  # asked each call: pyvision_fast.array may have set it in between
             mod.set_num_threads(n)
-            _threads_set = n
     return mod
 
 
