@@ -215,6 +215,33 @@ def test_bias_act_cpu_kernel_every_activation(act):
             assert_close(dx, ref.bias_act_grad(dy, x, b, 1, act, alpha, gain, clamp), equal_nan=True)
 
 
+@pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
+@settings(max_examples=30, deadline=None)
+@given(shape=st.lists(st.integers(0, 5), min_size=1, max_size=4), data=st.data(),
+       act=st.sampled_from(sorted(ref.ACTIVATIONS)), with_b=st.booleans(),
+       clamp=st.one_of(st.none(), st.floats(0.0, 3.0)), gain=st.one_of(st.none(), st.floats(-2.0, 2.0)),
+       seed=st.integers(0, 2**16))
+def test_bias_act_random_shapes(device, shape, data, act, with_b, clamp, gain, seed):
+    """Any rank and bias dimension (negative dims included), forward and the gradients of x and b."""
+    g = torch.Generator().manual_seed(seed)
+    dim = data.draw(st.integers(-len(shape), len(shape) - 1))
+    x = (torch.randn(*shape, generator=g, dtype=torch.float64) * 2).to(device).requires_grad_()
+    b = torch.randn(shape[dim], generator=g, dtype=torch.float64).to(device).requires_grad_() if with_b else None
+    _, alpha, def_gain = ref.ACTIVATIONS[act]
+    y = ops.bias_act(x, b, dim, act, gain=gain, clamp=clamp)
+    expected = ref.bias_act(x, b, dim % len(shape), act, alpha, def_gain if gain is None else gain, clamp)
+    assert_close(y, expected)
+    w = torch.randn(shape, generator=g, dtype=torch.float64).to(device)
+    inputs = (x,) if b is None else (x, b)
+    got = torch.autograd.grad((y * w).sum(), inputs, allow_unused=True)
+    gx = ref.bias_act_grad(w, x.detach(), None if b is None else b.detach(), dim % len(shape), act, alpha,
+                           def_gain if gain is None else gain, clamp)
+    assert_close(got[0], gx)
+    if b is not None:
+        others = [d for d in range(len(shape)) if d != dim % len(shape)]
+        assert_close(got[1], gx.sum(others) if others else gx)  # (sum over [] would sum everything)
+
+
 def test_bias_act_hand_computed():
     x = torch.tensor([[-1.0, 2.0], [0.5, -3.0]])
     b = torch.tensor([0.5, -1.0])  # along dim 1
