@@ -226,7 +226,9 @@ def test_bias_act_random_shapes(device, shape, data, act, with_b, clamp, gain, s
     g = torch.Generator().manual_seed(seed)
     dim = data.draw(st.integers(-len(shape), len(shape) - 1))
     x = (torch.randn(*shape, generator=g, dtype=torch.float64) * 2).to(device).requires_grad_()
-    b = torch.randn(shape[dim], generator=g, dtype=torch.float64).to(device).requires_grad_() if with_b else None
+    b = None
+    if with_b:
+        b = torch.randn(shape[dim], generator=g, dtype=torch.float64).to(device).requires_grad_()
     _, alpha, def_gain = ref.ACTIVATIONS[act]
     y = ops.bias_act(x, b, dim, act, gain=gain, clamp=clamp)
     expected = ref.bias_act(x, b, dim % len(shape), act, alpha, def_gain if gain is None else gain, clamp)
