@@ -190,6 +190,18 @@ def test_an_input_one_tap_short_with_stride_two_gives_one_output(backend):
     assert_close(out, torchvision.ops.deform_conv2d(x, off, w, stride=2))
 
 
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_an_empty_plane_that_still_has_an_output_gives_the_bias(backend):
+    """H = 0 with stride 2: (0 - 1) / 2 + 1 = 1 output row (C++ division, torchvision's), sampled from nothing:
+    the bias alone, on the kernels and on the reference (which the kernels' empty planes must not outgrow)."""
+    x, w = torch.randn(2, 3, 0, 4, dtype=torch.float64), torch.randn(5, 3, 1, 3, dtype=torch.float64)
+    b, off = torch.randn(5, dtype=torch.float64), torch.randn(2, 6, 1, 2, dtype=torch.float64)
+    with use_backend(backend):
+        out = ops.deform_conv2d(x, off, w, b, stride=(2, 1))
+    assert_close(out, torchvision.ops.deform_conv2d(x, off, w, b, stride=(2, 1)))
+    assert_close(out, b.view(1, 5, 1, 1).expand(2, 5, 1, 2))
+
+
 @pytest.mark.triton
 def test_bad_inputs_reach_no_triton_kernel():
     """The Triton kernels index with the sizes they are given: the public table above on the Triton backend, and
