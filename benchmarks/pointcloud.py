@@ -16,8 +16,10 @@ def _candidate(name: str, op_names: list[str], fn) -> Optional[Impl]:
     return candidate_impl(name + " (candidate)", op_names, fn)
 
 
-# PyPI has no PyTorch3D distribution that installs on CPython 3.11 with torch 2.14 (see requirements-peers.txt)
-_P3D_INSTALL = "no PyPI release for this Python and torch; build it from source"
+# PyPI has no PyTorch3D distribution for CPython 3.11, and its source (0.7.9) does not build against torch 2.14
+# (see requirements-peers.txt)
+_P3D_INSTALL = ("no PyPI release for this Python; its source builds with -std=c++17, which torch >= 2.14's "
+                "headers reject")
 
 
 def _cluster_unusable(device: str):
