@@ -10,10 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from pyvision_fast.nn import (MVF, NDDR, DeformConv2d, DeformConv2dPack, FusedAttention, ModulatedDeformConv2dPack,
-                              MultiheadAttention, NDDRConcat, PatchEmbed, PointNetFeaturePropagation,
-                              PointNetSetAbstraction, PointNetSetAbstractionMsg, ScaleAttention, ScaleSpaceConv2d,
-                              SphereConv2d, SpherePatchEmbed)
+from pyvision_fast.nn import (MVF, NDDR, Blur, DeformConv2d, DeformConv2dPack, Downsample2d, FusedAttention,
+                              FusedBiasAct, ModulatedConv2d, ModulatedDeformConv2dPack, MultiheadAttention,
+                              NDDRConcat, PatchEmbed, PointNetFeaturePropagation, PointNetSetAbstraction,
+                              PointNetSetAbstractionMsg, ScaleAttention, ScaleSpaceConv2d, SphereConv2d,
+                              SpherePatchEmbed, Upsample2d)
 
 r = torch.randn
 
@@ -70,6 +71,12 @@ GOOD = [
     Case("ScaleAttention", lambda: ScaleAttention(2), lambda m: m(r(2, 6, 3, 3)), ()),
     Case("SphereConv2d", lambda: SphereConv2d(3, 4, 3), lambda m: m(r(1, 3, 8, 16)), ()),
     Case("SpherePatchEmbed", lambda: SpherePatchEmbed((16, 32), 8, 3, 8), lambda m: m(r(1, 3, 16, 32)), ()),
+    Case("Upsample2d", Upsample2d, lambda m: m(r(2, 3, 4, 4)), ()),
+    Case("Downsample2d", Downsample2d, lambda m: m(r(2, 3, 4, 4)), ()),
+    Case("Blur", Blur, lambda m: m(r(2, 3, 4, 4)), ()),
+    Case("FusedBiasAct", lambda: FusedBiasAct(5), lambda m: m(r(2, 5, 3)), ()),
+    Case("FusedBiasAct last dim", lambda: FusedBiasAct(5, dim=-1), lambda m: m(r(2, 3, 5)), ()),
+    Case("ModulatedConv2d", lambda: ModulatedConv2d(3, 4, 3, 8), lambda m: m(r(2, 3, 5, 5), r(2, 8)), ()),
 ]
 
 BAD = [
@@ -156,6 +163,19 @@ BAD = [
          ("SpherePatchEmbed", "x", "(B, 3, 16, 32)", "got 1")),
     Case("SpherePatchEmbed size", lambda: SpherePatchEmbed((16, 32), 8, 3, 8), lambda m: m(r(1, 3, 16, 16)),
          ("SpherePatchEmbed", "x", "(B, 3, 16, 32)")),
+    Case("Upsample2d rank", Upsample2d, lambda m: m(r(3, 4, 4)), ("Upsample2d", "x", "4 dimensions")),
+    Case("Downsample2d rank", Downsample2d, lambda m: m(r(1, 2, 3, 4, 4)), ("Downsample2d", "x", "4 dimensions")),
+    Case("Blur rank", Blur, lambda m: m(r(4, 4)), ("Blur", "x", "4 dimensions")),
+    Case("FusedBiasAct channels", lambda: FusedBiasAct(5), lambda m: m(r(2, 4, 3)),
+         ("FusedBiasAct", "x", "5 channels in dimension 1", "(2, 4, 3)")),
+    Case("FusedBiasAct dim out of range", lambda: FusedBiasAct(5, dim=2), lambda m: m(r(2, 5)),
+         ("FusedBiasAct", "x", "5 channels in dimension 2")),
+    Case("ModulatedConv2d channels", lambda: ModulatedConv2d(3, 4, 3, 8), lambda m: m(r(2, 6, 5, 5), r(2, 8)),
+         ("ModulatedConv2d", "x", "3", "got 6")),
+    Case("ModulatedConv2d style", lambda: ModulatedConv2d(3, 4, 3, 8), lambda m: m(r(2, 3, 5, 5), r(2, 7)),
+         ("ModulatedConv2d", "w", "(2, 8)", "got 7")),
+    Case("ModulatedConv2d style batch", lambda: ModulatedConv2d(3, 4, 3, 8), lambda m: m(r(2, 3, 5, 5), r(1, 8)),
+         ("ModulatedConv2d", "w", "(2, 8)")),
 ]
 
 

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ..ops import bias_act, upfirdn2d
 from ..ops.stylegan2 import ACTIVATIONS, filter_size, parse_padding, parse_scaling
+from ._checks import check_input
 
 FilterLike = Union[Sequence[float], Tensor, None]
 
@@ -87,6 +88,7 @@ class Upsample2d(_FilterModule):
         self.factor = parse_scaling(factor, "factor")
 
     def forward(self, x: Tensor) -> Tensor:
+        check_input("Upsample2d", "x", x, ("N", "C", "H", "W"))
         return upsample2d(x, self.resample_filter, up=self.factor)
 
 
@@ -99,6 +101,7 @@ class Downsample2d(_FilterModule):
         self.factor = parse_scaling(factor, "factor")
 
     def forward(self, x: Tensor) -> Tensor:
+        check_input("Downsample2d", "x", x, ("N", "C", "H", "W"))
         return downsample2d(x, self.resample_filter, down=self.factor)
 
 
@@ -112,6 +115,7 @@ class Blur(_FilterModule):
         self.gain = float(gain)
 
     def forward(self, x: Tensor) -> Tensor:
+        check_input("Blur", "x", x, ("N", "C", "H", "W"))
         if self.padding is None:
             return filter2d(x, self.resample_filter, gain=self.gain)
         return upfirdn2d(x, self.resample_filter, padding=self.padding, gain=self.gain)
@@ -132,6 +136,12 @@ class FusedBiasAct(nn.Module):
         self.lr_multiplier = float(lr_multiplier)
 
     def forward(self, x: Tensor) -> Tensor:
+        channels = self.bias.shape[0]
+        if not isinstance(x, Tensor):
+            raise TypeError(f"FusedBiasAct: x must be a tensor, got {type(x).__name__}")
+        if not -x.dim() <= self.dim < x.dim() or x.shape[self.dim] != channels:
+            raise ValueError(f"FusedBiasAct: expected x with {channels} channels in dimension {self.dim}, got shape "
+                             f"{tuple(x.shape)}")
         b = self.bias.to(x.dtype)
         if self.lr_multiplier != 1:
             b = b * self.lr_multiplier
@@ -207,6 +217,8 @@ class ModulatedConv2d(nn.Module):
         return F.linear(w, self.affine_weight * (1 / math.sqrt(self.style_dim)), self.affine_bias)
 
     def forward(self, x: Tensor, w: Tensor) -> Tensor:
+        check_input("ModulatedConv2d", "x", x, ("N", self.in_channels, "H", "W"))
+        check_input("ModulatedConv2d", "w", w, (x.shape[0], self.style_dim))
         return modulated_conv2d(x, self.weight, self.styles(w), demodulate=self.demodulate, up=self.up,
                                 resample_filter=self.resample_filter, eps=self.eps)
 
