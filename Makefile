@@ -1,14 +1,16 @@
 # make bench: set up .venv, build the extension, run the benchmark suite on this machine.
 # make test:  set up .venv, build the extension, run the test suite.
+# make bench-peers: make bench's point-cloud tables beside the peer libraries (requirements-peers.txt).
 # make docs:  the API reference from the docstrings (pdoc) into build/docs; fails on any warning.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 DEPS   := $(VENV)/.deps-stamp
 BUILT  := $(VENV)/.build-stamp
+PEERS  := $(VENV)/.peers-stamp
 SOURCES := $(shell find csrc -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu') CMakeLists.txt setup.py
 
-.PHONY: all build test bench docs clean
+.PHONY: all build test bench bench-peers docs clean
 
 all: test
 
@@ -34,6 +36,15 @@ test: $(BUILT)
 bench: $(BUILT)
 	$(PY) -m pyvision_fast info
 	$(PY) -m benchmarks $(BENCH_ARGS)
+
+$(PEERS): requirements-peers.txt $(DEPS)
+	MAX_JOBS=$${MAX_JOBS:-1} $(PY) -m pip install --quiet --no-build-isolation -r requirements-peers.txt
+	touch $@
+
+# make bench-peers: the point-cloud tables beside torch_cluster and pykeops (torch_cluster compiles ~35 min on 2 cores)
+bench-peers: $(BUILT) $(PEERS)
+	$(PY) -m pyvision_fast info
+	$(PY) -m benchmarks --family pointcloud $(BENCH_ARGS)
 
 docs: $(BUILT)
 	$(PY) docs/build_api.py build/docs
