@@ -1,12 +1,9 @@
 """Sphere sampling tables in NumPy: where a kernel on the sphere samples an H x W equirectangular panorama.
 
-The functions of ``pyvision_fast.geometry.equirect`` (same names, arguments, conventions and checks; see that
-module for the geometry), computed with NumPy in float64 instead of torch: ``tangent_sampling``,
-``paver_positions``, ``paver_offsets``, ``patch_positions``, ``table_from_positions`` and ``sampling_table``.
-Their values agree with the torch versions to float64 rounding, not bit for bit: the trigonometric functions
-of NumPy and torch may differ in the last bit. A tap that lands exactly on a pixel edge (the kernel centres
-do, by construction) may then take the neighbouring pixel pair with a weight of ~1e-15 on one of them where
-torch takes the other pair: the sampled values agree to rounding, the index arrays there differ.
+The geometry of ``pyvision_fast.geometry.equirect`` (same names, arguments, conventions and checks; see that
+module for the geometry), computed with NumPy in float64: ``tangent_sampling``, ``paver_positions``,
+``paver_offsets``, ``patch_positions``, ``table_from_positions`` and ``sampling_table``. This module is the one
+implementation: ``geometry.equirect`` returns its arrays as tensors, so both give the same numbers bit for bit.
 ``sampling_table(..., device="cuda")`` returns the table as CuPy arrays.
 """
 from __future__ import annotations

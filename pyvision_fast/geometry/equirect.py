@@ -14,60 +14,21 @@ public code) for its patch embedding, including its patch order.
 from __future__ import annotations
 
 import functools
-import math
 from typing import NamedTuple, Optional, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.weak import WeakTensorKeyDictionary
 
+from ..array import sphere as _np_geometry
+from ..array.sphere import FULL_SPHERE, check_fov  # noqa: F401  (public here too)
+
 _Pair = Union[int, tuple[int, int]]
+_pair = _np_geometry._pair
 
-
-def _pair(v: _Pair, name: str) -> tuple[int, int]:
-    p = (v, v) if isinstance(v, int) else tuple(v)
-    if len(p) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in p):
-        raise ValueError(f"{name} must be a positive int or a pair of them, got {v!r}")
-    return p
-
-
-FULL_SPHERE = (360.0, 180.0)
-
-
-def check_fov(height: int, width: int, fov: Optional[tuple[float, float]]) -> tuple[float, float]:
-    """The (horizontal, vertical) field of view in degrees an H x W frame covers. ``None`` means a whole
-    equirectangular panorama, 360 x 180 degrees, which is 2:1: any other frame size is an error, since sampling
-    it as a panorama would stretch the sphere silently. A stated ``fov`` (horizontal <= 360, vertical <= 180,
-    centred on the equator, longitude 0 at the left edge) is taken as given."""
-    if fov is None:
-        if width != 2 * height:
-            raise ValueError(f"a {height}x{width} frame is not an equirectangular 360x180 degree panorama (those are "
-                             f"2:1, e.g. {height}x{2 * height}); resize it to 2:1, or pass fov=(horizontal, vertical) "
-                             "in degrees if it covers less of the sphere")
-        return FULL_SPHERE
-    try:
-        fh, fv = (float(v) for v in fov)
-    except (TypeError, ValueError):
-        raise ValueError(f"fov must be (horizontal, vertical) degrees, got {fov!r}") from None
-    if not (0 < fh <= 360 and 0 < fv <= 180):
-        raise ValueError(f"fov must be (0, 360] x (0, 180] degrees, got {fov!r}")
-    return fh, fv
-
-
-def _directions_to_pixels(d: Tensor, height: int, width: int, fov: tuple[float, float] = FULL_SPHERE) -> Tensor:
-    """Unit vectors (..., 3) -> (h, w) pixel positions (..., 2); w in [0, W) for a full circle, else measured
-    from the frame's left edge (negative or >= W outside the frame)."""
-    fh, fv = math.radians(fov[0]), math.radians(fov[1])
-    lat = torch.asin(d[..., 2].clamp(-1, 1))
-    lon = torch.atan2(d[..., 1], d[..., 0])
-    h = (fv / 2 - lat) * (height / fv)
-    if fov[0] == 360.0:
-        w = torch.remainder(lon * (width / fh), width)
-    else:  # longitudes past the right edge by more than half the gap are left of the left edge
-        lon = torch.remainder(lon, 2 * math.pi)
-        lon = torch.where(lon > fh + (2 * math.pi - fh) / 2, lon - 2 * math.pi, lon)
-        w = lon * (width / fh)
-    return torch.stack([h, w], dim=-1)
+# The geometry is computed once, in float64 NumPy (``pyvision_fast.array.sphere``, which needs no torch); the
+# functions here return it as tensors, so the torch and the NumPy tables are the same numbers bit for bit.
 
 
 def tangent_sampling(height: int, width: int, kernel_size: _Pair, stride: _Pair = 1,
@@ -77,95 +38,28 @@ def tangent_sampling(height: int, width: int, kernel_size: _Pair, stride: _Pair 
     (the centre of its stride cell: with stride = kernel size, the centre of patch (i, j)); Ho = ceil(H / sh),
     Wo = ceil(W / sw). w is wrapped into [0, W); h lies in [0, H]. ``fov``: see ``check_fov`` (a frame that is
     not 2:1 needs it); with a partial field of view, taps outside the frame land outside [0, H] x [0, W)."""
-    kh, kw = _pair(kernel_size, "kernel_size")
-    sh, sw = _pair(stride, "stride")
-    if height < 1 or width < 1:
-        raise ValueError(f"height and width must be >= 1, got {height}x{width}")
-    fov = check_fov(height, width, fov)
-    Ho, Wo = -(-height // sh), -(-width // sw)
-    f64 = torch.float64
-    dphi, dtheta = math.radians(fov[1]) / height, math.radians(fov[0]) / width
-    phi_top = (math.pi - math.radians(fov[1])) / 2  # polar angle of the frame's top edge
-    phi0 = phi_top + (torch.arange(Ho, dtype=f64) * sh + (sh - 1) / 2) * dphi  # polar angle of the centres
-    theta0 = (torch.arange(Wo, dtype=f64) * sw + (sw - 1) / 2) * dtheta
-    lat0 = math.pi / 2 - phi0
-    east = (torch.arange(kw, dtype=f64) - (kw - 1) / 2) * dtheta  # (kw,) plane coordinates
-    north = -(torch.arange(kh, dtype=f64) - (kh - 1) / 2) * dphi  # (kh,)
-    cl, sl = torch.cos(lat0)[:, None], torch.sin(lat0)[:, None]  # (Ho, 1)
-    ct, st = torch.cos(theta0)[None, :], torch.sin(theta0)[None, :]  # (1, Wo)
-    centre = torch.stack([cl * ct, cl * st, sl.expand(Ho, Wo)], dim=-1)  # (Ho, Wo, 3)
-    e_east = torch.stack([-st, ct, torch.zeros_like(ct)], dim=-1).expand(Ho, Wo, 3)
-    e_north = torch.stack([-sl * ct, -sl * st, cl.expand(Ho, Wo)], dim=-1)
-    d = (centre[:, :, None, None] + north[None, None, :, None, None] * e_north[:, :, None, None]
-         + east[None, None, None, :, None] * e_east[:, :, None, None])  # (Ho, Wo, kh, kw, 3)
-    d = d / d.norm(dim=-1, keepdim=True)
-    return _directions_to_pixels(d, height, width, fov)
-
-
-def _roty(a: float) -> Tensor:
-    c, s = math.cos(a), math.sin(a)
-    return torch.tensor([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]], dtype=torch.float64)
-
-
-def _rotz(a: float) -> Tensor:
-    c, s = math.cos(a), math.sin(a)
-    return torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    return torch.from_numpy(_np_geometry.tangent_sampling(height, width, kernel_size, stride, fov))
 
 
 def paver_positions(height: int = 224, patch_size: int = 16) -> Tensor:
     """PAVER's sampling positions (n, 2n, R, R, 2) as (h, w), float64, for an H x 2H panorama: patch row i is the
     latitude step 7 - i (for n = 14), patch column j the longitude step 2n - 1 - j (its columns run right to left);
-    tap plane coordinates span [-P, P] with P = arctan(pi / 2n), rotated by P (2 lat - 1) about y and P (2 lon + 1)
-    about z, and wrapped once into [0, H] x [0, W] as PAVER does."""
-    if patch_size < 1 or height % patch_size or (height // patch_size) % 2:
-        raise ValueError(f"height ({height}) must be an even multiple of patch_size ({patch_size})")
-    n, R = height // patch_size, patch_size
-    H, W = height, 2 * height
-    P = math.atan(math.pi / (2 * n))
-    t = torch.linspace(-P, P, R, dtype=torch.float64)
-    yy, xx = torch.meshgrid(-t, t, indexing="ij")  # rows run from +P to -P: upright patches
-    plane = torch.stack([torch.ones_like(xx), xx, yy], dim=-1)  # (R, R, 3) row vectors (1, x, y)
-    rad = W / (2 * math.pi)
-    rows = []
-    for lat in range(n // 2, -n // 2, -1):
-        cols = []
-        for lon in range(2 * n - 1, -1, -1):
-            p = plane @ _roty(P * (2 * lat - 1)) @ _rotz(P * (2 * lon + 1))
-            p = p / p.norm(dim=-1, keepdim=True)
-            theta = torch.atan2(p[..., 1], p[..., 0])
-            phi = torch.atan2(torch.sqrt(p[..., 0] ** 2 + p[..., 1] ** 2), p[..., 2])
-            h, w = rad * phi, rad * theta
-            h = torch.where(h > H, h - H, h)
-            h = torch.where(h < 0, h + H, h)
-            w = torch.where(w > W, w - W, w)
-            w = torch.where(w < 0, w + W, w)
-            cols.append(torch.stack([h, w], dim=-1))
-        rows.append(torch.stack(cols))
-    return torch.stack(rows)
+    tap plane coordinates span [-P, P] with P = arctan(pi / 2n) (torch.linspace's values), rotated by P (2 lat - 1)
+    about y and P (2 lon + 1) about z, and wrapped once into [0, H] x [0, W] as PAVER does."""
+    return torch.from_numpy(_np_geometry.paver_positions(height, patch_size))
 
 
 def paver_offsets(height: int = 224, patch_size: int = 16) -> Tensor:
     """PAVER's deformable patch-embedding offsets (2 R^2, n, 2n), float64, in torchvision's layout (dy, dx per tap
     r * R + c): the positions of ``paver_positions`` minus each patch's own regular pixel grid."""
-    pos = paver_positions(height, patch_size)  # (n, 2n, R, R, 2)
-    n, n2, R = pos.shape[0], pos.shape[1], patch_size
-    i = torch.arange(n, dtype=torch.float64)[:, None, None, None] * R + torch.arange(R, dtype=torch.float64)[:, None]
-    j = torch.arange(n2, dtype=torch.float64)[None, :, None, None] * R + torch.arange(R, dtype=torch.float64)
-    src = torch.stack(torch.broadcast_tensors(i, j), dim=-1)  # (n, 2n, R, R, 2)
-    return (pos - src).permute(2, 3, 4, 0, 1).reshape(2 * R * R, n, n2)
+    return torch.from_numpy(np.ascontiguousarray(_np_geometry.paver_offsets(height, patch_size)))
 
 
 def patch_positions(height: int, width: int, patch_size: int, layout: str = "natural") -> Tensor:
     """Sampling positions (Ho, Wo, R, R, 2) of a spherical patch embedding: ``layout="paver"`` (PAVER's, H x 2H
     only) or ``"natural"`` (``tangent_sampling`` with kernel = stride = patch_size: patch column j centred at the
     longitude of pixel column j R + (R - 1) / 2)."""
-    if layout == "paver":
-        if width != 2 * height:
-            raise ValueError(f"layout='paver' needs a 2:1 panorama, got {height}x{width}")
-        return paver_positions(height, patch_size)
-    if layout == "natural":
-        return tangent_sampling(height, width, patch_size, patch_size)
-    raise ValueError(f"layout must be 'paver' or 'natural', got {layout!r}")
+    return torch.from_numpy(_np_geometry.patch_positions(height, width, patch_size, layout))
 
 
 class SamplingTable(NamedTuple):
@@ -185,24 +79,14 @@ def table_from_positions(positions: Tensor, height: int, width: int, discrete: b
                          wrap: bool = True) -> SamplingTable:
     """Bilinear sampling table of absolute positions (Ho, Wo, kh, kw, 2); ``discrete`` takes the integer part of
     each position (PAVER's ``is_discrete``) instead of interpolating. Columns wrap around the seam (``wrap``, a
-    360 degree frame) or clamp to the frame's edges (a partial field of view), as rows always do."""
-    Ho, Wo, kh, kw, _ = positions.shape
-    h = positions[..., 0].reshape(Ho * Wo, kh * kw).clamp(0, height - 1)
-    w = positions[..., 1].reshape(Ho * Wo, kh * kw)
-    w = torch.remainder(w, width) if wrap else w.clamp(0, width - 1)
-    if discrete:
-        h, w = h.floor(), w.floor()
-    h0, w0 = h.floor(), w.floor()
-    lh, lw = h - h0, w - w0
-    h0 = h0.long().clamp(0, height - 1)
-    h1 = (h0 + 1).clamp(max=height - 1)
-    w0 = w0.long() % width
-    w1 = (w0 + 1) % width if wrap else (w0 + 1).clamp(max=width - 1)
-    index = torch.stack([h0 * width + w0, h0 * width + w1, h1 * width + w0, h1 * width + w1], dim=-1)
-    weight = torch.stack([(1 - lh) * (1 - lw), (1 - lh) * lw, lh * (1 - lw), lh * lw], dim=-1)
-    index = index.to(device=device, dtype=torch.int32)
+    360 degree frame) or clamp to the frame's edges (a partial field of view), as rows always do. Built in
+    float64 on the host (``pyvision_fast.array.sphere.table_from_positions``), then moved to ``device``."""
+    positions = torch.as_tensor(positions).detach().to("cpu", torch.float64).numpy()
+    table = _np_geometry.table_from_positions(positions, height, width, discrete, np.float64, "cpu", wrap)
+    index = torch.from_numpy(table.index).to(device=device)
     mark_valid(index, height, width)  # in range by construction
-    return SamplingTable(index, weight.to(device=device, dtype=dtype), (height, width), (Ho, Wo), (kh, kw))
+    weight = torch.from_numpy(table.weight).to(device=device, dtype=dtype)
+    return SamplingTable(index, weight, table.in_size, table.out_size, table.kernel_size)
 
 
 def sampling_table(height: int, width: int, kernel_size: _Pair, stride: _Pair = 1, layout: str = "natural",
