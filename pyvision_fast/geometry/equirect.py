@@ -82,10 +82,17 @@ def table_from_positions(positions: Tensor, height: int, width: int, discrete: b
     360 degree frame) or clamp to the frame's edges (a partial field of view), as rows always do. Built in
     float64 on the host (``pyvision_fast.array.sphere.table_from_positions``), then moved to ``device``."""
     positions = torch.as_tensor(positions).detach().to("cpu", torch.float64).numpy()
-    table = _np_geometry.table_from_positions(positions, height, width, discrete, np.float64, "cpu", wrap)
-    index = torch.from_numpy(table.index).to(device=device)
-    mark_valid(index, height, width)  # in range by construction
-    weight = torch.from_numpy(table.weight).to(device=device, dtype=dtype)
+    return _as_tensors(_np_geometry.table_from_positions(positions, height, width, discrete, np.float64, "cpu", wrap),
+                       dtype, device)
+
+
+def _as_tensors(table: "_np_geometry.SamplingTable", dtype: torch.dtype,
+                device: Union[str, torch.device]) -> SamplingTable:
+    """A float64 NumPy table as tensors on ``device``, the weights in ``dtype`` (copies: NumPy's cached tables
+    are read-only)."""
+    index = torch.tensor(table.index, device=device)
+    mark_valid(index, *table.in_size)  # in range by construction
+    weight = torch.tensor(table.weight).to(device=device, dtype=dtype)
     return SamplingTable(index, weight, table.in_size, table.out_size, table.kernel_size)
 
 
@@ -113,17 +120,8 @@ def sampling_table(height: int, width: int, kernel_size: _Pair, stride: _Pair = 
 def _cached_table(height: int, width: int, kernel_size: tuple[int, int], stride: tuple[int, int], layout: str,
                   dtype: torch.dtype, device: str, discrete: bool,
                   fov: Optional[tuple[float, float]]) -> SamplingTable:
-    if layout == "paver":
-        k, s = _pair(kernel_size, "kernel_size"), _pair(stride, "stride")
-        if k != s or k[0] != k[1]:
-            raise ValueError("layout='paver' is PAVER's patch embedding: square kernel_size equal to stride")
-        positions = patch_positions(height, width, k[0], "paver")
-    else:
-        if layout != "natural":
-            raise ValueError(f"layout must be 'paver' or 'natural', got {layout!r}")
-        positions = tangent_sampling(height, width, kernel_size, stride, fov)
-    wrap = fov is None or fov[0] == 360.0
-    return table_from_positions(positions, height, width, discrete, dtype, torch.device(device), wrap)
+    table = _np_geometry.sampling_table(height, width, kernel_size, stride, layout, np.float64, "cpu", discrete, fov)
+    return _as_tensors(table, dtype, torch.device(device))
 
 
 # Facts about table index tensors, remembered per tensor (identity and in-place version) so that no kernel call
