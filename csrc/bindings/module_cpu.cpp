@@ -429,6 +429,25 @@ void bias_act_bwd(py::handle dy, py::handle x, py::handle b, int64_t dim, int64_
 
 }  // namespace
 
+// ---------------------------------------------------------------- mesh_raster (rasterize_triangles)
+#include "bindings/mesh_raster_args.h"
+#include "mesh_raster/mesh_raster.h"
+
+namespace {
+
+void rasterize_triangles_fwd(py::handle verts, py::handle faces, int64_t H, int64_t W, bool cull_backfaces,
+                             py::handle rast, py::handle vertex_workspace) {
+  auto a = pvf::mesh_raster_args::parse(cpu(), verts, faces, H, W, rast, vertex_workspace);
+  py::gil_scoped_release nogil;
+  dispatch_floating(a.verts.dtype, "rasterize_triangles", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    pvf::mesh_raster::rasterize_cpu<T>(a.verts.ptr<T>(), a.faces.ptr<int64_t>(), a.B, a.V, a.F, a.H, a.W,
+                                       cull_backfaces, a.rast.ptr<T>(), a.vertex_ws.ptr<T>());
+  });
+}
+
+}  // namespace
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "pyvision_fast CPU kernels (raw-pointer kernels behind argument checks; see csrc/)";
   register_exception_translators();
@@ -510,4 +529,10 @@ PYBIND11_MODULE(_C, m) {
         "y = clamp(act(x + b) * gain) (clamp < 0: none); act codes as pvf::stylegan2::Act.");
   m.def("bias_act_backward", &bias_act_bwd, py::arg("dy"), py::arg("x"), py::arg("b"), py::arg("dim"), py::arg("act"),
         py::arg("alpha"), py::arg("gain"), py::arg("clamp"), py::arg("dx"));
+  // mesh_raster
+  m.def("rasterize_triangles", &rasterize_triangles_fwd, py::arg("verts_clip"), py::arg("faces"), py::arg("H"),
+        py::arg("W"), py::arg("cull_backfaces"), py::arg("rast"), py::arg("vertex_workspace"),
+        "Triangle rasterization with a z-buffer: verts_clip (B, V, 4), faces (F, 3) int64 -> rast (B, H, W, 4)\n"
+        "(u, v, z/w, id + 1); vertex_workspace needs mesh_raster_workspace(B, V) elements. See mesh_raster.h.");
+  m.def("mesh_raster_workspace", &pvf::mesh_raster::vertex_workspace_size, py::arg("B"), py::arg("V"));
 }

@@ -559,6 +559,29 @@ void bias_act_bwd(py::handle dy, py::handle x, py::handle b, int64_t dim, int64_
 
 }  // namespace
 
+// ---------------------------------------------------------------- mesh_raster (rasterize_triangles, candidate)
+#include "bindings/mesh_raster_args.h"
+#include "mesh_raster/mesh_raster.h"
+
+namespace {
+
+void rasterize_triangles_fwd(py::handle verts, py::handle faces, int64_t H, int64_t W, bool cull_backfaces,
+                             py::handle rast, py::handle vertex_workspace, py::handle key_workspace,
+                             uintptr_t stream) {
+  const char* op = "rasterize_triangles";
+  CudaCall call(verts, op);
+  auto a = pvf::mesh_raster_args::parse(call.dev, verts, faces, H, W, rast, vertex_workspace);
+  Checker ck(op);
+  TensorView keys = pa::output(ck, call.dev, key_workspace, op, "key_workspace");
+  ck.dtype(keys, "key_workspace", {DType::Int64});
+  pa::check_workspace_size(ck, keys, pvf::mesh_raster::key_workspace_size(a.B, a.H, a.W));
+  pvf::mesh_raster::rasterize_cuda(a.verts.dtype, a.verts.data, a.faces.ptr<int64_t>(), a.B, a.V, a.F, a.H, a.W,
+                                   cull_backfaces, a.rast.data, a.vertex_ws.data,
+                                   reinterpret_cast<uint64_t*>(keys.data), stream_ptr(stream));
+}
+
+}  // namespace
+
 PYBIND11_MODULE(_C_cuda, m) {
   m.doc() = "pyvision_fast CUDA kernels (static CUDA runtime; raises RuntimeError when no device is available)";
   register_exception_translators();
@@ -643,4 +666,9 @@ PYBIND11_MODULE(_C_cuda, m) {
         py::arg("gain"), py::arg("clamp"), py::arg("y"), py::arg("stream"));
   m.def("bias_act_backward", &bias_act_bwd, py::arg("dy"), py::arg("x"), py::arg("b"), py::arg("dim"), py::arg("act"),
         py::arg("alpha"), py::arg("gain"), py::arg("clamp"), py::arg("dx"), py::arg("stream"));
+  // mesh_raster
+  m.def("rasterize_triangles", &rasterize_triangles_fwd, py::arg("verts_clip"), py::arg("faces"), py::arg("H"),
+        py::arg("W"), py::arg("cull_backfaces"), py::arg("rast"), py::arg("vertex_workspace"),
+        py::arg("key_workspace"), py::arg("stream"),
+        "See mesh_raster.h; vertex_workspace B*V*4 elements of verts' dtype, key_workspace 2*B*H*W int64.");
 }

@@ -1,6 +1,7 @@
 """Public functional API. Every op dispatches to the best available backend (see ``pyvision_fast.use_backend``)."""
 from .attention import attention
 from .deform_conv import deform_conv2d
+from .mesh_raster import interpolate_attributes, rasterize_triangles, texture_sample
 from .mvf import multi_view_fusion, multi_view_fusion_batchnorm
 from .scale_space import gaussian_scale_space, scale_attention
 from .scale_space_weight import scale_space_weight
@@ -39,17 +40,20 @@ __all__ = [
     "furthest_point_sample_with_dist",
     "gather_points",
     "grouping_operation",
+    "interpolate_attributes",
     "knn_gather",
     "knn_points",
     "masked_gather",
     "multi_view_fusion",
     "multi_view_fusion_batchnorm",
+    "rasterize_triangles",
     "sample_farthest_points",
     "stacked_ball_query",
     "stacked_grouping_operation",
     "scale_attention",
     "scale_space_weight",
     "sphere_conv2d",
+    "texture_sample",
     "three_interpolate",
     "three_nn",
     "upfirdn2d",

@@ -1,0 +1,134 @@
+// Arithmetic shared by the CPU and CUDA rasterizers. Every operation is rounded on its own (the CUDA side uses
+// the _rn intrinsics, which nvcc never contracts into FMAs nor replaces under --use_fast_math; the CPU
+// translation unit turns contraction off), so both kernels and the plain-PyTorch reference agree bitwise.
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+#include "common/macros.h"
+
+namespace pvf {
+namespace mesh_raster {
+
+#if defined(__CUDA_ARCH__)
+__device__ __forceinline__ float add_(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ float sub_(float a, float b) { return __fsub_rn(a, b); }
+__device__ __forceinline__ float mul_(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ float div_(float a, float b) { return __fdiv_rn(a, b); }
+__device__ __forceinline__ double add_(double a, double b) { return __dadd_rn(a, b); }
+__device__ __forceinline__ double sub_(double a, double b) { return __dsub_rn(a, b); }
+__device__ __forceinline__ double mul_(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ double div_(double a, double b) { return __ddiv_rn(a, b); }
+#define PVF_MR_FN __device__ __forceinline__
+#else
+template <typename T> inline T add_(T a, T b) { return a + b; }
+template <typename T> inline T sub_(T a, T b) { return a - b; }
+template <typename T> inline T mul_(T a, T b) { return a * b; }
+template <typename T> inline T div_(T a, T b) { return a / b; }
+#define PVF_MR_FN inline
+#endif
+
+// Screen-space vertex: (sx, sy, 1/w, z/w); iw is NaN for a vertex that culls its triangles.
+template <typename T>
+PVF_MR_FN void screen_vertex(const T* clip, int64_t H, int64_t W, T* out) {
+  const T x = clip[0], y = clip[1], z = clip[2], w = clip[3];
+  const bool ok = w > T(0) && std::isfinite(x) && std::isfinite(y) && std::isfinite(z) && std::isfinite(w);
+  out[0] = mul_(add_(div_(x, w), T(1)), T(W) * T(0.5));
+  out[1] = mul_(add_(div_(y, w), T(1)), T(H) * T(0.5));
+  out[2] = ok ? div_(T(1), w) : T(NAN);
+  out[3] = div_(z, w);
+}
+
+// One edge a -> b, stored from its lexicographically smaller endpoint l: e(p) = dx (py - ly) - dy (px - lx),
+// negated when flip (the stored direction differs from the edge's direction in the counter-clockwise
+// orientation of the triangle). own: centres exactly on the edge belong to this triangle.
+template <typename T>
+struct Edge {
+  T lx, ly, dx, dy;
+  bool flip, own;
+};
+
+template <typename T>
+PVF_MR_FN Edge<T> make_edge(T ax, T ay, T bx, T by, bool front) {
+  const bool swap = ax > bx || (ax == bx && ay > by);
+  Edge<T> e;
+  e.lx = swap ? bx : ax;
+  e.ly = swap ? by : ay;
+  e.dx = sub_(swap ? ax : bx, e.lx);
+  e.dy = sub_(swap ? ay : by, e.ly);
+  e.flip = swap == front;  // swap XOR back-facing
+  const bool own = by > ay || (by == ay && bx < ax);
+  e.own = front ? own : !own;
+  return e;
+}
+
+template <typename T>
+PVF_MR_FN T edge_row(const Edge<T>& e, T py) { return mul_(e.dx, sub_(py, e.ly)); }
+
+template <typename T>
+PVF_MR_FN T edge_at(const Edge<T>& e, T row, T px) {
+  const T v = sub_(row, mul_(e.dy, sub_(px, e.lx)));
+  return e.flip ? -v : v;
+}
+
+template <typename T>
+PVF_MR_FN bool covers(T e, bool own) { return e > T(0) || (e == T(0) && own); }
+
+// A triangle set up for scanning: its edges (edge k opposite vertex k), |area|, per-vertex 1/w and z/w, and the
+// clamped pixel bounding box [i0, i1] x [j0, j1] (empty when culled).
+template <typename T>
+struct Tri {
+  Edge<T> e[3];
+  T area, iw[3], zw[3];
+  int64_t i0, i1, j0, j1;
+};
+
+template <typename T>
+PVF_MR_FN T min3(T a, T b, T c) { return (b < a ? b : a) < c ? (b < a ? b : a) : c; }
+template <typename T>
+PVF_MR_FN T max3(T a, T b, T c) { return (a < b ? b : a) < c ? c : (a < b ? b : a); }
+template <typename T>
+PVF_MR_FN T clampf(T v, T lo, T hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+// Sets up face (v0, v1, v2) from the screen-space vertices s_k = (sx, sy, 1/w, z/w). Returns false when the face
+// covers nothing (culled vertex, zero or non-finite area, back face under cull_backfaces, empty box).
+template <typename T>
+PVF_MR_FN bool setup_triangle(const T* s0, const T* s1, const T* s2, int64_t H, int64_t W, bool cull_backfaces,
+                              Tri<T>& t) {
+  if (std::isnan(s0[2]) || std::isnan(s1[2]) || std::isnan(s2[2])) return false;
+  const T x0 = s0[0], y0 = s0[1], x1 = s1[0], y1 = s1[1], x2 = s2[0], y2 = s2[1];
+  const T area = sub_(mul_(sub_(x1, x0), sub_(y2, y0)), mul_(sub_(y1, y0), sub_(x2, x0)));
+  if (!(area != T(0)) || !std::isfinite(area)) return false;
+  const bool front = area > T(0);
+  if (cull_backfaces && !front) return false;
+  t.j0 = static_cast<int64_t>(clampf(std::ceil(sub_(min3(x0, x1, x2), T(0.5))), T(0), T(W)));
+  t.j1 = static_cast<int64_t>(clampf(std::floor(sub_(max3(x0, x1, x2), T(0.5))), T(-1), T(W - 1)));
+  t.i0 = static_cast<int64_t>(clampf(std::ceil(sub_(min3(y0, y1, y2), T(0.5))), T(0), T(H)));
+  t.i1 = static_cast<int64_t>(clampf(std::floor(sub_(max3(y0, y1, y2), T(0.5))), T(-1), T(H - 1)));
+  if (t.j0 > t.j1 || t.i0 > t.i1) return false;
+  t.e[0] = make_edge(x1, y1, x2, y2, front);
+  t.e[1] = make_edge(x2, y2, x0, y0, front);
+  t.e[2] = make_edge(x0, y0, x1, y1, front);
+  t.area = front ? area : -area;
+  t.iw[0] = s0[2], t.iw[1] = s1[2], t.iw[2] = s2[2];
+  t.zw[0] = s0[3], t.zw[1] = s1[3], t.zw[2] = s2[3];
+  return true;
+}
+
+// Depth z/w at a covered centre with edge values e0..e2.
+template <typename T>
+PVF_MR_FN T depth_at(const Tri<T>& t, T e0, T e1, T e2) {
+  return div_(add_(add_(mul_(e0, t.zw[0]), mul_(e1, t.zw[1])), mul_(e2, t.zw[2])), t.area);
+}
+
+// Perspective-correct barycentrics (u, v) of vertices 1 and 2.
+template <typename T>
+PVF_MR_FN void barycentrics_at(const Tri<T>& t, T e0, T e1, T e2, T& u, T& v) {
+  const T r0 = mul_(e0, t.iw[0]), r1 = mul_(e1, t.iw[1]), r2 = mul_(e2, t.iw[2]);
+  const T s = add_(add_(r0, r1), r2);
+  u = div_(r1, s);
+  v = div_(r2, s);
+}
+
+}  // namespace mesh_raster
+}  // namespace pvf
