@@ -22,6 +22,9 @@ def test_numpy_array_argument_is_one_clear_type_error(name):
     message = str(info.value)
     assert f"pyvision_fast.ops.{name}: argument {first!r} is a numpy.ndarray" in message
     assert "torch.from_numpy" in message and "\n" not in message and "0., 0." not in message
+    from pyvision_fast import array  # the NumPy entry point is named where one exists
+
+    assert (f"pyvision_fast.array.{name}" in message) == hasattr(array, name)
 
 
 def test_tensor_arguments_pass_through_unchanged():

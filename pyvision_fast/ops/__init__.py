@@ -82,9 +82,13 @@ def _takes_tensors(fn):
                 bound = signature.bind_partial(*args, **kwargs).arguments
                 name = next(k for k, v in bound.items() if v is value)
                 kind = f"{type(value).__module__.split('.')[0]}.{type(value).__name__}"
+                from .. import array
+
+                native = (f", or call pyvision_fast.array.{fn.__name__} on the arrays themselves"
+                          if hasattr(array, fn.__name__) else "")
                 raise TypeError(f"pyvision_fast.ops.{fn.__name__}: argument {name!r} is a {kind}; ops take torch "
                                 "tensors: convert with torch.from_numpy(a) (CuPy and others: torch.from_dlpack(a)), "
-                                "which shares the memory")
+                                f"which shares the memory{native}")
         return fn(*args, **kwargs)
 
     return wrapper
