@@ -1,7 +1,7 @@
 """Triangle rasterization cases: a face mesh of the size of the Basel Face Model's front model (about 35.7k
-vertices and 70.7k faces; here a height-field ellipsoid cap on a 189 x 189 grid: 35,721 vertices, 70,688 faces)
-seen by a perspective camera, B = 8 views turned by a few degrees each, rasterized at 224 x 224 (3DMM fitting,
-Deep3DFaceRecon) and 512 x 512.
+vertices and 70.8k faces; here a height-field ellipsoid cap on a 189 x 189 grid: 35,721 vertices, 70,688
+faces) seen by a perspective camera, B = 8 views turned by a few degrees each, rasterized at 224 x 224
+(3DMM fitting, Deep3DFaceRecon) and 512 x 512.
 
 Implementations: ours (``ops.rasterize_triangles``), the plain-PyTorch reference (vectorised over (triangle,
 bounding-box pixel) pairs with a ``scatter_reduce`` z-buffer; the oracle of the tests) and PyTorch3D's
@@ -30,14 +30,16 @@ def face_mesh(batch: int, grid: int = GRID, dtype=torch.float32) -> tuple[torch.
     t = torch.linspace(-1.0, 1.0, grid, dtype=torch.float64)
     Y, X = torch.meshgrid(t, t, indexing="ij")
     X, Y = X * 0.75, Y
-    h = 0.6 * torch.sqrt(torch.clamp(1 - (X / 0.75) ** 2 - Y ** 2, min=0.0)) + 0.05 * torch.cos(6 * X) * (Y > 0)
+    h = 0.6 * torch.sqrt(torch.clamp(1 - (X / 0.75) ** 2 - Y ** 2, min=0.0))
+    h = h + 0.05 * torch.cos(6 * X) * (Y > 0)  # a little relief
     views = []
     for b in range(batch):
         a = math.radians(3.0 * (b - batch / 2))
         x = X * math.cos(a) + h * math.sin(a)
         z = -X * math.sin(a) + h * math.cos(a)
         w = 4.0 - z
-        views.append(torch.stack([3.2 * x.flatten(), 3.2 * Y.flatten(), (2 * w - 7.5).flatten(), w.flatten()], -1))
+        clip = [3.2 * x, 3.2 * Y, 2 * w - 7.5, w]
+        views.append(torch.stack([c.flatten() for c in clip], -1))
     verts = torch.stack(views).to(dtype)
     idx = torch.arange(grid * grid).reshape(grid, grid)
     a, b, c, d = idx[:-1, :-1], idx[:-1, 1:], idx[1:, :-1], idx[1:, 1:]
@@ -63,7 +65,8 @@ def _case(device: str, quick: bool, size: int) -> Case:
     verts, faces = face_mesh(B, grid)
     verts, faces = verts.to(device), faces.to(device)
     skipped: list = []
-    impls = [Impl("pvf.rasterize_triangles", lambda: ops.rasterize_triangles(verts, faces, (size, size)), "ours"),
+    impls = [Impl("pvf.rasterize_triangles", lambda: ops.rasterize_triangles(verts, faces, (size, size)),
+                  "ours"),
              candidate_impl("pvf.rasterize_triangles (candidate)", ["rasterize_triangles"],
                             lambda: ops.rasterize_triangles(verts, faces, (size, size)))
              if device == "cuda" else None,
@@ -76,8 +79,9 @@ def _case(device: str, quick: bool, size: int) -> Case:
                 dict(B=B, V=V, F=F, H=size, W=size), [i for i in impls if i is not None],
                 goals=[("reference (PyTorch, pairs + scatter_reduce)", 20.0)] if device == "cpu" else [],
                 samples=B, skipped=skipped,
-                note="mesh: an ellipsoid cap on a 189 x 189 grid (35,721 vertices, 70,688 faces), the size of "
-                     "the BFM front model (35,709 / 70,789); the CPU goal (>= 20x the reference) is issue 17's.")
+                note="mesh: an ellipsoid cap on a 189 x 189 grid (35,721 vertices, 70,688 faces), the size "
+                     "of the BFM front model (35,709 / 70,789); the CPU goal (>= 20x the reference) is issue "
+                     "17's.")
 
 
 def cases(device: str, quick: bool) -> list[Case]:

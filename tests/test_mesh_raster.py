@@ -39,7 +39,8 @@ def _random_mesh(g, B, V, F, dtype, spread=1.5):
     faces = torch.randint(0, V, (F, 3), generator=g)
     extra = [torch.tensor([[0, 1, 2]])]  # edge-on
     if F:
-        extra += [faces[:1].flip(1), faces[:2], torch.tensor([[1, 1, 0]])]  # back face, duplicates, degenerate
+        # a back face, duplicates, a degenerate one
+        extra += [faces[:1].flip(1), faces[:2], torch.tensor([[1, 1, 0]])]
     faces = torch.cat([faces] + extra) if V >= 3 else faces
     return verts.to(dtype), faces
 
@@ -47,7 +48,8 @@ def _random_mesh(g, B, V, F, dtype, spread=1.5):
 @pytest.mark.parametrize("device", DEVICES_AND_CANDIDATES)
 @settings(max_examples=30, deadline=None)
 @given(B=st.integers(1, 3), V=st.integers(3, 40), F=st.integers(0, 60), H=st.integers(1, 23),
-       W=st.integers(1, 23), cull=st.booleans(), spread=st.sampled_from([0.8, 1.5, 4.0]), seed=st.integers(0, 2**16))
+       W=st.integers(1, 23), cull=st.booleans(), spread=st.sampled_from([0.8, 1.5, 4.0]),
+       seed=st.integers(0, 2**16))
 def test_matches_reference_on_random_meshes(device, B, V, F, H, W, cull, spread, seed):
     g = torch.Generator().manual_seed(seed)
     for dtype in (torch.float32, torch.float64):
@@ -60,7 +62,7 @@ def test_matches_reference_on_random_meshes(device, B, V, F, H, W, cull, spread,
 
 
 def test_random_meshes_cover_pixels():
-    """The random-mesh cases are not vacuous: they cover pixels, with several triangles competing per pixel."""
+    """The random-mesh cases are not vacuous: they cover pixels, with many triangles competing."""
     g = torch.Generator().manual_seed(3)
     verts, faces = _random_mesh(g, 2, 30, 60, torch.float32, 1.0)
     rast = ops.rasterize_triangles(verts, faces, (16, 16))
@@ -87,7 +89,8 @@ def test_one_triangle_hand_computed():
             assert px[3] == 1
             torch.testing.assert_close(px[0], torch.tensor(r1 / (r0 + r1 + r2), dtype=torch.float64))
             torch.testing.assert_close(px[1], torch.tensor(r2 / (r0 + r1 + r2), dtype=torch.float64))
-            torch.testing.assert_close(px[2], torch.tensor(0.1 * b0 + 0.2 * b1 + 0.3 * b2, dtype=torch.float64))
+            depth = torch.tensor(0.1 * b0 + 0.2 * b1 + 0.3 * b2, dtype=torch.float64)
+            torch.testing.assert_close(px[2], depth)
     assert rast[0, 0, 0, :3].tolist() == pytest.approx([1 / 15, 2 / 15, 0.1375])
     assert int((rast[..., 3] > 0).sum()) == 10
 
@@ -189,7 +192,8 @@ def test_empty_and_tiny():
     one = _clip([[0, 0], [1, 0], [0, 1]], 1, 1, dtype=torch.float32)
     rast = ops.rasterize_triangles(one, torch.tensor([[0, 1, 2]], dtype=torch.int32), (1, 1))
     assert rast[0, 0, 0, 3] == 1  # centre (0.5, 0.5) on the hypotenuse, which the triangle owns
-    assert ops.rasterize_triangles(torch.zeros(0, 5, 4), torch.tensor([[0, 1, 2]]), (2, 2)).shape == (0, 2, 2, 4)
+    no_image = ops.rasterize_triangles(torch.zeros(0, 5, 4), torch.tensor([[0, 1, 2]]), (2, 2))
+    assert no_image.shape == (0, 2, 2, 4)
 
 
 def test_thread_count_does_not_change_the_result():
@@ -308,7 +312,8 @@ def test_texture_sample():
     out = ops.texture_sample(tex, uv)  # texel centres return the texels
     torch.testing.assert_close(out, tex.permute(0, 2, 3, 1))
     mid = ops.texture_sample(tex, torch.tensor([[[[0.2, 0.125]]], [[[0.2, 0.125]]]], dtype=torch.float64))
-    torch.testing.assert_close(mid[:, 0, 0], (tex[:, :, 0, 0] + tex[:, :, 0, 1]) / 2)  # halfway between columns
+    # halfway between columns 0 and 1 of row 0
+    torch.testing.assert_close(mid[:, 0, 0], (tex[:, :, 0, 0] + tex[:, :, 0, 1]) / 2)
 
 
 def _bad_cases():
@@ -320,11 +325,15 @@ def _bad_cases():
     R = ops.rasterize_triangles
     I = ops.interpolate_attributes
     return [
-        BadInput("verts rank 2", lambda: R(v[0], f, (3, 4)), ValueError, r"'verts_clip' must have shape \(B, V, 4\)"),
-        BadInput("verts last dim 3", lambda: R(v[..., :3], f, (3, 4)), ValueError, "'verts_clip' must have shape"),
+        BadInput("verts rank 2", lambda: R(v[0], f, (3, 4)), ValueError,
+                 r"'verts_clip' must have shape \(B, V, 4\)"),
+        BadInput("verts last dim 3", lambda: R(v[..., :3], f, (3, 4)), ValueError,
+                 "'verts_clip' must have shape"),
         BadInput("verts integer", lambda: R(v.long(), f, (3, 4)), TypeError, "'verts_clip' must be float32"),
-        BadInput("verts not a tensor", lambda: R(v.tolist(), f, (3, 4)), TypeError, "'verts_clip' must be a tensor"),
-        BadInput("faces float", lambda: R(v, f.float(), (3, 4)), TypeError, "'faces' must be an int32 or int64"),
+        BadInput("verts not a tensor", lambda: R(v.tolist(), f, (3, 4)), TypeError,
+                 "'verts_clip' must be a tensor"),
+        BadInput("faces float", lambda: R(v, f.float(), (3, 4)), TypeError,
+                 "'faces' must be an int32 or int64"),
         BadInput("faces rank 1", lambda: R(v, f[0], (3, 4)), ValueError, r"'faces' must have shape \(F, 3\)"),
         BadInput("faces (F, 4)", lambda: R(v, torch.zeros(2, 4, dtype=torch.long), (3, 4)), ValueError,
                  r"'faces' must have shape \(F, 3\)"),
@@ -333,20 +342,24 @@ def _bad_cases():
         BadInput("faces negative", lambda: R(v, f - 1, (3, 4)), ValueError,
                  r"index -1 at face 0 outside \[0, V\)"),
         BadInput("image_size zero", lambda: R(v, f, (0, 4)), ValueError, "'image_size' must be positive"),
-        BadInput("image_size negative", lambda: R(v, f, (3, -1)), ValueError, "'image_size' must be positive"),
+        BadInput("image_size negative", lambda: R(v, f, (3, -1)), ValueError,
+                 "'image_size' must be positive"),
         BadInput("image_size one int", lambda: R(v, f, 3), TypeError, "'image_size' must be a pair of ints"),
         BadInput("image_size float", lambda: R(v, f, (3.0, 4)), TypeError, "'image_size' must be a pair"),
         BadInput("cull not bool", lambda: R(v, f, (3, 4), cull_backfaces=1), TypeError, "'cull_backfaces'"),
         BadInput("meta faces", lambda: R(v, f.to("meta"), (3, 4)), TypeError, "'faces' is on meta"),
         BadInput("attr V mismatch", lambda: I(attr[:, :4], rast, f), ValueError,
                  r"index 4 at face 1 outside \[0, V\)"),
-        BadInput("attr B mismatch", lambda: I(attr[:1], rast, f), ValueError, r"'rast' must have shape .* B = 1"),
-        BadInput("attr rank 2", lambda: I(attr[0], rast, f), ValueError, r"'attr' must have shape \(B, V, C\)"),
+        BadInput("attr B mismatch", lambda: I(attr[:1], rast, f), ValueError,
+                 r"'rast' must have shape .* B = 1"),
+        BadInput("attr rank 2", lambda: I(attr[0], rast, f), ValueError,
+                 r"'attr' must have shape \(B, V, C\)"),
         BadInput("rast last dim", lambda: I(attr, rast[..., :3], f), ValueError, "'rast' must have shape"),
         BadInput("rast rank 3", lambda: I(attr, rast[0], f), ValueError, "'rast' must have shape"),
         BadInput("rast ids beyond faces", lambda: I(attr, rast, f[:1]), ValueError, "triangle ids"),
         BadInput("attr integer", lambda: I(attr.long(), rast, f), TypeError, "'attr' must be float32"),
-        BadInput("tex rank 3", lambda: ops.texture_sample(attr, torch.zeros(2, 3, 3, 2)), ValueError, "'tex'"),
+        BadInput("tex rank 3", lambda: ops.texture_sample(attr, torch.zeros(2, 3, 3, 2)), ValueError,
+                 "'tex'"),
         BadInput("uv last dim", lambda: ops.texture_sample(torch.zeros(2, 1, 4, 4), torch.zeros(2, 3, 3, 3)),
                  ValueError, "'uv' must have shape"),
     ]
@@ -377,12 +390,13 @@ def _cpp_call(verts=None, faces=None, H=3, W=4, rast=None, ws=None):
              "'faces' must be int64"),
     BadInput("verts (B, V, 3)", lambda: _cpp_call(verts=torch.randn(2, 5, 3)), ValueError, "'verts_clip'"),
     BadInput("H zero", lambda: _cpp_call(H=0), ValueError, "'image_size' must be positive"),
-    BadInput("rast shape", lambda: _cpp_call(rast=torch.empty(2, 3, 5, 4)), ValueError, "'rast' must have shape"),
+    BadInput("rast shape", lambda: _cpp_call(rast=torch.empty(2, 3, 5, 4)), ValueError,
+             "'rast' must have shape"),
     BadInput("rast dtype", lambda: _cpp_call(rast=torch.empty(2, 3, 4, 4, dtype=torch.float64)), TypeError,
              "same dtype"),
     BadInput("workspace small", lambda: _cpp_call(ws=torch.empty(3)), ValueError, "workspace has 3 elements"),
-    BadInput("verts non-contiguous", lambda: _cpp_call(verts=torch.randn(2, 4, 5).transpose(1, 2)), ValueError,
-             "'verts_clip' must be contiguous"),
+    BadInput("verts non-contiguous", lambda: _cpp_call(verts=torch.randn(2, 4, 5).transpose(1, 2)),
+             ValueError, "'verts_clip' must be contiguous"),
 ], ids=str)
 def test_bad_inputs_cpp(case):
     run_bad_input(case)

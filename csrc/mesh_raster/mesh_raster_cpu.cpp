@@ -44,8 +44,8 @@ inline void raster_face(const Tri<T>& t, int64_t f, int64_t r0, int64_t r1, int6
 }  // namespace
 
 template <typename T>
-void rasterize_cpu(const T* verts, const int64_t* faces, int64_t B, int64_t V, int64_t F, int64_t H, int64_t W,
-                   bool cull_backfaces, T* rast, T* vertex_ws) {
+void rasterize_cpu(const T* verts, const int64_t* faces, int64_t B, int64_t V, int64_t F, int64_t H,
+                   int64_t W, bool cull_backfaces, T* rast, T* vertex_ws) {
   if (B == 0 || H == 0 || W == 0) return;
   parallel_for(0, B * V, 4096, [&](int64_t lo, int64_t hi) {
     for (int64_t k = lo; k < hi; ++k) screen_vertex(verts + k * 4, H, W, vertex_ws + k * 4);
@@ -67,7 +67,8 @@ void rasterize_cpu(const T* verts, const int64_t* faces, int64_t B, int64_t V, i
       Tri<T> t;
       for (int64_t f = 0; f < F; ++f) {
         const int64_t* fc = faces + f * 3;
-        if (!setup_triangle(vs + fc[0] * 4, vs + fc[1] * 4, vs + fc[2] * 4, H, W, cull_backfaces, t)) continue;
+        if (!setup_triangle(vs + fc[0] * 4, vs + fc[1] * 4, vs + fc[2] * 4, H, W, cull_backfaces, t))
+          continue;
         if (t.i1 < r0 || t.i0 >= r1) continue;
         raster_face(t, f, r0, r1, W, img);
       }
@@ -75,10 +76,10 @@ void rasterize_cpu(const T* verts, const int64_t* faces, int64_t B, int64_t V, i
   });
 }
 
-template void rasterize_cpu<float>(const float*, const int64_t*, int64_t, int64_t, int64_t, int64_t, int64_t, bool,
-                                   float*, float*);
-template void rasterize_cpu<double>(const double*, const int64_t*, int64_t, int64_t, int64_t, int64_t, int64_t,
-                                    bool, double*, double*);
+template void rasterize_cpu<float>(const float*, const int64_t*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                   bool, float*, float*);
+template void rasterize_cpu<double>(const double*, const int64_t*, int64_t, int64_t, int64_t, int64_t,
+                                    int64_t, bool, double*, double*);
 
 }  // namespace mesh_raster
 }  // namespace pvf

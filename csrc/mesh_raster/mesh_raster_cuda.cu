@@ -29,12 +29,15 @@ __device__ __forceinline__ uint64_t depth_key(double d) {
 }
 
 template <typename T>
-__global__ void vertex_kernel(const T* __restrict__ verts, int64_t n, int64_t H, int64_t W, T* __restrict__ ws) {
-  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < n; k += int64_t(gridDim.x) * blockDim.x)
+__global__ void vertex_kernel(const T* __restrict__ verts, int64_t n, int64_t H, int64_t W,
+                              T* __restrict__ ws) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < n; k += stride)
     screen_vertex(verts + k * 4, H, W, ws + k * 4);
 }
 
-// pass 0: atomicMin of the depth key; pass 1: atomicMin of the face id where the depth key is the pixel's minimum.
+// pass 0: atomicMin of the depth key; pass 1: atomicMin of the face id where the depth key is the pixel's
+// minimum.
 template <typename T, int Pass>
 __global__ void face_kernel(const T* __restrict__ ws, const int64_t* __restrict__ faces, int64_t B, int64_t V,
                             int64_t F, int64_t H, int64_t W, bool cull, unsigned long long* keys,
@@ -66,10 +69,11 @@ __global__ void face_kernel(const T* __restrict__ ws, const int64_t* __restrict_
 }
 
 template <typename T>
-__global__ void resolve_kernel(const T* __restrict__ ws, const int64_t* __restrict__ faces, int64_t V, int64_t H,
-                               int64_t W, int64_t npix, bool cull, const unsigned long long* __restrict__ ids,
-                               T* __restrict__ rast) {
-  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < npix; p += int64_t(gridDim.x) * blockDim.x) {
+__global__ void resolve_kernel(const T* __restrict__ ws, const int64_t* __restrict__ faces, int64_t V,
+                               int64_t H, int64_t W, int64_t npix, bool cull,
+                               const unsigned long long* __restrict__ ids, T* __restrict__ rast) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < npix; p += stride) {
     T* o = rast + p * 4;
     const unsigned long long f = ids[p];
     if (f == kEmpty) {
@@ -95,13 +99,14 @@ __global__ void resolve_kernel(const T* __restrict__ ws, const int64_t* __restri
 }
 
 template <typename T>
-void launch(const T* verts, const int64_t* faces, int64_t B, int64_t V, int64_t F, int64_t H, int64_t W, bool cull,
-            T* rast, T* ws, uint64_t* keys, cudaStream_t stream) {
+void launch(const T* verts, const int64_t* faces, int64_t B, int64_t V, int64_t F, int64_t H, int64_t W,
+            bool cull, T* rast, T* ws, uint64_t* keys, cudaStream_t stream) {
   const int64_t npix = B * H * W;
   if (npix == 0) return;
   constexpr int kThreads = 256;
   unsigned long long* k = reinterpret_cast<unsigned long long*>(keys);
-  cuda_check(cudaMemsetAsync(k, 0xff, sizeof(uint64_t) * 2 * npix, stream), "mesh_raster: key workspace init");
+  cuda_check(cudaMemsetAsync(k, 0xff, sizeof(uint64_t) * 2 * npix, stream),
+             "mesh_raster: key workspace init");
   if (B * V > 0) {
     vertex_kernel<T><<<grid_for(B * V, kThreads), kThreads, 0, stream>>>(verts, B * V, H, W, ws);
     PVF_CUDA_CHECK_LAUNCH("mesh_raster: vertex kernel");
@@ -114,8 +119,8 @@ void launch(const T* verts, const int64_t* faces, int64_t B, int64_t V, int64_t 
                                                                          k + npix);
     PVF_CUDA_CHECK_LAUNCH("mesh_raster: id pass");
   }
-  resolve_kernel<T><<<grid_for(npix, kThreads), kThreads, 0, stream>>>(ws, faces, V, H, W, npix, cull, k + npix,
-                                                                      rast);
+  resolve_kernel<T><<<grid_for(npix, kThreads), kThreads, 0, stream>>>(ws, faces, V, H, W, npix, cull,
+                                                                      k + npix, rast);
   PVF_CUDA_CHECK_LAUNCH("mesh_raster: resolve kernel");
 }
 
@@ -127,16 +132,16 @@ void rasterize_cuda(DType dtype, const void* verts, const int64_t* faces, int64_
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (dtype) {
     case DType::Float32:
-      launch(static_cast<const float*>(verts), faces, B, V, F, H, W, cull_backfaces, static_cast<float*>(rast),
-             static_cast<float*>(vertex_ws), keys, s);
+      launch(static_cast<const float*>(verts), faces, B, V, F, H, W, cull_backfaces,
+             static_cast<float*>(rast), static_cast<float*>(vertex_ws), keys, s);
       return;
     case DType::Float64:
-      launch(static_cast<const double*>(verts), faces, B, V, F, H, W, cull_backfaces, static_cast<double*>(rast),
-             static_cast<double*>(vertex_ws), keys, s);
+      launch(static_cast<const double*>(verts), faces, B, V, F, H, W, cull_backfaces,
+             static_cast<double*>(rast), static_cast<double*>(vertex_ws), keys, s);
       return;
     default:
-      throw TypeError(str("rasterize_triangles: unsupported dtype ", dtype_name(dtype), " (expected float32 or "
-                          "float64)"));
+      throw TypeError(str("rasterize_triangles: unsupported dtype ", dtype_name(dtype),
+                          " (expected float32 or float64)"));
   }
 }
 

@@ -1,5 +1,5 @@
-// Arithmetic shared by the CPU and CUDA rasterizers. Every operation is rounded on its own (the CUDA side uses
-// the _rn intrinsics, which nvcc never contracts into FMAs nor replaces under --use_fast_math; the CPU
+// Arithmetic shared by the CPU and CUDA rasterizers. Every operation is rounded on its own (the CUDA side
+// uses the _rn intrinsics, which nvcc never contracts into FMAs nor replaces under --use_fast_math; the CPU
 // translation unit turns contraction off), so both kernels and the plain-PyTorch reference agree bitwise.
 #pragma once
 #include <cmath>
@@ -74,8 +74,8 @@ PVF_MR_FN T edge_at(const Edge<T>& e, T row, T px) {
 template <typename T>
 PVF_MR_FN bool covers(T e, bool own) { return e > T(0) || (e == T(0) && own); }
 
-// A triangle set up for scanning: its edges (edge k opposite vertex k), |area|, per-vertex 1/w and z/w, and the
-// clamped pixel bounding box [i0, i1] x [j0, j1] (empty when culled).
+// A triangle set up for scanning: its edges (edge k opposite vertex k), |area|, per-vertex 1/w and z/w, and
+// the clamped pixel bounding box [i0, i1] x [j0, j1] (empty when culled).
 template <typename T>
 struct Tri {
   Edge<T> e[3];
@@ -90,11 +90,11 @@ PVF_MR_FN T max3(T a, T b, T c) { return (a < b ? b : a) < c ? c : (a < b ? b : 
 template <typename T>
 PVF_MR_FN T clampf(T v, T lo, T hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
-// Sets up face (v0, v1, v2) from the screen-space vertices s_k = (sx, sy, 1/w, z/w). Returns false when the face
-// covers nothing (culled vertex, zero or non-finite area, back face under cull_backfaces, empty box).
+// Sets up face (v0, v1, v2) from the screen-space vertices s_k = (sx, sy, 1/w, z/w). Returns false when the
+// face covers nothing (culled vertex, zero or non-finite area, back face under cull_backfaces, empty box).
 template <typename T>
-PVF_MR_FN bool setup_triangle(const T* s0, const T* s1, const T* s2, int64_t H, int64_t W, bool cull_backfaces,
-                              Tri<T>& t) {
+PVF_MR_FN bool setup_triangle(const T* s0, const T* s1, const T* s2, int64_t H, int64_t W,
+                              bool cull_backfaces, Tri<T>& t) {
   if (std::isnan(s0[2]) || std::isnan(s1[2]) || std::isnan(s2[2])) return false;
   const T x0 = s0[0], y0 = s0[1], x1 = s1[0], y1 = s1[1], x2 = s2[0], y2 = s2[1];
   const T area = sub_(mul_(sub_(x1, x0), sub_(y2, y0)), mul_(sub_(y1, y0), sub_(x2, x0)));

@@ -26,14 +26,16 @@
   the covered pixels are differentiated analytically with respect to ``verts_clip`` (the backward takes
   d loss / d (u, v, depth) per pixel); the id channel has no gradient.
 
-``interpolate_attributes(attr, rast, faces)`` -> (B, H, W, C) = ``(1 - u - v) a0 + u a1 + v a2`` of the pixel's
-triangle, zero where no triangle: differentiable in ``attr`` (a scatter-add) and, through (u, v), in the vertex
-positions. ``texture_sample(tex, uv)`` looks a texture up at interpolated UVs through ``F.grid_sample``.
+``interpolate_attributes(attr, rast, faces)`` -> (B, H, W, C) = ``(1 - u - v) a0 + u a1 + v a2`` of the
+pixel's triangle, zero where no triangle: differentiable in ``attr`` (a scatter-add) and, through (u, v), in
+the vertex positions. ``texture_sample(tex, uv)`` looks a texture up at interpolated UVs through
+``F.grid_sample``.
 
 Backends: ``cpu`` (C++, OpenMP over (image, band of rows), bitwise equal to the reference), ``reference``
 (plain PyTorch: vectorised over (triangle, bounding-box pixel) pairs with a ``scatter_reduce`` z-buffer), and
-on GPUs the CUDA kernel as the candidate ``"cuda:next"`` (opt-in through ``PVF_CANDIDATES=rasterize_triangles``
-or ``use_candidates``; not yet run on a GPU); GPUs run the reference until then. ONNX export is not provided
+on GPUs the CUDA kernel as the candidate ``"cuda:next"`` (opt-in through
+``PVF_CANDIDATES=rasterize_triangles`` or ``use_candidates``; not yet run on a GPU); GPUs run the reference
+until then. ONNX export is not provided
 for this family (the issue asks ONNX only for the renderer-free parts).
 """
 from __future__ import annotations
@@ -56,7 +58,8 @@ def _rast_cpu(verts: Tensor, faces: Tensor, H: int, W: int, cull_backfaces: bool
     rast = verts.new_empty((B, H, W, 4))
     mod = _ext.cpu_module()
     ws = verts.new_empty((mod.mesh_raster_workspace(B, V),))
-    mod.rasterize_triangles(_ext.arg(verts), _ext.arg(faces), H, W, cull_backfaces, _ext.arg(rast), _ext.arg(ws))
+    mod.rasterize_triangles(_ext.arg(verts), _ext.arg(faces), H, W, cull_backfaces, _ext.arg(rast),
+                            _ext.arg(ws))
     return rast
 
 
@@ -65,8 +68,9 @@ def _rast_cuda(verts: Tensor, faces: Tensor, H: int, W: int, cull_backfaces: boo
     rast = verts.new_empty((B, H, W, 4))
     ws = verts.new_empty((B * V * 4,))
     keys = torch.empty((2 * B * H * W,), dtype=torch.int64, device=verts.device)
-    _ext.cuda_module().rasterize_triangles(_ext.arg(verts), _ext.arg(faces), H, W, cull_backfaces, _ext.arg(rast),
-                                           _ext.arg(ws), _ext.arg(keys), _ext.stream(verts.device))
+    _ext.cuda_module().rasterize_triangles(_ext.arg(verts), _ext.arg(faces), H, W, cull_backfaces,
+                                           _ext.arg(rast), _ext.arg(ws), _ext.arg(keys),
+                                           _ext.stream(verts.device))
     return rast
 
 
@@ -74,7 +78,8 @@ def _rast_ref(verts: Tensor, faces: Tensor, H: int, W: int, cull_backfaces: bool
     return ref.rasterize_triangles(verts, faces, (H, W), cull_backfaces)
 
 
-# "cuda" is the plain-PyTorch computation (what GPUs run until the kernel is verified), "cuda:next" the kernel.
+# "cuda" is the plain-PyTorch computation (what GPUs run until the kernel is verified), "cuda:next" the
+# kernel.
 _IMPLS = {"cpu": _rast_cpu, "cuda": _rast_ref, "cuda:next": _rast_cuda, "reference": _rast_ref}
 _backend.register_candidate(_OP, "cuda:next")
 
@@ -96,9 +101,10 @@ def _(verts_clip, faces, H, W, cull_backfaces):
 
 def rasterize_backward(verts_clip: Tensor, faces: Tensor, rast: Tensor, grad_rast: Tensor) -> Tensor:
     """d loss / d verts_clip (B, V, 4) from d loss / d rast (B, H, W, 4) (channels u, v, depth; the id channel
-    is ignored), analytically: per covered pixel, with edge functions e_k (edge k opposite vertex k) in screen
-    space, r_k = e_k / w_k, u = r1 / sum r, v = r2 / sum r, depth = sum e_k z_k/w_k / area (area = sum e_k), the
-    chain rule through e_k(sx, sy), 1/w, z/w and sx = (x/w + 1) W/2, sy = (y/w + 1) H/2; summed per vertex."""
+    is ignored), analytically: per covered pixel, with edge functions e_k (edge k opposite vertex k) in
+    screen space, r_k = e_k / w_k, u = r1 / sum r, v = r2 / sum r, depth = sum e_k z_k/w_k / area (area =
+    sum e_k), the chain rule through e_k(sx, sy), 1/w, z/w and sx = (x/w + 1) W/2, sy = (y/w + 1) H/2; summed
+    per vertex."""
     B, H, W, _ = rast.shape
     V = verts_clip.shape[1]
     grad = verts_clip.new_zeros((B * V, 4))
@@ -124,7 +130,8 @@ def rasterize_backward(verts_clip: Tensor, faces: Tensor, rast: Tensor, grad_ras
     depth = (e * zw).sum(1) / area
     delta1 = torch.tensor([0.0, 1.0, 0.0], dtype=x.dtype, device=x.device)
     delta2 = torch.tensor([0.0, 0.0, 1.0], dtype=x.dtype, device=x.device)
-    gr = (gu.unsqueeze(1) * (delta1 - u.unsqueeze(1)) + gv.unsqueeze(1) * (delta2 - v.unsqueeze(1))) / s.unsqueeze(1)
+    gr = (gu.unsqueeze(1) * (delta1 - u.unsqueeze(1)) + gv.unsqueeze(1) * (delta2 - v.unsqueeze(1)))
+    gr = gr / s.unsqueeze(1)
     g_area = -gd * depth / area
     ge = gr * iw + (gd / area).unsqueeze(1) * zw + g_area.unsqueeze(1)
     g_iw = gr * e
@@ -204,8 +211,8 @@ def _check_face_range(op: str, faces: Tensor, V: int) -> None:
     outside = (faces < 0) | (faces >= V)
     if faces.numel() and bool(outside.any()):
         k = int(torch.nonzero(outside.reshape(-1))[0])
-        raise ValueError(f"{op}: argument 'faces' has index {int(faces.reshape(-1)[k])} at face {k // 3} outside "
-                         f"[0, V) = [0, {V})")
+        raise ValueError(f"{op}: argument 'faces' has index {int(faces.reshape(-1)[k])} at face {k // 3} "
+                         f"outside [0, V) = [0, {V})")
 
 
 def _check_float(op: str, name: str, t) -> None:
@@ -230,12 +237,13 @@ def rasterize_triangles(verts_clip: Tensor, faces: Tensor, image_size: tuple[int
     """
     _check_float(_OP, "verts_clip", verts_clip)
     if verts_clip.dim() != 3 or verts_clip.shape[2] != 4:
-        raise ValueError(f"{_OP}: argument 'verts_clip' must have shape (B, V, 4) (clip-space x, y, z, w), got "
-                         f"{tuple(verts_clip.shape)}")
+        raise ValueError(f"{_OP}: argument 'verts_clip' must have shape (B, V, 4) (clip-space x, y, z, w), "
+                         f"got {tuple(verts_clip.shape)}")
     faces = _check_faces(_OP, faces, verts_clip.shape[1], verts_clip.device)
     H, W = _image_size(image_size)
     if not isinstance(cull_backfaces, bool):
-        raise TypeError(f"{_OP}: argument 'cull_backfaces' must be a bool, got {type(cull_backfaces).__name__}")
+        raise TypeError(f"{_OP}: argument 'cull_backfaces' must be a bool, got "
+                        f"{type(cull_backfaces).__name__}")
     if eager(verts_clip, faces):
         return _RastFunction.apply(verts_clip, faces, H, W, cull_backfaces)
     return _rast_op(verts_clip, faces, H, W, cull_backfaces)
@@ -259,8 +267,8 @@ def interpolate_attributes(attr: Tensor, rast: Tensor, faces: Tensor) -> Tensor:
         raise ValueError(f"{op}: argument 'attr' must have shape (B, V, C), got {tuple(attr.shape)}")
     B, V, C = attr.shape
     if rast.dim() != 4 or rast.shape[3] != 4 or rast.shape[0] != B:
-        raise ValueError(f"{op}: argument 'rast' must have shape (B, H, W, 4) with B = {B} (attr's batch), got "
-                         f"{tuple(rast.shape)}")
+        raise ValueError(f"{op}: argument 'rast' must have shape (B, H, W, 4) with B = {B} (attr's batch), "
+                         f"got {tuple(rast.shape)}")
     if rast.device != attr.device:
         raise TypeError(f"{op}: argument 'rast' is on {rast.device} but 'attr' is on {attr.device}")
     faces = _check_faces(op, faces, V, attr.device)
@@ -293,7 +301,8 @@ def texture_sample(tex: Tensor, uv: Tensor, padding_mode: str = "border") -> Ten
         raise ValueError(f"{op}: argument 'uv' must have shape (B, H, W, 2) with B = {tex.shape[0]}, got "
                          f"{tuple(uv.shape)}")
     if padding_mode not in ("border", "zeros", "reflection"):
-        raise ValueError(f"{op}: padding_mode must be 'border', 'zeros' or 'reflection', got {padding_mode!r}")
+        raise ValueError(f"{op}: padding_mode must be 'border', 'zeros' or 'reflection', got "
+                         f"{padding_mode!r}")
     out = F.grid_sample(tex, uv.to(tex.dtype) * 2 - 1, mode="bilinear", padding_mode=padding_mode,
                         align_corners=False)
     return out.permute(0, 2, 3, 1)

@@ -1,21 +1,23 @@
-"""Plain-PyTorch triangle rasterization, written for clarity: the oracle of the tests and the fallback backend.
+"""Plain-PyTorch triangle rasterization, written for clarity: the oracle of the tests and the fallback
+backend.
 
 The semantics are those of ``pyvision_fast.ops.mesh_raster`` (read its module docstring first). The
 computation, vectorised over (image, triangle, pixel of the triangle's bounding box) triples in chunks:
 
 1. per vertex: screen coordinates ``sx = (x / w + 1) * (W / 2)``, ``sy = (y / w + 1) * (H / 2)`` (pixel
    centres at ``(j + 0.5, i + 0.5)``), ``1 / w`` and ``z / w``;
-2. per triangle: culling (a vertex with ``w <= 0``, a non-finite coordinate, zero area, a back face when asked),
-   the pixel-centre bounding box;
-3. per (triangle, pixel) pair: the three edge functions, each computed from the edge's endpoints in a canonical
-   (lexicographic) order so that two triangles sharing an edge get exactly opposite values, the coverage test
-   with the ownership rule for centres exactly on an edge, depth and perspective-correct barycentrics;
+2. per triangle: culling (a vertex with ``w <= 0``, a non-finite coordinate, zero area, a back face when
+   asked), the pixel-centre bounding box;
+3. per (triangle, pixel) pair: the three edge functions, each computed from the edge's endpoints in a
+   canonical (lexicographic) order so that two triangles sharing an edge get exactly opposite values, the
+   coverage test with the ownership rule for centres exactly on an edge, depth and perspective-correct
+   barycentrics;
 4. the z-buffer: the smallest depth per pixel (``scatter_reduce`` amin), then among the covering pairs at that
    depth the lowest triangle id.
 
 Every floating-point operation is written in the order the C++ kernel performs it, so that the two agree
-bitwise (coverage, ties) and not only to a tolerance. No argument validation (the op checks): meant for correct
-inputs.
+bitwise (coverage, ties) and not only to a tolerance. No argument validation (the op checks): meant for
+correct inputs.
 """
 from __future__ import annotations
 
