@@ -254,7 +254,7 @@ def interpolate_attributes(attr: Tensor, rast: Tensor, faces: Tensor) -> Tensor:
 
     Args:
         attr: (B, V, C) float32/float64 per-vertex attributes (colours, normals, UVs, ...).
-        rast: (B, H, W, 4) output of ``rasterize_triangles`` (attr's dtype), rasterized with these faces.
+        rast: (B, H, W, 4) output of ``rasterize_triangles``, of attr's dtype, rasterized with these faces.
         faces: (F, 3) int32/int64 vertex indices in [0, V).
 
     Returns: (B, H, W, C) of attr's dtype, zero where no triangle. Differentiable in attr and in rast's (u, v)
@@ -271,6 +271,9 @@ def interpolate_attributes(attr: Tensor, rast: Tensor, faces: Tensor) -> Tensor:
                          f"got {tuple(rast.shape)}")
     if rast.device != attr.device:
         raise TypeError(f"{op}: argument 'rast' is on {rast.device} but 'attr' is on {attr.device}")
+    if rast.dtype != attr.dtype:
+        raise TypeError(f"{op}: arguments 'attr' ({attr.dtype}) and 'rast' ({rast.dtype}) must have the same "
+                        f"dtype")
     faces = _check_faces(op, faces, V, attr.device)
     Fn = faces.shape[0]
     if rast.numel() and not torch.compiler.is_compiling():
@@ -285,7 +288,8 @@ def interpolate_attributes(attr: Tensor, rast: Tensor, faces: Tensor) -> Tensor:
 
 
 def texture_sample(tex: Tensor, uv: Tensor, padding_mode: str = "border") -> Tensor:
-    """Bilinear texture lookup: tex (B, C, Ht, Wt), uv (B, H, W, 2) -> (B, H, W, C), differentiable in both.
+    """Bilinear texture lookup: tex (B, C, Ht, Wt), uv (B, H, W, 2) of tex's dtype and device -> (B, H, W, C),
+    differentiable in both.
 
     UV convention: u runs along the texture's width (u = 0 the left edge of column 0, u = 1 the right edge of
     column Wt - 1), v along its rows (v = 0 the outer edge of row 0, v = 1 that of row Ht - 1): texel centres
@@ -300,9 +304,13 @@ def texture_sample(tex: Tensor, uv: Tensor, padding_mode: str = "border") -> Ten
     if uv.dim() != 4 or uv.shape[3] != 2 or uv.shape[0] != tex.shape[0]:
         raise ValueError(f"{op}: argument 'uv' must have shape (B, H, W, 2) with B = {tex.shape[0]}, got "
                          f"{tuple(uv.shape)}")
+    if uv.dtype != tex.dtype:
+        raise TypeError(f"{op}: arguments 'tex' ({tex.dtype}) and 'uv' ({uv.dtype}) must have the same dtype")
+    if uv.device != tex.device:
+        raise TypeError(f"{op}: argument 'uv' is on {uv.device} but 'tex' is on {tex.device}")
     if padding_mode not in ("border", "zeros", "reflection"):
         raise ValueError(f"{op}: padding_mode must be 'border', 'zeros' or 'reflection', got "
                          f"{padding_mode!r}")
-    out = F.grid_sample(tex, uv.to(tex.dtype) * 2 - 1, mode="bilinear", padding_mode=padding_mode,
+    out = F.grid_sample(tex, uv * 2 - 1, mode="bilinear", padding_mode=padding_mode,
                         align_corners=False)
     return out.permute(0, 2, 3, 1)

@@ -151,6 +151,6 @@ def interpolate_attributes(attr: Tensor, rast: Tensor, faces: Tensor) -> Tensor:
     bidx = torch.arange(B, device=attr.device).view(B, 1, 1, 1)
     vals = attr[bidx, corner]  # (B, H, W, 3, C)
     u, v = rast[..., 0], rast[..., 1]
-    wts = torch.stack([1 - u - v, u, v], -1).to(attr.dtype)
+    wts = torch.stack([1 - u - v, u, v], -1)
     out = (wts.unsqueeze(-1) * vals).sum(-2)
     return torch.where(hit.unsqueeze(-1), out, out.new_zeros(()).expand(B, H, W, C))
