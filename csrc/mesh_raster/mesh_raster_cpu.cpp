@@ -47,18 +47,24 @@ template <typename T>
 void rasterize_cpu(const T* verts, const int64_t* faces, int64_t B, int64_t V, int64_t F, int64_t H,
                    int64_t W, bool cull_backfaces, T* rast, T* vertex_ws) {
   if (B == 0 || H == 0 || W == 0) return;
-  parallel_for(0, B * V, 4096, [&](int64_t lo, int64_t hi) {
-    for (int64_t k = lo; k < hi; ++k) screen_vertex(verts + k * 4, H, W, vertex_ws + k * 4);
-  });
   // Bands: enough work items for every thread (about 4 per thread), none shorter than kRowsPerTile rows. The
   // banding does not change the result: each pixel is decided by the one band holding its row.
   const int64_t max_bands = (H + kRowsPerTile - 1) / kRowsPerTile;
   const int64_t want = (4 * static_cast<int64_t>(num_threads()) + B - 1) / B;
   const int64_t bands = std::max<int64_t>(1, std::min(want, max_bands));
   const int64_t band_h = (H + bands - 1) / bands;
+  // With one band per image (batches of >= 4 images per thread) each work item transforms its own image's
+  // vertices: one parallel region instead of two (an OpenMP region's end costs spinning threads).
+  if (bands > 1) {
+    parallel_for(0, B * V, 4096, [&](int64_t lo, int64_t hi) {
+      for (int64_t k = lo; k < hi; ++k) screen_vertex(verts + k * 4, H, W, vertex_ws + k * 4);
+    });
+  }
   parallel_for_dynamic(0, B * bands, 1, [&](int64_t lo, int64_t hi) {
     for (int64_t item = lo; item < hi; ++item) {
       const int64_t b = item / bands;
+      if (bands == 1)
+        for (int64_t k = b * V; k < (b + 1) * V; ++k) screen_vertex(verts + k * 4, H, W, vertex_ws + k * 4);
       const int64_t r0 = (item % bands) * band_h, r1 = std::min(H, r0 + band_h);
       if (r0 >= r1) continue;
       T* img = rast + b * H * W * 4;

@@ -193,7 +193,7 @@ def _image_size(image_size) -> tuple[int, int]:
     return H, W
 
 
-def _check_faces(op: str, faces, V: int, device: torch.device) -> Tensor:
+def _check_faces(op: str, faces, V: int, device: torch.device, values: bool = True) -> Tensor:
     if not isinstance(faces, Tensor):
         raise TypeError(f"{op}: argument 'faces' must be a tensor, got {type(faces).__name__}")
     if faces.dtype not in (torch.int32, torch.int64):
@@ -202,7 +202,9 @@ def _check_faces(op: str, faces, V: int, device: torch.device) -> Tensor:
         raise ValueError(f"{op}: argument 'faces' must have shape (F, 3), got {tuple(faces.shape)}")
     if faces.device != device:
         raise TypeError(f"{op}: argument 'faces' is on {faces.device} but the vertex data is on {device}")
-    if not torch.compiler.is_compiling():  # a traced graph cannot branch on values: the op body checks then
+    # values: a traced graph cannot branch on them (the op body checks then); rasterize_triangles checks them
+    # in its implementation (the C++ binding on CPUs), without a parallel torch reduction before its kernel
+    if values and not torch.compiler.is_compiling():
         _check_face_range(op, faces, V)
     return faces.to(torch.int64)
 
@@ -239,7 +241,7 @@ def rasterize_triangles(verts_clip: Tensor, faces: Tensor, image_size: tuple[int
     if verts_clip.dim() != 3 or verts_clip.shape[2] != 4:
         raise ValueError(f"{_OP}: argument 'verts_clip' must have shape (B, V, 4) (clip-space x, y, z, w), "
                          f"got {tuple(verts_clip.shape)}")
-    faces = _check_faces(_OP, faces, verts_clip.shape[1], verts_clip.device)
+    faces = _check_faces(_OP, faces, verts_clip.shape[1], verts_clip.device, values=False)
     H, W = _image_size(image_size)
     if not isinstance(cull_backfaces, bool):
         raise TypeError(f"{_OP}: argument 'cull_backfaces' must be a bool, got "
