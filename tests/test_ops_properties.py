@@ -28,6 +28,7 @@ from op_harness import assert_close
 from pyvision_fast import ops, use_backend
 from pyvision_fast.geometry import equirect
 from pyvision_fast.reference import attention as ref_attention
+from pyvision_fast.reference import mesh_raster as ref_raster
 from pyvision_fast.reference import mvf as ref_mvf
 from pyvision_fast.reference import pointcloud as ref_pc
 from pyvision_fast.reference import scale_space as ref_ss
@@ -926,9 +927,91 @@ BIAS_ACT = Spec("bias_act", _bias_act_draw, lambda a: ops.bias_act(**a), _bias_a
 ])
 
 
+def _raster_draw(d: Draw) -> dict:
+    dtype = d.pick(FLOATS, "dtype")
+    B, V, F = d.int(0, 2, "B"), d.int(1, 6, "V"), d.int(0, 5, "F")
+    xyz = d.rand(B, V, 3) * 2 - 1
+    w = d.rand(B, V) + 0.5
+    verts = torch.cat([xyz * w[..., None], w[..., None]], -1).to(dtype)
+    faces = d.randint(0, V, F, 3).to(d.pick([torch.int32, torch.int64], "faces dtype"))
+    return dict(verts_clip=verts, faces=faces, image_size=(d.int(1, 6, "H"), d.int(1, 6, "W")),
+                cull_backfaces=d.bool("cull"))
+
+
+def _raster_check(a, out):
+    close(out, ref_raster.rasterize_triangles(f64(a["verts_clip"]).to(a["verts_clip"].dtype), a["faces"],
+                                              a["image_size"], a["cull_backfaces"]).double())
+
+
+RASTER = Spec("rasterize_triangles", _raster_draw, lambda a: ops.rasterize_triangles(**a), _raster_check, [
+    Mutation("verts components", lambda a, d: replaced(a, verts_clip=a["verts_clip"][..., :3]), "verts_clip"),
+    Mutation("verts rank", lambda a, d: replaced(a, verts_clip=a["verts_clip"].flatten(0, 1)), "verts_clip"),
+    Mutation("faces of 4", lambda a, d: replaced(a, faces=torch.cat([a["faces"], a["faces"][:, :1]], 1)), "faces"),
+    Mutation("face index past V", lambda a, d: replaced(a, faces=a["faces"] + a["verts_clip"].shape[1])
+             if a["faces"].numel() else None, "faces"),
+    Mutation("float faces", lambda a, d: replaced(a, faces=a["faces"].double()), "faces"),
+    Mutation("integer verts", lambda a, d: replaced(a, verts_clip=a["verts_clip"].long()), "verts_clip"),
+    Mutation("image_size 0", lambda a, d: replaced(a, image_size=(0, a["image_size"][1])), "image_size"),
+    Mutation("image_size of 3", lambda a, d: replaced(a, image_size=(*a["image_size"], 1)), "image_size"),
+])
+
+
+def _interp_attr_draw(d: Draw) -> dict:
+    mesh = _raster_draw(d)
+    rast = ops.rasterize_triangles(**mesh)
+    return dict(attr=d.randn(mesh["verts_clip"].shape[0], mesh["verts_clip"].shape[1], d.int(1, 3, "C"),
+                             dtype=rast.dtype), rast=rast, faces=mesh["faces"])
+
+
+def _interp_attr_check(a, out):
+    attr, rast, faces = f64(a["attr"]), f64(a["rast"]), a["faces"]
+    if faces.shape[0] == 0:  # no triangle, every pixel empty (the reference function indexes the empty faces)
+        close(out, attr.new_zeros(*rast.shape[:3], attr.shape[2]))
+    else:
+        close(out, ref_raster.interpolate_attributes(attr, rast, faces))
+
+
+INTERP_ATTR = Spec("interpolate_attributes", _interp_attr_draw, lambda a: ops.interpolate_attributes(**a),
+                   _interp_attr_check, [
+    Mutation("attr batch", lambda a, d: replaced(a, attr=_grow_batch(a["attr"])), "attr|rast"),
+    Mutation("attr rank", lambda a, d: replaced(a, attr=a["attr"].flatten(1)), "attr"),
+    Mutation("rast channels", lambda a, d: replaced(a, rast=a["rast"][..., :3]), "rast"),
+    Mutation("rast dtype", lambda a, d: replaced(a, rast=a["rast"].to(other_float(a["attr"].dtype))), "rast|attr"),
+    Mutation("faces of 2", lambda a, d: replaced(a, faces=a["faces"][:, :2]), "faces"),
+    Mutation("float faces", lambda a, d: replaced(a, faces=a["faces"].double()), "faces"),
+])
+
+
+def _texture_draw(d: Draw) -> dict:
+    dtype = d.pick(FLOATS, "dtype")
+    B, C, Ht, Wt, H, W = (d.int(0, 2, "B"), d.int(1, 3, "C"), d.int(1, 4, "Ht"), d.int(1, 4, "Wt"), d.int(0, 3, "H"),
+                          d.int(0, 3, "W"))
+    return dict(tex=d.randn(B, C, Ht, Wt, dtype=dtype), uv=d.rand(B, H, W, 2, dtype=dtype) * 1.4 - 0.2,
+                padding_mode=d.pick(["border", "zeros", "reflection"], "padding_mode"))
+
+
+def _texture_check(a, out):
+    """grid_sample with align_corners=False on 2 uv - 1 (the documented convention), in float64."""
+    tex, uv = f64(a["tex"]), f64(a["uv"])
+    if uv.numel() == 0 or tex.shape[0] == 0:
+        assert out.shape == (*uv.shape[:3], tex.shape[1])
+        return
+    expected = F.grid_sample(tex, 2 * uv - 1, mode="bilinear", padding_mode=a["padding_mode"], align_corners=False)
+    close(out, expected.permute(0, 2, 3, 1))
+
+
+TEXTURE = Spec("texture_sample", _texture_draw, lambda a: ops.texture_sample(**a), _texture_check, [
+    Mutation("uv batch", lambda a, d: replaced(a, uv=_grow_batch(a["uv"])), "uv|tex"),
+    Mutation("uv components", lambda a, d: replaced(a, uv=torch.cat([a["uv"], a["uv"][..., :1]], -1)), "uv"),
+    Mutation("tex rank", lambda a, d: replaced(a, tex=a["tex"].flatten(2)), "tex"),
+    Mutation("uv dtype", lambda a, d: replaced(a, uv=a["uv"].to(other_float(a["tex"].dtype))), "uv|tex"),
+    Mutation("padding_mode", lambda a, d: replaced(a, padding_mode="circular"), "padding_mode"),
+])
+
+
 SPECS = [DEFORM, MVF, MVF_BN, GSS, SCALE_ATTENTION, SCALE_SPACE_WEIGHT, SPHERE, VQ, ATTENTION, KNN, BALL, SFP, FPS,
          GATHER, GROUP, THREE_NN, INTERP, KNN_GATHER, MASKED_GATHER, CHAMFER, BALL_MMCV, STACKED_BALL, STACKED_GROUP,
-         FPS_DIST, UPFIRDN, BIAS_ACT]
+         FPS_DIST, UPFIRDN, BIAS_ACT, RASTER, INTERP_ATTR, TEXTURE]
 
 # Every public op has a spec (KNN is the result type, not an op).
 COVERED = {spec.name for spec in SPECS}
