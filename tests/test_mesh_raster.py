@@ -376,6 +376,116 @@ def test_bad_inputs(case, backend):
         run_bad_input(case)
 
 
+# The CUDA candidate's per-item bodies (mesh_raster_math.h: depth pass, id pass, resolve), built for the host
+# and run item by item in a given order, with a plain minimum in place of atomicMin: the kernel's logic (depth
+# keys, the two passes, ties, the resolve) checked without a GPU. Contraction off, like the CUDA _rn intrinsics.
+_EMULATOR_SOURCE = r"""
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "mesh_raster/mesh_raster_math.h"
+
+using namespace pvf::mesh_raster;
+
+namespace {
+struct HostMin {
+  void operator()(uint64_t* p, uint64_t v) const { *p = std::min(*p, v); }
+};
+
+template <typename T>
+void run(const T* verts, const int64_t* faces, int64_t B, int64_t V, int64_t F, int64_t H, int64_t W, int cull,
+         int reverse, T* rast) {
+  const int64_t npix = B * H * W;
+  std::vector<T> ws(B * V * 4);
+  std::vector<uint64_t> keys(2 * npix, kEmptyKey);
+  for (int64_t k = 0; k < B * V; ++k) screen_vertex(verts + k * 4, H, W, ws.data() + k * 4);
+  for (int pass = 0; pass < 2; ++pass)
+    for (int64_t n = 0; n < B * F; ++n) {
+      const int64_t item = reverse ? B * F - 1 - n : n;
+      if (pass == 0)
+        key_pass_item<0>(ws.data(), faces, item / F, item % F, V, H, W, cull, keys.data(), keys.data() + npix,
+                         HostMin{});
+      else
+        key_pass_item<1>(ws.data(), faces, item / F, item % F, V, H, W, cull, keys.data(), keys.data() + npix,
+                         HostMin{});
+    }
+  for (int64_t p = 0; p < npix; ++p) resolve_item(ws.data(), faces, p, V, H, W, cull, keys.data() + npix, rast);
+}
+}  // namespace
+
+extern "C" void emulate_f32(const float* v, const int64_t* f, int64_t B, int64_t V, int64_t F, int64_t H,
+                            int64_t W, int cull, int reverse, float* rast) {
+  run(v, f, B, V, F, H, W, cull, reverse, rast);
+}
+extern "C" void emulate_f64(const double* v, const int64_t* f, int64_t B, int64_t V, int64_t F, int64_t H,
+                            int64_t W, int cull, int reverse, double* rast) {
+  run(v, f, B, V, F, H, W, cull, reverse, rast);
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def cuda_emulator(tmp_path_factory):
+    import ctypes
+    import os
+    import pathlib
+    import shutil
+    import subprocess
+
+    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if cxx is None:
+        pytest.skip("no host C++ compiler")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    tmp = tmp_path_factory.mktemp("mesh_raster_emulator")
+    src, lib = tmp / "emulator.cpp", tmp / "emulator.so"
+    src.write_text(_EMULATOR_SOURCE)
+    out = subprocess.run([cxx, "-std=c++17", "-O2", "-ffp-contract=off", "-shared", "-fPIC", f"-I{root / 'csrc'}",
+                          str(src), "-o", str(lib)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return ctypes.CDLL(str(lib))
+
+
+def _emulate(lib, verts, faces, H, W, cull, reverse):
+    import ctypes
+
+    verts, faces = verts.contiguous(), faces.long().contiguous()
+    B, V = verts.shape[:2]
+    rast = torch.empty(B, H, W, 4, dtype=verts.dtype)
+    fn = lib.emulate_f32 if verts.dtype == torch.float32 else lib.emulate_f64
+    ptr = lambda t: ctypes.c_void_p(t.data_ptr())  # noqa: E731
+    fn(ptr(verts), ptr(faces), *[ctypes.c_int64(n) for n in (B, V, faces.shape[0], H, W)], ctypes.c_int(cull),
+       ctypes.c_int(reverse), ptr(rast))
+    return rast
+
+
+@settings(max_examples=15, deadline=None)
+@given(B=st.integers(1, 2), V=st.integers(3, 30), F=st.integers(0, 40), H=st.integers(1, 17),
+       W=st.integers(1, 17), cull=st.booleans(), seed=st.integers(0, 2**16))
+def test_cuda_kernel_bodies_emulated_on_the_host_match_cpu(cuda_emulator, B, V, F, H, W, cull, seed):
+    """In either order of the (image, face) items (the atomics' order on a GPU is arbitrary), the emulated
+    CUDA passes give the CPU kernel's result bitwise: ties, -0/+0 depths and shared edges included."""
+    g = torch.Generator().manual_seed(seed)
+    for dtype in (torch.float32, torch.float64):
+        verts, faces = _random_mesh(g, B, V, F, dtype, 1.5)
+        want = ops.rasterize_triangles(verts, faces, (H, W), cull_backfaces=cull)
+        for reverse in (0, 1):
+            assert torch.equal(_emulate(cuda_emulator, verts, faces, H, W, cull, reverse), want)
+
+
+def test_cuda_kernel_bodies_emulated_shared_edges_and_ties(cuda_emulator):
+    H = W = 9
+    pts = [[4.5, 4.5], [0, 0], [4.5, 0], [9, 0], [9, 4.5], [9, 9], [4.5, 9], [0, 9], [0, 4.5]]
+    fan = torch.tensor([[0, 1 + k, 1 + (k + 1) % 8] for k in range(8)])
+    # the same fan twice, at depth +0 (ids 0..7) and at depth -0 (ids 8..15): they tie, the lower ids win
+    verts = torch.cat([_clip(pts, H, W, z=[0.0] * 9), _clip(pts, H, W, z=[-0.0] * 9)], 1)
+    faces = torch.cat([fan, fan + 9])
+    for reverse in (0, 1):
+        got = _emulate(cuda_emulator, verts, faces, H, W, False, reverse)
+        assert torch.equal(got, ops.rasterize_triangles(verts, faces, (H, W)))
+        assert ((got[0, :, :, 3] >= 1) & (got[0, :, :, 3] <= 8)).all()
+
+
 def _cpp_call(verts=None, faces=None, H=3, W=4, rast=None, ws=None):
     from pyvision_fast import _ext
 

@@ -4,6 +4,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "common/macros.h"
 
@@ -128,6 +129,83 @@ PVF_MR_FN void barycentrics_at(const Tri<T>& t, T e0, T e1, T e2, T& u, T& v) {
   const T s = add_(add_(r0, r1), r2);
   u = div_(r1, s);
   v = div_(r2, s);
+}
+
+// ---------------------------------------------------------------- the CUDA kernel's per-item bodies
+// Kept here, with the atomic passed in, so that a host build (tests/test_mesh_raster.py) runs them too.
+
+constexpr uint64_t kEmptyKey = ~uint64_t(0);
+
+// Order-preserving unsigned image of a depth (-0 maps like +0, so that they tie as they compare).
+PVF_MR_FN uint64_t depth_key(float d) {
+  if (d == 0.0f) d = 0.0f;
+#if defined(__CUDA_ARCH__)
+  const uint32_t u = __float_as_uint(d);
+#else
+  uint32_t u;
+  std::memcpy(&u, &d, sizeof(u));
+#endif
+  return (u & 0x80000000u) ? uint64_t(~u) : uint64_t(u | 0x80000000u);
+}
+PVF_MR_FN uint64_t depth_key(double d) {
+  if (d == 0.0) d = 0.0;
+#if defined(__CUDA_ARCH__)
+  const uint64_t u = static_cast<uint64_t>(__double_as_longlong(d));
+#else
+  uint64_t u;
+  std::memcpy(&u, &d, sizeof(u));
+#endif
+  return (u & 0x8000000000000000ull) ? ~u : (u | 0x8000000000000000ull);
+}
+
+// One (image b, face f) item of the depth pass (Pass 0: amin(keys[p], depth key)) or of the id pass (Pass 1:
+// amin(ids[p], f) where the face's depth key is the pixel's minimum). amin(ptr, value) is an atomic minimum.
+template <int Pass, typename T, typename AMin>
+PVF_MR_FN void key_pass_item(const T* ws, const int64_t* faces, int64_t b, int64_t f, int64_t V, int64_t H,
+                             int64_t W, bool cull, uint64_t* keys, uint64_t* ids, const AMin& amin) {
+  const int64_t* fc = faces + f * 3;
+  const T* vs = ws + b * V * 4;
+  Tri<T> t;
+  if (!setup_triangle(vs + fc[0] * 4, vs + fc[1] * 4, vs + fc[2] * 4, H, W, cull, t)) return;
+  for (int64_t i = t.i0; i <= t.i1; ++i) {
+    const T py = T(i) + T(0.5);
+    const T a0 = edge_row(t.e[0], py), a1 = edge_row(t.e[1], py), a2 = edge_row(t.e[2], py);
+    for (int64_t j = t.j0; j <= t.j1; ++j) {
+      const T px = T(j) + T(0.5);
+      const T e0 = edge_at(t.e[0], a0, px), e1 = edge_at(t.e[1], a1, px), e2 = edge_at(t.e[2], a2, px);
+      if (!covers(e0, t.e[0].own) || !covers(e1, t.e[1].own) || !covers(e2, t.e[2].own)) continue;
+      const uint64_t key = depth_key(depth_at(t, e0, e1, e2));
+      const int64_t p = (b * H + i) * W + j;
+      if (Pass == 0)
+        amin(keys + p, key);
+      else if (keys[p] == key)
+        amin(ids + p, static_cast<uint64_t>(f));
+    }
+  }
+}
+
+// Pixel p of rast (B, H, W, 4) from the id pass's winner ids[p] (kEmptyKey: no triangle).
+template <typename T>
+PVF_MR_FN void resolve_item(const T* ws, const int64_t* faces, int64_t p, int64_t V, int64_t H, int64_t W,
+                            bool cull, const uint64_t* ids, T* rast) {
+  T* o = rast + p * 4;
+  const uint64_t f = ids[p];
+  if (f == kEmptyKey) {
+    o[0] = o[1] = o[2] = o[3] = T(0);
+    return;
+  }
+  const int64_t b = p / (H * W), i = (p / W) % H, j = p % W;
+  const int64_t* fc = faces + f * 3;
+  const T* vs = ws + b * V * 4;
+  Tri<T> t;
+  setup_triangle(vs + fc[0] * 4, vs + fc[1] * 4, vs + fc[2] * 4, H, W, cull, t);
+  const T py = T(i) + T(0.5), px = T(j) + T(0.5);
+  const T e0 = edge_at(t.e[0], edge_row(t.e[0], py), px);
+  const T e1 = edge_at(t.e[1], edge_row(t.e[1], py), px);
+  const T e2 = edge_at(t.e[2], edge_row(t.e[2], py), px);
+  barycentrics_at(t, e0, e1, e2, o[0], o[1]);
+  o[2] = depth_at(t, e0, e1, e2);
+  o[3] = T(static_cast<int64_t>(f) + 1);
 }
 
 }  // namespace mesh_raster
