@@ -358,9 +358,12 @@ def _bad_cases():
         BadInput("rast rank 3", lambda: I(attr, rast[0], f), ValueError, "'rast' must have shape"),
         BadInput("rast ids beyond faces", lambda: I(attr, rast, f[:1]), ValueError, "triangle ids"),
         BadInput("attr integer", lambda: I(attr.long(), rast, f), TypeError, "'attr' must be float32"),
-        BadInput("rast dtype", lambda: I(attr, rast.double(), f), TypeError, "'attr' .* 'rast' .* same dtype"),
-        BadInput("rast dtype, empty batch", lambda: I(attr[:0], rast[:0].double(), f), TypeError, "same dtype"),
-        BadInput("uv dtype", lambda: ops.texture_sample(torch.zeros(2, 1, 4, 4), torch.zeros(2, 3, 3, 2).double()),
+        BadInput("rast dtype", lambda: I(attr, rast.double(), f), TypeError,
+                 "'attr' .* 'rast' .* same dtype"),
+        BadInput("rast dtype, empty batch", lambda: I(attr[:0], rast[:0].double(), f), TypeError,
+                 "same dtype"),
+        BadInput("uv dtype",
+                 lambda: ops.texture_sample(torch.zeros(2, 1, 4, 4), torch.zeros(2, 3, 3, 2).double()),
                  TypeError, "'tex' .* 'uv' .* same dtype"),
         BadInput("tex rank 3", lambda: ops.texture_sample(attr, torch.zeros(2, 3, 3, 2)), ValueError,
                  "'tex'"),
@@ -378,7 +381,8 @@ def test_bad_inputs(case, backend):
 
 # The CUDA candidate's per-item bodies (mesh_raster_math.h: depth pass, id pass, resolve), built for the host
 # and run item by item in a given order, with a plain minimum in place of atomicMin: the kernel's logic (depth
-# keys, the two passes, ties, the resolve) checked without a GPU. Contraction off, like the CUDA _rn intrinsics.
+# keys, the two passes, ties, the resolve) checked without a GPU. Contraction off, like the CUDA _rn
+# intrinsics.
 _EMULATOR_SOURCE = r"""
 #include <algorithm>
 #include <cstdint>
@@ -394,8 +398,8 @@ struct HostMin {
 };
 
 template <typename T>
-void run(const T* verts, const int64_t* faces, int64_t B, int64_t V, int64_t F, int64_t H, int64_t W, int cull,
-         int reverse, T* rast) {
+void run(const T* verts, const int64_t* faces, int64_t B, int64_t V, int64_t F, int64_t H, int64_t W,
+         int cull, int reverse, T* rast) {
   const int64_t npix = B * H * W;
   std::vector<T> ws(B * V * 4);
   std::vector<uint64_t> keys(2 * npix, kEmptyKey);
@@ -410,7 +414,8 @@ void run(const T* verts, const int64_t* faces, int64_t B, int64_t V, int64_t F, 
         key_pass_item<1>(ws.data(), faces, item / F, item % F, V, H, W, cull, keys.data(), keys.data() + npix,
                          HostMin{});
     }
-  for (int64_t p = 0; p < npix; ++p) resolve_item(ws.data(), faces, p, V, H, W, cull, keys.data() + npix, rast);
+  for (int64_t p = 0; p < npix; ++p)
+    resolve_item(ws.data(), faces, p, V, H, W, cull, keys.data() + npix, rast);
 }
 }  // namespace
 
@@ -440,8 +445,8 @@ def cuda_emulator(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mesh_raster_emulator")
     src, lib = tmp / "emulator.cpp", tmp / "emulator.so"
     src.write_text(_EMULATOR_SOURCE)
-    out = subprocess.run([cxx, "-std=c++17", "-O2", "-ffp-contract=off", "-shared", "-fPIC", f"-I{root / 'csrc'}",
-                          str(src), "-o", str(lib)], capture_output=True, text=True)
+    out = subprocess.run([cxx, "-std=c++17", "-O2", "-ffp-contract=off", "-shared", "-fPIC",
+                          f"-I{root / 'csrc'}", str(src), "-o", str(lib)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     return ctypes.CDLL(str(lib))
 

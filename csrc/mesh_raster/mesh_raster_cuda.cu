@@ -40,8 +40,8 @@ __global__ void face_kernel(const T* __restrict__ ws, const int64_t* __restrict_
 
 template <typename T>
 __global__ void resolve_kernel(const T* __restrict__ ws, const int64_t* __restrict__ faces, int64_t V,
-                               int64_t H, int64_t W, int64_t npix, bool cull, const uint64_t* __restrict__ ids,
-                               T* __restrict__ rast) {
+                               int64_t H, int64_t W, int64_t npix, bool cull,
+                               const uint64_t* __restrict__ ids, T* __restrict__ rast) {
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < npix; p += stride)
     resolve_item(ws, faces, p, V, H, W, cull, ids, rast);
