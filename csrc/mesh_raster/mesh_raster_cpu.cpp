@@ -24,12 +24,9 @@ inline void raster_face(const Tri<T>& t, int64_t f, int64_t r0, int64_t r1, int6
     T* row = img + i * W * 4;
     for (int64_t j = t.j0; j <= t.j1; ++j) {
       const T px = T(j) + T(0.5);
-      const T e0 = edge_at(t.e[0], a0, px);
-      if (!covers(e0, t.e[0].own)) continue;
-      const T e1 = edge_at(t.e[1], a1, px);
-      if (!covers(e1, t.e[1].own)) continue;
-      const T e2 = edge_at(t.e[2], a2, px);
-      if (!covers(e2, t.e[2].own)) continue;
+      const T e0 = edge_at(t.e[0], a0, px), e1 = edge_at(t.e[1], a1, px), e2 = edge_at(t.e[2], a2, px);
+      // one branch per pixel (the three tests combined without short-circuit)
+      if (!(covers(e0, t.e[0].own) & covers(e1, t.e[1].own) & covers(e2, t.e[2].own))) continue;
       const T depth = depth_at(t, e0, e1, e2);
       T* o = row + j * 4;
       if (o[3] == T(0) || depth < o[2]) {

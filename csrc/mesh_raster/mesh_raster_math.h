@@ -90,6 +90,20 @@ template <typename T>
 PVF_MR_FN T max3(T a, T b, T c) { return (a < b ? b : a) < c ? c : (a < b ? b : a); }
 template <typename T>
 PVF_MR_FN T clampf(T v, T lo, T hi) { return v < lo ? lo : (v > hi ? hi : v); }
+// ceil / floor of v clamped to the integers [lo, hi] (v not NaN), by truncation: exactly clamp(ceil(v)) and
+// clamp(floor(v)), without the library's branches.
+template <typename T>
+PVF_MR_FN int64_t ceil_in(T v, int64_t lo, int64_t hi) {
+  v = clampf(v, T(lo), T(hi));
+  const int64_t c = static_cast<int64_t>(v);
+  return c + static_cast<int64_t>(static_cast<T>(c) < v);
+}
+template <typename T>
+PVF_MR_FN int64_t floor_in(T v, int64_t lo, int64_t hi) {
+  v = clampf(v, T(lo), T(hi));
+  const int64_t c = static_cast<int64_t>(v);
+  return c - static_cast<int64_t>(v < static_cast<T>(c));
+}
 
 // Sets up face (v0, v1, v2) from the screen-space vertices s_k = (sx, sy, 1/w, z/w). Returns false when the
 // face covers nothing (culled vertex, zero or non-finite area, back face under cull_backfaces, empty box).
@@ -97,16 +111,19 @@ template <typename T>
 PVF_MR_FN bool setup_triangle(const T* s0, const T* s1, const T* s2, int64_t H, int64_t W,
                               bool cull_backfaces, Tri<T>& t) {
   if (std::isnan(s0[2]) || std::isnan(s1[2]) || std::isnan(s2[2])) return false;
+  // vertices passing that test have finite coordinates and w > 0: sx, sy are finite or +-inf (clamped below)
   const T x0 = s0[0], y0 = s0[1], x1 = s1[0], y1 = s1[1], x2 = s2[0], y2 = s2[1];
+  // the box first: most faces of a dense mesh hold no pixel centre, and the tests below are all required
+  t.i0 = ceil_in(sub_(min3(y0, y1, y2), T(0.5)), 0, H);
+  t.i1 = floor_in(sub_(max3(y0, y1, y2), T(0.5)), -1, H - 1);
+  if (t.i0 > t.i1) return false;
+  t.j0 = ceil_in(sub_(min3(x0, x1, x2), T(0.5)), 0, W);
+  t.j1 = floor_in(sub_(max3(x0, x1, x2), T(0.5)), -1, W - 1);
+  if (t.j0 > t.j1) return false;
   const T area = sub_(mul_(sub_(x1, x0), sub_(y2, y0)), mul_(sub_(y1, y0), sub_(x2, x0)));
   if (!(area != T(0)) || !std::isfinite(area)) return false;
   const bool front = area > T(0);
   if (cull_backfaces && !front) return false;
-  t.j0 = static_cast<int64_t>(clampf(std::ceil(sub_(min3(x0, x1, x2), T(0.5))), T(0), T(W)));
-  t.j1 = static_cast<int64_t>(clampf(std::floor(sub_(max3(x0, x1, x2), T(0.5))), T(-1), T(W - 1)));
-  t.i0 = static_cast<int64_t>(clampf(std::ceil(sub_(min3(y0, y1, y2), T(0.5))), T(0), T(H)));
-  t.i1 = static_cast<int64_t>(clampf(std::floor(sub_(max3(y0, y1, y2), T(0.5))), T(-1), T(H - 1)));
-  if (t.j0 > t.j1 || t.i0 > t.i1) return false;
   t.e[0] = make_edge(x1, y1, x2, y2, front);
   t.e[1] = make_edge(x2, y2, x0, y0, front);
   t.e[2] = make_edge(x0, y0, x1, y1, front);
