@@ -143,7 +143,10 @@ def test_torch_cluster_rows_equal_ours(name, row):
 def test_overhead_lists_a_missing_torchvision(monkeypatch):
     from benchmarks import overhead
 
+    # An earlier test may have imported torchvision.ops: import_module finds a submodule in sys.modules
+    # without looking at its parent, so both names must be blocked.
     monkeypatch.setitem(sys.modules, "torchvision", None)
+    monkeypatch.setitem(sys.modules, "torchvision.ops", None)
     case = next(c for c in overhead.cases("cpu", True) if c.name == "deform_conv2d fwd+bwd")
     assert case.skipped == [("torchvision deform_conv2d", "not installed (torchvision.ops; pip install torchvision)")]
     assert [i.name for i in case.impls] == ["pvf.ops.deform_conv2d", "F.conv2d"]
