@@ -12,7 +12,7 @@ from .harness import (CpuCompetition, competition_warning, format_table, keep_fr
                       measure_ceilings, measure_memory, run_case, write_reports)
 
 FAMILIES = ["pointcloud", "attention", "mvf", "scale_space", "deform_conv", "sphere", "overhead", "models", "deploy",
-            "vector_quantize", "stylegan2"]
+            "vector_quantize", "stylegan2", "mesh_raster"]
 
 
 def main(argv=None) -> int:

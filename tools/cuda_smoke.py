@@ -137,6 +137,44 @@ def _pointcloud_calls(dtype, extra: bool):
     _backward(ops.gather_points(f, torch.randint(0, 300, (3, 7), device=DEVICE)), [f])  # few indices: global path
 
 
+def stylegan2(dtype):
+    """upfirdn2d (1-D and 2-D filters, up, down, both) and bias_act (every activation, clamp) on the current
+    kernels, then on the candidates (cuda:next); float32/float64 only."""
+    if dtype not in (torch.float32, torch.float64):
+        return
+    f1 = torch.tensor([1.0, 3.0, 3.0, 1.0], device=DEVICE)
+    f2 = torch.outer(f1, f1)
+    for candidates in (None, ["upfirdn2d", "bias_act"]):
+        with use_candidates(candidates):
+            x = _leaf(2, 3, 9, 7, dtype=dtype)
+            for f, up, down, pad in ((f1, 2, 1, (2, 1)), (f2, 1, 2, 1), (f1, 2, 2, (1, 2, 0, 3)), (f2, 1, 1, 0)):
+                _backward(ops.upfirdn2d(x, f, up=up, down=down, padding=pad), [x])
+            b = _leaf(3, dtype=dtype)
+            for act in ("linear", "relu", "lrelu", "tanh", "sigmoid", "elu", "selu", "softplus", "swish"):
+                _backward(ops.bias_act(x, b, act=act, clamp=0.5 if act == "lrelu" else None), [x, b])
+
+
+def mesh_raster(dtype):
+    """rasterize_triangles (back-face culling on and off, a face list with a degenerate triangle), then
+    interpolate_attributes and texture_sample on its output, on the reference default and the CUDA candidate;
+    float32/float64 only."""
+    if dtype not in (torch.float32, torch.float64):
+        return
+    verts = torch.rand(2, 9, 4, device=DEVICE, dtype=torch.float32) * 2 - 1
+    verts[..., 3] = verts[..., 3].abs() + 1.0
+    verts = verts.to(dtype).requires_grad_()
+    faces = torch.randint(0, 9, (12, 3), device=DEVICE, dtype=torch.int32)
+    faces[0] = torch.tensor([1, 1, 2], device=DEVICE)
+    for candidates in (None, ["rasterize_triangles"]):
+        with use_candidates(candidates):
+            for cull in (False, True):
+                rast = ops.rasterize_triangles(verts, faces, (17, 23), cull_backfaces=cull)
+                attr = _leaf(2, 9, 2, dtype=dtype)
+                uv = ops.interpolate_attributes(attr, rast, faces)
+                tex = _leaf(2, 3, 8, 8, dtype=dtype)
+                _backward(ops.texture_sample(tex, uv.clamp(0, 1)), [verts, attr, tex])
+
+
 def bad_indices():
     """Out-of-range indices: the current kernels refuse them before a kernel reads with them; the candidates
     skip them without a host-side check (memcheck verifies that nothing outside the tensors is touched)."""
@@ -166,7 +204,7 @@ def main(argv: list[str]) -> int:
         DEVICE, DTYPES = "cpu", [torch.float32, torch.float64]
     torch.manual_seed(0)
     for name, fn in [("mvf", mvf), ("scale_space", scale_space), ("deform_conv", deform_conv), ("sphere", sphere),
-                     ("pointcloud", pointcloud)]:
+                     ("pointcloud", pointcloud), ("stylegan2", stylegan2), ("mesh_raster", mesh_raster)]:
         for dtype in DTYPES:
             fn(dtype)
         if DEVICE == "cuda":

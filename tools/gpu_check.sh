@@ -20,7 +20,7 @@ PY="${PYTHON:-python3}"
 BUDGET="${GPU_CHECK_SECONDS:-360}"
 ONLY="${GPU_CHECK_ONLY:-all}"
 # attention first: it is the largest family and the one most users call
-FAMILIES="${GPU_CHECK_FAMILIES:-attention mvf scale_space deform_conv sphere pointcloud overhead vector_quantize stylegan2 models}"
+FAMILIES="${GPU_CHECK_FAMILIES:-attention mvf scale_space deform_conv sphere pointcloud overhead vector_quantize stylegan2 mesh_raster models}"
 BENCH_BUDGET="${GPU_CHECK_BENCH_BUDGET:-0.25}"
 export PVF_CUDA=1
 if [ -z "${PVF_CUDA_ARCHS:-}" ]; then
