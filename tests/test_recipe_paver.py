@@ -98,14 +98,20 @@ def test_extract_train_eval(wild, tmp_path, capsys):
     assert config["opt"] == "adam" and config["sched"] == "none" and config["batch_size"] == 1
     assert config["model_args"] == {**TINY, "num_frame": 5}  # what pvf eval rebuilds the model with
     assert config["updates_per_epoch"] == 11  # windows: 5 + 1 (frames 25..30) of tr_a, 5 of tr_b
-    # only the decoder learned: the encoder's weights are those it was built with (seed 0, the engine's)
+    # the checkpoint holds the decoder alone (paver_decoder), which learned; behind the encoder
+    # (create_model("paver", decoder_checkpoint=...)) it decodes features as it did in training
     trained = load_file(str(run / "checkpoint-last.safetensors"))
     torch.manual_seed(0)
-    initial = create_model("paver", **TINY).state_dict()
-    enc = [k for k in trained if k.startswith("encoder.")]
-    dec = [k for k in trained if k.startswith("decoder.") and trained[k].is_floating_point()]
-    assert enc and all(torch.equal(trained[k], initial[k]) for k in enc)
-    assert any(not torch.equal(trained[k], initial[k]) for k in dec)
+    initial = create_model("paver", **TINY).decoder.state_dict()
+    assert trained.keys() == initial.keys()
+    assert any(not torch.equal(trained[k], initial[k]) for k in trained)
+    full = create_model("paver", **TINY, encoder_checkpoint=str(weights),
+                        decoder_checkpoint=str(run / "checkpoint-last.safetensors")).eval()
+    decoder = create_model("paver_decoder", **{k: v for k, v in TINY.items() if k not in ("depth", "num_heads")})
+    decoder.load_state_dict(trained)
+    feats = torch.randn(1, 5, 33, 32)
+    with torch.no_grad():
+        assert torch.equal(full(feats), decoder.eval()(feats))
 
     # PAVER's own settings (lr 2e-7) for one epoch leave the decoder as initialised, whose relative relations
     # single out the moving blob the GT follows: pvf eval scores it far above chance on every metric
@@ -154,8 +160,11 @@ def test_recipe_groups_and_bad_inputs(wild, tmp_path, capsys):
         assert extract(root, weights, capsys)[0] == 0
     recipe = RECIPE(make_cfg())
     train, val = recipe.build_datasets(str(root))
-    model = recipe.build_model(None)
-    groups = recipe.param_groups(model)
+    assert type(recipe.build_model(None)).__name__ == "PAVERDecoder"  # the default: every parameter trains
+    full = RECIPE(make_cfg(model="paver"))
+    full.build_datasets(str(root))
+    model = full.build_model(None)  # the full model: its frozen encoder stays out of the optimizer
+    groups = full.param_groups(model)
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     assert {id(p) for p in groups[0]["params"]} == trainable
     assert len(trainable) < len(list(model.parameters())) and groups[0]["weight_decay"] == 1e-3
@@ -191,11 +200,11 @@ def _ddp_worker(rank: int, folder: str) -> None:
     try:
         torch.manual_seed(0)
         model = create_model("paver", **TINY)
-        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        recipe = RECIPE(make_cfg())
+        ddp = torch.nn.parallel.DistributedDataParallel(recipe.training_module(model))
         x = torch.randn(1, 5, 33, 32, generator=torch.Generator().manual_seed(rank))
-        loss, _ = RECIPE(make_cfg()).train_loss(ddp, (x, torch.zeros(1, 0), {}), None)
+        loss, _ = recipe.train_loss(ddp, (x, torch.zeros(1, 0), {}), None)
         loss.backward()
-        assert "forward" not in vars(model)
         grads = {k: p.grad for k, p in model.named_parameters() if p.requires_grad}
         torch.save(grads, f"{folder}/grad{rank}.pt")
     finally:
@@ -203,18 +212,20 @@ def _ddp_worker(rank: int, folder: str) -> None:
 
 
 def test_train_loss_through_ddp_forward(tmp_path):
-    """One process: the DDP-wrapped call returns the model's loss; the model's own forward is back after."""
+    """One process: the DDP-wrapped training module returns the model's loss; the model's forward is the
+    heatmap still."""
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
     try:
         torch.manual_seed(0)
         model = create_model("paver", **TINY)
-        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        recipe = RECIPE(make_cfg())
+        ddp = torch.nn.parallel.DistributedDataParallel(recipe.training_module(model))
         x = torch.randn(1, 5, 33, 32)
-        loss, parts = RECIPE(make_cfg()).train_loss(ddp, (x, torch.zeros(1, 0), {}), None)
+        loss, parts = recipe.train_loss(ddp, (x, torch.zeros(1, 0), {}), None)
         assert loss.item() == pytest.approx(model.loss(x)[0].item(), rel=1e-6)
-        assert set(parts) == {"loss_cls", "loss_spatial", "loss_temporal"} and "forward" not in vars(model)
+        assert set(parts) == {"loss_cls", "loss_spatial", "loss_temporal"}
         loss.backward()
         assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
         assert model(x).shape == (1, 5, 32, 64)

@@ -47,6 +47,10 @@ API (what the ``paver`` recipe and ``pvf extract paver`` rely on)::
   which moves them under ``decoder.`` and drops the official buffers (``sph_basis``, ``spatial_weight``,
   ``adjacency_matrix``; rebuilt here) and its two unused parameters
   ``temp_score_weight``/``spat_score_weight``.
+* ``paver_decoder`` is the decoder alone (what ``pvf train paver`` trains on cached features: its checkpoints
+  hold 8.3M parameters instead of the full model's 94M, of which the frozen encoder is 86M); such a checkpoint
+  (or an official decoder checkpoint) loads into the full model with ``create_model("paver",
+  decoder_checkpoint=PATH)``.
 """
 from __future__ import annotations
 
@@ -394,13 +398,16 @@ class PAVER(nn.Module):
                  num_heads: int = 12, decoder_heads: int = 8, num_frame: int = 5, sigma: float = 16.0,
                  offsets: str = "float", spatial_target: str = "neighbour",
                  lambdas: tuple[float, float, float] = (0.1, 0.5, 20.0),
-                 encoder_checkpoint: Union[str, Path, None] = None, encode_chunk: int = 16):
+                 encoder_checkpoint: Union[str, Path, None] = None, encode_chunk: int = 16,
+                 decoder_checkpoint: Union[str, Path, None] = None):
         super().__init__()
         self.encoder = PAVEREncoder(img_size, patch_size, embed_dim, depth, num_heads, offsets)
         if encoder_checkpoint is not None:
             self.encoder.load_timm_weights(encoder_checkpoint)
         self.decoder = PAVERDecoder(img_size, patch_size, embed_dim, decoder_heads, num_frame, sigma,
                                     spatial_target, lambdas)
+        if decoder_checkpoint is not None:
+            self.load_decoder(decoder_checkpoint)
         self.img_size, self.num_frame, self.encode_chunk = img_size, num_frame, encode_chunk
         self.num_patches = self.decoder.num_patches
         self.default_input_size = self.decoder.default_input_size
@@ -441,6 +448,25 @@ class PAVER(nn.Module):
     def export_module(self) -> PAVERDecoder:
         return self.decoder
 
+    def load_decoder(self, path: Union[str, Path]) -> None:
+        """Loads decoder weights (strictly): a ``paver_decoder`` checkpoint of ``pvf train paver``, a full
+        PAVER checkpoint (its ``decoder.*``) or an official decoder checkpoint (``cls_encoder.*``,
+        ``attn_layer.*``); the encoder is left as it is."""
+        from .weights import read_state_dict
+
+        state = read_state_dict(path)
+        if any(k.startswith("decoder.") for k in state):
+            dec = {k[len("decoder."):]: v for k, v in state.items() if k.startswith("decoder.")}
+        else:
+            dec = {k[len("decoder."):]: v for k, v in self.adapt_state_dict(state).items()
+                   if k.startswith("decoder.")}
+        if not dec:
+            raise ValueError(f"{path}: no PAVER decoder weights (cls_encoder.*, attn_layer.*) in it")
+        try:
+            self.decoder.load_state_dict(dec)
+        except RuntimeError as exc:
+            raise ValueError(f"{path} does not fit the PAVER decoder: {exc}") from exc
+
     def adapt_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """Accepts this model's own state_dict, or an official PAVER decoder checkpoint (top-level
         ``cls_encoder.*``/``attn_layer.*``, moved under ``decoder.``; official buffers and unused parameters
@@ -460,9 +486,21 @@ class PAVER(nn.Module):
 def paver(img_size: int = 224, patch_size: int = 16, embed_dim: int = 768, depth: int = 12,
           num_heads: int = 12, decoder_heads: int = 8, num_frame: int = 5, sigma: float = 16.0,
           offsets: str = "float", spatial_target: str = "neighbour",
-          encoder_checkpoint: Union[str, Path, None] = None) -> PAVER:
+          encoder_checkpoint: Union[str, Path, None] = None,
+          decoder_checkpoint: Union[str, Path, None] = None) -> PAVER:
     """PAVER (FusePAVER decoder on a frozen deformable ViT-B/16): 224 x 448 ERP frames, 14 x 28 patches,
     windows of 5 frames. Encoder 85.9M parameters (ViT-B/16 without head, pos_embed for 393 tokens), decoder
-    8.27M. ``img_size`` is the ERP height (width 2H); the other arguments shrink it for tests."""
+    8.27M. ``img_size`` is the ERP height (width 2H); the other arguments shrink it for tests.
+    ``decoder_checkpoint`` loads trained decoder weights (``PAVER.load_decoder``)."""
     return PAVER(img_size, patch_size, embed_dim, depth, num_heads, decoder_heads, num_frame, sigma, offsets,
-                 spatial_target, encoder_checkpoint=encoder_checkpoint)
+                 spatial_target, encoder_checkpoint=encoder_checkpoint,
+                 decoder_checkpoint=decoder_checkpoint)
+
+
+@register_model
+def paver_decoder(img_size: int = 224, patch_size: int = 16, embed_dim: int = 768, decoder_heads: int = 8,
+                  num_frame: int = 5, sigma: float = 16.0, spatial_target: str = "neighbour") -> PAVERDecoder:
+    """PAVER's decoder alone, on cached features (B, T, 1 + N, D) from ``pvf extract paver``: what ``pvf train
+    paver`` trains (8.27M parameters); ``create_model("paver", decoder_checkpoint=...)`` puts its weights
+    behind the encoder. Arguments as ``paver``'s."""
+    return PAVERDecoder(img_size, patch_size, embed_dim, decoder_heads, num_frame, sigma, spatial_target)

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from . import checkpoint as ckpt
 from .config import resolve_config
 from .distributed import (DistInfo, ShardSampler, all_reduce_sum, barrier, cleanup_distributed, init_distributed,
-                          seed_everything, seed_worker, unwrap)
+                          seed_everything, seed_worker)
 from .recipe import Config, Recipe, StepContext
 from .recipes import get_recipe
 
@@ -269,8 +269,10 @@ def _train(args, recipe, cfg, info, device, train_set, val_set, output, resume_f
         start_epoch, step, best = state["epoch"], state["step"], state["best_metric"]
         ckpt.set_rng_state(state["rng"])
     ctx.epoch, ctx.step = start_epoch, step
-    ddp_model = (nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                     else None) if info.enabled else model)
+    train_module = recipe.training_module(model)
+    ddp_model = (nn.parallel.DistributedDataParallel(train_module, device_ids=[device.index]
+                                                     if device.type == "cuda" else None)
+                 if info.enabled else train_module)
     metrics = recipe.build_metrics(cfg.num_classes).to(device) if val_loader is not None else None
 
     writer = log = None
@@ -293,7 +295,7 @@ def _train(args, recipe, cfg, info, device, train_set, val_set, output, resume_f
     for epoch in range(start_epoch, last_epoch):
         ctx.epoch = epoch
         train_loader.sampler.set_epoch(epoch)
-        recipe.on_epoch_start(epoch, unwrap(ddp_model), ctx)
+        recipe.on_epoch_start(epoch, model, ctx)
         ddp_model.train()
         total = torch.zeros(2, dtype=torch.float64, device=device)
         extra_sums: dict[str, list[float]] = {}  # the recipe's logged values: name -> [sum over samples, samples]
@@ -335,7 +337,7 @@ def _train(args, recipe, cfg, info, device, train_set, val_set, output, resume_f
                 if writer is not None:  # per update: this rank's batch loss and the largest group lr
                     writer.add_scalar("step/loss", loss.item(), step)
                     writer.add_scalar("step/lr", max(g["lr"] for g in optimizer.param_groups), step)
-        recipe.on_epoch_end(epoch, unwrap(ddp_model), ctx)
+        recipe.on_epoch_end(epoch, model, ctx)
         total = all_reduce_sum(total)
         train_stats = {"loss": float(total[0] / total[1]), "lr": max(g["lr"] for g in optimizer.param_groups)}
         if extra_sums:  # every rank logs the same names (the recipe's), so one all-reduce in sorted order

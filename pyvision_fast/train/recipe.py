@@ -152,6 +152,13 @@ class Recipe:
     def on_epoch_end(self, epoch: int, model: nn.Module, ctx: StepContext) -> None:
         """After an epoch's last optimizer step, before evaluation (PointCAT fine-tunes its last layer here)."""
 
+    def training_module(self, model: nn.Module) -> nn.Module:
+        """The module the engine wraps in DistributedDataParallel (when distributed) and hands to
+        ``train_loss``; by default the model itself. DDP synchronises gradients only for what runs through its
+        ``forward``: a recipe whose loss is another method of the model returns ``MethodAsForward(model,
+        "loss")`` and calls that module in ``train_loss``. Checkpoints, EMA and the other hooks keep the model."""
+        return model
+
     def train_loss(self, model: nn.Module, batch, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
         """Forward pass and loss of one training batch (already on ``ctx.device``, mixup already applied to the
         batch by the engine when configured); returns (scalar loss, {name: float} of values to log, whose
@@ -171,3 +178,18 @@ class Recipe:
     def evaluate_extra(self, model: nn.Module, loader, ctx: StepContext) -> dict[str, Any]:
         """Metrics outside the per-batch loop (AutoAttack on the first N images, ...); merged into the results."""
         return {}
+
+
+class MethodAsForward(nn.Module):
+    """A module whose ``forward`` is ``module.<method>``, so DistributedDataParallel (which arms its gradient
+    synchronisation only in ``forward``) can wrap a model whose training loss is another method. Its
+    parameters and state_dict are the wrapped module's, under ``module.``."""
+
+    def __init__(self, module: nn.Module, method: str):
+        super().__init__()
+        if not callable(getattr(module, method, None)):
+            raise ValueError(f"MethodAsForward: {type(module).__name__} has no method {method!r}")
+        self.module, self.method = module, method
+
+    def forward(self, *args, **kwargs):
+        return getattr(self.module, self.method)(*args, **kwargs)

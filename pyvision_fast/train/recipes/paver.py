@@ -21,6 +21,12 @@ and ``undefined_frames``; ``pvf eval paver`` prints them as one JSON object. The
 (``checkpoint-best``) is **CC**: it is deterministic (both AUCs draw random numbers), uses the whole map
 rather than thresholded fixations, and PAVER reports it beside the AUCs.
 
+The model trained is ``paver_decoder`` (the decoder alone: the encoder's work is in the cached features, and a
+checkpoint holds 8.3M parameters instead of 94M); ``create_model("paver", decoder_checkpoint=CKPT)`` puts
+the trained decoder behind the encoder for inference on frames. ``--model paver`` trains the full model
+instead (same updates; the frozen encoder is saved in every checkpoint). The loss runs through
+DistributedDataParallel's forward (``training_module``), so ``torchrun`` synchronises the gradients.
+
 Defaults are PAVER's: Adam (torch's, L2 weight decay 1e-3), lr 2e-7, 5 epochs, batch 1, no schedule. The
 encoder is frozen (its parameters never require grad) and only the parameters that require grad — the
 decoder's — go to the optimizer. Batches hold one window (training) or one clip (evaluation):
@@ -39,7 +45,10 @@ from torch.utils.data import Dataset
 
 from ...data.wild360 import CLIP_LENGTH, Wild360Features
 from ...metrics.saliency import SaliencyMetrics
-from ..recipe import Recipe, StepContext
+from ..recipe import MethodAsForward, Recipe, StepContext
+
+# paver's arguments that only the encoder uses (pvf extract needs them; the decoder does not take them)
+_ENCODER_ARGS = ("depth", "num_heads", "offsets", "encoder_checkpoint")
 
 __all__ = ["PAVERRecipe", "RECIPE", "TrainWindows", "EvalClips", "window_spans", "clip_heatmap"]
 
@@ -106,25 +115,12 @@ def clip_heatmap(model: nn.Module, features: Tensor, num_frame: int) -> Tensor:
     return torch.cat([head, tail], dim=1)
 
 
-def _call(model: nn.Module, method: str, *args):
-    """``model.<method>(*args)``, through DistributedDataParallel's forward when ``model`` is wrapped, so that
-    its gradient synchronisation is armed (DDP only hooks calls of ``forward``)."""
-    if isinstance(model, nn.parallel.DistributedDataParallel):
-        inner = model.module
-        inner.forward = getattr(inner, method)  # an instance attribute shadows the class's forward
-        try:
-            return model(*args)
-        finally:
-            del inner.forward
-    return getattr(model, method)(*args)
-
-
 class PAVERRecipe(Recipe):
     name = "paver"
     main_metric = "cc"
     main_mode = "max"
     defaults = dict(
-        model="paver",
+        model="paver_decoder",    # the decoder alone (it trains on cached features); "paver": the full model
         features=None,            # folder of {vid}.safetensors from `pvf extract paver` (None: DATA/features)
         clip_length=CLIP_LENGTH,  # frames per clip (PAVER: 25)
         num_frame=5,              # frames per window (PAVER: 5); --model-arg num_frame= wins
@@ -175,6 +171,8 @@ class PAVERRecipe(Recipe):
 
         kwargs = {"img_size": self.cfg.img_size, "num_frame": self.cfg.num_frame, **self.cfg.model_args}
         self.cfg.model_args = kwargs  # recorded in the checkpoints, so pvf eval rebuilds the same model
+        if self.cfg.model == "paver_decoder":  # one --model-arg list serves pvf extract and pvf train
+            kwargs = {k: v for k, v in kwargs.items() if k not in _ENCODER_ARGS}
         model = create_model(self.cfg.model, **kwargs)
         tokens = getattr(self, "_tokens", None)
         want = tuple(model.default_input_size[1:]) if hasattr(model, "default_input_size") else None
@@ -192,10 +190,14 @@ class PAVERRecipe(Recipe):
             raise ValueError("paver: the model has no trainable parameter")
         return [{"params": params, "weight_decay": self.cfg.weight_decay}]
 
+    def training_module(self, model: nn.Module) -> nn.Module:
+        """The model's ``loss`` as the forward DistributedDataParallel wraps (its forward is the heatmap)."""
+        return MethodAsForward(model, "loss")
+
     def train_loss(self, model: nn.Module, batch, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
-        """``batch``: (features (1, num_frame, 1 + N, D) float32, unused, meta): one window; returns
-        ``PAVER.loss`` and its terms."""
-        loss, parts = _call(model, "loss", batch[0])
+        """``model``: ``training_module``'s, DDP-wrapped when distributed; ``batch``: (features (1, num_frame,
+        1 + N, D) float32, unused, meta): one window; returns ``PAVER.loss`` and its terms."""
+        loss, parts = model(batch[0])
         return loss, parts
 
     def build_metrics(self, num_classes: Optional[int]):
