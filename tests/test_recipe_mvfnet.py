@@ -22,12 +22,12 @@ TRAIN = [(f"tr{i}", 10 + i, i % 2) for i in range(6)]
 VAL = [("va0", 12, 0), ("va1", 9, 1), ("va2", 14, 1)]
 
 
-def make_recipe(**overrides) -> RECIPE:
+def make_recipe(for_eval: bool = False, **overrides) -> RECIPE:
     cfg = Config(ENGINE_DEFAULTS)
     cfg.update(RECIPE.defaults)
     cfg.update(model_args=dict(TINY_MODEL), **SMALL)
     cfg.update(overrides)
-    return RECIPE(cfg)
+    return RECIPE(cfg, for_eval=for_eval)
 
 
 @pytest.fixture
@@ -57,7 +57,9 @@ def test_datasets_model_groups_and_the_loss_falls(frames_data):
     x, y = train[0]
     assert x.shape == (3, 4, 32, 32) and y == 0
     views, _ = val[0]
-    assert views.shape == (6, 3, 4, 32, 32)   # 2 clips x 3 crops
+    assert views.shape == (1, 3, 4, 32, 32)   # validation during training: 1 clip, centre crop
+    _, test = make_recipe(for_eval=True).build_datasets(str(frames_data))
+    assert test[0][0].shape == (6, 3, 4, 32, 32)   # pvf eval: test_clips 2 x test_crops 3
     torch.manual_seed(0)
     model = recipe.build_model(2)
     assert model.num_segments == 4 and model.fc.out_features == 2
@@ -87,7 +89,7 @@ def test_datasets_model_groups_and_the_loss_falls(frames_data):
 
 
 def test_multi_view_scores_and_metrics(frames_data):
-    recipe = make_recipe()
+    recipe = make_recipe(for_eval=True)   # the test views: 2 clips x 3 crops
     _, val = recipe.build_datasets(str(frames_data))
     torch.manual_seed(0)
     model = recipe.build_model(2).eval()
@@ -122,11 +124,15 @@ def test_mp4_datalists_and_bad_inputs(tmp_path, frames_data):
     write_video_dataset(root, [("a", 12, 0), ("b", 10, 1)], "train.txt")
     write_video_dataset(root, [("c", 10, 1)], "val.txt", with_counts=True)
     train, val = make_recipe(video=True).build_datasets(str(root))
-    assert train[1][0].shape == (3, 4, 32, 32) and val[0][0].shape == (6, 3, 4, 32, 32)
+    assert train[1][0].shape == (3, 4, 32, 32) and val[0][0].shape == (1, 3, 4, 32, 32)
     with pytest.raises(FileNotFoundError, match="--data .*nowhere"):
         make_recipe().build_datasets(str(tmp_path / "nowhere"))
     with pytest.raises(ValueError, match="test_crops must be 1 or 3"):
-        make_recipe(test_crops=2).build_datasets(str(frames_data))
+        make_recipe(for_eval=True, test_crops=2).build_datasets(str(frames_data))
+    with pytest.raises(ValueError, match="val_crops must be 1 or 3"):
+        make_recipe(val_crops=2).build_datasets(str(frames_data))
+    with pytest.raises(ValueError, match="val_clips must be a positive integer"):
+        make_recipe(val_clips=0).build_datasets(str(frames_data))
     with pytest.raises(ValueError, match="average_views"):
         make_recipe(average_views="max").build_datasets(str(frames_data))
     with pytest.raises(FileNotFoundError, match="pretrained weights .*r50.pth"):
@@ -144,10 +150,10 @@ def test_pvf_train_and_eval_end_to_end(tmp_path, frames_data, capsys):
     common = ["--model-arg", "layers=(1,1,1,1)", "width=16", "--img-size", "32", "--workers", "0",
               "--no-progress", "--set", "clip_len=4", "frame_interval=2", "test_short_side=32"]
     rc = main(["train", "mvfnet", "--data", str(frames_data), "--output", str(out), "--epochs", "2",
-               "--batch-size", "3", *common, "--set", "warmup_epochs=1", "test_clips=1", "test_crops=1"])
+               "--batch-size", "3", "--eval-batch-size", "2", *common, "--set", "warmup_epochs=1"])
     assert rc in (0, None)
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["num_classes"] == 2 and cfg["lr"] == pytest.approx(0.04 * 3 / 256)
+    assert cfg["num_classes"] == 2 and cfg["lr"] == pytest.approx(0.04 * 3 / 256) and cfg["eval_batch_size"] == 2
     assert cfg["warmup_lr"] == pytest.approx(0.01 * cfg["lr"])
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     val = [r for r in rows if r["split"] == "val"]
@@ -162,7 +168,7 @@ def test_pvf_train_and_eval_end_to_end(tmp_path, frames_data, capsys):
     # the same 30 views per video scored here, one video at a time, from the checkpoint's weights
     from pyvision_fast.models import load_weights
 
-    recipe = make_recipe(test_clips=10, test_crops=3)
+    recipe = make_recipe(for_eval=True, test_clips=10, test_crops=3)
     _, val = recipe.build_datasets(str(frames_data))
     model = load_weights(recipe.build_model(2), out / "checkpoint-last.safetensors").eval()
     scores = torch.cat([recipe.video_scores(model, val[i][0][None]) for i in range(len(val))])

@@ -243,3 +243,19 @@ def test_recipe_hooks_and_recipe_state_resume_exactly(tmp_path, monkeypatch):
     assert torch.equal(straight, split)
     a, b = read_state_dict(tmp_path / "straight" / ckpt.MODEL_LAST), read_state_dict(tmp_path / "split" / ckpt.MODEL_LAST)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_eval_batch_size_sets_the_evaluation_loader_only():
+    from pyvision_fast.train.distributed import DistInfo
+    from pyvision_fast.train.engine import _loader
+
+    data = torch.utils.data.TensorDataset(torch.arange(10.0))
+    cfg = Config(ENGINE_DEFAULTS)
+    cfg.update(batch_size=4, workers=0)
+    assert [len(b[0]) for b in _loader(data, cfg, DistInfo(), False)] == [4, 4, 2]   # None: batch_size
+    cfg.eval_batch_size = 3
+    assert [len(b[0]) for b in _loader(data, cfg, DistInfo(), False)] == [3, 3, 3, 1]
+    assert [len(b[0]) for b in _loader(data, cfg, DistInfo(), True)] == [4, 4, 2]
+    cfg.eval_batch_size = 0
+    with pytest.raises(ValueError, match="eval_batch_size must be a positive integer"):
+        _loader(data, cfg, DistInfo(), False)

@@ -15,7 +15,8 @@ from .recipe import ENGINE_DEFAULTS, Config
 
 # flag attribute -> config key, for the flags that are shorthands of config keys
 _FLAG_KEYS = {"model": "model", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "img_size": "img_size",
-              "workers": "workers", "seed": "seed", "device": "device", "eval_samples": "eval_samples"}
+              "workers": "workers", "seed": "seed", "device": "device", "eval_samples": "eval_samples",
+              "eval_batch_size": "eval_batch_size"}
 
 
 def parse_value(text: str) -> Any:
@@ -45,6 +46,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-arg", nargs="+", action="extend", metavar="K=V",
                    help="create_model keyword arguments, e.g. --model-arg img_size=32 depth=2")
     p.add_argument("--batch-size", type=int, help="per process")
+    p.add_argument("--eval-batch-size", type=int, help="per process, for evaluation (default: --batch-size)")
     p.add_argument("--img-size", type=int)
     p.add_argument("--workers", type=int, help="data-loader worker processes per process")
     p.add_argument("--seed", type=int)

@@ -141,7 +141,11 @@ def _loader(dataset, cfg: Config, info: DistInfo, train: bool, sample_weights=No
     sampler = ShardSampler(len(dataset), info.rank, info.world_size, shuffle=train and cfg.shuffle, seed=cfg.seed,
                            weights=sample_weights if train else None, pad=train)
     drop_last = train and (cfg.drop_last or cfg.mixup > 0 or cfg.cutmix > 0)
-    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+    batch_size = cfg.batch_size if train or cfg.get("eval_batch_size") is None else cfg.eval_batch_size
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"{'batch_size' if train else 'eval_batch_size'} must be a positive integer, got "
+                         f"{batch_size!r}")
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=cfg.workers,
                       drop_last=drop_last, worker_init_fn=seed_worker, pin_memory=torch.cuda.is_available(),
                       persistent_workers=False)
 

@@ -40,6 +40,7 @@ ENGINE_DEFAULTS: dict[str, Any] = dict(
     epochs=10,                  # length of the lr schedule
     cooldown_epochs=0,          # extra epochs at the schedule's final lr after it (timm's cooldown_epochs)
     batch_size=64,              # per process
+    eval_batch_size=None,       # per process, for evaluation; None: batch_size
     accum_steps=1,              # gradient accumulation: optimizer step every accum_steps batches
     opt="adamw",                # adamw | sgd | adam
     lr=None,                    # absolute lr; None: blr * batch_size * world_size * accum_steps / 256

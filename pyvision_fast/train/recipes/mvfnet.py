@@ -17,11 +17,13 @@ the lr divided by 10 at epochs 90 and 130, linear warm-up from ``warmup_ratio`` 
 Learning rate: the official 0.015 is for 8 GPUs x 12 videos = 96; the default ``blr`` 0.04 gives
 ``lr = 0.04 * global_batch / 256 = 0.015 * global_batch / 96`` (linear scaling; ``--lr`` sets it directly).
 
-Evaluation (during ``pvf train`` every ``eval_every`` 10 epochs and at the end, as the official
-``eval_interval``, and in ``pvf eval mvfnet``): the official test, ``test_clips`` 10 clips x ``test_crops`` 3
-crops (ThreeCrop at 256 after resizing the short side to 256) per video, the views' logits averaged
-(``average_views="score"``) or their softmax probabilities (``"prob"``). ``--set test_clips=1 test_crops=1``
-is the official validation (1 clip, centre crop 224), 30x cheaper. Views run through the model ``eval_chunk``
+Evaluation: ``pvf eval mvfnet`` runs the official test, ``test_clips`` 10 clips x ``test_crops`` 3 crops
+(ThreeCrop at 256 after resizing the short side to 256) per video, the views' logits averaged
+(``average_views="score"``) or their softmax probabilities (``"prob"``); validation during ``pvf train``
+(every ``eval_every`` 10 epochs and at the end, as the official ``eval_interval``) runs the official
+validation, ``val_clips`` 1 clip x ``val_crops`` 1 centre crop 224, 30x cheaper (``--set val_clips=10
+val_crops=3`` validates with the test views). ``--eval-batch-size`` sets the evaluation batch apart from
+the training one. Views run through the model ``eval_chunk``
 clips at a time. Metrics (torchmetrics, synchronised across processes): ``top1`` (main), ``top5`` and
 ``mean_class_accuracy`` (the mean of per-class recalls).
 
@@ -65,8 +67,10 @@ class MVFNetRecipe(Recipe):
         check_frames=True,           # frame folders: first and last declared frame exist (checked up front)
         scale=(0.08, 1.0),           # RandomResizedCrop area range
         hflip=0.5,
-        test_clips=10,
+        test_clips=10,               # pvf eval: the official test, 10 clips x 3 crops
         test_crops=3,                # 3: ThreeCrop at test_short_side | 1: centre crop img_size
+        val_clips=1,                 # validation during pvf train: the official val, 1 clip, centre crop
+        val_crops=1,
         test_short_side=256,
         average_views="score",       # score (mean logits) | prob (mean softmax)
         eval_chunk=30,               # clips per model call at evaluation
@@ -108,21 +112,25 @@ class MVFNetRecipe(Recipe):
         if not root.is_dir():
             raise FileNotFoundError(f"--data {str(root)!r} does not exist (the folder of {c.train_list} and "
                                     f"{c.val_list})")
-        if c.test_crops not in (1, 3):
-            raise ValueError(f"mvfnet: test_crops must be 1 or 3, got {c.test_crops}")
+        clips, crops, names = ((c.test_clips, c.test_crops, "test") if self.for_eval
+                               else (c.val_clips, c.val_crops, "val"))
+        if crops not in (1, 3):
+            raise ValueError(f"mvfnet: {names}_crops must be 1 or 3, got {crops}")
+        if not isinstance(clips, int) or clips < 1:
+            raise ValueError(f"mvfnet: {names}_clips must be a positive integer, got {clips!r}")
         if c.average_views not in ("score", "prob"):
             raise ValueError(f"mvfnet: average_views must be 'score' or 'prob', got {c.average_views!r}")
         if c.pretrained and not Path(c.pretrained).is_file():
             raise FileNotFoundError(f"pretrained weights {str(c.pretrained)!r} do not exist")
         train_tf = video_train_transform(c.img_size, scale=tuple(c.scale), hflip=c.hflip, mean=c.mean,
                                          std=c.std)
-        test_tf = video_test_transform(c.test_short_side, c.test_crops,
-                                       None if c.test_crops == 3 else c.img_size, mean=c.mean, std=c.std)
+        test_tf = video_test_transform(c.test_short_side, crops, None if crops == 3 else c.img_size, mean=c.mean,
+                                       std=c.std)
         train = VideoDatalist(root / c.train_list, root / c.train_root, train=True, transform=train_tf,
                               **self._common())
         val = None
         if (root / c.val_list).is_file():
-            val = VideoDatalist(root / c.val_list, root / c.val_root, train=False, num_clips=c.test_clips,
+            val = VideoDatalist(root / c.val_list, root / c.val_root, train=False, num_clips=clips,
                                 transform=test_tf, **self._common())
         if c.num_classes is None and val is not None and len(val.classes) > len(train.classes):
             train.classes = val.classes  # the engine takes num_classes from the training set
