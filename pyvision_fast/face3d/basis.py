@@ -78,7 +78,8 @@ class FaceBasis:
     * ``faces`` (F, 3) int64 triangles; ``landmark_idx`` (68,) int64 vertices of the iBUG 68 landmarks;
       ``point_buf`` (N, P) int64 triangles around each vertex, padded with F (the index of the zero normal
       appended by vertex-normal computation).
-    * ``uv`` (N, 2) optional texture coordinates in [0, 1] (u right, v up).
+    * ``uv`` (N, 2) optional texture coordinates in [0, 1], ``ops.texture_sample``'s convention: u along the
+      texture's width (left to right), v along its rows (v = 0 the top row of the texture image).
     """
 
     mean_shape: Tensor

@@ -9,7 +9,7 @@ interior, and bases
 * expression (64): 0 jaw / mouth opening (lower lip and jaw down, stretching the mouth interior band),
   1 smile (mouth corners out and up), 2 pucker (lips forward and together), 3 brow raise, 4 eye closing,
   5..63 random smooth fields (sums of Gaussian bumps) of decaying size;
-* identity (80): 0 face width, 1 face length, 2 depth, 3..79 random smooth fields of decaying size;
+* identity (80): 0 jaw width, 1 nose tip height, 2 nose depth, 3..79 random smooth fields of decaying size;
 * texture (80): random smooth colour fields of decaying size.
 
 A coefficient of 1 is a full-strength deformation (expression 0 opens the lips by about 0.14 units, ~14 px at
@@ -145,9 +145,10 @@ def synthetic_face_basis(n_rows: int = 32, seed: int = 0) -> FaceBasis:
     exp_base[:, :, 5:] = _smooth_fields(xy, N_EXP - 5, 0.03, gen)
 
     id_base = torch.zeros(n * n, 3, N_ID, dtype=torch.float64)
-    id_base[:, 0, 0] = 0.06 * x
-    id_base[:, 1, 1] = 0.06 * y
-    id_base[:, 2, 2] = 0.08 * mean_shape[:, 2]
+    lower = torch.sigmoid((-0.1 - y) / 0.1)
+    id_base[:, 0, 0] = 0.06 * x * lower  # jaw width (no pure scalings: those would mimic the camera distance)
+    id_base[:, 1, 1] = 0.04 * _gauss(xy, 0.0, -0.15, 0.15, 0.12)  # nose tip height
+    id_base[:, 2, 2] = 0.06 * _gauss(xy, 0.0, -0.08, 0.1, 0.22)  # nose depth
     id_base[:, :, 3:] = _smooth_fields(xy, N_ID - 3, 0.04, gen)
 
     skin = torch.tensor([0.78, 0.58, 0.48], dtype=torch.float64)
@@ -161,7 +162,7 @@ def synthetic_face_basis(n_rows: int = 32, seed: int = 0) -> FaceBasis:
         mean_tex = torch.lerp(mean_tex, torch.tensor(col, dtype=torch.float64), mask[:, None])
     tex_base = _smooth_fields(xy, N_TEX, 0.04, gen)
 
-    uv = torch.stack([(s / 0.97 + 1) / 2, (t / 0.97 + 1) / 2], 1)
+    uv = torch.stack([(s / 0.97 + 1) / 2, (1 - t / 0.97) / 2], 1)  # v = 0 at the top row
     f32 = lambda a: a.float().contiguous()  # noqa: E731
     return FaceBasis(mean_shape=f32(mean_shape), id_base=f32(id_base), exp_base=f32(exp_base),
                      mean_tex=f32(mean_tex), tex_base=f32(tex_base), faces=faces.long(),
@@ -185,7 +186,7 @@ def synthetic_talking_sequence(basis: FaceBasis, T: int, seed: int = 0) -> Tenso
     """(T, 257) float32 coefficients of a talking face: one identity and albedo (N(0, 0.5) each), the mouth
     opening (expression 0) oscillating in [0, 1] at about 4 cycles per 25 frames (syllables), a slow smile
     (expression 1, in [0, 0.6]), small smooth other expressions (RMS 0.1), a slow head motion (angles within
-    about +-0.12 rad), a fixed light (ambient plus a frontal-top directional band) and a small translation
+    about +-0.12 rad), a fixed light (the default ambient plus a frontal-top directional band; rendered colours stay in [0, 1]) and a small translation
     drift. ``basis`` fixes nothing but the device; any basis in the 257 layout can be driven."""
     if not isinstance(basis, FaceBasis):
         raise TypeError(f"synthetic_talking_sequence: argument 'basis' must be a FaceBasis, got "
@@ -206,10 +207,10 @@ def synthetic_talking_sequence(basis: FaceBasis, T: int, seed: int = 0) -> Tenso
     c[:, COEFF_SLICES["angle"]] = 0.06 * _smooth_noise(T, 3, gen, 40.0)
     gamma = torch.zeros(3, 9, dtype=torch.float64)
     # Deep3DFaceRecon's SH basis is (1, -n_y, n_z, -n_x, ...): negative 1 = light from above, positive 2 = from
-    # the front, positive 3 = from image left
-    gamma[:, 0] = 0.1  # more ambient than the +0.8 default offset
-    gamma[:, 1] = -0.2
-    gamma[:, 2] = 0.25
+    # the front, positive 3 = from image left; with the 0.8 ambient offset the irradiance stays below 1, so
+    # frames stay in [0, 1]
+    gamma[:, 1] = -0.1
+    gamma[:, 2] = 0.15
     gamma[:, 3] = 0.05
     c[:, COEFF_SLICES["gamma"]] = gamma.reshape(1, 27)
     c[:, COEFF_SLICES["trans"]] = 0.03 * _smooth_noise(T, 3, gen, 50.0)
