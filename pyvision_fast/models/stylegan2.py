@@ -2,7 +2,7 @@
 NVlabs stylegan2-ada-pytorch's architecture and state_dict keys (``training/networks.py``), so the state_dict of
 an official ``G`` / ``G_ema`` loads strictly (``load_official_state_dict``).
 
-Architecture (re-implemented from the official description, float32 throughout):
+Architecture (re-implemented from the official description; float32, or float64 after ``.double()``):
 
 * ``MappingNetwork``: z (N, z_dim) -> 2nd-moment normalisation (and a label embedding ``embed`` when
   ``c_dim > 0``) -> ``num_layers`` ``FullyConnectedLayer``s ``fc{i}`` (lrelu, equalised learning rate, lr
@@ -226,6 +226,9 @@ class MappingNetwork(nn.Module):
         if num_ws is not None and w_avg_beta is not None:
             self.register_buffer("w_avg", torch.zeros([w_dim]))
 
+    def _dtype(self) -> torch.dtype:
+        return self.fc0.weight.dtype
+
     def forward(self, z: Optional[Tensor], c: Optional[Tensor] = None, truncation_psi: float = 1,
                 truncation_cutoff: Optional[int] = None, skip_w_avg_update: bool = False) -> Tensor:
         _check_psi(truncation_psi, truncation_cutoff)
@@ -234,12 +237,12 @@ class MappingNetwork(nn.Module):
             check_input("MappingNetwork", "z", z, ("N", self.z_dim))
             if not z.is_floating_point():
                 raise TypeError(f"MappingNetwork: z must be a float tensor, got {z.dtype}")
-            x = _normalize_2nd_moment(z.to(torch.float32))
+            x = _normalize_2nd_moment(z.to(self._dtype()))
         if self.c_dim > 0:
             if c is None:
                 raise ValueError(f"MappingNetwork: c (N, {self.c_dim}) is required (c_dim={self.c_dim})")
             check_input("MappingNetwork", "c", c, (x.shape[0] if x is not None else "N", self.c_dim))
-            y = _normalize_2nd_moment(self.embed(c.to(torch.float32)))
+            y = _normalize_2nd_moment(self.embed(c.to(self._dtype())))
             x = torch.cat([x, y], dim=1) if x is not None else y
         for i in range(self.num_layers):
             x = getattr(self, f"fc{i}")(x)
@@ -389,7 +392,7 @@ class SynthesisNetwork(nn.Module):
             raise TypeError(f"SynthesisNetwork: ws must be a float tensor, got {ws.dtype}")
         if noise_mode not in _NOISE_MODES:
             raise ValueError(f"SynthesisNetwork: noise_mode must be one of {_NOISE_MODES}, got {noise_mode!r}")
-        ws = ws.to(torch.float32)
+        ws = ws.to(self.b4.conv1.weight.dtype)   # float32 (float64 for a .double() network)
         x = img = None
         idx = 0
         for res in self.block_resolutions:

@@ -9,7 +9,8 @@ channel_max)``; activations clamped to ``conv_clamp`` (256 in the official confi
 of ``pyvision_fast.models.stylegan2`` (``Conv2dLayer``, ``FullyConnectedLayer``), so ``second_order()`` makes
 it differentiable twice (the R1 penalty).
 
-``StyleGAN2Discriminator.forward(img, c=None)``: img (N, img_channels, R, R) float -> logits (N, 1) float32.
+``StyleGAN2Discriminator.forward(img, c=None)``: img (N, img_channels, R, R) float -> logits (N, 1) in the
+network's dtype (float32; float64 after ``.double()``).
 """
 from __future__ import annotations
 
@@ -150,7 +151,7 @@ class StyleGAN2Discriminator(nn.Module):
         check_input("StyleGAN2Discriminator", "img", img, ("N", self.img_channels, R, R))
         if not img.is_floating_point():
             raise TypeError(f"StyleGAN2Discriminator: img must be a float tensor, got {img.dtype}")
-        img = img.to(torch.float32)
+        img = img.to(self.b4.out.weight.dtype)   # float32 (float64 for a .double() network)
         x = None
         for res in self.block_resolutions:
             x, img = getattr(self, f"b{res}")(x, img)
