@@ -1,4 +1,4 @@
-"""python -m benchmarks [--family F] [--device cpu|cuda] [--quick] [--out DIR]"""
+"""python -m benchmarks [--family F] [--device cpu|cuda] [--quick] [--out DIR] [--process both|default|tuned]"""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +10,7 @@ import torch
 
 from .harness import (CpuCompetition, competition_warning, format_table, keep_freed_memory, machine_description,
                       measure_ceilings, measure_memory, run_case, write_reports)
+from .tuned import add_tuned_rows, family_has_tuned_row, run_ours_tuned, tuned_times
 
 FAMILIES = ["pointcloud", "attention", "mvf", "scale_space", "deform_conv", "sphere", "overhead", "models", "deploy",
             "vector_quantize", "stylegan2", "mesh_raster"]
@@ -26,17 +27,28 @@ def main(argv=None) -> int:
     parser.add_argument("--record", action="store_true",
                         help="write the reports into benchmarks/results/ (the committed results) instead of --out")
     parser.add_argument("--tag", default=None, help="report file name (default: <device>-<families>)")
-    parser.add_argument("--system-allocator", action="store_true",
-                        help="leave glibc's defaults (fresh pages for every block above 32 MiB: each call then pays "
-                             "page faults); by default freed memory is kept, as in a training loop")
+    parser.add_argument("--process", choices=["both", "default", "tuned"], default=None,
+                        help="both (CPU default): every implementation in this plain process (the headline, as "
+                             "users run it) and a row per case with ours in a tuned process (glibc keeping freed "
+                             "memory), run in a subprocess; default: no tuned row (the GPU default); tuned: "
+                             "everything in the tuned process")
+    parser.add_argument("--system-allocator", action="store_true", help="the old name of --process default")
+    parser.add_argument("--tuned-ours-json", type=Path, help=argparse.SUPPRESS)  # the tuned row's subprocess
     args = parser.parse_args(argv)
-    allocator = "system default" if args.system_allocator else (
-        "glibc keeping freed memory (mallopt)" if keep_freed_memory() else "system default (mallopt unavailable)")
     if args.device == "cuda" and not torch.cuda.is_available():
         print("benchmarks: --device cuda but no GPU is available", file=sys.stderr)
         return 2
     families = args.family or FAMILIES
     budget = args.budget if args.budget is not None else (0.3 if args.quick else 2.0)
+    if args.tuned_ours_json is not None:
+        return run_ours_tuned(families, args.device, args.quick, budget, args.tuned_ours_json)
+    process = args.process or ("default" if args.system_allocator or args.device == "cuda" else "both")
+    if process == "tuned":
+        allocator = ("glibc keeping freed memory (mallopt): a tuned process" if keep_freed_memory()
+                     else "system default (mallopt unavailable)")
+    else:
+        allocator = "system default (a plain process)" + (
+            "; rows marked [tuned process]: ours with glibc keeping freed memory" if process == "both" else "")
 
     machine = machine_description(args.device)
     machine["allocator"] = allocator
@@ -56,6 +68,12 @@ def main(argv=None) -> int:
         competition = monitor.stop()
         for case, _ in family_rows:
             case.competition = competition
+        if process == "both" and family_has_tuned_row(family):
+            print(f"running {family}: ours in a tuned process ...", flush=True)
+            times, failure = tuned_times(family, args.device, args.quick, budget)
+            if failure:
+                print(f"  {failure}", flush=True)
+            add_tuned_rows(family, family_rows, times)
         warning = competition_warning(family, competition)
         if warning:
             print(warning, flush=True)

@@ -24,6 +24,9 @@ from pyvision_fast.models import create_model
 
 from .harness import Case, Impl
 
+# no tuned-process row (benchmarks/tuned.py): the serving stacks allocate in their own runtimes
+TUNED_ROW = False
+
 _WORK = Path(tempfile.gettempdir()) / "pvf-bench-deploy"
 
 

@@ -435,8 +435,10 @@ def measure_memory(rows: list[tuple[Case, list[Result]]], device: str, quick: bo
     for case, results in rows:
         if not case.measure_memory:
             continue
-        for impl, result in zip(case.impls, results):
-            if result.error is not None:
+        by_name = {r.impl: r for r in results}  # rows added after the timing (the tuned row) have no impl
+        for impl in case.impls:
+            result = by_name.get(impl.name)
+            if result is None or result.error is not None:
                 continue
             if device == "cuda":
                 try:

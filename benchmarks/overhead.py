@@ -17,6 +17,9 @@ from pyvision_fast import ops
 
 from .harness import Case, Impl, peer
 
+# no tuned-process row (benchmarks/tuned.py): tiny shapes, where the time is the cost of a call
+TUNED_ROW = False
+
 # op -> [(peer, reason)] of the peers the last calls() could not use (listed under their case)
 SKIPPED: dict[str, list] = {}
 

@@ -190,3 +190,25 @@ def test_competing_processes_are_measured_and_warned_about(tmp_path):
     assert "WARNING: other processes" in paths["md"].read_text()
     quiet = dict(measured, other_cores=0.05, competing=False)
     assert competition_warning("demo", quiet) is None
+
+
+def test_tuned_process_rows():
+    """CPU tables: ours again in a tuned subprocess (glibc keeping freed memory), inserted after ours with the
+    goal that the plain process loses at most 25% against it."""
+    from benchmarks import mvf
+    from benchmarks.tuned import add_tuned_rows, family_has_tuned_row, tuned_times
+
+    times, failure = tuned_times("mvf", "cpu", True, 0.02)
+    assert failure is None
+    assert set(times) == {f"mvf/{c.name}" for c in mvf.cases("cpu", True)}
+    assert all(ms > 0 and runs >= 1 and error is None for ms, runs, error in times.values())
+    assert family_has_tuned_row("mvf") and not family_has_tuned_row("deploy")
+    x = torch.rand(1 << 12)
+    case = Case("demo", "copy", {}, [Impl("ours", lambda: x.clone(), "ours"), Impl("reference", lambda: x + 0,
+                                                                                    "reference")])
+    rows = [(case, run_case(case, "cpu", {"copy_GBps": 1.0, "matmul_fp32_GFLOPps": 1.0}, budget_s=0.02))]
+    add_tuned_rows("demo", rows, {"demo/copy": [2.0, 5, None], "demo/other": [1.0, 1, None]})
+    assert [r.impl for r in rows[0][1]] == ["ours", "ours [tuned process]", "reference"]
+    assert rows[0][1][1].kind == "tuned" and rows[0][1][1].median_ms == 2.0
+    table = format_table(rows)
+    assert "goal: >= 0.8x faster than ours [tuned process]" in table
