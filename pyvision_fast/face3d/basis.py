@@ -50,9 +50,9 @@ COEFF_SLICES: dict[str, slice] = {
 N_COEFFS = 257
 
 BFM_SOURCE = ("the Basel Face Model front model in Deep3DFaceRecon's layout (BFM_model_front.mat: "
-              "Deep3DFaceRecon's BFM preparation, util/load_mats.py transferBFM09, builds it from the Basel Face "
-              "Model 2009 01_MorphableModel.mat (faces.dmi.unibas.ch/bfm, registration required) and the "
-              "expression basis Exp_Pca.bin (from Guo et al.'s 3DFace / CNN-based 3D face reconstruction "
+              "Deep3DFaceRecon's BFM preparation, util/load_mats.py transferBFM09, builds it from the Basel "
+              "Face Model 2009 01_MorphableModel.mat (faces.dmi.unibas.ch/bfm, registration required) and "
+              "the expression basis Exp_Pca.bin (from Guo et al.'s 3DFace / CNN-based 3D face reconstruction "
               "release))")
 
 
@@ -141,7 +141,8 @@ class FaceBasis:
             if not isinstance(self.uv, Tensor) or not self.uv.is_floating_point():
                 raise TypeError("FaceBasis: field 'uv' must be a floating tensor or None")
             if tuple(self.uv.shape) != (N, 2):
-                raise ValueError(f"FaceBasis: field 'uv' must have shape ({N}, 2), got {tuple(self.uv.shape)}")
+                raise ValueError(f"FaceBasis: field 'uv' must have shape ({N}, 2), got "
+                                 f"{tuple(self.uv.shape)}")
 
     def to(self, *args, **kwargs) -> "FaceBasis":
         """A copy with every floating field moved / cast like ``Tensor.to`` (index fields keep int64)."""
@@ -180,8 +181,8 @@ def vertex_face_table(faces: Tensor, n_verts: int, width: Optional[int] = None) 
 
 
 def mouth_vertex_indices(basis: FaceBasis, radius: float = 0.25) -> Tensor:
-    """Vertices of the mouth region (int64, sorted): every vertex of the mean shape whose 3D distance to one of
-    the mouth landmarks' vertices (iBUG 48-67: outer and inner lips) is at most ``radius`` times the mouth
+    """Vertices of the mouth region (int64, sorted): every vertex of the mean shape whose 3D distance to one
+    of the mouth landmarks' vertices (iBUG 48-67: outer and inner lips) is at most ``radius`` times the mouth
     width (distance between the mouth corners, landmarks 48 and 54) *(ours; the paper only says the mouth
     loss compares the mouth region)*. Scale-free: the same rule selects the lips and a band around them on
     the synthetic model and on the BFM."""
@@ -238,7 +239,8 @@ def load_bfm(path: Union[str, Path], recenter: bool = True) -> FaceBasis:
         raise ValueError(f"load_bfm: {path} lacks the key(s) {missing} of the BFM front model layout")
     mean_shape = _vector(mat, "meanshape", path)
     if mean_shape.shape[0] % 3:
-        raise ValueError(f"load_bfm: key 'meanshape' of {path} must hold 3N values, got {mean_shape.shape[0]}")
+        raise ValueError(f"load_bfm: key 'meanshape' of {path} must hold 3N values, got "
+                         f"{mean_shape.shape[0]}")
     n3 = mean_shape.shape[0]
     N = n3 // 3
     id_base = _matrix(mat, "idBase", path, (n3, N_ID))
@@ -248,7 +250,8 @@ def load_bfm(path: Union[str, Path], recenter: bool = True) -> FaceBasis:
     tri = _matrix(mat, "tri", path, (None, 3))
     point_buf = _matrix(mat, "point_buf", path, (N, None))
     keypoints = _vector(mat, "keypoints", path, 68)
-    for key, arr, hi in (("tri", tri, N), ("keypoints", keypoints, N), ("point_buf", point_buf, tri.shape[0] + 1)):
+    ranges = (("tri", tri, N), ("keypoints", keypoints, N), ("point_buf", point_buf, tri.shape[0] + 1))
+    for key, arr, hi in ranges:
         if arr.size and (arr.min() < 1 or arr.max() > hi):
             raise ValueError(f"load_bfm: key '{key}' of {path} must hold 1-based indices in [1, {hi}], got "
                              f"[{arr.min()}, {arr.max()}]")

@@ -1,6 +1,6 @@
-"""Camera, spherical-harmonics lighting and rasterized rendering of a 3D face, in Deep3DFaceRecon's conventions
-(``models/bfm.py`` and ``util/nvdiffrast.py`` of sicxu/Deep3DFaceRecon_pytorch), all differentiable in
-float32 and float64.
+"""Camera, spherical-harmonics lighting and rasterized rendering of a 3D face, in Deep3DFaceRecon's
+conventions (``models/bfm.py`` and ``util/nvdiffrast.py`` of sicxu/Deep3DFaceRecon_pytorch), all
+differentiable in float32 and float64.
 
 * Rotation: ``angles`` (x, y, z) in radians, R = Rz(z) Ry(y) Rx(x) applied to column vectors (x first);
   model-space vertices v become ``R v + trans``.
@@ -14,11 +14,14 @@ float32 and float64.
   top), z_ndc = ((f + n) Z - 2 f n) / ((f - n) Z) with near n = 5 and far f = 15 (Deep3DFaceRecon's
   ``z_near`` / ``z_far``; they only order depths, nothing is clipped).
 * Lighting: 9-band (order 2) spherical harmonics per colour channel, gamma (B, 27) = (R's 9, G's 9, B's 9),
-  ``init_lit`` (default 0.8 on band 0, 0 elsewhere) added to every channel's 9 values; basis
-  Y = (a0 c0, -a1 c1 n_y, a1 c1 n_z, -a1 c1 n_x, a2 c2 n_x n_y, -a2 c2 n_y n_z, a2 c2 (3 n_z^2 - 1) / (2 sqrt 3),
-  -a2 c2 n_x n_z, a2 c2 (n_x^2 - n_y^2) / 2) with a = (pi, 2 pi / sqrt 3, 2 pi / sqrt 8) and
-  c = (1 / sqrt(4 pi), sqrt 3 / sqrt(4 pi), 3 sqrt 5 / sqrt(12 pi)); colour = albedo * (Y . gamma) using
-  rotated normals. Nothing clamps the colour (Deep3DFaceRecon neither).
+  ``init_lit`` (default 0.8 on band 0, 0 elsewhere) added to every channel's 9 values; the basis is
+
+      Y = (a0 c0, -a1 c1 n_y, a1 c1 n_z, -a1 c1 n_x, a2 c2 n_x n_y, -a2 c2 n_y n_z,
+           a2 c2 (3 n_z^2 - 1) / (2 sqrt 3), -a2 c2 n_x n_z, a2 c2 (n_x^2 - n_y^2) / 2),
+      a = (pi, 2 pi / sqrt 3, 2 pi / sqrt 8),  c = (1 / sqrt(4 pi), sqrt 3 / sqrt(4 pi), 3 sqrt 5 / sqrt(12 pi));
+
+  colour = albedo * (Y . gamma) with the rotated normals. Nothing clamps the colour (Deep3DFaceRecon
+  neither).
 * Vertex normals: per-triangle normals (v0 - v1) x (v1 - v2), normalised, summed over each vertex's triangles
   (``point_buf``) and normalised.
 """
@@ -65,8 +68,8 @@ def vertex_normals(verts: Tensor, faces: Tensor, point_buf: Tensor) -> Tensor:
 
 
 def sh_basis(normals: Tensor) -> Tensor:
-    """(..., 3) unit normals -> (..., 9) the SH basis values with Deep3DFaceRecon's constants and signs (module
-    docstring)."""
+    """(..., 3) unit normals -> (..., 9) the SH basis values with Deep3DFaceRecon's constants and signs
+    (module docstring)."""
     a, c = SH_A, SH_C
     nx, ny, nz = normals.unbind(-1)
     return torch.stack([

@@ -1,10 +1,10 @@
 """A small synthetic 3D morphable face (for tests and examples, no data needed) and a talking sequence.
 
 ``synthetic_face_basis(n_rows, seed)`` builds a ``FaceBasis`` in the BFM front model's layout and units (a
-face about 1.6 wide and 2 high, its mean vertex at the origin, looking toward +z, seen from the Deep3DFaceRecon camera
-10 units away): an ellipsoid cap (n_rows x n_rows grid mapped onto a disc) with a nose, brow ridge, eye
-sockets and lips, 68 landmark vertices at iBUG positions, an albedo with darker lips, eyes, brows and mouth
-interior, and bases
+face about 1.6 wide and 2 high, its mean vertex at the origin, looking toward +z, seen from the
+Deep3DFaceRecon camera 10 units away): an ellipsoid cap (n_rows x n_rows grid mapped onto a disc) with a nose,
+brow ridge, eye sockets and lips, 68 landmark vertices at iBUG positions, an albedo with darker lips, eyes,
+brows and mouth interior, and bases
 
 * expression (64): 0 jaw / mouth opening (lower lip and jaw down, stretching the mouth interior band),
   1 smile (mouth corners out and up), 2 pucker (lips forward and together), 3 brow raise, 4 eye closing,
@@ -94,10 +94,12 @@ def _assign_landmarks(xy: Tensor, template: Tensor) -> Tensor:
 
 def synthetic_face_basis(n_rows: int = 32, seed: int = 0) -> FaceBasis:
     """A random synthetic ``FaceBasis`` of ``n_rows**2`` vertices and ``2 (n_rows - 1)**2`` triangles (see the
-    module docstring). Deterministic for a given (n_rows, seed): the geometry is fixed, ``seed`` draws the random
-    smooth bases. ``n_rows`` in [24, 80] (below 24 the lip landmarks would not be distinct vertices)."""
+    module docstring). Deterministic for a given (n_rows, seed): the geometry is fixed, ``seed`` draws the
+    random smooth bases. ``n_rows`` in [24, 80] (below 24 the lip landmarks would not be distinct
+    vertices)."""
     if isinstance(n_rows, bool) or not isinstance(n_rows, int):
-        raise TypeError(f"synthetic_face_basis: argument 'n_rows' must be an int, got {type(n_rows).__name__}")
+        raise TypeError(f"synthetic_face_basis: argument 'n_rows' must be an int, got "
+                        f"{type(n_rows).__name__}")
     if not 24 <= n_rows <= 80:
         raise ValueError(f"synthetic_face_basis: argument 'n_rows' must be in [24, 80], got {n_rows}")
     gen = torch.Generator().manual_seed(int(seed))
@@ -186,8 +188,9 @@ def synthetic_talking_sequence(basis: FaceBasis, T: int, seed: int = 0) -> Tenso
     """(T, 257) float32 coefficients of a talking face: one identity and albedo (N(0, 0.5) each), the mouth
     opening (expression 0) oscillating in [0, 1] at about 4 cycles per 25 frames (syllables), a slow smile
     (expression 1, in [0, 0.6]), small smooth other expressions (RMS 0.1), a slow head motion (angles within
-    about +-0.12 rad), a fixed light (the default ambient plus a frontal-top directional band; rendered colours stay in [0, 1]) and a small translation
-    drift. ``basis`` fixes nothing but the device; any basis in the 257 layout can be driven."""
+    about +-0.12 rad), a fixed light (the default ambient plus a frontal-top directional band; rendered
+    colours stay in [0, 1]) and a small translation drift. ``basis`` fixes nothing but the device; any basis
+    in the 257 layout can be driven."""
     if not isinstance(basis, FaceBasis):
         raise TypeError(f"synthetic_talking_sequence: argument 'basis' must be a FaceBasis, got "
                         f"{type(basis).__name__}")
@@ -206,9 +209,9 @@ def synthetic_talking_sequence(basis: FaceBasis, T: int, seed: int = 0) -> Tenso
     c[:, COEFF_SLICES["exp"]] = exp
     c[:, COEFF_SLICES["angle"]] = 0.06 * _smooth_noise(T, 3, gen, 40.0)
     gamma = torch.zeros(3, 9, dtype=torch.float64)
-    # Deep3DFaceRecon's SH basis is (1, -n_y, n_z, -n_x, ...): negative 1 = light from above, positive 2 = from
-    # the front, positive 3 = from image left; with the 0.8 ambient offset the irradiance stays below 1, so
-    # frames stay in [0, 1]
+    # Deep3DFaceRecon's SH basis is (1, -n_y, n_z, -n_x, ...): negative 1 = light from above, positive 2 =
+    # from the front, positive 3 = from image left; with the 0.8 ambient offset the irradiance stays below 1,
+    # so frames stay in [0, 1]
     gamma[:, 1] = -0.1
     gamma[:, 2] = 0.15
     gamma[:, 3] = 0.05

@@ -38,7 +38,8 @@ def cylindrical_uv(mean_shape: Tensor) -> Tensor:
 
 
 class BFM(nn.Module):
-    """Linear 3D face model with Deep3DFaceRecon's camera and SH lighting, rendered by ``ops.rasterize_triangles``.
+    """Linear 3D face model with Deep3DFaceRecon's camera and SH lighting, rendered by
+    ``ops.rasterize_triangles``.
 
     Args:
         basis: a ``FaceBasis``.
@@ -66,7 +67,8 @@ class BFM(nn.Module):
             image_size = (image_size, image_size)
         if (not isinstance(image_size, Sequence) or len(image_size) != 2
                 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in image_size)):
-            raise ValueError(f"BFM: argument 'image_size' must be a positive int or (H, W), got {image_size!r}")
+            raise ValueError(f"BFM: argument 'image_size' must be a positive int or (H, W), got "
+                             f"{image_size!r}")
         self.image_size = (int(image_size[0]), int(image_size[1]))
         H, W = self.image_size
         self.focal = float(focal) if focal is not None else 1015.0 * W / 224.0
@@ -86,7 +88,8 @@ class BFM(nn.Module):
         self.znear, self.zfar = float(znear), float(zfar)
         init_lit = torch.as_tensor(init_lit, dtype=torch.float32)
         if init_lit.shape != (9,):
-            raise ValueError(f"BFM: argument 'init_lit' must have 9 values, got shape {tuple(init_lit.shape)}")
+            raise ValueError(f"BFM: argument 'init_lit' must have 9 values, got shape "
+                             f"{tuple(init_lit.shape)}")
         self.register_buffer("init_lit", init_lit)
         for name in ("mean_shape", "id_base", "exp_base", "mean_tex", "tex_base", "faces", "point_buf",
                      "landmark_idx"):
@@ -102,7 +105,8 @@ class BFM(nn.Module):
         if not coeffs.is_floating_point():
             raise TypeError(f"BFM: argument 'coeffs' must be a floating tensor, got {coeffs.dtype}")
         if coeffs.dim() != 2 or coeffs.shape[1] != N_COEFFS:
-            raise ValueError(f"BFM: argument 'coeffs' must have shape (B, {N_COEFFS}), got {tuple(coeffs.shape)}")
+            raise ValueError(f"BFM: argument 'coeffs' must have shape (B, {N_COEFFS}), got "
+                             f"{tuple(coeffs.shape)}")
 
     def shape(self, coeffs: Tensor) -> Tensor:
         """(B, 257) -> (B, N, 3) model-space vertices mean + identity + expression (no pose: what the mouth
@@ -124,6 +128,17 @@ class BFM(nn.Module):
         """(B, 257) -> (B, 3, 3) R = Rz Ry Rx of the angles (column vectors)."""
         return euler_rotation(coeffs[:, COEFF_SLICES["angle"]])
 
+    def landmarks(self, coeffs: Tensor) -> Tensor:
+        """(B, 257) -> (B, 68, 2) landmark pixels (x right, y down), computing only the 68 landmark vertices
+        (what landmark fitting evaluates many times); equal to ``geometry(coeffs)["landmarks"]``."""
+        self._check(coeffs)
+        dt, k = coeffs.dtype, self.landmark_idx
+        shape = (self.mean_shape[k].to(dt)
+                 + torch.einsum("nck,bk->bnc", self.id_base[k].to(dt), coeffs[:, COEFF_SLICES["id"]])
+                 + torch.einsum("nck,bk->bnc", self.exp_base[k].to(dt), coeffs[:, COEFF_SLICES["exp"]]))
+        world = shape @ self.rotation(coeffs).transpose(1, 2) + coeffs[:, None, COEFF_SLICES["trans"]]
+        return project(to_camera(world, self.camera_distance), self.focal, self.image_size, self.center)
+
     def geometry(self, coeffs: Tensor) -> dict[str, Tensor]:
         """Everything but the raster: ``shape`` (B, N, 3) model space, ``verts`` (B, N, 3) camera space,
         ``verts_clip`` (B, N, 4), ``landmarks`` (B, 68, 2) pixels (x right, y down), ``normals`` (B, N, 3)
@@ -142,14 +157,16 @@ class BFM(nn.Module):
                 "normals": normals, "vertex_colors": colors, "albedo": albedo}
 
     # -- rendering -----------------------------------------------------------------------------------------
-    def render(self, coeffs: Tensor, texture: Optional[Tensor] = None, shade: bool = False) -> dict[str, Tensor]:
+    def render(self, coeffs: Tensor, texture: Optional[Tensor] = None,
+               shade: bool = False) -> dict[str, Tensor]:
         """``geometry(coeffs)`` plus ``image`` (B, 3, H, W) and ``mask`` (B, 1, H, W) (1 on the face, image 0
-        outside). Without ``texture`` the image interpolates the lit vertex colours; with ``texture`` (B, 3, Ht,
-        Wt) it samples that UV map (``ops.texture_sample`` at the interpolated ``uv``), unlit unless
+        outside). Without ``texture`` the image interpolates the lit vertex colours; with ``texture`` (B, 3,
+        Ht, Wt) it samples that UV map (``ops.texture_sample`` at the interpolated ``uv``), unlit unless
         ``shade=True`` (then times the interpolated SH irradiance, i.e. the texture replaces the albedo)."""
         out = self.geometry(coeffs)
         if texture is None:
-            img, mask, rast = rasterize_mesh(out["verts_clip"], self.faces, out["vertex_colors"], self.image_size)
+            img, mask, rast = rasterize_mesh(out["verts_clip"], self.faces, out["vertex_colors"],
+                                             self.image_size)
         else:
             if not isinstance(texture, Tensor) or not texture.is_floating_point():
                 raise TypeError("BFM.render: argument 'texture' must be a floating tensor (B, 3, Ht, Wt)")
@@ -174,12 +191,14 @@ class BFM(nn.Module):
     def forward(self, coeffs: Tensor) -> dict[str, Tensor]:
         """(B, 257) coefficients -> dict: ``verts`` (B, N, 3) camera space, ``verts_clip`` (B, N, 4),
         ``landmarks`` (B, 68, 2) pixels, ``vertex_colors`` (B, N, 3) lit albedo, ``image`` (B, 3, H, W),
-        ``mask`` (B, 1, H, W), and ``shape``, ``normals``, ``albedo``, ``rast`` (see ``geometry``/``render``)."""
+        ``mask`` (B, 1, H, W), and ``shape``, ``normals``, ``albedo``, ``rast`` (see ``geometry`` and
+        ``render``)."""
         return self.render(coeffs)
 
     def extra_repr(self) -> str:
-        return (f"verts={self.mean_shape.shape[0]}, faces={self.faces.shape[0]}, image_size={self.image_size}, "
-                f"focal={self.focal:g}, center={self.center}, camera_distance={self.camera_distance:g}")
+        return (f"verts={self.mean_shape.shape[0]}, faces={self.faces.shape[0]}, "
+                f"image_size={self.image_size}, focal={self.focal:g}, center={self.center}, "
+                f"camera_distance={self.camera_distance:g}")
 
 
 @register_model
@@ -195,11 +214,11 @@ def bfm(basis_path: Union[str, Path, None] = None, basis: Union[FaceBasis, str, 
         basis = load_bfm(basis_path, recenter=recenter)
     elif isinstance(basis, str):
         if basis != "synthetic":
-            raise ValueError(f"bfm: argument 'basis' must be a FaceBasis or 'synthetic', got {basis!r} (a file "
-                             f"goes in 'basis_path')")
+            raise ValueError(f"bfm: argument 'basis' must be a FaceBasis or 'synthetic', got {basis!r} "
+                             f"(a file goes in 'basis_path')")
         from ..face3d.synthetic import synthetic_face_basis
         basis = synthetic_face_basis(synthetic_rows, seed)
     elif basis is None:
-        raise FileNotFoundError(f"bfm: no basis given: pass basis_path= the file BFM_model_front.mat, which is "
-                                f"{BFM_SOURCE}; or basis='synthetic' for the synthetic test face")
+        raise FileNotFoundError(f"bfm: no basis given: pass basis_path= the file BFM_model_front.mat, "
+                                f"which is {BFM_SOURCE}; or basis='synthetic' for the synthetic test face")
     return BFM(basis, **kwargs)
