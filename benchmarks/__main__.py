@@ -1,4 +1,5 @@
-"""python -m benchmarks [--family F] [--device cpu|cuda] [--quick] [--out DIR] [--process both|default|tuned]"""
+"""python -m benchmarks [--family F] [--device cpu|cuda] [--quick] [--out DIR] [--process both|default|tuned]
+[--neighbour]"""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +11,8 @@ import torch
 
 from .harness import (CpuCompetition, competition_warning, format_table, keep_freed_memory, machine_description,
                       measure_ceilings, measure_memory, run_case, write_reports)
-from .tuned import add_tuned_rows, family_has_tuned_row, run_ours_tuned, tuned_times
+from .neighbour import time_beside_neighbour
+from .tuned import add_tuned_rows, family_has_process_rows, run_ours_tuned, tuned_times
 
 FAMILIES = ["pointcloud", "attention", "mvf", "scale_space", "deform_conv", "sphere", "overhead", "models", "deploy",
             "vector_quantize", "stylegan2", "mesh_raster"]
@@ -33,6 +35,9 @@ def main(argv=None) -> int:
                              "memory), run in a subprocess; default: no tuned row (the GPU default); tuned: "
                              "everything in the tuned process")
     parser.add_argument("--system-allocator", action="store_true", help="the old name of --process default")
+    parser.add_argument("--neighbour", action="store_true",
+                        help="CPU: time ours and each goal's implementation again beside a busy neighbour (a "
+                             "PyTorch matmul loop on all cores); goal: keep >= 0.6 of the idle speed-up")
     parser.add_argument("--tuned-ours-json", type=Path, help=argparse.SUPPRESS)  # the tuned row's subprocess
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -68,12 +73,14 @@ def main(argv=None) -> int:
         competition = monitor.stop()
         for case, _ in family_rows:
             case.competition = competition
-        if process == "both" and family_has_tuned_row(family):
+        if process == "both" and family_has_process_rows(family):
             print(f"running {family}: ours in a tuned process ...", flush=True)
             times, failure = tuned_times(family, args.device, args.quick, budget)
             if failure:
                 print(f"  {failure}", flush=True)
             add_tuned_rows(family, family_rows, times)
+        if args.neighbour and args.device == "cpu" and family_has_process_rows(family):
+            time_beside_neighbour(family_rows, args.device, ceilings, budget)
         warning = competition_warning(family, competition)
         if warning:
             print(warning, flush=True)
@@ -81,7 +88,8 @@ def main(argv=None) -> int:
     measure_memory(rows, args.device, args.quick)
     print()
     print(format_table(rows, args.quick))
-    tag = args.tag or f"{args.device}-{'-'.join(families)}{'-quick' if args.quick else ''}"
+    tag = args.tag or (f"{args.device}-{'-'.join(families)}{'-neighbour' if args.neighbour else ''}"
+                       f"{'-quick' if args.quick else ''}")
     out = Path(__file__).resolve().parent / "results" if args.record else args.out
     paths = write_reports(rows, ceilings, machine, out, tag, args.quick)
     print("\nwrote " + ", ".join(str(p) for p in paths.values()))

@@ -24,8 +24,8 @@ from pyvision_fast.models import create_model
 
 from .harness import Case, Impl
 
-# no tuned-process row (benchmarks/tuned.py): the serving stacks allocate in their own runtimes
-TUNED_ROW = False
+# no tuned-process or neighbour rows (benchmarks/tuned.py, neighbour.py): the serving stacks allocate in their own runtimes
+PROCESS_ROWS = False
 
 _WORK = Path(tempfile.gettempdir()) / "pvf-bench-deploy"
 

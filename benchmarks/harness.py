@@ -553,7 +553,8 @@ def format_table(rows: list[tuple[Case, list[Result]]], quick: bool = False) -> 
         lines.append("--quick: small shapes and short budgets; every verdict below is indicative only")
     if lines:
         lines.append("")
-    header = f"{'case':<44} {'implementation':<36} {'median ms':>10} {'host ms':>8} {'x ours':>8} {'GFLOP/s':>9} " \
+    iw = max([36] + [len(r.impl) for _, rs in rows for r in rs])  # the implementation column's width
+    header = f"{'case':<44} {'implementation':<{iw}} {'median ms':>10} {'host ms':>8} {'x ours':>8} {'GFLOP/s':>9} " \
              f"{'GB/s':>8} {'ceiling':>8} {'peak MB':>8}"
     if any(case.samples for case, _ in rows):
         header += f" {'samples/s':>10}"
@@ -564,12 +565,12 @@ def format_table(rows: list[tuple[Case, list[Result]]], quick: bool = False) -> 
         for i, r in enumerate(results):
             label = f"{case.family}/{case.name}" if i == 0 else ""
             if r.error:
-                lines.append(f"{label:<44} {r.impl:<36} failed: {r.error}")
+                lines.append(f"{label:<44} {r.impl:<{iw}} failed: {r.error}")
                 continue
             rel = r.median_ms / ours.median_ms if ours and not math.isnan(ours.median_ms) else float("nan")
             bound = "*" if r.host_ms is not None and r.host_ms > r.median_ms else " "
             lines.append(
-                f"{label:<44} {r.impl:<36} {r.median_ms:>10.3f} "
+                f"{label:<44} {r.impl:<{iw}} {r.median_ms:>10.3f} "
                 f"{(f'{r.host_ms:.3f}{bound}' if r.host_ms is not None else '-'):>8} {rel:>8.2f} "
                 f"{(f'{r.gflops:.1f}' if r.gflops else '-'):>9} {(f'{r.gbytes:.1f}' if r.gbytes else '-'):>8} "
                 f"{(f'{100 * r.ceiling_share:.1f}%' if r.ceiling_share else '-'):>8} "
@@ -585,6 +586,9 @@ def format_table(rows: list[tuple[Case, list[Result]]], quick: bool = False) -> 
                 line += (f"; candidate {v['candidate_achieved']:.2f}x "
                          f"({'met' if v['candidate_met'] else 'NOT met'})")
             lines.append(line)
+        from .neighbour import retention_lines
+
+        lines += retention_lines(case, results, f"{'':<44} ", quick)
         lines += _peer_lines(case, results)
     if any(r.host_ms is not None for _, rs in rows for r in rs):
         lines.append("")
@@ -604,6 +608,8 @@ def _peer_lines(case: Case, results: list[Result]) -> list[str]:
 
 def write_reports(rows: list[tuple[Case, list[Result]]], ceilings: dict, machine: dict, out_dir: Path,
                   tag: str, quick: bool = False) -> dict[str, Path]:
+    from .neighbour import retention_verdicts
+
     out_dir.mkdir(parents=True, exist_ok=True)
     families: dict[str, Optional[dict]] = {}
     for c, _ in rows:
@@ -621,6 +627,7 @@ def write_reports(rows: list[tuple[Case, list[Result]]], ceilings: dict, machine
              "goal": None if c.goal is None else {"against": c.goal[0], "speedup": c.goal[1],
                                                   "achieved": speedup_of_ours(c, rs, c.goal[0])},
              "goals": goal_verdicts(c, rs),
+             "neighbour_goals": retention_verdicts(c, rs),
              "skipped": [{"impl": name, "reason": reason} for name, reason in c.skipped],
              "results": [dataclasses.asdict(r) for r in rs]}
             for c, rs in rows

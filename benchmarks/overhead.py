@@ -17,8 +17,8 @@ from pyvision_fast import ops
 
 from .harness import Case, Impl, peer
 
-# no tuned-process row (benchmarks/tuned.py): tiny shapes, where the time is the cost of a call
-TUNED_ROW = False
+# no tuned-process or neighbour rows (benchmarks/tuned.py, neighbour.py): tiny shapes, where the time is the cost of a call
+PROCESS_ROWS = False
 
 # op -> [(peer, reason)] of the peers the last calls() could not use (listed under their case)
 SKIPPED: dict[str, list] = {}

@@ -11,7 +11,8 @@ default process lose at most 25% against it (ours' default time at most 1.25x it
 speed-up goal against the tuned row).
 
 ``python -m benchmarks --process tuned`` runs every implementation tuned; ``--process default`` leaves the row
-out. A family module that sets ``TUNED_ROW = False`` (serving stacks, call-overhead cases) gets no row.
+out. A family module that sets ``PROCESS_ROWS = False`` (serving stacks, call-overhead cases) gets neither
+this row nor the neighbour rows (benchmarks/neighbour.py).
 """
 from __future__ import annotations
 
@@ -31,9 +32,9 @@ TUNED_SUFFIX = " [tuned process]"
 MIN_SHARE = 0.8  # ours in the default process: at least 0.8x the tuned speed (at most 1.25x its time)
 
 
-def family_has_tuned_row(family: str) -> bool:
+def family_has_process_rows(family: str) -> bool:
     module = importlib.import_module(f".{family}", __package__)
-    return bool(getattr(module, "TUNED_ROW", True))
+    return bool(getattr(module, "PROCESS_ROWS", True))
 
 
 def run_ours_tuned(families: list[str], device: str, quick: bool, budget: float, out: Path) -> int:

@@ -196,13 +196,13 @@ def test_tuned_process_rows():
     """CPU tables: ours again in a tuned subprocess (glibc keeping freed memory), inserted after ours with the
     goal that the plain process loses at most 25% against it."""
     from benchmarks import mvf
-    from benchmarks.tuned import add_tuned_rows, family_has_tuned_row, tuned_times
+    from benchmarks.tuned import add_tuned_rows, family_has_process_rows, tuned_times
 
     times, failure = tuned_times("mvf", "cpu", True, 0.02)
     assert failure is None
     assert set(times) == {f"mvf/{c.name}" for c in mvf.cases("cpu", True)}
     assert all(ms > 0 and runs >= 1 and error is None for ms, runs, error in times.values())
-    assert family_has_tuned_row("mvf") and not family_has_tuned_row("deploy")
+    assert family_has_process_rows("mvf") and not family_has_process_rows("deploy")
     x = torch.rand(1 << 12)
     case = Case("demo", "copy", {}, [Impl("ours", lambda: x.clone(), "ours"), Impl("reference", lambda: x + 0,
                                                                                     "reference")])
@@ -212,3 +212,35 @@ def test_tuned_process_rows():
     assert rows[0][1][1].kind == "tuned" and rows[0][1][1].median_ms == 2.0
     table = format_table(rows)
     assert "goal: >= 0.8x faster than ours [tuned process]" in table
+
+
+def test_neighbour_rows_and_retention_verdicts():
+    """--neighbour: ours and each goal's implementation timed again beside a running neighbour process (killed
+    afterwards), and the share of ours' idle speed-up it keeps judged against 0.6."""
+    from benchmarks.harness import Result
+    from benchmarks.neighbour import Neighbour, retention_verdicts, time_beside_neighbour
+
+    x = torch.rand(1 << 12)
+    case = Case("demo", "copy", {}, [Impl("ours", lambda: x.clone(), "ours"),
+                                     Impl("reference", lambda: x + 0, "reference"),
+                                     Impl("peer", lambda: x * 1)], goal=("reference", 0.01))
+    ceilings = {"copy_GBps": 1.0, "matmul_fp32_GFLOPps": 1.0}
+    rows = [(case, run_case(case, "cpu", ceilings, budget_s=0.02))]
+    time_beside_neighbour(rows, "cpu", ceilings, 0.02)
+    names = [r.impl for r in rows[0][1]]
+    assert names[3:] == ["ours [beside a neighbour]", "reference [beside a neighbour]"]  # no peer: no goal
+    assert all(r.kind == "neighbour" and r.median_ms > 0 for r in rows[0][1][3:])
+    (verdict,) = retention_verdicts(case, rows[0][1])
+    assert verdict["against"] == "reference" and verdict["retained"] > 0
+    assert "goal: beside a neighbour keep >= 0.6 of the idle speed-up over reference" in format_table(rows)
+    # the arithmetic: ours 1 -> 2 ms, reference 10 -> 11 ms: 10x idle, 5.5x beside: 0.55 kept (not met)
+    made = [Result("ours", "ours", 1.0, 3, None, None, None, None),
+            Result("reference", "reference", 10.0, 3, None, None, None, None),
+            Result("ours [beside a neighbour]", "neighbour", 2.0, 3, None, None, None, None),
+            Result("reference [beside a neighbour]", "neighbour", 11.0, 3, None, None, None, None)]
+    (v,) = retention_verdicts(case, made)
+    assert v["retained"] == pytest.approx(0.55) and not v["met"]
+    with Neighbour(warm_s=0.0) as n:
+        proc = n.proc
+        assert proc.poll() is None
+    assert proc.poll() is not None  # killed on exit
