@@ -577,9 +577,12 @@ def load_official_state_dict(model: nn.Module, source: Union[str, Path, dict], w
 def stylegan2_texture(z_dim: int = 512, c_dim: int = 0, w_dim: int = 512, img_resolution: int = 256,
                       img_channels: int = 3, mapping_layers: int = 8, channel_base: int = 16384,
                       channel_max: int = 512, architecture: str = "skip", conv_clamp: Optional[float] = 256,
-                      **kwargs) -> StyleGAN2Generator:
+                      mapping_lr_multiplier: float = 0.01, w_avg_beta: Optional[float] = 0.995,
+                      use_noise: bool = True) -> StyleGAN2Generator:
     """StyleGAN2 UV-texture generator, 256^2 by default in the official ``paper256`` configuration (channel_base
     16384, 8 mapping layers, z = w = 512, 14 ws): 24,767,458 parameters."""
     return StyleGAN2Generator(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, img_resolution=img_resolution,
                               img_channels=img_channels, mapping_layers=mapping_layers, channel_base=channel_base,
-                              channel_max=channel_max, architecture=architecture, conv_clamp=conv_clamp, **kwargs)
+                              channel_max=channel_max, architecture=architecture, conv_clamp=conv_clamp,
+                              mapping_lr_multiplier=mapping_lr_multiplier, w_avg_beta=w_avg_beta,
+                              use_noise=use_noise)
