@@ -1,5 +1,5 @@
 """The ``pvf`` command (also ``python -m pyvision_fast``): info, models, bench, train, eval, extract,
-export, engine-info."""
+export, engine-info, edit-video."""
 from __future__ import annotations
 
 import argparse
@@ -259,6 +259,30 @@ def _extract(args) -> int:
     return 0
 
 
+def _edit_video(args) -> int:
+    """``pvf edit-video``: pyvision_fast.face3d.edit_video; prints a JSON summary."""
+    from pyvision_fast.face3d.edit_video import edit_video, load_editor
+    from pyvision_fast.models.expression_editor import emotion_index
+    from pyvision_fast.train.config import parse_pairs
+
+    if not args.checkpoint:
+        raise ValueError("--checkpoint is required: the expression editor's weights (pvf train talking_face_edit)")
+    if not args.bfm:
+        raise ValueError("--bfm is required: the BFM front model file BFM_model_front.mat")
+    if not 0.0 <= args.intensity <= 1.0:
+        raise ValueError(f"--intensity must lie in [0, 1], got {args.intensity}")
+    if args.window < 1 or args.window % 2 == 0:
+        raise ValueError(f"--window must be an odd number of frames >= 1, got {args.window}")
+    editor = load_editor(args.checkpoint, parse_pairs(args.model_arg, "--model-arg"))
+    emotion_index(args.emotion, editor.emotions)
+    summary = edit_video(args.input, args.coeffs, args.output, editor=editor, bfm=args.bfm, emotion=args.emotion,
+                         intensity=args.intensity, window=args.window, fit_size=args.fit_size, chunk=args.chunk,
+                         codec=args.codec, codec_options=parse_pairs(args.codec_option, "--codec-option"),
+                         progress=False if args.no_progress else None, device=args.device)
+    print(json.dumps(summary))
+    return 0
+
+
 def _error_line(exc: BaseException) -> str:
     """One line for a failed command: the message's first line; the exception's class where the message alone
     would not say what went wrong (anything but the input errors every command raises on purpose)."""
@@ -357,6 +381,29 @@ def main(argv=None) -> int:
                        "needed)")
     p.add_argument("engine")
     p.set_defaults(func=_engine_info)
+    p = command("edit-video", help="edit a talking-face video's expression toward an emotion (3DMM coefficients "
+                "+ expression editor + BFM rendering); prints a JSON summary")
+    p.add_argument("--input", required=True, help="the video (MP4 or anything FFmpeg reads)")
+    p.add_argument("--coeffs", required=True, help="its per-frame 3DMM coefficients: a (T, 257) .npy, or a "
+                   "folder of per-frame .npy / Deep3DFaceRecon .mat files")
+    p.add_argument("--emotion", required=True, help="angry, contempt, disgusted, fear, happy, neutral, sad or "
+                   "surprised")
+    p.add_argument("--intensity", type=float, required=True, help="0 (unchanged) .. 1 (strongest)")
+    p.add_argument("--output", required=True, help="the edited MP4")
+    p.add_argument("--bfm", help="BFM_model_front.mat (Deep3DFaceRecon's layout)")
+    p.add_argument("--checkpoint", help="the expression editor's weights (pvf train talking_face_edit)")
+    p.add_argument("--model-arg", nargs="+", action="extend", metavar="K=V",
+                   help="expression_editor arguments for weights without pvf train metadata")
+    p.add_argument("--window", type=int, default=5, help="frames the edit is averaged over (odd; 1: none)")
+    p.add_argument("--fit-size", type=_parse_shape, help="HxW the coefficients were fitted at (default: the "
+                   "video's frame size); the render is resized to the frames")
+    p.add_argument("--chunk", type=int, default=16, help="frames rendered at a time")
+    p.add_argument("--codec", default="mpeg4", help="PyAV/FFmpeg video codec of the output (mpeg4, libx264 ...)")
+    p.add_argument("--codec-option", nargs="+", action="extend", metavar="K=V",
+                   help="encoder options, e.g. --codec libx264 --codec-option crf=0 (lossless)")
+    p.add_argument("--device", default="cpu", help="torch device of the editing and rendering")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    p.set_defaults(func=_edit_video)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         if getattr(args, "func", None) is not _bench:
