@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pyvision_fast.losses.gan import (d_nonsaturating_loss, ema_beta, g_nonsaturating_loss, path_length_penalty,
+from pyvision_fast.losses.gan import (d_nonsaturating_loss, ema_beta, g_nonsaturating_loss,
+                                      path_length_penalty,
                                       r1_penalty)
 
 
@@ -95,7 +96,8 @@ def test_path_length_through_the_generator_matches_finite_differences():
     from pyvision_fast.models.stylegan2 import StyleGAN2Generator, second_order
 
     torch.manual_seed(0)
-    g = StyleGAN2Generator(z_dim=8, w_dim=8, img_resolution=8, mapping_layers=1, channel_base=64, channel_max=8,
+    g = StyleGAN2Generator(z_dim=8, w_dim=8, img_resolution=8, mapping_layers=1, channel_base=64,
+                           channel_max=8,
                            conv_clamp=None).double()
     z = torch.randn(2, 8, dtype=torch.float64)
     y = torch.randn(2, 3, 8, 8, dtype=torch.float64)
@@ -106,7 +108,8 @@ def test_path_length_through_the_generator_matches_finite_differences():
             img, ws = g(z, noise_mode="const", return_ws=True)
             return path_length_penalty(img, ws, pl_mean, decay=0.0, noise=y)[0].sum()
 
-    for name, idx in [("synthesis.b8.conv0.weight", (1, 2, 0, 1)), ("synthesis.b4.conv1.affine.weight", (3, 4)),
+    for name, idx in [("synthesis.b8.conv0.weight", (1, 2, 0, 1)),
+                      ("synthesis.b4.conv1.affine.weight", (3, 4)),
                       ("mapping.fc0.weight", (2, 5))]:
         p = g.get_parameter(name)
         (grad,) = torch.autograd.grad(penalty(), p)

@@ -1,13 +1,12 @@
-"""``stylegan2_texture`` and the StyleGAN2 discriminator: the official architecture (state_dict keys, parameter
-counts of named official configurations, outputs of a seeded official network), the fused / non-fused /
-second-order paths agreeing, truncation, w_avg tracking, style mixing and noise modes, official weights in,
-bad input, and export to ONNX with ONNX Runtime agreeing with eager.
+"""``stylegan2_texture`` and the StyleGAN2 discriminator: the official architecture (state_dict keys,
+parameter counts of named official configurations, outputs of a seeded official network), the fused /
+non-fused / second-order paths agreeing, truncation, w_avg tracking, style mixing and noise modes, official
+weights in, bad input, and export to ONNX with ONNX Runtime agreeing with eager.
 
 Reference numbers: the parameter counts and the outputs below were obtained once by building NVlabs'
-stylegan2-ada-pytorch (``training/networks.py`` at d72cc7d, CPU, its reference ops) with the same arguments; no
-test needs that code. The parameter counts also follow from the layer list by hand (e.g. paper256 at 256^2:
-mapping 8 x (512 x 512 + 512) = 2,101,248; D = G's blocks mirrored + epilogue).
-"""
+stylegan2-ada-pytorch (``training/networks.py`` at d72cc7d, CPU, its reference ops) with the same arguments;
+no test needs that code. The parameter counts also follow from the layer list by hand (e.g. paper256 at 256^2:
+mapping 8 x (512 x 512 + 512) = 2,101,248; D = G's blocks mirrored + epilogue). """
 from __future__ import annotations
 
 import math
@@ -57,7 +56,8 @@ def test_parameter_counts_of_official_configurations(cfg, g_count, d_count, map_
 def test_small_and_conditional_parameter_counts():
     g, d = _small(), StyleGAN2Discriminator(**SMALL_D)
     assert (_count(g), _count(g.mapping), _count(d), g.num_ws) == (63_443, 1_392, 72_561, 8)
-    gc = StyleGAN2Generator(z_dim=32, c_dim=5, w_dim=24, img_resolution=16, mapping_layers=2, channel_base=256,
+    gc = StyleGAN2Generator(z_dim=32, c_dim=5, w_dim=24, img_resolution=16, mapping_layers=2,
+                            channel_base=256,
                             channel_max=16, conv_clamp=None)
     dc = StyleGAN2Discriminator(c_dim=5, img_resolution=16, channel_base=256, channel_max=16, conv_clamp=None)
     assert (_count(gc), _count(dc)) == (17_326, 18_976)
@@ -70,12 +70,14 @@ def test_official_state_dict_keys():
     g, d = _small(), StyleGAN2Discriminator(**SMALL_D)
     gk, dk = set(g.state_dict()), set(d.state_dict())
     for key in ("mapping.fc0.weight", "mapping.fc1.bias", "mapping.w_avg", "synthesis.b4.const",
-                "synthesis.b4.resample_filter", "synthesis.b4.conv1.affine.weight", "synthesis.b4.conv1.affine.bias",
-                "synthesis.b4.conv1.noise_const", "synthesis.b4.conv1.noise_strength", "synthesis.b4.torgb.weight",
-                "synthesis.b8.conv0.weight", "synthesis.b8.conv0.resample_filter", "synthesis.b32.torgb.affine.weight",
+                "synthesis.b4.resample_filter", "synthesis.b4.conv1.affine.weight",
+                "synthesis.b4.conv1.affine.bias", "synthesis.b4.conv1.noise_const",
+                "synthesis.b4.conv1.noise_strength", "synthesis.b4.torgb.weight", "synthesis.b8.conv0.weight",
+                "synthesis.b8.conv0.resample_filter", "synthesis.b32.torgb.affine.weight",
                 "synthesis.b32.conv1.bias"):
         assert key in gk, key
-    for key in ("b32.fromrgb.weight", "b32.conv0.weight", "b32.conv1.bias", "b32.skip.weight", "b16.skip.weight",
+    for key in ("b32.fromrgb.weight", "b32.conv0.weight", "b32.conv1.bias", "b32.skip.weight",
+                "b16.skip.weight",
                 "b8.conv1.resample_filter", "b4.conv.weight", "b4.fc.weight", "b4.out.weight", "b4.out.bias"):
         assert key in dk, key
     assert "b16.fromrgb.weight" not in dk and "b32.skip.bias" not in dk

@@ -119,7 +119,8 @@ def test_learns_real_texture_statistics(tmp_path, one_thread):
     assert first["fd_pixel"] > 100 and first["mean_gap"] > 0.8, first
     best = min(h["fd_pixel"] for h in history[1:])
     assert best < 0.25 * first["fd_pixel"], history
-    assert min(h["mean_gap"] for h in history[1:]) < 0.3 and min(h["std_gap"] for h in history[1:]) < 0.2, history
+    assert min(h["mean_gap"] for h in history[1:]) < 0.3, history
+    assert min(h["std_gap"] for h in history[1:]) < 0.2, history
     assert max(h["d_gap"] for h in history[1:]) > 0.2, history
 
 
@@ -136,7 +137,8 @@ def _train_args(data, out, epochs, *extra):
     from pyvision_fast.train.config import build_parser
 
     return build_parser("train").parse_args(
-        ["texture_gan", "--data", str(data), "--output", str(out), "--epochs", str(epochs), "--batch-size", "8",
+        ["texture_gan", "--data", str(data), "--output", str(out), "--epochs", str(epochs),
+         "--batch-size", "8",
          "--workers", "0", "--no-progress", "--device", "cpu", "--set", *TINY_ARGS, "resolution=8",
          "channel_base=64", "channel_max=16", "d_reg_interval=2", "g_reg_interval=2", "ema_kimg=0.05",
          "mirror=True", *extra])
@@ -164,17 +166,21 @@ def test_pvf_train_resume_eval_and_export(tmp_path, one_thread):
     assert ra["d_steps"] == rb["d_steps"] == 4 and ra["g_batches"] == rb["g_batches"] == 4
     assert torch.equal(ra["pl_mean"], rb["pl_mean"]) and float(ra["pl_mean"]) > 0
     assert all(torch.equal(v, rb["discriminator"][k]) for k, v in ra["discriminator"].items())
-    for sd_a, sd_b in ((ra["discriminator_opt"], rb["discriminator_opt"]), (sa["optimizer"], sb["optimizer"])):
+    for sd_a, sd_b in ((ra["discriminator_opt"], rb["discriminator_opt"]),
+                       (sa["optimizer"], sb["optimizer"])):
         for k, st in sd_a["state"].items():
-            assert all(torch.equal(torch.as_tensor(v), torch.as_tensor(sd_b["state"][k][n])) for n, v in st.items())
+            for n, v in st.items():
+                assert torch.equal(torch.as_tensor(v), torch.as_tensor(sd_b["state"][k][n]))
     # the lazy R1 step uses the official Adam settings: lr and betas ** (interval / (interval + 1))
     group = ra["discriminator_opt"]["param_groups"][0]
-    assert group["lr"] == pytest.approx(0.0025 * 2 / 3) and group["betas"][1] == pytest.approx(0.99 ** (2 / 3))
+    assert group["lr"] == pytest.approx(0.0025 * 2 / 3)
+    assert group["betas"][1] == pytest.approx(0.99 ** (2 / 3))
 
     from pyvision_fast.train.config import build_parser
 
     ev = engine.evaluate_checkpoint(build_parser("eval").parse_args(
-        ["texture_gan", "--data", str(data), "--checkpoint", str(straight / ckpt.MODEL_LAST), "--workers", "0",
+        ["texture_gan", "--data", str(data), "--checkpoint", str(straight / ckpt.MODEL_LAST),
+         "--workers", "0",
          "--batch-size", "8", "--device", "cpu", "--set", "mbstd_group_size=4"]))
     assert ev["fd_pixel"] > 0 and "d_gap" not in ev
     onnx_path = tmp_path / "g.onnx"

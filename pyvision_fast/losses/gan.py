@@ -2,8 +2,8 @@
 
 * ``g_nonsaturating_loss(fake_logits)`` = mean softplus(-D(G(z))) = -log sigmoid(D(G(z))).
 * ``d_nonsaturating_loss(real_logits, fake_logits)`` = mean softplus(D(G(z))) + mean softplus(-D(x)).
-* ``r1_penalty(real_logits, real_img)``: per sample ||d D(x) / d x||^2 (N,), differentiable (create_graph), for
-  the R1 term ``gamma / 2 * r1`` (lazy: every 16 discriminator steps, weighted by the interval).
+* ``r1_penalty(real_logits, real_img)``: per sample ||d D(x) / d x||^2 (N,), differentiable (create_graph),
+  for the R1 term ``gamma / 2 * r1`` (lazy: every 16 discriminator steps, weighted by the interval).
 * ``path_length_penalty(img, ws, pl_mean, decay)``: per sample (|J_w^T y| - a)^2 with y ~ N(0, 1) / sqrt(H W)
   and a the running mean of the lengths (``pl_mean``, updated with ``decay`` 0.01); returns (penalty (N,), the
   new pl_mean).
@@ -51,21 +51,24 @@ def r1_penalty(real_logits: Tensor, real_img: Tensor) -> Tensor:
     grad and be the input the logits were computed from); differentiable in the discriminator's parameters."""
     _logits(real_logits, "real_logits")
     if not isinstance(real_img, Tensor) or not real_img.requires_grad:
-        raise ValueError("r1_penalty: real_img must be the tensor (requiring grad) the logits were computed from")
+        raise ValueError("r1_penalty: real_img must be the tensor (requiring grad) the logits were computed "
+                         "from")
     (grad,) = torch.autograd.grad(real_logits.sum(), real_img, create_graph=True)
     return grad.square().flatten(1).sum(1)
 
 
 def path_length_penalty(img: Tensor, ws: Tensor, pl_mean: Tensor, decay: float = 0.01,
                         noise: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-    """StyleGAN2's path-length regularisation. img (N, C, H, W) generated from ws (N, num_ws, w_dim) (requiring
-    grad); pl_mean a scalar tensor. Returns ((lengths - a)^2 (N,), a) with a = pl_mean + decay (mean length -
-    pl_mean) (detached, the caller keeps it); ``noise`` (img's shape) replaces the N(0, 1) / sqrt(H W) draw."""
+    """StyleGAN2's path-length regularisation. img (N, C, H, W) generated from ws (N, num_ws, w_dim)
+    (requiring grad); pl_mean a scalar tensor. Returns ((lengths - a)^2 (N,), a) with a = pl_mean + decay
+    (mean length - pl_mean) (detached, the caller keeps it); ``noise`` (img's shape) replaces the N(0, 1) /
+    sqrt(H W) draw."""
     if not isinstance(img, Tensor) or img.dim() != 4:
         raise ValueError(f"path_length_penalty: img must be (N, C, H, W), got "
                          f"{tuple(img.shape) if isinstance(img, Tensor) else type(img).__name__}")
     if not isinstance(ws, Tensor) or ws.dim() != 3 or ws.shape[0] != img.shape[0] or not ws.requires_grad:
-        raise ValueError("path_length_penalty: ws must be the (N, num_ws, w_dim) latent (requiring grad) img was "
+        raise ValueError("path_length_penalty: ws must be the (N, num_ws, w_dim) latent (requiring grad) img "
+                         "was "
                          "generated from")
     if not 0 <= decay <= 1:
         raise ValueError(f"path_length_penalty: decay must be in [0, 1], got {decay}")

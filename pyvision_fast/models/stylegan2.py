@@ -1,14 +1,14 @@
 """StyleGAN2 generator for UV texture maps (``stylegan2_texture``, paper 4 of ``docs/talking_face.md``), with
-NVlabs stylegan2-ada-pytorch's architecture and state_dict keys (``training/networks.py``), so the state_dict of
-an official ``G`` / ``G_ema`` loads strictly (``load_official_state_dict``).
+NVlabs stylegan2-ada-pytorch's architecture and state_dict keys (``training/networks.py``), so the state_dict
+of an official ``G`` / ``G_ema`` loads strictly (``load_official_state_dict``).
 
 Architecture (re-implemented from the official description; float32, or float64 after ``.double()``):
 
-* ``MappingNetwork``: z (N, z_dim) -> 2nd-moment normalisation (and a label embedding ``embed`` when
-  ``c_dim > 0``) -> ``num_layers`` ``FullyConnectedLayer``s ``fc{i}`` (lrelu, equalised learning rate, lr
-  multiplier 0.01: weights stored N(0, 1) / 0.01, used times 0.01 / sqrt(fan_in)) -> w (N, w_dim), broadcast to
-  ws (N, num_ws, w_dim). In training mode the buffer ``w_avg`` tracks the mean w (``w_avg_beta`` 0.995);
-  truncation ``w_avg + psi (w - w_avg)`` on the first ``truncation_cutoff`` ws (all when None).
+* ``MappingNetwork``: z (N, z_dim) -> 2nd-moment normalisation (and a label embedding ``embed`` when ``c_dim >
+  0``) -> ``num_layers`` ``FullyConnectedLayer``s ``fc{i}`` (lrelu, equalised learning rate, lr multiplier
+  0.01: weights stored N(0, 1) / 0.01, used times 0.01 / sqrt(fan_in)) -> w (N, w_dim), broadcast to ws (N,
+  num_ws, w_dim). In training mode the buffer ``w_avg`` tracks the mean w (``w_avg_beta`` 0.995); truncation
+  ``w_avg + psi (w - w_avg)`` on the first ``truncation_cutoff`` ws (all when None).
 * ``SynthesisNetwork``: blocks ``b4``, ``b8``, ... ``b{img_resolution}`` with ``min(channel_base // res,
   channel_max)`` channels. ``b4`` starts from the learned ``const`` (C, 4, 4). Each ``SynthesisLayer`` is a
   modulated 3x3 convolution (``pyvision_fast.nn.stylegan2.modulated_conv2d``: the style affine ``affine``
@@ -18,8 +18,8 @@ Architecture (re-implemented from the official description; float32, or float64 
   sqrt 2, clamp ``conv_clamp`` 256). ``torgb`` is a modulated 1x1 convolution without demodulation (styles
   scaled by 1 / sqrt(C)); architecture "skip" (default) sums the x2-upsampled (``upsample2d``) RGB of every
   block; "orig" and "resnet" as the official code. ``num_ws`` = 2 log2(res) - 2 (14 at 256^2).
-* ``StyleGAN2Generator.forward(z, c)`` = ``synthesis(mapping(z, c))``: (N, img_channels, R, R) float32, nominally
-  in [-1, 1] (``to_unit_range`` maps to [0, 1] for texture sampling).
+* ``StyleGAN2Generator.forward(z, c)`` = ``synthesis(mapping(z, c))``: (N, img_channels, R, R) float32,
+  nominally in [-1, 1] (``to_unit_range`` maps to [0, 1] for texture sampling).
 
 The discriminator (resnet, minibatch std) is ``pyvision_fast.models.stylegan2_disc``; the losses
 ``pyvision_fast.losses.gan``; the training recipe ``texture_gan``.
@@ -64,8 +64,9 @@ _SECOND_ORDER = [0]
 
 @contextlib.contextmanager
 def second_order():
-    """Inside the block, the StyleGAN2 modules record ops that autograd can differentiate twice (for the R1 and
-    path-length penalties): the plain-PyTorch upfirdn2d / bias_act and the non-fused modulated convolution."""
+    """Inside the block, the StyleGAN2 modules record ops that autograd can differentiate twice (for the R1
+    and path-length penalties): the plain-PyTorch upfirdn2d / bias_act and the non-fused modulated
+    convolution."""
     _SECOND_ORDER[0] += 1
     try:
         yield
@@ -77,7 +78,8 @@ def _twice() -> bool:
     return _SECOND_ORDER[0] > 0
 
 
-def _resample(x: Tensor, f: Tensor, up: int = 1, down: int = 1, padding=(0, 0, 0, 0), gain: float = 1) -> Tensor:
+def _resample(x: Tensor, f: Tensor, up: int = 1, down: int = 1, padding=(0, 0, 0, 0),
+              gain: float = 1) -> Tensor:
     """``ops.upfirdn2d`` (or its differentiable-twice composition inside ``second_order()``)."""
     if _twice():
         return _ref.upfirdn2d(x, f, (up, up), (down, down), tuple(padding), False, float(gain))
@@ -86,7 +88,8 @@ def _resample(x: Tensor, f: Tensor, up: int = 1, down: int = 1, padding=(0, 0, 0
 
 def _bias_act(x: Tensor, b: Optional[Tensor], act: str = "linear", gain: float = 1.0,
               clamp: Optional[float] = None) -> Tensor:
-    """``ops.bias_act`` along dim 1 with the activation's default alpha and ``gain`` times its default gain."""
+    """``ops.bias_act`` along dim 1 with the activation's default alpha and ``gain`` times its default
+    gain."""
     _, alpha, def_gain = ACTIVATIONS[act]
     if _twice():
         return _ref.bias_act(x, b, 1, act, alpha, def_gain * gain, clamp)
@@ -105,11 +108,11 @@ def _downsample2d(x: Tensor, f: Tensor) -> Tensor:
 
 
 def conv2d_resample(x: Tensor, w: Tensor, f: Optional[Tensor] = None, up: int = 1, down: int = 1) -> Tensor:
-    """Convolution with ``k // 2`` padding and optional x2 FIR resampling, the paths NVlabs' ``conv2d_resample``
-    takes for the layers here: x (N, I, H, W), w (O, I, k, k) -> (N, O, H * up / down, W * up / down).
-    down=2: FIR blur then stride-2 convolution (a 1x1 kernel: FIR downsampling then the convolution); up=2:
-    stride-2 transposed convolution (weight not flipped) then the FIR blur with gain 4 (1x1: the convolution
-    then FIR upsampling)."""
+    """Convolution with ``k // 2`` padding and optional x2 FIR resampling, the paths NVlabs'
+    ``conv2d_resample`` takes for the layers here: x (N, I, H, W), w (O, I, k, k) -> (N, O, H * up / down, W *
+    up / down). down=2: FIR blur then stride-2 convolution (a 1x1 kernel: FIR downsampling then the
+    convolution); up=2: stride-2 transposed convolution (weight not flipped) then the FIR blur with gain 4
+    (1x1: the convolution then FIR upsampling)."""
     k = w.shape[-1]
     p = k // 2
     if up == 1 and down == 1:
@@ -146,8 +149,8 @@ def _modconv(x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool, up: in
 # ----------------------------------------------------------------------------------------------- layers
 
 class FullyConnectedLayer(nn.Module):
-    """Linear layer with equalised learning rate (official ``FullyConnectedLayer``): ``weight`` (out, in) stored
-    N(0, 1) / lr_multiplier and used times lr_multiplier / sqrt(in); ``bias`` times lr_multiplier; then
+    """Linear layer with equalised learning rate (official ``FullyConnectedLayer``): ``weight`` (out, in)
+    stored N(0, 1) / lr_multiplier and used times lr_multiplier / sqrt(in); ``bias`` times lr_multiplier; then
     ``bias_act``. (N, in) -> (N, out)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str = "linear",
@@ -167,13 +170,14 @@ class FullyConnectedLayer(nn.Module):
         return _bias_act(x.matmul(w.t()), b, act=self.activation)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}, act={self.activation}"
+        out_features, in_features = self.weight.shape
+        return f"in_features={in_features}, out_features={out_features}, act={self.activation}"
 
 
 class Conv2dLayer(nn.Module):
     """Convolution with equalised learning rate (official ``Conv2dLayer``): weight N(0, 1) used times 1 /
-    sqrt(in k^2), optional x2 up/down FIR resampling (``conv2d_resample``), ``bias_act`` with
-    ``gain`` times the activation's gain and clamp ``conv_clamp * gain``. (N, in, H, W) -> (N, out, H', W')."""
+    sqrt(in k^2), optional x2 up/down FIR resampling (``conv2d_resample``), ``bias_act`` with ``gain`` times
+    the activation's gain and clamp ``conv_clamp * gain``. (N, in, H, W) -> (N, out, H', W')."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True,
                  activation: str = "linear", up: int = 1, down: int = 1,
@@ -266,8 +270,8 @@ _NOISE_MODES = ("random", "const", "none")
 
 
 class SynthesisLayer(nn.Module):
-    """Modulated 3x3 convolution + noise + bias/lrelu (official ``SynthesisLayer``): x (N, in, R / up, R / up),
-    w (N, w_dim) -> (N, out, R, R). Keys: ``affine.*``, ``weight``, ``noise_const``, ``noise_strength``,
+    """Modulated 3x3 convolution + noise + bias/lrelu (official ``SynthesisLayer``): x (N, in, R / up, R /
+    up), w (N, w_dim) -> (N, out, R, R). Keys: ``affine.*``, ``weight``, ``noise_const``, ``noise_strength``,
     ``bias``, ``resample_filter``."""
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, kernel_size: int = 3,
@@ -373,25 +377,29 @@ class SynthesisNetwork(nn.Module):
                  resample_filter: Sequence[float] = (1, 3, 3, 1), use_noise: bool = True):
         super().__init__()
         if architecture not in ("orig", "skip", "resnet"):
-            raise ValueError(f"SynthesisNetwork: architecture must be orig, skip or resnet, got {architecture!r}")
+            raise ValueError(f"SynthesisNetwork: architecture must be orig, skip or resnet, got "
+                             f"{architecture!r}")
         self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
         log2 = int(math.log2(img_resolution))
         self.block_resolutions = [2 ** i for i in range(2, log2 + 1)]
         channels = {res: min(channel_base // res, channel_max) for res in self.block_resolutions}
         self.num_ws = 0
         for res in self.block_resolutions:
-            block = SynthesisBlock(channels[res // 2] if res > 4 else 0, channels[res], w_dim, res, img_channels,
-                                   res == img_resolution, architecture, resample_filter, conv_clamp, use_noise)
+            block = SynthesisBlock(channels[res // 2] if res > 4 else 0, channels[res], w_dim, res,
+                                   img_channels, res == img_resolution, architecture, resample_filter,
+                                   conv_clamp, use_noise)
             self.num_ws += block.num_conv + (block.num_torgb if res == img_resolution else 0)
             setattr(self, f"b{res}", block)
 
     def forward(self, ws: Tensor, noise_mode: str = "random", fused_modconv: bool = True) -> Tensor:
-        """ws (N, num_ws, w_dim) float -> (N, img_channels, R, R) float32 (the W / W+ latent of the editor)."""
+        """ws (N, num_ws, w_dim) float -> (N, img_channels, R, R) float32 (the W / W+ latent of the
+        editor)."""
         check_input("SynthesisNetwork", "ws", ws, ("N", self.num_ws, self.w_dim))
         if not ws.is_floating_point():
             raise TypeError(f"SynthesisNetwork: ws must be a float tensor, got {ws.dtype}")
         if noise_mode not in _NOISE_MODES:
-            raise ValueError(f"SynthesisNetwork: noise_mode must be one of {_NOISE_MODES}, got {noise_mode!r}")
+            raise ValueError(f"SynthesisNetwork: noise_mode must be one of {_NOISE_MODES}, got "
+                             f"{noise_mode!r}")
         ws = ws.to(self.b4.conv1.weight.dtype)   # float32 (float64 for a .double() network)
         x = img = None
         idx = 0
@@ -422,11 +430,14 @@ class StyleGAN2Generator(nn.Module):
             if isinstance(v, bool) or not isinstance(v, numbers.Integral):
                 raise TypeError(f"StyleGAN2Generator: {name} must be an int, got {type(v).__name__}")
         if img_resolution < 4 or img_resolution & (img_resolution - 1):
-            raise ValueError(f"StyleGAN2Generator: img_resolution must be a power of two >= 4, got {img_resolution}")
-        if min(w_dim, img_channels, mapping_layers, channel_max) < 1 or z_dim < 0 or c_dim < 0 or z_dim + c_dim == 0:
-            raise ValueError(f"StyleGAN2Generator: need w_dim, img_channels, mapping_layers, channel_max >= 1 and "
-                             f"z_dim + c_dim >= 1, got w_dim={w_dim}, img_channels={img_channels}, mapping_layers="
-                             f"{mapping_layers}, channel_max={channel_max}, z_dim={z_dim}, c_dim={c_dim}")
+            raise ValueError(f"StyleGAN2Generator: img_resolution must be a power of two >= 4, got "
+                             f"{img_resolution}")
+        bad = min(w_dim, img_channels, mapping_layers, channel_max) < 1 or min(z_dim, c_dim) < 0
+        if bad or z_dim + c_dim == 0:
+            raise ValueError(f"StyleGAN2Generator: need w_dim, img_channels, mapping_layers, channel_max >= "
+                             f"1 and z_dim + c_dim >= 1, got w_dim={w_dim}, img_channels={img_channels}, "
+                             f"mapping_layers={mapping_layers}, channel_max={channel_max}, z_dim={z_dim}, "
+                             f"c_dim={c_dim}")
         if channel_base // img_resolution < 1:
             raise ValueError(f"StyleGAN2Generator: channel_base {channel_base} gives no channel at "
                              f"{img_resolution}^2 (min(channel_base // res, channel_max) must be >= 1)")
@@ -444,12 +455,13 @@ class StyleGAN2Generator(nn.Module):
                 fused_modconv: bool = True, mix_z: Optional[Tensor] = None, mix_cutoff: Optional[int] = None,
                 return_ws: bool = False):
         """z (N, z_dim) [c (N, c_dim)] -> image (N, img_channels, R, R) float32, or (image, ws) with
-        ``return_ws``. Style mixing (training): ws[:, mix_cutoff:] come from ``mix_z`` (mapped without updating
-        w_avg), as the official loss does with probability 0.9."""
+        ``return_ws``. Style mixing (training): ws[:, mix_cutoff:] come from ``mix_z`` (mapped without
+        updating w_avg), as the official loss does with probability 0.9."""
         ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
         if mix_z is not None:
             if mix_cutoff is None or not 0 <= int(mix_cutoff) <= self.num_ws:
-                raise ValueError(f"StyleGAN2Generator: mix_cutoff must be in [0, {self.num_ws}] with mix_z, got "
+                raise ValueError(f"StyleGAN2Generator: mix_cutoff must be in [0, {self.num_ws}] with mix_z, "
+                                 f"got "
                                  f"{mix_cutoff}")
             cut = int(mix_cutoff)
             if cut < self.num_ws:
@@ -461,13 +473,15 @@ class StyleGAN2Generator(nn.Module):
 
     def export_module(self, truncation_psi: float = 1.0, input: str = "z") -> nn.Module:
         """The deployable generator: z (N, z_dim) -> texture (``input="z"``) or ws (N, num_ws, w_dim) ->
-        texture (``"ws"``), noise_mode "const" (no randomness), non-fused modulated convolution (dynamic batch)."""
+        texture (``"ws"``), noise_mode "const" (no randomness), non-fused modulated convolution (dynamic
+        batch)."""
         if input not in ("z", "ws"):
             raise ValueError(f"export_module: input must be 'z' or 'ws', got {input!r}")
         return _ExportGenerator(self, truncation_psi, input)
 
     def adapt_state_dict(self, state: dict) -> dict:
-        """``load_weights`` hook: an official checkpoint wrapped as {"G_ema": ...} or with a ``G_ema.`` prefix."""
+        """``load_weights`` hook: an official checkpoint wrapped as {"G_ema": ...} or with a ``G_ema.``
+        prefix."""
         return _unwrap_official(state, "G_ema")
 
 
@@ -485,13 +499,15 @@ class _ExportGenerator(nn.Module):
 
 
 def to_unit_range(img: Tensor) -> Tensor:
-    """A generated texture in [-1, 1] (nominal) -> [0, 1], clamped: (N, C, H, W) for ``ops.texture_sample``."""
+    """A generated texture in [-1, 1] (nominal) -> [0, 1], clamped: (N, C, H, W) for
+    ``ops.texture_sample``."""
     return ((img + 1) * 0.5).clamp(0, 1)
 
 
 # ------------------------------------------------------------------------------ official configurations
 
-# train.py's cfg_specs: (feature-map multiplier, mapping layers, minibatch, mbstd group, lr, R1 gamma, ema kimg)
+# train.py's cfg_specs: (feature-map multiplier, mapping layers, minibatch, mbstd group, lr, R1 gamma,
+# ema kimg)
 OFFICIAL_CONFIGS = {
     "stylegan2": dict(fmaps=1, map=8, mb=32, mbstd=4, lrate=0.002, gamma=10, ema=10),
     "paper256": dict(fmaps=0.5, map=8, mb=64, mbstd=8, lrate=0.0025, gamma=1, ema=20),
@@ -512,7 +528,8 @@ def official_kwargs(cfg: str, resolution: int, gpus: int = 1) -> tuple[dict, dic
     elif cfg in OFFICIAL_CONFIGS:
         spec = dict(OFFICIAL_CONFIGS[cfg])
     else:
-        raise ValueError(f"official_kwargs: cfg must be 'auto' or one of {sorted(OFFICIAL_CONFIGS)}, got {cfg!r}")
+        raise ValueError(f"official_kwargs: cfg must be 'auto' or one of {sorted(OFFICIAL_CONFIGS)}, got "
+                         f"{cfg!r}")
     base = int(spec["fmaps"] * 32768)
     g = dict(z_dim=512, w_dim=512, img_resolution=resolution, mapping_layers=spec["map"], channel_base=base,
              channel_max=512, conv_clamp=256)
@@ -532,14 +549,15 @@ def _unwrap_official(state: dict, which: str) -> dict:
     return state
 
 
-def load_official_state_dict(model: nn.Module, source: Union[str, Path, dict], which: str = "G_ema") -> nn.Module:
+def load_official_state_dict(model: nn.Module, source: Union[str, Path, dict],
+                             which: str = "G_ema") -> nn.Module:
     """Loads the weights of an official stylegan2-ada-pytorch network into ``model`` (strict keys and shapes).
 
     ``source``: a state_dict (the tensors of ``G_ema.state_dict()``), a dict of them keyed ``G`` / ``G_ema`` /
     ``D`` (``which`` picks one), or a ``.safetensors`` / ``.pt`` / ``.pth`` file holding either (read with
     ``torch.load(weights_only=True)``). An official ``.pkl`` pickles NVlabs' classes and needs their code
-    (``dnnlib``, ``torch_utils``) to unpickle, which this loader never runs: convert it once where that code is,
-    e.g. ``with open(pkl, 'rb') as f: G = legacy.load_network_pkl(f)['G_ema']`` then
+    (``dnnlib``, ``torch_utils``) to unpickle, which this loader never runs: convert it once where that code
+    is, e.g. ``with open(pkl, 'rb') as f: G = legacy.load_network_pkl(f)['G_ema']`` then
     ``torch.save(G.state_dict(), 'G_ema.pt')`` (``D`` likewise)."""
     if isinstance(source, (str, Path)):
         path = Path(source)
@@ -558,31 +576,35 @@ def load_official_state_dict(model: nn.Module, source: Union[str, Path, dict], w
     elif isinstance(source, dict):
         state = source
     else:
-        raise TypeError(f"load_official_state_dict: source must be a path or a dict, got {type(source).__name__}")
+        raise TypeError(f"load_official_state_dict: source must be a path or a dict, got "
+                        f"{type(source).__name__}")
     state = _unwrap_official(state, which)
     own = model.state_dict()
     bad = [f"{k}: {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
            if k in own and isinstance(v, Tensor) and v.shape != own[k].shape]
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if bad or missing or unexpected:
-        raise ValueError(f"load_official_state_dict: the weights do not fit {type(model).__name__} (check the "
-                         f"configuration: resolution, channel_base, mapping layers): shape mismatch {bad[:4]}, "
+        raise ValueError(f"load_official_state_dict: the weights do not fit {type(model).__name__} (check "
+                         f"the configuration: resolution, channel_base, mapping layers): shape mismatch "
+                         f"{bad[:4]}, "
                          f"missing {missing[:6]}, unexpected {unexpected[:6]}")
     model.load_state_dict(state)
     return model
 
 
-@register_model(pretrained_file="the state_dict of an official stylegan2-ada-pytorch G_ema (paper256 config at "
+@register_model(pretrained_file="the state_dict of an official stylegan2-ada-pytorch G_ema (paper256 config "
+                                "at "
                                 "256^2, see load_official_state_dict) as .safetensors or .pt")
 def stylegan2_texture(z_dim: int = 512, c_dim: int = 0, w_dim: int = 512, img_resolution: int = 256,
                       img_channels: int = 3, mapping_layers: int = 8, channel_base: int = 16384,
                       channel_max: int = 512, architecture: str = "skip", conv_clamp: Optional[float] = 256,
                       mapping_lr_multiplier: float = 0.01, w_avg_beta: Optional[float] = 0.995,
                       use_noise: bool = True) -> StyleGAN2Generator:
-    """StyleGAN2 UV-texture generator, 256^2 by default in the official ``paper256`` configuration (channel_base
-    16384, 8 mapping layers, z = w = 512, 14 ws): 24,767,458 parameters."""
+    """StyleGAN2 UV-texture generator, 256^2 by default in the official ``paper256`` configuration
+    (channel_base 16384, 8 mapping layers, z = w = 512, 14 ws): 24,767,458 parameters."""
     return StyleGAN2Generator(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, img_resolution=img_resolution,
-                              img_channels=img_channels, mapping_layers=mapping_layers, channel_base=channel_base,
+                              img_channels=img_channels, mapping_layers=mapping_layers,
+                              channel_base=channel_base,
                               channel_max=channel_max, architecture=architecture, conv_clamp=conv_clamp,
                               mapping_lr_multiplier=mapping_lr_multiplier, w_avg_beta=w_avg_beta,
                               use_noise=use_noise)

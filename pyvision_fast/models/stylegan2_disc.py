@@ -1,13 +1,13 @@
 """StyleGAN2 discriminator (NVlabs stylegan2-ada-pytorch's ``Discriminator``, resnet architecture by default)
 with the official state_dict keys: blocks ``b{res}`` from the image resolution down to 8 (``fromrgb`` on the
-first block, or on every block for "skip"; ``conv0`` 3x3; ``conv1`` 3x3 with x2 FIR downsampling; ``skip``
-1x1 with x2 downsampling and no bias, the two branches summed with gain sqrt 0.5), then the epilogue ``b4``:
+first block, or on every block for "skip"; ``conv0`` 3x3; ``conv1`` 3x3 with x2 FIR downsampling; ``skip`` 1x1
+with x2 downsampling and no bias, the two branches summed with gain sqrt 0.5), then the epilogue ``b4``:
 minibatch standard deviation (``mbstd``, groups of ``mbstd_group_size``, ``mbstd_num_channels`` features),
 ``conv`` 3x3, ``fc`` (C * 16 -> C, lrelu), ``out`` (C -> 1, or -> cmap_dim with a label ``mapping`` and the
 projection ``(x * cmap).sum / sqrt(cmap_dim)`` when ``c_dim > 0``). Channels ``min(channel_base // res,
-channel_max)``; activations clamped to ``conv_clamp`` (256 in the official configurations). Built on the layers
-of ``pyvision_fast.models.stylegan2`` (``Conv2dLayer``, ``FullyConnectedLayer``), so ``second_order()`` makes
-it differentiable twice (the R1 penalty).
+channel_max)``; activations clamped to ``conv_clamp`` (256 in the official configurations). Built on the
+layers of ``pyvision_fast.models.stylegan2`` (``Conv2dLayer``, ``FullyConnectedLayer``), so ``second_order()``
+makes it differentiable twice (the R1 penalty).
 
 ``StyleGAN2Discriminator.forward(img, c=None)``: img (N, img_channels, R, R) float -> logits (N, 1) in the
 network's dtype (float32; float64 after ``.double()``).
@@ -39,7 +39,8 @@ class DiscriminatorBlock(nn.Module):
         self.architecture = architecture
         self.register_buffer("resample_filter", setup_filter(resample_filter))
         if in_channels == 0 or architecture == "skip":
-            self.fromrgb = Conv2dLayer(img_channels, tmp_channels, 1, activation=activation, conv_clamp=conv_clamp)
+            self.fromrgb = Conv2dLayer(img_channels, tmp_channels, 1, activation=activation,
+                                       conv_clamp=conv_clamp)
         self.conv0 = Conv2dLayer(tmp_channels, tmp_channels, 3, activation=activation, conv_clamp=conv_clamp)
         self.conv1 = Conv2dLayer(tmp_channels, out_channels, 3, activation=activation, down=2,
                                  resample_filter=resample_filter, conv_clamp=conv_clamp)
@@ -86,13 +87,15 @@ class DiscriminatorEpilogue(nn.Module):
     """The 4x4 end of the discriminator (official ``DiscriminatorEpilogue``): (N, C, 4, 4) -> (N, 1)."""
 
     def __init__(self, in_channels: int, cmap_dim: int, resolution: int, img_channels: int,
-                 architecture: str = "resnet", mbstd_group_size: Optional[int] = 4, mbstd_num_channels: int = 1,
+                 architecture: str = "resnet", mbstd_group_size: Optional[int] = 4,
+                 mbstd_num_channels: int = 1,
                  activation: str = "lrelu", conv_clamp: Optional[float] = None):
         super().__init__()
         self.in_channels, self.cmap_dim, self.architecture = in_channels, cmap_dim, architecture
         if architecture == "skip":
             self.fromrgb = Conv2dLayer(img_channels, in_channels, 1, activation=activation)
-        self.mbstd = MinibatchStdLayer(mbstd_group_size, mbstd_num_channels) if mbstd_num_channels > 0 else None
+        self.mbstd = (MinibatchStdLayer(mbstd_group_size, mbstd_num_channels) if mbstd_num_channels > 0
+                      else None)
         self.conv = Conv2dLayer(in_channels + mbstd_num_channels, in_channels, 3, activation=activation,
                                 conv_clamp=conv_clamp)
         self.fc = FullyConnectedLayer(in_channels * resolution ** 2, in_channels, activation=activation)
@@ -142,7 +145,8 @@ class StyleGAN2Discriminator(nn.Module):
                                        channels[res // 2], res, resample_filter=resample_filter, **common)
             setattr(self, f"b{res}", block)
         if c_dim > 0:
-            self.mapping = MappingNetwork(0, c_dim, cmap_dim, None, num_layers=mapping_layers, w_avg_beta=None)
+            self.mapping = MappingNetwork(0, c_dim, cmap_dim, None, num_layers=mapping_layers,
+                                          w_avg_beta=None)
         self.b4 = DiscriminatorEpilogue(channels[4], cmap_dim, 4, mbstd_group_size=mbstd_group_size,
                                         mbstd_num_channels=mbstd_num_channels, **common)
 
@@ -158,7 +162,8 @@ class StyleGAN2Discriminator(nn.Module):
         cmap = None
         if self.c_dim > 0:
             if c is None:
-                raise ValueError(f"StyleGAN2Discriminator: c (N, {self.c_dim}) is required (c_dim={self.c_dim})")
+                raise ValueError(f"StyleGAN2Discriminator: c (N, {self.c_dim}) is required "
+                                 f"(c_dim={self.c_dim})")
             cmap = self.mapping(None, c)
         return self.b4(x, img, cmap)
 

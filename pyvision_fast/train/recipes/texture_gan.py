@@ -4,9 +4,9 @@
 
 Data: ``--data`` is a folder of images at any depth (``TextureFolder``; every image decoded once when the run
 starts, a bad file is an error naming it). Each image is resized (shorter side, Lanczos) and centre-cropped to
-``resolution`` and scaled to [-1, 1]; ``mirror`` adds random horizontal flips. When ``--data`` holds ``train/``
-(and optionally ``val/``) sub-folders those are the splits; otherwise the whole folder trains and is also the
-evaluation set (GAN metrics compare with the training distribution, as the official FID does).
+``resolution`` and scaled to [-1, 1]; ``mirror`` adds random horizontal flips. When ``--data`` holds
+``train/`` (and optionally ``val/``) sub-folders those are the splits; otherwise the whole folder trains and
+is also the evaluation set (GAN metrics compare with the training distribution, as the official FID does).
 
 Training, per batch of reals (the engine owns the loop, the generator's optimizer, EMA, checkpoints, resume):
 
@@ -15,9 +15,9 @@ Training, per batch of reals (the engine owns the loop, the generator's optimize
    separate R1 step, ``r1_gamma / 2 * r1 * interval``, with the official lazy-regularisation Adam settings
    (lr and betas ** (16 / 17) scaled by 16 / 17);
 2. generator: the loss returned to the engine is ``g_nonsaturating_loss`` of fresh fakes (the discriminator
-   frozen); with ``pl_weight > 0`` every ``g_reg_interval`` (4) batches the path-length penalty of a half batch
-   is added, times ``pl_weight * interval`` *(ours: in the same optimizer step, where the official loop takes
-   a separate one)*.
+   frozen); with ``pl_weight > 0`` every ``g_reg_interval`` (4) batches the path-length penalty of a half
+   batch is added, times ``pl_weight * interval`` *(ours: in the same optimizer step, where the official loop
+   takes a separate one)*.
 
 Fakes use style mixing with probability ``style_mixing_prob`` (0.9) and random noise. R1 and the path length
 run their forwards inside ``models.stylegan2.second_order()`` (differentiable twice). EMA of G: the engine's
@@ -29,6 +29,11 @@ mapping layers, channel_base 16384, 256^2, pl_weight 2). The discriminator, its 
 and ``pl_mean`` are the recipe's state in ``train-state-last.pt`` (``--resume`` continues exactly); the
 discriminator is initialised from ``seed`` alone.
 
+The generator's architecture keys (``resolution``, ``img_channels``, ``z_dim``, ``w_dim``, ``mapping_layers``,
+``channel_base``, ``channel_max``, ``conv_clamp``) are folded into ``model_args`` (``--model-arg`` wins), so
+the checkpoints record them and ``pvf eval`` / ``pvf export stylegan2_texture --checkpoint`` rebuild the same
+network; the discriminator mirrors them.
+
 Evaluation (``main_metric`` ``fd_pixel``, lower is better): as many generated textures as evaluation images
 (noise "const", seeded z) against the evaluation images: ``fd_pixel``, the Frechet distance between Gaussians
 fitted to 8x8 average-pooled images (192 features; a small FID without Inception weights), ``mean_gap`` /
@@ -37,7 +42,6 @@ fitted to 8x8 average-pooled images (192 features; a small FID without Inception
 """
 from __future__ import annotations
 
-import math
 import os
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -47,7 +51,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ...losses.gan import d_nonsaturating_loss, ema_beta, g_nonsaturating_loss, path_length_penalty, r1_penalty
+from ...losses.gan import (d_nonsaturating_loss, ema_beta, g_nonsaturating_loss, path_length_penalty,
+                           r1_penalty)
 from ...models.stylegan2 import second_order
 from ...models.stylegan2_disc import StyleGAN2Discriminator
 from ..distributed import unwrap
@@ -63,7 +68,8 @@ class TextureFolder(torch.utils.data.Dataset):
     resized (shorter side to ``resolution``, Lanczos), centre-cropped, RGB (``channels`` 3) or grey (1);
     ``mirror``: a random horizontal flip (torch's RNG)."""
 
-    def __init__(self, root, resolution: int, channels: int = 3, mirror: bool = False, bad_images: str = "error",
+    def __init__(self, root, resolution: int, channels: int = 3, mirror: bool = False,
+                 bad_images: str = "error",
                  workers: int = 4):
         from ...data.image_folder import IMG_EXTENSIONS, drop_undecodable
 
@@ -72,7 +78,8 @@ class TextureFolder(torch.utils.data.Dataset):
             raise FileNotFoundError(f"TextureFolder: folder {str(self.root)!r} does not exist")
         if channels not in (1, 3):
             raise ValueError(f"TextureFolder: channels must be 1 or 3, got {channels}")
-        paths = sorted(str(p) for p in self.root.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
+        paths = sorted(str(p) for p in self.root.rglob("*")
+                       if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
         if not paths:
             raise FileNotFoundError(f"TextureFolder: no images ({', '.join(IMG_EXTENSIONS)}) under "
                                     f"{str(self.root)!r}")
@@ -132,7 +139,8 @@ def _make_metric(channels: int):
                 self.add_state(f"{side}_n", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
                 self.add_state(f"{side}_sum", torch.zeros(d, dtype=torch.float64), dist_reduce_fx="sum")
                 self.add_state(f"{side}_outer", torch.zeros(d, d, dtype=torch.float64), dist_reduce_fx="sum")
-                self.add_state(f"{side}_px", torch.zeros(2, channels, dtype=torch.float64), dist_reduce_fx="sum")
+                self.add_state(f"{side}_px", torch.zeros(2, channels, dtype=torch.float64),
+                               dist_reduce_fx="sum")
                 self.add_state(f"{side}_pxn", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
                 self.add_state(f"{side}_logit", torch.zeros(2, dtype=torch.float64), dist_reduce_fx="sum")
             self.batches = 0
@@ -153,8 +161,8 @@ def _make_metric(channels: int):
                 setattr(self, f"{side}_px", getattr(self, f"{side}_px") + px)
                 setattr(self, f"{side}_pxn", getattr(self, f"{side}_pxn") + x.shape[1])
                 if logits is not None:
-                    lg = torch.stack([logits.double().sum(), torch.tensor(float(len(logits)), dtype=torch.float64,
-                                                                          device=logits.device)])
+                    count = torch.tensor(float(len(logits)), dtype=torch.float64, device=logits.device)
+                    lg = torch.stack([logits.double().sum(), count])
                     setattr(self, f"{side}_logit", getattr(self, f"{side}_logit") + lg)
             self.batches += 1
 
@@ -166,7 +174,8 @@ def _make_metric(channels: int):
                 mu = getattr(self, f"{side}_sum") / n
                 cov = (getattr(self, f"{side}_outer") - n * torch.outer(mu, mu)) / (n - 1)
                 px = getattr(self, f"{side}_px") / getattr(self, f"{side}_pxn").clamp_min(1)
-                moments[side] = (mu.cpu().numpy(), cov.cpu().numpy(), px[0], (px[1] - px[0] ** 2).clamp_min(0).sqrt())
+                std = (px[1] - px[0] ** 2).clamp_min(0).sqrt()
+                moments[side] = (mu.cpu().numpy(), cov.cpu().numpy(), px[0], std)
             (mr, cr, pmr, psr), (mf, cf, pmf, psf) = moments["real"], moments["fake"]
             out["fd_pixel"] = frechet_distance(mr, cr, mf, cf)
             out["mean_gap"] = float((pmr - pmf).abs().max())
@@ -263,7 +272,8 @@ class TextureGANRecipe(Recipe):
                 raise ValueError(f"texture_gan: {key} must be a number >= 0, got {cfg[key]!r}")
         group = cfg.mbstd_group_size
         if group is not None and cfg.batch_size % min(group, cfg.batch_size):
-            raise ValueError(f"texture_gan: batch_size {cfg.batch_size} must be divisible by mbstd_group_size "
+            raise ValueError(f"texture_gan: batch_size {cfg.batch_size} must be divisible by "
+                             f"mbstd_group_size "
                              f"{group} (minibatch standard deviation groups)")
         if cfg.ema_decay is None and cfg.ema_kimg:
             world = int(os.environ.get("WORLD_SIZE", "1"))
