@@ -18,7 +18,8 @@ differentiable in float32 and float64.
 
       Y = (a0 c0, -a1 c1 n_y, a1 c1 n_z, -a1 c1 n_x, a2 c2 n_x n_y, -a2 c2 n_y n_z,
            a2 c2 (3 n_z^2 - 1) / (2 sqrt 3), -a2 c2 n_x n_z, a2 c2 (n_x^2 - n_y^2) / 2),
-      a = (pi, 2 pi / sqrt 3, 2 pi / sqrt 8),  c = (1 / sqrt(4 pi), sqrt 3 / sqrt(4 pi), 3 sqrt 5 / sqrt(12 pi));
+      a = (pi, 2 pi / sqrt 3, 2 pi / sqrt 8),
+      c = (1 / sqrt(4 pi), sqrt 3 / sqrt(4 pi), 3 sqrt 5 / sqrt(12 pi));
 
   colour = albedo * (Y . gamma) with the rotated normals. Nothing clamps the colour (Deep3DFaceRecon
   neither).

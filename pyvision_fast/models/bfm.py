@@ -25,13 +25,15 @@ __all__ = ["BFM", "bfm", "cylindrical_uv"]
 
 
 def cylindrical_uv(mean_shape: Tensor) -> Tensor:
-    """(N, 3) mean shape -> (N, 2) UVs *(ours, for bases without UVs such as the BFM front model)*: a cylinder
-    about the y axis through the mean vertex; u = the angle atan2(x - x_mean, z - z_mean) mapped linearly so
-    the mesh spans [0, 1] (left to right), v = (y_max - y) / (y_max - y_min) (v = 0 at the top row of the
-    texture, ``ops.texture_sample``'s convention)."""
+    """(N, 3) mean shape -> (N, 2) UVs *(ours, for bases without UVs such as the BFM front model)*: a vertical
+    cylinder (axis along y) whose radius is the mesh's width (x extent), placed behind the face so that the
+    frontmost vertex lies on it (axis at x = mean x, z = max z - width); u = the angle about the axis,
+    atan2(x - x_axis, z - z_axis), mapped linearly so the mesh spans [0, 1] left to right; v = (y_max - y) /
+    (y_max - y_min) (v = 0 at the top row of the texture, ``ops.texture_sample``'s convention). A face is
+    about as deep as it is wide, so the angles stay within about +-1 rad: u grows monotonically with x."""
     p = mean_shape.double()
-    p = p - p.mean(0)
-    theta = torch.atan2(p[:, 0], p[:, 2])
+    width = (p[:, 0].max() - p[:, 0].min()).clamp_min(1e-12)
+    theta = torch.atan2(p[:, 0] - p[:, 0].mean(), p[:, 2] - (p[:, 2].max() - width))
     u = (theta - theta.min()) / (theta.max() - theta.min()).clamp_min(1e-12)
     v = (p[:, 1].max() - p[:, 1]) / (p[:, 1].max() - p[:, 1].min()).clamp_min(1e-12)
     return torch.stack([u, v], 1).to(mean_shape.dtype)
