@@ -5,9 +5,9 @@ import pytest
 import scipy.io
 import torch
 
-from pyvision_fast.face3d import (COEFF_SLICES, N_COEFFS, FaceBasis, load_bfm, mouth_vertex_indices, save_bfm_mat,
-                                  split_coeffs, synthetic_face_basis, synthetic_talking_sequence,
-                                  vertex_face_table)
+from pyvision_fast.face3d import (COEFF_SLICES, N_COEFFS, FaceBasis, load_bfm, mouth_vertex_indices,
+                                  save_bfm_mat, split_coeffs, synthetic_face_basis,
+                                  synthetic_talking_sequence, vertex_face_table)
 from pyvision_fast.face3d.synthetic import landmark_template
 
 

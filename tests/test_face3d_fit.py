@@ -48,7 +48,8 @@ def test_read_landmarks(tmp_path):
     lines = [f"{x} {y}" for x, y in pts.tolist()]
     lines[3] = f"{pts[3, 0]},{pts[3, 1]}"  # comma-separated accepted
     lines[10] = f"  {pts[10, 0]}\t{pts[10, 1]}  "
-    (tmp_path / "a.txt").write_text("# 68 points\n" + "\n".join(lines[:30]) + "\n\n" + "\n".join(lines[30:]) + "\n")
+    text = "# 68 points\n" + "\n".join(lines[:30]) + "\n\n" + "\n".join(lines[30:]) + "\n"
+    (tmp_path / "a.txt").write_text(text)
     lm = read_landmarks(tmp_path / "a.txt")
     assert lm.shape == (68, 2) and lm.dtype == torch.float32
     torch.testing.assert_close(lm, pts)
@@ -124,7 +125,8 @@ def _stage1_objective(model, coeffs, frames, lm):
     smoothness of expression, angles and translation)."""
     t = fit_losses(model, coeffs, frames, lm, photometric=False)
     dyn = torch.cat([coeffs[:, COEFF_SLICES[k]] for k in ("exp", "angle", "trans")], 1)
-    return float(100 * t["landmark"] + 1e-4 * (t["id"] + t["exp"]) + 1e-3 * (dyn[1:] - dyn[:-1]).pow(2).sum(-1).mean())
+    smooth = (dyn[1:] - dyn[:-1]).pow(2).sum(-1).mean()
+    return float(100 * t["landmark"] + 1e-4 * (t["id"] + t["exp"]) + 1e-3 * smooth)
 
 
 def _geometry_errors(model, fit, truth):
@@ -176,8 +178,8 @@ def test_fit_recovers_talking_face(scene):
 
 def test_fit_per_frame_identity_and_float64(scene):
     model, truth, frames, lm, _ = scene
-    fit = fit_3dmm(model, frames[:2].double(), lm[:2].double(), landmark_iterations=50, appearance_iterations=5,
-                   iterations=2, share_identity=False)
+    fit = fit_3dmm(model, frames[:2].double(), lm[:2].double(), landmark_iterations=50,
+                   appearance_iterations=5, iterations=2, share_identity=False)
     assert fit.dtype == torch.float64 and torch.isfinite(fit).all()
     assert not torch.equal(fit[0, COEFF_SLICES["id"]], fit[1, COEFF_SLICES["id"]])
     err = (model.landmarks(fit) - lm[:2].double()).norm(dim=-1).mean()
@@ -194,7 +196,8 @@ def test_fit_noisy_landmarks_longer_sequence():
     truth = synthetic_talking_sequence(basis, 16, seed=1)
     with torch.no_grad():
         out = model(truth)
-    noisy = out["landmarks"] + 0.3 * torch.randn(out["landmarks"].shape, generator=torch.Generator().manual_seed(9))
+    gen = torch.Generator().manual_seed(9)
+    noisy = out["landmarks"] + 0.3 * torch.randn(out["landmarks"].shape, generator=gen)
     fit = fit_3dmm(model, out["image"], noisy, w_smooth=1e-2)
     err = _geometry_errors(model, fit, truth)
     assert err["motion_rel"] <= 0.4, err

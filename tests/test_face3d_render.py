@@ -84,8 +84,8 @@ def test_raster_agrees_with_projection():
     pix = project(pts[cov][None], f, (H, W))[0]
     ii, jj = torch.nonzero(cov[0], as_tuple=True)
     torch.testing.assert_close(pix, torch.stack([jj + 0.5, ii + 0.5], 1).double(), atol=1e-9, rtol=0)
-    img, mask, _ = rasterize_mesh(camera_to_clip(cam, f, (H, W)), faces, torch.ones(1, 4, 3, dtype=torch.float64),
-                                  (H, W))
+    ones = torch.ones(1, 4, 3, dtype=torch.float64)
+    img, mask, _ = rasterize_mesh(camera_to_clip(cam, f, (H, W)), faces, ones, (H, W))
     assert img.shape == (1, 3, H, W) and torch.equal(mask[0, 0] > 0, cov[0])
 
 
@@ -121,8 +121,8 @@ def test_gradcheck_pieces():
     assert torch.autograd.gradcheck(sh_shading, (alb, n, g))
     p = (torch.randn(2, 6, 3, dtype=dt) * 0.5).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda x: project(to_camera(x, 10.0), 1015.0, (224, 224)), (p,))
-    assert torch.autograd.gradcheck(lambda x: camera_to_clip(to_camera(x, 10.0), 1015.0, (224, 200), (90, 120)),
-                                    (p,))
+    clip = lambda x: camera_to_clip(to_camera(x, 10.0), 1015.0, (224, 200), (90, 120))  # noqa: E731
+    assert torch.autograd.gradcheck(clip, (p,))
     verts, faces, pb = _small_mesh()
     verts.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda v: vertex_normals(v, faces, pb), (verts,))

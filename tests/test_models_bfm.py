@@ -55,8 +55,8 @@ def test_forward_outputs(model, basis):
     c = synthetic_talking_sequence(basis, 3, seed=0)
     out = model(c)
     N = basis.n_verts
-    shapes = {"verts": (3, N, 3), "verts_clip": (3, N, 4), "landmarks": (3, 68, 2), "vertex_colors": (3, N, 3),
-              "image": (3, 3, 48, 48), "mask": (3, 1, 48, 48)}
+    shapes = {"verts": (3, N, 3), "verts_clip": (3, N, 4), "landmarks": (3, 68, 2),
+              "vertex_colors": (3, N, 3), "image": (3, 3, 48, 48), "mask": (3, 1, 48, 48)}
     for k, s in shapes.items():
         assert out[k].shape == s and out[k].dtype == torch.float32, k
     assert ((out["mask"] == 0) | (out["mask"] == 1)).all() and 0.2 < out["mask"].mean() < 0.8
