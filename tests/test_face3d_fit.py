@@ -28,7 +28,8 @@ import pytest
 import torch
 
 from pyvision_fast.face3d import COEFF_SLICES, synthetic_face_basis, synthetic_talking_sequence
-from pyvision_fast.face3d.fit import fit_3dmm, fit_losses, read_landmarks, write_landmarks
+from pyvision_fast.face3d.fit import (fit_3dmm, fit_losses, fit_video, read_landmark_sequence, read_landmarks,
+                                      write_landmarks)
 from pyvision_fast.models import create_model
 
 
@@ -203,3 +204,33 @@ def test_fit_noisy_landmarks_longer_sequence():
     assert err["motion_rel"] <= 0.4, err
     assert err["mouth_open"] <= 0.1, err
     assert err["angle"] <= 0.05, err
+
+
+def test_landmark_sequence_and_fit_video(tmp_path, scene):
+    from pyvision_fast.data.video import write_video
+
+    model, truth, frames, lm, _ = scene
+    # the video at twice the model's size: landmarks in the video's pixels, scaled back by fit_video
+    big = torch.nn.functional.interpolate(frames[:3], scale_factor=2, mode="bilinear", align_corners=False)
+    video = write_video(tmp_path / "talk.mp4", (big.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1))
+    folder = tmp_path / "lms"
+    folder.mkdir()
+    for t in range(3):
+        write_landmarks(folder / f"{t:06d}.txt", lm[t] * 2)
+    seq = read_landmark_sequence(folder)
+    assert seq.shape == (3, 68, 2)
+    torch.testing.assert_close(seq, lm[:3] * 2, atol=1e-3, rtol=0)
+    files = sorted(folder.glob("*.txt"))
+    torch.testing.assert_close(read_landmark_sequence(files), seq)
+    fit = fit_video(model, video, folder, landmark_iterations=200, appearance_iterations=10, iterations=0)
+    assert fit.shape == (3, 257)
+    assert (model.landmarks(fit) - lm[:3]).norm(dim=-1).mean() < 0.2
+    with pytest.raises(ValueError, match="3 frames but 2 landmark"):
+        fit_video(model, video, files[:2])
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        read_landmark_sequence(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no \\*.txt"):
+        read_landmark_sequence(tmp_path / "empty")
+    with pytest.raises(ValueError, match="empty list"):
+        read_landmark_sequence([])

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -35,7 +35,8 @@ from ..ops import rasterize_triangles
 from .basis import COEFF_SLICES, N_COEFFS, N_ID, N_TEX
 from .render import rasterize_mesh
 
-__all__ = ["read_landmarks", "write_landmarks", "fit_3dmm", "fit_losses"]
+__all__ = ["read_landmarks", "write_landmarks", "read_landmark_sequence", "fit_3dmm", "fit_losses",
+           "fit_video"]
 
 
 def read_landmarks(path: Union[str, Path], n_points: int = 68) -> Tensor:
@@ -80,6 +81,24 @@ def write_landmarks(path: Union[str, Path], landmarks: Tensor) -> None:
         raise ValueError(f"write_landmarks: argument 'landmarks' must have shape (n, 2), got "
                          f"{tuple(lm.shape)}")
     Path(path).write_text("".join(f"{x:.4f} {y:.4f}\n" for x, y in lm.tolist()))
+
+
+def read_landmark_sequence(paths: Union[str, Path, Sequence[Union[str, Path]]]) -> Tensor:
+    """(T, 68, 2) float32 landmarks of a frame sequence: ``paths`` is a directory (its ``*.txt`` files, sorted
+    by name: one file per frame, e.g. ``000000.txt``, ``000001.txt``...) or a list of files in frame order;
+    each is read by ``read_landmarks``. ValueError for an empty directory or list."""
+    if isinstance(paths, (str, Path)):
+        folder = Path(paths)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"read_landmark_sequence: landmark directory {str(folder)!r} not found")
+        files = sorted(folder.glob("*.txt"))
+        if not files:
+            raise ValueError(f"read_landmark_sequence: {folder} holds no *.txt landmark file")
+    else:
+        files = [Path(p) for p in paths]
+        if not files:
+            raise ValueError("read_landmark_sequence: argument 'paths' is an empty list")
+    return torch.stack([read_landmarks(f) for f in files])
 
 
 def _check_inputs(model, frames, landmarks) -> tuple[int, int, int]:
@@ -271,3 +290,25 @@ def fit_3dmm(model, frames: Tensor, landmarks: Tensor, iterations: int = 50, lan
         coeffs = assemble().detach().clone()
     return (coeffs, history) if return_history else coeffs
 
+
+
+def fit_video(model, video: Union[str, Path], landmarks, **fit_kwargs) -> Tensor:
+    """Fits the frames of a video file: frames read with PyAV (``data.video.read_video``) and resized to the
+    model's image_size; ``landmarks`` (a directory or list of 68-point files, see ``read_landmark_sequence``,
+    or a (T, 68, 2) tensor) in the video's own pixel coordinates, scaled with the frames. The face should
+    fill the frame about as the model's camera expects (Deep3DFaceRecon fits 224 x 224 crops aligned on the
+    face; crop first otherwise). ``fit_kwargs`` go to ``fit_3dmm``. Returns (T, 257) float32 coefficients
+    of the resized frames."""
+    from ..data.video import probe_video, read_video
+
+    info = probe_video(video)
+    if not isinstance(landmarks, Tensor):
+        landmarks = read_landmark_sequence(landmarks)
+    H, W = model.image_size
+    frames = read_video(video, size=(H, W))
+    if frames.shape[0] != landmarks.shape[0]:
+        raise ValueError(f"fit_video: {video} has {frames.shape[0]} frames but {landmarks.shape[0]} landmark "
+                         f"sets were given (one per frame)")
+    scale = torch.tensor([W / info.width, H / info.height], dtype=torch.float32)
+    frames = frames.permute(0, 3, 1, 2).float() / 255.0
+    return fit_3dmm(model, frames, landmarks.float() * scale, **fit_kwargs)
