@@ -179,8 +179,9 @@ class BFM(nn.Module):
             uv = self.uv.to(coeffs.dtype).expand(B, -1, -1)
             attrs = uv
             if shade:
-                irr = out["vertex_colors"] / out["albedo"].where(out["albedo"].abs() > 1e-6,
-                                                                 torch.ones_like(out["albedo"]))
+                gamma = coeffs[:, COEFF_SLICES["gamma"]]
+                irr = sh_shading(torch.ones_like(out["albedo"]), out["normals"], gamma,
+                                 self.init_lit.to(coeffs.dtype))
                 attrs = torch.cat([uv, irr], -1)
             feat, mask, rast = rasterize_mesh(out["verts_clip"], self.faces, attrs, self.image_size)
             tex = texture_sample(texture.to(coeffs.dtype), feat[:, :2].permute(0, 2, 3, 1).contiguous())
