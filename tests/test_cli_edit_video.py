@@ -48,8 +48,9 @@ def clip(tmp_path_factory):
     with torch.no_grad():
         for p in editor.parameters():
             p.copy_(torch.randn_like(p) * 0.1)
-        editor.exp_net.out.weight.zero_()                   # the edit: open the mouth (the synthetic face's
-        editor.exp_net.out.bias.zero_()                     # expression 0) by 1.5 at intensity 1, nothing else
+        # the edit: open the mouth (the synthetic face's expression 0) by 1.5 at intensity 1, nothing else
+        editor.exp_net.out.weight.zero_()
+        editor.exp_net.out.bias.zero_()
         editor.exp_net.out.bias[0] = 1.5
     save_model(editor, root / "editor.safetensors", Config(model="expression_editor", model_args=EDITOR_ARGS,
                                                            num_classes=None, img_size=224))
@@ -62,7 +63,8 @@ LOSSLESS = ["--codec", "libx264", "--codec-option", "crf=0"]
 def run(root, capsys, *extra, emotion="happy", intensity="0.8", output="out.mp4"):
     rc = main(["edit-video", "--input", str(root / "video.mp4"), "--coeffs", str(root / "coeffs.npy"),
                "--emotion", emotion, "--intensity", intensity, "--output", str(root / output), "--bfm",
-               str(root / "basis.mat"), "--checkpoint", str(root / "editor.safetensors"), "--no-progress", *extra])
+               str(root / "basis.mat"), "--checkpoint", str(root / "editor.safetensors"), "--no-progress",
+               *extra])
     return rc, capsys.readouterr()
 
 
@@ -109,7 +111,7 @@ def test_pvf_edit_video(clip, capsys):
     assert summary["frames"] == T and (summary["height"], summary["width"]) == (SIZE, SIZE)
     same = read_video(root / "same.mp4").float()
     assert same.shape == original.shape
-    assert (same - original).abs().mean() < 3.5              # the face re-rendered over itself: codec noise only
+    assert (same - original).abs().mean() < 3.5     # the face re-rendered over itself: codec noise only
     rc, out = run(root, capsys, *LOSSLESS, "--window", "3", "--chunk", "3")
     assert rc == 0, out.err
     edited = read_video(root / "out.mp4").float()

@@ -1,5 +1,5 @@
-"""The MEAD reader (``data.mead``) on a tiny dataset written in exactly its layout (MP4 videos rendered from the
-synthetic face with PyAV, (T, 257) coefficient and (T, 68, 2) landmark files): clip discovery, pairs and
+"""The MEAD reader (``data.mead``) on a tiny dataset written in exactly its layout (MP4 videos rendered from
+the synthetic face with PyAV, (T, 257) coefficient and (T, 68, 2) landmark files): clip discovery, pairs and
 intensities, the training windows and their time-aligned targets, linear resampling, and every bad folder or
 file as an error naming it. ``write_mead`` is the fixture the recipe and CLI tests use too."""
 from __future__ import annotations
@@ -27,12 +27,12 @@ def emotion_offset(emotion: str, scale: float = 0.6) -> torch.Tensor:
     return d
 
 
-def write_mead(root: Path, actors=("M001", "W002"), emotions=("happy", "sad"), levels=(1, 3), clips=("001", "002"),
-               frames: int = 12, videos: bool = True, landmarks: bool = True) -> Path:
+def write_mead(root: Path, actors=("M001", "W002"), emotions=("happy", "sad"), levels=(1, 3),
+               clips=("001", "002"), frames: int = 12, videos: bool = True, landmarks: bool = True) -> Path:
     """Writes ``root/<actor>/{video,coeffs,landmarks}/front/<emotion>/level_<k>/<clip>.*``. Neutral clips hold
     a synthetic talking sequence of ``frames`` frames; the clip of emotion e at level k is that sequence time-
-    stretched to ``frames + 2 k`` frames with ``k / 3 * emotion_offset(e)`` added to its expression. Videos and
-    landmarks are the synthetic face rendered at 64x64 from the coefficients."""
+    stretched to ``frames + 2 k`` frames with ``k / 3 * emotion_offset(e)`` added to its expression. Videos
+    and landmarks are the synthetic face rendered at 64x64 from the coefficients."""
     from pyvision_fast.data.video import write_video
     from pyvision_fast.face3d.synthetic import synthetic_face_basis, synthetic_talking_sequence
     from pyvision_fast.models import create_model
@@ -103,10 +103,11 @@ def test_resample_and_windows():
 
 def test_edit_pairs_items(mead):
     ds = MEADEditPairs(mead, actors=["M001"], seq_len=4)
-    assert len(ds.pairs) == 2 * 4 and len(ds) == 8 * 3 and ds.skipped == 0       # windows 0, 4, 6 of 10 frames
+    assert len(ds.pairs) == 2 * 4 and len(ds) == 8 * 3 and ds.skipped == 0   # windows 0, 4, 6 of 10 frames
     source, target, emotion, intensity, meta = ds[2]
     n, e = ds.pairs[0]
-    assert meta == {"actor": "M001", "view": "front", "clip": "001", "emotion": "happy", "level": 1, "start": 6}
+    assert meta == {"actor": "M001", "view": "front", "clip": "001", "emotion": "happy", "level": 1,
+                    "start": 6}
     assert source.shape == (4, 257) and target.shape == (4, 64) and source.dtype == torch.float32
     assert emotion.item() == MEAD_EMOTIONS.index("happy") and intensity.item() == pytest.approx(1 / 3)
     assert torch.equal(source, load_coeffs(n.coeffs)[6:10])

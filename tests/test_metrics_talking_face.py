@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from pyvision_fast.metrics.talking_face import (TalkingFaceEditMetrics, emotion_accuracy, emotion_probabilities,
-                                                fer_class_indices, intensity_monotonicity, mouth_lmd,
+from pyvision_fast.metrics.talking_face import (TalkingFaceEditMetrics, emotion_accuracy,
+                                                emotion_probabilities, fer_class_indices,
+                                                intensity_monotonicity, mouth_lmd,
                                                 save_intensity_grid)
 
 
@@ -27,7 +28,8 @@ def test_mouth_lmd():
     assert mouth_lmd(moved, lm).item() == 0.0
     half = lm.clone()
     half[:2, 48:68, 0] += 2.0                                  # 2 of 4 frames moved 2 px
-    assert torch.allclose(mouth_lmd(half, lm, reduction="none"), torch.tensor([2.0, 2.0, 0.0, 0.0]), atol=1e-4)
+    per_frame = mouth_lmd(half, lm, reduction="none")
+    assert torch.allclose(per_frame, torch.tensor([2.0, 2.0, 0.0, 0.0]), atol=1e-4)
     assert mouth_lmd(half, lm).item() == pytest.approx(1.0, abs=1e-4)
     assert mouth_lmd(shifted.double()[None], lm.double()[None]).dtype == torch.float64
     for args, error in (((lm, lm[:3]), ValueError), ((lm[..., :1], lm[..., :1]), ValueError),

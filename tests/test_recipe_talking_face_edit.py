@@ -1,9 +1,9 @@
 """The talking_face_edit recipe on a tiny MEAD folder in the real layout (``test_data_mead.write_mead``: MP4s,
 coefficient and landmark files, emotional clips = time-stretched neutral ones plus a per-emotion expression
-offset): the mouth meshes equal ``BFM.shape``'s mouth rows, the mouth weight λ trades the target L1 against the
-mouth change, ``pvf train`` learns the offsets (validation L1 far below the identity's), ``pvf eval`` reports
-LMD, emotion accuracy, intensity monotonicity and writes the figure, and every bad setting is one line, status
-2, before training."""
+offset): the mouth meshes equal ``BFM.shape``'s mouth rows, the mouth weight λ trades the target L1 against
+the mouth change, ``pvf train`` learns the offsets (validation L1 far below the identity's), ``pvf eval``
+reports LMD, emotion accuracy, intensity monotonicity and writes the figure, and every bad setting is one
+line, status 2, before training."""
 from __future__ import annotations
 
 import csv
@@ -131,8 +131,9 @@ def test_pvf_train_and_eval(mead, tmp_path, capsys):
     save_safetensors(create_model("vit_tiny_patch16_224", num_classes=8, **FER_ARGS).state_dict(), fer)
     figure = tmp_path / "figure.png"
     rc = main(["eval", *common, "--checkpoint", str(run / "checkpoint-last.safetensors"), "--set", *FACE,
-               "seq_len=5", f"fer_checkpoint={fer}", "fer_model=vit_tiny_patch16_224", f"fer_model_args={FER_ARGS}",
-               "fer_img_size=32", f"figure={figure}", "intensity_steps=3", "figure_frames=4", "eval_frames=2"])
+               "seq_len=5", f"fer_checkpoint={fer}", "fer_model=vit_tiny_patch16_224",
+               f"fer_model_args={FER_ARGS}", "fer_img_size=32", f"figure={figure}", "intensity_steps=3",
+               "figure_frames=4", "eval_frames=2"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     results = json.loads(captured.out.strip().splitlines()[-1])

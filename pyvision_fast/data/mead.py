@@ -4,14 +4,14 @@ clip pairs the ``talking_face_edit`` recipe trains on (paper 4 of ``shared/paper
 
 Layout of the dataset folder ``root`` (one folder per actor, as MEAD's archives unpack)::
 
-    <actor>/video/<view>/<emotion>/level_<k>/<clip>.mp4       MEAD's videos, e.g. M003/video/front/happy/level_3/001.mp4
-    <actor>/coeffs/<view>/<emotion>/level_<k>/<clip>.npy      (T, 257) float per-frame 3DMM coefficients (ours)
-    <actor>/landmarks/<view>/<emotion>/level_<k>/<clip>.npy   (T, 68, 2) float per-frame iBUG-68 landmarks (ours)
+    <actor>/video/<view>/<emotion>/level_<k>/<clip>.mp4       MEAD's videos (e.g. M003/.../level_3/001.mp4)
+    <actor>/coeffs/<view>/<emotion>/level_<k>/<clip>.npy      (T, 257) per-frame 3DMM coefficients (ours)
+    <actor>/landmarks/<view>/<emotion>/level_<k>/<clip>.npy   (T, 68, 2) per-frame iBUG-68 landmarks (ours)
 
 * ``<view>``: MEAD's camera names (``front``, ``down``, ``top``, ``left_30``, ``left_60``, ``right_30``,
-  ``right_60``); ``<emotion>``: one of :data:`MEAD_EMOTIONS` (angry, contempt, disgusted, fear, happy, neutral,
-  sad, surprised); ``<k>`` 1..3 (weak, medium, strong; neutral has ``level_1`` only); ``<clip>``: the sentence
-  number (``001``...).
+  ``right_60``); ``<emotion>``: one of :data:`MEAD_EMOTIONS` (angry, contempt, disgusted, fear, happy,
+  neutral, sad, surprised); ``<k>`` 1..3 (weak, medium, strong; neutral has ``level_1`` only); ``<clip>``: the
+  sentence number (``001``...).
 * Coefficients *(our layout; MEAD ships none)*: one ``.npy`` per clip, row t = frame t of the video (every
   decoded frame, no resampling), in Deep3DFaceRecon's 257 layout (``pyvision_fast.face3d.basis.COEFF_SLICES``:
   identity 80 | expression 64 | texture 80 | angles 3 | SH 27 | translation 3), as ``fit_3dmm`` or
@@ -19,16 +19,17 @@ Layout of the dataset folder ``root`` (one folder per actor, as MEAD's archives 
   video frame (0, 0 = top-left pixel's corner).
 * Any other folder in ``root`` (no ``video``/``coeffs`` child) is not an actor and is skipped.
 
-Errors, raised when a reader is built (before training): an emotion folder not in :data:`MEAD_EMOTIONS`, a level
-folder not ``level_1..3`` (or a neutral level other than 1) is a ``MEADFormatError`` (``ValueError``) naming the
-folder; a clip without one of its required companion files is ``FileNotFoundError`` naming the missing file; a
-coefficient file that is not a (T >= 1, 257) array, or a landmark file that is not (T, 68, 2) with the
-coefficients' T, is a ``MEADFormatError`` naming the file. Values are checked (finite) when a file is loaded.
+Errors, raised when a reader is built (before training): an emotion folder not in :data:`MEAD_EMOTIONS`, a
+level folder not ``level_1..3`` (or a neutral level other than 1) is a ``MEADFormatError`` (``ValueError``)
+naming the folder; a clip without one of its required companion files is ``FileNotFoundError`` naming the
+missing file; a coefficient file that is not a (T >= 1, 257) array, or a landmark file that is not (T, 68, 2)
+with the coefficients' T, is a ``MEADFormatError`` naming the file. Values are checked (finite) when a file is
+loaded.
 
 Pairs *(ours)*: MEAD records the same sentences in every emotion and level, and the clip name is the sentence
-number, so the neutral clip ``<actor>/<view>/neutral/level_1/<clip>`` is paired with every emotional clip of the
-same actor, view and clip name; the emotional clip's expression coefficients, resampled linearly in time to the
-neutral clip's length (:func:`resample_sequence`), are the editing target at intensity ``k / 3``.
+number, so the neutral clip ``<actor>/<view>/neutral/level_1/<clip>`` is paired with every emotional clip of
+the same actor, view and clip name; the emotional clip's expression coefficients, resampled linearly in time
+to the neutral clip's length (:func:`resample_sequence`), are the editing target at intensity ``k / 3``.
 """
 from __future__ import annotations
 
@@ -214,8 +215,8 @@ def scan_mead(root: PathLike, views: Sequence[str] = ("front",), actors: Optiona
                     for f in sorted(level_dir.glob(f"*{FILE_KINDS[source]}")):
                         clips.append(MEADClip(root, actor, view, emo_dir.name, level, f.stem))
     if not clips:
-        raise FileNotFoundError(f"MEAD: no clip under {root}/<actor>/{source}/<view>/<emotion>/level_<k>/ for "
-                                f"views {list(views)} (see pyvision_fast.data.mead for the layout)")
+        raise FileNotFoundError(f"MEAD: no clip under {root}/<actor>/{source}/<view>/<emotion>/level_<k>/ "
+                                f"for views {list(views)} (see pyvision_fast.data.mead for the layout)")
     for clip in clips:
         for kind in require:
             if not clip.path(kind).is_file():
@@ -223,14 +224,14 @@ def scan_mead(root: PathLike, views: Sequence[str] = ("front",), actors: Optiona
         if "coeffs" in require:
             T = coeff_frames(clip.coeffs)
             if "landmarks" in require and _landmark_frames(clip.landmarks) != T:
-                raise MEADFormatError(f"{clip.landmarks}: {_landmark_frames(clip.landmarks)} frames of landmarks "
-                                      f"for the {T} frames of coefficients in {clip.coeffs}")
+                raise MEADFormatError(f"{clip.landmarks}: {_landmark_frames(clip.landmarks)} frames of "
+                                      f"landmarks for the {T} frames of coefficients in {clip.coeffs}")
     return clips
 
 
 def split_actors(actors: Sequence[str], val_actors: Optional[Sequence[str]]) -> tuple[list[str], list[str]]:
-    """(train actors, validation actors): ``val_actors`` when given (each must be in ``actors``), else the last
-    actor in sorted order *(ours)*; every other actor trains."""
+    """(train actors, validation actors): ``val_actors`` when given (each must be in ``actors``), else the
+    last actor in sorted order *(ours)*; every other actor trains."""
     actors = sorted(actors)
     if val_actors is None:
         val = actors[-1:]
@@ -287,8 +288,9 @@ class MEADEditPairs(Dataset):
     ``seq_len`` give no window (``skipped`` counts those pairs); no window at all is a ValueError.
     """
 
-    def __init__(self, root: PathLike, actors: Optional[Iterable[str]] = None, views: Sequence[str] = ("front",),
-                 emotions: Sequence[str] = MEAD_EMOTIONS, seq_len: int = 32, levels: Sequence[int] = (1, 2, 3),
+    def __init__(self, root: PathLike, actors: Optional[Iterable[str]] = None,
+                 views: Sequence[str] = ("front",), emotions: Sequence[str] = MEAD_EMOTIONS,
+                 seq_len: int = 32, levels: Sequence[int] = (1, 2, 3),
                  require_landmarks: bool = False) -> None:
         if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
             raise ValueError(f"MEADEditPairs: argument 'seq_len' must be an int >= 1, got {seq_len!r}")
@@ -297,8 +299,8 @@ class MEADEditPairs(Dataset):
         clips = scan_mead(root, views=views, actors=actors, emotions=wanted, require=require)
         self.pairs = [(n, e) for n, e in mead_pairs(clips) if e.level in levels]
         if not self.pairs:
-            raise ValueError(f"MEAD {root}: no (neutral, emotional) clip pair of the same actor, view and clip "
-                             f"name for actors {sorted({c.actor for c in clips})}")
+            raise ValueError(f"MEAD {root}: no (neutral, emotional) clip pair of the same actor, view and "
+                             f"clip name for actors {sorted({c.actor for c in clips})}")
         self.seq_len = seq_len
         self.windows: list[tuple[int, int]] = []
         self.skipped = 0

@@ -1,20 +1,21 @@
 """Emotional editing of a talking-face video (paper 4, docs/talking_face.md), behind ``pvf edit-video``:
 
-    pvf edit-video --input talk.mp4 --coeffs talk_coeffs.npy --emotion happy --intensity 0.6 --output happy.mp4 \\
-        --bfm BFM_model_front.mat --checkpoint runs/edit/checkpoint-best.safetensors --window 5
+    pvf edit-video --input talk.mp4 --coeffs talk_coeffs.npy --emotion happy --intensity 0.6 \\
+        --output happy.mp4 --bfm BFM_model_front.mat --checkpoint runs/edit/checkpoint-best.safetensors
 
 1. the per-frame coefficients (:func:`load_coeff_sequence`: one (T, 257) ``.npy``, or a folder of per-frame
    ``.npy`` (257,) or Deep3DFaceRecon ``.mat`` files) are edited by the expression editor
    (:class:`pyvision_fast.models.expression_editor.ExpressionEditor`) toward the emotion at the intensity;
-2. the edit is smoothed over time (:func:`edit_coefficients`): *(ours)* the offset ``edited - original`` of the
-   expression is averaged over ``window`` frames (:func:`~pyvision_fast.models.expression_editor.temporal_smooth`)
-   and added back to the original, so the editor's frame-to-frame jitter is averaged out while the original lip
-   motion keeps its frame accuracy (smoothing the edited coefficients themselves would low-pass the speech);
+2. the edit is smoothed over time (:func:`edit_coefficients`): *(ours)* the offset ``edited - original`` of
+   the expression is averaged over ``window`` frames
+   (:func:`~pyvision_fast.models.expression_editor.temporal_smooth`) and added back to the original, so the
+   editor's frame-to-frame jitter is averaged out while the original lip motion keeps its frame accuracy
+   (smoothing the edited coefficients themselves would low-pass the speech);
 3. the edited face is rendered by the BFM (:class:`pyvision_fast.models.bfm.BFM`, its own albedo and the
    frame's pose and lighting) at ``fit_size`` (the image size the coefficients were fitted at; default the
    video's frame size), resized to the frame and composited over it with the rendered mask as alpha;
-4. the frames are written to an MP4 with PyAV (``mpeg4`` by default, the input's frame rate), streaming: frames
-   are decoded, rendered and encoded ``chunk`` at a time, with a tqdm progress bar.
+4. the frames are written to an MP4 with PyAV (``mpeg4`` by default, the input's frame rate), streaming:
+   frames are decoded, rendered and encoded ``chunk`` at a time, with a tqdm progress bar.
 
 The video's decoded frame count must equal the coefficient count (checked before anything is written; the
 output appears only when complete). The StyleGAN texture edit is not applied here (the texture generator and
@@ -68,7 +69,8 @@ def _frame_vector(path: Path) -> np.ndarray:
         if vec.ndim <= 2 and vec.size == N_COEFFS:
             vec = vec.reshape(-1)
     if vec.shape != (N_COEFFS,):
-        raise ValueError(f"{path}: one frame's coefficients must hold {N_COEFFS} values, got shape {vec.shape}")
+        raise ValueError(f"{path}: one frame's coefficients must hold {N_COEFFS} values, got shape "
+                         f"{vec.shape}")
     return vec
 
 
@@ -113,16 +115,17 @@ def load_editor(checkpoint: PathLike, model_args: Optional[dict] = None) -> nn.M
     try:
         model.load_state_dict(read_state_dict(checkpoint), strict=True)
     except RuntimeError as exc:
-        raise ValueError(f"{checkpoint} does not fit {name} with {model_args or identity.get('model_args', {})}: "
+        raise ValueError(f"{checkpoint} does not fit {name} with "
+                         f"{model_args or identity.get('model_args', {})}: "
                          f"{str(exc).splitlines()[0]}") from exc
     return model.eval()
 
 
 def edit_coefficients(editor: nn.Module, coeffs: Tensor, emotion, intensity: float, window: int = 5,
                       chunk: int = 1024) -> Tensor:
-    """(T, 257) coefficients -> (T, 257) with the expression edited toward ``emotion`` at ``intensity`` and the
-    edit smoothed over ``window`` frames (module docstring, step 2); everything but the expression is kept.
-    Intensity 0 returns ``coeffs`` unchanged."""
+    """(T, 257) coefficients -> (T, 257) with the expression edited toward ``emotion`` at ``intensity`` and
+    the edit smoothed over ``window`` frames (module docstring, step 2); everything but the expression is
+    kept. Intensity 0 returns ``coeffs`` unchanged."""
     from ..models.expression_editor import temporal_smooth
 
     if not isinstance(coeffs, Tensor) or coeffs.dim() != 2 or coeffs.shape[1] != N_COEFFS:
@@ -130,7 +133,8 @@ def edit_coefficients(editor: nn.Module, coeffs: Tensor, emotion, intensity: flo
                          f"{tuple(getattr(coeffs, 'shape', ()))}")
     exp = coeffs[:, _EXP]
     with torch.no_grad():
-        edited = torch.cat([editor(exp[i:i + chunk], emotion, float(intensity)) for i in range(0, len(exp), chunk)])
+        edited = torch.cat([editor(exp[i:i + chunk], emotion, float(intensity))
+                            for i in range(0, len(exp), chunk)])
     offset = temporal_smooth(edited - exp, window, dim=0)
     out = coeffs.clone()
     out[:, _EXP] = exp + offset
@@ -156,7 +160,8 @@ def _parse_size(fit_size, frame_hw: tuple[int, int]) -> tuple[int, int]:
 def edit_video(input: PathLike, coeffs: Union[PathLike, Tensor], output: PathLike, *, editor: nn.Module,
                bfm: Union[PathLike, nn.Module], emotion: str, intensity: float, window: int = 5,
                fit_size: Union[None, int, Sequence[int]] = None, chunk: int = 16, codec: str = "mpeg4",
-               bit_rate: int = 20_000_000, codec_options: Optional[dict] = None, progress: Optional[bool] = None, device: str = "cpu") -> dict:
+               bit_rate: int = 20_000_000, codec_options: Optional[dict] = None,
+               progress: Optional[bool] = None, device: str = "cpu") -> dict:
     """Edits ``input`` (module docstring) and writes ``output``; returns ``{"output", "frames", "fps",
     "height", "width"}``. ``bfm``: a ``BFM_model_front.mat`` path or a built BFM module (its image size is
     then the fit size). ``codec_options``: FFmpeg encoder options (``{"crf": "0"}`` for a lossless
@@ -184,7 +189,8 @@ def edit_video(input: PathLike, coeffs: Union[PathLike, Tensor], output: PathLik
     else:
         from ..models import create_model
 
-        face = create_model("bfm", basis_path=bfm, image_size=_parse_size(fit_size, (info.height, info.width)))
+        size = _parse_size(fit_size, (info.height, info.width))
+        face = create_model("bfm", basis_path=bfm, image_size=size)
     face = face.to(dev).eval()
     edited = edit_coefficients(editor.to(dev), seq.to(dev), emotion, intensity, window)
 
@@ -202,8 +208,8 @@ def edit_video(input: PathLike, coeffs: Union[PathLike, Tensor], output: PathLik
                                         options={str(k): str(v) for k, v in (codec_options or {}).items()})
             except (ValueError, av.FFmpegError) as exc:
                 raise ValueError(f"video codec {codec!r} is not available in PyAV's FFmpeg ({exc})") from exc
-            stream.height, stream.width, stream.pix_fmt, stream.bit_rate = info.height, info.width, "yuv420p", \
-                bit_rate
+            stream.height, stream.width = info.height, info.width
+            stream.pix_fmt, stream.bit_rate = "yuv420p", bit_rate
             container = _open(input)
             frames: list[np.ndarray] = []
 
@@ -214,9 +220,9 @@ def edit_video(input: PathLike, coeffs: Union[PathLike, Tensor], output: PathLik
                     r = face.render(edited[done:done + len(frames)])
                 img, mask = r["image"].clamp(0, 1), r["mask"]
                 if tuple(img.shape[-2:]) != (info.height, info.width):
-                    img = F.interpolate(img, size=(info.height, info.width), mode="bilinear", align_corners=False)
-                    mask = F.interpolate(mask, size=(info.height, info.width), mode="bilinear",
-                                         align_corners=False)
+                    size = (info.height, info.width)
+                    img = F.interpolate(img, size=size, mode="bilinear", align_corners=False)
+                    mask = F.interpolate(mask, size=size, mode="bilinear", align_corners=False)
                 comp = (img * mask + batch * (1 - mask)).mul(255).round().clamp(0, 255).byte()
                 for array in comp.permute(0, 2, 3, 1).cpu().numpy():
                     for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(array),
@@ -246,4 +252,5 @@ def edit_video(input: PathLike, coeffs: Union[PathLike, Tensor], output: PathLik
         bar.close()
         if partial.exists():
             partial.unlink()
-    return {"output": str(output), "frames": done, "fps": info.fps, "height": info.height, "width": info.width}
+    return {"output": str(output), "frames": done, "fps": info.fps, "height": info.height,
+            "width": info.width}

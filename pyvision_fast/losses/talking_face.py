@@ -28,7 +28,8 @@ def _check_mesh(name: str, v) -> None:
         raise TypeError(f"mouth_shape_loss: argument '{name}' must be a floating tensor of shape (B, N, 3), "
                         f"got {getattr(v, 'dtype', type(v).__name__)}")
     if v.dim() != 3 or v.shape[-1] != 3:
-        raise ValueError(f"mouth_shape_loss: argument '{name}' must have shape (B, N, 3), got {tuple(v.shape)}")
+        raise ValueError(f"mouth_shape_loss: argument '{name}' must have shape (B, N, 3), got "
+                         f"{tuple(v.shape)}")
 
 
 def mouth_vertex_distance(edited: Tensor, original: Tensor, mouth_idx: Optional[Tensor] = None) -> Tensor:
@@ -47,8 +48,8 @@ def mouth_vertex_distance(edited: Tensor, original: Tensor, mouth_idx: Optional[
             raise TypeError(f"mouth_shape_loss: argument 'mouth_idx' must be an int64 tensor, got "
                             f"{getattr(mouth_idx, 'dtype', type(mouth_idx).__name__)}")
         if mouth_idx.dim() != 1 or mouth_idx.numel() == 0:
-            raise ValueError(f"mouth_shape_loss: argument 'mouth_idx' must be a non-empty 1-D index tensor, got "
-                             f"shape {tuple(mouth_idx.shape)}")
+            raise ValueError(f"mouth_shape_loss: argument 'mouth_idx' must be a non-empty 1-D index tensor, "
+                             f"got shape {tuple(mouth_idx.shape)}")
         n = edited.shape[1]
         if int(mouth_idx.min()) < 0 or int(mouth_idx.max()) >= n:
             raise ValueError(f"mouth_shape_loss: 'mouth_idx' holds vertex indices outside [0, {n})")
@@ -67,7 +68,8 @@ def mouth_shape_loss(edited: Tensor, original: Tensor, mouth_idx: Optional[Tenso
         reduction: ``"mean"`` (a scalar), ``"sum"`` or ``"none"`` ((B,) per-mesh means).
 
     Returns:
-        The loss in the mesh's units, of the meshes' dtype; multiply by λ (``mouth_weight``) in the total loss.
+        The loss in the mesh's units, of the meshes' dtype; multiply by λ (``mouth_weight``) in the total
+        loss.
     """
     d = mouth_vertex_distance(edited, original, mouth_idx)
     if reduction == "mean":
@@ -76,4 +78,5 @@ def mouth_shape_loss(edited: Tensor, original: Tensor, mouth_idx: Optional[Tenso
         return d.sum()
     if reduction == "none":
         return d.mean(-1)
-    raise ValueError(f"mouth_shape_loss: argument 'reduction' must be 'mean', 'sum' or 'none', got {reduction!r}")
+    raise ValueError(f"mouth_shape_loss: argument 'reduction' must be 'mean', 'sum' or 'none', got "
+                     f"{reduction!r}")

@@ -1,8 +1,8 @@
-"""Metrics of emotional talking-face editing (paper 4, Sun et al., TAFFC 2023): lip-sync kept, emotion reached,
-intensity controlled.
+"""Metrics of emotional talking-face editing (paper 4, Sun et al., TAFFC 2023): lip-sync kept, emotion
+reached, intensity controlled.
 
-* :func:`mouth_lmd`: mouth landmark distance (LMD), the mean Euclidean distance of the 20 mouth landmarks (iBUG
-  48-67) between edited and original frames, in pixels. Lower keeps the lip-sync better.
+* :func:`mouth_lmd`: mouth landmark distance (LMD), the mean Euclidean distance of the 20 mouth landmarks
+  (iBUG 48-67) between edited and original frames, in pixels. Lower keeps the lip-sync better.
 * :func:`emotion_probabilities` / :func:`emotion_accuracy`: a facial-expression classifier (any ``nn.Module``
   mapping (B, 3, S, S) normalised images to (B, K) logits; the library's fine-tuned ViT from the
   ``fer_finetune`` recipe in practice) scores rendered edited frames; the accuracy is the fraction whose
@@ -52,7 +52,8 @@ def mouth_lmd(edited: Tensor, original: Tensor, reduction: str = "mean") -> Tens
             raise TypeError(f"mouth_lmd: argument '{name}' must be a floating tensor, got "
                             f"{getattr(t, 'dtype', type(t).__name__)}")
         if t.dim() < 2 or tuple(t.shape[-2:]) != (68, 2):
-            raise ValueError(f"mouth_lmd: argument '{name}' must have shape (..., 68, 2), got {tuple(t.shape)}")
+            raise ValueError(f"mouth_lmd: argument '{name}' must have shape (..., 68, 2), got "
+                             f"{tuple(t.shape)}")
     if edited.shape != original.shape:
         raise ValueError(f"mouth_lmd: 'edited' {tuple(edited.shape)} and 'original' {tuple(original.shape)} "
                          f"differ in shape")
@@ -66,8 +67,8 @@ def mouth_lmd(edited: Tensor, original: Tensor, reduction: str = "mean") -> Tens
 
 def fer_class_indices(classes: Sequence[str], emotions: Sequence[str] = MEAD_EMOTIONS) -> list[int]:
     """For each MEAD emotion, the index of its class among the classifier's ``classes`` (names matched case-
-    insensitively through :data:`FER_SYNONYMS`), -1 where the classifier has no such class (e.g. contempt for a
-    7-class RAF-DB model)."""
+    insensitively through :data:`FER_SYNONYMS`), -1 where the classifier has no such class (e.g. contempt for
+    a 7-class RAF-DB model)."""
     names = [str(c).strip().lower() for c in classes]
     out = []
     for e in emotions:
@@ -128,10 +129,10 @@ def intensity_monotonicity(values, intensities: Optional[Sequence[float]] = None
         intensities: the N controls (default 0..1 evenly), for Spearman's rho.
 
     Returns:
-        ``monotonic_fraction``: fraction of the S (N - 1) consecutive steps where the value increases strictly;
-        ``spearman_rho``: Spearman's rank correlation of intensity and value (``scipy.stats.spearmanr``),
-        averaged over the series where it is defined (NaN when none is: every series constant);
-        ``series``: S.
+        ``monotonic_fraction``: fraction of the S (N - 1) consecutive steps where the value increases
+        strictly; ``spearman_rho``: Spearman's rank correlation of intensity and value
+        (``scipy.stats.spearmanr``), averaged over the series where it is defined (NaN when none is: every
+        series constant); ``series``: S.
     """
     from scipy.stats import spearmanr
 
@@ -143,7 +144,10 @@ def intensity_monotonicity(values, intensities: Optional[Sequence[float]] = None
                          f"shape {v.shape}")
     if not np.isfinite(v).all():
         raise ValueError("intensity_monotonicity: argument 'values' holds non-finite numbers")
-    x = np.linspace(0.0, 1.0, v.shape[1]) if intensities is None else np.asarray(intensities, dtype=np.float64)
+    if intensities is None:
+        x = np.linspace(0.0, 1.0, v.shape[1])
+    else:
+        x = np.asarray(intensities, dtype=np.float64)
     if x.shape != (v.shape[1],):
         raise ValueError(f"intensity_monotonicity: {x.size} intensities for series of {v.shape[1]} values")
     if (np.diff(x) <= 0).any():
@@ -206,8 +210,9 @@ class TalkingFaceEditMetrics(Metric):
                                               "spearman_rho"), **kwargs) -> None:
         super().__init__(**kwargs)
         self.keys = tuple(keys)
-        self.add_state("sums", default=torch.zeros(len(self.keys), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("counts", default=torch.zeros(len(self.keys), dtype=torch.float64), dist_reduce_fx="sum")
+        for state in ("sums", "counts"):
+            self.add_state(state, default=torch.zeros(len(self.keys), dtype=torch.float64),
+                           dist_reduce_fx="sum")
 
     def update(self, **values) -> None:
         for name, v in values.items():
@@ -220,4 +225,5 @@ class TalkingFaceEditMetrics(Metric):
             self.counts[i] += t.numel()
 
     def compute(self) -> dict[str, float]:
-        return {k: float(self.sums[i] / self.counts[i]) for i, k in enumerate(self.keys) if self.counts[i] > 0}
+        return {k: float(self.sums[i] / self.counts[i]) for i, k in enumerate(self.keys)
+                if self.counts[i] > 0}

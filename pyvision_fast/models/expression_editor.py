@@ -12,12 +12,14 @@ over time by averaging in coefficient / latent space. Here:
 
   ``delta`` is an MLP over ``[x, embedding(emotion)]`` (an ``nn.Embedding`` of the 8 MEAD emotions, or a
   probability vector over them mixing their embeddings: a soft, blended target emotion). Intensity 0 returns
-  the input exactly (``x + 0 * delta`` is ``x``), the edit is continuous in the intensity, and for one frame it
-  moves along a straight line whose length grows with the intensity, so a stronger control never edits less.
-  The last layer of each MLP starts at zero: an untrained editor is the identity. ``intensity_input=True``
-  also feeds the intensity to the MLPs (a curved path; the identity at 0 still holds exactly).
+  the input exactly (``x + 0 * delta`` is ``x``), the edit is continuous in the intensity, and for one frame
+  it moves along a straight line whose length grows with the intensity, so a stronger control never edits
+  less. The last layer of each MLP starts at zero: an untrained editor is the identity.
+  ``intensity_input=True`` also feeds the intensity to the MLPs (a curved path; the identity at 0 still holds
+  exactly).
 * :func:`temporal_smooth` averages a sequence over a centred window (coefficients or latents).
-* :data:`MEAD_EMOTIONS` fixes the emotion order (index = label) of the editor, the MEAD reader and the metrics.
+* :data:`MEAD_EMOTIONS` fixes the emotion order (index = label) of the editor, the MEAD reader and the
+  metrics.
 
 Dtypes: float32 or float64 inputs (the parameters' dtype); emotion indices int64 (any integer dtype is
 accepted), emotion weights floating. Shapes and value ranges are checked eagerly with a ValueError/TypeError
@@ -33,7 +35,8 @@ from torch import Tensor, nn
 
 from ._registry import register_model
 
-__all__ = ["MEAD_EMOTIONS", "ExpressionEditor", "PackedExpressionEditor", "expression_editor", "emotion_index",
+__all__ = ["MEAD_EMOTIONS", "ExpressionEditor", "PackedExpressionEditor", "expression_editor",
+           "emotion_index",
            "temporal_smooth"]
 
 MEAD_EMOTIONS = ("angry", "contempt", "disgusted", "fear", "happy", "neutral", "sad", "surprised")
@@ -43,7 +46,8 @@ IntensityLike = Union[float, int, Tensor]
 
 
 def emotion_index(emotion: Union[str, int], emotions: Sequence[str] = MEAD_EMOTIONS) -> int:
-    """The label of ``emotion`` (a name, case-insensitive, or an index) in ``emotions``; ValueError otherwise."""
+    """The label of ``emotion`` (a name, case-insensitive, or an index) in ``emotions``; ValueError
+    otherwise."""
     if isinstance(emotion, str):
         names = [e.lower() for e in emotions]
         if emotion.lower() not in names:
@@ -98,15 +102,18 @@ class ExpressionEditor(nn.Module):
         super().__init__()
         for name, value, low in (("exp_dim", exp_dim, 1), ("latent_dim", latent_dim, 0),
                                  ("num_emotions", num_emotions, 1), ("embed_dim", embed_dim, 1),
-                                 ("hidden", hidden, 1), ("depth", depth, 1), ("latent_hidden", latent_hidden, 1),
+                                 ("hidden", hidden, 1), ("depth", depth, 1),
+                                 ("latent_hidden", latent_hidden, 1),
                                  ("latent_depth", latent_depth, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"ExpressionEditor: argument '{name}' must be an int >= {low}, got {value!r}")
+                raise ValueError(f"ExpressionEditor: argument '{name}' must be an int >= {low}, got "
+                                 f"{value!r}")
         if emotions is None:
             emotions = MEAD_EMOTIONS if num_emotions == len(MEAD_EMOTIONS) else \
                 tuple(str(i) for i in range(num_emotions))
         if len(emotions) != num_emotions:
-            raise ValueError(f"ExpressionEditor: {len(emotions)} emotion names for num_emotions={num_emotions}")
+            raise ValueError(f"ExpressionEditor: {len(emotions)} emotion names for "
+                             f"num_emotions={num_emotions}")
         self.exp_dim, self.latent_dim, self.num_emotions = exp_dim, latent_dim, num_emotions
         self.emotions = tuple(emotions)
         self.intensity_input = bool(intensity_input)
@@ -120,7 +127,8 @@ class ExpressionEditor(nn.Module):
     def _emotion(self, emotion: EmotionLike, batch: int, device, dtype) -> Tensor:
         """(B,) int64 indices or (B, E) weights, from a name / int (the whole batch) or a tensor."""
         if isinstance(emotion, (str, int)) and not isinstance(emotion, bool):
-            return torch.full((batch,), emotion_index(emotion, self.emotions), dtype=torch.int64, device=device)
+            label = emotion_index(emotion, self.emotions)
+            return torch.full((batch,), label, dtype=torch.int64, device=device)
         if isinstance(emotion, (list, tuple)):
             emotion = torch.tensor([emotion_index(e, self.emotions) for e in emotion], dtype=torch.int64,
                                    device=device)
@@ -133,8 +141,8 @@ class ExpressionEditor(nn.Module):
                                  f"{self.num_emotions}), got {tuple(emotion.shape)}")
             return emotion.to(dtype)
         if emotion.dtype in (torch.bool, torch.complex64, torch.complex128):
-            raise TypeError(f"ExpressionEditor: argument 'emotion' must hold integer indices or float weights, "
-                            f"got {emotion.dtype}")
+            raise TypeError(f"ExpressionEditor: argument 'emotion' must hold integer indices or float "
+                            f"weights, got {emotion.dtype}")
         if emotion.dim() == 0:
             emotion = emotion.expand(batch)
         if emotion.dim() != 1 or emotion.shape[0] != batch:
@@ -151,12 +159,12 @@ class ExpressionEditor(nn.Module):
         if isinstance(intensity, (float, int)) and not isinstance(intensity, bool):
             intensity = torch.tensor(float(intensity), dtype=x.dtype, device=x.device)
         if not isinstance(intensity, Tensor) or not intensity.is_floating_point():
-            raise TypeError(f"ExpressionEditor: argument 'intensity' must be a float or a floating tensor, got "
-                            f"{getattr(intensity, 'dtype', type(intensity).__name__)}")
+            raise TypeError(f"ExpressionEditor: argument 'intensity' must be a float or a floating tensor, "
+                            f"got {getattr(intensity, 'dtype', type(intensity).__name__)}")
         lead = tuple(x.shape[:-1])
         if intensity.dim() > len(lead) or tuple(intensity.shape) != lead[:intensity.dim()]:
-            raise ValueError(f"ExpressionEditor: intensity of shape {tuple(intensity.shape)} does not fit the "
-                             f"input's leading dimensions {lead} (give (), (B,) or {lead})")
+            raise ValueError(f"ExpressionEditor: intensity of shape {tuple(intensity.shape)} does not fit "
+                             f"the input's leading dimensions {lead} (give (), (B,) or {lead})")
         if not _tracing() and intensity.numel() and not bool(((intensity >= 0) & (intensity <= 1)).all()):
             raise ValueError(f"ExpressionEditor: intensity must lie in [0, 1], got values in "
                              f"[{float(intensity.min())}, {float(intensity.max())}]")
@@ -223,18 +231,19 @@ class PackedExpressionEditor(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         d, k = self.editor.exp_dim, self.editor.num_emotions
         if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[1] != d + k + 1:
-            raise ValueError(f"PackedExpressionEditor: expected x of shape (B, {d + k + 1}) = [exp {d} | emotion "
-                             f"weights {k} | intensity 1], got {tuple(getattr(x, 'shape', ()))}")
+            raise ValueError(f"PackedExpressionEditor: expected x of shape (B, {d + k + 1}) = [exp {d} | "
+                             f"emotion weights {k} | intensity 1], got {tuple(getattr(x, 'shape', ()))}")
         return self.editor(x[:, :d], x[:, d:d + k], x[:, d + k])
 
 
 def temporal_smooth(x: Tensor, window: int, dim: int = 0) -> Tensor:
     """Moving average of a sequence along ``dim`` (time) over a centred window of ``window`` frames (odd).
 
-    Frame t becomes the mean of frames ``max(0, t - h) .. min(T - 1, t + h)``, ``h = (window - 1) // 2``: at the
-    edges the window shrinks to the frames that exist (no padding, so nothing is pulled toward zero or repeated,
-    and the first and last frames stay centred within what is known) *(ours)*. A constant sequence is
-    unchanged; ``window=1`` returns ``x`` itself; a window longer than the sequence averages what it covers.
+    Frame t becomes the mean of frames ``max(0, t - h) .. min(T - 1, t + h)``, ``h = (window - 1) // 2``: at
+    the edges the window shrinks to the frames that exist (no padding, so nothing is pulled toward zero or
+    repeated, and the first and last frames stay centred within what is known) *(ours)*. A constant sequence
+    is unchanged; ``window=1`` returns ``x`` itself; a window longer than the sequence averages what it
+    covers.
 
     Args:
         x: floating tensor, any shape, e.g. (T, 64) coefficients or (B, T, 512) latents.

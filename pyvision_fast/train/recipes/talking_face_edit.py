@@ -6,35 +6,35 @@ control.
     pvf eval talking_face_edit --data MEAD --checkpoint runs/edit/checkpoint-best.safetensors \\
         --set bfm=BFM_model_front.mat fer_checkpoint=runs/fer/checkpoint-best.safetensors figure=edit.png
 
-``--data`` is a MEAD folder in :mod:`pyvision_fast.data.mead`'s layout (videos, per-clip (T, 257) coefficients,
-landmarks). Pairs *(ours: MEAD records the same sentences in every emotion and level)*: the neutral clip of an
-actor/view/sentence with each emotional clip of the same actor/view/sentence at level k; the editing target is
-that clip's expression coefficients resampled in time to the neutral clip's length, at intensity k / 3. Items are
-windows of ``seq_len`` frames (:class:`pyvision_fast.data.mead.MEADEditPairs`). Validation actors:
-``val_actors`` (default: the last actor in sorted order); the others train.
+``--data`` is a MEAD folder in :mod:`pyvision_fast.data.mead`'s layout (videos, per-clip (T, 257)
+coefficients, landmarks). Pairs *(ours: MEAD records the same sentences in every emotion and level)*: the
+neutral clip of an actor/view/sentence with each emotional clip of the same actor/view/sentence at level k;
+the editing target is that clip's expression coefficients resampled in time to the neutral clip's length, at
+intensity k / 3. Items are windows of ``seq_len`` frames (:class:`pyvision_fast.data.mead.MEADEditPairs`).
+Validation actors: ``val_actors`` (default: the last actor in sorted order); the others train.
 
 Loss *(ours; the paper gives no formula)*::
 
     L = L1(edited_exp, target_exp) + mouth_weight * L_mouth(mesh(edited), mesh(neutral))
 
 with ``edited_exp = editor(neutral_exp, emotion, k / 3)`` and ``L_mouth`` the mouth-shape preservation loss
-(:func:`pyvision_fast.losses.talking_face.mouth_shape_loss`) on the BFM's mouth vertices (``BFM.mouth_idx``) of
-the meshes of the neutral coefficients with the expression replaced (identity kept): ``mouth_weight`` (λ)
+(:func:`pyvision_fast.losses.talking_face.mouth_shape_loss`) on the BFM's mouth vertices (``BFM.mouth_idx``)
+of the meshes of the neutral coefficients with the expression replaced (identity kept): ``mouth_weight`` (λ)
 trades lip-sync for expressiveness. Only the mouth vertices' rows of the basis are evaluated
 (:func:`mouth_meshes`, equal to ``BFM.shape(c)[:, mouth_idx]``). The editor is built with ``latent_dim=0``
 (``--model-arg latent_dim=512`` keeps the latent editor; this recipe does not train it: the texture edit needs
 the StyleGAN texture pipeline). ``bfm``: the ``BFM_model_front.mat`` path, or ``"synthetic"`` (the synthetic
-test face); ``bfm_args``: ``create_model("bfm", ...)`` keywords (``image_size``: the size the coefficients were
-fitted at).
+test face); ``bfm_args``: ``create_model("bfm", ...)`` keywords (``image_size``: the size the coefficients
+were fitted at).
 
 Evaluation (the main metric is the loss, lower is better): ``l1``, ``mouth`` (the two loss terms), ``lmd``
 (:func:`pyvision_fast.metrics.talking_face.mouth_lmd`: mouth landmarks of the edited vs the neutral
 coefficients, BFM projection, pixels at the BFM's image size) on ``eval_frames`` evenly spaced frames of each
-window. With a facial-expression classifier (``fer_checkpoint``: a ``pvf train fer_finetune`` checkpoint, whose
-model comes from its metadata, or weights of ``fer_model`` with ``len(fer_classes)`` classes): the rendered
-edited frames (BFM albedo, black background *(ours)*) are classified: ``emotion_accuracy`` at the pair's
-intensity, and for pairs at level 3 the target emotion's mean probability at ``intensity_steps`` intensities
-0..1 gives ``monotonic_fraction`` and ``spearman_rho``
+window. With a facial-expression classifier (``fer_checkpoint``: a ``pvf train fer_finetune`` checkpoint,
+whose model comes from its metadata, or weights of ``fer_model`` with ``len(fer_classes)`` classes): the
+rendered edited frames (BFM albedo, black background *(ours)*) are classified: ``emotion_accuracy`` at the
+pair's intensity, and for pairs at level 3 the target emotion's mean probability at ``intensity_steps``
+intensities 0..1 gives ``monotonic_fraction`` and ``spearman_rho``
 (:func:`pyvision_fast.metrics.talking_face.intensity_monotonicity`). ``pvf eval`` also writes ``figure`` (a
 PNG: rows = intensities 0..1, columns = ``figure_frames`` frames of the first validation pair, the edited face
 rendered over its neutral video's frames where the video exists).
@@ -59,7 +59,8 @@ AFFECTNET8_CLASSES = ("Neutral", "Happiness", "Sadness", "Surprise", "Fear", "Di
 
 
 def replace_exp(coeffs: Tensor, exp: Tensor) -> Tensor:
-    """``coeffs`` (..., 257) with its expression slice replaced by ``exp`` (..., 64) (differentiable in exp)."""
+    """``coeffs`` (..., 257) with its expression slice replaced by ``exp`` (..., 64) (differentiable in
+    exp)."""
     return torch.cat([coeffs[..., :EXP_SLICE.start], exp, coeffs[..., EXP_SLICE.stop:]], dim=-1)
 
 
@@ -125,11 +126,13 @@ class TalkingFaceEditRecipe(Recipe):
         if c.bfm != "synthetic" and not Path(c.bfm).is_file():
             raise FileNotFoundError(f"talking_face_edit: bfm file {str(c.bfm)!r} does not exist")
         if c.fer_checkpoint is not None and not Path(c.fer_checkpoint).is_file():
-            raise FileNotFoundError(f"talking_face_edit: fer_checkpoint {str(c.fer_checkpoint)!r} does not exist")
+            raise FileNotFoundError(f"talking_face_edit: fer_checkpoint {str(c.fer_checkpoint)!r} does not "
+                                    "exist")
         for key in ("seq_len", "eval_frames", "intensity_steps", "figure_frames"):
-            if isinstance(c[key], bool) or not isinstance(c[key], int) or c[key] < (2 if key == "intensity_steps"
-                                                                                    else 1):
-                raise ValueError(f"talking_face_edit: {key} must be a positive int (>= 2 for intensity_steps), "
+            low = 2 if key == "intensity_steps" else 1
+            if isinstance(c[key], bool) or not isinstance(c[key], int) or c[key] < low:
+                raise ValueError(f"talking_face_edit: {key} must be a positive int (>= 2 for "
+                                 "intensity_steps), "
                                  f"got {c[key]!r}")
         actors = sorted({clip.actor for clip in scan_mead(root, views=(c.view,))})
         train_actors, val_actors = split_actors(actors, c.val_actors)
@@ -138,8 +141,8 @@ class TalkingFaceEditRecipe(Recipe):
         if self.for_eval:
             return None, val
         if not train_actors:
-            raise ValueError(f"talking_face_edit: every actor of {root} ({', '.join(actors)}) is a validation "
-                             f"actor; none is left to train on")
+            raise ValueError(f"talking_face_edit: every actor of {root} ({', '.join(actors)}) is a "
+                             f"validation actor; none is left to train on")
         return MEADEditPairs(root, actors=train_actors, **common), val
 
     # --- model ----------------------------------------------------------------------------------------------
@@ -178,8 +181,9 @@ class TalkingFaceEditRecipe(Recipe):
             args = {**identity.get("model_args", {}), **c.fer_model_args}
             classes = identity.get("num_classes") or len(c.fer_classes)
             if classes != len(c.fer_classes):
-                raise ValueError(f"talking_face_edit: {c.fer_checkpoint} has {classes} classes but fer_classes "
-                                 f"names {len(c.fer_classes)}: set fer_classes to the classifier's class names")
+                raise ValueError(f"talking_face_edit: {c.fer_checkpoint} has {classes} classes but "
+                                 f"fer_classes names {len(c.fer_classes)}: set fer_classes to the "
+                                 "classifier's class names")
             args["num_classes"] = classes
             model = create_model(name, **args)
             load_weights(model, c.fer_checkpoint)
@@ -189,7 +193,8 @@ class TalkingFaceEditRecipe(Recipe):
 
     # --- steps ----------------------------------------------------------------------------------------------
     def _terms(self, model: nn.Module, batch, device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(edited exp (B, L, 64), per-sample L1 (B,), per-sample mouth loss (B,), edited coeffs (B, L, 257))."""
+        """(edited exp (B, L, 64), per-sample L1 (B,), per-sample mouth loss (B,), edited coeffs (B, L,
+        257))."""
         neutral, target, emotion, intensity = batch[:4]
         edited = model(neutral[..., EXP_SLICE], emotion, intensity)
         l1 = (edited - target).abs().mean((1, 2))
@@ -204,8 +209,8 @@ class TalkingFaceEditRecipe(Recipe):
         return edited, l1, mouth, coeffs
 
     def train_loss(self, model: nn.Module, batch, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
-        """``batch``: (neutral (B, L, 257), target exp (B, L, 64), emotion (B,), intensity (B,), meta); returns
-        L1 + mouth_weight * mouth loss, logging both terms."""
+        """``batch``: (neutral (B, L, 257), target exp (B, L, 64), emotion (B,), intensity (B,), meta);
+        returns L1 + mouth_weight * mouth loss, logging both terms."""
         _, l1, mouth, _ = self._terms(model, batch, ctx.device)
         loss = l1.mean() + self.cfg.mouth_weight * mouth.mean()
         return loss, {"l1": float(l1.detach().mean()), "mouth": float(mouth.detach().mean())}
@@ -245,7 +250,8 @@ class TalkingFaceEditRecipe(Recipe):
                     metrics.update(emotion_accuracy=hit[known])
                 full = known & (torch.as_tensor(meta["level"], device=neutral.device) == 3)
                 if full.any():
-                    steps = torch.linspace(0, 1, c.intensity_steps, dtype=neutral.dtype, device=neutral.device)
+                    steps = torch.linspace(0, 1, c.intensity_steps, dtype=neutral.dtype,
+                                           device=neutral.device)
                     src = neutral[full][:, idx]                                  # (S, n, 257)
                     S = src.shape[0]
                     series = []
@@ -257,7 +263,8 @@ class TalkingFaceEditRecipe(Recipe):
                     series = torch.stack(series, 1)                              # (S, steps)
                     for row in series:
                         m = intensity_monotonicity(row, steps.tolist())
-                        metrics.update(monotonic_fraction=m["monotonic_fraction"], spearman_rho=m["spearman_rho"])
+                        metrics.update(monotonic_fraction=m["monotonic_fraction"],
+                                       spearman_rho=m["spearman_rho"])
         return (l1 + c.mouth_weight * mouth).mean()
 
     def evaluate_extra(self, model: nn.Module, loader, ctx: StepContext) -> dict[str, Any]:
@@ -269,8 +276,8 @@ class TalkingFaceEditRecipe(Recipe):
 
     def intensity_figure(self, model: nn.Module, dataset: MEADEditPairs, path, device: torch.device) -> Path:
         """PNG grid: rows = ``intensity_steps`` intensities 0..1 toward the first item's emotion, columns =
-        ``figure_frames`` frames of its window, the edited face rendered over the neutral video's frames (a grey
-        background without the video)."""
+        ``figure_frames`` frames of its window, the edited face rendered over the neutral video's frames (a
+        grey background without the video)."""
         import torch.nn.functional as F
 
         from ...data.video import read_video
