@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _backend, _ext
+from .._memory import advise_huge_pages
 from ..reference import mesh_raster as ref
 from ._registry import dispatch, eager, eager_function
 
@@ -55,7 +56,7 @@ _OP = "rasterize_triangles"
 
 def _rast_cpu(verts: Tensor, faces: Tensor, H: int, W: int, cull_backfaces: bool) -> Tensor:
     B, V = verts.shape[0], verts.shape[1]
-    rast = verts.new_empty((B, H, W, 4))
+    rast = advise_huge_pages(verts.new_empty((B, H, W, 4)))
     mod = _ext.cpu_module()
     ws = verts.new_empty((mod.mesh_raster_workspace(B, V),))
     mod.rasterize_triangles(_ext.arg(verts), _ext.arg(faces), H, W, cull_backfaces, _ext.arg(rast),
