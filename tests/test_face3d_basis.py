@@ -68,6 +68,19 @@ def test_load_bfm_layout(tmp_path, column_vectors):
     assert torch.equal(c.id_base, b.id_base)
 
 
+def test_load_bfm_zero_padded_point_buf(tmp_path):
+    # a short point_buf row may be padded with 0 instead of F + 1 (both index the zero normal in
+    # Deep3DFaceRecon's code): both load as F
+    rng = np.random.default_rng(2)
+    d = _write_random_bfm(tmp_path / "a.mat", rng)
+    F = d["tri"].shape[0]
+    pb = d["point_buf"].copy()
+    pb[pb == F + 1] = 0
+    _write_random_bfm(tmp_path / "b.mat", np.random.default_rng(2), point_buf=pb)
+    a, b = load_bfm(tmp_path / "a.mat"), load_bfm(tmp_path / "b.mat")
+    assert (pb == 0).any() and torch.equal(a.point_buf, b.point_buf) and int(b.point_buf.max()) == F
+
+
 def test_save_load_round_trip(tmp_path):
     b = synthetic_face_basis(24, seed=3)
     save_bfm_mat(tmp_path / "syn.mat", b)

@@ -16,7 +16,7 @@ exBase        (3N, 64)     expression basis
 meantex       3N           mean albedo, 0..255
 texBase       (3N, 80)     albedo basis, 0..255 units
 tri           (F, 3)       triangles, 1-based vertex indices
-point_buf     (N, 8)       for each vertex the (1-based) triangles around it; F + 1 pads a short row
+point_buf     (N, 8)       for each vertex the (1-based) triangles around it; F + 1 or 0 pads a short row
 keypoints     68           the vertices of the 68 iBUG landmarks, 1-based
 uv            (N, 2)       optional *(ours, not in Deep3DFaceRecon's file)*: texture coordinates in [0, 1]
 ============  ===========  ===============================================================================
@@ -250,23 +250,28 @@ def load_bfm(path: Union[str, Path], recenter: bool = True) -> FaceBasis:
     tri = _matrix(mat, "tri", path, (None, 3))
     point_buf = _matrix(mat, "point_buf", path, (N, None))
     keypoints = _vector(mat, "keypoints", path, 68)
-    ranges = (("tri", tri, N), ("keypoints", keypoints, N), ("point_buf", point_buf, tri.shape[0] + 1))
-    for key, arr, hi in ranges:
-        if arr.size and (arr.min() < 1 or arr.max() > hi):
-            raise ValueError(f"load_bfm: key '{key}' of {path} must hold 1-based indices in [1, {hi}], got "
-                             f"[{arr.min()}, {arr.max()}]")
+    F = tri.shape[0]
+    ranges = (("tri", tri, 1, N), ("keypoints", keypoints, 1, N), ("point_buf", point_buf, 0, F + 1))
+    for key, arr, lo, hi in ranges:
+        if arr.size and (arr.min() < lo or arr.max() > hi):
+            raise ValueError(f"load_bfm: key '{key}' of {path} must hold 1-based indices in [{lo}, {hi}], "
+                             f"got [{arr.min()}, {arr.max()}]")
     f32 = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
     i64 = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))  # noqa: E731
     shape = f32(mean_shape).view(N, 3)
     if recenter:
         shape = shape - shape.mean(0, keepdim=True)
+    # a short row is padded with F + 1 or with 0 (both reach the zero normal in Deep3DFaceRecon's indexing:
+    # index F, or -1 = the last row, of the normals with a zero row appended): both become F here
+    pbuf = i64(point_buf) - 1
+    pbuf[pbuf < 0] = F
     uv = None
     if "uv" in mat:
         uv = f32(_matrix(mat, "uv", path, (N, 2)))
     return FaceBasis(
         mean_shape=shape, id_base=f32(id_base).view(N, 3, N_ID), exp_base=f32(exp_base).view(N, 3, N_EXP),
         mean_tex=f32(mean_tex).view(N, 3) / 255.0, tex_base=f32(tex_base).view(N, 3, N_TEX) / 255.0,
-        faces=i64(tri) - 1, landmark_idx=i64(keypoints) - 1, point_buf=i64(point_buf) - 1, uv=uv)
+        faces=i64(tri) - 1, landmark_idx=i64(keypoints) - 1, point_buf=pbuf, uv=uv)
 
 
 def save_bfm_mat(path: Union[str, Path], basis: FaceBasis) -> None:
