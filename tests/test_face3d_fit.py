@@ -185,6 +185,8 @@ def test_fit_per_frame_identity_and_float64(scene):
     assert not torch.equal(fit[0, COEFF_SLICES["id"]], fit[1, COEFF_SLICES["id"]])
     err = (model.landmarks(fit) - lm[:2].double()).norm(dim=-1).mean()
     assert err < 0.5
+    one = fit_3dmm(model, frames[:1], lm[:1], landmark_iterations=20, appearance_iterations=2, iterations=1)
+    assert one.shape == (1, 257) and torch.isfinite(one).all()  # a single frame: no smoothness term
 
 
 @pytest.mark.slow
