@@ -2,7 +2,8 @@
 scikit-image's astronaut, coffee and chelsea photographs: the generated textures' pixel Frechet distance to
 the data falls several-fold, their per-channel mean/std move to the data's, the discriminator separates real
 from fake), ``pvf train`` / ``pvf eval`` / ``pvf export`` through the engine, exact resume (the
-discriminator, its optimizer, the regularisation counters and pl_mean included), bad input."""
+discriminator, its optimizer, the regularisation counters and pl_mean included), bad input, and DDP keeping
+both networks identical on every rank (slow)."""
 from __future__ import annotations
 
 import numpy as np
@@ -207,3 +208,54 @@ def test_bad_configuration_and_batches():
     # the architecture is recorded in model_args (checkpoints rebuild it); model_args win over the keys
     r = _recipe(model_args={"img_resolution": 32})
     assert r.cfg.resolution == 32 and r.cfg.model_args["z_dim"] == 32
+
+
+DDP_SCRIPT = """
+import sys, torch
+from pyvision_fast import cli
+from pyvision_fast.train.recipes.texture_gan import TextureGANRecipe
+
+original = TextureGANRecipe.on_epoch_end
+
+def on_epoch_end(self, epoch, model, ctx):
+    original(self, epoch, model, ctx)
+    torch.save({"D": self.D.state_dict(), "G": dict(model.named_parameters())},
+               f"{sys.argv[1]}/rank{ctx.rank}.pt")
+
+TextureGANRecipe.on_epoch_end = on_epoch_end
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+def test_ddp_keeps_generator_and_discriminator_identical_on_every_rank(tmp_path):
+    """torchrun, 2 processes (gloo): each rank draws its own latents and reads its own reals, so only the
+    averaged gradients (the engine's DDP for G, the recipe's all-reduce for D and its R1 steps) keep both
+    networks equal. (w_avg and pl_mean are per process, as in the official code.)"""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data = write_textures(tmp_path / "data", per_image=6, size=20)
+    script = tmp_path / "ddp_run.py"
+    script.write_text(DDP_SCRIPT)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    flags = ["train", "texture_gan", "--data", str(data), "--output", str(tmp_path / "ddp"), "--epochs", "1",
+             "--batch-size", "4", "--workers", "0", "--device", "cpu", "--no-progress", "--set", *TINY_ARGS,
+             "resolution=8", "channel_base=64", "channel_max=16", "d_reg_interval=2", "g_reg_interval=2"]
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          "--master-port", str(port), str(script), str(tmp_path), *flags],
+                         cwd=Path(__file__).resolve().parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for part in ("D", "G"):
+        for k in r0[part]:
+            assert torch.equal(r0[part][k], r1[part][k]), (part, k)
+    init = _recipe(resolution=8, channel_base=64, channel_max=16).build_discriminator("cpu").state_dict()
+    assert not torch.equal(r0["D"]["b8.conv0.weight"], init["b8.conv0.weight"])  # it trained
+    assert '"world_size": 2' in (tmp_path / "ddp" / "config.json").read_text()
