@@ -1,6 +1,11 @@
-// parallel_for over [begin, end) in contiguous chunks, on at most num_threads() OpenMP threads.
-// The Python side sets num_threads from torch.get_num_threads(), so the kernels honour
-// torch.set_num_threads. f(chunk_begin, chunk_end) must not throw.
+// parallel_for over [begin, end) in contiguous chunks of at least `grain` items, on at most num_threads() OpenMP
+// threads. The Python side sets num_threads from torch.get_num_threads(), so the kernels honour
+// torch.set_num_threads. f(chunk_begin, chunk_end) must not throw, and its results must not depend on how the
+// range is cut (every kernel writes per-item results).
+//
+// Chunks are handed out from a shared counter, kChunksPerThread per thread, instead of one equal share per thread:
+// a thread that the OS deschedules (a busy neighbour process, data-loader workers) delays only the chunk it holds,
+// while the others take the rest. The same call on an idle machine costs one atomic increment per chunk.
 #pragma once
 #include <algorithm>
 #include <atomic>
@@ -15,25 +20,28 @@ namespace pvf {
 int num_threads();
 void set_num_threads(int n);
 
+constexpr int64_t kChunksPerThread = 4;
+
 template <typename F>
 void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
   const int64_t n = end - begin;
   if (n <= 0) return;
-  const int64_t max_chunks = (n + std::max<int64_t>(grain, 1) - 1) / std::max<int64_t>(grain, 1);
+  grain = std::max<int64_t>(grain, 1);
+  const int64_t max_chunks = (n + grain - 1) / grain;
   const int threads = static_cast<int>(std::min<int64_t>(num_threads(), max_chunks));
   if (threads <= 1) {
     f(begin, end);
     return;
   }
 #ifdef _OPENMP
+  const int64_t chunks = std::min<int64_t>(max_chunks, threads * kChunksPerThread);
+  const int64_t size = (n + chunks - 1) / chunks;
+  std::atomic<int64_t> next{0};
 #pragma omp parallel num_threads(threads)
-  {
-    const int64_t t = omp_get_thread_num();
-    const int64_t nt = omp_get_num_threads();
-    const int64_t chunk = (n + nt - 1) / nt;
-    const int64_t b = begin + t * chunk;
-    const int64_t e = std::min(end, b + chunk);
-    if (b < e) f(b, e);
+  for (;;) {
+    const int64_t b = begin + next.fetch_add(1, std::memory_order_relaxed) * size;
+    if (b >= end) break;
+    f(b, std::min(end, b + size));
   }
 #else
   f(begin, end);
