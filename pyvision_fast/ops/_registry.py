@@ -23,10 +23,12 @@ def eager(*tensors) -> bool:
             and all(t is None or type(t) in _PLAIN for t in tensors))
 
 
-def eager_function(name: str, forward: Callable, setup_context: Callable, backward: Callable) -> type:
+def eager_function(name: str, forward: Callable, setup_context: Callable, backward: Callable,
+                   double_backward: bool = False) -> type:
     """An autograd.Function from a custom op's implementation, setup_context and backward (the functions its
-    register_autograd takes), for ``eager`` calls. once_differentiable: like the custom op, it has no double
-    backward, and it raises instead of returning wrong second derivatives."""
+    register_autograd takes), for ``eager`` calls. once_differentiable unless ``double_backward`` (a backward
+    made of differentiable calls): like the custom op, it then has no double backward, and it raises instead
+    of returning wrong second derivatives."""
     # One forward that sets up the context itself: with a separate setup_context, apply() binds the forward's
     # signature on every call.
     def forward_with_context(ctx, *inputs):
@@ -36,7 +38,7 @@ def eager_function(name: str, forward: Callable, setup_context: Callable, backwa
 
     return type(name, (torch.autograd.Function,), {
         "forward": staticmethod(forward_with_context),
-        "backward": staticmethod(once_differentiable(backward)),
+        "backward": staticmethod(backward if double_backward else once_differentiable(backward)),
     })
 
 

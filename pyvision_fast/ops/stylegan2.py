@@ -202,19 +202,24 @@ def backward_padding(in_hw, out_hw, f_wh, up, down, padding) -> list[int]:
 
 
 def _upfirdn2d_backward(ctx, grad):
+    """grad_x is upfirdn2d of grad (up and down swapped, the filter flipped): the op itself, so under
+    ``create_graph`` the backward is differentiable again (R1 and path-length regularisation need it)."""
     (f,) = ctx.saved_tensors
     in_hw, out_hw, up, down, padding, flip_filter, gain = ctx.args
     grad_x = None
     if ctx.needs_input_grad[0]:
         pad = backward_padding(in_hw, out_hw, filter_size(f), up, down, padding)
         args = (grad, f, list(down), list(up), pad, not flip_filter, gain)
-        grad_x = _upfirdn2d_impl(*args) if eager(grad, f) else _upfirdn2d_op(*args)
+        if not torch.is_grad_enabled():
+            grad_x = _upfirdn2d_impl(*args) if eager(grad, f) else _upfirdn2d_op(*args)
+        else:
+            grad_x = _Upfirdn2dFunction.apply(*args) if eager(grad, f) else _upfirdn2d_op(*args)
     return grad_x, None, None, None, None, None, None
 
 
 _upfirdn2d_op.register_autograd(_upfirdn2d_backward, setup_context=_upfirdn2d_setup)
 _Upfirdn2dFunction = eager_function("_Upfirdn2dFunction", _upfirdn2d_impl, _upfirdn2d_setup,
-                                    _upfirdn2d_backward)
+                                    _upfirdn2d_backward, double_backward=True)
 
 
 def upfirdn2d(x: Tensor, f: Optional[Tensor], up: Union[int, Sequence[int]] = 1,
@@ -333,6 +338,42 @@ def _(dy, x, b, dim, act, alpha, gain, clamp):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
+# Activations whose derivative is piecewise constant (clamping included): their second derivative is zero
+# almost everywhere, so the backward's own gradient is the backward op applied to the incoming gradient.
+_PIECEWISE_LINEAR_ACTS = (0, 1, 2)
+
+
+def _bias_act_grad_x(dy, x, b, dim, act, alpha, gain, clamp) -> Tensor:
+    """dx of bias_act given dy. Under ``create_graph`` it is differentiable again: in dy through the backward
+    op's own autograd (piecewise-linear activations), in everything through the plain-PyTorch composition for
+    the smooth activations (whose second derivative is not zero)."""
+    args = (dy, x, b, dim, act, alpha, gain, clamp)
+    plain = eager(dy, x, b)
+    if not torch.is_grad_enabled():
+        return _bias_act_backward_impl(*args) if plain else _bias_act_backward_op(*args)
+    if act not in _PIECEWISE_LINEAR_ACTS:
+        return _bias_act_backward_ref(*args)
+    return _BiasActGradFunction.apply(*args) if plain else _bias_act_backward_op(*args)
+
+
+def _bias_act_grad_setup(ctx, inputs, output):
+    dy, x, b, dim, act, alpha, gain, clamp = inputs
+    ctx.save_for_backward(x, b)
+    ctx.args = (dim, act, alpha, gain, clamp)
+
+
+def _bias_act_grad_backward(ctx, g):
+    """Gradient of dx (linear in dy, piecewise constant in x and b) for a piecewise-linear activation."""
+    x, b = ctx.saved_tensors
+    ddy = _bias_act_grad_x(g, x, b, *ctx.args) if ctx.needs_input_grad[0] else None
+    return ddy, None, None, None, None, None, None, None
+
+
+_bias_act_backward_op.register_autograd(_bias_act_grad_backward, setup_context=_bias_act_grad_setup)
+_BiasActGradFunction = eager_function("_BiasActGradFunction", _bias_act_backward_impl, _bias_act_grad_setup,
+                                      _bias_act_grad_backward, double_backward=True)
+
+
 def _bias_act_setup(ctx, inputs, output):
     x, b, dim, act, alpha, gain, clamp = inputs
     ctx.save_for_backward(x, b)
@@ -342,8 +383,7 @@ def _bias_act_setup(ctx, inputs, output):
 def _bias_act_backward(ctx, grad):
     x, b = ctx.saved_tensors
     dim, act, alpha, gain, clamp = ctx.args
-    args = (grad, x, b, dim, act, alpha, gain, clamp)
-    dx = _bias_act_backward_impl(*args) if eager(grad, x, b) else _bias_act_backward_op(*args)
+    dx = _bias_act_grad_x(grad, x, b, dim, act, alpha, gain, clamp)
     db = None
     if b is not None and ctx.needs_input_grad[1]:
         db = dx.sum([d for d in range(dx.dim()) if d != dim]) if dx.dim() > 1 else dx
@@ -351,7 +391,8 @@ def _bias_act_backward(ctx, grad):
 
 
 _bias_act_op.register_autograd(_bias_act_backward, setup_context=_bias_act_setup)
-_BiasActFunction = eager_function("_BiasActFunction", _bias_act_impl, _bias_act_setup, _bias_act_backward)
+_BiasActFunction = eager_function("_BiasActFunction", _bias_act_impl, _bias_act_setup, _bias_act_backward,
+                                  double_backward=True)
 
 
 def _real(value, name: str) -> float:
