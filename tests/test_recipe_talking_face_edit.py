@@ -165,8 +165,8 @@ def test_bad_settings_one_line(mead, tmp_path, capsys, sets, message):
 @pytest.mark.slow
 def test_mouth_weight_trade_off_end_to_end(tmp_path, capsys):
     """A small real task (~3 min on 2 CPU cores): 3 actors, happy and sad at 3 levels; a facial-expression
-    classifier (a tiny ViT) trained on the level-3 and neutral renders of two actors; editors trained with λ = 0
-    and λ = 10. pvf eval on the third actor: the strong mouth weight keeps the lips (LMD 0.65 -> 0.02 px
+    classifier (a tiny ViT) trained on the level-3 and neutral renders of two actors; editors trained with λ =
+    0 and λ = 10. pvf eval on the third actor: the strong mouth weight keeps the lips (LMD 0.65 -> 0.02 px
     measured) at the cost of the emotion (accuracy 0.49 -> 0.24) and of the intensity control (fraction of
     increasing steps 0.98 -> 0.54, Spearman's rho 0.99 -> 0.21)."""
     from pyvision_fast.data.mead import load_coeffs, scan_mead
