@@ -38,9 +38,8 @@ def test_r1_penalty_is_the_squared_input_gradient():
 
 
 def test_r1_through_the_discriminator_matches_finite_differences():
-    """The parameter gradient of R1 through ``StyleGAN2Discriminator`` in ``second_order()`` (float64) against
+    """The parameter gradient of R1 through ``StyleGAN2Discriminator`` (float64; the fused ops' double backward) against
     central differences of the penalty: the double backward of the whole network is right."""
-    from pyvision_fast.models.stylegan2 import second_order
     from pyvision_fast.models.stylegan2_disc import StyleGAN2Discriminator
 
     torch.manual_seed(0)
@@ -49,9 +48,8 @@ def test_r1_through_the_discriminator_matches_finite_differences():
     x0 = torch.randn(2, 3, 8, 8, dtype=torch.float64)
 
     def penalty():
-        with second_order():
-            x = x0.clone().requires_grad_(True)
-            return r1_penalty(d(x), x).sum()
+        x = x0.clone().requires_grad_(True)
+        return r1_penalty(d(x), x).sum()
 
     p = d.b8.conv0.weight
     (grad,) = torch.autograd.grad(penalty(), p)
@@ -91,9 +89,9 @@ def test_path_length_of_a_linear_generator():
 
 
 def test_path_length_through_the_generator_matches_finite_differences():
-    """The path-length penalty's parameter gradient through ``StyleGAN2Generator`` in ``second_order()``
+    """The path-length penalty's parameter gradient through ``StyleGAN2Generator`` (the fused ops)
     (float64, fixed noise, decay 0 so that the running mean is a constant) against central differences."""
-    from pyvision_fast.models.stylegan2 import StyleGAN2Generator, second_order
+    from pyvision_fast.models.stylegan2 import StyleGAN2Generator
 
     torch.manual_seed(0)
     g = StyleGAN2Generator(z_dim=8, w_dim=8, img_resolution=8, mapping_layers=1, channel_base=64,
@@ -104,9 +102,8 @@ def test_path_length_through_the_generator_matches_finite_differences():
     pl_mean = torch.tensor(0.05, dtype=torch.float64)
 
     def penalty():
-        with second_order():
-            img, ws = g(z, noise_mode="const", return_ws=True)
-            return path_length_penalty(img, ws, pl_mean, decay=0.0, noise=y)[0].sum()
+        img, ws = g(z, noise_mode="const", return_ws=True)
+        return path_length_penalty(img, ws, pl_mean, decay=0.0, noise=y)[0].sum()
 
     for name, idx in [("synthesis.b8.conv0.weight", (1, 2, 0, 1)),
                       ("synthesis.b4.conv1.affine.weight", (3, 4)),

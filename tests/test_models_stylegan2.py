@@ -16,7 +16,7 @@ import torch
 
 from pyvision_fast.models import create_model
 from pyvision_fast.models.stylegan2 import (StyleGAN2Generator, load_official_state_dict, official_kwargs,
-                                            second_order, to_unit_range)
+                                            to_unit_range)
 from pyvision_fast.models.stylegan2_disc import MinibatchStdLayer, StyleGAN2Discriminator
 
 SMALL = dict(z_dim=32, w_dim=24, img_resolution=32, mapping_layers=2, channel_base=512, channel_max=32)
@@ -109,7 +109,7 @@ def test_seeded_network_equals_the_official_one():
 
 
 @pytest.mark.parametrize("arch", ["skip", "resnet", "orig"])
-def test_fused_nonfused_and_second_order_paths_agree(arch):
+def test_fused_and_nonfused_paths_agree(arch):
     g = _small(3, architecture=arch).eval()
     d = StyleGAN2Discriminator(**{**SMALL_D, "architecture": {"skip": "resnet"}.get(arch, arch)})
     for p in g.parameters():  # noise strengths and biases away from their zero initialisation
@@ -118,23 +118,14 @@ def test_fused_nonfused_and_second_order_paths_agree(arch):
     with torch.no_grad():
         fused = g.synthesis(ws, noise_mode="const")
         plain = g.synthesis(ws, noise_mode="const", fused_modconv=False)
-        with second_order():
-            twice = g.synthesis(ws, noise_mode="const")
-            d_twice = d(fused)
-        d_once = d(fused)
     torch.testing.assert_close(plain, fused, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(twice, fused, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(d_twice, d_once, rtol=1e-5, atol=1e-5)
+    assert d(fused).shape == (2, 1)
 
 
-def test_second_order_gradients_need_second_order_mode():
+def test_second_order_gradients_through_the_fused_ops():
     d = StyleGAN2Discriminator(**{**SMALL_D, "img_resolution": 16})
     x = torch.randn(2, 3, 16, 16, requires_grad=True)
     (g,) = torch.autograd.grad(d(x).sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError):  # ops.bias_act / upfirdn2d: no double backward
-        g.square().sum().backward()
-    with second_order():
-        (g,) = torch.autograd.grad(d(x).sum(), x, create_graph=True)
     g.square().sum().backward()
     assert d.b16.conv0.weight.grad is not None and torch.isfinite(d.b16.conv0.weight.grad).all()
 

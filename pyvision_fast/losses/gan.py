@@ -10,8 +10,8 @@
 * ``ema_beta(batch_size, ema_kimg, cur_nimg=None, rampup=None)``: the official EMA decay of G, 0.5 ** (batch /
   ema_nimg) (half-life ``ema_kimg`` thousand images, optionally ramped up with the images seen).
 
-Logits are (N,) or (N, 1) float tensors. R1 and the path length need the networks' forward recorded with
-second derivatives available (``pyvision_fast.models.stylegan2.second_order()`` for the StyleGAN2 models).
+Logits are (N,) or (N, 1) float tensors. R1 and the path length differentiate gradients: the networks must
+be differentiable twice (the StyleGAN2 models are: their fused ops have a double backward).
 """
 from __future__ import annotations
 

@@ -24,10 +24,8 @@ Architecture (re-implemented from the official description; float32, or float64 
 The discriminator (resnet, minibatch std) is ``pyvision_fast.models.stylegan2_disc``; the losses
 ``pyvision_fast.losses.gan``; the training recipe ``texture_gan``.
 
-Second derivatives: ``ops.upfirdn2d`` / ``ops.bias_act`` have no double backward, which R1 and the path-length
-penalty need. Inside ``with second_order():`` the layers of this module and of the discriminator record the
-plain-PyTorch composition of the same ops (``pyvision_fast.reference.stylegan2``) and the non-fused modulated
-convolution, which autograd differentiates twice (numerically the same function).
+Second derivatives (the R1 and path-length penalties): ``ops.upfirdn2d`` and ``ops.bias_act`` have a double
+backward and the grouped convolution is differentiable twice, so both networks need no special mode.
 
 ``fused_modconv=False`` (and ``export_module()``) computes the modulated convolution as NVlabs' non-fused path
 (x * styles, one convolution shared by the batch, x * demodulation), whose graph does not depend on the batch
@@ -35,7 +33,6 @@ size: the ONNX graph then has a dynamic batch.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
 from pathlib import Path
@@ -49,40 +46,16 @@ from ..nn._checks import check_input
 from ..nn.stylegan2 import modulated_conv2d, setup_filter
 from ..ops import bias_act, upfirdn2d
 from ..ops.stylegan2 import ACTIVATIONS, filter_size
-from ..reference import stylegan2 as _ref
 from ._registry import register_model
 
 __all__ = ["StyleGAN2Generator", "MappingNetwork", "SynthesisNetwork", "SynthesisBlock", "SynthesisLayer",
-           "ToRGBLayer", "FullyConnectedLayer", "Conv2dLayer", "second_order", "conv2d_resample",
+           "ToRGBLayer", "FullyConnectedLayer", "Conv2dLayer", "conv2d_resample",
            "OFFICIAL_CONFIGS", "official_kwargs", "load_official_state_dict", "stylegan2_texture",
            "to_unit_range"]
 
-# ------------------------------------------------------------------------------------ second-order switch
-
-_SECOND_ORDER = [0]
-
-
-@contextlib.contextmanager
-def second_order():
-    """Inside the block, the StyleGAN2 modules record ops that autograd can differentiate twice (for the R1
-    and path-length penalties): the plain-PyTorch upfirdn2d / bias_act and the non-fused modulated
-    convolution."""
-    _SECOND_ORDER[0] += 1
-    try:
-        yield
-    finally:
-        _SECOND_ORDER[0] -= 1
-
-
-def _twice() -> bool:
-    return _SECOND_ORDER[0] > 0
-
-
 def _resample(x: Tensor, f: Tensor, up: int = 1, down: int = 1, padding=(0, 0, 0, 0),
               gain: float = 1) -> Tensor:
-    """``ops.upfirdn2d`` (or its differentiable-twice composition inside ``second_order()``)."""
-    if _twice():
-        return _ref.upfirdn2d(x, f, (up, up), (down, down), tuple(padding), False, float(gain))
+    """``ops.upfirdn2d`` with one up/down factor for both axes."""
     return upfirdn2d(x, f, up=up, down=down, padding=list(padding), gain=gain)
 
 
@@ -91,8 +64,6 @@ def _bias_act(x: Tensor, b: Optional[Tensor], act: str = "linear", gain: float =
     """``ops.bias_act`` along dim 1 with the activation's default alpha and ``gain`` times its default
     gain."""
     _, alpha, def_gain = ACTIVATIONS[act]
-    if _twice():
-        return _ref.bias_act(x, b, 1, act, alpha, def_gain * gain, clamp)
     return bias_act(x, b, dim=1, act=act, gain=def_gain * gain, clamp=clamp)
 
 
@@ -135,8 +106,8 @@ def conv2d_resample(x: Tensor, w: Tensor, f: Optional[Tensor] = None, up: int = 
 def _modconv(x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool, up: int, f: Tensor,
              fused: bool) -> Tensor:
     """The modulated convolution: fused = the library's grouped convolution (``nn.stylegan2``), else NVlabs'
-    non-fused path (batch-independent graph, differentiable twice inside ``second_order()``)."""
-    if fused and not _twice():
+    non-fused path (batch-independent graph)."""
+    if fused:
         return modulated_conv2d(x, weight, styles, demodulate=demodulate, up=up, resample_filter=f)
     N = x.shape[0]
     y = conv2d_resample(x * styles.reshape(N, -1, 1, 1), weight, f, up=up)

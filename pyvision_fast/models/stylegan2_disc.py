@@ -6,8 +6,8 @@ minibatch standard deviation (``mbstd``, groups of ``mbstd_group_size``, ``mbstd
 ``conv`` 3x3, ``fc`` (C * 16 -> C, lrelu), ``out`` (C -> 1, or -> cmap_dim with a label ``mapping`` and the
 projection ``(x * cmap).sum / sqrt(cmap_dim)`` when ``c_dim > 0``). Channels ``min(channel_base // res,
 channel_max)``; activations clamped to ``conv_clamp`` (256 in the official configurations). Built on the
-layers of ``pyvision_fast.models.stylegan2`` (``Conv2dLayer``, ``FullyConnectedLayer``), so ``second_order()``
-makes it differentiable twice (the R1 penalty).
+layers of ``pyvision_fast.models.stylegan2`` (``Conv2dLayer``, ``FullyConnectedLayer``); differentiable twice
+(the R1 penalty).
 
 ``StyleGAN2Discriminator.forward(img, c=None)``: img (N, img_channels, R, R) float -> logits (N, 1) in the
 network's dtype (float32; float64 after ``.double()``).

@@ -20,7 +20,7 @@ Training, per batch of reals (the engine owns the loop, the generator's optimize
    takes a separate one)*.
 
 Fakes use style mixing with probability ``style_mixing_prob`` (0.9) and random noise. R1 and the path length
-run their forwards inside ``models.stylegan2.second_order()`` (differentiable twice). EMA of G: the engine's
+differentiate through the fused ops (which have a double backward). EMA of G: the engine's
 ``timm.utils.ModelEmaV3`` with the official ``ema_kimg`` rule's constant decay 0.5 ** (batch * world_size /
 (ema_kimg * 1000)) (no ramp-up, as paper256), unless ``ema_decay`` is set; it saves
 ``checkpoint-ema-last.safetensors``. Defaults: paper256 (Adam lr 0.0025, betas (0, 0.99), eps 1e-8, constant
@@ -53,7 +53,6 @@ from torch import Tensor, nn
 
 from ...losses.gan import (d_nonsaturating_loss, ema_beta, g_nonsaturating_loss, path_length_penalty,
                            r1_penalty)
-from ...models.stylegan2 import second_order
 from ...models.stylegan2_disc import StyleGAN2Discriminator
 from ..distributed import unwrap
 from ..recipe import Recipe, StepContext
@@ -378,9 +377,8 @@ class TextureGANRecipe(Recipe):
         _own_step(loss_d, self.D, self.d_opt)
         logs.update(loss_d=loss_d.item(), d_real=real_logits.mean().item(), d_fake=fake_logits.mean().item())
         if c.r1_gamma > 0 and self.d_steps % c.d_reg_interval == 0:
-            with second_order():
-                x = real.detach().requires_grad_(True)
-                r1 = r1_penalty(self.D(x), x)
+            x = real.detach().requires_grad_(True)
+            r1 = r1_penalty(self.D(x), x)
             _own_step((r1 * (c.r1_gamma / 2)).mean() * c.d_reg_interval, self.D, self.d_opt)
             logs["r1"] = r1.mean().item()
         self.d_steps += 1
@@ -395,9 +393,8 @@ class TextureGANRecipe(Recipe):
                 loss_g = g_nonsaturating_loss(self.D(self._fake(model, n, real.device)))
             loss = loss_g
             if pl_due:
-                with second_order():
-                    img, ws = self._fake(model, max(n // c.pl_batch_shrink, 1), real.device, return_ws=True)
-                    penalty, self.pl_mean = path_length_penalty(img, ws, self.pl_mean, c.pl_decay)
+                img, ws = self._fake(model, max(n // c.pl_batch_shrink, 1), real.device, return_ws=True)
+                penalty, self.pl_mean = path_length_penalty(img, ws, self.pl_mean, c.pl_decay)
                 loss = loss + penalty.mean() * (c.pl_weight * c.g_reg_interval) + img[:, 0, 0, 0].sum() * 0
                 logs["pl_penalty"] = penalty.mean().item()
         finally:
