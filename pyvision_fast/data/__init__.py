@@ -26,6 +26,7 @@ from .video import probe_video, read_video
 from .video_datalist import VideoDatalist, read_datalist
 from .vqa import RegionFeatures, VQADataset, load_bert_tokenizer, load_vqa_ce, rephrasing_groups, vqa_files
 from .wild360 import Wild360Features, Wild360Videos
+from .mead import MEAD_EMOTIONS, MEADEditPairs, scan_mead
 
 __all__ = [
     "AffectNet", "DistributedWeightedSampler", "FERDataset", "FERFormatError", "FERPlus", "FER_DATASETS",
@@ -35,5 +36,4 @@ __all__ = [
     "weighted_sampler", "CocoMultiLabel", "NusWide", "RegionFeatures", "VQADataset", "load_bert_tokenizer",
     "load_vqa_ce", "rephrasing_groups", "vqa_files", "Compose", "Jitter", "ModelNet40H5", "ModelNet40Normal",
     "RandomPointDropout", "RandomScale", "RandomShift", "detect_modelnet40_format", "modelnet40_splits",
-    "pc_normalize",
-]
+    "pc_normalize", "MEAD_EMOTIONS", "MEADEditPairs", "scan_mead"]

@@ -9,8 +9,9 @@ from .margin import MarginHead, arcface_logits, cosine_logits
 from .mutual_info import (CLUB, MVMIEstimator, cib_terms, club_upper_bound, gaussian_split, infonce_lower_bound,
                           jsd_lower_bound, match_tokens, mine_lower_bound, nwj_lower_bound, symmetric_kl)
 from .pointcat import centralizing_loss, cw_margin_loss, generator_loss, supcon_loss
+from .talking_face import mouth_shape_loss, mouth_vertex_distance
 
 __all__ = ["CLUB", "MVMIEstimator", "MarginHead", "arcface_logits", "centralizing_loss", "cib_terms",
            "club_upper_bound", "cosine_logits", "cw_margin_loss", "gaussian_split", "generator_loss",
            "infonce_lower_bound", "jsd_lower_bound", "match_tokens", "mine_lower_bound", "nwj_lower_bound",
-           "supcon_loss", "symmetric_kl"]
+           "supcon_loss", "symmetric_kl", "mouth_shape_loss", "mouth_vertex_distance"]

@@ -14,10 +14,11 @@ from .saliency import SaliencyMetrics, auc_borji, auc_judd, cc, kld, nss, salien
 from .verification import VerificationMetric, kfold_accuracy, read_pairs, tar_at_far
 from .vqa import (VQAAccuracy, VQAScores, consistency_scores, normalize_answer, soft_score, subset_accuracies,
                   vqa_accuracy)
+from .talking_face import (TalkingFaceEditMetrics, emotion_accuracy, emotion_probabilities, fer_class_indices,
+                           intensity_monotonicity, mouth_lmd, save_intensity_grid)
 
 __all__ = [
     "NormalMetrics", "SaliencyMetrics", "SegmentationMetrics", "VerificationMetric", "auc_borji", "auc_judd", "cc",
     "kfold_accuracy", "kld", "normal_angles", "nss", "read_pairs", "saliency_scores", "sim", "tar_at_far",
     "MultiLabelMetrics", "multilabel_map", "multilabel_prf", "VQAAccuracy", "VQAScores", "consistency_scores",
-    "normalize_answer", "soft_score", "subset_accuracies", "vqa_accuracy",
-]
+    "normalize_answer", "soft_score", "subset_accuracies", "vqa_accuracy", "TalkingFaceEditMetrics", "emotion_accuracy", "emotion_probabilities", "fer_class_indices", "intensity_monotonicity", "mouth_lmd", "save_intensity_grid"]
