@@ -37,6 +37,19 @@ def test_r1_penalty_is_the_squared_input_gradient():
     torch.testing.assert_close(ga, (2 * (a + 2 * x)).sum(0))
 
 
+def _central_difference(fn, p, idx, eps: float = 1e-6) -> float:
+    """(fn(p + eps e_idx) - fn(p - eps e_idx)) / 2 eps, leaving p as it was."""
+    with torch.no_grad():
+        p[idx] += eps
+    up = fn().item()
+    with torch.no_grad():
+        p[idx] -= 2 * eps
+    down = fn().item()
+    with torch.no_grad():
+        p[idx] += eps
+    return (up - down) / (2 * eps)
+
+
 def test_r1_through_the_discriminator_matches_finite_differences():
     """The parameter gradient of R1 through ``StyleGAN2Discriminator`` (float64; the fused ops' double backward) against
     central differences of the penalty: the double backward of the whole network is right."""
@@ -53,17 +66,8 @@ def test_r1_through_the_discriminator_matches_finite_differences():
 
     p = d.b8.conv0.weight
     (grad,) = torch.autograd.grad(penalty(), p)
-    eps = 1e-6
     for idx in [(0, 0, 1, 1), (3, 2, 0, 2), (7, 5, 2, 0)]:
-        with torch.no_grad():
-            p[idx] += eps
-        up = penalty().item()
-        with torch.no_grad():
-            p[idx] -= 2 * eps
-        down = penalty().item()
-        with torch.no_grad():
-            p[idx] += eps
-        assert grad[idx].item() == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-9)
+        assert grad[idx].item() == pytest.approx(_central_difference(penalty, p, idx), rel=1e-5, abs=1e-9)
 
 
 def test_path_length_of_a_linear_generator():
@@ -110,16 +114,7 @@ def test_path_length_through_the_generator_matches_finite_differences():
                       ("mapping.fc0.weight", (2, 5))]:
         p = g.get_parameter(name)
         (grad,) = torch.autograd.grad(penalty(), p)
-        eps = 1e-6
-        with torch.no_grad():
-            p[idx] += eps
-        up = penalty().item()
-        with torch.no_grad():
-            p[idx] -= 2 * eps
-        down = penalty().item()
-        with torch.no_grad():
-            p[idx] += eps
-        assert grad[idx].item() == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-9), name
+        assert grad[idx].item() == pytest.approx(_central_difference(penalty, p, idx), rel=1e-5, abs=1e-9), name
 
 
 def test_ema_beta_official_rule():
