@@ -280,6 +280,22 @@ def test_tiled_kernels_emulated_with_the_gpu_block_size(emulator):
 
 # Eager path and custom op --------------------------------------------------------------------------------
 
+def test_kernel_and_gain_gradients_are_the_same_bits_on_every_call():
+    """Their per-chunk partial sums are added in chunk order, not in the order the threads finish."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(4, 16, 12, 13, generator=g, dtype=torch.float64)
+    kernels = ref.gaussian_kernels(torch.tensor([0.8, 1.6, 2.4], dtype=torch.float64), [2, 4, 6]).requires_grad_()
+    y = torch.randn(3, 4, 2000, generator=g, dtype=torch.float64)
+    gain = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
+    for call, param in ((lambda: torch.ops.pvf.filter_bank(x, kernels, [2, 4, 6], 1), kernels),
+                        (lambda: torch.ops.pvf.scale_attention(y, gain), gain)):
+        out = call()
+        grad_out = torch.randn(out.shape, generator=g, dtype=torch.float64)
+        first = torch.autograd.grad(out, param, grad_out)[0]
+        for _ in range(20):
+            assert torch.equal(torch.autograd.grad(call(), param, grad_out)[0], first)
+
+
 def test_eager_calls_equal_the_custom_op_and_modes_see_it():
     g = torch.Generator().manual_seed(6)
     x = torch.randn(2, 3, 8, 9, generator=g, dtype=torch.float64, requires_grad=True)

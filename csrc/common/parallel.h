@@ -10,6 +10,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <utility>
+#include <vector>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -47,6 +51,29 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
   f(begin, end);
 #endif
 }
+
+// Partial sums of a small vector (a kernel's or a gain's gradient), one per parallel_for chunk, keyed by the
+// chunk's first item and added up in that order: the total does not depend on which thread finished first, so a
+// backward pass gives the same bits on every call with the same thread count.
+class ChunkPartials {
+ public:
+  explicit ChunkPartials(int64_t size) : size_(size) {}
+  void add(int64_t chunk_begin, std::vector<double> partial) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    parts_.emplace(chunk_begin, std::move(partial));
+  }
+  std::vector<double> sum() const {
+    std::vector<double> total(size_, 0.0);
+    for (const auto& part : parts_)
+      for (int64_t i = 0; i < size_; ++i) total[i] += part.second[i];
+    return total;
+  }
+
+ private:
+  int64_t size_;
+  std::mutex mutex_;
+  std::map<int64_t, std::vector<double>> parts_;
+};
 
 // Dynamic schedule: for work items of uneven cost (e.g. queries with different numbers of candidates).
 template <typename F>

@@ -1,10 +1,9 @@
 // CPU filter bank and scale attention. Parallel over (b, c) planes (filter bank) or position blocks (attention);
 // the inner loops run along W and vectorise. Kernel and gain gradients accumulate per thread in double and are
-// reduced once at the end.
+// reduced in chunk order at the end (ChunkPartials), so they are deterministic.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <mutex>
 #include <vector>
 
 #include "common/parallel.h"
@@ -142,8 +141,7 @@ void filter_bank_backward_cpu(const BankGeometry& g, const T* x, const T* grad_o
     std::fill(grad_kernels, grad_kernels + g.S * L, T(0));
     return;
   }
-  std::vector<double> gk_total(g.S * L, 0.0);
-  std::mutex merge;
+  ChunkPartials partials(g.S * L);
   parallel_for(0, g.B * g.C, 1, [&](int64_t p0, int64_t p1) {
     std::vector<T> u(HW), tt(HW), buf(W + 2 * g.R), tpad(W + 4 * g.R), gbuf(W + 2 * g.R);
     std::vector<T> wts((g.R + 1) * L);  // the most (row, tap) pairs a transposed row gathers (replicate edge)
@@ -189,9 +187,9 @@ void filter_bank_backward_cpu(const BankGeometry& g, const T* x, const T* grad_o
         }
       }
     }
-    std::lock_guard<std::mutex> lock(merge);
-    for (int64_t i = 0; i < g.S * L; ++i) gk_total[i] += gk[i];
+    partials.add(p0, std::move(gk));
   });
+  const std::vector<double> gk_total = partials.sum();
   for (int64_t i = 0; i < g.S * L; ++i) grad_kernels[i] = static_cast<T>(gk_total[i]);
 }
 
@@ -292,8 +290,7 @@ template <typename T>
 void scale_attention_backward_cpu(int64_t B, int64_t S, int64_t P, const T* y, const T* gain, const T* grad_out,
                                   T* grad_y, T* grad_gain) {
   const int64_t blocks = (P + kBlock - 1) / kBlock;
-  std::vector<double> gg_total(S, 0.0);
-  std::mutex merge;
+  ChunkPartials partials(S);
   parallel_for(0, B * blocks, 4, [&](int64_t i0, int64_t i1) {
     T m[kBlock], sum[kBlock], q[kBlock];
     std::vector<double> gg(S, 0.0);
@@ -322,9 +319,9 @@ void scale_attention_backward_cpu(int64_t B, int64_t S, int64_t P, const T* y, c
         gg[s] += acc;
       }
     }
-    std::lock_guard<std::mutex> lock(merge);
-    for (int64_t s = 0; s < S; ++s) gg_total[s] += gg[s];
+    partials.add(i0, std::move(gg));
   });
+  const std::vector<double> gg_total = partials.sum();
   for (int64_t s = 0; s < S; ++s) grad_gain[s] = static_cast<T>(gg_total[s]);
 }
 
