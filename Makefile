@@ -8,6 +8,8 @@ PY     := $(VENV)/bin/python
 DEPS   := $(VENV)/.deps-stamp
 BUILT  := $(VENV)/.build-stamp
 PEERS  := $(VENV)/.peers-stamp
+# The portable CPU variants (_C, _C_avx2, _C_avx512) and, for the benchmarks' "[native build]" rows, _C_native.
+export PVF_NATIVE ?= 1
 SOURCES := $(shell find csrc -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu') CMakeLists.txt setup.py
 
 .PHONY: all build test bench bench-peers docs clean

@@ -1,10 +1,12 @@
-"""Build script: setuptools drives CMake, which builds ``pyvision_fast._C`` (always) and
-``pyvision_fast._C_cuda`` (when nvcc is found).
+"""Build script: setuptools drives CMake, which builds the CPU module once per instruction set --
+``pyvision_fast._C`` (baseline, always), ``_C_avx2`` and ``_C_avx512`` (x86-64), ``_C_native`` (PVF_NATIVE=1);
+``pyvision_fast/_cpu_isa.py`` loads the best one the CPU runs -- and ``pyvision_fast._C_cuda`` (when nvcc is found).
 
 Environment:
   PVF_CUDA=0|1        0 skips the CUDA module; 1 makes a missing nvcc an error; unset builds it if nvcc is found.
   PVF_CUDA_ARCHS      CUDA architectures, default "80;90".
-  PVF_NATIVE=0        build portable CPU code (no -march=native), e.g. for wheels meant for other machines.
+  PVF_NATIVE=1        also build _C_native (-march=native), loaded only with PVF_CPU_CAPABILITY=native: it
+                      measures what the portable variants cost (benchmarks' "[native build]" rows).
   PVF_BUILD_JOBS      parallel compile jobs (default: number of CPUs).
 """
 import os
@@ -17,6 +19,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
+OPTIONAL_MODULES = ("_C_avx2", "_C_avx512", "_C_native", "_C_cuda")
 
 
 class CMakeExtension(Extension):
@@ -45,7 +48,7 @@ class CMakeBuild(build_ext):
             f"-DPVF_CUDA_ARCHS={os.environ.get('PVF_CUDA_ARCHS', '80;90')}",
             f"-DPVF_WITH_CUDA={'OFF' if cuda == '0' else 'ON'}",
             f"-DPVF_REQUIRE_CUDA={'ON' if cuda == '1' else 'OFF'}",
-            f"-DPVF_NATIVE={'OFF' if os.environ.get('PVF_NATIVE', '1') == '0' else 'ON'}",
+            f"-DPVF_NATIVE={'ON' if os.environ.get('PVF_NATIVE', '0') == '1' else 'OFF'}",
         ]
         nvcc = shutil.which("nvcc") or (
             "/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None
@@ -63,8 +66,8 @@ class CMakeBuild(build_ext):
             built = sorted(out_dir.glob(f"{short}.*.so")) + sorted(out_dir.glob(f"{short}.*.pyd"))
             target = Path(self.get_ext_fullpath(ext.name))
             if not built:
-                if short == "_C_cuda":  # optional module: CMake skipped it
-                    if target.exists():  # a stale CUDA module from an earlier build must not survive
+                if short in OPTIONAL_MODULES:  # CMake skipped it (no nvcc, another architecture, PVF_NATIVE=0)
+                    if target.exists():  # a stale module from an earlier build must not survive
                         target.unlink()
                     continue
                 raise RuntimeError(f"CMake did not produce {short}")
@@ -76,6 +79,6 @@ class CMakeBuild(build_ext):
 
 
 setup(
-    ext_modules=[CMakeExtension("pyvision_fast._C"), CMakeExtension("pyvision_fast._C_cuda")],
+    ext_modules=[CMakeExtension(f"pyvision_fast.{name}") for name in ("_C", *OPTIONAL_MODULES)],
     cmdclass={"build_ext": CMakeBuild},
 )

@@ -12,7 +12,8 @@ import torch
 from .harness import (CpuCompetition, competition_warning, format_table, keep_freed_memory, machine_description,
                       measure_ceilings, measure_memory, run_case, write_reports)
 from .neighbour import time_beside_neighbour
-from .tuned import add_tuned_rows, family_has_process_rows, run_ours_tuned, tuned_times
+from .tuned import (add_native_rows, add_tuned_rows, family_has_process_rows, native_build_available, ours_times,
+                    run_ours_only)
 
 FAMILIES = ["pointcloud", "attention", "mvf", "scale_space", "deform_conv", "sphere", "overhead", "models", "deploy",
             "vector_quantize", "stylegan2", "mesh_raster"]
@@ -38,15 +39,18 @@ def main(argv=None) -> int:
     parser.add_argument("--neighbour", action="store_true",
                         help="CPU: time ours and each goal's implementation again beside a busy neighbour (a "
                              "PyTorch matmul loop on all cores); goal: keep >= 0.6 of the idle speed-up")
-    parser.add_argument("--tuned-ours-json", type=Path, help=argparse.SUPPRESS)  # the tuned row's subprocess
+    parser.add_argument("--native", choices=["auto", "off"], default="auto",
+                        help="auto (CPU): a row per case with ours from the native build (_C_native, -march=native) "
+                             "beside the portable variant loaded here, when it is built (PVF_NATIVE=1); off: none")
+    parser.add_argument("--ours-json", type=Path, help=argparse.SUPPRESS)  # the tuned / native rows' subprocess
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("benchmarks: --device cuda but no GPU is available", file=sys.stderr)
         return 2
     families = args.family or FAMILIES
     budget = args.budget if args.budget is not None else (0.3 if args.quick else 2.0)
-    if args.tuned_ours_json is not None:
-        return run_ours_tuned(families, args.device, args.quick, budget, args.tuned_ours_json)
+    if args.ours_json is not None:
+        return run_ours_only(families, args.device, args.quick, budget, args.ours_json, args.process == "tuned")
     process = args.process or ("default" if args.system_allocator or args.device == "cuda" else "both")
     if process == "tuned":
         allocator = ("glibc keeping freed memory (mallopt): a tuned process" if keep_freed_memory()
@@ -55,10 +59,12 @@ def main(argv=None) -> int:
         allocator = "system default (a plain process)" + (
             "; rows marked [tuned process]: ours with glibc keeping freed memory" if process == "both" else "")
 
+    native = args.native == "auto" and args.device == "cpu" and process != "tuned" and native_build_available()
     machine = machine_description(args.device)
     machine["allocator"] = allocator
+    isa = f" | CPU ISA {machine['cpu_isa']}" if machine.get("cpu_isa") else ""
     print(f"machine: {machine.get('gpu') or machine.get('cpu')} | torch {machine['torch']} | "
-          f"{machine['threads']} threads | allocator: {allocator}")
+          f"{machine['threads']} threads{isa} | allocator: {allocator}")
     ceilings = measure_ceilings(args.device, quick=args.quick)
     print(f"ceilings: copy {ceilings['copy_GBps']:.1f} GB/s, float32 matmul {ceilings['matmul_fp32_GFLOPps']:.1f} "
           f"GFLOP/s")
@@ -75,10 +81,16 @@ def main(argv=None) -> int:
             case.competition = competition
         if process == "both" and family_has_process_rows(family):
             print(f"running {family}: ours in a tuned process ...", flush=True)
-            times, failure = tuned_times(family, args.device, args.quick, budget)
+            times, failure = ours_times(family, args.device, args.quick, budget, tuned=True)
             if failure:
                 print(f"  {failure}", flush=True)
             add_tuned_rows(family, family_rows, times)
+        if native and family_has_process_rows(family):
+            print(f"running {family}: ours from the native build ...", flush=True)
+            times, failure = ours_times(family, args.device, args.quick, budget, capability="native")
+            if failure:
+                print(f"  {failure}", flush=True)
+            add_native_rows(family, family_rows, times)
         if args.neighbour and args.device == "cpu" and family_has_process_rows(family):
             time_beside_neighbour(family_rows, args.device, ceilings, budget)
         warning = competition_warning(family, competition)

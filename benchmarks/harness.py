@@ -513,6 +513,10 @@ def machine_description(device: str) -> dict:
             desc["cpu"] = f"{names[0]} ({os.cpu_count()} logical cores)" if names else platform.processor()
         except OSError:
             desc["cpu"] = platform.processor()
+        from pyvision_fast import _ext
+
+        mod = _ext.cpu_module()
+        desc["cpu_isa"] = mod.cpu_capability if mod is not None else None  # the _C variant ours ran on
     return desc
 
 
@@ -639,6 +643,8 @@ def write_reports(rows: list[tuple[Case, list[Result]]], ceilings: dict, machine
           f"Machine: {machine.get('gpu') or machine.get('cpu')}; torch {machine['torch']}, {machine['threads']} threads.",
           f"Ceilings: copy {ceilings['copy_GBps']:.1f} GB/s, float32 matmul {ceilings['matmul_fp32_GFLOPps']:.1f} GFLOP/s.",
           f"Allocator: {machine.get('allocator', 'system default')}.",
+          *([f"CPU kernels: the {machine['cpu_isa']} build (pyvision_fast/_cpu_isa.py); rows marked [native build]: "
+             "ours from _C_native (-march=native)."] if machine.get("cpu_isa") else []),
           "", "```", format_table(rows, quick), "```", ""]
     for c, _ in rows:
         if c.note:

@@ -15,7 +15,7 @@ import time
 from typing import Optional
 
 from .harness import Case, Impl, Result, run_case
-from .tuned import TUNED_SUFFIX
+from .tuned import NATIVE_SUFFIX, TUNED_SUFFIX
 
 NEIGHBOUR_SUFFIX = " [beside a neighbour]"
 MIN_RETAINED = 0.6
@@ -52,7 +52,7 @@ class Neighbour:
 
 
 def _goal_targets(case: Case) -> list[str]:
-    return [against for against, _ in case.all_goals() if not against.endswith(TUNED_SUFFIX)]
+    return [against for against, _ in case.all_goals() if not against.endswith((TUNED_SUFFIX, NATIVE_SUFFIX))]
 
 
 def time_beside_neighbour(rows: list[tuple[Case, list[Result]]], device: str, ceilings: dict,

@@ -10,6 +10,8 @@ from typing import Optional
 
 import torch
 
+from . import _cpu_isa
+
 _DTYPE_CODES = {
     torch.float32: 0,
     torch.float64: 1,
@@ -28,7 +30,8 @@ _errors: dict[str, str] = {}
 def _load(name: str):
     if name not in _modules and name not in _errors:
         try:
-            _modules[name] = importlib.import_module(f"pyvision_fast.{name}")
+            # "_C" is the CPU module of the best instruction set this CPU runs (_cpu_isa)
+            _modules[name] = _cpu_isa.load() if name == "_C" else importlib.import_module(f"pyvision_fast.{name}")
         except ImportError as exc:  # not built, or built for another Python
             _errors[name] = str(exc)
     return _modules.get(name)

@@ -18,7 +18,7 @@ def info_dict() -> dict:
     import torch
 
     import pyvision_fast
-    from pyvision_fast import _backend, _ext
+    from pyvision_fast import _backend, _cpu_isa, _ext
     from pyvision_fast import triton as pvf_triton
 
     cpu_mod = _ext.cpu_module()
@@ -41,7 +41,10 @@ def info_dict() -> dict:
         "triton": triton_version,
         "compiled": {
             "_C": {"loaded": cpu_mod is not None, "error": _ext.load_error("_C"),
-                   "openmp": bool(getattr(cpu_mod, "has_openmp", False))},
+                   "openmp": bool(getattr(cpu_mod, "has_openmp", False)),
+                   "cpu_capability": getattr(cpu_mod, "cpu_capability", None),
+                   "cpu_capabilities_built": sorted(_cpu_isa.built_capabilities(), key=list(_cpu_isa.MODULES).index),
+                   "cpu_capability_forced": os.environ.get(_cpu_isa.ENV) or None},
             "_C_cuda": {"loaded": cuda_mod is not None, "error": _ext.load_error("_C_cuda"),
                         "cuda_archs": getattr(cuda_mod, "compiled_archs", None),
                         "cuda_runtime": getattr(cuda_mod, "runtime_version", None),
@@ -66,6 +69,10 @@ def _print_info(args) -> int:
           f"triton {info['triton'] or 'not installed'})")
     print(f"_C       {'built' if c['loaded'] else 'NOT loaded: ' + str(c['error'])}"
           f"{' (OpenMP)' if c['openmp'] else ''}")
+    if c["loaded"]:
+        how = f"forced by PVF_CPU_CAPABILITY={c['cpu_capability_forced']}" if c["cpu_capability_forced"] else \
+            "the best this CPU runs"
+        print(f"CPU ISA  {c['cpu_capability']} ({how}; built: {', '.join(c['cpu_capabilities_built'])})")
     if g["loaded"]:
         runtime = g["cuda_runtime"]
         devices = (f"devices: {g['devices']}" if g["devices"] else

@@ -196,9 +196,9 @@ def test_tuned_process_rows():
     """CPU tables: ours again in a tuned subprocess (glibc keeping freed memory), inserted after ours with the
     goal that the plain process loses at most 25% against it."""
     from benchmarks import mvf
-    from benchmarks.tuned import add_tuned_rows, family_has_process_rows, tuned_times
+    from benchmarks.tuned import add_tuned_rows, family_has_process_rows, ours_times
 
-    times, failure = tuned_times("mvf", "cpu", True, 0.02)
+    times, failure = ours_times("mvf", "cpu", True, 0.02, tuned=True)
     assert failure is None
     assert set(times) == {f"mvf/{c.name}" for c in mvf.cases("cpu", True)}
     assert all(ms > 0 and runs >= 1 and error is None for ms, runs, error in times.values())
@@ -212,6 +212,34 @@ def test_tuned_process_rows():
     assert rows[0][1][1].kind == "tuned" and rows[0][1][1].median_ms == 2.0
     table = format_table(rows)
     assert "goal: >= 0.8x faster than ours [tuned process]" in table
+
+
+def test_native_build_rows():
+    """CPU tables: ours again from _C_native in a subprocess, after ours' other subprocess rows, with the goal
+    that the portable variant loaded here is within 10% of it."""
+    from benchmarks import mvf
+    from benchmarks.tuned import add_native_rows, add_tuned_rows, native_build_available, ours_times
+
+    from pyvision_fast import _cpu_isa
+
+    if "native" not in _cpu_isa.built_capabilities():
+        pytest.skip("_C_native is not built (PVF_NATIVE=1; make builds it)")
+    assert native_build_available()
+    times, failure = ours_times("mvf", "cpu", True, 0.02, capability="native")
+    assert failure is None
+    assert set(times) == {f"mvf/{c.name}" for c in mvf.cases("cpu", True)}
+    assert all(ms > 0 and error is None for ms, _, error in times.values())
+    times, failure = ours_times("mvf", "cpu", True, 0.02, capability="sse9")
+    assert times == {} and "default-build" not in failure and "sse9" in failure
+    x = torch.rand(1 << 12)
+    case = Case("demo", "copy", {}, [Impl("ours", lambda: x.clone(), "ours"), Impl("reference", lambda: x + 0,
+                                                                                    "reference")])
+    rows = [(case, run_case(case, "cpu", {"copy_GBps": 1.0, "matmul_fp32_GFLOPps": 1.0}, budget_s=0.02))]
+    add_tuned_rows("demo", rows, {"demo/copy": [2.0, 5, None]})
+    add_native_rows("demo", rows, {"demo/copy": [1.5, 5, None]})
+    assert [r.impl for r in rows[0][1]] == ["ours", "ours [tuned process]", "ours [native build]", "reference"]
+    assert rows[0][1][2].kind == "native" and rows[0][1][2].median_ms == 1.5
+    assert "goal: >= 0.91x faster than ours [native build]" in format_table(rows)
 
 
 def test_neighbour_rows_and_retention_verdicts():

@@ -1,4 +1,5 @@
 """The compiled modules: they load without a GPU, report what they are, and check arguments before memory."""
+import platform
 import subprocess
 import sys
 
@@ -124,6 +125,9 @@ def test_wheel_holds_the_compiled_modules_and_the_export_package(tmp_path):
     (wheel,) = tmp_path.glob("pyvision_fast-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert any(n.startswith("pyvision_fast/_C.") and n.endswith(".so") for n in names)
+    if platform.machine().lower() in ("x86_64", "amd64"):  # the instruction-set variants ship beside it
+        for variant in ("_C_avx2", "_C_avx512"):
+            assert any(n.startswith(f"pyvision_fast/{variant}.") and n.endswith(".so") for n in names), variant
     assert "pyvision_fast/export/onnx_export.py" in names and "pyvision_fast/export/pointcloud.py" in names
     assert "pyvision_fast/nn/pointnet2.py" in names
     for source in (root / "pyvision_fast").rglob("*.py"):  # every module ships

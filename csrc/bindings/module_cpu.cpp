@@ -448,9 +448,42 @@ void rasterize_triangles_fwd(py::handle verts, py::handle faces, int64_t H, int6
 
 }  // namespace
 
-PYBIND11_MODULE(_C, m) {
+// CMake builds this file once per instruction-set variant (_C, _C_avx2, _C_avx512, _C_native).
+#ifndef PVF_CPU_MODULE
+#define PVF_CPU_MODULE _C
+#define PVF_CPU_CAPABILITY_NAME "default"
+#endif
+
+namespace {
+
+// What the CPU (and the OS, which must save the wider registers) supports, for choosing a variant to load. Only
+// the baseline _C is asked: it runs everywhere.
+py::dict cpu_features() {
+  py::dict d;
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12  // the micro-architecture levels by name
+  d["avx2"] = bool(__builtin_cpu_supports("x86-64-v3"));
+  d["avx512"] = bool(__builtin_cpu_supports("x86-64-v4"));
+#else  // the levels' defining features (every CPU with them has the rest: F16C, LZCNT, MOVBE)
+  d["avx2"] = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi") &&
+              __builtin_cpu_supports("bmi2");
+  d["avx512"] = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
+                __builtin_cpu_supports("avx512vl");
+#endif
+#endif
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(PVF_CPU_MODULE, m) {
   m.doc() = "pyvision_fast CPU kernels (raw-pointer kernels behind argument checks; see csrc/)";
   register_exception_translators();
+  m.attr("cpu_capability") = PVF_CPU_CAPABILITY_NAME;
+  m.def("cpu_features", &cpu_features,
+        "{'avx2': bool, 'avx512': bool}: the instruction sets of the _C_avx2 / _C_avx512 variants this CPU runs.");
   m.def("set_num_threads", &pvf::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &pvf::num_threads);
 #ifdef _OPENMP

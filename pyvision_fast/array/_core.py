@@ -14,6 +14,8 @@ from typing import Optional
 
 import numpy as np
 
+from .. import _cpu_isa
+
 _modules: dict[str, object] = {}
 _errors: dict[str, str] = {}
 _threads: Optional[int] = None
@@ -39,7 +41,8 @@ def _cupy():
 def _load(name: str):
     if name not in _modules and name not in _errors:
         try:
-            _modules[name] = importlib.import_module(f"pyvision_fast.{name}")
+            # "_C" is the CPU module of the best instruction set this CPU runs (_cpu_isa)
+            _modules[name] = _cpu_isa.load() if name == "_C" else importlib.import_module(f"pyvision_fast.{name}")
         except ImportError as exc:
             _errors[name] = str(exc)
     mod = _modules.get(name)
