@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend, _ext
-from .._memory import advise_huge_pages
+from .. import _memory
 from ..reference import deform_conv as ref
 from ._registry import backward_impl, dispatch, eager, eager_function, forward_choice
 
@@ -35,13 +35,13 @@ class _Kernels(NamedTuple):
 
 def _im2col_cpu(input, offset, mask, conv):
     B, C, H, W = input.shape
-    cols = advise_huge_pages(input.new_empty(B, C * conv[0] * conv[1], offset.shape[2] * offset.shape[3]))
+    cols = _memory.empty((B, C * conv[0] * conv[1], offset.shape[2] * offset.shape[3]), input.dtype, input.device)
     _ext.cpu_module().deform_im2col(_ext.arg(input), _ext.arg(offset), _ext.opt(mask), tuple(conv), _ext.arg(cols))
     return cols
 
 
 def _col2im_cpu(input, offset, mask, conv, grad_columns):
-    gi, go = advise_huge_pages(torch.empty_like(input)), torch.empty_like(offset)
+    gi, go = _memory.empty_like(input), torch.empty_like(offset)
     gm = None if mask is None else torch.empty_like(mask)
     _ext.cpu_module().deform_col2im(_ext.arg(input), _ext.arg(offset), _ext.opt(mask), tuple(conv),
                                     _ext.arg(grad_columns), _ext.arg(gi), _ext.arg(go), _ext.opt(gm))
@@ -86,7 +86,7 @@ def _forward(k: _Kernels, input, weight, offset, mask, bias, conv):
     Ho, Wo = offset.shape[2:]
     Kc = Cg * conv[0] * conv[1]
     w = weight.reshape(groups, Cout // groups, Kc)
-    out = advise_huge_pages(input.new_empty(B, Cout, Ho, Wo))
+    out = _memory.empty((B, Cout, Ho, Wo), input.dtype, input.device)
     chunks = _chunks(input, offset, conv)
     for b0 in chunks:
         sl = slice(b0, b0 + chunks.step)
@@ -105,7 +105,7 @@ def _backward(k: _Kernels, grad, input, weight, offset, mask, bias, conv):
     Ho, Wo = offset.shape[2:]
     P, Kc = Ho * Wo, Cg * conv[0] * conv[1]
     w = weight.reshape(groups, Cout // groups, Kc)
-    grad_input, grad_offset = advise_huge_pages(torch.empty_like(input)), torch.empty_like(offset)
+    grad_input, grad_offset = _memory.empty_like(input), torch.empty_like(offset)
     grad_mask = None if mask is None else torch.empty_like(mask)
     grad_weight = torch.zeros_like(w)
     chunks = _chunks(input, offset, conv)

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _backend, _ext
-from .._memory import advise_huge_pages
+from .. import _memory
 from ..reference import mesh_raster as ref
 from ._registry import dispatch, eager, eager_function
 
@@ -56,7 +56,7 @@ _OP = "rasterize_triangles"
 
 def _rast_cpu(verts: Tensor, faces: Tensor, H: int, W: int, cull_backfaces: bool) -> Tensor:
     B, V = verts.shape[0], verts.shape[1]
-    rast = advise_huge_pages(verts.new_empty((B, H, W, 4)))
+    rast = _memory.empty((B, H, W, 4), verts.dtype, verts.device)
     mod = _ext.cpu_module()
     ws = verts.new_empty((mod.mesh_raster_workspace(B, V),))
     mod.rasterize_triangles(_ext.arg(verts), _ext.arg(faces), H, W, cull_backfaces, _ext.arg(rast),

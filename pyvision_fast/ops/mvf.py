@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend, _ext
-from .._memory import advise_huge_pages
+from .._memory import empty_like, empty_strided
 from ..reference import mvf as ref
 from ._registry import as_int, dispatch, eager, eager_function
 
@@ -16,10 +16,10 @@ from ._registry import as_int, dispatch, eager, eager_function
 def _output_like(x: Tensor) -> Tensor:
     """A new tensor with x's layout when x is (N, C, T, H, W)-contiguous or in the (N*T, C, H, W) frame layout,
     the frame layout otherwise (what 2-D video networks consume)."""
-    if x.is_contiguous() or x.transpose(1, 2).is_contiguous():
-        return torch.empty_like(x)
     N, C, T, H, W = x.shape
-    return torch.empty(N, T, C, H, W, dtype=x.dtype, device=x.device).transpose(1, 2)
+    if x.is_contiguous() or x.transpose(1, 2).is_contiguous():
+        return empty_like(x)
+    return empty_strided((N, C, T, H, W), (T * C * H * W, H * W, C * H * W, W, 1), x.dtype, x.device)
 
 
 def _w_contiguous(x: Tensor) -> Tensor:
@@ -27,7 +27,7 @@ def _w_contiguous(x: Tensor) -> Tensor:
 
 
 def _fwd_cpu(x, wt, wh, ww, scale, shift, hardswish, fused):
-    out = advise_huge_pages(_output_like(x))
+    out = _output_like(x)
     _ext.cpu_module().mvf_forward(_ext.arg(x), _ext.arg(wt), _ext.arg(wh), _ext.arg(ww), _ext.opt(scale),
                                   _ext.opt(shift), hardswish, fused, _ext.arg(out))
     return out
@@ -48,7 +48,7 @@ def _fwd_ref(x, wt, wh, ww, scale, shift, hardswish, fused):
 def _bwd_native(grad, x, wt, wh, ww, scale, shift, hardswish, fused, grad_fused, cuda: bool):
     N, C, T, H, W = x.shape
     acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) and cuda else x.dtype
-    gx = advise_huge_pages(_output_like(x))  # dense even when x is a slice of a larger tensor
+    gx = _output_like(x)  # dense even when x is a slice of a larger tensor
     gw = [torch.empty(fused, 3, dtype=acc, device=x.device) for _ in range(3)]
     if grad_fused is not None:  # the fused channels' gradient before the epilogue, given: it is the workspace
         ws = grad_fused.to(acc).contiguous().view(-1)
@@ -311,7 +311,7 @@ _DIMS = (0, 2, 3, 4)
 
 
 def _bn_fwd_cpu(x, wt, wh, ww, gamma, beta, eps, hardswish, fused):
-    out = advise_huge_pages(_output_like(x))
+    out = _output_like(x)
     mean, var = x.new_empty(fused), x.new_empty(fused)
     _ext.cpu_module().mvf_forward_bn_train(_ext.arg(x), _ext.arg(wt), _ext.arg(wh), _ext.arg(ww), _ext.arg(gamma),
                                            _ext.arg(beta), eps, hardswish, fused, _ext.arg(out), _ext.arg(mean),
@@ -361,7 +361,7 @@ def _bn_fwd_ref(x, wt, wh, ww, gamma, beta, eps, hardswish, fused):
 
 
 def _bn_bwd_cpu(grad, x, wt, wh, ww, gamma, beta, mean, var, eps, hardswish, fused):
-    gx = advise_huge_pages(_output_like(x))
+    gx = _output_like(x)
     grads = [x.new_empty(fused, 3) for _ in range(3)] + [x.new_empty(fused), x.new_empty(fused)]
     _ext.cpu_module().mvf_backward_bn_train(_ext.arg(x), _ext.arg(grad), _ext.arg(wt), _ext.arg(wh), _ext.arg(ww),
                                             _ext.arg(gamma), _ext.arg(beta), _ext.arg(mean), _ext.arg(var), eps,

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend, _ext
-from .._memory import advise_huge_pages
+from .. import _memory
 from ..reference import stylegan2 as ref
 from ._registry import dispatch, eager, eager_function
 
@@ -143,7 +143,7 @@ def _geometry(x: Tensor, f: Tensor, up, down, padding) -> tuple[int, int]:
 def _upfirdn2d_cpu(x, f, up, down, padding, flip_filter, gain):
     taps = ref.filter_taps(f, x.dtype, flip_filter, gain).contiguous()
     oh, ow = _geometry(x, f, up, down, padding)
-    out = advise_huge_pages(torch.empty((x.shape[0], x.shape[1], max(oh, 0), max(ow, 0)), dtype=x.dtype))
+    out = _memory.empty((x.shape[0], x.shape[1], max(oh, 0), max(ow, 0)), x.dtype)
     mod = _ext.cpu_module()
     slot = mod.upfirdn2d_workspace(x.shape[2], x.shape[3], max(ow, 0), up[0], down[0], f.dim() == 1)
     ws = torch.empty(slot * torch.get_num_threads(), dtype=x.dtype)
