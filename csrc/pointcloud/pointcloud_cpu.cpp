@@ -4,6 +4,11 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "common/parallel.h"
 #include "pointcloud/pointcloud.h"
@@ -168,12 +173,57 @@ void knn_queries(const T* p1b, const T* ct, int64_t P2, int64_t D, int64_t n2, i
   }
 }
 
+#if defined(__AVX512F__)
+// block_hits for float 3-D points, 16 at a time: the in-radius lanes of each vector compress into the next free
+// slots of hit_d / hit_j (which hold nb + 16 values), in index order.
+inline int64_t block_hits_avx512(const float* x, const float* y, const float* z, const float* q, int64_t nb,
+                                 float r2, float* hit_d, int32_t* hit_j) {
+  const __m512 qx = _mm512_set1_ps(q[0]), qy = _mm512_set1_ps(q[1]), qz = _mm512_set1_ps(q[2]);
+  const __m512 vr2 = _mm512_set1_ps(r2);
+  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  int64_t nh = 0;
+  for (int64_t j = 0; j < nb; j += 16) {
+    const __mmask16 valid = nb - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (nb - j)) - 1);
+    const __m512 dx = _mm512_sub_ps(_mm512_maskz_loadu_ps(valid, x + j), qx);
+    const __m512 dy = _mm512_sub_ps(_mm512_maskz_loadu_ps(valid, y + j), qy);
+    const __m512 dz = _mm512_sub_ps(_mm512_maskz_loadu_ps(valid, z + j), qz);
+    const __m512 d = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(dx, dx), _mm512_mul_ps(dy, dy)), _mm512_mul_ps(dz, dz));
+    const __mmask16 in = _mm512_mask_cmp_ps_mask(valid, d, vr2, _CMP_LT_OQ);
+    // compress in registers, then a full-width store (compress-to-memory is slow on some cores)
+    _mm512_storeu_ps(hit_d + nh, _mm512_maskz_compress_ps(in, d));
+    _mm512_storeu_si512(hit_j + nh, _mm512_maskz_compress_epi32(in, _mm512_add_epi32(lanes, _mm512_set1_epi32(int(j)))));
+    nh += __builtin_popcount(static_cast<unsigned>(in));
+  }
+  return nh;
+}
+#endif
+
+// The points [j0, j0 + nb) of the coordinate-major cloud ct within squared radius r2 of q: their squared distances
+// into hit_d and block positions into hit_j (both hold nb + 16 values), in index order; returns how many.
+template <typename T, int DC>
+inline int64_t block_hits(const T* ct, int64_t P, int64_t D, const T* q, int64_t j0, int64_t nb, T r2, T* dbuf,
+                          T* hit_d, int32_t* hit_j) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float> && DC == 3)
+    return block_hits_avx512(ct + j0, ct + P + j0, ct + 2 * P + j0, q, nb, r2, hit_d, hit_j);
+#endif
+  block_distances<T, DC>(ct, P, D, q, j0, nb, dbuf);
+  int64_t nh = 0;
+  for (int64_t j = 0; j < nb; ++j) {  // branch-free compaction (hits are rare and unpredictable)
+    hit_j[nh] = static_cast<int32_t>(j);
+    nh += dbuf[j] < r2;
+  }
+  for (int64_t h = 0; h < nh; ++h) hit_d[h] = dbuf[hit_j[h]];
+  return nh;
+}
+
 template <typename T, int DC>
 void ball_queries(const T* p1b, const T* ct, int64_t P2, int64_t D, int64_t n2, int64_t i0, int64_t i1, int64_t K,
                   T r2, T* dists, int64_t* idx) {
   constexpr int64_t kBlock = 64;
   alignas(64) T dbuf[kBlock];
-  int32_t hits[kBlock];
+  alignas(64) T hit_d[kBlock + 16];
+  alignas(64) int32_t hit_j[kBlock + 16];
   for (int64_t i = i0; i < i1; ++i) {
     const T* q = p1b + i * D;
     T* dr = dists + i * K;
@@ -181,17 +231,11 @@ void ball_queries(const T* p1b, const T* ct, int64_t P2, int64_t D, int64_t n2, 
     int64_t count = 0;
     for (int64_t j0 = 0; j0 < n2 && count < K; j0 += kBlock) {
       const int64_t nb = std::min(kBlock, n2 - j0);
-      block_distances<T, DC>(ct, P2, D, q, j0, nb, dbuf);
-      // Branch-free compaction of the in-radius positions (hits are rare and unpredictable).
-      int64_t nh = 0;
-      for (int64_t j = 0; j < nb; ++j) {
-        hits[nh] = static_cast<int32_t>(j);
-        nh += dbuf[j] < r2;
-      }
+      const int64_t nh = block_hits<T, DC>(ct, P2, D, q, j0, nb, r2, dbuf, hit_d, hit_j);
       const int64_t take = std::min(nh, K - count);
       for (int64_t h = 0; h < take; ++h) {
-        dr[count + h] = dbuf[hits[h]];
-        ir[count + h] = j0 + hits[h];
+        dr[count + h] = hit_d[h];
+        ir[count + h] = j0 + hit_j[h];
       }
       count += take;
     }
