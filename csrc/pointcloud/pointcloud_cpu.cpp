@@ -84,6 +84,52 @@ void clouds_to_coordinate_major(const T* p, int64_t B, int64_t P, int64_t D, con
 
 // ------------------------------------------------------------------ farthest point sampling
 
+#if defined(__AVX512F__)
+// One sampling step for float 3-D clouds, 16 points per vector: dist[j] = min(dist[j], |p_j - q|^2) for j in
+// [0, n) of the coordinate-major cloud (x, y, z), the maximum of each block of 256 in two accumulators; returns
+// the first j holding the largest dist (the scalar path's choice, NaNs included).
+inline int64_t fps_step_avx512(const float* x, const float* y, const float* z, const float* q, int64_t n,
+                               float* dist) {
+  constexpr int64_t kBlock = 256;
+  const __m512 qx = _mm512_set1_ps(q[0]), qy = _mm512_set1_ps(q[1]), qz = _mm512_set1_ps(q[2]);
+  auto update = [&](int64_t j, __mmask16 valid, __m512& acc) {
+    const __m512 dx = _mm512_sub_ps(_mm512_maskz_loadu_ps(valid, x + j), qx);
+    const __m512 dy = _mm512_sub_ps(_mm512_maskz_loadu_ps(valid, y + j), qy);
+    const __m512 dz = _mm512_sub_ps(_mm512_maskz_loadu_ps(valid, z + j), qz);
+    const __m512 d = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(dx, dx), _mm512_mul_ps(dy, dy)), _mm512_mul_ps(dz, dz));
+    const __m512 m = _mm512_min_ps(d, _mm512_maskz_loadu_ps(valid, dist + j));  // d < dist ? d : dist
+    _mm512_mask_storeu_ps(dist + j, valid, m);
+    acc = _mm512_mask_max_ps(acc, valid, m, acc);  // m > acc ? m : acc
+  };
+  float best = -1.0f;
+  int64_t best_block = 0;
+  for (int64_t j0 = 0; j0 < n; j0 += kBlock) {
+    const int64_t end = std::min(n, j0 + kBlock);
+    __m512 acc0 = _mm512_set1_ps(-1.0f), acc1 = acc0;
+    int64_t j = j0;
+    for (; j + 32 <= end; j += 32) {
+      update(j, __mmask16(0xFFFF), acc0);
+      update(j + 16, __mmask16(0xFFFF), acc1);
+    }
+    for (; j < end; j += 16)
+      update(j, end - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (end - j)) - 1), acc0);
+    const float block_max = _mm512_reduce_max_ps(_mm512_max_ps(acc0, acc1));
+    if (block_max > best) {  // strict: the first block holding the maximum wins ties
+      best = block_max;
+      best_block = j0;
+    }
+  }
+  const __m512 vbest = _mm512_set1_ps(best);
+  const int64_t end = std::min(n, best_block + kBlock);
+  for (int64_t j = best_block; j < end; j += 16) {
+    const __mmask16 valid = end - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (end - j)) - 1);
+    const __mmask16 eq = _mm512_mask_cmp_ps_mask(valid, _mm512_maskz_loadu_ps(valid, dist + j), vbest, _CMP_EQ_OQ);
+    if (eq) return j + __builtin_ctz(static_cast<unsigned>(eq));
+  }
+  return best_block;
+}
+#endif
+
 template <typename T, int DC>
 void fps_one_cloud(const T* pts, int64_t N, int64_t D, int64_t n, int64_t first, int64_t K, int64_t* idx, T* ws) {
   T* dist = ws;
@@ -99,6 +145,12 @@ void fps_one_cloud(const T* pts, int64_t N, int64_t D, int64_t n, int64_t first,
     idx[k] = sel;
     if (k + 1 == k_valid) break;
     const T* q = pts + sel * D;
+#if defined(__AVX512F__)
+    if constexpr (std::is_same_v<T, float> && DC == 3) {
+      sel = fps_step_avx512(ct, ct + N, ct + 2 * N, q, n, dist);
+      continue;
+    }
+#endif
     T best = T(-1);
     int64_t best_block = 0;
     for (int64_t j0 = 0; j0 < n; j0 += kBlock) {
