@@ -164,6 +164,7 @@ def test_ops_write_every_element_of_a_reused_block():
 
     from pyvision_fast.reference import mesh_raster as ref_raster
     from pyvision_fast.reference import mvf as ref_mvf
+    from pyvision_fast.reference import scale_space as ref_ss
     from pyvision_fast.reference import stylegan2 as ref_sg2
 
     g = torch.Generator().manual_seed(2)
@@ -207,3 +208,42 @@ def test_ops_write_every_element_of_a_reused_block():
     assert not rast.isnan().any()
     assert torch.equal(rast[..., 3], want[..., 3])
     assert torch.allclose(rast, want, rtol=1e-4, atol=1e-5)
+    # the Gaussian filter bank (4 scales of a 64-channel 64x64 image: 8 MB) and scale attention, both ways
+    xs = torch.randn(2, 64, 64, 64, generator=g, dtype=torch.float64, requires_grad=True)
+    sigma = torch.tensor([0.8, 1.6, 2.4, 3.2], dtype=torch.float64)
+    gout = torch.randn(2, 4, 64, 64, 64, generator=g, dtype=torch.float64)
+
+    def bank():
+        out = ops.gaussian_scale_space(xs, sigma)
+        return out.detach().clone(), torch.autograd.grad(out, xs, gout)[0].clone()
+
+    out, gx = _twice_on_poisoned_blocks(bank)
+    want = ref_ss.gaussian_scale_space(xs, sigma)
+    assert torch.allclose(out, want, rtol=1e-10, atol=1e-10)
+    assert torch.allclose(gx, torch.autograd.grad(want, xs, gout)[0], rtol=1e-10, atol=1e-10)
+    y = torch.randn(2, 4, 100000, generator=g, dtype=torch.float64, requires_grad=True)
+    gain = torch.randn(4, generator=g, dtype=torch.float64)
+    gy_out = torch.randn(y.shape, generator=g, dtype=torch.float64)
+
+    def attention():
+        out = ops.scale_attention(y, gain)
+        return out.detach().clone(), torch.autograd.grad(out, y, gy_out)[0].clone()
+
+    out, gy = _twice_on_poisoned_blocks(attention)
+    want = ref_ss.scale_attention(y, gain)
+    assert torch.allclose(out, want, rtol=1e-10, atol=1e-10)
+    assert torch.allclose(gy, torch.autograd.grad(want, y, gy_out)[0], rtol=1e-10, atol=1e-10)
+    # grouping_operation both ways (64 channels of 1024 centres x 32 neighbours: 16 MB in float64)
+    feats = torch.randn(2, 64, 2048, generator=g, dtype=torch.float64, requires_grad=True)
+    nbr = torch.randint(0, 2048, (2, 1024, 32), generator=g)
+    ggrp = torch.randn(2, 64, 1024, 32, generator=g, dtype=torch.float64)
+
+    def group():
+        out = ops.grouping_operation(feats, nbr)
+        return out.detach().clone(), torch.autograd.grad(out, feats, ggrp)[0].clone()
+
+    out, gf = _twice_on_poisoned_blocks(group)
+    want = torch.gather(feats[:, :, None, :].expand(-1, -1, 1024, -1), 3,
+                        nbr[:, None].expand(-1, 64, -1, -1))
+    assert torch.equal(out, want)
+    assert torch.allclose(gf, torch.autograd.grad(want, feats, ggrp)[0], rtol=1e-12, atol=1e-12)

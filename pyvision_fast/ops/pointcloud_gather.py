@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import _backend, _ext
+from .. import _backend, _ext, _memory
 from ..reference import pointcloud as ref
 from . import _pointcloud_cuda as cu
 from ._registry import dispatch, eager, eager_function
@@ -138,14 +138,14 @@ def _float32_on_cpu(fn, features: Tensor, *rest: Tensor) -> Tensor:
 
 def _gather_cpu(features, idx):
     B, C, _ = _ext.dims(features, 3)
-    out = torch.empty(B, C, _ext.dims(idx, 2)[1], dtype=features.dtype)
+    out = _memory.empty((B, C, _ext.dims(idx, 2)[1]), features.dtype)
     _ext.cpu_module().gather_columns(_ext.arg(features), _ext.arg(idx), _ext.arg(out))
     return out
 
 
 def _gather_backward_cpu(grad_out, idx, N):
     B, C, _ = _ext.dims(grad_out, 3)
-    grad = torch.empty(B, C, N, dtype=grad_out.dtype)
+    grad = _memory.empty((B, C, N), grad_out.dtype)
     _ext.cpu_module().gather_columns_backward(_ext.arg(grad_out), _ext.arg(idx), _ext.arg(grad))
     return grad
 

@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .. import _backend, _ext
+from .. import _backend, _ext, _memory
 from ..reference import scale_space as ref
 from ._registry import as_int, dispatch, eager, eager_function
 
@@ -32,7 +32,7 @@ def _bank_shape(x: Tensor, kernels: Tensor) -> tuple[int, ...]:
 
 
 def _bank_cpu(x, kernels, radii, boundary):
-    out = x.new_empty(_bank_shape(x, kernels))
+    out = _memory.empty(_bank_shape(x, kernels), x.dtype)
     _ext.cpu_module().filter_bank_forward(_ext.arg(x), _ext.arg(kernels), radii, boundary, _ext.arg(out))
     return out
 
@@ -46,7 +46,7 @@ def _bank_cuda(x, kernels, radii, boundary):
 
 
 def _bank_bwd_cpu(grad, x, kernels, radii, boundary):
-    gx, gk = torch.empty_like(x), torch.empty_like(kernels)
+    gx, gk = _memory.empty_like(x), torch.empty_like(kernels)
     _ext.cpu_module().filter_bank_backward(_ext.arg(x), _ext.arg(grad), _ext.arg(kernels), radii, boundary,
                                            _ext.arg(gx), _ext.arg(gk))
     return gx, gk
@@ -315,7 +315,7 @@ def gaussian_scale_space(x: Tensor, sigma: Union[Tensor, Sequence[float], float]
 
 
 def _att_cpu(y, gain):
-    out = torch.empty_like(y)
+    out = _memory.empty_like(y)
     _ext.cpu_module().scale_attention_forward(_ext.arg(y), _ext.arg(gain), _ext.arg(out))
     return out
 
@@ -327,7 +327,7 @@ def _att_cuda(y, gain):
 
 
 def _att_bwd_cpu(grad, y, gain):
-    gy, gg = torch.empty_like(y), torch.empty_like(gain)
+    gy, gg = _memory.empty_like(y), torch.empty_like(gain)
     _ext.cpu_module().scale_attention_backward(_ext.arg(y), _ext.arg(gain), _ext.arg(grad), _ext.arg(gy),
                                                _ext.arg(gg))
     return gy, gg
