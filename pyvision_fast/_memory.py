@@ -85,7 +85,7 @@ class _BlockCache:
 
     def __init__(self):
         self.lock = threading.RLock()  # reentrant: a finalizer may run inside a garbage collection started here
-        self.free: dict[int, list[mmap.mmap]] = {}
+        self.free: dict[int, list[tuple[mmap.mmap, int]]] = {}  # (mapping, offset of its 2 MiB-aligned start)
         self.free_bytes = 0
         self.hits = self.misses = 0
         self.limit: Optional[int] = None
@@ -99,7 +99,7 @@ class _BlockCache:
                 raise ValueError(f"PVF_CPU_CACHE_MB must be a number of MiB, got {raw!r}") from None
         return self.limit
 
-    def take(self, size: int) -> Optional[mmap.mmap]:
+    def take(self, size: int) -> Optional[tuple[mmap.mmap, int]]:
         with self.lock:
             blocks = self.free.get(size)
             if blocks:
@@ -109,7 +109,7 @@ class _BlockCache:
             self.misses += 1
             return None
 
-    def give(self, size: int, block: mmap.mmap) -> None:
+    def give(self, size: int, block: tuple[mmap.mmap, int]) -> None:
         with self.lock:
             if self.free_bytes + size > self.limit_bytes():
                 return  # over the limit: dropped, unmapped once the dying view has released it
@@ -159,13 +159,14 @@ def empty_strided(size: Sequence[int], stride: Sequence[int], dtype: torch.dtype
         return advise_huge_pages(torch.empty_strided(size, stride, dtype=dtype, device=device))
     block_size = (nbytes + _HUGE - 1) & ~(_HUGE - 1)
     block = _cache.take(block_size)
-    if block is None:
-        block = mmap.mmap(-1, block_size + _HUGE)  # room to start on a 2 MiB boundary
-    view = memoryview(block)
-    address = ctypes.addressof(ctypes.c_char.from_buffer(view))
-    offset = -address % _HUGE
-    if _load():
-        _madvise(address + offset, block_size, _MADV_HUGEPAGE)
+    if block is None:  # a fresh mapping, with room to start on a 2 MiB boundary, advised once
+        mapping = mmap.mmap(-1, block_size + _HUGE)
+        address = ctypes.addressof(ctypes.c_char.from_buffer(mapping))
+        block = (mapping, -address % _HUGE)
+        if _load():
+            _madvise(address + block[1], block_size, _MADV_HUGEPAGE)
+    mapping, offset = block
+    view = memoryview(mapping)
     weakref.finalize(view, _cache.give, block_size, block).atexit = False
     raw = torch.frombuffer(view, dtype=torch.uint8, count=nbytes, offset=offset)
     del view  # from here on only the storage holds the view: its death returns the block

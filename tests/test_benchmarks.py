@@ -222,7 +222,7 @@ def test_native_build_rows():
 
     from pyvision_fast import _cpu_isa
 
-    if "native" not in _cpu_isa.built_capabilities():
+    if "native" not in _cpu_isa.built_capabilities():  # a build without PVF_NATIVE=1 (pip install); make has it
         pytest.skip("_C_native is not built (PVF_NATIVE=1; make builds it)")
     assert native_build_available()
     times, failure = ours_times("mvf", "cpu", True, 0.02, capability="native")

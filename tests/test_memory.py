@@ -84,8 +84,8 @@ def _poison_free_blocks() -> int:
     n = 0
     with _memory._cache.lock:
         for blocks in _memory._cache.free.values():
-            for block in blocks:
-                block[:] = b"\xff" * len(block)
+            for mapping, _ in blocks:
+                mapping[:] = b"\xff" * len(mapping)
                 n += 1
     return n
 
@@ -147,6 +147,14 @@ def test_inplace_ops_and_autograd_on_a_cached_output():
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(got, want))
 
 
+def _out_and_grad(fn, inp, grad):
+    """() -> (fn(inp), d fn / d inp against grad), both copied out of the cache's blocks."""
+    def run():
+        out = fn(inp)
+        return out.detach().clone(), torch.autograd.grad(out, inp, grad)[0].clone()
+    return run
+
+
 def _twice_on_poisoned_blocks(run):
     """Runs ``run()`` once (its large buffers return to the cache), poisons the free blocks, runs it again on
     them; returns the second result."""
@@ -173,11 +181,8 @@ def test_ops_write_every_element_of_a_reused_block():
     w = [torch.randn(32, 3, generator=g, dtype=torch.float64) for _ in range(3)]
     grad = torch.randn(x.shape, generator=g, dtype=torch.float64)
 
-    def mvf():
-        out = ops.multi_view_fusion(x, *w, fused_channels=32)
-        return out.detach().clone(), torch.autograd.grad(out, x, grad)[0].clone()
-
-    out, gx = _twice_on_poisoned_blocks(mvf)
+    out, gx = _twice_on_poisoned_blocks(_out_and_grad(lambda t: ops.multi_view_fusion(t, *w, fused_channels=32),
+                                                      x, grad))
     want = ref_mvf.multi_view_fusion(x, *w, None, None, False, 32)
     assert torch.allclose(out, want, rtol=1e-12, atol=1e-12)
     assert torch.allclose(gx, torch.autograd.grad(want, x, grad)[0], rtol=1e-10, atol=1e-10)
@@ -186,11 +191,8 @@ def test_ops_write_every_element_of_a_reused_block():
     off = torch.randn(2, 18, 64, 64, generator=g, dtype=torch.float64)
     wt = torch.randn(32, 64, 3, 3, generator=g, dtype=torch.float64)
 
-    def deform():
-        out = ops.deform_conv2d(inp, off, wt, padding=1)
-        return out.detach().clone(), torch.autograd.grad(out.sum(), inp)[0].clone()
-
-    out, gi = _twice_on_poisoned_blocks(deform)
+    out, gi = _twice_on_poisoned_blocks(_out_and_grad(lambda t: ops.deform_conv2d(t, off, wt, padding=1), inp,
+                                                      torch.ones(2, 32, 64, 64, dtype=torch.float64)))
     want = torchvision.ops.deform_conv2d(inp, off, wt, padding=1)
     assert torch.allclose(out, want, rtol=1e-10, atol=1e-10)
     assert torch.allclose(gi, torch.autograd.grad(want.sum(), inp)[0], rtol=1e-10, atol=1e-10)
@@ -213,11 +215,7 @@ def test_ops_write_every_element_of_a_reused_block():
     sigma = torch.tensor([0.8, 1.6, 2.4, 3.2], dtype=torch.float64)
     gout = torch.randn(2, 4, 64, 64, 64, generator=g, dtype=torch.float64)
 
-    def bank():
-        out = ops.gaussian_scale_space(xs, sigma)
-        return out.detach().clone(), torch.autograd.grad(out, xs, gout)[0].clone()
-
-    out, gx = _twice_on_poisoned_blocks(bank)
+    out, gx = _twice_on_poisoned_blocks(_out_and_grad(lambda t: ops.gaussian_scale_space(t, sigma), xs, gout))
     want = ref_ss.gaussian_scale_space(xs, sigma)
     assert torch.allclose(out, want, rtol=1e-10, atol=1e-10)
     assert torch.allclose(gx, torch.autograd.grad(want, xs, gout)[0], rtol=1e-10, atol=1e-10)
@@ -225,11 +223,7 @@ def test_ops_write_every_element_of_a_reused_block():
     gain = torch.randn(4, generator=g, dtype=torch.float64)
     gy_out = torch.randn(y.shape, generator=g, dtype=torch.float64)
 
-    def attention():
-        out = ops.scale_attention(y, gain)
-        return out.detach().clone(), torch.autograd.grad(out, y, gy_out)[0].clone()
-
-    out, gy = _twice_on_poisoned_blocks(attention)
+    out, gy = _twice_on_poisoned_blocks(_out_and_grad(lambda t: ops.scale_attention(t, gain), y, gy_out))
     want = ref_ss.scale_attention(y, gain)
     assert torch.allclose(out, want, rtol=1e-10, atol=1e-10)
     assert torch.allclose(gy, torch.autograd.grad(want, y, gy_out)[0], rtol=1e-10, atol=1e-10)
@@ -238,11 +232,7 @@ def test_ops_write_every_element_of_a_reused_block():
     nbr = torch.randint(0, 2048, (2, 1024, 32), generator=g)
     ggrp = torch.randn(2, 64, 1024, 32, generator=g, dtype=torch.float64)
 
-    def group():
-        out = ops.grouping_operation(feats, nbr)
-        return out.detach().clone(), torch.autograd.grad(out, feats, ggrp)[0].clone()
-
-    out, gf = _twice_on_poisoned_blocks(group)
+    out, gf = _twice_on_poisoned_blocks(_out_and_grad(lambda t: ops.grouping_operation(t, nbr), feats, ggrp))
     want = torch.gather(feats[:, :, None, :].expand(-1, -1, 1024, -1), 3,
                         nbr[:, None].expand(-1, 64, -1, -1))
     assert torch.equal(out, want)
