@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from pyvision_fast.data.mead import (EXP_SLICE, MEAD_EMOTIONS, MEADEditPairs, MEADFormatError, load_coeffs,
-                                     load_landmarks, mead_pairs, resample_sequence, scan_mead, split_actors,
-                                     window_starts)
+from pyvision_fast.data.mead import (EXP_SLICE, MEAD_EMOTIONS, MEADEditPairs, MEADFormatError, latent_shape,
+                                     load_coeffs, load_landmarks, load_latents, mead_pairs, resample_sequence,
+                                     scan_mead, split_actors, window_starts)
 
 FRAME = 64
 
@@ -27,12 +27,24 @@ def emotion_offset(emotion: str, scale: float = 0.6) -> torch.Tensor:
     return d
 
 
+def fixture_latents(coeffs: torch.Tensor, actor_index: int, shape=(4, 16)) -> torch.Tensor:
+    """(T, L, D) texture latents of the fixture: a fixed linear map of the expression coefficients plus a
+    per-actor constant, so an emotion's latent offset is the map of its expression offset (learnable)."""
+    L, D = shape
+    g = torch.Generator().manual_seed(7)
+    proj = torch.randn(64, L * D, generator=g) * 0.5
+    bias = 0.3 * torch.randn(L * D, generator=torch.Generator().manual_seed(50 + actor_index))
+    return (coeffs[:, EXP_SLICE] @ proj + bias).view(-1, L, D)
+
+
 def write_mead(root: Path, actors=("M001", "W002"), emotions=("happy", "sad"), levels=(1, 3),
-               clips=("001", "002"), frames: int = 12, videos: bool = True, landmarks: bool = True) -> Path:
+               clips=("001", "002"), frames: int = 12, videos: bool = True, landmarks: bool = True,
+               latents=None) -> Path:
     """Writes ``root/<actor>/{video,coeffs,landmarks}/front/<emotion>/level_<k>/<clip>.*``. Neutral clips hold
     a synthetic talking sequence of ``frames`` frames; the clip of emotion e at level k is that sequence time-
     stretched to ``frames + 2 k`` frames with ``k / 3 * emotion_offset(e)`` added to its expression. Videos
-    and landmarks are the synthetic face rendered at 64x64 from the coefficients."""
+    and landmarks are the synthetic face rendered at 64x64 from the coefficients. ``latents`` (L, D): also
+    ``latents/`` files (:func:`fixture_latents`, float16)."""
     from pyvision_fast.data.video import write_video
     from pyvision_fast.face3d.synthetic import synthetic_face_basis, synthetic_talking_sequence
     from pyvision_fast.models import create_model
@@ -52,6 +64,10 @@ def write_mead(root: Path, actors=("M001", "W002"), emotions=("happy", "sad"), l
                 rel = Path("front") / emotion / f"level_{k}"
                 (root / actor / "coeffs" / rel).mkdir(parents=True, exist_ok=True)
                 np.save(root / actor / "coeffs" / rel / f"{clip}.npy", coeffs.numpy())
+                if latents is not None:
+                    (root / actor / "latents" / rel).mkdir(parents=True, exist_ok=True)
+                    np.save(root / actor / "latents" / rel / f"{clip}.npy",
+                            fixture_latents(coeffs, a, latents).numpy().astype(np.float16))
                 if videos or landmarks:
                     with torch.no_grad():
                         out = face(coeffs) if videos else face.geometry(coeffs)
@@ -191,3 +207,44 @@ def test_videos_in_the_layout(tmp_path):
     info = probe_video(clips[0].video)
     assert (info.num_frames, info.height, info.width) == (10, 64, 64)
     assert load_coeffs(clips[0].coeffs).shape[0] == info.num_frames
+
+
+def test_texture_latents(tmp_path):
+    root = write_mead(tmp_path / "mead", actors=("M001",), emotions=("happy",), levels=(3,), clips=("001",),
+                      frames=8, videos=False, landmarks=False, latents=(4, 16))
+    clip = scan_mead(root, require=("coeffs", "latents"))[0]
+    assert latent_shape(clip.latents) == (14, 4, 16)
+    lat = load_latents(clip.latents)
+    assert lat.shape == (14, 4, 16) and lat.dtype == torch.float32
+    ds = MEADEditPairs(root, seq_len=4, latents=True)
+    assert ds.latent_shape == (4, 16) and len(ds) == 2
+    item = ds[1]
+    assert len(item) == 7
+    source, _, _, _, meta, src_lat, tgt_lat = item
+    n, e = ds.pairs[0]
+    assert meta["start"] == 4 and src_lat.shape == (4, 4, 16) and tgt_lat.shape == (4, 4, 16)
+    assert torch.equal(src_lat, load_latents(n.latents)[4:8])
+    # the emotional clip's latents resampled back to the neutral length: the fixture's latent map of the
+    # time-aligned target expression (float16 storage: 1e-2)
+    expected = fixture_latents(resample_sequence(load_coeffs(e.coeffs), 8), 0)[4:8]
+    torch.testing.assert_close(tgt_lat, expected, atol=2e-2, rtol=1e-2)
+    assert len(MEADEditPairs(root, seq_len=4)[0]) == 5          # without latents=True: the 5-tuple
+
+    bad = root / "M001/latents/front/happy/level_3/001.npy"
+    np.save(bad, np.zeros((13, 4, 16), np.float16))
+    with pytest.raises(MEADFormatError, match=f"{bad}: 13 frames of latents"):
+        MEADEditPairs(root, seq_len=4, latents=True)
+    np.save(bad, np.zeros((14, 4, 8), np.float16))
+    with pytest.raises(MEADFormatError, match="one texture generator"):
+        scan_mead(root, require=("coeffs", "latents"))
+    np.save(bad, np.zeros((14, 64), np.float32))
+    with pytest.raises(MEADFormatError, match=f"{bad}: texture latents must be"):
+        scan_mead(root, require=("coeffs", "latents"))
+    arr = np.zeros((14, 4, 16), np.float32)
+    arr[2, 0, 0] = np.inf
+    np.save(bad, arr)
+    with pytest.raises(MEADFormatError, match=f"{bad}: non-finite latent at frame 2"):
+        load_latents(bad)
+    bad.unlink()
+    with pytest.raises(FileNotFoundError, match="latents file"):
+        MEADEditPairs(root, seq_len=4, latents=True)

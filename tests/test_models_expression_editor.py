@@ -84,6 +84,31 @@ def test_input_forms_and_latents():
     assert emotion_index("SURPRISED") == 7 and emotion_index(0) == 0
 
 
+def test_per_layer_latent_editing():
+    """``latent_layers``: W+ rows get their own embedding (equal rows are edited differently), frames of W+
+    latents (B, T, L, D) edit each frame as one (B, L, D), intensity 0 is the input, per-frame intensities
+    broadcast over the rows, and the state_dict of ``latent_layers=0`` is unchanged (old checkpoints load)."""
+    m = randomised(latent_layers=3)
+    assert m.layer_embed.weight.shape == (3, 16)
+    w = torch.randn(2, 16)
+    wp = w[:, None].expand(2, 3, 16).contiguous()
+    out = m.edit_latent(wp, "sad", 0.5)
+    assert (out[:, 0] - out[:, 1]).abs().max() > 1e-3
+    frames = torch.randn(2, 4, 3, 16)
+    full = m.edit_latent(frames, "happy", torch.tensor([[0.0, 0.3, 0.6, 1.0]] * 2))
+    assert torch.equal(full[:, 0], frames[:, 0])
+    assert torch.allclose(full[:, 2], m.edit_latent(frames[:, 2], "happy", 0.6), atol=1e-6)
+    with pytest.raises(ValueError, match="3 W\\+ rows"):
+        m.edit_latent(torch.randn(2, 4, 16), "happy", 0.5)
+    with pytest.raises(ValueError, match="shape"):
+        m.edit_latent(w, "happy", 0.5)
+    plain = create_model("expression_editor", **SMALL)
+    assert set(plain.state_dict()) == set(create_model("expression_editor", **SMALL, latent_layers=3)
+                                          .state_dict()) - {"layer_embed.weight"}
+    assert create_model("expression_editor", latent_dim=0, latent_layers=3).latent_layers == 0
+    assert plain.edit_latent(torch.randn(2, 5, 3, 16), "sad", 0.5).shape == (2, 5, 3, 16)
+
+
 def test_learns_per_emotion_offsets():
     """Targets exp + level/3 * D[emotion] (fixed random offsets): the editor recovers them."""
     torch.manual_seed(0)

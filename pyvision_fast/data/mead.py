@@ -7,6 +7,8 @@ Layout of the dataset folder ``root`` (one folder per actor, as MEAD's archives 
     <actor>/video/<view>/<emotion>/level_<k>/<clip>.mp4       MEAD's videos (e.g. M003/.../level_3/001.mp4)
     <actor>/coeffs/<view>/<emotion>/level_<k>/<clip>.npy      (T, 257) per-frame 3DMM coefficients (ours)
     <actor>/landmarks/<view>/<emotion>/level_<k>/<clip>.npy   (T, 68, 2) per-frame iBUG-68 landmarks (ours)
+    <actor>/latents/<view>/<emotion>/level_<k>/<clip>.npy     (T, L, D) per-frame texture W+ latents (ours,
+                                                              optional: pyvision_fast.face3d.extract)
 
 * ``<view>``: MEAD's camera names (``front``, ``down``, ``top``, ``left_30``, ``left_60``, ``right_30``,
   ``right_60``); ``<emotion>``: one of :data:`MEAD_EMOTIONS` (angry, contempt, disgusted, fear, happy,
@@ -16,7 +18,9 @@ Layout of the dataset folder ``root`` (one folder per actor, as MEAD's archives 
   decoded frame, no resampling), in Deep3DFaceRecon's 257 layout (``pyvision_fast.face3d.basis.COEFF_SLICES``:
   identity 80 | expression 64 | texture 80 | angles 3 | SH 27 | translation 3), as ``fit_3dmm`` or
   Deep3DFaceRecon produce them on the frames. Landmarks likewise: frame t's 68 (x, y) points in pixels of the
-  video frame (0, 0 = top-left pixel's corner).
+  video frame (0, 0 = top-left pixel's corner). Texture latents: frame t's StyleGAN W+ latents (L = num_ws
+  of the texture generator, D = w_dim; float16 or float32) of the face texture unwrapped from the frame, as
+  ``pyvision_fast.face3d.extract.extract_mead_latents`` writes them.
 * Any other folder in ``root`` (no ``video``/``coeffs`` child) is not an actor and is skipped.
 
 Errors, raised when a reader is built (before training): an emotion folder not in :data:`MEAD_EMOTIONS`, a
@@ -48,7 +52,8 @@ from torch.utils.data import Dataset
 from ..models.expression_editor import MEAD_EMOTIONS
 
 __all__ = ["MEAD_EMOTIONS", "MEAD_VIEWS", "N_COEFFS", "EXP_SLICE", "MEADFormatError", "MEADClip", "scan_mead",
-           "mead_pairs", "split_actors", "coeff_frames", "load_coeffs", "load_landmarks", "resample_sequence",
+           "mead_pairs", "split_actors", "coeff_frames", "load_coeffs", "load_landmarks", "load_latents",
+           "latent_shape", "resample_sequence",
            "MEADEditPairs", "FILE_KINDS", "window_starts"]
 
 PathLike = Union[str, os.PathLike]
@@ -56,7 +61,7 @@ PathLike = Union[str, os.PathLike]
 MEAD_VIEWS = ("front", "down", "top", "left_30", "left_60", "right_30", "right_60")
 N_COEFFS = 257
 EXP_SLICE = slice(80, 144)   # pyvision_fast.face3d.basis.COEFF_SLICES["exp"]
-FILE_KINDS = {"video": ".mp4", "coeffs": ".npy", "landmarks": ".npy"}
+FILE_KINDS = {"video": ".mp4", "coeffs": ".npy", "landmarks": ".npy", "latents": ".npy"}
 _LEVEL = re.compile(r"^level_(\d+)$")
 
 
@@ -66,7 +71,7 @@ class MEADFormatError(ValueError):
 
 @dataclass(frozen=True)
 class MEADClip:
-    """One clip: where it sits in the layout and its three files (which may not all exist)."""
+    """One clip: where it sits in the layout and its files (which may not all exist)."""
 
     root: Path
     actor: str
@@ -76,7 +81,7 @@ class MEADClip:
     clip: str
 
     def path(self, kind: str) -> Path:
-        """The clip's file of ``kind`` (``video``, ``coeffs`` or ``landmarks``)."""
+        """The clip's file of ``kind`` (``video``, ``coeffs``, ``landmarks`` or ``latents``)."""
         if kind not in FILE_KINDS:
             raise ValueError(f"MEAD file kind must be one of {tuple(FILE_KINDS)}, got {kind!r}")
         return (self.root / self.actor / kind / self.view / self.emotion / f"level_{self.level}"
@@ -93,6 +98,10 @@ class MEADClip:
     @property
     def landmarks(self) -> Path:
         return self.path("landmarks")
+
+    @property
+    def latents(self) -> Path:
+        return self.path("latents")
 
     @property
     def label(self) -> int:
@@ -154,6 +163,32 @@ def _landmark_frames(path: Path) -> int:
     return int(arr.shape[0])
 
 
+def latent_shape(path: PathLike) -> tuple[int, int, int]:
+    """(T, L, D) of a texture-latent file, read from its header only; MEADFormatError unless it is a (T >= 1,
+    L >= 1, D >= 1) float array."""
+    path = Path(path)
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise MEADFormatError(f"{path}: not a readable .npy latent file ({exc})") from exc
+    if arr.ndim != 3 or min(arr.shape) < 1 or arr.dtype.kind != "f":
+        raise MEADFormatError(f"{path}: texture latents must be a (T, num_ws, w_dim) float array, got shape "
+                              f"{arr.shape} {arr.dtype}")
+    return tuple(int(v) for v in arr.shape)
+
+
+def load_latents(path: PathLike) -> Tensor:
+    """A clip's texture latents as a (T, L, D) float32 tensor; MEADFormatError naming a bad file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"MEAD latent file not found: {path}")
+    latent_shape(path)
+    arr = np.load(path, allow_pickle=False).astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise MEADFormatError(f"{path}: non-finite latent at frame {np.argwhere(~np.isfinite(arr))[0][0]}")
+    return torch.from_numpy(arr)
+
+
 def load_coeffs(path: PathLike) -> Tensor:
     """A clip's coefficients as a (T, 257) float32 tensor; MEADFormatError naming the file when it is not a
     (T, 257) array of finite floats."""
@@ -184,9 +219,10 @@ def scan_mead(root: PathLike, views: Sequence[str] = ("front",), actors: Optiona
               emotions: Sequence[str] = MEAD_EMOTIONS, source: str = "coeffs",
               require: Sequence[str] = ("coeffs",)) -> list[MEADClip]:
     """The clips of ``actors`` (default: every actor folder) and ``views`` found in the ``source`` tree
-    (``coeffs``, ``video`` or ``landmarks``), restricted to ``emotions``, sorted by (actor, view, emotion,
-    level, clip). Each clip's ``require``d files must exist; coefficient files are checked to be (T, 257)
-    and landmark files (T, 68, 2) with the same T (headers only). Errors: module docstring."""
+    (``coeffs``, ``video``, ``landmarks`` or ``latents``), restricted to ``emotions``, sorted by (actor, view,
+    emotion, level, clip). Each clip's ``require``d files must exist; coefficient files are checked to be (T,
+    257), landmark files (T, 68, 2) and latent files (T, L, D) with the same T, the latents of every clip of
+    the same (L, D) (headers only). Errors: module docstring."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"MEAD folder not found: {root}")
@@ -226,6 +262,15 @@ def scan_mead(root: PathLike, views: Sequence[str] = ("front",), actors: Optiona
             if "landmarks" in require and _landmark_frames(clip.landmarks) != T:
                 raise MEADFormatError(f"{clip.landmarks}: {_landmark_frames(clip.landmarks)} frames of "
                                       f"landmarks for the {T} frames of coefficients in {clip.coeffs}")
+            if "latents" in require and latent_shape(clip.latents)[0] != T:
+                raise MEADFormatError(f"{clip.latents}: {latent_shape(clip.latents)[0]} frames of latents for "
+                                      f"the {T} frames of coefficients in {clip.coeffs}")
+    if "latents" in require:
+        shapes = {latent_shape(c.latents)[1:]: c for c in clips}
+        if len(shapes) > 1:
+            (a, ca), (b, cb) = list(shapes.items())[:2]
+            raise MEADFormatError(f"{cb.latents}: latents of shape (T, {b[0]}, {b[1]}) beside (T, {a[0]}, "
+                                  f"{a[1]}) in {ca.latents}: one texture generator must make them all")
     return clips
 
 
@@ -284,19 +329,25 @@ class MEADEditPairs(Dataset):
     Item: ``(neutral (seq_len, 257) float32, target_exp (seq_len, 64) float32, emotion () int64, intensity ()
     float32, meta)``: the neutral clip's coefficients, the emotional clip's expression coefficients resampled
     to the neutral clip's length (same window), the emotional clip's label in :data:`MEAD_EMOTIONS` and
-    ``level / 3``; ``meta = {"actor", "view", "clip", "emotion", "level", "start"}``. Clips shorter than
+    ``level / 3``; ``meta = {"actor", "view", "clip", "emotion", "level", "start"}``. With ``latents=True``
+    (every clip needs its latent file) two more: the neutral clip's texture latents (seq_len, L, D) and the
+    emotional clip's, resampled alike (seq_len, L, D), float32; ``latent_shape`` is (L, D). Clips shorter than
     ``seq_len`` give no window (``skipped`` counts those pairs); no window at all is a ValueError.
     """
 
     def __init__(self, root: PathLike, actors: Optional[Iterable[str]] = None,
                  views: Sequence[str] = ("front",), emotions: Sequence[str] = MEAD_EMOTIONS,
                  seq_len: int = 32, levels: Sequence[int] = (1, 2, 3),
-                 require_landmarks: bool = False) -> None:
+                 require_landmarks: bool = False, latents: bool = False) -> None:
         if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
             raise ValueError(f"MEADEditPairs: argument 'seq_len' must be an int >= 1, got {seq_len!r}")
         wanted = tuple(dict.fromkeys(("neutral", *emotions)))
         require = ("coeffs", "landmarks") if require_landmarks else ("coeffs",)
+        if latents:
+            require += ("latents",)
         clips = scan_mead(root, views=views, actors=actors, emotions=wanted, require=require)
+        self.latents = bool(latents)
+        self.latent_shape = latent_shape(clips[0].latents)[1:] if latents else None
         self.pairs = [(n, e) for n, e in mead_pairs(clips) if e.level in levels]
         if not self.pairs:
             raise ValueError(f"MEAD {root}: no (neutral, emotional) clip pair of the same actor, view and "
@@ -322,5 +373,11 @@ class MEADEditPairs(Dataset):
         stop = start + self.seq_len
         meta = {"actor": emotional.actor, "view": emotional.view, "clip": emotional.clip,
                 "emotion": emotional.emotion, "level": emotional.level, "start": start}
-        return (source[start:stop], target[start:stop], torch.tensor(emotional.label),
+        item = (source[start:stop], target[start:stop], torch.tensor(emotional.label),
                 torch.tensor(emotional.intensity, dtype=torch.float32), meta)
+        if not self.latents:
+            return item
+        src_lat = load_latents(neutral.latents)
+        T, L, D = src_lat.shape
+        tgt_lat = resample_sequence(load_latents(emotional.latents).flatten(1), T).view(T, L, D)
+        return item + (src_lat[start:stop], tgt_lat[start:stop])

@@ -8,7 +8,7 @@ over time by averaging in coefficient / latent space. Here:
 * :class:`ExpressionEditor` (registry ``expression_editor``) holds two residual editors *(ours)*::
 
       edited_exp = exp + intensity * delta_exp(exp, emotion)        exp (B, 64) or (B, T, 64)
-      edited_w   = w   + intensity * delta_w(w, emotion)            w (B, 512) or (B, L, 512)
+      edited_w   = w   + intensity * delta_w(w, emotion[, layer])   w (B, 512), (B, L, 512), (B, T, L, 512)
 
   ``delta`` is an MLP over ``[x, embedding(emotion)]`` (an ``nn.Embedding`` of the 8 MEAD emotions, or a
   probability vector over them mixing their embeddings: a soft, blended target emotion). Intensity 0 returns
@@ -16,7 +16,10 @@ over time by averaging in coefficient / latent space. Here:
   it moves along a straight line whose length grows with the intensity, so a stronger control never edits
   less. The last layer of each MLP starts at zero: an untrained editor is the identity.
   ``intensity_input=True`` also feeds the intensity to the MLPs (a curved path; the identity at 0 still holds
-  exactly).
+  exactly). ``latent_layers=L`` (the generator's num_ws) also conditions ``delta_w`` on a learned embedding
+  of the W+ row (synthesis layer) it edits, so each layer can move in its own direction (inverted textures
+  live in W+, where one direction for all rows would have to be guessed from the row's content); W+ inputs
+  must then have L rows. With ``latent_layers=0`` every row is edited alike.
 * :func:`temporal_smooth` averages a sequence over a centred window (coefficients or latents).
 * :data:`MEAD_EMOTIONS` fixes the emotion order (index = label) of the editor, the MEAD reader and the
   metrics.
@@ -94,17 +97,21 @@ class ExpressionEditor(nn.Module):
         hidden, depth: width and number of linear layers of the expression MLP (depth >= 1).
         latent_hidden, latent_depth: the same for the latent MLP.
         intensity_input: also condition the MLPs on the intensity (curved edit paths).
+        latent_layers: W+ rows (the texture generator's num_ws) the latent MLP tells apart by a learned
+            ``layer_embed_dim``-wide embedding; 0: rows edited alike.
     """
 
     def __init__(self, exp_dim: int = 64, latent_dim: int = 512, num_emotions: int = 8, embed_dim: int = 32,
                  hidden: int = 256, depth: int = 3, latent_hidden: int = 512, latent_depth: int = 3,
-                 intensity_input: bool = False, emotions: Optional[Sequence[str]] = None) -> None:
+                 intensity_input: bool = False, emotions: Optional[Sequence[str]] = None,
+                 latent_layers: int = 0, layer_embed_dim: int = 16) -> None:
         super().__init__()
         for name, value, low in (("exp_dim", exp_dim, 1), ("latent_dim", latent_dim, 0),
                                  ("num_emotions", num_emotions, 1), ("embed_dim", embed_dim, 1),
                                  ("hidden", hidden, 1), ("depth", depth, 1),
                                  ("latent_hidden", latent_hidden, 1),
-                                 ("latent_depth", latent_depth, 1)):
+                                 ("latent_depth", latent_depth, 1), ("latent_layers", latent_layers, 0),
+                                 ("layer_embed_dim", layer_embed_dim, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"ExpressionEditor: argument '{name}' must be an int >= {low}, got "
                                  f"{value!r}")
@@ -121,7 +128,14 @@ class ExpressionEditor(nn.Module):
         self.emotion_embed = nn.Embedding(num_emotions, embed_dim)
         nn.init.normal_(self.emotion_embed.weight, std=1.0)
         self.exp_net = _DeltaMLP(exp_dim, cond, hidden, depth)
-        self.latent_net = _DeltaMLP(latent_dim, cond, latent_hidden, latent_depth) if latent_dim else None
+        self.latent_layers = latent_layers if latent_dim else 0
+        self.layer_embed = None
+        if self.latent_layers:
+            self.layer_embed = nn.Embedding(self.latent_layers, layer_embed_dim)
+            nn.init.normal_(self.layer_embed.weight, std=1.0)
+        layer_cond = layer_embed_dim if self.latent_layers else 0
+        self.latent_net = (_DeltaMLP(latent_dim, cond + layer_cond, latent_hidden, latent_depth) if latent_dim
+                           else None)
 
     # --- argument handling ---------------------------------------------------------------------------------
     def _emotion(self, emotion: EmotionLike, batch: int, device, dtype) -> Tensor:
@@ -171,22 +185,27 @@ class ExpressionEditor(nn.Module):
         a = intensity.to(x.dtype).reshape(*intensity.shape, *([1] * (len(lead) - intensity.dim())))
         return a.expand(lead).unsqueeze(-1)
 
-    def _check(self, name: str, x, dim: int) -> None:
+    def _check(self, name: str, x, dim: int, ranks: tuple = (2, 3), layout: str = "") -> None:
         if not isinstance(x, Tensor) or not x.is_floating_point():
             raise TypeError(f"ExpressionEditor: argument '{name}' must be a floating tensor, got "
                             f"{getattr(x, 'dtype', type(x).__name__)}")
-        if x.dim() not in (2, 3) or x.shape[-1] != dim:
-            raise ValueError(f"ExpressionEditor: expected {name} of shape (B, {dim}) or (B, T, {dim}), got "
-                             f"{tuple(x.shape)}")
+        if x.dim() not in ranks or x.shape[-1] != dim:
+            layout = layout or f"(B, {dim}) or (B, T, {dim})"
+            raise ValueError(f"ExpressionEditor: expected {name} of shape {layout}, got {tuple(x.shape)}")
 
-    def _edit(self, net: _DeltaMLP, x: Tensor, emotion: EmotionLike, intensity: IntensityLike) -> Tensor:
+    def _edit(self, net: _DeltaMLP, x: Tensor, emotion: EmotionLike, intensity: IntensityLike,
+              layers: Optional[nn.Embedding] = None) -> Tensor:
         e = self._emotion(emotion, x.shape[0], x.device, x.dtype)
         a = self._intensity(intensity, x)
         table = self.emotion_embed.weight.to(x.dtype)
         emb = F.embedding(e, table) if e.dim() == 1 else e @ table          # (B, embed_dim)
-        if x.dim() == 3:
-            emb = emb[:, None, :].expand(x.shape[0], x.shape[1], emb.shape[-1])
-        cond = torch.cat([emb, a], dim=-1) if self.intensity_input else emb
+        lead = tuple(x.shape[:-1])
+        emb = emb.reshape(emb.shape[0], *([1] * (len(lead) - 1)), emb.shape[-1]).expand(*lead, emb.shape[-1])
+        parts = [emb, a] if self.intensity_input else [emb]
+        if layers is not None:                                               # rows are x's dimension -2
+            rows = layers.weight.to(x.dtype)
+            parts.append(rows.reshape(*([1] * (len(lead) - 1)), *rows.shape).expand(*lead, rows.shape[-1]))
+        cond = torch.cat(parts, dim=-1) if len(parts) > 1 else emb
         return x + a * net(x, cond)
 
     # --- public API ----------------------------------------------------------------------------------------
@@ -206,12 +225,22 @@ class ExpressionEditor(nn.Module):
         return self._edit(self.exp_net, exp, emotion, intensity)
 
     def edit_latent(self, w: Tensor, emotion: EmotionLike, intensity: IntensityLike) -> Tensor:
-        """Edited StyleGAN latents: ``w`` (B, latent_dim) in W or (B, L, latent_dim) in W+ (one latent per
-        synthesis layer, edited alike), emotion and intensity as in :meth:`forward`; w's shape and dtype."""
+        """Edited StyleGAN latents: ``w`` (B, latent_dim) in W, (B, L, latent_dim) in W+ (one latent per
+        synthesis layer) or (B, T, L, latent_dim) (frames of W+ latents); emotion and intensity as in
+        :meth:`forward` (intensity (), (B,), or per frame (B, T) for 4-d w); w's shape and dtype. With
+        ``latent_layers`` set, W+ inputs must have that many rows L, each edited with its layer's
+        embedding; otherwise all rows are edited alike."""
         if self.latent_net is None:
             raise ValueError("ExpressionEditor: built with latent_dim=0, it has no latent editor")
-        self._check("w", w, self.latent_dim)
-        return self._edit(self.latent_net, w, emotion, intensity)
+        D, L = self.latent_dim, self.latent_layers
+        if L:
+            self._check("w", w, D, (3, 4), f"(B, {L}, {D}) or (B, T, {L}, {D})")
+            if w.shape[-2] != L:
+                raise ValueError(f"ExpressionEditor: expected w with {L} W+ rows (latent_layers), got shape "
+                                 f"{tuple(w.shape)}")
+        else:
+            self._check("w", w, D, (2, 3, 4), f"(B, {D}), (B, L, {D}) or (B, T, L, {D})")
+        return self._edit(self.latent_net, w, emotion, intensity, self.layer_embed)
 
     def export_module(self) -> "PackedExpressionEditor":
         """The deployable form ``pvf export expression_editor`` exports (:class:`PackedExpressionEditor`)."""
@@ -274,9 +303,11 @@ def temporal_smooth(x: Tensor, window: int, dim: int = 0) -> Tensor:
 @register_model
 def expression_editor(exp_dim: int = 64, latent_dim: int = 512, num_emotions: int = 8, embed_dim: int = 32,
                       hidden: int = 256, depth: int = 3, latent_hidden: int = 512, latent_depth: int = 3,
-                      intensity_input: bool = False, **kwargs) -> ExpressionEditor:
-    """The emotion editor of expression coefficients (64) and texture latents (W, 512): 3-layer SiLU MLPs
-    conditioned on a 32-d embedding of the 8 MEAD emotions *(ours)*."""
+                      intensity_input: bool = False, latent_layers: int = 0, **kwargs) -> ExpressionEditor:
+    """The emotion editor of expression coefficients (64) and texture latents (W / W+, 512): 3-layer SiLU MLPs
+    conditioned on a 32-d embedding of the 8 MEAD emotions (and, with ``latent_layers``, of the W+ row)
+    *(ours)*."""
     return ExpressionEditor(exp_dim=exp_dim, latent_dim=latent_dim, num_emotions=num_emotions,
                             embed_dim=embed_dim, hidden=hidden, depth=depth, latent_hidden=latent_hidden,
-                            latent_depth=latent_depth, intensity_input=intensity_input, **kwargs)
+                            latent_depth=latent_depth, intensity_input=intensity_input,
+                            latent_layers=latent_layers, **kwargs)

@@ -16,18 +16,25 @@ Validation actors: ``val_actors`` (default: the last actor in sorted order); the
 Loss *(ours; the paper gives no formula)*::
 
     L = L1(edited_exp, target_exp) + mouth_weight * L_mouth(mesh(edited), mesh(neutral))
+        [+ latent_weight * L1(edit_latent(neutral_ws), target_ws)]
 
 with ``edited_exp = editor(neutral_exp, emotion, k / 3)`` and ``L_mouth`` the mouth-shape preservation loss
 (:func:`pyvision_fast.losses.talking_face.mouth_shape_loss`) on the BFM's mouth vertices (``BFM.mouth_idx``)
 of the meshes of the neutral coefficients with the expression replaced (identity kept): ``mouth_weight`` (λ)
 trades lip-sync for expressiveness. Only the mouth vertices' rows of the basis are evaluated
-(:func:`mouth_meshes`, equal to ``BFM.shape(c)[:, mouth_idx]``). The editor is built with ``latent_dim=0``
-(``--model-arg latent_dim=512`` keeps the latent editor; this recipe does not train it: the texture edit needs
-the StyleGAN texture pipeline). ``bfm``: the ``BFM_model_front.mat`` path, or ``"synthetic"`` (the synthetic
-test face); ``bfm_args``: ``create_model("bfm", ...)`` keywords (``image_size``: the size the coefficients
-were fitted at).
+(:func:`mouth_meshes`, equal to ``BFM.shape(c)[:, mouth_idx]``). The texture term: when the MEAD folder holds
+per-frame texture latents (``<actor>/latents/...``, the StyleGAN W+ latents of the frames' unwrapped face
+textures that ``pvf extract talking_face`` writes), the editor's latent branch learns the same
+neutral -> emotional mapping in W+ (``neutral_ws`` the neutral window's latents (B, T, L, D), ``target_ws``
+the emotional clip's, resampled in time like the coefficients). ``texture_latents``: ``"auto"`` (default)
+trains it when every clip of the view has its latent file, ``True`` requires them, ``False`` ignores them;
+the editor is then built with ``latent_dim`` = the files' D and ``latent_layers`` = their L (each W+ row
+edited in its own direction), else with ``latent_dim=0`` (no latent editor).
+``bfm``: the ``BFM_model_front.mat`` path, or ``"synthetic"`` (the synthetic test face); ``bfm_args``:
+``create_model("bfm", ...)`` keywords (``image_size``: the size the coefficients were fitted at).
 
-Evaluation (the main metric is the loss, lower is better): ``l1``, ``mouth`` (the two loss terms), ``lmd``
+Evaluation (the main metric is the loss, lower is better): ``l1``, ``mouth`` (and ``latent_l1``: the loss
+terms), ``lmd``
 (:func:`pyvision_fast.metrics.talking_face.mouth_lmd`: mouth landmarks of the edited vs the neutral
 coefficients, BFM projection, pixels at the BFM's image size) on ``eval_frames`` evenly spaced frames of each
 window. With a facial-expression classifier (``fer_checkpoint``: a ``pvf train fer_finetune`` checkpoint,
@@ -93,6 +100,8 @@ class TalkingFaceEditRecipe(Recipe):
         val_actors=None,            # None: the last actor in sorted order
         seq_len=32,                 # frames per window
         mouth_weight=1.0,           # λ of the mouth-shape preservation loss
+        texture_latents="auto",     # train the latent editor on <actor>/latents/: "auto", True, False
+        latent_weight=1.0,          # weight of the latent L1 term
         opt="adam",
         lr=1e-4,
         weight_decay=0.0,
@@ -134,10 +143,19 @@ class TalkingFaceEditRecipe(Recipe):
                 raise ValueError(f"talking_face_edit: {key} must be a positive int (>= 2 for "
                                  "intensity_steps), "
                                  f"got {c[key]!r}")
-        actors = sorted({clip.actor for clip in scan_mead(root, views=(c.view,))})
+        if c.texture_latents not in ("auto", True, False):
+            raise ValueError(f"talking_face_edit: texture_latents must be 'auto', True or False, got "
+                             f"{c.texture_latents!r}")
+        clips = scan_mead(root, views=(c.view,))
+        latents = bool(c.texture_latents)
+        if c.texture_latents == "auto":
+            latents = all(clip.latents.is_file() for clip in clips)
+        self.latents = latents
+        actors = sorted({clip.actor for clip in clips})
         train_actors, val_actors = split_actors(actors, c.val_actors)
-        common = dict(views=(c.view,), seq_len=c.seq_len)
+        common = dict(views=(c.view,), seq_len=c.seq_len, latents=latents)
         val = MEADEditPairs(root, actors=val_actors, **common)
+        self.latent_shape = val.latent_shape
         if self.for_eval:
             return None, val
         if not train_actors:
@@ -147,11 +165,16 @@ class TalkingFaceEditRecipe(Recipe):
 
     # --- model ----------------------------------------------------------------------------------------------
     def build_model(self, num_classes: Optional[int]) -> nn.Module:
-        """``cfg.model`` with ``latent_dim=0`` unless ``--model-arg latent_dim=`` says otherwise (recorded in
-        the checkpoint's model arguments)."""
+        """``cfg.model`` with ``latent_dim`` = the texture latents' width when they are trained, else 0, unless
+        ``--model-arg latent_dim=`` says otherwise (recorded in the checkpoint's model arguments)."""
         from ...models import create_model
 
-        kwargs = {"latent_dim": 0, **self.cfg.model_args}
+        shape = getattr(self, "latent_shape", None)
+        kwargs = {"latent_dim": shape[1] if shape else 0, **({"latent_layers": shape[0]} if shape else {}),
+                  **self.cfg.model_args}
+        if shape and kwargs["latent_dim"] != shape[1]:
+            raise ValueError(f"talking_face_edit: --model-arg latent_dim={kwargs['latent_dim']} but the texture "
+                             f"latents are {shape[1]} wide (set texture_latents=False to ignore them)")
         self.cfg.model_args = kwargs
         return create_model(self.cfg.model, **kwargs)
 
@@ -192,6 +215,13 @@ class TalkingFaceEditRecipe(Recipe):
         return self._fer.to(device)
 
     # --- steps ----------------------------------------------------------------------------------------------
+    def _latent_l1(self, model: nn.Module, batch) -> Optional[Tensor]:
+        """Per-sample L1 (B,) of the edited texture latents against the target ones (None without latents)."""
+        if len(batch) < 7:
+            return None
+        _, _, emotion, intensity, _, src, tgt = batch[:7]
+        return (model.edit_latent(src, emotion, intensity) - tgt).abs().mean((1, 2, 3))
+
     def _terms(self, model: nn.Module, batch, device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(edited exp (B, L, 64), per-sample L1 (B,), per-sample mouth loss (B,), edited coeffs (B, L,
         257))."""
@@ -209,14 +239,21 @@ class TalkingFaceEditRecipe(Recipe):
         return edited, l1, mouth, coeffs
 
     def train_loss(self, model: nn.Module, batch, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
-        """``batch``: (neutral (B, L, 257), target exp (B, L, 64), emotion (B,), intensity (B,), meta);
-        returns L1 + mouth_weight * mouth loss, logging both terms."""
+        """``batch``: (neutral (B, L, 257), target exp (B, L, 64), emotion (B,), intensity (B,), meta[, neutral
+        latents (B, L, num_ws, D), target latents]); returns L1 + mouth_weight * mouth loss [+ latent_weight *
+        latent L1], logging the terms."""
         _, l1, mouth, _ = self._terms(model, batch, ctx.device)
         loss = l1.mean() + self.cfg.mouth_weight * mouth.mean()
-        return loss, {"l1": float(l1.detach().mean()), "mouth": float(mouth.detach().mean())}
+        logged = {"l1": float(l1.detach().mean()), "mouth": float(mouth.detach().mean())}
+        latent = self._latent_l1(model, batch)
+        if latent is not None:
+            loss = loss + self.cfg.latent_weight * latent.mean()
+            logged["latent_l1"] = float(latent.detach().mean())
+        return loss, logged
 
     def build_metrics(self, num_classes: Optional[int]):
-        return TalkingFaceEditMetrics()
+        return TalkingFaceEditMetrics(keys=("l1", "mouth", "latent_l1", "lmd", "emotion_accuracy",
+                                            "monotonic_fraction", "spearman_rho"))
 
     def _probabilities(self, fer: nn.Module, face: nn.Module, coeffs: Tensor) -> Tensor:
         """(n, 257) coefficients -> (n, K) classifier probabilities of their renders."""
@@ -229,9 +266,12 @@ class TalkingFaceEditRecipe(Recipe):
         """Loss terms, LMD and (with a classifier) emotion accuracy and intensity monotonicity of one batch
         (module docstring); returns the batch's mean loss."""
         c = self.cfg
-        neutral, target, emotion, intensity, meta = batch
+        neutral, target, emotion, intensity, meta = batch[:5]
         with torch.no_grad():
             edited, l1, mouth, coeffs = self._terms(model, batch, ctx.device)
+            latent = self._latent_l1(model, batch)
+            if latent is not None:
+                metrics.update(latent_l1=latent)
             face = self.face(ctx.device)
             idx = _frames(neutral.shape[1], c.eval_frames).to(neutral.device)
             B, n = neutral.shape[0], len(idx)
@@ -265,7 +305,8 @@ class TalkingFaceEditRecipe(Recipe):
                         m = intensity_monotonicity(row, steps.tolist())
                         metrics.update(monotonic_fraction=m["monotonic_fraction"],
                                        spearman_rho=m["spearman_rho"])
-        return (l1 + c.mouth_weight * mouth).mean()
+        loss = l1 + c.mouth_weight * mouth
+        return (loss if latent is None else loss + c.latent_weight * latent).mean()
 
     def evaluate_extra(self, model: nn.Module, loader, ctx: StepContext) -> dict[str, Any]:
         """Under ``pvf eval`` with ``figure`` set: writes the intensity x frame grid of the first validation
@@ -283,7 +324,7 @@ class TalkingFaceEditRecipe(Recipe):
         from ...data.video import read_video
 
         c = self.cfg
-        neutral, _, emotion, _, meta = dataset[0]
+        neutral, _, emotion, _, meta = dataset[0][:5]
         pair = dataset.pairs[dataset.windows[0][0]][0]
         idx = _frames(neutral.shape[0], c.figure_frames)
         src = neutral[idx].to(device)
