@@ -282,8 +282,12 @@ def _edit_video(args) -> int:
         raise ValueError(f"--window must be an odd number of frames >= 1, got {args.window}")
     editor = load_editor(args.checkpoint, parse_pairs(args.model_arg, "--model-arg"))
     emotion_index(args.emotion, editor.emotions)
+    if args.latents and not args.texture_gan:
+        raise ValueError("--latents needs --texture-gan (the generator the latents belong to)")
     summary = edit_video(args.input, args.coeffs, args.output, editor=editor, bfm=args.bfm, emotion=args.emotion,
-                         intensity=args.intensity, window=args.window, fit_size=args.fit_size, chunk=args.chunk,
+                         intensity=args.intensity, window=args.window, fit_size=args.fit_size,
+                         landmarks=args.landmarks, feather=args.feather, texture=args.texture_gan,
+                         latents=args.latents, invert_steps=args.invert_steps, chunk=args.chunk,
                          codec=args.codec, codec_options=parse_pairs(args.codec_option, "--codec-option"),
                          progress=False if args.no_progress else None, device=args.device)
     print(json.dumps(summary))
@@ -402,8 +406,17 @@ def main(argv=None) -> int:
     p.add_argument("--model-arg", nargs="+", action="extend", metavar="K=V",
                    help="expression_editor arguments for weights without pvf train metadata")
     p.add_argument("--window", type=int, default=5, help="frames the edit is averaged over (odd; 1: none)")
-    p.add_argument("--fit-size", type=_parse_shape, help="HxW the coefficients were fitted at (default: the "
-                   "video's frame size); the render is resized to the frames")
+    p.add_argument("--fit-size", type=_parse_shape, help="HxW the coefficients were fitted at (default: 224x224 "
+                   "crops with --landmarks, else the video's frame size, the render resized to the frames)")
+    p.add_argument("--landmarks", help="per-frame 68-point landmarks in frame pixels (a (T, 68, 2) .npy or a "
+                   "folder of per-frame .txt): the coefficients are those of aligned face crops; the edited face "
+                   "is pasted back")
+    p.add_argument("--feather", type=int, default=3, help="crop pixels over which the pasted face fades out")
+    p.add_argument("--texture-gan", help="the StyleGAN2 texture generator (pvf train texture_gan "
+                   "checkpoint-ema-last.safetensors): also edit the face texture in its W+ space")
+    p.add_argument("--latents", help="the frames' W+ texture latents (T, num_ws, w_dim) .npy (pvf extract "
+                   "talking_face) instead of inverting the frames")
+    p.add_argument("--invert-steps", type=int, default=200, help="Adam steps of the texture inversion")
     p.add_argument("--chunk", type=int, default=16, help="frames rendered at a time")
     p.add_argument("--codec", default="mpeg4", help="PyAV/FFmpeg video codec of the output (mpeg4, libx264 ...)")
     p.add_argument("--codec-option", nargs="+", action="extend", metavar="K=V",

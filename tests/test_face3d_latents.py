@@ -126,3 +126,47 @@ def test_load_texture_generator(tmp_path, generator):
         load_texture_generator(tmp_path / "missing.safetensors")
     with pytest.raises(ValueError, match="does not fit"):
         load_texture_generator(path, model_args=dict(TINY, w_dim=8, z_dim=8))
+
+
+def test_previous_ties_the_first_frame(generator):
+    ws_true, target = _targets(generator, 2, seed=9)
+    anchor = ws_true[0] + 0.5
+    free = invert_textures(generator, target[1:], steps=20, sequence=True)
+    tied = invert_textures(generator, target[1:], steps=20, sequence=True, previous=anchor, smooth_weight=20.0)
+    assert (tied[0] - anchor).square().mean() < 0.5 * (free[0] - anchor).square().mean()
+    with pytest.raises(ValueError, match="previous"):
+        invert_textures(generator, target, steps=1, sequence=True, previous=anchor[0])
+
+
+def test_invert_video_recovers_the_texture_of_rendered_frames(generator):
+    """Frames rendered with a generated texture (one latent for the video): inverting them chunk by chunk
+    (unwrap + joint inversion, the second chunk warm-started and tied to the first) brings the generated
+    textures much closer to the true one than the start (w_avg), and the latents of consecutive frames stay
+    close."""
+    from pyvision_fast.face3d.latents import invert_video
+    from pyvision_fast.face3d.synthetic import synthetic_talking_sequence
+    from pyvision_fast.models import create_model
+
+    face = create_model("bfm", basis="synthetic", synthetic_rows=24, image_size=48).eval()
+    coeffs = synthetic_talking_sequence(face_basis(), 4, seed=2)
+    ws_true, texture = _targets(generator, 1, seed=11)
+    with torch.no_grad():
+        r = face.render(coeffs, texture=texture.expand(4, -1, -1, -1).contiguous())
+    frames = r["image"] * r["mask"] + 0.5 * (1 - r["mask"])
+    counts = []
+    ws = invert_video(generator, face, [(coeffs[:2], frames[:2]), (coeffs[2:], frames[2:])], steps=80,
+                      warm_steps=40, on_chunk=counts.append)
+    assert ws.shape == (4, generator.num_ws, generator.w_dim) and counts == [2, 2]
+    with torch.no_grad():
+        start = synthesize_textures(generator, generator.mapping.w_avg.expand(1, generator.num_ws, 16))
+        got = synthesize_textures(generator, ws)
+    before = (start - texture).abs().mean()
+    after = (got - texture).abs().mean((1, 2, 3))
+    assert (after < 0.4 * before).all(), (before, after)           # measured: 0.265 -> 0.068
+    assert (ws[1:] - ws[:-1]).abs().mean() < 0.5 * (ws - generator.mapping.w_avg).abs().mean()
+
+
+def face_basis():
+    from pyvision_fast.face3d.synthetic import synthetic_face_basis
+
+    return synthetic_face_basis(24)

@@ -11,15 +11,27 @@
    (:func:`~pyvision_fast.models.expression_editor.temporal_smooth`) and added back to the original, so the
    editor's frame-to-frame jitter is averaged out while the original lip motion keeps its frame accuracy
    (smoothing the edited coefficients themselves would low-pass the speech);
-3. the edited face is rendered by the BFM (:class:`pyvision_fast.models.bfm.BFM`, its own albedo and the
-   frame's pose and lighting) at ``fit_size`` (the image size the coefficients were fitted at; default the
-   video's frame size), resized to the frame and composited over it with the rendered mask as alpha;
-4. the frames are written to an MP4 with PyAV (``mpeg4`` by default, the input's frame rate), streaming:
-   frames are decoded, rendered and encoded ``chunk`` at a time, with a tqdm progress bar.
+3. where the face is: with ``landmarks`` (per-frame 68-point landmarks in frame pixels) the coefficients are
+   those of aligned face crops, as Deep3DFaceRecon fits them: each frame's crop transform maps its five
+   facial points onto the BFM's mean face at the BFM's image size (``fit_size``, default 224)
+   (:mod:`pyvision_fast.face3d.align`), smoothed over ``window`` frames; without landmarks the coefficients
+   were fitted on the whole frame resized to ``fit_size`` (default the frame size);
+4. the texture edit (with a texture generator, ``texture``): the face texture of every frame is unwrapped
+   from the (cropped) frame with its original coefficients and inverted into the generator's W+ space
+   (:func:`pyvision_fast.face3d.latents.invert_video`; or ``latents`` given, e.g. from ``pvf extract
+   talking_face``), the latents are edited by the editor's latent branch toward the emotion
+   (:meth:`ExpressionEditor.edit_latent`) with the latent edit smoothed over the window like the expression's,
+   and the edited textures are generated; without a generator the BFM's own albedo is rendered, lit by the
+   frame's SH coefficients;
+5. the edited face is rendered (``BFM.render``: the generated texture unlit, as unwrapped from the frames, or
+   the lit albedo) and composited over the frame: pasted back through the crop transform with a feathered
+   mask (``feather`` crop pixels), or resized to the frame with the rendered mask as alpha;
+6. the frames are written to an MP4 with PyAV (``mpeg4`` by default, the input's frame rate), streaming:
+   frames are decoded, rendered and encoded ``chunk`` at a time, with a tqdm progress bar (the inversion is a
+   first pass over the video with its own bar).
 
-The video's decoded frame count must equal the coefficient count (checked before anything is written; the
-output appears only when complete). The StyleGAN texture edit is not applied here (the texture generator and
-its UV maps come from ``models.stylegan2``; :meth:`ExpressionEditor.edit_latent` edits its latents).
+The video's decoded frame count must equal the coefficient count (and the landmark and latent counts; checked
+before anything is written; the output appears only when complete).
 """
 from __future__ import annotations
 
@@ -36,7 +48,8 @@ from torch import Tensor, nn
 
 from .basis import COEFF_SLICES, N_COEFFS
 
-__all__ = ["load_coeff_sequence", "load_editor", "edit_coefficients", "edit_video", "D3DFR_MAT_KEYS"]
+__all__ = ["load_coeff_sequence", "load_editor", "edit_coefficients", "edit_latents", "load_landmark_file",
+           "face_frame_chunks", "frame_alignment", "edit_video", "D3DFR_MAT_KEYS"]
 
 PathLike = Union[str, os.PathLike]
 D3DFR_MAT_KEYS = ("id", "exp", "tex", "angle", "gamma", "trans")   # Deep3DFaceRecon's saved coefficient keys
@@ -141,6 +154,114 @@ def edit_coefficients(editor: nn.Module, coeffs: Tensor, emotion, intensity: flo
     return out
 
 
+def edit_latents(editor: nn.Module, ws: Tensor, emotion, intensity: float, window: int = 5,
+                 chunk: int = 256) -> Tensor:
+    """(T, L, D) per-frame W+ texture latents -> (T, L, D) edited toward ``emotion`` at ``intensity`` by the
+    editor's latent branch, the edit smoothed over ``window`` frames as in :func:`edit_coefficients`.
+    Intensity 0 returns ``ws`` unchanged."""
+    from ..models.expression_editor import temporal_smooth
+
+    if getattr(editor, "latent_net", None) is None:
+        raise ValueError("the editor has no latent editor (latent_dim=0): train talking_face_edit with texture "
+                         "latents, or leave out the texture generator")
+    if not isinstance(ws, Tensor) or ws.dim() != 3 or ws.shape[-1] != editor.latent_dim:
+        raise ValueError(f"edit_latents: ws must be (T, L, {editor.latent_dim}), got "
+                         f"{tuple(getattr(ws, 'shape', ()))}")
+    with torch.no_grad():
+        edited = torch.cat([editor.edit_latent(ws[i:i + chunk], emotion, float(intensity))
+                            for i in range(0, len(ws), chunk)])
+    return ws + temporal_smooth(edited - ws, window, dim=0)
+
+
+def load_landmark_file(path: PathLike) -> Tensor:
+    """(T, 68, 2) float32 landmarks (frame pixels): a ``.npy`` of (T, 68, 2), or a folder of one 68-line
+    ``x y`` text file per frame (:func:`pyvision_fast.face3d.fit.read_landmark_sequence`)."""
+    from .fit import read_landmark_sequence
+
+    path = Path(path)
+    if path.is_dir():
+        return read_landmark_sequence(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"landmarks not found: {path}")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"{path}: not a readable .npy landmark file ({exc})") from exc
+    if arr.ndim != 3 or arr.shape[1:] != (68, 2) or arr.dtype.kind not in "fiu":
+        raise ValueError(f"{path}: landmarks must be a (T, 68, 2) array, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{path}: non-finite landmark at frame {np.argwhere(~np.isfinite(arr))[0][0]}")
+    return torch.from_numpy(arr.astype(np.float32))
+
+
+def _load_latent_file(path: PathLike) -> Tensor:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"latents not found: {path}")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"{path}: not a readable .npy latent file ({exc})") from exc
+    if arr.ndim != 3 or arr.dtype.kind != "f" or not np.isfinite(arr).all():
+        raise ValueError(f"{path}: latents must be a finite (T, num_ws, w_dim) float array, got shape "
+                         f"{arr.shape} {arr.dtype}")
+    return torch.from_numpy(arr.astype(np.float32))
+
+
+def _decode_chunks(path: Path, num_frames: int, chunk: int):
+    """Yields (start, (n, 3, H, W) float32 frames in [0, 1]) of ``path``, ``chunk`` frames at a time."""
+    from ..data.video import _open
+
+    container = _open(path)
+    frames: list[np.ndarray] = []
+    start = 0
+    try:
+        for frame in container.decode(container.streams.video[0]):
+            if start + len(frames) >= num_frames:
+                break
+            frames.append(frame.to_ndarray(format="rgb24"))
+            if len(frames) == chunk:
+                yield start, torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float().div(255)
+                start += len(frames)
+                frames = []
+        if frames:
+            yield start, torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float().div(255)
+    finally:
+        container.close()
+
+
+def _to_face(frames: Tensor, size: tuple[int, int], align: Optional[Tensor]) -> Tensor:
+    """Frames (n, 3, H, W) -> what the coefficients were fitted on: the aligned crops (``align`` (n, 2, 3)) or
+    the frames resized to ``size``."""
+    from .align import crop_faces
+
+    if align is not None:
+        return crop_faces(frames, align, size)
+    if tuple(frames.shape[-2:]) == tuple(size):
+        return frames
+    return F.interpolate(frames, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def face_frame_chunks(video: PathLike, coeffs: Tensor, face: nn.Module, align: Optional[Tensor], num_frames: int,
+                      chunk: int = 16, device: Union[str, torch.device] = "cpu"):
+    """Yields ``(coeffs (n, 257), frames (n, 3, h, w) in [0, 1])`` of ``video``, ``chunk`` frames at a time,
+    the frames as the coefficients were fitted: aligned crops (``align`` (T, 2, 3)) or the frames resized to
+    the face model's image size."""
+    for start, frames in _decode_chunks(Path(video), num_frames, chunk):
+        n = len(frames)
+        yield coeffs[start:start + n], _to_face(frames.to(device), face.image_size,
+                                                None if align is None else align[start:start + n])
+
+
+def frame_alignment(landmarks: Tensor, face: nn.Module, window: int = 5) -> Tensor:
+    """(T, 68, 2) frame-pixel landmarks -> (T, 2, 3) float32 crop transforms onto the face model's mean-face
+    template (:mod:`pyvision_fast.face3d.align`), smoothed over ``window`` frames."""
+    from .align import alignment_template, estimate_alignment, smooth_alignment
+
+    align = estimate_alignment(landmarks.double(), alignment_template(face, torch.float64).to(landmarks.device))
+    return smooth_alignment(align, window).float()
+
+
 def _parse_size(fit_size, frame_hw: tuple[int, int]) -> tuple[int, int]:
     if fit_size is None:
         return frame_hw
@@ -159,47 +280,98 @@ def _parse_size(fit_size, frame_hw: tuple[int, int]) -> tuple[int, int]:
 
 def edit_video(input: PathLike, coeffs: Union[PathLike, Tensor], output: PathLike, *, editor: nn.Module,
                bfm: Union[PathLike, nn.Module], emotion: str, intensity: float, window: int = 5,
-               fit_size: Union[None, int, Sequence[int]] = None, chunk: int = 16, codec: str = "mpeg4",
-               bit_rate: int = 20_000_000, codec_options: Optional[dict] = None,
-               progress: Optional[bool] = None, device: str = "cpu") -> dict:
+               fit_size: Union[None, int, Sequence[int]] = None,
+               landmarks: Union[None, PathLike, Tensor] = None, feather: int = 3,
+               texture: Union[None, PathLike, nn.Module] = None, latents: Union[None, PathLike, Tensor] = None,
+               invert_steps: int = 200, chunk: int = 16, codec: str = "mpeg4", bit_rate: int = 20_000_000,
+               codec_options: Optional[dict] = None, progress: Optional[bool] = None,
+               device: str = "cpu") -> dict:
     """Edits ``input`` (module docstring) and writes ``output``; returns ``{"output", "frames", "fps",
-    "height", "width"}``. ``bfm``: a ``BFM_model_front.mat`` path or a built BFM module (its image size is
-    then the fit size). ``codec_options``: FFmpeg encoder options (``{"crf": "0"}`` for a lossless
-    ``libx264``). ``progress`` None: a bar when stderr is a terminal."""
+    "height", "width", "aligned", "texture"}``.
+
+    Args:
+        coeffs: (T, 257) coefficients or their file / folder (:func:`load_coeff_sequence`).
+        editor: the expression editor (:func:`load_editor`); with ``texture`` it needs its latent branch.
+        bfm: a ``BFM_model_front.mat`` path or a built BFM module (its image size is then the fit size).
+        landmarks: (T, 68, 2) frame-pixel landmarks (a tensor, a ``.npy`` or a folder of per-frame ``.txt``
+            files): the coefficients belong to aligned crops, and the face is pasted back (step 3).
+        feather: crop pixels over which the pasted face fades into the frame (landmarks only).
+        texture: the texture generator (a module, or a checkpoint for :func:`~pyvision_fast.face3d.latents.
+            load_texture_generator`): the texture edit of step 4.
+        latents: (T, num_ws, w_dim) W+ latents of the frames (tensor or ``.npy``) instead of the inversion.
+        invert_steps: Adam steps of the inversion's first chunk (later chunks: half, warm-started).
+        codec_options: FFmpeg encoder options (``{"crf": "0"}`` for a lossless ``libx264``).
+        progress: None: bars when stderr is a terminal.
+    """
     from tqdm import tqdm
 
-    from ..data.video import _av, _open, probe_video
+    from ..data.video import _av, probe_video
     from ..models.expression_editor import emotion_index
+    from .align import paste_faces
+    from .latents import invert_video, load_texture_generator, synthesize_textures
 
     if not 0.0 <= float(intensity) <= 1.0:
         raise ValueError(f"intensity must lie in [0, 1], got {intensity}")
     emotion_index(emotion, editor.emotions)
+    if isinstance(feather, bool) or not isinstance(feather, int) or feather < 0:
+        raise ValueError(f"feather must be an int >= 0, got {feather!r}")
+    if latents is not None and texture is None:
+        raise ValueError("latents are the texture generator's: give the generator (texture) too")
+    if texture is not None and getattr(editor, "latent_net", None) is None:
+        raise ValueError("the editor has no latent editor (latent_dim=0): train talking_face_edit with texture "
+                         "latents, or leave out the texture generator")
     input, output = Path(input), Path(output)
     info = probe_video(input)
+    T = info.num_frames
     if info.height % 2 or info.width % 2:
         raise ValueError(f"{input}: frame size {info.width}x{info.height} must be even for the MP4 output")
     seq = coeffs if isinstance(coeffs, Tensor) else load_coeff_sequence(coeffs)
-    if seq.shape[0] != info.num_frames:
+    if seq.shape[0] != T:
         where = "the given coefficients" if isinstance(coeffs, Tensor) else str(coeffs)
-        raise ValueError(f"{input} has {info.num_frames} frames but {where} hold {seq.shape[0]} frames of "
-                         f"coefficients")
+        raise ValueError(f"{input} has {T} frames but {where} hold {seq.shape[0]} frames of coefficients")
+    lms = None
+    if landmarks is not None:
+        lms = landmarks if isinstance(landmarks, Tensor) else load_landmark_file(landmarks)
+        if lms.dim() != 3 or tuple(lms.shape[1:]) != (68, 2) or lms.shape[0] != T:
+            where = "the given landmarks" if isinstance(landmarks, Tensor) else str(landmarks)
+            raise ValueError(f"{input} has {T} frames but {where} have shape {tuple(lms.shape)} (want ({T}, 68, "
+                             f"2))")
     dev = torch.device(device)
     if isinstance(bfm, nn.Module):
         face = bfm
     else:
         from ..models import create_model
 
-        size = _parse_size(fit_size, (info.height, info.width))
+        size = _parse_size(fit_size, (224, 224) if lms is not None else (info.height, info.width))
         face = create_model("bfm", basis_path=bfm, image_size=size)
     face = face.to(dev).eval()
-    edited = edit_coefficients(editor.to(dev), seq.to(dev), emotion, intensity, window)
+    align = None if lms is None else frame_alignment(lms.to(dev), face, window)
+    seq = seq.to(dev)
+    edited = edit_coefficients(editor.to(dev), seq, emotion, intensity, window)
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+
+    G, ws_edit = None, None
+    if texture is not None:
+        G = (texture if isinstance(texture, nn.Module) else load_texture_generator(texture)).to(dev).eval()
+        if latents is None:
+            with tqdm(total=T, desc="invert textures", unit="frame", disable=not show, file=sys.stderr) as bar:
+                chunks = face_frame_chunks(input, seq, face, align, T, chunk, dev)
+                ws = invert_video(G, face, chunks, steps=invert_steps, on_chunk=bar.update)
+        else:
+            ws = latents if isinstance(latents, Tensor) else _load_latent_file(latents)
+            if tuple(ws.shape) != (T, G.num_ws, G.w_dim):
+                where = "the given latents" if isinstance(latents, Tensor) else str(latents)
+                raise ValueError(f"{where} have shape {tuple(ws.shape)}; the video and the generator need "
+                                 f"({T}, {G.num_ws}, {G.w_dim})")
+        if ws.shape[0] != T:
+            raise ValueError(f"{input}: decoded {ws.shape[0]} frames, expected {T}")
+        ws_edit = edit_latents(editor, ws.to(dev, G.mapping.w_avg.dtype), emotion, intensity, window)
 
     av = _av()
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f"{output.stem}.partial{output.suffix or '.mp4'}")
-    show = sys.stderr.isatty() if progress is None else bool(progress)
-    bar = tqdm(total=info.num_frames, desc=f"edit-video {emotion} {float(intensity):.2f}", unit="frame",
-               disable=not show, file=sys.stderr)
+    bar = tqdm(total=T, desc=f"edit-video {emotion} {float(intensity):.2f}", unit="frame", disable=not show,
+               file=sys.stderr)
     done = 0
     try:
         with av.open(str(partial), mode="w", format="mp4") as out:
@@ -210,47 +382,36 @@ def edit_video(input: PathLike, coeffs: Union[PathLike, Tensor], output: PathLik
                 raise ValueError(f"video codec {codec!r} is not available in PyAV's FFmpeg ({exc})") from exc
             stream.height, stream.width = info.height, info.width
             stream.pix_fmt, stream.bit_rate = "yuv420p", bit_rate
-            container = _open(input)
-            frames: list[np.ndarray] = []
-
-            def flush() -> None:
-                nonlocal done
-                batch = torch.from_numpy(np.stack(frames)).to(dev).permute(0, 3, 1, 2).float().div(255)
+            for start, frames in _decode_chunks(input, T, chunk):
+                frames = frames.to(dev)
+                span = slice(start, start + len(frames))
                 with torch.no_grad():
-                    r = face.render(edited[done:done + len(frames)])
-                img, mask = r["image"].clamp(0, 1), r["mask"]
-                if tuple(img.shape[-2:]) != (info.height, info.width):
-                    size = (info.height, info.width)
-                    img = F.interpolate(img, size=size, mode="bilinear", align_corners=False)
-                    mask = F.interpolate(mask, size=size, mode="bilinear", align_corners=False)
-                comp = (img * mask + batch * (1 - mask)).mul(255).round().clamp(0, 255).byte()
+                    tex = None if G is None else synthesize_textures(G, ws_edit[span]).to(edited.dtype)
+                    r = face.render(edited[span], texture=tex)
+                    img, mask = r["image"].clamp(0, 1), r["mask"]
+                    if align is not None:
+                        comp = paste_faces(frames, img, mask, align[span], feather=feather)
+                    else:
+                        if tuple(img.shape[-2:]) != (info.height, info.width):
+                            size = (info.height, info.width)
+                            img = F.interpolate(img, size=size, mode="bilinear", align_corners=False)
+                            mask = F.interpolate(mask, size=size, mode="bilinear", align_corners=False)
+                        comp = img * mask + frames * (1 - mask)
+                comp = comp.mul(255).round().clamp(0, 255).byte()
                 for array in comp.permute(0, 2, 3, 1).cpu().numpy():
                     for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(array),
                                                                            format="rgb24")):
                         out.mux(packet)
                 done += len(frames)
                 bar.update(len(frames))
-                frames.clear()
-
-            try:
-                for frame in container.decode(container.streams.video[0]):
-                    if done + len(frames) >= info.num_frames:
-                        break
-                    frames.append(frame.to_ndarray(format="rgb24"))
-                    if len(frames) == chunk:
-                        flush()
-                if frames:
-                    flush()
-            finally:
-                container.close()
             for packet in stream.encode():
                 out.mux(packet)
-        if done != info.num_frames:
-            raise ValueError(f"{input}: decoded {done} frames, expected {info.num_frames}")
+        if done != T:
+            raise ValueError(f"{input}: decoded {done} frames, expected {T}")
         partial.replace(output)
     finally:
         bar.close()
         if partial.exists():
             partial.unlink()
     return {"output": str(output), "frames": done, "fps": info.fps, "height": info.height,
-            "width": info.width}
+            "width": info.width, "aligned": align is not None, "texture": G is not None}

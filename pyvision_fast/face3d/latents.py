@@ -19,20 +19,22 @@ texture of video frames, so that the expression editor can edit appearance in la
   synthesis per step for the whole batch), which the temporal term couples. The generator is not changed:
   only ws is optimised, and the generator's parameters stop requiring gradients during the call (restored
   after), so no parameter gradient is computed or accumulated.
-* :func:`frame_textures`: per-frame UV textures of video frames from their 3DMM coefficients
-  (:func:`pyvision_fast.face3d.texture.unwrap_texture`, invisible texels filled from their neighbours).
+* :func:`invert_video`: the W+ latents (T, num_ws, w_dim) of a video's frames, chunk by chunk: each frame's
+  texture is unwrapped from the frame with its 3DMM coefficients (:func:`pyvision_fast.face3d.texture.
+  unwrap_texture`; only the visible texels count), and each chunk is inverted jointly with the temporal term,
+  warm-started from the previous chunk's last frame and tied to it (``previous``).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["load_texture_generator", "invert_textures", "synthesize_textures"]
+__all__ = ["load_texture_generator", "invert_textures", "synthesize_textures", "invert_video"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -106,7 +108,8 @@ def _check_textures(generator: nn.Module, textures: Tensor,
 def invert_textures(generator: nn.Module, textures: Tensor, visibility: Optional[Tensor] = None, *,
                     steps: int = 200, lr: float = 0.05, init: Optional[Tensor] = None,
                     w_weight: float = 1e-3, sequence: bool = False, smooth_weight: float = 1.0,
-                    scales: Sequence[int] = (1, 2, 4), return_loss: bool = False):
+                    previous: Optional[Tensor] = None, scales: Sequence[int] = (1, 2, 4),
+                    return_loss: bool = False):
     """W+ latents of target textures (module docstring).
 
     Args:
@@ -118,6 +121,8 @@ def invert_textures(generator: nn.Module, textures: Tensor, visibility: Optional
         w_weight: pull toward ``w_avg`` (keeps the latents where the generator is trained).
         sequence: the batch is consecutive frames of one video: adds the temporal term.
         smooth_weight: weight of that term.
+        previous: (num_ws, w_dim) latents of the frame before the batch (``sequence=True``: the temporal term
+            also ties the first frame to it, so consecutive batches of a video join smoothly).
         scales: area down-sampling factors of the pixel loss (each must divide the resolution).
         return_loss: also return the final per-texture pixel loss (B,).
 
@@ -149,6 +154,12 @@ def invert_textures(generator: nn.Module, textures: Tensor, visibility: Optional
     except RuntimeError as exc:
         raise ValueError(f"invert_textures: init of shape {tuple(init.shape)} does not fit ({B}, {L}, {D})") \
             from exc
+    prev = None
+    if previous is not None:
+        if not isinstance(previous, Tensor) or tuple(previous.shape) != (L, D):
+            raise ValueError(f"invert_textures: argument 'previous' must have shape ({L}, {D}), got "
+                             f"{tuple(getattr(previous, 'shape', ()))}")
+        prev = previous.detach().to(device, dtype)[None]
     ws = init.clone().requires_grad_(True)
     # visibility-weighted pooling: an invisible texel (weight 0) has no effect at any scale, whatever it holds
     masked = textures * visibility
@@ -172,8 +183,10 @@ def invert_textures(generator: nn.Module, textures: Tensor, visibility: Optional
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
             loss = pixel_loss(ws).sum() + w_weight * (ws - w_avg).square().mean((1, 2)).sum()
-            if sequence and B > 1:
-                loss = loss + smooth_weight * (ws[1:] - ws[:-1]).square().mean((1, 2)).sum()
+            if sequence:
+                seq = ws if previous is None else torch.cat([prev, ws])
+                if seq.shape[0] > 1:
+                    loss = loss + smooth_weight * (seq[1:] - seq[:-1]).square().mean((1, 2)).sum()
             loss.backward()
             opt.step()
         ws = ws.detach()
@@ -184,3 +197,49 @@ def invert_textures(generator: nn.Module, textures: Tensor, visibility: Optional
     finally:
         for p, flag in zip(generator.parameters(), flags):
             p.requires_grad_(flag)
+
+
+def invert_video(generator: nn.Module, face: nn.Module, chunks: Iterable[tuple[Tensor, Tensor]], *,
+                 steps: int = 200, warm_steps: Optional[int] = None, lr: float = 0.05, w_weight: float = 1e-3,
+                 smooth_weight: float = 1.0, min_facing: float = 0.2,
+                 on_chunk: Optional[Callable[[int], None]] = None) -> Tensor:
+    """W+ latents of a video's face textures (module docstring).
+
+    Args:
+        generator: the texture generator (its ``img_resolution`` is the unwrapped texture's size).
+        face: the BFM whose ``image_size`` the frames have (crops or resized frames).
+        chunks: consecutive ``(coeffs (n, 257), frames (n, 3, H, W) in [0, 1])`` pairs, in frame order.
+        steps: Adam steps of the first chunk (from ``w_avg``); ``warm_steps`` those of the later chunks (from
+            the previous chunk's last latents; default ``steps // 2``).
+        lr, w_weight, smooth_weight: as :func:`invert_textures`.
+        min_facing: :func:`~pyvision_fast.face3d.texture.unwrap_texture`'s facing threshold.
+        on_chunk: called with each chunk's frame count (a progress bar's ``update``).
+
+    Returns:
+        (T, num_ws, w_dim) latents in the generator's dtype, on its device.
+    """
+    from .texture import unwrap_texture, uv_raster
+
+    warm_steps = steps // 2 if warm_steps is None else warm_steps
+    device = generator.mapping.w_avg.device
+    uv_rast = uv_raster(face, size=generator.img_resolution)
+    out: list[Tensor] = []
+    previous = None
+    for coeffs, frames in chunks:
+        coeffs = coeffs.to(device, face.mean_shape.dtype)
+        frames = frames.to(device, face.mean_shape.dtype)
+        with torch.no_grad():
+            unwrapped = unwrap_texture(face, coeffs, frames, size=generator.img_resolution, uv_rast=uv_rast,
+                                       min_facing=min_facing)
+        n = coeffs.shape[0]
+        init = None if previous is None else previous.expand(n, *previous.shape)
+        ws = invert_textures(generator, unwrapped["texture"], unwrapped["visibility"],
+                             steps=steps if previous is None else warm_steps, lr=lr, init=init,
+                             w_weight=w_weight, sequence=True, smooth_weight=smooth_weight, previous=previous)
+        out.append(ws)
+        previous = ws[-1]
+        if on_chunk is not None:
+            on_chunk(n)
+    if not out:
+        raise ValueError("invert_video: no frames")
+    return torch.cat(out)
