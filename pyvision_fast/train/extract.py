@@ -1,4 +1,5 @@
-"""``pvf extract paver``: PAVER's frozen encoder run once over Wild360, one feature file per video.
+"""``pvf extract paver``: PAVER's frozen encoder run once over Wild360, one feature file per video
+(``pvf extract talking_face``, the texture latents of a MEAD folder, is :mod:`pyvision_fast.face3d.extract`).
 
     pvf extract paver --data WILD360 --output FEATDIR [--checkpoint ENCODER_WEIGHTS] [--split train|test|all]
                       [--model-arg K=V ...] [--device auto|cpu|cuda] [--dtype float16|float32] [--no-progress]
@@ -143,12 +144,23 @@ def extract_features(data: Union[str, os.PathLike], output: Union[str, os.PathLi
 
 def add_extract_args(p) -> None:
     """The arguments of ``pvf extract``."""
-    p.add_argument("recipe", choices=("paver",), help="what to extract features for (paver: Wild360)")
+    p.add_argument("recipe", choices=("paver", "talking_face"),
+                   help="what to extract (paver: Wild360 encoder features; talking_face: MEAD texture latents)")
     p.add_argument("--data", required=True,
-                   help="the Wild360 folder (train.txt, test.txt, data/, Wild360_GT_29/)")
-    p.add_argument("--output", required=True, help="feature folder: one {vid}.safetensors per video")
-    p.add_argument("--checkpoint", help="the encoder weights (a timm vit_base_patch16_224 state_dict, "
-                   ".safetensors or .pth); random without it")
+                   help="paver: the Wild360 folder (train.txt, test.txt, data/, Wild360_GT_29/); talking_face: "
+                   "the MEAD folder (the latents are written into it)")
+    p.add_argument("--output", help="paver: feature folder, one {vid}.safetensors per video")
+    p.add_argument("--checkpoint", help="paver: the encoder weights (a timm vit_base_patch16_224 state_dict, "
+                   ".safetensors or .pth; random without it); talking_face: the texture generator (pvf train "
+                   "texture_gan checkpoint-ema-last.safetensors)")
+    p.add_argument("--bfm", help="talking_face: BFM_model_front.mat")
+    p.add_argument("--view", nargs="+", default=["front"], help="talking_face: MEAD camera views")
+    p.add_argument("--align", action="store_true", help="talking_face: the coefficients are those of aligned "
+                   "crops (from the clips' landmarks)")
+    p.add_argument("--fit-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="talking_face: the size the coefficients were fitted at (default 224 224 with --align, "
+                   "else each video's frame size)")
+    p.add_argument("--invert-steps", type=int, default=200, help="talking_face: Adam steps of the inversion")
     p.add_argument("--split", default="all", choices=("train", "test", "all"))
     p.add_argument("--model-arg", nargs="+", action="extend", metavar="K=V",
                    help="create_model keyword arguments, e.g. --model-arg img_size=224")
@@ -161,6 +173,26 @@ def run_extract(args) -> dict[str, Any]:
     """``pvf extract`` with parsed ``args``."""
     from .config import parse_pairs
 
+    if args.recipe == "talking_face":
+        from ..face3d.extract import extract_mead_latents
+
+        if not args.checkpoint:
+            raise ValueError("pvf extract talking_face needs --checkpoint: the texture generator")
+        if not args.bfm:
+            raise ValueError("pvf extract talking_face needs --bfm: BFM_model_front.mat")
+        if args.bfm != "synthetic" and not Path(args.bfm).is_file():
+            raise FileNotFoundError(f"--bfm {args.bfm!r} does not exist")
+        generator = args.checkpoint
+        if args.model_arg:
+            from ..face3d.latents import load_texture_generator
+
+            generator = load_texture_generator(args.checkpoint, parse_pairs(args.model_arg, "--model-arg"))
+        return extract_mead_latents(args.data, generator, args.bfm, views=tuple(args.view), align=args.align,
+                                    fit_size=tuple(args.fit_size) if args.fit_size else None,
+                                    steps=args.invert_steps, dtype=args.dtype, device=str(_device(args.device)),
+                                    progress=not args.no_progress)
+    if not args.output:
+        raise ValueError("pvf extract paver needs --output: the feature folder")
     return extract_features(args.data, args.output, model=args.recipe, checkpoint=args.checkpoint,
                             split=args.split, model_args=parse_pairs(args.model_arg, "--model-arg"),
                             device=args.device, dtype=args.dtype, progress=not args.no_progress)
