@@ -207,3 +207,23 @@ def test_onnx_export_matches_eager(tmp_path):
     got = run_onnxruntime(tmp_path / "packed2.onnx", (inp,))[0]
     assert torch.allclose(torch.from_numpy(got), m(x, e, a), atol=1e-5)
     assert torch.equal(torch.from_numpy(got)[0], x[0])     # intensity 0 stays the identity in ONNX Runtime
+
+
+def test_latent_editor_onnx_export(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from pyvision_fast.export import run_onnxruntime, to_onnx
+
+    m = randomised(latent_layers=3)
+    w = torch.randn(4, 3, 16)
+    e = torch.nn.functional.one_hot(torch.tensor([0, 4, 7, 6]), 8).float()
+    a = torch.tensor([0.0, 0.3, 0.6, 1.0])
+    module = m.export_module("latent")
+    report = to_onnx(module, (w, e, a), tmp_path / "latent.onnx")
+    assert report.max_abs_diff < 1e-5 and report.tensorrt_compatible, report
+    got = torch.from_numpy(run_onnxruntime(tmp_path / "latent.onnx", (w, e, a))[0])
+    assert torch.allclose(got, m.edit_latent(w, e, a), atol=1e-5)
+    assert torch.equal(got[0], w[0])                       # intensity 0 stays the identity in ONNX Runtime
+    with pytest.raises(ValueError, match="part"):
+        m.export_module("texture")
+    with pytest.raises(ValueError, match="no latent editor"):
+        create_model("expression_editor", latent_dim=0).export_module("latent")

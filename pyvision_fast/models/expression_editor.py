@@ -38,9 +38,8 @@ from torch import Tensor, nn
 
 from ._registry import register_model
 
-__all__ = ["MEAD_EMOTIONS", "ExpressionEditor", "PackedExpressionEditor", "expression_editor",
-           "emotion_index",
-           "temporal_smooth"]
+__all__ = ["MEAD_EMOTIONS", "ExpressionEditor", "PackedExpressionEditor", "LatentEditorExport",
+           "expression_editor", "emotion_index", "temporal_smooth"]
 
 MEAD_EMOTIONS = ("angry", "contempt", "disgusted", "fear", "happy", "neutral", "sad", "surprised")
 
@@ -242,9 +241,15 @@ class ExpressionEditor(nn.Module):
             self._check("w", w, D, (2, 3, 4), f"(B, {D}), (B, L, {D}) or (B, T, L, {D})")
         return self._edit(self.latent_net, w, emotion, intensity, self.layer_embed)
 
-    def export_module(self) -> "PackedExpressionEditor":
-        """The deployable form ``pvf export expression_editor`` exports (:class:`PackedExpressionEditor`)."""
-        return PackedExpressionEditor(self)
+    def export_module(self, part: str = "exp") -> nn.Module:
+        """The deployable form: ``part="exp"`` (what ``pvf export expression_editor`` exports,
+        :class:`PackedExpressionEditor`) or ``"latent"`` (:class:`LatentEditorExport`: the texture-latent
+        editor)."""
+        if part == "exp":
+            return PackedExpressionEditor(self)
+        if part == "latent":
+            return LatentEditorExport(self)
+        raise ValueError(f"export_module: part must be 'exp' or 'latent', got {part!r}")
 
 
 class PackedExpressionEditor(nn.Module):
@@ -263,6 +268,20 @@ class PackedExpressionEditor(nn.Module):
             raise ValueError(f"PackedExpressionEditor: expected x of shape (B, {d + k + 1}) = [exp {d} | "
                              f"emotion weights {k} | intensity 1], got {tuple(getattr(x, 'shape', ()))}")
         return self.editor(x[:, :d], x[:, d:d + k], x[:, d + k])
+
+
+class LatentEditorExport(nn.Module):
+    """The texture-latent editor for ONNX: ``(w (B, L, D), emotion weights (B, num_emotions), intensity (B,))``
+    -> edited w (B, L, D) (one-hot weights for one emotion). Standard ONNX operators."""
+
+    def __init__(self, editor: ExpressionEditor) -> None:
+        super().__init__()
+        if editor.latent_net is None:
+            raise ValueError("LatentEditorExport: the editor has no latent editor (latent_dim=0)")
+        self.editor = editor
+
+    def forward(self, w: Tensor, emotion: Tensor, intensity: Tensor) -> Tensor:
+        return self.editor.edit_latent(w, emotion, intensity)
 
 
 def temporal_smooth(x: Tensor, window: int, dim: int = 0) -> Tensor:
