@@ -196,6 +196,42 @@ def test_empty_and_tiny():
     assert no_image.shape == (0, 2, 2, 4)
 
 
+def _dense_mesh(g, B, n, jitter, dtype):
+    """A dense lattice mesh (n x n vertices over most of the image, two triangles per cell, every cell's faces
+    also duplicated later in the list: exact depth ties) with jittered vertices, a few w <= 0 and a few
+    reversed (back-facing) faces: most faces hold zero, one or a few pixel centres at the sizes used."""
+    t = torch.linspace(-0.9, 0.9, n, dtype=torch.float64)
+    Y, X = torch.meshgrid(t, t, indexing="ij")
+    xy = torch.stack([X, Y], -1).reshape(1, -1, 2).expand(B, -1, -1)
+    xy = xy + jitter * (torch.rand(B, n * n, 2, generator=g, dtype=torch.float64) - 0.5) / n
+    w = torch.rand(B, n * n, generator=g, dtype=torch.float64) + 1.0
+    w[torch.rand(B, n * n, generator=g) < 0.01] *= -1
+    z = torch.rand(B, n * n, generator=g, dtype=torch.float64) * 0.5
+    verts = torch.cat([xy * w[..., None], (z * w)[..., None], w[..., None]], -1)
+    idx = torch.arange(n * n).reshape(n, n)
+    a, b, c, d = idx[:-1, :-1], idx[:-1, 1:], idx[1:, :-1], idx[1:, 1:]
+    faces = torch.cat([torch.stack([a, b, d], -1).reshape(-1, 3), torch.stack([a, d, c], -1).reshape(-1, 3)])
+    flip = torch.rand(len(faces), generator=g) < 0.05
+    faces[flip] = faces[flip].flip(1)
+    faces = torch.cat([faces, faces[torch.randperm(len(faces), generator=g)[: len(faces) // 3]]])
+    return verts.to(dtype), faces
+
+
+@pytest.mark.parametrize("size", [(13, 17), (40, 40), (90, 70)])
+@pytest.mark.parametrize("cull", [False, True])
+def test_dense_small_triangles_match_reference(size, cull):
+    """Sub-pixel to few-pixel triangles (the CPU kernel's vector path: boxes of up to 3 x 3 centres are scanned
+    16 faces at a time, larger ones in scalar code) are bitwise the reference's, ties and shared edges
+    included."""
+    g = torch.Generator().manual_seed(sum(size) + cull)
+    for n, jitter in ((30, 0.0), (30, 0.8), (61, 0.5)):
+        verts, faces = _dense_mesh(g, 2, n, jitter, torch.float32)
+        expected = ref.rasterize_triangles(verts, faces, size, cull)
+        got = ops.rasterize_triangles(verts, faces, size, cull_backfaces=cull)
+        assert torch.equal(got, expected)
+        assert (got[..., 3] > 0).float().mean() > 0.3
+
+
 def test_thread_count_does_not_change_the_result():
     g = torch.Generator().manual_seed(5)
     verts, faces = _random_mesh(g, 3, 50, 200, torch.float32, 1.2)
